@@ -1,0 +1,6 @@
+"""The shared ViT library: models, data, sharding, training core, checkpoints, evaluators."""
+import os
+
+# TensorFlow is imported only by TFDS and TensorBoard writers; keep its C++ start-up chatter
+# off the console unless the user asked for it.
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')

@@ -1,0 +1,215 @@
+"""The config schema shared by every trainer, its validation, and the model it describes.
+
+Config files under configs/ start from `defaults()` and change a few fields. Every key that any
+trainer reads is declared here, so a misspelt key in a file or on the command line is reported
+instead of silently ignored. Model keys follow the official vit_jax layout.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import ml_collections
+from ml_collections import config_dict
+
+from vit.errors import ConfigError
+from vit.models import presets, resnet
+from vit.models.vit import VisionTransformer, patch_grid
+
+_none = config_dict.placeholder
+
+CLASSIFIERS = ('token', 'gap', 'unpooled')
+POSEMBS = ('learned_1d',)
+ATTENTIONS = ('global',)
+DTYPES = ('float32', 'bfloat16')
+
+
+def model_defaults() -> ml_collections.ConfigDict:
+  """Architecture keys; `name` (a preset) fills whichever of them are left unset (None)."""
+  return ml_collections.ConfigDict(dict(
+      name=_none(str),
+      patches=dict(size=_none(tuple)),
+      hidden_size=_none(int),
+      transformer=dict(mlp_dim=_none(int), num_heads=_none(int), num_layers=_none(int),
+                       dropout_rate=0.0, attention_dropout_rate=0.0),
+      resnet=dict(num_layers=_none(tuple), width_factor=1.0),
+      classifier='token',
+      representation_size=_none(int),
+      num_classes=_none(int),
+      # Official checkpoints: tanh-approximate GELU, LayerNorm eps 1e-6. HF ViT: exact, 1e-12.
+      gelu_approximate=True,
+      layer_norm_epsilon=1e-6,
+      posemb='learned_1d',
+      attention='global',
+      dtype='float32',  # Compute dtype; parameters and optimiser state stay float32.
+      remat=False,
+  ))
+
+
+def defaults() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+  config.batch_size = 128  # Global, over all processes and devices.
+  config.total_steps = 1000
+  config.image_size = 224
+  config.model = model_defaults()
+  config.data = dict(
+      source='fashion_mnist',  # 'fashion_mnist' | 'tfds:NAME' | 'array_record:DIR'
+      data_dir=_none(str),
+      train_split='train',
+      eval_split='test',
+      channels=3,
+      inception_crop=False,
+      flip=False,
+      worker_count=0,
+      shuffle_seed=_none(int),
+      skip_bad_records=False,
+  )
+  config.optimizer = dict(
+      name='adam',  # 'adam' (decoupled weight decay) | 'sgd' (momentum)
+      learning_rate=1e-3,
+      b1=0.9, b2=0.999, momentum=0.9,
+      weight_decay=0.0,
+      grad_clip_norm=1.0,
+      warmup_steps=0,
+      decay='cosine',  # 'cosine' | 'linear' | 'constant'
+      accumulation_steps=1,
+  )
+  config.ema_decay = 0.0  # Polyak averaging of parameters; 0 turns it off.
+  config.log_every = 50
+  config.eval_every = 0  # 0: only at the end.
+  config.checkpoint_every = 0  # 0: only at the end.
+  config.keep_checkpoints = 3
+  config.eval_batch_size = 256
+  config.mesh = dict(data=-1, fsdp=1, tensor=1)
+  config.init = _none(str)  # Fine-tuning: 'mpp:DIR' | 'supervised:DIR' | 'vit_jax:F' | 'hf:DIR'
+  config.mpp = dict(
+      target='mean_color',  # 'mean_color' | 'downsampled_color' | 'pixels'
+      corruption_rate=0.5,
+      mask_fraction=0.8,
+      random_fraction=0.1,
+      bits=3,
+      grid=4,
+      normalize_pixels=False,
+      image_every=0,
+  )
+  return config
+
+
+def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in cfg.items():
+    if isinstance(value, ml_collections.ConfigDict):
+      out.update(_flat_keys(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  known = _flat_keys(defaults())
+  for key in _flat_keys(config):
+    if key not in known and not any(key.startswith(k + '.') for k in known):
+      raise ConfigError(key, _flat_keys(config)[key], 'unknown config key')
+
+
+def resolved_model(config: ml_collections.ConfigDict) -> dict:
+  """The architecture as plain data: the preset's sizes overlaid with every explicit key."""
+  m = config.model.to_dict()
+  if m['name'] is not None:
+    if m['name'] not in presets.PRESETS:
+      raise ConfigError('model.name', m['name'],
+                        f'unknown preset; known: {", ".join(presets.PRESETS)}')
+    preset = presets.PRESETS[m['name']]
+    m['patches']['size'] = m['patches']['size'] or preset['patches']['size']
+    for key in ('hidden_size',):
+      m[key] = m[key] if m[key] is not None else preset[key]
+    for key, value in preset['transformer'].items():
+      if m['transformer'][key] is None:
+        m['transformer'][key] = value
+    if m['resnet']['num_layers'] is None and preset['resnet'] is not None:
+      m['resnet'] = dict(preset['resnet'])
+  for key, value in (('patches.size', m['patches']['size']), ('hidden_size', m['hidden_size']),
+                     *((f'transformer.{k}', v) for k, v in m['transformer'].items())):
+    if value is None:
+      raise ConfigError(f'model.{key}', None, 'not set: set it or choose a preset in model.name')
+  return m
+
+
+def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> dict:
+  """Checks everything knowable before compiling or loading; returns the resolved model."""
+  check_known_keys(config)
+  for key in ('batch_size', 'total_steps', 'image_size'):
+    if not isinstance(config[key], int) or config[key] <= 0:
+      raise ConfigError(key, config[key], 'must be a positive integer')
+  m = resolved_model(config)
+  size = m['patches']['size']
+  if len(size) != 2 or any(not isinstance(s, int) or s <= 0 for s in size):
+    raise ConfigError('model.patches.size', size, 'must be two positive integers')
+  stride = resnet.total_stride(_resnet_config(m)) if _resnet_config(m) else 1
+  for i, p in enumerate(size):
+    if config.image_size % (p * stride):
+      raise ConfigError('image_size', config.image_size,
+                        f'not divisible by the patch size {p * stride} '
+                        f'(model.patches.size={tuple(size)}'
+                        + (f' after the ResNet stride {stride})' if stride > 1 else ')'))
+  t = m['transformer']
+  if m['hidden_size'] % t['num_heads']:
+    raise ConfigError('model.transformer.num_heads', t['num_heads'],
+                      f'does not divide model.hidden_size={m["hidden_size"]}')
+  for key, allowed in (('classifier', CLASSIFIERS), ('posemb', POSEMBS),
+                       ('attention', ATTENTIONS), ('dtype', DTYPES)):
+    if m[key] not in allowed:
+      raise ConfigError(f'model.{key}', m[key], f'must be one of {", ".join(allowed)}')
+  for key in ('dropout_rate', 'attention_dropout_rate'):
+    if not 0.0 <= t[key] < 1.0:
+      raise ConfigError(f'model.transformer.{key}', t[key], 'must be in [0, 1)')
+  if config.optimizer.name not in ('adam', 'sgd'):
+    raise ConfigError('optimizer.name', config.optimizer.name, 'must be adam or sgd')
+  if config.optimizer.decay not in ('cosine', 'linear', 'constant'):
+    raise ConfigError('optimizer.decay', config.optimizer.decay,
+                      'must be cosine, linear or constant')
+  if not 0.0 <= config.ema_decay < 1.0:
+    raise ConfigError('ema_decay', config.ema_decay, 'must be in [0, 1); 0 turns it off')
+  accum = config.optimizer.accumulation_steps
+  if accum < 1 or config.batch_size % accum:
+    raise ConfigError('optimizer.accumulation_steps', accum,
+                      f'must be >= 1 and divide batch_size={config.batch_size}')
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  if (config.batch_size // accum) % num_devices:
+    raise ConfigError('batch_size', config.batch_size,
+                      f'each micro-batch of {config.batch_size // accum} must divide evenly '
+                      f'over the {num_devices} devices')
+  return m
+
+
+def _resnet_config(m: dict) -> resnet.ResNetConfig | None:
+  if not m['resnet'] or m['resnet'].get('num_layers') is None:
+    return None
+  return resnet.ResNetConfig(tuple(m['resnet']['num_layers']), m['resnet']['width_factor'])
+
+
+def build_model(m: dict, *, num_classes: int | None = None, classifier: str | None = None
+                ) -> VisionTransformer:
+  """A VisionTransformer from a resolved model dict (see `resolved_model`)."""
+  import jax.numpy as jnp
+  t = m['transformer']
+  return VisionTransformer(
+      num_classes=m['num_classes'] if num_classes is None else num_classes,
+      patch_size=tuple(m['patches']['size']),
+      hidden_size=m['hidden_size'],
+      num_layers=t['num_layers'], mlp_dim=t['mlp_dim'], num_heads=t['num_heads'],
+      dropout_rate=t['dropout_rate'], attention_dropout_rate=t['attention_dropout_rate'],
+      classifier=classifier or m['classifier'],
+      representation_size=m['representation_size'],
+      resnet=_resnet_config(m),
+      gelu_approximate=m['gelu_approximate'],
+      layer_norm_epsilon=m['layer_norm_epsilon'],
+      remat=m['remat'],
+      dtype=jnp.dtype(m['dtype']),
+  )
+
+
+def token_grid(config: ml_collections.ConfigDict, m: dict) -> tuple[int, int]:
+  return patch_grid((config.image_size, config.image_size), m['patches']['size'],
+                    _resnet_config(m))

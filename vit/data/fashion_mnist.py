@@ -1,0 +1,59 @@
+"""Fashion-MNIST from Debian's `dataset-fashion-mnist` package: the embedded default data."""
+from __future__ import annotations
+
+import gzip
+import os
+
+import numpy as np
+
+from vit.errors import UserError
+
+DEFAULT_DIR = '/usr/share/datasets/fashion-mnist'
+CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
+               'Sneaker', 'Bag', 'Ankle boot')
+_FILES = {'train': 'train', 'test': 't10k'}
+
+
+def _read_idx(path: str, expected_ndim: int) -> np.ndarray:
+  """Reads an IDX file (LeCun's MNIST format): magic, dims as big-endian int32, then uint8."""
+  try:
+    with gzip.open(path, 'rb') as f:
+      data = f.read()
+  except FileNotFoundError:
+    raise UserError(f'{path}: not found; install it with `apt-get install dataset-fashion-mnist`'
+                    f' or set config.data.data_dir') from None
+  except (OSError, EOFError) as e:
+    raise UserError(f'{path}: not a readable gzip IDX file ({e})') from None
+  if len(data) < 4 or data[:2] != b'\0\0' or data[2] != 0x08 or data[3] != expected_ndim:
+    raise UserError(f'{path}: not an IDX file of uint8 with {expected_ndim} dimensions')
+  dims = np.frombuffer(data, '>i4', count=expected_ndim, offset=4)
+  body = np.frombuffer(data, np.uint8, offset=4 + 4 * expected_ndim)
+  if body.size != int(np.prod(dims)):
+    raise UserError(f'{path}: truncated ({body.size} bytes of data, header says {dims})')
+  return body.reshape(dims)
+
+
+def load(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+  """Images uint8 [N, 28, 28, 1] and labels int32 [N] of 'train' (60k) or 'test' (10k)."""
+  if split not in _FILES:
+    raise UserError(f'Fashion-MNIST split {split!r}: must be one of {", ".join(_FILES)}')
+  root = data_dir or DEFAULT_DIR
+  prefix = os.path.join(root, _FILES[split])
+  images = _read_idx(f'{prefix}-images-idx3-ubyte.gz', 3)[..., None]
+  labels = _read_idx(f'{prefix}-labels-idx1-ubyte.gz', 1).astype(np.int32)
+  if len(images) != len(labels):
+    raise UserError(f'{prefix}-*: {len(images)} images but {len(labels)} labels')
+  return images, labels
+
+
+class ArraySource:
+  """A grain random-access source over in-memory arrays: records {'image', 'label'}."""
+
+  def __init__(self, images: np.ndarray, labels: np.ndarray):
+    self.images, self.labels = images, labels
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+  def __getitem__(self, index: int) -> dict:
+    return {'image': self.images[index], 'label': self.labels[index]}

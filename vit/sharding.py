@@ -1,0 +1,110 @@
+"""Device mesh, logical-axis rules and the shardings of parameters and batches.
+
+The model names logical axes only (vit/models/vit.py); this table is the one place that maps
+them onto mesh axes: weights are split along `embed` over fsdp (ZeRO-3 style) and along the
+MLP and head dimensions over tensor (Megatron style); the batch over data and fsdp.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from vit.errors import ConfigError
+
+MESH_AXES = ('data', 'fsdp', 'tensor')
+BATCH_AXES = ('data', 'fsdp')
+
+LOGICAL_RULES = (
+    ('batch', BATCH_AXES),
+    ('embed', 'fsdp'),
+    ('mlp', 'tensor'),
+    ('heads', 'tensor'),
+    ('kv', None),
+    ('classes', None),
+    ('tokens', None),
+    ('channels', None),
+)
+
+
+def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
+  """Axis sizes from `config.mesh`; at most one axis may be -1 (the devices left over)."""
+  sizes = {a: int(mesh_config[a]) for a in MESH_AXES}
+  unknown = set(mesh_config.keys()) - set(MESH_AXES)
+  if unknown:
+    raise ConfigError(f'mesh.{sorted(unknown)[0]}', None, f'mesh axes are {MESH_AXES}')
+  free = [a for a, s in sizes.items() if s == -1]
+  if len(free) > 1:
+    raise ConfigError(f'mesh.{free[1]}', -1, 'only one mesh axis may be -1')
+  for a, s in sizes.items():
+    if s == 0 or s < -1:
+      raise ConfigError(f'mesh.{a}', s, 'must be a positive size or -1')
+  fixed = math.prod(s for s in sizes.values() if s != -1)
+  if free:
+    if num_devices % fixed:
+      raise ConfigError('mesh', dict(sizes), f'fixed axes ({fixed}) do not divide the '
+                        f'{num_devices} devices')
+    sizes[free[0]] = num_devices // fixed
+  if math.prod(sizes.values()) != num_devices:
+    raise ConfigError('mesh', dict(sizes),
+                      f'has {math.prod(sizes.values())} devices but there are {num_devices}')
+  return tuple(sizes[a] for a in MESH_AXES)
+
+
+def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  devices = jax.devices() if devices is None else devices
+  shape = mesh_shape(mesh_config, len(devices))
+  # Auto axes: shardings are stated on inputs and outputs and XLA propagates them inside.
+  auto = (jax.sharding.AxisType.Auto,) * len(MESH_AXES)
+  return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
+
+
+def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
+  """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned`."""
+  specs = nn.get_partition_spec(boxed_tree)
+  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, P())
+
+
+def like_params(tree: Any, params: Any, params_shardings: Any, mesh: Mesh) -> Any:
+  """Shardings for a tree (an optimiser state) whose param-shaped subtrees follow the params.
+
+  optax states hold copies of the parameter tree (Adam's mu and nu): a leaf whose key path ends
+  with a parameter's path, and has its shape, gets that parameter's sharding; others replicate.
+  """
+  by_path = {}
+  for (path, p), s in zip(jax.tree_util.tree_leaves_with_path(params),
+                          jax.tree.leaves(params_shardings)):
+    by_path[_names(path)] = (p.shape, s)
+
+  def pick(path, leaf):
+    names = _names(path)
+    for start in range(len(names)):
+      shape, sharding = by_path.get(names[start:], (None, None))
+      if sharding is not None and shape == getattr(leaf, 'shape', None):
+        return sharding
+    return replicated(mesh)
+
+  return jax.tree_util.tree_map_with_path(pick, tree)
+
+
+def _names(path) -> tuple[str, ...]:
+  return tuple(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)
+
+
+def global_batch(local_batch: dict, mesh: Mesh) -> dict:
+  """Each process's rows -> one global jax.Array per key, sharded over data and fsdp."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)

@@ -1,0 +1,72 @@
+"""The train step: a pure function of (state, batch), shared by every objective.
+
+An objective supplies `loss_fn(params, batch, rng, train) -> (loss, metrics)`; everything else
+(micro-batching, clipping, the update, Polyak averaging, the non-finite guard) lives here once.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from vit.training.state import TrainState
+
+LossFn = Callable[[Any, dict, jax.Array, bool], tuple[jax.Array, dict]]
+
+
+def _micro_batches(batch: dict, count: int) -> dict:
+  # Row j*count + a goes to micro-batch a: each device keeps its own rows in every micro-batch,
+  # so splitting needs no communication when the batch is sharded along its first axis.
+  return jax.tree.map(lambda x: jnp.moveaxis(x.reshape(x.shape[0] // count, count,
+                                                      *x.shape[1:]), 1, 0), batch)
+
+
+def _grads(loss_fn: LossFn, params, batch, rng, accumulation_steps: int):
+  grad_fn = jax.value_and_grad(lambda p, b, r: loss_fn(p, b, r, True), has_aux=True)
+  if accumulation_steps == 1:
+    (loss, metrics), grads = grad_fn(params, batch, rng)
+    return loss, metrics, grads
+
+  def accumulate(carry, micro):
+    index, micro_batch = micro
+    (loss, metrics), grads = grad_fn(params, micro_batch, jax.random.fold_in(rng, index))
+    total = jax.tree.map(jnp.add, carry, (loss, metrics, grads))
+    return total, None
+
+  micro = _micro_batches(batch, accumulation_steps)
+  shapes = jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), rng)
+  (loss, metrics), grads = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  (loss, metrics, grads), _ = jax.lax.scan(
+      accumulate, (loss, metrics, grads), (jnp.arange(accumulation_steps), micro))
+  scale = 1.0 / accumulation_steps
+  return loss * scale, jax.tree.map(lambda m: m * scale, metrics), jax.tree.map(
+      lambda g: g * scale, grads)
+
+
+def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
+                    schedule: optax.Schedule, *, ema_decay: float = 0.0,
+                    accumulation_steps: int = 1, skip_nonfinite: bool = False):
+  """Returns `train_step(state, batch) -> (state, metrics)`, to be jitted with donated state."""
+
+  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    rng = jax.random.fold_in(state.rng, state.step)
+    loss, metrics, grads = _grads(loss_fn, state.params, batch, rng, accumulation_steps)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema = state.ema_params
+    if ema is not None:
+      ema = optax.incremental_update(params, ema, step_size=1.0 - ema_decay)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+    if skip_nonfinite:
+      keep_old = lambda new_leaf, old_leaf: jnp.where(finite, new_leaf, old_leaf)
+      new = jax.tree.map(keep_old, new, state.replace(step=state.step + 1))
+      new = new.replace(skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                   finite=finite.astype(jnp.float32))
+    return new, metrics
+
+  return train_step
