@@ -80,6 +80,17 @@ def _abstract(state_fn_shapes, shardings):
                       state_fn_shapes, shardings)
 
 
+def jit_train_step(loss_fn, tx, schedule, config, state_shardings, mesh):
+  """The step as every trainer runs it (and vit.plan compiles it): sharded, state donated."""
+  return jax.jit(
+      step_lib.make_train_step(loss_fn, tx, schedule, ema_decay=config.ema_decay,
+                               accumulation_steps=config.optimizer.accumulation_steps,
+                               skip_nonfinite=config.get('skip_nonfinite_steps', False)),
+      in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+      out_shardings=(state_shardings, sharding.replicated(mesh)),
+      donate_argnums=0)
+
+
 def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
   """Global vs per-process vs per-device batch and the learning rate: stated once, up front."""
   accum = config.optimizer.accumulation_steps
@@ -150,13 +161,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainS
     else:
       state, start = build(), 0
 
-    train_step = jax.jit(
-        step_lib.make_train_step(task.loss_fn, tx, schedule, ema_decay=config.ema_decay,
-                                 accumulation_steps=config.optimizer.accumulation_steps,
-                                 skip_nonfinite=config.get('skip_nonfinite_steps', False)),
-        in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(state_shardings, sharding.replicated(mesh)),
-        donate_argnums=0)
+    train_step = jit_train_step(task.loss_fn, tx, schedule, config, state_shardings, mesh)
 
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True)
