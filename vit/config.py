@@ -91,7 +91,8 @@ def defaults() -> ml_collections.ConfigDict:
       bits=3,
       grid=4,
       normalize_pixels=False,
-      image_every=0,
+      image_every=0,  # Steps between PNG grids of MPP predictions; 0: only at the end.
+      eval_examples=1024,  # Held-out images for the MPP loss and colour accuracy.
   )
   return config
 
@@ -175,12 +176,37 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if accum < 1 or config.batch_size % accum:
     raise ConfigError('optimizer.accumulation_steps', accum,
                       f'must be >= 1 and divide batch_size={config.batch_size}')
+  _check_mpp(config.mpp, m)
   num_devices = jax.device_count() if num_devices is None else num_devices
   if (config.batch_size // accum) % num_devices:
     raise ConfigError('batch_size', config.batch_size,
                       f'each micro-batch of {config.batch_size // accum} must divide evenly '
                       f'over the {num_devices} devices')
   return m
+
+
+MPP_TARGETS = ('mean_color', 'downsampled_color', 'pixels')
+
+
+def _check_mpp(mpp: ml_collections.ConfigDict, m: dict) -> None:
+  if mpp.target not in MPP_TARGETS:
+    raise ConfigError('mpp.target', mpp.target, f'must be one of {", ".join(MPP_TARGETS)}')
+  if not 0.0 < mpp.corruption_rate <= 1.0:
+    raise ConfigError('mpp.corruption_rate', mpp.corruption_rate, 'must be in (0, 1]')
+  for key in ('mask_fraction', 'random_fraction'):
+    if not 0.0 <= mpp[key] <= 1.0:
+      raise ConfigError(f'mpp.{key}', mpp[key], 'must be in [0, 1]')
+  if mpp.mask_fraction + mpp.random_fraction > 1.0:
+    raise ConfigError('mpp.random_fraction', mpp.random_fraction,
+                      f'plus mpp.mask_fraction={mpp.mask_fraction} exceeds 1')
+  if not 1 <= mpp.bits <= 8:
+    raise ConfigError('mpp.bits', mpp.bits, 'must be in 1..8')
+  if mpp.target == 'downsampled_color' and any(p % mpp.grid for p in m['patches']['size']):
+    raise ConfigError('mpp.grid', mpp.grid,
+                      f'must divide the patch size {tuple(m["patches"]["size"])}')
+  for key in ('image_every', 'eval_examples'):
+    if mpp[key] < 0:
+      raise ConfigError(f'mpp.{key}', mpp[key], 'must be >= 0')
 
 
 def _resnet_config(m: dict) -> resnet.ResNetConfig | None:
