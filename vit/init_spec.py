@@ -1,0 +1,295 @@
+"""Where a model's weights come from: `mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR`.
+
+`load(spec)` turns a spec into the official ViT parameter tree, the architecture it implies
+(a model dict in vit.config's layout, ready for `vit.config.build_model`) and the class names
+when the checkpoint knows them. `adapt_params` then maps those weights onto another model of
+the same backbone, at another resolution or with a new head, exactly as fine-tuning does
+(paper §3.2): position embeddings interpolated in 2D, the head zeroed.
+
+Checkpoints of this project (`mpp:`, `supervised:`) are read at their latest step, and their
+Polyak average (EMA parameters) is used when the run kept one: it is the run's reported model
+(the paper evaluates and transfers the averaged weights, Appendix B.1). Pass `use_ema=False`
+for the raw parameters.
+"""
+from __future__ import annotations
+
+import copy
+import os
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from vit import interop
+from vit.errors import ConfigError, UserError
+
+FORMATS = ('mpp', 'supervised', 'vit_jax', 'hf')
+# Keys that fix the shapes (or the function) of the backbone; checkpoints state them.
+BACKBONE_KEYS = ('patches.size', 'hidden_size', 'transformer.mlp_dim', 'transformer.num_heads',
+                 'transformer.num_layers', 'resnet.num_layers', 'resnet.width_factor',
+                 'classifier', 'gelu_approximate', 'layer_norm_epsilon')
+HEAD_KEYS = ('head', 'pre_logits')
+_MAX_LISTED = 12
+
+
+class Checkpoint(NamedTuple):
+  params: dict          # The official ViT tree (numpy arrays), head included when present.
+  model: dict           # vit.config model dict; num_classes/representation_size from the params.
+  class_names: Optional[list[str]]
+  image_size: int       # The resolution its position embeddings were trained at.
+  channels: int
+
+
+def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
+  """Loads `spec` = `FORMAT:PATH`; see the module docstring.
+
+  Raises UserError naming the spec for a missing path, a file of the wrong format, or
+  parameters whose shapes disagree with the architecture they imply (listing each key).
+  """
+  fmt, sep, path = spec.partition(':')
+  if not sep or fmt not in FORMATS or not path:
+    raise UserError(f'init spec {spec!r}: expected FORMAT:PATH with FORMAT one of '
+                    f'{", ".join(FORMATS)} (e.g. vit_jax:ViT-B_16.npz, hf:./vit-base)')
+  if fmt == 'vit_jax':
+    params = interop.load_vit_jax(path)
+    # The official checkpoints all use the tanh GELU and LayerNorm eps 1e-6 (models_vit.py).
+    model, names = infer_model(params), None
+  elif fmt == 'hf':
+    params, cfg = interop.load_hf(path)
+    model, stated = infer_model(params), interop.hf_model(cfg)
+    model['transformer'].update(stated.pop('transformer'))
+    model.update(stated)
+    names = interop.hf_class_names(cfg) if 'head' in params else None
+  else:
+    params, model, names = _load_workdir(fmt, path, use_ema)
+  ckpt = Checkpoint(params, model, names, *_input_geometry(params, model))
+  check_shapes(ckpt, spec)
+  return ckpt
+
+
+def _load_workdir(fmt: str, path: str, use_ema: bool):
+  from vit import checkpoints, config as config_lib
+  if not os.path.isdir(path):
+    raise UserError(f'{fmt}:{path}: directory not found')
+  saved = checkpoints.saved_config(path)
+  params = checkpoints.restore_params(path, use_ema=use_ema)
+  if fmt == 'mpp':
+    if 'backbone' not in params:
+      raise UserError(f'mpp:{path}: not an MPP checkpoint (params hold '
+                      f'{", ".join(sorted(params))}; no "backbone"); try supervised:{path}')
+    params = params['backbone']
+  elif 'backbone' in params:
+    raise UserError(f'supervised:{path}: an MPP checkpoint (params hold "backbone"); '
+                    f'use mpp:{path}')
+  params = jax.tree.map(np.asarray, dict(params))
+  model = config_lib.resolved_model(ml_collections.ConfigDict(saved))
+  model.update({k: v for k, v in infer_model(params).items()
+                if k in ('num_classes', 'representation_size')})
+  if model['classifier'] == 'unpooled':  # MPP reads every token; the class token is still there.
+    model['classifier'] = 'token' if 'cls' in params else 'gap'
+  return params, model, _class_names(saved, model)
+
+
+def _class_names(saved: dict, model: dict) -> Optional[list[str]]:
+  if saved.get('data', {}).get('source') == 'fashion_mnist' and model['num_classes'] == 10:
+    from vit.data import fashion_mnist
+    return list(fashion_mnist.CLASS_NAMES)
+  return None
+
+
+def infer_model(params: dict) -> dict:
+  """The architecture an official parameter tree implies, as a vit.config model dict.
+
+  Shapes fix the sizes; what shapes cannot tell (GELU flavour, LayerNorm eps) takes the
+  official defaults (tanh GELU, 1e-6).
+  """
+  from vit import config as config_lib
+  model = config_lib.model_defaults().to_dict()
+  try:
+    t = params['Transformer']
+    blocks = sorted(int(k.split('_')[1]) for k in t if k.startswith('encoderblock_'))
+    query = t['encoderblock_0']['MultiHeadDotProductAttention_1']['query']['kernel']
+    mlp = t['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel']
+    patch = params['embedding']['kernel'].shape
+  except (KeyError, TypeError, IndexError) as e:
+    raise UserError(f'checkpoint lacks a ViT parameter ({e}): not a ViT checkpoint') from None
+  if blocks != list(range(len(blocks))):
+    raise UserError(f'checkpoint encoder blocks are not numbered 0..n-1: {blocks}')
+  if len(query.shape) != 3:
+    raise UserError(f'Transformer/encoderblock_0/MultiHeadDotProductAttention_1/query/kernel '
+                    f'has shape {tuple(query.shape)}, expected [hidden, heads, head_dim]')
+  model.update(patches=dict(size=(int(patch[0]), int(patch[1]))), hidden_size=int(patch[3]),
+               classifier='token' if 'cls' in params else 'gap',
+               representation_size=_out_dim(params, 'pre_logits'),
+               num_classes=_out_dim(params, 'head'))
+  model['transformer'].update(mlp_dim=int(mlp.shape[1]), num_heads=int(query.shape[1]),
+                              num_layers=len(blocks))
+  if 'conv_root' in params:
+    stages = sorted(k for k in params if k.startswith('block') and k[5:].isdigit())
+    units = tuple(sum(1 for u in params[s] if u.startswith('unit')) for s in stages)
+    width = params['conv_root']['kernel'].shape[-1] / 64
+    model['resnet'] = dict(num_layers=units, width_factor=float(width))
+  return model
+
+
+def _out_dim(params, name):
+  return int(params[name]['kernel'].shape[-1]) if name in params else None
+
+
+def _input_geometry(params: dict, model: dict) -> tuple[int, int]:
+  """(image_size, channels) the checkpoint was trained at: from its posemb grid."""
+  from vit import config as config_lib
+  from vit.models import resnet
+  posemb = params['Transformer']['posembed_input']['pos_embedding']
+  tokens = posemb.shape[1] - (1 if model['classifier'] == 'token' else 0)
+  grid = int(round(np.sqrt(tokens)))
+  res = config_lib._resnet_config(model)
+  stride = resnet.total_stride(res) if res else 1
+  first = params['conv_root'] if res else params['embedding']
+  return grid * model['patches']['size'][0] * stride, int(first['kernel'].shape[2])
+
+
+def abstract_params(model: dict, image_size: int, channels: int, **overrides) -> dict:
+  """Shapes of a model's parameters at `image_size`, without allocating them."""
+  from vit import config as config_lib
+  import flax.linen as nn
+  net = config_lib.build_model(model, **overrides)
+  x = jnp.zeros((1, image_size, image_size, channels), jnp.float32)
+  return nn.unbox(jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))['params'])
+
+
+def check_shapes(ckpt: Checkpoint, spec: str) -> None:
+  """Every parameter has the shape the inferred architecture gives it; lists those that don't."""
+  want = abstract_params(ckpt.model, ckpt.image_size, ckpt.channels)
+  problems = _differences(interop.flatten(ckpt.params), interop.flatten(want))
+  if problems:
+    raise UserError(f'init {spec}: parameters disagree with the architecture they imply '
+                    f'({_model_summary(ckpt.model)}): ' + _listing(problems))
+
+
+def _differences(have: dict, want: dict) -> list[str]:
+  out = []
+  for key, leaf in want.items():
+    if key not in have:
+      out.append(f'{key}: missing (model wants {tuple(leaf.shape)})')
+    elif tuple(have[key].shape) != tuple(leaf.shape):
+      out.append(f'{key}: checkpoint {tuple(have[key].shape)} vs model {tuple(leaf.shape)}')
+  out += [f'{key}: in the checkpoint only {tuple(have[key].shape)}' for key in have
+          if key not in want]
+  return out
+
+
+def _listing(problems: list[str]) -> str:
+  more = len(problems) - _MAX_LISTED
+  return '; '.join(problems[:_MAX_LISTED]) + (f'; and {more} more' if more > 0 else '')
+
+
+def _model_summary(model: dict) -> str:
+  t = model['transformer']
+  return (f'patches {tuple(model["patches"]["size"])}, hidden {model["hidden_size"]}, '
+          f'mlp {t["mlp_dim"]}, heads {t["num_heads"]}, layers {t["num_layers"]}')
+
+
+def _get(d: dict, dotted: str):
+  for part in dotted.split('.'):
+    d = d.get(part) if isinstance(d, dict) else None
+  return tuple(d) if isinstance(d, list) else d
+
+
+def merge_model(config_model: ml_collections.ConfigDict, ckpt_model: dict) -> dict:
+  """The checkpoint's backbone with the config's other model keys (dropout, head, dtype...).
+
+  A backbone key that the config sets explicitly (differs from vit.config's default, or comes
+  from the preset in model.name) to another value than the checkpoint's is a ConfigError
+  listing every such key.
+  """
+  from vit import config as config_lib
+  from vit.models import presets
+  given = config_model.to_dict()
+  defaults = config_lib.model_defaults().to_dict()
+  explicit = {k: _get(given, k) for k in BACKBONE_KEYS if _get(given, k) != _get(defaults, k)}
+  if given.get('name') is not None:
+    if given['name'] not in presets.PRESETS:
+      raise ConfigError('model.name', given['name'],
+                        f'unknown preset; known: {", ".join(presets.PRESETS)}')
+    preset = presets.PRESETS[given['name']]
+    for key in BACKBONE_KEYS:
+      value = _get(preset, key)
+      if value is not None and key not in explicit:
+        explicit[key] = value
+  conflicts = [f'model.{k}: config {v!r} vs checkpoint {_get(ckpt_model, k)!r}'
+               for k, v in explicit.items() if v != _get(ckpt_model, k)
+               and not (k.startswith('resnet.') and _get(ckpt_model, 'resnet.num_layers') is None
+                        and _get(given, 'resnet.num_layers') is None)]
+  if conflicts:
+    raise ConfigError('model', given.get('name'), 'conflicts with the init checkpoint: '
+                      + _listing(conflicts) + ' (unset these keys to take the checkpoint\'s)')
+  merged = copy.deepcopy(given)
+  for key in BACKBONE_KEYS:
+    value = _get(ckpt_model, key)
+    if key.startswith('resnet.') and ckpt_model.get('resnet') is None:
+      value = _get(defaults, key)
+    _assign(merged, key, value)
+  return merged
+
+
+def _assign(d: dict, dotted: str, value) -> None:
+  *parents, leaf = dotted.split('.')
+  for part in parents:
+    if d.get(part) is None:
+      d[part] = {}
+    d = d[part]
+  d[leaf] = value
+
+
+def adapt_params(loaded: dict, target: dict, *, keep_head: bool = False,
+                 fresh: Optional[Callable[[], dict]] = None, what: str = 'init') -> dict:
+  """`loaded` mapped onto the parameter shapes of `target` (arrays or ShapeDtypeStructs).
+
+  Position embeddings are interpolated to the target's grid (class token kept). Unless
+  `keep_head`, the checkpoint's head and representation layer are dropped: the new head is
+  zero (paper §3.2), a new representation layer (if the target has one) comes from `fresh()`.
+  Any other difference is a UserError listing the keys and shapes.
+  """
+  have, want = interop.flatten(loaded), interop.flatten(target)
+  posemb_key = 'Transformer/posembed_input/pos_embedding'
+  if not keep_head:
+    have = {k: v for k, v in have.items() if k.split('/')[0] not in HEAD_KEYS}
+  if posemb_key in have and posemb_key in want:
+    have[posemb_key] = _resize_posemb(have[posemb_key], want[posemb_key].shape,
+                                      prefix=1 if 'cls' in want else 0)
+  head_keys = [k for k in want if k.split('/')[0] in HEAD_KEYS and k not in have]
+  problems = _differences(have, {k: v for k, v in want.items() if k not in head_keys})
+  if problems:
+    raise UserError(f'{what}: the checkpoint does not fit the model: ' + _listing(problems))
+  out = {k: np.asarray(v, dtype=want[k].dtype) for k, v in have.items()}
+  fresh_tree = None
+  for key in head_keys:
+    if key.startswith('head/'):
+      out[key] = np.zeros(want[key].shape, want[key].dtype)
+    else:
+      fresh_tree = interop.flatten(fresh()) if fresh_tree is None and fresh else fresh_tree
+      if fresh_tree is None:
+        raise UserError(f'{what}: {key} is not in the checkpoint and no initialiser was given')
+      out[key] = np.asarray(fresh_tree[key])
+  return interop.unflatten(out)
+
+
+def _resize_posemb(posemb, shape, prefix: int) -> np.ndarray:
+  from vit.models.vit import resize_posemb
+  posemb = np.asarray(posemb)
+  tokens = shape[1] - prefix
+  side = int(round(np.sqrt(tokens)))
+  if side * side != tokens or posemb.shape[-1] != shape[-1]:
+    return posemb  # Reported as a shape difference by the caller.
+  try:
+    return resize_posemb(posemb, (side, side), num_prefix_tokens=prefix)
+  except ValueError as e:
+    raise UserError(f'position embeddings {posemb.shape}: {e}') from None
+
+
+def describe(ckpt: Checkpoint) -> str:
+  return (f'{_model_summary(ckpt.model)}, classifier {ckpt.model["classifier"]}, trained at '
+          f'{ckpt.image_size}px, head {ckpt.model["num_classes"]}')
