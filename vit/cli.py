@@ -11,10 +11,19 @@ from ml_collections import config_flags
 from vit.errors import UserError
 
 
+_CONFIG_HOLDERS = []
+
+
 def define_config_flags(default_config: str | None = None, workdir_required: bool = True):
-  config = config_flags.DEFINE_config_file(
-      'config', default_config, 'Path to an ml_collections config file; override any field '
-      'with --config.a.b=value.', lock_config=True)
+  try:
+    # config_flags reads sys.argv here to type each --config.x override, so an unknown key
+    # surfaces at definition time.
+    config = config_flags.DEFINE_config_file(
+        'config', default_config, 'Path to an ml_collections config file; override any field '
+        'with --config.a.b=value.', lock_config=True)
+  except (AttributeError, KeyError, ValueError, TypeError) as e:
+    _fail(_one_line(e))
+  _CONFIG_HOLDERS.append(config)
   workdir = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
                                 'events and the batch contract; rerunning resumes from it.',
                                 required=workdir_required)
@@ -36,4 +45,32 @@ def run(main: Callable[[list[str]], None]) -> None:
       print(f'error: {e}; the last good checkpoint is kept', file=sys.stderr)
       sys.exit(3)
 
-  app.run(wrapped)
+  app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """Flag parsing that reports a bad --config path or override key in one line."""
+  try:
+    argv = flags.FLAGS(argv)
+    for holder in _CONFIG_HOLDERS:
+      holder.value.to_dict()  # config_flags loads the file and applies overrides lazily.
+    return argv
+  except flags.Error as e:
+    message = str(e)
+  except (AttributeError, KeyError, OSError, SyntaxError, ValueError, TypeError) as e:
+    # config_flags raises these for an unknown override key or an unreadable config file.
+    message = _one_line(e)
+  _fail(message)
+
+
+def _one_line(e: Exception) -> str:
+  while e.args and isinstance(e.args[0], Exception):  # AttributeError(KeyError(...))
+    e = e.args[0]
+  text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
+  return ' '.join(part.strip(' \'"') for part in text.splitlines() if part.strip())
+
+
+def _fail(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  print('Pass --help to see the flags.', file=sys.stderr)
+  sys.exit(2)

@@ -53,7 +53,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(state.rng, state.step)
     loss, metrics, grads = _grads(loss_fn, state.params, batch, rng, accumulation_steps)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
@@ -65,8 +65,10 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
       keep_old = lambda new_leaf, old_leaf: jnp.where(finite, new_leaf, old_leaf)
       new = jax.tree.map(keep_old, new, state.replace(step=state.step + 1))
       new = new.replace(skipped_steps=state.skipped_steps + (~finite).astype(jnp.int32))
+    # `finite` tells the loop which steps to stop at (or, when skipping, to leave out of the
+    # logged means); `skipped_steps` is the running count the logs show.
     metrics = dict(metrics, loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                   finite=finite.astype(jnp.float32))
+                   finite=finite.astype(jnp.float32), skipped_steps=new.skipped_steps)
     return new, metrics
 
   return train_step

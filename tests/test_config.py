@@ -1,0 +1,80 @@
+"""Config validation: every user mistake is reported with the key and the value."""
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from vit import config as config_lib
+from vit.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small():
+  config = config_lib.defaults()
+  config.image_size = 28
+  config.batch_size = 8
+  config.model.patches.size = (4, 4)
+  config.model.hidden_size = 16
+  config.model.transformer.update(mlp_dim=32, num_heads=2, num_layers=1)
+  config.model.num_classes = 10
+  return config
+
+
+@pytest.mark.parametrize('mutate, message', [
+    (lambda c: c.update(image_size=30), 'config.image_size=30: not divisible by the patch size 4'),
+    (lambda c: c.model.transformer.update(num_heads=3),
+     'config.model.transformer.num_heads=3: does not divide model.hidden_size=16'),
+    (lambda c: c.model.update(name='ViT-Q/16'), "config.model.name='ViT-Q/16': unknown preset"),
+    (lambda c: c.update(batch_size=7), 'config.batch_size=7: each micro-batch of 7 must divide '
+                                       'evenly over the 2 devices'),
+    (lambda c: c.model.update(classifier='cls'), "config.model.classifier='cls': must be one of"),
+    (lambda c: c.optimizer.update(accumulation_steps=3),
+     'config.optimizer.accumulation_steps=3: must be >= 1 and divide batch_size=8'),
+    (lambda c: c.model.update(hidden_size=None), 'config.model.hidden_size=None: not set'),
+    (lambda c: c.update(total_steps=0), 'config.total_steps=0: must be a positive integer'),
+])
+def test_mistakes_name_the_key_and_value(mutate, message):
+  config = small()
+  mutate(config)
+  with pytest.raises(ConfigError) as error:
+    config_lib.validate(config, num_devices=2)
+  assert message in str(error.value)
+
+
+def test_unknown_key_in_a_config_file_is_reported():
+  config = small()
+  config.model.hidden_sise = 3  # a typo in a config file
+  with pytest.raises(ConfigError, match='config.model.hidden_sise=3: unknown config key'):
+    config_lib.validate(config, num_devices=1)
+
+
+def test_preset_fills_only_unset_keys():
+  config = small()
+  config.model.update(name='ViT-B/16', hidden_size=None)
+  config.model.transformer.update(mlp_dim=None, num_heads=None, num_layers=6)
+  config.model.patches.size = None
+  config.image_size = 224
+  m = config_lib.validate(config, num_devices=1)
+  assert m['hidden_size'] == 768 and m['transformer']['num_heads'] == 12
+  assert m['transformer']['mlp_dim'] == 3072 and m['transformer']['num_layers'] == 6
+  assert tuple(m['patches']['size']) == (16, 16)
+
+
+def _cli(*args):
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                        env=env, timeout=300)
+
+
+def test_command_line_mistakes_are_one_line_errors():
+  for override, expected in (
+      ('--config.model.hidden_sizee=3', 'Did you mean "hidden_size"'),
+      ('--config.image_size=30', 'config.image_size=30: not divisible by the patch size 4'),
+      ('--config=configs/missing.py', 'configs/missing.py'),
+  ):
+    result = _cli('-m', 'supervised.train', '--workdir', '/tmp/unused-workdir', override)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and 'Traceback' not in result.stderr, result.stderr

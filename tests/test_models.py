@@ -1,0 +1,160 @@
+"""The ViT backbone: parameter counts and names, heads, dropout, attention weights, posemb resize."""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit import config as config_lib
+from vit.models import summary
+from vit.models.vit import VisionTransformer, resize_posemb
+
+# The official figures: 1000 classes, 224 px, no representation layer (vit_jax models_test.py).
+OFFICIAL_COUNTS = {
+    'ViT-Ti/16': 5_717_416,
+    'ViT-S/16': 22_050_664,
+    'ViT-B/16': 86_567_656,
+    'ViT-B/32': 88_224_232,
+    'ViT-L/16': 304_326_632,
+    'ViT-H/14': 632_045_800,
+    'R50+ViT-B/16': 98_659_112,
+}
+
+
+def _preset(name, **overrides):
+  config = config_lib.defaults()
+  config.model.name = name
+  config.model.num_classes = 1000
+  config.image_size = 224
+  for key, value in overrides.items():
+    config.model[key] = value
+  return config_lib.build_model(config_lib.validate(config, num_devices=1))
+
+
+@pytest.mark.parametrize('name', sorted(OFFICIAL_COUNTS))
+def test_parameter_count_matches_official(name):
+  params = summary.abstract_params(_preset(name), 224)  # eval_shape: nothing allocated
+  assert summary.count(params) == OFFICIAL_COUNTS[name]
+
+
+def tiny(**kw):
+  args = dict(num_classes=5, patch_size=(4, 4), hidden_size=16, num_layers=2, mlp_dim=32,
+              num_heads=2)
+  args.update(kw)
+  return VisionTransformer(**args)
+
+
+def _init(model, size=16, batch=2):
+  x = jax.random.normal(jax.random.key(1), (batch, size, size, 3))
+  params = nn.unbox(model.init(jax.random.key(0), x, train=False)['params'])
+  return params, x
+
+
+def _names(tree, prefix=''):
+  out = set()
+  for k, v in tree.items():
+    out |= _names(v, f'{prefix}{k}/') if isinstance(v, dict) else {f'{prefix}{k}'}
+  return out
+
+
+def test_parameter_names_are_the_official_checkpoint_layout():
+  params, _ = _init(tiny(representation_size=8))
+  block = 'Transformer/encoderblock_1'
+  expected = {
+      'cls', 'embedding/kernel', 'embedding/bias',
+      'Transformer/posembed_input/pos_embedding',
+      'Transformer/encoder_norm/scale', 'Transformer/encoder_norm/bias',
+      'pre_logits/kernel', 'pre_logits/bias', 'head/kernel', 'head/bias',
+  }
+  for block in ('Transformer/encoderblock_0', 'Transformer/encoderblock_1'):
+    for ln in ('LayerNorm_0', 'LayerNorm_2'):
+      expected |= {f'{block}/{ln}/scale', f'{block}/{ln}/bias'}
+    for proj in ('query', 'key', 'value', 'out'):
+      expected |= {f'{block}/MultiHeadDotProductAttention_1/{proj}/{w}'
+                   for w in ('kernel', 'bias')}
+    expected |= {f'{block}/MlpBlock_3/Dense_{i}/{w}' for i in (0, 1) for w in ('kernel', 'bias')}
+  assert _names(params) == expected
+  attn = params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_1']
+  assert attn['query']['kernel'].shape == (16, 2, 8)  # [embed, heads, head_dim]
+  assert attn['out']['kernel'].shape == (2, 8, 16)
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 16)
+  assert not np.any(params['head']['kernel'])  # zero-initialised head
+
+
+def test_token_gap_unpooled_and_representation_shapes():
+  for classifier, has_cls in (('token', True), ('gap', False)):
+    model = tiny(classifier=classifier)
+    params, x = _init(model)
+    assert ('cls' in params) == has_cls
+    assert model.apply({'params': params}, x, train=False).shape == (2, 5)
+  model = tiny(classifier='unpooled', num_classes=None)
+  params, x = _init(model)
+  assert model.apply({'params': params}, x, train=False).shape == (2, 17, 16)
+  model = tiny(num_classes=None, representation_size=8)
+  params, x = _init(model)
+  features = model.apply({'params': params}, x, train=False)
+  assert features.shape == (2, 8) and np.all(np.abs(features) <= 1.0)  # tanh
+
+
+def test_gap_averages_the_encoded_tokens():
+  gap = tiny(classifier='gap', num_classes=None)
+  params, x = _init(gap)
+  pooled, state = gap.apply({'params': params}, x, train=False, mutable=['intermediates'],
+                            capture_intermediates=lambda mdl, _: mdl.name == 'Transformer')
+  encoded = state['intermediates']['Transformer']['__call__'][0]
+  assert encoded.shape == (2, 16, 16)  # no class token with GAP
+  np.testing.assert_allclose(pooled, encoded.mean(axis=1), rtol=1e-6, atol=1e-6)
+
+
+def test_dropout_is_deterministic_under_a_fixed_rng():
+  model = tiny(dropout_rate=0.3, attention_dropout_rate=0.3, classifier='unpooled',
+               num_classes=None)
+  params, x = _init(model)
+  run = lambda seed, train: model.apply({'params': params}, x, train=train,
+                                        rngs={'dropout': jax.random.key(seed)})
+  np.testing.assert_array_equal(run(7, True), run(7, True))
+  assert not np.allclose(run(7, True), run(8, True))
+  np.testing.assert_array_equal(run(7, False), run(8, False))
+
+
+def test_sown_attention_weights_and_fast_path_agree():
+  model = tiny(num_classes=None, classifier='unpooled')
+  params, x = _init(model)
+  fast = model.apply({'params': params}, x, train=False)
+  slow, state = model.apply({'params': params}, x, train=False, mutable=['intermediates'])
+  np.testing.assert_allclose(fast, slow, atol=1e-5)
+  weights = state['intermediates']['Transformer']['encoderblock_1'][
+      'MultiHeadDotProductAttention_1']['attention_weights'][0]
+  assert weights.shape == (2, 2, 17, 17)  # [batch, heads, query, key]
+  np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
+
+
+def test_hybrid_uses_the_resnet_feature_map():
+  from vit.models.resnet import ResNetConfig
+  model = tiny(patch_size=(1, 1), resnet=ResNetConfig((1, 1)))
+  params, x = _init(model, size=32)
+  assert {'conv_root', 'gn_root', 'block1', 'block2'} <= set(params)
+  # 32 px / stride 8 (root 2, pool 2, one strided stage) = 4x4 tokens + class token.
+  assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 16)
+  assert model.apply({'params': params}, x, train=False).shape == (2, 5)
+
+
+def test_posemb_resize_is_identity_at_equal_size():
+  posemb = np.random.default_rng(0).normal(size=(1, 1 + 16, 8)).astype(np.float32)
+  np.testing.assert_array_equal(resize_posemb(posemb, (4, 4)), posemb)
+
+
+def test_posemb_resize_is_exact_on_a_linear_grid():
+  # A grid linear in (row, col) is reproduced exactly by linear interpolation, with the corner
+  # cells aligned (scipy.ndimage.zoom, order 1, as the official checkpoint.py).
+  old, new = 4, 7
+  rows, cols = np.meshgrid(np.arange(old), np.arange(old), indexing='ij')
+  grid = np.stack([2.0 * rows + 3.0 * cols, -rows + 0.5 * cols], -1).reshape(1, old * old, 2)
+  cls = np.array([[[9.0, -9.0]]])
+  out = resize_posemb(np.concatenate([cls, grid], 1), (new, new))
+  assert out.shape == (1, 1 + new * new, 2)
+  np.testing.assert_array_equal(out[:, :1], cls)
+  r, c = np.meshgrid(np.arange(new), np.arange(new), indexing='ij')
+  scale = (old - 1) / (new - 1)
+  expected = np.stack([2.0 * r * scale + 3.0 * c * scale, -r * scale + 0.5 * c * scale], -1)
+  np.testing.assert_allclose(out[0, 1:].reshape(new, new, 2), expected, atol=1e-5)
