@@ -14,8 +14,9 @@ for the raw parameters.
 from __future__ import annotations
 
 import copy
+import json
 import os
-from typing import Callable, NamedTuple, Optional
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -29,8 +30,9 @@ FORMATS = ('mpp', 'supervised', 'vit_jax', 'hf')
 # Keys that fix the shapes (or the function) of the backbone; checkpoints state them.
 BACKBONE_KEYS = ('patches.size', 'hidden_size', 'transformer.mlp_dim', 'transformer.num_heads',
                  'transformer.num_layers', 'resnet.num_layers', 'resnet.width_factor',
-                 'classifier', 'gelu_approximate', 'layer_norm_epsilon')
+                 'classifier', 'gelu_approximate', 'layer_norm_epsilon', 'posemb', 'attention')
 HEAD_KEYS = ('head', 'pre_logits')
+CLASS_NAMES_FILE = 'class_names.json'
 _MAX_LISTED = 12
 
 
@@ -89,14 +91,27 @@ def _load_workdir(fmt: str, path: str, use_ema: bool):
                 if k in ('num_classes', 'representation_size')})
   if model['classifier'] == 'unpooled':  # MPP reads every token; the class token is still there.
     model['classifier'] = 'token' if 'cls' in params else 'gap'
-  return params, model, _class_names(saved, model)
+  return params, model, read_class_names(path, model['num_classes'])
 
 
-def _class_names(saved: dict, model: dict) -> Optional[list[str]]:
-  if saved.get('data', {}).get('source') == 'fashion_mnist' and model['num_classes'] == 10:
-    from vit.data import fashion_mnist
-    return list(fashion_mnist.CLASS_NAMES)
-  return None
+def write_class_names(workdir: str, names: Optional[Sequence[str]]) -> None:
+  """Stores a classifier's label names beside its checkpoints (for prediction and export)."""
+  if names and jax.process_index() == 0:
+    try:
+      os.makedirs(workdir, exist_ok=True)
+      with open(os.path.join(workdir, CLASS_NAMES_FILE), 'w') as f:
+        json.dump(list(names), f)
+    except OSError as e:
+      raise UserError(f'--workdir {workdir}: not writable ({e.strerror})') from None
+
+
+def read_class_names(workdir: str, num_classes: Optional[int]) -> Optional[list[str]]:
+  path = os.path.join(workdir, CLASS_NAMES_FILE)
+  if not num_classes or not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    names = json.load(f)
+  return names if isinstance(names, list) and len(names) == num_classes else None
 
 
 def infer_model(params: dict) -> dict:
@@ -244,19 +259,20 @@ def _assign(d: dict, dotted: str, value) -> None:
   d[leaf] = value
 
 
-def adapt_params(loaded: dict, target: dict, *, keep_head: bool = False,
+def adapt_params(loaded: dict, target: dict, *, drop: Sequence[str] = HEAD_KEYS,
                  fresh: Optional[Callable[[], dict]] = None, what: str = 'init') -> dict:
   """`loaded` mapped onto the parameter shapes of `target` (arrays or ShapeDtypeStructs).
 
-  Position embeddings are interpolated to the target's grid (class token kept). Unless
-  `keep_head`, the checkpoint's head and representation layer are dropped: the new head is
-  zero (paper §3.2), a new representation layer (if the target has one) comes from `fresh()`.
-  Any other difference is a UserError listing the keys and shapes.
+  Position embeddings are interpolated to the target's grid (class token kept). The top-level
+  layers named in `drop` are not taken from the checkpoint: fine-tuning drops the head and the
+  representation layer (paper §3.2); a new head is zero, a new representation layer comes from
+  `fresh()`. Any other difference is a UserError listing the keys and shapes.
   """
   have, want = interop.flatten(loaded), interop.flatten(target)
   posemb_key = 'Transformer/posembed_input/pos_embedding'
-  if not keep_head:
-    have = {k: v for k, v in have.items() if k.split('/')[0] not in HEAD_KEYS}
+  have = {k: v for k, v in have.items() if k.split('/')[0] not in drop}
+  if 'head' not in want:  # A representation-only model: the checkpoint's head has no place.
+    have = {k: v for k, v in have.items() if not k.startswith('head/')}
   if posemb_key in have and posemb_key in want:
     have[posemb_key] = _resize_posemb(have[posemb_key], want[posemb_key].shape,
                                       prefix=1 if 'cls' in want else 0)

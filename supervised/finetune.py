@@ -1,0 +1,89 @@
+"""Fine-tuning from any checkpoint: `python -m supervised.finetune --config ... --workdir DIR`.
+
+As the paper (§3.2, Appendix B.1.1): the pretrained head and representation layer are removed
+and a zero-initialised head for the new classes is attached; at a higher resolution than
+pretraining the patch size stays, so the sequence grows and the position embeddings are
+interpolated in 2D. SGD with momentum 0.9, no weight decay, warmup + cosine, clipping at 1.
+
+`config.init` names the weights (vit/init_spec.py); the architecture comes from the
+checkpoint, and model keys set in the config must agree with it.
+"""
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import ml_collections
+from absl import flags
+
+from supervised import train
+from vit import cli, config as config_lib, init_spec
+from vit.data import pipeline
+from vit.errors import ConfigError
+from vit.training import loop
+
+FLAGS = flags.FLAGS
+INIT_FORMATS = 'mpp:DIR, supervised:DIR, vit_jax:FILE.npz or hf:DIR'
+
+
+def prepare(config: ml_collections.ConfigDict) -> tuple[dict, init_spec.Checkpoint]:
+  """Loads config.init, writes its architecture into config.model, validates the config.
+
+  The config then describes the fine-tuned model completely, so the checkpoint it saves can
+  itself be loaded with `supervised:DIR`.
+  """
+  if not config.init:
+    raise ConfigError('init', config.init, f'set the weights to start from: {INIT_FORMATS}')
+  ckpt = init_spec.load(config.init)
+  merged = init_spec.merge_model(config.model, ckpt.model)
+  if config.data.channels != ckpt.channels:
+    raise ConfigError('data.channels', config.data.channels,
+                      f'the checkpoint {config.init} takes {ckpt.channels}-channel images')
+  for key in init_spec.BACKBONE_KEYS:
+    _assign(config.model, key, _lookup(merged, key))
+  m = config_lib.validate(config)
+  train.check_classes(config, m)
+  return m, ckpt
+
+
+def _lookup(d: dict, dotted: str):
+  for part in dotted.split('.'):
+    d = d[part]
+  return tuple(d) if isinstance(d, list) else d
+
+
+def _assign(cfg: ml_collections.ConfigDict, dotted: str, value) -> None:
+  *parents, leaf = dotted.split('.')
+  for part in parents:
+    cfg = cfg[part]
+  cfg[leaf] = value
+
+
+def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:
+  """The supervised task, started from the checkpoint's weights (adapted to this model)."""
+  task = train.build_task(config, m, **sources)
+
+  def fresh():  # Only for a new representation layer (model.representation_size set).
+    return nn.unbox(task.init_params(jax.random.key(config.seed)))
+
+  def load_params(target):
+    return init_spec.adapt_params(ckpt.params, target, fresh=fresh, what=f'init {config.init}')
+
+  task.load_params = load_params
+  return task
+
+
+def main(argv):
+  del argv
+  config, workdir = FLAGS.config, FLAGS.workdir
+  m, ckpt = prepare(config)
+  print(f'fine-tuning from {config.init}: {init_spec.describe(ckpt)} -> '
+        f'{config.image_size}px, {m["num_classes"]} classes', flush=True)
+  source = pipeline.make_source(config, config.data.train_split)
+  task = build_task(config, m, ckpt, train_source=source)
+  init_spec.write_class_names(workdir, train.class_names(config, source))
+  loop.train(config, workdir, task)
+
+
+if __name__ == '__main__':
+  cli.define_config_flags('configs/finetune/fashion_mnist.py')
+  cli.run(main)
