@@ -83,6 +83,16 @@ def defaults() -> ml_collections.ConfigDict:
   config.eval_batch_size = 256
   config.mesh = dict(data=-1, fsdp=1, tensor=1)
   config.init = _none(str)  # Fine-tuning: 'mpp:DIR' | 'supervised:DIR' | 'vit_jax:F' | 'hf:DIR'
+  config.fewshot = dict(  # Few-shot linear evaluation (vit/evaluators/fewshot.py).
+      enabled=False,  # Run at every evaluation (config.eval_every and the end).
+      shots=(1, 5, 10, 25),
+      l2_reg=2.0 ** 10,  # L2 strength of the headline numbers (big_vision's default).
+      l2_regs=(2.0 ** -4, 1.0, 2.0 ** 4, 2.0 ** 8, 2.0 ** 12),  # Also reported.
+      seed=0,  # Shot sampling.
+      train_split='train',
+      test_split=_none(str),  # None: data.eval_split.
+      max_test=10000,
+  )
   config.mpp = dict(
       target='mean_color',  # 'mean_color' | 'downsampled_color' | 'pixels'
       corruption_rate=0.5,
