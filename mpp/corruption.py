@@ -1,0 +1,53 @@
+"""Which patch embeddings masked patch prediction corrupts, and how (Appendix B.1.2).
+
+Per image, round(rate * N) of the N patches are chosen uniformly without replacement. Each chosen
+patch is, independently as in BERT, replaced by the learned [mask] embedding (80%), by another
+patch embedding drawn from the whole batch (10%), or kept as it is (10%): the model must predict
+all of them, so it cannot tell from the input which patches it will be asked about.
+Everything is drawn from one jax.random key, so the same key gives the same corruption.
+"""
+from __future__ import annotations
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+
+@flax.struct.dataclass
+class Corruption:
+  corrupted: jax.Array  # bool [B, N]: the patches the loss is computed on.
+  masked: jax.Array     # bool [B, N]: replaced by the [mask] embedding.
+  replaced: jax.Array   # bool [B, N]: replaced by the patch at `source`.
+  source: jax.Array     # int32 [B, N]: flat index into the batch's B*N patches, never itself.
+
+
+def num_corrupted(num_patches: int, rate: float) -> int:
+  return int(round(rate * num_patches))
+
+
+def sample(rng: jax.Array, batch: int, num_patches: int, *, rate: float = 0.5,
+           mask_fraction: float = 0.8, random_fraction: float = 0.1) -> Corruption:
+  choose_rng, kind_rng, source_rng = jax.random.split(rng, 3)
+  k = num_corrupted(num_patches, rate)
+  # The ranks of i.i.d. uniform noise are a uniformly random permutation of each row.
+  noise = jax.random.uniform(choose_rng, (batch, num_patches))
+  ranks = jnp.argsort(jnp.argsort(noise, axis=-1), axis=-1)
+  corrupted = ranks < k
+  u = jax.random.uniform(kind_rng, (batch, num_patches))
+  masked = corrupted & (u < mask_fraction)
+  replaced = corrupted & (u >= mask_fraction) & (u < mask_fraction + random_fraction)
+  total = batch * num_patches
+  own = jnp.arange(total, dtype=jnp.int32).reshape(batch, num_patches)
+  # Uniform over the other total-1 patches: draw from [0, total-1) and skip one's own index.
+  other = jax.random.randint(source_rng, (batch, num_patches), 0, max(total - 1, 1), jnp.int32)
+  source = jnp.where(other >= own, other + 1, other) if total > 1 else own
+  return Corruption(corrupted=corrupted, masked=masked, replaced=replaced, source=source)
+
+
+def apply(embeddings: jax.Array, corruption: Corruption, mask_embedding: jax.Array
+          ) -> jax.Array:
+  """[B, N, D] patch embeddings -> the corrupted ones the encoder sees."""
+  b, n, d = embeddings.shape
+  others = embeddings.reshape(b * n, d)[corruption.source.reshape(-1)].reshape(b, n, d)
+  x = jnp.where(corruption.replaced[..., None], others, embeddings)
+  return jnp.where(corruption.masked[..., None], mask_embedding.astype(x.dtype), x)

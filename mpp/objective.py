@@ -1,0 +1,140 @@
+"""The masked patch prediction model, its loss and its metrics (paper §4.6, Appendix B.1.2).
+
+Parameters are {'backbone': <the ViT, official names>, 'mask_embedding': [D], 'head': Dense}:
+fine-tuning (`--config.init=mpp:DIR`) keeps params['backbone'] and drops the rest.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from mpp import corruption as corruption_lib
+from mpp import targets as targets_lib
+from vit import config as config_lib
+from vit.models.vit import VisionTransformer
+from vit.preprocess import to_model_input, to_unit
+
+
+class MppModel(nn.Module):
+  """A ViT that returns, for every patch position (class token excluded), a prediction."""
+  backbone: VisionTransformer
+  output_shape: tuple[int, ...]
+
+  @nn.compact
+  def __call__(self, images: jax.Array, corruption: Optional[corruption_lib.Corruption], *,
+               train: bool) -> jax.Array:
+    mask_embedding = self.param(
+        'mask_embedding', nn.with_logical_partitioning(nn.initializers.normal(0.02), ('embed',)),
+        (self.backbone.hidden_size,), jnp.float32)
+    transform = None
+    if corruption is not None:
+      transform = lambda x: corruption_lib.apply(x, corruption, mask_embedding)
+    encoded = self.backbone(images, train=train, patch_transform=transform)[:, 1:]
+    out = nn.Dense(math.prod(self.output_shape), dtype=self.backbone.dtype, name='head',
+                   kernel_init=nn.with_logical_partitioning(nn.initializers.zeros,
+                                                            ('embed', 'classes')),
+                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('classes',)))(
+                       encoded)
+    return out.reshape(*out.shape[:2], *self.output_shape).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """Everything the MPP loss needs to know, read once from the config."""
+  target: str
+  patch_size: tuple[int, int]
+  channels: int
+  bits: int
+  grid: int
+  normalize_pixels: bool
+  rate: float
+  mask_fraction: float
+  random_fraction: float
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, m: dict) -> 'Spec':
+    c = config.mpp
+    return cls(c.target, tuple(m['patches']['size']), config.data.channels, c.bits, c.grid,
+               c.normalize_pixels, c.corruption_rate, c.mask_fraction, c.random_fraction)
+
+  @property
+  def output_shape(self) -> tuple[int, ...]:
+    return targets_lib.output_shape(self.target, self.patch_size, self.channels, self.bits,
+                                    self.grid)
+
+
+def build_model(config: ml_collections.ConfigDict, m: dict) -> MppModel:
+  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
+  return MppModel(backbone=backbone, output_shape=Spec.from_config(config, m).output_shape)
+
+
+def compute_targets(spec: Spec, unit_images: jax.Array) -> jax.Array:
+  if spec.target == 'mean_color':
+    return targets_lib.mean_color(unit_images, spec.patch_size, spec.bits)
+  if spec.target == 'downsampled_color':
+    return targets_lib.downsampled_color(unit_images, spec.patch_size, spec.grid, spec.bits)
+  t = targets_lib.pixels(unit_images, spec.patch_size)
+  return targets_lib.normalize_patches(t) if spec.normalize_pixels else t
+
+
+def _masked_mean(values: jax.Array, weights: jax.Array) -> jax.Array:
+  return jnp.sum(values * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def masked_loss(spec: Spec, outputs: jax.Array, targets: jax.Array, corrupted: jax.Array
+                ) -> tuple[jax.Array, dict]:
+  """Loss and accuracy averaged over the corrupted patches only (bool [B, N])."""
+  weights = corrupted.astype(jnp.float32)
+  if spec.target == 'pixels':
+    per_patch = jnp.mean(jnp.square(outputs - targets), axis=-1)
+    metrics = {'mse': _masked_mean(per_patch, weights)}
+    if not spec.normalize_pixels:
+      # The predicted patch's mean colour: comparable with the colour targets' accuracy.
+      predicted = _mean_color_of_pixels(spec, outputs)
+      actual = _mean_color_of_pixels(spec, targets)
+      metrics['accuracy'] = _masked_mean((predicted == actual).astype(jnp.float32), weights)
+    return metrics['mse'], metrics
+  per_cell = optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+  hits = (jnp.argmax(outputs, -1) == targets).astype(jnp.float32)
+  if spec.target == 'downsampled_color':
+    per_cell, hits = per_cell.mean(-1), hits.mean(-1)
+  loss = _masked_mean(per_cell, weights)
+  return loss, {'accuracy': _masked_mean(hits, weights)}
+
+
+def _mean_color_of_pixels(spec: Spec, flat_patches: jax.Array) -> jax.Array:
+  colors = flat_patches.reshape(*flat_patches.shape[:2], -1, spec.channels).mean(axis=2)
+  return targets_lib.quantize(jnp.clip(colors, 0.0, 1.0), spec.bits)
+
+
+def sample_corruption(spec: Spec, rng: jax.Array, images: jax.Array
+                      ) -> corruption_lib.Corruption:
+  gh = images.shape[1] // spec.patch_size[0]
+  gw = images.shape[2] // spec.patch_size[1]
+  return corruption_lib.sample(rng, images.shape[0], gh * gw, rate=spec.rate,
+                               mask_fraction=spec.mask_fraction,
+                               random_fraction=spec.random_fraction)
+
+
+def forward(model: MppModel, spec: Spec, params, images: jax.Array, rng: jax.Array,
+            train: bool):
+  """uint8 images -> (outputs, targets, corruption); `rng` feeds both corruption and dropout."""
+  corrupt_rng, dropout_rng = jax.random.split(rng)
+  corruption = sample_corruption(spec, corrupt_rng, images)
+  outputs = model.apply({'params': params}, to_model_input(images), corruption, train=train,
+                        rngs={'dropout': dropout_rng})
+  return outputs, compute_targets(spec, to_unit(images)), corruption
+
+
+def make_loss_fn(model: MppModel, spec: Spec):
+  def loss_fn(params, batch, rng, train):
+    outputs, targets, corruption = forward(model, spec, params, batch['image'], rng, train)
+    return masked_loss(spec, outputs, targets, corruption.corrupted)
+  return loss_fn

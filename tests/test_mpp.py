@@ -1,0 +1,207 @@
+"""MPP targets, corruption and loss on hand-computed cases (paper Appendix B.1.2)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.mpp import fashion_mnist
+from mpp import corruption as corruption_lib
+from mpp import images as images_lib
+from mpp import objective, targets
+from vit import config as config_lib
+from vit.data import fashion_mnist as fmnist
+from vit.errors import ConfigError
+
+
+def _image(patch_means, patch=2):
+  """An image of constant patches: patch_means is [gh, gw, C]."""
+  x = np.asarray(patch_means, np.float32)
+  return np.repeat(np.repeat(x, patch, axis=0), patch, axis=1)[None]
+
+
+def test_mean_color_bin_edges_grayscale():
+  # 0 -> bin 0; just below 1/8 -> 0; exactly 1/8 -> 1; 1.0 -> top bin 7 (closed).
+  image = _image([[[0.0], [0.1249]], [[0.125], [1.0]]])
+  np.testing.assert_array_equal(targets.mean_color(image, 2), [[0, 0, 1, 7]])
+
+
+def test_mean_color_rgb_is_r64_g8_b():
+  image = _image([[[1.0, 0.125, 0.0], [0.5, 0.5, 0.5]]])
+  # (7, 1, 0) -> 7*64 + 8 = 456; 0.5 -> bin 4 per channel: 4*64 + 4*8 + 4 = 292.
+  np.testing.assert_array_equal(targets.mean_color(image, 2), [[456, 292]])
+
+
+def test_mean_color_averages_the_patch_and_orders_row_major():
+  image = np.zeros((1, 4, 4, 1), np.float32)
+  image[0, 0, 2:, 0] = 1.0     # Top-right patch: half its pixels white -> mean 0.5 -> bin 4.
+  image[0, 2:, :2, 0] = 0.25   # Bottom-left patch: 0.25 -> bin 2.
+  np.testing.assert_array_equal(targets.mean_color(image, 2), [[0, 4, 2, 0]])
+  np.testing.assert_array_equal(targets.mean_color(image, 2, bits=1), [[0, 1, 0, 0]])
+
+
+def test_downsampled_color_cells():
+  image = np.zeros((1, 4, 8, 1), np.float32)
+  image[0, :2, 4:6, 0] = 1.0                # Second patch, top-left 2x2 cell white.
+  image[0, 2:, 6:, 0] = 0.5                 # Second patch, bottom-right cell mid grey.
+  out = targets.downsampled_color(image, 4, grid=2)
+  assert out.shape == (1, 2, 4) and out.dtype == jnp.int32
+  np.testing.assert_array_equal(out, [[[0, 0, 0, 0], [7, 0, 0, 4]]])
+  # A grid as fine as the patch quantises each pixel.
+  rng = np.random.default_rng(0)
+  x = rng.uniform(size=(2, 8, 8, 3)).astype(np.float32)
+  per_pixel = targets.quantize(targets.patchify(x, 4).reshape(2, 4, 16, 3), 3)
+  np.testing.assert_array_equal(targets.downsampled_color(x, 4, grid=4), per_pixel)
+
+
+def test_downsampled_color_rejects_a_grid_not_dividing_the_patch():
+  with pytest.raises(ValueError, match='not divisible'):
+    targets.downsampled_color(np.zeros((1, 6, 6, 1)), 6, grid=4)
+
+
+def test_pixels_are_the_flattened_patches():
+  x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
+  out = targets.pixels(x, 2)
+  assert out.shape == (2, 4, 12)
+  np.testing.assert_array_equal(out[1, 3], x[1, 2:, 2:].reshape(-1))
+  np.testing.assert_array_equal(out[0, 1], x[0, :2, 2:].reshape(-1))
+  normed = targets.normalize_patches(out)
+  np.testing.assert_allclose(normed.mean(-1), 0.0, atol=1e-5)
+  np.testing.assert_allclose(normed.std(-1), 1.0, atol=1e-3)
+
+
+def _spec(target='mean_color', channels=1, rate=0.5):
+  return objective.Spec(target, (4, 4), channels, 3, 4, False, rate, 0.8, 0.1)
+
+
+def test_targets_come_from_unit_pixels_and_vary_across_a_real_batch():
+  # Mid grey uint8 128 is 0.502 in [0, 1] (bin 4) but 0.004 in the model's [-1, 1] (bin 0).
+  grey = jnp.full((1, 8, 8, 1), 128, jnp.uint8)
+  model = objective.MppModel(config_lib.build_model(_tiny_model(), classifier='unpooled'), (8,))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), None, train=False)['params']
+  _, t, _ = objective.forward(model, _spec(), params, grey, jax.random.key(1), False)
+  np.testing.assert_array_equal(t, 4)
+  images, _ = fmnist.load('test')
+  labels = targets.mean_color(images[:32].astype(np.float32) / 255.0, 4)
+  assert len(np.unique(np.asarray(labels))) >= 6
+  assert len({tuple(row) for row in np.asarray(labels).tolist()}) == 32
+
+
+def _tiny_model():
+  m = config_lib.resolved_model(fashion_mnist.get_config())
+  m['hidden_size'] = 16
+  m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
+  return m
+
+
+def test_corruption_statistics():
+  batch, n, samples = 64, 49, 40
+  draw = jax.vmap(lambda r: corruption_lib.sample(r, batch, n, rate=0.5))
+  c = draw(jax.random.split(jax.random.key(0), samples))
+  counts = np.asarray(c.corrupted.sum(-1))
+  np.testing.assert_array_equal(counts, round(0.5 * n))  # Exactly k distinct patches each.
+  chosen = c.corrupted.sum()
+  assert abs(float(c.masked.sum() / chosen) - 0.8) < 0.01
+  assert abs(float(c.replaced.sum() / chosen) - 0.1) < 0.01
+  assert not np.any(np.asarray(c.masked & c.replaced))
+  assert not np.any(np.asarray((c.masked | c.replaced) & ~c.corrupted))
+  per_position = np.asarray(c.corrupted.mean((0, 1)))
+  assert np.all(np.abs(per_position - 24 / 49) < 0.05)  # Uniform over positions.
+  own = np.arange(batch * n).reshape(batch, n)
+  assert not np.any(np.asarray(c.source) == own)
+  assert np.asarray(c.source).min() >= 0 and np.asarray(c.source).max() < batch * n
+  low = corruption_lib.sample(jax.random.key(3), batch, n, rate=0.15)
+  np.testing.assert_array_equal(low.corrupted.sum(-1), round(0.15 * n))
+
+
+def test_corruption_is_deterministic_in_the_rng():
+  a = corruption_lib.sample(jax.random.key(7), 8, 16)
+  b = corruption_lib.sample(jax.random.key(7), 8, 16)
+  c = corruption_lib.sample(jax.random.key(8), 8, 16)
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(x, y)
+  assert not np.array_equal(a.corrupted, c.corrupted)
+
+
+def test_apply_replaces_embeddings():
+  emb = jax.random.normal(jax.random.key(0), (4, 9, 5))
+  mask = jnp.arange(5.0) + 100.0
+  c = corruption_lib.sample(jax.random.key(1), 4, 9, rate=0.9, mask_fraction=0.5,
+                            random_fraction=0.4)
+  out = np.asarray(corruption_lib.apply(emb, c, mask))
+  emb, c = np.asarray(emb), jax.tree.map(np.asarray, c)
+  flat = emb.reshape(36, 5)
+  for b in range(4):
+    for i in range(9):
+      if c.masked[b, i]:
+        np.testing.assert_array_equal(out[b, i], mask)
+      elif c.replaced[b, i]:
+        np.testing.assert_array_equal(out[b, i], flat[int(c.source[b, i])])
+      else:
+        np.testing.assert_array_equal(out[b, i], emb[b, i])
+  assert c.masked.any() and c.replaced.any()
+
+
+@pytest.mark.parametrize('target,shape,targets_of', [
+    ('mean_color', (8,), lambda r: jax.random.randint(r, (3, 10), 0, 8)),
+    ('downsampled_color', (16, 8), lambda r: jax.random.randint(r, (3, 10, 16), 0, 8)),
+    ('pixels', (16,), lambda r: jax.random.uniform(r, (3, 10, 16))),
+])
+def test_loss_ignores_uncorrupted_positions(target, shape, targets_of):
+  spec = _spec(target)
+  outputs = jax.random.normal(jax.random.key(0), (3, 10, *shape))
+  t = targets_of(jax.random.key(1))
+  corrupted = jax.random.uniform(jax.random.key(2), (3, 10)) < 0.4
+  loss, metrics = objective.masked_loss(spec, outputs, t, corrupted)
+  noise = 5.0 * jax.random.normal(jax.random.key(3), outputs.shape)
+  where = corrupted.reshape(3, 10, *([1] * len(shape)))
+  loss_u, metrics_u = objective.masked_loss(spec, jnp.where(where, outputs, outputs + noise),
+                                            t, corrupted)
+  loss_c, _ = objective.masked_loss(spec, jnp.where(where, outputs + noise, outputs), t,
+                                    corrupted)
+  np.testing.assert_allclose(loss_u, loss, rtol=1e-6)
+  for k in metrics:
+    np.testing.assert_allclose(metrics_u[k], metrics[k], rtol=1e-6)
+  assert abs(float(loss_c) - float(loss)) > 1e-3
+
+
+def test_loss_is_the_mean_cross_entropy_over_corrupted_patches():
+  outputs = jnp.log(jnp.array([[[0.5, 0.5], [0.9, 0.1], [0.2, 0.8]]]))
+  t = jnp.array([[0, 0, 0]])
+  loss, metrics = objective.masked_loss(
+      objective.Spec('mean_color', (1, 1), 1, 1, 1, False, 0.5, 0.8, 0.1), outputs, t,
+      jnp.array([[True, False, True]]))
+  np.testing.assert_allclose(loss, (-np.log(0.5) - np.log(0.2)) / 2, rtol=1e-6)
+  np.testing.assert_allclose(metrics['accuracy'], 0.5)  # argmax ties go to class 0.
+
+
+def test_panels_show_mask_and_keep_uncorrupted_patches():
+  m = _tiny_model()
+  spec = _spec()
+  model = objective.MppModel(config_lib.build_model(m, classifier='unpooled'), (8,))
+  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), None, train=False)['params']
+  images, _ = fmnist.load('test')
+  x = jnp.asarray(images[:3])
+  original, shown, predicted = images_lib.patch_panels(model, spec, params, x,
+                                                       jax.random.key(5))
+  _, _, c = objective.forward(model, spec, params, x, jax.random.key(5), False)
+  keep = ~np.asarray(c.corrupted)
+  np.testing.assert_array_equal(np.asarray(predicted)[keep], np.asarray(original)[keep])
+  np.testing.assert_allclose(np.asarray(shown)[np.asarray(c.masked)][..., 0], 1.0)
+  picture = images_lib.compose(images_lib.make_panels(model, spec, params, x, jax.random.key(5)))
+  assert picture.shape == (3 * (28 * 4 + 2) + 2, 3 * (28 * 4 + 2) + 2, 3)
+  assert picture.dtype == np.uint8
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('target', 'colour', 'must be one of mean_color'),
+    ('corruption_rate', 0.0, 'must be in (0, 1]'),
+    ('random_fraction', 0.3, 'exceeds 1'),
+    ('grid', 3, 'must divide the patch size'),
+])
+def test_config_errors_name_the_key(key, value, message):
+  config = fashion_mnist.get_config()
+  config.mpp.target = 'downsampled_color'
+  config.mpp[key] = value
+  with pytest.raises(ConfigError, match=f'config.mpp.{key}=') as e:
+    config_lib.validate(config)
+  assert message in str(e.value)
