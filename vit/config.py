@@ -61,9 +61,10 @@ def defaults() -> ml_collections.ConfigDict:
       channels=3,
       inception_crop=False,
       flip=False,
-      worker_count=0,
+      worker_count=0,  # grain worker processes for decoding and augmentation; 0: threads only.
+      read_threads=16,  # grain threads per process reading and preprocessing records.
       shuffle_seed=_none(int),
-      skip_bad_records=False,
+      skip_bad_records=False,  # True: drop undecodable records / bad labels, count them in logs.
   )
   config.optimizer = dict(
       name='adam',  # 'adam' (decoupled weight decay) | 'sgd' (momentum)

@@ -49,8 +49,12 @@ def load(split: str, data_dir: str | None = None) -> tuple[np.ndarray, np.ndarra
 class ArraySource:
   """A grain random-access source over in-memory arrays: records {'image', 'label'}."""
 
-  def __init__(self, images: np.ndarray, labels: np.ndarray):
+  def __init__(self, images: np.ndarray, labels: np.ndarray, description: str = 'arrays',
+               class_names: tuple[str, ...] | None = CLASS_NAMES):
+    if len(images) != len(labels):
+      raise UserError(f'{description}: {len(images)} images but {len(labels)} labels')
     self.images, self.labels = images, labels
+    self.description, self.class_names = description, class_names
 
   def __len__(self) -> int:
     return len(self.labels)

@@ -1,30 +1,122 @@
-"""Assembles grain datasets from the config: sources, transforms, sharding, batching."""
+"""Assembles grain datasets from the config: sources, transforms, sharding, batching.
+
+Order of a training pipeline (per process):
+
+  source -> index -> this process's shard -> shuffle (new order every epoch) -> repeat
+    -> Preprocess (decode, check, augment; seeded by (seed, position))   [grain threads/workers]
+    -> drop and count bad records -> batch                               [main process]
+
+Batching happens after `mp_prefetch`, in the main process: grain hands each worker every n-th
+element, so batching inside the workers would make the batches depend on the worker count.
+"""
 from __future__ import annotations
 
-from typing import Iterator
+import logging
+from typing import Iterator, Optional
 
 import grain
 import jax
+from absl import flags
 import ml_collections
 import numpy as np
 
-from vit.data import fashion_mnist, transforms
+from vit.data import fashion_mnist, sources, transforms
 from vit.errors import ConfigError, UserError
+
+SOURCES = "'fashion_mnist', 'tfds:NAME' or 'array_record:DIR'"
 
 
 def make_source(config: ml_collections.ConfigDict, split: str):
-  """A random-access source of {'image': uint8 [H, W, C], 'label': int32} records."""
-  source = config.data.source
+  """A random-access source of {'image': uint8 [H, W, C] or encoded bytes, 'label'} records."""
+  source, data_dir = config.data.source, config.data.data_dir
+  split_key = 'train_split' if split == config.data.train_split else 'eval_split'
   if source == 'fashion_mnist':
-    return fashion_mnist.ArraySource(*fashion_mnist.load(split, config.data.data_dir))
-  raise ConfigError('data.source', source, "unknown source; use 'fashion_mnist'")
+    return fashion_mnist.ArraySource(*fashion_mnist.load(split, data_dir),
+                                     description=f'fashion_mnist split {split!r}')
+  kind, _, arg = str(source).partition(':')
+  if kind == 'tfds' and arg:
+    return sources.open_tfds(arg, data_dir, split, split_key)
+  if kind == 'array_record' and arg:
+    return sources.open_prepared(arg, split, split_key)
+  raise ConfigError('data.source', source, f'unknown source; use {SOURCES}')
 
 
-def per_process_batch(global_batch: int, key: str = 'batch_size') -> int:
-  count = jax.process_count()
+def per_process_batch(global_batch: int, key: str = 'batch_size',
+                      processes: Optional[int] = None) -> int:
+  count = jax.process_count() if processes is None else processes
   if global_batch % count:
     raise ConfigError(key, global_batch, f'not divisible by the {count} processes')
   return global_batch // count
+
+
+def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
+  if bad.size:
+    raise UserError(f'{where}: label {labels[bad[0]]} at index {bad[0]} is outside '
+                    f'[0, {num_classes}) (config.model.num_classes={num_classes})')
+
+
+class SkipBadRecords(grain.transforms.Filter):
+  """Drops the records Preprocess marked as bad, logging each with a running count."""
+
+  def __init__(self, where: str):
+    self.where, self.count = where, 0
+
+  def filter(self, record) -> bool:
+    if 'skipped' not in record:
+      return True
+    self.count += 1
+    logging.warning('skipped %s (%d bad records skipped so far in %s)', record['skipped'],
+                    self.count, self.where)
+    return False
+
+
+def _describe(source) -> str:
+  return getattr(source, 'description', type(source).__name__)
+
+
+def _check_source(config, source) -> None:
+  """Label checks that need no decoding, done before the first step rather than mid-epoch."""
+  num_classes = config.model.get('num_classes')
+  if num_classes is None or config.data.skip_bad_records:
+    return
+  names = getattr(source, 'class_names', None)
+  if names and len(names) > num_classes:
+    raise ConfigError('model.num_classes', num_classes,
+                      f'{_describe(source)} has {len(names)} classes')
+  if isinstance(getattr(source, 'labels', None), np.ndarray):
+    check_labels(source.labels, num_classes, _describe(source))
+
+
+def _shard(source, shard: grain.sharding.ShardOptions) -> grain.MapDataset:
+  """This process's contiguous slice of the indexed records (grain's even split)."""
+  n, count, index = len(source), shard.shard_count, shard.shard_index
+  per, extra = divmod(n, count)
+  if shard.drop_remainder:
+    start, end = per * index, per * (index + 1)
+  else:
+    start, end = per * index + min(index, extra), per * (index + 1) + min(index + 1, extra)
+  return grain.MapDataset.source(source).map_with_index(transforms.AddIndex())[start:end]
+
+
+def _preprocess(config, ops, where: str) -> transforms.Preprocess:
+  return transforms.Preprocess(tuple(ops), where, config.model.get('num_classes'),
+                               bool(config.data.skip_bad_records))
+
+
+def _parallel(config, ds: grain.MapDataset, where: str) -> grain.IterDataset:
+  """Per-record work on grain's threads (PIL decodes without the GIL) or worker processes."""
+  workers = config.data.worker_count
+  if not isinstance(workers, int) or workers < 0:
+    raise ConfigError('data.worker_count', workers, 'must be an integer >= 0')
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=config.data.read_threads))
+  if workers > 0:
+    if not flags.FLAGS.is_parsed():
+      # grain's worker processes read its absl flags; outside an absl app (notebooks, tests,
+      # benchmarks) nobody parsed them, so take their defaults.
+      flags.FLAGS.mark_as_parsed()
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+  return it.filter(SkipBadRecords(where))
 
 
 def _train_transforms(config):
@@ -40,48 +132,62 @@ def _eval_transforms(config):
   return [transforms.ToChannels(config.data.channels), transforms.CentralCrop(config.image_size)]
 
 
-def train_dataset(config: ml_collections.ConfigDict, source=None) -> grain.IterDataset:
+def train_dataset(config: ml_collections.ConfigDict, source=None,
+                  shard: Optional[grain.sharding.ShardOptions] = None) -> grain.IterDataset:
   """Shuffled (reshuffled every epoch), augmented, repeated, batched per process.
 
-  Each process reads only its shard; grain derives every random choice from (seed, index), so
-  the batches are the same whatever the worker count, and the iterator state is checkpointable.
+  Each process reads only its shard (`shard`, by default grain's JAX-process sharding); grain
+  derives every random choice from (seed, position), so the batches are the same whatever the
+  worker count, and the iterator state is checkpointable.
   """
   source = make_source(config, config.data.train_split) if source is None else source
+  shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
+  batch = per_process_batch(config.batch_size, processes=shard.shard_count)
+  _check_source(config, source)
+  where = _describe(source)
+  ds = _shard(source, shard)
+  if len(ds) == 0:
+    raise UserError(f'{where}: no records for process {shard.shard_index} of '
+                    f'{shard.shard_count}')
   seed = config.data.shuffle_seed if config.data.shuffle_seed is not None else config.seed
-  ds = grain.MapDataset.source(source)
-  ds = ds[jax.process_index()::jax.process_count()]
   ds = ds.shuffle(seed=seed).repeat()
-  for op in _train_transforms(config):
-    ds = ds.random_map(op, seed=seed) if isinstance(op, grain.transforms.RandomMap) else ds.map(op)
-  ds = ds.batch(per_process_batch(config.batch_size), drop_remainder=True)
-  iter_ds = ds.to_iter_dataset()
-  if config.data.worker_count > 0:
-    iter_ds = iter_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.data.worker_count))
-  return iter_ds
+  ds = ds.random_map(_preprocess(config, _train_transforms(config), where), seed=seed)
+  return _parallel(config, ds, where).batch(batch, drop_remainder=True)
 
 
-def eval_batches(config: ml_collections.ConfigDict, source=None, split: str | None = None
-                 ) -> Iterator[dict]:
-  """Every example exactly once; the last batch is padded and carries a `mask` of valid rows."""
+def _padded(records: Iterator[dict], batch: int, steps: int, template: dict) -> Iterator[dict]:
+  rows = []
+  for record in records:
+    rows.append({**record, 'mask': np.bool_(True)})
+    if len(rows) == batch:
+      yield _stack(rows)
+      steps, rows = steps - 1, []
+  while steps > 0:
+    rows += [template] * (batch - len(rows))
+    yield _stack(rows)
+    steps, rows = steps - 1, []
+
+
+def _stack(rows: list[dict]) -> dict:
+  return {k: np.stack([r[k] for r in rows]) for k in ('image', 'label', 'mask')}
+
+
+def eval_batches(config: ml_collections.ConfigDict, source=None, split: str | None = None,
+                 shard: Optional[grain.sharding.ShardOptions] = None) -> Iterator[dict]:
+  """Every example exactly once; the last batches are padded and carry a `mask` of valid rows.
+
+  Every process yields the same number of batches (from the largest shard), so collective
+  operations in the evaluation step line up across hosts.
+  """
   source = make_source(config, split or config.data.eval_split) if source is None else source
-  batch = per_process_batch(config.eval_batch_size, 'eval_batch_size')
-  ds = grain.MapDataset.source(source)[jax.process_index()::jax.process_count()]
-  for op in _eval_transforms(config):
-    ds = ds.map(op)
-  ds = ds.map(lambda r: {**r, 'mask': np.bool_(True)})
-  n = len(ds)
-  steps = -(-len(source) // config.eval_batch_size)  # Same count on every process.
-  for start in range(0, steps * batch, batch):
-    rows = [ds[i] for i in range(start, min(start + batch, n))]
-    if not rows:
-      rows = [{**ds[0], 'mask': np.bool_(False)}]
-    while len(rows) < batch:
-      rows.append({**rows[0], 'mask': np.bool_(False)})
-    yield {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-
-
-def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
-  bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
-  if bad.size:
-    raise UserError(f'{where}: label {labels[bad[0]]} at index {bad[0]} is outside '
-                    f'[0, {num_classes}) (config.model.num_classes={num_classes})')
+  shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=False)
+  batch = per_process_batch(config.eval_batch_size, 'eval_batch_size', shard.shard_count)
+  _check_source(config, source)
+  where = _describe(source)
+  ds = _shard(source, shard)
+  steps = -(-(-(-len(source) // shard.shard_count)) // batch)
+  ds = ds.random_map(_preprocess(config, _eval_transforms(config), where), seed=0)
+  size, channels = config.image_size, config.data.channels
+  template = {'image': np.zeros((size, size, channels), np.uint8), 'label': np.int32(0),
+              'mask': np.bool_(False)}
+  yield from _padded(iter(_parallel(config, ds, where)), batch, steps, template)

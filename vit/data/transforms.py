@@ -6,10 +6,14 @@ device; the train step scales them (to [0, 1] for MPP targets, [-1, 1] for the m
 from __future__ import annotations
 
 import dataclasses
+import io
+from typing import Optional
 
 import grain
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+
+from vit.errors import UserError
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -21,15 +25,92 @@ def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
   return out[..., None] if channels == 1 else out
 
 
+class BadRecord(ValueError):
+  """A record that cannot be used: an undecodable image or a label out of range."""
+
+
+def decode_image(data) -> np.ndarray:
+  """Encoded bytes (JPEG, PNG, ...) or an array -> uint8 [H, W, 1 or 3]."""
+  if isinstance(data, np.ndarray):
+    if data.dtype != np.uint8 or data.ndim not in (2, 3) or 0 in data.shape:
+      raise BadRecord(f'image array of {data.dtype} {data.shape} is not uint8 [H, W, C]')
+    return data[..., None] if data.ndim == 2 else data
+  try:
+    with Image.open(io.BytesIO(data)) as pil:
+      pil.load()  # Decodes now, so a truncated file fails here and not later.
+      if pil.mode not in ('L', 'RGB'):
+        pil = pil.convert('L' if pil.mode in ('1', 'I', 'I;16', 'F') else 'RGB')
+      image = np.asarray(pil)
+  except (OSError, ValueError, TypeError, Image.DecompressionBombError) as e:
+    raise BadRecord(f"key 'image': cannot decode the image ({decode_error(e)})") from None
+  return image[..., None] if image.ndim == 2 else image
+
+
+def decode_error(e: Exception) -> str:
+  # PIL's message for an unknown format names a BytesIO object, which tells the user nothing.
+  if isinstance(e, UnidentifiedImageError):
+    return 'not a recognised image format'
+  return str(e) or type(e).__name__
+
+
+def check_label(label, num_classes: Optional[int]) -> np.int32:
+  if np.ndim(label) != 0 or not np.issubdtype(np.asarray(label).dtype, np.integer):
+    raise BadRecord(f"key 'label': {label!r} is not an integer class index")
+  if num_classes is not None and not 0 <= label < num_classes:
+    raise BadRecord(f"key 'label': {label} is outside [0, {num_classes}) "
+                    f'(config.model.num_classes={num_classes})')
+  return np.int32(label)
+
+
+@dataclasses.dataclass(frozen=True)
+class AddIndex(grain.transforms.MapWithIndex):
+  """Keeps each record's position in its split, so an error can name the record."""
+
+  def map_with_index(self, index, record):
+    return {**record, 'index': index}
+
+
+@dataclasses.dataclass(frozen=True)
+class Preprocess(grain.transforms.RandomMap):
+  """Decode, check and transform one record; the composition of the config's transforms.
+
+  Returns {'image': uint8 [H, W, C], 'label': int32}. A bad record raises a UserError naming
+  `where` and the record index, or, with `skip_bad`, becomes {'skipped': reason}: the marker
+  travels to the main process, which drops and counts it (see pipeline.SkipBadRecords), so one
+  input still gives one output in the workers and the batches do not depend on the worker count.
+  """
+  ops: tuple
+  where: str
+  num_classes: Optional[int] = None
+  skip_bad: bool = False
+
+  def random_map(self, record, rng: np.random.Generator):
+    index = record.get('index', '?')
+    try:
+      out = {'image': decode_image(record['image']),
+             'label': check_label(record['label'], self.num_classes)}
+    except BadRecord as e:
+      reason = f'{self.where}: record {index}: {e}'
+      if self.skip_bad:
+        return {'skipped': reason}
+      raise UserError(f'{reason}; set config.data.skip_bad_records=True to skip such '
+                      f'records') from None
+    for op in self.ops:
+      out = op.random_map(out, rng) if isinstance(op, grain.transforms.RandomMap) else op.map(out)
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class ToChannels(grain.transforms.Map):
-  """Grayscale -> RGB by repeating the channel, when the model wants 3 channels."""
+  """Grayscale <-> RGB, to the number of channels the model takes."""
   channels: int
 
   def map(self, record):
     image = record['image']
     if image.shape[-1] == 1 and self.channels == 3:
       image = np.repeat(image, 3, axis=-1)
+    elif image.shape[-1] == 3 and self.channels == 1:
+      image = np.asarray(Image.fromarray(image).convert('L'))[..., None]
     return {**record, 'image': image}
 
 
