@@ -19,8 +19,9 @@ from vit.models.vit import VisionTransformer, patch_grid
 _none = config_dict.placeholder
 
 CLASSIFIERS = ('token', 'gap', 'unpooled')
-POSEMBS = ('learned_1d',)
-ATTENTIONS = ('global',)
+# Appendix D.4 / D.6 ablations; the first of each is the paper's ViT (docs/ablations.md).
+POSEMBS = ('learned_1d', 'learned_2d', 'relative', 'sincos_2d', 'none')
+ATTENTIONS = ('global', 'axial')
 DTYPES = ('float32', 'bfloat16')
 
 
@@ -173,6 +174,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                        ('attention', ATTENTIONS), ('dtype', DTYPES)):
     if m[key] not in allowed:
       raise ConfigError(f'model.{key}', m[key], f'must be one of {", ".join(allowed)}')
+  for kind, multiple in (('learned_2d', 2), ('sincos_2d', 4)):
+    if m['posemb'] == kind and m['hidden_size'] % multiple:
+      raise ConfigError('model.hidden_size', m['hidden_size'],
+                        f'must be a multiple of {multiple} for model.posemb={kind}')
   for key in ('dropout_rate', 'attention_dropout_rate'):
     if not 0.0 <= t[key] < 1.0:
       raise ConfigError(f'model.transformer.{key}', t[key], 'must be in [0, 1)')
@@ -244,6 +249,8 @@ def build_model(m: dict, *, num_classes: int | None = None, classifier: str | No
       layer_norm_epsilon=m['layer_norm_epsilon'],
       remat=m['remat'],
       dtype=jnp.dtype(m['dtype']),
+      posemb=m.get('posemb', 'learned_1d'),
+      attention=m.get('attention', 'global'),
   )
 
 

@@ -45,6 +45,79 @@ class AddPositionEmbs(nn.Module):
     return x + pe.astype(x.dtype)
 
 
+class AddPositionEmbs2D(nn.Module):
+  """Learned 2D position embeddings (Appendix D.4 ablation, `model.posemb='learned_2d'`).
+
+  A row table and a column table, each of half the width; a patch's embedding is its row's and
+  its column's concatenated. Prefix tokens (the class token) have no grid position, so they get
+  their own learned embedding (`pos_embedding_prefix`).
+  """
+  grid: tuple[int, int]
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    (gh, gw), width = self.grid, x.shape[2]
+    init = nn.initializers.normal(stddev=0.02)
+    # Replicated: half-width tables need not divide evenly over an 'embed'-sharded mesh axis.
+    row = self.param('pos_embedding_row', _logical(init, (None, None)), (gh, width // 2),
+                     self.param_dtype)
+    col = self.param('pos_embedding_col', _logical(init, (None, None)), (gw, width // 2),
+                     self.param_dtype)
+    pe = jnp.concatenate([jnp.broadcast_to(row[:, None], (gh, gw, width // 2)),
+                          jnp.broadcast_to(col[None], (gh, gw, width // 2))], axis=-1)
+    pe = pe.reshape(gh * gw, width)
+    prefix = x.shape[1] - gh * gw
+    if prefix:
+      pe = jnp.concatenate([self.param('pos_embedding_prefix', _logical(init, (None, 'embed')),
+                                       (prefix, width), self.param_dtype), pe])
+    return x + pe[None].astype(x.dtype)
+
+
+def sincos_2d(grid: Sequence[int], width: int, temperature: float = 10_000.0) -> np.ndarray:
+  """Fixed 2D sine-cosine position embeddings [gh * gw, width] (`model.posemb='sincos_2d'`).
+
+  A quarter of the channels each for sin(x), cos(x), sin(y), cos(y) over geometric frequencies,
+  as big_vision's `posemb_sincos_2d`; `width` must be a multiple of 4.
+  """
+  gh, gw = grid
+  y, x = np.mgrid[:gh, :gw]
+  omega = np.arange(width // 4) / max(width // 4 - 1, 1)
+  omega = 1.0 / temperature ** omega
+  y = np.einsum('m,d->md', y.ravel(), omega)
+  x = np.einsum('m,d->md', x.ravel(), omega)
+  return np.concatenate([np.sin(x), np.cos(x), np.sin(y), np.cos(y)], axis=1).astype(np.float32)
+
+
+class RelativePositionBias(nn.Module):
+  """Learned relative position biases added to attention logits (`model.posemb='relative'`).
+
+  One bias per head for every 2D offset between two patches (Appendix D.4's relative
+  attention, in the bias form of Swin/BEiT). The class token has no offset: class->patch,
+  patch->class and class->class each get one learned bias per head, as in BEiT.
+  Returns [1, heads, T, T] for T = prefix + gh * gw tokens.
+  """
+  grid: tuple[int, int]
+  num_heads: int
+  num_prefix_tokens: int
+
+  @nn.compact
+  def __call__(self) -> Array:
+    gh, gw = self.grid
+    init = nn.initializers.normal(stddev=0.02)
+    table = self.param('rel_table', _logical(init, (None, None, 'heads')),
+                       (2 * gh - 1, 2 * gw - 1, self.num_heads))
+    r, c = np.divmod(np.arange(gh * gw), gw)
+    bias = table[r[:, None] - r[None] + gh - 1, c[:, None] - c[None] + gw - 1]  # [N, N, heads]
+    p, n = self.num_prefix_tokens, gh * gw
+    if p:
+      pb = self.param('prefix_bias', _logical(init, (None, 'heads')), (3, self.num_heads))
+      fill = lambda i, rows, cols: jnp.broadcast_to(pb[i], (rows, cols, self.num_heads))
+      bias = jnp.concatenate([jnp.concatenate([fill(2, p, p), fill(0, p, n)], axis=1),
+                              jnp.concatenate([fill(1, n, p), bias], axis=1)], axis=0)
+    return jnp.transpose(bias, (2, 0, 1))[None]
+
+
 class MlpBlock(nn.Module):
   mlp_dim: int
   dropout_rate: float = 0.1
@@ -72,6 +145,47 @@ def _qkv_projection(num_heads, head_dim, dtype, name):
                          bias_init=_logical(nn.initializers.zeros, ('heads', 'kv')))
 
 
+# Axial attention (Appendix D.6, `model.attention='axial'`): patch tokens attend along their row
+# (or column) of the patch grid and to the prefix tokens; prefix tokens (the class token) attend
+# to every token, so the class token still gathers the whole image at linear cost.
+
+def axial_mask(grid: Sequence[int], num_tokens: int, axis: str) -> np.ndarray:
+  """Which keys each query may see under axial attention: bool [T, T], prefix tokens first."""
+  gh, gw = grid
+  p = num_tokens - gh * gw
+  r, c = np.divmod(np.arange(gh * gw), gw)
+  line = r if axis == 'row' else c
+  mask = np.ones((num_tokens, num_tokens), bool)
+  mask[p:, p:] = line[:, None] == line[None]
+  return mask
+
+
+def axial_attention(q: Array, k: Array, v: Array, grid: Sequence[int], axis: str) -> Array:
+  """Attention along rows or columns by reshaping: [B, T, heads, head_dim] in and out.
+
+  Costs O(T * (gh + gw)) rather than O(T^2); equal to global attention under `axial_mask`.
+  """
+  b, t, h, d = q.shape
+  gh, gw = grid
+  p = t - gh * gw
+
+  def lines(a):
+    a = a[:, p:].reshape(b, gh, gw, h, d)
+    return a if axis == 'row' else a.swapaxes(1, 2)
+
+  ql, kl, vl = lines(q), lines(k), lines(v)
+  n_lines, n = ql.shape[1], ql.shape[2]
+  if p:
+    prefix = lambda a: jnp.broadcast_to(a[:, None, :p], (b, n_lines, p, h, d))
+    kl, vl = (jnp.concatenate([prefix(a), al], axis=2) for a, al in ((k, kl), (v, vl)))
+  flat = lambda a: a.reshape(b * n_lines, a.shape[2], h, d)
+  y = jax.nn.dot_product_attention(flat(ql), flat(kl), flat(vl)).reshape(b, n_lines, n, h, d)
+  y = (y if axis == 'row' else y.swapaxes(1, 2)).reshape(b, gh * gw, h, d)
+  if p:
+    y = jnp.concatenate([jax.nn.dot_product_attention(q[:, :p], k, v), y], axis=1)
+  return y
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Self-attention with the parameter layout of `flax.linen.MultiHeadDotProductAttention`.
 
@@ -82,6 +196,8 @@ class MultiHeadDotProductAttention(nn.Module):
   num_heads: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
+  axis: Optional[str] = None  # 'row' | 'col': axial attention over the patch `grid`.
+  grid: Optional[tuple[int, int]] = None
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool,
@@ -92,7 +208,16 @@ class MultiHeadDotProductAttention(nn.Module):
                for n in ('query', 'key', 'value'))
     want_weights = self.is_mutable_collection('intermediates')
     use_dropout = not deterministic and self.dropout_rate > 0.0
-    if want_weights or use_dropout:
+    fast_axial = self.axis is not None and not (want_weights or use_dropout or
+                                                logits_bias is not None)
+    if self.axis is not None and not fast_axial:
+      # The same axial attention as global attention under a mask, so that the sown weights
+      # keep their [B, heads, T, T] layout for inspection and biases/dropout apply unchanged.
+      mask = jnp.where(axial_mask(self.grid, x.shape[1], self.axis), 0.0, -1e9)[None, None]
+      logits_bias = mask if logits_bias is None else logits_bias + mask
+    if fast_axial:
+      y = axial_attention(q, k, v, self.grid, self.axis)
+    elif want_weights or use_dropout:
       logits = jnp.einsum('bqhd,bkhd->bhqk', q, k) / jnp.sqrt(head_dim).astype(q.dtype)
       if logits_bias is not None:
         logits = logits + logits_bias.astype(logits.dtype)
@@ -120,6 +245,8 @@ class Encoder1DBlock(nn.Module):
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
+  attention_axis: Optional[str] = None  # Axial blocks (Appendix D.6): 'row' | 'col'.
+  grid: Optional[tuple[int, int]] = None
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool,
@@ -129,6 +256,7 @@ class Encoder1DBlock(nn.Module):
                                    bias_init=_logical(nn.initializers.zeros, ('embed',)))
     y = ln('LayerNorm_0')(x)
     y = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
+                                     axis=self.attention_axis, grid=self.grid,
                                      name='MultiHeadDotProductAttention_1')(
                                          y, deterministic=deterministic, logits_bias=logits_bias)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
@@ -149,17 +277,38 @@ class Encoder(nn.Module):
   layer_norm_epsilon: float = 1e-6
   remat: bool = False
   dtype: Dtype = jnp.float32
+  # Ablations (Appendix D.4, D.6); the defaults are the paper's ViT and its checkpoint layout.
+  posemb: str = 'learned_1d'  # 'learned_1d' | 'learned_2d' | 'relative' | 'sincos_2d' | 'none'
+  attention: str = 'global'  # 'global' | 'axial'
+  grid: Optional[tuple[int, int]] = None  # The patch grid (rows, cols) after prefix tokens.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
-    x = AddPositionEmbs(name='posembed_input')(x)
+    prefix = x.shape[1] - (self.grid[0] * self.grid[1] if self.grid else 0)
+    if self.posemb == 'learned_1d':
+      x = AddPositionEmbs(name='posembed_input')(x)
+    elif self.posemb == 'learned_2d':
+      x = AddPositionEmbs2D(tuple(self.grid), name='posembed_input')(x)
+    elif self.posemb == 'sincos_2d':
+      pe = np.concatenate([np.zeros((prefix, x.shape[2]), np.float32),
+                           sincos_2d(self.grid, x.shape[2])])
+      x = x + jnp.asarray(pe, x.dtype)[None]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     block_cls = nn.remat(Encoder1DBlock, static_argnums=()) if self.remat else Encoder1DBlock
+    # An axial layer is two blocks, row then column attention, each with its own MLP, as the
+    # paper's AxialViT (Appendix D.6).
+    axes = ((None, ''),) if self.attention == 'global' else (('row', '_row'), ('col', '_col'))
     for i in range(self.num_layers):
-      x = block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
-                    self.attention_dropout_rate, self.gelu_approximate,
-                    self.layer_norm_epsilon, self.dtype,
-                    name=f'encoderblock_{i}')(x, deterministic=not train)
+      for axis, suffix in axes:
+        kwargs = {}
+        if self.posemb == 'relative':
+          kwargs['logits_bias'] = RelativePositionBias(
+              tuple(self.grid), self.num_heads, prefix, name=f'relposemb_{i}{suffix}')()
+        x = block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
+                      self.attention_dropout_rate, self.gelu_approximate,
+                      self.layer_norm_epsilon, self.dtype, attention_axis=axis,
+                      grid=None if axis is None else tuple(self.grid),
+                      name=f'encoderblock_{i}{suffix}')(x, deterministic=not train, **kwargs)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm',
                         scale_init=_logical(nn.initializers.ones, ('embed',)),
                         bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
@@ -189,6 +338,8 @@ class VisionTransformer(nn.Module):
   head_bias_init: float = 0.0
   remat: bool = False
   dtype: Dtype = jnp.float32
+  posemb: str = 'learned_1d'  # Appendix D.4 ablations; see `Encoder`.
+  attention: str = 'global'  # 'axial': Appendix D.6.
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool,
@@ -212,7 +363,8 @@ class VisionTransformer(nn.Module):
       x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (b, 1, 1)), x], axis=1)
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
                 self.attention_dropout_rate, self.gelu_approximate, self.layer_norm_epsilon,
-                self.remat, self.dtype, name='Transformer')(x, train=train)
+                self.remat, self.dtype, posemb=self.posemb, attention=self.attention,
+                grid=(h, w), name='Transformer')(x, train=train)
     if self.classifier == 'unpooled':
       return x
     x = x[:, 0] if self.classifier == 'token' else jnp.mean(x, axis=1)
@@ -259,3 +411,39 @@ def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_toke
   grid = scipy.ndimage.zoom(grid, (gh / old, gw / old, 1), order=1)
   grid = grid.reshape(1, gh * gw, -1)
   return np.concatenate([prefix, grid], axis=1).astype(posemb.dtype)
+
+
+def _zoom(table: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+  """Linear interpolation of the leading axes of `table` to `shape` (corners aligned)."""
+  import scipy.ndimage  # Only loading code needs scipy.
+  table = np.asarray(table)
+  factors = [n / o for n, o in zip(shape, table.shape)] + [1] * (table.ndim - len(shape))
+  if tuple(shape) == table.shape[:len(shape)]:
+    return table
+  return scipy.ndimage.zoom(table, factors, order=1).astype(table.dtype)
+
+
+def resize_position_params(params: dict, new_grid: Sequence[int]) -> dict:
+  """Resizes every learned position parameter of a ViT to a new patch grid (fine-tuning).
+
+  Works for each `model.posemb` kind, read from the parameter names: `learned_1d`
+  (`posembed_input/pos_embedding`, via `resize_posemb`), `learned_2d` (row and column tables,
+  each interpolated along its axis), `relative` (`relposemb_*/rel_table`, offsets
+  interpolated in 2D); `sincos_2d` and `none` have nothing to resize. Prefix-token entries are
+  kept. `params` is the host tree of the whole model; a new tree is returned.
+  """
+  gh, gw = new_grid
+  enc = dict(params['Transformer'])
+  pos = enc.get('posembed_input')
+  if pos is not None and 'pos_embedding' in pos:
+    prefix = 1 if 'cls' in params else 0
+    pos = dict(pos, pos_embedding=resize_posemb(pos['pos_embedding'], (gh, gw), prefix))
+  elif pos is not None:
+    pos = dict(pos, pos_embedding_row=_zoom(pos['pos_embedding_row'], (gh,)),
+               pos_embedding_col=_zoom(pos['pos_embedding_col'], (gw,)))
+  if pos is not None:
+    enc['posembed_input'] = pos
+  for name, sub in enc.items():
+    if name.startswith('relposemb_'):
+      enc[name] = dict(sub, rel_table=_zoom(sub['rel_table'], (2 * gh - 1, 2 * gw - 1)))
+  return dict(params, Transformer=enc)
