@@ -1,0 +1,139 @@
+"""Fine-tuning from an official-layout .npz at a higher resolution and from a transformers ViT."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+
+from configs.finetune import fashion_mnist as ft_config
+from supervised import finetune
+from vit import config as config_lib, init_spec, interop, sharding
+from vit.data import fashion_mnist
+from vit.errors import UserError
+from vit.models.vit import resize_posemb
+from vit.training import loop, optimizers
+
+
+def tiny_model(**kw):
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(4, 4)), hidden_size=32, num_classes=7, representation_size=16)
+  m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
+  m.update(kw)
+  return m
+
+
+def write_tiny_npz(path, image_size=28, seed=0, **kw):
+  net = config_lib.build_model(tiny_model(**kw))
+  params = nn.unbox(net.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)),
+                             train=False)['params'])
+  interop.save_vit_jax(jax.device_get(params), str(path))
+  return interop.load_vit_jax(str(path))
+
+
+@pytest.fixture(scope='module')
+def fmnist():
+  train = fashion_mnist.load('train')
+  test = fashion_mnist.load('test')
+  return (fashion_mnist.ArraySource(train[0][:2048], train[1][:2048]),
+          fashion_mnist.ArraySource(test[0][:200], test[1][:200]))
+
+
+def small_config(init, **kw):
+  config = ft_config.get_config()
+  config.init = init
+  config.batch_size, config.eval_batch_size = 32, 100
+  config.total_steps, config.log_every = 12, 4
+  config.optimizer.warmup_steps = 3
+  for key, value in kw.items():
+    config[key] = value
+  return config
+
+
+def initial_state(config, task):
+  mesh = sharding.make_mesh(config.mesh)
+  tx, _ = optimizers.build(config.optimizer, config.total_steps)
+  build, _ = loop.create_state(task, tx, config, mesh)
+  with jax.set_mesh(mesh):
+    return jax.device_get(build())
+
+
+def test_finetune_npz_at_higher_resolution(tmp_path, fmnist):
+  source = write_tiny_npz(tmp_path / 'tiny.npz', image_size=28)
+  config = small_config(f'vit_jax:{tmp_path / "tiny.npz"}', image_size=32)
+  m, ckpt = finetune.prepare(config)
+  assert ckpt.image_size == 28 and config.model.hidden_size == 32
+  assert m['representation_size'] is None and m['num_classes'] == 10  # Head replaced.
+  task = finetune.build_task(config, m, ckpt, train_source=fmnist[0], eval_source=fmnist[1])
+  state = initial_state(config, task)
+  p = state.params
+  np.testing.assert_array_equal(p['embedding']['kernel'], source['embedding']['kernel'])
+  np.testing.assert_array_equal(
+      p['Transformer']['encoderblock_1']['MlpBlock_3']['Dense_0']['kernel'],
+      source['Transformer']['encoderblock_1']['MlpBlock_3']['Dense_0']['kernel'])
+  pe = p['Transformer']['posembed_input']['pos_embedding']
+  assert pe.shape == (1, 1 + 8 * 8, 32)  # 7x7 grid at 28 px -> 8x8 at 32 px.
+  np.testing.assert_allclose(
+      pe, resize_posemb(source['Transformer']['posembed_input']['pos_embedding'], (8, 8)),
+      atol=1e-7)
+  assert 'pre_logits' not in p and p['head']['kernel'].shape == (32, 10)
+  assert not np.any(p['head']['kernel']) and not np.any(p['head']['bias'])
+  np.testing.assert_array_equal(state.ema_params['head']['kernel'], p['head']['kernel'])
+
+  workdir = str(tmp_path / 'run')
+  init_spec.write_class_names(workdir, fashion_mnist.CLASS_NAMES)
+  final = loop.train(config, workdir, task)
+  moved = np.abs(jax.device_get(final.params['head']['kernel'])).max()
+  assert moved > 0
+  # The run's checkpoint is itself a complete init spec, at the fine-tuning resolution.
+  again = init_spec.load(f'supervised:{workdir}')
+  assert (again.image_size, again.model['num_classes']) == (32, 10)
+  assert again.class_names == list(fashion_mnist.CLASS_NAMES)
+  np.testing.assert_array_equal(again.params['head']['kernel'],
+                                jax.device_get(final.ema_params['head']['kernel']))
+
+
+def test_finetune_from_transformers_checkpoint(tmp_path, fmnist):
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  torch.manual_seed(0)
+  hf_cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, image_size=16, patch_size=4,
+                                  num_labels=3)
+  transformers.ViTForImageClassification(hf_cfg).save_pretrained(tmp_path / 'hf')
+  loaded, _ = interop.load_hf(str(tmp_path / 'hf'))
+  config = small_config(f'hf:{tmp_path / "hf"}', image_size=28, total_steps=6)
+  m, ckpt = finetune.prepare(config)
+  # The architecture, GELU flavour and LayerNorm epsilon come from config.json.
+  assert config.model.gelu_approximate is False and config.model.layer_norm_epsilon == 1e-12
+  assert tuple(config.model.patches.size) == (4, 4) and config.model.transformer.num_layers == 2
+  task = finetune.build_task(config, m, ckpt, train_source=fmnist[0], eval_source=fmnist[1])
+  state = initial_state(config, task)
+  np.testing.assert_array_equal(
+      state.params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_1']['key'][
+          'kernel'],
+      loaded['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_1']['key']['kernel'])
+  assert state.params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 50, 32)
+  final = loop.train(config, str(tmp_path / 'run'), task)
+  assert int(final.step) == 6
+
+
+def test_prepare_errors_name_the_problem(tmp_path):
+  write_tiny_npz(tmp_path / 'tiny.npz')
+  with pytest.raises(UserError, match=r'config.init=None: set the weights'):
+    finetune.prepare(small_config(None))
+  config = small_config(f'vit_jax:{tmp_path / "tiny.npz"}')
+  config.model.hidden_size = 64
+  config.model.transformer.num_heads = 8
+  with pytest.raises(UserError) as e:
+    finetune.prepare(config)
+  assert 'model.hidden_size: config 64 vs checkpoint 32' in str(e.value)
+  assert 'model.transformer.num_heads: config 8 vs checkpoint 4' in str(e.value)
+  config = small_config(f'vit_jax:{tmp_path / "tiny.npz"}')
+  config.data.channels = 1
+  with pytest.raises(UserError, match='data.channels=1.*3-channel'):
+    finetune.prepare(config)
+  with pytest.raises(UserError, match='file not found'):
+    finetune.prepare(small_config(f'vit_jax:{tmp_path / "none.npz"}'))
+  with pytest.raises(UserError, match='no checkpoint found'):
+    (tmp_path / 'empty').mkdir()
+    finetune.prepare(small_config(f'supervised:{tmp_path / "empty"}'))
