@@ -170,6 +170,68 @@ def test_fsdp_divides_state_memory(results):
     assert per_device == pytest.approx(whole + (total - whole) / n, rel=0.02), out
 
 
+def _one_device_run(**changes):
+  """3 steps on this process's one device, with config fields changed (dotted keys)."""
+  import jax
+  config = tiny_config()
+  for key, value in changes.items():
+    node = config
+    *parents, leaf = key.split('.')
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return train(config, jax.devices()[:1])
+
+
+def test_accumulation_matches_one_big_batch():
+  losses, params, _ = _one_device_run()
+  acc_losses, acc_params, _ = _one_device_run(**{'optimizer.accumulation_steps': 4})
+  np.testing.assert_allclose(acc_losses, losses, atol=1e-5)
+  for k in params:
+    np.testing.assert_allclose(acc_params[k], params[k], atol=1e-5, err_msg=k)
+
+
+@pytest.mark.xfail(strict=True, raises=Exception, reason=(
+    'vit/models/vit.py wraps Encoder1DBlock in nn.remat(static_argnums=()) but passes '
+    '`deterministic` by keyword, so remat traces it and `not deterministic` fails; reported '
+    'to the model owner. strict: this marker must go once the model is fixed.'))
+def test_remat_changes_nothing_but_memory():
+  losses, params, _ = _one_device_run()
+  remat_losses, remat_params, _ = _one_device_run(**{'model.remat': True})
+  np.testing.assert_allclose(remat_losses, losses, atol=1e-6)
+  for k in params:
+    np.testing.assert_allclose(remat_params[k], params[k], atol=1e-6, err_msg=k)
+
+
+def test_bfloat16_compute_keeps_float32_state():
+  import jax
+  import jax.numpy as jnp
+  losses, _, _ = _one_device_run()
+  bf16_losses, _, state = _one_device_run(**{'model.dtype': 'bfloat16',
+                                             'optimizer.name': 'adam'})
+  dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
+            if jnp.issubdtype(x.dtype, jnp.floating)}
+  assert dtypes == {jnp.dtype(jnp.float32)}
+  np.testing.assert_allclose(bf16_losses[0], losses[0], atol=2e-2)  # Same init, bf16 rounding.
+  assert bf16_losses[-1] < bf16_losses[0]
+
+
+def test_batch_contract(tmp_path):
+  import jax
+  from vit import sharding
+  from vit.training import loop, optimizers
+  config = tiny_config()
+  config.optimizer.accumulation_steps = 2
+  config.optimizer.warmup_steps = 2
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[:1])
+  _, schedule = optimizers.build(config.optimizer, config.total_steps)
+  contract = loop.write_batch_contract(config, str(tmp_path), mesh, schedule)
+  assert json.loads((tmp_path / 'batch_contract.json').read_text()) == contract
+  assert (contract['global_batch'], contract['per_process_batch'],
+          contract['micro_batches_per_step'], contract['per_device_micro_batch']) == (16, 16, 2, 8)
+  assert contract['peak_learning_rate'] == 0.1 and contract['learning_rate_at_step_0'] == 0.0
+
+
 if __name__ == '__main__':
   sys.path.insert(0, ROOT)
   print('RESULT ' + json.dumps(dict(equivalence=_equivalence(), memory=_memory())), flush=True)
