@@ -120,6 +120,9 @@ def _builder_class():
     """Images and class labels written by vit.data.prepare."""
     VERSION = tfds.core.Version('1.0.0')
     RELEASE_NOTES = {'1.0.0': 'Written by python -m vit.data.prepare.'}
+    # Only TFDS' download checksums live next to the code, and nothing is downloaded; finding
+    # the code's package would need `importlib_resources`, which TFDS does not install.
+    code_path = None
 
     def __init__(self, *, splits: dict[str, Split], class_names, channels: int, source: str,
                  skip_bad: bool, **kwargs):

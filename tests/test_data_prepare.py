@@ -1,0 +1,139 @@
+"""`python -m vit.data.prepare`: image folders and Fashion-MNIST into TFDS ArrayRecord datasets."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit import config as config_lib
+from vit.data import pipeline, prepare
+from vit.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLASSES = ('cat', 'dog', 'eel')
+
+
+def write_folder(root, per_class=3, split=None):
+  """Images whose pixel value is 10 * class + index: JPEG-safe as they are flat."""
+  for c, name in enumerate(CLASSES):
+    folder = os.path.join(root, *([split] if split else []), name)
+    os.makedirs(folder, exist_ok=True)
+    for i in range(per_class):
+      image = np.full((9 + i, 11, 3), 10 * c + i, np.uint8)
+      ext = 'png' if i % 2 else 'jpg'
+      Image.fromarray(image).save(os.path.join(folder, f'{i}.{ext}'))
+  return root
+
+
+def config_for(out, split='train'):
+  config = config_lib.defaults()
+  config.image_size, config.batch_size, config.eval_batch_size = 8, 3, 4
+  config.model.num_classes = len(CLASSES)
+  config.data.source = f'array_record:{out}'
+  config.data.eval_split = split
+  return config
+
+
+def valid_examples(config):
+  pairs = []
+  for batch in pipeline.eval_batches(config):
+    pairs += [(int(i), int(l)) for i, l, m in
+              zip(batch['image'][:, 4, 4, 0], batch['label'], batch['mask']) if m]
+  return sorted(pairs)
+
+
+def test_folder_becomes_a_tfds_dataset_with_class_names(tmp_path, capsys):
+  folder = write_folder(str(tmp_path / 'images'))
+  Image.fromarray(np.full((5, 5), 21, np.uint8)).save(f'{folder}/eel/gray.png')
+  Image.fromarray(np.full((5, 5, 4), 22, np.uint8)).save(f'{folder}/eel/rgba.png')
+  out = str(tmp_path / 'out')
+  path = prepare.prepare(f'folder:{folder}', out)
+  assert os.path.exists(os.path.join(path, 'dataset_info.json'))
+  assert '100%' in capsys.readouterr().err  # The tqdm progress bar reached its end.
+  source = pipeline.make_source(config_for(out), 'train')
+  assert source.class_names == CLASSES and len(source) == 11
+  expected = sorted([(10 * c + i, c) for c in range(3) for i in range(3)] + [(21, 2), (22, 2)])
+  assert valid_examples(config_for(out)) == expected  # Labels follow the sorted class names.
+
+
+def test_split_folders_and_tfds_split_syntax(tmp_path):
+  folder = str(tmp_path / 'images')
+  write_folder(folder, per_class=2, split='train')
+  write_folder(folder, per_class=1, split='test')
+  out = str(tmp_path / 'out')
+  prepare.prepare(f'folder:{folder}', out)
+  assert valid_examples(config_for(out, 'test')) == [(0, 0), (10, 1), (20, 2)]
+  assert len(pipeline.make_source(config_for(out), 'train[:50%]')) == 3
+  by_name = config_for(out, 'test')
+  by_name.data.source, by_name.data.data_dir = f'tfds:{prepare.NAME}', out
+  assert valid_examples(by_name) == [(0, 0), (10, 1), (20, 2)]
+
+
+def test_refuses_to_overwrite_without_the_flag_and_replaces_with_it(tmp_path):
+  folder = write_folder(str(tmp_path / 'images'), per_class=1)
+  out = str(tmp_path / 'out')
+  command = [sys.executable, '-m', 'vit.data.prepare', f'--source=folder:{folder}',
+             f'--out={out}']
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
+  first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+  assert first.returncode == 0, first.stderr
+  assert 'train: 100%' in first.stderr and 'train 3 images, 3 classes' in first.stdout
+  info = os.path.join(out, prepare.NAME, '1.0.0', 'dataset_info.json')
+  before = os.path.getmtime(info)
+  write_folder(folder, per_class=2)
+  again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 2
+  assert again.stderr.strip().splitlines()[-1] == (
+      f'error: --out {out}: exists and is not empty; pass --overwrite to replace the dataset '
+      f'in it')
+  assert os.path.getmtime(info) == before
+  prepare.prepare(f'folder:{folder}', out, overwrite=True)
+  assert len(pipeline.make_source(config_for(out), 'train')) == 6
+
+
+def test_bad_folders_are_named(tmp_path):
+  empty = tmp_path / 'empty'
+  (empty / 'cat').mkdir(parents=True)
+  (empty / 'cat' / 'notes.txt').write_text('no images here')
+  with pytest.raises(UserError, match=rf'{empty}: no images \(.jpg, .jpeg, .png\)'):
+    prepare.prepare(f'folder:{empty}', str(tmp_path / 'out'))
+  with pytest.raises(UserError, match=r'--source folder:/nonexistent/x: no such directory'):
+    prepare.prepare('folder:/nonexistent/x', str(tmp_path / 'out'))
+  loose = write_folder(str(tmp_path / 'loose'), per_class=1)
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(f'{loose}/stray.png')
+  with pytest.raises(UserError, match=r'stray.png: images must be inside a class sub-folder'):
+    prepare.prepare(f'folder:{loose}', str(tmp_path / 'out'))
+
+
+def test_undecodable_file_is_named_or_skipped(tmp_path):
+  folder = write_folder(str(tmp_path / 'images'), per_class=2)
+  with open(f'{folder}/dog/broken.jpg', 'wb') as f:
+    f.write(b'\xff\xd8\xff not really a jpeg')
+  out = str(tmp_path / 'out')
+  with pytest.raises(UserError, match=r'dog/broken.jpg: cannot decode the image \(not a '
+                                      r'recognised image format\); pass --skip_bad'):
+    prepare.prepare(f'folder:{folder}', out)
+  assert not os.path.exists(os.path.join(out, prepare.NAME))  # Nothing half-written is left.
+  prepare.prepare(f'folder:{folder}', out, skip_bad=True)
+  assert len(pipeline.make_source(config_for(out), 'train')) == 6
+
+
+def test_fashion_mnist_subset(tmp_path):
+  out = str(tmp_path / 'fm')
+  prepare.prepare('fashion_mnist', out, limit=20)
+  config = config_for(out, 'test')
+  config.image_size, config.model.num_classes = 28, 10
+  source = pipeline.make_source(config, 'test')
+  assert len(source) == 20 and source.class_names[0] == 'T-shirt/top'
+  from vit.data import fashion_mnist
+  images, labels = fashion_mnist.load('test')
+  got = [b for b in pipeline.eval_batches(config)]
+  got_images = np.concatenate([b['image'][b['mask']] for b in got])[..., 0]
+  got_labels = np.concatenate([b['label'][b['mask']] for b in got])
+  order = [int(np.flatnonzero((images[:20, ..., 0] == g).all(axis=(1, 2)))[0]) for g in got_images]
+  assert sorted(order) == list(range(20))  # Lossless: every image found bit for bit.
+  np.testing.assert_array_equal(got_labels, labels[order])
