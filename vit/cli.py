@@ -8,6 +8,7 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from vit import distributed
 from vit.errors import UserError
 
 
@@ -37,6 +38,7 @@ def run(main: Callable[[list[str]], None]) -> None:
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)
     try:
+      distributed.initialize()  # Before any backend use: multi-host jobs, CPU without libtpu.
       main(argv)
     except UserError as e:
       print(f'error: {e}', file=sys.stderr)
