@@ -4,7 +4,7 @@ PY := .venv/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 STAMP := .venv/.installed
 
-.PHONY: setup demo test lock
+.PHONY: setup demo test lock bazel-setup bazel-test bench
 setup: $(FMNIST) $(STAMP)
 
 $(FMNIST):
@@ -19,10 +19,36 @@ $(STAMP): requirements.lock
 demo: setup
 	$(PY) -m supervised.train --config configs/supervised/fashion_mnist.py --workdir runs/demo
 
-test: setup
+test: setup bazel-setup
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory bazel-test
 
 # Re-resolve the pins after editing requirements.txt.
 lock:
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip freeze | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+
+# Bazel 4.2.3 from Debian, offline (README "## Bazel"). Installs the packages only when missing;
+# the --override_repository paths must be absolute, so they are written here for this checkout.
+BAZEL_DEBS := bazel-bootstrap bazel-platforms bazel-skylib bazel-rules-java
+bazel-setup:
+	dpkg -s $(BAZEL_DEBS) >/dev/null 2>&1 || \
+	  (apt-get update && apt-get install -y --no-install-recommends $(BAZEL_DEBS))
+	@for c in build query fetch; do \
+	  echo "$$c --override_repository=platforms=/usr/share/bazel/tools/platforms"; \
+	  echo "$$c --override_repository=rules_java=/usr/share/bazel/rules/java"; \
+	  echo "$$c --override_repository=bazel_skylib=/usr/share/bazel/tools/skylib"; \
+	  echo "$$c --override_repository=rules_cc=$(CURDIR)/third_party/bazel/rules_cc"; \
+	  echo "$$c --override_repository=remote_coverage_tools=$(CURDIR)/third_party/bazel/remote_coverage_tools"; \
+	done > .bazelrc.local
+
+# Builds every target, runs the model tests and two MPP steps through Bazel, then stops the
+# Bazel server so it does not hold memory on a small machine.
+BAZEL_TESTS := //tests:test_models
+bazel-test: setup bazel-setup
+	status=0; workdir=$$(mktemp -d); \
+	bazel build //... && bazel test $(BAZEL_TESTS) && \
+	  JAX_PLATFORMS=cpu bazel run //mpp:train -- --config=configs/mpp/fashion_mnist.py \
+	    --workdir=$$workdir --config.total_steps=2 --config.batch_size=16 \
+	    --config.log_every=1 --config.mpp.eval_examples=16 || status=$$?; \
+	bazel shutdown; rm -rf $$workdir; exit $$status
