@@ -157,7 +157,7 @@ class FewShotEvaluator:
   def _embed(self, params, source) -> tuple[np.ndarray, np.ndarray]:
     from vit.data import pipeline
     feats, labels = [], []
-    with self.mesh:
+    with jax.set_mesh(self.mesh):
       for batch in pipeline.eval_batches(self.config, source=source):
         batch = sharding.global_batch(batch, self.mesh)
         out, keep, label = _host((self._features(params, batch['image']), batch['mask'],

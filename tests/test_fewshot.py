@@ -1,0 +1,133 @@
+"""Few-shot linear evaluation against a direct numpy solve, the evaluator and its CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+
+from configs.supervised import fashion_mnist as sup_config
+from vit import config as config_lib, interop, sharding
+from vit.data import fashion_mnist
+from vit.errors import UserError
+from vit.evaluators import fewshot
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def direct_solve(train_x, train_y, test_x, test_y, num_classes, l2):
+  """The reference formulation written out: standardise, bias column of 100, primal solve."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-5
+  feats = lambda x: np.hstack([(x - mean) / std, np.full((len(x), 1), 100.0)])
+  x, y = feats(train_x), 2.0 * np.eye(num_classes)[train_y] - 1.0
+  w = np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ y)
+  return np.mean(np.argmax(feats(test_x) @ w, 1) == test_y), w
+
+
+@pytest.mark.parametrize('n_train,dim', [(200, 12), (30, 64)])  # Primal and dual forms.
+def test_linear_accuracy_matches_direct_solve(n_train, dim):
+  rng = np.random.default_rng(0)
+  centers = rng.normal(size=(4, dim)) * 2.0
+  train_y, test_y = rng.integers(0, 4, n_train), rng.integers(0, 4, 500)
+  train_x = centers[train_y] + rng.normal(size=(n_train, dim)) * 2 + 5
+  test_x = centers[test_y] + rng.normal(size=(500, dim)) * 2 + 5
+  for l2 in (2.0 ** -4, 1.0, 2.0 ** 10):
+    ref, w = direct_solve(train_x, train_y, test_x, test_y, 4, l2)
+    got = fewshot.linear_accuracy(train_x, train_y, test_x, test_y, 4, l2)
+    assert got == ref
+    np.testing.assert_allclose(fewshot.LeastSquares(train_x, train_y, 4).weights(l2), w,
+                               rtol=1e-6, atol=1e-9)
+  assert 0.4 < got < 1.0  # Informative features, not a trivial 0 or 1.
+
+
+def test_select_shots_is_seeded_class_balanced_and_nested():
+  labels = np.repeat(np.arange(5), 40).astype(np.int32)
+  source = fashion_mnist.ArraySource(np.zeros((200, 2, 2, 1), np.uint8), labels,
+                                     class_names=tuple('abcde'))
+  a = fewshot.select_shots(source, 10, seed=3)
+  assert a == fewshot.select_shots(source, 10, seed=3)
+  assert a != fewshot.select_shots(source, 10, seed=4)
+  assert sorted(a) == list(range(5))
+  for c, idx in a.items():
+    assert len(idx) == 10 and len(set(idx)) == 10 and all(labels[i] == c for i in idx)
+
+
+def _tiny_config():
+  config = sup_config.get_config()
+  config.image_size, config.eval_batch_size = 28, 64
+  config.model.hidden_size, config.model.transformer.mlp_dim = 32, 64
+  config.model.transformer.num_layers = 1
+  config.model.representation_size = 16
+  config.fewshot.update(enabled=True, shots=(1, 5), l2_regs=(1.0, 2.0 ** 10), max_test=150)
+  return config
+
+
+def test_evaluator_equals_linear_accuracy_on_its_features():
+  config = _tiny_config()
+  m = config_lib.validate(config)
+  net = config_lib.build_model(m)
+  params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)[
+      'params'])
+  images, labels = fashion_mnist.load('train')
+  train = fashion_mnist.ArraySource(images[:300], labels[:300])
+  test_images, test_labels = fashion_mnist.load('test')
+  test = fashion_mnist.ArraySource(test_images[:400], test_labels[:400])
+  mesh = sharding.make_mesh(config.mesh)
+  ev = fewshot.from_config(config, m, mesh, train_source=train, test_source=test)
+  results = ev.evaluate(params)
+  assert set(results) == {'1shot', '5shot', '1shot_l2=1', '5shot_l2=1', '1shot_l2=1024',
+                          '5shot_l2=1024'}
+  assert results['5shot'] == results['5shot_l2=1024']
+  # Recompute by hand: features of the chosen examples, then the solve.
+  rep = fewshot.make_representation_fn(m)
+  per_class = fewshot.select_shots(train, 5, config.fewshot.seed)
+  idx = [i for c in sorted(per_class) for i in per_class[c]]
+  feats = lambda im: np.asarray(rep(params, jnp.asarray(np.repeat(im, 3, -1))), np.float64)
+  tx, ty = feats(images[idx]), labels[idx]
+  test_idx = ev.test_source.indices
+  assert len(test_idx) == 150
+  vx, vy = feats(test_images[test_idx]), test_labels[test_idx]
+  assert tx.shape == (50, 16)  # pre_logits is the representation.
+  np.testing.assert_allclose(results['5shot'],
+                             fewshot.linear_accuracy(tx, ty, vx, vy, 10, 2.0 ** 10), atol=1e-9)
+  assert results['5shot'] > 0.2  # Random features still beat chance (0.1) with 5 shots.
+
+
+def test_too_few_examples_per_class_is_an_error():
+  config = _tiny_config()
+  config.fewshot.shots = (50,)
+  m = config_lib.validate(config)
+  source = fashion_mnist.ArraySource(*(a[:100] for a in fashion_mnist.load('test')))
+  with pytest.raises(UserError, match='fewer than 50 training examples'):
+    fewshot.from_config(config, m, sharding.make_mesh(config.mesh), train_source=source,
+                        test_source=source)
+
+
+def test_cli_on_an_npz(tmp_path):
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(7, 7)), hidden_size=16, num_classes=3)
+  m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
+  params = config_lib.build_model(m).init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)),
+                                          train=False)['params']
+  interop.save_vit_jax(jax.device_get(nn.unbox(params)), str(tmp_path / 'm.npz'))
+  out = tmp_path / 'fewshot.json'
+  run = subprocess.run(
+      [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+       '--shots=1,2', '--l2_regs=1,16', '--max_test=100', f'--output={out}'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert run.returncode == 0, run.stderr[-2000:]
+  results = json.loads(out.read_text())
+  assert set(results) == {'1shot', '2shot', '1shot_l2=1', '2shot_l2=1', '1shot_l2=16',
+                          '2shot_l2=16'}
+  assert all(0.0 <= v <= 1.0 for v in results.values())
+  assert json.loads(run.stdout)['results'] == results
+  bad = subprocess.run([sys.executable, '-m', 'vit.evaluators.fewshot', '--init=npz:x'],
+                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0
+  assert 'FORMAT:PATH' in bad.stderr
