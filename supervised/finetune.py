@@ -66,7 +66,9 @@ def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:
     return nn.unbox(task.init_params(jax.random.key(config.seed)))
 
   def load_params(target):
-    return init_spec.adapt_params(ckpt.params, target, fresh=fresh, what=f'init {config.init}')
+    grid = init_spec.grid_at(m, config.image_size)
+    return init_spec.adapt_params(ckpt.params, target, grid, fresh=fresh,
+                                  what=f'init {config.init}')
 
   task.load_params = load_params
   return task

@@ -221,7 +221,7 @@ def test_adapt_params_resizes_posemb_and_zeroes_head():
   params = _random_official_params(m)
   new = _tiny_model(num_classes=3)
   target = init_spec.abstract_params(new, 24, 3)
-  out = init_spec.adapt_params(params, target)
+  out = init_spec.adapt_params(params, target, (6, 6))
   pe = out['Transformer']['posembed_input']['pos_embedding']
   assert pe.shape == (1, 1 + 36, 32)
   old = params['Transformer']['posembed_input']['pos_embedding']

@@ -57,16 +57,17 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   if fmt == 'vit_jax':
     params = interop.load_vit_jax(path)
     # The official checkpoints all use the tanh GELU and LayerNorm eps 1e-6 (models_vit.py).
-    model, names = infer_model(params), None
+    model, names, size = infer_model(params), None, None
   elif fmt == 'hf':
     params, cfg = interop.load_hf(path)
     model, stated = infer_model(params), interop.hf_model(cfg)
     model['transformer'].update(stated.pop('transformer'))
     model.update(stated)
     names = interop.hf_class_names(cfg) if 'head' in params else None
+    size = None
   else:
-    params, model, names = _load_workdir(fmt, path, use_ema)
-  ckpt = Checkpoint(params, model, names, *_input_geometry(params, model))
+    params, model, names, size = _load_workdir(fmt, path, use_ema)
+  ckpt = Checkpoint(params, model, names, *_input_geometry(params, model, size))
   check_shapes(ckpt, spec)
   return ckpt
 
@@ -91,7 +92,7 @@ def _load_workdir(fmt: str, path: str, use_ema: bool):
                 if k in ('num_classes', 'representation_size')})
   if model['classifier'] == 'unpooled':  # MPP reads every token; the class token is still there.
     model['classifier'] = 'token' if 'cls' in params else 'gap'
-  return params, model, read_class_names(path, model['num_classes'])
+  return params, model, read_class_names(path, model['num_classes']), saved.get('image_size')
 
 
 def write_class_names(workdir: str, names: Optional[Sequence[str]]) -> None:
@@ -153,17 +154,26 @@ def _out_dim(params, name):
   return int(params[name]['kernel'].shape[-1]) if name in params else None
 
 
-def _input_geometry(params: dict, model: dict) -> tuple[int, int]:
-  """(image_size, channels) the checkpoint was trained at: from its posemb grid."""
+def patch_stride(model: dict) -> int:
+  """Pixels per token side: the patch size, times the ResNet stem's stride for hybrids."""
   from vit import config as config_lib
   from vit.models import resnet
-  posemb = params['Transformer']['posembed_input']['pos_embedding']
-  tokens = posemb.shape[1] - (1 if model['classifier'] == 'token' else 0)
-  grid = int(round(np.sqrt(tokens)))
   res = config_lib._resnet_config(model)
-  stride = resnet.total_stride(res) if res else 1
-  first = params['conv_root'] if res else params['embedding']
-  return grid * model['patches']['size'][0] * stride, int(first['kernel'].shape[2])
+  return model['patches']['size'][0] * (resnet.total_stride(res) if res else 1)
+
+
+def _input_geometry(params: dict, model: dict, image_size: Optional[int] = None
+                    ) -> tuple[int, int]:
+  """(image_size, channels) the checkpoint was trained at: from its posemb grid by default."""
+  first = params['conv_root'] if 'conv_root' in params else params['embedding']
+  if image_size is None:
+    posemb = params['Transformer'].get('posembed_input', {}).get('pos_embedding')
+    if posemb is None:
+      raise UserError('checkpoint has no learned 1D position embeddings to read its '
+                      'resolution from')
+    tokens = posemb.shape[1] - (1 if model['classifier'] == 'token' else 0)
+    image_size = int(round(np.sqrt(tokens))) * patch_stride(model)
+  return int(image_size), int(first['kernel'].shape[2])
 
 
 def abstract_params(model: dict, image_size: int, channels: int, **overrides) -> dict:
@@ -259,23 +269,27 @@ def _assign(d: dict, dotted: str, value) -> None:
   d[leaf] = value
 
 
-def adapt_params(loaded: dict, target: dict, *, drop: Sequence[str] = HEAD_KEYS,
-                 fresh: Optional[Callable[[], dict]] = None, what: str = 'init') -> dict:
+def adapt_params(loaded: dict, target: dict, grid: Sequence[int], *,
+                 drop: Sequence[str] = HEAD_KEYS, fresh: Optional[Callable[[], dict]] = None,
+                 what: str = 'init') -> dict:
   """`loaded` mapped onto the parameter shapes of `target` (arrays or ShapeDtypeStructs).
 
-  Position embeddings are interpolated to the target's grid (class token kept). The top-level
-  layers named in `drop` are not taken from the checkpoint: fine-tuning drops the head and the
-  representation layer (paper §3.2); a new head is zero, a new representation layer comes from
-  `fresh()`. Any other difference is a UserError listing the keys and shapes.
+  Position parameters are interpolated to the patch `grid` (rows, cols) of the target, the
+  class token's kept (vit.models.vit.resize_position_params). The top-level layers named in
+  `drop` are not taken from the checkpoint: fine-tuning drops the head and the representation
+  layer (paper §3.2); a new head is zero, a new representation layer comes from `fresh()`.
+  Any other difference is a UserError listing the keys and shapes.
   """
+  from vit.models.vit import resize_position_params
+  try:
+    loaded = resize_position_params(dict(loaded), tuple(grid))
+  except (ValueError, KeyError) as e:
+    raise UserError(f'{what}: position embeddings cannot be resized to {tuple(grid)}: {e}'
+                    ) from None
   have, want = interop.flatten(loaded), interop.flatten(target)
-  posemb_key = 'Transformer/posembed_input/pos_embedding'
   have = {k: v for k, v in have.items() if k.split('/')[0] not in drop}
   if 'head' not in want:  # A representation-only model: the checkpoint's head has no place.
     have = {k: v for k, v in have.items() if not k.startswith('head/')}
-  if posemb_key in have and posemb_key in want:
-    have[posemb_key] = _resize_posemb(have[posemb_key], want[posemb_key].shape,
-                                      prefix=1 if 'cls' in want else 0)
   head_keys = [k for k in want if k.split('/')[0] in HEAD_KEYS and k not in have]
   problems = _differences(have, {k: v for k, v in want.items() if k not in head_keys})
   if problems:
@@ -293,17 +307,10 @@ def adapt_params(loaded: dict, target: dict, *, drop: Sequence[str] = HEAD_KEYS,
   return interop.unflatten(out)
 
 
-def _resize_posemb(posemb, shape, prefix: int) -> np.ndarray:
-  from vit.models.vit import resize_posemb
-  posemb = np.asarray(posemb)
-  tokens = shape[1] - prefix
-  side = int(round(np.sqrt(tokens)))
-  if side * side != tokens or posemb.shape[-1] != shape[-1]:
-    return posemb  # Reported as a shape difference by the caller.
-  try:
-    return resize_posemb(posemb, (side, side), num_prefix_tokens=prefix)
-  except ValueError as e:
-    raise UserError(f'position embeddings {posemb.shape}: {e}') from None
+def grid_at(model: dict, image_size: int) -> tuple[int, int]:
+  """The patch grid a model sees at a square `image_size`."""
+  side = image_size // patch_stride(model)
+  return side, side
 
 
 def describe(ckpt: Checkpoint) -> str:

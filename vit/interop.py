@@ -98,8 +98,10 @@ _HF_RENAMES = [
                f'{dict(q="query", k="key", v="value")[m[3]]}.'),
     (r'^(vit\.)?layers\.(\d+)\.attention\.o_proj\.',
      lambda m: f'{m[1] or ""}encoder.layer.{m[2]}.attention.output.dense.'),
-    (r'^(vit\.)?layers\.(\d+)\.mlp\.fc1\.', lambda m: f'{m[1] or ""}encoder.layer.{m[2]}.intermediate.dense.'),
-    (r'^(vit\.)?layers\.(\d+)\.mlp\.fc2\.', lambda m: f'{m[1] or ""}encoder.layer.{m[2]}.output.dense.'),
+    (r'^(vit\.)?layers\.(\d+)\.mlp\.fc1\.',
+     lambda m: f'{m[1] or ""}encoder.layer.{m[2]}.intermediate.dense.'),
+    (r'^(vit\.)?layers\.(\d+)\.mlp\.fc2\.',
+     lambda m: f'{m[1] or ""}encoder.layer.{m[2]}.output.dense.'),
     (r'^(vit\.)?layers\.(\d+)\.', lambda m: f'{m[1] or ""}encoder.layer.{m[2]}.'),
 ]
 
@@ -273,7 +275,8 @@ def save_hf(params: Params, model: dict, directory: str, *,
   w[f'{prefix}embeddings.position_embeddings'] = np.asarray(t['posembed_input']['pos_embedding'])
   w[f'{prefix}embeddings.patch_embeddings.projection.weight'] = np.asarray(
       params['embedding']['kernel']).transpose(3, 2, 0, 1)
-  w[f'{prefix}embeddings.patch_embeddings.projection.bias'] = np.asarray(params['embedding']['bias'])
+  w[f'{prefix}embeddings.patch_embeddings.projection.bias'] = np.asarray(
+      params['embedding']['bias'])
   for i in range(layers):
     b, q = t[f'encoderblock_{i}'], f'{prefix}encoder.layer.{i}.'
     attn = b['MultiHeadDotProductAttention_1']

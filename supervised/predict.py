@@ -1,0 +1,162 @@
+"""Classify images with any checkpoint:
+`python -m supervised.predict --init SPEC --images FILE.npy|DIR --output OUT.npy|OUT.json`.
+
+Images (uint8 [B, H, W, C] in a .npy, or image files in a directory) are resized to the model
+resolution and scaled to [-1, 1] (x / 127.5 - 1), as in training. `--resolution` runs the model
+at another resolution, interpolating the position embeddings exactly as fine-tuning does.
+Output: raw float32 logits [B, classes] (.npy) or the top-5 classes with names and softmax
+probabilities (.json).
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import flags
+
+from vit import cli, config as config_lib, init_spec
+from vit.data import transforms
+from vit.errors import UserError
+from vit.preprocess import to_model_input
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+TOP_K = 5
+
+
+def read_images(path: str) -> tuple[list[np.ndarray], list[str]]:
+  """uint8 [H, W, C] images and their names (file names, or indices into the .npy)."""
+  if os.path.isdir(path):
+    return _read_directory(path)
+  if not os.path.isfile(path):
+    raise UserError(f'--images {path}: not found')
+  if not path.endswith('.npy'):
+    raise UserError(f'--images {path}: expected a .npy of uint8 images or a directory')
+  try:
+    images = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise UserError(f'--images {path}: not a readable .npy array ({e})') from None
+  if images.dtype != np.uint8:
+    raise UserError(f'--images {path}: dtype {images.dtype}; expected uint8 pixels in [0, 255]')
+  if images.ndim == 3:  # [B, H, W]: grayscale without a channel axis.
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
+    raise UserError(f'--images {path}: shape {images.shape}; expected [B, H, W, C] with C 1 or 3')
+  return list(images), [str(i) for i in range(len(images))]
+
+
+def _read_directory(path: str) -> tuple[list[np.ndarray], list[str]]:
+  from PIL import Image, UnidentifiedImageError
+  names = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+  if not names:
+    raise UserError(f'--images {path}: no image files ({", ".join(IMAGE_SUFFIXES)})')
+  images = []
+  for name in names:
+    try:
+      with Image.open(os.path.join(path, name)) as im:
+        im = im.convert('L' if im.mode in ('L', 'I;16', 'I') else 'RGB')
+        array = np.asarray(im, np.uint8)
+    except (UnidentifiedImageError, OSError) as e:
+      raise UserError(f'--images {os.path.join(path, name)}: not a readable image ({e})'
+                      ) from None
+    images.append(array[..., None] if array.ndim == 2 else array)
+  return images, names
+
+
+def prepare_images(images: Sequence[np.ndarray], size: int, channels: int) -> np.ndarray:
+  """The model's input view: channels matched, resized to size x size; still uint8."""
+  ops = [transforms.ToChannels(channels), transforms.Resize(size)]
+  out = []
+  for image in images:
+    record = {'image': image}
+    for op in ops:
+      record = op.map(record)
+    if record['image'].shape[-1] != channels:
+      raise UserError(f'images have {record["image"].shape[-1]} channels; the model takes '
+                      f'{channels}')
+    out.append(record['image'])
+  return np.stack(out)
+
+
+def load_classifier(spec: str, resolution: Optional[int] = None):
+  """(apply_fn(uint8 batch) -> logits, checkpoint, resolution) for a checkpoint with a head."""
+  ckpt = init_spec.load(spec)
+  if ckpt.model['num_classes'] is None:
+    raise UserError(f'--init {spec}: has no classification head (an MPP or headless '
+                    f'backbone); fine-tune it with supervised.finetune first')
+  size = resolution or ckpt.image_size
+  stride = init_spec.patch_stride(ckpt.model)
+  if size % stride:
+    raise UserError(f'--resolution {size}: not a multiple of the model\'s patch stride {stride}')
+  net = config_lib.build_model(ckpt.model)
+  target = init_spec.abstract_params(ckpt.model, size, ckpt.channels)
+  grid = init_spec.grid_at(ckpt.model, size)
+  params = init_spec.adapt_params(ckpt.params, target, grid, drop=(), what=f'--init {spec}')
+  logits = jax.jit(lambda p, x: net.apply({'params': p}, to_model_input(x), train=False))
+  params = jax.device_put(params)
+  return (lambda batch: np.asarray(logits(params, batch))), ckpt, size
+
+
+def predict(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
+  """Logits of every image; the last batch is padded so one compiled shape serves all."""
+  out = []
+  for start in range(0, len(images), batch_size):
+    chunk = images[start:start + batch_size]
+    pad = batch_size - len(chunk) if len(images) > batch_size else 0
+    padded = np.concatenate([chunk, np.repeat(chunk[:1], pad, 0)]) if pad else chunk
+    out.append(apply_fn(padded)[:len(chunk)])
+  return np.concatenate(out).astype(np.float32)
+
+
+def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequence[str]],
+          k: int = TOP_K) -> list[dict]:
+  probs = np.exp(logits - logits.max(-1, keepdims=True))
+  probs /= probs.sum(-1, keepdims=True)
+  rows = []
+  for name, p in zip(names, probs):
+    best = np.argsort(-p, kind='stable')[:k]
+    rows.append({'image': name, 'top': [
+        {'label': int(c), 'name': class_names[c] if class_names else str(int(c)),
+         'probability': float(p[c])} for c in best]})
+  return rows
+
+
+def _define_flags():
+  flags.DEFINE_string('init', None, 'mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR',
+                      required=True)
+  flags.DEFINE_string('images', None, 'uint8 [B, H, W, C] .npy, or a directory of images',
+                      required=True)
+  flags.DEFINE_string('output', None, 'OUT.npy (float32 logits) or OUT.json (top-5 classes)',
+                      required=True)
+  flags.DEFINE_integer('resolution', None, 'run at this resolution (default: the '
+                       'checkpoint\'s), interpolating position embeddings')
+  flags.DEFINE_integer('batch_size', 64, 'images per forward pass')
+
+
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  if not f.output.endswith(('.npy', '.json')):
+    raise UserError(f'--output {f.output}: must end in .npy (logits) or .json (top-5)')
+  if f.resolution is not None and f.resolution <= 0:
+    raise UserError(f'--resolution {f.resolution}: must be positive')
+  if f.batch_size <= 0:
+    raise UserError(f'--batch_size {f.batch_size}: must be positive')
+  raw, names = read_images(f.images)
+  apply_fn, ckpt, size = load_classifier(f.init, f.resolution)
+  logits = predict(apply_fn, prepare_images(raw, size, ckpt.channels), f.batch_size)
+  os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
+  if f.output.endswith('.npy'):
+    np.save(f.output, logits)
+  else:
+    with open(f.output, 'w') as out:
+      json.dump(top_k(logits, names, ckpt.class_names), out, indent=1)
+  print(f'{len(logits)} images at {size}px -> {f.output}', flush=True)
+
+
+if __name__ == '__main__':
+  _define_flags()
+  cli.run(main)
