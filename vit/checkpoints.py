@@ -1,32 +1,59 @@
-"""Orbax checkpoints of the train state, the grain iterator state and the config.
+"""Orbax checkpoints of the train state, the grain iterator state and the config; the policy of
+what is kept, what is restored, and when a run stops early.
 
-A step directory holds three items: `state` (params, optimiser state, EMA, step, rng), `data`
-(the grain iterator's position, so a resumed run sees exactly the batches it would have seen)
-and `config` (JSON). Orbax writes to a temporary directory and renames it when complete, so a
-partly written checkpoint is never listed.
+A step directory holds three items: `state` (params, optimiser state, EMA, step, rng, skipped
+steps), `data` (the grain iterator's position, so a resumed run sees exactly the batches it
+would have seen) and `config` (JSON). Orbax writes a step into a temporary directory and renames
+it when complete, so a partly written checkpoint (a save cut by `kill -9`) is never listed; the
+temporary directories it leaves are removed when the next run opens the manager.
+
+Kept: the last `keep` steps (for resuming) plus the best one by `best_metric` (for using).
 """
 from __future__ import annotations
 
-import json
-import logging
+import math
 import os
+import shutil
+import signal
+import sys
+import time
 from typing import Any, Optional
 
 import grain
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as policies
 
 from vit.errors import UserError
+
+# Config keys that never change the shapes of the saved state; a difference in them on resume
+# is reported (a warning) but allowed, e.g. extending `total_steps`.
+_SHAPE_FREE_PREFIXES = ('total_steps', 'log_every', 'eval_every', 'checkpoint_every',
+                        'keep_checkpoints', 'best_metric', 'best_mode', 'skip_nonfinite_steps',
+                        'eval_batch_size', 'data.', 'optimizer.learning_rate',
+                        'optimizer.warmup_steps', 'optimizer.decay')
+
+
+def _metric_fn(best_metric: str, best_mode: str):
+  # Checkpoints saved without an evaluation rank last, so only evaluated steps can be "best".
+  worst = -math.inf if best_mode == 'max' else math.inf
+  return lambda metrics: float((metrics or {}).get(best_metric, worst))
 
 
 def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
             best_mode: str = 'max', read_only: bool = False) -> ocp.CheckpointManager:
+  keep_policy = [policies.LatestN(n=keep)]
+  if best_metric:
+    keep_policy.append(policies.BestN(get_metric_fn=_metric_fn(best_metric, best_mode),
+                                      reverse=best_mode == 'min', n=1,
+                                      keep_checkpoints_without_metrics=False))
   options = ocp.CheckpointManagerOptions(
-      max_to_keep=keep,
-      best_fn=(lambda m: m[best_metric]) if best_metric else None,
+      preservation_policy=None if read_only else policies.AnyPreservationPolicy(keep_policy),
+      best_fn=_metric_fn(best_metric, best_mode) if best_metric else None,
       best_mode=best_mode,
-      keep_checkpoints_without_metrics=True,
+      cleanup_tmp_directories=not read_only,
       enable_async_checkpointing=not read_only,
       read_only=read_only,
       create=not read_only,
@@ -40,10 +67,15 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
          config: ml_collections.ConfigDict, metrics: Optional[dict] = None) -> None:
+  """Starts an asynchronous save; the device->host copy happens before this returns, so the
+  caller may donate `state` to the next step. A step already on disk is not written again."""
+  if step in mngr.all_steps():
+    return
   args = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
   if data_iterator is not None:
     args['data'] = grain.checkpoint.CheckpointSave(data_iterator)
-  mngr.save(step, args=ocp.args.Composite(**args), metrics=metrics)
+  metrics = {k: float(v) for k, v in metrics.items()} if metrics else {}
+  mngr.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator=None,
@@ -55,6 +87,114 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator=None
     args['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
   restored = mngr.restore(step, args=ocp.args.Composite(**args))
   return restored['state'], step
+
+
+def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
+           config: ml_collections.ConfigDict) -> tuple[Any, int]:
+  """The newest usable checkpoint, after checking that it fits the current config.
+
+  A step that cannot be read (a truncated or missing file) is skipped with a warning for the
+  previous one; once one restores, the unreadable newer steps are moved to
+  `checkpoints.damaged/` so that the run can save those steps again. Nothing is moved when no
+  step is usable. An incompatible config is an error, never a fallback.
+  """
+  problems = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
+      check_compatible(saved['config'], mngr.item_metadata(step)['state'], abstract_state,
+                       config, where=f'{mngr.directory}/{step}')
+      restored = restore(mngr, abstract_state, data_iterator, step)
+    except UserError:
+      raise
+    except Exception as e:  # Any read failure makes this step unusable; try an older one.
+      problems.append((step, _one_line(e)))
+      print(f'warning: checkpoint {mngr.directory}/{step} is unreadable ({problems[-1][1][:300]});'
+            ' trying the previous one', file=sys.stderr, flush=True)
+      continue
+    for bad, _ in problems:
+      print(f'warning: moved the unreadable checkpoint step {bad} to {_move_aside(mngr, bad)}',
+            file=sys.stderr, flush=True)
+    return restored
+  reasons = '; '.join(f'step {s}: {r}' for s, r in problems)
+  raise UserError(f'{mngr.directory}: no usable checkpoint ({reasons[:1000]}); '
+                  'remove the directory to start afresh')
+
+
+def _one_line(e: Exception) -> str:
+  return ' '.join(f'{type(e).__name__}: {e}'.split())
+
+
+def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+  """Keeps the unreadable step for inspection, out of the manager's sight, so that the resumed
+  run can save that step again."""
+  source = os.path.join(str(mngr.directory), str(step))
+  target = os.path.join(f'{mngr.directory}.damaged', f'{step}.{int(time.time())}')
+  if jax.process_index() == 0 and os.path.exists(source):
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    shutil.move(source, target)
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(f'checkpoint_move_aside_{step}')
+  mngr.reload()
+  return target
+
+
+def _flat(tree) -> dict[str, Any]:
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return {'/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k))))
+                   for k in path): leaf for path, leaf in leaves}
+
+
+def _flat_config(d: dict, prefix: str = '') -> dict[str, Any]:
+  out = {}
+  for key, value in d.items():
+    if isinstance(value, dict):
+      out.update(_flat_config(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
+                     config: ml_collections.ConfigDict, where: str) -> None:
+  """Raises UserError naming the differing config keys and array shapes when the checkpoint's
+  state does not have the current state's structure; warns about harmless config changes."""
+  saved, now = _flat_config(saved_config), _flat_config(config.to_dict())
+  keys = sorted(k for k in set(saved) | set(now)
+                if _comparable(saved.get(k)) != _comparable(now.get(k)))
+  changed = [f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in keys]
+  old = {p: (tuple(m.shape), str(np.dtype(m.dtype))) for p, m in _flat(saved_state_metadata).items()}
+  new = {p: (tuple(s.shape), str(np.dtype(s.dtype))) for p, s in _flat(abstract_state).items()}
+  shapes = [f'{p}: {_show(old.get(p))} -> {_show(new.get(p))}'
+            for p in sorted(set(old) | set(new)) if old.get(p) != new.get(p)]
+  if shapes:
+    differing = [c for c in changed if not c.startswith(_SHAPE_FREE_PREFIXES)] or changed
+    raise UserError(
+        f'{where} was saved with another config and cannot be resumed: config keys differ: '
+        f'{"; ".join(differing[:10]) or "none"}; {len(shapes)} state arrays differ: '
+        f'{"; ".join(shapes[:5])}{" ..." if len(shapes) > 5 else ""}; use another --workdir')
+  if changed:
+    print(f'note: resuming with changed config keys: {"; ".join(changed)}', flush=True)
+
+
+def _comparable(value):
+  # JSON turns tuples into lists; compare the values, not the containers.
+  return list(value) if isinstance(value, tuple) else value
+
+
+def _show(shape_dtype) -> str:
+  return 'absent' if shape_dtype is None else f'{shape_dtype[1]}{list(shape_dtype[0])}'
+
+
+def best_step(mngr: ocp.CheckpointManager, best_metric: str, best_mode: str = 'max'
+              ) -> Optional[int]:
+  """The kept step with the best `best_metric`, or None when no kept step was evaluated."""
+  scored = [(mngr.metrics(s) or {}).get(best_metric) for s in mngr.all_steps()]
+  candidates = [(v, s) for v, s in zip(scored, mngr.all_steps()) if v is not None]
+  if not candidates:
+    return None
+  return (max if best_mode == 'max' else min)(candidates)[1]
 
 
 def saved_config(workdir: str, step: Optional[int] = None) -> dict:
@@ -75,3 +215,65 @@ def restore_params(workdir: str, step: Optional[int] = None, *, use_ema: bool = 
   item = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
   key = 'ema_params' if use_ema and item.get('ema_params') is not None else 'params'
   return jax.device_get(item[key])
+
+
+class Preempted(SystemExit):
+  """Raised after the preemption save: a SystemExit with status 0, so an entry point stops
+  without further work (no final evaluation or export) and reports success."""
+
+  def __init__(self, step: int):
+    super().__init__(0)
+    self.step = step
+
+
+class StopSignal:
+  """SIGTERM/SIGINT -> stop after the current step, on the same step on every process.
+
+  One process: a Python handler sets a flag. Several processes: SIGTERM is left to JAX's
+  preemption service (`jax.distributed` installs its own notifier, which a Python handler would
+  replace), whose sync point is the same step on all hosts; a SIGINT flag is agreed on with an
+  all-gather at the steps the loop names as sync steps (its logging steps), so every process
+  sees the same answer at the same step. A second signal restores the default behaviour.
+  """
+
+  def __init__(self):
+    self.received: Optional[int] = None
+    self._previous = {}
+
+  def __enter__(self) -> 'StopSignal':
+    signals = [signal.SIGINT]
+    if jax.process_count() == 1:
+      signals.append(signal.SIGTERM)
+    try:
+      for sig in signals:
+        self._previous[sig] = signal.signal(sig, self._handle)
+    except ValueError:  # Not the main thread (e.g. a test runner's worker): no handlers.
+      pass
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    if self.received is not None:  # A second signal: the user insists.
+      signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+      os.kill(os.getpid(), signum)
+      return
+    self.received = signum
+    print(f'\n{signal.Signals(signum).name} received: finishing the current step, then saving',
+          flush=True)
+
+  def should_stop(self, step: int, sync: bool) -> bool:
+    """Call at every step on every process."""
+    if jax.process_count() == 1:
+      return self.received is not None
+    from jax.experimental import multihost_utils
+    if multihost_utils.reached_preemption_sync_point(step):
+      return True
+    if not sync:
+      return False
+    flags = multihost_utils.process_allgather(np.int32(self.received is not None))
+    return bool(np.any(flags))

@@ -81,7 +81,10 @@ def defaults() -> ml_collections.ConfigDict:
   config.log_every = 50
   config.eval_every = 0  # 0: only at the end.
   config.checkpoint_every = 0  # 0: only at the end.
-  config.keep_checkpoints = 3
+  config.keep_checkpoints = 3  # The last K steps; the best by best_metric is kept besides.
+  config.best_metric = _none(str)  # An evaluation metric, e.g. 'eval/accuracy'; None: off.
+  config.best_mode = 'max'  # 'max' | 'min': which end of best_metric is best.
+  config.skip_nonfinite_steps = False  # Skip (and count) steps with a non-finite loss or grad.
   config.eval_batch_size = 256
   config.mesh = dict(data=-1, fsdp=1, tensor=1)
   config.init = _none(str)  # Fine-tuning: 'mpp:DIR' | 'supervised:DIR' | 'vit_jax:F' | 'hf:DIR'
@@ -188,6 +191,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                       'must be cosine, linear or constant')
   if not 0.0 <= config.ema_decay < 1.0:
     raise ConfigError('ema_decay', config.ema_decay, 'must be in [0, 1); 0 turns it off')
+  if not isinstance(config.keep_checkpoints, int) or config.keep_checkpoints < 1:
+    raise ConfigError('keep_checkpoints', config.keep_checkpoints, 'must be an integer >= 1')
+  if config.best_mode not in ('max', 'min'):
+    raise ConfigError('best_mode', config.best_mode, 'must be max or min')
   accum = config.optimizer.accumulation_steps
   if accum < 1 or config.batch_size % accum:
     raise ConfigError('optimizer.accumulation_steps', accum,

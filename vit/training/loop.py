@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import signal
 import time
 from typing import Any, Callable, Optional, Sequence
 
@@ -20,7 +21,7 @@ import numpy as np
 from clu import metric_writers
 
 from vit import checkpoints, sharding
-from vit.errors import UserError
+from vit.errors import ConfigError, UserError
 from vit.training import optimizers, step as step_lib
 from vit.training.state import TrainState
 
@@ -65,8 +66,8 @@ def create_state(task: Task, tx, config: ml_collections.ConfigDict, mesh
                       rng=jax.random.key_data(jax.random.fold_in(rng, 1)),
                       skipped_steps=jnp.zeros((), jnp.int32))
 
-  def build() -> TrainState:
-    if task.load_params is None:
+  def build(pretrained: bool = True) -> TrainState:
+    if task.load_params is None or not pretrained:
       return jax.jit(init, out_shardings=state_shardings)()
     host = task.load_params(jax.device_get(params_abstract))
     params = jax.device_put(host, param_shardings)
@@ -144,59 +145,156 @@ class _Progress:
 
 
 def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainState:
+  """Trains to `config.total_steps`, resuming from `workdir` when it holds a checkpoint.
+
+  Raises `checkpoints.Preempted` (exit status 0) after saving when SIGTERM/SIGINT arrives, and
+  `NonFiniteError` when a step's loss or gradient norm is not finite (unless skipped).
+  """
   _check_workdir(workdir)
   mesh = sharding.make_mesh(config.mesh)
   tx, schedule = optimizers.build(config.optimizer, config.total_steps)
   build, state_shardings = create_state(task, tx, config, mesh)
-  mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+  mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints,
+                             best_metric=config.get('best_metric'),
+                             best_mode=config.get('best_mode', 'max'))
   data_iter = iter(task.train_data)
   write_batch_contract(config, workdir, mesh, schedule)
 
-  with mesh:
-    if mngr.latest_step() is not None:
-      abstract = _abstract(jax.eval_shape(build), state_shardings)
-      state, start = checkpoints.restore(mngr, abstract, data_iter)
-      logging.info('resumed from step %d', start)
-      print(f'resumed from {workdir} at step {start}', flush=True)
-    else:
-      state, start = build(), 0
-
-    train_step = jit_train_step(task.loss_fn, tx, schedule, config, state_shardings, mesh)
-
+  with mesh, checkpoints.StopSignal() as stop:
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True)
-    progress = _Progress(config.total_steps, start, config.batch_size)
-    pending = []
-    for step in range(start + 1, config.total_steps + 1):
-      batch = sharding.global_batch(next(data_iter), mesh)
-      state, metrics = train_step(state, batch)
-      pending.append(metrics)
-      last = step == config.total_steps
-      if step % config.log_every == 0 or last:
-        _log(writer, progress, step, config.total_steps, pending)
-        pending = []
-      if task.periodic_hook and task.hook_every and (step % task.hook_every == 0 or last):
-        task.periodic_hook(state, step, writer)
-      eval_metrics = None
-      if (config.eval_every and step % config.eval_every == 0) or last:
-        eval_metrics = _evaluate(task.evaluators, state, step, writer)
-      if (config.checkpoint_every and step % config.checkpoint_every == 0) or last:
-        checkpoints.save(mngr, step, state, data_iter, config, eval_metrics)
-    mngr.wait_until_finished()
-    writer.flush()
+    run = _Run(config, workdir, task, mesh, mngr, data_iter, stop, writer)
+    try:
+      state, start = _initial_state(run, build, state_shardings)
+      train_step = jit_train_step(task.loss_fn, tx, schedule, config, state_shardings, mesh)
+      return _steps(run, train_step, state, start)
+    finally:
+      # Whatever ends the loop (the last step, a signal, a non-finite step, an error), a save
+      # in flight is completed: the last good checkpoint must be whole.
+      mngr.wait_until_finished()
+      writer.flush()
+
+
+@dataclasses.dataclass
+class _Run:
+  config: ml_collections.ConfigDict
+  workdir: str
+  task: Task
+  mesh: Any
+  mngr: Any
+  data_iter: Any
+  stop: checkpoints.StopSignal
+  writer: Any
+
+
+def _initial_state(run: _Run, build, state_shardings) -> tuple[TrainState, int]:
+  if run.mngr.latest_step() is None:
+    return build(), 0
+  # The abstract state of a fresh init: resuming never needs the fine-tuning source weights.
+  abstract = _abstract(jax.eval_shape(lambda: build(pretrained=False)), state_shardings)
+  state, start = checkpoints.resume(run.mngr, abstract, run.data_iter, run.config)
+  logging.info('resumed from step %d', start)
+  print(f'resumed from {run.workdir} at step {start}', flush=True)
+  return state, start
+
+
+def _steps(run: _Run, train_step, state: TrainState, start: int) -> TrainState:
+  config, task = run.config, run.task
+  progress = _Progress(config.total_steps, start, config.batch_size)
+  window = _Window(skip_nonfinite=config.get('skip_nonfinite_steps', False))
+  for step in range(start + 1, config.total_steps + 1):
+    batch = sharding.global_batch(next(run.data_iter), run.mesh)
+    state, metrics = train_step(state, batch)
+    window.add(step, metrics)
+    stopping = run.stop.should_stop(step, sync=step % config.log_every == 0)
+    due = _due(config, task, step, stopping)
+    if any(due.values()):
+      window.fetch()  # Raises on a non-finite step before it is logged, evaluated or saved.
+    if due['log']:
+      _log(run.writer, progress, step, config.total_steps, window.summary())
+    if due['hook']:
+      task.periodic_hook(state, step, run.writer)
+    eval_metrics = None
+    if due['eval']:
+      eval_metrics = _evaluate(task.evaluators, state, step, run.writer)
+      _check_best_metric(config, eval_metrics)
+    if due['save']:
+      checkpoints.save(run.mngr, step, state, run.data_iter, config, eval_metrics)
+    if stopping:
+      run.mngr.wait_until_finished()
+      print(f'stopped after step {step} ({_signal_name(run.stop)}); saved '
+            f'{run.mngr.directory}/{step}; rerun the same command to resume', flush=True)
+      raise checkpoints.Preempted(step)
   return state
 
 
-def _log(writer, progress: _Progress, step: int, total: int, pending: list) -> None:
-  host = jax.device_get(pending)  # The loop's only host sync outside evaluation.
-  scalars = {k: float(np.mean([m[k] for m in host])) for k in host[-1]}
-  if not all(np.isfinite(v) for v in scalars.values()):
-    bad = sorted(k for k, v in scalars.items() if not np.isfinite(v))
-    raise FloatingPointError(f'non-finite {", ".join(bad)} by step {step}')
+def _due(config, task: Task, step: int, stopping: bool) -> dict[str, bool]:
+  """What happens after `step`; any of it needs the step's metrics on the host first."""
+  last = step == config.total_steps
+  every = lambda n: bool(n) and step % n == 0
+  return dict(log=every(config.log_every) or last or stopping,
+              hook=bool(task.periodic_hook) and (every(task.hook_every) or last),
+              eval=(every(config.eval_every) or last) and not stopping,
+              save=every(config.checkpoint_every) or last or stopping)
+
+
+def _check_best_metric(config, eval_metrics: dict) -> None:
+  best = config.get('best_metric')
+  if best and best not in eval_metrics:
+    raise ConfigError('best_metric', best, 'not among the evaluation metrics: '
+                      + (', '.join(sorted(eval_metrics)) or 'none'))
+
+
+def _signal_name(stop: checkpoints.StopSignal) -> str:
+  return signal.Signals(stop.received).name if stop.received else 'preemption notice'
+
+
+class NonFiniteError(FloatingPointError):
+  def __init__(self, step: int, metrics: dict):
+    bad = [f'{k}={float(metrics[k])}' for k in ('loss', 'grad_norm')
+           if not np.isfinite(metrics[k])] or ['finite=0']
+    super().__init__(f'step {step}: non-finite {", ".join(bad)}; set '
+                     'config.skip_nonfinite_steps=True to skip such steps')
+    self.step = step
+
+
+class _Window:
+  """The step metrics since the last log line, moved to the host only when something needs
+  them (a log, evaluation, hook or save step), so the loop does not sync every step."""
+
+  def __init__(self, skip_nonfinite: bool):
+    self.skip_nonfinite = skip_nonfinite
+    self.on_device: list[tuple[int, dict]] = []
+    self.on_host: list[dict] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self.on_device.append((step, metrics))
+
+  def fetch(self) -> None:
+    fetched = jax.device_get([m for _, m in self.on_device])
+    steps = [s for s, _ in self.on_device]
+    self.on_device = []
+    for step, m in zip(steps, fetched):
+      if not m['finite'] and not self.skip_nonfinite:
+        raise NonFiniteError(step, m)
+    self.on_host += fetched
+
+  def summary(self) -> dict[str, float]:
+    """Means over the steps that were applied; skipped (non-finite) steps only count."""
+    applied = [m for m in self.on_host if m['finite']]
+    keys = [k for k in self.on_host[-1] if k not in ('finite', 'skipped_steps')]
+    scalars = {k: float(np.mean([m[k] for m in applied])) for k in keys} if applied else {}
+    scalars['skipped_steps'] = float(self.on_host[-1]['skipped_steps'])
+    self.on_host = []
+    return scalars
+
+
+def _log(writer, progress: _Progress, step: int, total: int, scalars: dict) -> None:
   images_per_s, eta = progress.rate(step)
   scalars['images_per_s'] = images_per_s
   writer.write_scalars(step, scalars)
-  shown = ' '.join(f'{k} {v:.4g}' for k, v in scalars.items() if k not in ('finite',))
+  shown = ' '.join(f'{k} {v:.4g}' for k, v in scalars.items()
+                   if k != 'skipped_steps' or v > 0)
   print(f'step {step}/{total} {shown} eta {eta:.0f}s', flush=True)
 
 
