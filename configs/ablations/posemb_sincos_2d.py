@@ -1,0 +1,12 @@
+"""Fixed 2D sine-cosine position embeddings (no position parameters).
+
+The paper's ViT on Fashion-MNIST (configs/supervised/fashion_mnist.py) with one switch changed;
+docs/ablations.md has the commands and the measured table.
+"""
+from configs.supervised import fashion_mnist
+
+
+def get_config():
+  config = fashion_mnist.get_config()
+  config.model.posemb = 'sincos_2d'
+  return config

@@ -1,0 +1,45 @@
+"""`python -m vit.inspect --init SPEC --out DIR [--images FILE.npy|DIR]`: the §4.5 figures.
+
+Writes to DIR: attention_distance.png, attention_rollout.png, posemb_similarity.png,
+embedding_filters.png, and the numbers behind them in inspect.json (summary) and inspect.npz
+(every array). SPEC is a fine-tuning init spec: mpp:DIR, supervised:DIR, vit_jax:FILE.npz or
+hf:DIR. Without --images the Fashion-MNIST test split is used.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags
+
+from vit import cli
+
+_INIT = flags.DEFINE_string('init', None, 'The model: mpp:DIR | supervised:DIR | '
+                            'vit_jax:FILE.npz | hf:DIR.', required=True)
+_OUT = flags.DEFINE_string('out', None, 'Directory for the PNGs, inspect.json and inspect.npz.',
+                           required=True)
+_IMAGES = flags.DEFINE_string('images', None, 'uint8 .npy [N, H, W(, C)] or a directory of '
+                              'image files; default: the Fashion-MNIST test split.')
+_MAX_IMAGES = flags.DEFINE_integer('max_images', 128, 'Images averaged over for the '
+                                   'attention distances.')
+_SHOW = flags.DEFINE_integer('show', 8, 'Images shown in the attention rollout figure.')
+_BATCH = flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
+
+
+def main(argv):
+  del argv
+  from vit.errors import UserError
+  for flag in (_MAX_IMAGES, _SHOW, _BATCH):
+    if flag.value < 1:
+      raise UserError(f'--{flag.name}={flag.value}: must be a positive integer')
+  from vit.inspect import report
+  summary = report.inspect(_INIT.value, _OUT.value, images=_IMAGES.value,
+                           max_images=_MAX_IMAGES.value, show=_SHOW.value,
+                           batch_size=_BATCH.value)
+  for name in summary['figures']:
+    print(os.path.join(_OUT.value, name))
+  print(json.dumps({k: summary[k] for k in ('model', 'images', 'mean_attention_distance_px')}))
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,59 @@
+"""The images to inspect a model on, as the model's evaluation view: uint8 [N, S, S, C]."""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import numpy as np
+
+from vit.data import fashion_mnist, transforms
+from vit.errors import UserError
+
+IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
+
+
+def _from_npy(path: str) -> np.ndarray:
+  try:
+    images = np.load(path, allow_pickle=False)
+  except (OSError, ValueError) as e:
+    raise UserError(f'--images {path}: not a readable .npy array ({e})') from None
+  if images.dtype != np.uint8 or images.ndim not in (3, 4) or 0 in images.shape:
+    raise UserError(f'--images {path}: holds {images.dtype} {images.shape}; expected uint8 '
+                    f'[N, H, W] or [N, H, W, C]')
+  if images.ndim == 4 and images.shape[-1] not in (1, 3):
+    raise UserError(f'--images {path}: {images.shape[-1]} channels; expected 1 or 3')
+  return images[..., None] if images.ndim == 3 else images
+
+
+def _from_dir(path: str, limit: int) -> list[np.ndarray]:
+  names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+  if not names:
+    raise UserError(f'--images {path}: no image files ({", ".join(IMAGE_SUFFIXES)})')
+  out = []
+  for name in names[:limit]:
+    with open(os.path.join(path, name), 'rb') as f:
+      try:
+        out.append(transforms.decode_image(f.read()))
+      except transforms.BadRecord as e:
+        raise UserError(f'--images {os.path.join(path, name)}: {e}') from None
+  return out
+
+
+def load(path: Optional[str], size: int, channels: int, limit: int
+         ) -> tuple[np.ndarray, str]:
+  """Up to `limit` images from a .npy file, a directory, or (None) the Fashion-MNIST test set.
+
+  Each goes through the evaluation transforms (channels, then resize and central crop), so the
+  model sees what it saw in evaluation. Returns the images and a description of their source.
+  """
+  if path is None:
+    raw, source = fashion_mnist.load('test')[0][:limit], 'Fashion-MNIST test split'
+  elif os.path.isdir(path):
+    raw, source = _from_dir(path, limit), path
+  elif os.path.isfile(path) and path.endswith('.npy'):
+    raw, source = _from_npy(path)[:limit], path
+  else:
+    raise UserError(f'--images {path}: expected a .npy file or a directory of images')
+  to_channels, crop = transforms.ToChannels(channels), transforms.CentralCrop(size)
+  views = [crop.map(to_channels.map({'image': image}))['image'] for image in raw]
+  return np.stack(views).astype(np.uint8), source

@@ -1,0 +1,99 @@
+"""The analyses of a model on a set of images, and their files (PNG, JSON, npz)."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+import jax
+import numpy as np
+
+from vit import config as config_lib
+from vit.errors import UserError
+from vit.inspect import attention, embeddings, figures, images as images_lib
+from vit.models.vit import patch_grid
+
+FIGURES = ('attention_distance.png', 'attention_rollout.png', 'posemb_similarity.png',
+           'embedding_filters.png')
+
+
+def analyse(model: dict, params: dict, images: np.ndarray, *, show: int = 8,
+            batch_size: int = 32, class_names: Optional[list] = None) -> dict:
+  """Every §4.5 analysis of `params` (a vit.config model dict) on uint8 `images`."""
+  size = images.shape[1]
+  resnet_config = config_lib._resnet_config(model)  # pylint: disable=protected-access
+  grid = patch_grid((size, size), model['patches']['size'], resnet_config)
+  pixels = (size // grid[0], size // grid[1])
+  attn = attention.make_attention_fn(config_lib.build_model(model))
+  distances, maps, predicted = [], [], []
+  for start in range(0, len(images), batch_size):
+    out, weights = jax.device_get(attn(params, images[start:start + batch_size]))
+    distances.append(np.stack([attention.mean_attention_distance(w, grid, pixels)
+                               for w in weights], axis=1))
+    if start < show:
+      maps.append(attention.rollout_map(attention.attention_rollout(weights), grid))
+      if model.get('num_classes'):
+        predicted += [int(i) for i in np.argmax(out, axis=-1)]
+  result = dict(
+      grid=grid, pixels_per_patch=pixels, image_size=size,
+      attention_distance_per_image=np.concatenate(distances),  # [N, blocks, heads]
+      rollout_maps=np.concatenate(maps)[:show], images_shown=images[:show],
+      predicted=[(class_names[i] if class_names else str(i)) for i in predicted[:show]])
+  result['attention_distance'] = result['attention_distance_per_image'].mean(axis=0)
+  posemb = model.get('posemb', 'learned_1d')
+  per_patch = embeddings.patch_position_embeddings(params, posemb, grid)
+  if per_patch is not None:
+    result['posemb_similarity'] = embeddings.posemb_similarity(per_patch, grid)
+  if resnet_config is None:  # A hybrid's embedding sees ResNet features, not pixels.
+    result['filter_components'], result['filter_explained_variance'] = embeddings.filter_pca(
+        params['embedding']['kernel'])
+  return result
+
+
+def write(result: dict, out: str, summary: dict) -> dict:
+  """Writes the figures that `result` has, inspect.npz and inspect.json; returns the summary."""
+  try:
+    os.makedirs(out, exist_ok=True)
+  except OSError as e:
+    raise UserError(f'--out {out}: cannot create the directory ({e.strerror})') from None
+  path = lambda name: os.path.join(out, name)
+  written = ['attention_distance.png', 'attention_rollout.png']
+  figures.attention_distance(result['attention_distance'], result['image_size'], path(written[0]))
+  figures.attention_rollout(result['images_shown'], result['rollout_maps'], path(written[1]),
+                            titles=result['predicted'] or None)
+  if 'posemb_similarity' in result:
+    written.append('posemb_similarity.png')
+    figures.posemb_similarity(result['posemb_similarity'], path(written[-1]))
+  if 'filter_components' in result:
+    written.append('embedding_filters.png')
+    figures.embedding_filters(result['filter_components'], result['filter_explained_variance'],
+                              path(written[-1]))
+  np.savez_compressed(path('inspect.npz'), **{k: np.asarray(v) for k, v in result.items()
+                                              if isinstance(v, np.ndarray)})
+  distance = result['attention_distance']
+  summary = dict(summary, figures=written, grid=list(result['grid']),
+                 pixels_per_patch=list(result['pixels_per_patch']),
+                 mean_attention_distance_px=[round(float(d), 2) for d in distance.mean(1)],
+                 attention_distance_px_per_head=np.round(distance, 2).tolist(),
+                 rollout_predicted=result['predicted'])
+  if 'filter_explained_variance' in result:
+    summary['filter_explained_variance'] = np.round(
+        result['filter_explained_variance'], 4).tolist()
+  with open(path('inspect.json'), 'w') as f:
+    json.dump(summary, f, indent=1)
+  return summary
+
+
+def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: int = 128,
+            show: int = 8, batch_size: int = 32) -> dict:
+  """Loads `spec` (vit.init_spec), runs every analysis and writes the files to `out`."""
+  from vit import init_spec
+  ckpt = init_spec.load(spec)
+  pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images)
+  result = analyse(ckpt.model, ckpt.params, pictures, show=min(show, len(pictures)),
+                   batch_size=batch_size, class_names=ckpt.class_names)
+  summary = dict(model=init_spec.describe(ckpt), init=spec,
+                 posemb=ckpt.model.get('posemb', 'learned_1d'),
+                 attention=ckpt.model.get('attention', 'global'),
+                 images=f'{len(pictures)} from {source}')
+  return write(result, out, summary)
