@@ -288,7 +288,7 @@ def adapt_params(loaded: dict, target: dict, grid: Sequence[int], *,
                     ) from None
   have, want = interop.flatten(loaded), interop.flatten(target)
   have = {k: v for k, v in have.items() if k.split('/')[0] not in drop}
-  if 'head' not in want:  # A representation-only model: the checkpoint's head has no place.
+  if not any(k.startswith('head/') for k in want):  # A representation-only model.
     have = {k: v for k, v in have.items() if not k.startswith('head/')}
   head_keys = [k for k in want if k.split('/')[0] in HEAD_KEYS and k not in have]
   problems = _differences(have, {k: v for k, v in want.items() if k not in head_keys})

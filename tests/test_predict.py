@@ -1,0 +1,146 @@
+"""supervised.predict: inputs, resizing, --resolution and both output formats."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import flax.linen as nn
+from PIL import Image
+
+from supervised import predict
+from vit import config as config_lib, init_spec, interop
+from vit.errors import UserError
+from vit.models.vit import resize_posemb
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _model():
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(4, 4)), hidden_size=16, num_classes=6)
+  m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
+  return m
+
+
+@pytest.fixture(scope='module')
+def npz(tmp_path_factory):
+  m = _model()
+  params = nn.unbox(config_lib.build_model(m).init(
+      jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)['params'])
+  rng = np.random.default_rng(0)
+  params = jax.tree.map(lambda p: np.asarray(p) + 0.5 * rng.standard_normal(p.shape).astype(
+      np.float32), params)  # A non-zero head, so the logits differ per image.
+  path = str(tmp_path_factory.mktemp('predict') / 'm.npz')
+  interop.save_vit_jax(params, path)
+  return path, m, params
+
+
+def _images(n=5, size=16, seed=0):
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def test_logits_equal_the_model_on_scaled_images(npz):
+  path, m, params = npz
+  apply_fn, ckpt, size = predict.load_classifier(f'vit_jax:{path}')
+  assert size == 16
+  images = _images()
+  logits = predict.predict(apply_fn, predict.prepare_images(list(images), 16, 3), batch_size=2)
+  ref = config_lib.build_model(m).apply({'params': params},
+                                        jnp.asarray(images, jnp.float32) / 127.5 - 1, train=False)
+  assert logits.dtype == np.float32 and logits.shape == (5, 6)
+  np.testing.assert_allclose(logits, np.asarray(ref), atol=1e-5)
+
+
+def test_resolution_resizes_posemb_as_finetuning(npz):
+  path, m, params = npz
+  apply_fn, _, size = predict.load_classifier(f'vit_jax:{path}', resolution=24)
+  images = _images(size=24)
+  logits = predict.predict(apply_fn, predict.prepare_images(list(images), size, 3), 8)
+  pe = params['Transformer']['posembed_input']['pos_embedding']
+  resized = dict(params, Transformer=dict(
+      params['Transformer'], posembed_input={'pos_embedding': resize_posemb(pe, (6, 6))}))
+  ref = config_lib.build_model(m).apply({'params': resized},
+                                        jnp.asarray(images, jnp.float32) / 127.5 - 1, train=False)
+  np.testing.assert_allclose(logits, np.asarray(ref), atol=1e-5)
+  with pytest.raises(UserError, match='not a multiple of the model.s patch stride 4'):
+    predict.load_classifier(f'vit_jax:{path}', resolution=30)
+
+
+def test_inputs_are_resized_and_channels_matched(tmp_path):
+  gray = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+  np.save(tmp_path / 'gray.npy', gray)
+  images, names = predict.read_images(str(tmp_path / 'gray.npy'))
+  assert names == ['0', '1'] and images[0].shape == (28, 28, 1)
+  batch = predict.prepare_images(images, 16, 3)
+  assert batch.shape == (2, 16, 16, 3) and batch.dtype == np.uint8
+  np.testing.assert_array_equal(batch[..., 0], batch[..., 2])
+  np.save(tmp_path / 'float.npy', gray.astype(np.float32))
+  with pytest.raises(UserError, match='dtype float32; expected uint8'):
+    predict.read_images(str(tmp_path / 'float.npy'))
+  with pytest.raises(UserError, match='not found'):
+    predict.read_images(str(tmp_path / 'missing.npy'))
+  os.makedirs(tmp_path / 'empty')
+  with pytest.raises(UserError, match='no image files'):
+    predict.read_images(str(tmp_path / 'empty'))
+
+
+def test_cli_npy_and_json_outputs(npz, tmp_path):
+  path, _, _ = npz
+  folder = tmp_path / 'imgs'
+  folder.mkdir()
+  images = _images(n=3, size=20)
+  for i, im in enumerate(images):
+    Image.fromarray(im).save(folder / f'img{i}.png')
+  np.save(tmp_path / 'in.npy', images)
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  run = lambda *args: subprocess.run([sys.executable, '-m', 'supervised.predict', *args],
+                                     cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                     env=env)
+  out = run(f'--init=vit_jax:{path}', f'--images={tmp_path / "in.npy"}',
+            f'--output={tmp_path / "logits.npy"}')
+  assert out.returncode == 0, out.stderr[-2000:]
+  logits = np.load(tmp_path / 'logits.npy')
+  assert logits.shape == (3, 6) and logits.dtype == np.float32
+  out = run(f'--init=vit_jax:{path}', f'--images={folder}', f'--output={tmp_path / "top.json"}')
+  assert out.returncode == 0, out.stderr[-2000:]
+  rows = json.loads((tmp_path / 'top.json').read_text())
+  assert [r['image'] for r in rows] == ['img0.png', 'img1.png', 'img2.png']
+  for row, lg in zip(rows, logits):  # PNG is lossless: the same pixels as the .npy.
+    assert [t['label'] for t in row['top']] == list(np.argsort(-lg, kind='stable')[:5])
+    probs = np.exp(lg - lg.max()) / np.exp(lg - lg.max()).sum()
+    np.testing.assert_allclose([t['probability'] for t in row['top']],
+                               np.sort(probs)[::-1][:5], rtol=1e-5)
+    assert row['top'][0]['name'] == str(row['top'][0]['label'])  # No names in an .npz.
+  bad = run(f'--init=vit_jax:{path}', f'--images={tmp_path / "in.npy"}', '--output=x.txt')
+  assert bad.returncode == 2 and 'must end in .npy' in bad.stderr
+  helped = run('--help')  # absl prints the flags and exits 1.
+  assert '--resolution' in helped.stdout and '--images' in helped.stdout
+
+
+def test_class_names_of_a_hf_checkpoint_reach_the_json(tmp_path):
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  torch.manual_seed(0)
+  cfg = transformers.ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, image_size=16, patch_size=4, num_labels=3,
+                               id2label={0: 'cat', 1: 'dog', 2: 'eel'},
+                               label2id={'cat': 0, 'dog': 1, 'eel': 2})
+  transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / 'hf')
+  apply_fn, ckpt, size = predict.load_classifier(f'hf:{tmp_path / "hf"}')
+  logits = predict.predict(apply_fn, predict.prepare_images(list(_images(2)), size, 3), 4)
+  rows = predict.top_k(logits, ['a', 'b'], ckpt.class_names)
+  assert len(rows[0]['top']) == 3
+  assert {t['name'] for t in rows[0]['top']} == {'cat', 'dog', 'eel'}
+
+
+def test_headless_checkpoint_is_refused(npz, tmp_path):
+  params = dict(interop.load_vit_jax(npz[0]))
+  del params['head']
+  interop.save_vit_jax(params, str(tmp_path / 'backbone.npz'))
+  assert init_spec.load(f'vit_jax:{tmp_path / "backbone.npz"}').model['num_classes'] is None
+  with pytest.raises(UserError, match='has no classification head'):
+    predict.load_classifier(f'vit_jax:{tmp_path / "backbone.npz"}')
