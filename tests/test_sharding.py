@@ -191,10 +191,6 @@ def test_accumulation_matches_one_big_batch():
     np.testing.assert_allclose(acc_params[k], params[k], atol=1e-5, err_msg=k)
 
 
-@pytest.mark.xfail(strict=True, raises=Exception, reason=(
-    'vit/models/vit.py wraps Encoder1DBlock in nn.remat(static_argnums=()) but passes '
-    '`deterministic` by keyword, so remat traces it and `not deterministic` fails; reported '
-    'to the model owner. strict: this marker must go once the model is fixed.'))
 def test_remat_changes_nothing_but_memory():
   losses, params, _ = _one_device_run()
   remat_losses, remat_params, _ = _one_device_run(**{'model.remat': True})

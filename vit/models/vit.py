@@ -249,7 +249,7 @@ class Encoder1DBlock(nn.Module):
   grid: Optional[tuple[int, int]] = None
 
   @nn.compact
-  def __call__(self, x: Array, *, deterministic: bool,
+  def __call__(self, x: Array, deterministic: bool,
                logits_bias: Optional[Array] = None) -> Array:
     ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name=name,
                                    scale_init=_logical(nn.initializers.ones, ('embed',)),
@@ -294,7 +294,10 @@ class Encoder(nn.Module):
                            sincos_2d(self.grid, x.shape[2])])
       x = x + jnp.asarray(pe, x.dtype)[None]
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
-    block_cls = nn.remat(Encoder1DBlock, static_argnums=()) if self.remat else Encoder1DBlock
+    # `deterministic` is passed positionally: remat must treat it as static (argnum 2 counts
+    # self), or `not deterministic` would be traced.
+    block_cls = (nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat
+                 else Encoder1DBlock)
     # An axial layer is two blocks, row then column attention, each with its own MLP, as the
     # paper's AxialViT (Appendix D.6).
     axes = ((None, ''),) if self.attention == 'global' else (('row', '_row'), ('col', '_col'))
@@ -308,7 +311,7 @@ class Encoder(nn.Module):
                       self.attention_dropout_rate, self.gelu_approximate,
                       self.layer_norm_epsilon, self.dtype, attention_axis=axis,
                       grid=None if axis is None else tuple(self.grid),
-                      name=f'encoderblock_{i}{suffix}')(x, deterministic=not train, **kwargs)
+                      name=f'encoderblock_{i}{suffix}')(x, not train, **kwargs)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm',
                         scale_init=_logical(nn.initializers.ones, ('embed',)),
                         bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
