@@ -157,6 +157,17 @@ def test_iterator_state_restores_the_exact_next_batches(data_dir, workers):
     restored.close()
 
 
+def test_restoring_with_another_worker_count_names_the_key(data_dir):
+  config = make_config(data_dir)
+  iterator = iter(pipeline.train_dataset(config))
+  take(iterator, 2)
+  config.data.worker_count = 1
+  other = iter(pipeline.train_dataset(config))  # Workers start on the first next(), not here.
+  with pytest.raises(ConfigError, match=r'config.data.worker_count=1: the checkpointed data '
+                                        r'iterator was saved with worker_count=0'):
+    other.set_state(iterator.get_state())
+
+
 def test_each_process_reads_a_disjoint_shard(data_dir):
   config = make_config(data_dir)
   config.batch_size = 6

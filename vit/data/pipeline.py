@@ -71,6 +71,37 @@ class SkipBadRecords(grain.transforms.Filter):
     return False
 
 
+class _StateWithWorkerCount(grain.DatasetIterator):
+  """Tags the iterator state with the worker count, which decides grain's state layout."""
+
+  def __init__(self, parent: grain.DatasetIterator, workers: int):
+    super().__init__(parent)
+    self._workers = workers
+
+  def __next__(self):
+    return next(self._parent)
+
+  def get_state(self) -> dict:
+    return {'worker_count': self._workers, 'grain': self._parent.get_state()}
+
+  def set_state(self, state: dict) -> None:
+    saved = state.get('worker_count')
+    if saved != self._workers:
+      raise ConfigError('data.worker_count', self._workers,
+                        f'the checkpointed data iterator was saved with worker_count={saved}; '
+                        f'resume with that value')
+    self._parent.set_state(state['grain'])
+
+
+class _TagState(grain.IterDataset):
+  def __init__(self, parent: grain.IterDataset, workers: int):
+    super().__init__(parent)
+    self._workers = workers
+
+  def __iter__(self) -> grain.DatasetIterator:
+    return _StateWithWorkerCount(self._parent.__iter__(), self._workers)
+
+
 def _describe(source) -> str:
   return getattr(source, 'description', type(source).__name__)
 
@@ -152,7 +183,8 @@ def train_dataset(config: ml_collections.ConfigDict, source=None,
   seed = config.data.shuffle_seed if config.data.shuffle_seed is not None else config.seed
   ds = ds.shuffle(seed=seed).repeat()
   ds = ds.random_map(_preprocess(config, _train_transforms(config), where), seed=seed)
-  return _parallel(config, ds, where).batch(batch, drop_remainder=True)
+  ds = _parallel(config, ds, where).batch(batch, drop_remainder=True)
+  return _TagState(ds, config.data.worker_count)
 
 
 def _padded(records: Iterator[dict], batch: int, steps: int, template: dict) -> Iterator[dict]:
