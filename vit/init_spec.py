@@ -72,12 +72,22 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   return ckpt
 
 
-def _load_workdir(fmt: str, path: str, use_ema: bool):
+def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
+  """A workdir of this project's trainers, MPP or supervised (told apart by its params)."""
+  params, model, names, size = _load_workdir(None, path, use_ema)
+  ckpt = Checkpoint(params, model, names, *_input_geometry(params, model, size))
+  check_shapes(ckpt, path)
+  return ckpt
+
+
+def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   from vit import checkpoints, config as config_lib
   if not os.path.isdir(path):
-    raise UserError(f'{fmt}:{path}: directory not found')
+    raise UserError(f'{fmt or "checkpoint"}:{path}: directory not found')
   saved = checkpoints.saved_config(path)
   params = checkpoints.restore_params(path, use_ema=use_ema)
+  if fmt is None:
+    fmt = 'mpp' if 'backbone' in params else 'supervised'
   if fmt == 'mpp':
     if 'backbone' not in params:
       raise UserError(f'mpp:{path}: not an MPP checkpoint (params hold '

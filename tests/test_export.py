@@ -1,0 +1,96 @@
+"""vit.export: a trained checkpoint -> official .npz and a transformers directory, same logits."""
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.supervised import fashion_mnist as sup_config
+from supervised import train
+from vit import config as config_lib, export, init_spec, interop
+from vit.data import fashion_mnist
+from vit.errors import UserError
+from vit.training import loop
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOL = 5e-6
+
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+  """A tiny supervised run with Polyak averaging, a few steps long."""
+  config = sup_config.get_config()
+  config.image_size, config.batch_size, config.eval_batch_size = 28, 16, 50
+  config.total_steps, config.log_every, config.ema_decay = 4, 2, 0.5
+  config.model.hidden_size, config.model.transformer.mlp_dim = 32, 64
+  config.model.transformer.num_layers = 2
+  config.optimizer.learning_rate = 0.01  # Large enough that EMA and raw differ visibly.
+  m = config_lib.validate(config)
+  images, labels = fashion_mnist.load('test')
+  source = fashion_mnist.ArraySource(images[:200], labels[:200])
+  workdir = str(tmp_path_factory.mktemp('export') / 'run')
+  init_spec.write_class_names(workdir, fashion_mnist.CLASS_NAMES)
+  state = loop.train(config, workdir,
+                     train.build_task(config, m, train_source=source, eval_source=source))
+  return workdir, m, jax.device_get(state.params), jax.device_get(state.ema_params)
+
+
+def _logits(m, params, x):
+  return np.asarray(config_lib.build_model(m).apply({'params': params}, jnp.asarray(x),
+                                                    train=False))
+
+
+def _images():
+  return np.random.default_rng(0).uniform(-1, 1, (3, 28, 28, 3)).astype(np.float32)
+
+
+def test_vit_jax_export_holds_the_ema_params(run, tmp_path):
+  workdir, m, params, ema = run
+  export.export(workdir, 'vit_jax', str(tmp_path / 'm.npz'))
+  with np.load(tmp_path / 'm.npz', allow_pickle=False) as f:
+    flat = {k: f[k] for k in f.files}
+  want = interop.flatten(ema)
+  assert sorted(flat) == sorted(want)
+  assert all(np.array_equal(flat[k], want[k]) for k in flat)
+  raw = tmp_path / 'raw.npz'
+  export.export(workdir, 'vit_jax', str(raw), use_ema=False)
+  loaded = init_spec.load(f'vit_jax:{raw}')
+  np.testing.assert_array_equal(_logits(loaded.model, loaded.params, _images()),
+                                _logits(m, params, _images()))
+  assert not np.array_equal(params['head']['kernel'], ema['head']['kernel'])
+
+
+def test_hf_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  workdir, m, _, ema = run
+  export.export(workdir, 'hf', str(tmp_path / 'hf'))
+  hf = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'hf')).eval()
+  assert hf.config.hidden_act == 'gelu_pytorch_tanh'  # The model's tanh GELU, stated.
+  assert hf.config.id2label[9] == 'Ankle boot'
+  x = _images()
+  with torch.no_grad():
+    ref = hf(pixel_values=torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).logits.numpy()
+  ours = _logits(m, ema, x)
+  assert np.abs(ours).max() > 0.05  # A trained head: the comparison is not of zeros.
+  assert np.abs(ours - ref).max() <= TOL
+
+
+def test_cli_and_errors(run, tmp_path):
+  workdir, _, _, _ = run
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  cmd = lambda *a: subprocess.run([sys.executable, '-m', 'vit.export', *a], cwd=ROOT, env=env,
+                                  capture_output=True, text=True, timeout=300)
+  ok = cmd(f'--checkpoint={workdir}', '--format=vit_jax', f'--out={tmp_path / "cli.npz"}')
+  assert ok.returncode == 0, ok.stderr[-2000:]
+  assert 'exported' in ok.stdout and (tmp_path / 'cli.npz').is_file()
+  missing = cmd(f'--checkpoint={tmp_path / "nope"}', '--format=hf', f'--out={tmp_path / "o"}')
+  assert missing.returncode == 2 and 'directory not found' in missing.stderr
+  assert missing.stderr.strip().count('\n') == 0
+  with pytest.raises(UserError, match='a .npz file'):
+    export.export(workdir, 'vit_jax', str(tmp_path / 'm.bin'))
+  helped = cmd('--help')
+  assert '--format' in helped.stdout and '--checkpoint' in helped.stdout
