@@ -292,3 +292,15 @@ def test_fashion_mnist_labels_checked_before_training():
   first_bad = int(np.flatnonzero(source.labels == 9)[0])
   with pytest.raises(UserError, match=rf'fm test: label 9 at index {first_bad} is outside'):
     pipeline.train_dataset(config, source=source)
+
+
+def test_thread_count_follows_the_records_and_counts_are_validated(data_dir):
+  config = make_config(data_dir)
+  config.data.read_threads = None
+  arrays = fashion_mnist.ArraySource(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32))
+  assert pipeline._read_threads(config, arrays) == 0  # Nothing to decode.
+  assert pipeline._read_threads(config, pipeline.make_source(config, 'train')) == 16
+  for key, value in (('worker_count', -1), ('read_threads', -2)):
+    bad = make_config(data_dir, **{key: value})
+    with pytest.raises(ConfigError, match=rf'config.data.{key}={value}: must be an integer >= 0'):
+      pipeline.train_dataset(bad)

@@ -63,7 +63,7 @@ def defaults() -> ml_collections.ConfigDict:
       inception_crop=False,
       flip=False,
       worker_count=0,  # grain worker processes for decoding and augmentation; 0: threads only.
-      read_threads=16,  # grain threads per process reading and preprocessing records.
+      read_threads=_none(int),  # grain threads per process; None: 16 (encoded images), 0 (arrays)
       shuffle_seed=_none(int),
       skip_bad_records=False,  # True: drop undecodable records / bad labels, count them in logs.
   )

@@ -85,7 +85,7 @@ def open_tfds(name: str, data_dir: Optional[str], split: str, split_key: str) ->
 
 
 def find_prepared(directory: str) -> str:
-  """The version directory (`NAME/VERSION/dataset_info.json`) that `prepare` wrote in `directory`."""
+  """The version directory (NAME/VERSION/dataset_info.json) that `prepare` wrote in it."""
   if not os.path.isdir(directory):
     raise ConfigError('data.source', f'array_record:{directory}', 'no such directory')
   if os.path.exists(os.path.join(directory, 'dataset_info.json')):
