@@ -52,3 +52,9 @@ bazel-test: setup bazel-setup
 	    --workdir=$$workdir --config.total_steps=2 --config.batch_size=16 \
 	    --config.log_every=1 --config.mpp.eval_examples=16 || status=$$?; \
 	bazel shutdown; rm -rf $$workdir; exit $$status
+
+# Our train step vs timm and transformers (README "## Performance", docs/performance.md).
+BENCH_ARGS ?=
+bench: setup
+	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
+	$(PY) -m benchmarks.train_step --json runs/bench/train_step.json $(BENCH_ARGS)

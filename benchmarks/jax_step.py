@@ -1,0 +1,147 @@
+"""Our train step, as the trainers run it, for benchmarks/train_step.py.
+
+The step is `vit.training.loop.jit_train_step` on state from `loop.create_state` (sharded init,
+donated state), with the supervised or MPP objective's own loss: what `supervised.train` and
+`mpp.train` execute, minus the input pipeline (the batch is a fixed device array). Variants
+change one thing each, to measure what an optimisation gives (docs/performance.md).
+"""
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vit import config as config_lib, sharding
+from vit.training import loop, optimizers, step as step_lib
+
+# name -> what it changes. XLA flags are set by the caller before jax is imported.
+VARIANTS = {
+    'base': 'the trainers\' step',
+    'no_donate': 'state not donated (a copy of params and Adam moments every step)',
+    'sync_every_step': 'block on every step (what logging each step costs)',
+    'einsum_attention': 'two einsums and a softmax instead of jax.nn.dot_product_attention',
+    'bf16': 'model.dtype=bfloat16 (params and optimiser state stay float32)',
+    'remat': 'model.remat=True (recompute each block in the backward pass)',
+}
+
+
+def make_config(shape, variant: str):
+  config = config_lib.defaults()
+  config.image_size = shape.image
+  config.batch_size = shape.batch
+  config.data.channels = shape.channels
+  config.model.patches.size = (shape.patch, shape.patch)
+  config.model.hidden_size = shape.hidden
+  config.model.transformer.num_layers = shape.depth
+  config.model.transformer.num_heads = shape.heads
+  config.model.transformer.mlp_dim = shape.mlp
+  config.model.num_classes = shape.classes
+  config.optimizer.weight_decay = 0.1
+  config.model.dtype = 'bfloat16' if variant == 'bf16' else 'float32'
+  config.model.remat = variant == 'remat'
+  return config
+
+
+class _WithIntermediates:
+  """A model whose apply collects 'intermediates': the attention then takes its explicit path."""
+
+  def __init__(self, model):
+    self.model = model
+
+  def apply(self, variables, *args, **kwargs):
+    out, _ = self.model.apply(variables, *args, mutable=['intermediates'], **kwargs)
+    return out
+
+
+def _objective(config, m, step: str, variant: str):
+  """(init_params, loss_fn, infer_fn) of the supervised or MPP objective."""
+  image_shape = (1, config.image_size, config.image_size, config.data.channels)
+  zeros = jnp.zeros(image_shape, jnp.float32)
+  wrap = _WithIntermediates if variant == 'einsum_attention' else (lambda model: model)
+  if step == 'supervised':
+    from supervised import objective
+    model = config_lib.build_model(m)
+    init = lambda rng: model.init(rng, zeros, train=False)['params']
+    return init, objective.make_loss_fn(wrap(model)), objective.make_logits_fn(wrap(model))
+  from mpp import objective
+  model = objective.build_model(config, m)
+  spec = objective.Spec.from_config(config, m)
+  init = lambda rng: model.init(rng, zeros, None, train=False)['params']
+  infer = lambda params, batch: objective.forward(wrap(model), spec, params, batch['image'],
+                                                  jax.random.key(0), False)[0]
+  return init, objective.make_loss_fn(wrap(model), spec), infer
+
+
+class JaxStep:
+  """The compiled step, its state and a fixed batch; `train(n)` / `infer(n)` time n steps."""
+
+  def __init__(self, shape, step: str, variant: str = 'base'):
+    if variant not in VARIANTS and not variant.startswith('xla:'):
+      raise ValueError(f'unknown variant {variant!r}; known: {", ".join(VARIANTS)}, xla:FLAGS')
+    self.variant = variant
+    config = make_config(shape, variant)
+    m = config_lib.validate(config)
+    init, loss_fn, infer_fn = _objective(config, m, step, variant)
+    self.mesh = sharding.make_mesh(config.mesh)
+    tx, schedule = optimizers.build(config.optimizer, config.total_steps)
+    task = loop.Task(init_params=init, loss_fn=loss_fn, train_data=None)
+    build, shardings = loop.create_state(task, tx, config, self.mesh)
+    self.state = build()
+    rng = np.random.default_rng(0)
+    self.batch = jax.device_put(
+        {'image': rng.integers(0, 256, (shape.batch, shape.image, shape.image, shape.channels),
+                               dtype=np.uint8),
+         'label': rng.integers(0, shape.classes, (shape.batch,), dtype=np.int32)},
+        sharding.batch_sharding(self.mesh))
+    if variant == 'no_donate':
+      jitted = jax.jit(step_lib.make_train_step(loss_fn, tx, schedule))
+    else:
+      jitted = loop.jit_train_step(loss_fn, tx, schedule, config, shardings, self.mesh)
+    start = time.perf_counter()
+    with self.mesh:
+      self.step = jitted.lower(self.state, self.batch).compile()
+    self.compile_s = time.perf_counter() - start
+    self.infer_fn = jax.jit(infer_fn)
+    self.params_count = sum(x.size for x in jax.tree.leaves(self.state.params))
+
+  def info(self) -> dict:
+    mem = self.step.memory_analysis()
+    peak = None
+    if mem is not None:
+      # Arguments (the donated state and the batch) live through the step; outputs alias the
+      # donated state; temporaries come on top.
+      peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes
+              - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
+    return {'params': int(self.params_count), 'compile_s': self.compile_s,
+            'step_memory_bytes': peak, 'versions': {'jax': jax.__version__}}
+
+  def train(self, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      self.state, metrics = self.step(self.state, self.batch)
+      if self.variant == 'sync_every_step':
+        jax.block_until_ready(metrics)
+    jax.block_until_ready((self.state, metrics))
+    return time.perf_counter() - start
+
+  def infer(self, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      out = self.infer_fn(self.state.params, self.batch)
+    jax.block_until_ready(out)
+    return time.perf_counter() - start
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
+  """Best float32 n x n matmul rate of XLA on this machine now: the peak a step is judged by."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+  dot = jax.jit(jnp.dot)
+  dot(a, a).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    start = time.perf_counter()
+    dot(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - start)
+  return 2 * n ** 3 / best / 1e9

@@ -1,0 +1,142 @@
+"""The PyTorch peers of benchmarks/train_step.py: timm's and Hugging Face's ViTs, eager, on CPU.
+
+Each peer is built with the benchmark's shape and trained with the same recipe as our step
+(AdamW, global-norm clipping at 1, no dropout), so images/s compare like for like.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import sys
+import time
+import types
+
+
+class _Missing(type):
+  """A torchvision name timm imports but a plain ViT never uses: usable in annotations and
+  dicts, an ImportError when called."""
+
+  def __getattr__(cls, name):
+    if name.startswith('__'):
+      raise AttributeError(name)
+    return _Missing(name, (), {})
+
+  def __call__(cls, *args, **kwargs):
+    raise ImportError(f'torchvision is not installed (timm asked for {cls.__name__})')
+
+
+class _MissingModule(types.ModuleType):
+  def __getattr__(self, name):
+    if name.startswith('__'):
+      raise AttributeError(name)
+    return _Missing(name, (), {})
+
+
+class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+  """Lets `import timm` succeed without torchvision, whose wheel would pull a CUDA torch:
+  timm imports it at module level for BatchNorm freezing and data transforms only."""
+
+  def find_spec(self, name, path, target=None):
+    if name == 'torchvision' or name.startswith('torchvision.'):
+      return importlib.machinery.ModuleSpec(name, self, is_package=True)
+    return None
+
+  def create_module(self, spec):
+    return _MissingModule(spec.name)
+
+  def exec_module(self, module):
+    module.__path__ = []
+
+
+def import_timm():
+  try:
+    import torchvision  # noqa: F401  (a real one, when installed, is used as is)
+  except ImportError:
+    sys.meta_path.append(_TorchvisionStandIn())
+  import timm
+  return timm
+
+
+class TorchStep:
+  """One peer model, its optimiser and a fixed random batch; `train(n)` / `infer(n)` time n steps."""
+
+  def __init__(self, shape, step: str, framework: str):
+    import torch
+    torch.manual_seed(0)
+    self.torch = torch
+    self.model, self.loss = _build(shape, step, framework)
+    self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1)
+    b, s = shape.batch, shape.image
+    self.images = torch.randn(b, shape.channels, s, s)
+    self.labels = torch.randint(0, shape.classes, (b,))
+    grid = s // shape.patch
+    self.mask = torch.rand(b, grid * grid) < 0.5  # MPP's corruption rate (paper B.1.2).
+
+  def info(self) -> dict:
+    versions = {'torch': self.torch.__version__}
+    for name in ('timm', 'transformers'):
+      if name in sys.modules:
+        versions[name] = sys.modules[name].__version__
+    return {'params': sum(p.numel() for p in self.model.parameters()), 'versions': versions}
+
+  def _train_step(self):
+    self.model.train()
+    loss = self.loss(self.model, self.images, self.labels, self.mask)
+    loss.backward()
+    self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+    self.opt.step()
+    self.opt.zero_grad(set_to_none=True)
+    return loss
+
+  def train(self, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+      self._train_step()
+    return time.perf_counter() - start
+
+  def infer(self, n: int) -> float:
+    self.model.eval()
+    start = time.perf_counter()
+    with self.torch.inference_mode():
+      for _ in range(n):
+        self.loss(self.model, self.images, self.labels, self.mask, forward_only=True)
+    return time.perf_counter() - start
+
+
+def _build(shape, step: str, framework: str):
+  import torch.nn.functional as F
+  if framework == 'timm':
+    if step != 'supervised':
+      raise ValueError('timm has no masked-image-modelling ViT head')
+    vt = import_timm().models.vision_transformer
+    model = vt.VisionTransformer(
+        img_size=shape.image, patch_size=shape.patch, in_chans=shape.channels,
+        embed_dim=shape.hidden, depth=shape.depth, num_heads=shape.heads,
+        mlp_ratio=shape.mlp / shape.hidden, num_classes=shape.classes)
+
+    def loss(model, images, labels, mask, forward_only=False):
+      logits = model(images)
+      return logits if forward_only else F.cross_entropy(logits, labels)
+    return model, loss
+  import transformers
+  config = transformers.ViTConfig(
+      image_size=shape.image, patch_size=shape.patch, num_channels=shape.channels,
+      hidden_size=shape.hidden, num_hidden_layers=shape.depth,
+      num_attention_heads=shape.heads, intermediate_size=shape.mlp,
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=shape.classes,
+      encoder_stride=shape.patch)
+  if step == 'supervised':
+    model = transformers.ViTForImageClassification(config)
+
+    def loss(model, images, labels, mask, forward_only=False):
+      logits = model(pixel_values=images).logits
+      return logits if forward_only else F.cross_entropy(logits, labels)
+    return model, loss
+  # The closest published peer of MPP: masked patches replaced by a learned token, the masked
+  # pixels reconstructed (SimMIM's head; our MPP classifies mean colours, paper §4.6).
+  model = transformers.ViTForMaskedImageModeling(config)
+
+  def loss(model, images, labels, mask, forward_only=False):
+    out = model(pixel_values=images, bool_masked_pos=mask)
+    return out.reconstruction if forward_only else out.loss
+  return model, loss
