@@ -203,6 +203,8 @@ def test_eval_pads_and_counts_every_example_once(data_dir):
   assert [b['mask'].tolist() for b in batches[0]] == [[True, True]] * 2 + [[True, False]]
   single = list(pipeline.eval_batches(config))
   assert sum(int(b['mask'].sum()) for b in single) == NUM_TEST and len(single) == 3
+  config.data.worker_count = 1
+  assert_same(list(pipeline.eval_batches(config)), single)
 
 
 def test_tfds_split_syntax(data_dir):

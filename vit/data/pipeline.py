@@ -16,9 +16,9 @@ from typing import Iterator, Optional
 
 import grain
 import jax
-from absl import flags
 import ml_collections
 import numpy as np
+from absl import flags
 
 from vit.data import fashion_mnist, sources, transforms
 from vit.errors import ConfigError, UserError
@@ -94,6 +94,8 @@ class _StateWithWorkerCount(grain.DatasetIterator):
 
 
 class _TagState(grain.IterDataset):
+  """The training dataset as the trainers see it: its iterators tag their state."""
+
   def __init__(self, parent: grain.IterDataset, workers: int):
     super().__init__(parent)
     self._workers = workers
@@ -228,9 +230,14 @@ def eval_batches(config: ml_collections.ConfigDict, source=None, split: str | No
   _check_source(config, source)
   where = _describe(source)
   ds = _shard(source, shard)
-  steps = -(-(-(-len(source) // shard.shard_count)) // batch)
+  largest_shard = -(-len(source) // shard.shard_count)
+  steps = -(-largest_shard // batch)
   ds = ds.random_map(_preprocess(config, _eval_transforms(config), where), seed=0)
   size, channels = config.image_size, config.data.channels
   template = {'image': np.zeros((size, size, channels), np.uint8), 'label': np.int32(0),
               'mask': np.bool_(False)}
-  yield from _padded(iter(_parallel(config, ds, source, where)), batch, steps, template)
+  records = iter(_parallel(config, ds, source, where))
+  try:
+    yield from _padded(records, batch, steps, template)
+  finally:
+    records.close()  # Stops worker processes now rather than at garbage collection.
