@@ -1,0 +1,78 @@
+"""Single transforms: decoding, label checks, channels, crops, flips."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vit.data import transforms
+from vit.errors import UserError
+
+
+def encode(array, fmt='PNG', mode=None):
+  out = io.BytesIO()
+  Image.fromarray(array, mode).save(out, format=fmt)
+  return out.getvalue()
+
+
+def test_decode_keeps_gray_and_rgb_and_converts_the_rest():
+  rgb = np.arange(4 * 5 * 3, dtype=np.uint8).reshape(4, 5, 3)
+  np.testing.assert_array_equal(transforms.decode_image(encode(rgb)), rgb)
+  gray = rgb[..., 0]
+  np.testing.assert_array_equal(transforms.decode_image(encode(gray)), gray[..., None])
+  rgba = np.dstack([rgb, np.full((4, 5), 255, np.uint8)])
+  np.testing.assert_array_equal(transforms.decode_image(encode(rgba)), rgb)
+  assert transforms.decode_image(encode(rgb, 'JPEG')).shape == (4, 5, 3)
+
+
+def test_truncated_and_foreign_bytes_are_bad_records():
+  jpeg = encode(np.full((64, 64, 3), 7, np.uint8), 'JPEG')
+  with pytest.raises(transforms.BadRecord, match=r"key 'image': cannot decode the image"):
+    transforms.decode_image(jpeg[:len(jpeg) // 2])
+  with pytest.raises(transforms.BadRecord, match=r'not a recognised image format'):
+    transforms.decode_image(b'GIF89a? no')
+  with pytest.raises(transforms.BadRecord, match=r'float32 \(2, 2\) is not uint8'):
+    transforms.decode_image(np.zeros((2, 2), np.float32))
+
+
+def test_labels_must_be_integers_in_range():
+  assert transforms.check_label(np.int64(2), 3) == 2
+  assert transforms.check_label(7, None) == 7  # No num_classes (MPP): not range-checked.
+  with pytest.raises(transforms.BadRecord, match=r"key 'label': 3 is outside \[0, 3\)"):
+    transforms.check_label(3, 3)
+  with pytest.raises(transforms.BadRecord, match=r"key 'label': 1.5 is not an integer"):
+    transforms.check_label(1.5, 3)
+
+
+def test_channels_both_ways():
+  gray = {'image': np.arange(6, dtype=np.uint8).reshape(2, 3, 1), 'label': 0}
+  rgb = transforms.ToChannels(3).map(gray)['image']
+  assert rgb.shape == (2, 3, 3) and (rgb == gray['image']).all()
+  back = transforms.ToChannels(1).map({'image': rgb, 'label': 0})['image']
+  np.testing.assert_array_equal(back, gray['image'])  # Equal channels: luminance is exact.
+
+
+def test_central_crop_and_inception_crop_shapes_and_flip():
+  image = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+  record = {'image': image, 'label': 1}
+  assert transforms.CentralCrop(32).map(record)['image'].shape == (32, 32, 3)
+  rng = np.random.default_rng(1)
+  crops = [transforms.InceptionCrop(16).random_map(record, rng)['image'] for _ in range(3)]
+  assert all(c.shape == (16, 16, 3) for c in crops) and not np.array_equal(crops[0], crops[1])
+  flips = [transforms.RandomFlip().random_map(record, np.random.default_rng(s))['image']
+           for s in range(8)]
+  assert any(np.array_equal(f, image[:, ::-1]) for f in flips)
+  assert any(np.array_equal(f, image) for f in flips)
+
+
+def test_preprocess_names_the_record_or_marks_it_skipped():
+  op = transforms.Preprocess((transforms.Resize(4),), 'set X', num_classes=2)
+  good = op.random_map({'image': np.zeros((8, 8, 3), np.uint8), 'label': 1, 'index': 3}, None)
+  assert good['image'].shape == (4, 4, 3) and good['label'] == 1 and 'index' not in good
+  bad = {'image': b'junk', 'label': 1, 'index': 12}
+  with pytest.raises(UserError, match=r"set X: record 12: key 'image': cannot decode"):
+    op.random_map(bad, None)
+  skipping = transforms.Preprocess((), 'set X', num_classes=2, skip_bad=True)
+  assert skipping.random_map({**bad, 'label': 5}, None) == {
+      'skipped': "set X: record 12: key 'image': cannot decode the image "
+                 '(not a recognised image format)'}
