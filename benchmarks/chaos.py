@@ -29,12 +29,13 @@ import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+CHECKPOINT_EVERY = 5
 # A model small enough that process start-up, not training, dominates a run.
 TINY_FLAGS = ('--config.model.hidden_size=16', '--config.model.transformer.mlp_dim=32',
               '--config.model.transformer.num_layers=1', '--config.model.transformer.num_heads=2',
               '--config.batch_size=16', '--config.eval_batch_size=2000',
               '--config.optimizer.warmup_steps=5', '--config.log_every=1',
-              '--config.checkpoint_every=5')
+              f'--config.checkpoint_every={CHECKPOINT_EVERY}')
 
 _STEP = re.compile(r'^step (\d+)/\d+ ')
 _RESUMED = re.compile(r'^resumed from .* at step (\d+)')
@@ -100,12 +101,21 @@ def identical(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
       for k in a)
 
 
+def kill_point(steps: int, rng: random.Random) -> tuple[int, float]:
+  """Half the kills aim at an asynchronous checkpoint write (just after a save step is logged),
+  half at any moment of a random step."""
+  save_steps = list(range(CHECKPOINT_EVERY, steps, CHECKPOINT_EVERY))
+  if save_steps and rng.random() < 0.5:
+    return rng.choice(save_steps), rng.uniform(0.0, 0.05)
+  return rng.randint(1, steps - 1), rng.uniform(0.0, 0.4)
+
+
 def trial(workdir: str, steps: int, kills: int, rng: random.Random) -> dict:
   """Kills a fresh run up to `kills` times at random points, then lets it finish."""
   events, killed_at = [], None  # killed_at: the last step the killed run logged.
   for attempt in range(kills + 1):
-    stop_after = rng.randint(1, steps - 1) if attempt < kills else None
-    out = run(workdir, steps, stop_after=stop_after, delay=rng.uniform(0.0, 0.4))
+    stop_after, delay = kill_point(steps, rng) if attempt < kills else (None, 0.0)
+    out = run(workdir, steps, stop_after=stop_after, delay=delay)
     if killed_at is not None:
       events.append(dict(killed_after=killed_at, resumed_at=out['resumed']))
     if out['signalled'] and out['rc'] == -signal.SIGKILL:

@@ -102,8 +102,8 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-      check_compatible(saved['config'], mngr.item_metadata(step)['state'], abstract_state,
-                       config, where=f'{mngr.directory}/{step}')
+      changed = check_compatible(saved['config'], mngr.item_metadata(step)['state'],
+                                 abstract_state, config, where=f'{mngr.directory}/{step}')
       restored = restore(mngr, abstract_state, data_iterator, step)
     except UserError:
       raise
@@ -115,6 +115,8 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
     for bad, _ in problems:
       print(f'warning: moved the unreadable checkpoint step {bad} to {_move_aside(mngr, bad)}',
             file=sys.stderr, flush=True)
+    if changed:
+      print(f'note: resuming with changed config keys: {"; ".join(changed)}', flush=True)
     return restored
   reasons = '; '.join(f'step {s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no usable checkpoint ({reasons[:1000]}); '
@@ -157,9 +159,9 @@ def _flat_config(d: dict, prefix: str = '') -> dict[str, Any]:
 
 
 def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
-                     config: ml_collections.ConfigDict, where: str) -> None:
+                     config: ml_collections.ConfigDict, where: str) -> list[str]:
   """Raises UserError naming the differing config keys and array shapes when the checkpoint's
-  state does not have the current state's structure; warns about harmless config changes."""
+  state does not have the current state's structure; else returns the changed config keys."""
   saved, now = _flat_config(saved_config), _flat_config(config.to_dict())
   keys = sorted(k for k in set(saved) | set(now)
                 if _comparable(saved.get(k)) != _comparable(now.get(k)))
@@ -174,8 +176,7 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
         f'{where} was saved with another config and cannot be resumed: config keys differ: '
         f'{"; ".join(differing[:10]) or "none"}; {len(shapes)} state arrays differ: '
         f'{"; ".join(shapes[:5])}{" ..." if len(shapes) > 5 else ""}; use another --workdir')
-  if changed:
-    print(f'note: resuming with changed config keys: {"; ".join(changed)}', flush=True)
+  return changed
 
 
 def _comparable(value):

@@ -206,7 +206,10 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> TrainState:
     batch = sharding.global_batch(next(run.data_iter), run.mesh)
     state, metrics = train_step(state, batch)
     window.add(step, metrics)
+    # Every process asks at every step (the multi-host agreement needs it); a signal during
+    # the last step changes nothing, that step's save is the final one anyway.
     stopping = run.stop.should_stop(step, sync=step % config.log_every == 0)
+    stopping = stopping and step < config.total_steps
     due = _due(config, task, step, stopping)
     if any(due.values()):
       window.fetch()  # Raises on a non-finite step before it is logged, evaluated or saved.
