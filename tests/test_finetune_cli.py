@@ -3,27 +3,41 @@ import os
 import subprocess
 import sys
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import numpy as np
 
+from configs.finetune import fashion_mnist as ft_config
 from supervised import finetune
-from test_finetune import small_config, write_tiny_npz
+from vit import config as config_lib, interop
 from vit.data import fashion_mnist
 from vit.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def write_tiny_npz(path):
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(7, 7)), hidden_size=32, num_classes=7)
+  m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
+  params = config_lib.build_model(m).init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)),
+                                          train=False)['params']
+  interop.save_vit_jax(jax.device_get(nn.unbox(params)), str(path))
+
+
 def test_fashion_mnist_finetune_reaches_70_percent(tmp_path):
   """200 SGD steps of 64 images, from a tiny official-layout checkpoint (7x7 patches, width
   32, 2 layers), with the fine-tuning recipe: 0.73 on these 1000 test images when written."""
-  write_tiny_npz(tmp_path / 'tiny.npz', image_size=28, patches=dict(size=(7, 7)),
-                 representation_size=None)
+  write_tiny_npz(tmp_path / 'tiny.npz')
   train_images, train_labels = fashion_mnist.load('train')
   test_images, test_labels = fashion_mnist.load('test')
   train = fashion_mnist.ArraySource(train_images[:12800], train_labels[:12800])
   test = fashion_mnist.ArraySource(test_images[:1000], test_labels[:1000])
-  config = small_config(f'vit_jax:{tmp_path / "tiny.npz"}', image_size=28, total_steps=200,
-                        batch_size=64, eval_batch_size=250, log_every=50)
+  config = ft_config.get_config()
+  config.init = f'vit_jax:{tmp_path / "tiny.npz"}'
+  config.image_size, config.total_steps, config.log_every = 28, 200, 50
+  config.batch_size, config.eval_batch_size = 64, 250
   config.optimizer.warmup_steps, config.optimizer.learning_rate = 20, 0.1
   m, ckpt = finetune.prepare(config)
   task = finetune.build_task(config, m, ckpt, train_source=train, eval_source=test)
