@@ -21,7 +21,7 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags
+from absl import app, flags, logging
 from PIL import Image
 
 _WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'], 'grain worker counts to measure')
@@ -107,6 +107,7 @@ def train_step_rate(steps: int, batch: int = 8) -> float:
 
 def main(argv):
   del argv
+  logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset_info.json it reads.
   workers = [int(w) for w in _WORKERS.value]
   results = {'cpu_count': os.cpu_count(), 'load_average_1m': os.getloadavg()[0],
              'fashion_mnist_28px': {}, 'jpeg_224px_inception_crop': {}}
