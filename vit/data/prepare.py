@@ -15,6 +15,7 @@ record index mid-training; JPEG and PNG files in RGB or grayscale are stored byt
 """
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import functools
 import io
@@ -150,20 +151,34 @@ def _builder_class():
   return PreparedImages
 
 
+def _encode(item, skip_bad: bool):
+  """Encoded bytes, or the UserError of an undecodable file when skipping (returned, not raised)."""
+  if isinstance(item, np.ndarray):
+    return encode_array(item)
+  try:
+    return encode_file(item)
+  except UserError as e:
+    if not skip_bad:
+      raise
+    return e
+
+
+def _encoded(items: Sequence, skip_bad: bool, chunk: int = 256) -> Iterator:
+  """`_encode` of every item, in order, on a thread pool (PIL decodes without the GIL); chunks
+  bound the memory when encoding outruns the writer."""
+  with concurrent.futures.ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+    for start in range(0, len(items), chunk):
+      yield from pool.map(lambda item: _encode(item, skip_bad), items[start:start + chunk])
+
+
 def _examples(builder, split_name: str) -> Iterator:
   from tqdm import tqdm
   split = builder._splits[split_name]
-  for i in tqdm(range(len(split.items)), desc=f'{split_name}', unit='img', mininterval=0.5):
-    item = split.items[i]
-    if isinstance(item, np.ndarray):
-      yield i, {'image': encode_array(item), 'label': split.labels[i]}
-      continue
-    try:
-      data = encode_file(item)
-    except UserError:
-      if not builder._skip_bad:
-        raise
-      builder.skipped.append(item)
+  encoded = _encoded(split.items, builder._skip_bad)
+  for i, data in enumerate(tqdm(encoded, total=len(split.items), desc=split_name, unit='img',
+                                mininterval=0.5)):
+    if isinstance(data, UserError):
+      builder.skipped.append(split.items[i])
       continue
     yield i, {'image': data, 'label': split.labels[i]}
 
