@@ -28,8 +28,9 @@ from orbax.checkpoint import checkpoint_managers as policies
 
 from vit.errors import UserError
 
-# Config keys that never change the shapes of the saved state; a difference in them on resume
-# is reported (a warning) but allowed, e.g. extending `total_steps`.
+# Config keys that never change the saved state's structure. Resuming with them changed is
+# allowed (e.g. a longer `total_steps`, noted on resume); when the structure does differ they are
+# left out of the error's list of differing keys, which should name the cause.
 _SHAPE_FREE_PREFIXES = ('total_steps', 'log_every', 'eval_every', 'checkpoint_every',
                         'keep_checkpoints', 'best_metric', 'best_mode', 'skip_nonfinite_steps',
                         'eval_batch_size', 'data.', 'optimizer.learning_rate',

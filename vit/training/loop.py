@@ -177,6 +177,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainS
 
 @dataclasses.dataclass
 class _Run:
+  """What the steps of one run share."""
   config: ml_collections.ConfigDict
   workdir: str
   task: Task
@@ -208,7 +209,8 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> TrainState:
     window.add(step, metrics)
     # Every process asks at every step (the multi-host agreement needs it); a signal during
     # the last step changes nothing, that step's save is the final one anyway.
-    stopping = run.stop.should_stop(step, sync=step % config.log_every == 0)
+    stopping = run.stop.should_stop(step, sync=bool(config.log_every)
+                                    and step % config.log_every == 0)
     stopping = stopping and step < config.total_steps
     due = _due(config, task, step, stopping)
     if any(due.values()):
