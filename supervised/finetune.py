@@ -34,7 +34,7 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[dict, init_spec.Checkpoi
   if not config.init:
     raise ConfigError('init', config.init, f'set the weights to start from: {INIT_FORMATS}')
   ckpt = init_spec.load(config.init)
-  merged = init_spec.merge_model(config.model, ckpt.model)
+  merged = init_spec.merge_model(config.model, ckpt.model, config.init)
   if config.data.channels != ckpt.channels:
     raise ConfigError('data.channels', config.data.channels,
                       f'the checkpoint {config.init} takes {ckpt.channels}-channel images')

@@ -233,11 +233,12 @@ def _get(d: dict, dotted: str):
   return tuple(d) if isinstance(d, list) else d
 
 
-def merge_model(config_model: ml_collections.ConfigDict, ckpt_model: dict) -> dict:
+def merge_model(config_model: ml_collections.ConfigDict, ckpt_model: dict,
+                what: str = 'the init checkpoint') -> dict:
   """The checkpoint's backbone with the config's other model keys (dropout, head, dtype...).
 
   A backbone key that the config sets explicitly (differs from vit.config's default, or comes
-  from the preset in model.name) to another value than the checkpoint's is a ConfigError
+  from the preset in model.name) to another value than the checkpoint's is a UserError
   listing every such key.
   """
   from vit import config as config_lib
@@ -259,8 +260,8 @@ def merge_model(config_model: ml_collections.ConfigDict, ckpt_model: dict) -> di
                and not (k.startswith('resnet.') and _get(ckpt_model, 'resnet.num_layers') is None
                         and _get(given, 'resnet.num_layers') is None)]
   if conflicts:
-    raise ConfigError('model', given.get('name'), 'conflicts with the init checkpoint: '
-                      + _listing(conflicts) + ' (unset these keys to take the checkpoint\'s)')
+    raise UserError(f'config.model conflicts with {what}: ' + _listing(conflicts)
+                    + ' (unset these keys to take the checkpoint\'s)')
   merged = copy.deepcopy(given)
   for key in BACKBONE_KEYS:
     value = _get(ckpt_model, key)
