@@ -75,10 +75,11 @@ def test_axial_layer_is_two_full_blocks():
   assert _count(axial) == _count(glob) + 2 * block
 
 
-@pytest.mark.parametrize('classifier', ['token', 'gap', 'unpooled'])
-@pytest.mark.parametrize('posemb', config_lib.POSEMBS)
-@pytest.mark.parametrize('attention', config_lib.ATTENTIONS)
-def test_output_shapes(classifier, posemb, attention):
+@pytest.mark.parametrize('posemb, attention, classifier', [
+    *((p, a, c) for p in config_lib.POSEMBS for a in config_lib.ATTENTIONS
+      for c in ('token', 'unpooled')),
+    ('learned_1d', 'axial', 'gap'), ('relative', 'global', 'gap'), ('learned_2d', 'global', 'gap')])
+def test_output_shapes(posemb, attention, classifier):
   config = _tiny(posemb=posemb, attention=attention, classifier=classifier)
   model = config_lib.build_model(config_lib.validate(config))
   out = jax.eval_shape(lambda: model.init_with_output(
@@ -235,6 +236,7 @@ def fashion_batches():
     f'{k}={v}' for k, v in s.items()) or 'default')
 def test_training_loss_falls(switch, fashion_batches):
   config = _tiny(**switch)
+  config.model.transformer.num_layers = 1  # One layer (two blocks if axial) keeps compiles short.
   config.optimizer.learning_rate, config.optimizer.warmup_steps = 3e-3, 5
   config.total_steps = 50
   model = config_lib.build_model(config_lib.validate(config))
@@ -255,3 +257,18 @@ def test_training_loss_falls(switch, fashion_batches):
   # ln(10) = 2.30 at the start (zero head); 50 steps bring every variant to about 1.7 or below.
   assert losses[:3].mean() > 2.2
   assert losses[-5:].mean() < losses[:3].mean() - 0.4, losses
+
+
+def test_remat_gives_the_same_logits_and_gradients_for_the_switches():
+  config = _tiny(posemb='relative', attention='axial')
+  config.model.transformer.num_layers = 1
+  m = config_lib.validate(config)
+  plain = config_lib.build_model(m)
+  remat = config_lib.build_model(dict(m, remat=True))
+  x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1), minval=-1, maxval=1)
+  params = nn.unbox(plain.init(jax.random.key(1), x, train=False)['params'])
+  params['head']['kernel'] = jax.random.normal(jax.random.key(2), params['head']['kernel'].shape)
+  loss = lambda model: lambda p: jnp.sum(model.apply({'params': p}, x, train=False) ** 2)
+  (a, ga), (b, gb) = (jax.value_and_grad(loss(model))(params) for model in (plain, remat))
+  np.testing.assert_allclose(a, b, rtol=1e-5)
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), ga, gb)
