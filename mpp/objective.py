@@ -75,6 +75,20 @@ def build_model(config: ml_collections.ConfigDict, m: dict) -> MppModel:
   return MppModel(backbone=backbone, output_shape=Spec.from_config(config, m).output_shape)
 
 
+def make_representation_fn(m: dict):
+  """backbone params, uint8 images -> mean of the encoded patch tokens (frozen features).
+
+  MPP trains the patch outputs only; the class token's output gets no loss, so the average of
+  the patch tokens is the representation the objective shapes (used for few-shot evaluation).
+  """
+  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
+
+  def representation(params, images):
+    encoded = backbone.apply({'params': params}, to_model_input(images), train=False)
+    return encoded[:, 1:].mean(axis=1)
+  return representation
+
+
 def compute_targets(spec: Spec, unit_images: jax.Array) -> jax.Array:
   if spec.target == 'mean_color':
     return targets_lib.mean_color(unit_images, spec.patch_size, spec.bits)

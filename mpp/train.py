@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 from mpp import evaluator as evaluator_lib, images as images_lib, objective
 from vit import cli, config as config_lib, sharding
 from vit.data import pipeline
+from vit.evaluators import fewshot
 from vit.training import loop
 
-_CONFIG, _WORKDIR = cli.define_config_flags('configs/mpp/fashion_mnist.py')
+FLAGS = flags.FLAGS
 GRID_IMAGES = 8
 
 
@@ -31,20 +33,25 @@ def build_task(config, m, workdir: str) -> loop.Task:
       model, spec, batches, mesh, examples=config.mpp.eval_examples,
       batch_size=pipeline.per_process_batch(config.eval_batch_size, 'eval_batch_size'),
       seed=config.seed)
+  evaluators = [evaluator] if config.mpp.eval_examples else []
+  if config.fewshot.enabled:
+    evaluators.append(fewshot.FewShotEvaluator(
+        config, objective.make_representation_fn(m), mesh, params_fn=lambda p: p['backbone']))
   first = next(iter(batches()))['image'][:GRID_IMAGES]
   grids = images_lib.GridWriter(model, spec, np.asarray(first), workdir, seed=config.seed)
   return loop.Task(init_params=init_params, loss_fn=objective.make_loss_fn(model, spec),
                    train_data=pipeline.train_dataset(config),
-                   evaluators=[evaluator] if config.mpp.eval_examples else [],
+                   evaluators=evaluators,
                    periodic_hook=grids, hook_every=config.mpp.image_every or config.total_steps)
 
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = FLAGS.config
   m = config_lib.validate(config)
-  loop.train(config, _WORKDIR.value, build_task(config, m, _WORKDIR.value))
+  loop.train(config, FLAGS.workdir, build_task(config, m, FLAGS.workdir))
 
 
 if __name__ == '__main__':
+  cli.define_config_flags('configs/mpp/fashion_mnist.py')
   cli.run(main)

@@ -1,0 +1,226 @@
+"""A small-scale reproduction of §4.6: does MPP help, and which target? (`python -m mpp.study`).
+
+Every run (a pretraining, a fine-tuning, a few-shot evaluation) has its own directory under
+--workdir and ends by writing `result.json` there; rerunning the command skips finished runs
+and resumes an interrupted one from its last checkpoint. At the end the table is printed and,
+when `config.results_path` is set, written as Markdown with a plot beside it.
+
+    python -m mpp.study --config configs/study/fashion_mnist.py --workdir runs/study
+    python -m mpp.study --config configs/study/fashion_mnist.py --config.quick=True ...
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Callable, Optional
+
+import ml_collections
+from absl import flags
+
+from mpp import report
+from vit import cli, config as config_lib, init_spec
+
+FLAGS = flags.FLAGS
+RESULT_FILE = 'result.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  name: str
+  target: Optional[str]  # None: no pretraining (fine-tuning budget from scratch).
+  rate: float = 0.5
+  steps: int = 0          # MPP pretraining steps.
+
+  @property
+  def label(self) -> str:
+    if self.target is None:
+      return 'from scratch'
+    return f'MPP {self.target}, {self.rate:.0%} corrupted, {self.steps} steps'
+
+
+def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The study config with `quick_settings` applied when `quick` is set."""
+  config = ml_collections.ConfigDict(config.to_dict())
+  if config.quick:
+    q = config.quick_settings
+    config.seeds, config.pretrain_steps = tuple(q.seeds), q.pretrain_steps
+    config.length_sweep, config.finetune.total_steps = tuple(q.length_sweep), q.finetune_steps
+    config.fewshot_max_test = q.fewshot_max_test
+  return config
+
+
+def variants(config: ml_collections.ConfigDict) -> list[Variant]:
+  out = [Variant('scratch', None)]
+  out += [Variant(f'mpp_{t}', t, config.rate, config.pretrain_steps) for t in config.targets]
+  if config.low_rate:
+    out.append(Variant(f'mpp_{config.targets[0]}_rate{round(config.low_rate * 100)}',
+                       config.targets[0], config.low_rate, config.pretrain_steps))
+  out += [Variant(f'mpp_{config.targets[0]}_steps{n}', config.targets[0], config.rate, n)
+          for n in config.length_sweep if n != config.pretrain_steps]
+  return out
+
+
+def pretrain_config(study, variant: Variant, seed: int) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(study.mpp.to_dict())
+  config.seed, config.total_steps = seed, variant.steps
+  config.mpp.target, config.mpp.corruption_rate = variant.target, variant.rate
+  config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, variant.steps // 5)
+  config.mpp.image_every = 0
+  return config
+
+
+def finetune_config(study, seed: int, init: Optional[str]) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(study.finetune.to_dict())
+  config.seed, config.init = seed, init
+  if init is None:  # From scratch: the pretraining architecture, freshly initialised.
+    for key in init_spec.BACKBONE_KEYS:
+      *path, leaf = key.split('.')
+      src, dst = study.mpp.model, config.model
+      for part in path:
+        src, dst = src[part], dst[part]
+      dst[leaf] = src[leaf]
+  return config
+
+
+def fewshot_config(study, base: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict(base.to_dict())
+  config.fewshot.shots, config.fewshot.max_test = tuple(study.shots), study.fewshot_max_test
+  return config
+
+
+class _Recorder:
+  """Wraps an evaluator to keep what the loop's final evaluation returned."""
+
+  def __init__(self, evaluator):
+    self.evaluator, self.name, self.calls = evaluator, evaluator.name, []
+
+  def evaluate(self, params) -> dict:
+    self.calls.append(self.evaluator.evaluate(params))
+    return self.calls[-1]
+
+
+def _train(config, workdir: str, task) -> dict:
+  from vit.training import loop
+  recorders = [_Recorder(e) for e in task.evaluators]
+  task.evaluators = recorders
+  loop.train(config, workdir, task)
+  out = {}
+  for r in recorders:
+    if config.ema_decay > 0:
+      out.update({f'{r.name}_ema/{k}': v for k, v in r.calls[-1].items()})
+      out.update({f'{r.name}/{k}': v for k, v in r.calls[-2].items()})
+    else:
+      out.update({f'{r.name}/{k}': v for k, v in r.calls[-1].items()})
+  return out
+
+
+def pretrain(config, workdir: str) -> dict:
+  from mpp import train
+  m = config_lib.validate(config)
+  return _train(config, workdir, train.build_task(config, m, workdir))
+
+
+def finetune(config, workdir: str) -> dict:
+  from supervised import finetune as finetune_lib, train
+  if config.init is None:
+    m = config_lib.validate(config)
+    return _train(config, workdir, train.build_task(config, m))
+  m, ckpt = finetune_lib.prepare(config)
+  return _train(config, workdir, finetune_lib.build_task(config, m, ckpt))
+
+
+def fewshot_of_init(config) -> dict:
+  """Few-shot accuracy of a randomly initialised backbone: the floor pretraining should beat."""
+  import flax.linen as nn
+  import jax
+  from mpp import objective
+  from vit import sharding
+  from vit.evaluators import fewshot
+  m = config_lib.validate(config)
+  model = objective.build_model(config, m)
+  import jax.numpy as jnp
+  shape = (1, config.image_size, config.image_size, config.data.channels)
+  params = nn.unbox(model.init(jax.random.key(config.seed), jnp.zeros(shape), None,
+                               train=False)['params'])
+  evaluator = fewshot.FewShotEvaluator(config, objective.make_representation_fn(m),
+                                       sharding.make_mesh(config.mesh),
+                                       params_fn=lambda p: p['backbone'])
+  return {f'fewshot/{k}': v for k, v in evaluator.evaluate(params).items()}
+
+
+def run_once(workdir: str, title: str, fn: Callable[[], dict]) -> dict:
+  path = os.path.join(workdir, RESULT_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      result = json.load(f)
+    print(f'{title}: done before, skipped', flush=True)
+    return result
+  print(f'{title}: running in {workdir}', flush=True)
+  start, cpu = time.time(), time.process_time()
+  # CPU seconds beside wall seconds: on a shared machine the wall clock overstates the cost.
+  result = dict(fn(), wall_s=time.time() - start, cpu_s=time.process_time() - cpu)
+  os.makedirs(workdir, exist_ok=True)
+  with open(path + '.tmp', 'w') as f:
+    json.dump(result, f, indent=1)
+  os.replace(path + '.tmp', path)  # A result file is complete or absent.
+  return result
+
+
+def run_variant(study, variant: Variant, seed: int, workdir: str, title: str) -> dict:
+  base = os.path.join(workdir, variant.name, f'seed{seed}')
+  result = {}
+  if variant.target is None:
+    if study.shots:
+      cfg = fewshot_config(study, pretrain_config(study, Variant('init', 'mean_color', 0.5, 1),
+                                                  seed))
+      result['pretrain'] = run_once(os.path.join(base, 'fewshot_init'),
+                                    f'{title} few-shot of the random init',
+                                    lambda: fewshot_of_init(cfg))
+    init = None
+  else:
+    cfg = pretrain_config(study, variant, seed)
+    if study.shots:
+      cfg = fewshot_config(study, cfg)
+      cfg.fewshot.enabled = True
+    pre_dir = os.path.join(base, 'pretrain')
+    result['pretrain'] = run_once(pre_dir, f'{title} MPP pretraining ({variant.steps} steps)',
+                                  lambda: pretrain(cfg, pre_dir))
+    init = f'mpp:{pre_dir}'
+  ft = finetune_config(study, seed, init)
+  ft_dir = os.path.join(base, 'finetune')
+  result['finetune'] = run_once(ft_dir, f'{title} fine-tuning ({ft.total_steps} steps)',
+                                lambda: finetune(ft, ft_dir))
+  return result
+
+
+def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
+  """Runs (or skips) every variant x seed; returns {variant name: [result per seed]}."""
+  study = settings(config)
+  plan = [(v, s) for v in variants(study) for s in study.seeds]
+  results: dict[str, list] = {}
+  start = time.time()
+  for i, (variant, seed) in enumerate(plan, 1):
+    title = f'[{i}/{len(plan)}] {variant.name} seed {seed}'
+    results.setdefault(variant.name, []).append(
+        run_variant(study, variant, seed, workdir, title))
+  table = report.Table(study, variants(study), results, session_s=time.time() - start)
+  print(table.markdown(), flush=True)
+  if study.results_path:
+    command = ' '.join(['python -m mpp.study', *sys.argv[1:]])
+    path = report.write(table, study.results_path, command)
+    print(f'wrote {path}', flush=True)
+  return results
+
+
+def main(argv):
+  del argv
+  os.makedirs(FLAGS.workdir, exist_ok=True)
+  run_study(FLAGS.config, FLAGS.workdir)
+
+
+if __name__ == '__main__':
+  cli.define_config_flags('configs/study/fashion_mnist.py')
+  cli.run(main)
