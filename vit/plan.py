@@ -1,0 +1,235 @@
+"""TPU pod planning by ahead-of-time compilation: will a config fit a slice, and how fast.
+
+    python -m vit.plan --config configs/mpp/imagenet.py --topology v5p:4x4x4 [--config.x=...]
+
+libtpu describes a pod slice on any host (`jax.experimental.topologies`); the train step that
+the trainers run (the same Task pieces, `loop.create_state`, `loop.jit_train_step`) is compiled
+for it from shapes alone, and XLA's own numbers are reported: HBM per device (arguments,
+outputs, temporaries) against the chip's, FLOPs per step, and a roofline step time:
+max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) per device. Communication is not in the
+roofline, so the step time is a lower bound and the MFU an upper bound.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import re
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from absl import flags
+from ml_collections import config_flags
+
+from vit import cli, config as config_lib, sharding
+from vit.errors import UserError
+from vit.training import loop, optimizers
+
+GiB = 1024 ** 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  """Published per-chip numbers (cloud.google.com/tpu/docs/<version>, "system architecture")."""
+  hbm_bytes: int
+  peak_bf16_flops: float  # FLOP/s; float32 matmuls run as several bf16 passes, slower.
+  hbm_bandwidth: float    # bytes/s
+
+
+CHIPS = {
+    'v4': Chip(32 * GiB, 275e12, 1228e9),
+    'v5e': Chip(16 * GiB, 197e12, 819e9),
+    'v5p': Chip(95 * GiB, 459e12, 2765e9),
+    'v6e': Chip(32 * GiB, 918e12, 1640e9),
+}
+OBJECTIVES = ('supervised', 'mpp')
+
+_CONFIG, _ = cli.define_config_flags(None, workdir_required=False)
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice as VERSION:AxBxC, e.g. v5p:4x4x4 '
+                                '(64 chips), v5e:16x16, v4:4x4x4; versions: ' + ', '.join(CHIPS))
+_OBJECTIVE = flags.DEFINE_enum('objective', None, OBJECTIVES,
+                               'The trainer whose step to compile; default: mpp for a config '
+                               'under configs/mpp/, supervised otherwise.')
+_JSON = flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
+
+
+def topology_devices(topology: str) -> tuple[list, Chip]:
+  """(devices, chip) of a slice described by libtpu, one device per chip; UserError if unknown.
+
+  v4 and v5p run two TensorCores per chip as one device ("megacore"), as on a real pod; hosts
+  hold 2x2x1 chips, so the devices carry the process indices of the real slice.
+  """
+  match = re.fullmatch(r'(v\w+):(\d+(?:x\d+)*)', topology or '')
+  if not match or match.group(1) not in CHIPS:
+    raise UserError(f'--topology={topology!r}: expected VERSION:AxB[xC] with VERSION one of '
+                    f'{", ".join(CHIPS)}, e.g. v5p:4x4x4')
+  from jax.experimental import topologies
+  megacore = match.group(1) in ('v4', 'v5p')
+  try:
+    with _quiet_stderr():
+      devices = topologies.get_topology_desc(
+          topology, 'tpu', chip_config_name='megacore' if megacore else 'default',
+          chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+  except Exception as e:  # libtpu says INVALID_ARGUMENT for shapes it does not know.
+    raise UserError(f'--topology={topology!r}: libtpu does not know this slice '
+                    f'({_first_line(str(e))})') from None
+  return list(devices), CHIPS[match.group(1)]
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+  """libtpu logs, from C++, that this host is no TPU worker: true and beside the point here."""
+  os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')  # No metadata server to wait for.
+  sys.stderr.flush()
+  saved = os.dup(2)
+  try:
+    with open(os.devnull, 'w') as null:
+      os.dup2(null.fileno(), 2)
+      yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def objective_pieces(config, m: dict, objective: str):
+  """(init_params, loss_fn) exactly as the objective's trainer builds its Task."""
+  image = jnp.zeros((1, config.image_size, config.image_size, config.data.channels))
+  if objective == 'mpp':
+    from mpp import objective as mpp_objective
+    model = mpp_objective.build_model(config, m)
+    spec = mpp_objective.Spec.from_config(config, m)
+    return (lambda rng: model.init(rng, image, None, train=False)['params'],
+            mpp_objective.make_loss_fn(model, spec))
+  from supervised import objective as sup_objective
+  if m['num_classes'] is None:
+    raise config_lib.ConfigError('model.num_classes', None, 'must be set for classification')
+  model = config_lib.build_model(m)
+  return (lambda rng: model.init(rng, image, train=False)['params'],
+          sup_objective.make_loss_fn(model))
+
+
+def compile_step(config, devices, objective: str):
+  """The trainers' jitted step, lowered and compiled for `devices`; (compiled, mesh, params)."""
+  m = config_lib.validate(config, num_devices=len(devices))
+  init_params, loss_fn = objective_pieces(config, m, objective)
+  task = loop.Task(init_params=init_params, loss_fn=loss_fn, train_data=None)
+  mesh = sharding.make_mesh(config.mesh, devices)
+  tx, schedule = optimizers.build(config.optimizer, config.total_steps)
+  make_state, shardings = loop.create_state(task, tx, config, mesh)
+  step = loop.jit_train_step(loss_fn, tx, schedule, config, shardings, mesh)
+  shaped = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+  state = jax.tree.map(shaped, jax.eval_shape(make_state), shardings)
+  rows = sharding.batch_sharding(mesh)
+  size, channels, batch = config.image_size, config.data.channels, config.batch_size
+  # The records every pipeline yields (vit/data): uint8 images, int32 labels.
+  batch = {'image': jax.ShapeDtypeStruct((batch, size, size, channels), jnp.uint8, sharding=rows),
+           'label': jax.ShapeDtypeStruct((batch,), jnp.int32, sharding=rows)}
+  params = sum(x.size for x in jax.tree.leaves(nn.unbox(jax.eval_shape(init_params,
+                                                                         jax.random.key(0)))))
+  with jax.set_mesh(mesh):
+    return step.lower(state, batch).compile(), mesh, params
+
+
+def plan(config, topology: str, objective: str) -> dict:
+  """The report as plain data (see the module docstring)."""
+  devices, chip = topology_devices(topology)
+  hbm, peak, bandwidth = chip.hbm_bytes, chip.peak_bf16_flops, chip.hbm_bandwidth
+  report = dict(topology=topology, objective=objective, devices=len(devices),
+                model=config.model.name, dtype=config.model.dtype, remat=config.model.remat,
+                global_batch=config.batch_size,
+                accumulation_steps=config.optimizer.accumulation_steps,
+                hbm_per_device_gib=hbm / GiB)
+  try:
+    compiled, mesh, params = compile_step(config, devices, objective)
+  except jax.errors.JaxRuntimeError as e:
+    if 'RESOURCE_EXHAUSTED' not in str(e):
+      raise
+    # XLA refuses to compile a program that cannot fit: that is the answer.
+    report.update(fits=False, error=_first_line(str(e)))
+    return report
+  mem = compiled.memory_analysis()
+  used = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
+          + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
+  flops, moved = _cost(compiled, config, devices, objective)  # Per device.
+  compute_s, memory_s = flops / peak, moved / bandwidth
+  step_s = max(compute_s, memory_s)
+  data_parallel = mesh.shape['data'] * mesh.shape['fsdp']
+  report.update(
+      mesh=dict(mesh.shape), params=params,
+      per_device_micro_batch=config.batch_size // config.optimizer.accumulation_steps
+      // data_parallel,
+      arguments_gib=mem.argument_size_in_bytes / GiB, outputs_gib=mem.output_size_in_bytes / GiB,
+      aliased_gib=mem.alias_size_in_bytes / GiB, temporaries_gib=mem.temp_size_in_bytes / GiB,
+      used_gib=used / GiB, fits=used <= hbm,
+      flops_per_step=flops * len(devices), hbm_bytes_per_device=moved,
+      bound='compute' if compute_s >= memory_s else 'memory',
+      step_seconds=step_s, images_per_second=config.batch_size / step_s,
+      mfu=compute_s / step_s)
+  return report
+
+
+def _cost(compiled, config, devices, objective: str) -> tuple[float, float]:
+  """(FLOPs, HBM bytes) per device per step.
+
+  XLA's cost analysis counts a loop body once, and micro-batches are a lax.scan: with
+  accumulation the cost is that of a step on one micro-batch, times the micro-batches (which
+  also counts the optimiser update that many times: a few FLOPs per parameter, negligible).
+  """
+  accum = config.optimizer.accumulation_steps
+  if accum > 1:
+    micro = config.copy_and_resolve_references()
+    micro.batch_size //= accum
+    micro.optimizer.accumulation_steps = 1
+    compiled = compile_step(micro, devices, objective)[0]
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops']) * accum, float(cost['bytes accessed']) * accum
+
+
+def _first_line(text: str) -> str:
+  lines = [l.strip() for l in text.splitlines() if l.strip()]
+  return next((l for l in lines if 'memory' in l.lower()), lines[0] if lines else text)
+
+
+def format_report(r: dict) -> str:
+  head = (f'{r["topology"]}: {r["devices"]} chips, {r["hbm_per_device_gib"]:.1f} GiB HBM '
+          f'each; {r["objective"]} '
+          f'{r["model"] or "custom model"} ({r["dtype"]}, remat={r["remat"]}), global batch '
+          f'{r["global_batch"]} in {r["accumulation_steps"]} micro-batch(es)')
+  if 'mesh' not in r:
+    return f'{head}\nDOES NOT FIT: {r["error"]}'
+  return '\n'.join([
+      head,
+      f'mesh {r["mesh"]}, {r["per_device_micro_batch"]} images per device per micro-batch, '
+      f'{r["params"] / 1e6:.1f}M parameters',
+      f'HBM per device: arguments {r["arguments_gib"]:.2f} GiB, outputs '
+      f'{r["outputs_gib"]:.2f} GiB ({r["aliased_gib"]:.2f} aliased to arguments), '
+      f'temporaries {r["temporaries_gib"]:.2f} GiB -> {r["used_gib"]:.2f} of '
+      f'{r["hbm_per_device_gib"]:.1f} GiB: {"fits" if r["fits"] else "DOES NOT FIT"}',
+      f'FLOPs per step {r["flops_per_step"]:.3e}; roofline ({r["bound"]}-bound, no '
+      f'communication): {r["step_seconds"] * 1e3:.1f} ms per step, '
+      f'{r["images_per_second"]:.0f} images/s, MFU <= {r["mfu"]:.0%}',
+  ])
+
+
+def default_objective(config_path: str) -> str:
+  return 'mpp' if re.search(r'(^|/)mpp(/|$)', config_path or '') else 'supervised'
+
+
+def main(argv):
+  del argv
+  if _CONFIG.value is None:
+    raise UserError('--config is required, e.g. --config configs/mpp/fashion_mnist.py')
+  if _TOPOLOGY.value is None:
+    raise UserError('--topology is required, e.g. --topology v5p:4x4x4')
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  objective = _OBJECTIVE.value or default_objective(path)
+  report = plan(_CONFIG.value, _TOPOLOGY.value, objective)
+  print(json.dumps(report) if _JSON.value else format_report(report))
+
+
+if __name__ == '__main__':
+  cli.run(main)
