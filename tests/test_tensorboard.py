@@ -50,3 +50,13 @@ def test_supervised_run_writes_readable_event_files(tmp_path):
   assert 0.0 < _scalars(acc, 'loss')[2] < 5.0 and _scalars(acc, 'images_per_s')[4] > 0
   assert 0.0 <= _scalars(acc, 'eval/accuracy')[4] <= 1.0
   assert all(0.0 <= v <= 1.0 for v in _scalars(acc, 'accuracy').values())
+
+  from vit.inspect import runs
+  row = runs.summarise(str(workdir))
+  # 1 block of width 16 (mlp 32) on 4x4x3 patches, 49 patches + class token, 10 classes.
+  block = 2 * 2 * 16 + 4 * (16 * 16 + 16) + (16 * 32 + 32) + (32 * 16 + 16)
+  expected = (4 * 4 * 3 * 16 + 16) + 16 + 50 * 16 + block + 2 * 16 + (16 * 10 + 10)
+  assert row == dict(run='run', params=expected, steps=4,
+                     accuracy=_scalars(acc, 'eval/accuracy')[4],
+                     images_per_s=_scalars(acc, 'images_per_s')[4])
+  assert runs.table([row]).splitlines()[2].startswith(f'| run | {expected:,} | 4 | ')
