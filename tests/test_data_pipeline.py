@@ -280,6 +280,15 @@ def test_skip_bad_records_skips_and_counts(data_dir, caplog):
   assert sum(int(b['mask'].sum()) for b in evaluated) == 10 and len(evaluated) == 3
 
 
+def test_skipping_stops_when_every_record_is_bad():
+  config = make_config(None, skip_bad_records=True)
+  source = fashion_mnist.ArraySource([b'junk'] * 6, np.zeros(6, np.int32), description='junk')
+  with pytest.raises(UserError, match=r"junk: all 3 records of this process are bad, e.g. junk: "
+                                      r"record [0-5]: key 'image'"):
+    next(iter(pipeline.train_dataset(config, source=source,
+                                     shard=grain.sharding.ShardOptions(1, 2))))
+
+
 def test_fashion_mnist_labels_checked_before_training():
   config = config_lib.defaults()
   config.image_size, config.batch_size, config.model.num_classes = 28, 8, 10

@@ -57,17 +57,25 @@ def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
 
 
 class SkipBadRecords(grain.transforms.Filter):
-  """Drops the records Preprocess marked as bad, logging each with a running count."""
+  """Drops the records Preprocess marked as bad, logging each with a running count.
 
-  def __init__(self, where: str):
-    self.where, self.count = where, 0
+  Stops once a whole shard has gone by without one good record: a repeated training dataset
+  would otherwise look for one forever.
+  """
+
+  def __init__(self, where: str, shard_size: int):
+    self.where, self.shard_size, self.count, self.good = where, shard_size, 0, 0
 
   def filter(self, record) -> bool:
     if 'skipped' not in record:
+      self.good += 1
       return True
     self.count += 1
     logging.warning('skipped %s (%d bad records skipped so far in %s)', record['skipped'],
                     self.count, self.where)
+    if not self.good and self.count >= self.shard_size:
+      raise UserError(f'{self.where}: all {self.shard_size} records of this process are bad, '
+                      f'e.g. {record["skipped"]}')
     return False
 
 
@@ -148,7 +156,8 @@ def _read_threads(config, source) -> int:
   return threads
 
 
-def _parallel(config, ds: grain.MapDataset, source, where: str) -> grain.IterDataset:
+def _parallel(config, ds: grain.MapDataset, source, shard_size: int, where: str
+              ) -> grain.IterDataset:
   """Per-record work on grain's threads or worker processes."""
   workers = config.data.worker_count
   if not isinstance(workers, int) or workers < 0:
@@ -160,7 +169,7 @@ def _parallel(config, ds: grain.MapDataset, source, where: str) -> grain.IterDat
       # benchmarks) nobody parsed them, so take their defaults.
       flags.FLAGS.mark_as_parsed()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
-  return it.filter(SkipBadRecords(where))
+  return it.filter(SkipBadRecords(where, shard_size))
 
 
 def _train_transforms(config):
@@ -190,13 +199,14 @@ def train_dataset(config: ml_collections.ConfigDict, source=None,
   _check_source(config, source)
   where = _describe(source)
   ds = _shard(source, shard)
-  if len(ds) == 0:
+  shard_size = len(ds)
+  if shard_size == 0:
     raise UserError(f'{where}: no records for process {shard.shard_index} of '
                     f'{shard.shard_count}')
   seed = config.data.shuffle_seed if config.data.shuffle_seed is not None else config.seed
   ds = ds.shuffle(seed=seed).repeat()
   ds = ds.random_map(_preprocess(config, _train_transforms(config), where), seed=seed)
-  ds = _parallel(config, ds, source, where).batch(batch, drop_remainder=True)
+  ds = _parallel(config, ds, source, shard_size, where).batch(batch, drop_remainder=True)
   return _TagState(ds, config.data.worker_count)
 
 
@@ -236,7 +246,7 @@ def eval_batches(config: ml_collections.ConfigDict, source=None, split: str | No
   size, channels = config.image_size, config.data.channels
   template = {'image': np.zeros((size, size, channels), np.uint8), 'label': np.int32(0),
               'mask': np.bool_(False)}
-  records = iter(_parallel(config, ds, source, where))
+  records = iter(_parallel(config, ds, source, len(ds), where))
   try:
     yield from _padded(records, batch, steps, template)
   finally:
