@@ -14,7 +14,6 @@ import os
 from typing import Optional, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 

@@ -131,3 +131,7 @@ def test_cli_on_an_npz(tmp_path):
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0
   assert 'FORMAT:PATH' in bad.stderr
+  helped = subprocess.run([sys.executable, '-m', 'vit.evaluators.fewshot', '--help'], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert '--shots' in helped.stdout and '--init' in helped.stdout
