@@ -45,10 +45,17 @@ class Checkpoint(NamedTuple):
 
 
 def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
-  """Loads `spec` = `FORMAT:PATH`; see the module docstring.
+  """Loads `spec` = `FORMAT:PATH` with FORMAT one of mpp, supervised, vit_jax, hf.
 
-  Raises UserError naming the spec for a missing path, a file of the wrong format, or
-  parameters whose shapes disagree with the architecture they imply (listing each key).
+  Returns a `Checkpoint`: `params`, the official ViT tree as host numpy arrays (an MPP run's
+  backbone only; `head`/`pre_logits` when the checkpoint has them); `model`, a vit.config model
+  dict that `vit.config.build_model(model)` turns into the network these params fit;
+  `class_names` when known; `image_size` and `channels` it was trained at. `use_ema` picks a
+  workdir's Polyak-averaged parameters when the run kept them.
+
+  Raises UserError naming the spec for a malformed spec, a missing path, a file of the wrong
+  format, or parameters whose shapes disagree with the architecture they imply (each key with
+  both shapes).
   """
   fmt, sep, path = spec.partition(':')
   if not sep or fmt not in FORMATS or not path:
