@@ -157,11 +157,11 @@ def _tiny_model(**overrides):
   model = config_lib.build_model(m)
   params = jax.device_get(nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)),
                                               train=False)['params']))
-  return m, params
+  return m, params, config
 
 
 def test_model_weights_are_sown_per_block_in_depth_order():
-  m, params = _tiny_model(attention='axial')
+  m, params, _ = _tiny_model(attention='axial')
   images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
   out, weights = attention.make_attention_fn(config_lib.build_model(m))(params, images)
   assert out.shape == (2, 10) and len(weights) == 4  # Two layers of row and column blocks.
@@ -176,7 +176,7 @@ def test_model_weights_are_sown_per_block_in_depth_order():
 
 
 def test_analyse_and_write_figures(tmp_path):
-  m, params = _tiny_model()
+  m, params, _ = _tiny_model()
   images = np.random.default_rng(1).integers(0, 256, (5, 28, 28, 3), dtype=np.uint8)
   result = report.analyse(m, params, images, show=3, batch_size=2)
   assert result['attention_distance'].shape == (2, 2)
@@ -202,7 +202,7 @@ def test_analyse_and_write_figures(tmp_path):
 
 
 def test_relative_posemb_model_has_no_similarity_figure(tmp_path):
-  m, params = _tiny_model(posemb='relative', classifier='gap')
+  m, params, _ = _tiny_model(posemb='relative', classifier='gap')
   images = np.zeros((2, 28, 28, 3), np.uint8)
   result = report.analyse(m, params, images, show=2)
   assert 'posemb_similarity' not in result
@@ -245,11 +245,7 @@ def test_cli_bad_spec_is_one_line(tmp_path):
 def test_cli_on_a_saved_checkpoint(tmp_path):
   from vit import checkpoints
   from vit.training.state import TrainState
-  config = base_config.get_config()
-  config.model.hidden_size, config.model.transformer.mlp_dim = 32, 64
-  config.model.transformer.num_heads, config.model.transformer.num_layers = 2, 2
-  config.model.posemb = 'learned_2d'
-  _, params = _tiny_model(posemb='learned_2d')
+  _, params, config = _tiny_model(posemb='learned_2d')
   state = TrainState(step=jnp.ones((), jnp.int32), params=params, opt_state={},
                      ema_params=None, rng=jax.random.key_data(jax.random.key(0)),
                      skipped_steps=jnp.zeros((), jnp.int32))
@@ -259,9 +255,10 @@ def test_cli_on_a_saved_checkpoint(tmp_path):
   images = np.random.default_rng(0).integers(0, 256, (6, 28, 28), dtype=np.uint8)
   np.save(tmp_path / 'images.npy', images)
   out = tmp_path / 'figures'
-  proc = subprocess.run([sys.executable, '-m', 'vit.inspect', '--init', f'supervised:{tmp_path}/run',
-                         '--out', str(out), '--images', str(tmp_path / 'images.npy'),
-                         '--show', '3', '--batch_size', '4'],
+  proc = subprocess.run([sys.executable, '-m', 'vit.inspect',
+                         '--init', f'supervised:{tmp_path}/run', '--out', str(out),
+                         '--images', str(tmp_path / 'images.npy'), '--show', '3',
+                         '--batch_size', '4'],
                         cwd=ROOT, capture_output=True, text=True, timeout=300,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr
