@@ -50,13 +50,14 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
     keep_policy.append(policies.BestN(get_metric_fn=_metric_fn(best_metric, best_mode),
                                       reverse=best_mode == 'min', n=1,
                                       keep_checkpoints_without_metrics=False))
+  # A reader never saves, so it never deletes; orbax's own read_only mode would only add
+  # warnings on every use.
   options = ocp.CheckpointManagerOptions(
       preservation_policy=None if read_only else policies.AnyPreservationPolicy(keep_policy),
       best_fn=_metric_fn(best_metric, best_mode) if best_metric else None,
       best_mode=best_mode,
       cleanup_tmp_directories=not read_only,
       enable_async_checkpointing=not read_only,
-      read_only=read_only,
       create=not read_only,
   )
   handlers = {'state': ocp.StandardCheckpointHandler(),
