@@ -17,7 +17,7 @@ $(STAMP): requirements.lock
 	touch $@
 
 demo: setup
-	$(PY) -m supervised.train --config configs/supervised/fashion_mnist.py --workdir runs/demo
+	$(PY) -m mpp.study --config configs/study/demo.py --workdir runs/demo
 
 test: setup bazel-setup
 	$(PY) -m pytest -q tests

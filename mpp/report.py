@@ -38,8 +38,14 @@ def finetuned_accuracy(result: dict) -> Optional[float]:
 class Table:
   """Mean and std over seeds of each variant's numbers."""
 
-  def __init__(self, study, variants, results: dict, session_s: float = 0.0):
+  def __init__(self, study, variants, results: dict, session_s: float = 0.0,
+               planned: int = 0):
     self.study, self.variants, self.results, self.session_s = study, variants, results, session_s
+    self.planned = planned  # Variant x seed runs in the plan (0: unknown).
+
+  @property
+  def done(self) -> int:
+    return sum(len(r) for r in self.results.values())
 
   def column(self, name: str, getter) -> list:
     return [getter(r) for r in self.results.get(name, [])]
@@ -139,8 +145,11 @@ def write(table: Table, path: str, command: str) -> str:
   quick = ('\n> **Quick run** (`--config.quick=True`): one seed and a few hundred steps; '
            'the figures below are a smoke test of the pipeline, not the study.\n'
            if study.quick else '')
+  partial = (f'\n> **Partial**: {table.done} of {table.planned} variant x seed runs finished '
+             'so far; rows without numbers have not run yet.\n'
+             if table.planned and table.done < table.planned else '')
   lines = [
-      '# Masked patch prediction at small scale: results', quick,
+      '# Masked patch prediction at small scale: results', quick + partial,
       'Does MPP pretraining (§4.6) help a small ViT on Fashion-MNIST, and which target? '
       'Each MPP variant is pretrained, then fine-tuned with the same budget as the '
       '"from scratch" row (same steps, optimiser and schedule; test accuracy on the 10k test '

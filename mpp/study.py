@@ -202,16 +202,18 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   plan = [(v, s) for v in variants(study) for s in study.seeds]
   results: dict[str, list] = {}
   start = time.time()
+  command = ' '.join(['python -m mpp.study', *sys.argv[1:]])
   for i, (variant, seed) in enumerate(plan, 1):
     title = f'[{i}/{len(plan)}] {variant.name} seed {seed}'
     results.setdefault(variant.name, []).append(
         run_variant(study, variant, seed, workdir, title))
-  table = report.Table(study, variants(study), results, session_s=time.time() - start)
+    table = report.Table(study, variants(study), results, session_s=time.time() - start,
+                         planned=len(plan))
+    if study.results_path:  # After every variant, so an interrupted study still reports.
+      report.write(table, study.results_path, command)
   print(table.markdown(), flush=True)
   if study.results_path:
-    command = ' '.join(['python -m mpp.study', *sys.argv[1:]])
-    path = report.write(table, study.results_path, command)
-    print(f'wrote {path}', flush=True)
+    print(f'wrote {study.results_path}', flush=True)
   return results
 
 
