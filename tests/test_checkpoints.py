@@ -164,13 +164,15 @@ def test_unknown_best_metric_is_a_config_error(tmp_path):
     train(tmp_path, config, evaluators=[ScriptedEvaluator([0.5])])
 
 
-def truncate_state(workdir, step):
-  """Cuts the largest file of the saved state in half, as a full disk or a dying host would."""
-  files = [f for f in glob.glob(f'{workdir}/checkpoints/{step}/state/**', recursive=True)
-           if os.path.isfile(f)]
-  largest = max(files, key=os.path.getsize)
-  with open(largest, 'r+b') as f:
-    f.truncate(os.path.getsize(largest) // 2)
+def truncate_state(workdir, step, what='array data'):
+  """Cuts files of the saved state in half, as a full disk or a dying host would: the array
+  data (TensorStore's OCDBT files; not all of them are read), or the tree metadata."""
+  pattern = {'array data': '**/d/*', 'metadata': '_METADATA'}[what]
+  files = glob.glob(f'{workdir}/checkpoints/{step}/state/{pattern}', recursive=True)
+  assert files
+  for name in files:
+    with open(name, 'r+b') as f:
+      f.truncate(os.path.getsize(name) // 2)
 
 
 def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
@@ -188,8 +190,8 @@ def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
 
 def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
   train(tmp_path, tiny_config(total_steps=4))
-  for step in (2, 4):
-    truncate_state(tmp_path, step)
+  truncate_state(tmp_path, 2, 'metadata')
+  truncate_state(tmp_path, 4, 'array data')
   with pytest.raises(UserError, match=r'no usable checkpoint \(step 4: .*; step 2: '):
     train(tmp_path)
   assert steps_on_disk(tmp_path) == [2, 4]  # Nothing is moved when nothing could be restored.

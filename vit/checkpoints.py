@@ -111,8 +111,8 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
       raise
     except Exception as e:  # Any read failure makes this step unusable; try an older one.
       problems.append((step, _one_line(e)))
-      print(f'warning: checkpoint {mngr.directory}/{step} is unreadable ({problems[-1][1][:300]});'
-            ' trying the previous one', file=sys.stderr, flush=True)
+      print(f'warning: checkpoint {mngr.directory}/{step} is unreadable '
+            f'({_shorten(problems[-1][1])}); trying the previous one', file=sys.stderr, flush=True)
       continue
     for bad, _ in problems:
       print(f'warning: moved the unreadable checkpoint step {bad} to {_move_aside(mngr, bad)}',
@@ -120,13 +120,18 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
     if changed:
       print(f'note: resuming with changed config keys: {"; ".join(changed)}', flush=True)
     return restored
-  reasons = '; '.join(f'step {s}: {r}' for s, r in problems)
-  raise UserError(f'{mngr.directory}: no usable checkpoint ({reasons[:1000]}); '
+  reasons = '; '.join(f'step {s}: {_shorten(r)}' for s, r in problems)
+  raise UserError(f'{mngr.directory}: no usable checkpoint ({reasons}); '
                   'remove the directory to start afresh')
 
 
 def _one_line(e: Exception) -> str:
   return ' '.join(f'{type(e).__name__}: {e}'.split())
+
+
+def _shorten(reason: str, limit: int = 240) -> str:
+  # TensorStore errors carry the whole JSON spec of the store; its start names the file.
+  return reason if len(reason) <= limit else reason[:limit] + ' ...'
 
 
 def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -165,13 +170,14 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   """Raises UserError naming the differing config keys and array shapes when the checkpoint's
   state does not have the current state's structure; else returns the changed config keys."""
   saved, now = _flat_config(saved_config), _flat_config(config.to_dict())
-  keys = sorted(k for k in set(saved) | set(now)
-                if _comparable(saved.get(k)) != _comparable(now.get(k)))
+  # Keys on one side only come from a newer or older schema, not from the user's config.
+  keys = sorted(k for k in set(saved) & set(now) if _comparable(saved[k]) != _comparable(now[k]))
   changed = [f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in keys]
   old = {p: (tuple(m.shape), str(np.dtype(m.dtype))) for p, m in _flat(saved_state_metadata).items()}
   new = {p: (tuple(s.shape), str(np.dtype(s.dtype))) for p, s in _flat(abstract_state).items()}
+  params_first = lambda p: (not p.startswith('params/'), p)
   shapes = [f'{p}: {_show(old.get(p))} -> {_show(new.get(p))}'
-            for p in sorted(set(old) | set(new)) if old.get(p) != new.get(p)]
+            for p in sorted(set(old) | set(new), key=params_first) if old.get(p) != new.get(p)]
   if shapes:
     differing = [c for c in changed if not c.startswith(_SHAPE_FREE_PREFIXES)] or changed
     raise UserError(
