@@ -151,13 +151,17 @@ def fewshot_of_init(config) -> dict:
   return {f'fewshot/{k}': v for k, v in evaluator.evaluate(params).items()}
 
 
-def run_once(workdir: str, title: str, fn: Callable[[], dict]) -> dict:
+def run_once(workdir: str, title: str, fn: Callable[[], dict], run: bool = True
+             ) -> Optional[dict]:
+  """The run's result, from its result.json when finished before; None when not `run`."""
   path = os.path.join(workdir, RESULT_FILE)
   if os.path.exists(path):
     with open(path) as f:
       result = json.load(f)
     print(f'{title}: done before, skipped', flush=True)
     return result
+  if not run:
+    return None
   print(f'{title}: running in {workdir}', flush=True)
   start, cpu = time.time(), time.process_time()
   # CPU seconds beside wall seconds: on a shared machine the wall clock overstates the cost.
@@ -169,7 +173,10 @@ def run_once(workdir: str, title: str, fn: Callable[[], dict]) -> dict:
   return result
 
 
-def run_variant(study, variant: Variant, seed: int, workdir: str, title: str) -> dict:
+def run_variant(study, variant: Variant, seed: int, workdir: str, title: str,
+                run: bool = True) -> Optional[dict]:
+  """Pretraining (or few-shot of the init) then fine-tuning; None if a part is missing and
+  `run` is False."""
   base = os.path.join(workdir, variant.name, f'seed{seed}')
   result = {}
   if variant.target is None:
@@ -178,7 +185,7 @@ def run_variant(study, variant: Variant, seed: int, workdir: str, title: str) ->
                                                   seed))
       result['pretrain'] = run_once(os.path.join(base, 'fewshot_init'),
                                     f'{title} few-shot of the random init',
-                                    lambda: fewshot_of_init(cfg))
+                                    lambda: fewshot_of_init(cfg), run)
     init = None
   else:
     cfg = pretrain_config(study, variant, seed)
@@ -187,13 +194,13 @@ def run_variant(study, variant: Variant, seed: int, workdir: str, title: str) ->
       cfg.fewshot.enabled = True
     pre_dir = os.path.join(base, 'pretrain')
     result['pretrain'] = run_once(pre_dir, f'{title} MPP pretraining ({variant.steps} steps)',
-                                  lambda: pretrain(cfg, pre_dir))
+                                  lambda: pretrain(cfg, pre_dir), run)
     init = f'mpp:{pre_dir}'
   ft = finetune_config(study, seed, init)
   ft_dir = os.path.join(base, 'finetune')
   result['finetune'] = run_once(ft_dir, f'{title} fine-tuning ({ft.total_steps} steps)',
-                                lambda: finetune(ft, ft_dir))
-  return result
+                                lambda: finetune(ft, ft_dir), run)
+  return None if None in result.values() else result
 
 
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -205,16 +212,27 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   command = ' '.join(['python -m mpp.study', *sys.argv[1:]])
   for i, (variant, seed) in enumerate(plan, 1):
     title = f'[{i}/{len(plan)}] {variant.name} seed {seed}'
-    results.setdefault(variant.name, []).append(
-        run_variant(study, variant, seed, workdir, title))
-    table = report.Table(study, variants(study), results, session_s=time.time() - start,
-                         planned=len(plan))
-    if study.results_path:  # After every variant, so an interrupted study still reports.
-      report.write(table, study.results_path, command)
+    # `only` splits a study over several processes or machines sharing the workdir.
+    run = not study.only or variant.name in study.only
+    result = run_variant(study, variant, seed, workdir, title, run)
+    if result is None:
+      print(f'{title}: left to another process (config.only)', flush=True)
+      continue
+    results.setdefault(variant.name, []).append(result)
+    _report(study, results, start, len(plan), command)  # An interrupted study still reports.
+  table = _report(study, results, start, len(plan), command)
   print(table.markdown(), flush=True)
   if study.results_path:
     print(f'wrote {study.results_path}', flush=True)
   return results
+
+
+def _report(study, results: dict, start: float, planned: int, command: str) -> report.Table:
+  table = report.Table(study, variants(study), results, session_s=time.time() - start,
+                       planned=planned)
+  if study.results_path:
+    report.write(table, study.results_path, command)
+  return table
 
 
 def main(argv):
