@@ -68,14 +68,16 @@ def topology_devices(topology: str) -> tuple[list, Chip]:
                     f'{", ".join(CHIPS)}, e.g. v5p:4x4x4')
   from jax.experimental import topologies
   megacore = match.group(1) in ('v4', 'v5p')
+  dims = [int(d) for d in match.group(2).split('x')] + [1, 1]
+  per_host = tuple(min(d, h) for d, h in zip(dims, (2, 2, 1)))  # Smaller slices: one host.
   try:
     with _quiet_stderr():
       devices = topologies.get_topology_desc(
           topology, 'tpu', chip_config_name='megacore' if megacore else 'default',
-          chips_per_host_bounds=(2, 2, 1), num_slices=1).devices
+          chips_per_host_bounds=per_host, num_slices=1).devices
   except Exception as e:  # libtpu says INVALID_ARGUMENT for shapes it does not know.
-    raise UserError(f'--topology={topology!r}: libtpu does not know this slice '
-                    f'({_first_line(str(e))})') from None
+    raise UserError(f'--topology={topology!r}: libtpu cannot describe this slice: '
+                    f'{_first_line(str(e))}') from None
   return list(devices), CHIPS[match.group(1)]
 
 
@@ -83,6 +85,9 @@ def topology_devices(topology: str) -> tuple[list, Chip]:
 def _quiet_stderr():
   """libtpu logs, from C++, that this host is no TPU worker: true and beside the point here."""
   os.environ.setdefault('TPU_SKIP_MDS_QUERY', '1')  # No metadata server to wait for.
+  # libtpu locks /tmp/libtpu_lockfile to keep a TPU to one process; compiling touches no
+  # TPU, and two plans (or a plan and the tests) may run at once.
+  os.environ.setdefault('ALLOW_MULTIPLE_LIBTPU_LOAD', '1')
   sys.stderr.flush()
   saved = os.dup(2)
   try:

@@ -1,0 +1,100 @@
+"""vit.plan compiles the real train step for a TPU slice described by libtpu, on this CPU host.
+
+A tiny ViT on v5e:2x2 (4 chips) keeps each compile to seconds.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from vit import config as config_lib, plan
+from vit.errors import ConfigError, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_config(**mesh):
+  config = config_lib.defaults()
+  config.image_size = 32
+  config.batch_size = 64
+  config.total_steps = 10
+  config.model.patches.size = (8, 8)
+  # 512 / 4 chips = 128: shards fill TPU tiles (8 x 128), so padding does not blur the ratios.
+  config.model.hidden_size = 512
+  config.model.transformer.mlp_dim = 1024
+  config.model.transformer.num_heads = 4
+  config.model.transformer.num_layers = 2
+  config.model.num_classes = 10
+  config.mesh = mesh or dict(data=-1, fsdp=1, tensor=1)
+  return config
+
+
+@pytest.fixture(scope='module')
+def data_parallel():
+  return plan.plan(tiny_config(), 'v5e:2x2', 'supervised')
+
+
+def test_report_numbers(data_parallel):
+  r = data_parallel
+  assert (r['devices'], r['mesh'], r['per_device_micro_batch']) == (
+      4, {'data': 4, 'fsdp': 1, 'tensor': 1}, 16)
+  assert r['fits'] and r['hbm_per_device_gib'] == 16.0
+  # float32 params + Adam's two moments, whole on each device, are most of the arguments.
+  state_gib = 3 * 4 * r['params'] / 2**30
+  assert state_gib <= r['arguments_gib'] < state_gib * 1.1
+  # A transformer step costs about 6 FLOPs per parameter per token (forward 2, backward 4),
+  # plus attention; 17 tokens per image here.
+  dense = 6 * r['params'] * 17 * 64
+  assert dense < r['flops_per_step'] < 2 * dense
+  assert r['step_seconds'] == pytest.approx(
+      max(r['flops_per_step'] / 4 / 197e12, r['hbm_bytes_per_device'] / 819e9))
+
+
+def test_fsdp_shrinks_state_and_accumulation_keeps_flops(data_parallel):
+  config = tiny_config(data=1, fsdp=4, tensor=1)
+  config.optimizer.accumulation_steps = 2
+  r = plan.plan(config, 'v5e:2x2', 'supervised')
+  assert r['per_device_micro_batch'] == 8
+  assert r['arguments_gib'] == pytest.approx(data_parallel['arguments_gib'] / 4, rel=0.1)
+  # XLA counts a scan body once; plan multiplies it back.
+  assert r['flops_per_step'] == pytest.approx(data_parallel['flops_per_step'], rel=0.05)
+
+
+def test_too_big_does_not_fit():
+  config = tiny_config()
+  config.batch_size, config.image_size, config.model.patches.size = 256, 256, (4, 4)
+  r = plan.plan(config, 'v5e:1x1', 'supervised')  # 4097 tokens: 33 GB of attention logits.
+  assert r['fits'] is False
+
+
+def test_mpp_objective():
+  config = tiny_config()
+  r = plan.plan(config, 'v5e:2x2', 'mpp')
+  assert r['fits'] and r['flops_per_step'] > 0
+
+
+def test_clear_errors():
+  with pytest.raises(UserError, match='expected VERSION'):
+    plan.topology_devices('v9:2x2')
+  with pytest.raises(UserError, match="--topology='v5e:3x5': libtpu cannot describe"):
+    plan.topology_devices('v5e:3x5')
+  with pytest.raises(ConfigError, match='config.mesh=.*has 3 devices but there are 4'):
+    plan.plan(tiny_config(data=3, fsdp=1, tensor=1), 'v5e:2x2', 'supervised')
+  config = tiny_config(data=1, fsdp=1, tensor=4)
+  config.model.transformer.num_heads = 2
+  with pytest.raises(ConfigError, match=r'config.mesh.tensor=4: .*MultiHeadDotProductAttention'
+                                        r'.* has a dimension of 2 split over .*tensor'):
+    plan.plan(config, 'v5e:2x2', 'supervised')
+
+
+def test_cli_one_line_error_and_objective_default():
+  assert plan.default_objective('configs/mpp/fashion_mnist.py') == 'mpp'
+  assert plan.default_objective('configs/supervised/fashion_mnist.py') == 'supervised'
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit.plan', '--config', 'configs/supervised/fashion_mnist.py',
+       '--topology', 'v5e:2x2', '--config.mesh.data=3'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh=')
