@@ -53,6 +53,12 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   if math.prod(sizes.values()) != num_devices:
     raise ConfigError('mesh', dict(sizes),
                       f'has {math.prod(sizes.values())} devices but there are {num_devices}')
+  rows, processes = sizes['data'] * sizes['fsdp'], jax.process_count()
+  if processes > 1 and rows % processes:
+    # Each process feeds rows of its own (vit/data/pipeline.py), so the batch must be split
+    # at least once per process.
+    raise ConfigError('mesh', dict(sizes), f'splits the batch {rows} ways (data x fsdp), '
+                      f'not a multiple of the {processes} processes')
   return tuple(sizes[a] for a in MESH_AXES)
 
 
@@ -67,7 +73,23 @@ def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
 def logical_shardings(boxed_tree: Any, mesh: Mesh) -> Any:
   """NamedShardings for a tree whose leaves may be `nn.LogicallyPartitioned`."""
   specs = nn.get_partition_spec(boxed_tree)
-  return nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+  shardings = nn.logical_to_mesh_sharding(specs, mesh, LOGICAL_RULES)
+  _check_divisible(nn.unbox(boxed_tree), shardings, mesh)
+  return shardings
+
+
+def _check_divisible(shapes: Any, shardings: Any, mesh: Mesh) -> None:
+  """jit refuses a dimension its mesh axes do not divide; say which parameter and axis."""
+  for (path, leaf), s in zip(jax.tree_util.tree_leaves_with_path(shapes),
+                             jax.tree.leaves(shardings)):
+    for size, axes in zip(leaf.shape, s.spec):
+      axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+      ways = math.prod(mesh.shape[a] for a in axes)
+      if size % ways:
+        name = '/'.join(_names(path))
+        raise ConfigError(f'mesh.{axes[-1]}', mesh.shape[axes[-1]],
+                          f'{name} has a dimension of {size} split over mesh axes {axes} '
+                          f'({ways} ways), which does not divide it')
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
