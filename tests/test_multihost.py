@@ -15,6 +15,7 @@ from unittest import mock
 
 import jax
 import numpy as np
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
@@ -125,3 +126,25 @@ def test_two_processes_match_one(tmp_path):
   moved = max(float(np.max(np.abs(w - i)))
               for w, i in zip(jax.tree.leaves(expected), jax.tree.leaves(initial)))
   assert moved > 1e-3  # The three steps really changed the parameters being compared.
+
+
+def test_launch_settings_errors(monkeypatch):
+  from vit import distributed
+  from vit.errors import UserError
+  for name in ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID'):
+    monkeypatch.delenv(name, raising=False)
+  cases = [(dict(num_processes=2), 'go together'),
+           (dict(num_processes=2, process_id=2, coordinator_address='h:1'),
+            r'--process_id=2: must be in \[0, 2\)'),
+           (dict(num_processes=0, process_id=0), 'at least 1'),
+           (dict(num_processes=2, process_id=0), 'coordinator_address=None: set HOST:PORT')]
+  for kwargs, message in cases:
+    with pytest.raises(UserError, match=message):
+      distributed.initialize(**kwargs)
+  monkeypatch.setenv('JAX_NUM_PROCESSES', 'two')
+  with pytest.raises(UserError, match="JAX_NUM_PROCESSES='two'"):
+    distributed.initialize()
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '1')
+  monkeypatch.setenv('JAX_PROCESS_ID', '0')
+  distributed.initialize()  # One process: nothing to join.
+  assert not jax.distributed.is_initialized() and jax.process_count() == 1

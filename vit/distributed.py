@@ -57,7 +57,7 @@ def choose_platform() -> None:
 
 
 def _setting(flag, env: str, cast):
-  if flag.value is not None:
+  if flags.FLAGS.is_parsed() and flag.value is not None:  # Library use: no flags parsed.
     return flag.value
   value = os.environ.get(env)
   if value in (None, ''):
