@@ -53,7 +53,13 @@ def run(main: Callable[[list[str]], None]) -> None:
 def _parse_flags(argv: list[str]) -> list[str]:
   """Flag parsing that reports a bad --config path or override key in one line."""
   try:
-    argv = flags.FLAGS(argv)
+    try:
+      argv = flags.FLAGS(argv)
+    except SystemExit:
+      # absl exits 1 after printing --help; asking for help is not a failure.
+      if any(a.split('=')[0] in ('--help', '-h', '--helpshort', '--helpfull') for a in argv):
+        sys.exit(0)
+      raise
     for holder in _CONFIG_HOLDERS:
       holder.value.to_dict()  # config_flags loads the file and applies overrides lazily.
     return argv

@@ -65,6 +65,9 @@ def defaults() -> ml_collections.ConfigDict:
       worker_count=0,  # grain worker processes for decoding and augmentation; 0: threads only.
       read_threads=_none(int),  # grain threads per process; None: 16 (encoded images), 0 (arrays)
       shuffle_seed=_none(int),
+      # Evaluation view: short side resized to image_size / fraction, centre crop. 1.0 is a plain
+      # resize of square images, as the official vit_jax evaluation; 0.875 the usual ImageNet view.
+      eval_crop_fraction=1.0,
       skip_bad_records=False,  # True: drop undecodable records / bad labels, count them in logs.
   )
   config.optimizer = dict(
@@ -169,6 +172,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                         f'not divisible by the patch size {p * stride} '
                         f'(model.patches.size={tuple(size)}'
                         + (f' after the ResNet stride {stride})' if stride > 1 else ')'))
+  if not 0.0 < config.data.eval_crop_fraction <= 1.0:
+    raise ConfigError('data.eval_crop_fraction', config.data.eval_crop_fraction,
+                      'must be in (0, 1]')
   t = m['transformer']
   if m['hidden_size'] % t['num_heads']:
     raise ConfigError('model.transformer.num_heads', t['num_heads'],

@@ -182,7 +182,8 @@ def _train_transforms(config):
 
 
 def _eval_transforms(config):
-  return [transforms.ToChannels(config.data.channels), transforms.CentralCrop(config.image_size)]
+  crop = transforms.CentralCrop(config.image_size, config.data.eval_crop_fraction)
+  return [transforms.ToChannels(config.data.channels), crop]
 
 
 def train_dataset(config: ml_collections.ConfigDict, source=None,
