@@ -37,7 +37,7 @@ class Shape:
   mlp: int
   batch: int
   classes: int
-  steps_per_turn: int  # Enough for a turn of about a second on 2 cores.
+  steps_per_turn: int  # Train (and inference) steps a worker times per turn.
 
   @property
   def tokens(self) -> int:
@@ -49,8 +49,8 @@ class Shape:
 
 
 SHAPES = {
-    'tiny-28': Shape(28, 1, 4, 192, 6, 3, 768, 128, 10, 4),
-    'Ti/16-224': Shape(224, 3, 16, 192, 12, 3, 768, 32, 1000, 2),
+    'tiny-28': Shape(28, 1, 4, 192, 6, 3, 768, 128, 10, 2),
+    'Ti/16-224': Shape(224, 3, 16, 192, 12, 3, 768, 32, 1000, 1),
     'B/16-224': Shape(224, 3, 16, 768, 12, 12, 3072, 8, 1000, 1),
 }
 PEERS = {'timm': ('supervised',), 'hf': ('supervised', 'mpp')}
@@ -245,7 +245,7 @@ def parse_args(argv=None):
   p.add_argument('--variants', type=_csv('variant'), default=['base'],
                  help='our step\'s variants: base, no_donate, sync_every_step, '
                       'einsum_attention, bf16, remat, or xla:FLAGS (docs/performance.md)')
-  p.add_argument('--rounds', type=int, default=5)
+  p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--json', help='also write the JSON report to this file')
   return p.parse_args(argv)
 
