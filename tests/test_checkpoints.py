@@ -162,6 +162,7 @@ def test_unknown_best_metric_is_a_config_error(tmp_path):
   config = tiny_config(total_steps=2, best_metric='eval/accuracy', ema_decay=0.0)
   with pytest.raises(config_lib.ConfigError, match=r"best_metric='eval/accuracy'.*eval/score"):
     train(tmp_path, config, evaluators=[ScriptedEvaluator([0.5])])
+  assert steps_on_disk(tmp_path) == [2]  # Reported after the save: no training is lost.
 
 
 def truncate_state(workdir, step, what='array data'):

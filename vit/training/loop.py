@@ -219,12 +219,11 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> TrainState:
       _log(run.writer, progress, step, config.total_steps, window.summary())
     if due['hook']:
       task.periodic_hook(state, step, run.writer)
-    eval_metrics = None
-    if due['eval']:
-      eval_metrics = _evaluate(task.evaluators, state, step, run.writer)
-      _check_best_metric(config, eval_metrics)
+    eval_metrics = _evaluate(task.evaluators, state, step, run.writer) if due['eval'] else None
     if due['save']:
       checkpoints.save(run.mngr, step, state, run.data_iter, config, eval_metrics)
+    if eval_metrics is not None:
+      _check_best_metric(config, eval_metrics)  # After the save: a typo loses no training.
     if stopping:
       run.mngr.wait_until_finished()
       print(f'stopped after step {step} ({_signal_name(run.stop)}); saved '
