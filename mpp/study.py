@@ -17,14 +17,22 @@ import sys
 import time
 from typing import Callable, Optional
 
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
-from mpp import report
-from vit import cli, config as config_lib, init_spec
+from mpp import objective, report, train as mpp_train
+from supervised import finetune as finetune_lib, train as supervised_train
+from vit import cli, config as config_lib, init_spec, sharding
+from vit.errors import UserError
+from vit.evaluators import fewshot
+from vit.training import loop
 
 FLAGS = flags.FLAGS
 RESULT_FILE = 'result.json'
+RUN_CONFIG_FILE = 'run_config.json'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +111,6 @@ class _Recorder:
 
 
 def _train(config, workdir: str, task) -> dict:
-  from vit.training import loop
   recorders = [_Recorder(e) for e in task.evaluators]
   task.evaluators = recorders
   loop.train(config, workdir, task)
@@ -118,30 +125,22 @@ def _train(config, workdir: str, task) -> dict:
 
 
 def pretrain(config, workdir: str) -> dict:
-  from mpp import train
   m = config_lib.validate(config)
-  return _train(config, workdir, train.build_task(config, m, workdir))
+  return _train(config, workdir, mpp_train.build_task(config, m, workdir))
 
 
 def finetune(config, workdir: str) -> dict:
-  from supervised import finetune as finetune_lib, train
   if config.init is None:
     m = config_lib.validate(config)
-    return _train(config, workdir, train.build_task(config, m))
+    return _train(config, workdir, supervised_train.build_task(config, m))
   m, ckpt = finetune_lib.prepare(config)
   return _train(config, workdir, finetune_lib.build_task(config, m, ckpt))
 
 
 def fewshot_of_init(config) -> dict:
   """Few-shot accuracy of a randomly initialised backbone: the floor pretraining should beat."""
-  import flax.linen as nn
-  import jax
-  from mpp import objective
-  from vit import sharding
-  from vit.evaluators import fewshot
   m = config_lib.validate(config)
   model = objective.build_model(config, m)
-  import jax.numpy as jnp
   shape = (1, config.image_size, config.image_size, config.data.channels)
   params = nn.unbox(model.init(jax.random.key(config.seed), jnp.zeros(shape), None,
                                train=False)['params'])
@@ -151,10 +150,37 @@ def fewshot_of_init(config) -> dict:
   return {f'fewshot/{k}': v for k, v in evaluator.evaluate(params).items()}
 
 
-def run_once(workdir: str, title: str, fn: Callable[[], dict], run: bool = True
-             ) -> Optional[dict]:
+def _check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
+  """A finished run is reused only if it ran with this config (a changed budget would not be)."""
+  path = os.path.join(workdir, RUN_CONFIG_FILE)
+  wanted = json.loads(config.to_json())
+  if not os.path.exists(path):
+    with open(path, 'w') as f:
+      json.dump(wanted, f, indent=1)
+    return
+  with open(path) as f:
+    saved = json.load(f)
+  if saved != wanted:
+    diff = sorted(k for k in set(_flat(saved)) | set(_flat(wanted))
+                  if _flat(saved).get(k) != _flat(wanted).get(k))
+    raise UserError(f'{workdir}: ran with another config (differs in {", ".join(diff[:5])}); '
+                    f'use another --workdir or delete that run')
+
+
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+  return out
+
+
+def run_once(workdir: str, title: str, fn: Callable[[], dict], run: bool = True,
+             config: Optional[ml_collections.ConfigDict] = None) -> Optional[dict]:
   """The run's result, from its result.json when finished before; None when not `run`."""
   path = os.path.join(workdir, RESULT_FILE)
+  if config is not None and (run or os.path.exists(path)):
+    os.makedirs(workdir, exist_ok=True)
+    _check_same_config(workdir, config)
   if os.path.exists(path):
     with open(path) as f:
       result = json.load(f)
@@ -185,7 +211,7 @@ def run_variant(study, variant: Variant, seed: int, workdir: str, title: str,
                                                   seed))
       result['pretrain'] = run_once(os.path.join(base, 'fewshot_init'),
                                     f'{title} few-shot of the random init',
-                                    lambda: fewshot_of_init(cfg), run)
+                                    lambda: fewshot_of_init(cfg), run, cfg)
     init = None
   else:
     cfg = pretrain_config(study, variant, seed)
@@ -194,12 +220,12 @@ def run_variant(study, variant: Variant, seed: int, workdir: str, title: str,
       cfg.fewshot.enabled = True
     pre_dir = os.path.join(base, 'pretrain')
     result['pretrain'] = run_once(pre_dir, f'{title} MPP pretraining ({variant.steps} steps)',
-                                  lambda: pretrain(cfg, pre_dir), run)
+                                  lambda: pretrain(cfg, pre_dir), run, cfg)
     init = f'mpp:{pre_dir}'
   ft = finetune_config(study, seed, init)
   ft_dir = os.path.join(base, 'finetune')
   result['finetune'] = run_once(ft_dir, f'{title} fine-tuning ({ft.total_steps} steps)',
-                                lambda: finetune(ft, ft_dir), run)
+                                lambda: finetune(ft, ft_dir), run, ft)
   return None if None in result.values() else result
 
 

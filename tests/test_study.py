@@ -3,9 +3,11 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from configs.study import demo, fashion_mnist
 from mpp import report, study
+from vit.errors import UserError
 
 
 def _tiny_study(tmp_path):
@@ -67,3 +69,8 @@ def test_tiny_study_writes_the_table_and_resumes(tmp_path, capsys):
   out = capsys.readouterr().out
   assert out.count('done before, skipped') == 4 and 'batch contract' not in out
   assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
+
+  config.quick_settings.finetune_steps = 7  # A finished run is not reused for another budget.
+  with pytest.raises(UserError,
+                     match=r'finetune: ran with another config \(differs in total_steps\)'):
+    study.run_study(config, workdir)
