@@ -20,8 +20,8 @@ def test_nonfinite_loss_stops_with_one_line_and_keeps_checkpoints(tmp_path):
   assert out['rc'] == 3, out['output'][-2000:]
   errors = [line for line in out['output'].splitlines() if line.startswith('error:')]
   assert errors == ['error: step 2: non-finite loss=nan, grad_norm=nan; set '
-                    'config.skip_nonfinite_steps=True to skip such steps; the last good '
-                    'checkpoint is kept'], out['output'][-2000:]
+                    'config.skip_nonfinite_steps=True to skip such steps; the state of that '
+                    'step was not saved'], out['output'][-2000:]
   assert 'Traceback' not in out['output']
   steps = sorted(int(os.path.basename(p)) for p in glob.glob(f'{tmp_path}/checkpoints/*'))
   assert steps == [1]  # Step 2's state was never saved.

@@ -43,8 +43,12 @@ def run(main: Callable[[list[str]], None]) -> None:
     except UserError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)
+    except KeyboardInterrupt:
+      # Before the loop installs its handler, or a second signal: the user insists on stopping.
+      print('interrupted: steps since the last checkpoint were not saved', file=sys.stderr)
+      sys.exit(130)
     except FloatingPointError as e:
-      print(f'error: {e}; the last good checkpoint is kept', file=sys.stderr)
+      print(f'error: {e}; the state of that step was not saved', file=sys.stderr)
       sys.exit(3)
 
   app.run(wrapped, flags_parser=_parse_flags)

@@ -12,6 +12,8 @@ element, so batching inside the workers would make the batches depend on the wor
 from __future__ import annotations
 
 import logging
+import signal
+import sys
 from typing import Iterator, Optional
 
 import grain
@@ -168,8 +170,25 @@ def _parallel(config, ds: grain.MapDataset, source, shard_size: int, where: str
       # grain's worker processes read its absl flags; outside an absl app (notebooks, tests,
       # benchmarks) nobody parsed them, so take their defaults.
       flags.FLAGS.mark_as_parsed()
-    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers))
+    it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=workers),
+                        worker_init_fn=_init_worker)
   return it.filter(SkipBadRecords(where, shard_size))
+
+
+def _init_worker(worker_index: int, worker_count: int) -> None:
+  """Input workers leave signals to the trainer and die with it.
+
+  Ctrl-C and a scheduler's SIGTERM reach the whole process group: the trainer must finish its
+  step and save (vit/checkpoints.py), which needs its workers alive until it exits. After a
+  kill -9 of the trainer, PR_SET_PDEATHSIG ends the workers instead of leaving orphans.
+  """
+  del worker_index, worker_count
+  signal.signal(signal.SIGINT, signal.SIG_IGN)
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+  if sys.platform.startswith('linux'):
+    import ctypes
+    pr_set_pdeathsig = 1
+    ctypes.CDLL('libc.so.6', use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
 def _train_transforms(config):

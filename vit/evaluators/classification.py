@@ -26,7 +26,7 @@ class ClassificationEvaluator:
 
   def evaluate(self, params) -> dict:
     correct = total = 0
-    with self._mesh:
+    with jax.set_mesh(self._mesh):
       for batch in self._batches():
         c, n = self._counts(params, sharding.global_batch(batch, self._mesh))
         correct, total = correct + c, total + n

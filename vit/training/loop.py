@@ -160,7 +160,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainS
   data_iter = iter(task.train_data)
   write_batch_contract(config, workdir, mesh, schedule)
 
-  with mesh, checkpoints.StopSignal() as stop:
+  with jax.set_mesh(mesh), checkpoints.StopSignal() as stop:
     writer = metric_writers.create_default_writer(
         workdir, just_logging=jax.process_index() > 0, asynchronous=True)
     run = _Run(config, workdir, task, mesh, mngr, data_iter, stop, writer)
