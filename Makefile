@@ -26,7 +26,7 @@ test: setup bazel-setup
 # Re-resolve the pins after editing requirements.txt.
 lock:
 	$(PY) -m pip install -q -r requirements.txt
-	$(PY) -m pip freeze | sed 's/^torch==\(.*\)+cpu/torch==\1/' > requirements.lock
+	$(PY) -m pip freeze | sed 's/^torch==\(.*\)+cpu/torch==\1/' | grep -v '^timm==' > requirements.lock
 
 # Bazel 4.2.3 from Debian, offline (README "## Bazel"). Installs the packages only when missing;
 # the --override_repository paths must be absolute, so they are written here for this checkout.
@@ -54,6 +54,7 @@ bazel-test: setup bazel-setup
 	bazel shutdown; rm -rf $$workdir; exit $$status
 
 # Our train step vs timm and transformers (README "## Performance", docs/performance.md).
+# timm stays out of requirements.lock (see `lock`): installed with deps it pulls a CUDA torch.
 BENCH_ARGS ?=
 bench: setup
 	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
