@@ -48,7 +48,7 @@ def _launch(workdir: str) -> list[str]:
   outputs = []
   for p in procs:
     try:
-      out, _ = p.communicate(timeout=400)
+      out, _ = p.communicate(timeout=1500)  # The shared CPU may be busy.
     except subprocess.TimeoutExpired:
       for q in procs:
         q.kill()
@@ -75,16 +75,17 @@ def _reference_params(config):
   """(initial params, final state) of the same 3 steps on one device, fed both processes' batches, concatenated."""
   from mpp import train as mpp_train
   from vit import config as config_lib, sharding
+  from vit.data import pipeline
   from vit.training import loop, optimizers
   local = config.copy_and_resolve_references()
   local.mesh.data, local.mesh.fsdp, local.mesh.tensor = -1, 1, 1
   m = config_lib.validate(local)
+  task = mpp_train.build_task(local, m, '/tmp')
   iterators = []
-  for p in range(2):
+  for p in range(2):  # What mpp.train's pipeline yields in process p of 2.
     with mock.patch.object(jax, 'process_index', lambda p=p: p), \
          mock.patch.object(jax, 'process_count', lambda: 2):
-      task = mpp_train.build_task(local, m, '/tmp')
-    iterators.append(iter(task.train_data))
+      iterators.append(iter(pipeline.train_dataset(local)))
   mesh = sharding.make_mesh(local.mesh)
   tx, schedule = optimizers.build(local.optimizer, local.total_steps)
   make_state, shardings = loop.create_state(task, tx, local, mesh)
