@@ -133,8 +133,11 @@ def hardware() -> str:
     pass
   cores = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count()
   devices = jax.devices()
+  load = os.getloadavg()[1] if hasattr(os, 'getloadavg') else float('nan')
+  # Wall times mean little on a shared machine: the load says how shared it was.
   return (f'{cores} CPU cores available to the process ({cpu}); JAX {jax.__version__} on '
-          f'{len(devices)} {devices[0].platform} device(s)')
+          f'{len(devices)} {devices[0].platform} device(s); 5-minute load average when this '
+          f'file was written: {load:.1f}')
 
 
 def write(table: Table, path: str, command: str) -> str:
@@ -142,9 +145,10 @@ def write(table: Table, path: str, command: str) -> str:
   stem = os.path.splitext(os.path.basename(path))[0]
   png = plot(table, os.path.join(os.path.dirname(path) or '.', f'{stem}_pretraining_length.png'))
   study = table.study
-  quick = ('\n> **Quick run** (`--config.quick=True`): one seed and a few hundred steps; '
-           'the figures below are a smoke test of the pipeline, not the study.\n'
-           if study.quick else '')
+  quick = ('\n> **Quick run** (`--config.quick=True`): one seed and short schedules '
+           f'({study.pretrain_steps} MPP steps, {study.finetune.total_steps} fine-tuning '
+           'steps); the figures below check the pipeline and are not the study. Run without '
+           '`--config.quick` for the 3-seed study.\n' if study.quick else '')
   partial = (f'\n> **Partial**: {table.done} of {table.planned} variant x seed runs finished '
              'so far; rows without numbers have not run yet.\n'
              if table.planned and table.done < table.planned else '')
