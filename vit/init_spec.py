@@ -105,8 +105,10 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
                     f'use mpp:{path}')
   params = jax.tree.map(np.asarray, dict(params))
   model = config_lib.resolved_model(ml_collections.ConfigDict(saved))
-  model.update({k: v for k, v in infer_model(params).items()
-                if k in ('num_classes', 'representation_size')})
+  # The saved config has the architecture (also the ablations' posemb and axial blocks, which
+  # shapes alone cannot tell); only the heads may have been changed since.
+  model.update(num_classes=_out_dim(params, 'head'),
+               representation_size=_out_dim(params, 'pre_logits'))
   if model['classifier'] == 'unpooled':  # MPP reads every token; the class token is still there.
     model['classifier'] = 'token' if 'cls' in params else 'gap'
   return params, model, read_class_names(path, model['num_classes']), saved.get('image_size')
