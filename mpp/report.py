@@ -87,12 +87,24 @@ class Table:
         se = 100 * np.sqrt(std ** 2 / n + b_std ** 2 / b_n)
         word = ('better than' if delta > 2 * se else 'worse than' if delta < -2 * se
                 else 'not distinguishable from')
-        out.append(f'{v.label}: {delta:+.2f} points vs scratch ({word} scratch; '
-                   f'2 standard errors = {2 * se:.2f})')
+        line = (f'{v.label}: {delta:+.2f} points vs scratch ({word} scratch; '
+                f'2 standard errors = {2 * se:.2f})')
       else:
-        out.append(f'{v.label}: {delta:+.2f} points vs scratch (one seed: no error bars, '
-                   f'indicative only)')
+        line = (f'{v.label}: {delta:+.2f} points vs scratch (one seed: no error bars, '
+                f'indicative only)')
+      out.append(line + self._context_note(v.name))
     return out
+
+  def _context_note(self, name: str) -> str:
+    """Whether pretraining got past predicting the most frequent colour (i.e. used context)."""
+    get = lambda key: _stats(self.column(name, lambda r: r.get('pretrain', {}).get(key)))[0]
+    accuracy, majority = get('eval/accuracy'), get('eval/majority_accuracy')
+    if np.isnan(accuracy) or np.isnan(majority):
+      return '.'
+    above = accuracy > majority + 1e-3
+    return (f'; MPP colour accuracy {accuracy * 100:.1f}% vs {majority * 100:.1f}% for the '
+            f'majority colour: pretraining had {"" if above else "not yet "}learnt to use '
+            'context.')
 
   def seconds(self, key: str = 'wall_s') -> float:
     """Summed over every run (`wall_s` or `cpu_s`), whichever invocation ran it."""
