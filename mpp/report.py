@@ -188,7 +188,7 @@ def write(table: Table, path: str, command: str) -> str:
       f'- Wall time: {table.seconds() / 60:.1f} minutes of runs in total, '
       f'{table.seconds("cpu_s") / 60:.1f} minutes of process CPU time (all threads) '
       f'(this invocation: {table.session_s / 60:.1f} minutes; finished runs are skipped on a '
-      'rerun)', '',
+      'rerun)', *([f'- Notes: {study.notes}'] if study.get('notes') else []), '',
       '<details><summary>Study config</summary>', '', '```json',
       json.dumps(study.to_dict(), indent=1, default=str), '```', '</details>', '']
   with open(path, 'w') as f:

@@ -24,6 +24,7 @@ def get_config():
   config.shots = (5, 10)  # Few-shot linear evaluation of each pretrained backbone.
   config.fewshot_max_test = 10000
   config.results_path = 'docs/results.md'  # '' prints the table only.
+  config.notes = ''  # A line for the report, e.g. how the runs were shared out.
   config.only = ()  # Variant names this process runs (others are only read): split a study.
   config.quick = False  # True: `quick_settings`, under 10 minutes on 2 cores.
   config.quick_settings = dict(seeds=(0,), pretrain_steps=150, length_sweep=(50, 150),
