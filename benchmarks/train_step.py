@@ -124,7 +124,12 @@ class _Worker:
     self.conn, child = ctx.Pipe()
     self.process = ctx.Process(target=_serve, args=(child, case), daemon=True)
     self.process.start()
-    status, self.info = self.conn.recv()
+    child.close()  # Else a worker that dies never gives this end an EOF.
+    try:
+      status, self.info = self.conn.recv()
+    except EOFError:  # Died while building, e.g. XLA aborting on an unknown flag.
+      self.process.join()
+      status, self.info = 'error', f'worker exited with status {self.process.exitcode}'
     self.error = self.info if status == 'error' else None
     self.train_s, self.infer_s = [], []
 
