@@ -127,6 +127,11 @@ def test_two_processes_match_one(tmp_path):
   moved = max(float(np.max(np.abs(w - i)))
               for w, i in zip(jax.tree.leaves(expected), jax.tree.leaves(initial)))
   assert moved > 1e-3  # The three steps really changed the parameters being compared.
+  # What fine-tuning and inspection read: the 8-device checkpoint without any target tree.
+  host = checkpoints.restore_params(workdir)
+  for path, want in flat_expected:
+    np.testing.assert_array_equal(np.asarray(dict(jax.tree_util.tree_leaves_with_path(host))[path]),
+                                  np.asarray(flat_saved[path]), err_msg=jax.tree_util.keystr(path))
 
 
 def test_launch_settings_errors(monkeypatch):

@@ -221,7 +221,14 @@ def restore_params(workdir: str, step: Optional[int] = None, *, use_ema: bool = 
   step = mngr.latest_step() if step is None else step
   if step is None:
     raise UserError(f'{workdir}: no checkpoint found under {workdir}/checkpoints')
-  item = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))['state']
+  # Restore onto this host's first device whatever mesh saved it: a pod checkpoint must load
+  # on a workstation (orbax refuses the saved shardings on another topology).
+  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  metadata = mngr.item_metadata(step)['state']
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                        metadata, is_leaf=lambda m: hasattr(m, 'shape'))
+  item = mngr.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(target)))['state']
   key = 'ema_params' if use_ema and item.get('ema_params') is not None else 'params'
   return jax.device_get(item[key])
 
