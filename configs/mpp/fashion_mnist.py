@@ -7,26 +7,15 @@ the 8 grey ones, which the model learns quickly. The paper's augmentation for MP
 classification one (Inception crop and flip); at 28 pixels a crop down to 5% of the area
 leaves little of the garment, so only the flip is kept here.
 """
-from vit import config as config_lib
+from configs.supervised import fashion_mnist as supervised_config
 
 
 def get_config():
-  config = config_lib.defaults()
-  config.image_size = 28
-  config.batch_size = 128
-  config.total_steps = 600
-  config.model.patches.size = (4, 4)
-  config.model.hidden_size = 64
-  config.model.transformer.mlp_dim = 256
-  config.model.transformer.num_heads = 4
-  config.model.transformer.num_layers = 4
+  config = supervised_config.get_config()  # The same backbone, data and optimiser.
+  config.model.num_classes = None  # MPP has its own head on every patch token.
   config.data.flip = True
-  config.optimizer.learning_rate = 1e-3
-  config.optimizer.warmup_steps = 50
-  config.optimizer.weight_decay = 0.1
   config.mpp.target = 'mean_color'
   config.mpp.corruption_rate = 0.5
   config.mpp.image_every = 200
   config.mpp.eval_examples = 1024
-  config.log_every = 50
   return config
