@@ -1,7 +1,7 @@
 """Our train step, as the trainers run it, for benchmarks/train_step.py.
 
-The step is `vit.training.loop.jit_train_step` on state from `loop.create_state` (sharded init,
-donated state), with the supervised or MPP objective's own loss: what `supervised.train` and
+The step is `vit.training.sharded.jit_train_step` on state from `sharded.create_state`
+(sharded init, donated state), with the supervised or MPP objective's own loss: what `supervised.train` and
 `mpp.train` execute, minus the input pipeline (the batch is a fixed device array). Variants
 change one thing each, to measure what an optimisation gives (docs/performance.md).
 """
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit import config as config_lib, sharding
-from vit.training import loop, optimizers, step as step_lib
+from vit.training import optimizers, sharded, step as step_lib
 
 # name -> what it changes. XLA flags are set by the caller before jax is imported.
 VARIANTS = {
@@ -23,6 +23,7 @@ VARIANTS = {
     'sync_every_step': 'block on every step (what logging each step costs)',
     'einsum_attention': 'two einsums and a softmax instead of jax.nn.dot_product_attention',
     'bf16': 'model.dtype=bfloat16 (params and optimiser state stay float32)',
+    'bf16_cudnn': 'bf16, and cuDNN fused attention (model.attention_kernel=cudnn; NVIDIA GPUs)',
     'remat': 'model.remat=True (recompute each block in the backward pass)',
 }
 
@@ -39,7 +40,8 @@ def make_config(shape, variant: str):
   config.model.transformer.mlp_dim = shape.mlp
   config.model.num_classes = shape.classes
   config.optimizer.weight_decay = 0.1
-  config.model.dtype = 'bfloat16' if variant == 'bf16' else 'float32'
+  config.model.dtype = 'bfloat16' if variant.startswith('bf16') else 'float32'
+  config.model.attention_kernel = 'cudnn' if variant == 'bf16_cudnn' else 'auto'
   config.model.remat = variant == 'remat'
   return config
 
@@ -86,8 +88,8 @@ class JaxStep:
     init, loss_fn, infer_fn = _objective(config, m, step, variant)
     self.mesh = sharding.make_mesh(config.mesh)
     tx, schedule = optimizers.build(config.optimizer, config.total_steps)
-    task = loop.Task(init_params=init, loss_fn=loss_fn, train_data=None)
-    build, shardings = loop.create_state(task, tx, config, self.mesh)
+    task = sharded.Task(init_params=init, loss_fn=loss_fn, train_data=None)
+    build, shardings = sharded.create_state(task, tx, config, self.mesh)
     self.state = build()
     rng = np.random.default_rng(0)
     self.batch = jax.device_put(
@@ -98,9 +100,9 @@ class JaxStep:
     if variant == 'no_donate':
       jitted = jax.jit(step_lib.make_train_step(loss_fn, tx, schedule))
     else:
-      jitted = loop.jit_train_step(loss_fn, tx, schedule, config, shardings, self.mesh)
+      jitted = sharded.jit_train_step(loss_fn, tx, schedule, config, shardings, self.mesh)
     start = time.perf_counter()
-    with self.mesh:
+    with jax.set_mesh(self.mesh):
       self.step = jitted.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
     self.infer_fn = jax.jit(infer_fn)
@@ -116,6 +118,11 @@ class JaxStep:
               - mem.alias_size_in_bytes + mem.temp_size_in_bytes)
     return {'params': int(self.params_count), 'compile_s': self.compile_s,
             'step_memory_bytes': peak, 'versions': {'jax': jax.__version__}}
+
+  def peak_device_bytes(self):
+    """The allocator's high-water mark on an accelerator; None on CPU (which keeps no stats)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get('peak_bytes_in_use')
 
   def train(self, n: int) -> float:
     start = time.perf_counter()
@@ -134,9 +141,13 @@ class JaxStep:
     return time.perf_counter() - start
 
 
-def matmul_gflops(n: int = 2048, repeats: int = 5) -> float:
-  """Best float32 n x n matmul rate of XLA on this machine now: the peak a step is judged by."""
-  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32))
+def device_kind() -> str:
+  return jax.devices()[0].device_kind
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 5, dtype: str = 'float32') -> float:
+  """Best n x n matmul rate of XLA on this device now: the peak a step is judged by."""
+  a = jnp.asarray(np.random.default_rng(0).standard_normal((n, n), np.float32), dtype)
   dot = jax.jit(jnp.dot)
   dot(a, a).block_until_ready()
   best = float('inf')

@@ -1,4 +1,7 @@
-"""The PyTorch peers of benchmarks/train_step.py: timm's and Hugging Face's ViTs, eager, on CPU.
+"""The PyTorch peers of benchmarks/train_step.py: timm's and Hugging Face's ViTs, eager.
+
+On CPU they train in float32; on a GPU in bfloat16 autocast (float32 weights and AdamW state),
+the usual mixed-precision recipe, to set beside our `model.dtype=bfloat16` step.
 
 Each peer is built with the benchmark's shape and trained with the same recipe as our step
 (AdamW, global-norm clipping at 1, no dropout), so images/s compare like for like.
@@ -60,17 +63,32 @@ def import_timm():
 class TorchStep:
   """One peer model, its optimiser and a fixed random batch; `train(n)` / `infer(n)` time n steps."""
 
-  def __init__(self, shape, step: str, framework: str):
+  def __init__(self, shape, step: str, framework: str, device: str = 'cpu'):
+    import contextlib
     import torch
     torch.manual_seed(0)
     self.torch = torch
+    self.device = torch.device('cuda' if device == 'gpu' else 'cpu')
     self.model, self.loss = _build(shape, step, framework)
+    self.model.to(self.device)
     self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3, weight_decay=0.1)
     b, s = shape.batch, shape.image
-    self.images = torch.randn(b, shape.channels, s, s)
-    self.labels = torch.randint(0, shape.classes, (b,))
+    self.images = torch.randn(b, shape.channels, s, s, device=self.device)
+    self.labels = torch.randint(0, shape.classes, (b,), device=self.device)
     grid = s // shape.patch
-    self.mask = torch.rand(b, grid * grid) < 0.5  # MPP's corruption rate (paper B.1.2).
+    # MPP's corruption rate (paper B.1.2).
+    self.mask = torch.rand(b, grid * grid, device=self.device) < 0.5
+    self.autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if device == 'gpu' \
+        else contextlib.nullcontext
+
+  def _sync(self):
+    if self.device.type == 'cuda':
+      self.torch.cuda.synchronize()
+
+  def peak_device_bytes(self):
+    if self.device.type != 'cuda':
+      return None
+    return self.torch.cuda.max_memory_allocated()
 
   def info(self) -> dict:
     versions = {'torch': self.torch.__version__}
@@ -81,7 +99,8 @@ class TorchStep:
 
   def _train_step(self):
     self.model.train()
-    loss = self.loss(self.model, self.images, self.labels, self.mask)
+    with self.autocast():
+      loss = self.loss(self.model, self.images, self.labels, self.mask)
     loss.backward()
     self.torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
     self.opt.step()
@@ -92,14 +111,16 @@ class TorchStep:
     start = time.perf_counter()
     for _ in range(n):
       self._train_step()
+    self._sync()
     return time.perf_counter() - start
 
   def infer(self, n: int) -> float:
     self.model.eval()
     start = time.perf_counter()
-    with self.torch.inference_mode():
+    with self.torch.inference_mode(), self.autocast():
       for _ in range(n):
         self.loss(self.model, self.images, self.labels, self.mask, forward_only=True)
+    self._sync()
     return time.perf_counter() - start
 
 

@@ -2,6 +2,7 @@
 
     python -m benchmarks.train_step                      # all shapes, supervised and MPP steps
     python -m benchmarks.train_step --shapes=tiny-28 --variants=base,einsum_attention
+    python -m benchmarks.train_step --device=gpu --shapes=B/16-224 --batch=512 --variants=bf16
 
 Every (framework, shape, step, variant) lives in its own worker process (so each has its own
 peak RSS and thread pools) and is built and warmed up once; then the workers take turns, round
@@ -12,6 +13,11 @@ mean much on a noisy machine. Prints a table, then the JSON (also written to --j
 Model FLOPs per image follow the usual count for a ViT layer with N tokens, width D and MLP
 width M: 8ND^2 (QKV and output projections) + 4NDM (MLP) + 4N^2D (scores and weighted sum),
 forward; x3 for a training step. The patch embedding and head are left out (under 2% here).
+
+On a GPU (`--device=gpu`) the workers run one after another rather than in turns (each would
+otherwise hold the GPU's memory while the others run; a lent GPU has no neighbours to average
+over), the peers train in bfloat16 autocast, the yardstick is a bfloat16 8192^3 matmul, and
+the MFU is also given against the GPU's published dense bfloat16 peak.
 """
 from __future__ import annotations
 
@@ -24,6 +30,7 @@ import resource
 import statistics
 import sys
 import time
+from typing import Optional
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +61,10 @@ SHAPES = {
     'B/16-224': Shape(224, 3, 16, 768, 12, 12, 3072, 8, 1000, 1),
 }
 PEERS = {'timm': ('supervised',), 'hf': ('supervised', 'mpp')}
+# Published dense bfloat16 tensor-core peaks (NVIDIA datasheets; "with sparsity" figures halved),
+# looked up by a substring of the device kind, the first match winning.
+GPU_PEAK_BF16_FLOPS = (('H100 PCIe', 756e12), ('H100', 989.4e12), ('H200', 989.4e12),
+                       ('A100', 312e12), ('L4', 121e12))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,16 +73,28 @@ class Case:
   step: str
   framework: str  # 'jax' | 'timm' | 'hf' | 'matmul'
   variant: str = 'base'
+  device: str = 'cpu'  # 'cpu' | 'gpu'
+  batch: int = 0       # 0: the shape's own batch.
 
   @property
   def label(self) -> str:
     variant = '' if self.variant == 'base' else f' [{self.variant}]'
-    return f'{self.shape} {self.step} {self.framework}{variant}'
+    batch = f' batch {self.batch}' if self.batch else ''
+    return f'{self.shape}{batch} {self.step} {self.framework}{variant}'
+
+  def shape_spec(self) -> Shape:
+    shape = SHAPES[self.shape]
+    return dataclasses.replace(shape, batch=self.batch) if self.batch else shape
 
 
 def _serve(conn, case: Case) -> None:
   """A worker: builds its step, answers ('train'|'infer', n) with seconds, 'stop' with RSS."""
-  os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+  if case.device == 'gpu':
+    os.environ.setdefault('JAX_PLATFORMS', 'cuda')
+    # One worker at a time holds the GPU: let it take most of the memory ("as large as fits").
+    os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.9')
+  else:
+    os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   if case.variant.startswith('xla:'):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + case.variant[4:]).strip()
@@ -84,23 +107,28 @@ def _serve(conn, case: Case) -> None:
   while True:
     command, n = conn.recv()
     if command == 'stop':
-      conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+      conn.send((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+                 runner.peak_device_bytes() if hasattr(runner, 'peak_device_bytes') else None))
       return
     conn.send(getattr(runner, command)(n))
 
 
 def _build(case: Case):
   if case.framework == 'matmul':
+    import functools
     from benchmarks import jax_step
-    return _Matmul(jax_step.matmul_gflops), {}
-  shape = SHAPES[case.shape]
+    gpu = case.device == 'gpu'
+    fn = functools.partial(jax_step.matmul_gflops, n=8192 if gpu else 2048,
+                           dtype='bfloat16' if gpu else 'float32')
+    return _Matmul(fn), {'device_kind': jax_step.device_kind()}
+  shape = case.shape_spec()
   if case.framework == 'jax':
     from benchmarks import jax_step
     runner = jax_step.JaxStep(shape, case.step, case.variant)
     info = runner.info()
   else:
     from benchmarks import torch_peers
-    runner = torch_peers.TorchStep(shape, case.step, case.framework)
+    runner = torch_peers.TorchStep(shape, case.step, case.framework, device=case.device)
     info = runner.info()
     info['first_step_s'] = runner.train(1)
   runner.train(2)  # Warm-up: allocator, caches, thread pools.
@@ -141,61 +169,95 @@ class _Worker:
     self.train_s.append(self.ask('train', n) / n)
     self.infer_s.append(self.ask('infer', n) / n)
 
-  def stop(self) -> int:
+  def stop(self) -> tuple[int, Optional[int]]:
+    """(peak RSS, peak accelerator bytes or None) of the worker, which then exits."""
     self.conn.send(('stop', 0))
-    rss = self.conn.recv()
+    peaks = self.conn.recv()
     self.process.join()
-    return rss
+    return peaks
 
 
 def _cases(args) -> list[Case]:
   cases = []
   for shape in args.shapes:
     for step in args.steps:
-      cases += [Case(shape, step, 'jax', v) for v in args.variants]
-      cases += [Case(shape, step, p) for p in args.peers if step in PEERS[p]]
+      cases += [Case(shape, step, 'jax', v, args.device, args.batch) for v in args.variants]
+      cases += [Case(shape, step, p, 'base', args.device, args.batch)
+                for p in args.peers if step in PEERS[p]]
   return cases
 
 
 def run(args) -> dict:
   ctx = multiprocessing.get_context('spawn')
-  matmul = _Worker(ctx, Case('-', '-', 'matmul'))
+  matmul_case = Case('-', '-', 'matmul', device=args.device)
   peaks, results = [], []
-  for shape in args.shapes:
-    workers = []
-    for case in (c for c in _cases(args) if c.shape == shape):
-      print(f'building {case.label} ...', file=sys.stderr, flush=True)
-      worker = _Worker(ctx, case)
-      if worker.error:
-        print(f'  skipped: {worker.error}', file=sys.stderr, flush=True)
-        results.append({'case': dataclasses.asdict(case), 'error': worker.error})
-      else:
-        workers.append(worker)
-    for r in range(args.rounds):
-      # Rotate who goes first, so no worker always follows the same neighbour.
-      for worker in workers[r % len(workers):] + workers[:r % len(workers)]:
-        worker.turn(SHAPES[shape].steps_per_turn)
-      peaks.append(matmul.ask('train', 1))
-      print(f'  {shape}: round {r + 1}/{args.rounds} done', file=sys.stderr, flush=True)
-    results += [_summary(w, w.stop()) for w in workers]
-  matmul.stop()
+  steps_per_turn = lambda shape: args.steps_per_turn or SHAPES[shape].steps_per_turn
+  matmul = _Worker(ctx, matmul_case)
+  if matmul.error:
+    raise SystemExit(f'error: JAX cannot run a matmul on --device={args.device}: {matmul.error}')
+  kind = matmul.info['device_kind']
+  if args.device == 'gpu':
+    peaks += [matmul.ask('train', 1) for _ in range(3)]
+    matmul.stop()
+    for case in _cases(args):
+      worker = _build_worker(ctx, case, results)
+      if worker:
+        _rounds([worker], args.rounds, steps_per_turn(case.shape), case.shape)
+        results.append(_summary(worker, *worker.stop()))
+  else:
+    for shape in args.shapes:
+      workers = [w for w in (_build_worker(ctx, c, results) for c in _cases(args)
+                             if c.shape == shape) if w]
+      peaks += _rounds(workers, args.rounds, steps_per_turn(shape), shape, matmul)
+      results += [_summary(w, *w.stop()) for w in workers]
+    matmul.stop()
   peak = max(peaks)
+  published = next((f for name, f in GPU_PEAK_BF16_FLOPS if name in kind), None)
   for result in results:
     if 'train_gflops_s' in result:
       result['fraction_of_matmul_peak'] = result['train_gflops_s'] / peak
-  return {'machine': _machine(), 'matmul_peak_gflops_s': peak, 'matmul_gflops_s_per_round': peaks,
+      if args.device == 'gpu' and published:
+        result['mfu_published_bf16_peak'] = result['train_gflops_s'] * 1e9 / published
+  return {'machine': _machine(), 'device': args.device, 'device_kind': kind,
+          'published_bf16_peak_flops': published if args.device == 'gpu' else None,
+          'matmul': '8192^3 bfloat16' if args.device == 'gpu' else '2048^3 float32',
+          'matmul_peak_gflops_s': peak, 'matmul_gflops_s_per_round': peaks,
           'rounds': args.rounds, 'results': results}
 
 
-def _summary(worker: _Worker, rss: int) -> dict:
-  shape = SHAPES[worker.case.shape]
+def _build_worker(ctx, case: Case, results: list) -> Optional[_Worker]:
+  print(f'building {case.label} ...', file=sys.stderr, flush=True)
+  worker = _Worker(ctx, case)
+  if not worker.error:
+    return worker
+  print(f'  skipped: {worker.error}', file=sys.stderr, flush=True)
+  results.append({'case': dataclasses.asdict(case), 'error': worker.error})
+  return None
+
+
+def _rounds(workers: list, rounds: int, steps: int, shape: str, matmul=None) -> list[float]:
+  """Every worker times `steps` steps per round, in turns; the matmul peak after each round."""
+  peaks = []
+  for r in range(rounds):
+    # Rotate who goes first, so no worker always follows the same neighbour.
+    for worker in workers[r % max(len(workers), 1):] + workers[:r % max(len(workers), 1)]:
+      worker.turn(steps)
+    if matmul is not None:
+      peaks.append(matmul.ask('train', 1))
+    print(f'  {shape}: round {r + 1}/{rounds} done', file=sys.stderr, flush=True)
+  return peaks
+
+
+def _summary(worker: _Worker, rss: int, device_bytes: Optional[int]) -> dict:
+  shape = worker.case.shape_spec()
   train_s, infer_s = statistics.median(worker.train_s), statistics.median(worker.infer_s)
   train_img_s = shape.batch / train_s
   flops = shape.train_flops_per_image()
   return {'case': dataclasses.asdict(worker.case), **worker.info,
           'train_img_s': train_img_s, 'infer_img_s': shape.batch / infer_s,
           'train_step_s_per_round': worker.train_s, 'train_flops_per_image': flops,
-          'train_gflops_s': flops * train_img_s / 1e9, 'peak_rss_bytes': rss}
+          'train_gflops_s': flops * train_img_s / 1e9, 'peak_rss_bytes': rss,
+          'peak_device_bytes': device_bytes}
 
 
 def _machine() -> dict:
@@ -210,22 +272,33 @@ def _machine() -> dict:
 
 
 def table(report: dict) -> str:
+  gpu = report.get('device') == 'gpu'
+  memory = 'peak GPU MiB' if gpu else 'peak RSS MiB'
   head = ('| case | train img/s | infer img/s | compile s (JAX) / first step s (torch) '
-          '| step memory MiB (JAX) | peak RSS MiB | train GFLOP/s | fraction of matmul peak |')
-  lines = [head, '|' + '---|' * 8]
+          f'| step memory MiB (JAX) | {memory} | train GFLOP/s | fraction of matmul peak |'
+          + (' MFU (published peak) |' if gpu else ''))
+  columns = 9 if gpu else 8
+  lines = [head, '|' + '---|' * columns]
   mib = lambda b: f'{b / 2 ** 20:.0f}' if b else '-'
   for r in report['results']:
     label = Case(**r['case']).label
     if 'error' in r:
-      lines.append(f'| {label} | skipped: {r["error"]} |' + ' |' * 7)
+      lines.append(f'| {label} | skipped: {r["error"]} |' + ' |' * (columns - 1))
       continue
     compile_s = r.get('compile_s', r.get('first_step_s'))
-    lines.append(f'| {label} | {r["train_img_s"]:.1f} | {r["infer_img_s"]:.1f} | '
-                 f'{compile_s:.1f} | {mib(r.get("step_memory_bytes"))} | '
-                 f'{mib(r["peak_rss_bytes"])} | {r["train_gflops_s"]:.1f} | '
-                 f'{r["fraction_of_matmul_peak"]:.2f} |')
-  lines.append(f'\nfloat32 2048x2048 matmul peak (XLA, best of the run): '
-               f'{report["matmul_peak_gflops_s"]:.1f} GFLOP/s')
+    row = (f'| {label} | {r["train_img_s"]:.1f} | {r["infer_img_s"]:.1f} | '
+           f'{compile_s:.1f} | {mib(r.get("step_memory_bytes"))} | '
+           f'{mib(r["peak_device_bytes"] if gpu else r["peak_rss_bytes"])} | '
+           f'{r["train_gflops_s"]:.1f} | {r["fraction_of_matmul_peak"]:.2f} |')
+    if gpu:
+      mfu = r.get('mfu_published_bf16_peak')
+      row += f' {mfu:.1%} |' if mfu is not None else ' - |'
+    lines.append(row)
+  peak = report['published_bf16_peak_flops']
+  lines.append(f'\n{report["matmul"]} matmul peak (XLA, best of the run): '
+               f'{report["matmul_peak_gflops_s"]:.1f} GFLOP/s'
+               + (f'; {report["device_kind"]}, published dense bf16 peak '
+                  f'{peak / 1e12:.1f} TFLOP/s' if peak else ''))
   return '\n'.join(lines)
 
 
@@ -240,6 +313,16 @@ def _csv(kind, known=None):
   return parse
 
 
+def _positive(text: str) -> int:
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if value < 1:
+    raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
+  return value
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--shapes', type=_csv('shape', SHAPES), default=list(SHAPES))
@@ -251,6 +334,12 @@ def parse_args(argv=None):
                  help='our step\'s variants: base, no_donate, sync_every_step, '
                       'einsum_attention, bf16, remat, or xla:FLAGS (docs/performance.md)')
   p.add_argument('--rounds', type=int, default=3)
+  p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',
+                 help='gpu: JAX on CUDA, peers in bf16 autocast, workers one at a time')
+  p.add_argument('--batch', type=_positive, default=0,
+                 help='global batch for every shape (default: each shape\'s own)')
+  p.add_argument('--steps-per-turn', type=_positive, default=0,
+                 help='train steps a worker times per turn (default: the shape\'s own)')
   p.add_argument('--json', help='also write the JSON report to this file')
   return p.parse_args(argv)
 

@@ -35,6 +35,10 @@ def small():
      'config.optimizer.accumulation_steps=3: must be >= 1 and divide batch_size=8'),
     (lambda c: c.model.update(hidden_size=None), 'config.model.hidden_size=None: not set'),
     (lambda c: c.update(total_steps=0), 'config.total_steps=0: must be a positive integer'),
+    (lambda c: c.model.update(attention_kernel='flash'),
+     "config.model.attention_kernel='flash': must be one of auto, xla, cudnn"),
+    (lambda c: c.model.update(attention_kernel='cudnn'),
+     "config.model.attention_kernel='cudnn': needs model.dtype=bfloat16"),
 ])
 def test_mistakes_name_the_key_and_value(mutate, message):
   config = small()

@@ -129,6 +129,15 @@ def test_sown_attention_weights_and_fast_path_agree():
   np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=1e-5)
 
 
+def test_attention_kernel_xla_is_the_default_computation():
+  # model.attention_kernel picks jax.nn.dot_product_attention's implementation; 'xla' must
+  # compute what JAX's own choice does on this platform (parameters unchanged).
+  auto, xla = tiny(), tiny(attention_kernel='xla')
+  params, x = _init(auto)
+  np.testing.assert_allclose(auto.apply({'params': params}, x, train=False),
+                             xla.apply({'params': params}, x, train=False), atol=1e-6)
+
+
 def test_hybrid_uses_the_resnet_feature_map():
   from vit.models.resnet import ResNetConfig
   model = tiny(patch_size=(1, 1), resnet=ResNetConfig((1, 1)))

@@ -98,3 +98,41 @@ def test_cli_one_line_error_and_objective_default():
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh=')
+
+
+def test_search_candidates_go_from_least_to_most_communication():
+  tried = plan.candidates(8)
+  assert [(c['mesh']['data'], c['mesh']['fsdp'], c['remat']) for c in tried] == [
+      (8, 1, False), (4, 2, False), (2, 4, False), (1, 8, False),
+      (8, 1, True), (4, 2, True), (2, 4, True), (1, 8, True)]
+  assert all(c['mesh']['tensor'] == 1 for c in tried)
+
+
+def test_search_reports_the_first_candidate_that_fits(monkeypatch):
+  calls = []
+
+  def fake_plan(config, topology, objective):
+    mesh, remat = dict(config.mesh), config.model.remat
+    calls.append((mesh['fsdp'], remat))
+    if mesh['fsdp'] == 1 and not remat:
+      return dict(fits=False, error='RESOURCE_EXHAUSTED: 20G of 16G', remat=remat)
+    if mesh['fsdp'] == 2:
+      raise ConfigError('mesh.fsdp', 2, 'x has a dimension of 3 split over fsdp')
+    return dict(fits=True, used_gib=9.5, mesh=mesh, remat=remat)
+
+  monkeypatch.setattr(plan, 'plan', fake_plan)
+  config = tiny_config()
+  r = plan.search(config, 'v5e:2x2', 'supervised')
+  # Data parallel does not fit, fsdp=2 is invalid for this width, fsdp=4 fits without remat.
+  assert calls == [(1, False), (2, False), (4, False)]
+  assert r['mesh'] == {'data': 1, 'fsdp': 4, 'tensor': 1} and r['remat'] is False
+  assert [t['fits'] for t in r['search']] == [False, False, True]
+  assert 'dimension of 3' in r['search'][1]['error']
+  assert config.mesh.fsdp == 1  # The caller's config is left as it was.
+
+
+def test_markdown_row_of_a_real_plan(data_parallel):
+  row = plan.markdown_row(data_parallel).split('|')[1:-1]
+  assert len(row) == len(plan.MARKDOWN_HEADER.splitlines()[0].split('|')[1:-1]) == 12
+  assert row[2].strip() == 'v5e:2x2 (4 chips)' and row[3].strip() == '4, 1, 1'
+  assert row[7].strip() == 'yes'

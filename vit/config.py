@@ -23,6 +23,7 @@ CLASSIFIERS = ('token', 'gap', 'unpooled')
 POSEMBS = ('learned_1d', 'learned_2d', 'relative', 'sincos_2d', 'none')
 ATTENTIONS = ('global', 'axial')
 DTYPES = ('float32', 'bfloat16')
+ATTENTION_KERNELS = ('auto', 'xla', 'cudnn')
 
 
 def model_defaults() -> ml_collections.ConfigDict:
@@ -42,6 +43,9 @@ def model_defaults() -> ml_collections.ConfigDict:
       layer_norm_epsilon=1e-6,
       posemb='learned_1d',
       attention='global',
+      # jax.nn.dot_product_attention's implementation: 'auto' (JAX chooses), 'xla', or 'cudnn'
+      # (NVIDIA GPUs, bf16 compute; docs/performance.md measures it).
+      attention_kernel='auto',
       dtype='float32',  # Compute dtype; parameters and optimiser state stay float32.
       remat=False,
   ))
@@ -180,9 +184,13 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     raise ConfigError('model.transformer.num_heads', t['num_heads'],
                       f'does not divide model.hidden_size={m["hidden_size"]}')
   for key, allowed in (('classifier', CLASSIFIERS), ('posemb', POSEMBS),
-                       ('attention', ATTENTIONS), ('dtype', DTYPES)):
-    if m[key] not in allowed:
+                       ('attention', ATTENTIONS), ('dtype', DTYPES),
+                       ('attention_kernel', ATTENTION_KERNELS)):
+    if m.get(key, allowed[0]) not in allowed:
       raise ConfigError(f'model.{key}', m[key], f'must be one of {", ".join(allowed)}')
+  if m.get('attention_kernel') == 'cudnn' and m['dtype'] != 'bfloat16':
+    raise ConfigError('model.attention_kernel', 'cudnn',
+                      f'needs model.dtype=bfloat16 (cuDNN attention has no {m["dtype"]} kernel)')
   for kind, multiple in (('learned_2d', 2), ('sincos_2d', 4)):
     if m['posemb'] == kind and m['hidden_size'] % multiple:
       raise ConfigError('model.hidden_size', m['hidden_size'],
@@ -264,6 +272,8 @@ def build_model(m: dict, *, num_classes: int | None = None, classifier: str | No
       dtype=jnp.dtype(m['dtype']),
       posemb=m.get('posemb', 'learned_1d'),
       attention=m.get('attention', 'global'),
+      attention_kernel=None if m.get('attention_kernel', 'auto') == 'auto'
+      else m['attention_kernel'],
   )
 
 

@@ -3,11 +3,15 @@
     python -m vit.plan --config configs/mpp/imagenet.py --topology v5p:4x4x4 [--config.x=...]
 
 libtpu describes a pod slice on any host (`jax.experimental.topologies`); the train step that
-the trainers run (the same Task pieces, `loop.create_state`, `loop.jit_train_step`) is compiled
+the trainers run (the same Task pieces, `sharded.create_state`, `sharded.jit_train_step`) is compiled
 for it from shapes alone, and XLA's own numbers are reported: HBM per device (arguments,
 outputs, temporaries) against the chip's, FLOPs per step, and a roofline step time:
 max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) per device. Communication is not in the
 roofline, so the step time is a lower bound and the MFU an upper bound.
+
+`--search` tries meshes from the least communication to the most and reports the first that
+fits: plain data parallelism, then fsdp=2, 4, ... (state split ZeRO-3 style), then the same
+with `model.remat=True`; each try is one compile, so a search costs a few.
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from ml_collections import config_flags
 
 from vit import cli, config as config_lib, sharding
 from vit.errors import UserError
-from vit.training import loop, optimizers
+from vit.training import optimizers, sharded
 
 GiB = 1024 ** 3
 
@@ -54,6 +58,11 @@ _OBJECTIVE = flags.DEFINE_enum('objective', None, OBJECTIVES,
                                'The trainer whose step to compile; default: mpp for a config '
                                'under configs/mpp/, supervised otherwise.')
 _JSON = flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
+_SEARCH = flags.DEFINE_bool('search', False,
+                            'Try data parallel, then fsdp=2,4,..., then each with remat, and '
+                            'report the first mesh that fits (config.mesh is then ignored).')
+_MARKDOWN = flags.DEFINE_bool('markdown', False,
+                              'Print the report as a Markdown table row (with its header).')
 
 
 def topology_devices(topology: str) -> tuple[list, Chip]:
@@ -120,11 +129,11 @@ def compile_step(config, devices, objective: str):
   """The trainers' jitted step, lowered and compiled for `devices`; (compiled, mesh, params)."""
   m = config_lib.validate(config, num_devices=len(devices))
   init_params, loss_fn = objective_pieces(config, m, objective)
-  task = loop.Task(init_params=init_params, loss_fn=loss_fn, train_data=None)
+  task = sharded.Task(init_params=init_params, loss_fn=loss_fn, train_data=None)
   mesh = sharding.make_mesh(config.mesh, devices)
   tx, schedule = optimizers.build(config.optimizer, config.total_steps)
-  make_state, shardings = loop.create_state(task, tx, config, mesh)
-  step = loop.jit_train_step(loss_fn, tx, schedule, config, shardings, mesh)
+  make_state, shardings = sharded.create_state(task, tx, config, mesh)
+  step = sharded.jit_train_step(loss_fn, tx, schedule, config, shardings, mesh)
   shaped = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
   state = jax.tree.map(shaped, jax.eval_shape(make_state), shardings)
   rows = sharding.batch_sharding(mesh)
@@ -174,6 +183,66 @@ def plan(config, topology: str, objective: str) -> dict:
       step_seconds=step_s, images_per_second=config.batch_size / step_s,
       mfu=compute_s / step_s)
   return report
+
+
+def candidates(devices: int) -> list[dict]:
+  """(mesh, remat) settings in the order a search tries them: least communication first.
+
+  Data parallelism all-reduces the gradients once per step; fsdp=k adds an all-gather of every
+  weight (forward and backward) and a reduce-scatter, over k devices; remat recomputes each
+  block's forward pass (a third more FLOPs) and is tried only once no mesh fits without it.
+  Tensor parallelism is not tried: it only pays once one layer does not fit, beyond ViT-H.
+  """
+  splits = [k for k in (2 ** i for i in range(devices.bit_length())) if devices % k == 0]
+  return [dict(mesh=dict(data=devices // k, fsdp=k, tensor=1), remat=remat)
+          for remat in (False, True) for k in splits]
+
+
+def search(config, topology: str, objective: str, log=None) -> dict:
+  """The report of the first candidate that fits, with every try listed under 'search'."""
+  devices = len(topology_devices(topology)[0])
+  tried, report = [], None
+  for candidate in candidates(devices):
+    trial = config.copy_and_resolve_references()
+    trial.mesh.update(candidate['mesh'])
+    trial.model.remat = candidate['remat']
+    try:
+      report = plan(trial, topology, objective)
+    except config_lib.ConfigError as e:  # e.g. a width that fsdp does not divide.
+      tried.append(dict(candidate, fits=False, error=str(e)))
+      continue
+    tried.append(dict(candidate, fits=report['fits'], used_gib=report.get('used_gib'),
+                      error=report.get('error')))
+    if log:
+      log(f'{candidate["mesh"]}, remat={candidate["remat"]}: '
+          + (f'{report["used_gib"]:.2f} GiB' if 'used_gib' in report else report['error'])
+          + (' fits' if report['fits'] else ' does not fit'))
+    if report['fits']:
+      return dict(report, search=tried)
+  if report is None:
+    raise UserError(f'--search: no candidate mesh is valid for this config on {topology} '
+                    f'({tried[0]["error"]})')
+  return dict(report, search=tried)
+
+
+MARKDOWN_HEADER = ('| model | objective | slice | mesh (data, fsdp, tensor) | remat | images per '
+                   'chip | HBM used per chip | fits | FLOPs per step | roofline step | images/s '
+                   '| MFU at most |\n|' + '---|' * 12)
+
+
+def markdown_row(r: dict) -> str:
+  """One line of docs/scaling.md's table."""
+  head = (f'| {r["model"] or "custom"} | {r["objective"]} | {r["topology"]} ({r["devices"]} '
+          f'chips) |')
+  if 'mesh' not in r:
+    return head + f' - | {r["remat"]} | - | - | no: {r["error"]} | - | - | - | - |'
+  m = r['mesh']
+  return head + (
+      f' {m["data"]}, {m["fsdp"]}, {m["tensor"]} | {r["remat"]} | {r["per_device_micro_batch"]}'
+      f' | {r["used_gib"]:.2f} of {r["hbm_per_device_gib"]:.0f} GiB | '
+      f'{"yes" if r["fits"] else "no"} | {r["flops_per_step"]:.2e} | '
+      f'{r["step_seconds"] * 1e3:.0f} ms ({r["bound"]}) | {r["images_per_second"]:,.0f} | '
+      f'{r["mfu"]:.0%} |')
 
 
 def _cost(compiled, config, devices, objective: str) -> tuple[float, float]:
@@ -232,8 +301,17 @@ def main(argv):
     raise UserError('--topology is required, e.g. --topology v5p:4x4x4')
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   objective = _OBJECTIVE.value or default_objective(path)
-  report = plan(_CONFIG.value, _TOPOLOGY.value, objective)
-  print(json.dumps(report) if _JSON.value else format_report(report))
+  if _SEARCH.value:
+    report = search(_CONFIG.value, _TOPOLOGY.value, objective,
+                    log=lambda line: print(line, file=sys.stderr, flush=True))
+  else:
+    report = plan(_CONFIG.value, _TOPOLOGY.value, objective)
+  if _JSON.value:
+    print(json.dumps(report))
+  elif _MARKDOWN.value:
+    print(MARKDOWN_HEADER + '\n' + markdown_row(report))
+  else:
+    print(format_report(report))
 
 
 if __name__ == '__main__':

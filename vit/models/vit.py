@@ -198,6 +198,9 @@ class MultiHeadDotProductAttention(nn.Module):
   dtype: Dtype = jnp.float32
   axis: Optional[str] = None  # 'row' | 'col': axial attention over the patch `grid`.
   grid: Optional[tuple[int, int]] = None
+  # `implementation` of jax.nn.dot_product_attention: None lets JAX choose (XLA today),
+  # 'cudnn' asks for cuDNN's fused attention on NVIDIA GPUs (bf16/fp16 only).
+  kernel: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array, *, deterministic: bool,
@@ -229,7 +232,7 @@ class MultiHeadDotProductAttention(nn.Module):
       y = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     else:
       bias = None if logits_bias is None else logits_bias.astype(q.dtype)
-      y = jax.nn.dot_product_attention(q, k, v, bias=bias)
+      y = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.kernel)
     out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name='out',
                           kernel_init=_logical(_xavier, ('heads', 'kv', 'embed')),
                           bias_init=_logical(nn.initializers.zeros, ('embed',)))
@@ -247,6 +250,7 @@ class Encoder1DBlock(nn.Module):
   dtype: Dtype = jnp.float32
   attention_axis: Optional[str] = None  # Axial blocks (Appendix D.6): 'row' | 'col'.
   grid: Optional[tuple[int, int]] = None
+  attention_kernel: Optional[str] = None  # See MultiHeadDotProductAttention.kernel.
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool,
@@ -257,7 +261,7 @@ class Encoder1DBlock(nn.Module):
     y = ln('LayerNorm_0')(x)
     y = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
                                      axis=self.attention_axis, grid=self.grid,
-                                     name='MultiHeadDotProductAttention_1')(
+                                     kernel=self.attention_kernel, name='MultiHeadDotProductAttention_1')(
                                          y, deterministic=deterministic, logits_bias=logits_bias)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + y
@@ -281,6 +285,7 @@ class Encoder(nn.Module):
   posemb: str = 'learned_1d'  # 'learned_1d' | 'learned_2d' | 'relative' | 'sincos_2d' | 'none'
   attention: str = 'global'  # 'global' | 'axial'
   grid: Optional[tuple[int, int]] = None  # The patch grid (rows, cols) after prefix tokens.
+  attention_kernel: Optional[str] = None  # See MultiHeadDotProductAttention.kernel.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool) -> Array:
@@ -311,7 +316,7 @@ class Encoder(nn.Module):
                       self.attention_dropout_rate, self.gelu_approximate,
                       self.layer_norm_epsilon, self.dtype, attention_axis=axis,
                       grid=None if axis is None else tuple(self.grid),
-                      name=f'encoderblock_{i}{suffix}')(x, not train, **kwargs)
+                      attention_kernel=self.attention_kernel, name=f'encoderblock_{i}{suffix}')(x, not train, **kwargs)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm',
                         scale_init=_logical(nn.initializers.ones, ('embed',)),
                         bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
@@ -343,6 +348,7 @@ class VisionTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   posemb: str = 'learned_1d'  # Appendix D.4 ablations; see `Encoder`.
   attention: str = 'global'  # 'axial': Appendix D.6.
+  attention_kernel: Optional[str] = None  # See MultiHeadDotProductAttention.kernel.
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool,
@@ -367,7 +373,7 @@ class VisionTransformer(nn.Module):
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
                 self.attention_dropout_rate, self.gelu_approximate, self.layer_norm_epsilon,
                 self.remat, self.dtype, posemb=self.posemb, attention=self.attention,
-                grid=(h, w), name='Transformer')(x, train=train)
+                grid=(h, w), attention_kernel=self.attention_kernel, name='Transformer')(x, train=train)
     if self.classifier == 'unpooled':
       return x
     x = x[:, 0] if self.classifier == 'token' else jnp.mean(x, axis=1)

@@ -1,0 +1,67 @@
+"""The train-step benchmark's own logic: arguments, cases, the GPU peak and the table."""
+import pytest
+
+from benchmarks import train_step
+
+
+def test_batch_override_reaches_every_case_and_the_flop_count():
+  args = train_step.parse_args(['--shapes=B/16-224', '--steps=supervised,mpp', '--peers=timm',
+                                '--variants=bf16', '--device=gpu', '--batch=512'])
+  cases = train_step._cases(args)
+  # timm has no MPP head: 2 JAX cases and 1 peer.
+  assert [(c.step, c.framework) for c in cases] == [
+      ('supervised', 'jax'), ('supervised', 'timm'), ('mpp', 'jax')]
+  assert all(c.batch == 512 and c.device == 'gpu' for c in cases)
+  shape = cases[0].shape_spec()
+  assert shape.batch == 512 and shape.tokens == 197
+  # ViT-B/16 at 224: 12 x (8ND^2 + 4NDM + 4N^2D) = 34.9 GFLOP forward (the paper-scale
+  # 17.5 GMAC), x3 for training.
+  assert shape.train_flops_per_image() == pytest.approx(104.7e9, rel=1e-3)
+  assert cases[0].label == 'B/16-224 batch 512 supervised jax [bf16]'
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--batch=0'], 'expected a positive integer'),
+    (['--shapes=B/99'], 'unknown shape: B/99'),
+    (['--device=tpu'], "invalid choice: 'tpu'"),
+])
+def test_bad_arguments_are_named(argv, message, capsys):
+  with pytest.raises(SystemExit):
+    train_step.parse_args(argv)
+  assert message in capsys.readouterr().err
+
+
+def _report(device, kind):
+  case = train_step.Case('B/16-224', 'supervised', 'jax', 'bf16', device, 256)
+  result = {'case': case.__dict__, 'compile_s': 17.0, 'step_memory_bytes': 2 ** 30,
+            'train_img_s': 2700.0, 'infer_img_s': 7700.0, 'train_gflops_s': 285_000.0,
+            'fraction_of_matmul_peak': 0.45, 'peak_rss_bytes': 3 * 2 ** 30,
+            'peak_device_bytes': 2 ** 31, 'mfu_published_bf16_peak': 0.288}
+  peak = next((f for n, f in train_step.GPU_PEAK_BF16_FLOPS if n in kind), None)
+  return {'device': device, 'device_kind': kind, 'published_bf16_peak_flops': peak,
+          'matmul': '8192^3 bfloat16', 'matmul_peak_gflops_s': 633_000.0,
+          'results': [result, {'case': case.__dict__, 'error': 'NotImplementedError: no'}]}
+
+
+def test_published_peak_lookup_prefers_the_specific_part():
+  peaks = dict(train_step.GPU_PEAK_BF16_FLOPS)
+  first = lambda kind: next(f for n, f in train_step.GPU_PEAK_BF16_FLOPS if n in kind)
+  assert first('NVIDIA H100 PCIe') == peaks['H100 PCIe'] == 756e12
+  assert first('NVIDIA H100 80GB HBM3') == first('NVIDIA H200') == 989.4e12
+
+
+def test_gpu_table_has_the_mfu_column_and_the_device():
+  text = train_step.table(_report('gpu', 'NVIDIA H200'))
+  lines = text.splitlines()
+  assert lines[0].endswith('| MFU (published peak) |') and 'peak GPU MiB' in lines[0]
+  assert lines[2].split('|')[1:-1] == [
+      ' B/16-224 batch 256 supervised jax [bf16] ', ' 2700.0 ', ' 7700.0 ', ' 17.0 ', ' 1024 ',
+      ' 2048 ', ' 285000.0 ', ' 0.45 ', ' 28.8% ']
+  assert 'skipped: NotImplementedError: no' in lines[3]
+  assert 'NVIDIA H200, published dense bf16 peak 989.4 TFLOP/s' in text
+
+
+def test_cpu_table_reports_rss_and_no_mfu():
+  lines = train_step.table(_report('cpu', 'cpu')).splitlines()
+  assert 'MFU' not in lines[0] and 'peak RSS MiB' in lines[0]
+  assert lines[2].split('|')[6] == ' 3072 '
