@@ -21,6 +21,7 @@ import json
 import os
 import re
 import sys
+import time
 
 import flax.linen as nn
 import jax
@@ -156,14 +157,17 @@ def plan(config, topology: str, objective: str) -> dict:
                 global_batch=config.batch_size,
                 accumulation_steps=config.optimizer.accumulation_steps,
                 hbm_per_device_gib=hbm / GiB)
+  start = time.perf_counter()
   try:
     compiled, mesh, params = compile_step(config, devices, objective)
   except jax.errors.JaxRuntimeError as e:
     if 'RESOURCE_EXHAUSTED' not in str(e):
       raise
     # XLA refuses to compile a program that cannot fit: that is the answer.
-    report.update(fits=False, error=_first_line(str(e)))
+    report.update(fits=False, error=_first_line(str(e)),
+                  compile_seconds=time.perf_counter() - start)
     return report
+  report['compile_seconds'] = time.perf_counter() - start
   mem = compiled.memory_analysis()
   used = (mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes
           + mem.temp_size_in_bytes + mem.generated_code_size_in_bytes)
