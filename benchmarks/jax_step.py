@@ -22,8 +22,10 @@ VARIANTS = {
     'no_donate': 'state not donated (a copy of params and Adam moments every step)',
     'sync_every_step': 'block on every step (what logging each step costs)',
     'einsum_attention': 'two einsums and a softmax instead of jax.nn.dot_product_attention',
-    'bf16': 'model.dtype=bfloat16 (params and optimiser state stay float32)',
-    'bf16_cudnn': 'bf16, and cuDNN fused attention (model.attention_kernel=cudnn; NVIDIA GPUs)',
+    'bf16': 'model.dtype=bfloat16 (params and optimiser state stay float32), attention as '
+            'model.attention_kernel=auto picks it (cuDNN on NVIDIA GPUs, else XLA)',
+    'bf16_xla': 'bf16 with XLA\'s attention (model.attention_kernel=xla)',
+    'bf16_cudnn': 'bf16 with cuDNN fused attention (model.attention_kernel=cudnn; NVIDIA GPUs)',
     'remat': 'model.remat=True (recompute each block in the backward pass)',
 }
 
@@ -41,7 +43,7 @@ def make_config(shape, variant: str):
   config.model.num_classes = shape.classes
   config.optimizer.weight_decay = 0.1
   config.model.dtype = 'bfloat16' if variant.startswith('bf16') else 'float32'
-  config.model.attention_kernel = 'cudnn' if variant == 'bf16_cudnn' else 'auto'
+  config.model.attention_kernel = {'bf16_cudnn': 'cudnn', 'bf16_xla': 'xla'}.get(variant, 'auto')
   config.model.remat = variant == 'remat'
   return config
 

@@ -39,6 +39,8 @@ def small():
      "config.model.attention_kernel='flash': must be one of auto, xla, cudnn"),
     (lambda c: c.model.update(attention_kernel='cudnn'),
      "config.model.attention_kernel='cudnn': needs model.dtype=bfloat16"),
+    (lambda c: c.model.update(attention_kernel='cudnn', dtype='bfloat16', posemb='relative'),
+     "config.model.attention_kernel='cudnn': cannot add model.posemb=relative biases"),
 ])
 def test_mistakes_name_the_key_and_value(mutate, message):
   config = small()
@@ -82,3 +84,15 @@ def test_command_line_mistakes_are_one_line_errors():
     result = _cli('-m', 'supervised.train', '--workdir', '/tmp/unused-workdir', override)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr and 'Traceback' not in result.stderr, result.stderr
+
+
+def test_auto_attention_kernel_is_cudnn_only_on_gpus_in_bf16():
+  m = config_lib.validate(small())
+  assert config_lib.attention_kernel(m) is None  # This CPU: XLA's attention.
+  assert config_lib.attention_kernel(m, platform='gpu') is None  # float32 compute.
+  bf16 = dict(m, dtype='bfloat16')
+  assert config_lib.attention_kernel(bf16, platform='gpu') == 'cudnn'
+  assert config_lib.attention_kernel(bf16, platform='tpu') is None
+  # A logits bias with ViT's odd token count is refused by cuDNN's training kernels.
+  assert config_lib.attention_kernel(dict(bf16, posemb='relative'), platform='gpu') is None
+  assert config_lib.attention_kernel(dict(bf16, attention_kernel='xla'), platform='gpu') == 'xla'

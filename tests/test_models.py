@@ -138,6 +138,17 @@ def test_attention_kernel_xla_is_the_default_computation():
                              xla.apply({'params': params}, x, train=False), atol=1e-6)
 
 
+def test_padding_an_odd_sequence_for_cudnn_changes_nothing():
+  from vit.models.vit import attention_padded_to_even
+  q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 17, 4, 8))  # 17 tokens: odd.
+  plain = jax.nn.dot_product_attention(q, k, v)
+  padded = attention_padded_to_even(q, k, v, 'xla')  # The padding logic, on any platform.
+  np.testing.assert_allclose(padded, plain, atol=1e-6)
+  grad = lambda f: jax.grad(lambda q: jnp.sum(jnp.sin(f(q))))(q)
+  np.testing.assert_allclose(grad(lambda q: attention_padded_to_even(q, k, v, 'xla')),
+                             grad(lambda q: jax.nn.dot_product_attention(q, k, v)), atol=1e-6)
+
+
 def test_hybrid_uses_the_resnet_feature_map():
   from vit.models.resnet import ResNetConfig
   model = tiny(patch_size=(1, 1), resnet=ResNetConfig((1, 1)))

@@ -43,8 +43,8 @@ def model_defaults() -> ml_collections.ConfigDict:
       layer_norm_epsilon=1e-6,
       posemb='learned_1d',
       attention='global',
-      # jax.nn.dot_product_attention's implementation: 'auto' (JAX chooses), 'xla', or 'cudnn'
-      # (NVIDIA GPUs, bf16 compute; docs/performance.md measures it).
+      # jax.nn.dot_product_attention's implementation: 'auto' (cuDNN on NVIDIA GPUs in bf16,
+      # XLA elsewhere: `attention_kernel()`), 'xla', or 'cudnn' (docs/performance.md).
       attention_kernel='auto',
       dtype='float32',  # Compute dtype; parameters and optimiser state stay float32.
       remat=False,
@@ -191,6 +191,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if m.get('attention_kernel') == 'cudnn' and m['dtype'] != 'bfloat16':
     raise ConfigError('model.attention_kernel', 'cudnn',
                       f'needs model.dtype=bfloat16 (cuDNN attention has no {m["dtype"]} kernel)')
+  if m.get('attention_kernel') == 'cudnn' and m['posemb'] == 'relative':
+    raise ConfigError('model.attention_kernel', 'cudnn',
+                      'cannot add model.posemb=relative biases (cuDNN\'s training kernels '
+                      'refuse a bias over an odd token count); use xla')
   for kind, multiple in (('learned_2d', 2), ('sincos_2d', 4)):
     if m['posemb'] == kind and m['hidden_size'] % multiple:
       raise ConfigError('model.hidden_size', m['hidden_size'],
@@ -272,9 +276,26 @@ def build_model(m: dict, *, num_classes: int | None = None, classifier: str | No
       dtype=jnp.dtype(m['dtype']),
       posemb=m.get('posemb', 'learned_1d'),
       attention=m.get('attention', 'global'),
-      attention_kernel=None if m.get('attention_kernel', 'auto') == 'auto'
-      else m['attention_kernel'],
+      attention_kernel=attention_kernel(m),
   )
+
+
+def attention_kernel(m: dict, platform: str | None = None) -> str | None:
+  """jax.nn.dot_product_attention's implementation for `model.attention_kernel`.
+
+  'auto' takes cuDNN's fused attention where it was measured to win: NVIDIA GPUs computing in
+  bfloat16 without a logits bias (ViT-B/16 on an H200: 1.31x the images/s and 26% less step
+  memory than XLA's attention, docs/performance.md); XLA's everywhere else (CPU, TPU).
+  `platform` is the one the step will run on (default: this process's).
+  """
+  kernel = m.get('attention_kernel', 'auto')
+  if kernel != 'auto':
+    return kernel
+  import jax
+  platform = platform or jax.default_backend()
+  if platform == 'gpu' and m['dtype'] == 'bfloat16' and m.get('posemb') != 'relative':
+    return 'cudnn'
+  return None
 
 
 def token_grid(config: ml_collections.ConfigDict, m: dict) -> tuple[int, int]:

@@ -129,6 +129,8 @@ def objective_pieces(config, m: dict, objective: str):
 def compile_step(config, devices, objective: str):
   """The trainers' jitted step, lowered and compiled for `devices`; (compiled, mesh, params)."""
   m = config_lib.validate(config, num_devices=len(devices))
+  if m.get('attention_kernel', 'auto') == 'auto':
+    m = dict(m, attention_kernel='xla')  # The target is a TPU, whatever this host is.
   init_params, loss_fn = objective_pieces(config, m, objective)
   task = sharded.Task(init_params=init_params, loss_fn=loss_fn, train_data=None)
   mesh = sharding.make_mesh(config.mesh, devices)

@@ -186,6 +186,18 @@ def axial_attention(q: Array, k: Array, v: Array, grid: Sequence[int], axis: str
   return y
 
 
+def attention_padded_to_even(q: Array, k: Array, v: Array, implementation: Optional[str]
+                             ) -> Array:
+  """Attention over an odd number of tokens (ViT's 1 + 14 * 14 = 197) computed on one more,
+  masked out: cuDNN's fused training kernels refuse odd sequence lengths."""
+  b, t = q.shape[:2]
+  pad = lambda a: jnp.pad(a, ((0, 0), (0, 1), (0, 0), (0, 0)))
+  lengths = jnp.full((b,), t, jnp.int32)
+  y = jax.nn.dot_product_attention(pad(q), pad(k), pad(v), query_seq_lengths=lengths,
+                                   key_value_seq_lengths=lengths, implementation=implementation)
+  return y[:, :t]
+
+
 class MultiHeadDotProductAttention(nn.Module):
   """Self-attention with the parameter layout of `flax.linen.MultiHeadDotProductAttention`.
 
@@ -232,7 +244,10 @@ class MultiHeadDotProductAttention(nn.Module):
       y = jnp.einsum('bhqk,bkhd->bqhd', weights, v)
     else:
       bias = None if logits_bias is None else logits_bias.astype(q.dtype)
-      y = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.kernel)
+      if self.kernel == 'cudnn' and bias is None and q.shape[1] % 2:
+        y = attention_padded_to_even(q, k, v, 'cudnn')
+      else:
+        y = jax.nn.dot_product_attention(q, k, v, bias=bias, implementation=self.kernel)
     out = nn.DenseGeneral(width, axis=(-2, -1), dtype=self.dtype, name='out',
                           kernel_init=_logical(_xavier, ('heads', 'kv', 'embed')),
                           bias_init=_logical(nn.initializers.zeros, ('embed',)))
