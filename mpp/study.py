@@ -160,11 +160,20 @@ def _check_same_config(workdir: str, config: ml_collections.ConfigDict) -> None:
     return
   with open(path) as f:
     saved = json.load(f)
-  if saved != wanted:
-    diff = sorted(k for k in set(_flat(saved)) | set(_flat(wanted))
-                  if _flat(saved).get(k) != _flat(wanted).get(k))
+  diff = _differences(saved, wanted)
+  if diff:
     raise UserError(f'{workdir}: ran with another config (differs in {", ".join(diff[:5])}); '
                     f'use another --workdir or delete that run')
+
+
+def _differences(saved: dict, wanted: dict) -> list[str]:
+  """Keys whose values differ; a key the saved run predates counts as equal at its default
+  (a config key added later, e.g. model.attention_kernel, must not orphan finished runs)."""
+  old, new = _flat(saved), _flat(wanted)
+  defaults = _flat(json.loads(config_lib.defaults().to_json()))
+  missing = object()
+  return sorted(k for k in set(old) | set(new) if old.get(k, missing) != new.get(k, missing)
+                and not (k not in old and new[k] == defaults.get(k, missing)))
 
 
 def _flat(d: dict, prefix: str = '') -> dict:
@@ -232,6 +241,9 @@ def run_variant(study, variant: Variant, seed: int, workdir: str, title: str,
 def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   """Runs (or skips) every variant x seed; returns {variant name: [result per seed]}."""
   study = settings(config)
+  # Fine-tuning configs name their pretraining's path: one spelling of the workdir (relative,
+  # absolute, through a link) lets a rerun recognise its finished runs.
+  workdir = os.path.realpath(workdir)
   plan = [(v, s) for v in variants(study) for s in study.seeds]
   results: dict[str, list] = {}
   start = time.time()

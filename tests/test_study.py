@@ -65,7 +65,17 @@ def test_tiny_study_writes_the_table_and_resumes(tmp_path, capsys):
   np.testing.assert_allclose(means[0], 100 * report.finetuned_accuracy(results['scratch'][0]))
 
   capsys.readouterr()
-  again = study.run_study(config, workdir)  # Everything finished: nothing is retrained.
+  # Everything finished: nothing is retrained, also when the workdir is named another way
+  # (the fine-tuning configs hold the pretraining path).
+  os.symlink(workdir, str(tmp_path / 'link'))
+  # A run saved before a config key existed is the same run at that key's default.
+  saved_path = os.path.join(workdir, 'scratch', 'seed0', 'finetune', study.RUN_CONFIG_FILE)
+  with open(saved_path) as f:
+    saved = json.load(f)
+  del saved['model']['attention_kernel']
+  with open(saved_path, 'w') as f:
+    json.dump(saved, f)
+  again = study.run_study(config, os.path.relpath(str(tmp_path / 'link')))
   out = capsys.readouterr().out
   assert out.count('done before, skipped') == 4 and 'batch contract' not in out
   assert json.dumps(again, sort_keys=True) == json.dumps(results, sort_keys=True)
