@@ -2,8 +2,10 @@
 
 Per image, round(rate * N) of the N patches are chosen uniformly without replacement. Each chosen
 patch is, independently as in BERT, replaced by the learned [mask] embedding (80%), by another
-patch embedding drawn from the whole batch (10%), or kept as it is (10%): the model must predict
-all of them, so it cannot tell from the input which patches it will be asked about.
+patch embedding (10%), or kept as it is (10%): the model must predict all of them, so it cannot
+tell from the input which patches it will be asked about. The other patch is drawn from the
+whole batch, or with `within_image` from the same image: on a sharded batch a draw from the
+whole batch all-gathers every device's patch embeddings, one from the same image stays local.
 Everything is drawn from one jax.random key, so the same key gives the same corruption.
 """
 from __future__ import annotations
@@ -19,6 +21,8 @@ class Corruption:
   masked: jax.Array     # bool [B, N]: replaced by the [mask] embedding.
   replaced: jax.Array   # bool [B, N]: replaced by the patch at `source`.
   source: jax.Array     # int32 [B, N]: flat index into the batch's B*N patches, never itself.
+  # All sources lie in their own image: `apply` then gathers along the patches only.
+  within_image: bool = flax.struct.field(pytree_node=False, default=False)
 
 
 def num_corrupted(num_patches: int, rate: float) -> int:
@@ -26,7 +30,8 @@ def num_corrupted(num_patches: int, rate: float) -> int:
 
 
 def sample(rng: jax.Array, batch: int, num_patches: int, *, rate: float = 0.5,
-           mask_fraction: float = 0.8, random_fraction: float = 0.1) -> Corruption:
+           mask_fraction: float = 0.8, random_fraction: float = 0.1,
+           within_image: bool = False) -> Corruption:
   choose_rng, kind_rng, source_rng = jax.random.split(rng, 3)
   k = num_corrupted(num_patches, rate)
   # The ranks of i.i.d. uniform noise are a uniformly random permutation of each row.
@@ -36,18 +41,30 @@ def sample(rng: jax.Array, batch: int, num_patches: int, *, rate: float = 0.5,
   u = jax.random.uniform(kind_rng, (batch, num_patches))
   masked = corrupted & (u < mask_fraction)
   replaced = corrupted & (u >= mask_fraction) & (u < mask_fraction + random_fraction)
-  total = batch * num_patches
-  own = jnp.arange(total, dtype=jnp.int32).reshape(batch, num_patches)
-  # Uniform over the other total-1 patches: draw from [0, total-1) and skip one's own index.
-  other = jax.random.randint(source_rng, (batch, num_patches), 0, max(total - 1, 1), jnp.int32)
-  source = jnp.where(other >= own, other + 1, other) if total > 1 else own
-  return Corruption(corrupted=corrupted, masked=masked, replaced=replaced, source=source)
+  # Uniform over the other patches (of the batch, or of the image): draw from one fewer and
+  # skip one's own index.
+  own = jnp.arange(batch * num_patches, dtype=jnp.int32).reshape(batch, num_patches)
+  if within_image:
+    own_in_image = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), own.shape)
+    other = jax.random.randint(source_rng, own.shape, 0, max(num_patches - 1, 1), jnp.int32)
+    other = jnp.where(other >= own_in_image, other + 1, other) if num_patches > 1 else own_in_image
+    source = own - own_in_image + other
+  else:
+    total = batch * num_patches
+    other = jax.random.randint(source_rng, own.shape, 0, max(total - 1, 1), jnp.int32)
+    source = jnp.where(other >= own, other + 1, other) if total > 1 else own
+  return Corruption(corrupted=corrupted, masked=masked, replaced=replaced, source=source,
+                    within_image=within_image)
 
 
 def apply(embeddings: jax.Array, corruption: Corruption, mask_embedding: jax.Array
           ) -> jax.Array:
   """[B, N, D] patch embeddings -> the corrupted ones the encoder sees."""
   b, n, d = embeddings.shape
-  others = embeddings.reshape(b * n, d)[corruption.source.reshape(-1)].reshape(b, n, d)
+  if corruption.within_image:  # A gather along each image's patches: no cross-device traffic.
+    in_image = corruption.source - n * jnp.arange(b, dtype=jnp.int32)[:, None]
+    others = jnp.take_along_axis(embeddings, in_image[..., None], axis=1)
+  else:
+    others = embeddings.reshape(b * n, d)[corruption.source.reshape(-1)].reshape(b, n, d)
   x = jnp.where(corruption.replaced[..., None], others, embeddings)
   return jnp.where(corruption.masked[..., None], mask_embedding.astype(x.dtype), x)

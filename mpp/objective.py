@@ -57,12 +57,14 @@ class Spec:
   rate: float
   mask_fraction: float
   random_fraction: float
+  random_source: str = 'batch'
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, m: dict) -> 'Spec':
     c = config.mpp
     return cls(c.target, tuple(m['patches']['size']), config.data.channels, c.bits, c.grid,
-               c.normalize_pixels, c.corruption_rate, c.mask_fraction, c.random_fraction)
+               c.normalize_pixels, c.corruption_rate, c.mask_fraction, c.random_fraction,
+               c.get('random_source', 'batch'))
 
   @property
   def output_shape(self) -> tuple[int, ...]:
@@ -134,7 +136,8 @@ def sample_corruption(spec: Spec, rng: jax.Array, images: jax.Array
   gw = images.shape[2] // spec.patch_size[1]
   return corruption_lib.sample(rng, images.shape[0], gh * gw, rate=spec.rate,
                                mask_fraction=spec.mask_fraction,
-                               random_fraction=spec.random_fraction)
+                               random_fraction=spec.random_fraction,
+                               within_image=spec.random_source == 'image')
 
 
 def forward(model: MppModel, spec: Spec, params, images: jax.Array, rng: jax.Array,

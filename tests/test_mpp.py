@@ -113,6 +113,20 @@ def test_corruption_statistics():
   np.testing.assert_array_equal(low.corrupted.sum(-1), round(0.15 * n))
 
 
+def test_sources_within_the_image_stay_there_and_apply_like_flat_indices():
+  batch, n = 16, 9
+  c = corruption_lib.sample(jax.random.key(2), batch, n, rate=0.9, mask_fraction=0.0,
+                            random_fraction=1.0, within_image=True)
+  source, own = np.asarray(c.source), np.arange(batch * n).reshape(batch, n)
+  assert np.all(source // n == own // n) and not np.any(source == own)
+  assert len(np.unique(source % n)) == n  # Every position of the image can be drawn.
+  emb = jax.random.normal(jax.random.key(0), (batch, n, 5))
+  flat = np.asarray(emb).reshape(batch * n, 5)
+  out = np.asarray(corruption_lib.apply(emb, c, jnp.zeros(5)))
+  replaced = np.asarray(c.replaced)
+  np.testing.assert_array_equal(out[replaced], flat[source[replaced]])
+
+
 def test_corruption_is_deterministic_in_the_rng():
   a = corruption_lib.sample(jax.random.key(7), 8, 16)
   b = corruption_lib.sample(jax.random.key(7), 8, 16)
@@ -197,6 +211,7 @@ def test_panels_show_mask_and_keep_uncorrupted_patches():
     ('corruption_rate', 0.0, 'must be in (0, 1]'),
     ('random_fraction', 0.3, 'exceeds 1'),
     ('grid', 3, 'must divide the patch size'),
+    ('random_source', 'device', 'must be batch or image'),
 ])
 def test_config_errors_name_the_key(key, value, message):
   config = fashion_mnist.get_config()

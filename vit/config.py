@@ -110,6 +110,9 @@ def defaults() -> ml_collections.ConfigDict:
       corruption_rate=0.5,
       mask_fraction=0.8,
       random_fraction=0.1,
+      # Where a randomly replaced patch comes from: 'batch' (any image) or 'image' (the same
+      # image; no all-gather of the batch's embeddings across devices, for pods).
+      random_source='batch',
       bits=3,
       grid=4,
       normalize_pixels=False,
@@ -237,6 +240,8 @@ def _check_mpp(mpp: ml_collections.ConfigDict, m: dict) -> None:
   for key in ('mask_fraction', 'random_fraction'):
     if not 0.0 <= mpp[key] <= 1.0:
       raise ConfigError(f'mpp.{key}', mpp[key], 'must be in [0, 1]')
+  if mpp.get('random_source', 'batch') not in ('batch', 'image'):
+    raise ConfigError('mpp.random_source', mpp.random_source, 'must be batch or image')
   if mpp.mask_fraction + mpp.random_fraction > 1.0:
     raise ConfigError('mpp.random_fraction', mpp.random_fraction,
                       f'plus mpp.mask_fraction={mpp.mask_fraction} exceeds 1')
