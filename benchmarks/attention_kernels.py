@@ -4,8 +4,9 @@
 
 Builds the model twice in bfloat16, with `attention_kernel='xla'` and `'cudnn'` (same
 parameters), and prints as JSON the largest differences of the encoded tokens and of the
-gradient of a loss on them, each relative to the largest magnitude of the XLA result. bfloat16 keeps 8 bits of
-mantissa, so agreement is about 1e-2, not 1e-6. Run it before timing `--variants=bf16_cudnn`.
+gradient of a loss on them, each relative to the largest magnitude of the XLA result.
+bfloat16 keeps 8 bits of mantissa, so agreement is about 1e-2, not 1e-6. Run it before timing
+`--variants=bf16_cudnn`.
 """
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Our train step, as the trainers run it, for benchmarks/train_step.py.
 
 The step is `vit.training.sharded.jit_train_step` on state from `sharded.create_state`
-(sharded init, donated state), with the supervised or MPP objective's own loss: what `supervised.train` and
-`mpp.train` execute, minus the input pipeline (the batch is a fixed device array). Variants
-change one thing each, to measure what an optimisation gives (docs/performance.md).
+(sharded init, donated state), with the supervised or MPP objective's own loss: what
+`supervised.train` and `mpp.train` execute, minus the input pipeline (the batch is a fixed
+device array). Variants change one thing each, to measure what an optimisation gives
+(docs/performance.md).
 """
 from __future__ import annotations
 

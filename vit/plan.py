@@ -3,8 +3,8 @@
     python -m vit.plan --config configs/mpp/imagenet.py --topology v5p:4x4x4 [--config.x=...]
 
 libtpu describes a pod slice on any host (`jax.experimental.topologies`); the train step that
-the trainers run (the same Task pieces, `sharded.create_state`, `sharded.jit_train_step`) is compiled
-for it from shapes alone, and XLA's own numbers are reported: HBM per device (arguments,
+the trainers run (the same Task pieces, `sharded.create_state`, `sharded.jit_train_step`) is
+compiled for it from shapes alone, and XLA's own numbers are reported: HBM per device (arguments,
 outputs, temporaries) against the chip's, FLOPs per step, and a roofline step time:
 max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) per device. Communication is not in the
 roofline, so the step time is a lower bound and the MFU an upper bound.

@@ -276,7 +276,8 @@ class Encoder1DBlock(nn.Module):
     y = ln('LayerNorm_0')(x)
     y = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
                                      axis=self.attention_axis, grid=self.grid,
-                                     kernel=self.attention_kernel, name='MultiHeadDotProductAttention_1')(
+                                     kernel=self.attention_kernel,
+                                     name='MultiHeadDotProductAttention_1')(
                                          y, deterministic=deterministic, logits_bias=logits_bias)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     x = x + y
@@ -331,7 +332,8 @@ class Encoder(nn.Module):
                       self.attention_dropout_rate, self.gelu_approximate,
                       self.layer_norm_epsilon, self.dtype, attention_axis=axis,
                       grid=None if axis is None else tuple(self.grid),
-                      attention_kernel=self.attention_kernel, name=f'encoderblock_{i}{suffix}')(x, not train, **kwargs)
+                      attention_kernel=self.attention_kernel,
+                      name=f'encoderblock_{i}{suffix}')(x, not train, **kwargs)
     return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm',
                         scale_init=_logical(nn.initializers.ones, ('embed',)),
                         bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
@@ -388,7 +390,8 @@ class VisionTransformer(nn.Module):
     x = Encoder(self.num_layers, self.mlp_dim, self.num_heads, self.dropout_rate,
                 self.attention_dropout_rate, self.gelu_approximate, self.layer_norm_epsilon,
                 self.remat, self.dtype, posemb=self.posemb, attention=self.attention,
-                grid=(h, w), attention_kernel=self.attention_kernel, name='Transformer')(x, train=train)
+                grid=(h, w), attention_kernel=self.attention_kernel,
+                name='Transformer')(x, train=train)
     if self.classifier == 'unpooled':
       return x
     x = x[:, 0] if self.classifier == 'token' else jnp.mean(x, axis=1)
