@@ -212,7 +212,7 @@ def run(args) -> dict:
       results += [_summary(w, *w.stop()) for w in workers]
     matmul.stop()
   peak = max(peaks)
-  published = next((f for name, f in GPU_PEAK_BF16_FLOPS if name in kind), None)
+  published = published_peak(kind)
   for result in results:
     if 'train_gflops_s' in result:
       result['fraction_of_matmul_peak'] = result['train_gflops_s'] / peak
@@ -223,6 +223,11 @@ def run(args) -> dict:
           'matmul': '8192^3 bfloat16' if args.device == 'gpu' else '2048^3 float32',
           'matmul_peak_gflops_s': peak, 'matmul_gflops_s_per_round': peaks,
           'rounds': args.rounds, 'results': results}
+
+
+def published_peak(device_kind: str) -> Optional[float]:
+  """The published dense bf16 FLOP/s of a GPU named `device_kind`; None if not listed."""
+  return next((f for name, f in GPU_PEAK_BF16_FLOPS if name in device_kind), None)
 
 
 def _build_worker(ctx, case: Case, results: list) -> Optional[_Worker]:

@@ -41,20 +41,23 @@ def sample(rng: jax.Array, batch: int, num_patches: int, *, rate: float = 0.5,
   u = jax.random.uniform(kind_rng, (batch, num_patches))
   masked = corrupted & (u < mask_fraction)
   replaced = corrupted & (u >= mask_fraction) & (u < mask_fraction + random_fraction)
-  # Uniform over the other patches (of the batch, or of the image): draw from one fewer and
-  # skip one's own index.
   own = jnp.arange(batch * num_patches, dtype=jnp.int32).reshape(batch, num_patches)
   if within_image:
     own_in_image = jnp.broadcast_to(jnp.arange(num_patches, dtype=jnp.int32), own.shape)
-    other = jax.random.randint(source_rng, own.shape, 0, max(num_patches - 1, 1), jnp.int32)
-    other = jnp.where(other >= own_in_image, other + 1, other) if num_patches > 1 else own_in_image
-    source = own - own_in_image + other
+    source = own - own_in_image + _other_index(source_rng, own_in_image, num_patches)
   else:
-    total = batch * num_patches
-    other = jax.random.randint(source_rng, own.shape, 0, max(total - 1, 1), jnp.int32)
-    source = jnp.where(other >= own, other + 1, other) if total > 1 else own
+    source = _other_index(source_rng, own, batch * num_patches)
   return Corruption(corrupted=corrupted, masked=masked, replaced=replaced, source=source,
                     within_image=within_image)
+
+
+def _other_index(rng: jax.Array, own: jax.Array, count: int) -> jax.Array:
+  """Uniform over [0, count) without `own` (`own` itself when count is 1): a draw from one
+  fewer that skips one's own index."""
+  if count == 1:
+    return own
+  other = jax.random.randint(rng, own.shape, 0, count - 1, jnp.int32)
+  return jnp.where(other >= own, other + 1, other)
 
 
 def apply(embeddings: jax.Array, corruption: Corruption, mask_embedding: jax.Array

@@ -37,17 +37,18 @@ def _report(device, kind):
             'train_img_s': 2700.0, 'infer_img_s': 7700.0, 'train_gflops_s': 285_000.0,
             'fraction_of_matmul_peak': 0.45, 'peak_rss_bytes': 3 * 2 ** 30,
             'peak_device_bytes': 2 ** 31, 'mfu_published_bf16_peak': 0.288}
-  peak = next((f for n, f in train_step.GPU_PEAK_BF16_FLOPS if n in kind), None)
-  return {'device': device, 'device_kind': kind, 'published_bf16_peak_flops': peak,
+  return {'device': device, 'device_kind': kind,
+          'published_bf16_peak_flops': train_step.published_peak(kind),
           'matmul': '8192^3 bfloat16', 'matmul_peak_gflops_s': 633_000.0,
           'results': [result, {'case': case.__dict__, 'error': 'NotImplementedError: no'}]}
 
 
 def test_published_peak_lookup_prefers_the_specific_part():
   peaks = dict(train_step.GPU_PEAK_BF16_FLOPS)
-  first = lambda kind: next(f for n, f in train_step.GPU_PEAK_BF16_FLOPS if n in kind)
-  assert first('NVIDIA H100 PCIe') == peaks['H100 PCIe'] == 756e12
-  assert first('NVIDIA H100 80GB HBM3') == first('NVIDIA H200') == 989.4e12
+  assert train_step.published_peak('NVIDIA H100 PCIe') == peaks['H100 PCIe'] == 756e12
+  assert (train_step.published_peak('NVIDIA H100 80GB HBM3')
+          == train_step.published_peak('NVIDIA H200') == 989.4e12)
+  assert train_step.published_peak('cpu') is None
 
 
 def test_gpu_table_has_the_mfu_column_and_the_device():
