@@ -28,6 +28,8 @@ VARIANTS = {
     'bf16_xla': 'bf16 with XLA\'s attention (model.attention_kernel=xla)',
     'bf16_cudnn': 'bf16 with cuDNN fused attention (model.attention_kernel=cudnn; NVIDIA GPUs)',
     'remat': 'model.remat=True (recompute each block in the backward pass)',
+    'no_xla_defaults': 'XLA\'s own CPU defaults, without the flags of vit.xla_flags.DEFAULTS',
+    'no_heap_trim': 'the heap XLA\'s compiler frees is not handed back (vit.host_memory)',
 }
 
 

@@ -32,6 +32,8 @@ import sys
 import time
 from typing import Optional
 
+from vit import xla_flags
+
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -98,6 +100,14 @@ def _serve(conn, case: Case) -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   if case.variant.startswith('xla:'):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + case.variant[4:]).strip()
+  # What the trainers start with (vit.cli.run), unless the variant leaves it out. The matmul
+  # yardstick keeps XLA's own defaults: its YNNPACK dot is the faster big matmul (497 vs 459
+  # GFLOP/s on the CI machine), and a peak should be the best the machine gives.
+  if case.framework != 'matmul' and case.variant != 'no_xla_defaults':
+    xla_flags.apply_defaults()
+  if case.framework in ('jax', 'matmul') and case.variant != 'no_heap_trim':
+    from vit import host_memory  # Imports jax (not in a PyTorch worker): after XLA_FLAGS.
+    host_memory.release_after_compiles()
   try:
     runner, info = _build(case)
   except Exception as e:  # A peer not installed or unable to run this shape: say so, go on.

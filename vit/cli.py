@@ -9,7 +9,7 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit import distributed
+from vit import distributed, host_memory, xla_flags
 from vit.errors import UserError
 
 
@@ -35,6 +35,8 @@ def define_config_flags(default_config: str | None = None, workdir_required: boo
 def run(main: Callable[[list[str]], None]) -> None:
   """absl's app.run, with UserError printed as one line (no traceback) and exit status 2."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  xla_flags.apply_defaults()  # Before anything starts a backend: XLA reads them once.
+  host_memory.release_after_compiles()
   # A persistent compilation cache: a resumed run, `make demo` again or the next fine-tuning
   # reuse compiled steps (31.8 s -> 5.1 s in docs/performance.md). JAX_COMPILATION_CACHE_DIR
   # chooses another place; an empty value turns it off.

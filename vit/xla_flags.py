@@ -1,0 +1,37 @@
+"""XLA flags every entry point starts with, unless the user's XLA_FLAGS already sets them.
+
+XLA reads XLA_FLAGS once, when the first backend starts, so `apply_defaults()` must run before
+any array is made (`vit.cli.run` calls it first thing; benchmark workers do too).
+Only CPU flags so far: GPUs and TPUs ignore them.
+"""
+from __future__ import annotations
+
+import os
+from typing import MutableMapping
+
+# Each measured in docs/performance.md ("XLA's CPU flags"), ViT-Ti/16 and tiny-28 train steps on
+# the 2-core AVX-512 CI machine, jax 0.10.2.
+DEFAULTS = {
+    # XLA's CPU backend hands dots and element-wise chains to YNNPACK by default. On a ViT step
+    # that runs slower (0.87x the images/s of XLA's own emitters) and needs a third more memory:
+    # the library fusions cut XLA's own fusion and buffer reuse apart.
+    'xla_cpu_experimental_ynn_fusion_type': '',
+    # Orders the step's ops to keep fewer activations alive at once: less memory, same speed.
+    'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
+}
+
+
+def _names(xla_flags: str) -> set[str]:
+  return {part.lstrip('-').split('=', 1)[0] for part in xla_flags.split()}
+
+
+def with_defaults(xla_flags: str) -> str:
+  """`xla_flags` plus each default it does not set already (the user's value wins)."""
+  given = _names(xla_flags)
+  extra = [f'--{name}={value}' for name, value in DEFAULTS.items() if name not in given]
+  return ' '.join([xla_flags.strip()] + extra).strip()
+
+
+def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
+  """Adds the defaults to environ['XLA_FLAGS']; call before JAX starts a backend."""
+  environ['XLA_FLAGS'] = with_defaults(environ.get('XLA_FLAGS', ''))
