@@ -149,6 +149,38 @@ def test_padding_an_odd_sequence_for_cudnn_changes_nothing():
                              grad(lambda q: jax.nn.dot_product_attention(q, k, v)), atol=1e-6)
 
 
+def test_gelu_tanh_is_nn_gelu_with_the_same_gradient():
+  from vit.models.gelu import gelu_tanh
+  reference = lambda x: nn.gelu(x, approximate=True)
+  x = jnp.linspace(-8.0, 8.0, 2001)
+  np.testing.assert_array_equal(gelu_tanh(x), reference(x))
+  np.testing.assert_allclose(jax.vmap(jax.grad(gelu_tanh))(x),
+                             jax.vmap(jax.grad(reference))(x), atol=1e-5)
+  xb = x.astype(jnp.bfloat16)  # The backward pass computes in float32 and returns x's dtype.
+  grad_b = jax.vmap(jax.grad(gelu_tanh))(xb)
+  assert grad_b.dtype == jnp.bfloat16
+  np.testing.assert_allclose(grad_b.astype(jnp.float32), jax.vmap(jax.grad(reference))(
+      xb.astype(jnp.float32)), atol=2e-2)
+
+
+def test_gelu_tanh_backward_keeps_less_than_nn_gelus():
+  # What it is for: XLA must not keep tanh(u) of every layer for the backward pass.
+  from vit.models.gelu import gelu_tanh
+  tokens, width, layers = 512, 256, 6
+
+  def temp_bytes(act):
+    def loss(ws, x):
+      for w1, w2 in ws:
+        x = x + act(x @ w1) @ w2
+      return jnp.sum(x ** 2)
+    ws = [(jnp.ones((64, width)), jnp.ones((width, 64)))] * layers
+    step = jax.jit(jax.grad(loss)).lower(ws, jnp.ones((tokens, 64))).compile()
+    return step.memory_analysis().temp_size_in_bytes
+
+  saved = temp_bytes(lambda x: nn.gelu(x, approximate=True)) - temp_bytes(gelu_tanh)
+  assert saved >= 3 * tokens * width * 4, saved  # 4 of the 6 layers' tanh tensors today.
+
+
 def test_hybrid_uses_the_resnet_feature_map():
   from vit.models.resnet import ResNetConfig
   model = tiny(patch_size=(1, 1), resnet=ResNetConfig((1, 1)))

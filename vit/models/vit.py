@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vit.models import resnet
+from vit.models.gelu import gelu_tanh
 
 Array = jax.Array
 Dtype = Any
@@ -131,7 +132,7 @@ class MlpBlock(nn.Module):
                  kernel_init=_logical(_xavier, ('embed', 'mlp')),
                  bias_init=_logical(_mlp_bias, ('mlp',)))(x)
     # Official checkpoints use the tanh approximation; Hugging Face ViT uses the exact erf GELU.
-    y = nn.gelu(y, approximate=self.gelu_approximate)
+    y = gelu_tanh(y) if self.gelu_approximate else nn.gelu(y, approximate=False)
     y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
     y = nn.Dense(width, dtype=self.dtype, name='Dense_1',
                  kernel_init=_logical(_xavier, ('mlp', 'embed')),
