@@ -347,8 +347,8 @@ def parse_args(argv=None):
                  help='PyTorch peers to time alongside (skipped when not installed)')
   p.add_argument('--variants', type=_csv('variant'), default=['base'],
                  help='our step\'s variants: base, no_donate, sync_every_step, '
-                      'einsum_attention, bf16, bf16_xla, bf16_cudnn, remat, or xla:FLAGS '
-                      '(docs/performance.md)')
+                      'einsum_attention, bf16, bf16_xla, bf16_cudnn, remat, no_xla_defaults, '
+                      'no_heap_trim, or xla:FLAGS (docs/performance.md)')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',
                  help='gpu: JAX on CUDA, peers in bf16 autocast, workers one at a time')

@@ -66,3 +66,12 @@ def test_cpu_table_reports_rss_and_no_mfu():
   lines = train_step.table(_report('cpu', 'cpu')).splitlines()
   assert 'MFU' not in lines[0] and 'peak RSS MiB' in lines[0]
   assert lines[2].split('|')[6] == ' 3072 '
+
+
+def test_help_names_every_variant_of_our_step(capsys):
+  from benchmarks import jax_step
+  with pytest.raises(SystemExit):
+    train_step.parse_args(['--help'])
+  help_text = ' '.join(capsys.readouterr().out.split())
+  for variant in jax_step.VARIANTS:
+    assert variant in help_text, variant
