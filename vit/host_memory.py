@@ -3,7 +3,7 @@
 Compiling a ViT train step on the CPU leaves a few hundred MB of freed heap that glibc keeps for
 reuse; the step's activations, large blocks, are mapped fresh on top of it, so the process's
 peak RSS carries both. `malloc_trim(0)` after each compilation returns it (ViT-Ti/16 at batch
-32: peak RSS 2.17 -> 1.91 GiB, docs/performance.md). Without glibc this does nothing.
+32: peak RSS 2263 -> 2001 MiB, docs/performance.md run J). Without glibc this does nothing.
 """
 from __future__ import annotations
 

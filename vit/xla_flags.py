@@ -9,14 +9,15 @@ from __future__ import annotations
 import os
 from typing import MutableMapping
 
-# Each measured in docs/performance.md ("XLA's CPU flags"), ViT-Ti/16 and tiny-28 train steps on
-# the 2-core AVX-512 CI machine, jax 0.10.2.
+# Measured in docs/performance.md (run J): ViT-Ti/16 and tiny-28 train steps on the 2-core
+# AVX-512 CI machine, jax 0.10.2.
 DEFAULTS = {
-    # XLA's CPU backend hands dots and element-wise chains to YNNPACK by default. On a ViT step
-    # that runs slower (0.87x the images/s of XLA's own emitters) and needs a third more memory:
-    # the library fusions cut XLA's own fusion and buffer reuse apart.
+    # XLA's CPU backend hands dots and element-wise chains to YNNPACK by default. A ViT step then
+    # runs at 0.85x the images/s of XLA's own emitters and needs 1.5x the memory (Ti/16): the
+    # library fusions cut XLA's own fusions apart and more buffers are materialised.
     'xla_cpu_experimental_ynn_fusion_type': '',
-    # Orders the step's ops to keep fewer activations alive at once: less memory, same speed.
+    # Orders ops to keep fewer activations alive at once: Ti/16 1412 vs 1577 MiB and 1.04x the
+    # speed; tiny-28 0.95x. Kept for the memory.
     'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
 }
 
