@@ -30,7 +30,6 @@ VARIANTS = {
     'remat': 'model.remat=True (recompute each block in the backward pass)',
     'no_xla_defaults': 'XLA\'s own CPU defaults, without the flags of vit.xla_flags.DEFAULTS',
     'no_heap_trim': 'the heap XLA\'s compiler frees is not handed back (vit.host_memory)',
-    'no_huge_pages': 'started without glibc\'s huge-page tunable (vit.huge_pages)',
 }
 
 

@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Optional
 
-from vit import huge_pages, xla_flags
+from vit import xla_flags
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,17 +161,7 @@ class _Worker:
     self.case = case
     self.conn, child = ctx.Pipe()
     self.process = ctx.Process(target=_serve, args=(child, case), daemon=True)
-    # Every worker, peers included, starts with the huge-page tunable our trainers restart with
-    # (vit/huge_pages.py), unless the variant leaves it out: glibc reads it only at start-up.
-    saved = dict(os.environ)
-    restart_env = huge_pages.environment_for_this_machine()
-    if restart_env is not None and case.variant != 'no_huge_pages':
-      os.environ.update(restart_env)
-    try:
-      self.process.start()
-    finally:
-      os.environ.clear()
-      os.environ.update(saved)
+    self.process.start()
     child.close()  # Else a worker that dies never gives this end an EOF.
     try:
       status, self.info = self.conn.recv()
@@ -358,7 +348,7 @@ def parse_args(argv=None):
   p.add_argument('--variants', type=_csv('variant'), default=['base'],
                  help='our step\'s variants: base, no_donate, sync_every_step, '
                       'einsum_attention, bf16, bf16_xla, bf16_cudnn, remat, no_xla_defaults, '
-                      'no_heap_trim, no_huge_pages, or xla:FLAGS (docs/performance.md)')
+                      'no_heap_trim, or xla:FLAGS (docs/performance.md)')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',
                  help='gpu: JAX on CUDA, peers in bf16 autocast, workers one at a time')

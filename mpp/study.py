@@ -10,10 +10,6 @@ when `config.results_path` is set, written as Markdown with a plot beside it.
 """
 from __future__ import annotations
 
-if __name__ == '__main__':  # First thing: restarting costs milliseconds before the imports.
-  from vit import huge_pages
-  huge_pages.restart_with_huge_pages()
-
 import dataclasses
 import json
 import os

@@ -5,10 +5,6 @@ The checkpoint holds {'backbone', 'mask_embedding', 'head'}; `supervised.finetun
 """
 from __future__ import annotations
 
-if __name__ == '__main__':  # First thing: restarting costs milliseconds before the imports.
-  from vit import huge_pages
-  huge_pages.restart_with_huge_pages()
-
 import jax.numpy as jnp
 import numpy as np
 from absl import flags

@@ -10,10 +10,6 @@ checkpoint, and model keys set in the config must agree with it.
 """
 from __future__ import annotations
 
-if __name__ == '__main__':  # First thing: restarting costs milliseconds before the imports.
-  from vit import huge_pages
-  huge_pages.restart_with_huge_pages()
-
 import flax.linen as nn
 import jax
 import ml_collections

@@ -6,10 +6,6 @@ head (model.representation_size). Polyak averaging with config.ema_decay > 0.
 """
 from __future__ import annotations
 
-if __name__ == '__main__':  # First thing: restarting costs milliseconds before the imports.
-  from vit import huge_pages
-  huge_pages.restart_with_huge_pages()
-
 from absl import flags
 
 from supervised import objective
