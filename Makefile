@@ -28,7 +28,7 @@ lock:
 	$(PY) -m pip install -q -r requirements.txt
 	$(PY) -m pip freeze | sed 's/^torch==\(.*\)+cpu/torch==\1/' | grep -v '^timm==' > requirements.lock
 
-# Bazel 4.2.3 from Debian, offline (README "## Bazel"). Installs the packages only when missing;
+# Bazel 4.2.3 from Debian, offline (docs/guides/bazel.md). Installs the packages only when missing;
 # the --override_repository paths must be absolute, so they are written here for this checkout.
 BAZEL_DEBS := bazel-bootstrap bazel-platforms bazel-skylib bazel-rules-java
 bazel-setup:
@@ -53,7 +53,7 @@ bazel-test: setup bazel-setup
 	    --config.log_every=1 --config.mpp.eval_examples=16 || status=$$?; \
 	bazel shutdown; rm -rf $$workdir; exit $$status
 
-# Our train step vs timm and transformers (README "## Performance", docs/performance.md).
+# Our train step vs timm and transformers (docs/guides/performance.md, docs/performance.md).
 # timm stays out of requirements.lock (see `lock`): installed with deps it pulls a CUDA torch.
 BENCH_ARGS ?=
 bench: setup
