@@ -18,11 +18,10 @@ import numpy as np
 from absl import flags
 
 from vit import cli, config as config_lib, init_spec
-from vit.data import transforms
+from vit.data import decoding, transforms
 from vit.errors import UserError
 from vit.preprocess import to_model_input
 
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 TOP_K = 5
 
 
@@ -48,20 +47,13 @@ def read_images(path: str) -> tuple[list[np.ndarray], list[str]]:
 
 
 def _read_directory(path: str) -> tuple[list[np.ndarray], list[str]]:
-  from PIL import Image, UnidentifiedImageError
-  names = sorted(f for f in os.listdir(path) if f.lower().endswith(IMAGE_SUFFIXES))
+  names, hidden = decoding.images_in(path)
+  if hidden:
+    print(f'--images {path}: skipped {len(hidden)} hidden entries ({", ".join(hidden[:3])}'
+          f'{", ..." if len(hidden) > 3 else ""})', flush=True)
   if not names:
-    raise UserError(f'--images {path}: no image files ({", ".join(IMAGE_SUFFIXES)})')
-  images = []
-  for name in names:
-    try:
-      with Image.open(os.path.join(path, name)) as im:
-        im = im.convert('L' if im.mode in ('L', 'I;16', 'I') else 'RGB')
-        array = np.asarray(im, np.uint8)
-    except (UnidentifiedImageError, OSError) as e:
-      raise UserError(f'--images {os.path.join(path, name)}: not a readable image ({e})'
-                      ) from None
-    images.append(array[..., None] if array.ndim == 2 else array)
+    raise UserError(f'--images {path}: no image files ({", ".join(decoding.IMAGE_SUFFIXES)})')
+  images = [decoding.read_file(os.path.join(path, name)) for name in names]
   return images, names
 
 

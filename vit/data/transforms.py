@@ -6,13 +6,13 @@ device; the train step scales them (to [0, 1] for MPP targets, [-1, 1] for the m
 from __future__ import annotations
 
 import dataclasses
-import io
 from typing import Optional
 
 import grain
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from vit.data import decoding
 from vit.errors import UserError
 
 
@@ -30,27 +30,16 @@ class BadRecord(ValueError):
 
 
 def decode_image(data) -> np.ndarray:
-  """Encoded bytes (JPEG, PNG, ...) or an array -> uint8 [H, W, 1 or 3]."""
+  """Encoded bytes (JPEG, PNG, ...; see `decoding` for the modes) or an array -> uint8
+  [H, W, 1 or 3]. Raises BadRecord."""
   if isinstance(data, np.ndarray):
     if data.dtype != np.uint8 or data.ndim not in (2, 3) or 0 in data.shape:
       raise BadRecord(f'image array of {data.dtype} {data.shape} is not uint8 [H, W, C]')
     return data[..., None] if data.ndim == 2 else data
   try:
-    with Image.open(io.BytesIO(data)) as pil:
-      pil.load()  # Decodes now, so a truncated file fails here and not later.
-      if pil.mode not in ('L', 'RGB'):
-        pil = pil.convert('L' if pil.mode in ('1', 'I', 'I;16', 'F') else 'RGB')
-      image = np.asarray(pil)
-  except (OSError, ValueError, TypeError, Image.DecompressionBombError) as e:
-    raise BadRecord(f"key 'image': cannot decode the image ({decode_error(e)})") from None
-  return image[..., None] if image.ndim == 2 else image
-
-
-def decode_error(e: Exception) -> str:
-  # PIL's message for an unknown format names a BytesIO object, which tells the user nothing.
-  if isinstance(e, UnidentifiedImageError):
-    return 'not a recognised image format'
-  return str(e) or type(e).__name__
+    return decoding.decode(data)
+  except decoding.DecodeError as e:
+    raise BadRecord(f"key 'image': cannot decode the image ({e})") from None
 
 
 def check_label(label, num_classes: Optional[int]) -> np.int32:

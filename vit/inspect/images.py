@@ -6,10 +6,8 @@ from typing import Optional
 
 import numpy as np
 
-from vit.data import fashion_mnist, transforms
+from vit.data import decoding, fashion_mnist, transforms
 from vit.errors import UserError
-
-IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
 
 
 def _from_npy(path: str) -> np.ndarray:
@@ -26,17 +24,10 @@ def _from_npy(path: str) -> np.ndarray:
 
 
 def _from_dir(path: str, limit: int) -> list[np.ndarray]:
-  names = sorted(n for n in os.listdir(path) if n.lower().endswith(IMAGE_SUFFIXES))
+  names, _ = decoding.images_in(path)
   if not names:
-    raise UserError(f'--images {path}: no image files ({", ".join(IMAGE_SUFFIXES)})')
-  out = []
-  for name in names[:limit]:
-    with open(os.path.join(path, name), 'rb') as f:
-      try:
-        out.append(transforms.decode_image(f.read()))
-      except transforms.BadRecord as e:
-        raise UserError(f'--images {os.path.join(path, name)}: {e}') from None
-  return out
+    raise UserError(f'--images {path}: no image files ({", ".join(decoding.IMAGE_SUFFIXES)})')
+  return [decoding.read_file(os.path.join(path, name)) for name in names[:limit]]
 
 
 def load(path: Optional[str], size: int, channels: int, limit: int
