@@ -54,7 +54,8 @@ def test_folder_becomes_a_tfds_dataset_with_class_names(tmp_path, capsys):
   assert '100%' in capsys.readouterr().err  # The tqdm progress bar reached its end.
   source = pipeline.make_source(config_for(out), 'train')
   assert source.class_names == CLASSES and len(source) == 11
-  expected = sorted([(10 * c + i, c) for c in range(3) for i in range(3)] + [(21, 2), (22, 2)])
+  # RGBA (22, 22, 22, alpha 22) over white: round((22 * 22 + 255 * 233) / 255) = 235.
+  expected = sorted([(10 * c + i, c) for c in range(3) for i in range(3)] + [(21, 2), (235, 2)])
   assert valid_examples(config_for(out)) == expected  # Labels follow the sorted class names.
 
 
@@ -99,7 +100,8 @@ def test_bad_folders_are_named(tmp_path):
   empty = tmp_path / 'empty'
   (empty / 'cat').mkdir(parents=True)
   (empty / 'cat' / 'notes.txt').write_text('no images here')
-  with pytest.raises(UserError, match=rf'{empty}: no images \(.jpg, .jpeg, .png\)'):
+  with pytest.raises(UserError, match=rf'{empty}: no images \(.png, .jpg, .jpeg, .bmp, .gif, '
+                                      rf'.webp, .tif, .tiff\)'):
     prepare.prepare(f'folder:{empty}', str(tmp_path / 'out'))
   with pytest.raises(UserError, match=r'--source folder:/nonexistent/x: no such directory'):
     prepare.prepare('folder:/nonexistent/x', str(tmp_path / 'out'))
@@ -137,3 +139,62 @@ def test_fashion_mnist_subset(tmp_path):
   order = [int(np.flatnonzero((images[:20, ..., 0] == g).all(axis=(1, 2)))[0]) for g in got_images]
   assert sorted(order) == list(range(20))  # Lossless: every image found bit for bit.
   np.testing.assert_array_equal(got_labels, labels[order])
+
+
+def test_scan_skips_hidden_entries_follows_links_and_reports(tmp_path):
+  folder = write_folder(str(tmp_path / 'images'), per_class=1)
+  os.makedirs(f'{folder}/.ipynb_checkpoints')  # Would sort first and shift every label.
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(f'{folder}/.ipynb_checkpoints/x.png')
+  Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(f'{folder}/cat/._0.png')
+  extra = tmp_path / 'more_cats'
+  write_folder(str(extra), per_class=2)
+  os.symlink(extra / 'cat', f'{folder}/cat/linked')  # Two more cats, through a link.
+  os.symlink('..', f'{folder}/cat/linked_back')  # A loop: back to the top, cat included.
+  os.makedirs(f'{folder}/fox')
+  (tmp_path / 'images' / 'fox' / 'fox.heic').write_bytes(b'not read')
+  scan = prepare.scan_folder(folder)
+  assert scan.class_names == ('cat', 'dog', 'eel', 'fox')
+  train = scan.splits['train']
+  assert [os.path.relpath(p, folder) for p in train.items] == [
+      'cat/0.jpg', 'cat/linked/0.jpg', 'cat/linked/1.png', 'dog/0.jpg', 'eel/0.jpg']
+  assert list(train.labels) == [0, 0, 0, 1, 2]
+  assert [os.path.relpath(p, folder) for p in scan.hidden] == ['.ipynb_checkpoints', 'cat/._0.png']
+  assert scan.not_followed == [
+      f'{folder}/cat/linked_back -> {os.path.realpath(folder)} (a link loop)']
+  assert scan.empty == [f'{folder}/fox (1 other files, e.g. fox.heic)']
+  assert scan.report()[-6:] == ['4 classes:', 'label  train  class', '    0      3  cat',
+                                '    1      1  dog', '    2      1  eel', '    3      0  fox']
+
+
+def test_failed_overwrite_leaves_the_old_dataset(tmp_path, capsys):
+  folder = write_folder(str(tmp_path / 'images'), per_class=1)
+  out = str(tmp_path / 'out')
+  prepare.prepare(f'folder:{folder}', out)
+  assert 'label  train  class\n    0      1  cat\n' in capsys.readouterr().out
+  write_folder(folder, per_class=2)
+  with open(f'{folder}/dog/broken.png', 'wb') as f:
+    f.write(b'\x89PNG\r\n\x1a\n truncated')
+  with pytest.raises(UserError, match=r'dog/broken.png: cannot decode the image'):
+    prepare.prepare(f'folder:{folder}', out, overwrite=True)
+  assert len(pipeline.make_source(config_for(out), 'train')) == 3  # The old one, intact.
+  assert os.listdir(out) == [prepare.NAME]  # No staging folder left behind.
+  os.remove(f'{folder}/dog/broken.png')
+  prepare.prepare(f'folder:{folder}', out, overwrite=True)
+  assert len(pipeline.make_source(config_for(out), 'train')) == 6
+  assert os.listdir(out) == [prepare.NAME]
+
+
+def test_stored_pixels_follow_the_decoding_rules(tmp_path):
+  folder = str(tmp_path / 'images')
+  os.makedirs(f'{folder}/a')
+  Image.fromarray(np.full((8, 8), 100 * 257, np.uint16)).save(f'{folder}/a/sixteen.png')
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Rotate 90 degrees clockwise to display: stored 12 wide, shown 12 high.
+  Image.fromarray(np.full((8, 12), 50, np.uint8)).save(f'{folder}/a/turned.png', exif=exif)
+  out = str(tmp_path / 'out')
+  prepare.prepare(f'folder:{folder}', out)
+  source = pipeline.make_source(config_for(out), 'train')
+  from vit.data import transforms
+  images = [transforms.decode_image(source[i]['image']) for i in range(len(source))]
+  assert [(im.shape, int(im.min()), int(im.max())) for im in images] == [
+      ((8, 8, 1), 100, 100), ((12, 8, 1), 50, 50)]

@@ -3,15 +3,24 @@
   python -m vit.data.prepare --source folder:PATH --out DIR [--overwrite]
   python -m vit.data.prepare --source fashion_mnist --out DIR
 
-`folder:PATH` holds one sub-folder per class (JPEG/PNG files, nested folders allowed), or
+`folder:PATH` holds one sub-folder per class (image files, nested folders allowed), or
 `train/`, `validation/`, `test/` sub-folders that each hold the class folders. Labels are the
 indices of the sorted class names; the names are kept in the dataset's metadata (a TFDS
 ClassLabel). The result is a real TFDS dataset, DIR/prepared_images/1.0.0/, so training reads it
 with `--config.data.source=array_record:DIR` (or `tfds:prepared_images` with
 `--config.data.data_dir=DIR`), TFDS split syntax included (`train[:99%]`).
 
-Every image is decoded once here, so a damaged file is reported by name now rather than as a
-record index mid-training; JPEG and PNG files in RGB or grayscale are stored byte for byte.
+Scanning: hidden entries (`.ipynb_checkpoints/`, `.DS_Store`, `._x.jpg`, `__MACOSX/`) are
+skipped at every level and listed; links to folders and files are followed, and a link back to
+a folder already scanned (a loop) is listed and not followed; a class folder without images is
+listed (and keeps its label). The class list, with each class's label and image count per
+split, is printed before the conversion starts.
+
+Every image is decoded once here (`vit.data.decoding`, the rules training and predict use), so
+a damaged file is reported by name now rather than as a record index mid-training. JPEG and PNG
+files that decode as stored (L or RGB, opaque, upright) are kept byte for byte; others are
+stored as a PNG of their decoded pixels. `--overwrite` builds beside the old dataset and
+replaces it only when the new one is complete.
 """
 from __future__ import annotations
 
@@ -20,20 +29,17 @@ import dataclasses
 import functools
 import io
 import os
-import shutil
-import tempfile
 from typing import Iterator, Sequence
 
 import numpy as np
 from absl import flags
 from PIL import Image
 
-from vit import cli
-from vit.data import fashion_mnist, transforms
+from vit import atomic_write, cli
+from vit.data import decoding, fashion_mnist
 from vit.errors import UserError
 
 NAME = 'prepared_images'
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png')
 SPLIT_FOLDERS = ('train', 'validation', 'test')
 
 
@@ -44,65 +50,141 @@ class Split:
   labels: Sequence[int]
 
 
-def _images_under(folder: str) -> list[str]:
-  found = []
-  for root, dirs, files in os.walk(folder):
-    dirs.sort()
-    found += [os.path.join(root, f) for f in sorted(files)
-              if f.lower().endswith(IMAGE_EXTENSIONS)]
+@dataclasses.dataclass
+class Scan:
+  """What `scan_folder` found, and what it left out (each a list of paths, for the report)."""
+  splits: dict[str, Split]
+  class_names: tuple[str, ...]
+  hidden: list[str] = dataclasses.field(default_factory=list)
+  not_followed: list[str] = dataclasses.field(default_factory=list)  # 'PATH: why' (link loops)
+  empty: list[str] = dataclasses.field(default_factory=list)  # 'FOLDER: what is in it'
+
+  def report(self) -> list[str]:
+    """Lines for the user: what was skipped, then the classes with their images per split."""
+    lines = [f'skipped {len(self.hidden)} hidden entries: {_some(self.hidden)}'] * bool(self.hidden)
+    lines += [f'not followed: {x}' for x in self.not_followed]
+    lines += [f'class folder without images: {x}' for x in self.empty]
+    return lines + class_table(self.splits, self.class_names)
+
+
+def _some(paths: Sequence[str], shown: int = 3) -> str:
+  return ', '.join(paths[:shown]) + (f', ... ({len(paths) - shown} more)' if len(paths) > shown
+                                     else '')
+
+
+def class_table(splits: dict[str, Split], class_names: Sequence[str]) -> list[str]:
+  """'label  train  test  class' rows: the label each class name gets and its image counts."""
+  counts = {name: np.bincount(np.asarray(split.labels, np.int64), minlength=len(class_names))
+            for name, split in splits.items()}
+  header = ['label'] + list(splits)
+  widths = [max(len(h), 5) for h in header]
+  row = lambda cells: '  '.join(str(c).rjust(w) for c, w in zip(cells, widths))
+  lines = [f'{len(class_names)} classes:', row(header) + '  class']
+  for label, name in enumerate(class_names):
+    lines.append(row([label] + [int(counts[s][label]) for s in splits]) + f'  {name}')
+  return lines
+
+
+def _walk_images(folder: str, scan: Scan) -> list[str]:
+  """Image files under `folder`, sorted, files before sub-folders. Links are followed; a link
+  to the folder it is in or one above it (a loop), or to a folder already scanned, is reported
+  in `scan.not_followed` instead."""
+  found, others, visited = [], [], set()
+
+  def walk(directory: str):
+    here = os.path.realpath(directory)
+    visited.add(here)
+    subfolders = []
+    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+      if decoding.is_hidden(entry.name):
+        scan.hidden.append(entry.path)
+      elif entry.is_dir():  # Follows links.
+        subfolders.append(entry.path)
+      elif entry.name.lower().endswith(decoding.IMAGE_SUFFIXES):
+        found.append(entry.path)
+      else:
+        others.append(entry.name)
+    for sub in subfolders:
+      real = os.path.realpath(sub)
+      if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+        scan.not_followed.append(f'{sub} -> {real} (a link loop)')
+      elif real in visited:
+        scan.not_followed.append(f'{sub} -> {real} (already scanned through another path)')
+      else:
+        walk(sub)
+
+  walk(folder)
+  if not found:
+    scan.empty.append(f'{folder} ({len(others)} other files, e.g. {_some(others)})' if others
+                      else f'{folder} (empty)')
   return found
 
 
-def _subfolders(path: str) -> list[str]:
-  return sorted(d for d in os.listdir(path) if os.path.isdir(os.path.join(path, d)))
+def _subfolders(path: str, scan: Scan) -> list[str]:
+  """Sorted names of the folders in `path` (links followed); hidden entries go to scan.hidden."""
+  names = sorted(os.listdir(path))
+  scan.hidden += [os.path.join(path, d) for d in names if decoding.is_hidden(d)]
+  return [d for d in names if not decoding.is_hidden(d) and os.path.isdir(os.path.join(path, d))]
 
 
-def scan_folder(path: str) -> tuple[dict[str, Split], tuple[str, ...]]:
-  """The splits and sorted class names of an image folder (see the module docstring)."""
+def scan_folder(path: str) -> Scan:
+  """The splits and sorted class names of an image folder (see the module docstring).
+
+  Hidden entries (`decoding.is_hidden`) are skipped and listed in `Scan.hidden`; links are
+  followed; a class folder without images keeps its label and is listed in `Scan.empty`.
+  Raises UserError for a missing folder, no class folders, loose images, or no images at all.
+  """
   if not os.path.isdir(path):
     raise UserError(f'--source folder:{path}: no such directory')
-  top = _subfolders(path)
-  split_roots = ({s: os.path.join(path, s) for s in top} if top and set(top) <= set(SPLIT_FOLDERS)
-                 else {'train': path})
-  class_names = tuple(sorted({c for root in split_roots.values() for c in _subfolders(root)}))
+  scan = Scan({}, ())
+  top = _subfolders(path, scan)
+  if top and set(top) <= set(SPLIT_FOLDERS):
+    split_classes = {s: _subfolders(os.path.join(path, s), scan) for s in top}
+    split_roots = {s: os.path.join(path, s) for s in top}
+  else:
+    split_classes, split_roots = {'train': top}, {'train': path}
+  class_names = tuple(sorted({c for names in split_classes.values() for c in names}))
   if not class_names:
     raise UserError(f'--source folder:{path}: no class sub-folders; put the images of each '
                     f'class in PATH/CLASS_NAME/')
-  splits = {}
+  scan.class_names = class_names
   for split, root in split_roots.items():
-    loose = [f for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS)]
+    loose, _ = decoding.images_in(root)
     if loose:
       raise UserError(f'{os.path.join(root, loose[0])}: images must be inside a class '
                       f'sub-folder ({len(loose)} image files found directly in {root})')
     items, labels = [], []
     for label, name in enumerate(class_names):
-      files = _images_under(os.path.join(root, name)) if os.path.isdir(
-          os.path.join(root, name)) else []
+      folder = os.path.join(root, name)
+      files = _walk_images(folder, scan) if os.path.isdir(folder) else []
       items += files
       labels += [label] * len(files)
     if not items:
-      raise UserError(f'{root}: no images ({", ".join(IMAGE_EXTENSIONS)}) in its class '
+      raise UserError(f'{root}: no images ({", ".join(decoding.IMAGE_SUFFIXES)}) in its class '
                       f'sub-folders')
-    splits[split] = Split(items, labels)
-  return splits, class_names
+    scan.splits[split] = Split(items, labels)
+  return scan
 
 
 def encode_file(path: str) -> bytes:
-  """The file's bytes when they are JPEG/PNG in L or RGB; otherwise re-encoded as RGB."""
-  with open(path, 'rb') as f:
-    data = f.read()
+  """What the dataset stores for an image file: its own bytes when they are JPEG or PNG that
+  `decoding` reads as stored (L or RGB, opaque, upright), else a PNG of `decoding.to_array`'s
+  pixels, so that the pipeline decodes exactly what predict decodes from the file."""
+  hint = '; pass --skip_bad to skip such files'
+  try:
+    with open(path, 'rb') as f:
+      data = f.read()
+  except OSError as e:
+    raise UserError(f'{path}: cannot read the file ({e.strerror or e}){hint}') from None
   try:
     with Image.open(io.BytesIO(data)) as pil:
       pil.load()
-      if pil.format in ('JPEG', 'PNG') and pil.mode in ('L', 'RGB'):
+      if pil.format in ('JPEG', 'PNG') and decoding.is_plain(pil):
         return data
-      out = io.BytesIO()
-      fmt = 'JPEG' if pil.format == 'JPEG' else 'PNG'
-      pil.convert('RGB').save(out, format=fmt, **({'quality': 95} if fmt == 'JPEG' else {}))
-      return out.getvalue()
-  except (OSError, ValueError, Image.DecompressionBombError) as e:
-    raise UserError(f'{path}: cannot decode the image ({transforms.decode_error(e)}); pass '
-                    f'--skip_bad to skip such files') from None
+      image = decoding.to_array(pil)
+  except (OSError, ValueError, TypeError, Image.DecompressionBombError) as e:
+    raise UserError(f'{path}: cannot decode the image ({decoding.reason(e)}){hint}') from None
+  return encode_array(image)
 
 
 def encode_array(image: np.ndarray) -> bytes:
@@ -147,6 +229,14 @@ def _builder_class():
 
     def _generate_examples(self, split_name: str) -> Iterator:
       return _examples(self, split_name)
+
+    # TFDS' own messages would name the staging folder (and talk of downloads); prepare()
+    # prints where the dataset ends up.
+    def _log_download_bytes(self):
+      pass
+
+    def _log_download_done(self):
+      pass
 
   return PreparedImages
 
@@ -193,40 +283,45 @@ def fashion_mnist_splits(limit: int | None) -> dict[str, Split]:
 
 def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = False,
             limit: int | None = None) -> str:
-  """Writes the dataset; returns its version directory. Never replaces data without overwrite."""
+  """Writes the dataset to OUT/prepared_images/1.0.0/ and returns that directory.
+
+  Refuses a non-empty `out` without `overwrite`. The dataset is built in a hidden folder in
+  `out` and replaces OUT/prepared_images only once complete: a build that stops (a bad file,
+  Ctrl-C) leaves the previous dataset as it was. Raises UserError naming the bad input.
+  """
   if source == 'fashion_mnist':
     splits, class_names, channels = fashion_mnist_splits(limit), fashion_mnist.CLASS_NAMES, 1
+    report = class_table(splits, class_names)
   elif source.startswith('folder:') and source[len('folder:'):]:
-    splits, class_names = scan_folder(source[len('folder:'):])
-    splits = {k: Split(v.items[:limit], v.labels[:limit]) for k, v in splits.items()}
-    channels = 3
+    scan = scan_folder(source[len('folder:'):])
+    scan.splits = {k: Split(v.items[:limit], v.labels[:limit]) for k, v in scan.splits.items()}
+    splits, class_names, channels, report = scan.splits, scan.class_names, 3, scan.report()
   else:
     raise UserError(f"--source {source!r}: use 'folder:PATH' or 'fashion_mnist'")
   if os.path.exists(out) and not os.path.isdir(out):
     raise UserError(f'--out {out}: exists and is not a directory')
-  if os.path.isdir(out) and os.listdir(out):
-    if not overwrite:
-      raise UserError(f'--out {out}: exists and is not empty; pass --overwrite to replace the '
-                      f'dataset in it')
-    shutil.rmtree(os.path.join(out, NAME), ignore_errors=True)
+  dataset = os.path.join(out, NAME)
+  leftovers = f'.{NAME}-'  # atomic_write's hidden temporaries, e.g. of a killed run.
+  if (os.path.isdir(out) and not overwrite
+      and any(not n.startswith(leftovers) for n in os.listdir(out))):
+    raise UserError(f'--out {out}: exists and is not empty; pass --overwrite to replace the '
+                    f'dataset in it')
+  print('\n'.join(report), flush=True)
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()  # Ours counts images; TFDS' own bars would interleave with it.
-  builder = _builder_class()(splits=splits, class_names=class_names, channels=channels,
-                             source=source, skip_bad=skip_bad, data_dir=out,
-                             file_format='array_record')
-  try:
-    with tempfile.TemporaryDirectory() as downloads:
-      builder.download_and_prepare(download_dir=downloads)
-  except BaseException:
-    # A half-written dataset would make the next run refuse without --overwrite.
-    shutil.rmtree(os.path.join(out, NAME), ignore_errors=True)
-    raise
+  with atomic_write.staging_dir(dataset) as staging:
+    builder = _builder_class()(splits=splits, class_names=class_names, channels=channels,
+                               source=source, skip_bad=skip_bad, data_dir=staging,
+                               file_format='array_record')
+    builder.download_and_prepare(download_dir=os.path.join(staging, 'downloads'))
+    atomic_write.replace_dir(os.path.join(staging, NAME), dataset)
+  version_dir = os.path.join(dataset, str(builder.version))
   if builder.skipped:
-    print(f'skipped {len(builder.skipped)} undecodable files, e.g. {builder.skipped[0]}')
+    print(f'skipped {len(builder.skipped)} undecodable files: {_some(builder.skipped)}')
   counts = ', '.join(f'{k} {v.num_examples}' for k, v in builder.info.splits.items())
-  print(f'wrote {builder.data_dir}: {counts} images, {len(class_names)} classes; train with '
+  print(f'wrote {version_dir}: {counts} images, {len(class_names)} classes; train with '
         f'--config.data.source=array_record:{out}')
-  return builder.data_dir
+  return version_dir
 
 
 _SOURCE = flags.DEFINE_string('source', None, "'folder:PATH' or 'fashion_mnist'",
