@@ -8,6 +8,8 @@ from typing import Optional
 
 import numpy as np
 
+from vit import atomic_write
+
 PAPER = ('For context, the paper (§4.6, ViT-B/16 pretrained on JFT and fine-tuned on ImageNet) '
          'reports 79.9% top-1 with MPP: about 2% above training from scratch and about 4% below '
          'supervised pretraining. A 15% corruption rate was slightly worse than 50%, and returns '
@@ -136,7 +138,8 @@ def plot(table: Table, path: str) -> str:
   ax.set_ylabel('fine-tuned test accuracy (%)')
   ax.grid(alpha=0.3)
   fig.tight_layout()
-  fig.savefig(path)
+  with atomic_write.file(path) as partial:
+    fig.savefig(partial)
   plt.close(fig)
   return path
 
@@ -191,6 +194,6 @@ def write(table: Table, path: str, command: str) -> str:
       'rerun)', *([f'- Notes: {study.notes}'] if study.get('notes') else []), '',
       '<details><summary>Study config</summary>', '', '```json',
       json.dumps(study.to_dict(), indent=1, default=str), '```', '</details>', '']
-  with open(path, 'w') as f:
+  with atomic_write.file(path) as partial, open(partial, 'w') as f:
     f.write('\n'.join(lines))
   return path

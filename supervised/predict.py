@@ -17,7 +17,7 @@ import jax
 import numpy as np
 from absl import flags
 
-from vit import cli, config as config_lib, init_spec
+from vit import atomic_write, cli, config as config_lib, init_spec
 from vit.data import decoding, transforms
 from vit.errors import UserError
 from vit.preprocess import to_model_input
@@ -139,12 +139,12 @@ def main(argv):
   raw, names = read_images(f.images)
   apply_fn, ckpt, size = load_classifier(f.init, f.resolution)
   logits = predict(apply_fn, prepare_images(raw, size, ckpt.channels), f.batch_size)
-  os.makedirs(os.path.dirname(os.path.abspath(f.output)), exist_ok=True)
-  if f.output.endswith('.npy'):
-    np.save(f.output, logits)
-  else:
-    with open(f.output, 'w') as out:
-      json.dump(top_k(logits, names, ckpt.class_names), out, indent=1)
+  with atomic_write.file(f.output) as partial:  # A previous output stays until this is whole.
+    if f.output.endswith('.npy'):
+      np.save(partial, logits)
+    else:
+      with open(partial, 'w') as out:
+        json.dump(top_k(logits, names, ckpt.class_names), out, indent=1)
   print(f'{len(logits)} images at {size}px -> {f.output}', flush=True)
 
 

@@ -94,3 +94,33 @@ def test_cli_and_errors(run, tmp_path):
     export.export(workdir, 'vit_jax', str(tmp_path / 'm.bin'))
   helped = cmd('--help')
   assert '--format' in helped.stdout and '--checkpoint' in helped.stdout
+
+
+def test_a_failed_export_leaves_the_previous_one(run, tmp_path, monkeypatch):
+  workdir, _, params, ema = run
+  out, hf = str(tmp_path / 'm.npz'), tmp_path / 'hf'
+  export.export(workdir, 'vit_jax', out, use_ema=False)
+  export.export(workdir, 'hf', str(hf))
+  (hf / 'README.md').write_text('mine')
+  before = {p: open(p, 'rb').read() for p in (out, hf / 'model.safetensors')}
+
+  def crash(*args, **kwargs):  # A writer stopped halfway (disk full, Ctrl-C).
+    target = args[-1]  # save_vit_jax(params, path), save_hf(params, model, directory)
+    with open(os.path.join(target, 'model.safetensors') if os.path.isdir(target) else target,
+              'wb') as f:
+      f.write(b'half')
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(interop, 'save_vit_jax', crash)
+  monkeypatch.setattr(interop, 'save_hf', crash)
+  for fmt, path in (('vit_jax', out), ('hf', str(hf))):
+    with pytest.raises(KeyboardInterrupt):
+      export.export(workdir, fmt, path)
+  assert {p: open(p, 'rb').read() for p in before} == before
+  assert sorted(os.listdir(tmp_path)) == ['hf', 'm.npz']  # No temporaries left.
+  monkeypatch.undo()
+  export.export(workdir, 'vit_jax', out)  # Success replaces: now the EMA parameters.
+  with np.load(out, allow_pickle=False) as f:
+    np.testing.assert_array_equal(f['head/kernel'], ema['head']['kernel'])
+  export.export(workdir, 'hf', str(hf))
+  assert sorted(os.listdir(hf)) == ['README.md', 'config.json', 'model.safetensors']

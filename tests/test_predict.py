@@ -88,6 +88,25 @@ def test_inputs_are_resized_and_channels_matched(tmp_path):
     predict.read_images(str(tmp_path / 'empty'))
 
 
+def test_image_folder_decoding_sixteen_bit_rotated_and_hidden_files(tmp_path, capsys):
+  folder = tmp_path / 'imgs'
+  folder.mkdir()
+  k = np.arange(48, dtype=np.uint16).reshape(6, 8)
+  Image.fromarray(k * 257).save(folder / 'a_sixteen.png')  # Was read as all 255 (clipped).
+  exif = Image.Exif()
+  exif[0x0112] = 6  # Stored 8 wide, 6 high; shown rotated a quarter turn clockwise.
+  Image.fromarray(k.astype(np.uint8)).save(folder / 'b_turned.png', exif=exif)
+  (folder / '._a_sixteen.png').write_bytes(b'\x00\x05\x16\x07 macOS resource fork')
+  images, names = predict.read_images(str(folder))
+  assert names == ['a_sixteen.png', 'b_turned.png']
+  assert 'skipped 1 hidden entries (._a_sixteen.png)' in capsys.readouterr().out
+  np.testing.assert_array_equal(images[0][..., 0], k)
+  np.testing.assert_array_equal(images[1][..., 0], np.rot90(k, -1))
+  (folder / 'c_broken.png').write_bytes(b'\x89PNG\r\n\x1a\n')
+  with pytest.raises(UserError, match=r'c_broken.png: cannot decode the image'):
+    predict.read_images(str(folder))
+
+
 def test_cli_npy_and_json_outputs(npz, tmp_path):
   path, _, _ = npz
   folder = tmp_path / 'imgs'

@@ -7,7 +7,9 @@ config.json + model.safetensors that `transformers.ViTForImageClassification.fro
 loads with the same logits (`ViTModel` for a headless MPP backbone). The Polyak-averaged
 parameters are exported when the run kept them (--noema for the raw ones). An MPP
 checkpoint exports its ViT backbone; the MPP prediction head is not part of either format.
-`--checkpoint` also takes an init spec (e.g. hf:DIR -> --format vit_jax).
+`--checkpoint` also takes an init spec (e.g. hf:DIR -> --format vit_jax). The export is written
+beside `--out` and replaces what is there only once complete (other files in an hf directory
+stay), so a failed export never leaves a broken file where a good one stood.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import os
 
 from absl import flags
 
-from vit import cli, init_spec, interop
+from vit import atomic_write, cli, init_spec, interop
 from vit.errors import UserError
 
 FORMATS = ('vit_jax', 'hf')
@@ -32,11 +34,14 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   if fmt == 'vit_jax':
     if not out.endswith('.npz'):
       raise UserError(f'--out {out}: a vit_jax export is a .npz file')
-    interop.save_vit_jax(ckpt.params, out)
+    with atomic_write.file(out) as partial:
+      interop.save_vit_jax(ckpt.params, partial)
   else:
     if os.path.isfile(out):
       raise UserError(f'--out {out}: an hf export is a directory, and this is a file')
-    interop.save_hf(ckpt.params, ckpt.model, out, class_names=ckpt.class_names)
+    with atomic_write.staging_dir(out) as staging:  # Its files replace their namesakes in out.
+      interop.save_hf(ckpt.params, ckpt.model, staging, class_names=ckpt.class_names)
+      atomic_write.move_files(staging, out)
   return ckpt
 
 

@@ -254,7 +254,8 @@ def main(argv) -> None:
   print(json.dumps(dict(init=flags_.init, dataset=flags_.dataset, image_size=config.image_size,
                         l2_reg=config.fewshot.l2_reg, results=results), indent=1))
   if flags_.output:
-    with open(flags_.output, 'w') as f:
+    from vit import atomic_write
+    with atomic_write.file(flags_.output) as partial, open(partial, 'w') as f:
       json.dump(results, f, indent=1)
 
 

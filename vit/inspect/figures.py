@@ -9,11 +9,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
+from vit import atomic_write  # noqa: E402
+
 _DPI = 100
 
 
 def _save(fig, path: str) -> None:
-  fig.savefig(path, dpi=_DPI, bbox_inches='tight')
+  with atomic_write.file(path) as partial:  # Same extension: savefig picks PNG from it.
+    fig.savefig(partial, dpi=_DPI, bbox_inches='tight')
   plt.close(fig)
 
 

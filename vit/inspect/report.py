@@ -8,7 +8,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from vit import config as config_lib
+from vit import atomic_write, config as config_lib
 from vit.errors import UserError
 from vit.inspect import attention, embeddings, figures, images as images_lib
 from vit.models.vit import patch_grid
@@ -68,8 +68,9 @@ def write(result: dict, out: str, summary: dict) -> dict:
     written.append('embedding_filters.png')
     figures.embedding_filters(result['filter_components'], result['filter_explained_variance'],
                               path(written[-1]))
-  np.savez_compressed(path('inspect.npz'), **{k: np.asarray(v) for k, v in result.items()
-                                              if isinstance(v, np.ndarray)})
+  with atomic_write.file(path('inspect.npz')) as partial:
+    np.savez_compressed(partial, **{k: np.asarray(v) for k, v in result.items()
+                                    if isinstance(v, np.ndarray)})
   distance = result['attention_distance']
   summary = dict(summary, figures=written, grid=list(result['grid']),
                  pixels_per_patch=list(result['pixels_per_patch']),
@@ -79,7 +80,7 @@ def write(result: dict, out: str, summary: dict) -> dict:
   if 'filter_explained_variance' in result:
     summary['filter_explained_variance'] = np.round(
         result['filter_explained_variance'], 4).tolist()
-  with open(path('inspect.json'), 'w') as f:
+  with atomic_write.file(path('inspect.json')) as partial, open(partial, 'w') as f:
     json.dump(summary, f, indent=1)
   return summary
 

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from vit import checkpoints, sharding
+from vit import atomic_write, checkpoints, sharding
 from vit.errors import ConfigError, UserError
 from vit.training import optimizers
 from vit.training.sharded import Task, abstract_state, create_state, jit_train_step
@@ -45,7 +45,8 @@ def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
   logging.info('batch contract: %s', json.dumps(contract))
   print('batch contract:', ', '.join(f'{k}={v}' for k, v in contract.items()), flush=True)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'batch_contract.json'), 'w') as f:
+    path = os.path.join(workdir, 'batch_contract.json')
+    with atomic_write.file(path) as partial, open(partial, 'w') as f:
       json.dump(contract, f, indent=2)
   return contract
 
