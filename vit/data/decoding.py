@@ -1,7 +1,8 @@
 """Image files -> uint8 pixels: the one decoder of predict, prepare, inspect and training.
 
 Every image, whatever its mode, becomes uint8 [H, W, 1] (greyscale) or uint8 [H, W, 3] (colour),
-upright. The rules, by the mode PIL opens the file in:
+upright (the first frame of an animation or a multi-page file). The rules, by the mode PIL
+opens the file in:
 
 | PIL mode | result | rule |
 |---|---|---|
@@ -9,7 +10,7 @@ upright. The rules, by the mode PIL opens the file in:
 | `1` | 1 | 0 -> 0, 1 -> 255 |
 | `I;16`, `I;16L`, `I;16B`, `I;16N` (16-bit PNG, TIFF) | 1 | v / 257, rounded: k * 257 -> k |
 | `I` (32-bit int; 16-bit PGM/PPM) | 1 | as 16-bit: clipped to [0, 65535], then v / 257, rounded |
-| `F` (32-bit float TIFF) | 1 | [0, 1] -> [0, 255]: clipped, x * 255, rounded; NaN or inf is an error |
+| `F` (32-bit float TIFF) | 1 | [0, 1] -> [0, 255]: clipped, x * 255, rounded; NaN, inf: error |
 | `LA`, `La` | 1 | alpha composited on white |
 | `RGBA`, `RGBa`, `PA` | 3 | alpha composited on white |
 | `P` | 3 | the palette's colours |

@@ -61,7 +61,8 @@ class Scan:
 
   def report(self) -> list[str]:
     """Lines for the user: what was skipped, then the classes with their images per split."""
-    lines = [f'skipped {len(self.hidden)} hidden entries: {_some(self.hidden)}'] * bool(self.hidden)
+    lines = ([f'skipped {len(self.hidden)} hidden entries: {_some(self.hidden)}']
+             if self.hidden else [])
     lines += [f'not followed: {x}' for x in self.not_followed]
     lines += [f'class folder without images: {x}' for x in self.empty]
     return lines + class_table(self.splits, self.class_names)
@@ -115,7 +116,8 @@ def _walk_images(folder: str, scan: Scan) -> list[str]:
 
   walk(folder)
   if not found:
-    scan.empty.append(f'{folder} ({len(others)} other files, e.g. {_some(others)})' if others
+    scan.empty.append(f'{folder} ({len(others)} other file'
+                      f'{"s" * (len(others) != 1)}: {_some(others)})' if others
                       else f'{folder} (empty)')
   return found
 
@@ -327,7 +329,8 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
 _SOURCE = flags.DEFINE_string('source', None, "'folder:PATH' or 'fashion_mnist'",
                               required=True)
 _OUT = flags.DEFINE_string('out', None, 'Output directory of the TFDS dataset', required=True)
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a dataset already in --out')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a dataset already in --out (the '
+                                'new one is built beside it and replaces it once complete)')
 _SKIP_BAD = flags.DEFINE_bool('skip_bad', False, 'Skip undecodable image files (and count '
                               'them) instead of stopping at the first')
 _LIMIT = flags.DEFINE_integer('max_per_split', None, 'Keep at most this many images per split '
