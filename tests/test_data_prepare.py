@@ -162,6 +162,7 @@ def test_scan_skips_hidden_entries_follows_links_and_reports(tmp_path):
   assert scan.not_followed == [
       f'{folder}/cat/linked_back -> {os.path.realpath(folder)} (a link loop)']
   assert scan.empty == [f'{folder}/fox (1 other file: fox.heic)']
+  assert scan.not_images == [f'{folder}/fox/fox.heic']
   assert scan.report()[-6:] == ['4 classes:', 'label  train  class', '    0      3  cat',
                                 '    1      1  dog', '    2      1  eel', '    3      0  fox']
 

@@ -11,9 +11,9 @@ with `--config.data.source=array_record:DIR` (or `tfds:prepared_images` with
 `--config.data.data_dir=DIR`), TFDS split syntax included (`train[:99%]`).
 
 Scanning: hidden entries (`.ipynb_checkpoints/`, `.DS_Store`, `._x.jpg`, `__MACOSX/`) are
-skipped at every level and listed; links to folders and files are followed, and a link back to
-a folder already scanned (a loop) is listed and not followed; a class folder without images is
-listed (and keeps its label). The class list, with each class's label and image count per
+skipped at every level and listed, as are files without an image extension; links to folders
+and files are followed, and a link back to a folder already scanned (a loop) is listed and not
+followed; a class folder without images is listed (and keeps its label). The class list, with each class's label and image count per
 split, is printed before the conversion starts.
 
 Every image is decoded once here (`vit.data.decoding`, the rules training and predict use), so
@@ -56,13 +56,17 @@ class Scan:
   splits: dict[str, Split]
   class_names: tuple[str, ...]
   hidden: list[str] = dataclasses.field(default_factory=list)
-  not_followed: list[str] = dataclasses.field(default_factory=list)  # 'PATH: why' (link loops)
-  empty: list[str] = dataclasses.field(default_factory=list)  # 'FOLDER: what is in it'
+  not_followed: list[str] = dataclasses.field(default_factory=list)  # 'LINK -> TARGET (why)'
+  empty: list[str] = dataclasses.field(default_factory=list)  # 'FOLDER (what is in it)'
+  not_images: list[str] = dataclasses.field(default_factory=list)  # other extensions
 
   def report(self) -> list[str]:
     """Lines for the user: what was skipped, then the classes with their images per split."""
     lines = ([f'skipped {len(self.hidden)} hidden entries: {_some(self.hidden)}']
              if self.hidden else [])
+    lines += ([f'skipped {len(self.not_images)} files without an image extension '
+               f'({" ".join(decoding.IMAGE_SUFFIXES)}): {_some(self.not_images)}']
+              if self.not_images else [])
     lines += [f'not followed: {x}' for x in self.not_followed]
     lines += [f'class folder without images: {x}' for x in self.empty]
     return lines + class_table(self.splits, self.class_names)
@@ -96,7 +100,7 @@ def _walk_images(folder: str, scan: Scan) -> list[str]:
     here = os.path.realpath(directory)
     visited.add(here)
     subfolders = []
-    for entry in sorted(os.scandir(directory), key=lambda e: e.name):
+    for entry in sorted(_listing(directory, os.scandir), key=lambda e: e.name):
       if decoding.is_hidden(entry.name):
         scan.hidden.append(entry.path)
       elif entry.is_dir():  # Follows links.
@@ -105,6 +109,7 @@ def _walk_images(folder: str, scan: Scan) -> list[str]:
         found.append(entry.path)
       else:
         others.append(entry.name)
+        scan.not_images.append(entry.path)
     for sub in subfolders:
       real = os.path.realpath(sub)
       if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
@@ -122,9 +127,16 @@ def _walk_images(folder: str, scan: Scan) -> list[str]:
   return found
 
 
+def _listing(folder: str, lister=os.listdir) -> list:
+  try:
+    return list(lister(folder))
+  except OSError as e:
+    raise UserError(f'{folder}: cannot list the folder ({e.strerror or e})') from None
+
+
 def _subfolders(path: str, scan: Scan) -> list[str]:
   """Sorted names of the folders in `path` (links followed); hidden entries go to scan.hidden."""
-  names = sorted(os.listdir(path))
+  names = sorted(_listing(path))
   scan.hidden += [os.path.join(path, d) for d in names if decoding.is_hidden(d)]
   return [d for d in names if not decoding.is_hidden(d) and os.path.isdir(os.path.join(path, d))]
 
