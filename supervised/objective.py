@@ -8,9 +8,10 @@ import optax
 from vit.preprocess import to_model_input
 
 
-def make_loss_fn(model):
+def make_loss_fn(model, to_input=to_model_input):
+  """`to_input`: uint8 images -> model input (vit.preprocess.input_fn of the model dict)."""
   def loss_fn(params, batch, rng, train):
-    logits = model.apply({'params': params}, to_model_input(batch['image']), train=train,
+    logits = model.apply({'params': params}, to_input(batch['image']), train=train,
                          rngs={'dropout': rng})
     labels = batch['label']
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -19,7 +20,7 @@ def make_loss_fn(model):
   return loss_fn
 
 
-def make_logits_fn(model):
+def make_logits_fn(model, to_input=to_model_input):
   def logits_fn(params, batch):
-    return model.apply({'params': params}, to_model_input(batch['image']), train=False)
+    return model.apply({'params': params}, to_input(batch['image']), train=False)
   return logits_fn

@@ -2,7 +2,9 @@
 `python -m supervised.predict --init SPEC --images FILE.npy|DIR --output OUT.npy|OUT.json`.
 
 Images (uint8 [B, H, W, C] in a .npy, or image files in a directory) are resized to the model
-resolution and scaled to [-1, 1] (x / 127.5 - 1), as in training. `--resolution` runs the model
+resolution (the checkpoint's: a Hugging Face processor's or timm's input size, else its position
+embeddings' grid) and normalised as the checkpoint states (a Hugging Face processor's rescale,
+mean and std; timm's mean and std; else x / 127.5 - 1, as in training). `--resolution` runs the model
 at another resolution, interpolating the position embeddings exactly as fine-tuning does.
 Output: raw float32 logits [B, classes] (.npy) or the top-5 classes with names and softmax
 probabilities (.json).
@@ -20,7 +22,7 @@ from absl import flags
 from vit import atomic_write, cli, config as config_lib, init_spec
 from vit.data import decoding, transforms
 from vit.errors import UserError
-from vit.preprocess import to_model_input
+from vit.preprocess import input_fn
 
 TOP_K = 5
 
@@ -86,7 +88,8 @@ def load_classifier(spec: str, resolution: Optional[int] = None):
   target = init_spec.abstract_params(ckpt.model, size, ckpt.channels)
   grid = init_spec.grid_at(ckpt.model, size)
   params = init_spec.adapt_params(ckpt.params, target, grid, drop=(), what=f'--init {spec}')
-  logits = jax.jit(lambda p, x: net.apply({'params': p}, to_model_input(x), train=False))
+  to_input = input_fn(ckpt.model)  # The checkpoint's own normalisation (HF, timm) or x/127.5-1.
+  logits = jax.jit(lambda p, x: net.apply({'params': p}, to_input(x), train=False))
   params = jax.device_put(params)
   return (lambda batch: np.asarray(logits(params, batch))), ckpt, size
 
@@ -116,7 +119,7 @@ def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequen
 
 
 def _define_flags():
-  flags.DEFINE_string('init', None, 'mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR',
+  flags.DEFINE_string('init', None, 'mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR',
                       required=True)
   flags.DEFINE_string('images', None, 'uint8 [B, H, W, C] .npy, or a directory of images',
                       required=True)

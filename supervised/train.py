@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import flags
 
 from supervised import objective
-from vit import cli, config as config_lib, init_spec, sharding
+from vit import cli, config as config_lib, init_spec, preprocess, sharding
 from vit.data import pipeline
 from vit.evaluators import fewshot
 from vit.evaluators.classification import ClassificationEvaluator
@@ -22,6 +22,7 @@ def build_task(config, m, *, train_source=None, eval_source=None) -> loop.Task:
   """The classification task; sources default to config.data (tests pass small ones)."""
   import jax.numpy as jnp
   model = config_lib.build_model(m)
+  to_input = preprocess.input_fn(m)  # A checkpoint's own normalisation, when fine-tuning.
   image_shape = (1, config.image_size, config.image_size, config.data.channels)
 
   def init_params(rng):
@@ -29,13 +30,13 @@ def build_task(config, m, *, train_source=None, eval_source=None) -> loop.Task:
 
   mesh = sharding.make_mesh(config.mesh)
   evaluators = [ClassificationEvaluator(
-      objective.make_logits_fn(model),
+      objective.make_logits_fn(model, to_input),
       lambda: pipeline.eval_batches(config, source=eval_source), mesh)]
   few = fewshot.from_config(config, m, mesh, train_source=train_source, test_source=eval_source)
   if few is not None:
     evaluators.append(few)
   train_source = train_source or pipeline.make_source(config, config.data.train_split)
-  return loop.Task(init_params=init_params, loss_fn=objective.make_loss_fn(model),
+  return loop.Task(init_params=init_params, loss_fn=objective.make_loss_fn(model, to_input),
                    train_data=pipeline.train_dataset(config, source=train_source),
                    evaluators=evaluators)
 

@@ -10,7 +10,9 @@ import pytest
 
 from configs.supervised import fashion_mnist as sup_config
 from supervised import train
-from vit import config as config_lib, export, init_spec, interop
+from vit import config as config_lib, export, init_spec
+from vit.formats import hf as hf_format, vit_jax
+from vit.formats.tree import flatten
 from vit.data import fashion_mnist
 from vit.errors import UserError
 from vit.training import loop
@@ -52,7 +54,7 @@ def test_vit_jax_export_holds_the_ema_params(run, tmp_path):
   export.export(workdir, 'vit_jax', str(tmp_path / 'm.npz'))
   with np.load(tmp_path / 'm.npz', allow_pickle=False) as f:
     flat = {k: f[k] for k in f.files}
-  want = interop.flatten(ema)
+  want = flatten(ema)
   assert sorted(flat) == sorted(want)
   assert all(np.array_equal(flat[k], want[k]) for k in flat)
   raw = tmp_path / 'raw.npz'
@@ -105,14 +107,14 @@ def test_a_failed_export_leaves_the_previous_one(run, tmp_path, monkeypatch):
   before = {p: open(p, 'rb').read() for p in (out, hf / 'model.safetensors')}
 
   def crash(*args, **kwargs):  # A writer stopped halfway (disk full, Ctrl-C).
-    target = args[-1]  # save_vit_jax(params, path), save_hf(params, model, directory)
+    target = args[-1]  # vit_jax.save(params, path, model=...), hf.save(params, model, directory)
     with open(os.path.join(target, 'model.safetensors') if os.path.isdir(target) else target,
               'wb') as f:
       f.write(b'half')
     raise KeyboardInterrupt
 
-  monkeypatch.setattr(interop, 'save_vit_jax', crash)
-  monkeypatch.setattr(interop, 'save_hf', crash)
+  monkeypatch.setattr(vit_jax, 'save', crash)
+  monkeypatch.setattr(hf_format, 'save', crash)
   for fmt, path in (('vit_jax', out), ('hf', str(hf))):
     with pytest.raises(KeyboardInterrupt):
       export.export(workdir, fmt, path)
@@ -123,4 +125,5 @@ def test_a_failed_export_leaves_the_previous_one(run, tmp_path, monkeypatch):
   with np.load(out, allow_pickle=False) as f:
     np.testing.assert_array_equal(f['head/kernel'], ema['head']['kernel'])
   export.export(workdir, 'hf', str(hf))
-  assert sorted(os.listdir(hf)) == ['README.md', 'config.json', 'model.safetensors']
+  assert sorted(os.listdir(hf)) == ['README.md', 'config.json', 'model.safetensors',
+                                    'preprocessor_config.json']

@@ -11,7 +11,8 @@ import pytest
 import flax.linen as nn
 
 from configs.supervised import fashion_mnist as sup_config
-from vit import config as config_lib, interop, sharding
+from vit import config as config_lib, sharding
+from vit.formats import vit_jax
 from vit.data import fashion_mnist
 from vit.errors import UserError
 from vit.evaluators import fewshot
@@ -113,7 +114,7 @@ def test_cli_on_an_npz(tmp_path):
   m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
   params = config_lib.build_model(m).init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)),
                                           train=False)['params']
-  interop.save_vit_jax(jax.device_get(nn.unbox(params)), str(tmp_path / 'm.npz'))
+  vit_jax.save(jax.device_get(nn.unbox(params)), str(tmp_path / 'm.npz'))
   out = tmp_path / 'fewshot.json'
   run = subprocess.run(
       [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',

@@ -7,7 +7,8 @@ import flax.linen as nn
 
 from configs.finetune import fashion_mnist as ft_config
 from supervised import finetune
-from vit import config as config_lib, init_spec, interop, sharding
+from vit import config as config_lib, init_spec, sharding
+from vit.formats import hf, vit_jax
 from vit.data import fashion_mnist
 from vit.errors import UserError
 from vit.models.vit import resize_posemb
@@ -26,8 +27,8 @@ def write_tiny_npz(path, image_size=28, seed=0, **kw):
   net = config_lib.build_model(tiny_model(**kw))
   params = nn.unbox(net.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)),
                              train=False)['params'])
-  interop.save_vit_jax(jax.device_get(params), str(path))
-  return interop.load_vit_jax(str(path))
+  vit_jax.save(jax.device_get(params), str(path))
+  return vit_jax.load(str(path)).params
 
 
 @pytest.fixture(scope='module')
@@ -100,7 +101,7 @@ def test_finetune_from_transformers_checkpoint(tmp_path, fmnist):
                                   intermediate_size=64, image_size=16, patch_size=4,
                                   num_labels=3)
   transformers.ViTForImageClassification(hf_cfg).save_pretrained(tmp_path / 'hf')
-  loaded, _ = interop.load_hf(str(tmp_path / 'hf'))
+  loaded = hf.load(str(tmp_path / 'hf')).params
   config = small_config(f'hf:{tmp_path / "hf"}', image_size=28, total_steps=6)
   m, ckpt = finetune.prepare(config)
   # The architecture, GELU flavour and LayerNorm epsilon come from config.json.

@@ -10,7 +10,8 @@ import numpy as np
 
 from configs.finetune import fashion_mnist as ft_config
 from supervised import finetune
-from vit import config as config_lib, interop
+from vit import config as config_lib
+from vit.formats import vit_jax
 from vit.data import fashion_mnist
 from vit.training import loop
 
@@ -23,7 +24,7 @@ def write_tiny_npz(path):
   m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
   params = config_lib.build_model(m).init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)),
                                           train=False)['params']
-  interop.save_vit_jax(jax.device_get(nn.unbox(params)), str(path))
+  vit_jax.save(jax.device_get(nn.unbox(params)), str(path))
 
 
 def test_fashion_mnist_finetune_reaches_70_percent(tmp_path):

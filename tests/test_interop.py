@@ -11,7 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit import config as config_lib, init_spec, interop
+from vit import config as config_lib, init_spec
+from vit.formats import hf as hf_format, vit_jax
+from vit.formats.tree import flatten
 from vit.errors import UserError
 
 TOL = 5e-6
@@ -79,9 +81,9 @@ def test_hf_renamed_in_memory_layout_is_read(tmp_path):
   os.makedirs(tmp_path / 'b')
   save_file(state, str(tmp_path / 'b' / 'model.safetensors'))
   (tmp_path / 'b' / 'config.json').write_text((tmp_path / 'a' / 'config.json').read_text())
-  a, _ = interop.load_hf(str(tmp_path / 'a'))
-  b, _ = interop.load_hf(str(tmp_path / 'b'))
-  fa, fb = interop.flatten(a), interop.flatten(b)
+  a = hf_format.load(str(tmp_path / 'a')).params
+  b = hf_format.load(str(tmp_path / 'b')).params
+  fa, fb = flatten(a), flatten(b)
   assert sorted(fa) == sorted(fb)
   for k in fa:
     np.testing.assert_array_equal(fa[k], fb[k])
@@ -110,7 +112,7 @@ def test_vit_jax_npz_round_trip_and_inference(tmp_path):
   m = _tiny_model(representation_size=24)
   params = _random_official_params(m)
   path = str(tmp_path / 'tiny.npz')
-  interop.save_vit_jax(params, path)
+  vit_jax.save(params, path)
   with np.load(path, allow_pickle=False) as f:
     assert 'Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel' in f.files
     assert f['Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel'].shape == (
@@ -122,7 +124,7 @@ def test_vit_jax_npz_round_trip_and_inference(tmp_path):
   x = _images()
   np.testing.assert_array_equal(_our_logits(ckpt.model, ckpt.params, x),
                                 _our_logits(m, params, x))
-  interop.save_vit_jax(ckpt.params, str(tmp_path / 'again.npz'))
+  vit_jax.save(ckpt.params, str(tmp_path / 'again.npz'))
   with np.load(path) as a, np.load(str(tmp_path / 'again.npz')) as b:
     assert sorted(a.files) == sorted(b.files)
     assert all(np.array_equal(a[k], b[k]) for k in a.files)
@@ -132,7 +134,7 @@ def test_vit_jax_npz_round_trip_and_inference(tmp_path):
 def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, approximate):
   m = _tiny_model(gelu_approximate=approximate, layer_norm_epsilon=1e-6)
   params = _random_official_params(m)
-  interop.save_hf(params, m, str(tmp_path / 'out'), class_names=list('abcde'))
+  hf_format.save(params, m, str(tmp_path / 'out'), class_names=list('abcde'))
   hf = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
   assert hf.config.id2label[2] == 'c'
   x = _images()
@@ -140,8 +142,8 @@ def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, approximate):
   assert np.abs(ref).mean() > 0.3
   assert np.abs(_our_logits(m, params, x) - ref).max() <= TOL
   # And back: HF -> official tree is the identity on the parameters.
-  back, _ = interop.load_hf(str(tmp_path / 'out'))
-  fa, fb = interop.flatten(params), interop.flatten(back)
+  back = hf_format.load(str(tmp_path / 'out')).params
+  fa, fb = flatten(params), flatten(back)
   assert sorted(fa) == sorted(fb)
   assert all(np.array_equal(np.asarray(fa[k]), fb[k]) for k in fa)
 
@@ -149,10 +151,10 @@ def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, approximate):
 def test_save_hf_refuses_what_transformers_cannot_express(tmp_path):
   gap = _tiny_model(classifier='gap')
   with pytest.raises(UserError, match='global average pooling'):
-    interop.save_hf(_random_official_params(gap), gap, str(tmp_path / 'gap'))
+    hf_format.save(_random_official_params(gap), gap, str(tmp_path / 'gap'))
   rep = _tiny_model(representation_size=8)
   with pytest.raises(UserError, match='pre_logits'):
-    interop.save_hf(_random_official_params(rep), rep, str(tmp_path / 'rep'))
+    hf_format.save(_random_official_params(rep), rep, str(tmp_path / 'rep'))
 
 
 def test_bad_specs_give_clear_errors(tmp_path):
@@ -168,7 +170,7 @@ def test_bad_specs_give_clear_errors(tmp_path):
     init_spec.load(f'vit_jax:{tmp_path}/other.npz')
   np.savez(tmp_path / 'pickled.npz', embedding=np.array([{'a': 1}], dtype=object))
   with pytest.raises(UserError, match='pickle'):
-    interop.load_vit_jax(str(tmp_path / 'pickled.npz'))
+    vit_jax.load(str(tmp_path / 'pickled.npz'))
   with pytest.raises(UserError, match='directory not found'):
     init_spec.load(f'hf:{tmp_path}/nope')
   os.makedirs(tmp_path / 'torchbin')
@@ -183,7 +185,7 @@ def test_bad_specs_give_clear_errors(tmp_path):
 
 def test_shape_conflict_lists_keys_and_shapes(tmp_path):
   m = _tiny_model()
-  flat = interop.flatten(_random_official_params(m))
+  flat = flatten(_random_official_params(m))
   key = 'Transformer/encoderblock_1/MlpBlock_3/Dense_1/kernel'
   flat[key] = np.zeros((48, 32), np.float32)  # Block 1's MLP is narrower than block 0's.
   np.savez(tmp_path / 'bad.npz', **flat)

@@ -12,7 +12,8 @@ import flax.linen as nn
 from PIL import Image
 
 from supervised import predict
-from vit import config as config_lib, init_spec, interop
+from vit import config as config_lib, init_spec
+from vit.formats import vit_jax
 from vit.errors import UserError
 from vit.models.vit import resize_posemb
 
@@ -35,7 +36,7 @@ def npz(tmp_path_factory):
   params = jax.tree.map(lambda p: np.asarray(p) + 0.5 * rng.standard_normal(p.shape).astype(
       np.float32), params)  # A non-zero head, so the logits differ per image.
   path = str(tmp_path_factory.mktemp('predict') / 'm.npz')
-  interop.save_vit_jax(params, path)
+  vit_jax.save(params, path)
   return path, m, params
 
 
@@ -157,9 +158,9 @@ def test_class_names_of_a_hf_checkpoint_reach_the_json(tmp_path):
 
 
 def test_headless_checkpoint_is_refused(npz, tmp_path):
-  params = dict(interop.load_vit_jax(npz[0]))
+  params = dict(vit_jax.load(npz[0]).params)
   del params['head']
-  interop.save_vit_jax(params, str(tmp_path / 'backbone.npz'))
+  vit_jax.save(params, str(tmp_path / 'backbone.npz'))
   assert init_spec.load(f'vit_jax:{tmp_path / "backbone.npz"}').model['num_classes'] is None
   with pytest.raises(UserError, match='has no classification head'):
     predict.load_classifier(f'vit_jax:{tmp_path / "backbone.npz"}')

@@ -41,6 +41,10 @@ def model_defaults() -> ml_collections.ConfigDict:
       # Official checkpoints: tanh-approximate GELU, LayerNorm eps 1e-6. HF ViT: exact, 1e-12.
       gelu_approximate=True,
       layer_norm_epsilon=1e-6,
+      # Model input (x * rescale - mean) / std of uint8 pixels x, one mean/std per channel (or
+      # one for all); unset: the official x / 127.5 - 1. Checkpoints state it (an HF
+      # processor's rescale_factor, image_mean, image_std; timm's mean and std).
+      pixels=dict(rescale=_none(float), mean=_none(tuple), std=_none(tuple)),
       posemb='learned_1d',
       attention='global',
       # jax.nn.dot_product_attention's implementation: 'auto' (cuDNN on NVIDIA GPUs in bf16,
@@ -202,6 +206,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     if m['posemb'] == kind and m['hidden_size'] % multiple:
       raise ConfigError('model.hidden_size', m['hidden_size'],
                         f'must be a multiple of {multiple} for model.posemb={kind}')
+  _check_pixels(m.get('pixels') or {}, config.data.channels)
   for key in ('dropout_rate', 'attention_dropout_rate'):
     if not 0.0 <= t[key] < 1.0:
       raise ConfigError(f'model.transformer.{key}', t[key], 'must be in [0, 1)')
@@ -230,6 +235,20 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
 
 
 MPP_TARGETS = ('mean_color', 'downsampled_color', 'pixels')
+
+
+def _check_pixels(px: dict, channels: int) -> None:
+  given = [k for k in ('rescale', 'mean', 'std') if px.get(k) is not None]
+  if given and len(given) < 3:
+    missing = sorted({'rescale', 'mean', 'std'} - set(given))
+    raise ConfigError(f'model.pixels.{missing[0]}', None,
+                      'set rescale, mean and std together (or none: x / 127.5 - 1)')
+  for key in ('mean', 'std') if given else ():
+    if len(px[key]) not in (1, channels):
+      raise ConfigError(f'model.pixels.{key}', px[key],
+                        f'needs 1 or data.channels={channels} values')
+  if given and (px['rescale'] <= 0 or any(v <= 0 for v in px['std'])):
+    raise ConfigError('model.pixels', px, 'rescale and std must be positive')
 
 
 def _check_mpp(mpp: ml_collections.ConfigDict, m: dict) -> None:

@@ -1,12 +1,16 @@
 """Export a checkpoint to a published format:
-`python -m vit.export --checkpoint DIR --format vit_jax|hf --out PATH`.
+`python -m vit.export --checkpoint DIR --format vit_jax|hf|timm --out PATH`.
 
 `vit_jax`: the official .npz (flat '/'-joined parameter names), loadable by the official
-vision_transformer code and by `--config.init=vit_jax:PATH`. `hf`: a directory with
-config.json + model.safetensors that `transformers.ViTForImageClassification.from_pretrained`
-loads with the same logits (`ViTModel` for a headless MPP backbone). The Polyak-averaged
-parameters are exported when the run kept them (--noema for the raw ones). An MPP
-checkpoint exports its ViT backbone; the MPP prediction head is not part of either format.
+vision_transformer code and by `--config.init=vit_jax:PATH`; a model the .npz cannot state
+(exact GELU, another LayerNorm epsilon or input normalisation) is refused, naming what would be
+lost. `hf`: a directory with config.json + model.safetensors + preprocessor_config.json that
+`transformers.ViTForImageClassification.from_pretrained` and `ViTImageProcessor` load with the
+same logits (`ViTModel` for a headless MPP backbone). `timm`: a directory with model.safetensors
++ config.json (architecture, model_args, pretrained_cfg) that timm's VisionTransformer loads
+with the same logits. The Polyak-averaged parameters are exported when the run kept them
+(--noema for the raw ones). An MPP checkpoint exports its ViT backbone; the MPP prediction head
+is not part of any format.
 `--checkpoint` also takes an init spec (e.g. hf:DIR -> --format vit_jax). The export is written
 beside `--out` and replaces what is there only once complete (other files in an hf directory
 stay), so a failed export never leaves a broken file where a good one stood.
@@ -17,10 +21,11 @@ import os
 
 from absl import flags
 
-from vit import atomic_write, cli, init_spec, interop
+from vit import atomic_write, cli, init_spec
 from vit.errors import UserError
+from vit.formats import hf, timm, vit_jax
 
-FORMATS = ('vit_jax', 'hf')
+FORMATS = ('vit_jax', 'hf', 'timm')
 
 
 def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init_spec.Checkpoint:
@@ -34,13 +39,16 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   if fmt == 'vit_jax':
     if not out.endswith('.npz'):
       raise UserError(f'--out {out}: a vit_jax export is a .npz file')
+    vit_jax.check_expressible(ckpt.model)  # Before anything is written.
     with atomic_write.file(out) as partial:
-      interop.save_vit_jax(ckpt.params, partial)
+      vit_jax.save(ckpt.params, partial, model=ckpt.model)
   else:
     if os.path.isfile(out):
-      raise UserError(f'--out {out}: an hf export is a directory, and this is a file')
+      raise UserError(f'--out {out}: an {fmt} export is a directory, and this is a file')
+    writer = hf.save if fmt == 'hf' else timm.save
     with atomic_write.staging_dir(out) as staging:  # Its files replace their namesakes in out.
-      interop.save_hf(ckpt.params, ckpt.model, staging, class_names=ckpt.class_names)
+      writer(ckpt.params, ckpt.model, staging, class_names=ckpt.class_names,
+             image_size=ckpt.image_size)
       atomic_write.move_files(staging, out)
   return ckpt
 
@@ -56,9 +64,9 @@ def main(argv):
 if __name__ == '__main__':
   flags.DEFINE_string('checkpoint', None, 'a trainer workdir (or an init spec FORMAT:PATH)',
                       required=True)
-  flags.DEFINE_enum('format', None, list(FORMATS), 'vit_jax (.npz) or hf (a directory)',
+  flags.DEFINE_enum('format', None, list(FORMATS), 'vit_jax (.npz), hf or timm (a directory)',
                     required=True)
-  flags.DEFINE_string('out', None, 'output .npz file (vit_jax) or directory (hf)',
+  flags.DEFINE_string('out', None, 'output .npz file (vit_jax) or directory (hf, timm)',
                       required=True)
   flags.DEFINE_bool('ema', True, 'export the Polyak-averaged parameters when present')
   cli.run(main)

@@ -1,10 +1,15 @@
-"""Where a model's weights come from: `mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR`.
+"""Where a model's weights come from:
+`mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR`.
 
 `load(spec)` turns a spec into the official ViT parameter tree, the architecture it implies
 (a model dict in vit.config's layout, ready for `vit.config.build_model`) and the class names
 when the checkpoint knows them. `adapt_params` then maps those weights onto another model of
 the same backbone, at another resolution or with a new head, exactly as fine-tuning does
 (paper §3.2): position embeddings interpolated in 2D, the head zeroed.
+
+This module only dispatches: each published format has its reader (and writer) in
+`vit/formats/` (vit_jax.py, hf.py, timm.py), which states what the files say beyond shapes
+(GELU flavour, LayerNorm epsilon, input normalisation as the model's `pixels` key, image size).
 
 Checkpoints of this project (`mpp:`, `supervised:`) are read at their latest step, and their
 Polyak average (EMA parameters) is used when the run kept one: it is the run's reported model
@@ -23,14 +28,17 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vit import interop
+from vit.formats import hf, timm, vit_jax
+from vit.formats.tree import flatten, unflatten
 from vit.errors import ConfigError, UserError
 
-FORMATS = ('mpp', 'supervised', 'vit_jax', 'hf')
+FORMATS = ('mpp', 'supervised', 'vit_jax', 'hf', 'timm')
+_READERS = {'vit_jax': vit_jax.load, 'hf': hf.load, 'timm': timm.load}
 # Keys that fix the shapes (or the function) of the backbone; checkpoints state them.
 BACKBONE_KEYS = ('patches.size', 'hidden_size', 'transformer.mlp_dim', 'transformer.num_heads',
                  'transformer.num_layers', 'resnet.num_layers', 'resnet.width_factor',
-                 'classifier', 'gelu_approximate', 'layer_norm_epsilon', 'posemb', 'attention')
+                 'classifier', 'gelu_approximate', 'layer_norm_epsilon', 'posemb', 'attention',
+                 'pixels.rescale', 'pixels.mean', 'pixels.std')
 HEAD_KEYS = ('head', 'pre_logits')
 CLASS_NAMES_FILE = 'class_names.json'
 _MAX_LISTED = 12
@@ -45,7 +53,7 @@ class Checkpoint(NamedTuple):
 
 
 def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
-  """Loads `spec` = `FORMAT:PATH` with FORMAT one of mpp, supervised, vit_jax, hf.
+  """Loads `spec` = `FORMAT:PATH` with FORMAT one of mpp, supervised, vit_jax, hf, timm.
 
   Returns a `Checkpoint`: `params`, the official ViT tree as host numpy arrays (an MPP run's
   backbone only; `head`/`pre_logits` when the checkpoint has them); `model`, a vit.config model
@@ -61,19 +69,20 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   if not sep or fmt not in FORMATS or not path:
     raise UserError(f'init spec {spec!r}: expected FORMAT:PATH with FORMAT one of '
                     f'{", ".join(FORMATS)} (e.g. vit_jax:ViT-B_16.npz, hf:./vit-base)')
-  if fmt == 'vit_jax':
-    params = interop.load_vit_jax(path)
-    # The official checkpoints all use the tanh GELU and LayerNorm eps 1e-6 (models_vit.py).
-    model, names, size = infer_model(params), None, None
-  elif fmt == 'hf':
-    params, cfg = interop.load_hf(path)
-    model, stated = infer_model(params), interop.hf_model(cfg)
-    model['transformer'].update(stated.pop('transformer'))
+  if fmt in _READERS:
+    read = _READERS[fmt](path)
+    params, names, size = read.params, read.class_names, read.image_size
+    # Shapes fix the sizes; the files state the rest (an official .npz states nothing, and
+    # the official checkpoints all use tanh GELU, LayerNorm eps 1e-6 and x / 127.5 - 1).
+    model = infer_model(params)
+    stated = copy.deepcopy(read.stated)
+    model['transformer'].update(stated.pop('transformer', {}))
     model.update(stated)
-    names = interop.hf_class_names(cfg) if 'head' in params else None
-    size = None
   else:
     params, model, names, size = _load_workdir(fmt, path, use_ema)
+  if size is not None and size % patch_stride(model):
+    raise UserError(f'init {spec}: its input size {size}px is not a multiple of the patch '
+                    f'stride {patch_stride(model)}')
   ckpt = Checkpoint(params, model, names, *_input_geometry(params, model, size))
   check_shapes(ckpt, spec)
   return ckpt
@@ -207,7 +216,7 @@ def abstract_params(model: dict, image_size: int, channels: int, **overrides) ->
 def check_shapes(ckpt: Checkpoint, spec: str) -> None:
   """Every parameter has the shape the inferred architecture gives it; lists those that don't."""
   want = abstract_params(ckpt.model, ckpt.image_size, ckpt.channels)
-  problems = _differences(interop.flatten(ckpt.params), interop.flatten(want))
+  problems = _differences(flatten(ckpt.params), flatten(want))
   if problems:
     raise UserError(f'init {spec}: parameters disagree with the architecture they imply '
                     f'({_model_summary(ckpt.model)}): ' + _listing(problems))
@@ -306,7 +315,7 @@ def adapt_params(loaded: dict, target: dict, grid: Sequence[int], *,
   except (ValueError, KeyError) as e:
     raise UserError(f'{what}: position embeddings cannot be resized to {tuple(grid)}: {e}'
                     ) from None
-  have, want = interop.flatten(loaded), interop.flatten(target)
+  have, want = flatten(loaded), flatten(target)
   have = {k: v for k, v in have.items() if k.split('/')[0] not in drop}
   if not any(k.startswith('head/') for k in want):  # A representation-only model.
     have = {k: v for k, v in have.items() if not k.startswith('head/')}
@@ -320,11 +329,11 @@ def adapt_params(loaded: dict, target: dict, grid: Sequence[int], *,
     if key.startswith('head/'):
       out[key] = np.zeros(want[key].shape, want[key].dtype)
     else:
-      fresh_tree = interop.flatten(fresh()) if fresh_tree is None and fresh else fresh_tree
+      fresh_tree = flatten(fresh()) if fresh_tree is None and fresh else fresh_tree
       if fresh_tree is None:
         raise UserError(f'{what}: {key} is not in the checkpoint and no initialiser was given')
       out[key] = np.asarray(fresh_tree[key])
-  return interop.unflatten(out)
+  return unflatten(out)
 
 
 def grid_at(model: dict, image_size: int) -> tuple[int, int]:

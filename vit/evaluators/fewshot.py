@@ -105,14 +105,15 @@ class _Subset:
 def make_representation_fn(model_dict: dict) -> Callable:
   """params, uint8 images -> the representation a head would see (pre_logits when present)."""
   from vit import config as config_lib
-  from vit.preprocess import to_model_input
+  from vit.preprocess import input_fn
   classifier = model_dict['classifier']
   classifier = 'token' if classifier == 'unpooled' else classifier
   net = config_lib.build_model(model_dict, num_classes=0, classifier=classifier)
+  to_input = input_fn(model_dict)  # The checkpoint's own normalisation when it states one.
 
   def representation(params, images):
     params = {k: v for k, v in params.items() if k != 'head'}
-    return net.apply({'params': params}, to_model_input(images), train=False)
+    return net.apply({'params': params}, to_input(images), train=False)
   return representation
 
 

@@ -22,14 +22,15 @@ def block_order(name: str) -> tuple[int, int]:
   return int(index), {None: 0, 'row': 0, 'col': 1}[axis]
 
 
-def make_attention_fn(model):
+def make_attention_fn(model, to_input=to_model_input):
   """Jitted `(params, uint8 images) -> (outputs, [weights [B, heads, T, T] per block])`.
 
   Blocks are in depth order; an axial layer contributes its row block, then its column block.
+  `to_input` scales the uint8 images (vit.preprocess.input_fn of the model dict).
   """
 
   def fn(params, images):
-    out, state = model.apply({'params': params}, to_model_input(images), train=False,
+    out, state = model.apply({'params': params}, to_input(images), train=False,
                              mutable=['intermediates'])
     blocks = state['intermediates']['Transformer']
     names = sorted((n for n in blocks if _BLOCK.match(n)), key=block_order)

@@ -8,7 +8,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from vit import atomic_write, config as config_lib
+from vit import atomic_write, config as config_lib, preprocess
 from vit.errors import UserError
 from vit.inspect import attention, embeddings, figures, images as images_lib
 from vit.models.vit import patch_grid
@@ -24,7 +24,7 @@ def analyse(model: dict, params: dict, images: np.ndarray, *, show: int = 8,
   resnet_config = config_lib._resnet_config(model)  # pylint: disable=protected-access
   grid = patch_grid((size, size), model['patches']['size'], resnet_config)
   pixels = (size // grid[0], size // grid[1])
-  attn = attention.make_attention_fn(config_lib.build_model(model))
+  attn = attention.make_attention_fn(config_lib.build_model(model), preprocess.input_fn(model))
   distances, maps, predicted = [], [], []
   for start in range(0, len(images), batch_size):
     out, weights = jax.device_get(attn(params, images[start:start + batch_size]))

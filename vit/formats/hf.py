@@ -1,98 +1,32 @@
-"""Published ViT checkpoint formats, both directions; one function per format and direction.
+"""A Hugging Face transformers ViT directory, both directions.
 
-Every function here speaks the official ViT parameter tree (nested dicts named as in
-`vit/models/vit.py`, numpy arrays). Two external formats:
-
-* `vit_jax`: the official `.npz` of google-research/vision_transformer, one array per
-  parameter under its '/'-joined path (`Transformer/encoderblock_0/MlpBlock_3/Dense_0/kernel`).
-* `hf`: a Hugging Face transformers ViT directory, `config.json` + `model.safetensors`, in the
-  layout `save_pretrained` writes (`vit.encoder.layer.{i}.attention.attention.query.weight`;
-  the renamed in-memory layout `vit.layers.{i}.attention.q_proj.weight` is read too).
-
-Nothing here unpickles: `.npz` files are read with `allow_pickle=False` and HF weights only
-from safetensors.
+`config.json` + `model.safetensors` (or the shards `model-0000k-of-0000n.safetensors` that
+`model.safetensors.index.json` lists) in the layout `save_pretrained` writes
+(`vit.encoder.layer.{i}.attention.attention.query.weight`; transformers >= 5's in-memory names
+`vit.layers.{i}.attention.q_proj.weight` are read too), and `preprocessor_config.json`, whose
+`ViTImageProcessor` keys (do_rescale/rescale_factor, do_normalize/image_mean/image_std, size)
+fix the model's input: they become the model's `pixels` key and the checkpoint's image size.
 """
 from __future__ import annotations
 
 import json
 import os
 import re
-import zipfile
-from collections.abc import Mapping
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import numpy as np
 
 from vit.errors import UserError
-
-Params = dict[str, Any]
-
-# --------------------------------------------------------------------------------------------
-# Official vit_jax .npz
-
-
-def flatten(params: Params, prefix: str = '') -> dict[str, Any]:
-  """{'a': {'b': x}} -> {'a/b': x}, the key layout of the official .npz files."""
-  out = {}
-  for key, value in params.items():
-    if isinstance(value, Mapping):
-      out.update(flatten(value, f'{prefix}{key}/'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
-def unflatten(flat: dict[str, np.ndarray]) -> Params:
-  tree: Params = {}
-  for key, value in flat.items():
-    node = tree
-    *parents, leaf = key.split('/')
-    for part in parents:
-      node = node.setdefault(part, {})
-    node[leaf] = value
-  return tree
-
-
-def load_vit_jax(path: str) -> Params:
-  """The parameter tree of an official-layout .npz (never unpickles)."""
-  if not os.path.isfile(path):
-    raise UserError(f'vit_jax:{path}: file not found')
-  with open(path, 'rb') as f:
-    magic = f.read(6)
-  if magic == b'\x93NUMPY':
-    raise UserError(f'vit_jax:{path}: a single .npy array, not an .npz of named parameters')
-  if not magic.startswith(b'PK'):
-    raise UserError(f'vit_jax:{path}: not a readable .npz file (no zip header)')
-  try:
-    with np.load(path, allow_pickle=False) as data:
-      flat = {k: data[k] for k in data.files}
-  except (zipfile.BadZipFile, OSError, EOFError) as e:
-    raise UserError(f'vit_jax:{path}: not a readable .npz file ({e})') from None
-  except ValueError as e:  # Object arrays need pickle: refused.
-    raise UserError(f'vit_jax:{path}: holds pickled objects, which are never loaded ({e})'
-                    ) from None
-  if 'embedding/kernel' not in flat:
-    raise UserError(f'vit_jax:{path}: no "embedding/kernel" array; not an official ViT '
-                    f'checkpoint (first keys: {", ".join(sorted(flat)[:5])})')
-  return unflatten(flat)
-
-
-def save_vit_jax(params: Params, path: str) -> None:
-  """Writes the official .npz layout (the inverse of `load_vit_jax`)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'wb') as f:  # A file object keeps numpy from appending '.npz' to the name.
-    np.savez(f, **{k: np.asarray(v) for k, v in flatten(params).items()})
-
-
-# --------------------------------------------------------------------------------------------
-# Hugging Face transformers ViT
+from vit.formats.tree import OFFICIAL_PIXELS, Params, Read, model_pixels, pixels
 
 # Exact GELU is HF's 'gelu'; the tanh approximation of the official checkpoints is
 # 'gelu_pytorch_tanh' (or the older, numerically identical 'gelu_new').
-_HF_GELU = {'gelu': False, 'gelu_pytorch_tanh': True, 'gelu_new': True}
+_GELU = {'gelu': False, 'gelu_pytorch_tanh': True, 'gelu_new': True}
+WEIGHTS, INDEX, PROCESSOR = 'model.safetensors', 'model.safetensors.index.json', \
+    'preprocessor_config.json'
 
 # In-memory names of transformers >= 5 -> the names `save_pretrained` writes (checkpoint names).
-_HF_RENAMES = [
+_RENAMES = [
     (r'^(vit\.)?layers\.(\d+)\.attention\.([qkv])_proj\.',
      lambda m: f'{m[1] or ""}encoder.layer.{m[2]}.attention.attention.'
                f'{dict(q="query", k="key", v="value")[m[3]]}.'),
@@ -106,10 +40,10 @@ _HF_RENAMES = [
 ]
 
 
-def _hf_checkpoint_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _checkpoint_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
   out = {}
   for key, value in weights.items():
-    for pattern, repl in _HF_RENAMES:
+    for pattern, repl in _RENAMES:
       new = re.sub(pattern, repl, key)
       if new != key:
         key = new
@@ -118,59 +52,128 @@ def _hf_checkpoint_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray
   return out
 
 
-def read_hf_config(directory: str) -> dict:
+def _json(path: str) -> dict:
+  try:
+    with open(path) as f:
+      out = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f'hf:{path}: not valid JSON ({e})') from None
+  if not isinstance(out, dict):
+    raise UserError(f'hf:{path}: not a JSON object')
+  return out
+
+
+def read_config(directory: str) -> dict:
+  """config.json of a transformers ViT; UserError naming the file for anything else."""
   path = os.path.join(directory, 'config.json')
   if not os.path.isdir(directory):
     raise UserError(f'hf:{directory}: directory not found')
   if not os.path.isfile(path):
     raise UserError(f'hf:{directory}: no config.json (a Hugging Face model directory holds '
                     f'config.json and model.safetensors)')
-  try:
-    with open(path) as f:
-      cfg = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f'hf:{path}: not valid JSON ({e})') from None
+  cfg = _json(path)
   if cfg.get('model_type') != 'vit':
     raise UserError(f'hf:{path}: model_type={cfg.get("model_type")!r}, only "vit" is supported')
   act = cfg.get('hidden_act', 'gelu')
-  if act not in _HF_GELU:
-    raise UserError(f'hf:{path}: hidden_act={act!r}; supported: {", ".join(_HF_GELU)}')
+  if act not in _GELU:
+    raise UserError(f'hf:{path}: hidden_act={act!r}; supported: {", ".join(_GELU)}')
   return cfg
 
 
-def _read_safetensors(directory: str) -> dict[str, np.ndarray]:
+def _load_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
-  path = os.path.join(directory, 'model.safetensors')
-  if not os.path.isfile(path):
-    found = [f for f in os.listdir(directory) if f.endswith(('.bin', '.pt', '.pth'))]
-    hint = f' (found {", ".join(found)}: pickled weights are never loaded)' if found else ''
-    raise UserError(f'hf:{directory}: no model.safetensors{hint}')
   try:
     return load_file(path)
   except (SafetensorError, OSError, ValueError) as e:
     raise UserError(f'hf:{path}: not a readable safetensors file ({e})') from None
 
 
+def read_weights(directory: str) -> dict[str, np.ndarray]:
+  """Every tensor of `model.safetensors`, or of the shards its index lists."""
+  single, index = os.path.join(directory, WEIGHTS), os.path.join(directory, INDEX)
+  if os.path.isfile(single):
+    return _load_safetensors(single)
+  if not os.path.isfile(index):
+    found = [f for f in os.listdir(directory) if f.endswith(('.bin', '.pt', '.pth'))]
+    hint = f' (found {", ".join(found)}: pickled weights are never loaded)' if found else ''
+    raise UserError(f'hf:{directory}: no {WEIGHTS} nor {INDEX}{hint}')
+  weight_map = _json(index).get('weight_map')
+  if not isinstance(weight_map, dict) or not weight_map:
+    raise UserError(f'hf:{index}: no "weight_map" of tensor names to shard files')
+  out = {}
+  for shard in sorted(set(weight_map.values())):
+    path = os.path.join(directory, shard)
+    if os.path.basename(shard) != shard or not shard.endswith('.safetensors'):
+      raise UserError(f'hf:{index}: shard {shard!r} is not a .safetensors file in {directory}')
+    if not os.path.isfile(path):
+      raise UserError(f'hf:{index}: lists shard {shard}, which is missing')
+    out.update(_load_safetensors(path))
+  missing = sorted(set(weight_map) - set(out))
+  if missing:
+    raise UserError(f'hf:{index}: {len(missing)} listed tensors are in no shard (first: '
+                    f'{missing[0]})')
+  return out
+
+
+def _side(path: str, size, key: str) -> int:
+  if isinstance(size, int):
+    return size
+  if isinstance(size, dict) and 'height' in size and 'width' in size:
+    if size['height'] != size['width']:
+      raise UserError(f'hf:{path}: {key} is {size["height"]}x{size["width"]}; only square '
+                      f'inputs are supported')
+    return int(size['height'])
+  raise UserError(f'hf:{path}: {key}={size!r}; supported: an int or {{"height", "width"}}')
+
+
+def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optional[int]]:
+  """(pixels model key, image size) from preprocessor_config.json; (None, None) without one
+  (transformers' ViTImageProcessor defaults are the official x / 127.5 - 1).
+
+  A centre crop (`do_center_crop`, `crop_size`) sets the size the model sees.
+  """
+  path = os.path.join(directory, PROCESSOR)
+  if not os.path.isfile(path):
+    return None, None
+  p = _json(path)
+  rescale = float(p.get('rescale_factor', OFFICIAL_PIXELS['rescale'])) if p.get(
+      'do_rescale', True) else 1.0
+  if p.get('do_normalize', True):
+    mean, std = p.get('image_mean', [0.5] * 3), p.get('image_std', [0.5] * 3)
+  else:
+    mean, std = 0.0, 1.0
+  try:
+    stated = pixels(rescale, mean, std, channels)
+  except (ValueError, TypeError) as e:
+    raise UserError(f'hf:{path}: image_mean/image_std: {e}') from None
+  size = None
+  if p.get('do_center_crop') and p.get('crop_size') is not None:
+    size = _side(path, p['crop_size'], 'crop_size')
+  elif p.get('do_resize', True) and p.get('size') is not None:
+    size = _side(path, p['size'], 'size')
+  return stated, size
+
+
 def _pair(value) -> tuple[int, int]:
   return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
-def load_hf(directory: str) -> tuple[Params, dict]:
-  """The official parameter tree of a transformers ViT directory, and its config.json.
+def load(directory: str) -> Read:
+  """The official parameter tree of a transformers ViT directory, and what its files state.
 
   Layouts: torch Linear weights are [out, in] (transposed here); q/k/v/out are reshaped to the
   DenseGeneral layouts [D, heads, head_dim] and [heads, head_dim, D]; the patch conv goes from
   OIHW to HWIO. A ViTModel pooler (dense + tanh) is the official `pre_logits` layer.
   """
-  cfg = read_hf_config(directory)
-  w = _hf_checkpoint_names(_read_safetensors(directory))
+  cfg = read_config(directory)
+  w = _checkpoint_names(read_weights(directory))
   heads, width = cfg['num_attention_heads'], cfg['hidden_size']
   head_dim = width // heads
 
   def get(name):
     if name not in w:
-      raise UserError(f'hf:{directory}: model.safetensors lacks "{name}" '
+      raise UserError(f'hf:{directory}: the weights lack "{name}" '
                       f'(has {len(w)} tensors; is this a ViT checkpoint?)')
     return np.asarray(w[name], np.float32)
 
@@ -188,7 +191,7 @@ def load_hf(directory: str) -> tuple[Params, dict]:
 
   layers = sorted({int(m[1]) for k in w for m in [re.match(r'encoder\.layer\.(\d+)\.', k)] if m})
   if not layers:
-    raise UserError(f'hf:{directory}: model.safetensors holds no encoder layers')
+    raise UserError(f'hf:{directory}: the weights hold no encoder layers')
   transformer = {'posembed_input': {'pos_embedding': get('embeddings.position_embeddings')},
                  'encoder_norm': norm('layernorm')}
   for i in layers:
@@ -211,21 +214,24 @@ def load_hf(directory: str) -> tuple[Params, dict]:
     params['pre_logits'] = dense('pooler.dense')
   if 'classifier.weight' in w:
     params['head'] = dense('classifier')
-  return params, cfg
+  stated = model_keys(cfg)
+  stated['pixels'], size = read_processor(directory, params['embedding']['kernel'].shape[2])
+  names = class_names(cfg) if 'head' in params else None
+  return Read(params, stated, names, size)
 
 
-def hf_model(cfg: dict) -> dict:
+def model_keys(cfg: dict) -> dict:
   """The architecture keys (vit.config's model layout) a transformers ViT config states."""
   return dict(patches=dict(size=_pair(cfg.get('patch_size', 16))),
               hidden_size=cfg['hidden_size'],
               transformer=dict(mlp_dim=cfg['intermediate_size'],
                                num_heads=cfg['num_attention_heads'],
                                num_layers=cfg['num_hidden_layers']),
-              gelu_approximate=_HF_GELU[cfg.get('hidden_act', 'gelu')],
+              gelu_approximate=_GELU[cfg.get('hidden_act', 'gelu')],
               layer_norm_epsilon=float(cfg.get('layer_norm_eps', 1e-12)))
 
 
-def hf_class_names(cfg: dict) -> Optional[list[str]]:
+def class_names(cfg: dict) -> Optional[list[str]]:
   id2label = cfg.get('id2label')
   if not id2label:
     return None
@@ -233,13 +239,25 @@ def hf_class_names(cfg: dict) -> Optional[list[str]]:
   return None if any(n is None for n in names) else names
 
 
-def save_hf(params: Params, model: dict, directory: str, *,
-            class_names: Optional[Sequence[str]] = None) -> None:
-  """Writes config.json + model.safetensors that `ViTForImageClassification.from_pretrained`
-  (or `ViTModel`, for a headless backbone) loads and runs with the same logits.
+def processor_config(model: dict, image_size: int, channels: int) -> dict:
+  """The ViTImageProcessor settings that reproduce the model's input (`pixels`) at its size."""
+  px = model_pixels(model) or OFFICIAL_PIXELS
+  per_channel = lambda v: [float(x) for x in np.broadcast_to(np.asarray(v, float), (channels,))]
+  return dict(image_processor_type='ViTImageProcessor', do_resize=True,
+              size=dict(height=int(image_size), width=int(image_size)), resample=2,
+              do_rescale=True, rescale_factor=float(px['rescale']), do_normalize=True,
+              image_mean=per_channel(px['mean']), image_std=per_channel(px['std']))
 
-  `model` is a resolved model dict (vit.config). HF ViT has no GAP classifier, no ResNet stem
-  and no representation layer before its classifier; such models are refused.
+
+def save(params: Params, model: dict, directory: str, *,
+         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None) -> None:
+  """Writes config.json + model.safetensors + preprocessor_config.json that
+  `ViTForImageClassification.from_pretrained` (or `ViTModel`, for a headless backbone) and
+  `ViTImageProcessor.from_pretrained` load and run with the same logits.
+
+  `model` is a resolved model dict (vit.config); `image_size` the processor's input size
+  (default: the position embeddings' grid). HF ViT has no GAP classifier, no ResNet stem and no
+  representation layer before its classifier; such models are refused.
   """
   from safetensors.numpy import save_file
   if model.get('resnet') and model['resnet'].get('num_layers'):
@@ -315,6 +333,8 @@ def save_hf(params: Params, model: dict, directory: str, *,
     cfg['label2id'] = {n: i for i, n in enumerate(names)}
   os.makedirs(directory, exist_ok=True)
   save_file({k: np.ascontiguousarray(v, np.float32) for k, v in w.items()},
-            os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+            os.path.join(directory, WEIGHTS), metadata={'format': 'pt'})
   with open(os.path.join(directory, 'config.json'), 'w') as f:
     json.dump(cfg, f, indent=2)
+  with open(os.path.join(directory, PROCESSOR), 'w') as f:
+    json.dump(processor_config(model, image_size or grid * p, channels), f, indent=2)

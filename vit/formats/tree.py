@@ -1,0 +1,86 @@
+"""The official ViT parameter tree: flat '/'-joined names, and what every reader shares."""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+Params = dict[str, Any]
+
+# (x * rescale - mean) / std of the official models: x / 127.5 - 1 (vit_jax's input_pipeline).
+OFFICIAL_PIXELS = dict(rescale=1 / 255, mean=0.5, std=0.5)
+
+
+class Read(NamedTuple):
+  """What a reader found: `params` (official tree, float32 numpy), `stated` (vit.config model
+  keys the files state and shapes cannot tell: GELU flavour, LayerNorm epsilon, pixels),
+  `class_names` and `image_size` (pixels per side) when the files give them."""
+  params: Params
+  stated: dict
+  class_names: Optional[list[str]] = None
+  image_size: Optional[int] = None
+
+
+def flatten(params: Params, prefix: str = '') -> dict[str, Any]:
+  """{'a': {'b': x}} -> {'a/b': x}, the key layout of the official .npz files."""
+  out = {}
+  for key, value in params.items():
+    if isinstance(value, Mapping):
+      out.update(flatten(value, f'{prefix}{key}/'))
+    else:
+      out[f'{prefix}{key}'] = value
+  return out
+
+
+def unflatten(flat: dict[str, Any]) -> Params:
+  """The inverse of `flatten`."""
+  tree: Params = {}
+  for key, value in flat.items():
+    node = tree
+    *parents, leaf = key.split('/')
+    for part in parents:
+      node = node.setdefault(part, {})
+    node[leaf] = value
+  return tree
+
+
+def pixels(rescale: float, mean, std, channels: int) -> Optional[dict]:
+  """The model's `pixels` key for inputs (x * rescale - mean) / std, x the uint8 values.
+
+  None when that is the official x / 127.5 - 1 (to float32 rounding), so that such a model
+  stays exportable to layouts that cannot state a normalisation. Means and stds have one entry
+  per channel (one entry is broadcast). Raises ValueError for lengths that fit no channel count.
+  """
+  mean = [float(v) for v in np.atleast_1d(mean)]
+  std = [float(v) for v in np.atleast_1d(std)]
+  for name, values in (('mean', mean), ('std', std)):
+    if len(values) not in (1, channels):
+      raise ValueError(f'{len(values)} {name} values for {channels}-channel images')
+  if any(s == 0 for s in std):
+    raise ValueError('a std of 0')
+  if (abs(rescale - OFFICIAL_PIXELS['rescale']) < 1e-12 and set(mean) == {0.5}
+      and set(std) == {0.5}):
+    return None
+  return dict(rescale=float(rescale), mean=tuple(mean), std=tuple(std))
+
+
+def class_row_posemb(posemb: np.ndarray, has_cls: bool) -> np.ndarray:
+  """A position embedding over the patches only ([1, N, D], big_vision and timm's
+  `no_embed_class`: the class token gets none) as the official [1, 1 + N, D] one: the class
+  token's row is zero, which computes the same function."""
+  if not has_cls:
+    return posemb
+  return np.concatenate([np.zeros_like(posemb[:, :1]), posemb], axis=1)
+
+
+def square_grid(tokens: int) -> Optional[int]:
+  """The side of a square grid of `tokens` patches, or None."""
+  side = int(round(np.sqrt(tokens)))
+  return side if side * side == tokens else None
+
+
+def model_pixels(model: dict) -> Optional[dict]:
+  """A model dict's `pixels` (rescale, mean, std), or None for the official x / 127.5 - 1."""
+  px = model.get('pixels') or {}
+  return dict(px) if px.get('rescale') is not None else None

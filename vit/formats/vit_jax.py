@@ -1,0 +1,173 @@
+"""The ViT .npz of google-research/vision_transformer and google-research/big_vision.
+
+One array per parameter under its '/'-joined path. `load` detects, without flags, every layout
+these projects write (names and shapes as in vision_transformer's `vit_jax/models_vit.py` and
+big_vision's `big_vision/models/vit.py`):
+
+* block modules named by flax's old global counter (`LayerNorm_0`, `MultiHeadDotProductAttention_1`,
+  `LayerNorm_2`, `MlpBlock_3`: the published files and ours) or by today's per-type counter
+  (`LayerNorm_0`, `MultiHeadDotProductAttention_0`, `LayerNorm_1`, `MlpBlock_0`: the official
+  code under current flax, and big_vision);
+* the position embedding in `Transformer/posembed_input` over class token and patches, or at the
+  top level (or in `Transformer/`) over the patches only, the class token getting none
+  (big_vision adds it before concatenating the token);
+* blocks stacked along a leading depth axis in `Transformer/encoderblock/...` (big_vision's
+  `scan=True`);
+* everything nested under `params/` (a big_vision checkpoint with optimiser state),
+  `params/img/` or `img/` (the image tower of a two-tower model such as SigLIP), or
+  `opt/target/` (old flax optimisers);
+* bfloat16 arrays, which numpy stores as 2-byte void (big_vision's `recover_dtype`).
+
+`save` writes the published layout, and refuses a model whose function the layout cannot
+state (the official code assumes tanh GELU, LayerNorm eps 1e-6 and inputs x / 127.5 - 1).
+"""
+from __future__ import annotations
+
+import os
+import re
+import zipfile
+from typing import Optional
+
+import numpy as np
+
+from vit.errors import UserError
+from vit.formats.tree import (Params, Read, class_row_posemb, flatten, model_pixels, square_grid,
+                              unflatten)
+
+_PUBLISHED = ('LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3')
+_TODAY = ('LayerNorm_0', 'MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0')
+_ROOTS = ('', 'params/', 'params/img/', 'img/', 'opt/target/', 'opt/target/img/')
+
+
+def _read_npz(path: str) -> dict[str, np.ndarray]:
+  if not os.path.isfile(path):
+    raise UserError(f'vit_jax:{path}: file not found')
+  with open(path, 'rb') as f:
+    magic = f.read(6)
+  if magic == b'\x93NUMPY':
+    raise UserError(f'vit_jax:{path}: a single .npy array, not an .npz of named parameters')
+  if not magic.startswith(b'PK'):
+    raise UserError(f'vit_jax:{path}: not a readable .npz file (no zip header)')
+  try:
+    with np.load(path, allow_pickle=False) as data:
+      return {k: data[k] for k in data.files}
+  except (zipfile.BadZipFile, OSError, EOFError) as e:
+    raise UserError(f'vit_jax:{path}: not a readable .npz file ({e})') from None
+  except ValueError as e:  # Object arrays need pickle: refused.
+    raise UserError(f'vit_jax:{path}: holds pickled objects, which are never loaded ({e})'
+                    ) from None
+
+
+def _float32(a: np.ndarray) -> np.ndarray:
+  if a.dtype.kind == 'V' and a.dtype.itemsize == 2:  # bfloat16 saved by np.savez.
+    import ml_dtypes
+    a = a.view(ml_dtypes.bfloat16)
+  return a.astype(np.float32) if a.dtype != np.float32 else a
+
+
+def _root(path: str, flat: dict) -> str:
+  roots = [r for r in _ROOTS if f'{r}embedding/kernel' in flat]
+  if not roots:
+    raise UserError(f'vit_jax:{path}: no "embedding/kernel" array (also looked under '
+                    f'{", ".join(r for r in _ROOTS if r)}); not an official ViT checkpoint '
+                    f'(first keys: {", ".join(sorted(flat)[:5])})')
+  return roots[0]
+
+
+def _unstack(path: str, t: dict) -> None:
+  """big_vision's scanned encoder: one `encoderblock` whose arrays lead with the depth."""
+  stacked = t.pop('encoderblock')
+  depths = {a.shape[0] for a in flatten(stacked).values()}
+  if len(depths) != 1:
+    raise UserError(f'vit_jax:{path}: Transformer/encoderblock arrays disagree on the depth '
+                    f'axis ({sorted(depths)})')
+  for i in range(depths.pop()):
+    t[f'encoderblock_{i}'] = unflatten({k: v[i] for k, v in flatten(stacked).items()})
+
+
+def _rename_block(path: str, name: str, block: dict) -> dict:
+  names = tuple(sorted(block))
+  if names == tuple(sorted(_PUBLISHED)):
+    return block
+  if names == tuple(sorted(_TODAY)):
+    return {new: block[old] for old, new in zip(_TODAY, _PUBLISHED)}
+  raise UserError(f'vit_jax:{path}: Transformer/{name} holds {", ".join(names)}; a ViT block '
+                  f'holds {", ".join(_PUBLISHED)} (or {", ".join(_TODAY)})')
+
+
+def _position_embedding(path: str, params: dict) -> None:
+  """Moves the position embedding to `Transformer/posembed_input`, over 1 + N tokens when
+  the model has a class token."""
+  t = params['Transformer']
+  if 'posembed_input' in t:
+    return
+  pe = params.pop('pos_embedding', None)
+  pe = t.pop('pos_embedding', None) if pe is None else pe
+  if pe is None:
+    raise UserError(f'vit_jax:{path}: no learned position embedding (pos_embedding); fixed '
+                    f'sine-cosine ones (big_vision posemb="sincos2d") are not read')
+  has_cls = 'cls' in params
+  if has_cls and square_grid(pe.shape[1] - 1) and not square_grid(pe.shape[1]):
+    t['posembed_input'] = {'pos_embedding': pe}  # big_vision's older combined cls + patches.
+  elif square_grid(pe.shape[1]):
+    t['posembed_input'] = {'pos_embedding': class_row_posemb(pe, has_cls)}
+  else:
+    raise UserError(f'vit_jax:{path}: pos_embedding has {pe.shape[1]} entries, not a square '
+                    f'grid of patches (non-square position grids are not supported)')
+
+
+def load(path: str) -> Read:
+  """The official parameter tree of a ViT .npz in any layout above (never unpickles).
+
+  Raises UserError naming the file and what is unsupported (MAP-head pooling, sine-cosine
+  position embeddings, a non-square grid, unknown block modules).
+  """
+  flat = _read_npz(path)
+  root = _root(path, flat)
+  params = unflatten({k[len(root):]: _float32(v) for k, v in flat.items()
+                      if k.startswith(root)})
+  if 'MAPHead_0' in params:
+    raise UserError(f'vit_jax:{path}: pools with a MAP head (MAPHead_0, big_vision '
+                    f'pool_type="map"), which this ViT does not have')
+  t = params.get('Transformer')
+  if not isinstance(t, dict):
+    raise UserError(f'vit_jax:{path}: no Transformer/ arrays; not a ViT checkpoint')
+  if 'encoderblock' in t:
+    _unstack(path, t)
+  for name in [k for k in t if re.fullmatch(r'encoderblock_\d+', k)]:
+    t[name] = _rename_block(path, name, t[name])
+  _position_embedding(path, params)
+  return Read(params, {})
+
+
+# What the official code assumes where the .npz states nothing (models_vit.py, input_pipeline).
+_IMPLIED = {'gelu_approximate': (True, lambda v: 'exact (erf) GELU'),
+            'layer_norm_epsilon': (1e-6, lambda v: f'LayerNorm epsilon {v:g}'),
+            'pixels': (None, lambda v: f'input normalisation (x * {v["rescale"]:.6g} - mean '
+                                       f'{list(v["mean"])}) / std {list(v["std"])}'),
+            'posemb': ('learned_1d', lambda v: f'posemb {v}'),
+            'attention': ('global', lambda v: f'{v} attention')}
+
+
+def check_expressible(model: dict) -> None:
+  """UserError naming what an official-layout .npz of `model` could not hold."""
+  values = dict(model, pixels=model_pixels(model))
+  lost = [describe(values.get(key, implied)) for key, (implied, describe) in _IMPLIED.items()
+          if values.get(key, implied) != implied]
+  if lost:
+    raise UserError('--format vit_jax: the .npz layout cannot hold ' + ', '.join(lost) +
+                    ' (readers assume tanh GELU, LayerNorm epsilon 1e-6, inputs x / 127.5 - 1)'
+                    ', so the logits would change; export with --format hf')
+
+
+def save(params: Params, path: str, model: Optional[dict] = None) -> None:
+  """Writes the published .npz layout (the inverse of `load` for that layout).
+
+  With `model` (a resolved vit.config model dict), refuses one the layout cannot express
+  (`check_expressible`).
+  """
+  if model is not None:
+    check_expressible(model)
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'wb') as f:  # A file object keeps numpy from appending '.npz' to the name.
+    np.savez(f, **{k: np.asarray(v) for k, v in flatten(params).items()})
