@@ -19,7 +19,9 @@ $(STAMP): requirements.lock
 demo: setup
 	$(PY) -m mpp.study --config configs/study/demo.py --workdir runs/demo
 
+# timm (--no-deps, see `bench`) is a peer the tests compare our timm reader and writer with.
 test: setup bazel-setup
+	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
 	$(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory bazel-test
 

@@ -8,56 +8,10 @@ Each peer is built with the benchmark's shape and trained with the same recipe a
 """
 from __future__ import annotations
 
-import importlib.abc
-import importlib.machinery
 import sys
 import time
-import types
 
-
-class _Missing(type):
-  """A torchvision name timm imports but a plain ViT never uses: usable in annotations and
-  dicts, an ImportError when called."""
-
-  def __getattr__(cls, name):
-    if name.startswith('__'):
-      raise AttributeError(name)
-    return _Missing(name, (), {})
-
-  def __call__(cls, *args, **kwargs):
-    raise ImportError(f'torchvision is not installed (timm asked for {cls.__name__})')
-
-
-class _MissingModule(types.ModuleType):
-  def __getattr__(self, name):
-    if name.startswith('__'):
-      raise AttributeError(name)
-    return _Missing(name, (), {})
-
-
-class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-  """Lets `import timm` succeed without torchvision, whose wheel would pull a CUDA torch:
-  timm imports it at module level for BatchNorm freezing and data transforms only."""
-
-  def find_spec(self, name, path, target=None):
-    if name == 'torchvision' or name.startswith('torchvision.'):
-      return importlib.machinery.ModuleSpec(name, self, is_package=True)
-    return None
-
-  def create_module(self, spec):
-    return _MissingModule(spec.name)
-
-  def exec_module(self, module):
-    module.__path__ = []
-
-
-def import_timm():
-  try:
-    import torchvision  # noqa: F401  (a real one, when installed, is used as is)
-  except ImportError:
-    sys.meta_path.append(_TorchvisionStandIn())
-  import timm
-  return timm
+from vit.testing.timm_import import import_timm
 
 
 class TorchStep:

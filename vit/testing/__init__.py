@@ -1,0 +1,1 @@
+"""Support for tests and benchmarks only (peers to compare against); the library never imports it."""
