@@ -101,12 +101,16 @@ def test_finetune_from_transformers_checkpoint(tmp_path, fmnist):
                                   intermediate_size=64, image_size=16, patch_size=4,
                                   num_labels=3)
   transformers.ViTForImageClassification(hf_cfg).save_pretrained(tmp_path / 'hf')
+  mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+  transformers.ViTImageProcessor(image_mean=mean, image_std=std).save_pretrained(tmp_path / 'hf')
   loaded = hf.load(str(tmp_path / 'hf')).params
   config = small_config(f'hf:{tmp_path / "hf"}', image_size=28, total_steps=6)
   m, ckpt = finetune.prepare(config)
   # The architecture, GELU flavour and LayerNorm epsilon come from config.json.
   assert config.model.gelu_approximate is False and config.model.layer_norm_epsilon == 1e-12
   assert tuple(config.model.patches.size) == (4, 4) and config.model.transformer.num_layers == 2
+  # The processor's normalisation, from preprocessor_config.json, is the model's input.
+  assert tuple(config.model.pixels.mean) == tuple(mean) and m['pixels']['std'] == tuple(std)
   task = finetune.build_task(config, m, ckpt, train_source=fmnist[0], eval_source=fmnist[1])
   state = initial_state(config, task)
   np.testing.assert_array_equal(
@@ -116,6 +120,12 @@ def test_finetune_from_transformers_checkpoint(tmp_path, fmnist):
   assert state.params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 50, 32)
   final = loop.train(config, str(tmp_path / 'run'), task)
   assert int(final.step) == 6
+  # Kept with the run: its export states the same processor, at the fine-tuning resolution.
+  from vit import export
+  export.export(str(tmp_path / 'run'), 'hf', str(tmp_path / 'out'))
+  proc = transformers.ViTImageProcessor.from_pretrained(str(tmp_path / 'out'))
+  assert list(proc.image_mean) == mean and list(proc.image_std) == std
+  assert dict(proc.size) == {'height': 28, 'width': 28}
 
 
 def test_prepare_errors_name_the_problem(tmp_path):

@@ -48,7 +48,7 @@ class Checkpoint(NamedTuple):
   params: dict          # The official ViT tree (numpy arrays), head included when present.
   model: dict           # vit.config model dict; num_classes/representation_size from the params.
   class_names: Optional[list[str]]
-  image_size: int       # The resolution its position embeddings were trained at.
+  image_size: int       # Its input resolution: a processor's, else its position embeddings'.
   channels: int
 
 
@@ -215,7 +215,10 @@ def abstract_params(model: dict, image_size: int, channels: int, **overrides) ->
 
 def check_shapes(ckpt: Checkpoint, spec: str) -> None:
   """Every parameter has the shape the inferred architecture gives it; lists those that don't."""
-  want = abstract_params(ckpt.model, ckpt.image_size, ckpt.channels)
+  size = ckpt.image_size
+  if 'pos_embedding' in ckpt.params['Transformer'].get('posembed_input', {}):
+    size = _input_geometry(ckpt.params, ckpt.model)[0]  # A processor may state another size.
+  want = abstract_params(ckpt.model, size, ckpt.channels)
   problems = _differences(flatten(ckpt.params), flatten(want))
   if problems:
     raise UserError(f'init {spec}: parameters disagree with the architecture they imply '

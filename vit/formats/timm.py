@@ -182,7 +182,7 @@ def check_expressible(params: Params, model: dict) -> None:
     lost.append(f'posemb {model.get("posemb")} / {model.get("attention")} attention')
   if lost:
     raise UserError('--format timm: timm\'s VisionTransformer has no ' + ', '.join(lost) +
-                    '; export with --format vit_jax or hf')
+                    '; export with --format hf (or vit_jax)')
 
 
 def save(params: Params, model: dict, directory: str, *,

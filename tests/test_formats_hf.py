@@ -1,0 +1,118 @@
+"""vit/formats/hf.py against transformers' own pipeline (ViTImageProcessor + model).
+
+The checkpoint under test has the traits that matter: exact GELU, LayerNorm eps 1e-12, a
+processor with ImageNet mean and std, and weights in shards (model.safetensors.index.json).
+"""
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from supervised import predict
+from vit import config as config_lib, export, init_spec
+from vit.errors import UserError
+from vit.evaluators import fewshot
+from vit.inspect import attention
+from vit.preprocess import input_fn
+
+torch = pytest.importorskip('torch')
+transformers = pytest.importorskip('transformers')
+TOL = 1e-5
+MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+  """A tiny sharded ViTForImageClassification and its processor, saved by transformers."""
+  directory = tmp_path_factory.mktemp('hf') / 'vit'
+  torch.manual_seed(0)
+  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=64, image_size=16, patch_size=4, num_labels=5)
+  model = transformers.ViTForImageClassification(cfg).eval()
+  with torch.no_grad():
+    for name, p in model.named_parameters():
+      p.copy_((1.0 if 'layernorm' in name and name.endswith('weight') else 0.0)
+              + 0.3 * torch.randn_like(p))
+  model.save_pretrained(directory, max_shard_size='20KB')
+  processor = transformers.ViTImageProcessor(size={'height': 16, 'width': 16},
+                                             image_mean=MEAN, image_std=STD)
+  processor.save_pretrained(directory)
+  return str(directory), model, processor
+
+
+def _uint8(n=4, size=16, seed=1):
+  return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _pipeline(model, processor, images):
+  inputs = processor(images=list(images), return_tensors='pt')
+  with torch.no_grad():
+    return model(**inputs).logits.numpy(), model.vit(**inputs).last_hidden_state[:, 0].numpy()
+
+
+def test_sharded_checkpoint_with_processor_predicts_transformers_logits(checkpoint):
+  directory, model, processor = checkpoint
+  shards = json.load(open(f'{directory}/model.safetensors.index.json'))['weight_map'].values()
+  assert len(set(shards)) > 1  # Really sharded: model-0000k-of-0000n.safetensors.
+  apply_fn, ckpt, size = predict.load_classifier(f'hf:{directory}')
+  assert size == 16 and ckpt.model['pixels']['mean'] == tuple(MEAN)
+  images = _uint8()
+  ref, _ = _pipeline(model, processor, images)
+  ours = predict.predict(apply_fn, images, batch_size=4)
+  assert np.abs(ref).max() > 0.5
+  assert np.abs(ours - ref).max() <= TOL
+  # Without the processor's normalisation the logits are far off: the check is not vacuous.
+  plain = dict(ckpt.model, pixels=None)
+  off = config_lib.build_model(plain).apply({'params': ckpt.params},
+                                             images.astype(np.float32) / 127.5 - 1, train=False)
+  assert np.abs(np.asarray(off) - ref).max() > 0.1
+
+
+def test_fewshot_and_inspect_use_the_processor(checkpoint):
+  directory, model, processor = checkpoint
+  ckpt = init_spec.load(f'hf:{directory}')
+  images = _uint8()
+  ref_logits, ref_features = _pipeline(model, processor, images)
+  features = fewshot.make_representation_fn(dict(ckpt.model, num_classes=None))(
+      ckpt.params, images)
+  assert np.abs(np.asarray(features) - ref_features).max() <= TOL
+  net = config_lib.build_model(ckpt.model)
+  out, _ = attention.make_attention_fn(net, input_fn(ckpt.model))(ckpt.params, images)
+  assert np.abs(np.asarray(out) - ref_logits).max() <= TOL
+
+
+def test_export_writes_the_processor_back_and_refuses_a_lossy_npz(checkpoint, tmp_path):
+  directory, model, processor = checkpoint
+  export.export(f'hf:{directory}', 'hf', str(tmp_path / 'out'))
+  again = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
+  proc = transformers.ViTImageProcessor.from_pretrained(str(tmp_path / 'out'))
+  assert list(proc.image_mean) == MEAN and dict(proc.size) == {'height': 16, 'width': 16}
+  images = _uint8()
+  assert np.abs(_pipeline(again, proc, images)[0] - _pipeline(model, processor, images)[0]
+                ).max() <= TOL
+  with pytest.raises(UserError) as e:
+    export.export(f'hf:{directory}', 'vit_jax', str(tmp_path / 'm.npz'))
+  msg = str(e.value)
+  assert 'exact (erf) GELU' in msg and 'LayerNorm epsilon 1e-12' in msg
+  assert 'input normalisation' in msg and '\n' not in msg
+  assert not (tmp_path / 'm.npz').exists()
+  with pytest.raises(UserError, match='LayerNorm epsilon 1e-12 .timm: 1e-6.'):
+    export.export(f'hf:{directory}', 'timm', str(tmp_path / 't'))
+
+
+def test_unsupported_processors_and_shards_are_named(checkpoint, tmp_path):
+  import shutil
+  directory, _, _ = checkpoint
+  bad = tmp_path / 'bad'
+  shutil.copytree(directory, bad)
+  cfg = json.loads((bad / 'preprocessor_config.json').read_text())
+  (bad / 'preprocessor_config.json').write_text(json.dumps(dict(cfg, size={'height': 16,
+                                                                           'width': 24})))
+  with pytest.raises(UserError, match=r'preprocessor_config.json: size is 16x24; only square'):
+    init_spec.load(f'hf:{bad}')
+  (bad / 'preprocessor_config.json').write_text(json.dumps(cfg))
+  shard = sorted(set(json.load(open(bad / 'model.safetensors.index.json'))['weight_map'].values()))
+  (bad / shard[-1]).unlink()
+  with pytest.raises(UserError, match=f'lists shard {shard[-1]}, which is missing'):
+    init_spec.load(f'hf:{bad}')
