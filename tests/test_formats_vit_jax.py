@@ -1,0 +1,106 @@
+"""vit/formats/vit_jax.py: every .npz layout the official code and big_vision write, read
+without flags, with logits equal to the code that wrote them.
+
+The fixtures in testdata/npz_layouts were made by that code (make_fixtures.py there names the
+commits); `expected.npz` holds its inputs and logits.
+"""
+import os
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vit import config as config_lib, export, init_spec
+from vit.errors import UserError
+from vit.formats import vit_jax
+from vit.formats.tree import flatten
+
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'npz_layouts')
+TOL = 1e-5
+LAYOUTS = ('vit_jax_published', 'vit_jax_today', 'big_vision_tok', 'big_vision_gap_scan',
+           'big_vision_img')
+
+
+def _expected():
+  with np.load(os.path.join(DATA, 'expected.npz')) as f:
+    return f['images'], {k.split('/')[1]: f[k] for k in f.files if k.startswith('logits/')}
+
+
+def _logits(ckpt, images):
+  net = config_lib.build_model(ckpt.model)
+  return np.asarray(net.apply({'params': ckpt.params}, jnp.asarray(images), train=False))
+
+
+@pytest.mark.parametrize('name', LAYOUTS)
+def test_layout_gives_the_logits_of_the_code_that_wrote_it(name):
+  images, want = _expected()
+  ckpt = init_spec.load(f'vit_jax:{os.path.join(DATA, name + ".npz")}')
+  assert ckpt.image_size == 16 and ckpt.model['transformer']['num_layers'] == 2
+  assert np.abs(want[name]).max() > 0.5
+  assert np.abs(_logits(ckpt, images) - want[name]).max() <= TOL
+
+
+def test_layouts_read_as_the_published_one(tmp_path):
+  """Read, then written: every layout becomes the published names, and reads back equal."""
+  gap = init_spec.load(f'vit_jax:{os.path.join(DATA, "big_vision_gap_scan.npz")}')
+  assert gap.model['classifier'] == 'gap' and gap.model['representation_size'] == 8
+  tok = init_spec.load(f'vit_jax:{os.path.join(DATA, "big_vision_tok.npz")}')
+  pe = tok.params['Transformer']['posembed_input']['pos_embedding']
+  assert pe.shape == (1, 17, 16) and not pe[0, 0].any()  # The class token had no position.
+  vit_jax.save(tok.params, str(tmp_path / 'm.npz'), tok.model)
+  with np.load(tmp_path / 'm.npz') as f:
+    assert 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel' in f.files
+  back = vit_jax.load(str(tmp_path / 'm.npz')).params
+  assert all(np.array_equal(a, flatten(back)[k]) for k, a in flatten(tok.params).items())
+
+
+def test_bfloat16_arrays_are_read(tmp_path):
+  """np.savez stores bfloat16 as 2-byte void; big_vision's recover_dtype reads it back."""
+  import ml_dtypes
+  with np.load(os.path.join(DATA, 'vit_jax_today.npz')) as f:
+    flat = {k: f[k].astype(ml_dtypes.bfloat16) for k in f.files}
+  np.savez(tmp_path / 'bf16.npz', **flat)
+  params = vit_jax.load(str(tmp_path / 'bf16.npz')).params
+  kernel = params['embedding']['kernel']
+  assert kernel.dtype == np.float32
+  np.testing.assert_array_equal(kernel, flat['embedding/kernel'].astype(np.float32))
+
+
+def test_unsupported_layouts_are_named(tmp_path):
+  with np.load(os.path.join(DATA, 'big_vision_tok.npz')) as f:
+    flat = {k[len('params/'):]: f[k] for k in f.files if k.startswith('params/')}
+  cases = {
+      'map': ({**flat, 'MAPHead_0/probe': np.zeros((1, 1, 16), np.float32)}, 'MAP head'),
+      'grid': ({**flat, 'pos_embedding': np.zeros((1, 12, 16), np.float32)},
+               'pos_embedding has 12 entries, not a square grid'),
+      'sincos': ({k: v for k, v in flat.items() if k != 'pos_embedding'},
+                 'no learned position embedding'),
+      'block': ({**flat, 'Transformer/encoderblock_0/Extra_0/w': np.zeros(2, np.float32)},
+                'Transformer/encoderblock_0 holds Extra_0'),
+  }
+  for name, (arrays, message) in cases.items():
+    path = tmp_path / f'{name}.npz'
+    np.savez(path, **arrays)
+    with pytest.raises(UserError) as e:
+      init_spec.load(f'vit_jax:{path}')
+    assert str(e.value).startswith(f'vit_jax:{path}: ') and message in str(e.value)
+    assert '\n' not in str(e.value)
+
+
+def test_export_refuses_what_the_npz_cannot_hold(tmp_path):
+  """Exact GELU and eps 1e-12 are not in the layout: the export says so instead of writing a
+  file whose logits move (by ~1e-3 on these weights, checked)."""
+  ckpt = init_spec.load(f'vit_jax:{os.path.join(DATA, "vit_jax_today.npz")}')
+  hf_like = dict(ckpt.model, gelu_approximate=False, layer_norm_epsilon=1e-12)
+  images, _ = _expected()
+  moved = _logits(ckpt._replace(model=hf_like), images) - _logits(ckpt, images)
+  assert np.abs(moved).max() > 1e-4
+  with pytest.raises(UserError) as e:
+    vit_jax.save(ckpt.params, str(tmp_path / 'm.npz'), hf_like)
+  assert 'cannot hold exact (erf) GELU, LayerNorm epsilon 1e-12' in str(e.value)
+  assert not (tmp_path / 'm.npz').exists()
+  # What the layout can hold makes a round trip with equal logits.
+  export.export(f'vit_jax:{os.path.join(DATA, "big_vision_img.npz")}', 'vit_jax',
+                str(tmp_path / 'ok.npz'))
+  again = init_spec.load(f'vit_jax:{tmp_path / "ok.npz"}')
+  assert np.abs(_logits(again, images) - _expected()[1]['big_vision_img']).max() <= TOL
