@@ -116,3 +116,13 @@ def test_unsupported_processors_and_shards_are_named(checkpoint, tmp_path):
   (bad / shard[-1]).unlink()
   with pytest.raises(UserError, match=f'lists shard {shard[-1]}, which is missing'):
     init_spec.load(f'hf:{bad}')
+
+
+def test_non_square_position_grid_is_named(tmp_path):
+  torch.manual_seed(0)
+  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=64, image_size=(8, 16), patch_size=4)
+  transformers.ViTModel(cfg).save_pretrained(tmp_path / 'wide')
+  with pytest.raises(UserError, match=r'hf:.*wide: its position embedding has 8 patch entries, '
+                                      r'not a square grid'):
+    init_spec.load(f'hf:{tmp_path / "wide"}')

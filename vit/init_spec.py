@@ -78,12 +78,13 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
     stated = copy.deepcopy(read.stated)
     model['transformer'].update(stated.pop('transformer', {}))
     model.update(stated)
+    _input_geometry(params, model, None, spec)  # Its own grid must be square, whatever the size.
   else:
     params, model, names, size = _load_workdir(fmt, path, use_ema)
   if size is not None and size % patch_stride(model):
     raise UserError(f'init {spec}: its input size {size}px is not a multiple of the patch '
                     f'stride {patch_stride(model)}')
-  ckpt = Checkpoint(params, model, names, *_input_geometry(params, model, size))
+  ckpt = Checkpoint(params, model, names, *_input_geometry(params, model, size, spec))
   check_shapes(ckpt, spec)
   return ckpt
 
@@ -190,8 +191,8 @@ def patch_stride(model: dict) -> int:
   return model['patches']['size'][0] * (resnet.total_stride(res) if res else 1)
 
 
-def _input_geometry(params: dict, model: dict, image_size: Optional[int] = None
-                    ) -> tuple[int, int]:
+def _input_geometry(params: dict, model: dict, image_size: Optional[int] = None,
+                    what: str = 'checkpoint') -> tuple[int, int]:
   """(image_size, channels) the checkpoint was trained at: from its posemb grid by default."""
   first = params['conv_root'] if 'conv_root' in params else params['embedding']
   if image_size is None:
@@ -200,7 +201,11 @@ def _input_geometry(params: dict, model: dict, image_size: Optional[int] = None
       raise UserError('checkpoint has no learned 1D position embeddings to read its '
                       'resolution from')
     tokens = posemb.shape[1] - (1 if model['classifier'] == 'token' else 0)
-    image_size = int(round(np.sqrt(tokens))) * patch_stride(model)
+    side = int(round(np.sqrt(tokens)))
+    if side * side != tokens:
+      raise UserError(f'{what}: its position embedding has {tokens} patch entries, not a '
+                      f'square grid (non-square position grids are not supported)')
+    image_size = side * patch_stride(model)
   return int(image_size), int(first['kernel'].shape[2])
 
 
