@@ -77,6 +77,8 @@ def test_unsupported_layouts_are_named(tmp_path):
                  'no learned position embedding'),
       'block': ({**flat, 'Transformer/encoderblock_0/Extra_0/w': np.zeros(2, np.float32)},
                 'Transformer/encoderblock_0 holds Extra_0'),
+      'blockless': ({k: v for k, v in flat.items() if 'encoderblock' not in k},
+                    'lacks a ViT parameter'),
   }
   for name, (arrays, message) in cases.items():
     path = tmp_path / f'{name}.npz'

@@ -74,7 +74,10 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
     params, names, size = read.params, read.class_names, read.image_size
     # Shapes fix the sizes; the files state the rest (an official .npz states nothing, and
     # the official checkpoints all use tanh GELU, LayerNorm eps 1e-6 and x / 127.5 - 1).
-    model = infer_model(params)
+    try:
+      model = infer_model(params)
+    except UserError as e:
+      raise UserError(f'{spec}: {e}') from None
     stated = copy.deepcopy(read.stated)
     model['transformer'].update(stated.pop('transformer', {}))
     model.update(stated)
