@@ -1,5 +1,6 @@
 """`python -m vit.data.prepare`: image folders and Fashion-MNIST into TFDS ArrayRecord datasets."""
 import os
+import signal
 import subprocess
 import sys
 
@@ -199,3 +200,60 @@ def test_stored_pixels_follow_the_decoding_rules(tmp_path):
   images = [transforms.decode_image(source[i]['image']) for i in range(len(source))]
   assert [(im.shape, int(im.min()), int(im.max())) for im in images] == [
       ((8, 8, 1), 100, 100), ((12, 8, 1), 50, 50)]
+
+
+def test_val_folder_is_the_validation_split_and_mixed_layouts_are_refused(tmp_path):
+  folder = str(tmp_path / 'images')
+  write_folder(folder, per_class=2, split='train')
+  write_folder(folder, per_class=1, split='val')
+  scan = prepare.scan_folder(folder)
+  assert scan.class_names == CLASSES and list(scan.splits) == ['train', 'validation']
+  assert list(scan.splits['validation'].labels) == [0, 1, 2]
+  write_folder(folder, per_class=1, split='valid')
+  with pytest.raises(UserError, match=r': both val/ and valid/ are the validation split; '):
+    prepare.scan_folder(folder)
+  mixed = str(tmp_path / 'mixed')
+  write_folder(mixed, per_class=1, split='train')
+  write_folder(mixed, per_class=1)
+  with pytest.raises(UserError) as e:
+    prepare.scan_folder(mixed)
+  assert str(e.value).startswith(f'--source folder:{mixed}: mixes split folders (train) with '
+                                 f'class folders (cat, dog, eel);')
+
+
+def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
+  folder = write_folder(str(tmp_path / 'images'), per_class=1)
+  out = str(tmp_path / 'out')
+  for limit in (0, -3):
+    with pytest.raises(UserError, match=rf'^--max_per_split={limit}: must be a positive '):
+      prepare.prepare('fashion_mnist', out, limit=limit)
+  inside = f'{folder}/out'
+  with pytest.raises(UserError, match=rf'^--out {inside}: is inside --source folder:{folder};'):
+    prepare.prepare(f'folder:{folder}', inside)
+  assert not os.path.exists(out) and not os.path.exists(inside)
+  with pytest.raises(UserError, match=r': is a file, not a directory of class folders$'):
+    prepare.prepare(f'folder:{folder}/cat/0.jpg', out)
+  os.symlink(str(tmp_path / 'gone'), f'{folder}/cat/more')
+  scan = prepare.scan_folder(folder)
+  assert scan.not_followed == [f'{folder}/cat/more -> {tmp_path}/gone (a dangling link)']
+  assert scan.not_images == []
+
+
+def test_interrupt_says_the_previous_dataset_is_unchanged(tmp_path):
+  folder = write_folder(str(tmp_path / 'images'), per_class=1)
+  out = str(tmp_path / 'out')
+  prepare.prepare(f'folder:{folder}', out)
+  command = [sys.executable, '-m', 'vit.data.prepare', f'--source=folder:{folder}',
+             f'--out={out}', '--overwrite']
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1'}
+  run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+  for line in run.stdout:  # The class table comes before TFDS is imported (seconds).
+    if line.startswith('3 classes:'):
+      run.send_signal(signal.SIGINT)
+      break
+  _, err = run.communicate(timeout=300)
+  assert run.returncode == 130
+  assert err.strip().splitlines()[-1] == (
+      f'interrupted; the previous dataset at {out}/{prepare.NAME} is unchanged')
+  assert len(pipeline.make_source(config_for(out), 'train')) == 3

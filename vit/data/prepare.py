@@ -4,7 +4,8 @@
   python -m vit.data.prepare --source fashion_mnist --out DIR
 
 `folder:PATH` holds one sub-folder per class (image files, nested folders allowed), or
-`train/`, `validation/`, `test/` sub-folders that each hold the class folders. Labels are the
+`train/`, `validation/` (or `val/`, `valid/`), `test/` sub-folders that each hold the class
+folders; split folders beside class folders are refused. Labels are the
 indices of the sorted class names; the names are kept in the dataset's metadata (a TFDS
 ClassLabel). The result is a real TFDS dataset, DIR/prepared_images/1.0.0/, so training reads it
 with `--config.data.source=array_record:DIR` (or `tfds:prepared_images` with
@@ -29,6 +30,7 @@ import dataclasses
 import functools
 import io
 import os
+import sys
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -40,7 +42,9 @@ from vit.data import decoding, fashion_mnist
 from vit.errors import UserError
 
 NAME = 'prepared_images'
-SPLIT_FOLDERS = ('train', 'validation', 'test')
+# Folder name -> split name: the spellings in use (ImageNet's `val/`, Roboflow's `valid/`).
+SPLIT_FOLDERS = {'train': 'train', 'validation': 'validation', 'val': 'validation',
+                 'valid': 'validation', 'test': 'test'}
 
 
 @dataclasses.dataclass
@@ -105,6 +109,8 @@ def _walk_images(folder: str, scan: Scan) -> list[str]:
         scan.hidden.append(entry.path)
       elif entry.is_dir():  # Follows links.
         subfolders.append(entry.path)
+      elif entry.is_symlink() and not os.path.exists(entry.path):
+        scan.not_followed.append(f'{entry.path} -> {os.readlink(entry.path)} (a dangling link)')
       elif entry.name.lower().endswith(decoding.IMAGE_SUFFIXES):
         found.append(entry.path)
       else:
@@ -149,12 +155,25 @@ def scan_folder(path: str) -> Scan:
   Raises UserError for a missing folder, no class folders, loose images, or no images at all.
   """
   if not os.path.isdir(path):
-    raise UserError(f'--source folder:{path}: no such directory')
+    raise UserError(f'--source folder:{path}: ' + ('is a file, not a directory of class folders'
+                                                   if os.path.exists(path) else
+                                                   'no such directory'))
   scan = Scan({}, ())
   top = _subfolders(path, scan)
-  if top and set(top) <= set(SPLIT_FOLDERS):
-    split_classes = {s: _subfolders(os.path.join(path, s), scan) for s in top}
-    split_roots = {s: os.path.join(path, s) for s in top}
+  split_folders = [d for d in top if d in SPLIT_FOLDERS]
+  if split_folders and len(split_folders) < len(top):
+    raise UserError(f'--source folder:{path}: mixes split folders ({", ".join(split_folders)}) '
+                    f'with class folders ({", ".join(d for d in top if d not in SPLIT_FOLDERS)});'
+                    f' put every class folder inside the split folders, or use no split folders')
+  if split_folders:
+    split_roots = {}
+    for d in top:
+      split = SPLIT_FOLDERS[d]
+      if split in split_roots:
+        raise UserError(f'--source folder:{path}: both {os.path.basename(split_roots[split])}/ '
+                        f'and {d}/ are the {split} split; keep one')
+      split_roots[split] = os.path.join(path, d)
+    split_classes = {s: _subfolders(root, scan) for s, root in split_roots.items()}
   else:
     split_classes, split_roots = {'train': top}, {'train': path}
   class_names = tuple(sorted({c for names in split_classes.values() for c in names}))
@@ -301,8 +320,18 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
 
   Refuses a non-empty `out` without `overwrite`. The dataset is built in a hidden folder in
   `out` and replaces OUT/prepared_images only once complete: a build that stops (a bad file,
-  Ctrl-C) leaves the previous dataset as it was. Raises UserError naming the bad input.
+  Ctrl-C) leaves the previous dataset as it was. Raises UserError naming the bad input: a
+  `limit` that is not a positive integer, an `out` inside the source folder (a rerun would scan
+  it as a class), a bad folder (`scan_folder`).
   """
+  if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+    raise UserError(f'--max_per_split={limit}: must be a positive integer (images per split)')
+  if source.startswith('folder:') and source[len('folder:'):]:
+    root = os.path.realpath(source[len('folder:'):])
+    if os.path.realpath(out) == root or os.path.realpath(out).startswith(root.rstrip(os.sep)
+                                                                          + os.sep):
+      raise UserError(f'--out {out}: is inside --source {source}; a later run would read it as '
+                      f'a class folder, so write the dataset elsewhere')
   if source == 'fashion_mnist':
     splits, class_names, channels = fashion_mnist_splits(limit), fashion_mnist.CLASS_NAMES, 1
     report = class_table(splits, class_names)
@@ -351,8 +380,16 @@ _LIMIT = flags.DEFINE_integer('max_per_split', None, 'Keep at most this many ima
 
 def main(argv):
   del argv
-  prepare(_SOURCE.value, _OUT.value, overwrite=_OVERWRITE.value, skip_bad=_SKIP_BAD.value,
-          limit=_LIMIT.value)
+  out = _OUT.value
+  existed = os.path.isdir(os.path.join(out, NAME))
+  try:
+    prepare(_SOURCE.value, out, overwrite=_OVERWRITE.value, skip_bad=_SKIP_BAD.value,
+            limit=_LIMIT.value)
+  except KeyboardInterrupt:
+    # Otherwise cli.run prints the trainers' message about unsaved steps.
+    print(f'interrupted; the previous dataset at {os.path.join(out, NAME)} is unchanged'
+          if existed else f'interrupted; no dataset was written to {out}', file=sys.stderr)
+    sys.exit(130)
 
 
 if __name__ == '__main__':
