@@ -106,3 +106,15 @@ def test_unsupported_timm_models_are_named(tmp_path):
   (tmp_path / 'bin' / 'pytorch_model.bin').write_bytes(b'\x80')
   with pytest.raises(UserError, match='pickled weights are never loaded'):
     init_spec.load(f'timm:{tmp_path / "bin"}')
+
+
+def test_torchvision_stand_in_is_gone_after_timm_is_imported():
+  """Left visible, transformers took the stand-in for torchvision and failed parsing its version
+  'N/A' in the next test that loads an image processor (an order-dependent failure)."""
+  import importlib.util
+  from transformers.utils import import_utils
+  assert import_timm() is timm  # A second call, as in the next test module, changes nothing.
+  assert importlib.util.find_spec('torchvision') is None
+  assert import_utils._is_package_available('torchvision', return_version=True) == (False, 'N/A')
+  assert timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, embed_dim=32,
+                           depth=1, num_heads=4, num_classes=5).head.out_features == 5

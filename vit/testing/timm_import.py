@@ -49,11 +49,25 @@ class _TorchvisionStandIn(importlib.abc.MetaPathFinder, importlib.abc.Loader):
 
 
 def import_timm():
-  """The timm module; raises ImportError when timm itself is not installed."""
+  """The timm module; raises ImportError when timm itself is not installed.
+
+  The stand-in exists only while timm is imported (timm keeps the names it bound): left in
+  `sys.modules` or `sys.meta_path`, it would make `importlib.util.find_spec('torchvision')`
+  succeed, and transformers, believing torchvision installed, fails parsing its version 'N/A'.
+  """
   try:
     import torchvision  # noqa: F401  (a real one, when installed, is used as is)
   except ImportError:
-    if not any(isinstance(f, _TorchvisionStandIn) for f in sys.meta_path):
-      sys.meta_path.append(_TorchvisionStandIn())
-  import timm
+    pass
+  else:
+    import timm
+    return timm
+  stand_in = _TorchvisionStandIn()
+  sys.meta_path.append(stand_in)
+  try:
+    import timm
+  finally:
+    sys.meta_path.remove(stand_in)
+    for name in [n for n, m in sys.modules.items() if isinstance(m, _MissingModule)]:
+      del sys.modules[name]
   return timm
