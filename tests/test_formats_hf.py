@@ -126,3 +126,17 @@ def test_non_square_position_grid_is_named(tmp_path):
   with pytest.raises(UserError, match=r'hf:.*wide: its position embedding has 8 patch entries, '
                                       r'not a square grid'):
     init_spec.load(f'hf:{tmp_path / "wide"}')
+
+
+def test_a_cropping_processor_is_named_in_a_warning(tmp_path, capsys):
+  from vit.formats import hf
+  transformers.DeiTImageProcessor(size={'height': 40, 'width': 40},
+                                  crop_size={'height': 32, 'width': 32}).save_pretrained(tmp_path)
+  assert hf.read_processor(str(tmp_path), 3)[1] == 32
+  assert capsys.readouterr().err == (
+      f'warning: hf:{tmp_path}/preprocessor_config.json: the processor resizes to 40 then '
+      f'centre-crops 32x32 and it resamples with resample=3 (bicubic); this repository resizes '
+      f'straight to 32x32 bilinearly, so its logits differ slightly from transformers\' '
+      f'pipeline\n')
+  transformers.ViTImageProcessor(size={'height': 32, 'width': 32}).save_pretrained(tmp_path)
+  assert hf.read_processor(str(tmp_path), 3)[1] == 32 and capsys.readouterr().err == ''

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -152,7 +153,37 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
     size = _side(path, p['crop_size'], 'crop_size')
   elif p.get('do_resize', True) and p.get('size') is not None:
     size = _side(path, p['size'], 'size')
+  differs = _view_differences(path, p, size)
+  if differs:
+    print(f'warning: hf:{path}: {" and ".join(differs)}; this repository resizes straight to '
+          f'{size}x{size} bilinearly, so its logits differ slightly from transformers\' '
+          f'pipeline', file=sys.stderr, flush=True)
   return stated, size
+
+
+# PIL's resampling filter numbers, which the processors' `resample` key holds.
+_RESAMPLE = {0: 'nearest', 1: 'lanczos', 2: 'bilinear', 3: 'bicubic', 4: 'box', 5: 'hamming'}
+
+
+def _view_differences(path: str, p: dict, size: Optional[int]) -> list[str]:
+  """What the processor does beyond our bilinear resize to `size` (e.g. DeiTImageProcessor's
+  bicubic resize to 256 then centre crop to 224)."""
+  if not p.get('do_resize', True) or size is None:
+    return []
+  out = []
+  if p.get('do_center_crop') and p.get('size') is not None:
+    resized = p['size']
+    if isinstance(resized, dict) and 'shortest_edge' in resized:
+      out.append(f'the processor resizes the shortest edge to {resized["shortest_edge"]} '
+                 f'then centre-crops {size}x{size}')
+    elif _side(path, resized, 'size') != size:
+      out.append(f'the processor resizes to {_side(path, resized, "size")} then centre-crops '
+                 f'{size}x{size}')
+  resample = p.get('resample', 2)
+  if resample != 2:
+    out.append(f'it resamples with resample={resample} '
+               f'({_RESAMPLE.get(resample, "unknown filter")})')
+  return out
 
 
 def _pair(value) -> tuple[int, int]:
