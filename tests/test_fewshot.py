@@ -103,9 +103,36 @@ def test_too_few_examples_per_class_is_an_error():
   config.fewshot.shots = (50,)
   m = config_lib.validate(config)
   source = fashion_mnist.ArraySource(*(a[:100] for a in fashion_mnist.load('test')))
-  with pytest.raises(UserError, match='fewer than 50 training examples'):
+  with pytest.raises(UserError, match=r"^config.fewshot.shots=\(50,\): split 'train' has fewer "
+                                      r"than 50 examples of 10 classes: T-shirt/top \(8\), "):
     fewshot.from_config(config, m, sharding.make_mesh(config.mesh), train_source=source,
                         test_source=source)
+  # A class without any training image (prepare keeps empty class folders) is named too.
+  images, labels = fashion_mnist.load('test')
+  keep = labels[:200] != 3
+  no_dress = fashion_mnist.ArraySource(images[:200][keep], labels[:200][keep])
+  config.fewshot.shots = (1,)
+  with pytest.raises(UserError, match=r": split 'train' has fewer than 1 examples of 1 class: "
+                                      r"Dress \(0\)$"):
+    fewshot.from_config(config, m, sharding.make_mesh(config.mesh), train_source=no_dress,
+                        test_source=no_dress)
+
+
+@pytest.mark.parametrize('flag,value,message', [
+    ('l2_reg', -1.0, '--l2_reg=-1: must be > 0'),
+    ('max_test', -5, '--max_test=-5: must be a positive integer (test examples)'),
+    ('max_test', 0, '--max_test=0: must be a positive integer (test examples)'),
+    ('shots', ['1', '0'], "--shots=1,0: '0' is not a positive integer"),
+    ('l2_regs', ['1', 'x'], "--l2_regs=1,x: 'x' is not a positive number"),
+])
+def test_cli_flags_are_named_with_their_values(flag, value, message):
+  import types
+  flags_ = types.SimpleNamespace(shots=['1', '5'], l2_regs=['1', '16'], l2_reg=1024.0,
+                                 max_test=100)
+  setattr(flags_, flag, value)
+  with pytest.raises(UserError) as e:
+    fewshot._check_flags(flags_)
+  assert str(e.value) == message
 
 
 def test_cli_on_an_npz(tmp_path):
@@ -127,6 +154,12 @@ def test_cli_on_an_npz(tmp_path):
                           '2shot_l2=16'}
   assert all(0.0 <= v <= 1.0 for v in results.values())
   assert json.loads(run.stdout)['results'] == results
+  split = subprocess.run(
+      [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+       '--shots=1', '--test_split=valid'], cwd=ROOT, capture_output=True, text=True,
+      timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert split.returncode == 2 and split.stderr.strip().splitlines()[-1] == (
+      'error: --test_split=valid: not a split of fashion_mnist (splits: train, test)')
   bad = subprocess.run([sys.executable, '-m', 'vit.evaluators.fewshot', '--init=npz:x'],
                        cwd=ROOT, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))

@@ -8,4 +8,4 @@ class UserError(Exception):
 class ConfigError(UserError):
   def __init__(self, key: str, value, problem: str):
     super().__init__(f'config.{key}={value!r}: {problem}')
-    self.key = key
+    self.key, self.value, self.problem = key, value, problem  # For CLIs that name their flags.

@@ -12,6 +12,7 @@ DEFAULT_DIR = '/usr/share/datasets/fashion-mnist'
 CLASS_NAMES = ('T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt',
                'Sneaker', 'Bag', 'Ankle boot')
 _FILES = {'train': 'train', 'test': 't10k'}
+SPLITS = tuple(_FILES)
 
 
 def _read_idx(path: str, expected_ndim: int) -> np.ndarray:

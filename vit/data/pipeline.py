@@ -33,6 +33,9 @@ def make_source(config: ml_collections.ConfigDict, split: str):
   source, data_dir = config.data.source, config.data.data_dir
   split_key = 'train_split' if split == config.data.train_split else 'eval_split'
   if source == 'fashion_mnist':
+    if split not in fashion_mnist.SPLITS:
+      raise ConfigError(f'data.{split_key}', split, f'not a split of fashion_mnist (splits: '
+                        f'{", ".join(fashion_mnist.SPLITS)})')
     return fashion_mnist.ArraySource(*fashion_mnist.load(split, data_dir),
                                      description=f'fashion_mnist split {split!r}')
   kind, _, arg = str(source).partition(':')

@@ -134,17 +134,26 @@ class FewShotEvaluator:
       raise ConfigError('fewshot.shots', shots, 'must be positive integers')
     if any(l2 <= 0 for l2 in (fs.l2_reg, *fs.l2_regs)):
       raise ConfigError('fewshot.l2_regs', fs.l2_regs, 'L2 strengths must be > 0')
+    if fs.max_test is not None and (not isinstance(fs.max_test, int) or fs.max_test < 0):
+      raise ConfigError('fewshot.max_test', fs.max_test, 'must be an integer >= 0 (0: all)')
     self.name, self.config, self.mesh, self.params_fn = name, config, mesh, params_fn
     self.shots, self.l2_reg, self.l2_regs = shots, float(fs.l2_reg), tuple(fs.l2_regs)
     train_source = train_source or pipeline.make_source(config, fs.train_split)
     test_source = test_source or pipeline.make_source(config, fs.test_split or
                                                       config.data.eval_split)
     per_class = select_shots(train_source, max(shots), fs.seed)
-    if min(len(v) for v in per_class.values()) < max(shots):
-      short = {c: len(v) for c, v in per_class.items() if len(v) < max(shots)}
-      raise UserError(f'few-shot: classes {short} have fewer than {max(shots)} training '
-                      f'examples (config.fewshot.shots={shots})')
-    self.num_classes = max(per_class) + 1
+    names = getattr(train_source, 'class_names', None)
+    # A class without training images (prepare keeps empty class folders) is short too: left
+    # out, it would shift every later class's rows.
+    everyone = range(len(names) if names else max(per_class) + 1)
+    short = {c: len(per_class.get(c, ())) for c in everyone
+             if len(per_class.get(c, ())) < max(shots)}
+    if short:
+      listed = ', '.join(f'{names[c] if names else c} ({n})' for c, n in short.items())
+      raise ConfigError('fewshot.shots', shots, f'split {fs.train_split!r} has fewer than '
+                        f'{max(shots)} examples of {len(short)} class{"es" * (len(short) > 1)}: '
+                        f'{listed}')
+    self.num_classes = len(everyone)
     # Class-major order; the k-shot set is the first k of every class.
     self.train_order = [i for c in sorted(per_class) for i in per_class[c]]
     self.train_labels = np.repeat(sorted(per_class), max(shots))
@@ -222,6 +231,24 @@ def _define_flags():
   return flags.FLAGS
 
 
+def _check_flags(flags_) -> None:
+  """One line naming the flag and its value for a bad number, before anything is loaded."""
+  for flag, convert in (('shots', int), ('l2_regs', float)):
+    values = getattr(flags_, flag)
+    for value in values:
+      try:
+        ok = convert(value) > 0
+      except ValueError:
+        ok = False
+      if not ok:
+        raise UserError(f'--{flag}={",".join(values)}: {value!r} is not a positive '
+                        f'{"integer" if convert is int else "number"}')
+  if flags_.l2_reg <= 0:
+    raise UserError(f'--l2_reg={flags_.l2_reg:g}: must be > 0')
+  if flags_.max_test < 1:
+    raise UserError(f'--max_test={flags_.max_test}: must be a positive integer (test examples)')
+
+
 def _cli_config(flags_, ckpt) -> ml_collections.ConfigDict:
   from vit import config as config_lib
   config = config_lib.defaults()
@@ -229,14 +256,16 @@ def _cli_config(flags_, ckpt) -> ml_collections.ConfigDict:
   config.eval_batch_size = flags_.batch_size
   config.data.source, config.data.data_dir = flags_.dataset, flags_.data_dir
   config.data.channels, config.data.eval_split = ckpt.channels, flags_.test_split
-  try:
-    config.fewshot.shots = tuple(int(s) for s in flags_.shots)
-    config.fewshot.l2_regs = tuple(float(s) for s in flags_.l2_regs)
-  except ValueError as e:
-    raise UserError(f'--shots/--l2_regs: not numbers ({e})') from None
+  config.fewshot.shots = tuple(int(s) for s in flags_.shots)
+  config.fewshot.l2_regs = tuple(float(s) for s in flags_.l2_regs)
   config.fewshot.update(l2_reg=flags_.l2_reg, seed=flags_.seed, max_test=flags_.max_test,
                         train_split=flags_.train_split, test_split=flags_.test_split)
   return config
+
+
+_FLAGS_OF_KEYS = {'fewshot.shots': '--shots', 'fewshot.l2_regs': '--l2_regs',
+                  'data.eval_split': '--test_split', 'data.train_split': '--train_split',
+                  'data.source': '--dataset', 'data.data_dir': '--data_dir'}
 
 
 def main(argv) -> None:
@@ -244,6 +273,7 @@ def main(argv) -> None:
   from absl import flags
   from vit import init_spec
   flags_ = flags.FLAGS
+  _check_flags(flags_)
   ckpt = init_spec.load(flags_.init)
   config = _cli_config(flags_, ckpt)
   model = dict(ckpt.model, num_classes=None)
@@ -251,7 +281,14 @@ def main(argv) -> None:
   grid = init_spec.grid_at(model, config.image_size)
   params = init_spec.adapt_params(ckpt.params, target, grid, drop=('head',), what=flags_.init)
   mesh = sharding.make_mesh(config.mesh)
-  evaluator = FewShotEvaluator(config, make_representation_fn(model), mesh)
+  try:
+    evaluator = FewShotEvaluator(config, make_representation_fn(model), mesh)
+  except ConfigError as e:  # Name the flag the user typed, not the config key it set.
+    flag = _FLAGS_OF_KEYS.get(e.key)
+    if flag is None:
+      raise
+    value = ','.join(map(str, e.value)) if isinstance(e.value, tuple) else e.value
+    raise UserError(f'{flag}={value}: {e.problem}') from None
   results = evaluator.evaluate(jax.device_put(params))
   print(json.dumps(dict(init=flags_.init, dataset=flags_.dataset, image_size=config.image_size,
                         l2_reg=config.fewshot.l2_reg, results=results), indent=1))
