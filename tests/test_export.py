@@ -127,3 +127,32 @@ def test_a_failed_export_leaves_the_previous_one(run, tmp_path, monkeypatch):
   export.export(workdir, 'hf', str(hf))
   assert sorted(os.listdir(hf)) == ['README.md', 'config.json', 'model.safetensors',
                                     'preprocessor_config.json']
+
+
+def test_hf_export_over_a_sharded_folder_removes_the_old_shards(run, tmp_path):
+  transformers = pytest.importorskip('transformers')
+  workdir, _, params, ema = run
+  out = tmp_path / 'hf'
+  export.export(workdir, 'hf', str(out), use_ema=False)
+  old = transformers.ViTForImageClassification.from_pretrained(str(out))
+  old.save_pretrained(str(out), max_shard_size='20KB')  # What transformers writes: shards.
+  (out / 'model.safetensors').unlink(missing_ok=True)
+  assert (out / 'model.safetensors.index.json').exists()
+  export.export(workdir, 'hf', str(out))
+  assert sorted(os.listdir(out)) == ['config.json', 'model.safetensors',
+                                     'preprocessor_config.json']
+  new = transformers.ViTForImageClassification.from_pretrained(str(out))
+  np.testing.assert_array_equal(new.classifier.weight.detach().numpy(), ema['head']['kernel'].T)
+
+
+def test_refusals_name_the_formats_that_do_hold_the_model(run, tmp_path):
+  from vit.formats import timm as timm_format
+  _, m, params, _ = run
+  imagenet = dict(rescale=1 / 255, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+  with pytest.raises(UserError, match=r'LayerNorm epsilon 1e-12 \(timm: 1e-6\); export with '
+                                      r'--format hf$'):  # vit_jax holds neither.
+    timm_format.check_expressible(params, dict(m, layer_norm_epsilon=1e-12, pixels=imagenet))
+  with pytest.raises(UserError, match=r'\(pre_logits\); export with --format vit_jax$'):
+    timm_format.check_expressible(dict(params, pre_logits={}), m)
+  with pytest.raises(UserError, match=r'^--checkpoint nope: directory not found \(a trainer '):
+    export.export('nope', 'hf', str(tmp_path / 'o'))

@@ -18,6 +18,7 @@ stay), so a failed export never leaves a broken file where a good one stood.
 from __future__ import annotations
 
 import os
+import re
 
 from absl import flags
 
@@ -49,8 +50,22 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
     with atomic_write.staging_dir(out) as staging:  # Its files replace their namesakes in out.
       writer(ckpt.params, ckpt.model, staging, class_names=ckpt.class_names,
              image_size=ckpt.image_size)
-      atomic_write.move_files(staging, out)
+      written = atomic_write.move_files(staging, out)
+    _remove_stale_weights(out, written)
   return ckpt
+
+
+# The weight files of an hf or timm folder: one model.safetensors, or shards and their index.
+_WEIGHT_FILES = re.compile(r'model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json')
+
+
+def _remove_stale_weights(folder: str, written: list[str]) -> None:
+  """Deletes the weight files of a previous export that the new one did not replace (its old
+  shards and index beside a new model.safetensors): transformers would read the index first.
+  Runs only once the new files are in place."""
+  for name in sorted(os.listdir(folder)):
+    if _WEIGHT_FILES.fullmatch(name) and name not in written:
+      os.remove(os.path.join(folder, name))
 
 
 def main(argv):

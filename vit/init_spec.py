@@ -103,7 +103,8 @@ def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
 def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   from vit import checkpoints, config as config_lib
   if not os.path.isdir(path):
-    raise UserError(f'{fmt or "checkpoint"}:{path}: directory not found')
+    raise UserError(f'{fmt}:{path}: directory not found' if fmt else
+                    f'--checkpoint {path}: directory not found (a trainer workdir, or FORMAT:PATH)')
   saved = checkpoints.saved_config(path)
   params = checkpoints.restore_params(path, use_ema=use_ema)
   if fmt is None:

@@ -182,7 +182,26 @@ def check_expressible(params: Params, model: dict) -> None:
     lost.append(f'posemb {model.get("posemb")} / {model.get("attention")} attention')
   if lost:
     raise UserError('--format timm: timm\'s VisionTransformer has no ' + ', '.join(lost) +
-                    '; export with --format hf (or vit_jax)')
+                    _formats_that_hold(params, model))
+
+
+def _formats_that_hold(params: Params, model: dict) -> str:
+  """'; export with --format ...' naming only the formats whose writers accept the model."""
+  from vit.formats import vit_jax
+  accept = []
+  # transformers' ViT: class token, no ResNet stem, no pre_logits before a head, learned 1D
+  # position embeddings and global attention (the refusals of hf.save).
+  if not (model.get('resnet') and model['resnet'].get('num_layers')) and 'cls' in params and (
+      'head' not in params or 'pre_logits' not in params) and model.get(
+          'posemb', 'learned_1d') == 'learned_1d' and model.get('attention', 'global') == 'global':
+    accept.append('hf')
+  try:
+    vit_jax.check_expressible(model)
+    accept.append('vit_jax')
+  except UserError:
+    pass
+  return (f'; export with --format {" or ".join(accept)}' if accept else
+          '; neither --format hf nor vit_jax holds it either: keep the workdir')
 
 
 def save(params: Params, model: dict, directory: str, *,
