@@ -91,6 +91,10 @@ def test_transparent_grey_level_of_a_greyscale_png():
   png = saved(Image.fromarray(np.array([[7, 8]], np.uint8)), 'PNG', transparency=7)
   assert opened_mode(png) == 'L'
   np.testing.assert_array_equal(decoding.decode(png), [[[255], [8]]])
+  sixteen = saved(Image.fromarray(np.array([[7 * 257, 8 * 257]], np.uint16)), 'PNG',
+                  transparency=7 * 257)
+  assert opened_mode(sixteen) == 'I;16'  # The same rule: the transparent grey becomes white.
+  np.testing.assert_array_equal(decoding.decode(sixteen), [[[255], [8]]])
 
 
 def test_cmyk_and_ycbcr_become_rgb():

@@ -15,6 +15,7 @@ opens the file in:
 | `RGBA`, `RGBa`, `PA` | 3 | alpha composited on white |
 | `P` | 3 | the palette's colours |
 | `L`, `RGB`, `P` with a transparent colour (PNG tRNS, GIF) | 1, 3, 3 | as LA / RGBA |
+| `I;16`, `I` with a transparent grey (16-bit PNG tRNS) | 1 | that grey white, others as above |
 | `CMYK`, `YCbCr`, `LAB`, `HSV`, `RGBX` | 3 | PIL's conversion to RGB |
 
 Why these rules:
@@ -115,6 +116,8 @@ def to_array(pil: Image.Image) -> np.ndarray:
   elif mode in _SIXTEEN_BIT or mode == 'I':
     values = np.clip(np.asarray(pil).astype(np.int64), 0, 65535)
     image = ((values * 2 + 257) // 514).astype(np.uint8)  # round(v / 257), in integers.
+    if isinstance(pil.info.get('transparency'), int):  # PIL has no 16-bit alpha mode to convert to.
+      image[values == pil.info['transparency']] = BACKGROUND
   elif mode == 'F':
     values = np.asarray(pil, np.float32)
     if not np.isfinite(values).all():
