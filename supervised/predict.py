@@ -41,6 +41,11 @@ def read_images(path: str) -> tuple[list[np.ndarray], list[str]]:
     raise UserError(f'--images {path}: not a readable .npy array ({e})') from None
   if images.dtype != np.uint8:
     raise UserError(f'--images {path}: dtype {images.dtype}; expected uint8 pixels in [0, 255]')
+  if images.ndim == 3 and images.shape[-1] in (1, 3, 4):
+    # [H, W, C] of one image, or [B, H, W] of narrow greyscale ones: refused, not guessed.
+    raise UserError(f'--images {path}: shape {images.shape} is ambiguous (one [H, W, C] image '
+                    f'or {images.shape[0]} greyscale images {images.shape[1]} wide?); pass one '
+                    f'image as [1, H, W, C] (np.expand_dims(x, 0)), greyscale ones as [B, H, W, 1]')
   if images.ndim == 3:  # [B, H, W]: grayscale without a channel axis.
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
@@ -53,6 +58,13 @@ def _read_directory(path: str) -> tuple[list[np.ndarray], list[str]]:
   if hidden:
     print(f'--images {path}: skipped {len(hidden)} hidden entries ({", ".join(hidden[:3])}'
           f'{", ..." if len(hidden) > 3 else ""})', flush=True)
+  others = sorted(set(os.listdir(path)) - set(names) - set(hidden))
+  folders = [n for n in others if os.path.isdir(os.path.join(path, n))]
+  files = [n for n in others if n not in folders]
+  if others:  # Only the images directly in DIR are read.
+    print(f'--images {path}: skipped {len(folders)} sub-folders and {len(files)} files without '
+          f'an image extension ({", ".join(_printable(n) for n in others[:3])}'
+          f'{", ..." if len(others) > 3 else ""})', flush=True)
   if not names:
     raise UserError(f'--images {path}: no image files ({", ".join(decoding.IMAGE_SUFFIXES)})')
   images = [decoding.read_file(os.path.join(path, name)) for name in names]
@@ -105,6 +117,12 @@ def predict(apply_fn, images: np.ndarray, batch_size: int) -> np.ndarray:
   return np.concatenate(out).astype(np.float32)
 
 
+def _printable(name: str) -> str:
+  """A file name as valid Unicode: bytes that are not UTF-8 (kept by os.listdir as lone
+  surrogates, which JSON encoders write as invalid text) become \\xNN escapes."""
+  return os.fsencode(name).decode('utf-8', 'backslashreplace')
+
+
 def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequence[str]],
           k: int = TOP_K) -> list[dict]:
   probs = np.exp(logits - logits.max(-1, keepdims=True))
@@ -112,7 +130,7 @@ def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequen
   rows = []
   for name, p in zip(names, probs):
     best = np.argsort(-p, kind='stable')[:k]
-    rows.append({'image': name, 'top': [
+    rows.append({'image': _printable(name), 'top': [
         {'label': int(c), 'name': class_names[c] if class_names else str(int(c)),
          'probability': float(p[c])} for c in best]})
   return rows

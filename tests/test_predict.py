@@ -108,6 +108,27 @@ def test_image_folder_decoding_sixteen_bit_rotated_and_hidden_files(tmp_path, ca
     predict.read_images(str(folder))
 
 
+def test_ambiguous_arrays_other_entries_and_undecodable_names(tmp_path, capsys):
+  np.save(tmp_path / 'one.npy', np.zeros((28, 28, 3), np.uint8))
+  with pytest.raises(UserError) as e:
+    predict.read_images(str(tmp_path / 'one.npy'))
+  assert str(e.value) == (
+      f'--images {tmp_path}/one.npy: shape (28, 28, 3) is ambiguous (one [H, W, C] image or 28 '
+      f'greyscale images 28 wide?); pass one image as [1, H, W, C] (np.expand_dims(x, 0)), '
+      f'greyscale ones as [B, H, W, 1]')
+  folder = tmp_path / 'imgs'
+  (folder / 'more').mkdir(parents=True)
+  (folder / 'notes.txt').write_text('not an image')
+  Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / 'a.png')
+  assert predict.read_images(str(folder))[1] == ['a.png']
+  assert capsys.readouterr().out == (
+      f'--images {folder}: skipped 1 sub-folders and 1 files without an image extension '
+      f'(more, notes.txt)\n')
+  name = os.fsdecode(b'caf\xe9.png')  # Latin-1 bytes: a lone surrogate in the str.
+  rows = predict.top_k(np.zeros((1, 2)), [name], None)
+  assert json.loads(json.dumps(rows).encode('utf-8'))[0]['image'] == 'caf\\xe9.png'
+
+
 def test_cli_npy_and_json_outputs(npz, tmp_path):
   path, _, _ = npz
   folder = tmp_path / 'imgs'
