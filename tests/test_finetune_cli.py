@@ -56,6 +56,9 @@ def test_cli_help_and_missing_init(tmp_path):
                                   env=env, capture_output=True, text=True, timeout=300)
   helped = cmd('--help')
   assert '--config' in helped.stdout and '--workdir' in helped.stdout
+  # The flags themselves, not only the usage line of the module docstring.
+  assert '  --config: Path to an ml_collections config file' in helped.stdout
+  assert '  --workdir: Directory for checkpoints' in helped.stdout
   out = cmd('--config=configs/finetune/fashion_mnist.py', f'--workdir={tmp_path / "w"}')
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [

@@ -29,6 +29,9 @@ def define_config_flags(default_config: str | None = None, workdir_required: boo
   workdir = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
                                 'events and the batch contract; rerunning resumes from it.',
                                 required=workdir_required)
+  # --help lists the main module's key flags only; these are defined here, for every trainer.
+  for name in ('config', 'workdir'):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   return config, workdir
 
 
