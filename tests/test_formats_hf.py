@@ -116,6 +116,10 @@ def test_unsupported_processors_and_shards_are_named(checkpoint, tmp_path):
   (bad / shard[-1]).unlink()
   with pytest.raises(UserError, match=f'lists shard {shard[-1]}, which is missing'):
     init_spec.load(f'hf:{bad}')
+  with pytest.raises(UserError, match=rf"^timm:{directory}: a Hugging Face transformers folder "
+                                      rf"\(config.json has model_type='vit'\); load it with "
+                                      rf"hf:{directory}$"):
+    init_spec.load(f'timm:{directory}')
 
 
 def test_non_square_position_grid_is_named(tmp_path):

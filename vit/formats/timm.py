@@ -109,6 +109,11 @@ def load(directory: str) -> Read:
 
   Raises UserError naming the directory and the unsupported weights or settings.
   """
+  if os.path.isdir(directory):
+    cfg = _config(directory)
+    if 'model_type' in cfg or 'architectures' in cfg:  # timm's own config has `architecture`.
+      raise UserError(f'timm:{directory}: a Hugging Face transformers folder (config.json has '
+                      f'model_type={cfg.get("model_type")!r}); load it with hf:{directory}')
   w, cfg = _weights(directory), _config(directory)
   _check_supported(directory, w, cfg)
   act = cfg.get('model_args', {}).get('act_layer', 'gelu')
