@@ -1,6 +1,7 @@
 """TPU pod planning by ahead-of-time compilation: will a config fit a slice, and how fast.
 
-    python -m vit.plan --config configs/mpp/imagenet21k_vit_b16.py --topology v5p:4x4x4 [--config.x=...]
+    python -m vit.plan --config configs/mpp/imagenet21k_vit_b16.py --topology v5p:4x4x4 \\
+        [--config.x=...]
 
 libtpu describes a pod slice on any host (`jax.experimental.topologies`); the train step that
 the trainers run (the same Task pieces, `sharded.create_state`, `sharded.jit_train_step`) is
