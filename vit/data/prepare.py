@@ -374,8 +374,8 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a dataset already in
                                 'new one is built beside it and replaces it once complete)')
 _SKIP_BAD = flags.DEFINE_bool('skip_bad', False, 'Skip undecodable image files (and count '
                               'them) instead of stopping at the first')
-_LIMIT = flags.DEFINE_integer('max_per_split', None, 'Keep at most this many images per split '
-                              '(quick trials)')
+_LIMIT = flags.DEFINE_integer('max_per_split', None, 'Keep at most this many images per split, a '
+                              'positive integer (quick trials)')
 
 
 def main(argv):
