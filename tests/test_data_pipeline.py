@@ -157,15 +157,49 @@ def test_iterator_state_restores_the_exact_next_batches(data_dir, workers):
     restored.close()
 
 
-def test_restoring_with_another_worker_count_names_the_key(data_dir):
+def test_iterator_state_carries_to_another_layout(data_dir):
+  """2 processes -> 1 -> 2 -> another worker count: the position in epochs is kept, each new
+  layout continuing exactly as if it had read that far itself (vit/data/iterator_state.py)."""
   config = make_config(data_dir)
-  iterator = iter(pipeline.train_dataset(config))
-  take(iterator, 2)
-  config.data.worker_count = 1
-  other = iter(pipeline.train_dataset(config))  # Workers start on the first next(), not here.
-  with pytest.raises(ConfigError, match=r'config.data.worker_count=1: the checkpointed data '
-                                        r'iterator was saved with worker_count=0'):
-    other.set_state(iterator.get_state())
+  config.batch_size = 6  # 24 records: 2 shards of 12, or 1 of 24; 3 a batch from each shard.
+
+  def layout(processes, workers=0, skip=0):
+    config.data.worker_count = workers
+    iterators = [iter(pipeline.train_dataset(config, shard=grain.sharding.ShardOptions(
+        i, processes, drop_remainder=True))) for i in range(processes)]
+    for it in iterators:
+      take(it, skip)
+    return iterators
+
+  def saved(iterators):
+    return [json.loads(json.dumps(it.get_state())) for it in iterators]  # As checkpointed.
+
+  two = layout(2, skip=3)  # 9 records of each 12-record shard: 0.75 epochs.
+  one, = layout(1)
+  one.resume_from(saved(two))
+  assert one.resume_note == (
+      'the data iterator was saved by 2 processes x 0 data workers, this run has 1 process x 0 '
+      "data workers: input position re-derived for it: epoch 0, record 18 of 24 in each "
+      "process's shard; the sample order from here on differs from the saved layout's")
+  assert_same(take(one, 4), take(layout(1, skip=3)[0], 4))  # Into epoch 1: 18 + 24 = 42.
+
+  again = layout(2)
+  for it in again:
+    it.resume_from(saved([one]))  # 1.75 epochs: record 9 of 12 in epoch 1 of each shard.
+  assert 'epoch 1, record 9 of 12' in again[0].resume_note
+  state = saved(again)[0]
+  fresh = layout(2, skip=7)  # 7 batches of 3 = 21 = 12 + 9.
+  assert [ids(next(it)) for it in again] == [ids(next(it)) for it in fresh]
+
+  workers = layout(2, workers=2)[0]  # Record 21: worker 1 read 10, worker 0 11, and is next.
+  try:
+    workers.set_state(state)
+    assert workers.resume_note.endswith('x 2 data workers: input position re-derived for it: '
+                                        "epoch 1, record 9 of 12 in each process's shard; "
+                                        'the sample order is unchanged')
+    assert_same(take(workers, 3), take(layout(2, skip=7)[0], 3))
+  finally:
+    workers.close()
 
 
 def test_each_process_reads_a_disjoint_shard(data_dir):

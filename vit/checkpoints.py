@@ -11,6 +11,8 @@ Kept: the last `keep` steps (for resuming) plus the best one by `best_metric` (f
 """
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import shutil
@@ -24,6 +26,7 @@ import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
 from vit.errors import UserError
@@ -41,6 +44,62 @@ def _metric_fn(best_metric: str, best_mode: str):
   # Checkpoints saved without an evaluation rank last, so only evaluated steps can be "best".
   worst = -math.inf if best_mode == 'max' else math.inf
   return lambda metrics: float((metrics or {}).get(best_metric, worst))
+
+
+class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
+  """grain's orbax handler (the same files: `data/process_I-of-N.json`, one per process) whose
+  restore also reads a checkpoint saved by another process count.
+
+  This process's own file restores as grain does (an iterator from `pipeline.train_dataset`
+  also takes another worker count). When the process count changed, there is no such file: an
+  iterator that can re-derive its position (`iterator_state.LayoutIterator.resume_from`) gets
+  every saved process's state; any other iterator is a `UserError` naming both counts.
+  Raises ValueError when the saved files are incomplete (a damaged checkpoint).
+  """
+
+  def restore(self, directory: epath.Path, item=None, args=None):
+    item = item or args.item
+    index, count = jax.process_index(), jax.process_count()
+    own = directory / f'process_{index}-of-{count}.json'
+    if own.exists():
+      item.set_state(json.loads(own.read_text()))
+    else:
+      states = _saved_iterator_states(directory)
+      if not hasattr(item, 'resume_from'):
+        raise UserError(
+            f'{directory}: the data iterator was saved by {len(states)} processes and this run '
+            f'has {count}; this task\'s iterator restores only into as many processes: resume '
+            f'with {len(states)} processes')
+      item.resume_from(states)
+    item.start_prefetch()
+    return item
+
+
+def _saved_iterator_states(directory: epath.Path) -> list[dict]:
+  """Every process's saved iterator state, in process order."""
+  names = {p.name: p for p in directory.glob('process_*-of-*.json')}
+  counts = {int(n.rsplit('-of-', 1)[1][:-len('.json')]) for n in names}
+  if len(counts) != 1:
+    raise ValueError(f'{directory}: expected the iterator states of one process count, found '
+                     f'{sorted(names) or "none"}')
+  count, = counts
+  missing = [f'process_{i}-of-{count}.json' for i in range(count)
+             if f'process_{i}-of-{count}.json' not in names]
+  if missing:
+    raise ValueError(f'{directory}: {", ".join(missing)} missing')
+  return [json.loads(names[f'process_{i}-of-{count}.json'].read_text()) for i in range(count)]
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+  item: Any
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+  item: Any
 
 
 def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
@@ -61,7 +120,7 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
       create=not read_only,
   )
   handlers = {'state': ocp.StandardCheckpointHandler(),
-              'data': grain.checkpoint.CheckpointHandler(),
+              'data': DataIteratorHandler(),
               'config': ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
                                options=options, item_handlers=handlers)
@@ -75,7 +134,7 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
     return
   args = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
   if data_iterator is not None:
-    args['data'] = grain.checkpoint.CheckpointSave(data_iterator)
+    args['data'] = DataIteratorSave(data_iterator)
   metrics = {k: float(v) for k, v in metrics.items()} if metrics else {}
   mngr.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
 
@@ -86,7 +145,7 @@ def restore(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator=None
   step = mngr.latest_step() if step is None else step
   args = dict(state=ocp.args.StandardRestore(abstract_state))
   if data_iterator is not None:
-    args['data'] = grain.checkpoint.CheckpointRestore(data_iterator)
+    args['data'] = DataIteratorRestore(data_iterator)
   restored = mngr.restore(step, args=ocp.args.Composite(**args))
   return restored['state'], step
 
@@ -119,10 +178,12 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
             file=sys.stderr, flush=True)
     if changed:
       print(f'note: resuming with changed config keys: {"; ".join(changed)}', flush=True)
+    if getattr(data_iterator, 'resume_note', None):
+      print(f'note: {data_iterator.resume_note}', flush=True)
     return restored
   reasons = '; '.join(f'step {s}: {_shorten(r)}' for s, r in problems)
-  raise UserError(f'{mngr.directory}: no usable checkpoint ({reasons}); '
-                  'remove the directory to start afresh')
+  raise UserError(f'{mngr.directory}: no checkpoint step could be restored ({reasons}); nothing '
+                  'was moved; to start afresh instead, use another --workdir')
 
 
 def _one_line(e: Exception) -> str:

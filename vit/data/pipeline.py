@@ -22,7 +22,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from vit.data import fashion_mnist, sources, transforms
+from vit.data import fashion_mnist, iterator_state, sources, transforms
 from vit.errors import ConfigError, UserError
 
 SOURCES = "'fashion_mnist', 'tfds:NAME' or 'array_record:DIR'"
@@ -82,39 +82,6 @@ class SkipBadRecords(grain.transforms.Filter):
       raise UserError(f'{self.where}: all {self.shard_size} records of this process are bad, '
                       f'e.g. {record["skipped"]}')
     return False
-
-
-class _StateWithWorkerCount(grain.DatasetIterator):
-  """Tags the iterator state with the worker count, which decides grain's state layout."""
-
-  def __init__(self, parent: grain.DatasetIterator, workers: int):
-    super().__init__(parent)
-    self._workers = workers
-
-  def __next__(self):
-    return next(self._parent)
-
-  def get_state(self) -> dict:
-    return {'worker_count': self._workers, 'grain': self._parent.get_state()}
-
-  def set_state(self, state: dict) -> None:
-    saved = state.get('worker_count')
-    if saved != self._workers:
-      raise ConfigError('data.worker_count', self._workers,
-                        f'the checkpointed data iterator was saved with worker_count={saved}; '
-                        f'resume with that value')
-    self._parent.set_state(state['grain'])
-
-
-class _TagState(grain.IterDataset):
-  """The training dataset as the trainers see it: its iterators tag their state."""
-
-  def __init__(self, parent: grain.IterDataset, workers: int):
-    super().__init__(parent)
-    self._workers = workers
-
-  def __iter__(self) -> grain.DatasetIterator:
-    return _StateWithWorkerCount(self._parent.__iter__(), self._workers)
 
 
 def _describe(source) -> str:
@@ -214,7 +181,8 @@ def train_dataset(config: ml_collections.ConfigDict, source=None,
 
   Each process reads only its shard (`shard`, by default grain's JAX-process sharding); grain
   derives every random choice from (seed, position), so the batches are the same whatever the
-  worker count, and the iterator state is checkpointable.
+  worker count. The iterator state is checkpointable and carries over to another process or
+  worker count (vit/data/iterator_state.py).
   """
   source = make_source(config, config.data.train_split) if source is None else source
   shard = shard or grain.sharding.ShardByJaxProcess(drop_remainder=True)
@@ -230,7 +198,9 @@ def train_dataset(config: ml_collections.ConfigDict, source=None,
   ds = ds.shuffle(seed=seed).repeat()
   ds = ds.random_map(_preprocess(config, _train_transforms(config), where), seed=seed)
   ds = _parallel(config, ds, source, shard_size, where).batch(batch, drop_remainder=True)
-  return _TagState(ds, config.data.worker_count)
+  return iterator_state.LayoutDataset(ds, workers=config.data.worker_count,
+                                      processes=shard.shard_count,
+                                      process_index=shard.shard_index, records=len(source))
 
 
 def _padded(records: Iterator[dict], batch: int, steps: int, template: dict) -> Iterator[dict]:
