@@ -1,5 +1,5 @@
 """Checkpoints in the one training loop, in process on a tiny ViT: exact resume (state and
-batches), last-K-and-best retention, damaged and partly written checkpoints, incompatible
+batches, also with another data worker count), last-K-and-best retention, damaged and partly written checkpoints, incompatible
 configs, unwritable workdirs, SIGINT, and the non-finite guard."""
 import glob
 import os
@@ -14,6 +14,7 @@ from jax.experimental.compilation_cache import compilation_cache as cc
 
 from supervised import objective
 from vit import checkpoints, config as config_lib
+from vit.data import fashion_mnist, pipeline
 from vit.errors import UserError
 from vit.training import loop
 
@@ -137,6 +138,36 @@ def test_resumed_run_equals_uninterrupted(tmp_path, reference, capsys):
   assert int(resumed.step) == 8 and resumed.ema_params is not None
 
 
+def test_resume_with_another_worker_count_is_bitwise_exact(tmp_path, capsys):
+  """The real input pipeline, saved with no data workers and resumed with one: grain seeds
+  every record by its position, so the position carried over gives the same batches."""
+  rng = np.random.default_rng(0)
+  source = fashion_mnist.ArraySource(rng.integers(0, 256, (64, 8, 8, 1), dtype=np.uint8),
+                                     rng.integers(0, NUM_CLASSES, 64).astype(np.int32),
+                                     class_names=None)
+
+  def run(workdir, workers, total_steps):
+    config = tiny_config(total_steps=total_steps)
+    config.data.worker_count = workers
+    model = config_lib.build_model(config_lib.validate(config))
+    task = loop.Task(
+        init_params=lambda rng: model.init(rng, jnp.zeros((1, 8, 8, 1)), train=False)['params'],
+        loss_fn=objective.make_loss_fn(model), evaluators=[],
+        train_data=pipeline.train_dataset(config, source=source))
+    return loop.train(config, str(workdir), task)
+
+  reference = run(tmp_path / 'reference', 0, 6)
+  run(tmp_path / 'run', 0, 4)
+  capsys.readouterr()
+  resumed = run(tmp_path / 'run', 1, 6)
+  out = capsys.readouterr().out
+  assert ('note: the data iterator was saved by 1 process x 0 data workers, this run has 1 '
+          'process x 1 data worker: input position re-derived for it: epoch 0, record 16 of the '
+          "64 in this process's shard; the sample order is unchanged") in out
+  assert out.index('note: the data iterator') < out.index('step 6/6')  # Before the first step.
+  assert_bitwise_equal(resumed, reference)
+
+
 def test_keeps_last_k_and_the_best(tmp_path):
   # No EMA: its evaluation would take a scripted score too.
   config = tiny_config(total_steps=6, eval_every=2, best_metric='eval/score', ema_decay=0.0)
@@ -193,7 +224,9 @@ def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
   train(tmp_path, tiny_config(total_steps=4))
   truncate_state(tmp_path, 2, 'metadata')
   truncate_state(tmp_path, 4, 'array data')
-  with pytest.raises(UserError, match=r'no usable checkpoint \(step 4: .*; step 2: '):
+  with pytest.raises(UserError, match=r'no checkpoint step could be restored \(step 4: .*; '
+                     r'step 2: .*\); nothing was moved; to start afresh instead, use another '
+                     r'--workdir$'):
     train(tmp_path)
   assert steps_on_disk(tmp_path) == [2, 4]  # Nothing is moved when nothing could be restored.
 

@@ -179,14 +179,14 @@ def test_iterator_state_carries_to_another_layout(data_dir):
   one.resume_from(saved(two))
   assert one.resume_note == (
       'the data iterator was saved by 2 processes x 0 data workers, this run has 1 process x 0 '
-      "data workers: input position re-derived for it: epoch 0, record 18 of 24 in each "
+      "data workers: input position re-derived for it: epoch 0, record 18 of the 24 in this "
       "process's shard; the sample order from here on differs from the saved layout's")
   assert_same(take(one, 4), take(layout(1, skip=3)[0], 4))  # Into epoch 1: 18 + 24 = 42.
 
   again = layout(2)
   for it in again:
     it.resume_from(saved([one]))  # 1.75 epochs: record 9 of 12 in epoch 1 of each shard.
-  assert 'epoch 1, record 9 of 12' in again[0].resume_note
+  assert 'epoch 1, record 9 of the 12' in again[0].resume_note
   state = saved(again)[0]
   fresh = layout(2, skip=7)  # 7 batches of 3 = 21 = 12 + 9.
   assert [ids(next(it)) for it in again] == [ids(next(it)) for it in fresh]
@@ -195,7 +195,7 @@ def test_iterator_state_carries_to_another_layout(data_dir):
   try:
     workers.set_state(state)
     assert workers.resume_note.endswith('x 2 data workers: input position re-derived for it: '
-                                        "epoch 1, record 9 of 12 in each process's shard; "
+                                        "epoch 1, record 9 of the 12 in this process's shard; "
                                         'the sample order is unchanged')
     assert_same(take(workers, 3), take(layout(2, skip=7)[0], 3))
   finally:

@@ -1,8 +1,9 @@
-"""Two real processes (gloo on 127.0.0.1, 4 CPU devices each) train like one process.
+"""Two real processes (gloo on 127.0.0.1, 2 CPU devices each) train like one process, and a
+checkpoint of theirs resumes in one process, whose checkpoint resumes in two again.
 
 The guarantee: a P-process run's global batch at step s is the concatenation, in process
-order, of what `pipeline.train_dataset` yields in each process (process p reads records
-p, p+P, ...). A one-process run with the same global batch size reads the records in another
+order, of what `pipeline.train_dataset` yields in each process (process p reads the p-th of P
+contiguous shards). A one-process run with the same global batch size reads the records in another
 order, so the reference here builds both processes' pipelines in this process and feeds their
 concatenation to the same train step on one device.
 """
@@ -11,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-from unittest import mock
 
 import jax
 import numpy as np
@@ -19,14 +19,20 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
-    'batch_size': 16, 'total_steps': 3, 'log_every': 1,
+    'batch_size': 16, 'log_every': 1,
     'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
     'model.transformer.num_heads': 2, 'model.transformer.num_layers': 1,
     # SGD: Adam would magnify rounding noise in exactly-zero gradients (see test_sharding.py).
+    # A constant rate: a leg that ends at step 2 follows the schedule of the whole run.
     'optimizer.name': 'sgd', 'optimizer.learning_rate': 0.1, 'optimizer.warmup_steps': 0,
+    'optimizer.decay': 'constant', 'ema_decay': 0.5,
     'mpp.eval_examples': 0, 'mpp.image_every': 0,
-    'mesh.data': 2, 'mesh.fsdp': 2, 'mesh.tensor': 2,
 }
+# (processes, the step the leg trains to, its mesh): one run, resumed on another process count
+# twice; the mesh keeps the tensor axis within a process and the fsdp axis across them.
+LEGS = [(2, 2, dict(data=1, fsdp=2, tensor=2)),
+        (1, 4, dict(data=1, fsdp=1, tensor=2)),
+        (2, 6, dict(data=1, fsdp=2, tensor=2))]
 
 
 def _free_port() -> int:
@@ -35,16 +41,20 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(workdir: str) -> list[str]:
+def _launch(workdir: str, processes: int, total_steps: int, mesh: dict) -> list[str]:
+  """`mpp.train` in `processes` processes of 2 CPU devices each, gloo on the loopback."""
   port = _free_port()
-  flags = [f'--config.{k}={v}' for k, v in OVERRIDES.items()]
+  overrides = {**OVERRIDES, 'total_steps': total_steps,
+               **{f'mesh.{k}': v for k, v in mesh.items()}}
+  flags = [f'--config.{k}={v}' for k, v in overrides.items()]
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=4')
+             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+  join = lambda i: [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}',
+                    f'--process_id={i}'] if processes > 1 else []
   procs = [subprocess.Popen(
       [sys.executable, '-m', 'mpp.train', '--config', 'configs/mpp/fashion_mnist.py',
-       '--workdir', workdir, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
-       f'--process_id={i}', *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT, text=True) for i in range(2)]
+       '--workdir', workdir, *join(i), *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT, text=True) for i in range(processes)]
   outputs = []
   for p in procs:
     try:
@@ -68,70 +78,107 @@ def _config():
     for p in [node, *path][:-1]:
       target = target[p]
     target[[node, *path][-1]] = value
+  config.total_steps = LEGS[-1][1]
   return config
 
 
-def _reference_params(config):
-  """(initial params, final state) of the same 3 steps on one device, fed both processes' batches, concatenated."""
+def _global_batches(config, processes: int, skip: int):
+  """The global batches of a `processes`-process run after `skip` steps: what each process's
+  pipeline yields (process p reads shard p of P), concatenated in process order."""
+  import grain
+  from vit.data import pipeline
+  iterators = [iter(pipeline.train_dataset(config, shard=grain.sharding.ShardOptions(
+      p, processes, drop_remainder=True))) for p in range(processes)]
+  for _ in range(skip):
+    for it in iterators:
+      next(it)
+  while True:
+    parts = [next(it) for it in iterators]
+    yield {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
+
+
+def _reference_states(config):
+  """(initial params, {step: state}) at the end of each leg, on one device, uninterrupted.
+
+  The documented input of a resumed run: after a change of process count, the new layout's
+  batches from the same position in epochs, i.e. those of a run that had always had that
+  layout, after the steps already taken (the batch size is global).
+  """
   from mpp import train as mpp_train
   from vit import config as config_lib, sharding
-  from vit.data import pipeline
   from vit.training import loop, optimizers
   local = config.copy_and_resolve_references()
   local.mesh.data, local.mesh.fsdp, local.mesh.tensor = -1, 1, 1
   m = config_lib.validate(local)
   task = mpp_train.build_task(local, m, '/tmp')
-  iterators = []
-  for p in range(2):  # What mpp.train's pipeline yields in process p of 2.
-    with mock.patch.object(jax, 'process_index', lambda p=p: p), \
-         mock.patch.object(jax, 'process_count', lambda: 2):
-      iterators.append(iter(pipeline.train_dataset(local)))
   mesh = sharding.make_mesh(local.mesh)
   tx, schedule = optimizers.build(local.optimizer, local.total_steps)
   make_state, shardings = loop.create_state(task, tx, local, mesh)
   step = loop.jit_train_step(task.loss_fn, tx, schedule, local, shardings, mesh)
+  states, done = {}, 0
   with jax.set_mesh(mesh):
     state = make_state()
     initial = jax.device_get(state.params)  # Before the donating step consumes it.
-    for _ in range(local.total_steps):
-      parts = [next(it) for it in iterators]
-      batch = {k: np.concatenate([b[k] for b in parts]) for k in parts[0]}
-      state, _ = step(state, sharding.global_batch(batch, mesh))
-  return initial, state
+    for processes, until, _ in LEGS:
+      batches = _global_batches(local, processes, skip=done)
+      for _ in range(until - done):
+        state, _ = step(state, sharding.global_batch(next(batches), mesh))
+      states[until], done = jax.device_get(state), until
+  return initial, states
 
 
-def test_two_processes_match_one(tmp_path):
-  from vit import checkpoints
-  workdir = str(tmp_path / 'run')
-  outputs = _launch(workdir)
-  assert 'step 3/3' in outputs[0] and 'step 3/3' in outputs[1]
-
-  contract = json.loads(open(os.path.join(workdir, 'batch_contract.json')).read())
-  assert (contract['processes'], contract['per_process_batch'], contract['devices']) == (2, 8, 8)
-  assert contract['mesh'] == {'data': 2, 'fsdp': 2, 'tensor': 2}
-
-  initial, state = _reference_params(_config())
-  expected = jax.device_get(state.params)
-  # Restored onto this process's one device: the 8-device layout is not needed to read it.
-  abstract = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-  saved, step = checkpoints.restore(checkpoints.manager(workdir, read_only=True), abstract)
-  assert step == 3 and int(saved.step) == 3
-  saved = jax.device_get(saved.params)
-  flat_saved = dict(jax.tree_util.tree_leaves_with_path(saved))
+def _assert_close(saved, expected, atol=1e-5):
+  flat_saved = dict(jax.tree_util.tree_leaves_with_path(jax.device_get(saved)))
   flat_expected = jax.tree_util.tree_leaves_with_path(expected)
   assert len(flat_saved) == len(flat_expected)
   for path, want in flat_expected:
-    np.testing.assert_allclose(np.asarray(flat_saved[path]), want, atol=1e-5,
+    np.testing.assert_allclose(np.asarray(flat_saved[path]), want, atol=atol,
                                err_msg=jax.tree_util.keystr(path))
+
+
+def test_two_processes_match_one_and_resume_on_another_process_count(tmp_path):
+  """2 processes -> 1 -> 2: each leg resumes the previous one's checkpoint (params, momentum,
+  EMA, step into the new mesh; the data position re-derived) and ends where the uninterrupted
+  one-device reference does, up to reduction order."""
+  from vit import checkpoints
+  workdir = str(tmp_path / 'run')
+  initial, expected = _reference_states(_config())
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device),
+                          expected[2])
+  read = lambda: checkpoints.restore(checkpoints.manager(workdir, read_only=True), abstract)
+
+  outputs = _launch(workdir, *LEGS[0])
+  assert all('step 2/2' in out for out in outputs)
+  contract = json.loads(open(os.path.join(workdir, 'batch_contract.json')).read())
+  assert (contract['processes'], contract['per_process_batch'], contract['devices']) == (2, 8, 4)
+  assert contract['mesh'] == {'data': 1, 'fsdp': 2, 'tensor': 2}
+  # Restored onto this process's one device: the 4-device layout is not needed to read it.
+  saved, step = read()
+  assert step == 2 and int(saved.step) == 2
+  _assert_close(saved, expected[2])
   moved = max(float(np.max(np.abs(w - i)))
-              for w, i in zip(jax.tree.leaves(expected), jax.tree.leaves(initial)))
-  assert moved > 1e-3  # The three steps really changed the parameters being compared.
-  # What fine-tuning and inspection read: the 8-device checkpoint without any target tree.
-  host = checkpoints.restore_params(workdir)
-  for path, want in flat_expected:
-    np.testing.assert_array_equal(np.asarray(dict(jax.tree_util.tree_leaves_with_path(host))[path]),
-                                  np.asarray(flat_saved[path]), err_msg=jax.tree_util.keystr(path))
+              for w, i in zip(jax.tree.leaves(expected[2].params), jax.tree.leaves(initial)))
+  assert moved > 1e-3  # The steps really changed the parameters being compared.
+  # What fine-tuning and inspection read: the checkpoint without any target tree.
+  host = dict(jax.tree_util.tree_leaves_with_path(checkpoints.restore_params(workdir)))
+  for path, leaf in jax.tree_util.tree_leaves_with_path(jax.device_get(saved.params)):
+    np.testing.assert_array_equal(np.asarray(host[path]), leaf, jax.tree_util.keystr(path))
+
+  out, = _launch(workdir, *LEGS[1])
+  assert ('note: the data iterator was saved by 2 processes x 0 data workers, this run has 1 '
+          'process x 0 data workers: input position re-derived for it: epoch 0, record 32 of the '
+          "60000 in this process's shard; the sample order from here on differs") in out
+  assert out.index('note: the data iterator') < out.index('step 3/4')
+  assert 'unreadable' not in out and 'step 4/4' in out
+  outputs = _launch(workdir, *LEGS[2])
+  for out in outputs:
+    assert ('was saved by 1 process x 0 data workers, this run has 2 processes x 0 data '
+            "workers: input position re-derived for it: epoch 0, record 32 of the 30000 ") in out
+    assert 'unreadable' not in out and 'step 6/6' in out
+  saved, step = read()
+  assert step == 6 and int(saved.step) == 6
+  _assert_close(saved, expected[6])
 
 
 def test_launch_settings_errors(monkeypatch):

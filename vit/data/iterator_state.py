@@ -102,7 +102,7 @@ class LayoutIterator(grain.DatasetIterator):
     self.resume_note = (
         f'the data iterator was saved by {_layout(saved)}, this run has '
         f'{_layout(self._layout)}: input position re-derived for it: epoch {epoch}, record '
-        f"{offset} of {shard} in each process's shard; {order}")
+        f"{offset} of the {shard} in this process's shard; {order}")
 
 
 def _layout(layout: dict) -> str:
