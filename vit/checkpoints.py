@@ -71,7 +71,10 @@ class DataIteratorHandler(grain.checkpoint.CheckpointHandler):
             f'has {count}; this task\'s iterator restores only into as many processes: resume '
             f'with {len(states)} processes')
       item.resume_from(states)
-    item.start_prefetch()
+    # Unlike grain's handler, no `start_prefetch` here: a fallback to an older step sets the
+    # state again, and grain 0.2.18's workers, once started, can hang on a later `set_state`
+    # (seen: start_prefetch, a few seconds, set_state, then next() never returned). `resume`
+    # starts them once a step has restored.
     return item
 
 
@@ -180,6 +183,8 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
       print(f'note: resuming with changed config keys: {"; ".join(changed)}', flush=True)
     if getattr(data_iterator, 'resume_note', None):
       print(f'note: {data_iterator.resume_note}', flush=True)
+    if data_iterator is not None:
+      data_iterator.start_prefetch()
     return restored
   reasons = '; '.join(f'step {s}: {_shorten(r)}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be restored ({reasons}); nothing '

@@ -57,6 +57,9 @@ class LayoutIterator(grain.DatasetIterator):
   def __init__(self, parent: grain.DatasetIterator, *, workers: int, processes: int,
                process_index: int, records: int):
     super().__init__(parent)
+    # grain's state layout for this worker count, before any worker starts (a restore may
+    # start them, and a fallback to an older checkpoint restores again).
+    self._fresh_state = parent.get_state()
     self._layout = dict(worker_count=workers, process_count=processes)
     self._index, self._records = process_index, records
     self.resume_note: Optional[str] = None
@@ -95,7 +98,7 @@ class LayoutIterator(grain.DatasetIterator):
     else:  # The same progress in epochs, rounded to a record of the new shard.
       whole = saved_shard * saved['process_count']
       position = (2 * sum(read) * shard + whole) // (2 * whole)
-    self._parent.set_state(grain_state_at(self._parent.get_state(), position))
+    self._parent.set_state(grain_state_at(self._fresh_state, position))
     epoch, offset = divmod(position, shard)
     order = ('the sample order is unchanged' if saved['process_count'] == processes else
              'the sample order from here on differs from the saved layout\'s')
