@@ -1,6 +1,7 @@
 """Checkpoints in the one training loop, in process on a tiny ViT: exact resume (state and
-batches, also with another data worker count), last-K-and-best retention, damaged and partly written checkpoints, incompatible
-configs, unwritable workdirs, SIGINT, and the non-finite guard."""
+batches, also with another data worker count), last-K-and-best retention, damaged and partly
+written checkpoints, incompatible configs, unwritable workdirs, SIGINT, and the non-finite
+guard."""
 import glob
 import os
 import signal

@@ -41,9 +41,10 @@ def grain_state_at(fresh_state: dict, records: int) -> dict:
     return {**fresh_state, 'next_index': records}
   workers = len(fresh_state['iterators_in_use_states'])
   # Worker i reads records i, i + W, ...; the interleave takes them round-robin.
+  per_worker = [{**s, 'next_index': (records - i + workers - 1) // workers}
+                for i, s in enumerate(fresh_state['iterators_in_use_states'])]
   return {**fresh_state, 'next_index_in_cycle': records % workers,
-          'iterators_in_use_states': [{**s, 'next_index': (records - i + workers - 1) // workers}
-                                      for i, s in enumerate(fresh_state['iterators_in_use_states'])]}
+          'iterators_in_use_states': per_worker}
 
 
 class LayoutIterator(grain.DatasetIterator):
@@ -79,7 +80,12 @@ class LayoutIterator(grain.DatasetIterator):
     self.resume_from([state] * saved_processes)
 
   def resume_from(self, states: Sequence[dict]) -> None:
-    """Continues after `states`, the saved states of processes 0..P-1 in order."""
+    """Continues after `states`, the saved states of processes 0..P-1 in order (JSON dicts as
+    `get_state` returns them, or as the worker-count tag before the process count was added).
+
+    Raises UserError when the layout changed and a state is not one of grain's layouts that
+    `records_read` knows, naming both layouts.
+    """
     saved = dict(worker_count=states[0].get('worker_count'),
                  process_count=states[0].get('process_count', len(states)))
     if saved == self._layout:
