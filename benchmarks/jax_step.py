@@ -30,6 +30,8 @@ VARIANTS = {
     'remat': 'model.remat=True (recompute each block in the backward pass)',
     'no_xla_defaults': 'XLA\'s own CPU defaults, without the flags of vit.xla_flags.DEFAULTS',
     'no_heap_trim': 'the heap XLA\'s compiler frees is not handed back (vit.host_memory)',
+    'scan:K': 'K train steps per call: lax.scan of the step over K batches in one jitted, '
+              'donated call (Python and dispatch paid once per K steps)',
 }
 
 
@@ -85,7 +87,8 @@ class JaxStep:
   """The compiled step, its state and a fixed batch; `train(n)` / `infer(n)` time n steps."""
 
   def __init__(self, shape, step: str, variant: str = 'base'):
-    if variant not in VARIANTS and not variant.startswith('xla:'):
+    self.steps_per_call = _steps_per_call(variant)
+    if variant not in VARIANTS and not variant.startswith('xla:') and not self.steps_per_call:
       raise ValueError(f'unknown variant {variant!r}; known: {", ".join(VARIANTS)}, xla:FLAGS')
     self.variant = variant
     config = make_config(shape, variant)
@@ -104,10 +107,16 @@ class JaxStep:
         sharding.batch_sharding(self.mesh))
     if variant == 'no_donate':
       jitted = jax.jit(step_lib.make_train_step(loss_fn, tx, schedule))
+    elif self.steps_per_call:
+      one = step_lib.make_train_step(loss_fn, tx, schedule)
+      jitted = jax.jit(lambda state, batches: jax.lax.scan(one, state, batches),
+                       donate_argnums=0)
+      self.batch = jax.tree.map(lambda x: jnp.stack([x] * self.steps_per_call), self.batch)
     else:
       jitted = sharded.jit_train_step(loss_fn, tx, schedule, config, shardings, self.mesh)
     start = time.perf_counter()
     with jax.set_mesh(self.mesh):
+      self.jitted = jitted
       self.step = jitted.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
     self.infer_fn = jax.jit(infer_fn)
@@ -130,20 +139,34 @@ class JaxStep:
     return stats.get('peak_bytes_in_use')
 
   def train(self, n: int) -> float:
+    """Seconds for n steps (with K steps per call: for ceil(n / K) calls, scaled to n)."""
+    k = self.steps_per_call or 1
+    calls = -(-n // k)
     start = time.perf_counter()
-    for _ in range(n):
+    for _ in range(calls):
       self.state, metrics = self.step(self.state, self.batch)
       if self.variant == 'sync_every_step':
         jax.block_until_ready(metrics)
     jax.block_until_ready((self.state, metrics))
-    return time.perf_counter() - start
+    return (time.perf_counter() - start) * n / (calls * k)
 
   def infer(self, n: int) -> float:
     start = time.perf_counter()
+    batch = jax.tree.map(lambda x: x[0], self.batch) if self.steps_per_call else self.batch
     for _ in range(n):
-      out = self.infer_fn(self.state.params, self.batch)
+      out = self.infer_fn(self.state.params, batch)
     jax.block_until_ready(out)
     return time.perf_counter() - start
+
+
+def _steps_per_call(variant: str) -> int:
+  """K of a 'scan:K' variant; 0 for any other."""
+  name, _, k = variant.partition(':')
+  if name != 'scan':
+    return 0
+  if not k.isdigit() or int(k) < 1:
+    raise ValueError(f'variant {variant!r}: K must be a positive integer, as in scan:4')
+  return int(k)
 
 
 def device_kind() -> str:

@@ -1,6 +1,8 @@
 """Train-step benchmark: our JAX step vs timm and Hugging Face ViTs, side by side, on one machine.
 
     python -m benchmarks.train_step                      # all shapes, supervised and MPP steps
+    python benchmarks/train_step.py --shapes=small-32    # by its path, too
+    python -m benchmarks.train_step --process=shared     # every case in one process
     python -m benchmarks.train_step --shapes=tiny-28 --variants=base,einsum_attention
     python -m benchmarks.train_step --device=gpu --shapes=B/16-224 --batch=512 --variants=bf16
 
@@ -9,6 +11,12 @@ peak RSS and thread pools) and is built and warmed up once; then the workers tak
 after round, each timing a few steps per turn, so that load from other users of a shared machine
 spreads over all of them alike. Figures are medians over rounds; only ratios within one run
 mean much on a noisy machine. Prints a table, then the JSON (also written to --json).
+
+`--process=shared` builds every case in one worker process instead (our steps, the PyTorch
+peers and the matmul yardstick side by side, as a notebook would hold them): XLA's and
+PyTorch's thread pools then live in one process, and the XLA flags are the process's (our
+`vit/xla_flags.py` defaults, also for the yardstick). The peak RSS is then the process's.
+docs/performance.md explains why the two setups give different ratios.
 
 Model FLOPs per image follow the usual count for a ViT layer with N tokens, width D and MLP
 width M: 8ND^2 (QKV and output projections) + 4NDM (MLP) + 4N^2D (scores and weighted sum),
@@ -32,7 +40,10 @@ import sys
 import time
 from typing import Optional
 
-from vit import xla_flags
+if __package__ in (None, ''):  # Run by its path: make the repository importable.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from vit import xla_flags  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,10 +69,15 @@ class Shape:
 
 
 SHAPES = {
+    # The Fashion-MNIST fine-tuning default (configs/finetune/fashion_mnist.py on the
+    # configs/supervised/fashion_mnist.py backbone): 65 tokens, four heads of 16.
+    'small-32': Shape(32, 3, 4, 64, 4, 4, 256, 128, 10, 4),
     'tiny-28': Shape(28, 1, 4, 192, 6, 3, 768, 128, 10, 2),
     'Ti/16-224': Shape(224, 3, 16, 192, 12, 3, 768, 32, 1000, 1),
     'B/16-224': Shape(224, 3, 16, 768, 12, 12, 3072, 8, 1000, 1),
 }
+# Variants that set up the whole process (XLA flags, the heap trim): not in a shared process.
+PROCESS_VARIANTS = ('no_xla_defaults', 'no_heap_trim')
 PEERS = {'timm': ('supervised',), 'hf': ('supervised', 'mpp')}
 # Published dense bfloat16 tensor-core peaks (NVIDIA datasheets; "with sparsity" figures halved),
 # looked up by a substring of the device kind, the first match winning.
@@ -89,8 +105,15 @@ class Case:
     return dataclasses.replace(shape, batch=self.batch) if self.batch else shape
 
 
-def _serve(conn, case: Case) -> None:
-  """A worker: builds its step, answers ('train'|'infer', n) with seconds, 'stop' with RSS."""
+def _start(cases: list[Case]) -> None:
+  """The environment the trainers start with (vit.cli.run), before jax or torch is imported.
+
+  Process-wide: in a shared process the first case's device and variant decide (parse_args
+  refuses the variants that would differ). The matmul yardstick, alone in its process, keeps
+  XLA's own defaults: its YNNPACK dot is the faster big matmul (497 vs 459 GFLOP/s on the CI
+  machine), and a peak should be the best the machine gives.
+  """
+  case = cases[0]
   if case.device == 'gpu':
     os.environ.setdefault('JAX_PLATFORMS', 'cuda')
     # One worker at a time holds the GPU: let it take most of the memory ("as large as fits").
@@ -100,27 +123,39 @@ def _serve(conn, case: Case) -> None:
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   if case.variant.startswith('xla:'):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + case.variant[4:]).strip()
-  # What the trainers start with (vit.cli.run), unless the variant leaves it out. The matmul
-  # yardstick keeps XLA's own defaults: its YNNPACK dot is the faster big matmul (497 vs 459
-  # GFLOP/s on the CI machine), and a peak should be the best the machine gives.
-  if case.framework != 'matmul' and case.variant != 'no_xla_defaults':
+  alone = len(cases) == 1
+  if not (alone and case.framework == 'matmul') and case.variant != 'no_xla_defaults':
     xla_flags.apply_defaults()
-  if case.framework in ('jax', 'matmul') and case.variant != 'no_heap_trim':
+  if any(c.framework in ('jax', 'matmul') for c in cases) and case.variant != 'no_heap_trim':
     from vit import host_memory  # Imports jax (not in a PyTorch worker): after XLA_FLAGS.
     host_memory.release_after_compiles()
-  try:
-    runner, info = _build(case)
-  except Exception as e:  # A peer not installed or unable to run this shape: say so, go on.
-    conn.send(('error', f'{type(e).__name__}: {e}'))
-    return
-  conn.send(('ok', info))
+
+
+def _serve(conn, cases: list[Case]) -> None:
+  """A worker process holding `cases`: reports ('ok', info) or ('error', why) for each as it is
+  built, then answers (command, index, n): 'train'/'infer' with seconds for n steps, 'peaks'
+  with (peak RSS, peak accelerator bytes), 'stop' with the same, then exits."""
+  _start(cases)
+  runners = []
+  for case in cases:
+    try:
+      runner, info = _build(case)
+    except Exception as e:  # A peer not installed or unable to run this shape: say so, go on.
+      runner, info = None, None
+      conn.send(('error', f'{type(e).__name__}: {e}'))
+    else:
+      conn.send(('ok', info))
+    runners.append(runner)
   while True:
-    command, n = conn.recv()
-    if command == 'stop':
+    command, index, n = conn.recv()
+    if command in ('peaks', 'stop'):
+      runner = runners[index]
       conn.send((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                  runner.peak_device_bytes() if hasattr(runner, 'peak_device_bytes') else None))
-      return
-    conn.send(getattr(runner, command)(n))
+      if command == 'stop':
+        return
+      continue
+    conn.send(getattr(runners[index], command)(n))
 
 
 def _build(case: Case):
@@ -156,35 +191,71 @@ class _Matmul:
   infer = train
 
 
-class _Worker:
-  def __init__(self, ctx, case: Case):
-    self.case = case
+class _Process:
+  """A worker process (see `_serve`) and the build status of each of its cases."""
+
+  def __init__(self, ctx, cases: list[Case]):
     self.conn, child = ctx.Pipe()
-    self.process = ctx.Process(target=_serve, args=(child, case), daemon=True)
+    self.process = ctx.Process(target=_serve, args=(child, cases), daemon=True)
     self.process.start()
     child.close()  # Else a worker that dies never gives this end an EOF.
-    try:
-      status, self.info = self.conn.recv()
-    except EOFError:  # Died while building, e.g. XLA aborting on an unknown flag.
-      self.process.join()
-      status, self.info = 'error', f'worker exited with status {self.process.exitcode}'
+    self.statuses, self.open = [], len(cases)
+    for case in cases:
+      print(f'building {case.label} ...', file=sys.stderr, flush=True)
+      try:
+        self.statuses.append(self.conn.recv())
+      except EOFError:  # Died while building, e.g. XLA aborting on an unknown flag.
+        self.process.join()
+        why = f'worker exited with status {self.process.exitcode}'
+        self.statuses += [('error', why)] * (len(cases) - len(self.statuses))
+        self.open = 0
+        break
+
+  def ask(self, command: str, index: int, n: int):
+    self.conn.send((command, index, n))
+    return self.conn.recv()
+
+  def release(self, index: int) -> tuple[int, Optional[int]]:
+    """The peaks; the process exits when its last live case is released."""
+    self.open -= 1
+    if self.open:
+      return self.ask('peaks', index, 0)
+    peaks = self.ask('stop', index, 0)
+    self.process.join()
+    return peaks
+
+
+class _Worker:
+  """One case in a worker process: times its turns."""
+
+  def __init__(self, process: _Process, index: int, case: Case):
+    self.process, self.index, self.case = process, index, case
+    status, self.info = process.statuses[index]
     self.error = self.info if status == 'error' else None
+    if self.error and process.open:
+      process.open -= 1
     self.train_s, self.infer_s = [], []
 
   def ask(self, command: str, n: int):
-    self.conn.send((command, n))
-    return self.conn.recv()
+    return self.process.ask(command, self.index, n)
 
   def turn(self, n: int) -> None:
     self.train_s.append(self.ask('train', n) / n)
     self.infer_s.append(self.ask('infer', n) / n)
 
   def stop(self) -> tuple[int, Optional[int]]:
-    """(peak RSS, peak accelerator bytes or None) of the worker, which then exits."""
-    self.conn.send(('stop', 0))
-    peaks = self.conn.recv()
-    self.process.join()
-    return peaks
+    """(peak RSS, peak accelerator bytes or None) of the worker's process."""
+    return self.process.release(self.index)
+
+
+def _workers(ctx, cases: list[Case], shared: bool) -> list[_Worker]:
+  """A process per case, or one process for all of them."""
+  groups = [cases] if shared else [[case] for case in cases]
+  workers = []
+  for group in groups:
+    process = _Process(ctx, group)
+    workers += [_Worker(process, i, case) for i, case in enumerate(group)]
+  return workers
 
 
 def _cases(args) -> list[Case]:
@@ -202,24 +273,27 @@ def run(args) -> dict:
   matmul_case = Case('-', '-', 'matmul', device=args.device)
   peaks, results = [], []
   steps_per_turn = lambda shape: args.steps_per_turn or SHAPES[shape].steps_per_turn
-  matmul = _Worker(ctx, matmul_case)
+  shared = args.process == 'shared'
+  cases = _cases(args)
+  workers = _workers(ctx, [matmul_case] + cases if shared else [matmul_case], shared)
+  matmul = workers.pop(0)
   if matmul.error:
     raise SystemExit(f'error: JAX cannot run a matmul on --device={args.device}: {matmul.error}')
   kind = matmul.info['device_kind']
   if args.device == 'gpu':
     peaks += [matmul.ask('train', 1) for _ in range(3)]
     matmul.stop()
-    for case in _cases(args):
-      worker = _build_worker(ctx, case, results)
+    for case in cases:
+      worker = _checked(_workers(ctx, [case], False), results)
       if worker:
-        _rounds([worker], args.rounds, steps_per_turn(case.shape), case.shape)
-        results.append(_summary(worker, *worker.stop()))
+        _rounds(worker, args.rounds, steps_per_turn(case.shape), case.shape)
+        results.append(_summary(worker[0], *worker[0].stop()))
   else:
     for shape in args.shapes:
-      workers = [w for w in (_build_worker(ctx, c, results) for c in _cases(args)
-                             if c.shape == shape) if w]
-      peaks += _rounds(workers, args.rounds, steps_per_turn(shape), shape, matmul)
-      results += [_summary(w, *w.stop()) for w in workers]
+      mine = workers if shared else _workers(ctx, [c for c in cases if c.shape == shape], False)
+      mine = _checked([w for w in mine if w.case.shape == shape], results)
+      peaks += _rounds(mine, args.rounds, steps_per_turn(shape), shape, matmul)
+      results += [_summary(w, *w.stop()) for w in mine]
     matmul.stop()
   peak = max(peaks)
   published = published_peak(kind)
@@ -229,6 +303,7 @@ def run(args) -> dict:
       if args.device == 'gpu' and published:
         result['mfu_published_bf16_peak'] = result['train_gflops_s'] * 1e9 / published
   return {'machine': _machine(), 'device': args.device, 'device_kind': kind,
+          'process': args.process,
           'published_bf16_peak_flops': published if args.device == 'gpu' else None,
           'matmul': '8192^3 bfloat16' if args.device == 'gpu' else '2048^3 float32',
           'matmul_peak_gflops_s': peak, 'matmul_gflops_s_per_round': peaks,
@@ -240,14 +315,16 @@ def published_peak(device_kind: str) -> Optional[float]:
   return next((f for name, f in GPU_PEAK_BF16_FLOPS if name in device_kind), None)
 
 
-def _build_worker(ctx, case: Case, results: list) -> Optional[_Worker]:
-  print(f'building {case.label} ...', file=sys.stderr, flush=True)
-  worker = _Worker(ctx, case)
-  if not worker.error:
-    return worker
-  print(f'  skipped: {worker.error}', file=sys.stderr, flush=True)
-  results.append({'case': dataclasses.asdict(case), 'error': worker.error})
-  return None
+def _checked(workers: list[_Worker], results: list) -> list[_Worker]:
+  """The workers that built; the others' errors go to the results."""
+  good = []
+  for worker in workers:
+    if worker.error:
+      print(f'  skipped {worker.case.label}: {worker.error}', file=sys.stderr, flush=True)
+      results.append({'case': dataclasses.asdict(worker.case), 'error': worker.error})
+    else:
+      good.append(worker)
+  return good
 
 
 def _rounds(workers: list, rounds: int, steps: int, shape: str, matmul=None) -> list[float]:
@@ -348,7 +425,8 @@ def parse_args(argv=None):
   p.add_argument('--variants', type=_csv('variant'), default=['base'],
                  help='our step\'s variants: base, no_donate, sync_every_step, '
                       'einsum_attention, bf16, bf16_xla, bf16_cudnn, remat, no_xla_defaults, '
-                      'no_heap_trim, or xla:FLAGS (docs/performance.md)')
+                      'no_heap_trim, scan:K (K steps per call), or xla:FLAGS '
+                      '(docs/performance.md)')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',
                  help='gpu: JAX on CUDA, peers in bf16 autocast, workers one at a time')
@@ -356,8 +434,19 @@ def parse_args(argv=None):
                  help='global batch for every shape (default: each shape\'s own)')
   p.add_argument('--steps-per-turn', type=_positive, default=0,
                  help='train steps a worker times per turn (default: the shape\'s own)')
+  p.add_argument('--process', choices=('isolated', 'shared'), default='isolated',
+                 help='isolated: a worker process per case; shared: every case, peers and '
+                      'yardstick in one process (CPU only)')
   p.add_argument('--json', help='also write the JSON report to this file')
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.process == 'shared':
+    if args.device != 'cpu':
+      p.error('--process=shared: CPU only (GPU workers run one at a time)')
+    process_wide = [v for v in args.variants if v in PROCESS_VARIANTS or v.startswith('xla:')]
+    if process_wide:
+      p.error(f'--process=shared: variant {process_wide[0]} changes the whole process; '
+              'measure it with --process=isolated')
+  return args
 
 
 def main(argv=None) -> None:

@@ -75,3 +75,51 @@ def test_help_names_every_variant_of_our_step(capsys):
   help_text = ' '.join(capsys.readouterr().out.split())
   for variant in jax_step.VARIANTS:
     assert variant in help_text, variant
+
+
+def test_small_32_is_the_fine_tuning_default_and_its_flops():
+  shape = train_step.SHAPES['small-32']
+  assert (shape.image, shape.channels, shape.patch, shape.hidden, shape.depth, shape.heads,
+          shape.mlp, shape.batch) == (32, 3, 4, 64, 4, 4, 256, 128)
+  assert shape.tokens == 65
+  # 4 x (8 * 65 * 64^2 + 4 * 65 * 64 * 256 + 4 * 65^2 * 64) forward, x3 for training.
+  assert shape.train_flops_per_image() == 3 * 4 * 7_471_360
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--process=shared', '--variants=base,no_xla_defaults'], 'variant no_xla_defaults'),
+    (['--process=shared', '--variants=xla:--xla_cpu_multi_thread_eigen=false'], 'variant xla:'),
+    (['--process=shared', '--device=gpu'], 'CPU only'),
+])
+def test_shared_process_refuses_what_would_change_the_whole_process(argv, message, capsys):
+  with pytest.raises(SystemExit):
+    train_step.parse_args(argv)
+  assert message in capsys.readouterr().err
+
+
+def test_shared_process_accepts_step_variants():
+  args = train_step.parse_args(['--shapes=small-32', '--process=shared', '--variants=base,scan:4'])
+  cases = train_step._cases(args)
+  # Two JAX variants and hf for each step, timm for supervised only.
+  assert [(c.step, c.framework, c.variant) for c in cases] == [
+      ('supervised', 'jax', 'base'), ('supervised', 'jax', 'scan:4'), ('supervised', 'timm', 'base'),
+      ('supervised', 'hf', 'base'), ('mpp', 'jax', 'base'), ('mpp', 'jax', 'scan:4'),
+      ('mpp', 'hf', 'base')]
+
+
+def test_scan_variant_names_its_k():
+  from benchmarks import jax_step
+  assert jax_step._steps_per_call('scan:8') == 8 and jax_step._steps_per_call('base') == 0
+  with pytest.raises(ValueError, match='scan:4'):
+    jax_step._steps_per_call('scan:x')
+
+
+def test_trainer_benchmark_reads_the_logged_rates_after_the_first_window():
+  from benchmarks import trainer
+  output = '\n'.join([
+      'batch contract: global_batch=128',
+      'step 10/30 loss 2.3 images_per_s 120.5 eta 20s',    # Holds the compilation: left out.
+      'step 20/30 loss 2.1 grad_norm 1.2 images_per_s 480.25 eta 3s',
+      'eval step 30: eval/accuracy 0.5000',
+      'step 30/30 loss 2 images_per_s 5.12e+02 eta 0s'])
+  assert trainer.logged_rates(output, log_every=10) == [480.25, 512.0]
