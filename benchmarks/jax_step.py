@@ -8,8 +8,10 @@ device array). Variants change one thing each, to measure what an optimisation g
 """
 from __future__ import annotations
 
+import contextlib
 import time
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +32,8 @@ VARIANTS = {
     'remat': 'model.remat=True (recompute each block in the backward pass)',
     'no_xla_defaults': 'XLA\'s own CPU defaults, without the flags of vit.xla_flags.DEFAULTS',
     'no_heap_trim': 'the heap XLA\'s compiler frees is not handed back (vit.host_memory)',
+    'flax_layer_norm': 'flax.linen.LayerNorm (reductions that XLA:CPU runs as reduce-windows) '
+                       'instead of vit/models/layer_norm.py (reductions as dots)',
     'scan:K': 'K train steps per call: lax.scan of the step over K batches in one jitted, '
               'donated call (Python and dispatch paid once per K steps)',
 }
@@ -91,6 +95,10 @@ class JaxStep:
     if variant not in VARIANTS and not variant.startswith('xla:') and not self.steps_per_call:
       raise ValueError(f'unknown variant {variant!r}; known: {", ".join(VARIANTS)}, xla:FLAGS')
     self.variant = variant
+    with _layer_norm(variant):  # Everything is traced in here, inference included.
+      self._build(shape, step, variant)
+
+  def _build(self, shape, step: str, variant: str) -> None:
     config = make_config(shape, variant)
     m = config_lib.validate(config)
     init, loss_fn, infer_fn = _objective(config, m, step, variant)
@@ -119,7 +127,8 @@ class JaxStep:
       self.jitted = jitted
       self.step = jitted.lower(self.state, self.batch).compile()
     self.compile_s = time.perf_counter() - start
-    self.infer_fn = jax.jit(infer_fn)
+    infer_batch = jax.tree.map(lambda x: x[0], self.batch) if self.steps_per_call else self.batch
+    self.infer_fn = jax.jit(infer_fn).lower(self.state.params, infer_batch).compile()
     self.params_count = sum(x.size for x in jax.tree.leaves(self.state.params))
 
   def info(self) -> dict:
@@ -157,6 +166,20 @@ class JaxStep:
       out = self.infer_fn(self.state.params, batch)
     jax.block_until_ready(out)
     return time.perf_counter() - start
+
+
+@contextlib.contextmanager
+def _layer_norm(variant: str):
+  """The model's LayerNorm for this variant: flax's own for 'flax_layer_norm'."""
+  if variant != 'flax_layer_norm':
+    yield
+    return
+  from vit.models import vit as vit_model
+  ours, vit_model.LayerNorm = vit_model.LayerNorm, nn.LayerNorm
+  try:
+    yield
+  finally:
+    vit_model.LayerNorm = ours
 
 
 def _steps_per_call(variant: str) -> int:

@@ -425,7 +425,7 @@ def parse_args(argv=None):
   p.add_argument('--variants', type=_csv('variant'), default=['base'],
                  help='our step\'s variants: base, no_donate, sync_every_step, '
                       'einsum_attention, bf16, bf16_xla, bf16_cudnn, remat, no_xla_defaults, '
-                      'no_heap_trim, scan:K (K steps per call), or xla:FLAGS '
+                      'no_heap_trim, flax_layer_norm, scan:K (K steps per call), or xla:FLAGS '
                       '(docs/performance.md)')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',

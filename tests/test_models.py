@@ -163,6 +163,31 @@ def test_gelu_tanh_is_nn_gelu_with_the_same_gradient():
       xb.astype(jnp.float32)), atol=2e-2)
 
 
+def test_layer_norm_is_flax_layer_norm_with_the_same_gradients():
+  from vit.models.layer_norm import LayerNorm
+  rng = np.random.default_rng(0)
+  # Rows of different scales and offsets, as activations between blocks.
+  x = jnp.asarray(rng.normal(3.0, 5.0, (4, 65, 64)) * rng.uniform(0.1, 10, (4, 65, 1)),
+                  jnp.float32)
+  ours, ref = LayerNorm(epsilon=1e-6), nn.LayerNorm(epsilon=1e-6)
+  params = ref.init(jax.random.key(0), x)
+  assert jax.tree.map(jnp.shape, ours.init(jax.random.key(0), x)) == jax.tree.map(
+      jnp.shape, params)
+  params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(0, 0.5, p.shape), p.dtype), params)
+  np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), atol=1e-5)
+  dy = jnp.asarray(rng.normal(size=x.shape), jnp.float32)
+  loss = lambda m: lambda p, x: jnp.sum(m.apply(p, x) * dy)
+  (gp, gx), (rp, rx) = (jax.grad(loss(m), argnums=(0, 1))(params, x) for m in (ours, ref))
+  np.testing.assert_allclose(gx, rx, atol=1e-5)
+  for a, b in zip(jax.tree.leaves(gp), jax.tree.leaves(rp)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  # What it is for: on a CPU, no reduce-window (XLA's tree reduction) in either pass.
+  hlo = jax.jit(jax.grad(loss(ours), argnums=(0, 1))).lower(params, x).compile().as_text()
+  assert 'reduce-window' not in hlo
+  assert 'reduce-window' in jax.jit(jax.grad(loss(ref), argnums=(0, 1))).lower(
+      params, x).compile().as_text()
+
+
 def test_gelu_tanh_backward_keeps_less_than_nn_gelus():
   # What it is for: XLA must not keep tanh(u) of every layer for the backward pass.
   from vit.models.gelu import gelu_tanh

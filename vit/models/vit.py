@@ -19,6 +19,7 @@ import numpy as np
 
 from vit.models import resnet
 from vit.models.gelu import gelu_tanh
+from vit.models.layer_norm import LayerNorm
 
 Array = jax.Array
 Dtype = Any
@@ -271,9 +272,9 @@ class Encoder1DBlock(nn.Module):
   @nn.compact
   def __call__(self, x: Array, deterministic: bool,
                logits_bias: Optional[Array] = None) -> Array:
-    ln = lambda name: nn.LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name=name,
-                                   scale_init=_logical(nn.initializers.ones, ('embed',)),
-                                   bias_init=_logical(nn.initializers.zeros, ('embed',)))
+    ln = lambda name: LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name=name,
+                                scale_init=_logical(nn.initializers.ones, ('embed',)),
+                                bias_init=_logical(nn.initializers.zeros, ('embed',)))
     y = ln('LayerNorm_0')(x)
     y = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
                                      axis=self.attention_axis, grid=self.grid,
@@ -335,9 +336,9 @@ class Encoder(nn.Module):
                       grid=None if axis is None else tuple(self.grid),
                       attention_kernel=self.attention_kernel,
                       name=f'encoderblock_{i}{suffix}')(x, not train, **kwargs)
-    return nn.LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm',
-                        scale_init=_logical(nn.initializers.ones, ('embed',)),
-                        bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
+    return LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm',
+                     scale_init=_logical(nn.initializers.ones, ('embed',)),
+                     bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
 
 
 class VisionTransformer(nn.Module):
