@@ -142,9 +142,10 @@ def test_reshuffles_every_epoch(data_dir):
   assert epochs[0] != epochs[1]
 
 
-@pytest.mark.parametrize('workers', [0, 1])
-def test_iterator_state_restores_the_exact_next_batches(data_dir, workers):
-  config = make_config(data_dir, inception_crop=True, flip=True, worker_count=workers)
+@pytest.mark.parametrize('workers, ahead', [(0, 2), (1, 2), (0, 0)])
+def test_iterator_state_restores_the_exact_next_batches(data_dir, workers, ahead):
+  config = make_config(data_dir, inception_crop=True, flip=True, worker_count=workers,
+                       prefetch_batches=ahead)
   iterator = iter(pipeline.train_dataset(config))
   take(iterator, 3)
   state = json.loads(json.dumps(iterator.get_state()))  # What the checkpoint stores.
@@ -155,6 +156,12 @@ def test_iterator_state_restores_the_exact_next_batches(data_dir, workers):
   if workers:
     iterator.close()
     restored.close()
+
+
+def test_prefetching_hands_out_the_same_batches(data_dir):
+  ahead, none = (take(iter(pipeline.train_dataset(make_config(
+      data_dir, flip=True, prefetch_batches=n))), 5) for n in (3, 0))
+  assert_same(ahead, none)
 
 
 def test_iterator_state_carries_to_another_layout(data_dir):
@@ -301,7 +308,9 @@ def test_bad_record_error_names_its_index_in_the_split(data_dir):
 
 
 def test_skip_bad_records_skips_and_counts(data_dir, caplog):
-  config = make_config(data_dir, 'vit_test_bad_images', skip_bad_records=True)
+  # No batches made ahead: a prefetching thread would already be counting the next epoch's.
+  config = make_config(data_dir, 'vit_test_bad_images', skip_bad_records=True,
+                       prefetch_batches=0)
   config.batch_size = 5
   with caplog.at_level(logging.WARNING):
     batches = take(iter(pipeline.train_dataset(config)), 2)  # One epoch: 10 good records.
@@ -347,7 +356,7 @@ def test_thread_count_follows_the_records_and_counts_are_validated(data_dir):
   arrays = fashion_mnist.ArraySource(np.zeros((4, 2, 2, 1), np.uint8), np.zeros(4, np.int32))
   assert pipeline._read_threads(config, arrays) == 0  # Nothing to decode.
   assert pipeline._read_threads(config, pipeline.make_source(config, 'train')) == 16
-  for key, value in (('worker_count', -1), ('read_threads', -2)):
+  for key, value in (('worker_count', -1), ('read_threads', -2), ('prefetch_batches', -1)):
     bad = make_config(data_dir, **{key: value})
     with pytest.raises(ConfigError, match=rf'config.data.{key}={value}: must be an integer >= 0'):
       pipeline.train_dataset(bad)

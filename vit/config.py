@@ -72,6 +72,7 @@ def defaults() -> ml_collections.ConfigDict:
       flip=False,
       worker_count=0,  # grain worker processes for decoding and augmentation; 0: threads only.
       read_threads=_none(int),  # grain threads per process; None: 16 (encoded images), 0 (arrays)
+      prefetch_batches=2,  # Training batches made ahead on a background thread; 0: none.
       shuffle_seed=_none(int),
       # Evaluation view: short side resized to image_size / fraction, centre crop. 1.0 is a plain
       # resize of square images, as the official vit_jax evaluation; 0.875 the usual ImageNet view.

@@ -5,6 +5,7 @@ Order of a training pipeline (per process):
   source -> index -> this process's shard -> shuffle (new order every epoch) -> repeat
     -> Preprocess (decode, check, augment; seeded by (seed, position))   [grain threads/workers]
     -> drop and count bad records -> batch                               [main process]
+    -> `data.prefetch_batches` batches made ahead              [a background thread]
 
 Batching happens after `mp_prefetch`, in the main process: grain hands each worker every n-th
 element, so batching inside the workers would make the batches depend on the worker count.
@@ -198,9 +199,21 @@ def train_dataset(config: ml_collections.ConfigDict, source=None,
   ds = ds.shuffle(seed=seed).repeat()
   ds = ds.random_map(_preprocess(config, _train_transforms(config), where), seed=seed)
   ds = _parallel(config, ds, source, shard_size, where).batch(batch, drop_remainder=True)
-  return iterator_state.LayoutDataset(ds, workers=config.data.worker_count,
+  return iterator_state.LayoutDataset(_prefetch(config, ds), workers=config.data.worker_count,
                                       processes=shard.shard_count,
                                       process_index=shard.shard_index, records=len(source))
+
+
+def _prefetch(config, ds: grain.IterDataset) -> grain.IterDataset:
+  """Batches made on a background thread while the step runs: the records' Python work then
+  overlaps the step instead of adding to it (the step releases the GIL while XLA computes).
+  The state handed on is grain's state after the last batch handed out, so checkpoints are
+  exact."""
+  ahead = config.data.prefetch_batches
+  if not isinstance(ahead, int) or isinstance(ahead, bool) or ahead < 0:
+    raise ConfigError('data.prefetch_batches', ahead, 'must be an integer >= 0')
+  return grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=ahead) \
+      if ahead else ds
 
 
 def _padded(records: Iterator[dict], batch: int, steps: int, template: dict) -> Iterator[dict]:
