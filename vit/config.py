@@ -12,6 +12,7 @@ import jax
 import ml_collections
 from ml_collections import config_dict
 
+from vit.data import subsets
 from vit.errors import ConfigError
 from vit.models import presets, resnet
 from vit.models.vit import VisionTransformer, patch_grid
@@ -78,6 +79,12 @@ def defaults() -> ml_collections.ConfigDict:
       # resize of square images, as the official vit_jax evaluation; 0.875 the usual ImageNet view.
       eval_crop_fraction=1.0,
       skip_bad_records=False,  # True: drop undecodable records / bad labels, count them in logs.
+      # Subsets of a split (vit/data/subsets.py). The last `holdout` records of train_split
+      # are the 'holdout' split (set eval_split='holdout' to choose hyper-parameters on them).
+      holdout=0,
+      classes=_none(tuple),  # Class ids to keep, relabelled 0..k-1 in this order; None: all.
+      train_fraction=1.0,  # Class-balanced fraction of train_split's labels (0.01: 1%).
+      subset_seed=_none(int),  # The fraction's draw; None: config.seed.
   )
   config.optimizer = dict(
       name='adam',  # 'adam' (decoupled weight decay) | 'sgd' (momentum)
@@ -185,6 +192,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                         f'not divisible by the patch size {p * stride} '
                         f'(model.patches.size={tuple(size)}'
                         + (f' after the ResNet stride {stride})' if stride > 1 else ')'))
+  subsets.check_config(config.data)
   if not 0.0 < config.data.eval_crop_fraction <= 1.0:
     raise ConfigError('data.eval_crop_fraction', config.data.eval_crop_fraction,
                       'must be in (0, 1]')

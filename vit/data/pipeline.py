@@ -23,16 +23,29 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from vit.data import fashion_mnist, iterator_state, sources, transforms
+from vit.data import fashion_mnist, iterator_state, sources, subsets, transforms
 from vit.errors import ConfigError, UserError
 
 SOURCES = "'fashion_mnist', 'tfds:NAME' or 'array_record:DIR'"
 
 
 def make_source(config: ml_collections.ConfigDict, split: str):
-  """A random-access source of {'image': uint8 [H, W, C] or encoded bytes, 'label'} records."""
+  """A random-access source of {'image': uint8 [H, W, C] or encoded bytes, 'label'} records.
+
+  `split` may be 'holdout': the last data.holdout records of data.train_split, which the train
+  split then lacks. data.classes and data.train_fraction select within it (vit/data/subsets.py).
+  """
+  held_out = split == subsets.HOLDOUT_SPLIT
+  split = config.data.train_split if held_out else split
+  train = split == config.data.train_split
+  seed = config.data.get('subset_seed')
+  return subsets.select(_open(config, split, train), config.data, train=train,
+                        held_out=held_out, seed=config.seed if seed is None else seed)
+
+
+def _open(config: ml_collections.ConfigDict, split: str, train: bool):
   source, data_dir = config.data.source, config.data.data_dir
-  split_key = 'train_split' if split == config.data.train_split else 'eval_split'
+  split_key = 'train_split' if train else 'eval_split'
   if source == 'fashion_mnist':
     if split not in fashion_mnist.SPLITS:
       raise ConfigError(f'data.{split_key}', split, f'not a split of fashion_mnist (splits: '
