@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs.mpp import fashion_mnist
+from configs.mpp import fashion_mnist, fashion_mnist_grey
 from mpp import corruption as corruption_lib
 from mpp import images as images_lib
 from mpp import objective, targets
@@ -220,3 +220,24 @@ def test_config_errors_name_the_key(key, value, message):
   with pytest.raises(ConfigError, match=f'config.mpp.{key}=') as e:
     config_lib.validate(config)
   assert message in str(e.value)
+
+
+def test_grey_targets_have_32_levels_at_5_bits_and_rgb_512_at_3():
+  image = _image([[[0.0], [0.5]], [[31.5 / 32], [1.0]]])
+  np.testing.assert_array_equal(targets.mean_color(image, 2, bits=5), [[0, 16, 31, 31]])
+  assert targets.output_shape('mean_color', (4, 4), channels=1, bits=5, grid=4) == (32,)
+  assert targets.output_shape('downsampled_color', (4, 4), 1, 5, 4) == (16, 32)
+  assert targets.output_shape('mean_color', (4, 4), channels=3, bits=3, grid=4) == (512,)
+  config = fashion_mnist_grey.get_config()
+  m = config_lib.validate(config)
+  assert objective.Spec.from_config(config, m).output_shape == (32,)
+
+
+def test_bits_that_make_too_many_colour_classes_are_a_config_error():
+  config = fashion_mnist.get_config()
+  config.mpp.bits = 8
+  with pytest.raises(ConfigError, match=r'config.mpp.bits=8: bins each of the 3 channels, so '
+                     r'16777216 colour classes; at most 32768 \(e.g. 5 bits\)'):
+    config_lib.validate(config)
+  config.data.channels = 1
+  config_lib.validate(config)  # 256 grey levels are fine.

@@ -10,6 +10,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from ml_collections import config_dict
 
 from vit.data import subsets
@@ -126,7 +127,7 @@ def defaults() -> ml_collections.ConfigDict:
       # Where a randomly replaced patch comes from: 'batch' (any image) or 'image' (the same
       # image; no all-gather of the batch's embeddings across devices, for pods).
       random_source='batch',
-      bits=3,
+      bits=3,  # Per channel: (2**bits)**data.channels colour classes (3 bits RGB: 512).
       grid=4,
       normalize_pixels=False,
       image_every=0,  # Steps between PNG grids of MPP predictions; 0: only at the end.
@@ -235,7 +236,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if accum < 1 or config.batch_size % accum:
     raise ConfigError('optimizer.accumulation_steps', accum,
                       f'must be >= 1 and divide batch_size={config.batch_size}')
-  _check_mpp(config.mpp, m)
+  _check_mpp(config.mpp, m, config.data.channels)
   num_devices = jax.device_count() if num_devices is None else num_devices
   if (config.batch_size // accum) % num_devices:
     raise ConfigError('batch_size', config.batch_size,
@@ -245,6 +246,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
 
 
 MPP_TARGETS = ('mean_color', 'downsampled_color', 'pixels')
+# Colour classes per prediction: (2**bits)**channels. 3 bits of RGB (the paper's 512) up to 5
+# bits (32768, a head of 2M weights at width 64); 8 bits of RGB would be 16.7M classes.
+MAX_COLOR_CLASSES = 2 ** 15
 
 
 def _check_pixels(px: dict, channels: int) -> None:
@@ -261,7 +265,7 @@ def _check_pixels(px: dict, channels: int) -> None:
     raise ConfigError('model.pixels', px, 'rescale and std must be positive')
 
 
-def _check_mpp(mpp: ml_collections.ConfigDict, m: dict) -> None:
+def _check_mpp(mpp: ml_collections.ConfigDict, m: dict, channels: int) -> None:
   if mpp.target not in MPP_TARGETS:
     raise ConfigError('mpp.target', mpp.target, f'must be one of {", ".join(MPP_TARGETS)}')
   if not 0.0 < mpp.corruption_rate <= 1.0:
@@ -276,6 +280,11 @@ def _check_mpp(mpp: ml_collections.ConfigDict, m: dict) -> None:
                       f'plus mpp.mask_fraction={mpp.mask_fraction} exceeds 1')
   if not 1 <= mpp.bits <= 8:
     raise ConfigError('mpp.bits', mpp.bits, 'must be in 1..8')
+  classes = (2 ** mpp.bits) ** channels
+  if mpp.target != 'pixels' and classes > MAX_COLOR_CLASSES:
+    raise ConfigError('mpp.bits', mpp.bits, f'bins each of the {channels} channels, so '
+                      f'{classes} colour classes; at most {MAX_COLOR_CLASSES} '
+                      f'(e.g. {int(np.log2(MAX_COLOR_CLASSES)) // channels} bits)')
   if mpp.target == 'downsampled_color' and any(p % mpp.grid for p in m['patches']['size']):
     raise ConfigError('mpp.grid', mpp.grid,
                       f'must divide the patch size {tuple(m["patches"]["size"])}')
