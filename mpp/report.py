@@ -1,4 +1,4 @@
-"""The study's table, verdicts and plot, as Markdown (docs/results.md) and PNG."""
+"""The study's tables, verdicts and plots, as Markdown (docs/results.md) and PNG."""
 from __future__ import annotations
 
 import json
@@ -14,8 +14,20 @@ PAPER = ('For context, the paper (§4.6, ViT-B/16 pretrained on JFT and fine-tun
          'reports 79.9% top-1 with MPP: about 2% above training from scratch and about 4% below '
          'supervised pretraining. A 15% corruption rate was slightly worse than 50%, and returns '
          'diminished after about 100k pretraining steps. Our scale (a 4-layer ViT of width 64 on '
-         '28-pixel Fashion-MNIST, hundreds of steps on a CPU) is four orders of magnitude smaller, '
-         'so only the direction of the effects is comparable, not the figures.')
+         '28-pixel Fashion-MNIST) is four orders of magnitude smaller, so only the direction of '
+         'the effects is comparable, not the figures.')
+
+PROTOCOL = (
+    'Protocol, fixed before any test number was seen: the last {holdout} training images are '
+    'held out, and every choice is made on them — the fine-tuning learning rate and weight '
+    'decay of every variant at every label fraction (swept on seed {first}, then used for every '
+    'seed) and the L2 strength of every linear probe. Label fractions are class-balanced and '
+    'drawn per seed, the same images for every variant of a seed (1% = 600 images). Test '
+    'accuracy is of the final weights on the 10k test images (the 5k of the 5 transfer '
+    'classes in the transfer table). A difference counts only beyond 2 standard errors of '
+    'the difference of the means over seeds.')
+
+REPRESENTATIONS = ('class_token', 'mean_patch')
 
 
 def _stats(values: list) -> tuple[float, float, int]:
@@ -32,111 +44,196 @@ def _cell(values: list, scale: float = 100.0) -> str:
   return f'{mean * scale:.2f}' + (f' ± {std * scale:.2f}' if n > 1 else '')
 
 
-def finetuned_accuracy(result: dict) -> Optional[float]:
-  return result.get('finetune', {}).get('eval/accuracy')
+def fraction_key(fraction: float) -> str:
+  return f'{fraction * 100:g}%'
 
 
-def finetuned_ema_accuracy(result: dict) -> Optional[float]:
-  """The Polyak average: over a short schedule it still weighs the starting point heavily
-  (0.99**100 = 37% after 100 steps), so it is shown beside the raw weights, not instead."""
-  return result.get('finetune', {}).get('eval_ema/accuracy')
+def finetuned(result: dict, key: str, metric: str = 'eval/accuracy') -> Optional[float]:
+  return ((result.get('finetune') or {}).get(key) or {}).get(metric)
+
+
+def verdict(values: list, floor: list) -> Optional[str]:
+  """'+d points (better than / worse than / not distinguishable from ...; 2 SE = s)'."""
+  (mean, std, n), (b_mean, b_std, b_n) = _stats(values), _stats(floor)
+  if n == 0 or b_n == 0:
+    return None
+  delta = (mean - b_mean) * 100
+  if n < 2 or b_n < 2:
+    return f'{delta:+.2f} points (one seed: no error bars, indicative only)'
+  se = 100 * np.sqrt(std ** 2 / n + b_std ** 2 / b_n)
+  word = ('better than' if delta > 2 * se else 'worse than' if delta < -2 * se
+          else 'not distinguishable from')
+  return f'{delta:+.2f} points ({word} the floor; 2 standard errors = {2 * se:.2f})'
+
+
+def _table(head: list, rows: list) -> str:
+  lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
+  return '\n'.join(lines + ['| ' + ' | '.join(r) + ' |' for r in rows])
 
 
 class Table:
-  """Mean and std over seeds of each variant's numbers."""
+  """Means and stds over seeds of every variant's numbers, table by table."""
 
   def __init__(self, study, variants, results: dict, session_s: float = 0.0,
                planned: int = 0):
-    self.study, self.variants, self.results, self.session_s = study, variants, results, session_s
-    self.planned = planned  # Variant x seed runs in the plan (0: unknown).
+    self.study, self.variants, self.session_s, self.planned = study, variants, session_s, planned
+    self.pixels = results.get('pixels')
+    self.results = results.get('variants', {})
 
   @property
   def done(self) -> int:
     return sum(len(r) for r in self.results.values())
 
+  def group(self, name: str) -> list:
+    return [v for v in self.variants if v.group == name]
+
   def column(self, name: str, getter) -> list:
     return [getter(r) for r in self.results.get(name, [])]
 
-  def markdown(self) -> str:
-    shots = tuple(self.study.shots)
-    head = ['variant', 'fine-tuned test accuracy (%)', 'same, Polyak-averaged (%)',
-            *(f'{k}-shot linear (%)' for k in shots),
-            'MPP held-out colour accuracy (%)', 'majority colour (%)', 'seeds']
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for v in self.variants:
-      get = lambda key: self.column(v.name, lambda r: r.get('pretrain', {}).get(key))
-      row = [v.label, _cell(self.column(v.name, finetuned_accuracy)),
-             _cell(self.column(v.name, finetuned_ema_accuracy)),
-             *(_cell(get(f'fewshot/{k}shot')) for k in shots),
-             _cell(get('eval/accuracy')), _cell(get('eval/majority_accuracy')),
-             str(len(self.results.get(v.name, [])))]
-      lines.append('| ' + ' | '.join(row) + ' |')
-    return '\n'.join(lines)
+  def accuracies(self, name: str, fraction: float) -> list:
+    return self.column(name, lambda r: finetuned(r, fraction_key(fraction)))
 
-  def verdicts(self) -> list[str]:
-    """Each MPP variant against scratch: a difference counts only beyond 2 standard errors."""
-    base = self.column('scratch', finetuned_accuracy)
-    b_mean, b_std, b_n = _stats(base)
+  def _fraction_table(self, variants: list, fractions) -> str:
+    head = ['variant', *(f'{fraction_key(f)} of the labels' for f in fractions), 'seeds']
+    rows = [[v.label, *(_cell(self.accuracies(v.name, f)) for f in fractions),
+             str(len(self.results.get(v.name, [])))] for v in variants]
+    return _table(head, rows)
+
+  def markdown(self) -> str:
+    """The headline: fine-tuned test accuracy (%) per variant and label fraction."""
+    return self._fraction_table(self.group('labels'), self.study.label_fractions)
+
+  def length_variants(self) -> list:
+    """Scratch, then the first target and rate at every pretraining length, shortest first."""
+    if not self.study.targets:
+      return []
+    target, rate = self.study.targets[0], self.study.rates[0]
+    return [v for v in self.variants if v.name == 'scratch'] + sorted(
+        (v for v in self.variants if v.group in ('labels', 'length') and v.kind == 'mpp'
+         and v.target == target and v.rate == rate), key=lambda v: v.epochs)
+
+  def verdicts(self, group: str = 'labels') -> list[str]:
+    floor = 'transfer_scratch' if group == 'transfer' else 'scratch'
+    variants = (self.length_variants() if group == 'length' else self.group(group))
+    fractions = {'labels': self.study.label_fractions, 'length': self.study.length_fractions,
+                 'transfer': self.study.transfer.fractions}[group]
     out = []
-    for v in self.variants:
-      if v.target is None:
+    for v in variants:
+      if v.kind == 'scratch':
         continue
-      mean, std, n = _stats(self.column(v.name, finetuned_accuracy))
-      if n == 0 or b_n == 0:
-        continue
-      delta = (mean - b_mean) * 100
-      if n > 1 and b_n > 1:
-        se = 100 * np.sqrt(std ** 2 / n + b_std ** 2 / b_n)
-        word = ('better than' if delta > 2 * se else 'worse than' if delta < -2 * se
-                else 'not distinguishable from')
-        line = (f'{v.label}: {delta:+.2f} points vs scratch ({word} scratch; '
-                f'2 standard errors = {2 * se:.2f})')
-      else:
-        line = (f'{v.label}: {delta:+.2f} points vs scratch (one seed: no error bars, '
-                f'indicative only)')
-      out.append(line + self._context_note(v.name))
+      for f in fractions:
+        line = verdict(self.accuracies(v.name, f), self.accuracies(floor, f))
+        if line:
+          out.append(f'{v.label}, {fraction_key(f)} of the labels: {line} vs scratch')
     return out
 
-  def _context_note(self, name: str) -> str:
-    """Whether pretraining got past predicting the most frequent colour (i.e. used context)."""
-    get = lambda key: _stats(self.column(name, lambda r: r.get('pretrain', {}).get(key)))[0]
-    accuracy, majority = get('eval/accuracy'), get('eval/majority_accuracy')
-    if np.isnan(accuracy) or np.isnan(majority):
-      return '.'
-    above = accuracy > majority + 1e-3
-    return (f'; MPP colour accuracy {accuracy * 100:.1f}% vs {majority * 100:.1f}% for the '
-            f'majority colour: pretraining had {"" if above else "not yet "}learnt to use '
-            'context.')
+  def chosen(self) -> str:
+    """The hyper-parameters the held-out split chose, and the held-out accuracies behind them."""
+    rows = []
+    for v in self.variants:
+      for key, r in (self.results.get(v.name, [{}])[0].get('finetune') or {}).items():
+        if r:
+          sweep = ', '.join(f'{k}: {a * 100:.1f}' for k, a in r['sweep_holdout'].items())
+          rows.append([v.label, key, f'{r["learning_rate"]:g}', f'{r["weight_decay"]:g}', sweep])
+    return _table(['variant', 'labels', 'learning rate', 'weight decay',
+                   'held-out accuracy (%) of each setting tried'], rows)
+
+  def probes(self) -> str:
+    """Frozen-feature probes: k-shot and full linear test accuracy (%)."""
+    p = self.study.probe
+    cols = [f'{k}shot' for k in p.shots] + ['linear']
+    head = ['features', 'representation', *(f'{k}-shot' for k in p.shots), 'all labels']
+    rows = []
+    if self.pixels:
+      rows.append(['raw pixels', '-', *(self._pixel_cell(c) for c in cols)])
+    reps = (*REPRESENTATIONS, f'block{p.block}_mean_patch')
+    for v in self.variants:
+      if not v.probe:
+        continue
+      name = 'random initialisation' if v.kind == 'scratch' else v.label
+      for rep in reps:
+        rows.append([name, rep, *(_cell(self.column(
+            v.name, lambda r: (r.get('probe') or {}).get(f'{rep}/{c}'))) for c in cols)])
+    return _table(head, rows)
+
+  def _pixel_cell(self, col: str) -> str:
+    value, std = self.pixels.get(f'pixels/{col}'), self.pixels.get(f'pixels/{col}_std')
+    l2 = self.pixels.get(f'pixels/{col}_l2')
+    return (f'{value * 100:.2f}' + (f' ± {std * 100:.2f}' if std else '')
+            + (f' (l2 {l2:g})' if l2 is not None else ''))
+
+  def pretraining(self) -> str:
+    rows = []
+    for v in self.variants:
+      if v.kind == 'scratch':
+        continue
+      get = lambda key: self.column(v.name, lambda r: (r.get('pretrain') or {}).get(key))
+      rows.append([v.label, _cell(get('eval/accuracy')), _cell(get('eval/majority_accuracy'))])
+    return _table(['pretraining', 'held-out accuracy of its objective (%)',
+                   'majority colour (%)'], rows)
 
   def seconds(self, key: str = 'wall_s') -> float:
     """Summed over every run (`wall_s` or `cpu_s`), whichever invocation ran it."""
-    return sum(part.get(key, 0.0) for runs in self.results.values() for r in runs
-               for part in r.values())
+    runs = [run for results in self.results.values() for r in results for run in r['runs']]
+    return sum(run.get(key, 0.0) for run in runs + [self.pixels or {}])
 
-  def length_curve(self) -> tuple[list, list, list]:
-    """(steps, mean, std) of fine-tuned accuracy for scratch (0) and the length sweep."""
-    target, rate = self.study.targets[0], self.study.rate
-    points = [(0, 'scratch')] + sorted(
-        (v.steps, v.name) for v in self.variants
-        if v.target == target and v.rate == rate)
-    steps, means, stds = [], [], []
-    for n, name in points:
-      mean, std, count = _stats(self.column(name, finetuned_accuracy))
-      if count:
-        steps.append(n), means.append(mean * 100), stds.append(0.0 if np.isnan(std) else std * 100)
-    return steps, means, stds
+  def fraction_curves(self) -> dict:
+    """{variant label: (fractions in %, mean, std)} of the headline table."""
+    out = {}
+    for v in self.group('labels'):
+      pts = [(f * 100, *_stats(self.accuracies(v.name, f))[:2])
+             for f in self.study.label_fractions]
+      pts = [(x, m * 100, 0.0 if np.isnan(s) else s * 100) for x, m, s in pts if not np.isnan(m)]
+      if pts:
+        out[v.label] = tuple(map(list, zip(*pts)))
+    return out
+
+  def length_curve(self, fraction: float) -> tuple[list, list, list]:
+    """(pretraining epochs, mean, std) of fine-tuned accuracy; scratch at 0 epochs."""
+    epochs, means, stds = [], [], []
+    for v in self.length_variants():
+      mean, std, n = _stats(self.accuracies(v.name, fraction))
+      if n:
+        epochs.append(v.epochs), means.append(mean * 100)
+        stds.append(0.0 if np.isnan(std) else std * 100)
+    return epochs, means, stds
 
 
-def plot(table: Table, path: str) -> str:
+def _figure():
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
-  steps, means, stds = table.length_curve()
-  fig, ax = plt.subplots(figsize=(5, 3.4), dpi=120)
-  ax.errorbar(steps, means, yerr=stds, marker='o', capsize=3)
-  ax.set_xlabel(f'MPP pretraining steps ({table.study.targets[0]}; 0 = from scratch)')
+  return plt, *plt.subplots(figsize=(5.5, 3.6), dpi=120)
+
+
+def plot_fractions(table: Table, path: str) -> str:
+  plt, fig, ax = _figure()
+  for label, (x, mean, std) in table.fraction_curves().items():
+    ax.errorbar(x, mean, yerr=std, marker='o', capsize=3, label=label)
+  ax.set_xscale('log')
+  ax.set_xlabel('labelled training images (% of 60k, class-balanced)')
   ax.set_ylabel('fine-tuned test accuracy (%)')
   ax.grid(alpha=0.3)
+  ax.legend(fontsize=6)
+  fig.tight_layout()
+  with atomic_write.file(path) as partial:
+    fig.savefig(partial)
+  plt.close(fig)
+  return path
+
+
+def plot_length(table: Table, path: str) -> str:
+  plt, fig, ax = _figure()
+  for f in table.study.length_fractions:
+    epochs, mean, std = table.length_curve(f)
+    ax.errorbar(epochs, mean, yerr=std, marker='o', capsize=3,
+                label=f'{fraction_key(f)} of the labels')
+  ax.set_xscale('symlog', linthresh=1.0)
+  ax.set_xlabel(f'MPP pretraining epochs ({table.study.targets[0]}; 0 = from scratch)'
+                if table.study.targets else 'MPP pretraining epochs')
+  ax.set_ylabel('fine-tuned test accuracy (%)')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7)
   fig.tight_layout()
   with atomic_write.file(path) as partial:
     fig.savefig(partial)
@@ -161,39 +258,67 @@ def hardware() -> str:
           f'file was written: {load:.1f}')
 
 
+def _caveats(table: Table) -> str:
+  study, out = table.study, ''
+  if study.quick:
+    out += ('\n> **Quick run** (`--config.quick=True`): short schedules that check the '
+            'pipeline; the figures below are not the study.\n')
+  if study.get('reduced'):
+    out += (f'\n> **Reduced budget**: {study.reduced}. These models are not converged; the '
+            'figures show the protocol at work, not the answer of the full study.\n')
+  if table.planned and table.done < table.planned:
+    out += (f'\n> **Partial**: {table.done} of {table.planned} variant x seed runs finished '
+            'so far; rows and cells without numbers have not run yet.\n')
+  if len(study.seeds) < 2:
+    out += '\n> **One seed**: no error bars; the verdicts are indicative only.\n'
+  return out
+
+
 def write(table: Table, path: str, command: str) -> str:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  directory = os.path.dirname(path) or '.'
+  os.makedirs(directory, exist_ok=True)
   stem = os.path.splitext(os.path.basename(path))[0]
-  png = plot(table, os.path.join(os.path.dirname(path) or '.', f'{stem}_pretraining_length.png'))
   study = table.study
-  quick = ('\n> **Quick run** (`--config.quick=True`): one seed and short schedules '
-           f'({study.pretrain_steps} MPP steps, {study.finetune.total_steps} fine-tuning '
-           'steps); the figures below check the pipeline and are not the study. Run without '
-           '`--config.quick` for the 3-seed study.\n' if study.quick else '')
-  partial = (f'\n> **Partial**: {table.done} of {table.planned} variant x seed runs finished '
-             'so far; rows without numbers have not run yet.\n'
-             if table.planned and table.done < table.planned else '')
-  lines = [
-      '# Masked patch prediction at small scale: results', quick + partial,
-      'Does MPP pretraining (§4.6) help a small ViT on Fashion-MNIST, and which target? '
-      'Each MPP variant is pretrained, then fine-tuned with the same budget as the '
-      '"from scratch" row (same steps, optimiser and schedule; test accuracy on the 10k test '
-      'images of the final weights, and of their Polyak average when the fine-tuning config '
-      'keeps one). Few-shot '
-      'columns: a linear least-squares classifier on the frozen mean patch-token '
-      'representation of the pretrained backbone (the scratch row: a random initialisation).',
-      '', table.markdown(), '', '## Verdicts', '',
-      *(f'- {v}' for v in table.verdicts()), '', '## Accuracy against pretraining length', '',
-      f'![fine-tuned accuracy against MPP pretraining steps]({os.path.basename(png)})', '',
-      '## Context', '', PAPER, '', '## How this was produced', '',
-      f'- Command: `{command}`',
-      f'- Hardware: {hardware()}',
-      f'- Wall time: {table.seconds() / 60:.1f} minutes of runs in total, '
-      f'{table.seconds("cpu_s") / 60:.1f} minutes of process CPU time (all threads) '
-      f'(this invocation: {table.session_s / 60:.1f} minutes; finished runs are skipped on a '
-      'rerun)', *([f'- Notes: {study.notes}'] if study.get('notes') else []), '',
-      '<details><summary>Study config</summary>', '', '```json',
-      json.dumps(study.to_dict(), indent=1, default=str), '```', '</details>', '']
+  fractions_png = plot_fractions(table, os.path.join(directory, f'{stem}_label_fraction.png'))
+  lines = ['# Masked patch prediction at small scale: results', _caveats(table),
+           'Does MPP pretraining (§4.6) help a small ViT on Fashion-MNIST when labels are '
+           'scarce, and which target? ' + PROTOCOL.format(holdout=study.holdout,
+                                                           first=study.seeds[0]), '',
+           '## Fine-tuned test accuracy (%) against the label fraction', '', table.markdown(),
+           '', f'![test accuracy against the label fraction]({os.path.basename(fractions_png)})',
+           '', '### Verdicts against scratch', '',
+           *(f'- {v}' for v in table.verdicts('labels') or ['(no pair of runs yet)'])]
+  if study.length_epochs and study.targets:
+    png = plot_length(table, os.path.join(directory, f'{stem}_pretraining_length.png'))
+    lines += ['', '## Accuracy against pretraining length', '',
+              table._fraction_table(table.length_variants(), study.length_fractions), '',
+              f'![fine-tuned accuracy against MPP pretraining epochs]({os.path.basename(png)})',
+              '', *(f'- {v}' for v in table.verdicts('length'))]
+  if study.transfer.enabled:
+    lines += ['', '## Transfer inside Fashion-MNIST', '',
+              f'Pretrained on classes {tuple(study.transfer.pretrain_classes)} (supervised with '
+              f'their labels, or MPP without), fine-tuned on classes '
+              f'{tuple(study.transfer.finetune_classes)} (a 5-way head); scratch is the floor.',
+              '', table._fraction_table(table.group('transfer'), study.transfer.fractions), '',
+              *(f'- {v}' for v in table.verdicts('transfer'))]
+  if study.probe.enabled:
+    lines += ['', '## Frozen features', '',
+              f'Least squares on frozen features (vit/evaluators/linear_probe.py): '
+              f'{"/".join(map(str, study.probe.shots))}-shot (mean ± std over '
+              f'{study.probe.draws} draws of the shots for raw pixels, over seeds for '
+              f'backbones) and all {55000 if study.holdout == 5000 else "non-held-out"} '
+              'training labels; every L2 strength chosen on the held-out split (shown for '
+              'raw pixels). Block indices count from 0.', '', table.probes()]
+  lines += ['', '## Hyper-parameters chosen on the held-out split', '', table.chosen(), '',
+            '## Pretraining', '', table.pretraining(), '', '## Context', '', PAPER, '',
+            '## How this was produced', '', f'- Command: `{command}`',
+            f'- Hardware: {hardware()}',
+            f'- Wall time: {table.seconds() / 60:.1f} minutes of runs in total, '
+            f'{table.seconds("cpu_s") / 60:.1f} minutes of process CPU time (all threads) '
+            f'(this invocation: {table.session_s / 60:.1f} minutes; finished runs are skipped '
+            'on a rerun)', *([f'- Notes: {study.notes}'] if study.get('notes') else []), '',
+            '<details><summary>Study config</summary>', '', '```json',
+            json.dumps(study.to_dict(), indent=1, default=str), '```', '</details>', '']
   with atomic_write.file(path) as partial, open(partial, 'w') as f:
     f.write('\n'.join(lines))
   return path
