@@ -96,16 +96,18 @@ def settings(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
 
 def variants(study) -> list[Variant]:
   fractions, first = tuple(study.label_fractions), study.targets[0] if study.targets else None
-  out = [Variant('scratch', 'scratch', fractions=fractions, probe=study.probe.enabled)]
-  for target in study.targets if fractions or study.probe.enabled else ():
-    for rate in study.rates:
-      name = f'mpp_{target}' + ('' if rate == 0.5 else f'_rate{round(rate * 100)}')
-      out.append(Variant(name, 'mpp', 'labels', target, rate, study.pretrain_epochs, fractions,
-                         probe=study.probe.enabled))
-  if first:
-    out += [Variant(f'mpp_{first}_epochs{e:g}', 'mpp', 'length', first, study.rates[0], e,
-                    tuple(study.length_fractions), probe=study.probe.enabled)
-            for e in study.length_epochs if e != study.pretrain_epochs]
+  out = []
+  if fractions or study.probe.enabled:  # Else nothing to measure here: e.g. transfer only.
+    out.append(Variant('scratch', 'scratch', fractions=fractions, probe=study.probe.enabled))
+    for target in study.targets:
+      for rate in study.rates:
+        name = f'mpp_{target}' + ('' if rate == 0.5 else f'_rate{round(rate * 100)}')
+        out.append(Variant(name, 'mpp', 'labels', target, rate, study.pretrain_epochs,
+                           fractions, probe=study.probe.enabled))
+    if first:
+      out += [Variant(f'mpp_{first}_epochs{e:g}', 'mpp', 'length', first, study.rates[0], e,
+                      tuple(study.length_fractions), probe=study.probe.enabled)
+              for e in study.length_epochs if e != study.pretrain_epochs]
   t = study.transfer
   if t.enabled:
     common = dict(group='transfer', fractions=tuple(t.fractions),

@@ -2,9 +2,10 @@
 
 `mpp`, `supervised` and `finetune` are complete trainer configs (overridable, e.g.
 --config.mpp.optimizer.learning_rate=...); the study sets their data subsets (held-out split,
-classes, label fraction), lengths and swept hyper-parameters. The full study is many CPU-hours
-(about 110 trainings); `quick` checks the pipeline in minutes, configs/study/reduced.py gives
-real but unconverged numbers in about an hour of 2 cores, configs/study/demo.py is `make demo`.
+classes, label fraction), lengths and swept hyper-parameters. The full study is 231 trainings
+and 30 probe runs, many CPU-hours; `quick` checks the pipeline in minutes;
+configs/study/reduced.py gives real but unconverged numbers in about an hour of 2 idle cores;
+configs/study/demo.py is `make demo`.
 """
 import ml_collections
 
