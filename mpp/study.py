@@ -219,6 +219,7 @@ def pretrain(config, workdir: str) -> dict:
   if config.model.num_classes is None:
     return _train(config, workdir, mpp_train.build_task(config, m, workdir))
   supervised_train.check_classes(config, m)
+  init_spec.write_class_names(workdir, supervised_train.class_names(config))
   return _train(config, workdir, supervised_train.build_task(config, m))
 
 
@@ -231,6 +232,7 @@ def finetune(config, workdir: str) -> dict:
   else:
     m, ckpt = finetune_lib.prepare(config)
     task = finetune_lib.build_task(config, m, ckpt)
+  init_spec.write_class_names(workdir, supervised_train.class_names(config))
   logits = supervised_objective.make_logits_fn(config_lib.build_model(m))
   task.evaluators.append(ClassificationEvaluator(
       logits, lambda: pipeline.eval_batches(config, split=subsets.HOLDOUT_SPLIT),
@@ -419,7 +421,7 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
     results['variants'].setdefault(v.name, []).append(result)
     _report(study, results, start, len(plan), command)  # An interrupted study still reports.
   table = _report(study, results, start, len(plan), command)
-  print(table.markdown(), flush=True)
+  print(table.markdown(), *(f'- {v}' for v in table.verdicts('labels')), sep='\n', flush=True)
   if study.results_path:
     print(f'wrote {study.results_path}', flush=True)
   return results
