@@ -7,6 +7,7 @@ import sys
 import flax.linen as nn
 import jax
 import numpy as np
+import pytest
 from PIL import Image
 
 from configs.mpp import fashion_mnist
@@ -75,3 +76,31 @@ def test_cli_reports_a_bad_target_in_one_line(tmp_path):
   assert out.stderr.strip().splitlines()[-1] == (
       "error: config.mpp.target='colour': must be one of mean_color, downsampled_color, pixels")
   assert 'Traceback' not in out.stderr
+
+
+def test_grey_configs_end_to_end_32_levels_then_fine_tuning(tmp_path):
+  from configs.finetune import fashion_mnist as ft_rgb, fashion_mnist_grey as ft_grey
+  from configs.mpp import fashion_mnist_grey
+  from supervised import finetune
+  from vit.errors import ConfigError
+  config = fashion_mnist_grey.get_config()
+  config.total_steps, config.batch_size, config.log_every = 2, 16, 1
+  config.model.hidden_size, config.mpp.eval_examples = 16, 256
+  config.model.transformer.update(mlp_dim=32, num_heads=2, num_layers=1)
+  m = config_lib.validate(config)
+  workdir = str(tmp_path / 'mpp')
+  task = train.build_task(config, m, workdir)
+  before = task.evaluators[0].evaluate(nn.unbox(task.init_params(jax.random.key(0))))
+  np.testing.assert_allclose(before['loss'], math.log(32), rtol=1e-5)  # 32 grey levels.
+  loop.train(config, workdir, task)
+  assert checkpoints.restore_params(workdir)['head']['kernel'].shape == (16, 32)
+
+  grey = ft_grey.get_config()
+  grey.init = f'mpp:{workdir}'
+  m, ckpt = finetune.prepare(grey)
+  assert ckpt.channels == 1 and m['hidden_size'] == 16
+  rgb = ft_rgb.get_config()
+  rgb.init = f'mpp:{workdir}'
+  with pytest.raises(ConfigError, match=r'config.data.channels=3: the checkpoint mpp:.* takes '
+                     r'1-channel images'):
+    finetune.prepare(rgb)

@@ -102,8 +102,9 @@ def select(source, data, *, train: bool, held_out: bool = False, seed: int = 0):
   `train`: the source is data.train_split (it loses its last data.holdout records, the same
   ones whatever the classes; data.train_fraction applies). `held_out`: return that tail instead
   (the 'holdout' split). data.classes applies to every split. A fraction f keeps
-  round(f * R / k) records of each of the k classes, R the records of those classes in the whole split (held-out ones included): 1% of
-  Fashion-MNIST is 600 images whatever data.holdout is.
+  round(f * R / k) records of each of the k classes, R the records of those classes in the
+  whole split (held-out ones included): 1% of Fashion-MNIST is 600 images whatever
+  data.holdout is.
   """
   holdout, classes = data.get('holdout', 0), data.get('classes')
   fraction = data.get('train_fraction', 1.0)
