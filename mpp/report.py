@@ -82,7 +82,7 @@ class Table:
 
   @property
   def done(self) -> int:
-    return sum(len(r) for r in self.results.values())
+    return sum(r.get('complete', True) for results in self.results.values() for r in results)
 
   def group(self, name: str) -> list:
     return [v for v in self.variants if v.group == name]
@@ -94,9 +94,11 @@ class Table:
     return self.column(name, lambda r: finetuned(r, fraction_key(fraction)))
 
   def _fraction_table(self, variants: list, fractions) -> str:
-    head = ['variant', *(f'{fraction_key(f)} of the labels' for f in fractions), 'seeds']
+    head = ['variant', *(f'{fraction_key(f)} of the labels' for f in fractions),
+            'seeds complete']
     rows = [[v.label, *(_cell(self.accuracies(v.name, f)) for f in fractions),
-             str(len(self.results.get(v.name, [])))] for v in variants]
+             str(sum(r.get('complete', True) for r in self.results.get(v.name, [])))]
+            for v in variants]
     return _table(head, rows)
 
   def markdown(self) -> str:
@@ -268,7 +270,7 @@ def _caveats(table: Table) -> str:
             'figures show the protocol at work, not the answer of the full study.\n')
   if table.planned and table.done < table.planned:
     out += (f'\n> **Partial**: {table.done} of {table.planned} variant x seed runs finished '
-            'so far; rows and cells without numbers have not run yet.\n')
+            'so far; cells without numbers have not run yet.\n')
   if len(study.seeds) < 2:
     out += '\n> **One seed**: no error bars; the verdicts are indicative only.\n'
   return out

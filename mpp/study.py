@@ -362,8 +362,8 @@ def _finetune_fraction(study, v: Variant, seed: int, fraction: float, workdir: s
 
 def run_variant(study, v: Variant, seed: int, workdir: str, title: str,
                 run: bool = True) -> Optional[dict]:
-  """Pretraining, probes and fine-tunings of one variant and seed; None while a part is
-  missing and `run` is False (another process's share)."""
+  """Pretraining, probes and fine-tunings of one variant and seed, with `complete` False while
+  a part is missing and `run` is False (another process's share); None if none has run."""
   base, result, runs = _seed_dir(workdir, v, seed), {'finetune': {}}, []
   if v.kind != 'scratch':
     cfg = pretrain_config(study, v, seed)
@@ -384,7 +384,8 @@ def run_variant(study, v: Variant, seed: int, workdir: str, title: str,
     out, done = _finetune_fraction(study, v, seed, fraction, workdir, title, run)
     result['finetune'][report.fraction_key(fraction)], runs = out, runs + done
   complete = None not in runs and None not in result['finetune'].values()
-  return dict(result, runs=[r for r in runs if r]) if complete else None
+  done = [r for r in runs if r]
+  return dict(result, runs=done, complete=complete) if done else None
 
 
 def run_pixels(study, workdir: str, run: bool) -> Optional[dict]:
@@ -415,10 +416,11 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   for i, (v, seed) in enumerate(plan, 1):
     title = f'[{i}/{len(plan)}] {v.name} seed {seed}'
     result = run_variant(study, v, seed, workdir, title, wanted(v.name))
-    if result is None:
+    if result is None or not result['complete']:
       print(f'{title}: left to another process (config.only)', flush=True)
+    if result is None:
       continue
-    results['variants'].setdefault(v.name, []).append(result)
+    results['variants'].setdefault(v.name, []).append(result)  # Partial ones too.
     _report(study, results, start, len(plan), command)  # An interrupted study still reports.
   table = _report(study, results, start, len(plan), command)
   print(table.markdown(), *(f'- {v}' for v in table.verdicts('labels')), sep='\n', flush=True)
