@@ -406,7 +406,9 @@ def run_study(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # Fine-tuning configs name their pretraining's path: one spelling of the workdir (relative,
   # absolute, through a link) lets a rerun recognise its finished runs.
   workdir = os.path.realpath(workdir)
-  wanted = lambda name: not study.only or name in study.only
+  # --config.only=a,b arrives as one string: split it, so 'mpp_x' does not match 'mpp_x_rate15'.
+  only = study.only.split(',') if isinstance(study.only, str) else list(study.only)
+  wanted = lambda name: not only or name in only
   plan = [(v, s) for v in variants(study) for s in study.seeds]
   results = {'pixels': None, 'variants': {}}
   start = time.time()
