@@ -45,7 +45,7 @@ from absl import flags
 from mpp import objective, report, train as mpp_train
 from supervised import finetune as finetune_lib, objective as supervised_objective
 from supervised import train as supervised_train
-from vit import cli, config as config_lib, init_spec, sharding
+from vit import cli, config as config_lib, init_spec, preprocess, sharding
 from vit.data import pipeline, subsets
 from vit.errors import ConfigError, UserError
 from vit.evaluators import linear_probe
@@ -233,7 +233,7 @@ def finetune(config, workdir: str) -> dict:
     m, ckpt = finetune_lib.prepare(config)
     task = finetune_lib.build_task(config, m, ckpt)
   init_spec.write_class_names(workdir, supervised_train.class_names(config))
-  logits = supervised_objective.make_logits_fn(config_lib.build_model(m))
+  logits = supervised_objective.make_logits_fn(config_lib.build_model(m), preprocess.input_fn(m))
   task.evaluators.append(ClassificationEvaluator(
       logits, lambda: pipeline.eval_batches(config, split=subsets.HOLDOUT_SPLIT),
       sharding.make_mesh(config.mesh), name='holdout'))

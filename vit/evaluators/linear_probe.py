@@ -20,7 +20,7 @@ from vit import config as config_lib, sharding
 from vit.data import pipeline, subsets
 from vit.errors import ConfigError
 from vit.evaluators.fewshot import LeastSquares
-from vit.preprocess import to_model_input
+from vit.preprocess import input_fn
 
 L2_GRID = tuple(2.0 ** k for k in range(-4, 17, 2))  # 1/16 .. 65536, as big_vision's sweep.
 
@@ -92,11 +92,11 @@ def representations_fn(model_dict: dict, block: int) -> Callable:
   if not 0 <= block < layers:
     raise ConfigError('probe_block', block, f'must be in [0, {layers}) for this model')
   net = config_lib.build_model(model_dict, num_classes=None, classifier='unpooled')
-  name = f'encoderblock_{block}'
+  name, to_input = f'encoderblock_{block}', input_fn(model_dict)
 
   def representation(params, images):
     params = {k: v for k, v in params.items() if k != 'head'}
-    encoded, state = net.apply({'params': params}, to_model_input(images), train=False,
+    encoded, state = net.apply({'params': params}, to_input(images), train=False,
                                capture_intermediates=lambda m, _: m.name == name,
                                mutable=['intermediates'])
     inner = state['intermediates']['Transformer'][name]['__call__'][0]
