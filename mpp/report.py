@@ -136,9 +136,15 @@ class Table:
       for key, r in (self.results.get(v.name, [{}])[0].get('finetune') or {}).items():
         if r:
           sweep = ', '.join(f'{k}: {a * 100:.1f}' for k, a in r['sweep_holdout'].items())
-          rows.append([v.label, key, f'{r["learning_rate"]:g}', f'{r["weight_decay"]:g}', sweep])
+          rows.append([v.label, key, f'{r["learning_rate"]:g}' + self._edge(r['learning_rate']),
+                       f'{r["weight_decay"]:g}', sweep])
     return _table(['variant', 'labels', 'learning rate', 'weight decay',
                    'held-out accuracy (%) of each setting tried'], rows)
+
+  def _edge(self, lr: float) -> str:
+    """A choice at the end of a grid of several values: the best may lie beyond it."""
+    grid = tuple(self.study.sweep.learning_rates)
+    return ' (edge of the grid)' if len(grid) > 1 and lr in (min(grid), max(grid)) else ''
 
   def probes(self) -> str:
     """Frozen-feature probes: k-shot and full linear test accuracy (%)."""

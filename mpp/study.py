@@ -283,8 +283,13 @@ def _differences(saved: dict, wanted: dict) -> list[str]:
   old, new = _flat(saved), _flat(wanted)
   defaults = _flat(json.loads(config_lib.defaults().to_json()))
   missing = object()
+
+  def default(key: str):  # A trainer config's key, maybe nested (a probe's 'backbone.*').
+    parts = key.split('.')
+    return next((defaults[k] for k in ('.'.join(parts[i:]) for i in range(len(parts)))
+                 if k in defaults), missing)
   return sorted(k for k in set(old) | set(new) if old.get(k, missing) != new.get(k, missing)
-                and not (k not in old and new[k] == defaults.get(k, missing)))
+                and not (k not in old and new[k] == default(k)))
 
 
 def _flat(d: dict, prefix: str = '') -> dict:
