@@ -129,6 +129,12 @@ def test_tiny_study_writes_the_report_and_resumes(tmp_path, capsys):
   del saved['model']['attention_kernel']
   with open(saved_path, 'w') as f:
     json.dump(saved, f)
+  probe_path = os.path.join(workdir, 'scratch', 'seed0', 'probe', study.RUN_CONFIG_FILE)
+  with open(probe_path) as f:
+    saved = json.load(f)
+  del saved['backbone']['model']['pixels']  # Nested in the probe's config.
+  with open(probe_path, 'w') as f:
+    json.dump(saved, f)
   again = study.run_study(config, os.path.relpath(str(tmp_path / 'link')))
   out = capsys.readouterr().out
   assert 'running in' not in out and 'batch contract' not in out
