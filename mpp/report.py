@@ -164,6 +164,16 @@ class Table:
             v.name, lambda r: (r.get('probe') or {}).get(f'{rep}/{c}'))) for c in cols)])
     return _table(head, rows)
 
+  def pixel_reference(self) -> list[str]:
+    """The floor any of these models should clear: least squares on the raw pixels."""
+    if not self.pixels or not self.study.probe.shots:
+      return []
+    k = max(self.study.probe.shots)
+    return ['', f'For reference, least squares on the raw pixels (no network) reaches '
+            f'{self.pixels["pixels/linear"] * 100:.2f}% with every training label and '
+            f'{self.pixels[f"pixels/{k}shot"] * 100:.2f}% with {k} per class '
+            '(see Frozen features).']
+
   def _pixel_cell(self, col: str) -> str:
     value, std = self.pixels.get(f'pixels/{col}'), self.pixels.get(f'pixels/{col}_std')
     l2 = self.pixels.get(f'pixels/{col}_l2')
@@ -295,7 +305,8 @@ def write(table: Table, path: str, command: str) -> str:
            '## Fine-tuned test accuracy (%) against the label fraction', '', table.markdown(),
            '', f'![test accuracy against the label fraction]({os.path.basename(fractions_png)})',
            '', '### Verdicts against scratch', '',
-           *(f'- {v}' for v in table.verdicts('labels') or ['(no pair of runs yet)'])]
+           *(f'- {v}' for v in table.verdicts('labels') or ['(no pair of runs yet)']),
+           *table.pixel_reference()]
   if study.length_epochs and study.targets:
     png = plot_length(table, os.path.join(directory, f'{stem}_pretraining_length.png'))
     lines += ['', '## Accuracy against pretraining length', '',

@@ -18,5 +18,6 @@ def get_config():
   config.results_path = 'docs/results.md'
   config.reduced = ('one seed; MPP pretraining of 2 epochs (859 steps of 128); fine-tuning of '
                     '200 steps (1% of the labels) and 400 steps (10%); no pretraining-length '
-                    'sweep, no other target or rate, no transfer setting')
+                    'sweep, no other target or rate, no transfer setting, no from-scratch '
+                    'ViT trained to convergence')
   return config
