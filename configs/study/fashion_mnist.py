@@ -4,7 +4,7 @@
 --config.mpp.optimizer.learning_rate=...); the study sets their data subsets (held-out split,
 classes, label fraction), lengths and swept hyper-parameters. The full study is 231 trainings
 and 30 probe runs, many CPU-hours; `quick` checks the pipeline in minutes;
-configs/study/reduced.py gives real but unconverged numbers in about an hour of 2 idle cores;
+configs/study/reduced.py gives real but unconverged numbers in about 32 CPU-minutes;
 configs/study/demo.py is `make demo`.
 """
 import ml_collections

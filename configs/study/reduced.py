@@ -1,4 +1,4 @@
-"""The study at a budget one shared 2-core CPU can give in about an hour: real numbers, not
+"""The study at a budget a 2-core CPU can give (about 32 CPU-minutes): real numbers, not
 converged ones (docs/results.md says so above its tables).
 
 One seed; scratch against MPP with the mean-colour target pretrained for 2 epochs; fine-tuning
