@@ -224,6 +224,14 @@ def _figure():
   return plt, *plt.subplots(figsize=(5.5, 3.6), dpi=120)
 
 
+def _save(plt, fig, path: str) -> str:
+  fig.tight_layout()
+  with atomic_write.file(path) as partial:
+    fig.savefig(partial)
+  plt.close(fig)
+  return path
+
+
 def plot_fractions(table: Table, path: str) -> str:
   plt, fig, ax = _figure()
   for label, (x, mean, std) in table.fraction_curves().items():
@@ -233,11 +241,7 @@ def plot_fractions(table: Table, path: str) -> str:
   ax.set_ylabel('fine-tuned test accuracy (%)')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=6)
-  fig.tight_layout()
-  with atomic_write.file(path) as partial:
-    fig.savefig(partial)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def plot_length(table: Table, path: str) -> str:
@@ -252,11 +256,7 @@ def plot_length(table: Table, path: str) -> str:
   ax.set_ylabel('fine-tuned test accuracy (%)')
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
-  fig.tight_layout()
-  with atomic_write.file(path) as partial:
-    fig.savefig(partial)
-  plt.close(fig)
-  return path
+  return _save(plt, fig, path)
 
 
 def hardware() -> str:

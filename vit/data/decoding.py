@@ -89,13 +89,18 @@ def images_in(directory: str) -> tuple[list[str], list[str]]:
   return [n for n in names if not is_hidden(n) and n.lower().endswith(IMAGE_SUFFIXES)], hidden
 
 
-def read_file(path: str, hint: str = '') -> np.ndarray:
-  """`decode` of a file; raises UserError '{path}: cannot decode the image ({why}){hint}'."""
+def read_bytes(path: str, hint: str = '') -> bytes:
+  """The file's bytes; raises UserError '{path}: cannot read the file ({why}){hint}'."""
   try:
     with open(path, 'rb') as f:
-      data = f.read()
+      return f.read()
   except OSError as e:
     raise UserError(f'{path}: cannot read the file ({e.strerror or e}){hint}') from None
+
+
+def read_file(path: str, hint: str = '') -> np.ndarray:
+  """`decode` of a file; raises UserError '{path}: cannot decode the image ({why}){hint}'."""
+  data = read_bytes(path, hint)
   try:
     return decode(data)
   except DecodeError as e:

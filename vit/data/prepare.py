@@ -204,11 +204,7 @@ def encode_file(path: str) -> bytes:
   `decoding` reads as stored (L or RGB, opaque, upright), else a PNG of `decoding.to_array`'s
   pixels, so that the pipeline decodes exactly what predict decodes from the file."""
   hint = '; pass --skip_bad to skip such files'
-  try:
-    with open(path, 'rb') as f:
-      data = f.read()
-  except OSError as e:
-    raise UserError(f'{path}: cannot read the file ({e.strerror or e}){hint}') from None
+  data = decoding.read_bytes(path, hint)
   try:
     with Image.open(io.BytesIO(data)) as pil:
       pil.load()

@@ -18,7 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.errors import UserError
-from vit.formats.tree import OFFICIAL_PIXELS, Params, Read, model_pixels, pixels
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, model_pixels, pixels,
+                              read_json_object)
 
 # Exact GELU is HF's 'gelu'; the tanh approximation of the official checkpoints is
 # 'gelu_pytorch_tanh' (or the older, numerically identical 'gelu_new').
@@ -54,14 +55,7 @@ def _checkpoint_names(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _json(path: str) -> dict:
-  try:
-    with open(path) as f:
-      out = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f'hf:{path}: not valid JSON ({e})') from None
-  if not isinstance(out, dict):
-    raise UserError(f'hf:{path}: not a JSON object')
-  return out
+  return read_json_object(path, 'hf')
 
 
 def read_config(directory: str) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 
 from vit.errors import UserError
 from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, class_row_posemb, model_pixels,
-                              pixels, square_grid)
+                              pixels, read_json_object, square_grid)
 
 WEIGHTS = 'model.safetensors'
 # Heads of timm's named ViT sizes by width (vision_transformer.py's model definitions), for a
@@ -40,14 +40,7 @@ def _config(directory: str) -> dict:
   path = os.path.join(directory, 'config.json')
   if not os.path.isfile(path):
     return {}
-  try:
-    with open(path) as f:
-      cfg = json.load(f)
-  except (json.JSONDecodeError, UnicodeDecodeError) as e:
-    raise UserError(f'timm:{path}: not valid JSON ({e})') from None
-  if not isinstance(cfg, dict):
-    raise UserError(f'timm:{path}: not a JSON object')
-  return cfg
+  return read_json_object(path, 'timm')
 
 
 def _weights(directory: str) -> dict[str, np.ndarray]:

@@ -1,10 +1,13 @@
 """The official ViT parameter tree: flat '/'-joined names, and what every reader shares."""
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
 import numpy as np
+
+from vit.errors import UserError
 
 Params = dict[str, Any]
 
@@ -84,3 +87,18 @@ def model_pixels(model: dict) -> Optional[dict]:
   """A model dict's `pixels` (rescale, mean, std), or None for the official x / 127.5 - 1."""
   px = model.get('pixels') or {}
   return dict(px) if px.get('rescale') is not None else None
+
+
+def read_json_object(path: str, fmt: str) -> dict:
+  """The JSON object in `path` (a checkpoint's config.json, index or processor file).
+
+  Raises UserError '{fmt}:{path}: not valid JSON (...)' or '... not a JSON object'.
+  """
+  try:
+    with open(path) as f:
+      out = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise UserError(f'{fmt}:{path}: not valid JSON ({e})') from None
+  if not isinstance(out, dict):
+    raise UserError(f'{fmt}:{path}: not a JSON object')
+  return out
