@@ -162,8 +162,8 @@ def main(argv=None) -> None:
   text = json.dumps(report, indent=1)
   print(text)
   if args.json:
-    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
-    with open(args.json, 'w') as f:
+    from vit import atomic_write  # Standard library only: imports no JAX.
+    with atomic_write.file(args.json) as partial, open(partial, 'w') as f:
       f.write(text + '\n')
 
 

@@ -45,7 +45,7 @@ from absl import flags
 from mpp import objective, report, train as mpp_train
 from supervised import finetune as finetune_lib, objective as supervised_objective
 from supervised import train as supervised_train
-from vit import cli, config as config_lib, init_spec, preprocess, sharding
+from vit import atomic_write, cli, config as config_lib, init_spec, preprocess, sharding
 from vit.data import pipeline, subsets
 from vit.errors import ConfigError, UserError
 from vit.evaluators import linear_probe
@@ -318,9 +318,8 @@ def run_once(workdir: str, title: str, fn: Callable[[], dict], run: bool = True,
   # CPU seconds beside wall seconds: on a shared machine the wall clock overstates the cost.
   result = dict(fn(), wall_s=time.time() - start, cpu_s=time.process_time() - cpu)
   os.makedirs(workdir, exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
+  with atomic_write.file(path) as partial, open(partial, 'w') as f:  # Complete or absent.
     json.dump(result, f, indent=1)
-  os.replace(path + '.tmp', path)  # A result file is complete or absent.
   return result
 
 

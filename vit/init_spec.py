@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vit import atomic_write
 from vit.formats import hf, timm, vit_jax
 from vit.formats.tree import flatten, unflatten
 from vit.errors import ConfigError, UserError
@@ -132,8 +133,8 @@ def write_class_names(workdir: str, names: Optional[Sequence[str]]) -> None:
   """Stores a classifier's label names beside its checkpoints (for prediction and export)."""
   if names and jax.process_index() == 0:
     try:
-      os.makedirs(workdir, exist_ok=True)
-      with open(os.path.join(workdir, CLASS_NAMES_FILE), 'w') as f:
+      path = os.path.join(workdir, CLASS_NAMES_FILE)
+      with atomic_write.file(path) as partial, open(partial, 'w') as f:
         json.dump(list(names), f)
     except OSError as e:
       raise UserError(f'--workdir {workdir}: not writable ({e.strerror})') from None
