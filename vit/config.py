@@ -94,7 +94,7 @@ def defaults() -> ml_collections.ConfigDict:
       weight_decay=0.0,
       grad_clip_norm=1.0,
       warmup_steps=0,
-      decay='cosine',  # 'cosine' | 'linear' | 'constant'
+      decay='cosine',  # 'cosine' | 'linear' | 'constant' | 'rsqrt' (vit/training/optimizers.py)
       accumulation_steps=1,
   )
   config.ema_decay = 0.0  # Polyak averaging of parameters; 0 turns it off.
@@ -223,9 +223,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
       raise ConfigError(f'model.transformer.{key}', t[key], 'must be in [0, 1)')
   if config.optimizer.name not in ('adam', 'sgd'):
     raise ConfigError('optimizer.name', config.optimizer.name, 'must be adam or sgd')
-  if config.optimizer.decay not in ('cosine', 'linear', 'constant'):
+  if config.optimizer.decay not in ('cosine', 'linear', 'constant', 'rsqrt'):
     raise ConfigError('optimizer.decay', config.optimizer.decay,
-                      'must be cosine, linear or constant')
+                      'must be cosine, linear, constant or rsqrt')
   if not 0.0 <= config.ema_decay < 1.0:
     raise ConfigError('ema_decay', config.ema_decay, 'must be in [0, 1); 0 turns it off')
   if not isinstance(config.keep_checkpoints, int) or config.keep_checkpoints < 1:
