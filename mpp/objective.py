@@ -19,7 +19,7 @@ from mpp import corruption as corruption_lib
 from mpp import targets as targets_lib
 from vit import config as config_lib
 from vit.models.vit import VisionTransformer
-from vit.preprocess import to_model_input, to_unit
+from vit.preprocess import input_fn, to_unit
 
 
 class MppModel(nn.Module):
@@ -58,18 +58,36 @@ class Spec:
   mask_fraction: float
   random_fraction: float
   random_source: str = 'batch'
+  # The model's pixel normalisation, (rescale, mean, std) of `model.pixels`, or None for the
+  # official x / 127.5 - 1. Targets are always computed from [0, 1] pixels (mpp/targets.py).
+  pixels: Optional[tuple] = None
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, m: dict) -> 'Spec':
     c = config.mpp
     return cls(c.target, tuple(m['patches']['size']), config.data.channels, c.bits, c.grid,
                c.normalize_pixels, c.corruption_rate, c.mask_fraction, c.random_fraction,
-               c.get('random_source', 'batch'))
+               c.get('random_source', 'batch'), _pixels(m))
+
+  @property
+  def to_input(self):
+    """uint8 [B, H, W, C] -> float32 model input, by `model.pixels` (vit.preprocess.input_fn)."""
+    if self.pixels is None:
+      return input_fn(None)
+    rescale, mean, std = self.pixels
+    return input_fn({'pixels': {'rescale': rescale, 'mean': mean, 'std': std}})
 
   @property
   def output_shape(self) -> tuple[int, ...]:
     return targets_lib.output_shape(self.target, self.patch_size, self.channels, self.bits,
                                     self.grid)
+
+
+def _pixels(m: dict) -> Optional[tuple]:
+  px = m.get('pixels') or {}
+  if px.get('rescale') is None:
+    return None
+  return (float(px['rescale']), tuple(px['mean']), tuple(px['std']))
 
 
 def build_model(config: ml_collections.ConfigDict, m: dict) -> MppModel:
@@ -84,9 +102,10 @@ def make_representation_fn(m: dict):
   the patch tokens is the representation the objective shapes (used for few-shot evaluation).
   """
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
+  to_input = input_fn(m)  # The same normalisation as in pretraining (`model.pixels`).
 
   def representation(params, images):
-    encoded = backbone.apply({'params': params}, to_model_input(images), train=False)
+    encoded = backbone.apply({'params': params}, to_input(images), train=False)
     return encoded[:, 1:].mean(axis=1)
   return representation
 
@@ -145,7 +164,7 @@ def forward(model: MppModel, spec: Spec, params, images: jax.Array, rng: jax.Arr
   """uint8 images -> (outputs, targets, corruption); `rng` feeds both corruption and dropout."""
   corrupt_rng, dropout_rng = jax.random.split(rng)
   corruption = sample_corruption(spec, corrupt_rng, images)
-  outputs = model.apply({'params': params}, to_model_input(images), corruption, train=train,
+  outputs = model.apply({'params': params}, spec.to_input(images), corruption, train=train,
                         rngs={'dropout': dropout_rng})
   return outputs, compute_targets(spec, to_unit(images)), corruption
 

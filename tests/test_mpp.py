@@ -241,3 +241,31 @@ def test_bits_that_make_too_many_colour_classes_are_a_config_error():
     config_lib.validate(config)
   config.data.channels = 1
   config_lib.validate(config)  # 256 grey levels are fine.
+
+
+def test_mpp_feeds_the_model_its_own_pixel_normalisation():
+  """model.pixels (an HF processor's or timm's mean/std) is the model input in pretraining and
+  in the representation; the targets stay on [0, 1] pixels whatever the normalisation."""
+  config = fashion_mnist.get_config()
+  config.model.pixels.update(rescale=1 / 255, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+  m = config_lib.validate(config)
+  spec = objective.Spec.from_config(config, m)
+  model = objective.build_model(config, m)
+  images = fmnist.load('test')[0][:4]
+  images = jnp.asarray(np.repeat(images.reshape(4, 28, 28, 1), 3, axis=-1))
+  manual = (images.astype(jnp.float32) / 255 - jnp.array([0.5, 0.4, 0.3])) / jnp.array(
+      [0.2, 0.25, 0.3])
+  np.testing.assert_allclose(spec.to_input(images), manual, rtol=1e-6, atol=1e-6)
+  params = model.init(jax.random.key(0), manual, None, train=False)['params']
+  rng = jax.random.key(3)
+  outputs, t, corruption = objective.forward(model, spec, params, images, rng, False)
+  expected = model.apply({'params': params}, manual,
+                         objective.sample_corruption(spec, jax.random.split(rng)[0], images),
+                         train=False)
+  np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
+  default = objective.Spec.from_config(fashion_mnist.get_config(), m)
+  np.testing.assert_array_equal(t, objective.compute_targets(default, images / 255.0))
+  features = objective.make_representation_fn(m)(params['backbone'], images)
+  encoded = config_lib.build_model(m, num_classes=None, classifier='unpooled').apply(
+      {'params': params['backbone']}, manual, train=False)
+  np.testing.assert_allclose(features, encoded[:, 1:].mean(1), rtol=1e-5, atol=1e-5)
