@@ -78,6 +78,11 @@ class Spec:
     return input_fn({'pixels': {'rescale': rescale, 'mean': mean, 'std': std}})
 
   @property
+  def cell_size(self) -> tuple[int, int]:
+    """downsampled_color: pixels per predicted cell (1x1 at 4-px patches and grid 4)."""
+    return targets_lib.cell_size(self.patch_size, self.grid)
+
+  @property
   def output_shape(self) -> tuple[int, ...]:
     return targets_lib.output_shape(self.target, self.patch_size, self.channels, self.bits,
                                     self.grid)

@@ -160,6 +160,7 @@ def _with_data(base, study, classes, seed: int) -> ml_collections.ConfigDict:
 def pretrain_config(study, v: Variant, seed: int) -> ml_collections.ConfigDict:
   base = study.mpp if v.kind == 'mpp' else study.supervised
   config = _with_data(base, study, v.pretrain_classes, seed)
+  config.data.eval_split = subsets.HOLDOUT_SPLIT  # Pretraining metrics never see test images.
   config.total_steps = steps_for(config, v.epochs)
   config.optimizer.warmup_steps = min(config.optimizer.warmup_steps, config.total_steps // 5)
   if v.kind == 'mpp':

@@ -59,6 +59,7 @@ def downsampled_color(images, patch_size: PatchSize, grid: int = 4, bits: int = 
   """-> int32 [B, N, grid*grid]: each patch average-pooled to grid x grid cells, quantised.
 
   The paper's variant of 16 predictions of 512 classes per 16x16 patch (4x4 cells of 4x4 pixels).
+  A cell is `cell_size(patch_size, grid)` pixels: at 4-px patches, grid 4 is one pixel per cell.
   """
   ph, pw = _pair(patch_size)
   if ph % grid or pw % grid:
@@ -67,6 +68,12 @@ def downsampled_color(images, patch_size: PatchSize, grid: int = 4, bits: int = 
   b, n, _, _, c = p.shape
   cells = p.reshape(b, n, grid, ph // grid, grid, pw // grid, c).mean(axis=(3, 5))
   return quantize(cells.reshape(b, n, grid * grid, c), bits)
+
+
+def cell_size(patch_size: PatchSize, grid: int) -> tuple[int, int]:
+  """Pixels per cell of the downsampled target, (height, width): patch size / grid."""
+  ph, pw = _pair(patch_size)
+  return ph // grid, pw // grid
 
 
 def pixels(images, patch_size: PatchSize):

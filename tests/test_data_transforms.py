@@ -76,3 +76,18 @@ def test_preprocess_names_the_record_or_marks_it_skipped():
   assert skipping.random_map({**bad, 'label': 5}, None) == {
       'skipped': "set X: record 12: key 'image': cannot decode the image "
                  '(not a recognised image format)'}
+
+
+def test_pad_crop_is_a_random_translation_within_the_padding():
+  image = np.random.default_rng(0).integers(1, 256, (28, 28, 1), dtype=np.uint8)
+  padded = np.pad(image, ((2, 2), (2, 2), (0, 0)))
+  offsets = set()
+  for seed in range(40):
+    out = transforms.RandomPadCrop(2).random_map({'image': image, 'label': 3},
+                                                 np.random.default_rng(seed))
+    assert out['image'].shape == image.shape and out['label'] == 3
+    found = [(t, l) for t in range(5) for l in range(5)
+             if np.array_equal(padded[t:t + 28, l:l + 28], out['image'])]
+    assert len(found) == 1
+    offsets.add(found[0])
+  assert len(offsets) > 15  # Of the 25 offsets in [-2, 2]^2.

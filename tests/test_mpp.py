@@ -269,3 +269,20 @@ def test_mpp_feeds_the_model_its_own_pixel_normalisation():
   encoded = config_lib.build_model(m, num_classes=None, classifier='unpooled').apply(
       {'params': params['backbone']}, manual, train=False)
   np.testing.assert_allclose(features, encoded[:, 1:].mean(1), rtol=1e-5, atol=1e-5)
+
+
+def test_downsampled_cell_size_at_fashion_mnist_patches():
+  """At 4-px patches the default 4x4 grid is one pixel per cell; a 2x2 grid pools 2x2 pixels,
+  checked on real images."""
+  config = fashion_mnist.get_config()
+  config.mpp.target = 'downsampled_color'
+  m = config_lib.validate(config)
+  assert objective.Spec.from_config(config, m).cell_size == (1, 1)
+  config.mpp.grid = 2
+  spec = objective.Spec.from_config(config, config_lib.validate(config))
+  assert spec.cell_size == (2, 2) and spec.output_shape == (4, 512)
+  x = fmnist.load('test')[0][:2].reshape(2, 28, 28, 1).astype(np.float32) / 255.0
+  cells = targets.downsampled_color(x, 4, grid=2, bits=3)
+  pooled = x.reshape(2, 14, 2, 14, 2, 1).mean(axis=(2, 4))  # Every 2x2 block of pixels.
+  expected = targets.quantize(pooled, 3).reshape(2, 7, 2, 7, 2).transpose(0, 1, 3, 2, 4)
+  np.testing.assert_array_equal(cells, expected.reshape(2, 49, 4))

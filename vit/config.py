@@ -72,6 +72,7 @@ def defaults() -> ml_collections.ConfigDict:
       channels=3,
       inception_crop=False,
       flip=False,
+      crop_padding=0,  # Training: random translation by up to this many pixels (0: none).
       worker_count=0,  # grain worker processes for decoding and augmentation; 0: threads only.
       read_threads=_none(int),  # grain threads per process; None: 16 (encoded images), 0 (arrays)
       prefetch_batches=2,  # Training batches made ahead on a background thread; 0: none.
@@ -128,6 +129,9 @@ def defaults() -> ml_collections.ConfigDict:
       # image; no all-gather of the batch's embeddings across devices, for pods).
       random_source='batch',
       bits=3,  # Per channel: (2**bits)**data.channels colour classes (3 bits RGB: 512).
+      # downsampled_color: each patch average-pooled to grid x grid cells of patch/grid pixels
+      # (the paper: 4x4 cells of 4x4 pixels on 16-px patches). At Fashion-MNIST's 4-px patches
+      # grid 4 is one pixel per cell (per-pixel colours); grid 2 is 2x2-pixel cells.
       grid=4,
       normalize_pixels=False,
       image_every=0,  # Steps between PNG grids of MPP predictions; 0: only at the end.
@@ -194,6 +198,9 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                         f'(model.patches.size={tuple(size)}'
                         + (f' after the ResNet stride {stride})' if stride > 1 else ')'))
   subsets.check_config(config.data)
+  pad = config.data.crop_padding
+  if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < config.image_size:
+    raise ConfigError('data.crop_padding', pad, 'must be an integer in [0, image_size)')
   if not 0.0 < config.data.eval_crop_fraction <= 1.0:
     raise ConfigError('data.eval_crop_fraction', config.data.eval_crop_fraction,
                       'must be in (0, 1]')

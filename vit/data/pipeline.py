@@ -179,6 +179,8 @@ def _train_transforms(config):
   size, data = config.image_size, config.data
   ops = [transforms.ToChannels(data.channels)]
   ops.append(transforms.InceptionCrop(size) if data.inception_crop else transforms.Resize(size))
+  if data.get('crop_padding', 0):
+    ops.append(transforms.RandomPadCrop(data.crop_padding))
   if data.flip:
     ops.append(transforms.RandomFlip())
   return ops

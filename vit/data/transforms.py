@@ -150,6 +150,22 @@ class InceptionCrop(grain.transforms.RandomMap):
 
 
 @dataclasses.dataclass(frozen=True)
+class RandomPadCrop(grain.transforms.RandomMap):
+  """Zero-pad `padding` pixels on every side, then crop the image's own size at a random
+  offset: a random translation by up to `padding` pixels, the usual augmentation of small
+  images (e.g. CIFAR's pad-4 crop in the ResNet paper, He et al. 2016, §4.2), where an
+  Inception crop would leave little of the object."""
+  padding: int
+
+  def random_map(self, record, rng: np.random.Generator):
+    image, p = record['image'], self.padding
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((p, p), (p, p), (0, 0)))
+    top, left = rng.integers(0, 2 * p + 1), rng.integers(0, 2 * p + 1)
+    return {**record, 'image': padded[top:top + h, left:left + w]}
+
+
+@dataclasses.dataclass(frozen=True)
 class RandomFlip(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator):
     if rng.random() < 0.5:
