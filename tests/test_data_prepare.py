@@ -239,21 +239,64 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
   assert scan.not_images == []
 
 
+# `python -m vit.data.prepare ARGS` whose build stops after its first image, in the staging
+# folder with TFDS writing, and says so on stdout: the parent signals a process in that known
+# state, however loaded the machine (a signal sent on a line printed earlier could land anywhere
+# in the start-up or after the dataset was already replaced).
+_PAUSED_PREPARE = """
+import sys, time
+from vit import cli
+from vit.data import prepare
+encoded = prepare._encoded
+def paused(items, skip_bad, chunk=256):
+  images = encoded(items, skip_bad, chunk)
+  yield next(images)
+  print('paused mid-build', flush=True)
+  while True:  # Until the parent's signal.
+    time.sleep(1)
+prepare._encoded = paused
+cli.run(prepare.main)
+"""
+
+
+def _paused_prepare(folder, out):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1'}
+  run = subprocess.Popen([sys.executable, '-c', _PAUSED_PREPARE, f'--source=folder:{folder}',
+                          f'--out={out}', '--overwrite'], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in run.stdout:
+    if line.strip() == 'paused mid-build':
+      return run
+  _, err = run.communicate(timeout=300)
+  raise AssertionError(f'the build ended before its first image: {err[-2000:]}')
+
+
 def test_interrupt_says_the_previous_dataset_is_unchanged(tmp_path):
   folder = write_folder(str(tmp_path / 'images'), per_class=1)
   out = str(tmp_path / 'out')
   prepare.prepare(f'folder:{folder}', out)
-  command = [sys.executable, '-m', 'vit.data.prepare', f'--source=folder:{folder}',
-             f'--out={out}', '--overwrite']
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'PYTHONUNBUFFERED': '1'}
-  run = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-  for line in run.stdout:  # The class table comes before TFDS is imported (seconds).
-    if line.startswith('3 classes:'):
-      run.send_signal(signal.SIGINT)
-      break
+  write_folder(folder, per_class=2)
+  run = _paused_prepare(folder, out)
+  assert any(n.startswith(f'.{prepare.NAME}-partial-') for n in os.listdir(out))
+  run.send_signal(signal.SIGINT)
   _, err = run.communicate(timeout=300)
-  assert run.returncode == 130
+  assert run.returncode == 130, err[-2000:]
   assert err.strip().splitlines()[-1] == (
       f'interrupted; the previous dataset at {out}/{prepare.NAME} is unchanged')
   assert len(pipeline.make_source(config_for(out), 'train')) == 3
+  assert os.listdir(out) == [prepare.NAME]  # The staging folder went with the interrupt.
+
+
+def test_a_killed_build_leaves_nothing_after_the_next_run(tmp_path):
+  folder = write_folder(str(tmp_path / 'images'), per_class=1)
+  out = str(tmp_path / 'out')
+  prepare.prepare(f'folder:{folder}', out)
+  run = _paused_prepare(folder, out)
+  run.kill()  # SIGKILL: no handler runs, the staging folder stays.
+  run.communicate(timeout=300)
+  assert len(os.listdir(out)) == 2
+  assert len(pipeline.make_source(config_for(out), 'train')) == 3
+  write_folder(folder, per_class=2)
+  prepare.prepare(f'folder:{folder}', out, overwrite=True)
+  assert os.listdir(out) == [prepare.NAME]
+  assert len(pipeline.make_source(config_for(out), 'train')) == 6

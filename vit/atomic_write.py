@@ -4,15 +4,28 @@ A command that writes where a good output may already stand (a prepared dataset,
 checkpoint, predictions) writes to a hidden temporary name in the same folder (so the final
 rename is atomic, POSIX rename(2)) and renames it over the old output only after the writer
 returned. A writer that raises, or a process that is interrupted, leaves the old output as it
-was; the temporary is deleted (except after SIGKILL, which leaves a hidden `.NAME-partial-*`).
+was; the temporary is deleted. A write that fails for lack of space (a full disk, a quota, a
+file size limit) is a `UserError` naming the output and the reason, saying that the previous
+output is unchanged. The temporary's name holds the host and process id of its writer
+(`.NAME-partial-HOST-PID-*`), so that what a killed process (SIGKILL) left is removed by the
+next write beside it on that host, while a live writer's temporary is never touched.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import re
 import shutil
+import socket
 import tempfile
-from typing import Iterator
+from typing import Iterator, Optional
+
+from vit.errors import UserError
+
+# Errors that mean "no room to write": the disk, a quota, a file size limit (ulimit -f), or a
+# read-only or failing volume. Foreign writers (safetensors, TFDS) quote these texts.
+_NO_ROOM = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS, errno.EIO)
 
 
 def _umask() -> int:
@@ -21,8 +34,76 @@ def _umask() -> int:
   return mask
 
 
-def _partial_prefix(path: str) -> str:
-  return f'.{os.path.basename(os.path.normpath(path))}-partial-'
+def _host() -> str:
+  return re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname()) or 'host'
+
+
+def _owned_prefix(path: str, kind: str = 'partial') -> str:
+  """`.NAME-KIND-HOST-PID-`: who writes this temporary, so that a later run can tell a dead
+  writer's leftover from a live one's."""
+  return f'.{os.path.basename(os.path.normpath(path))}-{kind}-{_host()}-{os.getpid()}-'
+
+
+def _alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # Someone else's process: alive.
+    pass
+  return True
+
+
+def remove_abandoned(path: str) -> list[str]:
+  """Deletes the temporaries beside `path` that a writer on this host left when it was killed
+  (its process is gone); returns their names. Another host's, or a live process's, stay."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    return []
+  name = re.escape(os.path.basename(os.path.normpath(path)))
+  owned = re.compile(rf'\.{name}-(partial|old)-{re.escape(_host())}-(\d+)-')
+  removed = []
+  for entry in sorted(os.listdir(folder)):
+    match = owned.match(entry)
+    if match and int(match[2]) != os.getpid() and not _alive(int(match[2])):
+      target = os.path.join(folder, entry)
+      if match[1] == 'old' and os.path.isdir(os.path.join(target, 'previous')) and not \
+          os.path.lexists(path):
+        os.rename(os.path.join(target, 'previous'), path)  # Killed between the two renames.
+      if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target, ignore_errors=True)
+      else:
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(target)
+      removed.append(entry)
+  return removed
+
+
+def no_room_reason(e: BaseException) -> Optional[str]:
+  """The reason when `e` is a failed write for lack of room (see _NO_ROOM), else None."""
+  if isinstance(e, OSError) and e.errno in _NO_ROOM:
+    return e.strerror
+  if isinstance(e, OSError) and e.errno is None and 'written' in str(e):
+    # numpy's short write ('N requested and M written') keeps no errno.
+    return f'{e}: a short write (a full disk or a file size limit)'
+  text = str(e)
+  for code in _NO_ROOM:
+    if os.strerror(code) in text:
+      return os.strerror(code)
+  return None
+
+
+@contextlib.contextmanager
+def _reported(path: str, existed: bool) -> Iterator[None]:
+  """Turns a write that failed for lack of room into one line naming `path` and the reason."""
+  try:
+    yield
+  except Exception as e:
+    reason = no_room_reason(e)
+    if reason is None:
+      raise
+    kept = ('the previous one is unchanged' if existed else 'nothing was written there')
+    raise UserError(f'{path}: not written ({reason}); {kept}; free space and rerun') from None
 
 
 @contextlib.contextmanager
@@ -30,17 +111,20 @@ def file(path: str) -> Iterator[str]:
   """Yields a temporary file name beside `path` (same extension, for writers such as np.save
   that append one) to write to; on success renames it over `path`, on any error deletes it."""
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, temporary = tempfile.mkstemp(prefix=_partial_prefix(path),
-                                   suffix=os.path.splitext(path)[1], dir=folder)
-  os.close(fd)
-  try:
-    yield temporary
-    os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would make the output private.
-    os.replace(temporary, path)
-  finally:
-    if os.path.exists(temporary):
-      os.remove(temporary)
+  existed = os.path.lexists(path)
+  with _reported(path, existed):
+    os.makedirs(folder, exist_ok=True)
+    remove_abandoned(path)
+    fd, temporary = tempfile.mkstemp(prefix=_owned_prefix(path),
+                                     suffix=os.path.splitext(path)[1], dir=folder)
+    os.close(fd)
+    try:
+      yield temporary
+      os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would make the output private.
+      os.replace(temporary, path)
+    finally:
+      if os.path.exists(temporary):
+        os.remove(temporary)
 
 
 @contextlib.contextmanager
@@ -48,12 +132,15 @@ def staging_dir(path: str) -> Iterator[str]:
   """Yields a new empty directory beside `path` (same file system); deleted on exit, whatever
   happened. Move its results into place with `replace_dir` or `move_files` inside the block."""
   folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  staging = tempfile.mkdtemp(prefix=_partial_prefix(path), dir=folder)
-  try:
-    yield staging
-  finally:
-    shutil.rmtree(staging, ignore_errors=True)
+  existed = os.path.lexists(path)
+  with _reported(path, existed):
+    os.makedirs(folder, exist_ok=True)
+    remove_abandoned(path)
+    staging = tempfile.mkdtemp(prefix=_owned_prefix(path), dir=folder)
+    try:
+      yield staging
+    finally:
+      shutil.rmtree(staging, ignore_errors=True)
 
 
 def replace_dir(new: str, path: str) -> None:
@@ -62,7 +149,7 @@ def replace_dir(new: str, path: str) -> None:
   if not os.path.lexists(path):
     os.rename(new, path)
     return
-  old = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(path))}-old-',
+  old = tempfile.mkdtemp(prefix=_owned_prefix(path, 'old'),
                          dir=os.path.dirname(os.path.abspath(path)))
   aside = os.path.join(old, 'previous')
   os.rename(path, aside)

@@ -1,0 +1,149 @@
+"""A full disk while an output is written: one line naming the output, the previous one kept.
+
+The disk fills for real: each command runs in a child process whose file size is capped
+(RLIMIT_FSIZE, `ulimit -f`: a write past it fails with EFBIG, as on a full volume with ENOSPC).
+A writer killed with SIGKILL leaves a temporary that the next write beside it removes.
+"""
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax.linen as nn
+import pytest
+from PIL import Image
+
+from vit import atomic_write, config as config_lib
+from vit.errors import UserError
+from vit.formats import vit_jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR='', PYTHONUNBUFFERED='1')
+
+
+def _run(args, limit_kib):
+  """`python ARGS` with its file size capped at `limit_kib` KiB by the shell's `ulimit -f`."""
+  return subprocess.run(['bash', '-c', f'ulimit -f {limit_kib} && exec "$@"', 'bash',
+                         sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
+                        text=True, timeout=300)
+
+
+def _one_error_line(proc):
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  return lines[-1]
+
+
+@pytest.fixture(scope='module')
+def npz(tmp_path_factory):
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(4, 4)), hidden_size=16, num_classes=6)
+  m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
+  params = nn.unbox(config_lib.build_model(m).init(
+      jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)['params'])
+  path = str(tmp_path_factory.mktemp('full_disk') / 'm.npz')
+  vit_jax.save(jax.device_get(params), path)
+  return path
+
+
+def test_export_to_a_full_disk_keeps_the_previous_export(npz, tmp_path):
+  out = tmp_path / 'hf'
+  out.mkdir()
+  (out / 'model.safetensors').write_bytes(b'the previous weights')
+  (out / 'config.json').write_text('{"previous": true}')
+  proc = _run(['-m', 'vit.export', f'--checkpoint=vit_jax:{npz}', '--format=hf',
+               f'--out={out}'], limit_kib=4)  # The weights are ~20 kB.
+  assert _one_error_line(proc) == (f'error: {out}: not written (File too large); the previous '
+                                   f'one is unchanged; free space and rerun')
+  assert (out / 'model.safetensors').read_bytes() == b'the previous weights'
+  assert sorted(os.listdir(tmp_path)) == ['hf'] and sorted(os.listdir(out)) == [
+      'config.json', 'model.safetensors']
+
+
+def test_predict_to_a_full_disk_keeps_the_previous_output(npz, tmp_path):
+  images = np.random.default_rng(0).integers(0, 256, (200, 16, 16, 3), dtype=np.uint8)
+  np.save(tmp_path / 'images.npy', images)
+  output = tmp_path / 'top5.json'
+  output.write_text('{"previous": true}')
+  proc = _run(['-m', 'supervised.predict', f'--init=vit_jax:{npz}',
+               f'--images={tmp_path / "images.npy"}', f'--output={output}'],
+              limit_kib=8)  # The top-5 of 200 images is ~60 kB.
+  assert _one_error_line(proc) == (f'error: {output}: not written (File too large); the '
+                                   f'previous one is unchanged; free space and rerun')
+  assert json.loads(output.read_text()) == {'previous': True}
+  assert sorted(os.listdir(tmp_path)) == ['images.npy', 'top5.json']
+
+
+def _image_folder(root, per_class=3):
+  rng = np.random.default_rng(0)
+  for name in ('a', 'b', 'c'):
+    os.makedirs(root / name)
+    for i in range(per_class):  # Noise: PNG cannot shrink it, ~12 kB each.
+      Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(
+          root / name / f'{i}.png')
+  return root
+
+
+def test_prepare_to_a_full_disk_keeps_the_previous_dataset(tmp_path):
+  from vit.data import prepare
+  folder, out = _image_folder(tmp_path / 'images'), tmp_path / 'out'
+  prepare.prepare(f'folder:{folder}', str(out), limit=1)
+  before = {p: open(os.path.join(d, p), 'rb').read() for d, _, files in
+            os.walk(out / prepare.NAME) for p in files}
+  proc = _run(['-m', 'vit.data.prepare', f'--source=folder:{folder}', f'--out={out}',
+               '--overwrite'], limit_kib=20)
+  assert _one_error_line(proc) == (f'error: {out / prepare.NAME}: not written (File too large);'
+                                   f' the previous one is unchanged; free space and rerun')
+  after = {p: open(os.path.join(d, p), 'rb').read() for d, _, files in
+           os.walk(out / prepare.NAME) for p in files}
+  assert after == before and os.listdir(out) == [prepare.NAME]
+
+
+def test_a_no_room_error_names_the_output_in_process(tmp_path):
+  path = str(tmp_path / 'x.json')
+  with pytest.raises(UserError, match=rf'^{path}: not written \(No space left on device\); '
+                                      r'nothing was written there; free space and rerun$'):
+    with atomic_write.file(path):
+      raise OSError(28, 'No space left on device')
+  with pytest.raises(ValueError):  # Other failures are not disk failures: unchanged.
+    with atomic_write.file(path):
+      raise ValueError('a bug')
+  assert os.listdir(tmp_path) == []
+
+
+_WRITER = '''
+import sys, time
+from vit import atomic_write
+with atomic_write.{kind}(sys.argv[1]) as partial:
+  print(partial, flush=True)
+  while True:  # Held open until the parent kills this process.
+    time.sleep(1)
+'''
+
+
+@pytest.mark.parametrize('kind', ['file', 'staging_dir'])
+def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path, kind):
+  path = str(tmp_path / 'out.npy')
+  writers = [subprocess.Popen([sys.executable, '-c', _WRITER.format(kind=kind), path], cwd=ROOT,
+                              env=ENV, stdout=subprocess.PIPE, text=True) for _ in range(2)]
+  killed, alive = writers
+  try:
+    partials = [w.stdout.readline().strip() for w in writers]  # Both temporaries exist now.
+    assert all(os.path.exists(p) for p in partials)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait(timeout=60)
+    assert os.path.exists(partials[0])  # SIGKILL: nothing could clean up.
+    with atomic_write.file(path) as partial:
+      np.save(partial, np.arange(3))
+    assert not os.path.exists(partials[0])  # The dead writer's leftover is gone,
+    assert os.path.exists(partials[1])  # a live writer's is untouched.
+  finally:
+    alive.kill()
+    alive.wait(timeout=60)
+  assert sorted(os.listdir(tmp_path)) == sorted(['out.npy', os.path.basename(partials[1])])
+  np.testing.assert_array_equal(np.load(path), [0, 1, 2])
