@@ -9,6 +9,7 @@ device array). Variants change one thing each, to measure what an optimisation g
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import time
 
 import flax.linen as nn
@@ -16,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vit import config as config_lib, sharding
+from vit import config as config_lib, objective as objective_lib, sharding
 from vit.training import optimizers, sharded, step as step_lib
 
 # name -> what it changes. XLA flags are set by the caller before jax is imported.
@@ -67,24 +68,16 @@ class _WithIntermediates:
     out, _ = self.model.apply(variables, *args, mutable=['intermediates'], **kwargs)
     return out
 
+  def __getattr__(self, name):  # init and the hyper-parameters are the model's own.
+    return getattr(self.model, name)
+
 
 def _objective(config, m, step: str, variant: str):
-  """(init_params, loss_fn, infer_fn) of the supervised or MPP objective."""
-  image_shape = (1, config.image_size, config.image_size, config.data.channels)
-  zeros = jnp.zeros(image_shape, jnp.float32)
-  wrap = _WithIntermediates if variant == 'einsum_attention' else (lambda model: model)
-  if step == 'supervised':
-    from supervised import objective
-    model = config_lib.build_model(m)
-    init = lambda rng: model.init(rng, zeros, train=False)['params']
-    return init, objective.make_loss_fn(wrap(model)), objective.make_logits_fn(wrap(model))
-  from mpp import objective
-  model = objective.build_model(config, m)
-  spec = objective.Spec.from_config(config, m)
-  init = lambda rng: model.init(rng, zeros, None, train=False)['params']
-  infer = lambda params, batch: objective.forward(wrap(model), spec, params, batch['image'],
-                                                  jax.random.key(0), False)[0]
-  return init, objective.make_loss_fn(wrap(model), spec), infer
+  """(init_params, loss_fn, infer_fn) of the supervised or MPP objective (`step` names it)."""
+  obj = objective_lib.resolve(step).build(config, m)
+  if variant == 'einsum_attention':
+    obj = dataclasses.replace(obj, model=_WithIntermediates(obj.model))
+  return obj.init_params, obj.loss, obj.predictions
 
 
 class JaxStep:

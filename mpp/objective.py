@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -17,7 +17,7 @@ import optax
 
 from mpp import corruption as corruption_lib
 from mpp import targets as targets_lib
-from vit import config as config_lib
+from vit import config as config_lib, objective as objective_lib
 from vit.models.vit import VisionTransformer
 from vit.preprocess import input_fn, to_unit
 
@@ -179,3 +179,54 @@ def make_loss_fn(model: MppModel, spec: Spec):
     outputs, targets, corruption = forward(model, spec, params, batch['image'], rng, train)
     return masked_loss(spec, outputs, targets, corruption.corrupted)
   return loss_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class MppObjective:
+  """Masked patch prediction as a `vit.objective.Objective` (what mpp.train trains).
+
+  Parameters: {'backbone': the ViT (official names), 'mask_embedding': float32 [D], 'head':
+  Dense D -> prod(spec.output_shape)}. `predictions` are MPP's per-patch outputs, float32
+  [B, N, *spec.output_shape], under a corruption drawn from a fixed key (jax.random.key(0)), so
+  that repeated calls compare. `representation` is the mean of the backbone's encoded patch
+  tokens, float32 [B, D], on the uncorrupted images (see `make_representation_fn`).
+  """
+  model: MppModel
+  spec: Spec
+  image_shape: tuple[int, int, int, int]  # (1, H, W, C) traced at init.
+  represent: Callable = dataclasses.field(repr=False)
+
+  def init_params(self, rng: jax.Array):
+    return self.model.init(rng, jnp.zeros(self.image_shape, jnp.float32), None,
+                           train=False)['params']
+
+  def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+    outputs, targets, corruption = forward(self.model, self.spec, params, batch['image'], rng,
+                                           train)
+    return masked_loss(self.spec, outputs, targets, corruption.corrupted)
+
+  def predictions(self, params, batch) -> jax.Array:
+    return forward(self.model, self.spec, params, batch['image'], jax.random.key(0), False)[0]
+
+  def representation(self, params, images: jax.Array) -> jax.Array:
+    return self.represent(self.backbone(params), images)
+
+  def backbone(self, params):
+    return params['backbone']
+
+
+def build(config: ml_collections.ConfigDict, m: dict) -> MppObjective:
+  """The MPP objective of a validated config (`m`: its resolved model)."""
+  return MppObjective(
+      model=build_model(config, m), spec=Spec.from_config(config, m),
+      image_shape=(1, config.image_size, config.image_size, config.data.channels),
+      represent=make_representation_fn(m))
+
+
+def validate(config: ml_collections.ConfigDict, m: dict) -> None:
+  """Checks config.mpp against the model and data; ConfigError naming the key."""
+  config_lib._check_mpp(config.mpp, m, config.data.channels)  # pylint: disable=protected-access
+
+
+DEFINITION = objective_lib.Definition(
+    name='mpp', build=build, section=lambda: config_lib.defaults().mpp, validate=validate)

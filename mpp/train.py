@@ -5,7 +5,6 @@ The checkpoint holds {'backbone', 'mask_embedding', 'head'}; `supervised.finetun
 """
 from __future__ import annotations
 
-import jax.numpy as jnp
 import numpy as np
 from absl import flags
 
@@ -20,26 +19,20 @@ GRID_IMAGES = 8
 
 
 def build_task(config, m, workdir: str) -> loop.Task:
-  model = objective.build_model(config, m)
-  spec = objective.Spec.from_config(config, m)
-  image_shape = (1, config.image_size, config.image_size, config.data.channels)
-
-  def init_params(rng):
-    return model.init(rng, jnp.zeros(image_shape, jnp.float32), None, train=False)['params']
-
+  obj = objective.build(config, m)
   mesh = sharding.make_mesh(config.mesh)
   batches = lambda: pipeline.eval_batches(config)
   evaluator = evaluator_lib.MppEvaluator(
-      model, spec, batches, mesh, examples=config.mpp.eval_examples,
+      obj.model, obj.spec, batches, mesh, examples=config.mpp.eval_examples,
       batch_size=pipeline.per_process_batch(config.eval_batch_size, 'eval_batch_size'),
       seed=config.seed)
   evaluators = [evaluator] if config.mpp.eval_examples else []
   if config.fewshot.enabled:
-    evaluators.append(fewshot.FewShotEvaluator(
-        config, objective.make_representation_fn(m), mesh, params_fn=lambda p: p['backbone']))
+    evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
   first = next(iter(batches()))['image'][:GRID_IMAGES]
-  grids = images_lib.GridWriter(model, spec, np.asarray(first), workdir, seed=config.seed)
-  return loop.Task(init_params=init_params, loss_fn=objective.make_loss_fn(model, spec),
+  grids = images_lib.GridWriter(obj.model, obj.spec, np.asarray(first), workdir,
+                                seed=config.seed)
+  return loop.Task(init_params=obj.init_params, loss_fn=obj.loss,
                    train_data=pipeline.train_dataset(config),
                    evaluators=evaluators,
                    periodic_hook=grids, hook_every=config.mpp.image_every or config.total_steps)

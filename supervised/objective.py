@@ -1,10 +1,18 @@
 """Supervised classification: softmax cross-entropy on the model's logits."""
 from __future__ import annotations
 
+import dataclasses
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
+from vit import config as config_lib, objective as objective_lib, preprocess
+from vit.errors import ConfigError
+from vit.evaluators import fewshot
+from vit.models.vit import VisionTransformer
 from vit.preprocess import to_model_input
 
 
@@ -24,3 +32,52 @@ def make_logits_fn(model, to_input=to_model_input):
   def logits_fn(params, batch):
     return model.apply({'params': params}, to_input(batch['image']), train=False)
   return logits_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+  """Classification as a `vit.objective.Objective` (supervised.train and .finetune).
+
+  Parameters: the ViT's, official names (a 'head' Dense D -> C, 'pre_logits' when
+  model.representation_size is set). `predictions` are logits float32 [B, C];
+  `representation` is what the head sees, float32 [B, D] (pre_logits when present; see
+  `vit.evaluators.fewshot.make_representation_fn`). Images are normalised by the model's own
+  `pixels` (a checkpoint's, when fine-tuning; else x / 127.5 - 1).
+  """
+  model: VisionTransformer
+  image_shape: tuple[int, int, int, int]  # (1, H, W, C) traced at init.
+  to_input: Callable = dataclasses.field(repr=False)
+  represent: Callable = dataclasses.field(repr=False)
+
+  def init_params(self, rng: jax.Array):
+    return self.model.init(rng, jnp.zeros(self.image_shape, jnp.float32), train=False)['params']
+
+  def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+    return make_loss_fn(self.model, self.to_input)(params, batch, rng, train)
+
+  def predictions(self, params, batch) -> jax.Array:
+    return make_logits_fn(self.model, self.to_input)(params, batch)
+
+  def representation(self, params, images: jax.Array) -> jax.Array:
+    return self.represent(params, images)
+
+  def backbone(self, params):
+    return {k: v for k, v in params.items() if k != 'head'}
+
+
+def check_classes(m: dict) -> None:
+  if m['num_classes'] is None:
+    raise ConfigError('model.num_classes', None, 'must be set for classification')
+
+
+def build(config: ml_collections.ConfigDict, m: dict) -> Classifier:
+  """The classifier of a validated config (`m`: its resolved model); ConfigError without
+  model.num_classes."""
+  check_classes(m)
+  return Classifier(
+      model=config_lib.build_model(m),
+      image_shape=(1, config.image_size, config.image_size, config.data.channels),
+      to_input=preprocess.input_fn(m), represent=fewshot.make_representation_fn(m))
+
+
+DEFINITION = objective_lib.Definition(name='supervised', build=build)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from absl import flags
 
 from supervised import objective
-from vit import cli, config as config_lib, init_spec, preprocess, sharding
+from vit import cli, config as config_lib, init_spec, sharding
 from vit.data import pipeline
 from vit.evaluators import fewshot
 from vit.evaluators.classification import ClassificationEvaluator
@@ -20,30 +20,22 @@ FLAGS = flags.FLAGS
 
 def build_task(config, m, *, train_source=None, eval_source=None) -> loop.Task:
   """The classification task; sources default to config.data (tests pass small ones)."""
-  import jax.numpy as jnp
-  model = config_lib.build_model(m)
-  to_input = preprocess.input_fn(m)  # A checkpoint's own normalisation, when fine-tuning.
-  image_shape = (1, config.image_size, config.image_size, config.data.channels)
-
-  def init_params(rng):
-    return model.init(rng, jnp.zeros(image_shape, jnp.float32), train=False)['params']
-
+  obj = objective.build(config, m)  # A checkpoint's own normalisation, when fine-tuning.
   mesh = sharding.make_mesh(config.mesh)
   evaluators = [ClassificationEvaluator(
-      objective.make_logits_fn(model, to_input),
-      lambda: pipeline.eval_batches(config, source=eval_source), mesh)]
-  few = fewshot.from_config(config, m, mesh, train_source=train_source, test_source=eval_source)
-  if few is not None:
-    evaluators.append(few)
+      obj.predictions, lambda: pipeline.eval_batches(config, source=eval_source), mesh)]
+  if config.fewshot.enabled:
+    evaluators.append(fewshot.FewShotEvaluator(
+        config, obj.representation, mesh, train_source=train_source, test_source=eval_source))
   train_source = train_source or pipeline.make_source(config, config.data.train_split)
-  return loop.Task(init_params=init_params, loss_fn=objective.make_loss_fn(model, to_input),
+  return loop.Task(init_params=obj.init_params, loss_fn=obj.loss,
                    train_data=pipeline.train_dataset(config, source=train_source),
                    evaluators=evaluators)
 
 
 def check_classes(config, m) -> None:
-  if m['num_classes'] is None:
-    raise config_lib.ConfigError('model.num_classes', None, 'must be set for classification')
+  del config  # Only the model says whether there is a head.
+  objective.check_classes(m)
 
 
 def class_names(config, source=None):

@@ -30,7 +30,7 @@ import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from vit import cli, config as config_lib, sharding
+from vit import cli, config as config_lib, objective as objective_lib, sharding
 from vit.errors import UserError
 from vit.training import optimizers, sharded
 
@@ -51,14 +51,15 @@ CHIPS = {
     'v5p': Chip(95 * GiB, 459e12, 2765e9),
     'v6e': Chip(32 * GiB, 918e12, 1640e9),
 }
-OBJECTIVES = ('supervised', 'mpp')
 
 _CONFIG, _ = cli.define_config_flags(None, workdir_required=False)
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice as VERSION:AxBxC, e.g. v5p:4x4x4 '
                                 '(64 chips), v5e:16x16, v4:4x4x4; versions: ' + ', '.join(CHIPS))
-_OBJECTIVE = flags.DEFINE_enum('objective', None, OBJECTIVES,
-                               'The trainer whose step to compile; default: mpp for a config '
-                               'under configs/mpp/, supervised otherwise.')
+_OBJECTIVE = flags.DEFINE_string('objective', None,
+                                 'The objective whose step to compile: its package (mpp, '
+                                 'supervised) or module (vit.objective.resolve); default: the '
+                                 'package a config under configs/PACKAGE/ names when it defines '
+                                 'one, supervised otherwise.')
 _JSON = flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
 _SEARCH = flags.DEFINE_bool('search', False,
                             'Try data parallel, then fsdp=2,4,..., then each with remat, and '
@@ -111,20 +112,13 @@ def _quiet_stderr():
 
 
 def objective_pieces(config, m: dict, objective: str):
-  """(init_params, loss_fn) exactly as the objective's trainer builds its Task."""
-  image = jnp.zeros((1, config.image_size, config.image_size, config.data.channels))
-  if objective == 'mpp':
-    from mpp import objective as mpp_objective
-    model = mpp_objective.build_model(config, m)
-    spec = mpp_objective.Spec.from_config(config, m)
-    return (lambda rng: model.init(rng, image, None, train=False)['params'],
-            mpp_objective.make_loss_fn(model, spec))
-  from supervised import objective as sup_objective
-  if m['num_classes'] is None:
-    raise config_lib.ConfigError('model.num_classes', None, 'must be set for classification')
-  model = config_lib.build_model(m)
-  return (lambda rng: model.init(rng, image, train=False)['params'],
-          sup_objective.make_loss_fn(model))
+  """(init_params, loss_fn) exactly as the objective's trainer builds its Task.
+
+  `objective` names the package that defines it (`vit.objective.resolve`: 'mpp',
+  'supervised', or a module path), so vit/ itself imports no objective.
+  """
+  obj = objective_lib.resolve(objective).build(config, m)
+  return obj.init_params, obj.loss
 
 
 def compile_step(config, devices, objective: str):
@@ -297,7 +291,17 @@ def format_report(r: dict) -> str:
 
 
 def default_objective(config_path: str) -> str:
-  return 'mpp' if re.search(r'(^|/)mpp(/|$)', config_path or '') else 'supervised'
+  """The objective a config file trains: configs/PACKAGE/... names PACKAGE when that package
+  defines one (vit.objective.resolve); the classification configs (configs/supervised,
+  finetune, ablations) and any other file train 'supervised'."""
+  match = re.search(r'(?:^|/)configs/(\w+)/', config_path or '') or re.match(
+      r'(\w+)/', config_path or '')
+  if match:
+    try:
+      return objective_lib.resolve(match.group(1)).name
+    except ValueError:
+      pass
+  return 'supervised'
 
 
 def main(argv):

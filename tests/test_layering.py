@@ -1,0 +1,85 @@
+"""The layers: vit/ is a library that imports no objective, and its modules form no cycle.
+
+Read from the source (every import statement, those inside functions too), so the test needs
+nothing imported and fails on the line that breaks the rule, not on a later import error.
+"""
+import ast
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Packages that implement objectives (vit/objective.py) or use the library from outside.
+ABOVE_THE_LIBRARY = ('mpp', 'supervised', 'mae', 'simmim', 'benchmarks', 'configs', 'tests')
+
+
+def _modules(package: str) -> dict[str, str]:
+  out = {}
+  for folder, _, files in os.walk(os.path.join(ROOT, package)):
+    for name in files:
+      if name.endswith('.py'):
+        path = os.path.join(folder, name)
+        module = os.path.relpath(path, ROOT)[:-3].replace(os.sep, '.')
+        out[module.removesuffix('.__init__')] = path
+  return out
+
+
+def _imports(path: str) -> list[tuple[int, str]]:
+  """(line, module) of every import in the file; `from a import b` counts a and a.b."""
+  out = []
+  for node in ast.walk(ast.parse(open(path).read())):
+    if isinstance(node, ast.Import):
+      out += [(node.lineno, a.name) for a in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      assert node.level == 0, f'{path}:{node.lineno}: relative import'
+      out.append((node.lineno, node.module))
+      out += [(node.lineno, f'{node.module}.{a.name}') for a in node.names]
+  return out
+
+
+def test_the_library_imports_no_objective():
+  wrong = [f'{os.path.relpath(path, ROOT)}:{line} imports {name}'
+           for path in _modules('vit').values() for line, name in _imports(path)
+           if name.split('.')[0] in ABOVE_THE_LIBRARY]
+  assert not wrong, wrong
+
+
+def test_no_import_cycle_in_the_library():
+  modules = _modules('vit')
+  graph = {m: {name for _, name in _imports(p) if name in modules and name != m}
+           for m, p in modules.items()}
+  # Depth-first search; a back edge closes a cycle, reported as the path around it.
+  state, path, cycles = {}, [], []
+
+  def visit(m):
+    state[m] = 'open'
+    path.append(m)
+    for n in sorted(graph[m]):
+      if state.get(n) == 'open':
+        cycles.append(path[path.index(n):] + [n])
+      elif n not in state:
+        visit(n)
+    path.pop()
+    state[m] = 'done'
+
+  for m in sorted(graph):
+    if m not in state:
+      visit(m)
+  assert not cycles, [' -> '.join(c) for c in cycles]
+
+
+def test_bazel_targets_agree():
+  """vit's targets depend on no objective; each package's BUILD names what it imports.
+
+  Only `deps` count: a config file read by path at run time is `data`, not an import.
+  """
+  def deps(package):
+    text = open(os.path.join(ROOT, package, 'BUILD')).read()
+    lists = re.findall(r'\bdeps\s*=\s*\[(.*?)\]', text, re.S)
+    return {d for block in lists for d in re.findall(r'"//(\w+)', block)} | {package}
+
+  assert not deps('vit') & set(ABOVE_THE_LIBRARY)
+  for package in ('mpp', 'supervised', 'benchmarks'):
+    imported = {name.split('.')[0] for path in _modules(package).values()
+                for _, name in _imports(path)}
+    missing = imported & {'vit', 'mpp', 'supervised', 'configs'} - deps(package)
+    assert not missing, f'{package}/BUILD lacks //{", //".join(sorted(missing))}'

@@ -1,0 +1,99 @@
+"""The Objective interface: both objectives implement it, equal to the functions they wrap."""
+import dataclasses
+
+import flax.linen as nn
+import jax
+import numpy as np
+import pytest
+
+from configs.mpp import fashion_mnist as mpp_config
+from configs.supervised import fashion_mnist as sup_config
+from mpp import objective as mpp_objective
+from supervised import objective as sup_objective
+from vit import config as config_lib, objective as objective_lib
+from vit.errors import ConfigError
+from vit.evaluators import fewshot
+
+
+def _tiny(config):
+  config.model.hidden_size, config.model.transformer.mlp_dim = 16, 32
+  config.model.transformer.update(num_heads=2, num_layers=1)
+  return config
+
+
+def _batch(channels=3, n=4):
+  rng = np.random.default_rng(0)
+  return {'image': rng.integers(0, 256, (n, 28, 28, channels), dtype=np.uint8),
+          'label': rng.integers(0, 10, (n,), dtype=np.int32)}
+
+
+@pytest.mark.parametrize('name,module', [
+    ('mpp', mpp_objective), ('supervised', sup_objective),
+    ('mpp.objective', mpp_objective), ('supervised.objective:DEFINITION', sup_objective)])
+def test_resolve_finds_the_package_definition(name, module):
+  assert objective_lib.resolve(name) is module.DEFINITION
+
+
+def test_resolve_refuses_a_name_without_definition():
+  with pytest.raises(ValueError, match=r"objective 'vit': no Definition at "
+                                       r'vit.objective.DEFINITION or vit.DEFINITION'):
+    objective_lib.resolve('vit')
+  with pytest.raises(ValueError, match='no Definition'):
+    objective_lib.resolve('no_such_package')
+
+
+def test_mpp_objective_is_the_trainers_model_and_loss():
+  config = _tiny(mpp_config.get_config())
+  m = config_lib.validate(config)
+  obj = objective_lib.resolve('mpp').build(config, m)
+  assert isinstance(obj, objective_lib.Objective)
+  params = nn.unbox(obj.init_params(jax.random.key(0)))
+  assert set(params) == {'backbone', 'mask_embedding', 'head'}
+  batch, rng = _batch(), jax.random.key(3)
+  reference = mpp_objective.make_loss_fn(mpp_objective.build_model(config, m),
+                                         mpp_objective.Spec.from_config(config, m))
+  loss, metrics = obj.loss(params, batch, rng, True)
+  ref_loss, ref_metrics = reference(params, batch, rng, True)
+  assert loss == ref_loss and metrics == ref_metrics  # Bitwise: the same program.
+  assert obj.predictions(params, batch).shape == (4, 49, 512)  # 7x7 patches, 512 colours.
+  features = obj.representation(params, batch['image'])
+  np.testing.assert_array_equal(
+      features, mpp_objective.make_representation_fn(m)(params['backbone'], batch['image']))
+  assert features.shape == (4, 16) and features.dtype == np.float32
+  assert obj.backbone(params) is params['backbone']
+
+
+def test_classifier_is_the_trainers_model_and_loss():
+  config = _tiny(sup_config.get_config())
+  m = config_lib.validate(config)
+  obj = objective_lib.resolve('supervised').build(config, m)
+  assert isinstance(obj, objective_lib.Objective)
+  params = nn.unbox(obj.init_params(jax.random.key(0)))
+  batch, rng = _batch(), jax.random.key(3)
+  model = config_lib.build_model(m)
+  loss, metrics = obj.loss(params, batch, rng, False)
+  ref_loss, ref_metrics = sup_objective.make_loss_fn(model)(params, batch, rng, False)
+  assert loss == ref_loss and metrics == ref_metrics
+  logits = obj.predictions(params, batch)
+  np.testing.assert_array_equal(logits, sup_objective.make_logits_fn(model)(params, batch))
+  assert logits.shape == (4, 10) and logits.dtype == np.float32
+  features = obj.representation(params, batch['image'])
+  np.testing.assert_array_equal(features,
+                                fewshot.make_representation_fn(m)(params, batch['image']))
+  assert features.shape == (4, 16)
+  assert 'head' in params and 'head' not in obj.backbone(params)
+
+
+def test_classifier_needs_classes():
+  config = _tiny(sup_config.get_config())
+  config.model.num_classes = None
+  m = config_lib.validate(config)
+  with pytest.raises(ConfigError, match='config.model.num_classes=None: must be set'):
+    sup_objective.build(config, m)
+
+
+def test_objectives_are_frozen():
+  config = _tiny(sup_config.get_config())
+  obj = sup_objective.build(config, config_lib.validate(config))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    obj.model = None

@@ -1,0 +1,104 @@
+"""The contract between the shared library and an objective (MPP, supervised, MAE, ...).
+
+An objective is what `mpp/` and `supervised/` each add to the library: a model around the ViT
+backbone, a loss, what the model outputs, the frozen features it is judged by, and the section
+of the config that tunes it. The trainers, `vit.plan`, the benchmarks and the evaluators see an
+objective only through this interface, so `vit/` never imports an objective's package, and a
+new objective (say `mae/`) plugs in by writing one module, `<package>/objective.py`:
+
+    DEFINITION = vit.objective.Definition(
+        name='mae',                      # the package; also its config section's key
+        build=build,                     # (config, model) -> an `Objective`
+        section=section_defaults,        # () -> ConfigDict of config.mae's keys (or None)
+        validate=validate)               # (config, model) -> None; raises ConfigError
+
+Batches are what every pipeline of vit/data yields (per process, sharded by the loop):
+  'image': uint8 [B, H, W, C], the pixels as stored (the objective normalises them itself,
+           on the device: vit.preprocess.input_fn of the model);
+  'label': int32 [B];
+  'mask':  bool [B], evaluation batches only (False on the padding of a last partial batch).
+Parameters are the objective's whole tree, float32, possibly boxed by
+`nn.with_logical_partitioning` at init (the loop unboxes them and shards by their axis names).
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
+
+import jax
+import ml_collections
+
+Params = Any  # A pytree of arrays (flax's nested dict of the module's parameters).
+Batch = Mapping[str, jax.Array]
+
+
+@runtime_checkable
+class Objective(Protocol):
+  """One objective built for one config: every method is pure and may be jitted.
+
+  The same instance serves training (`loss`), evaluation (`predictions`, `representation`)
+  and the compilers (`vit.plan`, the benchmarks), so each compiles the trainers' own step.
+  """
+
+  def init_params(self, rng: jax.Array) -> Params:
+    """Fresh parameters for images of the config's size and channels (one image traced).
+
+    rng: a jax.random key. Returns the full tree, leaves float32 and boxed with their logical
+    axis names (`vit.sharding` turns those into shardings; `nn.unbox` strips them).
+    """
+
+  def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool
+           ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(scalar float32 loss, {name: scalar float32}) of one batch; `rng` feeds dropout and any
+    randomness of the objective (e.g. MPP's corruption). This is `vit.training.step.LossFn`."""
+
+  def predictions(self, params: Params, batch: Batch) -> jax.Array:
+    """The model's outputs at evaluation (train=False), float32 [B, ...]: the logits [B, C] of
+    a classifier, MPP's per-patch predictions [B, N, ...]. Deterministic in its inputs."""
+
+  def representation(self, params: Params, images: jax.Array) -> jax.Array:
+    """Frozen features of uint8 images [B, H, W, C]: float32 [B, D], what the objective
+    trains the backbone to produce (few-shot and linear-probe evaluation read these)."""
+
+  def backbone(self, params: Params) -> Params:
+    """The ViT's subtree of `params`, official names: what fine-tuning starts from."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Definition:
+  """An objective as a package states it (its module's `DEFINITION`).
+
+  `name` is the package and the key of its config section. `build(config, model)` returns an
+  `Objective`; `model` is the resolved model of `vit.config.validate`. `section()` returns the
+  defaults of `config.<name>` (None: the objective has no keys of its own); `validate(config,
+  model)` checks them, raising `vit.errors.ConfigError` that names the key.
+  """
+  name: str
+  build: Callable[[ml_collections.ConfigDict, Any], Objective]
+  section: Optional[Callable[[], ml_collections.ConfigDict]] = None
+  validate: Callable[[ml_collections.ConfigDict, Any], None] = lambda config, model: None
+
+
+def resolve(name: str) -> Definition:
+  """The `Definition` that `name` points to: a package ('mpp': its `objective` module's
+  DEFINITION), a module ('mpp.objective'), or 'module:ATTRIBUTE'.
+
+  A name, not a table of known objectives: the library names none of them, so a new
+  objective needs no edit here. Raises ValueError when the name leads to no Definition.
+  """
+  module_name, _, attribute = name.partition(':')
+  candidates = [module_name] if '.' in module_name or attribute else [
+      f'{module_name}.objective', module_name]
+  for candidate in candidates:
+    try:
+      module = importlib.import_module(candidate)
+    except ModuleNotFoundError as e:
+      if e.name is None or not candidate.startswith(e.name):
+        raise  # The module exists but something it imports does not.
+      continue
+    found = getattr(module, attribute or 'DEFINITION', None)
+    if isinstance(found, Definition):
+      return found
+  raise ValueError(f'objective {name!r}: no Definition at '
+                   f'{" or ".join(c + "." + (attribute or "DEFINITION") for c in candidates)}')
