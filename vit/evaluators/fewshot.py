@@ -20,6 +20,7 @@ import ml_collections
 import numpy as np
 
 from vit import sharding
+from vit.evaluators import embedding
 from vit.errors import ConfigError, UserError
 
 BIAS_CONSTANT = 100.0  # Large, so the bias is barely regularised (big_vision's choice).
@@ -164,22 +165,12 @@ class FewShotEvaluator:
     self.test_source = _Subset(test_source, test)
     self._features = jax.jit(representation)
 
-  def _embed(self, params, source) -> tuple[np.ndarray, np.ndarray]:
-    from vit.data import pipeline
-    feats, labels = [], []
-    with jax.set_mesh(self.mesh):
-      for batch in pipeline.eval_batches(self.config, source=source):
-        batch = sharding.global_batch(batch, self.mesh)
-        out, keep, label = _host((self._features(params, batch['image']), batch['mask'],
-                                  batch['label']))
-        feats.append(np.asarray(out, np.float64)[keep])
-        labels.append(label[keep])
-    return np.concatenate(feats), np.concatenate(labels)
-
   def evaluate(self, params) -> dict:
     params = self.params_fn(params)
-    train_x, train_y = self._embed(params, self.train_source)
-    test_x, test_y = self._embed(params, self.test_source)
+    train_x, train_y = embedding.embed(self.config, self._features, params,
+                                      self.train_source, self.mesh)
+    test_x, test_y = embedding.embed(self.config, self._features, params,
+                                    self.test_source, self.mesh)
     results = {}
     per_class = max(self.shots)
     for k in self.shots:
@@ -189,13 +180,6 @@ class FewShotEvaluator:
       for l2 in self.l2_regs:
         results[f'{k}shot_l2={l2:g}'] = solver.accuracy(test_x, test_y, l2)
     return results
-
-
-def _host(tree):
-  if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
-    return multihost_utils.process_allgather(tree, tiled=True)
-  return jax.tree.map(np.asarray, jax.device_get(tree))
 
 
 def from_config(config: ml_collections.ConfigDict, model_dict: dict, mesh, **kw

@@ -19,6 +19,7 @@ import numpy as np
 from vit import config as config_lib, sharding
 from vit.data import pipeline, subsets
 from vit.errors import ConfigError
+from vit.evaluators import embedding
 from vit.evaluators.fewshot import LeastSquares
 from vit.preprocess import input_fn
 
@@ -105,26 +106,13 @@ def representations_fn(model_dict: dict, block: int) -> Callable:
   return representation
 
 
-def embed(config, representation: Callable, params, source, mesh) -> tuple[dict, np.ndarray]:
-  """Every representation of every record of `source` (eval view), and the labels."""
-  fn, feats, labels = jax.jit(representation), {}, []
-  with jax.set_mesh(mesh):
-    for batch in pipeline.eval_batches(config, source=source):
-      keep = np.asarray(batch['mask'])
-      out = jax.device_get(fn(params, sharding.global_batch(batch, mesh)['image']))
-      for name, value in out.items():
-        feats.setdefault(name, []).append(np.asarray(value, np.float64)[keep])
-      labels.append(np.asarray(batch['label'])[keep])
-  return {k: np.concatenate(v) for k, v in feats.items()}, np.concatenate(labels)
-
-
 def probe_backbone(config, model_dict: dict, params, block: int, shots=(5, 10, 25),
                    draws: int = 3) -> dict:
   """Every probe of every representation of a backbone: {'{rep}/{probe}': accuracy}."""
-  fn = representations_fn(model_dict, block)
+  fn = jax.jit(representations_fn(model_dict, block))
   mesh = sharding.make_mesh(config.mesh)
   sources = splits(config)
-  embedded = {name: embed(config, fn, params, s, mesh) for name, s in sources.items()}
+  embedded = {name: embedding.embed(config, fn, params, s, mesh) for name, s in sources.items()}
   num_classes = int(embedded['train'][1].max()) + 1
   out = {}
   for rep in embedded['train'][0]:
