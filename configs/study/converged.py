@@ -1,0 +1,64 @@
+"""The pre-registered study of docs/study/protocol.md: does MPP help, and when?
+
+Plain data read by `python -m study.run` (study/protocol.py turns it into runs). Change nothing
+here once results exist without listing it under "Deviations" in docs/study/protocol.md.
+"""
+import ml_collections
+
+from configs.mpp import fashion_mnist as mpp_config
+from configs.supervised import fashion_mnist as supervised_config
+
+STEPS_PER_EPOCH = 430  # 55,000 non-held-out images // batch 128.
+
+
+def _classifier():
+  """Every classification run, from scratch or from a backbone: one recipe family (Adam,
+  decoupled weight decay on kernels, warmup + cosine, clip 1, flip), so that only the
+  initialisation and the tuned values differ between arms."""
+  c = supervised_config.get_config()
+  c.data.flip = True
+  c.optimizer.update(name='adam', weight_decay=0.05, decay='cosine', grad_clip_norm=1.0)
+  c.ema_decay = 0.0
+  c.log_every = 100
+  c.keep_checkpoints = 1
+  c.eval_batch_size = 500
+  return c
+
+
+def _pretrainer():
+  """MPP, mean colour, 50% corrupted (the paper's headline variant, §4.6)."""
+  c = mpp_config.get_config()
+  c.optimizer.update(learning_rate=1e-3, weight_decay=0.1, warmup_steps=500, decay='rsqrt')
+  c.mpp.update(image_every=0, eval_examples=5000)  # Every held-out image.
+  c.log_every = 200
+  c.keep_checkpoints = 1
+  c.eval_batch_size = 500
+  return c
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.classifier = _classifier()
+  config.pretrainer = _pretrainer()
+  config.holdout = 5000  # The last 5k training images: every choice is made on them.
+  config.seeds = (0, 1, 2, 3, 4)  # 1% and 10% of the labels.
+  config.full_seeds = (0, 1, 2)  # All labels.
+  config.steps_per_epoch = STEPS_PER_EPOCH
+  # Classifier budgets per label fraction (steps of 128; early stopping on held-out within).
+  config.budgets = ml_collections.ConfigDict({
+      'pct1': dict(fraction=0.01, steps=1200, eval_every=100, warmup=100),
+      'pct10': dict(fraction=0.1, steps=3000, eval_every=250, warmup=200),
+  })
+  # All labels: the LR sweep at a short length, then the length on seed 0, then the seeds.
+  config.full = dict(sweep_epochs=10, lengths_epochs=(30, 60), eval_every_epochs=2,
+                     warmup=500)
+  config.sweep = dict(learning_rates=(3e-4, 1e-3, 3e-3), crop_padding=(0, 2))
+  # One long MPP pretraining per seed; backbones exported at these lengths (10x range).
+  config.pretrain_epochs = (3, 6, 12, 30)
+  config.headline_epochs = 30  # The MPP row of the headline table; compute-matched to it.
+  config.workers = 1  # Processes side by side (single-threaded each when > 1).
+  config.results = 'docs/study/results'  # One JSON per finished run: committed.
+  config.backbones = 'docs/study/backbones'  # Exported MPP backbones (.npz): committed.
+  config.report = 'docs/study/results.md'
+  config.only_priority = 99  # Run only runs of this priority or better (0 is first).
+  return config

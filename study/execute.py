@@ -1,0 +1,178 @@
+"""Running one run of the study: a classifier with held-out early stopping, one long MPP
+pretraining that exports its backbone at each length, or raw-pixel least squares.
+
+Held-out accuracy is measured at every evaluation; test accuracy only where the held-out
+accuracy reaches a new best, so the number reported (test at the held-out-best evaluation) is
+chosen without looking at test. Each evaluation is appended to `curve.json` in the run's
+workdir, so an interrupted run resumes with its curve.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from mpp import train as mpp_train
+from supervised import finetune as finetune_lib, objective as supervised_objective
+from supervised import train as supervised_train
+from vit import atomic_write, config as config_lib, preprocess, sharding
+from vit.data import pipeline, subsets
+from vit.evaluators import linear_probe
+from vit.evaluators.classification import ClassificationEvaluator
+from vit.formats import vit_jax
+from vit.training import loop
+
+CURVE_FILE = 'curve.json'
+
+
+def _write_json(path: str, value) -> None:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with atomic_write.file(path) as partial, open(partial, 'w') as f:
+    json.dump(value, f, indent=1)
+
+
+class Curve:
+  """The evaluations of one run, [step, holdout accuracy, test accuracy or None], on disk.
+
+  `at(step)` is called by the loop's hook at every evaluation step, before the evaluators;
+  entries past the step a resumed run restarts from are dropped (they will be redone)."""
+
+  def __init__(self, workdir: str):
+    self.path = os.path.join(workdir, CURVE_FILE)
+    self.points: list[list] = []
+    if os.path.exists(self.path):
+      with open(self.path) as f:
+        self.points = json.load(f)
+    self.step, self.improved, self.resumed = 0, False, False
+
+  def at(self, step: int) -> None:
+    if not self.resumed:  # The first evaluation after a (re)start: forget later entries.
+      self.points = [p for p in self.points if p[0] < step]
+      self.resumed = True
+    self.step = step
+
+  def best(self) -> Optional[list]:
+    return max(self.points, key=lambda p: p[1], default=None)  # First of ties.
+
+  def add_holdout(self, accuracy: float) -> None:
+    top = self.best()
+    self.improved = top is None or accuracy > top[1]
+    self.points.append([self.step, accuracy, None])
+
+  def add_test(self, accuracy: float) -> None:
+    self.points[-1][2] = accuracy
+    _write_json(self.path, self.points)
+
+  def save(self) -> None:
+    _write_json(self.path, self.points)
+
+
+class _Holdout:
+  def __init__(self, evaluator, curve: Curve):
+    self.name, self.evaluator, self.curve = 'holdout', evaluator, curve
+
+  def evaluate(self, params) -> dict:
+    out = self.evaluator.evaluate(params)
+    self.curve.add_holdout(out['accuracy'])
+    self.curve.save()
+    return out
+
+
+class _TestWhenBest:
+  """The test split, evaluated only where the held-out accuracy has just improved."""
+
+  def __init__(self, evaluator, curve: Curve):
+    self.name, self.evaluator, self.curve = 'eval', evaluator, curve
+
+  def evaluate(self, params) -> dict:
+    if not self.curve.improved:
+      return {}
+    out = self.evaluator.evaluate(params)
+    self.curve.add_test(out['accuracy'])
+    return out
+
+
+def _step_hook(curve: Curve, then: Optional[Callable] = None):
+  def hook(state, step, writer):
+    curve.at(step)
+    if then:
+      then(state, step, writer)
+  return hook
+
+
+def train_classifier(config, workdir: str) -> dict:
+  """A classification run; returns the held-out-best evaluation and the curve."""
+  if config.init:
+    m, ckpt = finetune_lib.prepare(config)
+    task = finetune_lib.build_task(config, m, ckpt)
+  else:
+    m = config_lib.validate(config)
+    supervised_train.check_classes(config, m)
+    task = supervised_train.build_task(config, m)
+  curve = Curve(workdir)
+  logits = supervised_objective.make_logits_fn(config_lib.build_model(m), preprocess.input_fn(m))
+  holdout = ClassificationEvaluator(
+      logits, lambda: pipeline.eval_batches(config, split=subsets.HOLDOUT_SPLIT),
+      sharding.make_mesh(config.mesh), name='holdout')
+  task = dataclasses.replace(
+      task, evaluators=[_Holdout(holdout, curve), _TestWhenBest(task.evaluators[0], curve)],
+      periodic_hook=_step_hook(curve), hook_every=config.eval_every)
+  loop.train(config, workdir, task)
+  step, held, test = curve.best()
+  return dict(holdout_best=held, test_at_best=test, best_step=step,
+              images_to_best=step * config.batch_size, steps=config.total_steps,
+              budget_images=config.total_steps * config.batch_size, curve=curve.points)
+
+
+class _MppCurve:
+  """The MPP evaluator's held-out loss and accuracy at every evaluation, kept on disk."""
+
+  def __init__(self, evaluator, curve: Curve):
+    self.name, self.evaluator, self.curve = evaluator.name, evaluator, curve
+
+  def evaluate(self, params) -> dict:
+    out = self.evaluator.evaluate(params)
+    self.curve.points.append([self.curve.step, out.get('accuracy'), out['loss']])
+    self.curve.save()
+    return out
+
+
+def pretrain_mpp(config, workdir: str, exports: dict[int, tuple[str, str]],
+                 on_export: Callable[[str, dict], None]) -> dict:
+  """One long MPP pretraining; at each step of `exports` ({step: (run name, .npz path)}) the
+  backbone is written in the official layout and `on_export(name, result)` is called."""
+  m = config_lib.validate(config)
+  task = mpp_train.build_task(config, m, workdir)
+  curve = Curve(workdir)
+
+  def export(state, step, writer):
+    del writer
+    if step in exports:
+      name, path = exports[step]
+      params = jax.tree.map(np.asarray, jax.device_get(state.params['backbone']))
+      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+      with atomic_write.file(path) as partial:
+        vit_jax.save(params, partial)
+      on_export(name, dict(step=step, images=step * config.batch_size,
+                           file=os.path.basename(path)))
+  task = dataclasses.replace(task, evaluators=[_MppCurve(e, curve) for e in task.evaluators],
+                             periodic_hook=_step_hook(curve, export),
+                             hook_every=config.eval_every)
+  loop.train(config, workdir, task)
+  return dict(steps=config.total_steps, images=config.total_steps * config.batch_size,
+              curve=curve.points)
+
+
+def pixels(config) -> dict:
+  """Least squares on raw pixels of this run's labelled subset, L2 chosen on held-out."""
+  parts = linear_probe.splits(config)
+  train = pipeline.make_source(config, config.data.train_split)  # The labelled subset.
+  (tx, ty), (hx, hy), (sx, sy) = (linear_probe.pixels(s) for s in
+                                  (train, parts['holdout'], parts['test']))
+  out = linear_probe.choose_l2(tx, ty, hx, hy, sx, sy, 10)
+  return dict(holdout_best=out['holdout'], test_at_best=out['test'], l2=out['l2'],
+              labels=int(len(ty)))

@@ -1,0 +1,168 @@
+"""The runs of the pre-registered study (docs/study/protocol.md), made from its config.
+
+A run is one training (or least-squares fit) with a name, the names of the runs it needs and a
+priority: workers take the runnable run of best (lowest) priority first, so the compute goes to
+the headline cells before the length curve (issue 24, item 5). Nothing here trains; see
+study/execute.py. Names are paths: `scratch/pct1/sweep/lr0.001_pad2`, `mpp/seed3/pretrain`,
+`mpp/seed3/e30` (a backbone exported by that pretraining), `mpp_e30/pct10/seed2`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from typing import Optional
+
+import ml_collections
+
+SCRATCH, MPP, MATCHED, PIXELS = 'scratch', 'mpp', 'matched', 'pixels'
+ALL = 'all'  # The label-fraction key of all labels.
+
+# Priorities: the headline (a) first, in the order of the protocol; then the length curve (b).
+P_PIXELS, P_PRETRAIN0, P_SWEEP, P_FT_SWEEP, P_PRETRAIN, P_SEEDS, P_FT_SEEDS = range(7)
+P_FULL_SWEEP, P_FULL_LENGTH, P_FULL_SEEDS, P_MATCHED, P_LENGTH_CURVE = range(7, 12)
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One unit of work. `kind`: 'train' (a classifier, from scratch or from `backbone`),
+  'pretrain' (one long MPP pretraining, which also finishes its 'export' runs), 'export' (done
+  by its pretraining, never run on its own), 'pixels' (raw-pixel least squares).
+  Choices made on held-out results of other runs (study/execute.py applies them):
+  `choose`, a sweep whose best fixes the learning rate (and crop padding, if it swept it);
+  `pad_from`, a sweep that fixes only the crop padding (the scratch arm's own choice);
+  `length_from`, a set of `/length/` runs whose best adds its steps to `steps`."""
+  name: str
+  kind: str
+  priority: int
+  deps: tuple[str, ...] = ()
+  arm: str = ''
+  fkey: str = ''
+  seed: int = 0
+  steps: int = 0
+  eval_every: int = 0
+  warmup: int = 0
+  lr: Optional[float] = None
+  pad: Optional[int] = None
+  backbone: Optional[str] = None
+  choose: Optional[str] = None
+  pad_from: Optional[str] = None
+  length_from: Optional[str] = None
+  epochs: float = 0.0
+
+
+def fraction_of(study, fkey: str) -> float:
+  return 1.0 if fkey == ALL else study.budgets[fkey].fraction
+
+
+def _grid(study, pads: bool):
+  pads = tuple(study.sweep.crop_padding) if pads else (None,)
+  return list(itertools.product(tuple(study.sweep.learning_rates), pads))
+
+
+def _sweep_name(prefix: str, lr: float, pad: Optional[int]) -> str:
+  return f'{prefix}/sweep/lr{lr:g}' + ('' if pad is None else f'_pad{pad}')
+
+
+def pretraining(study) -> list[Run]:
+  """One long pretraining per seed, and a backbone 'export' run at each length."""
+  spe, runs = study.steps_per_epoch, []
+  for s in study.seeds:
+    pre = f'{MPP}/seed{s}/pretrain'
+    runs.append(Run(pre, 'pretrain', P_PRETRAIN0 if s == study.seeds[0] else P_PRETRAIN,
+                    seed=s, steps=round(max(study.pretrain_epochs) * spe),
+                    eval_every=math.gcd(*(round(e * spe) for e in study.pretrain_epochs)),
+                    warmup=study.pretrainer.optimizer.warmup_steps))
+    runs += [Run(f'{MPP}/seed{s}/e{e:g}', 'export', P_PRETRAIN, (pre,), seed=s,
+                 steps=round(e * spe), epochs=e) for e in study.pretrain_epochs]
+  return runs
+
+
+def _small_fraction(study, arm: str, fkey: str, prefix: str, backbone_of=None,
+                    priorities=(P_SWEEP, P_SEEDS), pad_from=None) -> list[Run]:
+  """The sweep on the first seed (every grid point) and the other seeds at its choice."""
+  b, first = study.budgets[fkey], study.seeds[0]
+  common = dict(arm=arm, fkey=fkey, steps=b.steps, eval_every=b.eval_every, warmup=b.warmup,
+                pad_from=pad_from)
+  bb = backbone_of or (lambda s: None)
+  runs = [Run(_sweep_name(prefix, lr, pad), 'train', priorities[0], seed=first, lr=lr, pad=pad,
+              backbone=bb(first), **common)
+          for lr, pad in _grid(study, pads=pad_from is None)]
+  return runs + [Run(f'{prefix}/seed{s}', 'train', priorities[1], seed=s, backbone=bb(s),
+                     choose=prefix + '/sweep', **common) for s in study.seeds[1:]]
+
+
+def _all_labels(study, arm: str, prefix: str, pad_from: str, backbone_of=None) -> list[Run]:
+  """All labels: LR sweep at a short length, the length on the first seed, then the seeds."""
+  f, spe, first = study.full, study.steps_per_epoch, study.full_seeds[0]
+  bb = backbone_of or (lambda s: None)
+  common = dict(arm=arm, fkey=ALL, warmup=f.warmup, pad_from=pad_from,
+                eval_every=round(f.eval_every_epochs * spe))
+  runs = [Run(_sweep_name(prefix, lr, None), 'train', P_FULL_SWEEP, seed=first,
+              steps=round(f.sweep_epochs * spe), lr=lr, backbone=bb(first), **common)
+          for lr in study.sweep.learning_rates]
+  runs += [Run(f'{prefix}/length/e{e:g}', 'train', P_FULL_LENGTH, seed=first,
+               steps=round(e * spe), backbone=bb(first), choose=prefix + '/sweep', epochs=e,
+               **common) for e in f.lengths_epochs]
+  return runs + [Run(f'{prefix}/seed{s}', 'train', P_FULL_SEEDS, seed=s, backbone=bb(s),
+                     choose=prefix + '/sweep', length_from=prefix, **common)
+                 for s in study.full_seeds[1:]]
+
+
+def matched(study, head: float) -> list[Run]:
+  """Scratch at the scratch arm's own choice, for as many steps (and images) as the MPP row:
+  its pretraining plus its fine-tuning budget (at all labels, the MPP row's chosen length)."""
+  pre, out = round(head * study.steps_per_epoch), []
+  for fkey, b in study.budgets.items():
+    out += [Run(f'{MATCHED}/{fkey}/seed{s}', 'train', P_MATCHED, arm=MATCHED, fkey=fkey, seed=s,
+                steps=pre + b.steps, eval_every=3 * b.eval_every, warmup=b.warmup,
+                choose=f'{SCRATCH}/{fkey}/sweep') for s in study.seeds]
+  out += [Run(f'{MATCHED}/{ALL}/seed{s}', 'train', P_MATCHED, arm=MATCHED, fkey=ALL, seed=s,
+              steps=pre, eval_every=round(study.full.eval_every_epochs * study.steps_per_epoch),
+              warmup=study.full.warmup, choose=f'{SCRATCH}/{ALL}/sweep',
+              pad_from=f'{SCRATCH}/{list(study.budgets)[-1]}/sweep',
+              length_from=f'mpp_e{head:g}/{ALL}') for s in study.full_seeds]
+  return out
+
+
+def _with_choice_deps(runs: list[Run]) -> list[Run]:
+  """Each run also waits for every run its choices read."""
+  names = [r.name for r in runs]
+
+  def under(prefix: Optional[str], part: str = '/') -> tuple[str, ...]:
+    return tuple(n for n in names if prefix and n.startswith(prefix + part))
+  out = []
+  for r in runs:
+    extra = under(r.choose) + under(r.pad_from) + under(r.length_from, '/length/')
+    own = (r.backbone,) if r.backbone else ()
+    out.append(dataclasses.replace(r, deps=tuple(dict.fromkeys(r.deps + own + extra))))
+  return out
+
+
+def runs(study: ml_collections.ConfigDict) -> list[Run]:
+  """Every run of the protocol, in no particular order (workers order them by priority)."""
+  out: list[Run] = []
+  for fkey in list(study.budgets) + [ALL]:
+    seeds = study.full_seeds[:1] if fkey == ALL else study.seeds
+    out += [Run(f'{PIXELS}/{fkey}/seed{s}', 'pixels', P_PIXELS, fkey=fkey, seed=s)
+            for s in seeds]
+  out += pretraining(study)
+  head = study.headline_epochs
+  backbone = lambda e: (lambda s: f'{MPP}/seed{s}/e{e:g}')
+  for fkey in study.budgets:
+    pads = f'{SCRATCH}/{fkey}/sweep'  # The scratch arm's own augmentation choice, shared.
+    out += _small_fraction(study, SCRATCH, fkey, f'{SCRATCH}/{fkey}')
+    out += _small_fraction(study, f'mpp_e{head:g}', fkey, f'mpp_e{head:g}/{fkey}',
+                           backbone(head), (P_FT_SWEEP, P_FT_SEEDS), pad_from=pads)
+    for e in study.pretrain_epochs:
+      if e != head:
+        out += _small_fraction(study, f'mpp_e{e:g}', fkey, f'mpp_e{e:g}/{fkey}', backbone(e),
+                               (P_LENGTH_CURVE, P_LENGTH_CURVE), pad_from=pads)
+  pads = f'{SCRATCH}/{list(study.budgets)[-1]}/sweep'  # The largest fraction's choice.
+  out += _all_labels(study, SCRATCH, f'{SCRATCH}/{ALL}', pads)
+  out += _all_labels(study, f'mpp_e{head:g}', f'mpp_e{head:g}/{ALL}', pads, backbone(head))
+  out += matched(study, head)
+  out = _with_choice_deps(out)
+  names = [r.name for r in out]
+  assert len(names) == len(set(names)), 'run names must be unique'
+  return out
