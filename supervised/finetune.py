@@ -22,7 +22,8 @@ from vit.errors import ConfigError
 from vit.training import loop
 
 FLAGS = flags.FLAGS
-INIT_FORMATS = 'mpp:DIR, supervised:DIR, vit_jax:FILE.npz, hf:DIR or timm:DIR'
+INIT_FORMATS = ('mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR, vit_jax:FILE.npz, hf:DIR or '
+                'timm:DIR')
 
 
 def prepare(config: ml_collections.ConfigDict) -> tuple[dict, init_spec.Checkpoint]:

@@ -62,8 +62,8 @@ def test_cli_help_and_missing_init(tmp_path):
   out = cmd('--config=configs/finetune/fashion_mnist.py', f'--workdir={tmp_path / "w"}')
   assert out.returncode == 2
   assert out.stderr.strip().splitlines() == [
-      'error: config.init=None: set the weights to start from: mpp:DIR, supervised:DIR, '
-      'vit_jax:FILE.npz, hf:DIR or timm:DIR']
+      'error: config.init=None: set the weights to start from: mpp:DIR, mae:DIR, simmim:DIR, '
+      'supervised:DIR, vit_jax:FILE.npz, hf:DIR or timm:DIR']
   out = cmd('--config=configs/finetune/fashion_mnist.py', f'--workdir={tmp_path / "w"}',
             f'--config.init=hf:{tmp_path / "absent"}')
   assert out.returncode == 2 and 'directory not found' in out.stderr

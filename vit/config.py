@@ -137,6 +137,19 @@ def defaults() -> ml_collections.ConfigDict:
       image_every=0,  # Steps between PNG grids of MPP predictions; 0: only at the end.
       eval_examples=1024,  # Held-out images for the MPP loss and colour accuracy.
   )
+  # MAE and SimMIM (mae/, simmim/; issue 27). Declared here until objectives register their
+  # own config sections (issue 25); checked by mae.objective / simmim.objective.check_config.
+  config.mae = dict(
+      mask_ratio=0.75,
+      norm_pix_loss=True,
+      decoder=dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=128),
+      eval_examples=1024,  # Held-out images for the MAE loss.
+  )
+  config.simmim = dict(
+      mask_ratio=0.6,
+      mask_patch_size=8,  # Pixels; a multiple of the patch size.
+      eval_examples=1024,  # Held-out images for the SimMIM loss.
+  )
   return config
 
 

@@ -1,5 +1,5 @@
 """Where a model's weights come from:
-`mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR`.
+`mpp:DIR | mae:DIR | simmim:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR`.
 
 `load(spec)` turns a spec into the official ViT parameter tree, the architecture it implies
 (a model dict in vit.config's layout, ready for `vit.config.build_model`) and the class names
@@ -11,10 +11,10 @@ This module only dispatches: each published format has its reader (and writer) i
 `vit/formats/` (vit_jax.py, hf.py, timm.py), which states what the files say beyond shapes
 (GELU flavour, LayerNorm epsilon, input normalisation as the model's `pixels` key, image size).
 
-Checkpoints of this project (`mpp:`, `supervised:`) are read at their latest step, and their
-Polyak average (EMA parameters) is used when the run kept one: it is the run's reported model
-(the paper evaluates and transfers the averaged weights, Appendix B.1). Pass `use_ema=False`
-for the raw parameters.
+Checkpoints of this project (`mpp:`, `mae:`, `simmim:`, `supervised:`) are read at their latest
+step, and their Polyak average (EMA parameters) is used when the run kept one: it is the run's
+reported model (the paper evaluates and transfers the averaged weights, Appendix B.1). Pass
+`use_ema=False` for the raw parameters.
 """
 from __future__ import annotations
 
@@ -33,7 +33,12 @@ from vit.formats import hf, timm, vit_jax
 from vit.formats.tree import flatten, unflatten
 from vit.errors import ConfigError, UserError
 
-FORMATS = ('mpp', 'supervised', 'vit_jax', 'hf', 'timm')
+FORMATS = ('mpp', 'mae', 'simmim', 'supervised', 'vit_jax', 'hf', 'timm')
+# Pretraining workdirs: params['backbone'] is the ViT; the objective's own top-level parameters
+# beside it tell them apart (mpp/, mae/, simmim/ objective.py).
+PRETRAINING = {'mpp': ('an MPP', {'mask_embedding', 'head'}),
+               'mae': ('an MAE', {'decoder'}),
+               'simmim': ('a SimMIM', {'mask_token', 'decoder'})}
 _READERS = {'vit_jax': vit_jax.load, 'hf': hf.load, 'timm': timm.load}
 # Keys that fix the shapes (or the function) of the backbone; checkpoints state them.
 BACKBONE_KEYS = ('patches.size', 'hidden_size', 'transformer.mlp_dim', 'transformer.num_heads',
@@ -54,11 +59,12 @@ class Checkpoint(NamedTuple):
 
 
 def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
-  """Loads `spec` = `FORMAT:PATH` with FORMAT one of mpp, supervised, vit_jax, hf, timm.
+  """Loads `spec` = `FORMAT:PATH` with FORMAT one of mpp, mae, simmim, supervised, vit_jax, hf,
+  timm.
 
-  Returns a `Checkpoint`: `params`, the official ViT tree as host numpy arrays (an MPP run's
-  backbone only; `head`/`pre_logits` when the checkpoint has them); `model`, a vit.config model
-  dict that `vit.config.build_model(model)` turns into the network these params fit;
+  Returns a `Checkpoint`: `params`, the official ViT tree as host numpy arrays (a pretraining
+  run's backbone only; `head`/`pre_logits` when the checkpoint has them); `model`, a vit.config
+  model dict that `vit.config.build_model(model)` turns into the network these params fit;
   `class_names` when known; `image_size` and `channels` it was trained at. `use_ema` picks a
   workdir's Polyak-averaged parameters when the run kept them.
 
@@ -108,16 +114,17 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
                     f'--checkpoint {path}: directory not found (a trainer workdir, or FORMAT:PATH)')
   saved = checkpoints.saved_config(path)
   params = checkpoints.restore_params(path, use_ema=use_ema)
+  found = _pretraining_kind(params)
   if fmt is None:
-    fmt = 'mpp' if 'backbone' in params else 'supervised'
-  if fmt == 'mpp':
-    if 'backbone' not in params:
-      raise UserError(f'mpp:{path}: not an MPP checkpoint (params hold '
-                      f'{", ".join(sorted(params))}; no "backbone"); try supervised:{path}')
+    fmt = found or 'supervised'
+  if fmt in PRETRAINING:
+    if found != fmt:
+      raise UserError(f'{fmt}:{path}: not {PRETRAINING[fmt][0]} checkpoint (params hold '
+                      f'{", ".join(sorted(params))}); try {found or "supervised"}:{path}')
     params = params['backbone']
-  elif 'backbone' in params:
-    raise UserError(f'supervised:{path}: an MPP checkpoint (params hold "backbone"); '
-                    f'use mpp:{path}')
+  elif found:
+    raise UserError(f'supervised:{path}: {PRETRAINING[found][0]} checkpoint (params hold '
+                    f'"backbone"); use {found}:{path}')
   params = jax.tree.map(np.asarray, dict(params))
   model = config_lib.resolved_model(ml_collections.ConfigDict(saved))
   # The saved config has the architecture (also the ablations' posemb and axial blocks, which
@@ -127,6 +134,14 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   if model['classifier'] == 'unpooled':  # MPP reads every token; the class token is still there.
     model['classifier'] = 'token' if 'cls' in params else 'gap'
   return params, model, read_class_names(path, model['num_classes']), saved.get('image_size')
+
+
+def _pretraining_kind(params) -> Optional[str]:
+  """'mpp', 'mae' or 'simmim' for a pretraining run's params; None for a classifier's."""
+  if 'backbone' not in params:
+    return None
+  others = set(params) - {'backbone'}
+  return next((k for k, (_, keys) in PRETRAINING.items() if keys == others), None)
 
 
 def write_class_names(workdir: str, names: Optional[Sequence[str]]) -> None:

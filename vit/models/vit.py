@@ -306,7 +306,7 @@ class Encoder(nn.Module):
   attention_kernel: Optional[str] = None  # See MultiHeadDotProductAttention.kernel.
 
   @nn.compact
-  def __call__(self, x: Array, *, train: bool) -> Array:
+  def __call__(self, x: Array, *, train: bool, keep: Optional[Array] = None) -> Array:
     prefix = x.shape[1] - (self.grid[0] * self.grid[1] if self.grid else 0)
     if self.posemb == 'learned_1d':
       x = AddPositionEmbs(name='posembed_input')(x)
@@ -316,6 +316,15 @@ class Encoder(nn.Module):
       pe = np.concatenate([np.zeros((prefix, x.shape[2]), np.float32),
                            sincos_2d(self.grid, x.shape[2])])
       x = x + jnp.asarray(pe, x.dtype)[None]
+    if keep is not None:
+      # MAE (He et al., 2022): the encoder sees only the visible patches, each with its own
+      # position embedding, added before the others are dropped (the prefix tokens stay).
+      if self.posemb == 'relative' or self.attention != 'global':
+        raise ValueError(f'keep: the patch grid is needed by posemb={self.posemb} and '
+                         f'attention={self.attention}; dropping patches needs learned_1d, '
+                         'learned_2d, sincos_2d or none with global attention')
+      kept = jnp.take_along_axis(x[:, prefix:], keep[..., None], axis=1)
+      x = jnp.concatenate([x[:, :prefix], kept], axis=1)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
     # `deterministic` is passed positionally: remat must treat it as static (argnum 2 counts
     # self), or `not deterministic` would be traced.
@@ -347,7 +356,9 @@ class VisionTransformer(nn.Module):
   `classifier`: 'token' (class token, the paper's default), 'gap' (global average pooling,
   Appendix D.3), or 'unpooled' (the whole encoded sequence, class token first: for MPP).
   `patch_transform` is applied to the patch embeddings before the class token and position
-  embeddings are added: masked patch prediction corrupts the input there (Appendix B.1.2).
+  embeddings are added: masked patch prediction corrupts the input there (Appendix B.1.2), as
+  SimMIM puts its mask token. `keep` (int [B, K], indices into the row-major patch grid) keeps
+  only those patch tokens, after their position embeddings are added: MAE's encoder.
   """
   num_classes: Optional[int]
   patch_size: Sequence[int]
@@ -371,7 +382,8 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool,
-               patch_transform: Optional[Callable[[Array], Array]] = None) -> Array:
+               patch_transform: Optional[Callable[[Array], Array]] = None,
+               keep: Optional[Array] = None) -> Array:
     x = images.astype(self.dtype)
     if self.resnet is not None:
       # Called inline so that conv_root, gn_root and block{i} sit at the top of the tree, as
@@ -393,7 +405,7 @@ class VisionTransformer(nn.Module):
                 self.attention_dropout_rate, self.gelu_approximate, self.layer_norm_epsilon,
                 self.remat, self.dtype, posemb=self.posemb, attention=self.attention,
                 grid=(h, w), attention_kernel=self.attention_kernel,
-                name='Transformer')(x, train=train)
+                name='Transformer')(x, train=train, keep=keep)
     if self.classifier == 'unpooled':
       return x
     x = x[:, 0] if self.classifier == 'token' else jnp.mean(x, axis=1)

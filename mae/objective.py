@@ -1,0 +1,262 @@
+"""Masked autoencoders (He et al., 2022): the model, its masking and its loss.
+
+As facebookresearch/mae `models_mae.py` (commit efb2a80): the encoder (our ViT backbone) sees
+only the visible patches, a random `1 - mask_ratio` of them chosen by the argsort of uniform
+noise (`random_masking`); a light decoder (its own width, depth and heads) embeds them, puts a
+learned mask token at every removed position, adds fixed 2-D sine-cosine position embeddings and
+predicts every patch's pixels; the loss is the mean squared error on the removed patches only,
+against each patch's pixels normalised to zero mean and unit variance (`norm_pix_loss`: unbiased
+variance, eps 1e-6), computed from the model's input as the official code computes it from the
+normalised image. transformers' `ViTMAEForPreTraining` computes the same loss from the same
+noise (tests/test_mae.py carries our weights into it).
+
+Differences from the official recipe, so that MAE, SimMIM and MPP share one backbone: the
+encoder is our ViT (learned 1-D position embeddings and the official ViT initialisers, so the
+pretrained encoder exports to every format as any ViT does; the official MAE encoder uses fixed
+sine-cosine ones, `model.posemb=sincos_2d` is the nearest here), and its GELU and LayerNorm eps
+are the backbone's (config.model), as are the decoder's.
+
+Parameters are {'backbone': <the ViT, official names>, 'decoder': {'decoder_embed', 'mask_token',
+'decoderblock_{i}', 'decoder_norm', 'decoder_pred'}} (the official module names; the blocks
+have the ViT block's layout). Fine-tuning (`--config.init=mae:DIR`) keeps params['backbone'].
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from mpp import targets as targets_lib
+from vit import config as config_lib
+from vit.errors import ConfigError
+from vit.models.layer_norm import LayerNorm
+from vit.models.vit import Encoder1DBlock, VisionTransformer
+from vit.preprocess import input_fn
+
+_xavier = nn.initializers.xavier_uniform()
+
+
+def _logical(init, names):
+  return nn.with_logical_partitioning(init, names)
+
+
+def sincos_2d(grid: int, width: int) -> np.ndarray:
+  """The official fixed position embeddings [1 + grid**2, width], a zero row for the class token.
+
+  `util/pos_embed.py:get_2d_sincos_pos_embed`: the first half of the channels encodes the column
+  (its `np.meshgrid(grid_w, grid_h)` puts w first), the second the row; each half is sin then
+  cos over frequencies 1 / 10000**(k / (width / 4)). transformers' ViTMAE rotates its own table
+  into this layout to load the official checkpoints. Not vit.models.vit.sincos_2d (big_vision's
+  frequencies and order).
+  """
+  if width % 4:
+    raise ValueError(f'decoder width {width} must be a multiple of 4 for sine-cosine embeddings')
+  omega = 1.0 / 10000 ** (np.arange(width // 4, dtype=np.float64) / (width / 4))
+  rows, cols = np.mgrid[:grid, :grid]
+  one = lambda pos: np.concatenate([np.sin(np.outer(pos.ravel(), omega)),
+                                    np.cos(np.outer(pos.ravel(), omega))], axis=1)
+  table = np.concatenate([one(cols), one(rows)], axis=1)
+  return np.concatenate([np.zeros((1, width)), table]).astype(np.float32)
+
+
+def num_kept(num_patches: int, mask_ratio: float) -> int:
+  """Patches the encoder sees: int(N * (1 - ratio)) as the official code (12 of 49 at 0.75)."""
+  return int(num_patches * (1 - mask_ratio))
+
+
+def random_masking(noise: jax.Array, keep: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """float [B, N] noise -> (ids_keep int [B, keep], mask bool [B, N], ids_restore int [B, N]).
+
+  The `keep` patches of smallest noise are visible; `ids_restore` is each patch's rank, so
+  position i is masked exactly when its rank is `keep` or more (the official mask, unshuffled).
+  """
+  ids_shuffle = jnp.argsort(noise, axis=1)
+  ids_restore = jnp.argsort(ids_shuffle, axis=1)
+  return ids_shuffle[:, :keep], ids_restore >= keep, ids_restore
+
+
+class Decoder(nn.Module):
+  """The MAE decoder: encoded visible tokens (class token first) -> pixels of every patch."""
+  hidden_size: int
+  num_layers: int
+  num_heads: int
+  mlp_dim: int
+  grid: int
+  patch_values: int  # ph * pw * channels
+  gelu_approximate: bool = True
+  layer_norm_epsilon: float = 1e-6
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, latent: jax.Array, ids_restore: jax.Array, *, train: bool) -> jax.Array:
+    x = nn.Dense(self.hidden_size, dtype=self.dtype, name='decoder_embed',
+                 kernel_init=_logical(_xavier, (None, 'embed')),
+                 bias_init=_logical(nn.initializers.zeros, ('embed',)))(latent)
+    mask_token = self.param('mask_token', _logical(nn.initializers.normal(0.02), ('embed',)),
+                            (self.hidden_size,), jnp.float32)
+    b, n = ids_restore.shape
+    tokens = jnp.concatenate(
+        [x[:, 1:], jnp.broadcast_to(mask_token.astype(x.dtype),
+                                    (b, n + 1 - x.shape[1], self.hidden_size))], axis=1)
+    tokens = jnp.take_along_axis(tokens, ids_restore[..., None], axis=1)  # Unshuffle.
+    x = jnp.concatenate([x[:, :1], tokens], axis=1)
+    x = x + jnp.asarray(sincos_2d(self.grid, self.hidden_size), x.dtype)[None]
+    for i in range(self.num_layers):
+      x = Encoder1DBlock(self.mlp_dim, self.num_heads, 0.0, 0.0, self.gelu_approximate,
+                         self.layer_norm_epsilon, self.dtype, name=f'decoderblock_{i}')(
+                             x, not train)
+    x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='decoder_norm',
+                  scale_init=_logical(nn.initializers.ones, ('embed',)),
+                  bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
+    x = nn.Dense(self.patch_values, dtype=self.dtype, name='decoder_pred',
+                 kernel_init=_logical(_xavier, ('embed', 'classes')),
+                 bias_init=_logical(nn.initializers.zeros, ('classes',)))(x)
+    return x[:, 1:].astype(jnp.float32)
+
+
+class MaeModel(nn.Module):
+  backbone: VisionTransformer
+  decoder: Decoder
+  mask_ratio: float
+
+  def __call__(self, images: jax.Array, noise: jax.Array, *, train: bool
+               ) -> tuple[jax.Array, jax.Array]:
+    """Model input [B, H, W, C], noise [B, N] -> (predicted pixels [B, N, P], mask bool [B, N])."""
+    ids_keep, mask, ids_restore = random_masking(noise, num_kept(noise.shape[1], self.mask_ratio))
+    latent = self.backbone(images, train=train, keep=ids_keep)
+    return self.decoder(latent, ids_restore, train=train), mask
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What the MAE loss needs, read once from the config."""
+  patch_size: tuple[int, int]
+  grid: tuple[int, int]
+  mask_ratio: float
+  norm_pix_loss: bool
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, m: dict) -> 'Spec':
+    return cls(tuple(m['patches']['size']), config_lib.token_grid(config, m),
+               config.mae.mask_ratio, config.mae.norm_pix_loss)
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid[0] * self.grid[1]
+
+
+def build_model(config: ml_collections.ConfigDict, m: dict) -> MaeModel:
+  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
+  d = config.mae.decoder
+  grid = config_lib.token_grid(config, m)
+  ph, pw = m['patches']['size']
+  decoder = Decoder(d.hidden_size, d.num_layers, d.num_heads, d.mlp_dim, grid[0],
+                    ph * pw * config.data.channels, m['gelu_approximate'],
+                    m['layer_norm_epsilon'], jnp.dtype(m['dtype']))
+  return MaeModel(backbone=backbone, decoder=decoder, mask_ratio=config.mae.mask_ratio)
+
+
+def init_fn(model: MaeModel, spec: Spec, image_shape: tuple[int, ...]) -> Callable:
+  def init(rng):
+    images = jnp.zeros(image_shape, jnp.float32)
+    noise = jnp.zeros((image_shape[0], spec.num_patches), jnp.float32)
+    return model.init(rng, images, noise, train=False)['params']
+  return init
+
+
+def targets(spec: Spec, inputs: jax.Array) -> jax.Array:
+  """Model input [B, H, W, C] -> [B, N, P] pixel targets, per-patch normalised if asked.
+
+  Rows, then columns, then channels: the official `patchify` ('nchpwq->nhwpqc').
+  """
+  t = targets_lib.pixels(inputs, spec.patch_size)
+  if not spec.norm_pix_loss:
+    return t
+  mean = t.mean(axis=-1, keepdims=True)
+  var = t.var(axis=-1, keepdims=True, ddof=1)  # torch's Tensor.var: unbiased.
+  return (t - mean) / jnp.sqrt(var + 1e-6)
+
+
+def masked_mse(pred: jax.Array, target: jax.Array, weights: jax.Array
+               ) -> tuple[jax.Array, jax.Array]:
+  """(mean over weighted patches of the per-patch MSE, the weight sum)."""
+  per_patch = jnp.mean(jnp.square(pred - target), axis=-1)
+  total = jnp.sum(weights)
+  return jnp.sum(per_patch * weights) / jnp.maximum(total, 1e-9), total
+
+
+def loss_on(model: MaeModel, spec: Spec, params, inputs: jax.Array, noise: jax.Array,
+            train: bool, rngs: Optional[dict] = None, valid: Optional[jax.Array] = None
+            ) -> tuple[jax.Array, dict]:
+  """The loss of one batch of model inputs under given masking noise (what the tests compare)."""
+  pred, mask = model.apply({'params': params}, inputs, noise, train=train, rngs=rngs or {})
+  weights = mask.astype(jnp.float32)
+  if valid is not None:  # Padding rows of an evaluation batch.
+    weights = weights * valid[:, None]
+  loss, count = masked_mse(pred, targets(spec, inputs), weights)
+  return loss, {'masked_patches': count}
+
+
+def make_loss_fn(model: MaeModel, spec: Spec, m: dict):
+  """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in."""
+  to_input = input_fn(m)
+
+  def loss_fn(params, batch, rng, train):
+    noise_rng, dropout_rng = jax.random.split(rng)
+    images = batch['image']
+    noise = jax.random.uniform(noise_rng, (images.shape[0], spec.num_patches))
+    loss, aux = loss_on(model, spec, params, to_input(images), noise, train,
+                        rngs={'dropout': dropout_rng}, valid=batch.get('mask'))
+    return loss, aux
+  return loss_fn
+
+
+def make_representation_fn(m: dict):
+  """backbone params, uint8 images -> mean of the encoded patch tokens, all patches visible.
+
+  The same frozen features as MPP's (mpp/objective.py), so probes compare like for like.
+  """
+  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
+  to_input = input_fn(m)
+
+  def representation(params, images):
+    return backbone.apply({'params': params}, to_input(images), train=False)[:, 1:].mean(axis=1)
+  return representation
+
+
+def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
+  """config.mae against the resolved model `m`; ConfigError naming the key."""
+  c = config.mae
+  if not 0.0 < c.mask_ratio < 1.0:
+    raise ConfigError('mae.mask_ratio', c.mask_ratio, 'must be in (0, 1)')
+  n = math.prod(config_lib.token_grid(config, m))
+  if num_kept(n, c.mask_ratio) < 1:
+    raise ConfigError('mae.mask_ratio', c.mask_ratio, f'leaves the encoder none of the {n} '
+                      'patches (it keeps int(N * (1 - mask_ratio)))')
+  d = c.decoder
+  for key in ('hidden_size', 'num_layers', 'num_heads', 'mlp_dim'):
+    if not isinstance(d[key], int) or d[key] < 1:
+      raise ConfigError(f'mae.decoder.{key}', d[key], 'must be a positive integer')
+  if d.hidden_size % d.num_heads:
+    raise ConfigError('mae.decoder.num_heads', d.num_heads,
+                      f'does not divide mae.decoder.hidden_size={d.hidden_size}')
+  if d.hidden_size % 4:
+    raise ConfigError('mae.decoder.hidden_size', d.hidden_size,
+                      'must be a multiple of 4 (2-D sine-cosine position embeddings)')
+  gh, gw = config_lib.token_grid(config, m)
+  if gh != gw:
+    raise ConfigError('image_size', config.image_size, f'gives a {gh}x{gw} patch grid; the '
+                      'decoder\'s sine-cosine table is square')
+  if m['posemb'] == 'relative' or m['attention'] != 'global':
+    raise ConfigError('model.posemb' if m['posemb'] == 'relative' else 'model.attention',
+                      m['posemb'] if m['posemb'] == 'relative' else m['attention'],
+                      'MAE\'s encoder drops patches, which relative position biases and axial '
+                      'attention (defined on the whole grid) cannot follow')
+  if c.eval_examples < 0:
+    raise ConfigError('mae.eval_examples', c.eval_examples, 'must be >= 0')

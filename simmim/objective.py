@@ -1,0 +1,175 @@
+"""SimMIM (Xie et al., 2022): the model, its masking and its loss.
+
+As microsoft/SimMIM (commit d3e29bc; `models/simmim.py`, `data/data_simmim.py`): square blocks
+of `mask_patch_size` pixels (several patches wide) are masked at random, `ceil(ratio * blocks)`
+of them per image (`MaskGenerator`); the embeddings of the masked patches are replaced by a
+learned mask token before the class token and position embeddings are added; a linear layer
+(the official 1x1 convolution + PixelShuffle) predicts each patch's raw pixels from its encoded
+token; the loss is the L1 distance on the masked pixels only, summed and divided by
+(masked pixels + 1e-5) and by the channels, against the model's input (the official code
+compares with the normalised image). transformers' `ViTForMaskedImageModeling` computes the
+same loss given the same `bool_masked_pos` (tests/test_simmim.py carries our weights into it).
+
+Blocks that do not tile the patch grid (a 7x7 grid in blocks of 2x2 patches) are laid from the
+top-left corner and cut at the bottom and right edges, so the last row and column of blocks
+cover fewer patches: the official generator asserts that blocks tile the image instead.
+
+Parameters are {'backbone': <the ViT, official names>, 'mask_token': [D], 'decoder': Dense
+(D -> ph * pw * C)}; fine-tuning (`--config.init=simmim:DIR`) keeps params['backbone'].
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Callable, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+from mpp import targets as targets_lib
+from vit import config as config_lib
+from vit.errors import ConfigError
+from vit.models.vit import VisionTransformer
+from vit.preprocess import input_fn
+
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+  """What SimMIM's masking and loss need, read once from the config."""
+  patch_size: tuple[int, int]
+  grid: tuple[int, int]
+  channels: int
+  mask_ratio: float
+  mask_patch_size: int
+
+  @classmethod
+  def from_config(cls, config: ml_collections.ConfigDict, m: dict) -> 'Spec':
+    return cls(tuple(m['patches']['size']), config_lib.token_grid(config, m),
+               config.data.channels, config.simmim.mask_ratio, config.simmim.mask_patch_size)
+
+  @property
+  def num_patches(self) -> int:
+    return self.grid[0] * self.grid[1]
+
+  @property
+  def block(self) -> tuple[int, int]:
+    """Patches per mask block along rows and columns."""
+    return self.mask_patch_size // self.patch_size[0], self.mask_patch_size // self.patch_size[1]
+
+  @property
+  def blocks(self) -> tuple[int, int]:
+    """Mask blocks along rows and columns (the last ones cut at the edge)."""
+    return tuple(-(-g // b) for g, b in zip(self.grid, self.block))
+
+  @property
+  def masked_blocks(self) -> int:
+    return int(math.ceil(self.blocks[0] * self.blocks[1] * self.mask_ratio))
+
+
+def sample_mask(spec: Spec, rng: jax.Array, batch: int) -> jax.Array:
+  """bool [B, N]: the masked patches, in the ViT's row-major patch order."""
+  (bh, bw), (sh, sw) = spec.blocks, spec.block
+  noise = jax.random.uniform(rng, (batch, bh * bw))
+  # The ranks of i.i.d. noise are a random permutation: the first `masked_blocks` are masked.
+  blocks = jnp.argsort(jnp.argsort(noise, axis=1), axis=1) < spec.masked_blocks
+  mask = blocks.reshape(batch, bh, 1, bw, 1)
+  mask = jnp.broadcast_to(mask, (batch, bh, sh, bw, sw)).reshape(batch, bh * sh, bw * sw)
+  gh, gw = spec.grid
+  return mask[:, :gh, :gw].reshape(batch, gh * gw)
+
+
+class SimMimModel(nn.Module):
+  """The ViT with a mask token on its input and a linear pixel decoder on its patch outputs."""
+  backbone: VisionTransformer
+  patch_values: int  # ph * pw * channels
+
+  @nn.compact
+  def __call__(self, images: jax.Array, mask: Optional[jax.Array], *, train: bool) -> jax.Array:
+    """Model input [B, H, W, C], mask bool [B, N] -> predicted pixels [B, N, ph * pw * C]."""
+    mask_token = self.param(
+        'mask_token', nn.with_logical_partitioning(nn.initializers.normal(0.02), ('embed',)),
+        (self.backbone.hidden_size,), jnp.float32)
+    transform = None
+    if mask is not None:
+      transform = lambda x: jnp.where(mask[..., None], mask_token.astype(x.dtype), x)
+    encoded = self.backbone(images, train=train, patch_transform=transform)[:, 1:]
+    out = nn.Dense(self.patch_values, dtype=self.backbone.dtype, name='decoder',
+                   kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
+                                                            ('embed', 'classes')),
+                   bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ('classes',)))(
+                       encoded)
+    return out.astype(jnp.float32)
+
+
+def build_model(config: ml_collections.ConfigDict, m: dict) -> SimMimModel:
+  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
+  ph, pw = m['patches']['size']
+  return SimMimModel(backbone=backbone, patch_values=ph * pw * config.data.channels)
+
+
+def init_fn(model: SimMimModel, image_shape: tuple[int, ...]) -> Callable:
+  def init(rng):
+    return model.init(rng, jnp.zeros(image_shape, jnp.float32), None, train=False)['params']
+  return init
+
+
+def masked_l1(spec: Spec, pred: jax.Array, target: jax.Array, weights: jax.Array
+              ) -> tuple[jax.Array, jax.Array]:
+  """(the official L1 loss over weighted patches, the weight sum): summed absolute error on the
+  masked pixels of all channels / (masked pixels + 1e-5) / channels."""
+  ph, pw = spec.patch_size
+  total = jnp.sum(weights)
+  error = jnp.sum(jnp.abs(pred - target) * weights[..., None])
+  return error / (total * ph * pw + 1e-5) / spec.channels, total
+
+
+def loss_on(model: SimMimModel, spec: Spec, params, inputs: jax.Array, mask: jax.Array,
+            train: bool, rngs: Optional[dict] = None, valid: Optional[jax.Array] = None
+            ) -> tuple[jax.Array, dict]:
+  """The loss of one batch of model inputs under a given mask (what the tests compare)."""
+  pred = model.apply({'params': params}, inputs, mask, train=train, rngs=rngs or {})
+  weights = mask.astype(jnp.float32)
+  if valid is not None:  # Padding rows of an evaluation batch.
+    weights = weights * valid[:, None]
+  loss, count = masked_l1(spec, pred, targets_lib.pixels(inputs, spec.patch_size), weights)
+  return loss, {'masked_patches': count}
+
+
+def make_loss_fn(model: SimMimModel, spec: Spec, m: dict):
+  """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in."""
+  to_input = input_fn(m)
+
+  def loss_fn(params, batch, rng, train):
+    mask_rng, dropout_rng = jax.random.split(rng)
+    images = batch['image']
+    mask = sample_mask(spec, mask_rng, images.shape[0])
+    loss, aux = loss_on(model, spec, params, to_input(images), mask, train,
+                        rngs={'dropout': dropout_rng}, valid=batch.get('mask'))
+    return loss, aux
+  return loss_fn
+
+
+def make_representation_fn(m: dict):
+  """backbone params, uint8 images -> mean of the encoded patch tokens (as MPP's and MAE's)."""
+  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
+  to_input = input_fn(m)
+
+  def representation(params, images):
+    return backbone.apply({'params': params}, to_input(images), train=False)[:, 1:].mean(axis=1)
+  return representation
+
+
+def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
+  """config.simmim against the resolved model `m`; ConfigError naming the key."""
+  c = config.simmim
+  if not 0.0 < c.mask_ratio <= 1.0:
+    raise ConfigError('simmim.mask_ratio', c.mask_ratio, 'must be in (0, 1]')
+  patch = tuple(m['patches']['size'])
+  if (not isinstance(c.mask_patch_size, int) or c.mask_patch_size < 1
+      or any(c.mask_patch_size % p for p in patch)):
+    raise ConfigError('simmim.mask_patch_size', c.mask_patch_size,
+                      f'must be a positive multiple of the patch size {patch}')
+  if c.eval_examples < 0:
+    raise ConfigError('simmim.eval_examples', c.eval_examples, 'must be >= 0')

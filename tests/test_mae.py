@@ -1,0 +1,222 @@
+"""MAE: the loss equals transformers' ViTMAEForPreTraining on the same noise and weights; the
+masking is the official shuffle-and-keep; the loss sees masked patches only; a run through the
+entry point checkpoints, resumes, fine-tunes (`mae:DIR`) and exports."""
+import os
+import subprocess
+import sys
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.mae import fashion_mnist as mae_config
+from mae import objective
+from vit import checkpoints, config as config_lib, init_spec
+from vit.errors import ConfigError, UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tiny(image=16, **mae):
+  config = mae_config.get_config()
+  config.image_size = image
+  config.model.hidden_size, config.model.transformer.mlp_dim = 16, 32
+  config.model.transformer.num_heads, config.model.transformer.num_layers = 2, 2
+  config.mae.decoder.update(hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16)
+  config.mae.update(mae)
+  return config
+
+
+def _perturbed(params, seed=0, scale=0.2):
+  """Every parameter moved off its initial value (LayerNorms off 1/0, zero biases off 0)."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                   for x, k in zip(leaves, keys)])
+
+
+@pytest.mark.parametrize('norm_pix_loss', [True, False])
+def test_loss_equals_transformers_vit_mae(norm_pix_loss):
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from vit.testing import hf_masked_image
+  config = _tiny(norm_pix_loss=norm_pix_loss)
+  # transformers' ViTMAE: exact GELU, LayerNorm eps 1e-12 (the backbone's keys for both).
+  config.model.gelu_approximate, config.model.layer_norm_epsilon = False, 1e-12
+  m = config_lib.validate(config)
+  objective.check_config(config, m)
+  model, spec = objective.build_model(config, m), objective.Spec.from_config(config, m)
+  params = _perturbed(nn.unbox(objective.init_fn(model, spec, (1, 16, 16, 3))(
+      jax.random.key(0))))
+  rng = np.random.default_rng(0)
+  inputs = rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
+  inputs[0, :4, :4] = 0.5  # A flat patch: norm_pix_loss's eps decides its target.
+  noise = rng.uniform(size=(3, 16)).astype(np.float32)
+  loss, _ = objective.loss_on(model, spec, params, jnp.asarray(inputs), jnp.asarray(noise),
+                              train=False)
+  pred, mask = model.apply({'params': params}, inputs, noise, train=False)
+
+  hf_config = transformers.ViTMAEConfig(
+      image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
+      num_attention_heads=2, intermediate_size=32, decoder_hidden_size=8,
+      decoder_num_hidden_layers=1, decoder_num_attention_heads=2, decoder_intermediate_size=16,
+      mask_ratio=0.75, norm_pix_loss=norm_pix_loss, hidden_act='gelu', layer_norm_eps=1e-12,
+      hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, qkv_bias=True)
+  torch_model = transformers.ViTMAEForPreTraining(hf_config).eval()
+  # Our fixed decoder table is the official one, which transformers rebuilds (rotated into
+  # the official [w | h] layout) for the pretrained checkpoints.
+  from transformers.models.vit_mae import modeling_vit_mae as hf_mae
+  official = hf_mae.build_2d_sinusoidal_position_embedding(4, 4, 8, cls_token=True).numpy()
+  official = np.concatenate([official[:, 4:], official[:, :4]], axis=1)
+  np.testing.assert_allclose(objective.sincos_2d(4, 8), official, atol=1e-6)
+  state = hf_masked_image.mae_state(params, objective.sincos_2d(4, 8))
+  missing = torch_model.load_state_dict({k: torch.tensor(v) for k, v in state.items()},
+                                        strict=True)
+  assert not missing.missing_keys and not missing.unexpected_keys
+  with torch.no_grad():
+    out = torch_model(pixel_values=torch.from_numpy(inputs.transpose(0, 3, 1, 2)),
+                      noise=torch.from_numpy(noise))
+  np.testing.assert_array_equal(np.asarray(mask), out.mask.numpy().astype(bool))
+  np.testing.assert_allclose(np.asarray(pred), out.logits.numpy(), atol=2e-5)
+  np.testing.assert_allclose(float(loss), float(out.loss), rtol=2e-6)
+  assert float(loss) > 0.1
+
+
+def test_random_masking_is_the_official_shuffle_and_keep():
+  n, keep = 49, objective.num_kept(49, 0.75)
+  assert keep == 12  # int(49 * 0.25), as models_mae.py
+  noise = jax.random.uniform(jax.random.key(0), (4000, n))
+  ids_keep, mask, ids_restore = objective.random_masking(noise, keep)
+  mask, ids_keep = np.asarray(mask), np.asarray(ids_keep)
+  assert (mask.sum(1) == n - keep).all()
+  # The kept ids are the visible positions, the smallest noise first.
+  assert (~np.take_along_axis(mask, ids_keep, 1)).all()
+  kept_noise = np.take_along_axis(np.asarray(noise), ids_keep, 1)
+  assert (np.diff(kept_noise, axis=1) >= 0).all()  # (float32 noise ties now and then)
+  assert (kept_noise.max(1) <= np.where(mask, np.asarray(noise), 2).min(1)).all()
+  # Every position is masked with probability 37/49 (3 standard errors over 4000 images).
+  np.testing.assert_allclose(mask.mean(0), 37 / 49, atol=3 * np.sqrt(0.25 * 0.75 / 4000))
+  assert sorted(np.asarray(ids_restore)[0]) == list(range(n))
+
+
+def test_loss_ignores_visible_patches_and_normalises_targets():
+  spec = objective.Spec((4, 4), (7, 7), 0.75, True)
+  rng = np.random.default_rng(1)
+  inputs = rng.uniform(-1, 1, (2, 28, 28, 3)).astype(np.float32)
+  t = np.asarray(objective.targets(spec, jnp.asarray(inputs)))
+  assert t.shape == (2, 49, 48)
+  np.testing.assert_allclose(t.mean(-1), 0, atol=1e-5)
+  np.testing.assert_allclose(t.var(-1, ddof=1), 1, atol=1e-4)  # Unbiased, as torch's var.
+  pred = rng.normal(size=t.shape).astype(np.float32)
+  mask = rng.uniform(size=(2, 49)) < 0.75
+  loss, count = objective.masked_mse(pred, t, mask.astype(np.float32))
+  assert float(count) == mask.sum()
+  moved = np.where(mask[..., None], pred, pred + 100.0)  # Only the visible patches move.
+  np.testing.assert_allclose(objective.masked_mse(moved, t, mask.astype(np.float32))[0], loss)
+  expected = ((pred - t) ** 2).mean(-1)[mask].mean()
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+
+
+def test_encoder_sees_only_the_kept_patches():
+  config = _tiny()
+  m = config_lib.validate(config)
+  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
+  x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
+  params = backbone.init(jax.random.key(1), x, train=False)
+  keep = jnp.array([[3, 0, 9], [15, 4, 5]])
+  out = backbone.apply(params, x, train=False, keep=keep)
+  assert out.shape == (2, 4, 16)
+  # Visible tokens do not depend on the dropped patches' pixels.
+  y = x.at[:, 4:8, 4:8].add(5.0)  # Patch 5 of image 0 (dropped), kept in image 1.
+  moved = backbone.apply(params, y, train=False, keep=keep)
+  np.testing.assert_allclose(moved[0], out[0], atol=1e-6)
+  assert np.abs(np.asarray(moved[1] - out[1])).max() > 1e-3
+
+
+def test_config_errors_name_the_key():
+  config = _tiny(mask_ratio=0.99)
+  m = config_lib.validate(config)
+  with pytest.raises(ConfigError, match=r'config.mae.mask_ratio=0.99: leaves the encoder none'):
+    objective.check_config(config, m)
+  config = _tiny()
+  config.mae.decoder.num_heads = 3
+  with pytest.raises(ConfigError, match=r'mae.decoder.num_heads=3: does not divide'):
+    objective.check_config(config, config_lib.validate(config))
+  config = _tiny()
+  config.model.posemb = 'relative'
+  with pytest.raises(ConfigError, match=r'model.posemb'):
+    objective.check_config(config, config_lib.validate(config))
+
+
+def _run(workdir, *extra):
+  return subprocess.run(
+      [sys.executable, '-m', 'mae.train', '--config=configs/mae/fashion_mnist.py',
+       f'--workdir={workdir}', '--config.model.hidden_size=16',
+       '--config.model.transformer.num_layers=1', '--config.model.transformer.mlp_dim=32',
+       '--config.model.transformer.num_heads=2', '--config.mae.decoder.hidden_size=8',
+       '--config.mae.decoder.num_layers=1', '--config.mae.decoder.mlp_dim=16',
+       '--config.batch_size=16', '--config.eval_batch_size=64', '--config.mae.eval_examples=64',
+       '--config.log_every=1', *extra],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+@pytest.fixture(scope='module')
+def mae_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('mae') / 'run')
+  run = _run(workdir, '--config.total_steps=2')
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert 'step 2/2' in run.stdout and 'eval step 2: eval/loss' in run.stdout, run.stdout
+  return workdir
+
+
+def test_run_checkpoints_and_resumes(mae_workdir):
+  params = checkpoints.restore_params(mae_workdir)
+  assert set(params) == {'backbone', 'decoder'}
+  assert params['backbone']['Transformer']['posembed_input']['pos_embedding'].shape == (1, 50, 16)
+  assert params['decoder']['decoder_pred']['kernel'].shape == (8, 4 * 4 * 3)
+  assert checkpoints.saved_config(mae_workdir)['mae']['mask_ratio'] == 0.75
+  run = _run(mae_workdir, '--config.total_steps=3')
+  assert run.returncode == 0, run.stderr[-3000:]
+  assert f'resumed from {mae_workdir} at step 2' in run.stdout
+  assert 'step 3/3' in run.stdout
+
+
+def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
+  from configs.finetune import fashion_mnist as ft_config
+  from supervised import finetune
+  from vit import export
+  ckpt = init_spec.load(f'mae:{mae_workdir}')
+  saved = checkpoints.restore_params(mae_workdir)
+  assert (ckpt.image_size, ckpt.channels, ckpt.model['hidden_size']) == (28, 3, 16)
+  assert ckpt.model['classifier'] == 'token' and 'head' not in ckpt.params
+  with pytest.raises(UserError, match=r'not a SimMIM checkpoint.*try mae:'):
+    init_spec.load(f'simmim:{mae_workdir}')
+  with pytest.raises(UserError, match=r'an MAE checkpoint.*use mae:'):
+    init_spec.load(f'supervised:{mae_workdir}')
+
+  config = ft_config.get_config()
+  config.init = f'mae:{mae_workdir}'
+  m, ckpt = finetune.prepare(config)
+  grid = init_spec.grid_at(m, config.image_size)
+  target = init_spec.abstract_params(m, config.image_size, 3)
+  adapted = init_spec.adapt_params(ckpt.params, target, grid)
+  np.testing.assert_array_equal(
+      adapted['Transformer']['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'],
+      saved['backbone']['Transformer']['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'])
+  assert adapted['Transformer']['posembed_input']['pos_embedding'].shape == (1, 65, 16)
+  assert adapted['head']['kernel'].shape == (16, 10)
+
+  out = str(tmp_path / 'hf')
+  export.export(mae_workdir, 'hf', out)
+  transformers = pytest.importorskip('transformers')
+  torch = pytest.importorskip('torch')
+  hf_model = transformers.ViTModel.from_pretrained(out, add_pooling_layer=False).eval()
+  images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
+  ours = objective.make_representation_fn(ckpt.model)(ckpt.params, images)
+  with torch.no_grad():
+    theirs = hf_model(pixel_values=torch.from_numpy(
+        (images / 127.5 - 1).astype(np.float32).transpose(0, 3, 1, 2))).last_hidden_state
+  np.testing.assert_allclose(np.asarray(ours), theirs[:, 1:].mean(1).numpy(), atol=1e-4)

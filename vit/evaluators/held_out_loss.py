@@ -1,0 +1,42 @@
+"""An objective's own loss on held-out images, masked the same way at every evaluation.
+
+For the pixel-reconstruction objectives (mae/, simmim/): their training loss, computed without
+dropout on the first `examples` evaluation images, each batch with its own fixed key so that
+two evaluations (and two runs) see the same masks. `loss_fn(params, batch, rng, train)` must
+weight by `batch['mask']` (the evaluation pipeline's valid rows) and report the weight it
+averaged over as `metrics['masked_patches']`; batches are combined by that weight.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+
+from vit import sharding
+
+
+class HeldOutLoss:
+
+  def __init__(self, loss_fn: Callable, batches: Callable[[], Iterable[dict]], mesh, *,
+               examples: int, batch_size: int, seed: int = 0, name: str = 'eval'):
+    self.name, self._batches, self._mesh = name, batches, mesh
+    self._limit = -(-examples // batch_size)  # Whole (per-process) batches.
+    base = jax.random.key(seed)
+
+    def sums(params, batch, index):
+      loss, metrics = loss_fn(params, batch, jax.random.fold_in(base, index), False)
+      weight = metrics['masked_patches']
+      return {'loss': loss * weight, 'weight': weight}
+
+    self._sums = jax.jit(sums)
+
+  def evaluate(self, params) -> dict:
+    total = None
+    with self._mesh:
+      for index, batch in enumerate(itertools.islice(self._batches(), self._limit)):
+        s = self._sums(params, sharding.global_batch(batch, self._mesh), index)
+        total = s if total is None else jax.tree.map(jnp.add, total, s)
+    total = jax.device_get(total)
+    return {'loss': float(total['loss']) / max(float(total['weight']), 1e-9)}
