@@ -6,6 +6,7 @@ A writer killed with SIGKILL leaves a temporary that the next write beside it re
 """
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -147,3 +148,47 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path, kind):
     alive.wait(timeout=60)
   assert sorted(os.listdir(tmp_path)) == sorted(['out.npy', os.path.basename(partials[1])])
   np.testing.assert_array_equal(np.load(path), [0, 1, 2])
+
+
+def _train(workdir, total_steps, limit_kib=None):
+  """A tiny supervised run on Fashion-MNIST: checkpoints every 4 steps, ~30 kB each."""
+  args = ['-m', 'supervised.train', '--config=configs/supervised/fashion_mnist.py',
+          f'--workdir={workdir}', '--config.image_size=8', '--config.batch_size=8',
+          '--config.model.patches.size=(4,4)', '--config.model.hidden_size=16',
+          '--config.model.transformer.mlp_dim=32', '--config.model.transformer.num_layers=1',
+          '--config.model.transformer.num_heads=2', '--config.log_every=2',
+          '--config.checkpoint_every=4', '--config.eval_every=0',
+          '--config.optimizer.warmup_steps=1', f'--config.total_steps={total_steps}']
+  if limit_kib is None:
+    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+  return _run(args, limit_kib)
+
+
+def test_a_full_disk_during_training_stops_at_the_failed_save(tmp_path):
+  workdir = tmp_path / 'run'
+  checkpoints = workdir / 'checkpoints'
+  first = _train(workdir, 4)
+  assert first.returncode == 0, first.stderr[-3000:]
+  # A full disk from here on: the asynchronous save of step 8 fails in orbax's threads.
+  full = _train(workdir, 16, limit_kib=8)
+  last = _one_error_line(full)
+  stopped = re.fullmatch(
+      rf'error: checkpoint step 8 could not be saved \(File too large\); stopped at step '
+      rf'(\d+); the last complete checkpoint is {checkpoints}/4; free space and rerun the same '
+      rf'command to resume', last)
+  assert stopped, last
+  # At the first step after the failure is known, never later than the next save (step 12).
+  assert 8 < int(stopped[1]) <= 12 and 'step 14/16' not in full.stdout
+  assert full.stderr.strip().count('\n') == 0, full.stderr[-3000:]  # Only that line.
+  assert sorted(n for n in os.listdir(checkpoints) if n.isdigit()) == ['4']
+  again = _train(workdir, 16)  # Space freed: the same command resumes from step 4.
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f'resumed from {workdir} at step 4' in again.stdout
+  assert '16' in os.listdir(checkpoints)
+  # The disk fills again; the run's last save fails after its last step, and says so.
+  last_save = _train(workdir, 20, limit_kib=8)
+  assert _one_error_line(last_save) == (
+      f'error: checkpoint step 20 could not be saved (File too large); the last complete '
+      f'checkpoint is {checkpoints}/16; free space and rerun the same command to resume')
+  assert last_save.stderr.strip().count('\n') == 0, last_save.stderr[-3000:]

@@ -8,17 +8,25 @@ it when complete, so a partly written checkpoint (a save cut by `kill -9`) is ne
 temporary directories it leaves are removed when the next run opens the manager.
 
 Kept: the last `keep` steps (for resuming) plus the best one by `best_metric` (for using).
+
+A save runs in the background while training goes on. `check_saves`, called at every step,
+stops the run at the first step after a save failed (a full disk): `SaveFailed` names the step,
+the reason and the last complete checkpoint; orbax's own tracebacks of that failure (from its
+threads, and at shutdown) are not printed.
 """
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
+import logging
 import math
 import os
 import shutil
 import signal
 import sys
 import time
+import traceback
 from typing import Any, Optional
 
 import grain
@@ -29,6 +37,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers as policies
 
+from vit import atomic_write
 from vit.errors import UserError
 
 # Config keys that never change the saved state's structure. Resuming with them changed is
@@ -105,8 +114,14 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
   item: Any
 
 
+class Manager(ocp.CheckpointManager):
+  """orbax's manager, which also remembers the step whose save is still in flight."""
+  pending: Optional[int] = None
+  failed: Optional[tuple[int, str]] = None  # Several processes: until the next sync step.
+
+
 def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
-            best_mode: str = 'max', read_only: bool = False) -> ocp.CheckpointManager:
+            best_mode: str = 'max', read_only: bool = False) -> Manager:
   keep_policy = [policies.LatestN(n=keep)]
   if best_metric:
     keep_policy.append(policies.BestN(get_metric_fn=_metric_fn(best_metric, best_mode),
@@ -125,8 +140,10 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
   handlers = {'state': ocp.StandardCheckpointHandler(),
               'data': DataIteratorHandler(),
               'config': ocp.JsonCheckpointHandler()}
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, 'checkpoints')),
-                               options=options, item_handlers=handlers)
+  if not read_only:
+    _quiet_failed_saves()
+  return Manager(os.path.abspath(os.path.join(workdir, 'checkpoints')), options=options,
+                 item_handlers=handlers)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
@@ -139,7 +156,109 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
   if data_iterator is not None:
     args['data'] = DataIteratorSave(data_iterator)
   metrics = {k: float(v) for k, v in metrics.items()} if metrics else {}
-  mngr.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
+  try:
+    mngr.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
+  except Exception as e:  # The previous save's failure, raised when this one waits for it.
+    reason = atomic_write.no_room_reason(e)
+    if reason is None:
+      raise
+    failed, mngr.pending = mngr.pending, None
+    raise SaveFailed(mngr, failed if failed is not None else step, step, reason) from None
+  mngr.pending = step
+
+
+class SaveFailed(UserError):
+  """A checkpoint could not be written (a full disk): the run stops at once."""
+
+  def __init__(self, mngr: ocp.CheckpointManager, failed: int, now: Optional[int],
+               reason: str):
+    gc.collect()  # The failed writes' coroutines, closed now rather than noisily at exit.
+    mngr.reload()  # The steps on disk: orbax forgets the ones it meant to delete next.
+    last = mngr.latest_step()
+    complete = (f'the last complete checkpoint is {mngr.directory}/{last}' if last is not None
+                else f'no complete checkpoint is in {mngr.directory}')
+    stopped = f'stopped at step {now}; ' if now is not None and now != failed else ''
+    super().__init__(f'checkpoint step {failed} could not be saved ({reason}); {stopped}'
+                     f'{complete}; free space and rerun the same command to resume')
+
+
+def wait_for_saves(mngr: ocp.CheckpointManager) -> None:
+  """Blocks until the save in flight is complete; SaveFailed when it failed (a full disk)."""
+  pending, mngr.pending = mngr.pending, None
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    reason = atomic_write.no_room_reason(e)
+    if reason is None or pending is None:
+      raise
+    raise SaveFailed(mngr, pending, None, reason) from None
+
+
+def check_saves(mngr: ocp.CheckpointManager, step: int, sync: bool) -> None:
+  """Raises SaveFailed once the save in flight has failed; call at every step.
+
+  One process: a finished save is checked at every step (no device sync: the state of a thread).
+  Several: at the loop's sync steps only, all processes agree through an all-gather, so that
+  every process stops at the same step whichever one's write failed.
+  """
+  failed = None
+  pending = mngr.pending
+  if pending is not None and not mngr.is_saving_in_progress():
+    mngr.pending = None
+    try:
+      mngr.wait_until_finished()
+    except Exception as e:
+      reason = atomic_write.no_room_reason(e)
+      if reason is None:
+        raise
+      failed = (pending, reason)
+  if jax.process_count() == 1:
+    if failed:
+      raise SaveFailed(mngr, failed[0], step, failed[1])
+    return
+  if failed:  # Kept until the next sync step, where every process learns of it.
+    mngr.failed = failed
+  if not sync:
+    return
+  from jax.experimental import multihost_utils
+  mine = mngr.failed
+  steps = multihost_utils.process_allgather(np.int32(-1 if mine is None else mine[0]))
+  if np.any(steps >= 0):
+    failed_step = int(steps[steps >= 0].min())
+    raise SaveFailed(mngr, failed_step, step, mine[1] if mine else 'failed on another process')
+
+
+class _FailedSaveFilter(logging.Filter):
+  """Drops orbax's log records of a write that failed for lack of room: `check_saves` reports
+  that failure in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if f'{os.sep}orbax{os.sep}' not in record.pathname or record.levelno < logging.ERROR:
+      return True
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or atomic_write.no_room_reason(error) is None
+
+
+def _quiet_failed_saves() -> None:
+  """After a failed write, orbax logs it from several threads, and TensorStore's callbacks of
+  the writes still in flight meet the closed event loop of the failed save ('Event loop is
+  closed', reported as unraisable); neither says more than `check_saves` does."""
+  absl_logger = logging.getLogger('absl')
+  if not any(isinstance(f, _FailedSaveFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_FailedSaveFilter())
+  if getattr(sys.unraisablehook, 'quiet_failed_saves', False):
+    return
+  previous = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) ==
+        'Event loop is closed' and any(frame.name == 'call_soon_threadsafe' for frame in
+                                       traceback.extract_tb(unraisable.exc_traceback))):
+      return
+    previous(unraisable)
+
+  unraisablehook.quiet_failed_saves = True
+  sys.unraisablehook = unraisablehook
 
 
 def restore(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator=None,

@@ -105,8 +105,10 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainS
     finally:
       # Whatever ends the loop (the last step, a signal, a non-finite step, an error), a save
       # in flight is completed: the last good checkpoint must be whole.
-      mngr.wait_until_finished()
-      writer.flush()
+      try:
+        checkpoints.wait_for_saves(mngr)
+      finally:
+        writer.flush()
 
 
 @dataclasses.dataclass
@@ -143,8 +145,9 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> TrainState:
     window.add(step, metrics)
     # Every process asks at every step (the multi-host agreement needs it); a signal during
     # the last step changes nothing, that step's save is the final one anyway.
-    stopping = run.stop.should_stop(step, sync=bool(config.log_every)
-                                    and step % config.log_every == 0)
+    sync = bool(config.log_every) and step % config.log_every == 0
+    checkpoints.check_saves(run.mngr, step, sync)  # A failed save stops the run here.
+    stopping = run.stop.should_stop(step, sync=sync)
     stopping = stopping and step < config.total_steps
     due = _due(config, task, step, stopping)
     if any(due.values()):
@@ -159,7 +162,7 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> TrainState:
     if eval_metrics is not None:
       _check_best_metric(config, eval_metrics)  # After the save: a typo loses no training.
     if stopping:
-      run.mngr.wait_until_finished()
+      checkpoints.wait_for_saves(run.mngr)
       print(f'stopped after step {step} ({_signal_name(run.stop)}); saved '
             f'{run.mngr.directory}/{step}; rerun the same command to resume', flush=True)
       raise checkpoints.Preempted(step)
