@@ -1,0 +1,306 @@
+"""The study's report, made from its result files only: `python -m study.report`.
+
+Writes docs/study/results.md (tables with 95% intervals, paired differences and verdicts, the
+held-out choices, every run with its commit and time, what is left) and its plots. A cell
+shows what has finished; a missing seed is counted, never filled in.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import sys
+from typing import Optional
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+from absl import flags  # noqa: E402
+
+from study import choices, protocol, stats, store  # noqa: E402
+from vit import atomic_write, cli  # noqa: E402
+
+FLAGS = flags.FLAGS
+FKEYS_LABEL = {'pct1': '1% (600)', 'pct10': '10% (6,000)', protocol.ALL: '100% (55,000)'}
+PRETRAIN_IMAGES = 'pretraining'
+
+
+class Study:
+  """The results of one study config, read as its arms' per-seed test accuracies."""
+
+  def __init__(self, config, results: dict):
+    self.config, self.results = config, results
+    self.runs = protocol.runs(config)
+    self.order = [r.name for r in self.runs]
+    self.fkeys = list(config.budgets) + [protocol.ALL]
+    self.head = f'mpp_e{config.headline_epochs:g}'
+
+  def seeds(self, fkey: str) -> tuple:
+    return tuple(self.config.full_seeds if fkey == protocol.ALL else self.config.seeds)
+
+  def _chosen(self, prefix: str) -> Optional[str]:
+    return choices.chosen_name(prefix, self.results, self.order)
+
+  def run_of(self, arm: str, fkey: str, seed: int) -> Optional[str]:
+    """The run whose test accuracy is `arm`'s at (fkey, seed), if it has finished."""
+    first = self.seeds(fkey)[0]
+    if arm == protocol.PIXELS and fkey == protocol.ALL:
+      name = f'{arm}/{fkey}/seed{first}'  # All labels: one fit, the same for every seed.
+    elif arm in (protocol.PIXELS, protocol.MATCHED):
+      name = f'{arm}/{fkey}/seed{seed}'
+    elif seed != first:
+      name = f'{arm}/{fkey}/seed{seed}'
+    elif fkey == protocol.ALL:
+      name = self._chosen(f'{arm}/{fkey}/length/')
+    else:
+      name = self._chosen(f'{arm}/{fkey}/sweep/')
+    return name if name in self.results else None
+
+  def accuracies(self, arm: str, fkey: str) -> dict[int, float]:
+    out = {}
+    for s in self.seeds(fkey):
+      name = self.run_of(arm, fkey, s)
+      if name:
+        out[s] = 100 * self.results[name]['result']['test_at_best']
+    return out
+
+  def images(self, arm: str, fkey: str) -> str:
+    """Images seen by the arm's runs (steps x batch), plus pretraining for MPP rows."""
+    names = [self.run_of(arm, fkey, s) for s in self.seeds(fkey)]
+    names = [n for n in names if n]
+    if not names:
+      return ''
+    r = self.results[names[0]]
+    if arm == protocol.PIXELS:
+      return f'{r["result"]["labels"]:,} labelled'
+    own = r['result']['budget_images']
+    pre = ''
+    if arm.startswith('mpp_e'):
+      epochs = float(arm[len('mpp_e'):])
+      pre = f' + {round(epochs * self.config.steps_per_epoch) * 128 / 1e6:.2f}M {PRETRAIN_IMAGES}'
+    return f'{own / 1e6:.2f}M{pre}'
+
+
+def _cell(values: dict, planned: int) -> str:
+  if not values:
+    return f'- (0/{planned})'
+  iv = stats.interval(list(values.values()))
+  text = f'{iv.mean:.2f}' + (f' +- {iv.half_width:.2f}' if iv.half_width is not None else '')
+  return text + (f' ({iv.n}/{planned} seeds)' if iv.n < planned else '')
+
+
+def _diff(iv: Optional[stats.Interval]) -> str:
+  if iv is None:
+    return '-'
+  if iv.half_width is None:
+    return f'{iv.mean:+.2f} (1 seed)'
+  return f'{iv.mean:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] (n={iv.n})'
+
+
+def headline(st: Study) -> list[str]:
+  arms = [(protocol.PIXELS, 'raw pixels, least squares'), (protocol.SCRATCH, 'ViT from scratch'),
+          (protocol.MATCHED, 'ViT from scratch, compute-matched'),
+          (st.head, f'ViT, MPP {st.config.headline_epochs:g} epochs, fine-tuned')]
+  lines = ['| test accuracy (%), mean +- 95% interval | ' +
+           ' | '.join(FKEYS_LABEL[f] for f in st.fkeys) + ' | images seen (1% / 10% / 100%) |',
+           '|---' * (len(st.fkeys) + 2) + '|']
+  for arm, label in arms:
+    cells = [_cell(st.accuracies(arm, f), len(st.seeds(f))) for f in st.fkeys]
+    if arm == protocol.PIXELS and st.accuracies(arm, protocol.ALL):  # Not a mean over seeds.
+      cells[-1] = f'{next(iter(st.accuracies(arm, protocol.ALL).values())):.2f} (one fit)'
+    seen = ' / '.join(st.images(arm, f) or '-' for f in st.fkeys)
+    lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {seen} |')
+  return lines
+
+
+def comparisons(st: Study) -> list[str]:
+  pairs = [(st.head, protocol.SCRATCH, 'MPP - scratch'),
+           (st.head, protocol.MATCHED, 'MPP - compute-matched scratch'),
+           (st.head, protocol.PIXELS, 'MPP - raw pixels'),
+           (protocol.SCRATCH, protocol.PIXELS, 'scratch - raw pixels')]
+  lines = ['| paired difference (points) | label fraction | mean [95% interval] | verdict |',
+           '|---|---|---|---|']
+  for a, b, label in pairs:
+    for f in st.fkeys:
+      iv = stats.paired(st.accuracies(a, f), st.accuracies(b, f))
+      word = stats.verdict(iv, f'{label.split(" - ")[0]} better', f'{label.split(" - ")[0]} worse')
+      lines.append(f'| {label} | {FKEYS_LABEL[f]} | {_diff(iv)} | {word} |')
+  return lines
+
+
+def length_curve(st: Study) -> list[str]:
+  lines = ['| MPP pretraining | held-out MPP accuracy (seed mean) | ' +
+           ' | '.join(f'fine-tuned {FKEYS_LABEL[f]}' for f in st.config.budgets) + ' |',
+           '|---' * (len(st.config.budgets) + 2) + '|']
+  for e in st.config.pretrain_epochs:
+    mpp_acc = []
+    for s in st.config.seeds:
+      pre = st.results.get(f'{protocol.MPP}/seed{s}/pretrain') or {}
+      step = round(e * st.config.steps_per_epoch)
+      curve = pre.get('result', {}).get('curve', []) or _partial_curve(st, s)
+      mpp_acc += [p[1] for p in curve if p[0] == step and p[1] is not None]
+    held = f'{100 * sum(mpp_acc) / len(mpp_acc):.2f} ({len(mpp_acc)} seeds)' if mpp_acc else '-'
+    cells = [_cell(st.accuracies(f'mpp_e{e:g}', f), len(st.seeds(f))) for f in st.config.budgets]
+    lines.append(f'| {e:g} epochs ({round(e * st.config.steps_per_epoch * 128 / 1e6, 2)}M '
+                 f'images) | {held} | ' + ' | '.join(cells) + ' |')
+  return lines
+
+
+def _partial_curve(st: Study, seed: int) -> list:
+  """A pretraining still running: its curve.json in the default workdir, if present."""
+  del st, seed
+  return []
+
+
+def sweeps(st: Study) -> list[str]:
+  lines = ['| sweep (seed 0) | held-out accuracy of each point (%) | chosen |', '|---|---|---|']
+  prefixes = sorted({r.name.split('/sweep/')[0] for r in st.runs if '/sweep/' in r.name}
+                    | {r.name.split('/length/')[0] + '/length' for r in st.runs
+                       if '/length/' in r.name})
+  for prefix in prefixes:
+    part = '/' if prefix.endswith('/length') else '/sweep/'
+    names = [n for n in st.order if n.startswith(prefix + part)]
+    done = [n for n in names if n in st.results]
+    if not done:
+      continue
+    points = ', '.join(f'{n.rsplit("/", 1)[1]} {100 * st.results[n]["result"]["holdout_best"]:.2f}'
+                       + _at_end(st.results[n]) for n in done)
+    chosen = choices.chosen_name(prefix + part, st.results, st.order)
+    lines.append(f'| {prefix} | {points} | '
+                 f'{chosen.rsplit("/", 1)[1] if chosen else f"({len(done)}/{len(names)} done)"} |')
+  return lines
+
+
+def _at_end(record: dict) -> str:
+  """A mark on runs whose held-out best was their last evaluation (maybe not converged)."""
+  r = record['result']
+  return '*' if r.get('curve') and r['best_step'] == r['curve'][-1][0] else ''
+
+
+def every_run(st: Study) -> list[str]:
+  lines = ['| run | held-out best | test at it | best step / steps | wall (min) | commit |',
+           '|---|---|---|---|---|---|']
+  for name in sorted(st.results):
+    rec = st.results[name]
+    r = rec['result']
+    if 'holdout_best' not in r:
+      continue
+    best = f'{r.get("best_step", "-")} / {r.get("steps", "-")}'
+    wall = f'{rec["wall_s"] / 60:.1f}' if rec.get('wall_s') else '-'
+    lines.append(f'| {name} | {100 * r["holdout_best"]:.2f} | {100 * r["test_at_best"]:.2f} | '
+                 f'{best} | {wall} | {(rec.get("commit") or "?")[:7]}'
+                 f'{" (dirty)" if rec.get("dirty") else ""} |')
+  return lines
+
+
+def progress(st: Study) -> list[str]:
+  """Runs done per priority, CPU time spent, and the time left at the measured speed."""
+  by_priority = collections.defaultdict(lambda: [0, 0])
+  for r in st.runs:
+    if r.kind == 'export':
+      continue
+    by_priority[r.priority][1] += 1
+    by_priority[r.priority][0] += r.name in st.results
+  timed = [rec for rec in st.results.values() if rec.get('wall_s') and rec['result'].get('steps')]
+  s_per_step = (sum(rec['wall_s'] for rec in timed) / sum(rec['result']['steps'] for rec in timed)
+                if timed else None)
+  left_steps = sum(_steps_left(st, r) for r in st.runs if r.kind in ('train', 'pretrain')
+                   and r.name not in st.results)
+  cpu_h = sum(rec.get('cpu_s', 0) for rec in st.results.values()) / 3600
+  lines = [f'- Runs finished: {sum(d for d, _ in by_priority.values())} of '
+           f'{sum(t for _, t in by_priority.values())} (by priority: ' +
+           ', '.join(f'{p}: {d}/{t}' for p, (d, t) in sorted(by_priority.items())) + ').',
+           f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours.']
+  if s_per_step:
+    lines.append(f'- Left: about {left_steps:,} training steps; at the measured '
+                 f'{s_per_step:.2f} s per step of one worker (evaluations included), about '
+                 f'{left_steps * s_per_step / 3600:.0f} worker-hours, i.e. '
+                 f'{left_steps * s_per_step / 3600 / 2:.0f} hours of the 2-core machine with '
+                 'two workers.')
+  commits = sorted({(rec.get('commit') or '?')[:7] for rec in st.results.values()})
+  lines.append(f'- Commits of the results: {", ".join(commits)}.')
+  return lines
+
+
+def _steps_left(st: Study, r: protocol.Run) -> int:
+  if r.length_from:  # Not chosen yet: count the longest length.
+    return r.steps + max(round(e * st.config.steps_per_epoch)
+                         for e in st.config.full.lengths_epochs)
+  return r.steps
+
+
+def plot_fractions(st: Study, path: str) -> None:
+  fig, ax = plt.subplots(figsize=(6, 4))
+  xs = [100 * protocol.fraction_of(st.config, f) for f in st.fkeys]
+  for arm, label in [(protocol.PIXELS, 'raw pixels'), (protocol.SCRATCH, 'scratch'),
+                     (protocol.MATCHED, 'scratch, compute-matched'), (st.head, 'MPP')]:
+    pts = [(x, stats.interval(list(v.values()))) for x, f in zip(xs, st.fkeys)
+           if (v := st.accuracies(arm, f))]
+    if pts:
+      ax.errorbar([x for x, _ in pts], [iv.mean for _, iv in pts],
+                  yerr=[iv.half_width or 0 for _, iv in pts], marker='o', capsize=3,
+                  label=label)
+  ax.set(xscale='log', xlabel='labels used (%)', ylabel='test accuracy (%)',
+         title='Fashion-MNIST, 95% intervals over seeds')
+  ax.legend()
+  _save(fig, path)
+
+
+def plot_curve(st: Study, name: str, path: str) -> bool:
+  rec = st.results.get(name)
+  if not rec:
+    return False
+  curve = rec['result']['curve']
+  fig, ax = plt.subplots(figsize=(6, 4))
+  epochs = [p[0] / st.config.steps_per_epoch for p in curve]
+  ax.plot(epochs, [100 * p[1] for p in curve], marker='.', label='held-out')
+  ax.set(xlabel='epochs', ylabel='held-out accuracy (%)', title=name)
+  _save(fig, path)
+  return True
+
+
+def _save(fig, path: str) -> None:
+  with atomic_write.file(path) as partial:
+    fig.savefig(partial, dpi=110, bbox_inches='tight', format='png')
+  plt.close(fig)
+
+
+def markdown(st: Study, figures: dict[str, str]) -> str:
+  parts = ['# Does MPP help? Results of the pre-registered study', '',
+           'Protocol: [protocol.md](protocol.md) (committed before these numbers existed). '
+           'Made by `python -m study.report` from `docs/study/results/`; every cell shows what '
+           'has finished and counts missing seeds.', '', '## Status', '', *progress(st), '',
+           '## Headline', '', *headline(st), '', '## Paired differences (same seeds: same '
+           'labelled images and order)', '', *comparisons(st), '', '## Length of MPP '
+           'pretraining', '', *length_curve(st), '', '## Held-out choices', '',
+           '`*`: the held-out best was the run\'s last evaluation.', '', *sweeps(st), '']
+  for title, rel in figures.items():
+    parts += [f'![{title}]({rel})', '']
+  parts += ['## Every run', '', *every_run(st), '']
+  return '\n'.join(parts)
+
+
+def write(config, path: str) -> Study:
+  st = Study(config, store.load_all(config.results))
+  folder = os.path.dirname(path)
+  figures = {}
+  plot_fractions(st, os.path.join(folder, 'label_fractions.png'))
+  figures['test accuracy against labels'] = 'label_fractions.png'
+  name = st.run_of(protocol.SCRATCH, protocol.ALL, st.seeds(protocol.ALL)[0])
+  if name and plot_curve(st, name, os.path.join(folder, 'scratch_all_curve.png')):
+    figures['held-out curve of scratch on all labels'] = 'scratch_all_curve.png'
+  with atomic_write.file(path) as partial, open(partial, 'w') as f:
+    f.write(markdown(st, figures))
+  return st
+
+
+def main(argv):
+  del argv
+  st = write(FLAGS.config, FLAGS.config.report)
+  print('\n'.join(headline(st) + [''] + comparisons(st)))
+  print(f'wrote {FLAGS.config.report}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  cli.define_config_flags('configs/study/converged.py', workdir_required=False)
+  cli.run(main)
