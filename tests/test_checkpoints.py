@@ -247,6 +247,47 @@ def test_partly_written_checkpoint_is_never_read(tmp_path, reference, capsys):
   assert_bitwise_equal(resumed, reference)
 
 
+def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
+  """The issue's recipe: a finished run's newest step copied to a higher number, its state
+  files cut in half. Every reader (export, the supervised:/mpp: init specs) reads the newest
+  step that reads, saying which it skipped; when none reads, one line names them all."""
+  import shutil
+  import subprocess
+  import sys
+  from vit import init_spec
+  train(tmp_path, tiny_config(total_steps=4))
+  ckpt = tmp_path / 'checkpoints'
+  shutil.copytree(ckpt / '4', ckpt / '9')
+  for name in glob.glob(f'{ckpt}/9/state/**/*', recursive=True):
+    if os.path.isfile(name):
+      with open(name, 'r+b') as f:
+        f.truncate(os.path.getsize(name) // 2)
+  capsys.readouterr()
+  loaded = init_spec.load(f'supervised:{tmp_path}')
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith(
+      f'warning: skipped the unreadable checkpoint {ckpt}/9 (') and err[0].endswith(
+          '); reading step 4'), err
+  want = checkpoints.restore_params(str(tmp_path), 4, use_ema=True)
+  assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.params),
+                                                   jax.tree.leaves(want)))
+  assert steps_on_disk(tmp_path) == [2, 4, 9]  # A reader moves nothing.
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  export = subprocess.run(
+      [sys.executable, '-m', 'vit.export', f'--checkpoint={tmp_path}', '--format=vit_jax',
+       f'--out={tmp_path / "m.npz"}'], cwd=root, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert export.returncode == 0, export.stderr[-3000:]
+  assert 'Traceback' not in export.stderr
+  assert export.stderr.strip().splitlines()[-1].startswith(
+      f'warning: skipped the unreadable checkpoint {ckpt}/9 (')
+  truncate_state(tmp_path, 4, 'metadata')
+  truncate_state(tmp_path, 2, 'array data')
+  with pytest.raises(UserError, match=rf'^{ckpt}: no checkpoint step could be read \(step 9: '
+                                      r'.*; step 4: .*; step 2: .*\)$'):
+    init_spec.load(f'supervised:{tmp_path}')
+
+
 def test_incompatible_config_lists_keys_and_shapes(tmp_path):
   train(tmp_path, tiny_config(total_steps=2))
   wider = tiny_config(total_steps=4)

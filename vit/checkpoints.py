@@ -392,29 +392,68 @@ def best_step(mngr: ocp.CheckpointManager, best_metric: str, best_mode: str = 'm
 
 
 def saved_config(workdir: str, step: Optional[int] = None) -> dict:
-  """The config a run saved with its checkpoint."""
-  mngr = manager(workdir, read_only=True)
-  step = mngr.latest_step() if step is None else step
+  """The config a run saved with its checkpoint (the newest readable step by default)."""
   if step is None:
-    raise UserError(f'{workdir}: no checkpoint found under {workdir}/checkpoints')
+    return read_params(workdir)[0]
+  mngr = manager(workdir, read_only=True)
   return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
 
 
 def restore_params(workdir: str, step: Optional[int] = None, *, use_ema: bool = False) -> dict:
-  """Only the parameters of a saved train state, on the host, for fine-tuning or inspection."""
-  mngr = manager(workdir, read_only=True)
-  step = mngr.latest_step() if step is None else step
+  """Only the parameters of a saved train state, on the host, for fine-tuning or inspection
+  (the newest readable step by default)."""
   if step is None:
+    return read_params(workdir, use_ema=use_ema)[1]
+  return _read_params_at(manager(workdir, read_only=True), step, use_ema)
+
+
+def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int]:
+  """(saved config, parameters, step) of the newest step that reads, for the readers of a
+  workdir (export, prediction, fine-tuning, few-shot, inspection).
+
+  As `resume`, a step that cannot be read (a truncated file, a half-copied step) is skipped with
+  a one-line warning naming it, for the previous one; nothing is moved (a reader changes no
+  workdir). Only the parameters are read (the EMA ones with `use_ema` when the run kept them),
+  never the optimiser's moments. UserError naming every step when none reads.
+  """
+  mngr = manager(workdir, read_only=True)
+  steps = sorted(mngr.all_steps(), reverse=True)
+  if not steps:
     raise UserError(f'{workdir}: no checkpoint found under {workdir}/checkpoints')
-  # Restore onto this host's first device whatever mesh saved it: a pod checkpoint must load
-  # on a workstation (orbax refuses the saved shardings on another topology).
-  local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  metadata = mngr.item_metadata(step)['state']
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
-                        metadata, is_leaf=lambda m: hasattr(m, 'shape'))
-  item = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target)))['state']
-  key = 'ema_params' if use_ema and item.get('ema_params') is not None else 'params'
+  problems = []
+  for step in steps:
+    try:
+      config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
+          'config']
+      params = _read_params_at(mngr, step, use_ema)
+    except Exception as e:  # Any read failure makes this step unusable; try an older one.
+      problems.append((step, _shorten(_one_line(e))))
+      continue
+    for bad, reason in problems:
+      print(f'warning: skipped the unreadable checkpoint {mngr.directory}/{bad} ({reason}); '
+            f'reading step {step}', file=sys.stderr, flush=True)
+    return config, params, step
+  reasons = '; '.join(f'step {s}: {r}' for s, r in problems)
+  raise UserError(f'{mngr.directory}: no checkpoint step could be read ({reasons})')
+
+
+def _read_params_at(mngr: ocp.CheckpointManager, step: int, use_ema: bool) -> dict:
+  """`params` (or `ema_params`) of one step's state, alone, onto this host's first device
+  whatever mesh saved it: a pod checkpoint must load on a workstation (orbax refuses the saved
+  shardings on another topology)."""
+  directory = epath.Path(mngr.directory) / str(step) / 'state'
+  handler = ocp.PyTreeCheckpointHandler()
+  try:
+    tree = handler.metadata(directory).tree
+    key = 'ema_params' if use_ema and tree.get('ema_params') is not None else 'params'
+    local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = {key: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=local),
+                                tree[key], is_leaf=lambda m: hasattr(m, 'shape'))}
+    restore_args = jax.tree.map(lambda _: ocp.ArrayRestoreArgs(sharding=local), target)
+    item = handler.restore(directory, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  finally:
+    handler.close()
   return jax.device_get(item[key])
 
 

@@ -112,8 +112,7 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   if not os.path.isdir(path):
     raise UserError(f'{fmt}:{path}: directory not found' if fmt else
                     f'--checkpoint {path}: directory not found (a trainer workdir, or FORMAT:PATH)')
-  saved = checkpoints.saved_config(path)
-  params = checkpoints.restore_params(path, use_ema=use_ema)
+  saved, params, _ = checkpoints.read_params(path, use_ema=use_ema)  # The newest readable step.
   found = _pretraining_kind(params)
   if fmt is None:
     fmt = found or 'supervised'
