@@ -33,7 +33,7 @@ import ml_collections
 import numpy as np
 
 from mpp import targets as targets_lib
-from vit import config as config_lib
+from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
 from vit.models.layer_norm import LayerNorm
 from vit.models.vit import Encoder1DBlock, VisionTransformer
@@ -204,16 +204,16 @@ def loss_on(model: MaeModel, spec: Spec, params, inputs: jax.Array, noise: jax.A
 
 
 def make_loss_fn(model: MaeModel, spec: Spec, m: dict):
-  """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in."""
+  """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in; `rng`
+  feeds the masking noise and dropout. Metrics: `masked_patches`, the patches averaged over."""
   to_input = input_fn(m)
 
   def loss_fn(params, batch, rng, train):
     noise_rng, dropout_rng = jax.random.split(rng)
     images = batch['image']
     noise = jax.random.uniform(noise_rng, (images.shape[0], spec.num_patches))
-    loss, aux = loss_on(model, spec, params, to_input(images), noise, train,
-                        rngs={'dropout': dropout_rng}, valid=batch.get('mask'))
-    return loss, aux
+    return loss_on(model, spec, params, to_input(images), noise, train,
+                   rngs={'dropout': dropout_rng}, valid=batch.get('mask'))
   return loss_fn
 
 
@@ -228,6 +228,49 @@ def make_representation_fn(m: dict):
   def representation(params, images):
     return backbone.apply({'params': params}, to_input(images), train=False)[:, 1:].mean(axis=1)
   return representation
+
+
+@dataclasses.dataclass(frozen=True)
+class MaeObjective:
+  """MAE as a `vit.objective.Objective` (what mae.train trains).
+
+  Parameters: {'backbone': the ViT (official names), 'decoder': see the module}.
+  `predictions` are the decoder's pixels, float32 [B, N, ph * pw * C] (normalised per patch
+  under norm_pix_loss), every patch predicted, under masking noise from a fixed key
+  (jax.random.key(0)) so that repeated calls compare. `representation` is the mean of the
+  backbone's encoded patch tokens, float32 [B, D], with every patch visible.
+  """
+  model: MaeModel
+  spec: Spec
+  image_shape: tuple[int, int, int, int]  # (1, H, W, C) traced at init.
+  m: dict = dataclasses.field(repr=False, compare=False)  # The resolved model (a dict).
+
+  def init_params(self, rng: jax.Array):
+    return init_fn(self.model, self.spec, self.image_shape)(rng)
+
+  def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+    return make_loss_fn(self.model, self.spec, self.m)(params, batch, rng, train)
+
+  def predictions(self, params, batch) -> jax.Array:
+    images = batch['image']
+    noise = jax.random.uniform(jax.random.key(0), (images.shape[0], self.spec.num_patches))
+    return self.model.apply({'params': params}, input_fn(self.m)(images), noise,
+                            train=False)[0]
+
+  def representation(self, params, images: jax.Array) -> jax.Array:
+    return make_representation_fn(self.m)(self.backbone(params), images)
+
+  def backbone(self, params):
+    return params['backbone']
+
+
+def build(config: ml_collections.ConfigDict, m: dict) -> MaeObjective:
+  """The MAE objective of a validated config (`m`: its resolved model); its own
+  section is checked here, so the trainer, vit.plan and the benchmarks all check it."""
+  check_config(config, m)
+  return MaeObjective(model=build_model(config, m), spec=Spec.from_config(config, m),
+                      image_shape=(1, config.image_size, config.image_size,
+                                   config.data.channels), m=m)
 
 
 def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
@@ -260,3 +303,7 @@ def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
                       'attention (defined on the whole grid) cannot follow')
   if c.eval_examples < 0:
     raise ConfigError('mae.eval_examples', c.eval_examples, 'must be >= 0')
+
+
+DEFINITION = objective_lib.Definition(
+    name='mae', build=build, section=lambda: config_lib.defaults().mae, validate=check_config)

@@ -18,21 +18,18 @@ FLAGS = flags.FLAGS
 
 
 def build_task(config, m) -> loop.Task:
-  model = objective.build_model(config, m)
-  spec = objective.Spec.from_config(config, m)
-  image_shape = (1, config.image_size, config.image_size, config.data.channels)
-  loss_fn = objective.make_loss_fn(model, spec, m)
+  obj = objective.build(config, m)
   mesh = sharding.make_mesh(config.mesh)
   evaluators = []
   if config.mae.eval_examples:
     evaluators.append(held_out_loss.HeldOutLoss(
-        loss_fn, lambda: pipeline.eval_batches(config), mesh, examples=config.mae.eval_examples,
+        obj.loss, lambda: pipeline.eval_batches(config), mesh,
+        examples=config.mae.eval_examples,
         batch_size=pipeline.per_process_batch(config.eval_batch_size, 'eval_batch_size'),
         seed=config.seed))
   if config.fewshot.enabled:
-    evaluators.append(fewshot.FewShotEvaluator(
-        config, objective.make_representation_fn(m), mesh, params_fn=lambda p: p['backbone']))
-  return loop.Task(init_params=objective.init_fn(model, spec, image_shape), loss_fn=loss_fn,
+    evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
+  return loop.Task(init_params=obj.init_params, loss_fn=obj.loss,
                    train_data=pipeline.train_dataset(config), evaluators=evaluators)
 
 
@@ -40,7 +37,6 @@ def main(argv):
   del argv
   config = FLAGS.config
   m = config_lib.validate(config)
-  objective.check_config(config, m)
   loop.train(config, FLAGS.workdir, build_task(config, m))
 
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from mpp import targets as targets_lib
-from vit import config as config_lib
+from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
 from vit.models.vit import VisionTransformer
 from vit.preprocess import input_fn
@@ -138,16 +138,16 @@ def loss_on(model: SimMimModel, spec: Spec, params, inputs: jax.Array, mask: jax
 
 
 def make_loss_fn(model: SimMimModel, spec: Spec, m: dict):
-  """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in."""
+  """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in; `rng`
+  feeds the mask and dropout. Metrics: `masked_patches`, the patches averaged over."""
   to_input = input_fn(m)
 
   def loss_fn(params, batch, rng, train):
     mask_rng, dropout_rng = jax.random.split(rng)
     images = batch['image']
     mask = sample_mask(spec, mask_rng, images.shape[0])
-    loss, aux = loss_on(model, spec, params, to_input(images), mask, train,
-                        rngs={'dropout': dropout_rng}, valid=batch.get('mask'))
-    return loss, aux
+    return loss_on(model, spec, params, to_input(images), mask, train,
+                   rngs={'dropout': dropout_rng}, valid=batch.get('mask'))
   return loss_fn
 
 
@@ -159,6 +159,48 @@ def make_representation_fn(m: dict):
   def representation(params, images):
     return backbone.apply({'params': params}, to_input(images), train=False)[:, 1:].mean(axis=1)
   return representation
+
+
+@dataclasses.dataclass(frozen=True)
+class SimMimObjective:
+  """SimMIM as a `vit.objective.Objective` (what simmim.train trains).
+
+  Parameters: {'backbone': the ViT (official names), 'mask_token': float32 [D], 'decoder':
+  Dense D -> ph * pw * C}. `predictions` are the predicted pixels, float32 [B, N, ph * pw * C]
+  in the model's input scale, under a mask drawn from a fixed key (jax.random.key(0)) so that
+  repeated calls compare. `representation` is the mean of the backbone's encoded patch tokens,
+  float32 [B, D], on the unmasked images.
+  """
+  model: SimMimModel
+  spec: Spec
+  image_shape: tuple[int, int, int, int]  # (1, H, W, C) traced at init.
+  m: dict = dataclasses.field(repr=False, compare=False)  # The resolved model (a dict).
+
+  def init_params(self, rng: jax.Array):
+    return init_fn(self.model, self.image_shape)(rng)
+
+  def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+    return make_loss_fn(self.model, self.spec, self.m)(params, batch, rng, train)
+
+  def predictions(self, params, batch) -> jax.Array:
+    images = batch['image']
+    mask = sample_mask(self.spec, jax.random.key(0), images.shape[0])
+    return self.model.apply({'params': params}, input_fn(self.m)(images), mask, train=False)
+
+  def representation(self, params, images: jax.Array) -> jax.Array:
+    return make_representation_fn(self.m)(self.backbone(params), images)
+
+  def backbone(self, params):
+    return params['backbone']
+
+
+def build(config: ml_collections.ConfigDict, m: dict) -> SimMimObjective:
+  """The SimMIM objective of a validated config (`m`: its resolved model); its own
+  section is checked here, so the trainer, vit.plan and the benchmarks all check it."""
+  check_config(config, m)
+  return SimMimObjective(model=build_model(config, m), spec=Spec.from_config(config, m),
+                         image_shape=(1, config.image_size, config.image_size,
+                                      config.data.channels), m=m)
 
 
 def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
@@ -173,3 +215,8 @@ def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
                       f'must be a positive multiple of the patch size {patch}')
   if c.eval_examples < 0:
     raise ConfigError('simmim.eval_examples', c.eval_examples, 'must be >= 0')
+
+
+DEFINITION = objective_lib.Definition(
+    name='simmim', build=build, section=lambda: config_lib.defaults().simmim,
+    validate=check_config)

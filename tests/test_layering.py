@@ -78,8 +78,8 @@ def test_bazel_targets_agree():
     return {d for block in lists for d in re.findall(r'"//(\w+)', block)} | {package}
 
   assert not deps('vit') & set(ABOVE_THE_LIBRARY)
-  for package in ('mpp', 'supervised', 'benchmarks'):
+  for package in ('mpp', 'supervised', 'mae', 'simmim', 'benchmarks'):
     imported = {name.split('.')[0] for path in _modules(package).values()
                 for _, name in _imports(path)}
-    missing = imported & {'vit', 'mpp', 'supervised', 'configs'} - deps(package)
+    missing = imported & {'vit', 'mpp', 'supervised', 'mae', 'simmim', 'configs'} - deps(package)
     assert not missing, f'{package}/BUILD lacks //{", //".join(sorted(missing))}'

@@ -220,3 +220,26 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
     theirs = hf_model(pixel_values=torch.from_numpy(
         (images / 127.5 - 1).astype(np.float32).transpose(0, 3, 1, 2))).last_hidden_state
   np.testing.assert_allclose(np.asarray(ours), theirs[:, 1:].mean(1).numpy(), atol=1e-4)
+
+
+def test_objective_interface_and_plan():
+  from vit import objective as objective_lib, plan
+  definition = objective_lib.resolve('mae')
+  assert definition is objective.DEFINITION and definition.section().mask_ratio == 0.75
+  config = _tiny()
+  config.batch_size = 8
+  m = config_lib.validate(config)
+  obj = definition.build(config, m)
+  assert isinstance(obj, objective_lib.Objective)
+  params = nn.unbox(obj.init_params(jax.random.key(0)))
+  batch = {'image': np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), np.uint8)}
+  assert obj.predictions(params, batch).shape == (2, 16, 48)
+  np.testing.assert_array_equal(obj.predictions(params, batch), obj.predictions(params, batch))
+  assert obj.representation(params, batch['image']).shape == (2, 16)
+  assert obj.backbone(params) is params['backbone']
+  loss, metrics = obj.loss(params, batch, jax.random.key(1), True)
+  assert float(metrics['masked_patches']) == 2 * 12  # 16 patches, int(16 * 0.25) = 4 kept.
+  # vit.plan finds the objective from the config's folder and compiles its step for a slice.
+  assert plan.default_objective('configs/mae/fashion_mnist.py') == 'mae'
+  report = plan.plan(config, 'v5e:2x2', 'mae')
+  assert report['fits'] and report['flops_per_step'] > 0

@@ -166,3 +166,26 @@ def test_run_checkpoints_resumes_and_fine_tunes(simmim_workdir):
   np.testing.assert_array_equal(adapted['embedding']['kernel'],
                                 saved['backbone']['embedding']['kernel'])
   assert adapted['Transformer']['posembed_input']['pos_embedding'].shape == (1, 65, 16)
+
+
+def test_objective_interface_and_plan():
+  from vit import objective as objective_lib, plan
+  definition = objective_lib.resolve('simmim')
+  assert definition is objective.DEFINITION and definition.section().mask_patch_size == 8
+  config = _tiny()
+  config.batch_size = 8
+  m = config_lib.validate(config)
+  obj = definition.build(config, m)
+  assert isinstance(obj, objective_lib.Objective)
+  params = nn.unbox(obj.init_params(jax.random.key(0)))
+  batch = {'image': np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), np.uint8)}
+  assert obj.predictions(params, batch).shape == (2, 16, 48)
+  assert obj.representation(params, batch['image']).shape == (2, 16)
+  loss, metrics = obj.loss(params, batch, jax.random.key(1), True)
+  assert float(metrics['masked_patches']) == 2 * 3 * 4  # ceil(0.6 * 4) of 4 blocks of 2x2.
+  assert plan.default_objective('configs/simmim/fashion_mnist.py') == 'simmim'
+  report = plan.plan(config, 'v5e:2x2', 'simmim')
+  assert report['fits'] and report['flops_per_step'] > 0
+  config.simmim.mask_patch_size = 6
+  with pytest.raises(ConfigError, match='simmim.mask_patch_size'):
+    definition.build(config, m)
