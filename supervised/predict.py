@@ -161,12 +161,16 @@ def main(argv):
   raw, names = read_images(f.images)
   apply_fn, ckpt, size = load_classifier(f.init, f.resolution)
   logits = predict(apply_fn, prepare_images(raw, size, ckpt.channels), f.batch_size)
+  bad = [name for name, row in zip(names, logits) if not np.isfinite(row).all()]
+  if bad and f.output.endswith('.json'):  # JSON has no NaN; a reader would choke on one.
+    raise UserError(f'--output {f.output}: the model gave non-finite logits for {len(bad)} of '
+                    f'{len(logits)} images (first: {_printable(bad[0])}); nothing was written')
   with atomic_write.file(f.output) as partial:  # A previous output stays until this is whole.
     if f.output.endswith('.npy'):
       np.save(partial, logits)
     else:
       with open(partial, 'w') as out:
-        json.dump(top_k(logits, names, ckpt.class_names), out, indent=1)
+        json.dump(top_k(logits, names, ckpt.class_names), out, indent=1, allow_nan=False)
   print(f'{len(logits)} images at {size}px -> {f.output}', flush=True)
 
 

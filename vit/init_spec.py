@@ -30,7 +30,7 @@ import numpy as np
 
 from vit import atomic_write
 from vit.formats import hf, timm, vit_jax
-from vit.formats.tree import flatten, unflatten
+from vit.formats.tree import check_finite, flatten, unflatten
 from vit.errors import ConfigError, UserError
 
 FORMATS = ('mpp', 'mae', 'simmim', 'supervised', 'vit_jax', 'hf', 'timm')
@@ -112,7 +112,8 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   if not os.path.isdir(path):
     raise UserError(f'{fmt}:{path}: directory not found' if fmt else
                     f'--checkpoint {path}: directory not found (a trainer workdir, or FORMAT:PATH)')
-  saved, params, _ = checkpoints.read_params(path, use_ema=use_ema)  # The newest readable step.
+  saved, params, step = checkpoints.read_params(path, use_ema=use_ema)  # The newest readable.
+  check_finite(flatten(params), f'{path}/checkpoints/{step}')
   found = _pretraining_kind(params)
   if fmt is None:
     fmt = found or 'supervised'

@@ -18,8 +18,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.errors import UserError
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, model_pixels, pixels,
-                              read_json_object)
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_finite, model_pixels,
+                              pixels, read_json_object)
 
 # Exact GELU is HF's 'gelu'; the tanh approximation of the official checkpoints is
 # 'gelu_pytorch_tanh' (or the older, numerically identical 'gelu_new').
@@ -79,9 +79,11 @@ def _load_safetensors(path: str) -> dict[str, np.ndarray]:
   from safetensors import SafetensorError
   from safetensors.numpy import load_file
   try:
-    return load_file(path)
+    weights = load_file(path)
   except (SafetensorError, OSError, ValueError) as e:
     raise UserError(f'hf:{path}: not a readable safetensors file ({e})') from None
+  check_finite(weights, f'hf:{path}')
+  return weights
 
 
 def read_weights(directory: str) -> dict[str, np.ndarray]:

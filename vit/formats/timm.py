@@ -21,8 +21,8 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.errors import UserError
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, class_row_posemb, model_pixels,
-                              pixels, read_json_object, square_grid)
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_finite, class_row_posemb,
+                              model_pixels, pixels, read_json_object, square_grid)
 
 WEIGHTS = 'model.safetensors'
 # Heads of timm's named ViT sizes by width (vision_transformer.py's model definitions), for a
@@ -54,9 +54,11 @@ def _weights(directory: str) -> dict[str, np.ndarray]:
     hint = f' (found {", ".join(found)}: pickled weights are never loaded)' if found else ''
     raise UserError(f'timm:{directory}: no {WEIGHTS}{hint}')
   try:
-    return {k: np.asarray(v, np.float32) for k, v in load_file(path).items()}
+    weights = load_file(path)
   except (SafetensorError, OSError, ValueError) as e:
     raise UserError(f'timm:{path}: not a readable safetensors file ({e})') from None
+  check_finite(weights, f'timm:{path}')
+  return {k: np.asarray(v, np.float32) for k, v in weights.items()}
 
 
 def _check_supported(directory: str, w: dict, cfg: dict) -> None:

@@ -102,3 +102,23 @@ def read_json_object(path: str, fmt: str) -> dict:
   if not isinstance(out, dict):
     raise UserError(f'{fmt}:{path}: not a JSON object')
   return out
+
+
+def check_finite(tensors: Mapping[str, Any], where: str) -> None:
+  """UserError naming `where` (the file), the first tensor with NaN or infinite values and the
+  count, when any has some: such weights compute NaN logits (a float16 save whose values
+  overflowed, a diverged run) and must not load silently. `tensors` maps the names the file
+  uses (or '/'-joined tree paths) to arrays."""
+  bad = []
+  for name, value in tensors.items():
+    value = np.asarray(value)
+    if np.issubdtype(value.dtype, np.floating):
+      count = int(value.size - np.count_nonzero(np.isfinite(value)))
+      if count:
+        bad.append((name, count, value.size))
+  if bad:
+    name, count, size = bad[0]
+    more = f'; {len(bad) - 1} more tensors too' if len(bad) > 1 else ''
+    raise UserError(f'{where}: tensor {name} has {count} non-finite values (NaN or inf) of '
+                    f'{size}{more}; the weights are damaged or overflowed their dtype (e.g. '
+                    f'float16), so they are not loaded')

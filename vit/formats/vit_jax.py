@@ -31,8 +31,8 @@ from typing import Optional
 import numpy as np
 
 from vit.errors import UserError
-from vit.formats.tree import (Params, Read, class_row_posemb, flatten, model_pixels, square_grid,
-                              unflatten)
+from vit.formats.tree import (Params, Read, check_finite, class_row_posemb, flatten,
+                              model_pixels, square_grid, unflatten)
 
 _PUBLISHED = ('LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3')
 _TODAY = ('LayerNorm_0', 'MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0')
@@ -123,6 +123,7 @@ def load(path: str) -> Read:
   position embeddings, a non-square grid, unknown block modules).
   """
   flat = _read_npz(path)
+  check_finite(flat, f'vit_jax:{path}')
   root = _root(path, flat)
   params = unflatten({k[len(root):]: _float32(v) for k, v in flat.items()
                       if k.startswith(root)})
