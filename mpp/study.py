@@ -38,14 +38,13 @@ from typing import Callable, Optional
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import ml_collections
 from absl import flags
 
 from mpp import objective, report, train as mpp_train
 from supervised import finetune as finetune_lib, objective as supervised_objective
 from supervised import train as supervised_train
-from vit import atomic_write, cli, config as config_lib, init_spec, preprocess, sharding
+from vit import atomic_write, cli, config as config_lib, init_spec
 from vit.data import pipeline, subsets
 from vit.errors import ConfigError, UserError
 from vit.evaluators import linear_probe
@@ -190,29 +189,9 @@ def finetune_config(study, v: Variant, seed: int, init: Optional[str], fraction:
   return config
 
 
-class _Recorder:
-  """Wraps an evaluator to keep what the loop's final evaluation returned."""
-
-  def __init__(self, evaluator):
-    self.evaluator, self.name, self.calls = evaluator, evaluator.name, []
-
-  def evaluate(self, params) -> dict:
-    self.calls.append(self.evaluator.evaluate(params))
-    return self.calls[-1]
-
-
 def _train(config, workdir: str, task) -> dict:
-  recorders = [_Recorder(e) for e in task.evaluators]
-  task.evaluators = recorders
-  loop.train(config, workdir, task)
-  out = {}
-  for r in recorders:
-    if config.ema_decay > 0:
-      out.update({f'{r.name}_ema/{k}': v for k, v in r.calls[-1].items()})
-      out.update({f'{r.name}/{k}': v for k, v in r.calls[-2].items()})
-    else:
-      out.update({f'{r.name}/{k}': v for k, v in r.calls[-1].items()})
-  return out
+  """The final evaluation's metrics ('eval/accuracy', with EMA also 'eval_ema/accuracy')."""
+  return loop.train(config, workdir, task).metrics
 
 
 def pretrain(config, workdir: str) -> dict:
@@ -234,20 +213,18 @@ def finetune(config, workdir: str) -> dict:
     m, ckpt = finetune_lib.prepare(config)
     task = finetune_lib.build_task(config, m, ckpt)
   init_spec.write_class_names(workdir, supervised_train.class_names(config))
-  logits = supervised_objective.make_logits_fn(config_lib.build_model(m), preprocess.input_fn(m))
-  task.evaluators.append(ClassificationEvaluator(
-      logits, lambda: pipeline.eval_batches(config, split=subsets.HOLDOUT_SPLIT),
-      sharding.make_mesh(config.mesh), name='holdout'))
-  return _train(config, workdir, task)
+  holdout = ClassificationEvaluator(
+      supervised_objective.build(config, m).predictions,
+      lambda: pipeline.eval_batches(config, split=subsets.HOLDOUT_SPLIT), task.mesh,
+      name='holdout')
+  return _train(config, workdir, dataclasses.replace(task, evaluators=[*task.evaluators,
+                                                                       holdout]))
 
 
 def init_params(config) -> dict:
   """A random initialisation of the MPP backbone (the scratch row of the probes)."""
-  m = config_lib.validate(config)
-  shape = (1, config.image_size, config.image_size, config.data.channels)
-  params = objective.build_model(config, m).init(jax.random.key(config.seed), jnp.zeros(shape),
-                                                 None, train=False)['params']
-  return nn.unbox(params)['backbone']
+  obj = objective.build(config, config_lib.validate(config))
+  return obj.backbone(nn.unbox(obj.init_params(jax.random.key(config.seed))))
 
 
 def probe(config, init: Optional[str]) -> dict:

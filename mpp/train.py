@@ -35,7 +35,8 @@ def build_task(config, m, workdir: str) -> loop.Task:
   return loop.Task(init_params=obj.init_params, loss_fn=obj.loss,
                    train_data=pipeline.train_dataset(config),
                    evaluators=evaluators,
-                   periodic_hook=grids, hook_every=config.mpp.image_every or config.total_steps)
+                   periodic_hook=grids, hook_every=config.mpp.image_every or config.total_steps,
+                   mesh=mesh)
 
 
 def main(argv):

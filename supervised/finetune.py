@@ -10,6 +10,8 @@ checkpoint, and model keys set in the config must agree with it.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import ml_collections
@@ -71,8 +73,7 @@ def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:
     return init_spec.adapt_params(ckpt.params, target, grid, fresh=fresh,
                                   what=f'init {config.init}')
 
-  task.load_params = load_params
-  return task
+  return dataclasses.replace(task, load_params=load_params)
 
 
 def main(argv):

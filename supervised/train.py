@@ -30,7 +30,7 @@ def build_task(config, m, *, train_source=None, eval_source=None) -> loop.Task:
   train_source = train_source or pipeline.make_source(config, config.data.train_split)
   return loop.Task(init_params=obj.init_params, loss_fn=obj.loss,
                    train_data=pipeline.train_dataset(config, source=train_source),
-                   evaluators=evaluators)
+                   evaluators=evaluators, mesh=mesh)
 
 
 def check_classes(config, m) -> None:

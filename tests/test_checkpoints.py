@@ -2,6 +2,7 @@
 batches, also with another data worker count), last-K-and-best retention, damaged and partly
 written checkpoints, incompatible configs, unwritable workdirs, SIGINT, and the non-finite
 guard."""
+import dataclasses
 import glob
 import os
 import signal
@@ -85,7 +86,7 @@ def tiny_task(config, poison_steps=(), evaluators=(), hook=None):
 
 def train(workdir, config=None, **task_kwargs):
   config = config or tiny_config()
-  return loop.train(config, str(workdir), tiny_task(config, **task_kwargs))
+  return loop.train(config, str(workdir), tiny_task(config, **task_kwargs)).state
 
 
 def host_tree(state) -> dict:
@@ -156,7 +157,7 @@ def test_resume_with_another_worker_count_is_bitwise_exact(tmp_path, capsys):
         init_params=lambda rng: model.init(rng, jnp.zeros((1, 8, 8, 1)), train=False)['params'],
         loss_fn=objective.make_loss_fn(model), evaluators=[],
         train_data=pipeline.train_dataset(config, source=source))
-    return loop.train(config, str(workdir), task)
+    return loop.train(config, str(workdir), task).state
 
   reference = run(tmp_path / 'reference', 0, 6)
   run(tmp_path / 'run', 0, 4)
@@ -309,7 +310,7 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
   config = tiny_config()
   task = tiny_task(config)
   calls = []
-  task.init_params = lambda rng: calls.append(rng)
+  task = dataclasses.replace(task, init_params=lambda rng: calls.append(rng))
   with pytest.raises(UserError, match=r'--workdir .*a_file/run: not writable'):
     loop.train(config, str(blocker / 'run'), task)
   assert calls == []

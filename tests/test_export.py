@@ -36,7 +36,7 @@ def run(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('export') / 'run')
   init_spec.write_class_names(workdir, fashion_mnist.CLASS_NAMES)
   state = loop.train(config, workdir,
-                     train.build_task(config, m, train_source=source, eval_source=source))
+                     train.build_task(config, m, train_source=source, eval_source=source)).state
   return workdir, m, jax.device_get(state.params), jax.device_get(state.ema_params)
 
 

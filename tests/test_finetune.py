@@ -82,7 +82,7 @@ def test_finetune_npz_at_higher_resolution(tmp_path, fmnist):
 
   workdir = str(tmp_path / 'run')
   init_spec.write_class_names(workdir, fashion_mnist.CLASS_NAMES)
-  final = loop.train(config, workdir, task)
+  final = loop.train(config, workdir, task).state
   moved = np.abs(jax.device_get(final.params['head']['kernel'])).max()
   assert moved > 0
   # The run's checkpoint is itself a complete init spec, at the fine-tuning resolution.
@@ -118,7 +118,7 @@ def test_finetune_from_transformers_checkpoint(tmp_path, fmnist):
           'kernel'],
       loaded['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_1']['key']['kernel'])
   assert state.params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 50, 32)
-  final = loop.train(config, str(tmp_path / 'run'), task)
+  final = loop.train(config, str(tmp_path / 'run'), task).state
   assert int(final.step) == 6
   # Kept with the run: its export states the same processor, at the fine-tuning resolution.
   from vit import export

@@ -42,7 +42,7 @@ def test_fashion_mnist_finetune_reaches_70_percent(tmp_path):
   config.optimizer.warmup_steps, config.optimizer.learning_rate = 20, 0.1
   m, ckpt = finetune.prepare(config)
   task = finetune.build_task(config, m, ckpt, train_source=train, eval_source=test)
-  state = loop.train(config, str(tmp_path / 'run'), task)
+  state = loop.train(config, str(tmp_path / 'run'), task).state
   accuracy = task.evaluators[0].evaluate(state.params)
   assert accuracy['examples'] == 1000
   assert accuracy['accuracy'] >= 0.70

@@ -42,7 +42,7 @@ def test_short_run_learns_and_saves_a_backbone(tmp_path):
   # The head starts at zero: uniform over the 8 grey classes.
   np.testing.assert_allclose(before['loss'], math.log(8), rtol=1e-5)
 
-  state = loop.train(config, workdir, task)
+  state = loop.train(config, workdir, task).state
   after = evaluator.evaluate(state.params)
   assert after['loss'] < before['loss'] - 0.5, after
   # Better than always answering the most frequent colour (black background), by a margin.

@@ -11,7 +11,7 @@ import logging
 import os
 import signal
 import time
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import ml_collections
@@ -78,14 +78,23 @@ class _Progress:
     return images_per_s, eta
 
 
-def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> TrainState:
+class Trained(NamedTuple):
+  """What `train` returns: the final state, and the metrics of the last evaluation this call
+  ran, keyed as in TensorBoard ('eval/accuracy', 'eval_ema/accuracy' with config.ema_decay;
+  floats; {} when the run was already complete and nothing was evaluated)."""
+  state: TrainState
+  metrics: dict[str, float]
+
+
+def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Trained:
   """Trains to `config.total_steps`, resuming from `workdir` when it holds a checkpoint.
 
+  The mesh is the task's (the one its evaluators were built on), else `config.mesh`'s.
   Raises `checkpoints.Preempted` (exit status 0) after saving when SIGTERM/SIGINT arrives, and
   `NonFiniteError` when a step's loss or gradient norm is not finite (unless skipped).
   """
   _check_workdir(workdir)
-  mesh = sharding.make_mesh(config.mesh)
+  mesh = task.mesh if task.mesh is not None else sharding.make_mesh(config.mesh)
   tx, schedule = optimizers.build(config.optimizer, config.total_steps)
   build, state_shardings = create_state(task, tx, config, mesh)
   mngr = checkpoints.manager(workdir, keep=config.keep_checkpoints,
@@ -135,8 +144,9 @@ def _initial_state(run: _Run, build, state_shardings) -> tuple[TrainState, int]:
   return state, start
 
 
-def _steps(run: _Run, train_step, state: TrainState, start: int) -> TrainState:
+def _steps(run: _Run, train_step, state: TrainState, start: int) -> Trained:
   config, task = run.config, run.task
+  last_eval = {}
   progress = _Progress(config.total_steps, start, config.batch_size)
   window = _Window(skip_nonfinite=config.get('skip_nonfinite_steps', False))
   for step in range(start + 1, config.total_steps + 1):
@@ -161,12 +171,13 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> TrainState:
       checkpoints.save(run.mngr, step, state, run.data_iter, config, eval_metrics)
     if eval_metrics is not None:
       _check_best_metric(config, eval_metrics)  # After the save: a typo loses no training.
+      last_eval = eval_metrics
     if stopping:
       checkpoints.wait_for_saves(run.mngr)
       print(f'stopped after step {step} ({_signal_name(run.stop)}); saved '
             f'{run.mngr.directory}/{step}; rerun the same command to resume', flush=True)
       raise checkpoints.Preempted(step)
-  return state
+  return Trained(state, last_eval)
 
 
 def _due(config, task: Task, step: int, stopping: bool) -> dict[str, bool]:

@@ -19,18 +19,23 @@ from vit.training import step as step_lib
 from vit.training.state import TrainState
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Task:
-  """What an objective contributes to the shared loop."""
+  """What an objective contributes to the shared loop (change one with dataclasses.replace).
+
+  Usually from a `vit.objective.Objective`: init_params=obj.init_params, loss_fn=obj.loss.
+  """
   init_params: Callable[[jax.Array], Any]  # rng -> params (may be LogicallyPartitioned-boxed)
   loss_fn: step_lib.LossFn
   train_data: Any                          # a grain IterDataset of per-process batches
-  evaluators: Sequence[Any] = ()           # objects with .name and .evaluate(params, step)
+  evaluators: Sequence[Any] = ()           # objects with .name and .evaluate(params) -> dict
   # Fine-tuning: maps freshly initialised host params to the ones to start from.
   load_params: Optional[Callable[[Any], Any]] = None
   # Called with (state, step, writer) every `hook_every` steps, e.g. MPP's image grids.
   periodic_hook: Optional[Callable[[TrainState, int, Any], None]] = None
   hook_every: int = 0
+  # The mesh the evaluators were built on; the loop trains on it (None: config.mesh's).
+  mesh: Optional[jax.sharding.Mesh] = None
 
 
 def create_state(task: Task, tx, config: ml_collections.ConfigDict, mesh
