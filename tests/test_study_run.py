@@ -1,0 +1,83 @@
+"""The study runner end to end at a tiny budget: pixels, one pretraining with its exports, a
+scratch sweep and a fine-tuning from the exported backbone; then a rerun that runs nothing,
+also after the results and backbones moved, and the report made from them."""
+import json
+import shutil
+
+import ml_collections
+import pytest
+
+from configs.study import converged
+from study import report, run as run_lib, store
+
+
+def _tiny(tmp_path, where='a'):
+  c = converged.get_config()
+  c.budgets = ml_collections.ConfigDict(
+      {'pct1': dict(fraction=0.01, steps=6, eval_every=3, warmup=1)})
+  c.seeds, c.full_seeds, c.holdout = (0, 1), (0,), 1000
+  c.steps_per_epoch, c.pretrain_epochs, c.headline_epochs = 2, (1, 2), 2
+  c.full.update(sweep_epochs=1, lengths_epochs=(1, 2), eval_every_epochs=1)
+  c.sweep.update(learning_rates=(1e-3,), crop_padding=(2,))
+  for part in (c.classifier, c.pretrainer):
+    part.update(eval_batch_size=1000, log_every=3)
+  c.pretrainer.mpp.eval_examples = 1000
+  c.results, c.backbones = str(tmp_path / where / 'results'), str(tmp_path / where / 'bb')
+  c.report = str(tmp_path / where / 'results.md')
+  c.only_priority = 3
+  return c
+
+
+@pytest.fixture(scope='module')
+def finished(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('study')
+  c = _tiny(tmp)
+  done = run_lib.work(c, str(tmp / 'work'))
+  return tmp, c, done
+
+
+def test_the_first_priorities_run_and_record_what_they_are(finished):
+  _, c, done = finished
+  results = store.load_all(c.results)
+  assert done == 6  # 3 pixel fits, the pretraining, the scratch sweep, the MPP sweep.
+  assert {'mpp/seed0/e1', 'mpp/seed0/e2', 'mpp_e2/pct1/sweep/lr0.001',
+          'scratch/pct1/sweep/lr0.001_pad2'} <= set(results)
+  ft = results['mpp_e2/pct1/sweep/lr0.001']
+  assert ft['config']['init'] == 'study:mpp/seed0/e2'
+  assert ft['config']['data']['crop_padding'] == 2  # The scratch arm's choice.
+  r = ft['result']
+  assert [p[0] for p in r['curve']] == [3, 6] and r['curve'][0][2] is not None  # Test at a best.
+  assert r['holdout_best'] == max(p[1] for p in r['curve'])
+  assert r['images_to_best'] == r['best_step'] * 128
+  assert ft['commit'] and ft['machine']['backend'] == 'cpu' and ft['wall_s'] > 0
+  pre = results['mpp/seed0/pretrain']
+  assert [p[0] for p in pre['result']['curve']] == [2, 4]  # MPP accuracy at each export.
+  assert pre['config']['data']['eval_split'] == 'holdout'
+
+
+def test_a_rerun_runs_nothing_even_after_the_results_moved(finished, tmp_path):
+  tmp, c, _ = finished
+  assert run_lib.work(c, str(tmp / 'work')) == 0
+  moved = _tiny(tmp_path, 'b')
+  shutil.copytree(c.results, moved.results)
+  shutil.copytree(c.backbones, moved.backbones)
+  assert run_lib.work(moved, str(tmp_path / 'other_work')) == 0
+
+
+def test_a_result_made_with_another_config_is_refused_in_one_line(finished, tmp_path):
+  tmp, c, _ = finished
+  changed = _tiny(tmp_path, 'c')
+  shutil.copytree(c.results, changed.results)
+  changed.classifier.optimizer.weight_decay = 0.3
+  with pytest.raises(Exception, match='finished with another config'):
+    run_lib.work(changed, str(tmp_path / 'w'))
+
+
+def test_the_report_shows_what_finished_and_counts_what_did_not(finished):
+  _, c, _ = finished
+  report.write(c, c.report)
+  text = open(c.report).read()
+  assert '| raw pixels, least squares |' in text and '(one fit)' in text
+  assert '| ViT from scratch | ' in text and '(1/2 seeds)' in text
+  assert 'scratch/pct1/sweep' in text and 'Runs finished: 6 of' in text
+  json.loads(open(store.result_path(c.results, 'pixels/pct1/seed1')).read())
