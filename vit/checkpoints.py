@@ -16,7 +16,9 @@ threads, and at shutdown) are not printed.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import gc
 import json
 import logging
@@ -24,10 +26,11 @@ import math
 import os
 import shutil
 import signal
+import socket
 import sys
 import time
 import traceback
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import grain
 import jax
@@ -455,6 +458,57 @@ def _read_params_at(mngr: ocp.CheckpointManager, step: int, use_ema: bool) -> di
   finally:
     handler.close()
   return jax.device_get(item[key])
+
+
+LOCK_FILE = '.lock'
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+  """Holds `workdir` for one run: a second start on it is a UserError naming the process that
+  holds it.
+
+  The lock is an flock(2) on `WORKDIR/.lock`, which also states the holder's pid and host for
+  that message: the kernel releases it when the holder exits in any way (kill -9 included), so
+  a lock left by a dead process never blocks a resume. Several processes of one job: process 0
+  alone takes it, and all processes learn the outcome (they share one workdir or each has its
+  own copy; either way a second job's process 0 is refused, and with it the whole job).
+  """
+  fd, holder = None, None
+  if jax.process_index() == 0:
+    fd, holder = _acquire(os.path.join(workdir, LOCK_FILE))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    refused = multihost_utils.broadcast_one_to_all(np.int32(holder is not None))
+    if int(refused) and holder is None:
+      holder = 'the run that process 0 found there'
+  if holder is not None:
+    raise UserError(f'--workdir {workdir}: in use by {holder}; a second run on it would '
+                    f'overwrite its checkpoints: wait for it to end or stop it (its lock goes '
+                    f'with it), or use another --workdir')
+  try:
+    yield
+  finally:
+    if fd is not None:
+      os.close(fd)  # Releases the flock; the file stays (deleting it would race a new holder).
+
+
+def _acquire(path: str) -> tuple[Optional[int], Optional[str]]:
+  """(open descriptor holding the lock, None), or (None, 'process PID on HOST') when held."""
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    text = os.pread(fd, 4096, 0).decode(errors='replace').split()
+    os.close(fd)
+    holder = dict(zip(text[::2], text[1::2]))
+    return None, f'process {holder.get("pid", "?")} on {holder.get("host", "?")}'
+  except OSError:  # A file system without flock (some network mounts): the run goes unguarded.
+    os.close(fd)
+    return None, None
+  os.ftruncate(fd, 0)
+  os.pwrite(fd, f'pid {os.getpid()}\nhost {socket.gethostname()}\n'.encode(), 0)
+  return fd, None
 
 
 class Preempted(SystemExit):

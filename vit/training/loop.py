@@ -91,9 +91,15 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Traine
 
   The mesh is the task's (the one its evaluators were built on), else `config.mesh`'s.
   Raises `checkpoints.Preempted` (exit status 0) after saving when SIGTERM/SIGINT arrives, and
-  `NonFiniteError` when a step's loss or gradient norm is not finite (unless skipped).
+  `NonFiniteError` when a step's loss or gradient norm is not finite (unless skipped), and a
+  UserError naming the holder when another run holds `workdir` (`checkpoints.workdir_lock`).
   """
   _check_workdir(workdir)
+  with checkpoints.workdir_lock(workdir):  # A second run on this workdir is refused.
+    return _train(config, workdir, task)
+
+
+def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Trained:
   mesh = task.mesh if task.mesh is not None else sharding.make_mesh(config.mesh)
   tx, schedule = optimizers.build(config.optimizer, config.total_steps)
   build, state_shardings = create_state(task, tx, config, mesh)

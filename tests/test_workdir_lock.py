@@ -1,0 +1,84 @@
+"""Two runs on one workdir: the second start is refused in one line naming the workdir and the
+process holding it; the lock of a killed process never blocks a resume.
+
+Real processes: run A is `supervised.train` paused at step 3 (it says so on stdout, after its
+step-2 checkpoint), so the second start meets it in a known state, whatever the machine's load.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from vit import checkpoints
+from vit.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+ARGS = ['--config=configs/supervised/fashion_mnist.py', '--config.image_size=8',
+        '--config.batch_size=8', '--config.model.patches.size=(4,4)',
+        '--config.model.hidden_size=16', '--config.model.transformer.mlp_dim=32',
+        '--config.model.transformer.num_layers=1', '--config.model.transformer.num_heads=2',
+        '--config.log_every=2', '--config.checkpoint_every=2', '--config.eval_every=0',
+        '--config.optimizer.warmup_steps=1', '--config.total_steps=6']
+
+# supervised.train, paused after step 3 until killed.
+_PAUSED_TRAIN = """
+import time
+from supervised import train
+from vit import checkpoints, cli
+check_saves = checkpoints.check_saves
+def paused(mngr, step, sync):
+  check_saves(mngr, step, sync)
+  if step == 3:
+    print('paused at step 3', flush=True)
+    while True:
+      time.sleep(1)
+checkpoints.check_saves = paused
+cli.define_config_flags('configs/supervised/fashion_mnist.py')
+cli.run(train.main)
+"""
+
+
+def test_a_second_run_is_refused_and_a_killed_runs_lock_is_not(tmp_path):
+  workdir = str(tmp_path / 'run')
+  first = subprocess.Popen([sys.executable, '-c', _PAUSED_TRAIN, f'--workdir={workdir}', *ARGS],
+                           cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           text=True)
+  try:
+    for line in first.stdout:
+      if line.strip() == 'paused at step 3':
+        break
+    else:
+      raise AssertionError(first.communicate(timeout=60)[1][-3000:])
+    second = subprocess.run([sys.executable, '-m', 'supervised.train', f'--workdir={workdir}',
+                             *ARGS], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                            timeout=300)
+    assert second.returncode == 2 and 'Traceback' not in second.stderr, second.stderr[-3000:]
+    assert second.stderr.strip().splitlines() == [
+        f'error: --workdir {workdir}: in use by process {first.pid} on {socket.gethostname()}; '
+        f'a second run on it would overwrite its checkpoints: wait for it to end or stop it '
+        f'(its lock goes with it), or use another --workdir']
+    assert sorted(os.listdir(os.path.join(workdir, 'checkpoints'))) == ['2']
+  finally:
+    first.send_signal(signal.SIGKILL)  # No handler runs: its lock file stays behind.
+    first.communicate(timeout=60)
+  assert f'pid {first.pid}' in open(os.path.join(workdir, checkpoints.LOCK_FILE)).read()
+  resumed = subprocess.run([sys.executable, '-m', 'supervised.train', f'--workdir={workdir}',
+                            *ARGS], cwd=ROOT, env=ENV, capture_output=True, text=True,
+                           timeout=300)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f'resumed from {workdir} at step 2' in resumed.stdout
+  assert '6' in os.listdir(os.path.join(workdir, 'checkpoints'))
+
+
+def test_the_lock_is_held_for_the_block_only(tmp_path):
+  with checkpoints.workdir_lock(str(tmp_path)):
+    with pytest.raises(UserError, match=rf'^--workdir {tmp_path}: in use by process '
+                                        rf'{os.getpid()} on '):
+      with checkpoints.workdir_lock(str(tmp_path)):
+        pass
+  with checkpoints.workdir_lock(str(tmp_path)):  # Released: a later run takes it.
+    pass
