@@ -1,9 +1,12 @@
 """Config validation: every user mistake is reported with the key and the value."""
 import os
+import re
 import subprocess
 import sys
 
+import jax
 import ml_collections
+import numpy as np
 import pytest
 
 from vit import config as config_lib
@@ -100,3 +103,35 @@ def test_auto_attention_kernel_is_cudnn_only_on_gpus_in_bf16():
   # A logits bias with ViT's odd token count is refused by cuDNN's training kernels.
   assert config_lib.attention_kernel(dict(bf16, posemb='relative'), platform='gpu') is None
   assert config_lib.attention_kernel(dict(bf16, attention_kernel='xla'), platform='gpu') == 'xla'
+
+
+@pytest.mark.parametrize('mutate,message', [
+    (lambda c: c.model.update(remat_policy='save_all'),
+     "config.model.remat_policy='save_all': not a jax.checkpoint_policies name"),
+    (lambda c: c.model.update(scan_layers=True, posemb='relative'),
+     'config.model.scan_layers=True: needs model.attention=global'),
+    (lambda c: c.model.update(scan_layers=True, attention='axial'),
+     'config.model.scan_layers=True: needs model.attention=global'),
+    (lambda c: c.model.update(layer_norm='fast'),
+     "config.model.layer_norm='fast': must be one of auto, dots, reduce"),
+])
+def test_scaling_keys_name_the_key(mutate, message):
+  config = small()
+  mutate(config)
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    config_lib.validate(config, num_devices=1)
+
+
+def test_scanned_model_takes_looped_checkpoint_params():
+  from vit import init_spec
+  from vit.models import vit as vit_model
+  config = small()
+  m = config_lib.validate(config, num_devices=1)
+  looped = init_spec.abstract_params(m, 28, 3)
+  scanned = init_spec.abstract_params(dict(m, scan_layers=True), 28, 3)
+  params = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), looped)
+  adapted = init_spec.adapt_params(params, scanned, init_spec.grid_at(m, 28))
+  assert jax.tree.map(np.shape, adapted) == jax.tree.map(lambda s: s.shape, scanned)
+  np.testing.assert_array_equal(
+      vit_model.unstack_blocks(adapted)['Transformer']['encoderblock_0']['LayerNorm_0']['scale'],
+      params['Transformer']['encoderblock_0']['LayerNorm_0']['scale'])

@@ -1,4 +1,6 @@
 """The ViT backbone: parameter counts and names, heads, dropout, attention weights, posemb resize."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -6,7 +8,7 @@ import numpy as np
 import pytest
 
 from vit import config as config_lib
-from vit.models import summary
+from vit.models import presets, summary, vit as vit_model
 from vit.models.vit import VisionTransformer, resize_posemb
 
 # The official figures: 1000 classes, 224 px, no representation layer (vit_jax models_test.py).
@@ -18,6 +20,8 @@ OFFICIAL_COUNTS = {
     'ViT-L/16': 304_326_632,
     'ViT-H/14': 632_045_800,
     'R50+ViT-B/16': 98_659_112,
+    'ViT-S/32': 22_878_952,
+    'ViT-L/32': 306_535_400,
 }
 
 
@@ -35,6 +39,11 @@ def _preset(name, **overrides):
 def test_parameter_count_matches_official(name):
   params = summary.abstract_params(_preset(name), 224)  # eval_shape: nothing allocated
   assert summary.count(params) == OFFICIAL_COUNTS[name]
+
+
+def test_all_tested():
+  # Every preset has its official count above (vit_jax's models_test `test_all_tested`).
+  assert set(presets.PRESETS) == set(OFFICIAL_COUNTS)
 
 
 def tiny(**kw):
@@ -235,3 +244,65 @@ def test_posemb_resize_is_exact_on_a_linear_grid():
   scale = (old - 1) / (new - 1)
   expected = np.stack([2.0 * r * scale + 3.0 * c * scale, -r * scale + 0.5 * c * scale], -1)
   np.testing.assert_allclose(out[0, 1:].reshape(new, new, 2), expected, atol=1e-5)
+
+
+def test_scanned_blocks_give_the_looped_logits_and_convert_both_ways():
+  looped, scanned = tiny(num_layers=3), tiny(num_layers=3, scan_layers=True)
+  params, x = _init(looped)
+  stacked = vit_model.stack_blocks(params)
+  assert 'encoderblock_0' not in stacked['Transformer']
+  kernel = stacked['Transformer']['encoderblock']['MlpBlock_3']['Dense_0']['kernel']
+  assert kernel.shape == (3, 16, 32)  # [layers, embed, mlp]
+  # The scanned model's own init has exactly this tree.
+  own, _ = _init(scanned)
+  assert jax.tree.map(jnp.shape, own) == jax.tree.map(jnp.shape, stacked)
+  np.testing.assert_allclose(scanned.apply({'params': stacked}, x, train=False),
+                             looped.apply({'params': params}, x, train=False),
+                             rtol=1e-6, atol=1e-6)
+  back = vit_model.unstack_blocks(stacked)
+  assert _names(back) == _names(params)
+  for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(params)):
+    np.testing.assert_array_equal(a, b)  # Bitwise both ways.
+  assert vit_model.unstack_blocks(params) is params  # Already looped: unchanged.
+  with pytest.raises(ValueError, match='already stacked'):
+    vit_model.stack_blocks(stacked)
+
+
+def test_scanned_blocks_carry_a_layers_axis_for_sharding():
+  boxed = jax.eval_shape(lambda: tiny(scan_layers=True).init(
+      jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False))['params']
+  kernel = boxed['Transformer']['encoderblock']['MlpBlock_3']['Dense_0']['kernel']
+  assert kernel.names == ('layers', 'embed', 'mlp')
+
+
+@pytest.mark.parametrize('scan', [False, True])
+def test_remat_policy_keeps_the_gradients(scan):
+  params, x = _init(tiny(scan_layers=scan))
+  loss = lambda m: lambda p: jnp.sum(m.apply({'params': p}, x, train=False) ** 2 + 1.0)
+  reference = jax.grad(loss(tiny(scan_layers=scan)))(params)
+  for policy in (None, 'dots_with_no_batch_dims_saveable', 'everything_saveable'):
+    grads = jax.grad(loss(tiny(scan_layers=scan, remat=True, remat_policy=policy)))(params)
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_layer_norm_implementation_is_chosen_by_name_not_by_this_host():
+  from vit.models.layer_norm import LayerNorm
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 5, 64)), jnp.float32)
+  params = LayerNorm().init(jax.random.key(0), x)
+  hlo = lambda impl: jax.jit(jax.grad(lambda x: jnp.sum(LayerNorm(implementation=impl).apply(
+      params, x) ** 2))).lower(x).compile().as_text()
+  # On this CPU, 'reduce' is what a TPU runs: XLA's reductions (as reduce-windows here).
+  assert 'reduce-window' in hlo('reduce') and 'reduce-window' not in hlo('dots')
+  np.testing.assert_allclose(LayerNorm(implementation='reduce').apply(params, x),
+                             LayerNorm(implementation='dots').apply(params, x), atol=1e-5)
+  m = dict(config_lib.model_defaults().to_dict(), layer_norm='auto')
+  assert config_lib.layer_norm(m, 'tpu') == 'reduce' and config_lib.layer_norm(m, 'cpu') == 'dots'
+  assert config_lib.layer_norm(dict(m, layer_norm='reduce'), 'cpu') == 'reduce'
+
+
+@pytest.mark.parametrize('key,value', [('posemb', 'learned_3d'), ('attention', 'local')])
+def test_unknown_posemb_or_attention_is_refused_in_one_line(key, value):
+  with pytest.raises(ValueError) as e:
+    _init(tiny(**{key: value}))
+  assert re.fullmatch(f"model.{key}='{value}': must be one of [a-z_0-9, ]+", e.value.args[0])

@@ -16,16 +16,15 @@ from ml_collections import config_dict
 from vit.data import subsets
 from vit.errors import ConfigError
 from vit.models import presets, resnet
-from vit.models.vit import VisionTransformer, patch_grid
+from vit.models import layer_norm as layer_norm_lib
+from vit.models.vit import ATTENTIONS, POSEMBS, VisionTransformer, patch_grid
 
 _none = config_dict.placeholder
 
 CLASSIFIERS = ('token', 'gap', 'unpooled')
-# Appendix D.4 / D.6 ablations; the first of each is the paper's ViT (docs/ablations.md).
-POSEMBS = ('learned_1d', 'learned_2d', 'relative', 'sincos_2d', 'none')
-ATTENTIONS = ('global', 'axial')
 DTYPES = ('float32', 'bfloat16')
 ATTENTION_KERNELS = ('auto', 'xla', 'cudnn')
+LAYER_NORMS = ('auto', *layer_norm_lib.IMPLEMENTATIONS)
 
 
 def model_defaults() -> ml_collections.ConfigDict:
@@ -54,6 +53,15 @@ def model_defaults() -> ml_collections.ConfigDict:
       attention_kernel='auto',
       dtype='float32',  # Compute dtype; parameters and optimiser state stay float32.
       remat=False,
+      # With remat: what the backward pass keeps rather than recomputes, a
+      # jax.checkpoint_policies name (e.g. 'dots_with_no_batch_dims_saveable'); None: nothing.
+      remat_policy=_none(str),
+      # The blocks as one nn.scan (one compiled block, params stacked under 'encoderblock');
+      # checkpoints read and written in other formats keep the official encoderblock_{i}.
+      scan_layers=False,
+      # LayerNorm's arithmetic: 'auto' (means as dots on CPU, reductions elsewhere:
+      # `layer_norm()`), 'dots' or 'reduce' (vit/models/layer_norm.py).
+      layer_norm='auto',
   ))
 
 
@@ -223,7 +231,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                       f'does not divide model.hidden_size={m["hidden_size"]}')
   for key, allowed in (('classifier', CLASSIFIERS), ('posemb', POSEMBS),
                        ('attention', ATTENTIONS), ('dtype', DTYPES),
-                       ('attention_kernel', ATTENTION_KERNELS)):
+                       ('attention_kernel', ATTENTION_KERNELS), ('layer_norm', LAYER_NORMS)):
     if m.get(key, allowed[0]) not in allowed:
       raise ConfigError(f'model.{key}', m[key], f'must be one of {", ".join(allowed)}')
   if m.get('attention_kernel') == 'cudnn' and m['dtype'] != 'bfloat16':
@@ -237,6 +245,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     if m['posemb'] == kind and m['hidden_size'] % multiple:
       raise ConfigError('model.hidden_size', m['hidden_size'],
                         f'must be a multiple of {multiple} for model.posemb={kind}')
+  _check_scaling(m)
   _check_pixels(m.get('pixels') or {}, config.data.channels)
   for key in ('dropout_rate', 'attention_dropout_rate'):
     if not 0.0 <= t[key] < 1.0:
@@ -269,6 +278,16 @@ MPP_TARGETS = ('mean_color', 'downsampled_color', 'pixels')
 # Colour classes per prediction: (2**bits)**channels. 3 bits of RGB (the paper's 512) up to 5
 # bits (32768, a head of 2M weights at width 64); 8 bits of RGB would be 16.7M classes.
 MAX_COLOR_CLASSES = 2 ** 15
+
+
+def _check_scaling(m: dict) -> None:
+  policy = m.get('remat_policy')
+  if policy is not None and not callable(getattr(jax.checkpoint_policies, policy, None)):
+    raise ConfigError('model.remat_policy', policy, 'not a jax.checkpoint_policies name, e.g. '
+                      'nothing_saveable, dots_with_no_batch_dims_saveable')
+  if m.get('scan_layers') and (m['posemb'] == 'relative' or m['attention'] != 'global'):
+    raise ConfigError('model.scan_layers', True, 'needs model.attention=global and no '
+                      'model.posemb=relative (their per-layer modules sit outside the blocks)')
 
 
 def _check_pixels(px: dict, channels: int) -> None:
@@ -340,6 +359,9 @@ def build_model(m: dict, *, num_classes: int | None = None, classifier: str | No
       posemb=m.get('posemb', 'learned_1d'),
       attention=m.get('attention', 'global'),
       attention_kernel=attention_kernel(m),
+      scan_layers=m.get('scan_layers', False),
+      remat_policy=m.get('remat_policy'),
+      layer_norm=layer_norm(m),
   )
 
 
@@ -359,6 +381,16 @@ def attention_kernel(m: dict, platform: str | None = None) -> str | None:
   if platform == 'gpu' and m['dtype'] == 'bfloat16' and m.get('posemb') != 'relative':
     return 'cudnn'
   return None
+
+
+def layer_norm(m: dict, platform: str | None = None) -> str:
+  """LayerNorm's implementation for `model.layer_norm`: 'auto' takes the dots on a CPU, where
+  XLA runs short reductions as reduce-windows (docs/performance.md), and flax's reductions
+  elsewhere. `platform` is the one the step will run on (default: this process's)."""
+  chosen = m.get('layer_norm', 'auto')
+  if chosen != 'auto':
+    return chosen
+  return layer_norm_lib.implementation_for(platform or jax.default_backend())
 
 
 def token_grid(config: ml_collections.ConfigDict, m: dict) -> tuple[int, int]:

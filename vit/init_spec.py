@@ -31,6 +31,7 @@ import numpy as np
 from vit import atomic_write
 from vit.formats import hf, timm, vit_jax
 from vit.formats.tree import check_finite, flatten, unflatten
+from vit.models import vit as vit_model
 from vit.errors import ConfigError, UserError
 
 FORMATS = ('mpp', 'mae', 'simmim', 'supervised', 'vit_jax', 'hf', 'timm')
@@ -125,8 +126,10 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   elif found:
     raise UserError(f'supervised:{path}: {PRETRAINING[found][0]} checkpoint (params hold '
                     f'"backbone"); use {found}:{path}')
-  params = jax.tree.map(np.asarray, dict(params))
+  # The official looped tree whatever the run trained (model.scan_layers stacks the blocks).
+  params = vit_model.unstack_blocks(jax.tree.map(np.asarray, dict(params)))
   model = config_lib.resolved_model(ml_collections.ConfigDict(saved))
+  model['scan_layers'] = False
   # The saved config has the architecture (also the ablations' posemb and axial blocks, which
   # shapes alone cannot tell); only the heads may have been changed since.
   model.update(num_classes=_out_dim(params, 'head'),
@@ -343,6 +346,8 @@ def adapt_params(loaded: dict, target: dict, grid: Sequence[int], *,
   except (ValueError, KeyError) as e:
     raise UserError(f'{what}: position embeddings cannot be resized to {tuple(grid)}: {e}'
                     ) from None
+  if vit_model.SCANNED_BLOCKS in target.get('Transformer', {}):  # model.scan_layers
+    loaded = vit_model.stack_blocks(loaded)
   have, want = flatten(loaded), flatten(target)
   have = {k: v for k, v in have.items() if k.split('/')[0] not in drop}
   if not any(k.startswith('head/') for k in want):  # A representation-only model.

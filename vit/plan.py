@@ -124,8 +124,11 @@ def objective_pieces(config, m: dict, objective: str):
 def compile_step(config, devices, objective: str):
   """The trainers' jitted step, lowered and compiled for `devices`; (compiled, mesh, params)."""
   m = config_lib.validate(config, num_devices=len(devices))
+  # The target is a TPU, whatever this host is: its attention and LayerNorm, not this host's.
   if m.get('attention_kernel', 'auto') == 'auto':
-    m = dict(m, attention_kernel='xla')  # The target is a TPU, whatever this host is.
+    m = dict(m, attention_kernel='xla')
+  if m.get('layer_norm', 'auto') == 'auto':
+    m = dict(m, layer_norm=config_lib.layer_norm(m, 'tpu'))
   init_params, loss_fn = objective_pieces(config, m, objective)
   task = sharded.Task(init_params=init_params, loss_fn=loss_fn, train_data=None)
   mesh = sharding.make_mesh(config.mesh, devices)
@@ -252,12 +255,15 @@ def _cost(compiled, config, devices, objective: str) -> tuple[float, float]:
   XLA's cost analysis counts a loop body once, and micro-batches are a lax.scan: with
   accumulation the cost is that of a step on one micro-batch, times the micro-batches (which
   also counts the optimiser update that many times: a few FLOPs per parameter, negligible).
+  With model.scan_layers the blocks are a loop too: the cost is read from the same step with
+  the blocks unrolled (the same arithmetic; only memory differs, read from `compiled`).
   """
   accum = config.optimizer.accumulation_steps
-  if accum > 1:
+  if accum > 1 or config.model.get('scan_layers'):
     micro = config.copy_and_resolve_references()
     micro.batch_size //= accum
     micro.optimizer.accumulation_steps = 1
+    micro.model.scan_layers = False
     compiled = compile_step(micro, devices, objective)[0]
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -12,7 +12,7 @@ reductions, which they fuse well.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -60,16 +60,28 @@ def _backward(saved, dy):
 layer_norm_dots.defvjp(_forward, _backward)
 
 
+IMPLEMENTATIONS = ('dots', 'reduce')
+
+
+def implementation_for(platform: str) -> str:
+  """The faster implementation on `platform` ('cpu', 'gpu', 'tpu'): dots on CPU only."""
+  return 'dots' if platform == 'cpu' else 'reduce'
+
+
 class LayerNorm(nn.Module):
   """`flax.linen.LayerNorm` over the last axis, same parameters; reductions as dots on CPU.
 
-  x: [..., D] of any float dtype; statistics in float32; returns `dtype`.
+  x: [..., D] of any float dtype; statistics in float32; returns `dtype`. `implementation`:
+  'dots' (the means as matrix-vector products, see the module), 'reduce' (flax's reductions),
+  or None: the one for the platform this process runs on (`implementation_for`). A program
+  compiled for another platform (vit.plan for a TPU on a CPU host) names it.
   """
   epsilon: float = 1e-6
   dtype: Any = jnp.float32
   param_dtype: Any = jnp.float32
   scale_init: Callable = nn.initializers.ones
   bias_init: Callable = nn.initializers.zeros
+  implementation: Optional[str] = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
@@ -77,7 +89,11 @@ class LayerNorm(nn.Module):
     scale = self.param('scale', self.scale_init, (width,), self.param_dtype)
     bias = self.param('bias', self.bias_init, (width,), self.param_dtype)
     x, scale, bias = (a.astype(jnp.float32) for a in (x, scale, bias))
-    if jax.default_backend() == 'cpu':
+    implementation = self.implementation or implementation_for(jax.default_backend())
+    if implementation not in IMPLEMENTATIONS:
+      raise ValueError(f'model.layer_norm={implementation!r}: must be one of auto, '
+                       f'{", ".join(IMPLEMENTATIONS)}')
+    if implementation == 'dots':
       y = layer_norm_dots(x, scale, bias, self.epsilon)
     else:  # Fused reductions are fast there: flax's own arithmetic, differentiated by JAX.
       y = _normalise(x, self.epsilon, lambda a: jnp.mean(a, axis=-1))[0] * scale + bias

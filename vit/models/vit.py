@@ -10,6 +10,7 @@ maps them to mesh axes, so the model never names a mesh axis.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
@@ -28,6 +29,18 @@ Dtype = Any
 # zero head so a fresh head starts from uniform logits (paper §3.1, fine-tuning).
 _xavier = nn.initializers.xavier_uniform()
 _mlp_bias = nn.initializers.normal(stddev=1e-6)
+
+
+# Appendix D.4 / D.6 ablations; the first of each is the paper's ViT (docs/ablations.md).
+POSEMBS = ('learned_1d', 'learned_2d', 'relative', 'sincos_2d', 'none')
+ATTENTIONS = ('global', 'axial')
+SCANNED_BLOCKS = 'encoderblock'  # The stacked blocks' name under `Transformer` (scan_layers).
+
+
+def check_choice(key: str, value, allowed: Sequence) -> None:
+  """ValueError, in one line naming `model.<key>`, when `value` is not one of `allowed`."""
+  if value not in allowed:
+    raise ValueError(f'model.{key}={value!r}: must be one of {", ".join(map(str, allowed))}')
 
 
 def _logical(init, names):
@@ -268,28 +281,53 @@ class Encoder1DBlock(nn.Module):
   attention_axis: Optional[str] = None  # Axial blocks (Appendix D.6): 'row' | 'col'.
   grid: Optional[tuple[int, int]] = None
   attention_kernel: Optional[str] = None  # See MultiHeadDotProductAttention.kernel.
+  layer_norm: Optional[str] = None  # See vit.models.layer_norm.LayerNorm.implementation.
 
   @nn.compact
   def __call__(self, x: Array, deterministic: bool,
                logits_bias: Optional[Array] = None) -> Array:
-    ln = lambda name: LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name=name,
-                                scale_init=_logical(nn.initializers.ones, ('embed',)),
-                                bias_init=_logical(nn.initializers.zeros, ('embed',)))
-    y = ln('LayerNorm_0')(x)
-    y = MultiHeadDotProductAttention(self.num_heads, self.attention_dropout_rate, self.dtype,
-                                     axis=self.attention_axis, grid=self.grid,
-                                     kernel=self.attention_kernel,
-                                     name='MultiHeadDotProductAttention_1')(
-                                         y, deterministic=deterministic, logits_bias=logits_bias)
-    y = nn.Dropout(self.dropout_rate)(y, deterministic=deterministic)
-    x = x + y
-    y = ln('LayerNorm_2')(x)
-    y = MlpBlock(self.mlp_dim, self.dropout_rate, self.gelu_approximate, self.dtype,
-                 name='MlpBlock_3')(y, deterministic=deterministic)
-    return x + y
+    return _block(self, x, deterministic, logits_bias)
+
+
+def _block(block: Encoder1DBlock, x: Array, deterministic: bool,
+           logits_bias: Optional[Array]) -> Array:
+  """The block's arithmetic; its submodules belong to `block` (called from its compact method)."""
+  ln = lambda name: LayerNorm(epsilon=block.layer_norm_epsilon, dtype=block.dtype, name=name,
+                              scale_init=_logical(nn.initializers.ones, ('embed',)),
+                              bias_init=_logical(nn.initializers.zeros, ('embed',)),
+                              implementation=block.layer_norm)
+  y = ln('LayerNorm_0')(x)
+  y = MultiHeadDotProductAttention(block.num_heads, block.attention_dropout_rate, block.dtype,
+                                   axis=block.attention_axis, grid=block.grid,
+                                   kernel=block.attention_kernel,
+                                   name='MultiHeadDotProductAttention_1')(
+                                       y, deterministic=deterministic, logits_bias=logits_bias)
+  y = nn.Dropout(block.dropout_rate)(y, deterministic=deterministic)
+  x = x + y
+  y = ln('LayerNorm_2')(x)
+  y = MlpBlock(block.mlp_dim, block.dropout_rate, block.gelu_approximate, block.dtype,
+               name='MlpBlock_3')(y, deterministic=deterministic)
+  return x + y
+
+
+class _ScannedBlock(Encoder1DBlock):
+  """One step of `nn.scan` over the blocks: (carry, output) as lax.scan wants; no output."""
+
+  @nn.compact
+  def __call__(self, x: Array, deterministic: bool,
+               logits_bias: Optional[Array] = None) -> tuple[Array, None]:
+    return _block(self, x, deterministic, logits_bias), None
 
 
 class Encoder(nn.Module):
+  """Position embeddings, the blocks and the final LayerNorm (`Transformer` in checkpoints).
+
+  `scan_layers`: the blocks as one `nn.scan` (compiled once, not once per layer; big_vision's
+  `scan=True`, MaxText's `scan_layers`), their parameters stacked on a leading 'layers' axis
+  under `encoderblock`; `stack_blocks` / `unstack_blocks` convert to and from the official
+  `encoderblock_{i}` tree. `remat` recomputes each block's forward pass in the backward pass,
+  saving what `remat_policy` names (a `jax.checkpoint_policies` name; None: nothing).
+  """
   num_layers: int
   mlp_dim: int
   num_heads: int
@@ -304,9 +342,14 @@ class Encoder(nn.Module):
   attention: str = 'global'  # 'global' | 'axial'
   grid: Optional[tuple[int, int]] = None  # The patch grid (rows, cols) after prefix tokens.
   attention_kernel: Optional[str] = None  # See MultiHeadDotProductAttention.kernel.
+  scan_layers: bool = False
+  remat_policy: Optional[str] = None
+  layer_norm: Optional[str] = None  # See vit.models.layer_norm.LayerNorm.implementation.
 
   @nn.compact
   def __call__(self, x: Array, *, train: bool, keep: Optional[Array] = None) -> Array:
+    check_choice('posemb', self.posemb, POSEMBS)
+    check_choice('attention', self.attention, ATTENTIONS)
     prefix = x.shape[1] - (self.grid[0] * self.grid[1] if self.grid else 0)
     if self.posemb == 'learned_1d':
       x = AddPositionEmbs(name='posembed_input')(x)
@@ -326,10 +369,24 @@ class Encoder(nn.Module):
       kept = jnp.take_along_axis(x[:, prefix:], keep[..., None], axis=1)
       x = jnp.concatenate([x[:, :prefix], kept], axis=1)
     x = nn.Dropout(self.dropout_rate)(x, deterministic=not train)
+    x = self._scanned(x, train) if self.scan_layers else self._looped(x, train, prefix)
+    return LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm',
+                     scale_init=_logical(nn.initializers.ones, ('embed',)),
+                     bias_init=_logical(nn.initializers.zeros, ('embed',)),
+                     implementation=self.layer_norm)(x)
+
+  def _block_args(self) -> tuple:
+    return (self.mlp_dim, self.num_heads, self.dropout_rate, self.attention_dropout_rate,
+            self.gelu_approximate, self.layer_norm_epsilon, self.dtype)
+
+  def _remat(self, block_cls, **kwargs):
     # `deterministic` is passed positionally: remat must treat it as static (argnum 2 counts
     # self), or `not deterministic` would be traced.
-    block_cls = (nn.remat(Encoder1DBlock, static_argnums=(2,)) if self.remat
-                 else Encoder1DBlock)
+    policy = getattr(jax.checkpoint_policies, self.remat_policy) if self.remat_policy else None
+    return nn.remat(block_cls, static_argnums=(2,), policy=policy, **kwargs)
+
+  def _looped(self, x: Array, train: bool, prefix: int) -> Array:
+    block_cls = self._remat(Encoder1DBlock) if self.remat else Encoder1DBlock
     # An axial layer is two blocks, row then column attention, each with its own MLP, as the
     # paper's AxialViT (Appendix D.6).
     axes = ((None, ''),) if self.attention == 'global' else (('row', '_row'), ('col', '_col'))
@@ -339,15 +396,24 @@ class Encoder(nn.Module):
         if self.posemb == 'relative':
           kwargs['logits_bias'] = RelativePositionBias(
               tuple(self.grid), self.num_heads, prefix, name=f'relposemb_{i}{suffix}')()
-        x = block_cls(self.mlp_dim, self.num_heads, self.dropout_rate,
-                      self.attention_dropout_rate, self.gelu_approximate,
-                      self.layer_norm_epsilon, self.dtype, attention_axis=axis,
+        x = block_cls(*self._block_args(), attention_axis=axis,
                       grid=None if axis is None else tuple(self.grid),
-                      attention_kernel=self.attention_kernel,
+                      attention_kernel=self.attention_kernel, layer_norm=self.layer_norm,
                       name=f'encoderblock_{i}{suffix}')(x, not train, **kwargs)
-    return LayerNorm(epsilon=self.layer_norm_epsilon, name='encoder_norm',
-                     scale_init=_logical(nn.initializers.ones, ('embed',)),
-                     bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
+    return x
+
+  def _scanned(self, x: Array, train: bool) -> Array:
+    if self.posemb == 'relative' or self.attention != 'global':
+      raise ValueError(f'model.scan_layers=True: needs global attention and no relative '
+                       f'position biases (posemb={self.posemb}, attention={self.attention})')
+    # prevent_cse=False: inside a scan, XLA cannot merge the recomputation away (flax's advice).
+    block_cls = self._remat(_ScannedBlock, prevent_cse=False) if self.remat else _ScannedBlock
+    blocks = nn.scan(block_cls, variable_axes={'params': 0},
+                     split_rngs={'params': True, 'dropout': True}, in_axes=nn.broadcast,
+                     length=self.num_layers, metadata_params={nn.PARTITION_NAME: 'layers'})
+    x, _ = blocks(*self._block_args(), attention_kernel=self.attention_kernel,
+                  layer_norm=self.layer_norm, name=SCANNED_BLOCKS)(x, not train)
+    return x
 
 
 class VisionTransformer(nn.Module):
@@ -379,6 +445,9 @@ class VisionTransformer(nn.Module):
   posemb: str = 'learned_1d'  # Appendix D.4 ablations; see `Encoder`.
   attention: str = 'global'  # 'axial': Appendix D.6.
   attention_kernel: Optional[str] = None  # See MultiHeadDotProductAttention.kernel.
+  scan_layers: bool = False  # See `Encoder`.
+  remat_policy: Optional[str] = None
+  layer_norm: Optional[str] = None  # See vit.models.layer_norm.LayerNorm.implementation.
 
   @nn.compact
   def __call__(self, images: Array, *, train: bool,
@@ -405,7 +474,8 @@ class VisionTransformer(nn.Module):
                 self.attention_dropout_rate, self.gelu_approximate, self.layer_norm_epsilon,
                 self.remat, self.dtype, posemb=self.posemb, attention=self.attention,
                 grid=(h, w), attention_kernel=self.attention_kernel,
-                name='Transformer')(x, train=train, keep=keep)
+                scan_layers=self.scan_layers, remat_policy=self.remat_policy,
+                layer_norm=self.layer_norm, name='Transformer')(x, train=train, keep=keep)
     if self.classifier == 'unpooled':
       return x
     x = x[:, 0] if self.classifier == 'token' else jnp.mean(x, axis=1)
@@ -489,3 +559,39 @@ def resize_position_params(params: dict, new_grid: Sequence[int]) -> dict:
     if name.startswith('relposemb_'):
       enc[name] = dict(sub, rel_table=_zoom(sub['rel_table'], (2 * gh - 1, 2 * gw - 1)))
   return dict(params, Transformer=enc)
+
+
+def stack_blocks(params: dict) -> dict:
+  """The official looped tree -> the scanned one (`model.scan_layers`), values unchanged.
+
+  `Transformer/encoderblock_{i}/...` for i = 0..L-1 become `Transformer/encoderblock/...` with
+  a leading [L] axis (numpy in, numpy out; jax arrays stay jax arrays); every other entry is
+  kept. Raises ValueError when the blocks are not numbered 0..L-1 or are already stacked.
+  """
+  t = dict(params['Transformer'])
+  if SCANNED_BLOCKS in t:
+    raise ValueError(f'Transformer/{SCANNED_BLOCKS}: the blocks are already stacked')
+  numbers = sorted(int(k.split('_')[1]) for k in t if re.fullmatch(r'encoderblock_\d+', k))
+  if not numbers or numbers != list(range(len(numbers))):
+    raise ValueError(f'Transformer: blocks {numbers} are not encoderblock_0..L-1 (axial '
+                     'blocks, encoderblock_{i}_row/_col, cannot be scanned)')
+  blocks = [t.pop(f'encoderblock_{i}') for i in numbers]
+  t[SCANNED_BLOCKS] = jax.tree.map(_stack, *blocks)
+  return {**params, 'Transformer': t}
+
+
+def unstack_blocks(params: dict) -> dict:
+  """The scanned tree -> the official looped one (`encoderblock_{i}`): `stack_blocks`'s
+  inverse. A tree without stacked blocks is returned as it is."""
+  t = dict(params.get('Transformer', {}))
+  if SCANNED_BLOCKS not in t:
+    return params
+  stacked = t.pop(SCANNED_BLOCKS)
+  layers = jax.tree.leaves(stacked)[0].shape[0]
+  for i in range(layers):
+    t[f'encoderblock_{i}'] = jax.tree.map(lambda x, i=i: x[i], stacked)
+  return {**params, 'Transformer': t}
+
+
+def _stack(*arrays):
+  return np.stack(arrays) if isinstance(arrays[0], np.ndarray) else jnp.stack(arrays)
