@@ -17,7 +17,7 @@ $(STAMP): requirements.lock
 	touch $@
 
 demo: setup
-	$(PY) -m mpp.study --config configs/study/demo.py --workdir runs/demo
+	$(PY) -m study.run --config configs/study/demo.py --workdir runs/demo
 
 # timm (--no-deps, see `bench`) is a peer the tests compare our timm reader and writer with.
 test: setup bazel-setup

@@ -117,6 +117,8 @@ def matched(study, head: float) -> list[Run]:
     out += [Run(f'{MATCHED}/{fkey}/seed{s}', 'train', P_MATCHED, arm=MATCHED, fkey=fkey, seed=s,
                 steps=pre + b.steps, eval_every=3 * b.eval_every, warmup=b.warmup,
                 choose=f'{SCRATCH}/{fkey}/sweep') for s in study.seeds]
+  if not study.full_seeds:
+    return out
   out += [Run(f'{MATCHED}/{ALL}/seed{s}', 'train', P_MATCHED, arm=MATCHED, fkey=ALL, seed=s,
               steps=pre, eval_every=round(study.full.eval_every_epochs * study.steps_per_epoch),
               warmup=study.full.warmup, choose=f'{SCRATCH}/{ALL}/sweep',
@@ -142,7 +144,8 @@ def _with_choice_deps(runs: list[Run]) -> list[Run]:
 def runs(study: ml_collections.ConfigDict) -> list[Run]:
   """Every run of the protocol, in no particular order (workers order them by priority)."""
   out: list[Run] = []
-  for fkey in list(study.budgets) + [ALL]:
+  full = bool(study.full_seeds)  # () turns the all-labels cells off (the demo).
+  for fkey in list(study.budgets) + ([ALL] if full else []):
     seeds = study.full_seeds[:1] if fkey == ALL else study.seeds
     out += [Run(f'{PIXELS}/{fkey}/seed{s}', 'pixels', P_PIXELS, fkey=fkey, seed=s)
             for s in seeds]
@@ -159,8 +162,9 @@ def runs(study: ml_collections.ConfigDict) -> list[Run]:
         out += _small_fraction(study, f'mpp_e{e:g}', fkey, f'mpp_e{e:g}/{fkey}', backbone(e),
                                (P_LENGTH_CURVE, P_LENGTH_CURVE), pad_from=pads)
   pads = f'{SCRATCH}/{list(study.budgets)[-1]}/sweep'  # The largest fraction's choice.
-  out += _all_labels(study, SCRATCH, f'{SCRATCH}/{ALL}', pads)
-  out += _all_labels(study, f'mpp_e{head:g}', f'mpp_e{head:g}/{ALL}', pads, backbone(head))
+  if full:
+    out += _all_labels(study, SCRATCH, f'{SCRATCH}/{ALL}', pads)
+    out += _all_labels(study, f'mpp_e{head:g}', f'mpp_e{head:g}/{ALL}', pads, backbone(head))
   out += matched(study, head)
   out = _with_choice_deps(out)
   names = [r.name for r in out]

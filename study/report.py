@@ -32,7 +32,7 @@ class Study:
     self.config, self.results = config, results
     self.runs = protocol.runs(config)
     self.order = [r.name for r in self.runs]
-    self.fkeys = list(config.budgets) + [protocol.ALL]
+    self.fkeys = list(config.budgets) + ([protocol.ALL] if config.full_seeds else [])
     self.head = f'mpp_e{config.headline_epochs:g}'
 
   def seeds(self, fkey: str) -> tuple:
@@ -102,11 +102,13 @@ def headline(st: Study) -> list[str]:
           (protocol.MATCHED, 'ViT from scratch, compute-matched'),
           (st.head, f'ViT, MPP {st.config.headline_epochs:g} epochs, fine-tuned')]
   lines = ['| test accuracy (%), mean +- 95% interval | ' +
-           ' | '.join(FKEYS_LABEL[f] for f in st.fkeys) + ' | images seen (1% / 10% / 100%) |',
+           ' | '.join(FKEYS_LABEL[f] for f in st.fkeys) + ' | images seen (' +
+           ' / '.join(FKEYS_LABEL[f].split()[0] for f in st.fkeys) + ') |',
            '|---' * (len(st.fkeys) + 2) + '|']
   for arm, label in arms:
     cells = [_cell(st.accuracies(arm, f), len(st.seeds(f))) for f in st.fkeys]
-    if arm == protocol.PIXELS and st.accuracies(arm, protocol.ALL):  # Not a mean over seeds.
+    if arm == protocol.PIXELS and protocol.ALL in st.fkeys and st.accuracies(arm, protocol.ALL):
+      # One fit of all labels, the same for every seed: not a mean over seeds.
       cells[-1] = f'{next(iter(st.accuracies(arm, protocol.ALL).values())):.2f} (one fit)'
     seen = ' / '.join(st.images(arm, f) or '-' for f in st.fkeys)
     lines.append(f'| {label} | ' + ' | '.join(cells) + f' | {seen} |')
@@ -229,6 +231,21 @@ def _steps_left(st: Study, r: protocol.Run) -> int:
   return r.steps
 
 
+def scratch_all_labels(st: Study) -> list[str]:
+  """Epochs, best epoch and CPU time of every finished scratch run on all labels."""
+  names = [n for n in st.order if n.startswith(f'{protocol.SCRATCH}/{protocol.ALL}/')
+           and n in st.results]
+  lines = ['| run | epochs | held-out best at epoch | held-out best | test there | CPU-hours |',
+           '|---|---|---|---|---|---|']
+  spe = st.config.steps_per_epoch
+  for n in names:
+    rec, r = st.results[n], st.results[n]['result']
+    lines.append(f'| {n} | {r["steps"] / spe:g} | {r["best_step"] / spe:g} | '
+                 f'{100 * r["holdout_best"]:.2f} | {100 * r["test_at_best"]:.2f} | '
+                 f'{rec.get("cpu_s", 0) / 3600:.2f} |')
+  return lines if names else ['No run has finished yet.']
+
+
 def plot_fractions(st: Study, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   xs = [100 * protocol.fraction_of(st.config, f) for f in st.fkeys]
@@ -272,7 +289,8 @@ def markdown(st: Study, figures: dict[str, str]) -> str:
            'has finished and counts missing seeds.', '', '## Status', '', *progress(st), '',
            '## Headline', '', *headline(st), '', '## Paired differences (same seeds: same '
            'labelled images and order)', '', *comparisons(st), '', '## Length of MPP '
-           'pretraining', '', *length_curve(st), '', '## Held-out choices', '',
+           'pretraining', '', *length_curve(st), '', '## Scratch on all labels (goal: 91% or '
+           'more)', '', *scratch_all_labels(st), '', '## Held-out choices', '',
            '`*`: the held-out best was the run\'s last evaluation.', '', *sweeps(st), '']
   for title, rel in figures.items():
     parts += [f'![{title}]({rel})', '']

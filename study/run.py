@@ -17,7 +17,7 @@ import time
 
 from absl import flags
 
-from study import choices, configs, execute, protocol, store
+from study import choices, configs, execute, protocol, report, store
 from study.protocol import Run
 from vit import cli
 from vit.errors import UserError
@@ -131,6 +131,10 @@ def main(argv):
     _spawn(study, workdir)
   else:
     work(study, workdir)
+  if FLAGS.worker_index < 0 and study.report:
+    st = report.write(study, study.report)
+    print('\n'.join(report.headline(st) + [''] + report.comparisons(st)), flush=True)
+    print(f'study: wrote {study.report}', flush=True)
 
 
 if __name__ == '__main__':

@@ -1,6 +1,6 @@
 """Parts of a split: a fixed held-out validation set, a class subset, a class-balanced fraction.
 
-The study's protocol (docs/results.md) needs three views of one training split:
+The study's protocol (docs/study/protocol.md) needs three views of one training split:
 - a held-out validation set, the split's last `holdout` records (fixed, never shuffled in), on
   which every hyper-parameter is chosen, so the test split steers nothing;
 - a subset of classes, relabelled 0..k-1 in the order given (pretraining on 5 Fashion-MNIST

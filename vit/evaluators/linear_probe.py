@@ -1,6 +1,6 @@
 """Frozen-feature evaluation with the held-out split choosing the L2 strength.
 
-The k-shot and full linear probes of the study (docs/results.md): the closed-form regularised
+The k-shot and full linear probes of the study (docs/study/protocol.md): the closed-form regularised
 least squares of the few-shot evaluator (fewshot.LeastSquares, big_vision's `fewshot_lsr`
 formulation) fit on training features, its L2 strength chosen on the held-out split
 (data.holdout, never the test split), then test accuracy at that strength. Features come from
