@@ -36,6 +36,8 @@ VARIANTS = {
     'no_heap_trim': 'the heap XLA\'s compiler frees is not handed back (vit.host_memory)',
     'flax_layer_norm': 'flax.linen.LayerNorm (reductions that XLA:CPU runs as reduce-windows) '
                        'instead of vit/models/layer_norm.py (reductions as dots)',
+    'corruption_0.75': 'mpp.corruption_rate=0.75 (MPP at MAE\'s masking ratio; the encoder '
+                       'still sees every patch)',
     'scan:K': 'K train steps per call: lax.scan of the step over K batches in one jitted, '
               'donated call (Python and dispatch paid once per K steps)',
 }
@@ -56,6 +58,8 @@ def make_config(shape, variant: str):
   config.model.dtype = 'bfloat16' if variant.startswith('bf16') else 'float32'
   config.model.attention_kernel = {'bf16_cudnn': 'cudnn', 'bf16_xla': 'xla'}.get(variant, 'auto')
   config.model.remat = variant == 'remat'
+  if variant == 'corruption_0.75':
+    config.mpp.corruption_rate = 0.75
   return config
 
 

@@ -30,8 +30,10 @@ class TorchStep:
     self.images = torch.randn(b, shape.channels, s, s, device=self.device)
     self.labels = torch.randint(0, shape.classes, (b,), device=self.device)
     grid = s // shape.patch
-    # MPP's corruption rate (paper B.1.2).
-    self.mask = torch.rand(b, grid * grid, device=self.device) < 0.5
+    # SimMIM's block mask as ours draws it (simmim/objective.py); else MPP's corruption rate
+    # (paper B.1.2). MAE's peer draws its own noise every step, as our step does.
+    self.mask = (_block_mask(torch, b, grid).to(self.device) if step == 'simmim' else
+                 torch.rand(b, grid * grid, device=self.device) < 0.5)
     self.autocast = (lambda: torch.autocast('cuda', dtype=torch.bfloat16)) if device == 'gpu' \
         else contextlib.nullcontext
 
@@ -107,11 +109,38 @@ def _build(shape, step: str, framework: str):
       logits = model(pixel_values=images).logits
       return logits if forward_only else F.cross_entropy(logits, labels)
     return model, loss
-  # The closest published peer of MPP: masked patches replaced by a learned token, the masked
-  # pixels reconstructed (SimMIM's head; our MPP classifies mean colours, paper §4.6).
+  if step == 'mae':
+    # Our MAE's decoder and masking (configs/mae/fashion_mnist.py, vit.config defaults).
+    model = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(
+        image_size=shape.image, patch_size=shape.patch, num_channels=shape.channels,
+        hidden_size=shape.hidden, num_hidden_layers=shape.depth,
+        num_attention_heads=shape.heads, intermediate_size=shape.mlp,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, decoder_hidden_size=32,
+        decoder_num_hidden_layers=2, decoder_num_attention_heads=2,
+        decoder_intermediate_size=128, mask_ratio=0.75, norm_pix_loss=True))
+
+    def loss(model, images, labels, mask, forward_only=False):
+      out = model(pixel_values=images)
+      return out.logits if forward_only else out.loss
+    return model, loss
+  # SimMIM's own peer, and the closest published peer of MPP: masked patches replaced by a
+  # learned token, the masked pixels reconstructed (our MPP classifies mean colours, §4.6).
   model = transformers.ViTForMaskedImageModeling(config)
 
   def loss(model, images, labels, mask, forward_only=False):
     out = model(pixel_values=images, bool_masked_pos=mask)
     return out.reconstruction if forward_only else out.loss
   return model, loss
+
+
+def _block_mask(torch, batch: int, grid: int, block: int = 2, ratio: float = 0.6):
+  """bool [batch, grid * grid]: ceil(ratio * blocks) random blocks of block x block patches,
+  laid from the top-left and cut at the edges (simmim/objective.py's defaults: 8-px blocks of
+  4-px patches)."""
+  import math
+  side = -(-grid // block)
+  count = math.ceil(side * side * ratio)
+  ranks = torch.rand(batch, side * side).argsort(1).argsort(1)
+  blocks = (ranks < count).reshape(batch, side, side)
+  mask = blocks.repeat_interleave(block, 1).repeat_interleave(block, 2)[:, :grid, :grid]
+  return mask.reshape(batch, grid * grid)

@@ -72,13 +72,17 @@ SHAPES = {
     # The Fashion-MNIST fine-tuning default (configs/finetune/fashion_mnist.py on the
     # configs/supervised/fashion_mnist.py backbone): 65 tokens, four heads of 16.
     'small-32': Shape(32, 3, 4, 64, 4, 4, 256, 128, 10, 4),
+    # The same backbone at the pretraining size (configs/mpp, configs/mae, configs/simmim):
+    # 28 px grey repeated to 3 channels, 49 patches.
+    'small-28': Shape(28, 3, 4, 64, 4, 4, 256, 128, 10, 4),
     'tiny-28': Shape(28, 1, 4, 192, 6, 3, 768, 128, 10, 2),
     'Ti/16-224': Shape(224, 3, 16, 192, 12, 3, 768, 32, 1000, 1),
     'B/16-224': Shape(224, 3, 16, 768, 12, 12, 3072, 8, 1000, 1),
 }
 # Variants that set up the whole process (XLA flags, the heap trim): not in a shared process.
 PROCESS_VARIANTS = ('no_xla_defaults', 'no_heap_trim')
-PEERS = {'timm': ('supervised',), 'hf': ('supervised', 'mpp')}
+PEERS = {'timm': ('supervised',), 'hf': ('supervised', 'mpp', 'mae', 'simmim')}
+STEPS = ('supervised', 'mpp', 'mae', 'simmim')  # Objectives (vit.objective.resolve).
 # Published dense bfloat16 tensor-core peaks (NVIDIA datasheets; "with sparsity" figures halved),
 # looked up by a substring of the device kind, the first match winning.
 GPU_PEAK_BF16_FLOPS = (('H100 PCIe', 756e12), ('H100', 989.4e12), ('H200', 989.4e12),
@@ -268,13 +272,14 @@ def _cases(args) -> list[Case]:
   return cases
 
 
-def run(args) -> dict:
+def run(args, cases: Optional[list[Case]] = None) -> dict:
+  """Times `cases` (default: every shape x step x variant and peer of `args`)."""
   ctx = multiprocessing.get_context('spawn')
   matmul_case = Case('-', '-', 'matmul', device=args.device)
   peaks, results = [], []
   steps_per_turn = lambda shape: args.steps_per_turn or SHAPES[shape].steps_per_turn
   shared = args.process == 'shared'
-  cases = _cases(args)
+  cases = _cases(args) if cases is None else cases
   workers = _workers(ctx, [matmul_case] + cases if shared else [matmul_case], shared)
   matmul = workers.pop(0)
   if matmul.error:
@@ -289,7 +294,7 @@ def run(args) -> dict:
         _rounds(worker, args.rounds, steps_per_turn(case.shape), case.shape)
         results.append(_summary(worker[0], *worker[0].stop()))
   else:
-    for shape in args.shapes:
+    for shape in dict.fromkeys(c.shape for c in cases):
       mine = workers if shared else _workers(ctx, [c for c in cases if c.shape == shape], False)
       mine = _checked([w for w in mine if w.case.shape == shape], results)
       peaks += _rounds(mine, args.rounds, steps_per_turn(shape), shape, matmul)
@@ -418,15 +423,14 @@ def _positive(text: str) -> int:
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
   p.add_argument('--shapes', type=_csv('shape', SHAPES), default=list(SHAPES))
-  p.add_argument('--steps', type=_csv('step', ('supervised', 'mpp')),
-                 default=['supervised', 'mpp'])
+  p.add_argument('--steps', type=_csv('step', STEPS), default=['supervised', 'mpp'])
   p.add_argument('--peers', type=_csv('peer', PEERS), default=list(PEERS),
                  help='PyTorch peers to time alongside (skipped when not installed)')
   p.add_argument('--variants', type=_csv('variant'), default=['base'],
                  help='our step\'s variants: base, no_donate, sync_every_step, '
                       'einsum_attention, bf16, bf16_xla, bf16_cudnn, remat, no_xla_defaults, '
-                      'no_heap_trim, flax_layer_norm, scan:K (K steps per call), or xla:FLAGS '
-                      '(docs/performance.md)')
+                      'no_heap_trim, flax_layer_norm, corruption_0.75 (MPP at 75%%), '
+                      'scan:K (K steps per call), or xla:FLAGS (docs/performance.md)')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',
                  help='gpu: JAX on CUDA, peers in bf16 autocast, workers one at a time')

@@ -1,4 +1,5 @@
 """The train-step benchmark's own logic: arguments, cases, the GPU peak and the table."""
+import numpy as np
 import pytest
 
 from benchmarks import train_step
@@ -123,3 +124,31 @@ def test_trainer_benchmark_reads_the_logged_rates_after_the_first_window():
       'eval step 30: eval/accuracy 0.5000',
       'step 30/30 loss 2 images_per_s 5.12e+02 eta 0s'])
   assert trainer.logged_rates(output, log_every=10) == [480.25, 512.0]
+
+
+def test_masked_image_cases_and_ratios():
+  from benchmarks import masked_image
+  cases = masked_image.cases()
+  assert {c.shape for c in cases} == {'small-28'}
+  shape = cases[0].shape_spec()
+  assert (shape.image, shape.channels, shape.patch, shape.hidden, shape.depth, shape.heads,
+          shape.mlp, shape.batch) == (28, 3, 4, 64, 4, 4, 256, 128)
+  assert [(c.step, c.framework) for c in cases if c.framework == 'hf'] == [
+      ('mpp', 'hf'), ('mae', 'hf'), ('simmim', 'hf')]
+  rates = {('mpp', 'jax', 'base'): 100.0, ('mpp', 'jax', 'corruption_0.75'): 100.0,
+           ('mae', 'jax', 'base'): 260.0, ('mae', 'hf', 'base'): 130.0}
+  report = {'results': [{'case': {'step': s, 'framework': f, 'variant': v},
+                         'train_img_s': r} for (s, f, v), r in rates.items()]
+            + [{'case': {'step': 'simmim', 'framework': 'hf', 'variant': 'base'},
+                'error': 'not installed'}]}
+  assert masked_image.ratios(report) == {'mae_over_mpp_at_75': 2.6, 'mae_over_mpp_at_50': 2.6,
+                                         'mae_ours_over_hf': 2.0}
+
+
+def test_torch_peer_masks_blocks_as_simmim_does():
+  torch = pytest.importorskip('torch')
+  from benchmarks import torch_peers
+  mask = torch_peers._block_mask(torch, 500, 7).numpy().reshape(500, 7, 7)
+  padded = np.pad(mask, ((0, 0), (0, 1), (0, 1)), mode='edge').reshape(500, 4, 2, 4, 2)
+  assert (padded == padded[:, :, :1, :, :1]).all()
+  assert (padded[:, :, 0, :, 0].sum((1, 2)) == 10).all()  # ceil(0.6 * 16) blocks.

@@ -145,8 +145,9 @@ def defaults() -> ml_collections.ConfigDict:
       image_every=0,  # Steps between PNG grids of MPP predictions; 0: only at the end.
       eval_examples=1024,  # Held-out images for the MPP loss and colour accuracy.
   )
-  # MAE and SimMIM (mae/, simmim/; issue 27). Declared here until objectives register their
-  # own config sections (issue 25); checked by mae.objective / simmim.objective.check_config.
+  # MAE and SimMIM (mae/, simmim/; issue 27), declared here as config.mpp is: known keys are
+  # read from defaults(). Their Definitions (vit/objective.py) return these sections and check
+  # them (mae/objective.py, simmim/objective.py: check_config).
   config.mae = dict(
       mask_ratio=0.75,
       norm_pix_loss=True,
