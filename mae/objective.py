@@ -92,6 +92,9 @@ class Decoder(nn.Module):
   gelu_approximate: bool = True
   layer_norm_epsilon: float = 1e-6
   dtype: jnp.dtype = jnp.float32
+  # The backbone's kernels (vit.config.attention_kernel, vit.config.layer_norm).
+  attention_kernel: Optional[str] = None
+  layer_norm: Optional[str] = None
 
   @nn.compact
   def __call__(self, latent: jax.Array, ids_restore: jax.Array, *, train: bool) -> jax.Array:
@@ -109,9 +112,11 @@ class Decoder(nn.Module):
     x = x + jnp.asarray(sincos_2d(self.grid, self.hidden_size), x.dtype)[None]
     for i in range(self.num_layers):
       x = Encoder1DBlock(self.mlp_dim, self.num_heads, 0.0, 0.0, self.gelu_approximate,
-                         self.layer_norm_epsilon, self.dtype, name=f'decoderblock_{i}')(
-                             x, not train)
+                         self.layer_norm_epsilon, self.dtype,
+                         attention_kernel=self.attention_kernel, layer_norm=self.layer_norm,
+                         name=f'decoderblock_{i}')(x, not train)
     x = LayerNorm(epsilon=self.layer_norm_epsilon, dtype=self.dtype, name='decoder_norm',
+                  implementation=self.layer_norm,
                   scale_init=_logical(nn.initializers.ones, ('embed',)),
                   bias_init=_logical(nn.initializers.zeros, ('embed',)))(x)
     x = nn.Dense(self.patch_values, dtype=self.dtype, name='decoder_pred',
@@ -158,7 +163,8 @@ def build_model(config: ml_collections.ConfigDict, m: dict) -> MaeModel:
   ph, pw = m['patches']['size']
   decoder = Decoder(d.hidden_size, d.num_layers, d.num_heads, d.mlp_dim, grid[0],
                     ph * pw * config.data.channels, m['gelu_approximate'],
-                    m['layer_norm_epsilon'], jnp.dtype(m['dtype']))
+                    m['layer_norm_epsilon'], jnp.dtype(m['dtype']),
+                    config_lib.attention_kernel(m), config_lib.layer_norm(m))
   return MaeModel(backbone=backbone, decoder=decoder, mask_ratio=config.mae.mask_ratio)
 
 
