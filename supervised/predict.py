@@ -3,7 +3,8 @@
 
 Images (uint8 [B, H, W, C] in a .npy, or image files in a directory) are resized to the model
 resolution (the checkpoint's: a Hugging Face processor's or timm's input size, else its position
-embeddings' grid) and normalised as the checkpoint states (a Hugging Face processor's rescale,
+embeddings' grid; a timm checkpoint's stated view, crop_pct and interpolation, is applied as
+timm's eval transform applies it) and normalised as the checkpoint states (a Hugging Face processor's rescale,
 mean and std; timm's mean and std; else x / 127.5 - 1, as in training). `--resolution` runs the
 model at another resolution, interpolating the position embeddings exactly as fine-tuning does.
 Output: raw float32 logits [B, classes] (.npy) or the top-5 classes with names and softmax
@@ -71,9 +72,12 @@ def _read_directory(path: str) -> tuple[list[np.ndarray], list[str]]:
   return images, names
 
 
-def prepare_images(images: Sequence[np.ndarray], size: int, channels: int) -> np.ndarray:
-  """The model's input view: channels matched, resized to size x size; still uint8."""
-  ops = [transforms.ToChannels(channels), transforms.Resize(size)]
+def prepare_images(images: Sequence[np.ndarray], size: int, channels: int,
+                   view: Optional[dict] = None) -> np.ndarray:
+  """The model's input view: channels matched, resized to size x size (or the checkpoint's
+  stated evaluation view, e.g. timm's crop_pct and interpolation, at that size); uint8."""
+  resize = transforms.EvalView(size, **view) if view else transforms.Resize(size)
+  ops = [transforms.ToChannels(channels), resize]
   out = []
   for image in images:
     record = {'image': image}
@@ -160,7 +164,7 @@ def main(argv):
     raise UserError(f'--batch_size {f.batch_size}: must be positive')
   raw, names = read_images(f.images)
   apply_fn, ckpt, size = load_classifier(f.init, f.resolution)
-  logits = predict(apply_fn, prepare_images(raw, size, ckpt.channels), f.batch_size)
+  logits = predict(apply_fn, prepare_images(raw, size, ckpt.channels, ckpt.view), f.batch_size)
   bad = [name for name, row in zip(names, logits) if not np.isfinite(row).all()]
   if bad and f.output.endswith('.json'):  # JSON has no NaN; a reader would choke on one.
     raise UserError(f'--output {f.output}: the model gave non-finite logits for {len(bad)} of '

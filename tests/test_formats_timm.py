@@ -29,9 +29,10 @@ def _tiny_timm(directory, seed=0, **kw):
   """A tiny timm ViT with weights large enough for logits of order one, saved by timm."""
   torch.manual_seed(seed)
   args = dict(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=4, num_classes=5)
+  overlay = kw.pop('pretrained_cfg_overlay', IMAGENET)
   args.update(kw)
   model = timm.create_model('vit_tiny_patch16_224', pretrained=False,
-                            pretrained_cfg_overlay=IMAGENET, **args).eval()
+                            pretrained_cfg_overlay=overlay, **args).eval()
   spread = 0.3 * (32 / args['embed_dim']) ** 0.5  # Logits of order one at any width.
   with torch.no_grad():
     for name, p in model.named_parameters():
@@ -118,3 +119,119 @@ def test_torchvision_stand_in_is_gone_after_timm_is_imported():
   assert import_utils._is_package_available('torchvision', return_version=True) == (False, 'N/A')
   assert timm.create_model('vit_tiny_patch16_224', img_size=16, patch_size=4, embed_dim=32,
                            depth=1, num_heads=4, num_classes=5).head.out_features == 5
+
+
+# The evaluation view a timm checkpoint states: timm's usual crop_pct 0.875 and bicubic filter.
+VIEW = dict(IMAGENET, crop_pct=0.875, interpolation='bicubic')
+
+
+def _timm_eval_inputs(model, images):
+  """timm's own eval input for uint8 [H, W, 3] images of any shape: the transform of
+  `resolve_model_data_config(model)` (`create_transform`, when torchvision is installed; else
+  the same steps written out from torchvision's Resize(int) and CenterCrop on PIL images)."""
+  from PIL import Image
+  cfg = timm.data.resolve_model_data_config(model)
+  try:
+    import torchvision  # noqa: F401
+  except ImportError:
+    pass
+  else:
+    transform = timm.data.create_transform(**cfg, is_training=False)
+    return torch.stack([transform(Image.fromarray(x)) for x in images]).numpy()
+  size = cfg['input_size'][1]
+  scale = int(size / cfg['crop_pct'])  # math.floor for positive numbers.
+  out = []
+  for x in images:
+    h, w = x.shape[:2]
+    new = (scale, int(scale * h / w)) if w <= h else (int(scale * w / h), scale)  # (W, H)
+    pil = Image.fromarray(x).resize(new, timm.data.transforms.str_to_pil_interp(
+        cfg['interpolation']))
+    top, left = int(round((new[1] - size) / 2.0)), int(round((new[0] - size) / 2.0))
+    crop = np.asarray(pil)[top:top + size, left:left + size].astype(np.float32) / 255
+    out.append(((crop - np.asarray(cfg['mean'])) / np.asarray(cfg['std'])).transpose(2, 0, 1))
+  return np.stack(out).astype(np.float32)
+
+
+def _shapes():
+  rng = np.random.default_rng(3)
+  return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+          ((23, 30, 3), (40, 17, 3), (16, 16, 3), (57, 57, 3))]
+
+
+def _timm_from_files(directory):
+  """The model as timm builds it from the files: its config.json's pretrained_cfg (what
+  `resolve_model_data_config` reads) and model_args, then the weights."""
+  from safetensors.torch import load_file
+  cfg = json.loads((directory / 'config.json').read_text())
+  model = timm.create_model(cfg['architecture'], pretrained=False,
+                            pretrained_cfg_overlay=cfg['pretrained_cfg'], **cfg['model_args'])
+  model.load_state_dict(load_file(str(directory / 'model.safetensors')))
+  return model.eval()
+
+
+def test_a_stated_crop_pct_and_filter_are_applied_as_timm_applies_them(tmp_path):
+  _tiny_timm(tmp_path / 't', pretrained_cfg_overlay=VIEW)
+  model = _timm_from_files(tmp_path / 't')
+  stated = json.loads((tmp_path / 't' / 'config.json').read_text())['pretrained_cfg']
+  assert (stated['crop_pct'], stated['interpolation']) == (0.875, 'bicubic')  # timm wrote them.
+  apply_fn, ckpt, size = predict.load_classifier(f'timm:{tmp_path / "t"}')
+  assert ckpt.view == dict(crop_pct=0.875, interpolation='bicubic', crop_mode='center')
+  images = _shapes()
+  ours = predict.prepare_images(images, size, 3, ckpt.view)
+  ref = _timm_eval_inputs(model, images)
+  from vit.preprocess import input_fn
+  ours_input = np.asarray(input_fn(ckpt.model)(ours)).transpose(0, 3, 1, 2)
+  assert np.abs(ours_input - ref).max() <= TOL
+  with torch.no_grad():
+    ref_logits = model(torch.from_numpy(ref)).numpy()
+  assert np.abs(predict.predict(apply_fn, ours, 4) - ref_logits).max() <= TOL
+  # What ignoring the view would have given: a plain resize, visibly off.
+  plain = predict.predict(apply_fn, predict.prepare_images(images, size, 3), 4)
+  assert np.abs(plain - ref_logits).max() > 100 * TOL
+
+
+def test_exports_state_the_view_the_product_uses(tmp_path, capsys):
+  _tiny_timm(tmp_path / 't', pretrained_cfg_overlay=VIEW)
+  # A view travels with a timm export; transformers' ViTImageProcessor cannot state it: named.
+  export.export(f'timm:{tmp_path / "t"}', 'timm', str(tmp_path / 'same'))
+  assert init_spec.load(f'timm:{tmp_path / "same"}').view == dict(
+      crop_pct=0.875, interpolation='bicubic', crop_mode='center')
+  capsys.readouterr()
+  export.export(f'timm:{tmp_path / "t"}', 'hf', str(tmp_path / 'hf'))
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "warning: --format hf: ViTImageProcessor resizes straight to the input size; the "
+      "checkpoint's evaluation view (crop_pct 0.875, bicubic, crop_mode center) cannot be "
+      "stated in preprocessor_config.json"]
+  # A checkpoint predicted on a plain resize (the hf one: its processor states that) exports
+  # to timm saying so, and timm's own pipeline then computes exactly our input.
+  ckpt = init_spec.load(f'hf:{tmp_path / "hf"}')
+  assert ckpt.view is None
+  export.export(f'hf:{tmp_path / "hf"}', 'timm', str(tmp_path / 'plain'))
+  again = _timm_from_files(tmp_path / 'plain')
+  assert {k: timm.data.resolve_model_data_config(again)[k] for k in (
+      'crop_pct', 'interpolation', 'crop_mode')} == dict(crop_pct=1.0, interpolation='bilinear',
+                                                         crop_mode='squash')
+  assert init_spec.load(f'timm:{tmp_path / "plain"}').view is None  # Read back: plain.
+  if _has_torchvision():  # timm's create_transform needs it.
+    from vit.preprocess import input_fn
+    images = _shapes()
+    ours = np.asarray(input_fn(ckpt.model)(predict.prepare_images(images, ckpt.image_size, 3)))
+    assert np.abs(ours.transpose(0, 3, 1, 2) - _timm_eval_inputs(again, images)).max() <= TOL
+
+
+def _has_torchvision():
+  try:
+    import torchvision  # noqa: F401
+  except ImportError:
+    return False
+  return True
+
+
+def test_a_view_that_cannot_be_applied_is_named(tmp_path, capsys):
+  _tiny_timm(tmp_path / 't', pretrained_cfg_overlay=dict(VIEW, crop_mode='border'))
+  capsys.readouterr()
+  assert init_spec.load(f'timm:{tmp_path / "t"}').view is None
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"warning: timm:{tmp_path / 't'}/config.json: pretrained_cfg crop_mode='border' is not "
+      f"applied; this repository resizes straight to 16x16 bilinearly, so its logits differ "
+      f"from timm's evaluation"]

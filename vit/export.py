@@ -49,7 +49,7 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
     writer = hf.save if fmt == 'hf' else timm.save
     with atomic_write.staging_dir(out) as staging:  # Its files replace their namesakes in out.
       writer(ckpt.params, ckpt.model, staging, class_names=ckpt.class_names,
-             image_size=ckpt.image_size)
+             image_size=ckpt.image_size, view=ckpt.view)
       written = atomic_write.move_files(staging, out)
     _remove_stale_weights(out, written)
   return ckpt

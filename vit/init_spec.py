@@ -57,6 +57,7 @@ class Checkpoint(NamedTuple):
   class_names: Optional[list[str]]
   image_size: int       # Its input resolution: a processor's, else its position embeddings'.
   channels: int
+  view: Optional[dict] = None  # Its stated evaluation view (EvalView's fields); None: resize.
 
 
 def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
@@ -95,7 +96,8 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   if size is not None and size % patch_stride(model):
     raise UserError(f'init {spec}: its input size {size}px is not a multiple of the patch '
                     f'stride {patch_stride(model)}')
-  ckpt = Checkpoint(params, model, names, *_input_geometry(params, model, size, spec))
+  ckpt = Checkpoint(params, model, names, *_input_geometry(params, model, size, spec),
+                    view=read.view if fmt in _READERS else None)
   check_shapes(ckpt, spec)
   return ckpt
 

@@ -6,6 +6,7 @@ device; the train step scales them (to [0, 1] for MPP targets, [-1, 1] for the m
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Optional
 
 import grain
@@ -171,3 +172,49 @@ class RandomFlip(grain.transforms.RandomMap):
     if rng.random() < 0.5:
       return {**record, 'image': record['image'][:, ::-1]}
     return record
+
+
+# PIL filters by the names timm's pretrained_cfg uses (timm.data.transforms.str_to_pil_interp).
+PIL_FILTERS = {'nearest': Image.NEAREST, 'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
+               'box': Image.BOX, 'hamming': Image.HAMMING, 'lanczos': Image.LANCZOS}
+CROP_MODES = ('center', 'squash')
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalView(grain.transforms.Map):
+  """A checkpoint's stated evaluation view, computed as timm's eval transform computes it on a
+  PIL image (timm.data.transforms_imagenet_eval with torchvision's Resize and CenterCrop):
+  resize to floor(size / crop_pct), the short side keeping the aspect ratio (crop_mode
+  'center', the long side truncated to an int) or both sides ('squash'), with the named PIL
+  filter, then crop size x size at the centre (offsets rounded as Python rounds, zero padding
+  when the image is smaller). crop_pct 1.0, 'squash', 'bilinear' is a plain resize."""
+  size: int
+  crop_pct: float = 1.0
+  interpolation: str = 'bilinear'
+  crop_mode: str = 'squash'
+
+  def map(self, record):
+    image = record['image']
+    h, w = image.shape[:2]
+    scale = math.floor(self.size / self.crop_pct)
+    if self.crop_mode == 'squash':
+      shape = (scale, scale)
+    else:
+      shape = (int(scale * h / w), scale) if w <= h else (scale, int(scale * w / h))
+    if shape != (h, w):  # torchvision returns the image itself when it has the size already.
+      pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
+      resized = np.asarray(pil.resize((shape[1], shape[0]), PIL_FILTERS[self.interpolation]))
+      image = resized[..., None] if image.shape[-1] == 1 else resized
+    return {**record, 'image': _center_crop(image, self.size)}
+
+
+def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """torchvision's F.center_crop on an [H, W, C] array."""
+  h, w = image.shape[:2]
+  if h < size or w < size:
+    pad_h, pad_w = max(size - h, 0), max(size - w, 0)
+    image = np.pad(image, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2),
+                           (0, 0)))
+    h, w = image.shape[:2]
+  top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+  return image[top:top + size, left:left + size]

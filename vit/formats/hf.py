@@ -277,16 +277,25 @@ def processor_config(model: dict, image_size: int, channels: int) -> dict:
 
 
 def save(params: Params, model: dict, directory: str, *,
-         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None) -> None:
+         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
+         view: Optional[dict] = None) -> None:
   """Writes config.json + model.safetensors + preprocessor_config.json that
   `ViTForImageClassification.from_pretrained` (or `ViTModel`, for a headless backbone) and
   `ViTImageProcessor.from_pretrained` load and run with the same logits.
 
   `model` is a resolved model dict (vit.config); `image_size` the processor's input size
-  (default: the position embeddings' grid). HF ViT has no GAP classifier, no ResNet stem and no
-  representation layer before its classifier; such models are refused.
+  (default: the position embeddings' grid). The processor states this repository's view: a
+  plain bilinear resize to that size; a checkpoint's own crop view (`view`, e.g. timm's
+  crop_pct) has no ViTImageProcessor key and is named in a one-line warning. HF ViT has no GAP
+  classifier, no ResNet stem and no representation layer before its classifier; such models
+  are refused.
   """
   from safetensors.numpy import save_file
+  if view:
+    print(f'warning: --format hf: ViTImageProcessor resizes straight to the input size; the '
+          f'checkpoint\'s evaluation view (crop_pct {view["crop_pct"]:g}, '
+          f'{view["interpolation"]}, crop_mode {view["crop_mode"]}) cannot be stated in '
+          f'{PROCESSOR}', file=sys.stderr, flush=True)
   if model.get('resnet') and model['resnet'].get('num_layers'):
     raise UserError('--format hf: hybrid R+ViT models have no transformers ViT equivalent; '
                     'use --format vit_jax')

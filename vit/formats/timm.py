@@ -14,8 +14,10 @@ tokens, q/k norms) are refused with their names, as is any pooling but the class
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -80,6 +82,42 @@ def _num_heads(directory: str, cfg: dict, width: int) -> int:
     raise UserError(f'timm:{directory}: config.json states no model_args.num_heads for width '
                     f'{width} (the fused qkv weight does not show the head count)')
   return int(heads)
+
+
+# timm's defaults for what a pretrained_cfg leaves out (timm.data.resolve_data_config).
+_VIEW_DEFAULTS = dict(crop_pct=0.875, interpolation='bicubic', crop_mode='center')
+# The view this repository uses without one (predict's plain resize), as timm states it.
+PLAIN_VIEW = dict(crop_pct=1.0, interpolation='bilinear', crop_mode='squash')
+
+
+def read_view(directory: str, cfg: dict, size: Optional[int]) -> Optional[dict]:
+  """The evaluation view timm applies to this checkpoint (`resolve_data_config` of its
+  pretrained_cfg: crop_pct, interpolation, crop_mode, timm's defaults for those it leaves out),
+  as `vit.data.transforms.EvalView` fields; None for a plain resize or without a pretrained_cfg.
+  A view that EvalView cannot compute (crop_mode 'border', an unknown filter) is a one-line
+  warning naming it, and a plain resize."""
+  from vit.data import transforms
+  pre = cfg.get('pretrained_cfg')
+  if not isinstance(pre, dict) or size is None:
+    return None
+  view = {k: pre.get(k) or default for k, default in _VIEW_DEFAULTS.items()}
+  try:
+    view['crop_pct'] = float(view['crop_pct'])
+  except (TypeError, ValueError):
+    view['crop_pct'] = -1.0
+  unsupported = [f'{k}={view[k]!r}' for k, ok in (
+      ('crop_pct', 0 < view['crop_pct']), ('interpolation', view['interpolation'] in
+                                           transforms.PIL_FILTERS),
+      ('crop_mode', view['crop_mode'] in transforms.CROP_MODES)) if not ok]
+  if unsupported:
+    print(f'warning: timm:{directory}/config.json: pretrained_cfg {", ".join(unsupported)} is '
+          f'not applied; this repository resizes straight to {size}x{size} bilinearly, so its '
+          f'logits differ from timm\'s evaluation', file=sys.stderr, flush=True)
+    return None
+  if math.floor(size / view['crop_pct']) == size and view['interpolation'] == 'bilinear' and (
+      view['crop_mode'] == 'squash'):
+    return None
+  return view
 
 
 def _input(directory: str, cfg: dict, channels: int) -> tuple[Optional[dict], Optional[int]]:
@@ -163,7 +201,9 @@ def load(directory: str) -> Read:
   names = cfg.get('pretrained_cfg', {}).get('label_names')
   names = list(names) if names and 'head' in params and len(names) == params['head'][
       'kernel'].shape[1] else None
-  return Read(params, stated, names, size)
+  side = square_grid(pe.shape[1] - 1) * int(params['embedding']['kernel'].shape[0])
+  view = read_view(directory, cfg, size or side)  # timm's eval size: input_size, else the grid's.
+  return Read(params, stated, names, size, view)
 
 
 def check_expressible(params: Params, model: dict) -> None:
@@ -205,9 +245,12 @@ def _formats_that_hold(params: Params, model: dict) -> str:
 
 
 def save(params: Params, model: dict, directory: str, *,
-         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None) -> None:
+         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
+         view: Optional[dict] = None) -> None:
   """Writes model.safetensors + config.json that `timm.create_model(architecture,
-  **model_args)` loads (`load_state_dict`) and runs with the same logits."""
+  **model_args)` loads (`load_state_dict`) and runs with the same logits. The pretrained_cfg
+  states the evaluation view this repository uses (`view`, else a plain bilinear resize:
+  crop_pct 1.0, crop_mode 'squash'), so that timm's pipeline feeds the model what ours does."""
   from safetensors.numpy import save_file
   check_expressible(params, model)
   t = params['Transformer']
@@ -251,7 +294,7 @@ def save(params: Params, model: dict, directory: str, *,
                     act_layer='gelu_tanh' if model.get('gelu_approximate', True) else 'gelu')
   pretrained_cfg = dict(input_size=[int(channels), size, size], mean=per_channel(px['mean']),
                         std=per_channel(px['std']), num_classes=num_classes,
-                        first_conv='patch_embed.proj', classifier='head')
+                        first_conv='patch_embed.proj', classifier='head', **(view or PLAIN_VIEW))
   if class_names and len(class_names) == num_classes:
     pretrained_cfg['label_names'] = list(class_names)
   cfg = dict(architecture='vit_base_patch16_224', num_classes=num_classes,

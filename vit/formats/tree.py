@@ -18,11 +18,14 @@ OFFICIAL_PIXELS = dict(rescale=1 / 255, mean=0.5, std=0.5)
 class Read(NamedTuple):
   """What a reader found: `params` (official tree, float32 numpy), `stated` (vit.config model
   keys the files state and shapes cannot tell: GELU flavour, LayerNorm epsilon, pixels),
-  `class_names` and `image_size` (pixels per side) when the files give them."""
+  `class_names` and `image_size` (pixels per side) when the files give them, and `view`, the
+  evaluation view the files state beyond a plain resize to `image_size` (timm's crop_pct,
+  interpolation and crop_mode: `vit.data.transforms.EvalView`'s fields)."""
   params: Params
   stated: dict
   class_names: Optional[list[str]] = None
   image_size: Optional[int] = None
+  view: Optional[dict] = None
 
 
 def flatten(params: Params, prefix: str = '') -> dict[str, Any]:
