@@ -34,7 +34,7 @@ class HeldOutLoss:
 
   def evaluate(self, params) -> dict:
     total = None
-    with self._mesh:
+    with jax.set_mesh(self._mesh):
       for index, batch in enumerate(itertools.islice(self._batches(), self._limit)):
         s = self._sums(params, sharding.global_batch(batch, self._mesh), index)
         total = s if total is None else jax.tree.map(jnp.add, total, s)
