@@ -142,7 +142,8 @@ def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequen
 
 def _define_flags():
   flags.DEFINE_string('init', None,
-                      'mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR',
+                      'mpp:DIR | mae:DIR | simmim:DIR | supervised:DIR | vit_jax:FILE.npz | '
+                      'hf:DIR | timm:DIR',
                       required=True)
   flags.DEFINE_string('images', None, 'uint8 [B, H, W, C] .npy, or a directory of images',
                       required=True)

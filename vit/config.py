@@ -116,7 +116,8 @@ def defaults() -> ml_collections.ConfigDict:
   config.skip_nonfinite_steps = False  # Skip (and count) steps with a non-finite loss or grad.
   config.eval_batch_size = 256
   config.mesh = dict(data=-1, fsdp=1, tensor=1)
-  # Fine-tuning: 'mpp:DIR' | 'supervised:DIR' | 'vit_jax:F' | 'hf:DIR' | 'timm:DIR'.
+  # Fine-tuning: 'mpp:DIR' | 'mae:DIR' | 'simmim:DIR' | 'supervised:DIR' | 'vit_jax:F' |
+  # 'hf:DIR' | 'timm:DIR'.
   config.init = _none(str)
   config.fewshot = dict(  # Few-shot linear evaluation (vit/evaluators/fewshot.py).
       enabled=False,  # Run at every evaluation (config.eval_every and the end).

@@ -196,7 +196,8 @@ def from_config(config: ml_collections.ConfigDict, model_dict: dict, mesh, **kw
 def _define_flags():
   from absl import flags
   flags.DEFINE_string('init', None,
-                      'mpp:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR',
+                      'mpp:DIR | mae:DIR | simmim:DIR | supervised:DIR | vit_jax:FILE.npz | '
+                      'hf:DIR | timm:DIR',
                       required=True)
   flags.DEFINE_string('dataset', 'fashion_mnist', "data source: 'fashion_mnist', "
                       "'tfds:NAME' or 'array_record:DIR'")

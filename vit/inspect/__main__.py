@@ -2,8 +2,8 @@
 
 Writes to DIR: attention_distance.png, attention_rollout.png, posemb_similarity.png,
 embedding_filters.png, and the numbers behind them in inspect.json (summary) and inspect.npz
-(every array). SPEC is a fine-tuning init spec: mpp:DIR, supervised:DIR, vit_jax:FILE.npz,
-hf:DIR or timm:DIR. Without --images the Fashion-MNIST test split is used.
+(every array). SPEC is a fine-tuning init spec: mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR,
+vit_jax:FILE.npz, hf:DIR or timm:DIR. Without --images the Fashion-MNIST test split is used.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from absl import flags
 
 from vit import cli
 
-_INIT = flags.DEFINE_string('init', None, 'The model: mpp:DIR | supervised:DIR | '
-                            'vit_jax:FILE.npz | hf:DIR | timm:DIR.', required=True)
+_INIT = flags.DEFINE_string('init', None, 'The model: mpp:DIR | mae:DIR | simmim:DIR | '
+                            'supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR.',
+                            required=True)
 _OUT = flags.DEFINE_string('out', None, 'Directory for the PNGs, inspect.json and inspect.npz.',
                            required=True)
 _IMAGES = flags.DEFINE_string('images', None, 'uint8 .npy [N, H, W(, C)] or a directory of '
