@@ -150,14 +150,14 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path, kind):
   np.testing.assert_array_equal(np.load(path), [0, 1, 2])
 
 
-def _train(workdir, total_steps, limit_kib=None):
+def _train(workdir, total_steps, limit_kib=None, log_every=2, checkpoint_every=4):
   """A tiny supervised run on Fashion-MNIST: checkpoints every 4 steps, ~30 kB each."""
   args = ['-m', 'supervised.train', '--config=configs/supervised/fashion_mnist.py',
           f'--workdir={workdir}', '--config.image_size=8', '--config.batch_size=8',
           '--config.model.patches.size=(4,4)', '--config.model.hidden_size=16',
           '--config.model.transformer.mlp_dim=32', '--config.model.transformer.num_layers=1',
-          '--config.model.transformer.num_heads=2', '--config.log_every=2',
-          '--config.checkpoint_every=4', '--config.eval_every=0',
+          '--config.model.transformer.num_heads=2', f'--config.log_every={log_every}',
+          f'--config.checkpoint_every={checkpoint_every}', '--config.eval_every=0',
           '--config.optimizer.warmup_steps=1', f'--config.total_steps={total_steps}']
   if limit_kib is None:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
@@ -192,3 +192,16 @@ def test_a_full_disk_during_training_stops_at_the_failed_save(tmp_path):
       f'error: checkpoint step 20 could not be saved (File too large); the last complete '
       f'checkpoint is {checkpoints}/16; free space and rerun the same command to resume')
   assert last_save.stderr.strip().count('\n') == 0, last_save.stderr[-3000:]
+
+
+def test_a_full_disk_for_the_tensorboard_events_is_one_line(tmp_path):
+  """The events file grows at every logged step: on a full disk its flush fails first."""
+  workdir = tmp_path / 'run'
+  full = _train(workdir, 300, limit_kib=12, log_every=1, checkpoint_every=0)
+  last = _one_error_line(full)
+  assert re.fullmatch(
+      rf'error: {workdir}: the TensorBoard events could not be written \(File too large\); '
+      rf'stopped at step \d+; no complete checkpoint is in {workdir}/checkpoints; free space and '
+      rf'rerun the same command to resume', last), last
+  assert full.stderr.strip().count('\n') == 0, full.stderr[-3000:]
+  assert 'step 300/300' not in full.stdout

@@ -80,7 +80,19 @@ def remove_abandoned(path: str) -> list[str]:
 
 
 def no_room_reason(e: BaseException) -> Optional[str]:
-  """The reason when `e` is a failed write for lack of room (see _NO_ROOM), else None."""
+  """The reason when `e`, or an exception it was raised from (clu's AsyncError wraps its
+  thread's), is a failed write for lack of room (see _NO_ROOM), else None."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    reason = _own_no_room_reason(e)
+    if reason is not None:
+      return reason
+    e = e.__cause__ or e.__context__
+  return None
+
+
+def _own_no_room_reason(e: BaseException) -> Optional[str]:
   if isinstance(e, OSError) and e.errno in _NO_ROOM:
     return e.strerror
   if isinstance(e, OSError) and e.errno is None and 'written' in str(e):

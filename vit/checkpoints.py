@@ -173,16 +173,52 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
 class SaveFailed(UserError):
   """A checkpoint could not be written (a full disk): the run stops at once."""
 
-  def __init__(self, mngr: ocp.CheckpointManager, failed: int, now: Optional[int],
-               reason: str):
+  def __init__(self, mngr: ocp.CheckpointManager, failed: Optional[int], now: Optional[int],
+               reason: str, what: Optional[str] = None):
     gc.collect()  # The failed writes' coroutines, closed now rather than noisily at exit.
     mngr.reload()  # The steps on disk: orbax forgets the ones it meant to delete next.
     last = mngr.latest_step()
     complete = (f'the last complete checkpoint is {mngr.directory}/{last}' if last is not None
                 else f'no complete checkpoint is in {mngr.directory}')
     stopped = f'stopped at step {now}; ' if now is not None and now != failed else ''
-    super().__init__(f'checkpoint step {failed} could not be saved ({reason}); {stopped}'
-                     f'{complete}; free space and rerun the same command to resume')
+    what = what or f'checkpoint step {failed} could not be saved'
+    super().__init__(f'{what} ({reason}); {stopped}{complete}; free space and rerun the same '
+                     f'command to resume')
+
+
+class _StopOnFullDisk:
+  """A metric writer whose failure to write for lack of room stops the run in one line."""
+
+  def __init__(self, writer, mngr: ocp.CheckpointManager, workdir: str):
+    self._writer, self._mngr, self._workdir = writer, mngr, workdir
+    self._failed = False  # Once reported, later calls (the final flush) stay quiet.
+
+  def __getattr__(self, name):
+    method = getattr(self._writer, name)
+    if not callable(method):
+      return method
+
+    def call(*args, **kwargs):
+      try:
+        return method(*args, **kwargs)
+      except Exception as e:
+        reason = atomic_write.no_room_reason(e)
+        if reason is None:
+          raise
+        if self._failed:
+          return None
+        self._failed = True
+        step = args[0] if args and isinstance(args[0], (int, np.integer)) else None
+        raise SaveFailed(self._mngr, None, step, reason,
+                         what=f'{self._workdir}: the TensorBoard events could not be '
+                              f'written') from None
+    return call
+
+
+def stop_on_full_disk(writer, mngr: ocp.CheckpointManager, workdir: str):
+  """`writer` (a clu metric writer), whose writes that fail for lack of room (a full disk:
+  clu reports its thread's error at the next call) raise SaveFailed naming the step."""
+  return _StopOnFullDisk(writer, mngr, workdir)
 
 
 def wait_for_saves(mngr: ocp.CheckpointManager) -> None:
@@ -232,11 +268,12 @@ def check_saves(mngr: ocp.CheckpointManager, step: int, sync: bool) -> None:
 
 
 class _FailedSaveFilter(logging.Filter):
-  """Drops orbax's log records of a write that failed for lack of room: `check_saves` reports
-  that failure in one line."""
+  """Drops the error records of a write that failed for lack of room, logged by orbax's and
+  clu's threads: `check_saves` and `stop_on_full_disk` report that failure in one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if f'{os.sep}orbax{os.sep}' not in record.pathname or record.levelno < logging.ERROR:
+    if record.levelno < logging.ERROR or not any(
+        f'{os.sep}{package}{os.sep}' in record.pathname for package in ('orbax', 'clu')):
       return True
     error = record.exc_info[1] if record.exc_info else None
     return error is None or atomic_write.no_room_reason(error) is None

@@ -110,8 +110,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
   write_batch_contract(config, workdir, mesh, schedule)
 
   with jax.set_mesh(mesh), checkpoints.StopSignal() as stop:
-    writer = metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True)
+    writer = checkpoints.stop_on_full_disk(metric_writers.create_default_writer(
+        workdir, just_logging=jax.process_index() > 0, asynchronous=True), mngr, workdir)
     run = _Run(config, workdir, task, mesh, mngr, data_iter, stop, writer)
     try:
       state, start = _initial_state(run, build, state_shardings)
