@@ -97,7 +97,7 @@ class JaxStep:
       self._build(shape, step, variant)
 
   def _build(self, shape, step: str, variant: str) -> None:
-    config = make_config(shape, variant)
+    config = objective_lib.with_section(make_config(shape, variant), objective_lib.resolve(step))
     m = config_lib.validate(config)
     init, loss_fn, infer_fn = _objective(config, m, step, variant)
     self.mesh = sharding.make_mesh(config.mesh)

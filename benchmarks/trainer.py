@@ -42,7 +42,9 @@ _RATE = re.compile(r'^step (\d+)/\d+ .*images_per_s ([0-9.e+]+)')
 def trainer_config(shape: train_step.Shape, objective: str, steps: int, log_every: int):
   """The benchmark shape as a complete trainer config (Fashion-MNIST, resized to the shape)."""
   from benchmarks import jax_step
-  config = jax_step.make_config(shape, 'base')
+  from vit import objective as objective_lib
+  config = objective_lib.with_section(jax_step.make_config(shape, 'base'),
+                                      objective_lib.resolve(objective))
   config.data.source = 'fashion_mnist'
   config.total_steps = steps
   config.log_every = log_every

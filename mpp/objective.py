@@ -18,6 +18,7 @@ import optax
 from mpp import corruption as corruption_lib
 from mpp import targets as targets_lib
 from vit import config as config_lib, objective as objective_lib
+from vit.errors import ConfigError
 from vit.models.vit import VisionTransformer
 from vit.preprocess import input_fn, to_unit
 
@@ -223,10 +224,63 @@ def build(config: ml_collections.ConfigDict, m: dict) -> MppObjective:
       represent=make_representation_fn(m))
 
 
+TARGETS = ('mean_color', 'downsampled_color', 'pixels')
+# Colour classes per prediction: (2**bits)**channels. 3 bits of RGB (the paper's 512) up to 5
+# bits (32768, a head of 2M weights at width 64); 8 bits of RGB would be 16.7M classes.
+MAX_COLOR_CLASSES = 2 ** 15
+
+
+def section() -> ml_collections.ConfigDict:
+  """config.mpp: MPP's keys and their defaults (a config adds it: `config.mpp = section()`)."""
+  return ml_collections.ConfigDict(dict(
+      target='mean_color',  # 'mean_color' | 'downsampled_color' | 'pixels'
+      corruption_rate=0.5,
+      mask_fraction=0.8,
+      random_fraction=0.1,
+      # Where a randomly replaced patch comes from: 'batch' (any image) or 'image' (the same
+      # image; no all-gather of the batch's embeddings across devices, for pods).
+      random_source='batch',
+      bits=3,  # Per channel: (2**bits)**data.channels colour classes (3 bits RGB: 512).
+      # downsampled_color: each patch average-pooled to grid x grid cells of patch/grid pixels
+      # (the paper: 4x4 cells of 4x4 pixels on 16-px patches). At Fashion-MNIST's 4-px patches
+      # grid 4 is one pixel per cell (per-pixel colours); grid 2 is 2x2-pixel cells.
+      grid=4,
+      normalize_pixels=False,
+      image_every=0,  # Steps between PNG grids of MPP predictions; 0: only at the end.
+      eval_examples=1024,  # Held-out images for the MPP loss and colour accuracy.
+  ))
+
+
 def validate(config: ml_collections.ConfigDict, m: dict) -> None:
-  """Checks config.mpp against the model and data; ConfigError naming the key."""
-  config_lib._check_mpp(config.mpp, m, config.data.channels)  # pylint: disable=protected-access
+  """Checks config.mpp against the resolved model `m` and the data; ConfigError naming the key.
+  `vit.config.validate` calls it for every config that carries an `mpp` section."""
+  mpp, channels = config.mpp, config.data.channels
+  if mpp.target not in TARGETS:
+    raise ConfigError('mpp.target', mpp.target, f'must be one of {", ".join(TARGETS)}')
+  if not 0.0 < mpp.corruption_rate <= 1.0:
+    raise ConfigError('mpp.corruption_rate', mpp.corruption_rate, 'must be in (0, 1]')
+  for key in ('mask_fraction', 'random_fraction'):
+    if not 0.0 <= mpp[key] <= 1.0:
+      raise ConfigError(f'mpp.{key}', mpp[key], 'must be in [0, 1]')
+  if mpp.get('random_source', 'batch') not in ('batch', 'image'):
+    raise ConfigError('mpp.random_source', mpp.random_source, 'must be batch or image')
+  if mpp.mask_fraction + mpp.random_fraction > 1.0:
+    raise ConfigError('mpp.random_fraction', mpp.random_fraction,
+                      f'plus mpp.mask_fraction={mpp.mask_fraction} exceeds 1')
+  if not 1 <= mpp.bits <= 8:
+    raise ConfigError('mpp.bits', mpp.bits, 'must be in 1..8')
+  classes = (2 ** mpp.bits) ** channels
+  if mpp.target != 'pixels' and classes > MAX_COLOR_CLASSES:
+    raise ConfigError('mpp.bits', mpp.bits, f'bins each of the {channels} channels, so '
+                      f'{classes} colour classes; at most {MAX_COLOR_CLASSES} '
+                      f'(e.g. {int(math.log2(MAX_COLOR_CLASSES)) // channels} bits)')
+  if mpp.target == 'downsampled_color' and any(p % mpp.grid for p in m['patches']['size']):
+    raise ConfigError('mpp.grid', mpp.grid,
+                      f'must divide the patch size {tuple(m["patches"]["size"])}')
+  for key in ('image_every', 'eval_examples'):
+    if mpp[key] < 0:
+      raise ConfigError(f'mpp.{key}', mpp[key], 'must be >= 0')
 
 
-DEFINITION = objective_lib.Definition(
-    name='mpp', build=build, section=lambda: config_lib.defaults().mpp, validate=validate)
+DEFINITION = objective_lib.Definition(name='mpp', build=build, section=section,
+                                      validate=validate)

@@ -135,3 +135,19 @@ def test_scanned_model_takes_looped_checkpoint_params():
   np.testing.assert_array_equal(
       vit_model.unstack_blocks(adapted)['Transformer']['encoderblock_0']['LayerNorm_0']['scale'],
       params['Transformer']['encoderblock_0']['LayerNorm_0']['scale'])
+
+
+def test_objective_sections_are_declared_by_their_package():
+  from configs.mpp import fashion_mnist as mpp_config
+  from mpp import objective as mpp_objective
+  assert 'mpp' not in config_lib.defaults() and 'mpp' not in small()
+  config = mpp_config.get_config()
+  assert config_lib.sections(config) == {'mpp': mpp_objective.DEFINITION}
+  config.mpp.bits_typo = 3
+  with pytest.raises(ConfigError, match='config.mpp.bits_typo=3: unknown config key'):
+    config_lib.validate(config)
+  config = small()
+  config.mppp = ml_collections.ConfigDict(dict(target='mean_color'))
+  with pytest.raises(ConfigError, match="config.mppp.target='mean_color': unknown config key"):
+    config_lib.validate(config, num_devices=1)
+

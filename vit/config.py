@@ -1,8 +1,11 @@
 """The config schema shared by every trainer, its validation, and the model it describes.
 
-Config files under configs/ start from `defaults()` and change a few fields. Every key that any
-trainer reads is declared here, so a misspelt key in a file or on the command line is reported
-instead of silently ignored. Model keys follow the official vit_jax layout.
+Config files under configs/ start from `defaults()` (the core: model, data, optimiser, loop,
+mesh, evaluation) and change a few fields; an objective's own keys are a section named after
+its package (`config.mpp`), declared and checked by that package (vit/objective.py) and found
+by that name, so MPP's keys never touch this file. Every key a trainer reads is declared, so a
+misspelt key in a file or on the command line is reported instead of silently ignored. Model
+keys follow the official vit_jax layout.
 """
 from __future__ import annotations
 
@@ -10,9 +13,9 @@ from typing import Any
 
 import jax
 import ml_collections
-import numpy as np
 from ml_collections import config_dict
 
+from vit import objective as objective_lib
 from vit.data import subsets
 from vit.errors import ConfigError
 from vit.models import presets, resnet
@@ -129,26 +132,9 @@ def defaults() -> ml_collections.ConfigDict:
       test_split=_none(str),  # None: data.eval_split.
       max_test=10000,
   )
-  config.mpp = dict(
-      target='mean_color',  # 'mean_color' | 'downsampled_color' | 'pixels'
-      corruption_rate=0.5,
-      mask_fraction=0.8,
-      random_fraction=0.1,
-      # Where a randomly replaced patch comes from: 'batch' (any image) or 'image' (the same
-      # image; no all-gather of the batch's embeddings across devices, for pods).
-      random_source='batch',
-      bits=3,  # Per channel: (2**bits)**data.channels colour classes (3 bits RGB: 512).
-      # downsampled_color: each patch average-pooled to grid x grid cells of patch/grid pixels
-      # (the paper: 4x4 cells of 4x4 pixels on 16-px patches). At Fashion-MNIST's 4-px patches
-      # grid 4 is one pixel per cell (per-pixel colours); grid 2 is 2x2-pixel cells.
-      grid=4,
-      normalize_pixels=False,
-      image_every=0,  # Steps between PNG grids of MPP predictions; 0: only at the end.
-      eval_examples=1024,  # Held-out images for the MPP loss and colour accuracy.
-  )
-  # MAE and SimMIM (mae/, simmim/; issue 27), declared here as config.mpp is: known keys are
-  # read from defaults(). Their Definitions (vit/objective.py) return these sections and check
-  # them (mae/objective.py, simmim/objective.py: check_config).
+  # MAE and SimMIM (mae/, simmim/; issue 27), still declared here; their Definitions return
+  # these sections and check them (mae/objective.py, simmim/objective.py: check_config). They
+  # can move into their packages as config.mpp did (mpp/objective.py: section()).
   config.mae = dict(
       mask_ratio=0.75,
       norm_pix_loss=True,
@@ -173,11 +159,33 @@ def _flat_keys(cfg: ml_collections.ConfigDict, prefix: str = '') -> dict[str, An
   return out
 
 
+def sections(config: ml_collections.ConfigDict) -> dict[str, objective_lib.Definition]:
+  """The objective sections a config carries: its top-level groups outside `defaults()`, each
+  named after the package that declares it (`config.mpp`: mpp.objective.DEFINITION, found by
+  vit.objective.resolve). A group that names no objective with a section is left out here
+  and reported by `check_known_keys` as unknown."""
+  core = defaults()
+  out = {}
+  for key, value in config.items():
+    if key in core or not isinstance(value, ml_collections.ConfigDict):
+      continue
+    try:
+      definition = objective_lib.resolve(key)
+    except ValueError:
+      continue
+    if definition.section is not None:
+      out[key] = definition
+  return out
+
+
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
   known = _flat_keys(defaults())
-  for key in _flat_keys(config):
+  for name, definition in sections(config).items():
+    known.update(_flat_keys(definition.section(), f'{name}.'))
+  flat = _flat_keys(config)
+  for key in flat:
     if key not in known and not any(key.startswith(k + '.') for k in known):
-      raise ConfigError(key, _flat_keys(config)[key], 'unknown config key')
+      raise ConfigError(key, flat[key], 'unknown config key')
 
 
 def resolved_model(config: ml_collections.ConfigDict) -> dict:
@@ -267,19 +275,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if accum < 1 or config.batch_size % accum:
     raise ConfigError('optimizer.accumulation_steps', accum,
                       f'must be >= 1 and divide batch_size={config.batch_size}')
-  _check_mpp(config.mpp, m, config.data.channels)
+  for definition in sections(config).values():
+    definition.validate(config, m)  # The objectives' own keys (vit/objective.py).
   num_devices = jax.device_count() if num_devices is None else num_devices
   if (config.batch_size // accum) % num_devices:
     raise ConfigError('batch_size', config.batch_size,
                       f'each micro-batch of {config.batch_size // accum} must divide evenly '
                       f'over the {num_devices} devices')
   return m
-
-
-MPP_TARGETS = ('mean_color', 'downsampled_color', 'pixels')
-# Colour classes per prediction: (2**bits)**channels. 3 bits of RGB (the paper's 512) up to 5
-# bits (32768, a head of 2M weights at width 64); 8 bits of RGB would be 16.7M classes.
-MAX_COLOR_CLASSES = 2 ** 15
 
 
 def _check_scaling(m: dict) -> None:
@@ -304,34 +307,6 @@ def _check_pixels(px: dict, channels: int) -> None:
                         f'needs 1 or data.channels={channels} values')
   if given and (px['rescale'] <= 0 or any(v <= 0 for v in px['std'])):
     raise ConfigError('model.pixels', px, 'rescale and std must be positive')
-
-
-def _check_mpp(mpp: ml_collections.ConfigDict, m: dict, channels: int) -> None:
-  if mpp.target not in MPP_TARGETS:
-    raise ConfigError('mpp.target', mpp.target, f'must be one of {", ".join(MPP_TARGETS)}')
-  if not 0.0 < mpp.corruption_rate <= 1.0:
-    raise ConfigError('mpp.corruption_rate', mpp.corruption_rate, 'must be in (0, 1]')
-  for key in ('mask_fraction', 'random_fraction'):
-    if not 0.0 <= mpp[key] <= 1.0:
-      raise ConfigError(f'mpp.{key}', mpp[key], 'must be in [0, 1]')
-  if mpp.get('random_source', 'batch') not in ('batch', 'image'):
-    raise ConfigError('mpp.random_source', mpp.random_source, 'must be batch or image')
-  if mpp.mask_fraction + mpp.random_fraction > 1.0:
-    raise ConfigError('mpp.random_fraction', mpp.random_fraction,
-                      f'plus mpp.mask_fraction={mpp.mask_fraction} exceeds 1')
-  if not 1 <= mpp.bits <= 8:
-    raise ConfigError('mpp.bits', mpp.bits, 'must be in 1..8')
-  classes = (2 ** mpp.bits) ** channels
-  if mpp.target != 'pixels' and classes > MAX_COLOR_CLASSES:
-    raise ConfigError('mpp.bits', mpp.bits, f'bins each of the {channels} channels, so '
-                      f'{classes} colour classes; at most {MAX_COLOR_CLASSES} '
-                      f'(e.g. {int(np.log2(MAX_COLOR_CLASSES)) // channels} bits)')
-  if mpp.target == 'downsampled_color' and any(p % mpp.grid for p in m['patches']['size']):
-    raise ConfigError('mpp.grid', mpp.grid,
-                      f'must divide the patch size {tuple(m["patches"]["size"])}')
-  for key in ('image_every', 'eval_examples'):
-    if mpp[key] < 0:
-      raise ConfigError(f'mpp.{key}', mpp[key], 'must be >= 0')
 
 
 def _resnet_config(m: dict) -> resnet.ResNetConfig | None:

@@ -102,3 +102,16 @@ def resolve(name: str) -> Definition:
       return found
   raise ValueError(f'objective {name!r}: no Definition at '
                    f'{" or ".join(c + "." + (attribute or "DEFINITION") for c in candidates)}')
+
+
+def with_section(config: ml_collections.ConfigDict, definition: Definition
+                 ) -> ml_collections.ConfigDict:
+  """`config` with the objective's section at its defaults if it has none (a copy; `config`
+  itself when nothing is missing): how `vit.plan` and the benchmarks train any config with
+  any objective."""
+  if definition.section is None or definition.name in config:
+    return config
+  config = config.copy_and_resolve_references()
+  with config.unlocked():
+    config[definition.name] = definition.section()
+  return config

@@ -123,6 +123,7 @@ def objective_pieces(config, m: dict, objective: str):
 
 def compile_step(config, devices, objective: str):
   """The trainers' jitted step, lowered and compiled for `devices`; (compiled, mesh, params)."""
+  config = objective_lib.with_section(config, objective_lib.resolve(objective))
   m = config_lib.validate(config, num_devices=len(devices))
   # The target is a TPU, whatever this host is: its attention and LayerNorm, not this host's.
   if m.get('attention_kernel', 'auto') == 'auto':

@@ -8,11 +8,13 @@ classification one (Inception crop and flip); at 28 pixels a crop down to 5% of 
 leaves little of the garment, so only the flip is kept here.
 """
 from configs.supervised import fashion_mnist as supervised_config
+from mpp import objective
 
 
 def get_config():
   config = supervised_config.get_config()  # The same backbone, data and optimiser.
   config.model.num_classes = None  # MPP has its own head on every patch token.
+  config.mpp = objective.section()
   config.data.flip = True
   config.mpp.target = 'mean_color'
   config.mpp.corruption_rate = 0.5

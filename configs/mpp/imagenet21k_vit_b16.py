@@ -6,11 +6,13 @@ random, 10% kept), 3-bit mean colour (512 classes) of each 16x16 patch as the ta
 (0.9, 0.999), base learning rate 2e-4, 10k warmup steps then cosine decay, batch 4096, 1M steps;
 the classification augmentation (Inception crop, flip). Set config.data.source to your copy.
 """
+from mpp import objective
 from vit import config as config_lib
 
 
 def get_config():
   config = config_lib.defaults()
+  config.mpp = objective.section()
   config.image_size = 224
   config.batch_size = 4096
   config.total_steps = 1_000_000
