@@ -188,6 +188,14 @@ def test_a_stated_crop_pct_and_filter_are_applied_as_timm_applies_them(tmp_path)
   # What ignoring the view would have given: a plain resize, visibly off.
   plain = predict.predict(apply_fn, predict.prepare_images(images, size, 3), 4)
   assert np.abs(plain - ref_logits).max() > 100 * TOL
+  # vit.inspect feeds the model the same view.
+  from PIL import Image
+  from vit.inspect import images as inspect_images
+  (tmp_path / 'pictures').mkdir()
+  for i, x in enumerate(images):
+    Image.fromarray(x).save(tmp_path / 'pictures' / f'{i}.png')
+  shown, _ = inspect_images.load(str(tmp_path / 'pictures'), size, 3, 10, ckpt.view)
+  np.testing.assert_array_equal(shown, ours)
 
 
 def test_exports_state_the_view_the_product_uses(tmp_path, capsys):

@@ -30,12 +30,13 @@ def _from_dir(path: str, limit: int) -> list[np.ndarray]:
   return [decoding.read_file(os.path.join(path, name)) for name in names[:limit]]
 
 
-def load(path: Optional[str], size: int, channels: int, limit: int
-         ) -> tuple[np.ndarray, str]:
+def load(path: Optional[str], size: int, channels: int, limit: int,
+         view: Optional[dict] = None) -> tuple[np.ndarray, str]:
   """Up to `limit` images from a .npy file, a directory, or (None) the Fashion-MNIST test set.
 
-  Each goes through the evaluation transforms (channels, then resize and central crop), so the
-  model sees what it saw in evaluation. Returns the images and a description of their source.
+  Each goes through the evaluation transforms (channels, then resize and central crop, or the
+  checkpoint's stated `view`, e.g. timm's crop_pct), so the model sees what it saw in
+  evaluation. Returns the images and a description of their source.
   """
   if path is None:
     raw, source = fashion_mnist.load('test')[0][:limit], 'Fashion-MNIST test split'
@@ -45,6 +46,7 @@ def load(path: Optional[str], size: int, channels: int, limit: int
     raw, source = _from_npy(path)[:limit], path
   else:
     raise UserError(f'--images {path}: expected a .npy file or a directory of images')
-  to_channels, crop = transforms.ToChannels(channels), transforms.CentralCrop(size)
+  to_channels = transforms.ToChannels(channels)
+  crop = transforms.EvalView(size, **view) if view else transforms.CentralCrop(size)
   views = [crop.map(to_channels.map({'image': image}))['image'] for image in raw]
   return np.stack(views).astype(np.uint8), source

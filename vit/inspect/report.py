@@ -90,7 +90,8 @@ def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: in
   """Loads `spec` (vit.init_spec), runs every analysis and writes the files to `out`."""
   from vit import init_spec
   ckpt = init_spec.load(spec)
-  pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images)
+  pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images,
+                                     ckpt.view)
   result = analyse(ckpt.model, ckpt.params, pictures, show=min(show, len(pictures)),
                    batch_size=batch_size, class_names=ckpt.class_names)
   summary = dict(model=init_spec.describe(ckpt), init=spec,
