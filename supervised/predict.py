@@ -4,9 +4,10 @@
 Images (uint8 [B, H, W, C] in a .npy, or image files in a directory) are resized to the model
 resolution (the checkpoint's: a Hugging Face processor's or timm's input size, else its position
 embeddings' grid; a timm checkpoint's stated view, crop_pct and interpolation, is applied as
-timm's eval transform applies it) and normalised as the checkpoint states (a Hugging Face processor's rescale,
-mean and std; timm's mean and std; else x / 127.5 - 1, as in training). `--resolution` runs the
-model at another resolution, interpolating the position embeddings exactly as fine-tuning does.
+timm's eval transform applies it) and normalised as the checkpoint states (a Hugging Face
+processor's rescale, mean and std; timm's mean and std; else x / 127.5 - 1, as in training).
+`--resolution` runs the model at another resolution, interpolating the position embeddings
+exactly as fine-tuning does.
 Output: raw float32 logits [B, classes] (.npy) or the top-5 classes with names and softmax
 probabilities (.json).
 """
