@@ -82,3 +82,28 @@ def test_the_lock_is_held_for_the_block_only(tmp_path):
         pass
   with checkpoints.workdir_lock(str(tmp_path)):  # Released: a later run takes it.
     pass
+
+
+def test_without_flock_a_live_holders_pid_refuses_and_a_dead_ones_does_not(tmp_path,
+                                                                            monkeypatch):
+  import errno
+  import fcntl
+
+  def no_flock(fd, operation):
+    raise OSError(errno.ENOLCK, 'No locks available')  # As on some network file systems.
+
+  holder = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.readline()'],
+                            stdin=subprocess.PIPE)
+  try:
+    (tmp_path / checkpoints.LOCK_FILE).write_text(
+        f'pid {holder.pid}\nhost {socket.gethostname()}\n')
+    monkeypatch.setattr(fcntl, 'flock', no_flock)
+    with pytest.raises(UserError, match=rf'in use by process {holder.pid} on .* \(per '
+                                        rf'{tmp_path}/\.lock, as this file system has no flock\)'):
+      with checkpoints.workdir_lock(str(tmp_path)):
+        pass
+  finally:
+    holder.kill()
+    holder.wait()
+  with checkpoints.workdir_lock(str(tmp_path)):  # Its process is gone: the run goes ahead.
+    assert f'pid {os.getpid()}' in (tmp_path / checkpoints.LOCK_FILE).read_text()

@@ -44,7 +44,7 @@ def _owned_prefix(path: str, kind: str = 'partial') -> str:
   return f'.{os.path.basename(os.path.normpath(path))}-{kind}-{_host()}-{os.getpid()}-'
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
   try:
     os.kill(pid, 0)
   except ProcessLookupError:
@@ -65,7 +65,7 @@ def remove_abandoned(path: str) -> list[str]:
   removed = []
   for entry in sorted(os.listdir(folder)):
     match = owned.match(entry)
-    if match and int(match[2]) != os.getpid() and not _alive(int(match[2])):
+    if match and int(match[2]) != os.getpid() and not process_alive(int(match[2])):
       target = os.path.join(folder, entry)
       if match[1] == 'old' and os.path.isdir(os.path.join(target, 'previous')) and not \
           os.path.lexists(path):

@@ -533,16 +533,21 @@ def workdir_lock(workdir: str) -> Iterator[None]:
 def _acquire(path: str) -> tuple[Optional[int], Optional[str]]:
   """(open descriptor holding the lock, None), or (None, 'process PID on HOST') when held."""
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  text = os.pread(fd, 4096, 0).decode(errors='replace').split()
+  holder = dict(zip(text[::2], text[1::2]))
+  named = f'process {holder.get("pid", "?")} on {holder.get("host", "?")}'
   try:
     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
   except BlockingIOError:
-    text = os.pread(fd, 4096, 0).decode(errors='replace').split()
     os.close(fd)
-    holder = dict(zip(text[::2], text[1::2]))
-    return None, f'process {holder.get("pid", "?")} on {holder.get("host", "?")}'
-  except OSError:  # A file system without flock (some network mounts): the run goes unguarded.
-    os.close(fd)
-    return None, None
+    return None, named
+  except OSError:
+    # A file system without flock (some network mounts): the pid it names, when that process
+    # still runs on this host, holds it (a reused pid can refuse wrongly: the path says where).
+    if holder.get('host') == socket.gethostname() and holder.get('pid', '').isdigit() and int(
+        holder['pid']) != os.getpid() and atomic_write.process_alive(int(holder['pid'])):
+      os.close(fd)
+      return None, f'{named} (per {path}, as this file system has no flock)'
   os.ftruncate(fd, 0)
   os.pwrite(fd, f'pid {os.getpid()}\nhost {socket.gethostname()}\n'.encode(), 0)
   return fd, None
