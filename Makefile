@@ -22,6 +22,7 @@ demo: setup
 # timm (--no-deps, see `bench`) is a peer the tests compare our timm reader and writer with.
 test: setup bazel-setup
 	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory bazel-test
 

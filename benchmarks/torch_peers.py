@@ -15,7 +15,8 @@ from vit.testing.timm_import import import_timm
 
 
 class TorchStep:
-  """One peer model, its optimiser and a fixed random batch; `train(n)` / `infer(n)` time n steps."""
+  """One peer model, its optimiser and a fixed random batch; `train(n)` / `infer(n)` time n
+  steps."""
 
   def __init__(self, shape, step: str, framework: str, device: str = 'cpu'):
     import contextlib

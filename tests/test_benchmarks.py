@@ -104,7 +104,8 @@ def test_shared_process_accepts_step_variants():
   # Two JAX variants and hf for each step, timm for supervised only.
   assert [(c.step, c.framework, c.variant) for c in cases] == [
       ('supervised', 'jax', 'base'), ('supervised', 'jax', 'scan:4'),
-      ('supervised', 'timm', 'base'), ('supervised', 'hf', 'base'), ('mpp', 'jax', 'base'), ('mpp', 'jax', 'scan:4'),
+      ('supervised', 'timm', 'base'), ('supervised', 'hf', 'base'), ('mpp', 'jax', 'base'),
+      ('mpp', 'jax', 'scan:4'),
       ('mpp', 'hf', 'base')]
 
 

@@ -243,7 +243,7 @@ def test_partly_written_checkpoint_is_never_read(tmp_path, reference, capsys):
   (partial / 'state').mkdir(parents=True)
   (partial / 'state' / '_METADATA').write_text('{"tree_metadata": {')
   resumed = train(tmp_path)
-  assert f'at step 4' in capsys.readouterr().out
+  assert 'at step 4' in capsys.readouterr().out
   assert not partial.exists()  # Cleaned up when the manager opened the directory.
   assert_bitwise_equal(resumed, reference)
 
@@ -298,7 +298,8 @@ def test_incompatible_config_lists_keys_and_shapes(tmp_path):
     train(tmp_path, wider)
   message = str(error.value)
   assert 'cannot be resumed' in message
-  assert 'model.hidden_size: 8 -> 16' in message and 'model.transformer.mlp_dim: 16 -> 32' in message
+  assert ('model.hidden_size: 8 -> 16' in message
+          and 'model.transformer.mlp_dim: 16 -> 32' in message)
   assert 'total_steps' not in message.split('state arrays differ')[0]  # Only relevant keys.
   assert 'float32[8] -> float32[16]' in message  # e.g. a LayerNorm scale.
   assert steps_on_disk(tmp_path) == [2]

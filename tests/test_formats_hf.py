@@ -5,7 +5,6 @@ processor with ImageNet mean and std, and weights in shards (model.safetensors.i
 """
 import json
 
-import jax
 import numpy as np
 import pytest
 

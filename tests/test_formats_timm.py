@@ -11,7 +11,6 @@ import pytest
 from supervised import predict
 from vit import export, init_spec
 from vit.errors import UserError
-from vit.formats import timm as timm_format
 
 torch = pytest.importorskip('torch')
 try:

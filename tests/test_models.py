@@ -1,4 +1,5 @@
-"""The ViT backbone: parameter counts and names, heads, dropout, attention weights, posemb resize."""
+"""The ViT backbone: parameter counts and names, heads, dropout, attention weights, posemb
+resize, scanned blocks, remat policies, the LayerNorm's implementations."""
 import re
 
 import flax.linen as nn

@@ -102,7 +102,7 @@ def test_loss_ignores_visible_pixels():
 def test_mask_token_replaces_masked_patches_only():
   config = _tiny()
   m = config_lib.validate(config)
-  model, spec = objective.build_model(config, m), objective.Spec.from_config(config, m)
+  model = objective.build_model(config, m)
   params = nn.unbox(objective.init_fn(model, (1, 16, 16, 3))(jax.random.key(0)))
   x = jax.random.normal(jax.random.key(1), (1, 16, 16, 3))
   mask = np.zeros((1, 16), bool)

@@ -398,7 +398,8 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   # Keys on one side only come from a newer or older schema, not from the user's config.
   keys = sorted(k for k in set(saved) & set(now) if _comparable(saved[k]) != _comparable(now[k]))
   changed = [f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in keys]
-  old = {p: (tuple(m.shape), str(np.dtype(m.dtype))) for p, m in _flat(saved_state_metadata).items()}
+  old = {p: (tuple(m.shape), str(np.dtype(m.dtype)))
+         for p, m in _flat(saved_state_metadata).items()}
   new = {p: (tuple(s.shape), str(np.dtype(s.dtype))) for p, s in _flat(abstract_state).items()}
   params_first = lambda p: (not p.startswith('params/'), p)
   shapes = [f'{p}: {_show(old.get(p))} -> {_show(new.get(p))}'

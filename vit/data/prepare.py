@@ -14,8 +14,8 @@ with `--config.data.source=array_record:DIR` (or `tfds:prepared_images` with
 Scanning: hidden entries (`.ipynb_checkpoints/`, `.DS_Store`, `._x.jpg`, `__MACOSX/`) are
 skipped at every level and listed, as are files without an image extension; links to folders
 and files are followed, and a link back to a folder already scanned (a loop) is listed and not
-followed; a class folder without images is listed (and keeps its label). The class list, with each class's label and image count per
-split, is printed before the conversion starts.
+followed; a class folder without images is listed (and keeps its label). The class list, with
+each class's label and image count per split, is printed before the conversion starts.
 
 Every image is decoded once here (`vit.data.decoding`, the rules training and predict use), so
 a damaged file is reported by name now rather than as a record index mid-training. JPEG and PNG

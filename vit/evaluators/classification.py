@@ -5,7 +5,6 @@ from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vit import sharding
 

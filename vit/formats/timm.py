@@ -279,7 +279,8 @@ def save(params: Params, model: dict, directory: str, *,
       w[f'{b}mlp.{theirs}.bias'] = blk['MlpBlock_3'][ours]['bias']
   num_classes = 0
   if 'head' in params:
-    w['head.weight'], w['head.bias'] = np.asarray(params['head']['kernel']).T, params['head']['bias']
+    w['head.weight'] = np.asarray(params['head']['kernel']).T
+    w['head.bias'] = params['head']['bias']
     num_classes = int(params['head']['kernel'].shape[1])
   mlp = t['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'].shape[1]
   size = int(image_size or grid * p)

@@ -1,1 +1,2 @@
-"""Support for tests and benchmarks only (peers to compare against); the library never imports it."""
+"""Support for tests and benchmarks only (peers to compare against); the library never imports
+it."""

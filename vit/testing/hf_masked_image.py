@@ -20,7 +20,8 @@ def _linear(d: dict, shape=None) -> tuple[np.ndarray, np.ndarray]:
 
 
 def block_state(block: dict, prefix: str) -> dict[str, np.ndarray]:
-  """One ViT encoder block (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2, MlpBlock_3)."""
+  """One ViT encoder block (LayerNorm_0, MultiHeadDotProductAttention_1, LayerNorm_2,
+  MlpBlock_3)."""
   out = {}
   attn = block['MultiHeadDotProductAttention_1']
   width = attn['query']['kernel'].shape[0]

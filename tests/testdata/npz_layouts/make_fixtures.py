@@ -5,7 +5,8 @@ initialised, run and saved by the code whose layout it shows; `expected.npz` hol
 images ([-1, 1], as both projects feed them) and the logits that code computed. Regenerate with
 checkouts of both repositories on PYTHONPATH (their code is not vendored here):
 
-  git -C <big_vision mirror> archive 0127fb6b337ee2a27bf4e54dea79cff176527356 big_vision | tar -x -C SRC
+  git -C <big_vision mirror> archive 0127fb6b337ee2a27bf4e54dea79cff176527356 big_vision \
+    | tar -x -C SRC
   git -C <vision_transformer mirror> archive c6de1e5378c9831a8477feb30994971bdc409e46 vit_jax \
       | tar -x -C SRC
   PYTHONPATH=SRC JAX_PLATFORMS=cpu python tests/testdata/npz_layouts/make_fixtures.py
