@@ -1,8 +1,9 @@
 """Trainer configs of the study's runs, and their identity (a digest that survives moves).
 
-The digest hashes the config with the init spec written as the backbone's run name
-(`study:mpp/seed0/e30`), not as a path: a finished run stays finished when the checkout, the
-workdir or the machine changes (issue 24, item 7).
+The digest hashes the config's keys that differ from the schema's defaults, with the init spec
+written as the backbone's run name (`study:mpp/seed0/e30`), not as a path: a finished run stays
+finished when the checkout, the workdir or the machine changes, or the schema gains a key
+(issue 24, item 7).
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import ml_collections
 
 from study import protocol
 from study.protocol import Run
+from vit import config as config_lib
 from vit.data import subsets
 
 BACKBONE_SPEC = 'study:'
@@ -52,8 +54,26 @@ def pixels(study, run: Run) -> ml_collections.ConfigDict:
   return c
 
 
+def _flat(d: dict, prefix: str = '') -> dict:
+  out = {}
+  for k, v in d.items():
+    out.update(_flat(v, f'{prefix}{k}.') if isinstance(v, dict) else {f'{prefix}{k}': v})
+  return out
+
+
+def identity(config: ml_collections.ConfigDict) -> dict:
+  """The keys of `config` that are not at the config schema's default: what the run is.
+
+  A key the schema adds later (at its default) leaves every finished run's identity alone; a
+  changed default changes it, as it changes what the run would do."""
+  defaults = _flat(json.loads(config_lib.defaults().to_json()))
+  missing = object()
+  return {k: v for k, v in _flat(json.loads(config.to_json())).items()
+          if defaults.get(k, missing) != v}
+
+
 def digest(config: ml_collections.ConfigDict) -> str:
-  text = json.dumps(json.loads(config.to_json()), sort_keys=True)
+  text = json.dumps(identity(config), sort_keys=True)
   return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 

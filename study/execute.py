@@ -9,6 +9,7 @@ workdir, so an interrupted run resumes with its curve.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Callable, Optional
@@ -129,39 +130,59 @@ def train_classifier(config, workdir: str) -> dict:
 
 
 class _MppCurve:
-  """The MPP evaluator's held-out loss and accuracy at every evaluation, kept on disk."""
+  """The MPP evaluator's held-out loss and accuracy at every evaluation, kept on disk; the
+  export made at the same step gets its held-out MPP accuracy added to its record."""
 
-  def __init__(self, evaluator, curve: Curve):
+  def __init__(self, evaluator, curve: Curve, pending: dict, on_export):
     self.name, self.evaluator, self.curve = evaluator.name, evaluator, curve
+    self.pending, self.on_export = pending, on_export
 
   def evaluate(self, params) -> dict:
     out = self.evaluator.evaluate(params)
     self.curve.points.append([self.curve.step, out.get('accuracy'), out['loss']])
     self.curve.save()
+    if self.curve.step in self.pending:
+      name, record = self.pending.pop(self.curve.step)
+      self.on_export(name, dict(record, holdout_mpp_accuracy=out.get('accuracy'),
+                                holdout_mpp_loss=out['loss']))
     return out
 
 
+def sha256(path: str) -> str:
+  with open(path, 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
 def pretrain_mpp(config, workdir: str, exports: dict[int, tuple[str, str]],
-                 on_export: Callable[[str, dict], None]) -> dict:
+                 on_export: Callable[[str, dict], None],
+                 existing: Callable[[str], Optional[dict]]) -> dict:
   """One long MPP pretraining; at each step of `exports` ({step: (run name, .npz path)}) the
-  backbone is written in the official layout and `on_export(name, result)` is called."""
+  backbone is written in the official layout and `on_export(name, record)` is called (again
+  after that step's evaluation, with the held-out MPP accuracy). An export that already has a
+  record and a file is never rewritten: a pretraining redone elsewhere may differ in its last
+  bits, and finished fine-tunings name those bytes (`sha256`)."""
   m = config_lib.validate(config)
   task = mpp_train.build_task(config, m, workdir)
-  curve = Curve(workdir)
+  curve, pending = Curve(workdir), {}
 
   def export(state, step, writer):
     del writer
-    if step in exports:
-      name, path = exports[step]
-      params = jax.tree.map(np.asarray, jax.device_get(state.params['backbone']))
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      with atomic_write.file(path) as partial:
-        vit_jax.save(params, partial)
-      on_export(name, dict(step=step, images=step * config.batch_size,
-                           file=os.path.basename(path)))
-  task = dataclasses.replace(task, evaluators=[_MppCurve(e, curve) for e in task.evaluators],
-                             periodic_hook=_step_hook(curve, export),
-                             hook_every=config.eval_every)
+    if step not in exports:
+      return
+    name, path = exports[step]
+    if existing(name) is not None and os.path.exists(path):
+      return
+    params = jax.tree.map(np.asarray, jax.device_get(state.params['backbone']))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with atomic_write.file(path) as partial:
+      vit_jax.save(params, partial)
+    record = dict(step=step, images=step * config.batch_size, file=os.path.basename(path),
+                  sha256=sha256(path))
+    on_export(name, record)
+    pending[step] = (name, record)
+  task = dataclasses.replace(
+      task, evaluators=[_MppCurve(e, curve, pending, on_export) for e in task.evaluators],
+      periodic_hook=_step_hook(curve, export), hook_every=config.eval_every)
   loop.train(config, workdir, task)
   return dict(steps=config.total_steps, images=config.total_steps * config.batch_size,
               curve=curve.points)

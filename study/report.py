@@ -42,13 +42,12 @@ class Study:
     return choices.chosen_name(prefix, self.results, self.order)
 
   def run_of(self, arm: str, fkey: str, seed: int) -> Optional[str]:
-    """The run whose test accuracy is `arm`'s at (fkey, seed), if it has finished."""
-    first = self.seeds(fkey)[0]
+    """The run whose test accuracy is `arm`'s at (fkey, seed), if it has finished. Seeds run
+    at the sweep's choice; only a tuning seed that is also reported (the demo) is its sweep's
+    chosen run."""
     if arm == protocol.PIXELS and fkey == protocol.ALL:
-      name = f'{arm}/{fkey}/seed{first}'  # All labels: one fit, the same for every seed.
-    elif arm in (protocol.PIXELS, protocol.MATCHED):
-      name = f'{arm}/{fkey}/seed{seed}'
-    elif seed != first:
+      name = f'{arm}/{fkey}/seed{self.seeds(fkey)[0]}'  # One fit, the same for every seed.
+    elif seed != self.config.tune_seed or arm == protocol.PIXELS:
       name = f'{arm}/{fkey}/seed{seed}'
     elif fkey == protocol.ALL:
       name = self._chosen(f'{arm}/{fkey}/length/')
@@ -65,20 +64,20 @@ class Study:
     return out
 
   def images(self, arm: str, fkey: str) -> str:
-    """Images seen by the arm's runs (steps x batch), plus pretraining for MPP rows."""
-    names = [self.run_of(arm, fkey, s) for s in self.seeds(fkey)]
-    names = [n for n in names if n]
+    """Images the arm's runs may see (steps x batch; plus pretraining for MPP rows), and the
+    median at their held-out-best evaluation (the model reported)."""
+    names = [n for n in (self.run_of(arm, fkey, s) for s in self.seeds(fkey)) if n]
     if not names:
       return ''
-    r = self.results[names[0]]
+    r = self.results[names[0]]['result']
     if arm == protocol.PIXELS:
-      return f'{r["result"]["labels"]:,} labelled'
-    own = r['result']['budget_images']
+      return f'{r["labels"]:,} labelled'
+    best = sorted(self.results[n]['result']['images_to_best'] for n in names)[len(names) // 2]
     pre = ''
     if arm.startswith('mpp_e'):
       epochs = float(arm[len('mpp_e'):])
       pre = f' + {round(epochs * self.config.steps_per_epoch) * 128 / 1e6:.2f}M {PRETRAIN_IMAGES}'
-    return f'{own / 1e6:.2f}M{pre}'
+    return f'{r["budget_images"] / 1e6:.2f}M (best at {best / 1e6:.2f}M){pre}'
 
 
 def _cell(values: dict, planned: int) -> str:
@@ -97,15 +96,20 @@ def _diff(iv: Optional[stats.Interval]) -> str:
   return f'{iv.mean:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] (n={iv.n})'
 
 
-def headline(st: Study) -> list[str]:
-  arms = [(protocol.PIXELS, 'raw pixels, least squares'), (protocol.SCRATCH, 'ViT from scratch'),
+def _arms(st: Study) -> list[tuple[str, str]]:
+  return [(protocol.PIXELS, 'raw pixels, least squares'), (protocol.SCRATCH, 'ViT from scratch'),
           (protocol.MATCHED, 'ViT from scratch, compute-matched'),
           (st.head, f'ViT, MPP {st.config.headline_epochs:g} epochs, fine-tuned')]
+
+
+def headline(st: Study) -> list[str]:
   lines = ['| test accuracy (%), mean +- 95% interval | ' +
            ' | '.join(FKEYS_LABEL[f] for f in st.fkeys) + ' | images seen (' +
            ' / '.join(FKEYS_LABEL[f].split()[0] for f in st.fkeys) + ') |',
            '|---' * (len(st.fkeys) + 2) + '|']
-  for arm, label in arms:
+  for arm, label in _arms(st):
+    if arm == protocol.MATCHED and st.config.only_priority < protocol.P_MATCHED:
+      continue  # Not part of this (reduced) study: the demo.
     cells = [_cell(st.accuracies(arm, f), len(st.seeds(f))) for f in st.fkeys]
     if arm == protocol.PIXELS and protocol.ALL in st.fkeys and st.accuracies(arm, protocol.ALL):
       # One fit of all labels, the same for every seed: not a mean over seeds.
@@ -115,18 +119,35 @@ def headline(st: Study) -> list[str]:
   return lines
 
 
+PRIMARY = 'MPP - scratch'
+
+
 def comparisons(st: Study) -> list[str]:
-  pairs = [(st.head, protocol.SCRATCH, 'MPP - scratch'),
+  """Paired differences. The primary endpoints (MPP - scratch at each fraction) are
+  Holm-adjusted over the fractions; the others are secondary and unadjusted."""
+  pairs = [(st.head, protocol.SCRATCH, PRIMARY),
            (st.head, protocol.MATCHED, 'MPP - compute-matched scratch'),
            (st.head, protocol.PIXELS, 'MPP - raw pixels'),
            (protocol.SCRATCH, protocol.PIXELS, 'scratch - raw pixels')]
+  primary = {f: stats.paired(st.accuracies(st.head, f), st.accuracies(protocol.SCRATCH, f))
+             for f in st.fkeys}
+  adjusted = stats.holm({f: iv for f, iv in primary.items() if iv is not None})
   lines = ['| paired difference (points) | label fraction | mean [95% interval] | verdict |',
            '|---|---|---|---|']
   for a, b, label in pairs:
     for f in st.fkeys:
       iv = stats.paired(st.accuracies(a, f), st.accuracies(b, f))
-      word = stats.verdict(iv, f'{label.split(" - ")[0]} better', f'{label.split(" - ")[0]} worse')
+      if iv is None:
+        continue
+      who = label.split(' - ')[0]
+      word = stats.verdict(iv, f'{who} better', f'{who} worse')
+      if label == PRIMARY and f in adjusted:
+        word += f' (primary; Holm-adjusted p = {adjusted[f]:.3f})'
+      elif label != PRIMARY:
+        word += ' (secondary, unadjusted)'
       lines.append(f'| {label} | {FKEYS_LABEL[f]} | {_diff(iv)} | {word} |')
+  if len(lines) == 2:
+    lines.append('| (no arm pair has a seed in common yet) | | | |')
   return lines
 
 
@@ -135,12 +156,9 @@ def length_curve(st: Study) -> list[str]:
            ' | '.join(f'fine-tuned {FKEYS_LABEL[f]}' for f in st.config.budgets) + ' |',
            '|---' * (len(st.config.budgets) + 2) + '|']
   for e in st.config.pretrain_epochs:
-    mpp_acc = []
-    for s in st.config.seeds:
-      pre = st.results.get(f'{protocol.MPP}/seed{s}/pretrain') or {}
-      step = round(e * st.config.steps_per_epoch)
-      curve = pre.get('result', {}).get('curve', []) or _partial_curve(st, s)
-      mpp_acc += [p[1] for p in curve if p[0] == step and p[1] is not None]
+    mpp_acc = [st.results[n]['result']['holdout_mpp_accuracy'] for n in
+               (f'{protocol.MPP}/seed{s}/e{e:g}' for s in st.config.seeds)
+               if n in st.results and st.results[n]['result'].get('holdout_mpp_accuracy')]
     held = f'{100 * sum(mpp_acc) / len(mpp_acc):.2f} ({len(mpp_acc)} seeds)' if mpp_acc else '-'
     cells = [_cell(st.accuracies(f'mpp_e{e:g}', f), len(st.seeds(f))) for f in st.config.budgets]
     lines.append(f'| {e:g} epochs ({round(e * st.config.steps_per_epoch * 128 / 1e6, 2)}M '
@@ -148,10 +166,36 @@ def length_curve(st: Study) -> list[str]:
   return lines
 
 
-def _partial_curve(st: Study, seed: int) -> list:
-  """A pretraining still running: its curve.json in the default workdir, if present."""
-  del st, seed
-  return []
+def _mean_holdout(st: Study, prefix: str) -> Optional[tuple[float, int]]:
+  names = [f'{prefix}/seed{s}' for s in st.config.seeds if s != st.config.tune_seed]
+  vals = [st.results[n]['result']['holdout_best'] for n in names if n in st.results]
+  return (sum(vals) / len(vals), len(vals)) if vals else None
+
+
+def convergence(st: Study) -> list[str]:
+  """The protocol's two convergence rules, read from held-out accuracies only."""
+  first, c, h = list(st.config.budgets)[0], st.config.convergence_epochs, st.config.headline_epochs
+  a, b = _mean_holdout(st, f'mpp_e{c:g}/{first}'), _mean_holdout(st, f'mpp_e{h:g}/{first}')
+  if a and b:
+    gain = 100 * (b[0] - a[0])
+    out = [f'- MPP pretraining: {h:g} epochs is {gain:+.2f} held-out points from {c:g} epochs '
+           f'({FKEYS_LABEL[first]}, {min(a[1], b[1])} seeds): '
+           + ('converged (< 0.3).' if gain < 0.3 else 'not converged: extend to 60 epochs.')]
+  else:
+    out = [f'- MPP pretraining: not decided yet (needs the fine-tunings from {c:g} and {h:g} '
+           'epochs).']
+  lengths = sorted((r.epochs, r.name) for r in st.runs
+                   if r.name.startswith(f'{protocol.SCRATCH}/{protocol.ALL}/length/'))
+  if len(lengths) >= 2 and all(n in st.results for _, n in lengths[-2:]):
+    (e1, n1), (e2, n2) = lengths[-2:]
+    gain = 100 * (st.results[n2]['result']['holdout_best']
+                  - st.results[n1]['result']['holdout_best'])
+    out.append(f'- Scratch, all labels: {e2:g} epochs is {gain:+.2f} held-out points from '
+               f'{e1:g}: ' + ('converged (< 0.2).' if gain < 0.2 else
+                              f'not converged: add {2 * e2:g} epochs.'))
+  else:
+    out.append('- Scratch, all labels: not decided yet.')
+  return out
 
 
 def sweeps(st: Study) -> list[str]:
@@ -176,6 +220,8 @@ def sweeps(st: Study) -> list[str]:
 def _at_end(record: dict) -> str:
   """A mark on runs whose held-out best was their last evaluation (maybe not converged)."""
   r = record['result']
+  if 'best_step' not in r:
+    return ''
   return '*' if r.get('curve') and r['best_step'] == r['curve'][-1][0] else ''
 
 
@@ -185,13 +231,15 @@ def every_run(st: Study) -> list[str]:
   for name in sorted(st.results):
     rec = st.results[name]
     r = rec['result']
-    if 'holdout_best' not in r:
-      continue
+    if 'file' in r:
+      continue  # An export: its pretraining's row stands for it.
+    held = (f'{100 * r["holdout_best"]:.2f}{_at_end(rec)}' if 'holdout_best' in r
+            else 'pretraining')
+    test = f'{100 * r["test_at_best"]:.2f}' if 'test_at_best' in r else '-'
     best = f'{r.get("best_step", "-")} / {r.get("steps", "-")}'
     wall = f'{rec["wall_s"] / 60:.1f}' if rec.get('wall_s') else '-'
-    lines.append(f'| {name} | {100 * r["holdout_best"]:.2f} | {100 * r["test_at_best"]:.2f} | '
-                 f'{best} | {wall} | {(rec.get("commit") or "?")[:7]}'
-                 f'{" (dirty)" if rec.get("dirty") else ""} |')
+    lines.append(f'| {name} | {held} | {test} | {best} | {wall} | '
+                 f'{(rec.get("commit") or "?")[:7]}{" (dirty)" if rec.get("dirty") else ""} |')
   return lines
 
 
@@ -215,7 +263,8 @@ def progress(st: Study) -> list[str]:
            f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours.']
   if s_per_step:
     lines.append(f'- Left: about {left_steps:,} training steps; at the measured '
-                 f'{s_per_step:.2f} s per step of one worker (evaluations included), about '
+                 f'{s_per_step:.2f} s of wall time per step of one worker (evaluations '
+                 f'included, on the machine as loaded as it was), about '
                  f'{left_steps * s_per_step / 3600:.0f} worker-hours, i.e. '
                  f'{left_steps * s_per_step / 3600 / 2:.0f} hours of the 2-core machine with '
                  'two workers.')
@@ -289,9 +338,11 @@ def markdown(st: Study, figures: dict[str, str]) -> str:
            'has finished and counts missing seeds.', '', '## Status', '', *progress(st), '',
            '## Headline', '', *headline(st), '', '## Paired differences (same seeds: same '
            'labelled images and order)', '', *comparisons(st), '', '## Length of MPP '
-           'pretraining', '', *length_curve(st), '', '## Scratch on all labels (goal: 91% or '
+           'pretraining', '', *length_curve(st), '', '## Convergence rules', '',
+           *convergence(st), '', '## Scratch on all labels (goal: 91% or '
            'more)', '', *scratch_all_labels(st), '', '## Held-out choices', '',
-           '`*`: the held-out best was the run\'s last evaluation.', '', *sweeps(st), '']
+           '`*` (here and below): the held-out best was the run\'s last evaluation.', '',
+           *sweeps(st), '']
   for title, rel in figures.items():
     parts += [f'![{title}]({rel})', '']
   parts += ['## Every run', '', *every_run(st), '']
@@ -304,7 +355,8 @@ def write(config, path: str) -> Study:
   figures = {}
   plot_fractions(st, os.path.join(folder, 'label_fractions.png'))
   figures['test accuracy against labels'] = 'label_fractions.png'
-  name = st.run_of(protocol.SCRATCH, protocol.ALL, st.seeds(protocol.ALL)[0])
+  name = protocol.ALL in st.fkeys and st.run_of(protocol.SCRATCH, protocol.ALL,
+                                                st.seeds(protocol.ALL)[0])
   if name and plot_curve(st, name, os.path.join(folder, 'scratch_all_curve.png')):
     figures['held-out curve of scratch on all labels'] = 'scratch_all_curve.png'
   with atomic_write.file(path) as partial, open(partial, 'w') as f:

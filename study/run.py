@@ -17,7 +17,7 @@ import time
 
 from absl import flags
 
-from study import choices, configs, execute, protocol, report, store
+from study import choices, configs, execute, protocol, report, snapshot, store
 from study.protocol import Run
 from vit import cli
 from vit.errors import UserError
@@ -51,12 +51,16 @@ def _execute(study, run: Run, config, workdir: str, results: dict) -> dict:
   if run.kind == 'pixels':
     return execute.pixels(config)
   if run.kind == 'train':
-    return execute.train_classifier(configs.runnable(study, config), rundir)
+    out = execute.train_classifier(configs.runnable(study, config), rundir)
+    if run.backbone:  # The bytes it started from, beside the name in its config.
+      out['backbone_sha256'] = results[run.backbone]['result'].get('sha256')
+    return out
   exports = {r.steps: (r.name, configs.backbone_file(study, r.name))
              for r in protocol.pretraining(study)
              if r.kind == 'export' and r.deps == (run.name,)}
   return execute.pretrain_mpp(config, rundir, exports,
-                              lambda name, result: _record(study, name, config, result))
+                              lambda name, result: _record(study, name, config, result),
+                              lambda name: store.load_all(study.results).get(name))
 
 
 def _record(study, name: str, config, result: dict, **extra) -> None:
@@ -80,29 +84,28 @@ def work(study, workdir: str) -> int:
                         configs.digest(_config(study, run, results, order)))
     ready = [r for r in plan if r.priority <= study.only_priority and _ready(r, results)]
     run = next((r for r in ready if store.claim(workdir, r.name)), None)
+    if run is not None and os.path.exists(store.result_path(study.results, run.name)):
+      store.release(workdir, run.name)  # Finished by another worker since this one looked.
+      continue
     if run is None:
-      waiting = [r for r in plan if r.priority <= study.only_priority and r.kind != 'export'
-                 and r.name not in results]
-      if not waiting or not ready and not _others_working(workdir):
+      waiting = [r.name for r in plan if r.priority <= study.only_priority
+                 and r.kind != 'export' and r.name not in results]
+      if not waiting or not store.held_by_others(workdir, [r.name for r in plan]):
         print(f'study: worker stops ({len(waiting)} runs left, none runnable here)', flush=True)
         return done
       time.sleep(20)  # Others hold what is runnable, or work that this waits for.
       continue
     config = _config(study, run, results, order)
     print(f'study: starting {run.name} (priority {run.priority})', flush=True)
+    snapshot.restore(study, workdir, run.name)
     start, cpu = time.time(), time.process_time()
     try:
       result = _execute(study, run, config, workdir, results)
+      _record(study, run.name, config, result, wall_s=time.time() - start,
+              cpu_s=time.process_time() - cpu, priority=run.priority)
     finally:
-      store.release(workdir, run.name)
-    _record(study, run.name, config, result, wall_s=time.time() - start,
-            cpu_s=time.process_time() - cpu, priority=run.priority)
+      store.release(workdir, run.name)  # After the record: no one redoes a finished run.
     done += 1
-
-
-def _others_working(workdir: str) -> bool:
-  claims = os.path.join(workdir, 'claims')
-  return any(f.endswith('.claim') for _, _, fs in os.walk(claims) for f in fs)
 
 
 def _spawn(study, workdir: str) -> None:

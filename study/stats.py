@@ -51,3 +51,22 @@ def verdict(diff: Optional[Interval], better: str, worse: str) -> str:
   if not diff.excludes_zero():
     return 'no difference shown'
   return better if diff.mean > 0 else worse
+
+
+def p_value(diff: Interval) -> Optional[float]:
+  """Two-sided p of the paired t test of mean 0 behind `diff` (its mean and half width)."""
+  if diff.half_width is None or diff.half_width == 0:
+    return None
+  se = diff.half_width / stats.t.ppf(0.975, diff.n - 1)
+  return float(2 * stats.t.sf(abs(diff.mean) / se, diff.n - 1))
+
+
+def holm(diffs: dict) -> dict:
+  """Holm-Bonferroni adjusted p values {key: p} of the paired tests in `diffs` (the primary
+  endpoints, one per label fraction); keys without an interval are left out."""
+  ps = {k: p for k, iv in diffs.items() if (p := p_value(iv)) is not None}
+  adjusted, running, m = {}, 0.0, len(ps)
+  for i, (k, p) in enumerate(sorted(ps.items(), key=lambda kv: kv[1])):
+    running = max(running, min(1.0, (m - i) * p))
+    adjusted[k] = running
+  return adjusted

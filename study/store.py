@@ -1,11 +1,12 @@
 """Finished runs as one JSON file each (committed), and claims that keep workers apart.
 
 `{results}/{run name}.json` holds the run's config, its digest, the result, the commit and the
-machine it ran on, its wall and CPU time. A claim is a file created exclusively under
-`{workdir}/claims/`, naming the process; a claim whose process is gone is taken over.
+machine it ran on, its wall and CPU time. A claim is an flock on `{workdir}/claims/{run}.claim`
+(the file names the holder); the kernel drops it when the holder dies.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import platform
@@ -46,45 +47,51 @@ def write(results_dir: str, record: dict) -> str:
   return path
 
 
-def _alive(pid: int) -> bool:
-  try:
-    os.kill(pid, 0)
-  except ProcessLookupError:
-    return False
-  except PermissionError:
-    return True
-  return True
+_HELD: dict[str, int] = {}  # Claim files this process holds locked: name -> fd.
+
+
+def _claim_path(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'claims', name + '.claim')
 
 
 def claim(workdir: str, name: str) -> bool:
-  """True if this process now holds `name` (a stale claim of a dead process is replaced)."""
-  path = os.path.join(workdir, 'claims', name + '.claim')
+  """True if this process now holds `name`: an exclusive flock on its claim file, which the
+  kernel drops when the holder dies (a killed worker's run is taken over and resumes)."""
+  path = _claim_path(workdir, name)
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  me = f'{socket.gethostname()} {os.getpid()}'
-  for _ in range(2):
-    try:
-      fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-    except FileExistsError:
-      try:
-        with open(path) as f:
-          host, pid = f.read().split()
-      except (OSError, ValueError):
-        return False  # Being written by its owner right now.
-      if host != socket.gethostname() or _alive(int(pid)):
-        return False
-      os.remove(path)  # Its process is gone: take the run over (it resumes from its work).
-      continue
-    with os.fdopen(fd, 'w') as f:
-      f.write(me)
-    return True
-  return False
+  fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except OSError:
+    os.close(fd)
+    return False
+  os.ftruncate(fd, 0)
+  os.write(fd, f'{socket.gethostname()} {os.getpid()}'.encode())
+  _HELD[name] = fd
+  return True
 
 
 def release(workdir: str, name: str) -> None:
-  try:
-    os.remove(os.path.join(workdir, 'claims', name + '.claim'))
-  except FileNotFoundError:
-    pass
+  del workdir
+  fd = _HELD.pop(name, None)
+  if fd is not None:
+    os.close(fd)  # Drops the lock; the file stays (harmless, and racing no one).
+
+
+def held_by_others(workdir: str, names) -> bool:
+  """Whether another live process holds a claim on any of `names`."""
+  for name in names:
+    path = _claim_path(workdir, name)
+    if name in _HELD or not os.path.exists(path):
+      continue
+    fd = os.open(path, os.O_RDONLY)
+    try:
+      fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+      return True
+    finally:
+      os.close(fd)
+  return False
 
 
 def commit_of(path: str) -> dict:

@@ -44,19 +44,32 @@ def test_the_headline_cells_come_first(runs, study):
   assert runs['mpp/seed0/pretrain'].priority == protocol.P_PRETRAIN0 == 1
   assert {r.priority for r in runs.values() if r.kind == 'pixels'} == {0}
   curve = [r for r in runs.values() if r.name.startswith(('mpp_e3/', 'mpp_e6/', 'mpp_e12/'))]
-  assert curve and all(r.priority == protocol.P_LENGTH_CURVE for r in curve)
+  assert curve and all(r.priority == protocol.P_LENGTH_CURVE for r in curve
+                       if not r.name.startswith('mpp_e12/pct1/'))
+  # The convergence rule's fine-tunings (12 epochs, 1%) come right after the headline's.
+  assert {r.priority for r in curve if r.name.startswith('mpp_e12/pct1/')} == {
+      protocol.P_CONVERGENCE}
   assert max(r.priority for r in runs.values()
              if not r.name.startswith(('mpp_e3/', 'mpp_e6/', 'mpp_e12/'))) < protocol.P_LENGTH_CURVE
-  # The sweep: 3 learning rates x 2 paddings for scratch, 3 for MPP (padding from scratch).
-  assert len([n for n in runs if n.startswith('scratch/pct1/sweep/')]) == 6
-  assert len([n for n in runs if n.startswith('mpp_e30/pct1/sweep/')]) == 3
-  assert len([n for n in runs if n.startswith('mpp_e30/pct1/seed')]) == len(study.seeds) - 1
 
 
-def test_fine_tuning_waits_for_its_backbone_and_the_scratch_arms_padding(runs):
+def test_every_arm_sweeps_the_same_grid_on_a_seed_it_does_not_report(runs, study):
+  grid = len(study.sweep.learning_rates) * len(study.sweep.crop_padding)
+  for arm in ('scratch', 'mpp_e30', 'mpp_e12'):
+    sweep = [r for n, r in runs.items() if n.startswith(f'{arm}/pct1/sweep/')]
+    assert len(sweep) == grid and {r.seed for r in sweep} == {study.tune_seed}
+    reported = {r.seed for n, r in runs.items() if n.startswith(f'{arm}/pct1/seed')}
+    assert reported == set(study.seeds) and study.tune_seed not in study.seeds
+  matched = [r for n, r in runs.items() if n.startswith('matched/pct10/sweep/')]
+  assert len(matched) == len(study.sweep.learning_rates)  # Padding from the scratch arm.
+  assert runs['mpp_e30/pct1/sweep/lr0.001_pad2'].backbone == 'mpp/seed0/e30'
+
+
+def test_fine_tuning_waits_for_its_backbone_and_its_own_sweep(runs):
   r = runs['mpp_e30/pct10/seed3']
   assert r.backbone == 'mpp/seed3/e30' and 'mpp/seed3/e30' in r.deps
-  assert set(n for n in runs if n.startswith('scratch/pct10/sweep/')) <= set(r.deps)
+  assert set(n for n in runs if n.startswith('mpp_e30/pct10/sweep/')) <= set(r.deps)
+  assert not any(d.startswith('scratch/') for d in r.deps)
   assert runs['mpp/seed3/e30'].deps == ('mpp/seed3/pretrain',)
   assert runs['mpp/seed3/e30'].steps == 30 * converged.STEPS_PER_EPOCH
 
@@ -64,6 +77,7 @@ def test_fine_tuning_waits_for_its_backbone_and_the_scratch_arms_padding(runs):
 def test_the_matched_arm_gets_the_pretraining_steps_too(runs, study):
   m = runs['matched/pct1/seed2']
   assert m.steps == 30 * study.steps_per_epoch + study.budgets.pct1.steps
+  assert m.choose == 'matched/pct1/sweep' and m.pad_from == 'scratch/pct1/sweep'
   full = runs['matched/all/seed0']
   assert full.length_from == 'mpp_e30/all' and full.steps == 30 * study.steps_per_epoch
 
@@ -93,7 +107,8 @@ def test_choices_read_held_out_only_and_ties_go_to_the_grid_order(runs, study):
 def test_a_length_choice_adds_its_steps(runs, study):
   order = [r.name for r in protocol.runs(study)]
   results = {n: _record(n, 0.5, steps=100 * i) for i, n in enumerate(sorted(runs))
-             if n.startswith(('scratch/all/sweep/', 'scratch/pct10/sweep/', 'mpp_e30/all/length/'))}
+             if n.startswith(('scratch/all/sweep/', 'scratch/pct10/sweep/', 'mpp_e30/all/length/',
+                              'matched/all/'))}
   results['mpp_e30/all/length/e60']['result']['holdout_best'] = 0.9
   r = choices.resolve(runs['matched/all/seed1'], results, order)
   assert r.steps == 30 * study.steps_per_epoch + results['mpp_e30/all/length/e60']['config'][
@@ -101,9 +116,8 @@ def test_a_length_choice_adds_its_steps(runs, study):
 
 
 def test_a_runs_identity_does_not_depend_on_where_the_backbones_are(runs, study, tmp_path):
-  r = choices.resolve(runs['mpp_e30/pct1/sweep/lr0.001'], {
-      n: _record(n, 0.5) for n in runs if n.startswith('scratch/pct1/sweep/')},
-      [r.name for r in protocol.runs(study)])
+  r = choices.resolve(runs['mpp_e30/pct1/sweep/lr0.001_pad2'], {},
+                      [r.name for r in protocol.runs(study)])
   config = configs.classifier(study, r)
   assert config.init == 'study:mpp/seed0/e30'
   moved = converged.get_config()
@@ -111,22 +125,37 @@ def test_a_runs_identity_does_not_depend_on_where_the_backbones_are(runs, study,
   assert configs.digest(configs.classifier(moved, r)) == configs.digest(config)
   assert configs.runnable(moved, config).init == 'vit_jax:' + os.path.join(
       str(tmp_path / 'elsewhere'), 'mpp_seed0_e30.npz')
-  assert config.data.holdout == 5000 and config.data.subset_seed == 0
+  assert config.data.holdout == 5000 and config.data.subset_seed == study.tune_seed
+  assert config.data.crop_padding == 2
+
+
+def test_a_key_the_schema_adds_later_leaves_identities_alone(runs, study):
+  r = choices.resolve(runs['pixels/pct1/seed0'], {}, [])
+  config = configs.pixels(study, r)
+  before = configs.digest(config)
+  config.model.layer_norm_epsilon = 1e-6  # Its default: no change either.
+  assert configs.digest(config) == before
+  assert 'model.layer_norm_epsilon' not in configs.identity(config)
+  config.optimizer.weight_decay = 0.3
+  assert configs.digest(config) != before
   assert config.optimizer.name == 'adam' and config.optimizer.decay == 'cosine'
 
 
 def test_claims_keep_workers_apart_and_a_dead_workers_claim_is_taken_over(tmp_path):
-  assert store.claim(str(tmp_path), 'a/b')
-  assert not store.claim(str(tmp_path), 'a/b')  # Held (by this live process).
+  holder = subprocess.Popen(
+      [sys.executable, '-c', 'import sys; from study import store; '
+       f'assert store.claim({str(tmp_path)!r}, "a/b"); print("held", flush=True); '
+       'sys.stdin.readline()'], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert holder.stdout.readline().strip() == 'held'  # Synchronised on its state, not on time.
+  assert not store.claim(str(tmp_path), 'a/b')
+  assert store.held_by_others(str(tmp_path), ['a/b', 'other'])
+  holder.kill()
+  holder.wait()
+  assert not store.held_by_others(str(tmp_path), ['a/b'])
+  assert store.claim(str(tmp_path), 'a/b')  # The kernel dropped the dead holder's lock.
+  assert (tmp_path / 'claims' / 'a' / 'b.claim').read_text().split()[1] == str(os.getpid())
   store.release(str(tmp_path), 'a/b')
-  dead = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
-                        capture_output=True, text=True).stdout.strip()
-  path = tmp_path / 'claims' / 'c.claim'
-  path.parent.mkdir(parents=True, exist_ok=True)
-  import socket
-  path.write_text(f'{socket.gethostname()} {dead}')
-  assert store.claim(str(tmp_path), 'c')
-  assert path.read_text().split()[1] == str(os.getpid())
 
 
 def test_a_damaged_result_file_is_named(tmp_path):

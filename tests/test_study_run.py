@@ -40,11 +40,12 @@ def test_the_first_priorities_run_and_record_what_they_are(finished):
   _, c, done = finished
   results = store.load_all(c.results)
   assert done == 5  # 2 pixel fits, the pretraining, the scratch sweep, the MPP sweep.
-  assert {'mpp/seed0/e1', 'mpp/seed0/e2', 'mpp_e2/pct1/sweep/lr0.001',
+  assert {'mpp/seed0/e1', 'mpp/seed0/e2', 'mpp_e2/pct1/sweep/lr0.001_pad2',
           'scratch/pct1/sweep/lr0.001_pad2'} <= set(results)
-  ft = results['mpp_e2/pct1/sweep/lr0.001']
+  ft = results['mpp_e2/pct1/sweep/lr0.001_pad2']
   assert ft['config']['init'] == 'study:mpp/seed0/e2'
-  assert ft['config']['data']['crop_padding'] == 2  # The scratch arm's choice.
+  assert ft['config']['data']['crop_padding'] == 2 and ft['config']['seed'] == c.tune_seed
+  assert ft['result']['backbone_sha256'] == results['mpp/seed0/e2']['result']['sha256']
   r = ft['result']
   assert [p[0] for p in r['curve']] == [3, 6] and r['curve'][0][2] is not None  # Test at a best.
   assert r['holdout_best'] == max(p[1] for p in r['curve'])
@@ -52,6 +53,7 @@ def test_the_first_priorities_run_and_record_what_they_are(finished):
   assert ft['commit'] and ft['machine']['backend'] == 'cpu' and ft['wall_s'] > 0
   pre = results['mpp/seed0/pretrain']
   assert [p[0] for p in pre['result']['curve']] == [2, 4]  # MPP accuracy at each export.
+  assert results['mpp/seed0/e1']['result']['holdout_mpp_accuracy'] == pre['result']['curve'][0][1]
   assert pre['config']['data']['eval_split'] == 'holdout'
 
 
@@ -78,6 +80,7 @@ def test_the_report_shows_what_finished_and_counts_what_did_not(finished):
   report.write(c, c.report)
   text = open(c.report).read()
   assert '| raw pixels, least squares |' in text and '100%' not in text
-  assert '| ViT from scratch | ' in text and '(1/2 seeds)' in text
+  assert '| ViT from scratch | - (0/2)' in text  # Seeds run after the sweeps' priority.
+  assert 'compute-matched' not in text.split('## Paired')[0]  # Not in this reduced plan.
   assert 'scratch/pct1/sweep' in text and 'Runs finished: 5 of' in text
   json.loads(open(store.result_path(c.results, 'pixels/pct1/seed1')).read())

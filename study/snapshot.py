@@ -1,0 +1,72 @@
+"""Long runs still going at a session's end, carried to the next machine through git.
+
+`python -m study.snapshot --config ... --workdir DIR` writes, for every unfinished run with a
+checkpoint in DIR, `{config.inflight}/{run}.tar` (its checkpoints and curve, a few MB). A
+worker that takes that run on a machine without its workdir unpacks it first and resumes from
+it instead of starting again (issue 24, item 7).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tarfile
+
+from absl import flags
+
+from study import protocol, store
+from vit import atomic_write, cli
+
+FLAGS = flags.FLAGS
+
+
+def _tar_path(study, name: str) -> str:
+  return os.path.join(study.inflight, name.replace('/', '_') + '.tar')
+
+
+def _rundir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, 'runs', name)
+
+
+def restore(study, workdir: str, name: str) -> bool:
+  """Unpacks the run's snapshot when its run directory has no checkpoint; True if it did."""
+  path, rundir = _tar_path(study, name), _rundir(workdir, name)
+  if not os.path.exists(path) or os.path.isdir(os.path.join(rundir, 'checkpoints')):
+    return False
+  os.makedirs(rundir, exist_ok=True)
+  with tarfile.open(path) as tar:
+    tar.extractall(rundir, filter='data')
+  print(f'study: {name} resumes from {path}', flush=True)
+  return True
+
+
+def save(study, workdir: str) -> list[str]:
+  """A tar of each unfinished run that has checkpoints; returns the files written."""
+  finished, written = store.load_all(study.results), []
+  for run in protocol.runs(study):
+    rundir = _rundir(workdir, run.name)
+    if run.name in finished or not os.path.isdir(os.path.join(rundir, 'checkpoints')):
+      continue
+    path = _tar_path(study, run.name)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with atomic_write.file(path) as partial, tarfile.open(partial, 'w') as tar:
+      for entry in sorted(os.listdir(rundir)):
+        if entry not in ('.lock',):
+          tar.add(os.path.join(rundir, entry), arcname=entry)
+    written.append(path)
+  for f in os.listdir(study.inflight) if os.path.isdir(study.inflight) else []:
+    name = next((r.name for r in protocol.runs(study) if _tar_path(study, r.name).endswith(f)),
+                None)
+    if name in finished:  # Finished since: its snapshot is no longer needed.
+      os.remove(os.path.join(study.inflight, f))
+  return written
+
+
+def main(argv):
+  del argv
+  for path in save(FLAGS.config, os.path.abspath(FLAGS.workdir)):
+    print(f'study: wrote {path}', file=sys.stderr)
+
+
+if __name__ == '__main__':
+  cli.define_config_flags('configs/study/converged.py')
+  cli.run(main)
