@@ -175,3 +175,24 @@ def test_intervals_are_t_intervals_and_verdicts_need_them_to_exclude_zero():
   assert diff.n == 3 and diff.mean == pytest.approx((-0.5 + 1.0 - 0.2) / 3)
   assert stats.verdict(diff, 'better', 'worse') == 'no difference shown'
   assert stats.verdict(stats.interval([1.0]), 'better', 'worse') == 'too few seeds'
+
+
+def test_a_run_in_flight_travels_to_a_fresh_workdir_and_is_dropped_once_finished(tmp_path):
+  from study import snapshot
+  study = converged.get_config()
+  study.results, study.inflight = str(tmp_path / 'results'), str(tmp_path / 'inflight')
+  old = tmp_path / 'old' / 'runs' / 'mpp' / 'seed0' / 'pretrain'
+  (old / 'checkpoints' / '1290').mkdir(parents=True)
+  (old / 'checkpoints' / '1290' / 'state').write_bytes(b'weights')
+  (old / 'curve.json').write_text('[[1290, 0.5, 1.0]]')
+  (tmp_path / 'old' / 'runs' / 'scratch').mkdir()  # No checkpoint: nothing to carry.
+  written = snapshot.save(study, str(tmp_path / 'old'))
+  assert [os.path.basename(p) for p in written] == ['mpp_seed0_pretrain.tar']
+  fresh = tmp_path / 'fresh'
+  assert snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain')
+  moved = fresh / 'runs' / 'mpp' / 'seed0' / 'pretrain'
+  assert (moved / 'checkpoints' / '1290' / 'state').read_bytes() == b'weights'
+  assert not snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain')  # Has its own now.
+  store.write(study.results, {'name': 'mpp/seed0/pretrain', 'result': {}})
+  assert snapshot.save(study, str(tmp_path / 'old')) == []
+  assert not os.listdir(study.inflight)  # Finished: its snapshot is removed.
