@@ -21,6 +21,8 @@ import numpy as np
 
 from vit import sharding
 from vit.evaluators import embedding
+from vit.models import factory
+from vit.preprocess import input_fn
 from vit.errors import ConfigError, UserError
 
 BIAS_CONSTANT = 100.0  # Large, so the bias is barely regularised (big_vision's choice).
@@ -105,11 +107,9 @@ class _Subset:
 
 def make_representation_fn(model_dict: dict) -> Callable:
   """params, uint8 images -> the representation a head would see (pre_logits when present)."""
-  from vit import config as config_lib
-  from vit.preprocess import input_fn
   classifier = model_dict['classifier']
   classifier = 'token' if classifier == 'unpooled' else classifier
-  net = config_lib.build_model(model_dict, num_classes=0, classifier=classifier)
+  net = factory.build_model(model_dict, num_classes=0, classifier=classifier)
   to_input = input_fn(model_dict)  # The checkpoint's own normalisation when it states one.
 
   def representation(params, images):
