@@ -9,28 +9,15 @@ from __future__ import annotations
 from absl import flags
 
 from mae import objective
-from vit import cli, config as config_lib, sharding
-from vit.data import pipeline
-from vit.evaluators import fewshot, held_out_loss
-from vit.training import loop
+from vit import cli, config as config_lib
+from vit.training import loop, reconstruction
 
 FLAGS = flags.FLAGS
 
 
 def build_task(config, m) -> loop.Task:
-  obj = objective.build(config, m)
-  mesh = sharding.make_mesh(config.mesh)
-  evaluators = []
-  if config.mae.eval_examples:
-    evaluators.append(held_out_loss.HeldOutLoss(
-        obj.loss, lambda: pipeline.eval_batches(config), mesh,
-        examples=config.mae.eval_examples,
-        batch_size=pipeline.per_process_batch(config.eval_batch_size, 'eval_batch_size'),
-        seed=config.seed))
-  if config.fewshot.enabled:
-    evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
-  return loop.Task(init_params=obj.init_params, loss_fn=obj.loss,
-                   train_data=pipeline.train_dataset(config), evaluators=evaluators)
+  return reconstruction.build_task(config, objective.build(config, m),
+                                   config.mae.eval_examples)
 
 
 def main(argv):

@@ -1,0 +1,32 @@
+"""The shared trainer task of the pixel-reconstruction objectives (mae/, simmim/).
+
+Both train an `vit.objective.Objective` on unlabelled images and judge it by its own loss on
+held-out images (`HeldOutLoss`) and, optionally, few-shot probes of its representation; only
+the objective and its config section differ, so the task is built here once.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from vit import objective as objective_lib, sharding
+from vit.data import pipeline
+from vit.evaluators import fewshot, held_out_loss
+from vit.training.sharded import Task
+
+
+def build_task(config: ml_collections.ConfigDict, obj: objective_lib.Objective,
+               eval_examples: int) -> Task:
+  """The loop's Task for `obj`: its loss on every training batch, its held-out loss on the
+  first `eval_examples` evaluation images (0: none), few-shot probes when config.fewshot is on.
+  """
+  mesh = sharding.make_mesh(config.mesh)
+  evaluators = []
+  if eval_examples:
+    evaluators.append(held_out_loss.HeldOutLoss(
+        obj.loss, lambda: pipeline.eval_batches(config), mesh, examples=eval_examples,
+        batch_size=pipeline.per_process_batch(config.eval_batch_size, 'eval_batch_size'),
+        seed=config.seed))
+  if config.fewshot.enabled:
+    evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
+  return Task(init_params=obj.init_params, loss_fn=obj.loss,
+              train_data=pipeline.train_dataset(config), evaluators=evaluators)
