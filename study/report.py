@@ -268,6 +268,10 @@ def progress(st: Study) -> list[str]:
                  f'{left_steps * s_per_step / 3600:.0f} worker-hours, i.e. '
                  f'{left_steps * s_per_step / 3600 / 2:.0f} hours of the 2-core machine with '
                  'two workers.')
+  else:  # Nothing timed yet: the 2-core machine's measured rate, evaluations not counted.
+    lines.append(f'- Left: about {left_steps:,} training steps of 128 images; at 553 images/s '
+                 '(two single-threaded workers on the idle 2-core machine, evaluations not '
+                 f'counted) about {left_steps * 128 / 553 / 3600:.0f} hours of that machine.')
   commits = sorted({(rec.get('commit') or '?')[:7] for rec in st.results.values()})
   lines.append(f'- Commits of the results: {", ".join(commits)}.')
   return lines
