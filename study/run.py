@@ -97,7 +97,9 @@ def work(study, workdir: str) -> int:
       continue
     config = _config(study, run, results, order)
     print(f'study: starting {run.name} (priority {run.priority})', flush=True)
-    snapshot.restore(study, workdir, run.name)
+    digest = configs.digest(config)
+    snapshot.restore(study, workdir, run.name, digest)
+    snapshot.write_identity(workdir, run.name, digest)
     start, cpu = time.time(), time.process_time()
     try:
       result = _execute(study, run, config, workdir, results)

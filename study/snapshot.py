@@ -7,9 +7,11 @@ it instead of starting again (issue 24, item 7).
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tarfile
+from typing import Optional
 
 from absl import flags
 
@@ -27,10 +29,35 @@ def _rundir(workdir: str, name: str) -> str:
   return os.path.join(workdir, 'runs', name)
 
 
-def restore(study, workdir: str, name: str) -> bool:
-  """Unpacks the run's snapshot when its run directory has no checkpoint; True if it did."""
+IDENTITY_FILE = 'study_run.json'  # In a run's directory: its name and config digest.
+
+
+def write_identity(workdir: str, name: str, digest: str) -> None:
+  """Marks the run directory with the run it holds, so a snapshot is only ever unpacked into
+  the same run of the same config (not, say, the demo's run of the same name)."""
+  rundir = _rundir(workdir, name)
+  os.makedirs(rundir, exist_ok=True)
+  with atomic_write.file(os.path.join(rundir, IDENTITY_FILE)) as partial, \
+      open(partial, 'w') as f:
+    json.dump(dict(name=name, digest=digest), f)
+
+
+def _identity_in(path: str) -> Optional[dict]:
+  with tarfile.open(path) as tar:
+    try:
+      return json.load(tar.extractfile(IDENTITY_FILE))
+    except (KeyError, ValueError, AttributeError):
+      return None
+
+
+def restore(study, workdir: str, name: str, digest: str) -> bool:
+  """Unpacks the run's snapshot when its run directory has no checkpoint and the snapshot was
+  made by the same run of the same config (`digest`); True if it did."""
   path, rundir = _tar_path(study, name), _rundir(workdir, name)
   if not os.path.exists(path) or os.path.isdir(os.path.join(rundir, 'checkpoints')):
+    return False
+  if _identity_in(path) != dict(name=name, digest=digest):
+    print(f'study: {path} ignored: not a snapshot of this run with this config', flush=True)
     return False
   os.makedirs(rundir, exist_ok=True)
   with tarfile.open(path) as tar:

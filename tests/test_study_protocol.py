@@ -185,14 +185,18 @@ def test_a_run_in_flight_travels_to_a_fresh_workdir_and_is_dropped_once_finished
   (old / 'checkpoints' / '1290').mkdir(parents=True)
   (old / 'checkpoints' / '1290' / 'state').write_bytes(b'weights')
   (old / 'curve.json').write_text('[[1290, 0.5, 1.0]]')
+  snapshot.write_identity(str(tmp_path / 'old'), 'mpp/seed0/pretrain', 'abc')
   (tmp_path / 'old' / 'runs' / 'scratch').mkdir()  # No checkpoint: nothing to carry.
   written = snapshot.save(study, str(tmp_path / 'old'))
   assert [os.path.basename(p) for p in written] == ['mpp_seed0_pretrain.tar']
   fresh = tmp_path / 'fresh'
-  assert snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain')
+  # Another config's run of the same name (the demo's) never takes it.
+  assert not snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain', 'other')
+  assert not (fresh / 'runs' / 'mpp' / 'seed0' / 'pretrain' / 'checkpoints').exists()
+  assert snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain', 'abc')
   moved = fresh / 'runs' / 'mpp' / 'seed0' / 'pretrain'
   assert (moved / 'checkpoints' / '1290' / 'state').read_bytes() == b'weights'
-  assert not snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain')  # Has its own now.
+  assert not snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain', 'abc')  # Has its own.
   store.write(study.results, {'name': 'mpp/seed0/pretrain', 'result': {}})
   assert snapshot.save(study, str(tmp_path / 'old')) == []
   assert not os.listdir(study.inflight)  # Finished: its snapshot is removed.
