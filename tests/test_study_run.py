@@ -24,6 +24,7 @@ def _tiny(tmp_path, where='a'):
   c.pretrainer.mpp.eval_examples = 1000
   c.results, c.backbones = str(tmp_path / where / 'results'), str(tmp_path / where / 'bb')
   c.report = str(tmp_path / where / 'results.md')
+  c.inflight = str(tmp_path / where / 'inflight')  # Never the study's own runs in flight.
   c.only_priority = 3
   return c
 
