@@ -21,7 +21,6 @@ encoder runs on 13 of 50 tokens) it is not the work done; compare images/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -70,12 +69,7 @@ def main(argv=None) -> None:
   report['ratios'] = ratios(report)
   print(train_step.table(report))
   print('\n'.join(f'{k}: {v:.2f}' for k, v in report['ratios'].items()))
-  text = json.dumps(report, indent=1)
-  print(text)
-  if args.json:
-    from vit import atomic_write  # Standard library only: imports no JAX.
-    with atomic_write.file(args.json) as partial, open(partial, 'w') as f:
-      f.write(text + '\n')
+  train_step.emit(report, args.json)
 
 
 if __name__ == '__main__':

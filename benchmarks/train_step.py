@@ -453,16 +453,21 @@ def parse_args(argv=None):
   return args
 
 
+def emit(report: dict, json_path) -> None:
+  """Prints the JSON report and, given a path, writes it there (complete or not at all)."""
+  text = json.dumps(report, indent=1)
+  print(text)
+  if json_path:
+    from vit import atomic_write  # Standard library only: imports no JAX.
+    with atomic_write.file(json_path) as partial, open(partial, 'w') as f:
+      f.write(text + '\n')
+
+
 def main(argv=None) -> None:
   args = parse_args(argv)
   report = run(args)
   print(table(report))
-  text = json.dumps(report, indent=1)
-  print(text)
-  if args.json:
-    from vit import atomic_write  # Standard library only: imports no JAX.
-    with atomic_write.file(args.json) as partial, open(partial, 'w') as f:
-      f.write(text + '\n')
+  emit(report, args.json)
 
 
 if __name__ == '__main__':

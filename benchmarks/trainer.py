@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
-import json
 import os
 import re
 import shutil
@@ -161,12 +160,7 @@ def main(argv=None) -> None:
             'in this one process)', 'rounds': args.rounds, 'log_every': args.log_every,
             'windows': args.windows, 'results': results}
   print(table(report))
-  text = json.dumps(report, indent=1)
-  print(text)
-  if args.json:
-    from vit import atomic_write  # Standard library only: imports no JAX.
-    with atomic_write.file(args.json) as partial, open(partial, 'w') as f:
-      f.write(text + '\n')
+  train_step.emit(report, args.json)
 
 
 if __name__ == '__main__':
