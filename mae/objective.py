@@ -279,8 +279,19 @@ def build(config: ml_collections.ConfigDict, m: dict) -> MaeObjective:
                                    config.data.channels), m=m)
 
 
+def section() -> ml_collections.ConfigDict:
+  """config.mae: MAE's keys and their defaults (a config adds it: `config.mae = section()`)."""
+  return ml_collections.ConfigDict(dict(
+      mask_ratio=0.75,
+      norm_pix_loss=True,
+      decoder=dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=128),
+      eval_examples=1024,  # Held-out images for the MAE loss.
+  ))
+
+
 def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
-  """config.mae against the resolved model `m`; ConfigError naming the key."""
+  """config.mae against the resolved model `m`; ConfigError naming the key.
+  `vit.config.validate` calls it for every config that carries a `mae` section."""
   c = config.mae
   if not 0.0 < c.mask_ratio < 1.0:
     raise ConfigError('mae.mask_ratio', c.mask_ratio, 'must be in (0, 1)')
@@ -312,4 +323,4 @@ def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
 
 
 DEFINITION = objective_lib.Definition(
-    name='mae', build=build, section=lambda: config_lib.defaults().mae, validate=check_config)
+    name='mae', build=build, section=section, validate=check_config)

@@ -203,8 +203,19 @@ def build(config: ml_collections.ConfigDict, m: dict) -> SimMimObjective:
                                       config.data.channels), m=m)
 
 
+def section() -> ml_collections.ConfigDict:
+  """config.simmim: SimMIM's keys and their defaults (a config adds it:
+  `config.simmim = section()`)."""
+  return ml_collections.ConfigDict(dict(
+      mask_ratio=0.6,
+      mask_patch_size=8,  # Pixels; a multiple of the patch size.
+      eval_examples=1024,  # Held-out images for the SimMIM loss.
+  ))
+
+
 def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
-  """config.simmim against the resolved model `m`; ConfigError naming the key."""
+  """config.simmim against the resolved model `m`; ConfigError naming the key.
+  `vit.config.validate` calls it for every config that carries a `simmim` section."""
   c = config.simmim
   if not 0.0 < c.mask_ratio <= 1.0:
     raise ConfigError('simmim.mask_ratio', c.mask_ratio, 'must be in (0, 1]')
@@ -218,5 +229,4 @@ def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
 
 
 DEFINITION = objective_lib.Definition(
-    name='simmim', build=build, section=lambda: config_lib.defaults().simmim,
-    validate=check_config)
+    name='simmim', build=build, section=section, validate=check_config)

@@ -1,4 +1,5 @@
 """Config validation: every user mistake is reported with the key and the value."""
+import importlib
 import os
 import re
 import subprocess
@@ -9,7 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vit import config as config_lib
+from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,6 +147,15 @@ def test_objective_sections_are_declared_by_their_package():
   config.mpp.bits_typo = 3
   with pytest.raises(ConfigError, match='config.mpp.bits_typo=3: unknown config key'):
     config_lib.validate(config)
+  for name in ('mae', 'simmim'):  # Declared by mae/ and simmim/ as config.mpp by mpp/.
+    definition = objective_lib.resolve(name)
+    config = importlib.import_module(f'configs.{name}.fashion_mnist').get_config()
+    assert name not in config_lib.defaults() and config_lib.sections(config) == {name: definition}
+  config = small()
+  config.mae = objective_lib.resolve('mae').section()
+  config.mae.mask_ratio = 1.5
+  with pytest.raises(ConfigError, match=re.escape('config.mae.mask_ratio=1.5: must be in (0, 1)')):
+    config_lib.validate(config, num_devices=1)
   config = small()
   config.mppp = ml_collections.ConfigDict(dict(target='mean_color'))
   with pytest.raises(ConfigError, match="config.mppp.target='mean_color': unknown config key"):

@@ -137,9 +137,11 @@ def test_encoder_sees_only_the_kept_patches():
 
 def test_config_errors_name_the_key():
   config = _tiny(mask_ratio=0.99)
-  m = config_lib.validate(config)
+  m = config_lib.validate(_tiny())
   with pytest.raises(ConfigError, match=r'config.mae.mask_ratio=0.99: leaves the encoder none'):
     objective.check_config(config, m)
+  with pytest.raises(ConfigError, match=r'config.mae.mask_ratio=0.99: leaves the encoder none'):
+    config_lib.validate(config)  # The section is checked with the core schema.
   config = _tiny()
   config.mae.decoder.num_heads = 3
   with pytest.raises(ConfigError, match=r'mae.decoder.num_heads=3: does not divide'):

@@ -135,20 +135,6 @@ def defaults() -> ml_collections.ConfigDict:
       test_split=_none(str),  # None: data.eval_split.
       max_test=10000,
   )
-  # MAE and SimMIM (mae/, simmim/; issue 27), still declared here; their Definitions return
-  # these sections and check them (mae/objective.py, simmim/objective.py: check_config). They
-  # can move into their packages as config.mpp did (mpp/objective.py: section()).
-  config.mae = dict(
-      mask_ratio=0.75,
-      norm_pix_loss=True,
-      decoder=dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=128),
-      eval_examples=1024,  # Held-out images for the MAE loss.
-  )
-  config.simmim = dict(
-      mask_ratio=0.6,
-      mask_patch_size=8,  # Pixels; a multiple of the patch size.
-      eval_examples=1024,  # Held-out images for the SimMIM loss.
-  )
   return config
 
 

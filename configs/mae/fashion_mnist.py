@@ -12,11 +12,13 @@ encoder runs on 13). The paper leaves decoder size and learning rate open at thi
 these are provisional until chosen on the held-out split (issue 27's study).
 """
 from configs.supervised import fashion_mnist as supervised_config
+from mae import objective
 
 
 def get_config():
   config = supervised_config.get_config()  # The same backbone, data and optimiser as MPP's.
   config.model.num_classes = None  # MAE's decoder predicts pixels; no classifier head.
+  config.mae = objective.section()
   config.data.flip = True
   config.mae.mask_ratio = 0.75
   config.mae.norm_pix_loss = True

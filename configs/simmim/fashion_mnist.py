@@ -13,11 +13,13 @@ Blocks of 12 px would neither tile 28 nor leave more than 9 blocks; 4 px (one pa
 longer SimMIM's "larger than the patch". The ratio is the paper's 0.6.
 """
 from configs.supervised import fashion_mnist as supervised_config
+from simmim import objective
 
 
 def get_config():
   config = supervised_config.get_config()  # The same backbone, data and optimiser as MPP's.
   config.model.num_classes = None  # SimMIM's decoder predicts pixels; no classifier head.
+  config.simmim = objective.section()
   config.data.flip = True
   config.simmim.mask_ratio = 0.6
   config.simmim.mask_patch_size = 8
