@@ -155,6 +155,8 @@ def main(argv=None) -> None:
   xla_flags.apply_defaults()
   from vit import host_memory
   host_memory.release_after_compiles()
+  from vit import cli
+  cli.log_to_console()  # The trainer's step lines, which run_trainer reads from stdout.
   results = [measure(s, o, args) for s in args.shapes for o in args.objectives]
   report = {'machine': train_step._machine(), 'process': 'shared (trainer, step and pipeline '
             'in this one process)', 'rounds': args.rounds, 'log_every': args.log_every,

@@ -11,6 +11,7 @@ checkpoint, and model keys set in the config must agree with it.
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import flax.linen as nn
 import jax
@@ -24,6 +25,7 @@ from vit.errors import ConfigError
 from vit.training import loop
 
 FLAGS = flags.FLAGS
+logger = logging.getLogger(__name__)
 INIT_FORMATS = ('mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR, vit_jax:FILE.npz, hf:DIR or '
                 'timm:DIR')
 
@@ -80,8 +82,8 @@ def main(argv):
   del argv
   config, workdir = FLAGS.config, FLAGS.workdir
   m, ckpt = prepare(config)
-  print(f'fine-tuning from {config.init}: {init_spec.describe(ckpt)} -> '
-        f'{config.image_size}px, {m["num_classes"]} classes', flush=True)
+  logger.info('fine-tuning from %s: %s -> %spx, %s classes', config.init,
+              init_spec.describe(ckpt), config.image_size, m['num_classes'])
   source = pipeline.make_source(config, config.data.train_split)
   task = build_task(config, m, ckpt, train_source=source)
   init_spec.write_class_names(workdir, train.class_names(config, source))

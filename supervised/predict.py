@@ -14,6 +14,7 @@ probabilities (.json).
 from __future__ import annotations
 
 import json
+import logging
 import os
 from typing import Optional, Sequence
 
@@ -25,6 +26,8 @@ from vit import atomic_write, cli, config as config_lib, init_spec
 from vit.data import decoding, transforms
 from vit.errors import UserError
 from vit.preprocess import input_fn
+
+logger = logging.getLogger(__name__)
 
 TOP_K = 5
 
@@ -58,15 +61,15 @@ def read_images(path: str) -> tuple[list[np.ndarray], list[str]]:
 def _read_directory(path: str) -> tuple[list[np.ndarray], list[str]]:
   names, hidden = decoding.images_in(path)
   if hidden:
-    print(f'--images {path}: skipped {len(hidden)} hidden entries ({", ".join(hidden[:3])}'
-          f'{", ..." if len(hidden) > 3 else ""})', flush=True)
+    logger.info(f'--images {path}: skipped {len(hidden)} hidden entries ({", ".join(hidden[:3])}'
+                f'{", ..." if len(hidden) > 3 else ""})')
   others = sorted(set(os.listdir(path)) - set(names) - set(hidden))
   folders = [n for n in others if os.path.isdir(os.path.join(path, n))]
   files = [n for n in others if n not in folders]
   if others:  # Only the images directly in DIR are read.
-    print(f'--images {path}: skipped {len(folders)} sub-folders and {len(files)} files without '
-          f'an image extension ({", ".join(_printable(n) for n in others[:3])}'
-          f'{", ..." if len(others) > 3 else ""})', flush=True)
+    logger.info(f'--images {path}: skipped {len(folders)} sub-folders and {len(files)} files '
+                f'without an image extension ({", ".join(_printable(n) for n in others[:3])}'
+                f'{", ..." if len(others) > 3 else ""})')
   if not names:
     raise UserError(f'--images {path}: no image files ({", ".join(decoding.IMAGE_SUFFIXES)})')
   images = [decoding.read_file(os.path.join(path, name)) for name in names]
@@ -177,7 +180,7 @@ def main(argv):
     else:
       with open(partial, 'w') as out:
         json.dump(top_k(logits, names, ckpt.class_names), out, indent=1, allow_nan=False)
-  print(f'{len(logits)} images at {size}px -> {f.output}', flush=True)
+  logger.info('%d images at %spx -> %s', len(logits), size, f.output)
 
 
 if __name__ == '__main__':

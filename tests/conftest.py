@@ -8,3 +8,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 from vit import xla_flags  # noqa: E402
 
 xla_flags.apply_defaults()
+
+# The console the entry points show the library's messages on (vit.cli.run installs it): tests
+# that call the library in-process read those lines from capsys as a user reads them.
+from vit import cli  # noqa: E402
+
+cli.log_to_console()

@@ -43,6 +43,8 @@ from orbax.checkpoint import checkpoint_managers as policies
 from vit import atomic_write
 from vit.errors import UserError
 
+logger = logging.getLogger(__name__)
+
 # Config keys that never change the saved state's structure. Resuming with them changed is
 # allowed (e.g. a longer `total_steps`, noted on resume); when the structure does differ they are
 # left out of the error's list of differing keys, which should name the cause.
@@ -332,16 +334,16 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
       raise
     except Exception as e:  # Any read failure makes this step unusable; try an older one.
       problems.append((step, _one_line(e)))
-      print(f'warning: checkpoint {mngr.directory}/{step} is unreadable '
-            f'({_shorten(problems[-1][1])}); trying the previous one', file=sys.stderr, flush=True)
+      logger.warning('checkpoint %s/%d is unreadable (%s); trying the previous one',
+                     mngr.directory, step, _shorten(problems[-1][1]))
       continue
     for bad, _ in problems:
-      print(f'warning: moved the unreadable checkpoint step {bad} to {_move_aside(mngr, bad)}',
-            file=sys.stderr, flush=True)
+      logger.warning('moved the unreadable checkpoint step %d to %s', bad,
+                     _move_aside(mngr, bad))
     if changed:
-      print(f'note: resuming with changed config keys: {"; ".join(changed)}', flush=True)
+      logger.info('note: resuming with changed config keys: %s', '; '.join(changed))
     if getattr(data_iterator, 'resume_note', None):
-      print(f'note: {data_iterator.resume_note}', flush=True)
+      logger.info('note: %s', data_iterator.resume_note)
     if data_iterator is not None:
       data_iterator.start_prefetch()
     return restored
@@ -471,8 +473,8 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
       problems.append((step, _shorten(_one_line(e))))
       continue
     for bad, reason in problems:
-      print(f'warning: skipped the unreadable checkpoint {mngr.directory}/{bad} ({reason}); '
-            f'reading step {step}', file=sys.stderr, flush=True)
+      logger.warning('skipped the unreadable checkpoint %s/%d (%s); reading step %d',
+                     mngr.directory, bad, reason, step)
     return config, params, step
   reasons = '; '.join(f'step {s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be read ({reasons})')
@@ -600,8 +602,9 @@ class StopSignal:
       os.kill(os.getpid(), signum)
       return
     self.received = signum
-    print(f'\n{signal.Signals(signum).name} received: finishing the current step, then saving',
-          flush=True)
+    # The leading newline ends a line the terminal began with '^C'.
+    logger.info('\n%s received: finishing the current step, then saving',
+                signal.Signals(signum).name)
 
   def should_stop(self, step: int, sync: bool) -> bool:
     """Call at every step on every process."""

@@ -1,6 +1,8 @@
-"""What every entry point shares: the --config/--workdir flags and one-line user errors."""
+"""What every entry point shares: the --config/--workdir flags, one-line user errors, and the
+console that shows the library's log messages."""
 from __future__ import annotations
 
+import logging as std_logging
 import os
 import sys
 import warnings
@@ -15,6 +17,53 @@ from vit.errors import UserError
 
 
 _CONFIG_HOLDERS = []
+# The packages whose modules log through `logging.getLogger(__name__)`: their records are the
+# messages a user reads, shown as plain lines (others, jax's and orbax's, keep absl's format).
+# An entry point run as `python -m vit.export` logs as '__main__'.
+PACKAGES = ('vit', 'mpp', 'supervised', 'mae', 'simmim', '__main__')
+
+
+class _ConsoleFormatter(std_logging.Formatter):
+  def format(self, record: std_logging.LogRecord) -> str:
+    message = record.getMessage()
+    if record.levelno >= std_logging.WARNING:
+      return f'{record.levelname.lower()}: {message}'
+    return message
+
+
+class _Console(std_logging.Handler):
+  """INFO lines on stdout as they are, warnings and errors on stderr after 'warning: ' or
+  'error: ', flushed at once (a log read while the run goes on, a test reading a subprocess's
+  lines). The stream is looked up at each record, so a redirected or captured sys.stdout
+  (contextlib.redirect_stdout, pytest's capsys) receives what print() would have written."""
+
+  def emit(self, record: std_logging.LogRecord) -> None:
+    try:
+      stream = sys.stdout if record.levelno < std_logging.WARNING else sys.stderr
+      stream.write(self.format(record) + '\n')
+      stream.flush()
+    except Exception:  # logging's contract: a handler reports its failure, never raises.
+      self.handleError(record)
+
+
+def _not_ours(record: std_logging.LogRecord) -> bool:
+  return record.name.split('.')[0] not in PACKAGES
+
+
+def log_to_console() -> None:
+  """Shows the INFO and higher records of PACKAGES' loggers on the console (_Console); once per
+  process, however often called. Records still reach the root logger's handlers (a test's
+  caplog) but not absl's, which app.run puts there and would print them a second time."""
+  console = _Console()
+  console.setFormatter(_ConsoleFormatter())
+  for name in PACKAGES:
+    logger = std_logging.getLogger(name)
+    if not any(isinstance(h, _Console) for h in logger.handlers):
+      logger.addHandler(console)
+    logger.setLevel(std_logging.INFO)
+  absl_handler = logging.get_absl_handler()
+  if _not_ours not in absl_handler.filters:
+    absl_handler.addFilter(_not_ours)
 
 
 def define_config_flags(default_config: str | None = None, workdir_required: bool = True):
@@ -50,7 +99,8 @@ def run(main: Callable[[list[str]], None]) -> None:
     jax.config.update('jax_compilation_cache_dir', cache)
 
   def wrapped(argv):
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.WARNING)  # absl's records (jax, orbax): warnings and up.
+    log_to_console()
     try:
       distributed.initialize()  # Before any backend use: multi-host jobs, CPU without libtpu.
       main(argv)

@@ -17,6 +17,7 @@ stay), so a failed export never leaves a broken file where a good one stood.
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 
@@ -25,6 +26,8 @@ from absl import flags
 from vit import atomic_write, cli, init_spec
 from vit.errors import UserError
 from vit.formats import hf, timm, vit_jax
+
+logger = logging.getLogger(__name__)
 
 FORMATS = ('vit_jax', 'hf', 'timm')
 
@@ -72,8 +75,8 @@ def main(argv):
   del argv
   f = flags.FLAGS
   ckpt = export(f.checkpoint, f.format, f.out, use_ema=f.ema)
-  print(f'exported {f.checkpoint} ({init_spec.describe(ckpt)}) as {f.format} to {f.out}',
-        flush=True)
+  logger.info('exported %s (%s) as %s to %s', f.checkpoint, init_spec.describe(ckpt), f.format,
+              f.out)
 
 
 if __name__ == '__main__':

@@ -26,6 +26,8 @@ from absl import flags
 from vit.data import fashion_mnist, iterator_state, sources, subsets, transforms
 from vit.errors import ConfigError, UserError
 
+logger = logging.getLogger(__name__)
+
 SOURCES = "'fashion_mnist', 'tfds:NAME' or 'array_record:DIR'"
 
 
@@ -90,8 +92,8 @@ class SkipBadRecords(grain.transforms.Filter):
       self.good += 1
       return True
     self.count += 1
-    logging.warning('skipped %s (%d bad records skipped so far in %s)', record['skipped'],
-                    self.count, self.where)
+    logger.warning('skipped %s (%d bad records skipped so far in %s)', record['skipped'],
+                   self.count, self.where)
     if not self.good and self.count >= self.shard_size:
       raise UserError(f'{self.where}: all {self.shard_size} records of this process are bad, '
                       f'e.g. {record["skipped"]}')

@@ -29,6 +29,7 @@ import concurrent.futures
 import dataclasses
 import functools
 import io
+import logging
 import os
 import sys
 from typing import Iterator, Sequence
@@ -40,6 +41,8 @@ from PIL import Image
 from vit import atomic_write, cli
 from vit.data import decoding, fashion_mnist
 from vit.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 NAME = 'prepared_images'
 # Folder name -> split name: the spellings in use (ImageNet's `val/`, Roboflow's `valid/`).
@@ -345,7 +348,7 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
       and any(not n.startswith(leftovers) for n in os.listdir(out))):
     raise UserError(f'--out {out}: exists and is not empty; pass --overwrite to replace the '
                     f'dataset in it')
-  print('\n'.join(report), flush=True)
+  logger.info('\n'.join(report))
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()  # Ours counts images; TFDS' own bars would interleave with it.
   with atomic_write.staging_dir(dataset) as staging:
@@ -356,10 +359,10 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
     atomic_write.replace_dir(os.path.join(staging, NAME), dataset)
   version_dir = os.path.join(dataset, str(builder.version))
   if builder.skipped:
-    print(f'skipped {len(builder.skipped)} undecodable files: {_some(builder.skipped)}')
+    logger.info('skipped %d undecodable files: %s', len(builder.skipped), _some(builder.skipped))
   counts = ', '.join(f'{k} {v.num_examples}' for k, v in builder.info.splits.items())
-  print(f'wrote {version_dir}: {counts} images, {len(class_names)} classes; train with '
-        f'--config.data.source=array_record:{out}')
+  logger.info('wrote %s: %s images, %d classes; train with --config.data.source=array_record:%s',
+              version_dir, counts, len(class_names), out)
   return version_dir
 
 

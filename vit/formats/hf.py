@@ -10,9 +10,9 @@ fix the model's input: they become the model's `pixels` key and the checkpoint's
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
-import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -20,6 +20,8 @@ import numpy as np
 from vit.errors import UserError
 from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_finite, model_pixels,
                               pixels, read_json_object)
+
+logger = logging.getLogger(__name__)
 
 # Exact GELU is HF's 'gelu'; the tanh approximation of the official checkpoints is
 # 'gelu_pytorch_tanh' (or the older, numerically identical 'gelu_new').
@@ -151,9 +153,9 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
     size = _side(path, p['size'], 'size')
   differs = _view_differences(path, p, size)
   if differs:
-    print(f'warning: hf:{path}: {" and ".join(differs)}; this repository resizes straight to '
-          f'{size}x{size} bilinearly, so its logits differ slightly from transformers\' '
-          f'pipeline', file=sys.stderr, flush=True)
+    logger.warning(f'hf:{path}: {" and ".join(differs)}; this repository resizes straight to '
+                   f'{size}x{size} bilinearly, so its logits differ slightly from '
+                   f'transformers\' pipeline')
   return stated, size
 
 
@@ -292,10 +294,10 @@ def save(params: Params, model: dict, directory: str, *,
   """
   from safetensors.numpy import save_file
   if view:
-    print(f'warning: --format hf: ViTImageProcessor resizes straight to the input size; the '
-          f'checkpoint\'s evaluation view (crop_pct {view["crop_pct"]:g}, '
-          f'{view["interpolation"]}, crop_mode {view["crop_mode"]}) cannot be stated in '
-          f'{PROCESSOR}', file=sys.stderr, flush=True)
+    logger.warning(f'--format hf: ViTImageProcessor resizes straight to the input size; the '
+                   f'checkpoint\'s evaluation view (crop_pct {view["crop_pct"]:g}, '
+                   f'{view["interpolation"]}, crop_mode {view["crop_mode"]}) cannot be stated '
+                   f'in {PROCESSOR}')
   if model.get('resnet') and model['resnet'].get('num_layers'):
     raise UserError('--format hf: hybrid R+ViT models have no transformers ViT equivalent; '
                     'use --format vit_jax')

@@ -14,10 +14,10 @@ tokens, q/k norms) are refused with their names, as is any pooling but the class
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
-import sys
 from typing import Optional, Sequence
 
 import numpy as np
@@ -25,6 +25,8 @@ import numpy as np
 from vit.errors import UserError
 from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_finite, class_row_posemb,
                               model_pixels, pixels, read_json_object, square_grid)
+
+logger = logging.getLogger(__name__)
 
 WEIGHTS = 'model.safetensors'
 # Heads of timm's named ViT sizes by width (vision_transformer.py's model definitions), for a
@@ -110,9 +112,9 @@ def read_view(directory: str, cfg: dict, size: Optional[int]) -> Optional[dict]:
                                            transforms.PIL_FILTERS),
       ('crop_mode', view['crop_mode'] in transforms.CROP_MODES)) if not ok]
   if unsupported:
-    print(f'warning: timm:{directory}/config.json: pretrained_cfg {", ".join(unsupported)} is '
-          f'not applied; this repository resizes straight to {size}x{size} bilinearly, so its '
-          f'logits differ from timm\'s evaluation', file=sys.stderr, flush=True)
+    logger.warning(f'timm:{directory}/config.json: pretrained_cfg {", ".join(unsupported)} is '
+                   f'not applied; this repository resizes straight to {size}x{size} bilinearly, '
+                   f'so its logits differ from timm\'s evaluation')
     return None
   if math.floor(size / view['crop_pct']) == size and view['interpolation'] == 'bilinear' and (
       view['crop_mode'] == 'squash'):

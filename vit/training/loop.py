@@ -24,6 +24,8 @@ from vit.training import optimizers
 from vit.training.sharded import Task, abstract_state, create_state, jit_train_step
 from vit.training.state import TrainState
 
+logger = logging.getLogger(__name__)
+
 
 def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
   """Global vs per-process vs per-device batch and the learning rate: stated once, up front."""
@@ -42,8 +44,7 @@ def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
       warmup_steps=int(config.optimizer.warmup_steps),
       total_steps=int(config.total_steps),
   )
-  logging.info('batch contract: %s', json.dumps(contract))
-  print('batch contract:', ', '.join(f'{k}={v}' for k, v in contract.items()), flush=True)
+  logger.info('batch contract: %s', ', '.join(f'{k}={v}' for k, v in contract.items()))
   if jax.process_index() == 0:
     path = os.path.join(workdir, 'batch_contract.json')
     with atomic_write.file(path) as partial, open(partial, 'w') as f:
@@ -145,8 +146,7 @@ def _initial_state(run: _Run, build, state_shardings) -> tuple[TrainState, int]:
   # The abstract state of a fresh init: resuming never needs the fine-tuning source weights.
   abstract = abstract_state(jax.eval_shape(lambda: build(pretrained=False)), state_shardings)
   state, start = checkpoints.resume(run.mngr, abstract, run.data_iter, run.config)
-  logging.info('resumed from step %d', start)
-  print(f'resumed from {run.workdir} at step {start}', flush=True)
+  logger.info('resumed from %s at step %d', run.workdir, start)
   return state, start
 
 
@@ -180,8 +180,8 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> Trained:
       last_eval = eval_metrics
     if stopping:
       checkpoints.wait_for_saves(run.mngr)
-      print(f'stopped after step {step} ({_signal_name(run.stop)}); saved '
-            f'{run.mngr.directory}/{step}; rerun the same command to resume', flush=True)
+      logger.info('stopped after step %d (%s); saved %s/%d; rerun the same command to resume',
+                  step, _signal_name(run.stop), run.mngr.directory, step)
       raise checkpoints.Preempted(step)
   return Trained(state, last_eval)
 
@@ -253,7 +253,7 @@ def _log(writer, progress: _Progress, step: int, total: int, scalars: dict) -> N
   writer.write_scalars(step, scalars)
   shown = ' '.join(f'{k} {v:.4g}' for k, v in scalars.items()
                    if k != 'skipped_steps' or v > 0)
-  print(f'step {step}/{total} {shown} eta {eta:.0f}s', flush=True)
+  logger.info('step %d/%d %s eta %.0fs', step, total, shown, eta)
 
 
 def _evaluate(evaluators, state: TrainState, step: int, writer) -> dict:
@@ -264,6 +264,5 @@ def _evaluate(evaluators, state: TrainState, step: int, writer) -> dict:
       results.update({f'{ev.name}_ema/{k}': v for k, v in ev.evaluate(state.ema_params).items()})
   if results:
     writer.write_scalars(step, results)
-    print(f'eval step {step}: ' + ' '.join(f'{k} {v:.4f}' for k, v in results.items()),
-          flush=True)
+    logger.info('eval step %d: %s', step, ' '.join(f'{k} {v:.4f}' for k, v in results.items()))
   return results
