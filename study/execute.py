@@ -20,7 +20,7 @@ import numpy as np
 from mpp import train as mpp_train
 from supervised import finetune as finetune_lib, objective as supervised_objective
 from supervised import train as supervised_train
-from vit import atomic_write, config as config_lib, preprocess, sharding
+from vit import atomic_write, config as config_lib
 from vit.data import pipeline, subsets
 from vit.evaluators import linear_probe
 from vit.evaluators.classification import ClassificationEvaluator
@@ -115,10 +115,11 @@ def train_classifier(config, workdir: str) -> dict:
     supervised_train.check_classes(config, m)
     task = supervised_train.build_task(config, m)
   curve = Curve(workdir)
-  logits = supervised_objective.make_logits_fn(config_lib.build_model(m), preprocess.input_fn(m))
+  # The trainer's objective and mesh: the same logits as the test evaluator's, one mesh a run.
   holdout = ClassificationEvaluator(
-      logits, lambda: pipeline.eval_batches(config, split=subsets.HOLDOUT_SPLIT),
-      sharding.make_mesh(config.mesh), name='holdout')
+      supervised_objective.build(config, m).predictions,
+      lambda: pipeline.eval_batches(config, split=subsets.HOLDOUT_SPLIT), task.mesh,
+      name='holdout')
   task = dataclasses.replace(
       task, evaluators=[_Holdout(holdout, curve), _TestWhenBest(task.evaluators[0], curve)],
       periodic_hook=_step_hook(curve), hook_every=config.eval_every)

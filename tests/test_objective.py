@@ -1,5 +1,6 @@
 """The Objective interface: both objectives implement it, equal to the functions they wrap."""
 import dataclasses
+import importlib
 
 import flax.linen as nn
 import jax
@@ -10,7 +11,7 @@ from configs.mpp import fashion_mnist as mpp_config
 from configs.supervised import fashion_mnist as sup_config
 from mpp import objective as mpp_objective
 from supervised import objective as sup_objective
-from vit import config as config_lib, objective as objective_lib
+from vit import config as config_lib, objective as objective_lib, sharding
 from vit.errors import ConfigError
 from vit.evaluators import fewshot
 
@@ -97,3 +98,18 @@ def test_objectives_are_frozen():
   obj = sup_objective.build(config, config_lib.validate(config))
   with pytest.raises(dataclasses.FrozenInstanceError):
     obj.model = None
+
+
+@pytest.mark.parametrize('package', ['mpp', 'supervised', 'mae', 'simmim'])
+def test_each_trainer_builds_one_mesh_and_trains_on_it(package, monkeypatch, tmp_path):
+  """The evaluators' mesh is the task's, so the loop builds none of its own (issue 25)."""
+  built, make_mesh = [], sharding.make_mesh
+  monkeypatch.setattr(sharding, 'make_mesh', lambda *a, **k: built.append(make_mesh(*a, **k))
+                      or built[-1])
+  config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
+  config.fewshot.enabled = True  # Its evaluator takes the mesh too.
+  m = config_lib.validate(config)
+  train = importlib.import_module(f'{package}.train')
+  task = train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
+      train.build_task(config, m))
+  assert len(built) == 1 and task.mesh is built[0]

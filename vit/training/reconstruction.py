@@ -29,4 +29,4 @@ def build_task(config: ml_collections.ConfigDict, obj: objective_lib.Objective,
   if config.fewshot.enabled:
     evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
   return Task(init_params=obj.init_params, loss_fn=obj.loss,
-              train_data=pipeline.train_dataset(config), evaluators=evaluators)
+              train_data=pipeline.train_dataset(config), evaluators=evaluators, mesh=mesh)
