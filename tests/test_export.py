@@ -107,7 +107,7 @@ def test_a_failed_export_leaves_the_previous_one(run, tmp_path, monkeypatch):
   before = {p: open(p, 'rb').read() for p in (out, hf / 'model.safetensors')}
 
   def crash(*args, **kwargs):  # A writer stopped halfway (disk full, Ctrl-C).
-    target = args[-1]  # vit_jax.save(params, path, model=...), hf.save(params, model, directory)
+    target = args[-1]  # Every format's save(params, out, model=..., ...).
     with open(os.path.join(target, 'model.safetensors') if os.path.isdir(target) else target,
               'wb') as f:
       f.write(b'half')

@@ -134,7 +134,7 @@ def test_vit_jax_npz_round_trip_and_inference(tmp_path):
 def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, approximate):
   m = _tiny_model(gelu_approximate=approximate, layer_norm_epsilon=1e-6)
   params = _random_official_params(m)
-  hf_format.save(params, m, str(tmp_path / 'out'), class_names=list('abcde'))
+  hf_format.save(params, str(tmp_path / 'out'), m, class_names=list('abcde'))
   hf = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
   assert hf.config.id2label[2] == 'c'
   x = _images()
@@ -151,10 +151,10 @@ def test_save_hf_loads_in_transformers_with_same_logits(tmp_path, approximate):
 def test_save_hf_refuses_what_transformers_cannot_express(tmp_path):
   gap = _tiny_model(classifier='gap')
   with pytest.raises(UserError, match='global average pooling'):
-    hf_format.save(_random_official_params(gap), gap, str(tmp_path / 'gap'))
+    hf_format.save(_random_official_params(gap), str(tmp_path / 'gap'), gap)
   rep = _tiny_model(representation_size=8)
   with pytest.raises(UserError, match='pre_logits'):
-    hf_format.save(_random_official_params(rep), rep, str(tmp_path / 'rep'))
+    hf_format.save(_random_official_params(rep), str(tmp_path / 'rep'), rep)
 
 
 def test_bad_specs_give_clear_errors(tmp_path):

@@ -25,34 +25,38 @@ from absl import flags
 
 from vit import atomic_write, cli, init_spec
 from vit.errors import UserError
-from vit.formats import hf, timm, vit_jax
+from vit.formats.registry import FORMATS
 
 logger = logging.getLogger(__name__)
 
-FORMATS = ('vit_jax', 'hf', 'timm')
-
 
 def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init_spec.Checkpoint:
+  """Writes `checkpoint` (a workdir or an init spec) as format `fmt` (vit.formats.registry)
+  at `out`, replacing what is there only once complete. Returns the checkpoint read.
+
+  Raises UserError for an unknown format, an `out` of the wrong kind (a file where a
+  directory is written, or the other way round) and a model the format cannot hold."""
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
+  writer = FORMATS[fmt]
   prefix, sep, _ = checkpoint.partition(':')
   if sep and prefix in init_spec.FORMATS:
     ckpt = init_spec.load(checkpoint, use_ema=use_ema)
   else:
     ckpt = init_spec.load_workdir(checkpoint, use_ema=use_ema)
-  if fmt == 'vit_jax':
-    if not out.endswith('.npz'):
-      raise UserError(f'--out {out}: a vit_jax export is a .npz file')
-    vit_jax.check_expressible(ckpt.model)  # Before anything is written.
+  if writer.SUFFIX and not out.endswith(writer.SUFFIX):
+    raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file')
+  if not writer.SUFFIX and os.path.isfile(out):
+    raise UserError(f'--out {out}: an {fmt} export is a directory, and this is a file')
+  writer.check_expressible(ckpt.params, ckpt.model)  # Before anything is written.
+  stated = dict(model=ckpt.model, class_names=ckpt.class_names, image_size=ckpt.image_size,
+                view=ckpt.view)
+  if writer.SUFFIX:
     with atomic_write.file(out) as partial:
-      vit_jax.save(ckpt.params, partial, model=ckpt.model)
+      writer.save(ckpt.params, partial, **stated)
   else:
-    if os.path.isfile(out):
-      raise UserError(f'--out {out}: an {fmt} export is a directory, and this is a file')
-    writer = hf.save if fmt == 'hf' else timm.save
     with atomic_write.staging_dir(out) as staging:  # Its files replace their namesakes in out.
-      writer(ckpt.params, ckpt.model, staging, class_names=ckpt.class_names,
-             image_size=ckpt.image_size, view=ckpt.view)
+      writer.save(ckpt.params, staging, **stated)
       written = atomic_write.move_files(staging, out)
     _remove_stale_weights(out, written)
   return ckpt

@@ -29,18 +29,17 @@ import ml_collections
 import numpy as np
 
 from vit import atomic_write
-from vit.formats import hf, timm, vit_jax
+from vit.formats import registry
 from vit.formats.tree import check_finite, flatten, unflatten
 from vit.models import vit as vit_model
 from vit.errors import ConfigError, UserError
 
-FORMATS = ('mpp', 'mae', 'simmim', 'supervised', 'vit_jax', 'hf', 'timm')
 # Pretraining workdirs: params['backbone'] is the ViT; the objective's own top-level parameters
 # beside it tell them apart (mpp/, mae/, simmim/ objective.py).
 PRETRAINING = {'mpp': ('an MPP', {'mask_embedding', 'head'}),
                'mae': ('an MAE', {'decoder'}),
                'simmim': ('a SimMIM', {'mask_token', 'decoder'})}
-_READERS = {'vit_jax': vit_jax.load, 'hf': hf.load, 'timm': timm.load}
+FORMATS = (*PRETRAINING, 'supervised', *registry.FORMATS)
 # Keys that fix the shapes (or the function) of the backbone; checkpoints state them.
 BACKBONE_KEYS = ('patches.size', 'hidden_size', 'transformer.mlp_dim', 'transformer.num_heads',
                  'transformer.num_layers', 'resnet.num_layers', 'resnet.width_factor',
@@ -78,8 +77,8 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   if not sep or fmt not in FORMATS or not path:
     raise UserError(f'init spec {spec!r}: expected FORMAT:PATH with FORMAT one of '
                     f'{", ".join(FORMATS)} (e.g. vit_jax:ViT-B_16.npz, hf:./vit-base)')
-  if fmt in _READERS:
-    read = _READERS[fmt](path)
+  if fmt in registry.FORMATS:
+    read = registry.FORMATS[fmt].load(path)
     params, names, size = read.params, read.class_names, read.image_size
     # Shapes fix the sizes; the files state the rest (an official .npz states nothing, and
     # the official checkpoints all use tanh GELU, LayerNorm eps 1e-6 and x / 127.5 - 1).
@@ -97,7 +96,7 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
     raise UserError(f'init {spec}: its input size {size}px is not a multiple of the patch '
                     f'stride {patch_stride(model)}')
   ckpt = Checkpoint(params, model, names, *_input_geometry(params, model, size, spec),
-                    view=read.view if fmt in _READERS else None)
+                    view=read.view if fmt in registry.FORMATS else None)
   check_shapes(ckpt, spec)
   return ckpt
 

@@ -9,7 +9,6 @@ fix the model's input: they become the model's `pixels` key and the checkpoint's
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
@@ -18,15 +17,19 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.errors import UserError
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_finite, model_pixels,
-                              pixels, read_json_object)
+from vit.formats import safetensors_dir, table
+from vit.formats.table import Dims, Row
+from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, zeros
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, model_pixels, pixels,
+                              read_json_object)
 
 logger = logging.getLogger(__name__)
 
 # Exact GELU is HF's 'gelu'; the tanh approximation of the official checkpoints is
 # 'gelu_pytorch_tanh' (or the older, numerically identical 'gelu_new').
 _GELU = {'gelu': False, 'gelu_pytorch_tanh': True, 'gelu_new': True}
-WEIGHTS, INDEX, PROCESSOR = 'model.safetensors', 'model.safetensors.index.json', \
+SUFFIX = None  # save writes a directory (vit.formats.registry.Format).
+WEIGHTS, INDEX, PROCESSOR = safetensors_dir.WEIGHTS, 'model.safetensors.index.json', \
     'preprocessor_config.json'
 
 # In-memory names of transformers >= 5 -> the names `save_pretrained` writes (checkpoint names).
@@ -77,26 +80,14 @@ def read_config(directory: str) -> dict:
   return cfg
 
 
-def _load_safetensors(path: str) -> dict[str, np.ndarray]:
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
-  try:
-    weights = load_file(path)
-  except (SafetensorError, OSError, ValueError) as e:
-    raise UserError(f'hf:{path}: not a readable safetensors file ({e})') from None
-  check_finite(weights, f'hf:{path}')
-  return weights
-
-
 def read_weights(directory: str) -> dict[str, np.ndarray]:
   """Every tensor of `model.safetensors`, or of the shards its index lists."""
   single, index = os.path.join(directory, WEIGHTS), os.path.join(directory, INDEX)
   if os.path.isfile(single):
-    return _load_safetensors(single)
+    return safetensors_dir.read_weights(single, 'hf')
   if not os.path.isfile(index):
-    found = [f for f in os.listdir(directory) if f.endswith(('.bin', '.pt', '.pth'))]
-    hint = f' (found {", ".join(found)}: pickled weights are never loaded)' if found else ''
-    raise UserError(f'hf:{directory}: no {WEIGHTS} nor {INDEX}{hint}')
+    raise UserError(f'hf:{directory}: no {WEIGHTS} nor {INDEX}'
+                    f'{safetensors_dir.pickled_hint(directory)}')
   weight_map = _json(index).get('weight_map')
   if not isinstance(weight_map, dict) or not weight_map:
     raise UserError(f'hf:{index}: no "weight_map" of tensor names to shard files')
@@ -107,7 +98,7 @@ def read_weights(directory: str) -> dict[str, np.ndarray]:
       raise UserError(f'hf:{index}: shard {shard!r} is not a .safetensors file in {directory}')
     if not os.path.isfile(path):
       raise UserError(f'hf:{index}: lists shard {shard}, which is missing')
-    out.update(_load_safetensors(path))
+    out.update(safetensors_dir.read_weights(path, 'hf'))
   missing = sorted(set(weight_map) - set(out))
   if missing:
     raise UserError(f'hf:{index}: {len(missing)} listed tensors are in no shard (first: '
@@ -188,63 +179,63 @@ def _pair(value) -> tuple[int, int]:
   return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
-def load(directory: str) -> Read:
-  """The official parameter tree of a transformers ViT directory, and what its files state.
+_BLOCK = 'Transformer/encoderblock_{i}/'
+_ATTN = _BLOCK + 'MultiHeadDotProductAttention_1/'
+_LAYER = 'encoder.layer.{i}.'
+# The format, one row per tensor (names as `save_pretrained` writes them, without the `vit.`
+# prefix of ViTForImageClassification): official path, transformers' name, transform, inverse.
+# A ViTModel pooler (dense + tanh) is the official `pre_logits` layer.
+ROWS = (
+    Row('embedding/kernel', 'embeddings.patch_embeddings.projection.weight', *CONV),
+    Row('embedding/bias', 'embeddings.patch_embeddings.projection.bias'),
+    Row('cls', 'embeddings.cls_token'),
+    Row('Transformer/posembed_input/pos_embedding', 'embeddings.position_embeddings'),
+    Row('Transformer/encoder_norm/scale', 'layernorm.weight'),
+    Row('Transformer/encoder_norm/bias', 'layernorm.bias'),
+    Row(_BLOCK + 'LayerNorm_0/scale', _LAYER + 'layernorm_before.weight'),
+    Row(_BLOCK + 'LayerNorm_0/bias', _LAYER + 'layernorm_before.bias'),
+    *[row for n in ('query', 'key', 'value') for row in (
+        Row(f'{_ATTN}{n}/kernel', f'{_LAYER}attention.attention.{n}.weight', *HEADS_IN),
+        Row(f'{_ATTN}{n}/bias', f'{_LAYER}attention.attention.{n}.bias', *HEADS_BIAS,
+            default=zeros(1)))],  # qkv_bias=False: no bias tensors.
+    Row(_ATTN + 'out/kernel', _LAYER + 'attention.output.dense.weight', *HEADS_OUT),
+    Row(_ATTN + 'out/bias', _LAYER + 'attention.output.dense.bias'),
+    Row(_BLOCK + 'LayerNorm_2/scale', _LAYER + 'layernorm_after.weight'),
+    Row(_BLOCK + 'LayerNorm_2/bias', _LAYER + 'layernorm_after.bias'),
+    Row(_BLOCK + 'MlpBlock_3/Dense_0/kernel', _LAYER + 'intermediate.dense.weight', *LINEAR),
+    Row(_BLOCK + 'MlpBlock_3/Dense_0/bias', _LAYER + 'intermediate.dense.bias'),
+    Row(_BLOCK + 'MlpBlock_3/Dense_1/kernel', _LAYER + 'output.dense.weight', *LINEAR),
+    Row(_BLOCK + 'MlpBlock_3/Dense_1/bias', _LAYER + 'output.dense.bias'),
+    Row('pre_logits/kernel', 'pooler.dense.weight', *LINEAR, when='pooler.dense.weight'),
+    Row('pre_logits/bias', 'pooler.dense.bias', when='pooler.dense.weight'),
+    Row('head/kernel', 'classifier.weight', *LINEAR, when='classifier.weight'),
+    Row('head/bias', 'classifier.bias', when='classifier.weight'),
+)
 
-  Layouts: torch Linear weights are [out, in] (transposed here); q/k/v/out are reshaped to the
-  DenseGeneral layouts [D, heads, head_dim] and [heads, head_dim, D]; the patch conv goes from
-  OIHW to HWIO. A ViTModel pooler (dense + tanh) is the official `pre_logits` layer.
+
+def load(path: str) -> Read:
+  """The official parameter tree of the transformers ViT directory `path`, and what its files
+  state.
+
+  Layouts (`ROWS`): torch Linear weights are [out, in] (transposed here); q/k/v/out are
+  reshaped to the DenseGeneral layouts [D, heads, head_dim] and [heads, head_dim, D]; the patch
+  conv goes from OIHW to HWIO. Raises UserError naming the directory or file for what is not
+  a transformers ViT.
   """
-  cfg = read_config(directory)
-  w = _checkpoint_names(read_weights(directory))
-  heads, width = cfg['num_attention_heads'], cfg['hidden_size']
-  head_dim = width // heads
-
-  def get(name):
-    if name not in w:
-      raise UserError(f'hf:{directory}: the weights lack "{name}" '
-                      f'(has {len(w)} tensors; is this a ViT checkpoint?)')
-    return np.asarray(w[name], np.float32)
-
-  def dense(name):
-    return {'kernel': get(f'{name}.weight').T, 'bias': get(f'{name}.bias')}
-
-  def norm(name):
-    return {'scale': get(f'{name}.weight'), 'bias': get(f'{name}.bias')}
-
-  def qkv(name):
-    kernel = get(f'{name}.weight').T.reshape(width, heads, head_dim)
-    bias_name = f'{name}.bias'
-    bias = get(bias_name) if bias_name in w else np.zeros(width, np.float32)  # qkv_bias=False.
-    return {'kernel': kernel, 'bias': bias.reshape(heads, head_dim)}
-
+  cfg = read_config(path)
+  w = _checkpoint_names(read_weights(path))
   layers = sorted({int(m[1]) for k in w for m in [re.match(r'encoder\.layer\.(\d+)\.', k)] if m})
   if not layers:
-    raise UserError(f'hf:{directory}: the weights hold no encoder layers')
-  transformer = {'posembed_input': {'pos_embedding': get('embeddings.position_embeddings')},
-                 'encoder_norm': norm('layernorm')}
-  for i in layers:
-    p = f'encoder.layer.{i}.'
-    attn = {n: qkv(f'{p}attention.attention.{n}') for n in ('query', 'key', 'value')}
-    out = dense(f'{p}attention.output.dense')
-    attn['out'] = {'kernel': out['kernel'].reshape(heads, head_dim, width), 'bias': out['bias']}
-    transformer[f'encoderblock_{i}'] = {
-        'LayerNorm_0': norm(f'{p}layernorm_before'),
-        'MultiHeadDotProductAttention_1': attn,
-        'LayerNorm_2': norm(f'{p}layernorm_after'),
-        'MlpBlock_3': {'Dense_0': dense(f'{p}intermediate.dense'),
-                       'Dense_1': dense(f'{p}output.dense')}}
-  params = {'embedding': {'kernel': get('embeddings.patch_embeddings.projection.weight'
-                                        ).transpose(2, 3, 1, 0),
-                          'bias': get('embeddings.patch_embeddings.projection.bias')},
-            'cls': get('embeddings.cls_token'),
-            'Transformer': transformer}
-  if 'pooler.dense.weight' in w and cfg.get('pooler_act', 'tanh') == 'tanh':
-    params['pre_logits'] = dense('pooler.dense')
-  if 'classifier.weight' in w:
-    params['head'] = dense('classifier')
+    raise UserError(f'hf:{path}: the weights hold no encoder layers')
+  rows = ROWS if cfg.get('pooler_act', 'tanh') == 'tanh' else [
+      r for r in ROWS if not r.official.startswith('pre_logits/')]
+  params = table.read(
+      rows, {k: np.asarray(v, np.float32) for k, v in w.items()}, layers,
+      Dims(cfg['hidden_size'], cfg['num_attention_heads']),
+      missing=lambda name: f'hf:{path}: the weights lack "{name}" (has {len(w)} tensors; '
+                           f'is this a ViT checkpoint?)')
   stated = model_keys(cfg)
-  stated['pixels'], size = read_processor(directory, params['embedding']['kernel'].shape[2])
+  stated['pixels'], size = read_processor(path, params['embedding']['kernel'].shape[2])
   names = class_names(cfg) if 'head' in params else None
   return Read(params, stated, names, size)
 
@@ -271,108 +262,95 @@ def class_names(cfg: dict) -> Optional[list[str]]:
 def processor_config(model: dict, image_size: int, channels: int) -> dict:
   """The ViTImageProcessor settings that reproduce the model's input (`pixels`) at its size."""
   px = model_pixels(model) or OFFICIAL_PIXELS
-  per_channel = lambda v: [float(x) for x in np.broadcast_to(np.asarray(v, float), (channels,))]
   return dict(image_processor_type='ViTImageProcessor', do_resize=True,
               size=dict(height=int(image_size), width=int(image_size)), resample=2,
               do_rescale=True, rescale_factor=float(px['rescale']), do_normalize=True,
-              image_mean=per_channel(px['mean']), image_std=per_channel(px['std']))
+              image_mean=safetensors_dir.per_channel(px['mean'], channels),
+              image_std=safetensors_dir.per_channel(px['std'], channels))
 
 
-def save(params: Params, model: dict, directory: str, *,
-         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
-         view: Optional[dict] = None) -> None:
-  """Writes config.json + model.safetensors + preprocessor_config.json that
-  `ViTForImageClassification.from_pretrained` (or `ViTModel`, for a headless backbone) and
-  `ViTImageProcessor.from_pretrained` load and run with the same logits.
-
-  `model` is a resolved model dict (vit.config); `image_size` the processor's input size
-  (default: the position embeddings' grid). The processor states this repository's view: a
-  plain bilinear resize to that size; a checkpoint's own crop view (`view`, e.g. timm's
-  crop_pct) has no ViTImageProcessor key and is named in a one-line warning. HF ViT has no GAP
-  classifier, no ResNet stem and no representation layer before its classifier; such models
-  are refused.
-  """
-  from safetensors.numpy import save_file
-  if view:
-    logger.warning(f'--format hf: ViTImageProcessor resizes straight to the input size; the '
-                   f'checkpoint\'s evaluation view (crop_pct {view["crop_pct"]:g}, '
-                   f'{view["interpolation"]}, crop_mode {view["crop_mode"]}) cannot be stated '
-                   f'in {PROCESSOR}')
+def check_expressible(params: Params, model: Optional[dict]) -> None:
+  """UserError naming what transformers' ViT cannot compute the same way: a ResNet stem,
+  global average pooling, a representation layer before the classifier, position embeddings
+  other than learned 1D ones, axial attention. `model`: a resolved model dict (None: the
+  official defaults)."""
+  model = model or {}
   if model.get('resnet') and model['resnet'].get('num_layers'):
     raise UserError('--format hf: hybrid R+ViT models have no transformers ViT equivalent; '
                     'use --format vit_jax')
   if 'cls' not in params:
     raise UserError('--format hf: transformers ViT classifies from the class token; this '
                     'model uses global average pooling (model.classifier=gap)')
-  has_head = 'head' in params
-  if has_head and 'pre_logits' in params:
+  if 'head' in params and 'pre_logits' in params:
     raise UserError('--format hf: ViTForImageClassification has no representation layer '
                     '(pre_logits); fine-tune without model.representation_size, or export '
                     'with --format vit_jax')
-  t = params['Transformer']
-  layers = sum(1 for k in t if k.startswith('encoderblock_'))
-  width, heads, head_dim = t['encoderblock_0']['MultiHeadDotProductAttention_1']['query'][
-      'kernel'].shape
+  posemb, attention = model.get('posemb', 'learned_1d'), model.get('attention', 'global')
+  if posemb != 'learned_1d' or attention != 'global':
+    raise UserError(f'--format hf: transformers ViT has learned 1D position embeddings and '
+                    f'global attention; this model has posemb {posemb} and {attention} '
+                    f'attention')
+
+
+def save(params: Params, out: str, model: Optional[dict] = None, *,
+         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
+         view: Optional[dict] = None) -> None:
+  """Writes config.json + model.safetensors + preprocessor_config.json in the directory `out`
+  that `ViTForImageClassification.from_pretrained` (or `ViTModel`, for a headless backbone)
+  and `ViTImageProcessor.from_pretrained` load and run with the same logits.
+
+  `model` is a resolved model dict (vit.config; None: the official defaults); `image_size` the
+  processor's input size (default: the position embeddings' grid). The processor states this
+  repository's view: a plain bilinear resize to that size; a checkpoint's own crop view
+  (`view`, e.g. timm's crop_pct) has no ViTImageProcessor key and is named in a one-line
+  warning. Models `check_expressible` refuses are refused.
+  """
+  model = model or {}
+  if view:
+    logger.warning(f'--format hf: ViTImageProcessor resizes straight to the input size; the '
+                   f'checkpoint\'s evaluation view (crop_pct {view["crop_pct"]:g}, '
+                   f'{view["interpolation"]}, crop_mode {view["crop_mode"]}) cannot be stated '
+                   f'in {PROCESSOR}')
+  check_expressible(params, model)
+  # ViTForImageClassification holds the backbone under `vit.`, its classifier beside it.
+  prefix = 'vit.' if 'head' in params else ''
+  tensors = table.write(ROWS, params, range(table.block_count(params)), Dims.of(params))
+  tensors = {k if k.startswith('classifier.') else prefix + k: v for k, v in tensors.items()}
   p, _, channels, _ = params['embedding']['kernel'].shape
-  tokens = t['posembed_input']['pos_embedding'].shape[1] - 1
-  grid = int(round(np.sqrt(tokens)))
-  prefix = 'vit.' if has_head else ''
-  w = {}
+  safetensors_dir.write(out, tensors, {
+      'config.json': _config(params, model, class_names),
+      PROCESSOR: processor_config(model, image_size or _grid(params) * p, channels)})
 
-  def dense(name, d, shape=None):
-    kernel = np.asarray(d['kernel'])
-    w[f'{name}.weight'] = (kernel.reshape(shape) if shape else kernel).T
-    w[f'{name}.bias'] = np.asarray(d['bias']).reshape(-1)
 
-  def norm(name, d):
-    w[f'{name}.weight'], w[f'{name}.bias'] = np.asarray(d['scale']), np.asarray(d['bias'])
+def _grid(params: Params) -> int:
+  """The side of the patch grid of an official tree with a class token."""
+  tokens = params['Transformer']['posembed_input']['pos_embedding'].shape[1] - 1
+  return int(round(np.sqrt(tokens)))
 
-  w[f'{prefix}embeddings.cls_token'] = np.asarray(params['cls'])
-  w[f'{prefix}embeddings.position_embeddings'] = np.asarray(t['posembed_input']['pos_embedding'])
-  w[f'{prefix}embeddings.patch_embeddings.projection.weight'] = np.asarray(
-      params['embedding']['kernel']).transpose(3, 2, 0, 1)
-  w[f'{prefix}embeddings.patch_embeddings.projection.bias'] = np.asarray(
-      params['embedding']['bias'])
-  for i in range(layers):
-    b, q = t[f'encoderblock_{i}'], f'{prefix}encoder.layer.{i}.'
-    attn = b['MultiHeadDotProductAttention_1']
-    for n in ('query', 'key', 'value'):
-      dense(f'{q}attention.attention.{n}', attn[n], (width, heads * head_dim))
-    dense(f'{q}attention.output.dense', attn['out'], (heads * head_dim, width))
-    norm(f'{q}layernorm_before', b['LayerNorm_0'])
-    norm(f'{q}layernorm_after', b['LayerNorm_2'])
-    dense(f'{q}intermediate.dense', b['MlpBlock_3']['Dense_0'])
-    dense(f'{q}output.dense', b['MlpBlock_3']['Dense_1'])
-  norm(f'{prefix}layernorm', t['encoder_norm'])
-  if 'pre_logits' in params:
-    dense('pooler.dense', params['pre_logits'])
-  if has_head:
-    dense('classifier', params['head'])
 
-  t_cfg = model['transformer']
+def _config(params: Params, model: dict, class_names: Optional[Sequence[str]]) -> dict:
+  """The config.json of `save`: sizes from the parameters, the function from `model`."""
+  t, (width, heads) = params['Transformer'], Dims.of(params)
+  p, _, channels, _ = params['embedding']['kernel'].shape
+  grid = _grid(params)
+  dropout = model.get('transformer', {})
   cfg = dict(
       model_type='vit',
-      architectures=['ViTForImageClassification' if has_head else 'ViTModel'],
-      hidden_size=int(width), num_hidden_layers=int(layers), num_attention_heads=int(heads),
+      architectures=['ViTForImageClassification' if 'head' in params else 'ViTModel'],
+      hidden_size=width, num_hidden_layers=table.block_count(params), num_attention_heads=heads,
       intermediate_size=int(t['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'].shape[1]),
       hidden_act='gelu_pytorch_tanh' if model.get('gelu_approximate', True) else 'gelu',
-      hidden_dropout_prob=float(t_cfg.get('dropout_rate', 0.0)),
-      attention_probs_dropout_prob=float(t_cfg.get('attention_dropout_rate', 0.0)),
+      hidden_dropout_prob=float(dropout.get('dropout_rate', 0.0)),
+      attention_probs_dropout_prob=float(dropout.get('attention_dropout_rate', 0.0)),
       layer_norm_eps=float(model.get('layer_norm_epsilon', 1e-6)),
       image_size=int(grid * p), patch_size=int(p), num_channels=int(channels),
       qkv_bias=True, encoder_stride=int(p), initializer_range=0.02, pooler_act='tanh')
   if 'pre_logits' in params:
     cfg['pooler_output_size'] = int(params['pre_logits']['kernel'].shape[1])
-  if has_head:
+  if 'head' in params:
     num = params['head']['kernel'].shape[1]
     names = list(class_names) if class_names and len(class_names) == num else [
         f'LABEL_{i}' for i in range(num)]
     cfg['id2label'] = {str(i): n for i, n in enumerate(names)}
     cfg['label2id'] = {n: i for i, n in enumerate(names)}
-  os.makedirs(directory, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in w.items()},
-            os.path.join(directory, WEIGHTS), metadata={'format': 'pt'})
-  with open(os.path.join(directory, 'config.json'), 'w') as f:
-    json.dump(cfg, f, indent=2)
-  with open(os.path.join(directory, PROCESSOR), 'w') as f:
-    json.dump(processor_config(model, image_size or grid * p, channels), f, indent=2)
+  return cfg

@@ -13,7 +13,6 @@ tokens, q/k norms) are refused with their names, as is any pooling but the class
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,21 +22,57 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.errors import UserError
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_finite, class_row_posemb,
-                              model_pixels, pixels, read_json_object, square_grid)
+from vit.formats import hf, safetensors_dir, table, vit_jax
+from vit.formats.table import Dims, Row
+from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, fused, zeros
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, class_row_posemb, model_pixels,
+                              pixels, read_json_object, square_grid)
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS = 'model.safetensors'
+SUFFIX = None  # save writes a directory (vit.formats.registry.Format).
+WEIGHTS = safetensors_dir.WEIGHTS
 # Heads of timm's named ViT sizes by width (vision_transformer.py's model definitions), for a
 # config.json without model_args: tiny, small, medium, base, large, huge.
 _HEADS_BY_WIDTH = {192: 3, 384: 6, 512: 8, 768: 12, 1024: 16, 1280: 16}
 _ACT = {'gelu': False, 'gelu_tanh': True}
-_BLOCK_KEYS = ('norm1.weight', 'norm1.bias', 'attn.qkv.weight', 'attn.qkv.bias',
-               'attn.proj.weight', 'attn.proj.bias', 'norm2.weight', 'norm2.bias',
-               'mlp.fc1.weight', 'mlp.fc1.bias', 'mlp.fc2.weight', 'mlp.fc2.bias')
-_TOP_KEYS = ('cls_token', 'pos_embed', 'patch_embed.proj.weight', 'patch_embed.proj.bias',
-             'norm.weight', 'norm.bias', 'head.weight', 'head.bias')
+
+
+def _posemb(x, dims):
+  """timm's `no_embed_class` embedding ([1, N, D], N a square) gets the official class row."""
+  del dims
+  n = x.shape[1]
+  return class_row_posemb(x, True) if square_grid(n) and not square_grid(n - 1) else x
+
+
+_BLOCK = 'Transformer/encoderblock_{i}/'
+_ATTN = _BLOCK + 'MultiHeadDotProductAttention_1/'
+_QKV = tuple(f'{_ATTN}{n}/' for n in ('query', 'key', 'value'))
+# The format, one row per tensor: official path, timm's name, transform, inverse. q, k and v
+# share one fused Linear (`attn.qkv`), split here into the official three.
+ROWS = (
+    Row('embedding/kernel', 'patch_embed.proj.weight', *CONV),
+    Row('embedding/bias', 'patch_embed.proj.bias'),
+    Row('cls', 'cls_token'),
+    Row('Transformer/posembed_input/pos_embedding', 'pos_embed', _posemb),
+    Row('Transformer/encoder_norm/scale', 'norm.weight'),
+    Row('Transformer/encoder_norm/bias', 'norm.bias'),
+    Row(_BLOCK + 'LayerNorm_0/scale', 'blocks.{i}.norm1.weight'),
+    Row(_BLOCK + 'LayerNorm_0/bias', 'blocks.{i}.norm1.bias'),
+    Row(tuple(q + 'kernel' for q in _QKV), 'blocks.{i}.attn.qkv.weight', *fused(HEADS_IN)),
+    Row(tuple(q + 'bias' for q in _QKV), 'blocks.{i}.attn.qkv.bias', *fused(HEADS_BIAS),
+        default=zeros(3)),  # qkv_bias=False: no bias tensor.
+    Row(_ATTN + 'out/kernel', 'blocks.{i}.attn.proj.weight', *HEADS_OUT),
+    Row(_ATTN + 'out/bias', 'blocks.{i}.attn.proj.bias'),
+    Row(_BLOCK + 'LayerNorm_2/scale', 'blocks.{i}.norm2.weight'),
+    Row(_BLOCK + 'LayerNorm_2/bias', 'blocks.{i}.norm2.bias'),
+    Row(_BLOCK + 'MlpBlock_3/Dense_0/kernel', 'blocks.{i}.mlp.fc1.weight', *LINEAR),
+    Row(_BLOCK + 'MlpBlock_3/Dense_0/bias', 'blocks.{i}.mlp.fc1.bias'),
+    Row(_BLOCK + 'MlpBlock_3/Dense_1/kernel', 'blocks.{i}.mlp.fc2.weight', *LINEAR),
+    Row(_BLOCK + 'MlpBlock_3/Dense_1/bias', 'blocks.{i}.mlp.fc2.bias'),
+    Row('head/kernel', 'head.weight', *LINEAR, when='head.weight'),
+    Row('head/bias', 'head.bias', when='head.weight'),
+)
 
 
 def _config(directory: str) -> dict:
@@ -48,26 +83,23 @@ def _config(directory: str) -> dict:
 
 
 def _weights(directory: str) -> dict[str, np.ndarray]:
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
   if not os.path.isdir(directory):
     raise UserError(f'timm:{directory}: directory not found')
   path = os.path.join(directory, WEIGHTS)
   if not os.path.isfile(path):
-    found = [f for f in os.listdir(directory) if f.endswith(('.bin', '.pt', '.pth'))]
-    hint = f' (found {", ".join(found)}: pickled weights are never loaded)' if found else ''
-    raise UserError(f'timm:{directory}: no {WEIGHTS}{hint}')
-  try:
-    weights = load_file(path)
-  except (SafetensorError, OSError, ValueError) as e:
-    raise UserError(f'timm:{path}: not a readable safetensors file ({e})') from None
-  check_finite(weights, f'timm:{path}')
+    raise UserError(f'timm:{directory}: no {WEIGHTS}{safetensors_dir.pickled_hint(directory)}')
+  weights = safetensors_dir.read_weights(path, 'timm')
   return {k: np.asarray(v, np.float32) for k, v in weights.items()}
 
 
+def _blocks(w: dict) -> range:
+  """Blocks 0..n-1, n one more than the highest `blocks.{i}.` index among the tensors."""
+  found = [int(m[1]) for k in w for m in [re.match(r'blocks\.(\d+)\.', k)] if m]
+  return range(1 + max(found, default=-1))
+
+
 def _check_supported(directory: str, w: dict, cfg: dict) -> None:
-  unknown = [k for k in w if k not in _TOP_KEYS and not any(
-      re.fullmatch(rf'blocks\.\d+\.{re.escape(b)}', k) for b in _BLOCK_KEYS)]
+  unknown = set(w) - table.names(ROWS, _blocks(w))
   if unknown:
     raise UserError(f'timm:{directory}: weights a plain ViT does not have (LayerScale, '
                     f'norm_pre, fc_norm, register tokens, ...): {", ".join(sorted(unknown)[:6])}')
@@ -139,77 +171,50 @@ def _input(directory: str, cfg: dict, channels: int) -> tuple[Optional[dict], Op
   return stated, size
 
 
-def load(directory: str) -> Read:
-  """The official parameter tree of a timm ViT directory, and what timm's config states.
+def load(path: str) -> Read:
+  """The official parameter tree of the timm ViT directory `path` (`ROWS`), and what timm's
+  config states.
 
   Raises UserError naming the directory and the unsupported weights or settings.
   """
-  if os.path.isdir(directory):
-    cfg = _config(directory)
+  if os.path.isdir(path):
+    cfg = _config(path)
     if 'model_type' in cfg or 'architectures' in cfg:  # timm's own config has `architecture`.
-      raise UserError(f'timm:{directory}: a Hugging Face transformers folder (config.json has '
-                      f'model_type={cfg.get("model_type")!r}); load it with hf:{directory}')
-  w, cfg = _weights(directory), _config(directory)
-  _check_supported(directory, w, cfg)
+      raise UserError(f'timm:{path}: a Hugging Face transformers folder (config.json has '
+                      f'model_type={cfg.get("model_type")!r}); load it with hf:{path}')
+  w, cfg = _weights(path), _config(path)
+  _check_supported(path, w, cfg)
   act = cfg.get('model_args', {}).get('act_layer', 'gelu')
   if act not in _ACT:
-    raise UserError(f'timm:{directory}/config.json: act_layer={act!r}; supported: '
+    raise UserError(f'timm:{path}/config.json: act_layer={act!r}; supported: '
                     f'{", ".join(_ACT)}')
   width = w['cls_token'].shape[-1]
-  heads = _num_heads(directory, cfg, width)
-  head_dim = width // heads
-
-  def get(name):
-    if name not in w:
-      raise UserError(f'timm:{directory}: {WEIGHTS} lacks "{name}"')
-    return w[name]
-
-  def dense(name):
-    return {'kernel': get(f'{name}.weight').T, 'bias': get(f'{name}.bias')}
-
-  def norm(name):
-    return {'scale': get(f'{name}.weight'), 'bias': get(f'{name}.bias')}
-
-  depth = 1 + max((int(k.split('.')[1]) for k in w if k.startswith('blocks.')), default=-1)
-  if not depth:
-    raise UserError(f'timm:{directory}: {WEIGHTS} holds no blocks.* weights')
-  pe = get('pos_embed')
-  if not (square_grid(pe.shape[1]) or square_grid(pe.shape[1] - 1)):
-    raise UserError(f'timm:{directory}: pos_embed has {pe.shape[1]} entries, not a square grid '
-                    f'of patches (non-square position grids are not supported)')
-  if square_grid(pe.shape[1]) and not square_grid(pe.shape[1] - 1):
-    pe = class_row_posemb(pe, True)  # no_embed_class: the class token has no position.
-  transformer = {'posembed_input': {'pos_embedding': pe}, 'encoder_norm': norm('norm')}
-  for i in range(depth):
-    b = f'blocks.{i}.'
-    qkv = get(f'{b}attn.qkv.weight').reshape(3, width, width)  # [q|k|v, out, in]
-    bias = w.get(f'{b}attn.qkv.bias', np.zeros(3 * width, np.float32)).reshape(3, heads, head_dim)
-    attn = {n: {'kernel': qkv[j].T.reshape(width, heads, head_dim), 'bias': bias[j]}
-            for j, n in enumerate(('query', 'key', 'value'))}
-    proj = dense(f'{b}attn.proj')
-    attn['out'] = {'kernel': proj['kernel'].reshape(heads, head_dim, width), 'bias': proj['bias']}
-    transformer[f'encoderblock_{i}'] = {
-        'LayerNorm_0': norm(f'{b}norm1'), 'MultiHeadDotProductAttention_1': attn,
-        'LayerNorm_2': norm(f'{b}norm2'),
-        'MlpBlock_3': {'Dense_0': dense(f'{b}mlp.fc1'), 'Dense_1': dense(f'{b}mlp.fc2')}}
-  params = {'embedding': {'kernel': get('patch_embed.proj.weight').transpose(2, 3, 1, 0),
-                          'bias': get('patch_embed.proj.bias')},
-            'cls': get('cls_token'), 'Transformer': transformer}
-  if 'head.weight' in w:
-    params['head'] = dense('head')
-  channels = params['embedding']['kernel'].shape[2]
+  dims = Dims(width, _num_heads(path, cfg, width))
+  blocks = _blocks(w)
+  if not blocks:
+    raise UserError(f'timm:{path}: {WEIGHTS} holds no blocks.* weights')
+  if 'pos_embed' in w and not (square_grid(w['pos_embed'].shape[1]) or
+                               square_grid(w['pos_embed'].shape[1] - 1)):
+    raise UserError(f'timm:{path}: pos_embed has {w["pos_embed"].shape[1]} entries, not a '
+                    f'square grid of patches (non-square position grids are not supported)')
+  params = table.read(ROWS, w, blocks, dims,
+                      missing=lambda name: f'timm:{path}: {WEIGHTS} lacks "{name}"')
   stated = dict(gelu_approximate=_ACT[act], layer_norm_epsilon=1e-6)
-  stated['pixels'], size = _input(directory, cfg, channels)
+  kernel = params['embedding']['kernel']
+  stated['pixels'], size = _input(path, cfg, kernel.shape[2])
   names = cfg.get('pretrained_cfg', {}).get('label_names')
   names = list(names) if names and 'head' in params and len(names) == params['head'][
       'kernel'].shape[1] else None
-  side = square_grid(pe.shape[1] - 1) * int(params['embedding']['kernel'].shape[0])
-  view = read_view(directory, cfg, size or side)  # timm's eval size: input_size, else the grid's.
+  pe = params['Transformer']['posembed_input']['pos_embedding']
+  side = square_grid(pe.shape[1] - 1) * int(kernel.shape[0])
+  view = read_view(path, cfg, size or side)  # timm's eval size: input_size, else the grid's.
   return Read(params, stated, names, size, view)
 
 
-def check_expressible(params: Params, model: dict) -> None:
-  """UserError naming what timm's VisionTransformer could not compute the same way."""
+def check_expressible(params: Params, model: Optional[dict]) -> None:
+  """UserError naming what timm's VisionTransformer could not compute the same way (and the
+  formats that do hold the model). `model`: a resolved model dict (None: official defaults)."""
+  model = model or {}
   lost = []
   if model.get('resnet') and model['resnet'].get('num_layers'):
     lost.append('a ResNet stem (hybrid R+ViT)')
@@ -225,86 +230,63 @@ def check_expressible(params: Params, model: dict) -> None:
   if lost:
     raise UserError('--format timm: timm\'s VisionTransformer has no ' + ', '.join(lost) +
                     _formats_that_hold(params, model))
-
-
-def _formats_that_hold(params: Params, model: dict) -> str:
-  """'; export with --format ...' naming only the formats whose writers accept the model."""
-  from vit.formats import vit_jax
-  accept = []
-  # transformers' ViT: class token, no ResNet stem, no pre_logits before a head, learned 1D
-  # position embeddings and global attention (the refusals of hf.save).
-  if not (model.get('resnet') and model['resnet'].get('num_layers')) and 'cls' in params and (
-      'head' not in params or 'pre_logits' not in params) and model.get(
-          'posemb', 'learned_1d') == 'learned_1d' and model.get('attention', 'global') == 'global':
-    accept.append('hf')
-  try:
-    vit_jax.check_expressible(model)
-    accept.append('vit_jax')
-  except UserError:
-    pass
-  return (f'; export with --format {" or ".join(accept)}' if accept else
-          '; neither --format hf nor vit_jax holds it either: keep the workdir')
-
-
-def save(params: Params, model: dict, directory: str, *,
-         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
-         view: Optional[dict] = None) -> None:
-  """Writes model.safetensors + config.json that `timm.create_model(architecture,
-  **model_args)` loads (`load_state_dict`) and runs with the same logits. The pretrained_cfg
-  states the evaluation view this repository uses (`view`, else a plain bilinear resize:
-  crop_pct 1.0, crop_mode 'squash'), so that timm's pipeline feeds the model what ours does."""
-  from safetensors.numpy import save_file
-  check_expressible(params, model)
-  t = params['Transformer']
-  depth = sum(1 for k in t if re.fullmatch(r'encoderblock_\d+', k))
-  width, heads, _ = t['encoderblock_0']['MultiHeadDotProductAttention_1']['query']['kernel'].shape
-  p, _, channels, _ = params['embedding']['kernel'].shape
-  pe = np.asarray(t['posembed_input']['pos_embedding'])
-  grid = square_grid(pe.shape[1] - 1)
-  w = {'cls_token': params['cls'], 'pos_embed': pe,
-       'patch_embed.proj.weight': np.asarray(params['embedding']['kernel']).transpose(3, 2, 0, 1),
-       'patch_embed.proj.bias': params['embedding']['bias'],
-       'norm.weight': t['encoder_norm']['scale'], 'norm.bias': t['encoder_norm']['bias']}
-  for i in range(depth):
-    blk, b = t[f'encoderblock_{i}'], f'blocks.{i}.'
-    attn = blk['MultiHeadDotProductAttention_1']
-    w[f'{b}attn.qkv.weight'] = np.concatenate(
-        [np.asarray(attn[n]['kernel']).reshape(width, width).T for n in ('query', 'key', 'value')])
-    w[f'{b}attn.qkv.bias'] = np.concatenate(
-        [np.asarray(attn[n]['bias']).reshape(-1) for n in ('query', 'key', 'value')])
-    w[f'{b}attn.proj.weight'] = np.asarray(attn['out']['kernel']).reshape(width, width).T
-    w[f'{b}attn.proj.bias'] = attn['out']['bias']
-    for ours, theirs in (('LayerNorm_0', 'norm1'), ('LayerNorm_2', 'norm2')):
-      w[f'{b}{theirs}.weight'], w[f'{b}{theirs}.bias'] = blk[ours]['scale'], blk[ours]['bias']
-    for ours, theirs in (('Dense_0', 'fc1'), ('Dense_1', 'fc2')):
-      w[f'{b}mlp.{theirs}.weight'] = np.asarray(blk['MlpBlock_3'][ours]['kernel']).T
-      w[f'{b}mlp.{theirs}.bias'] = blk['MlpBlock_3'][ours]['bias']
-  num_classes = 0
-  if 'head' in params:
-    w['head.weight'] = np.asarray(params['head']['kernel']).T
-    w['head.bias'] = params['head']['bias']
-    num_classes = int(params['head']['kernel'].shape[1])
-  mlp = t['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'].shape[1]
-  size = int(image_size or grid * p)
   px = model_pixels(model) or OFFICIAL_PIXELS
   if abs(px['rescale'] - OFFICIAL_PIXELS['rescale']) > 1e-12:
     raise UserError(f'--format timm: timm scales pixels by 1/255, this model by '
                     f'{px["rescale"]:g}; export with --format hf')
-  per_channel = lambda v: [float(x) for x in np.broadcast_to(np.asarray(v, float), (channels,))]
-  model_args = dict(img_size=[int(grid * p)] * 2, patch_size=int(p), embed_dim=int(width),
-                    depth=int(depth), num_heads=int(heads), mlp_ratio=float(mlp) / width,
-                    num_classes=num_classes, in_chans=int(channels), global_pool='token',
+
+
+def _formats_that_hold(params: Params, model: dict) -> str:
+  """'; export with --format ...' naming only the formats whose writers accept the model."""
+  accept = []
+  for name, fmt in (('hf', hf), ('vit_jax', vit_jax)):
+    try:
+      fmt.check_expressible(params, model)
+      accept.append(name)
+    except UserError:
+      pass
+  return (f'; export with --format {" or ".join(accept)}' if accept else
+          '; neither --format hf nor vit_jax holds it either: keep the workdir')
+
+
+def save(params: Params, out: str, model: Optional[dict] = None, *,
+         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
+         view: Optional[dict] = None) -> None:
+  """Writes model.safetensors + config.json in the directory `out` that
+  `timm.create_model(architecture, **model_args)` loads (`load_state_dict`) and runs with the
+  same logits. The pretrained_cfg states the evaluation view this repository uses (`view`,
+  else a plain bilinear resize: crop_pct 1.0, crop_mode 'squash'), so that timm's pipeline
+  feeds the model what ours does. `model`: a resolved model dict (None: official defaults);
+  models `check_expressible` refuses are refused."""
+  model = model or {}
+  check_expressible(params, model)
+  tensors = table.write(ROWS, params, range(table.block_count(params)), Dims.of(params))
+  safetensors_dir.write(out, tensors, {
+      'config.json': _config_json(params, model, class_names, image_size, view)})
+
+
+def _config_json(params: Params, model: dict, class_names: Optional[Sequence[str]],
+                 image_size: Optional[int], view: Optional[dict]) -> dict:
+  """timm's config.json (as `timm.models.save_for_hf` writes it) for `save`."""
+  t, (width, heads) = params['Transformer'], Dims.of(params)
+  p, _, channels, _ = params['embedding']['kernel'].shape
+  grid = square_grid(t['posembed_input']['pos_embedding'].shape[1] - 1)
+  num_classes = int(params['head']['kernel'].shape[1]) if 'head' in params else 0
+  mlp = t['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'].shape[1]
+  size = int(image_size or grid * p)
+  px = model_pixels(model) or OFFICIAL_PIXELS
+  model_args = dict(img_size=[int(grid * p)] * 2, patch_size=int(p), embed_dim=width,
+                    depth=table.block_count(params), num_heads=heads,
+                    mlp_ratio=float(mlp) / width, num_classes=num_classes,
+                    in_chans=int(channels), global_pool='token',
                     act_layer='gelu_tanh' if model.get('gelu_approximate', True) else 'gelu')
-  pretrained_cfg = dict(input_size=[int(channels), size, size], mean=per_channel(px['mean']),
-                        std=per_channel(px['std']), num_classes=num_classes,
-                        first_conv='patch_embed.proj', classifier='head', **(view or PLAIN_VIEW))
+  pretrained_cfg = dict(input_size=[int(channels), size, size],
+                        mean=safetensors_dir.per_channel(px['mean'], channels),
+                        std=safetensors_dir.per_channel(px['std'], channels),
+                        num_classes=num_classes, first_conv='patch_embed.proj',
+                        classifier='head', **(view or PLAIN_VIEW))
   if class_names and len(class_names) == num_classes:
     pretrained_cfg['label_names'] = list(class_names)
-  cfg = dict(architecture='vit_base_patch16_224', num_classes=num_classes,
-             num_features=int(width), global_pool='token', model_args=model_args,
-             pretrained_cfg=pretrained_cfg)
-  os.makedirs(directory, exist_ok=True)
-  save_file({k: np.ascontiguousarray(v, np.float32) for k, v in w.items()},
-            os.path.join(directory, WEIGHTS), metadata={'format': 'pt'})
-  with open(os.path.join(directory, 'config.json'), 'w') as f:
-    json.dump(cfg, f, indent=2)
+  return dict(architecture='vit_base_patch16_224', num_classes=num_classes,
+              num_features=width, global_pool='token', model_args=model_args,
+              pretrained_cfg=pretrained_cfg)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -34,6 +34,7 @@ from vit.errors import UserError
 from vit.formats.tree import (Params, Read, check_finite, class_row_posemb, flatten,
                               model_pixels, square_grid, unflatten)
 
+SUFFIX = '.npz'  # save writes one file (vit.formats.registry.Format).
 _PUBLISHED = ('LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3')
 _TODAY = ('LayerNorm_0', 'MultiHeadDotProductAttention_0', 'LayerNorm_1', 'MlpBlock_0')
 _ROOTS = ('', 'params/', 'params/img/', 'img/', 'opt/target/', 'opt/target/img/')
@@ -150,9 +151,11 @@ _IMPLIED = {'gelu_approximate': (True, lambda v: 'exact (erf) GELU'),
             'attention': ('global', lambda v: f'{v} attention')}
 
 
-def check_expressible(model: dict) -> None:
-  """UserError naming what an official-layout .npz of `model` could not hold."""
-  values = dict(model, pixels=model_pixels(model))
+def check_expressible(params: Params, model: Optional[dict]) -> None:
+  """UserError naming what an official-layout .npz of `model` could not hold (the tree itself
+  it holds whole). `model`: a resolved model dict (None: the official defaults)."""
+  del params
+  values = dict(model or {}, pixels=model_pixels(model or {}))
   lost = [describe(values.get(key, implied)) for key, (implied, describe) in _IMPLIED.items()
           if values.get(key, implied) != implied]
   if lost:
@@ -161,14 +164,18 @@ def check_expressible(model: dict) -> None:
                     ', so the logits would change; export with --format hf')
 
 
-def save(params: Params, path: str, model: Optional[dict] = None) -> None:
-  """Writes the published .npz layout (the inverse of `load` for that layout).
+def save(params: Params, out: str, model: Optional[dict] = None, *,
+         class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
+         view: Optional[dict] = None) -> None:
+  """Writes the published .npz layout to the file `out` (the inverse of `load` for that
+  layout).
 
   With `model` (a resolved vit.config model dict), refuses one the layout cannot express
-  (`check_expressible`).
+  (`check_expressible`). The .npz holds parameters only: `class_names`, `image_size` and
+  `view` have no place in it (readers take the size from the position embeddings).
   """
-  if model is not None:
-    check_expressible(model)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'wb') as f:  # A file object keeps numpy from appending '.npz' to the name.
+  del class_names, image_size, view
+  check_expressible(params, model)
+  os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+  with open(out, 'wb') as f:  # A file object keeps numpy from appending '.npz' to the name.
     np.savez(f, **{k: np.asarray(v) for k, v in flatten(params).items()})

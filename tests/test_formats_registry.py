@@ -1,0 +1,64 @@
+"""vit/formats/registry.py and table.py: one contract for every format; tables read what they
+write, bitwise, for every parameter of a plain ViT."""
+import inspect
+
+import jax
+import numpy as np
+import pytest
+
+from vit import config as config_lib, init_spec
+from vit.errors import UserError
+from vit.formats import hf, table, timm
+from vit.formats.registry import FORMATS, Format
+from vit.formats.tree import flatten, unflatten
+
+
+@pytest.mark.parametrize('name', sorted(FORMATS))
+def test_every_format_keeps_the_contract(name):
+  module = FORMATS[name]
+  for function in ('load', 'save', 'check_expressible'):
+    want = list(inspect.signature(getattr(Format, function)).parameters.values())[1:]  # self
+    have = list(inspect.signature(getattr(module, function)).parameters.values())
+    assert [(p.name, p.kind, p.default) for p in have] == [
+        (p.name, p.kind, p.default) for p in want], (name, function)
+  assert module.SUFFIX in ('.npz', None)
+
+
+def _random_tree(head: bool) -> dict:
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(4, 4)), hidden_size=32, num_classes=5 if head else None)
+  m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
+  shapes = init_spec.abstract_params(m, 16, 3)
+  rng = np.random.default_rng(0)
+  return unflatten(flatten(jax.tree.map(
+      lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)))
+
+
+@pytest.mark.parametrize('module', [hf, timm], ids=['hf', 'timm'])
+@pytest.mark.parametrize('head', [True, False])
+def test_a_table_reads_back_what_it_writes(module, head):
+  params = _random_tree(head)
+  dims, blocks = table.Dims.of(params), range(table.block_count(params))
+  tensors = table.write(module.ROWS, params, blocks, dims)
+  assert ('head.weight' in tensors or 'classifier.weight' in tensors) == head
+  assert set(tensors) <= table.names(module.ROWS, blocks)
+  back = flatten(table.read(module.ROWS, tensors, blocks, dims, missing=str))
+  want = flatten(params)
+  assert sorted(back) == sorted(want)  # Every parameter of a plain ViT has a row.
+  for key, value in want.items():
+    np.testing.assert_array_equal(back[key], value, err_msg=key)
+    assert back[key].dtype == value.dtype
+
+
+def test_a_missing_tensor_is_named_and_a_missing_qkv_bias_is_zero():
+  params = _random_tree(head=True)
+  dims = table.Dims.of(params)
+  tensors = table.write(timm.ROWS, params, range(2), dims)
+  no_bias = {k: v for k, v in tensors.items() if not k.endswith('qkv.bias')}  # qkv_bias=False
+  attn = table.read(timm.ROWS, no_bias, range(2), dims, missing=str)['Transformer'][
+      'encoderblock_1']['MultiHeadDotProductAttention_1']
+  for name in ('query', 'key', 'value'):
+    assert attn[name]['bias'].shape == (4, 8) and not attn[name]['bias'].any()
+  del tensors['blocks.1.mlp.fc2.bias']
+  with pytest.raises(UserError, match=r'^lacks blocks\.1\.mlp\.fc2\.bias$'):
+    table.read(timm.ROWS, tensors, range(2), dims, missing=lambda n: f'lacks {n}')

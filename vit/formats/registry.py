@@ -1,0 +1,39 @@
+"""The published checkpoint formats by name, and the contract every format module keeps.
+
+`FORMATS` maps a format's name (`--format NAME` of `vit.export`, `NAME:PATH` of an init spec)
+to its module; `vit.export` and `vit.init_spec` look formats up here and nowhere else, so a new
+format is one module that keeps `Format` and one entry below.
+"""
+from __future__ import annotations
+
+from typing import Optional, Protocol, Sequence
+
+from vit.formats import hf, timm, vit_jax
+from vit.formats.tree import Params, Read
+
+
+class Format(Protocol):
+  """What a format module defines (`vit/formats/vit_jax.py`, `hf.py`, `timm.py`).
+
+  `SUFFIX`: the suffix of the one file `save` writes ('.npz'); None when it writes a
+  directory (whose other files it leaves alone).
+  """
+  SUFFIX: Optional[str]
+
+  def load(self, path: str) -> Read:
+    """The official tree (float32 numpy) and what the files state; UserError naming `path`
+    for anything the format cannot read."""
+
+  def check_expressible(self, params: Params, model: Optional[dict]) -> None:
+    """UserError ('--format NAME: ...', one line) naming what the format cannot hold of this
+    tree and resolved model dict (None: the official defaults) without changing its logits."""
+
+  def save(self, params: Params, out: str, model: Optional[dict] = None, *,
+           class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
+           view: Optional[dict] = None) -> None:
+    """Writes `params` (the official tree) at `out` so that `load` reads it back bitwise;
+    `check_expressible` first. What the format cannot state of `class_names`, `image_size`
+    (pixels per side) and `view` (EvalView's fields) is left out."""
+
+
+FORMATS: dict[str, Format] = {'vit_jax': vit_jax, 'hf': hf, 'timm': timm}
