@@ -211,6 +211,20 @@ def truncate_state(workdir, step, what='array data'):
       f.truncate(os.path.getsize(name) // 2)
 
 
+def test_a_finished_run_says_there_is_nothing_to_train(tmp_path, capsys):
+  """Rerun as it was, or with total_steps lowered: no step is trained, no checkpoint written,
+  and one line says why (before, the run resumed and ended silently)."""
+  finished = train(tmp_path, tiny_config(total_steps=4))
+  capsys.readouterr()
+  for total in (4, 2):
+    again = train(tmp_path, tiny_config(total_steps=total))
+    notes = [line for line in capsys.readouterr().out.splitlines() if 'nothing to train' in line]
+    assert notes == [f'note: workdir {tmp_path} already holds step 4 >= total_steps {total}; '
+                     f'nothing to train (raise --config.total_steps to continue)']
+    assert_bitwise_equal(again, finished)
+    assert steps_on_disk(tmp_path) == [2, 4]
+
+
 def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
   train(tmp_path, tiny_config(total_steps=6))
   assert steps_on_disk(tmp_path) == [4, 6]

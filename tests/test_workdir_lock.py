@@ -72,6 +72,13 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_is_not(tmp_path):
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'resumed from {workdir} at step 2' in resumed.stdout
   assert '6' in os.listdir(os.path.join(workdir, 'checkpoints'))
+  # The same command once more, on the finished run: nothing to train, said in one line, exit 0.
+  done = subprocess.run([sys.executable, '-m', 'supervised.train', f'--workdir={workdir}', *ARGS],
+                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0 and 'Traceback' not in done.stderr, done.stderr[-3000:]
+  assert (f'note: workdir {workdir} already holds step 6 >= total_steps 6; nothing to train '
+          f'(raise --config.total_steps to continue)') in done.stdout.splitlines()
+  assert 'step 6/6' not in done.stdout
 
 
 def test_the_lock_is_held_for_the_block_only(tmp_path):

@@ -94,6 +94,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Traine
   Raises `checkpoints.Preempted` (exit status 0) after saving when SIGTERM/SIGINT arrives, and
   `NonFiniteError` when a step's loss or gradient norm is not finite (unless skipped), and a
   UserError naming the holder when another run holds `workdir` (`checkpoints.workdir_lock`).
+  A checkpoint at or past `total_steps` trains nothing: one line says so, and it returns.
   """
   _check_workdir(workdir)
   with checkpoints.workdir_lock(workdir):  # A second run on this workdir is refused.
@@ -116,6 +117,8 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
     run = _Run(config, workdir, task, mesh, mngr, data_iter, stop, writer)
     try:
       state, start = _initial_state(run, build, state_shardings)
+      if start >= config.total_steps:
+        _nothing_to_train(workdir, start, config.total_steps)
       train_step = jit_train_step(task.loss_fn, tx, schedule, config, state_shardings, mesh)
       return _steps(run, train_step, state, start)
     finally:
@@ -125,6 +128,12 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
         checkpoints.wait_for_saves(mngr)
       finally:
         writer.flush()
+
+
+def _nothing_to_train(workdir: str, step: int, total_steps: int) -> None:
+  # A finished run rerun (or total_steps lowered) trains no step: said, not silently done.
+  logger.info('note: workdir %s already holds step %d >= total_steps %d; nothing to train '
+              '(raise --config.total_steps to continue)', workdir, step, total_steps)
 
 
 @dataclasses.dataclass
