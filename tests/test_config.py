@@ -94,6 +94,20 @@ def test_command_line_mistakes_are_one_line_errors():
     assert expected in result.stderr and 'Traceback' not in result.stderr, result.stderr
 
 
+@pytest.mark.parametrize('trainer,args,shown', [
+    ('mpp.train', ['--config.bogus=1'], '--config.bogus'),
+    ('supervised.train', ['--config', 'configs/supervised/imagenet21k_vit_b16.py',
+                          '--config.model.bogus', '1'], '--config.model.bogus'),
+])
+def test_an_unknown_override_key_names_the_flag_and_the_config_file(trainer, args, shown):
+  """config_flags says only 'bogus'; the line names the flag and the file that lacks it."""
+  file = args[1] if args[0] == '--config' else f'configs/{trainer.split(".")[0]}/fashion_mnist.py'
+  result = _cli('-m', trainer, '--workdir', '/tmp/unused-workdir', *args)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines() == [
+      f'error: {shown}: unknown config key; {file} has no {shown[2:]}']
+
+
 def test_auto_attention_kernel_is_cudnn_only_on_gpus_in_bf16():
   m = config_lib.validate(small())
   assert config_lib.attention_kernel(m) is None  # This CPU: XLA's attention.

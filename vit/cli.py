@@ -74,8 +74,8 @@ def define_config_flags(default_config: str | None = None, workdir_required: boo
         'config', default_config, 'Path to an ml_collections config file; override any field '
         'with --config.a.b=value.', lock_config=True)
   except (AttributeError, KeyError, ValueError, TypeError) as e:
-    _fail(_one_line(e))
-  _CONFIG_HOLDERS.append(config)
+    _fail_override(e, default_config)
+  _CONFIG_HOLDERS.append((config, default_config))
   workdir = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
                                 'events and the batch contract; rerunning resumes from it.',
                                 required=workdir_required)
@@ -136,15 +136,43 @@ def _parse_flags(argv: list[str]) -> list[str]:
       if any(a.split('=')[0] in ('--help', '-h', '--helpshort', '--helpfull') for a in argv):
         sys.exit(0)
       raise
-    for holder in _CONFIG_HOLDERS:
+    for holder, _ in _CONFIG_HOLDERS:
       holder.value.to_dict()  # config_flags loads the file and applies overrides lazily.
     return argv
   except flags.Error as e:
-    message = str(e)
+    _fail(str(e))
   except (AttributeError, KeyError, OSError, SyntaxError, ValueError, TypeError) as e:
     # config_flags raises these for an unknown override key or an unreadable config file.
-    message = _one_line(e)
-  _fail(message)
+    _fail_override(e, _CONFIG_HOLDERS[0][1] if _CONFIG_HOLDERS else None)
+
+
+def _fail_override(e: Exception, default_config: str | None) -> None:
+  """Exits with status 2 after one line naming an unknown --config.* key and the config file,
+  or the error's own line with the usual hint."""
+  unknown = _unknown_override(e, default_config)
+  if unknown is None:
+    _fail(_one_line(e))
+  print(f'error: {unknown}', file=sys.stderr)
+  sys.exit(2)
+
+
+def _unknown_override(e: Exception, default_config: str | None) -> str | None:
+  """'--config.a.b: unknown config key; FILE has no config.a.b' for the override that
+  config_flags could not apply (it raises only the missing key, KeyError('b'), with its
+  suggestion if any); None when no --config.* argument names that key."""
+  if not isinstance(e, (AttributeError, KeyError)):
+    return None
+  key, _, hint = _one_line(e).partition(' ')
+  args = sys.argv[1:]
+  paths = [a[2:].split('=', 1)[0] for a in args if a.startswith('--config.')]
+  named = [p for p in paths if key in p.split('.')[1:]]
+  if not named:
+    return None
+  given = [a.split('=', 1)[1] for a in args if a.startswith('--config=')]
+  given += [b for a, b in zip(args, args[1:]) if a == '--config']
+  source = given[-1] if given else default_config
+  return (f'--{named[0]}: unknown config key; {source} has no {named[0]}'
+          + (f' ({hint})' if hint else ''))
 
 
 def _one_line(e: Exception) -> str:
