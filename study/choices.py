@@ -42,3 +42,18 @@ def chosen_name(prefix: str, results: dict, order: list[str]) -> Optional[str]:
     return best(prefix, results, order)['name']
   except UserError:
     return None
+
+
+def resolve_settings(run: Run, results: dict, order: list[str], changes: dict) -> Run:
+  """`run` with the trainer config changes of the best point of its choice grid
+  (`settings_from`; `changes`: {choice run name: its changes}) and the step count of its
+  wall-time run (`steps_from`: an export takes it, a pretraining runs at least that long)."""
+  overrides, steps = run.overrides, run.steps
+  if run.settings_from:
+    overrides = changes[best(run.settings_from + '/', results, order)['name']]
+  if run.steps_from:
+    if run.steps_from not in results:
+      raise UserError(f'choice {run.steps_from!r}: not finished')
+    wall = results[run.steps_from]['result']['wall_steps']
+    steps = wall if run.kind == 'export' else max(steps, wall)
+  return dataclasses.replace(run, overrides=overrides, steps=steps)

@@ -7,12 +7,15 @@ finished when the checkout, the workdir or the machine changes, or the schema ga
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
 
 import ml_collections
 
+from configs.mae import fashion_mnist as mae_config
+from configs.simmim import fashion_mnist as simmim_config
 from study import protocol
 from study.protocol import Run
 from vit import config as config_lib
@@ -35,14 +38,65 @@ def classifier(study, run: Run) -> ml_collections.ConfigDict:
   c.optimizer.update(learning_rate=float(run.lr), warmup_steps=run.warmup)
   c.update(total_steps=run.steps, eval_every=run.eval_every, checkpoint_every=run.eval_every)
   c.init = BACKBONE_SPEC + run.backbone if run.backbone else None
+  if run.classes:  # Cell (b): fine-tuning on a class subset, relabelled 0..k-1.
+    c.data.classes, c.model.num_classes = tuple(run.classes), len(run.classes)
+  if run.channels:  # Cell (c): a 1-channel backbone takes the grey images as stored.
+    c.data.channels = run.channels
   return c
 
 
 def pretrainer(study, run: Run) -> ml_collections.ConfigDict:
+  """A resolved 'pretrain' run -> its trainer config: cell (a)'s MPP pretrainer, or a later
+  cell's variant of it (study/later_cells.py) with the same optimiser, data and schedule."""
+  if run.variant is not None:
+    return _variant(study, run)
   c = ml_collections.ConfigDict(study.pretrainer.to_dict())
   c.seed = run.seed
   c.data.update(holdout=study.holdout, eval_split=subsets.HOLDOUT_SPLIT)
   c.update(total_steps=run.steps, eval_every=run.eval_every, checkpoint_every=run.eval_every)
+  return c
+
+
+def _reconstruction(study, objective: str) -> ml_collections.ConfigDict:
+  """MAE or SimMIM with MPP's pretraining recipe (optimiser, schedule, batch, flip, logging):
+  the objectives differ in what they mask and predict only (issue 27)."""
+  base = {'mae': mae_config, 'simmim': simmim_config}[objective].get_config()
+  pre = study.pretrainer
+  for key in ('model', 'data', 'optimizer'):  # The same backbone, images and optimiser.
+    base[key] = ml_collections.ConfigDict(pre[key].to_dict())
+  base.update(image_size=pre.image_size, batch_size=pre.batch_size, log_every=pre.log_every,
+              eval_batch_size=pre.eval_batch_size, keep_checkpoints=1)
+  base[objective].eval_examples = study.mim.eval_examples
+  return base
+
+
+def _supervised_pretrainer(study) -> ml_collections.ConfigDict:
+  """Supervised pretraining with labels: the classifier on MPP's optimiser and schedule."""
+  c = ml_collections.ConfigDict(study.classifier.to_dict())
+  c.optimizer = ml_collections.ConfigDict(study.pretrainer.optimizer.to_dict())
+  return c
+
+
+def _variant(study, run: Run) -> ml_collections.ConfigDict:
+  if run.variant in ('mpp', 'transfer_mpp'):
+    c = ml_collections.ConfigDict(study.pretrainer.to_dict())
+  elif run.variant == 'transfer_supervised':
+    c = _supervised_pretrainer(study)
+  else:
+    c = _reconstruction(study, run.variant)
+  c.seed = run.seed
+  c.data.update(holdout=study.holdout, eval_split=subsets.HOLDOUT_SPLIT)
+  if run.classes:
+    c.data.classes = tuple(run.classes)
+    if c.model.num_classes:
+      c.model.num_classes = len(run.classes)
+  c.update(total_steps=run.steps, eval_every=run.eval_every, checkpoint_every=run.eval_every)
+  for key, value in run.overrides:
+    *parents, leaf = key.split('.')
+    node = c
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
   return c
 
 
@@ -83,3 +137,39 @@ def runnable(study, config: ml_collections.ConfigDict) -> ml_collections.ConfigD
   if c.get('init') and c.init.startswith(BACKBONE_SPEC):
     c.init = 'vit_jax:' + os.path.abspath(backbone_file(study, c.init[len(BACKBONE_SPEC):]))
   return c
+
+
+def probe(study, run: Run) -> ml_collections.ConfigDict:
+  """A 'probe' run's config: the data it reads (all ten classes, the study's held-out split),
+  the probe settings, and what it probes (`init`: a backbone's run name, or none for raw
+  pixels and for the random initialisation, which is MPP pretraining's at `seed`)."""
+  c = ml_collections.ConfigDict((study.pretrainer if run.variant == 'init'
+                                 else study.classifier).to_dict())
+  c.seed = run.seed
+  c.data.update(holdout=study.holdout, train_fraction=1.0)
+  c.probe = ml_collections.ConfigDict(study.probes.to_dict())
+  c.probe.what = run.variant or 'backbone'
+  c.init = BACKBONE_SPEC + run.source if run.source else None
+  return c
+
+
+def walltime(study, run: Run) -> ml_collections.ConfigDict:
+  """A resolved 'walltime' run's config: the two pretraining configs it times (cell (a)'s MPP
+  pretrainer and MAE at its chosen point) and how."""
+  mpp_run = Run('mpp', 'pretrain', 0, steps=run.steps, eval_every=run.steps,
+                warmup=study.pretrainer.optimizer.warmup_steps)
+  mae_run = dataclasses.replace(mpp_run, variant='mae', overrides=run.overrides)
+  return ml_collections.ConfigDict(dict(
+      mpp=pretrainer(study, mpp_run).to_dict(), mae=pretrainer(study, mae_run).to_dict(),
+      rounds=study.mim.walltime_rounds, steps=study.mim.walltime_steps, mpp_steps=run.steps,
+      steps_per_epoch=study.steps_per_epoch))
+
+
+def figures(study, run: Run) -> ml_collections.ConfigDict:
+  """A 'figures' run's config: whose final weights, on how many test images."""
+  return ml_collections.ConfigDict(dict(source=BACKBONE_SPEC + run.source, max_images=128))
+
+
+def final_weights_file(study, name: str) -> str:
+  """Where the final weights of a finished classifier run are kept as an official .npz."""
+  return os.path.join(study.backbones, name.replace('/', '_') + '_final.npz')

@@ -15,8 +15,15 @@ from typing import Optional
 
 import ml_collections
 
+from vit.errors import ConfigError
+
 SCRATCH, MPP, MATCHED, PIXELS = 'scratch', 'mpp', 'matched', 'pixels'
 ALL = 'all'  # The label-fraction key of all labels.
+# The protocol's cells: (a) the headline and the length curve (priorities 0-12, the runs of
+# the study's commit 8115426), then the cells pre-registered for later sessions
+# (study/later_cells.py): (b) transfer and probes, (c) other targets, (d) MAE and SimMIM,
+# (e) the §4.5 figures.
+CELLS = ('a', 'b', 'c', 'd', 'e')
 
 # Priorities: the headline (a) first, in the order of the protocol; then the length curve (b).
 # The 12-epoch fine-tuning at 1% comes before the 100% cells: MPP's convergence rule reads it.
@@ -29,6 +36,8 @@ class Run:
   """One unit of work. `kind`: 'train' (a classifier, from scratch or from `backbone`),
   'pretrain' (one long MPP pretraining, which also finishes its 'export' runs), 'export' (done
   by its pretraining, never run on its own), 'pixels' (raw-pixel least squares).
+  Cells (b)-(e) add 'probe' (frozen-feature probes), 'walltime' (images/s of two
+  pretrainings) and 'figures' (the §4.5 analyses); see study/later_cells.py.
   Choices made on held-out results of other runs (study/execute.py applies them):
   `choose`, a sweep whose best fixes the learning rate (and crop padding, if it swept it);
   `pad_from`, a sweep that fixes only the crop padding (the scratch arm's own choice);
@@ -50,6 +59,15 @@ class Run:
   pad_from: Optional[str] = None
   length_from: Optional[str] = None
   epochs: float = 0.0
+  # Cells (b)-(e) (study/later_cells.py); none of these enters a trainer config of cell (a).
+  cell: str = 'a'
+  classes: Optional[tuple[int, ...]] = None  # data.classes (a class subset, relabelled)
+  channels: Optional[int] = None  # data.channels of a fine-tuning (a 1-channel backbone)
+  variant: Optional[str] = None  # The pretraining's objective: study/configs.py
+  overrides: tuple = ()  # (dotted trainer config key, value) pairs of a pretraining variant
+  settings_from: Optional[str] = None  # A choice grid whose best gives `overrides`
+  steps_from: Optional[str] = None  # A wall-time run whose step count this run takes
+  source: Optional[str] = None  # The run whose weights a probe or figure reads
 
 
 def fraction_of(study, fkey: str) -> float:
@@ -152,14 +170,35 @@ def _with_choice_deps(runs: list[Run]) -> list[Run]:
     return tuple(n for n in names if prefix and n.startswith(prefix + part))
   out = []
   for r in runs:
-    extra = under(r.choose) + under(r.pad_from) + under(r.length_from, '/length/')
-    own = (r.backbone,) if r.backbone else ()
+    extra = under(r.choose) + under(r.pad_from) + under(r.length_from, '/length/') + \
+        under(r.settings_from)
+    own = tuple(n for n in (r.backbone, r.steps_from, r.source) if n)
     out.append(dataclasses.replace(r, deps=tuple(dict.fromkeys(r.deps + own + extra))))
   return out
 
 
 def runs(study: ml_collections.ConfigDict) -> list[Run]:
   """Every run of the protocol, in no particular order (workers order them by priority)."""
+  from study import later_cells  # It builds on the helpers above.
+  out = headline(study) + later_cells.runs(study)
+  out = _with_choice_deps(out)
+  names = [r.name for r in out]
+  assert len(names) == len(set(names)), 'run names must be unique'
+  return out
+
+
+def cells_of(study) -> tuple[str, ...]:
+  """The cells `config.cells` names ('a,b,c,d,e', 'b,c,d,e', ...); ConfigError otherwise."""
+  text = study.get('cells', ','.join(CELLS))
+  picked = tuple(c.strip() for c in str(text).split(',') if c.strip())
+  bad = [c for c in picked if c not in CELLS]
+  if bad or not picked:
+    raise ConfigError('cells', text, f'must list cells among {",".join(CELLS)} (comma-separated)')
+  return picked
+
+
+def headline(study: ml_collections.ConfigDict) -> list[Run]:
+  """Cell (a): the headline cells and the length curve, exactly as at commit 8115426."""
   out: list[Run] = []
   full = bool(study.full_seeds)  # () turns the all-labels cells off (the demo).
   for fkey in list(study.budgets) + ([ALL] if full else []):
@@ -185,7 +224,4 @@ def runs(study: ml_collections.ConfigDict) -> list[Run]:
     out += _all_labels(study, f'mpp_e{head:g}', f'mpp_e{head:g}/{ALL}',
                        f'mpp_e{head:g}/{last}/sweep', backbone(head))
   out += matched(study, head)
-  out = _with_choice_deps(out)
-  names = [r.name for r in out]
-  assert len(names) == len(set(names)), 'run names must be unique'
   return out

@@ -6,7 +6,9 @@ result JSON under config.results and takes the next; it stops when nothing is le
 `--config.workers=N` starts N single-threaded workers side by side (on 2 cores, two give about
 14% more images/s than one two-threaded process). Rerunning resumes: finished runs are read
 from their JSON, an interrupted run from its checkpoint. `--config.only_priority=K` leaves
-runs of priority above K (study/protocol.py) alone.
+runs of priority above K (study/protocol.py) alone; `--config.cells=b,c,d,e` takes only the
+runs of those cells (the later cells, at a later commit, beside a worker of cell (a) at the
+study's commit, with the same --workdir and results).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import time
 
 from absl import flags
 
-from study import choices, configs, execute, protocol, report, snapshot, store
+from study import choices, configs, execute, execute_later, later_cells, protocol, report
+from study import snapshot, store
 from study.protocol import Run
 from vit import cli
 from vit.errors import UserError
@@ -34,16 +37,36 @@ def _check_finished(study, run: Run, record: dict, planned_digest: str) -> None:
                     f'{planned_digest}); the protocol changed: list it as a deviation')
 
 
+def _settled(study, run: Run, results: dict, order: list[str]) -> Run:
+  """`run` with the choices of a later cell's grid and wall time applied."""
+  if not (run.settings_from or run.steps_from):
+    return run
+  changes = {**later_cells.grid_changes(study, later_cells.MAE),
+             **later_cells.grid_changes(study, later_cells.SIMMIM)}
+  return choices.resolve_settings(run, results, order, changes)
+
+
 def _config(study, run: Run, results: dict, order: list[str]):
   if run.kind == 'pretrain':
-    return configs.pretrainer(study, run)
+    return configs.pretrainer(study, _settled(study, run, results, order))
   if run.kind == 'pixels':
     return configs.pixels(study, run)
+  if run.kind == 'probe':
+    return configs.probe(study, run)
+  if run.kind == 'walltime':
+    return configs.walltime(study, _settled(study, run, results, order))
+  if run.kind == 'figures':
+    return configs.figures(study, run)
   return configs.classifier(study, choices.resolve(run, results, order))
 
 
-def _ready(run: Run, results: dict) -> bool:
-  return run.kind != 'export' and run.name not in results and all(d in results for d in run.deps)
+def _ready(study, run: Run, results: dict, workdir: str, kinds: dict) -> bool:
+  if run.kind == 'export' or run.name in results or not all(d in results for d in run.deps):
+    return False
+  # Cell (e) reads a classifier's final weights: from their committed .npz or the workdir.
+  return run.kind != 'figures' or kinds[run.source] == 'export' or os.path.exists(
+      configs.final_weights_file(study, run.source)) or os.path.isdir(
+      os.path.join(workdir, 'runs', run.source, 'checkpoints'))
 
 
 def _execute(study, run: Run, config, workdir: str, results: dict) -> dict:
@@ -55,12 +78,59 @@ def _execute(study, run: Run, config, workdir: str, results: dict) -> dict:
     if run.backbone:  # The bytes it started from, beside the name in its config.
       out['backbone_sha256'] = results[run.backbone]['result'].get('sha256')
     return out
+  if run.kind != 'pretrain':
+    return _execute_later(study, run, config, workdir, results)
+  if run.variant is not None:
+    return _pretrain_later(study, run, config, rundir, results)
   exports = {r.steps: (r.name, configs.backbone_file(study, r.name))
              for r in protocol.pretraining(study)
              if r.kind == 'export' and r.deps == (run.name,)}
   return execute.pretrain_mpp(config, rundir, exports,
                               lambda name, result: _record(study, name, config, result),
                               lambda name: store.load_all(study.results).get(name))
+
+
+OBJECTIVE_OF = {'mpp': 'mpp', 'transfer_mpp': 'mpp', 'transfer_supervised': 'supervised',
+                'mae': 'mae', 'simmim': 'simmim'}
+
+
+def _pretrain_later(study, run: Run, config, rundir: str, results: dict) -> dict:
+  """A pretraining of cells (b)-(d) and its exports (their lengths resolved, the wall-time
+  export included)."""
+  plan = protocol.runs(study)
+  order = [r.name for r in plan]
+  exports: dict[int, list] = {}
+  for r in plan:
+    if r.kind == 'export' and r.deps[:1] == (run.name,):
+      r = _settled(study, r, results, order)
+      exports.setdefault(r.steps, []).append((r.name, configs.backbone_file(study, r.name)))
+  return execute_later.pretrain(OBJECTIVE_OF[run.variant], config, rundir, exports,
+                                lambda name, result: _record(study, name, config, result),
+                                lambda name: store.load_all(study.results).get(name))
+
+
+def _execute_later(study, run: Run, config, workdir: str, results: dict) -> dict:
+  """A probe, the wall-time measurement or the figures (cells (b), (d), (e))."""
+  if run.kind == 'probe':
+    path = configs.backbone_file(study, run.source) if run.source else None
+    out = execute_later.probe(config, run.variant or 'backbone', path)
+    if run.source:
+      out['backbone_sha256'] = results[run.source]['result'].get('sha256')
+    return out
+  if run.kind == 'walltime':
+    c = config
+    return execute_later.walltime(c.mpp, c.mae, c.rounds, c.steps, c.mpp_steps,
+                                  c.steps_per_epoch)
+  source = results[run.source]
+  if 'file' in source['result']:  # An exported backbone.
+    npz, weights = configs.backbone_file(study, run.source), dict(source['result'])
+  else:  # A classifier's final weights, kept as an .npz once read from its workdir.
+    npz = configs.final_weights_file(study, run.source)
+    weights = execute_later.final_weights(os.path.join(workdir, 'runs', run.source), npz)
+  out = os.path.join(study.figures.out, run.name.split('/', 1)[1])
+  summary = execute_later.figures(npz, out, config.max_images)
+  return dict(summary, out=out, weights_file=os.path.basename(npz),
+              weights_sha256=weights.get('sha256'))
 
 
 def _record(study, name: str, config, result: dict, **extra) -> None:
@@ -72,17 +142,23 @@ def _record(study, name: str, config, result: dict, **extra) -> None:
 
 
 def work(study, workdir: str) -> int:
-  """Runs what it can; returns the number of runs finished by this worker."""
-  plan = sorted(protocol.runs(study), key=lambda r: (r.priority, r.name))
-  order = [r.name for r in protocol.runs(study)]  # The protocol's order decides ties.
+  """Runs what it can of the cells `config.cells` names; returns the number of runs finished
+  by this worker. Every finished run it reads is checked against the protocol, whatever its
+  cell (a later cell's runs read cell (a)'s)."""
+  every = protocol.runs(study)
+  order = [r.name for r in every]  # The protocol's order decides ties.
+  kinds = {r.name: r.kind for r in every}
+  cells = protocol.cells_of(study)
+  plan = sorted((r for r in every if r.cell in cells), key=lambda r: (r.priority, r.name))
   done = 0
   while True:
     results = store.load_all(study.results)
-    for run in plan:
+    for run in every:
       if run.name in results and run.kind != 'export':
         _check_finished(study, run, results[run.name],
                         configs.digest(_config(study, run, results, order)))
-    ready = [r for r in plan if r.priority <= study.only_priority and _ready(r, results)]
+    ready = [r for r in plan if r.priority <= study.only_priority
+             and _ready(study, r, results, workdir, kinds)]
     run = next((r for r in ready if store.claim(workdir, r.name)), None)
     if run is not None and os.path.exists(store.result_path(study.results, run.name)):
       store.release(workdir, run.name)  # Finished by another worker since this one looked.
@@ -90,7 +166,7 @@ def work(study, workdir: str) -> int:
     if run is None:
       waiting = [r.name for r in plan if r.priority <= study.only_priority
                  and r.kind != 'export' and r.name not in results]
-      if not waiting or not store.held_by_others(workdir, [r.name for r in plan]):
+      if not waiting or not store.held_by_others(workdir, order):
         print(f'study: worker stops ({len(waiting)} runs left, none runnable here)', flush=True)
         return done
       time.sleep(20)  # Others hold what is runnable, or work that this waits for.

@@ -1,6 +1,7 @@
 """The pre-registered study's plan, choices, identities, claims and statistics (study/)."""
 import math
 import os
+from pathlib import Path
 import subprocess
 import sys
 
@@ -9,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from configs.study import converged
-from study import choices, configs, protocol, stats, store
+from study import choices, configs, later_cells, protocol, stats, store
 from vit.errors import UserError
 
 
@@ -49,8 +50,10 @@ def test_the_headline_cells_come_first(runs, study):
   # The convergence rule's fine-tunings (12 epochs, 1%) come right after the headline's.
   assert {r.priority for r in curve if r.name.startswith('mpp_e12/pct1/')} == {
       protocol.P_CONVERGENCE}
-  assert max(r.priority for r in runs.values()
-             if not r.name.startswith(('mpp_e3/', 'mpp_e6/', 'mpp_e12/'))) < protocol.P_LENGTH_CURVE
+  assert max(r.priority for r in runs.values() if r.cell == 'a' and not r.name.startswith(
+      ('mpp_e3/', 'mpp_e6/', 'mpp_e12/'))) < protocol.P_LENGTH_CURVE
+  # The cells pre-registered for later sessions come after all of cell (a).
+  assert min(r.priority for r in runs.values() if r.cell != 'a') > protocol.P_LENGTH_CURVE
 
 
 def test_every_arm_sweeps_the_same_grid_on_a_seed_it_does_not_report(runs, study):
@@ -200,3 +203,92 @@ def test_a_run_in_flight_travels_to_a_fresh_workdir_and_is_dropped_once_finished
   store.write(study.results, {'name': 'mpp/seed0/pretrain', 'result': {}})
   assert snapshot.save(study, str(tmp_path / 'old')) == []
   assert not os.listdir(study.inflight)  # Finished: its snapshot is removed.
+
+
+def test_the_digests_of_cell_a_are_those_of_the_studys_commit():
+  """Every run of cell (a) and the length curve keeps the config (and so the digest) it had at
+  commit 8115426, where it runs: tests/testdata/study_digests.py made the pinned file there."""
+  import json
+  from tests.testdata import study_digests
+  pinned = json.loads((Path(__file__).parent / 'testdata' / 'study_digests_8115426.json')
+                      .read_text())
+  assert len(pinned) == 185 and study_digests.digests() == pinned
+
+
+def test_the_later_cells_are_all_listed_with_their_cell(runs, study):
+  by_cell = {c: [r for r in runs.values() if r.cell == c] for c in protocol.CELLS}
+  assert {r.name for r in by_cell['e']} == {'figures/scratch_all_seed0', 'figures/mpp_seed0_e30'}
+  assert runs['figures/scratch_all_seed0'].deps == ('scratch/all/seed0',)
+  names = set(runs)
+  for s in study.seeds:  # (b) transfer: 3 arms x 2 fractions, 5 seeds; pretrainings per seed.
+    for arm in ('transfer/scratch', 'transfer/mpp_e30', 'transfer/supervised_e30'):
+      assert {f'{arm}/pct1/seed{s}', f'{arm}/pct10/seed{s}'} <= names
+    assert {f'transfer/mpp/seed{s}/e30', f'transfer/supervised/seed{s}/e30',
+            f'probe/init/seed{s}'} <= names
+    assert {f'probe/mpp_e{e:g}/seed{s}' for e in study.pretrain_epochs} <= names
+  pre = runs['transfer/mpp/seed2/pretrain']
+  assert pre.classes == (0, 1, 2, 3, 4) and pre.steps == 30 * 215
+  ft = runs['transfer/mpp_e30/pct10/seed2']
+  assert ft.classes == (5, 6, 7, 8, 9) and ft.backbone == 'transfer/mpp/seed2/e30'
+  # (c) one pretraining (seed 0) per target; every seed fine-tunes it.
+  for t in ('pixels', 'down4', 'down2', 'grey5', 'rate15'):
+    assert runs[f'mpp_{t}_e30/pct1/seed3'].backbone == f'mpp_{t}/seed0/e30'
+    assert not any(n.startswith(f'mpp_{t}/seed1/') for n in names)
+  assert runs['mpp_grey5_e30/pct10/seed1'].channels == 1
+  assert dict(runs['mpp_down2/seed0/pretrain'].overrides)['mpp.grid'] == 2
+  # (d) MAE at 30 epochs and at MPP's wall time, SimMIM at 30; grids on the tuning seed.
+  for arm in ('mae_e30', 'mae_wall', 'simmim_e30'):
+    assert {f'{arm}/pct1/seed4', f'{arm}/pct10/seed0', f'probe/{arm}/seed1'} <= names
+  grid = [r for r in runs.values() if r.name.startswith('mae/choice/')]
+  assert len(grid) == 9 and {r.seed for r in grid} == {study.tune_seed}
+  assert len([n for n in names if n.startswith('simmim/choice/')]) == 6
+  assert runs['mae/seed0/wall'].steps_from == 'mae/walltime'
+  assert 'mae/walltime' in runs['mae/seed0/pretrain'].deps
+  assert runs['simmim/seed3/pretrain'].settings_from == 'simmim/choice'
+  assert all(runs[n].priority > protocol.P_LENGTH_CURVE for n in names if runs[n].cell != 'a')
+
+
+def test_a_mae_pretraining_takes_its_grid_choice_and_the_wall_time(runs, study):
+  order = [r.name for r in protocol.runs(study)]
+  results = {n: _record(n, 0.5) for n in runs if n.startswith('mae/choice/')}
+  results['mae/choice/dec64x2_lr0.0003']['result']['holdout_best'] = 0.9
+  results['mae/walltime'] = {'name': 'mae/walltime', 'result': {'wall_steps': 40 * 430}}
+  changes = later_cells.grid_changes(study, 'mae')
+  pre = choices.resolve_settings(runs['mae/seed1/pretrain'], results, order, changes)
+  assert dict(pre.overrides)['mae.decoder.hidden_size'] == 64 and pre.steps == 40 * 430
+  config = configs.pretrainer(study, pre)
+  assert config.mae.decoder.num_heads == 4 and config.optimizer.learning_rate == 3e-4
+  assert config.optimizer.decay == 'rsqrt' and config.data.eval_split == 'holdout'
+  wall = choices.resolve_settings(runs['mae/seed1/wall'], results, order, changes)
+  e30 = choices.resolve_settings(runs['mae/seed1/e30'], results, order, changes)
+  assert (wall.steps, e30.steps) == (40 * 430, 30 * 430)
+  results['mae/walltime']['result']['wall_steps'] = 10 * 430  # MAE slower: runs 30 epochs anyway.
+  assert choices.resolve_settings(runs['mae/seed1/pretrain'], results, order,
+                                  changes).steps == 30 * 430
+
+
+def test_the_cells_a_worker_takes_are_named_in_one_line(study):
+  assert protocol.cells_of(study) == protocol.CELLS
+  c = converged.get_config()
+  c.cells = 'b, c,d,e'
+  assert protocol.cells_of(c) == ('b', 'c', 'd', 'e')
+  c.cells = 'a,f'
+  with pytest.raises(UserError, match=r"config.cells='a,f': must list cells among a,b,c,d,e"):
+    protocol.cells_of(c)
+
+
+def test_a_worker_of_the_later_cells_takes_none_of_cell_a(tmp_path, monkeypatch):
+  """With --config.cells=b,c,d,e nothing of cell (a) runs, though it is what is runnable."""
+  from study import run as run_lib
+  c = converged.get_config()
+  c.results, c.cells = str(tmp_path / 'results'), 'b,c,d,e'
+  c.backbones, c.inflight = str(tmp_path / 'backbones'), str(tmp_path / 'inflight')
+  c.only_priority = later_cells.P_B_PROBES
+  taken = []
+  monkeypatch.setattr(run_lib, '_execute', lambda study, run, *a: taken.append(run.name) or {})
+  monkeypatch.setattr(run_lib, '_record', lambda study, name, *a, **k: store.write(
+      study.results, {'name': name, 'result': {}, 'digest': None}))
+  monkeypatch.setattr(run_lib, '_check_finished', lambda *a: None)
+  assert run_lib.work(c, str(tmp_path / 'work')) == 6
+  # Only the probes that need nothing of cell (a): those of the MPP exports wait for them.
+  assert sorted(taken) == sorted(['probe/pixels'] + [f'probe/init/seed{s}' for s in c.seeds])
