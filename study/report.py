@@ -17,12 +17,13 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from absl import flags  # noqa: E402
 
-from study import choices, protocol, stats, store  # noqa: E402
+from study import choices, protocol, report_later, stats, store  # noqa: E402
 from vit import atomic_write, cli  # noqa: E402
 
 FLAGS = flags.FLAGS
 FKEYS_LABEL = {'pct1': '1% (600)', 'pct10': '10% (6,000)', protocol.ALL: '100% (55,000)'}
 PRETRAIN_IMAGES = 'pretraining'
+MIM_PLOT = 'cell (d)'
 
 
 class Study:
@@ -30,8 +31,11 @@ class Study:
 
   def __init__(self, config, results: dict):
     self.config, self.results = config, results
-    self.runs = protocol.runs(config)
-    self.order = [r.name for r in self.runs]
+    every = protocol.runs(config)
+    cells = protocol.cells_of(config)
+    self.runs = [r for r in every if r.cell in cells]  # The cells this report is about.
+    self.order = [r.name for r in every]  # The protocol's order (choices read it).
+    self.kinds = {r.name: r.kind for r in every}
     self.fkeys = list(config.budgets) + ([protocol.ALL] if config.full_seeds else [])
     self.head = f'mpp_e{config.headline_epochs:g}'
 
@@ -234,7 +238,7 @@ def every_run(st: Study) -> list[str]:
     if 'file' in r:
       continue  # An export: its pretraining's row stands for it.
     held = (f'{100 * r["holdout_best"]:.2f}{_at_end(rec)}' if 'holdout_best' in r
-            else 'pretraining')
+            else 'pretraining' if 'curve' in r else st.kinds.get(name, '-'))
     test = f'{100 * r["test_at_best"]:.2f}' if 'test_at_best' in r else '-'
     best = f'{r.get("best_step", "-")} / {r.get("steps", "-")}'
     wall = f'{rec["wall_s"] / 60:.1f}' if rec.get('wall_s') else '-'
@@ -246,20 +250,21 @@ def every_run(st: Study) -> list[str]:
 def progress(st: Study) -> list[str]:
   """Runs done per priority, CPU time spent, and the time left at the measured speed."""
   by_priority = collections.defaultdict(lambda: [0, 0])
-  for r in st.runs:
+  headline_runs = [r for r in st.runs if r.cell == 'a']  # Cells (b)-(e): their own sections.
+  for r in headline_runs:
     if r.kind == 'export':
       continue
     by_priority[r.priority][1] += 1
     by_priority[r.priority][0] += r.name in st.results
-  timed = [rec for rec in st.results.values() if rec.get('wall_s') and rec['result'].get('steps')]
-  s_per_step = (sum(rec['wall_s'] for rec in timed) / sum(rec['result']['steps'] for rec in timed)
-                if timed else None)
-  left_steps = sum(_steps_left(st, r) for r in st.runs if r.kind in ('train', 'pretrain')
+  s_per_step = report_later.seconds_per_step(st)
+  left_steps = sum(_steps_left(st, r) for r in headline_runs if r.kind in ('train', 'pretrain')
                    and r.name not in st.results)
   cpu_h = sum(rec.get('cpu_s', 0) for rec in st.results.values()) / 3600
   lines = [f'- Runs finished: {sum(d for d, _ in by_priority.values())} of '
            f'{sum(t for _, t in by_priority.values())} (by priority: ' +
-           ', '.join(f'{p}: {d}/{t}' for p, (d, t) in sorted(by_priority.items())) + ').',
+           ', '.join(f'{p}: {d}/{t}' for p, (d, t) in sorted(by_priority.items())) + ')' +
+           ('; cell (a) only, the later cells count theirs in their sections.'
+            if len(headline_runs) < len(st.runs) else '.'),
            f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours.']
   if s_per_step:
     lines.append(f'- Left: about {left_steps:,} training steps; at the measured '
@@ -348,7 +353,9 @@ def markdown(st: Study, figures: dict[str, str]) -> str:
            '`*` (here and below): the held-out best was the run\'s last evaluation.', '',
            *sweeps(st), '']
   for title, rel in figures.items():
-    parts += [f'![{title}]({rel})', '']
+    if rel != figures.get(MIM_PLOT):
+      parts += [f'![{title}]({rel})', '']
+  parts += report_later.sections(st, figures.get(MIM_PLOT))
   parts += ['## Every run', '', *every_run(st), '']
   return '\n'.join(parts)
 
@@ -363,6 +370,10 @@ def write(config, path: str) -> Study:
                                                 st.seeds(protocol.ALL)[0])
   if name and plot_curve(st, name, os.path.join(folder, 'scratch_all_curve.png')):
     figures['held-out curve of scratch on all labels'] = 'scratch_all_curve.png'
+  fig = report_later.plot_mim(st, plt) if any(r.cell == 'd' for r in st.runs) else None
+  if fig is not None:
+    _save(fig, os.path.join(folder, 'mim_fractions.png'))
+    figures[MIM_PLOT] = 'mim_fractions.png'
   with atomic_write.file(path) as partial, open(partial, 'w') as f:
     f.write(markdown(st, figures))
   return st
