@@ -36,6 +36,7 @@ from mpp import targets as targets_lib
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
 from vit.models.layer_norm import LayerNorm
+from vit.models.spec import ModelSpec
 from vit.models.vit import Encoder1DBlock, VisionTransformer
 from vit.preprocess import input_fn
 
@@ -147,8 +148,8 @@ class Spec:
   norm_pix_loss: bool
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, m: dict) -> 'Spec':
-    return cls(tuple(m['patches']['size']), config_lib.token_grid(config, m),
+  def from_config(cls, config: ml_collections.ConfigDict, m: ModelSpec) -> 'Spec':
+    return cls(m.patch_size, config_lib.token_grid(config, m),
                config.mae.mask_ratio, config.mae.norm_pix_loss)
 
   @property
@@ -156,14 +157,14 @@ class Spec:
     return self.grid[0] * self.grid[1]
 
 
-def build_model(config: ml_collections.ConfigDict, m: dict) -> MaeModel:
+def build_model(config: ml_collections.ConfigDict, m: ModelSpec) -> MaeModel:
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
   d = config.mae.decoder
   grid = config_lib.token_grid(config, m)
-  ph, pw = m['patches']['size']
+  ph, pw = m.patch_size
   decoder = Decoder(d.hidden_size, d.num_layers, d.num_heads, d.mlp_dim, grid[0],
-                    ph * pw * config.data.channels, m['gelu_approximate'],
-                    m['layer_norm_epsilon'], jnp.dtype(m['dtype']),
+                    ph * pw * config.data.channels, m.gelu_approximate,
+                    m.layer_norm_epsilon, jnp.dtype(m.dtype),
                     config_lib.attention_kernel(m), config_lib.layer_norm(m))
   return MaeModel(backbone=backbone, decoder=decoder, mask_ratio=config.mae.mask_ratio)
 
@@ -209,7 +210,7 @@ def loss_on(model: MaeModel, spec: Spec, params, inputs: jax.Array, noise: jax.A
   return loss, {'masked_patches': count}
 
 
-def make_loss_fn(model: MaeModel, spec: Spec, m: dict):
+def make_loss_fn(model: MaeModel, spec: Spec, m: ModelSpec):
   """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in; `rng`
   feeds the masking noise and dropout. Metrics: `masked_patches`, the patches averaged over."""
   to_input = input_fn(m)
@@ -223,7 +224,7 @@ def make_loss_fn(model: MaeModel, spec: Spec, m: dict):
   return loss_fn
 
 
-def make_representation_fn(m: dict):
+def make_representation_fn(m: ModelSpec):
   """backbone params, uint8 images -> mean of the encoded patch tokens, all patches visible.
 
   The same frozen features as MPP's (mpp/objective.py), so probes compare like for like.
@@ -249,7 +250,7 @@ class MaeObjective:
   model: MaeModel
   spec: Spec
   image_shape: tuple[int, int, int, int]  # (1, H, W, C) traced at init.
-  m: dict = dataclasses.field(repr=False, compare=False)  # The resolved model (a dict).
+  m: ModelSpec = dataclasses.field(repr=False, compare=False)  # The resolved model.
 
   def init_params(self, rng: jax.Array):
     return init_fn(self.model, self.spec, self.image_shape)(rng)
@@ -270,7 +271,7 @@ class MaeObjective:
     return params['backbone']
 
 
-def build(config: ml_collections.ConfigDict, m: dict) -> MaeObjective:
+def build(config: ml_collections.ConfigDict, m: ModelSpec) -> MaeObjective:
   """The MAE objective of a validated config (`m`: its resolved model); its own
   section is checked here, so the trainer, vit.plan and the benchmarks all check it."""
   check_config(config, m)
@@ -289,7 +290,7 @@ def section() -> ml_collections.ConfigDict:
   ))
 
 
-def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
+def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
   """config.mae against the resolved model `m`; ConfigError naming the key.
   `vit.config.validate` calls it for every config that carries a `mae` section."""
   c = config.mae
@@ -313,9 +314,9 @@ def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
   if gh != gw:
     raise ConfigError('image_size', config.image_size, f'gives a {gh}x{gw} patch grid; the '
                       'decoder\'s sine-cosine table is square')
-  if m['posemb'] == 'relative' or m['attention'] != 'global':
-    raise ConfigError('model.posemb' if m['posemb'] == 'relative' else 'model.attention',
-                      m['posemb'] if m['posemb'] == 'relative' else m['attention'],
+  if m.posemb == 'relative' or m.attention != 'global':
+    raise ConfigError('model.posemb' if m.posemb == 'relative' else 'model.attention',
+                      m.posemb if m.posemb == 'relative' else m.attention,
                       'MAE\'s encoder drops patches, which relative position biases and axial '
                       'attention (defined on the whole grid) cannot follow')
   if c.eval_examples < 0:

@@ -20,7 +20,8 @@ from mpp import targets as targets_lib
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
 from vit.models.vit import VisionTransformer
-from vit.preprocess import input_fn, to_unit
+from vit.models.spec import ModelSpec, Pixels
+from vit.preprocess import input_fn, pixels_fn, to_unit
 
 
 class MppModel(nn.Module):
@@ -59,24 +60,21 @@ class Spec:
   mask_fraction: float
   random_fraction: float
   random_source: str = 'batch'
-  # The model's pixel normalisation, (rescale, mean, std) of `model.pixels`, or None for the
-  # official x / 127.5 - 1. Targets are always computed from [0, 1] pixels (mpp/targets.py).
-  pixels: Optional[tuple] = None
+  # The model's pixel normalisation (`model.pixels`), or None for the official
+  # x / 127.5 - 1. Targets are always computed from [0, 1] pixels (mpp/targets.py).
+  pixels: Optional[Pixels] = None
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, m: dict) -> 'Spec':
+  def from_config(cls, config: ml_collections.ConfigDict, m: ModelSpec) -> 'Spec':
     c = config.mpp
-    return cls(c.target, tuple(m['patches']['size']), config.data.channels, c.bits, c.grid,
+    return cls(c.target, m.patch_size, config.data.channels, c.bits, c.grid,
                c.normalize_pixels, c.corruption_rate, c.mask_fraction, c.random_fraction,
-               c.get('random_source', 'batch'), _pixels(m))
+               c.get('random_source', 'batch'), m.pixels)
 
   @property
   def to_input(self):
-    """uint8 [B, H, W, C] -> float32 model input, by `model.pixels` (vit.preprocess.input_fn)."""
-    if self.pixels is None:
-      return input_fn(None)
-    rescale, mean, std = self.pixels
-    return input_fn({'pixels': {'rescale': rescale, 'mean': mean, 'std': std}})
+    """uint8 [B, H, W, C] -> float32 model input, by `model.pixels` (vit.preprocess)."""
+    return pixels_fn(self.pixels)
 
   @property
   def cell_size(self) -> tuple[int, int]:
@@ -89,19 +87,12 @@ class Spec:
                                     self.grid)
 
 
-def _pixels(m: dict) -> Optional[tuple]:
-  px = m.get('pixels') or {}
-  if px.get('rescale') is None:
-    return None
-  return (float(px['rescale']), tuple(px['mean']), tuple(px['std']))
-
-
-def build_model(config: ml_collections.ConfigDict, m: dict) -> MppModel:
+def build_model(config: ml_collections.ConfigDict, m: ModelSpec) -> MppModel:
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
   return MppModel(backbone=backbone, output_shape=Spec.from_config(config, m).output_shape)
 
 
-def make_representation_fn(m: dict):
+def make_representation_fn(m: ModelSpec):
   """backbone params, uint8 images -> mean of the encoded patch tokens (frozen features).
 
   MPP trains the patch outputs only; the class token's output gets no loss, so the average of
@@ -216,7 +207,7 @@ class MppObjective:
     return params['backbone']
 
 
-def build(config: ml_collections.ConfigDict, m: dict) -> MppObjective:
+def build(config: ml_collections.ConfigDict, m: ModelSpec) -> MppObjective:
   """The MPP objective of a validated config (`m`: its resolved model)."""
   return MppObjective(
       model=build_model(config, m), spec=Spec.from_config(config, m),
@@ -251,7 +242,7 @@ def section() -> ml_collections.ConfigDict:
   ))
 
 
-def validate(config: ml_collections.ConfigDict, m: dict) -> None:
+def validate(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
   """Checks config.mpp against the resolved model `m` and the data; ConfigError naming the key.
   `vit.config.validate` calls it for every config that carries an `mpp` section."""
   mpp, channels = config.mpp, config.data.channels
@@ -274,9 +265,8 @@ def validate(config: ml_collections.ConfigDict, m: dict) -> None:
     raise ConfigError('mpp.bits', mpp.bits, f'bins each of the {channels} channels, so '
                       f'{classes} colour classes; at most {MAX_COLOR_CLASSES} '
                       f'(e.g. {int(math.log2(MAX_COLOR_CLASSES)) // channels} bits)')
-  if mpp.target == 'downsampled_color' and any(p % mpp.grid for p in m['patches']['size']):
-    raise ConfigError('mpp.grid', mpp.grid,
-                      f'must divide the patch size {tuple(m["patches"]["size"])}')
+  if mpp.target == 'downsampled_color' and any(p % mpp.grid for p in m.patch_size):
+    raise ConfigError('mpp.grid', mpp.grid, f'must divide the patch size {m.patch_size}')
   for key in ('image_every', 'eval_examples'):
     if mpp[key] < 0:
       raise ConfigError(f'mpp.{key}', mpp[key], 'must be >= 0')

@@ -31,6 +31,7 @@ import ml_collections
 from mpp import targets as targets_lib
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
+from vit.models.spec import ModelSpec
 from vit.models.vit import VisionTransformer
 from vit.preprocess import input_fn
 
@@ -45,8 +46,8 @@ class Spec:
   mask_patch_size: int
 
   @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict, m: dict) -> 'Spec':
-    return cls(tuple(m['patches']['size']), config_lib.token_grid(config, m),
+  def from_config(cls, config: ml_collections.ConfigDict, m: ModelSpec) -> 'Spec':
+    return cls(m.patch_size, config_lib.token_grid(config, m),
                config.data.channels, config.simmim.mask_ratio, config.simmim.mask_patch_size)
 
   @property
@@ -103,9 +104,9 @@ class SimMimModel(nn.Module):
     return out.astype(jnp.float32)
 
 
-def build_model(config: ml_collections.ConfigDict, m: dict) -> SimMimModel:
+def build_model(config: ml_collections.ConfigDict, m: ModelSpec) -> SimMimModel:
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
-  ph, pw = m['patches']['size']
+  ph, pw = m.patch_size
   return SimMimModel(backbone=backbone, patch_values=ph * pw * config.data.channels)
 
 
@@ -137,7 +138,7 @@ def loss_on(model: SimMimModel, spec: Spec, params, inputs: jax.Array, mask: jax
   return loss, {'masked_patches': count}
 
 
-def make_loss_fn(model: SimMimModel, spec: Spec, m: dict):
+def make_loss_fn(model: SimMimModel, spec: Spec, m: ModelSpec):
   """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in; `rng`
   feeds the mask and dropout. Metrics: `masked_patches`, the patches averaged over."""
   to_input = input_fn(m)
@@ -151,7 +152,7 @@ def make_loss_fn(model: SimMimModel, spec: Spec, m: dict):
   return loss_fn
 
 
-def make_representation_fn(m: dict):
+def make_representation_fn(m: ModelSpec):
   """backbone params, uint8 images -> mean of the encoded patch tokens (as MPP's and MAE's)."""
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
   to_input = input_fn(m)
@@ -174,7 +175,7 @@ class SimMimObjective:
   model: SimMimModel
   spec: Spec
   image_shape: tuple[int, int, int, int]  # (1, H, W, C) traced at init.
-  m: dict = dataclasses.field(repr=False, compare=False)  # The resolved model (a dict).
+  m: ModelSpec = dataclasses.field(repr=False, compare=False)  # The resolved model.
 
   def init_params(self, rng: jax.Array):
     return init_fn(self.model, self.image_shape)(rng)
@@ -194,7 +195,7 @@ class SimMimObjective:
     return params['backbone']
 
 
-def build(config: ml_collections.ConfigDict, m: dict) -> SimMimObjective:
+def build(config: ml_collections.ConfigDict, m: ModelSpec) -> SimMimObjective:
   """The SimMIM objective of a validated config (`m`: its resolved model); its own
   section is checked here, so the trainer, vit.plan and the benchmarks all check it."""
   check_config(config, m)
@@ -213,13 +214,13 @@ def section() -> ml_collections.ConfigDict:
   ))
 
 
-def check_config(config: ml_collections.ConfigDict, m: dict) -> None:
+def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
   """config.simmim against the resolved model `m`; ConfigError naming the key.
   `vit.config.validate` calls it for every config that carries a `simmim` section."""
   c = config.simmim
   if not 0.0 < c.mask_ratio <= 1.0:
     raise ConfigError('simmim.mask_ratio', c.mask_ratio, 'must be in (0, 1]')
-  patch = tuple(m['patches']['size'])
+  patch = m.patch_size
   if (not isinstance(c.mask_patch_size, int) or c.mask_patch_size < 1
       or any(c.mask_patch_size % p for p in patch)):
     raise ConfigError('simmim.mask_patch_size', c.mask_patch_size,

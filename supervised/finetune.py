@@ -22,6 +22,7 @@ from supervised import train
 from vit import cli, config as config_lib, init_spec
 from vit.data import pipeline
 from vit.errors import ConfigError
+from vit.models.spec import ModelSpec
 from vit.training import loop
 
 FLAGS = flags.FLAGS
@@ -30,7 +31,7 @@ INIT_FORMATS = ('mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR, vit_jax:FILE.npz,
                 'timm:DIR')
 
 
-def prepare(config: ml_collections.ConfigDict) -> tuple[dict, init_spec.Checkpoint]:
+def prepare(config: ml_collections.ConfigDict) -> tuple[ModelSpec, init_spec.Checkpoint]:
   """Loads config.init, writes its architecture into config.model, validates the config.
 
   The config then describes the fine-tuned model completely, so the checkpoint it saves can
@@ -71,7 +72,7 @@ def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:
     return nn.unbox(task.init_params(jax.random.key(config.seed)))
 
   def load_params(target):
-    grid = init_spec.grid_at(m, config.image_size)
+    grid = config_lib.token_grid(config, m)
     return init_spec.adapt_params(ckpt.params, target, grid, fresh=fresh,
                                   what=f'init {config.init}')
 
@@ -83,7 +84,7 @@ def main(argv):
   config, workdir = FLAGS.config, FLAGS.workdir
   m, ckpt = prepare(config)
   logger.info('fine-tuning from %s: %s -> %spx, %s classes', config.init,
-              init_spec.describe(ckpt), config.image_size, m['num_classes'])
+              init_spec.describe(ckpt), config.image_size, m.num_classes)
   source = pipeline.make_source(config, config.data.train_split)
   task = build_task(config, m, ckpt, train_source=source)
   init_spec.write_class_names(workdir, train.class_names(config, source))

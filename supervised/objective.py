@@ -12,12 +12,13 @@ import optax
 from vit import config as config_lib, objective as objective_lib, preprocess
 from vit.errors import ConfigError
 from vit.evaluators import fewshot
+from vit.models.spec import ModelSpec
 from vit.models.vit import VisionTransformer
 from vit.preprocess import to_model_input
 
 
 def make_loss_fn(model, to_input=to_model_input):
-  """`to_input`: uint8 images -> model input (vit.preprocess.input_fn of the model dict)."""
+  """`to_input`: uint8 images -> model input (vit.preprocess.input_fn of the model)."""
   def loss_fn(params, batch, rng, train):
     logits = model.apply({'params': params}, to_input(batch['image']), train=train,
                          rngs={'dropout': rng})
@@ -65,12 +66,12 @@ class Classifier:
     return {k: v for k, v in params.items() if k != 'head'}
 
 
-def check_classes(m: dict) -> None:
-  if m['num_classes'] is None:
+def check_classes(m: ModelSpec) -> None:
+  if m.num_classes is None:
     raise ConfigError('model.num_classes', None, 'must be set for classification')
 
 
-def build(config: ml_collections.ConfigDict, m: dict) -> Classifier:
+def build(config: ml_collections.ConfigDict, m: ModelSpec) -> Classifier:
   """The classifier of a validated config (`m`: its resolved model); ConfigError without
   model.num_classes."""
   check_classes(m)

@@ -97,18 +97,19 @@ def prepare_images(images: Sequence[np.ndarray], size: int, channels: int,
 def load_classifier(spec: str, resolution: Optional[int] = None):
   """(apply_fn(uint8 batch) -> logits, checkpoint, resolution) for a checkpoint with a head."""
   ckpt = init_spec.load(spec)
-  if ckpt.model['num_classes'] is None:
+  model = config_lib.upgrade(ckpt.model)
+  if model.num_classes is None:
     raise UserError(f'--init {spec}: has no classification head (an MPP or headless '
                     f'backbone); fine-tune it with supervised.finetune first')
   size = resolution or ckpt.image_size
   stride = init_spec.patch_stride(ckpt.model)
   if size % stride:
     raise UserError(f'--resolution {size}: not a multiple of the model\'s patch stride {stride}')
-  net = config_lib.build_model(ckpt.model)
+  net = config_lib.build_model(model)
   target = init_spec.abstract_params(ckpt.model, size, ckpt.channels)
   grid = init_spec.grid_at(ckpt.model, size)
   params = init_spec.adapt_params(ckpt.params, target, grid, drop=(), what=f'--init {spec}')
-  to_input = input_fn(ckpt.model)  # The checkpoint's own normalisation (HF, timm) or x/127.5-1.
+  to_input = input_fn(model)  # The checkpoint's own normalisation (HF, timm) or x/127.5-1.
   logits = jax.jit(lambda p, x: net.apply({'params': p}, to_input(x), train=False))
   params = jax.device_put(params)
   return (lambda batch: np.asarray(logits(params, batch))), ckpt, size

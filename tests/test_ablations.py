@@ -264,7 +264,7 @@ def test_remat_gives_the_same_logits_and_gradients_for_the_switches():
   config.model.transformer.num_layers = 1
   m = config_lib.validate(config)
   plain = config_lib.build_model(m)
-  remat = config_lib.build_model(dict(m, remat=True))
+  remat = config_lib.build_model(m.replace(remat=True))
   x = jax.random.uniform(jax.random.key(0), (2, 28, 28, 1), minval=-1, maxval=1)
   params = nn.unbox(plain.init(jax.random.key(1), x, train=False)['params'])
   params['head']['kernel'] = jax.random.normal(jax.random.key(2), params['head']['kernel'].shape)

@@ -1,5 +1,7 @@
 """Config validation: every user mistake is reported with the key and the value."""
+import dataclasses
 import importlib
+import json
 import os
 import re
 import subprocess
@@ -12,6 +14,7 @@ import pytest
 
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
+from vit.models import ModelSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -72,9 +75,29 @@ def test_preset_fills_only_unset_keys():
   config.model.patches.size = None
   config.image_size = 224
   m = config_lib.validate(config, num_devices=1)
-  assert m['hidden_size'] == 768 and m['transformer']['num_heads'] == 12
-  assert m['transformer']['mlp_dim'] == 3072 and m['transformer']['num_layers'] == 6
-  assert tuple(m['patches']['size']) == (16, 16)
+  assert m.hidden_size == 768 and m.num_heads == 12
+  assert m.mlp_dim == 3072 and m.num_layers == 6
+  assert m.patch_size == (16, 16)
+
+
+def test_the_resolved_model_is_a_frozen_spec():
+  m = config_lib.validate(small(), num_devices=1)
+  assert isinstance(m, ModelSpec) and m.patch_size == (4, 4) and m.hidden_size == 16
+  assert (m.mlp_dim, m.num_heads, m.num_layers, m.posemb) == (32, 2, 1, 'learned_1d')
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    m.hidden_size = 32
+  # Checkpoints and the formats keep config.model's nested layout.
+  assert m.to_dict() == config_lib.resolved_model(small())
+  assert ModelSpec.from_dict(m.to_dict()) == m and m.replace(dtype='bfloat16') != m
+
+
+def test_an_old_saved_model_is_upgraded_in_one_place():
+  saved = json.loads(json.dumps(small().model.to_dict()))  # As a workdir's config holds it.
+  for key in ('posemb', 'attention', 'attention_kernel', 'scan_layers', 'remat_policy',
+              'layer_norm', 'pixels'):
+    del saved[key]  # Keys the schema gained after the first runs were saved.
+  saved['retired_key'] = 1
+  assert config_lib.upgrade(saved) == config_lib.validate(small(), num_devices=1)
 
 
 def _cli(*args):
@@ -88,6 +111,7 @@ def test_command_line_mistakes_are_one_line_errors():
       ('--config.model.hidden_sizee=3', 'Did you mean "hidden_size"'),
       ('--config.image_size=30', 'config.image_size=30: not divisible by the patch size 4'),
       ('--config=configs/missing.py', 'configs/missing.py'),
+      ('--config.model.posemb=learned_3d', "config.model.posemb='learned_3d': must be one of"),
   ):
     result = _cli('-m', 'supervised.train', '--workdir', '/tmp/unused-workdir', override)
     assert result.returncode == 2, result.stderr
@@ -112,12 +136,12 @@ def test_auto_attention_kernel_is_cudnn_only_on_gpus_in_bf16():
   m = config_lib.validate(small())
   assert config_lib.attention_kernel(m) is None  # This CPU: XLA's attention.
   assert config_lib.attention_kernel(m, platform='gpu') is None  # float32 compute.
-  bf16 = dict(m, dtype='bfloat16')
+  bf16 = m.replace(dtype='bfloat16')
   assert config_lib.attention_kernel(bf16, platform='gpu') == 'cudnn'
   assert config_lib.attention_kernel(bf16, platform='tpu') is None
   # A logits bias with ViT's odd token count is refused by cuDNN's training kernels.
-  assert config_lib.attention_kernel(dict(bf16, posemb='relative'), platform='gpu') is None
-  assert config_lib.attention_kernel(dict(bf16, attention_kernel='xla'), platform='gpu') == 'xla'
+  assert config_lib.attention_kernel(bf16.replace(posemb='relative'), platform='gpu') is None
+  assert config_lib.attention_kernel(bf16.replace(attention_kernel='xla'), platform='gpu') == 'xla'
 
 
 @pytest.mark.parametrize('mutate,message', [
@@ -143,9 +167,9 @@ def test_scanned_model_takes_looped_checkpoint_params():
   config = small()
   m = config_lib.validate(config, num_devices=1)
   looped = init_spec.abstract_params(m, 28, 3)
-  scanned = init_spec.abstract_params(dict(m, scan_layers=True), 28, 3)
+  scanned = init_spec.abstract_params(m.replace(scan_layers=True), 28, 3)
   params = jax.tree.map(lambda s: np.ones(s.shape, s.dtype), looped)
-  adapted = init_spec.adapt_params(params, scanned, init_spec.grid_at(m, 28))
+  adapted = init_spec.adapt_params(params, scanned, config_lib.token_grid(config, m))
   assert jax.tree.map(np.shape, adapted) == jax.tree.map(lambda s: s.shape, scanned)
   np.testing.assert_array_equal(
       vit_model.unstack_blocks(adapted)['Transformer']['encoderblock_0']['LayerNorm_0']['scale'],

@@ -151,8 +151,9 @@ def test_refusals_name_the_formats_that_do_hold_the_model(run, tmp_path):
   imagenet = dict(rescale=1 / 255, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
   with pytest.raises(UserError, match=r'LayerNorm epsilon 1e-12 \(timm: 1e-6\); export with '
                                       r'--format hf$'):  # vit_jax holds neither.
-    timm_format.check_expressible(params, dict(m, layer_norm_epsilon=1e-12, pixels=imagenet))
+    timm_format.check_expressible(params, dict(m.to_dict(), layer_norm_epsilon=1e-12,
+                                               pixels=imagenet))
   with pytest.raises(UserError, match=r'\(pre_logits\); export with --format vit_jax$'):
-    timm_format.check_expressible(dict(params, pre_logits={}), m)
+    timm_format.check_expressible(dict(params, pre_logits={}), m.to_dict())
   with pytest.raises(UserError, match=r'^--checkpoint nope: directory not found \(a trainer '):
     export.export('nope', 'hf', str(tmp_path / 'o'))

@@ -63,7 +63,7 @@ def test_finetune_npz_at_higher_resolution(tmp_path, fmnist):
   config = small_config(f'vit_jax:{tmp_path / "tiny.npz"}', image_size=32)
   m, ckpt = finetune.prepare(config)
   assert ckpt.image_size == 28 and config.model.hidden_size == 32
-  assert m['representation_size'] is None and m['num_classes'] == 10  # Head replaced.
+  assert m.representation_size is None and m.num_classes == 10  # Head replaced.
   task = finetune.build_task(config, m, ckpt, train_source=fmnist[0], eval_source=fmnist[1])
   state = initial_state(config, task)
   p = state.params
@@ -110,7 +110,7 @@ def test_finetune_from_transformers_checkpoint(tmp_path, fmnist):
   assert config.model.gelu_approximate is False and config.model.layer_norm_epsilon == 1e-12
   assert tuple(config.model.patches.size) == (4, 4) and config.model.transformer.num_layers == 2
   # The processor's normalisation, from preprocessor_config.json, is the model's input.
-  assert tuple(config.model.pixels.mean) == tuple(mean) and m['pixels']['std'] == tuple(std)
+  assert tuple(config.model.pixels.mean) == tuple(mean) and m.pixels.std == tuple(std)
   task = finetune.build_task(config, m, ckpt, train_source=fmnist[0], eval_source=fmnist[1])
   state = initial_state(config, task)
   np.testing.assert_array_equal(

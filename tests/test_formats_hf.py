@@ -73,11 +73,11 @@ def test_fewshot_and_inspect_use_the_processor(checkpoint):
   ckpt = init_spec.load(f'hf:{directory}')
   images = _uint8()
   ref_logits, ref_features = _pipeline(model, processor, images)
-  features = fewshot.make_representation_fn(dict(ckpt.model, num_classes=None))(
-      ckpt.params, images)
+  model = config_lib.upgrade(ckpt.model)
+  features = fewshot.make_representation_fn(model.replace(num_classes=None))(ckpt.params, images)
   assert np.abs(np.asarray(features) - ref_features).max() <= TOL
-  net = config_lib.build_model(ckpt.model)
-  out, _ = attention.make_attention_fn(net, input_fn(ckpt.model))(ckpt.params, images)
+  net = config_lib.build_model(model)
+  out, _ = attention.make_attention_fn(net, input_fn(model))(ckpt.params, images)
   assert np.abs(np.asarray(out) - ref_logits).max() <= TOL
 
 

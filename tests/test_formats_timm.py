@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from supervised import predict
-from vit import export, init_spec
+from vit import config as config_lib, export, init_spec
 from vit.errors import UserError
 
 torch = pytest.importorskip('torch')
@@ -179,7 +179,7 @@ def test_a_stated_crop_pct_and_filter_are_applied_as_timm_applies_them(tmp_path)
   ours = predict.prepare_images(images, size, 3, ckpt.view)
   ref = _timm_eval_inputs(model, images)
   from vit.preprocess import input_fn
-  ours_input = np.asarray(input_fn(ckpt.model)(ours)).transpose(0, 3, 1, 2)
+  ours_input = np.asarray(input_fn(config_lib.upgrade(ckpt.model))(ours)).transpose(0, 3, 1, 2)
   assert np.abs(ours_input - ref).max() <= TOL
   with torch.no_grad():
     ref_logits = model(torch.from_numpy(ref)).numpy()
@@ -222,7 +222,8 @@ def test_exports_state_the_view_the_product_uses(tmp_path, capsys):
   if _has_torchvision():  # timm's create_transform needs it.
     from vit.preprocess import input_fn
     images = _shapes()
-    ours = np.asarray(input_fn(ckpt.model)(predict.prepare_images(images, ckpt.image_size, 3)))
+    to_input = input_fn(config_lib.upgrade(ckpt.model))
+    ours = np.asarray(to_input(predict.prepare_images(images, ckpt.image_size, 3)))
     assert np.abs(ours.transpose(0, 3, 1, 2) - _timm_eval_inputs(again, images)).max() <= TOL
 
 

@@ -9,9 +9,8 @@ from vit import config as config_lib
 from vit.errors import ConfigError
 from vit.evaluators import fewshot, linear_probe
 
-MODEL = dict(config_lib.model_defaults().to_dict(), hidden_size=16, patches=dict(size=(4, 4)),
-             transformer=dict(mlp_dim=32, num_heads=2, num_layers=2, dropout_rate=0.0,
-                              attention_dropout_rate=0.0))
+MODEL = config_lib.upgrade(dict(hidden_size=16, patches=dict(size=(4, 4)),
+                                transformer=dict(mlp_dim=32, num_heads=2, num_layers=2)))
 
 
 def _blobs(n, seed, noise=1.0):
@@ -51,7 +50,7 @@ def test_representations_are_the_class_token_the_mean_patch_and_a_block():
   images = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), np.uint8)
   params = nn.unbox(net.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)), train=False)['params'])
   out = linear_probe.representations_fn(MODEL, block=0)(params, images)
-  token = fewshot.make_representation_fn(dict(MODEL, classifier='token'))(params, images)
+  token = fewshot.make_representation_fn(MODEL.replace(classifier='token'))(params, images)
   np.testing.assert_allclose(out['class_token'], token, rtol=1e-5, atol=1e-6)
   last = linear_probe.representations_fn(MODEL, block=1)(params, images)
   # Block 1 is the last block: its output, before encoder_norm, differs from the normed one.

@@ -202,7 +202,7 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
   config = ft_config.get_config()
   config.init = f'mae:{mae_workdir}'
   m, ckpt = finetune.prepare(config)
-  grid = init_spec.grid_at(m, config.image_size)
+  grid = config_lib.token_grid(config, m)
   target = init_spec.abstract_params(m, config.image_size, 3)
   adapted = init_spec.adapt_params(ckpt.params, target, grid)
   np.testing.assert_array_equal(
@@ -217,7 +217,7 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
   torch = pytest.importorskip('torch')
   hf_model = transformers.ViTModel.from_pretrained(out, add_pooling_layer=False).eval()
   images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
-  ours = objective.make_representation_fn(ckpt.model)(ckpt.params, images)
+  ours = objective.make_representation_fn(config_lib.upgrade(ckpt.model))(ckpt.params, images)
   with torch.no_grad():
     theirs = hf_model(pixel_values=torch.from_numpy(
         (images / 127.5 - 1).astype(np.float32).transpose(0, 3, 1, 2))).last_hidden_state

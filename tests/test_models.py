@@ -297,9 +297,11 @@ def test_layer_norm_implementation_is_chosen_by_name_not_by_this_host():
   assert 'reduce-window' in hlo('reduce') and 'reduce-window' not in hlo('dots')
   np.testing.assert_allclose(LayerNorm(implementation='reduce').apply(params, x),
                              LayerNorm(implementation='dots').apply(params, x), atol=1e-5)
-  m = dict(config_lib.model_defaults().to_dict(), layer_norm='auto')
+  config = config_lib.defaults()
+  config.model.name = 'ViT-Ti/16'  # model.layer_norm at its default, 'auto'.
+  m = config_lib.validate(config, num_devices=1)
   assert config_lib.layer_norm(m, 'tpu') == 'reduce' and config_lib.layer_norm(m, 'cpu') == 'dots'
-  assert config_lib.layer_norm(dict(m, layer_norm='reduce'), 'cpu') == 'reduce'
+  assert config_lib.layer_norm(m.replace(layer_norm='reduce'), 'cpu') == 'reduce'
 
 
 @pytest.mark.parametrize('key,value', [('posemb', 'learned_3d'), ('attention', 'local')])
@@ -307,3 +309,15 @@ def test_unknown_posemb_or_attention_is_refused_in_one_line(key, value):
   with pytest.raises(ValueError) as e:
     _init(tiny(**{key: value}))
   assert re.fullmatch(f"model.{key}='{value}': must be one of [a-z_0-9, ]+", e.value.args[0])
+
+
+@pytest.mark.parametrize('overrides,message', [
+    (dict(layer_norm='fast'), "model.layer_norm='fast': must be one of auto, dots, reduce"),
+    (dict(remat=True, remat_policy='save_all'),
+     "model.remat_policy='save_all': not a jax.checkpoint_policies name, e.g. nothing_saveable"),
+])
+def test_unknown_layer_norm_or_remat_policy_is_refused_in_one_line(overrides, message):
+  # As a model dict saved elsewhere would reach the model: past vit.config.validate.
+  with pytest.raises(ValueError) as e:
+    _init(tiny(**overrides))
+  assert e.value.args[0] == message

@@ -98,7 +98,7 @@ def test_grey_configs_end_to_end_32_levels_then_fine_tuning(tmp_path):
   grey = ft_grey.get_config()
   grey.init = f'mpp:{workdir}'
   m, ckpt = finetune.prepare(grey)
-  assert ckpt.channels == 1 and m['hidden_size'] == 16
+  assert ckpt.channels == 1 and m.hidden_size == 16
   rgb = ft_rgb.get_config()
   rgb.init = f'mpp:{workdir}'
   with pytest.raises(ConfigError, match=r'config.data.channels=3: the checkpoint mpp:.* takes '

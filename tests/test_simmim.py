@@ -159,9 +159,9 @@ def test_run_checkpoints_resumes_and_fine_tunes(simmim_workdir):
   config = ft_config.get_config()
   config.init = f'simmim:{simmim_workdir}'
   m, ckpt = finetune.prepare(config)
-  assert (ckpt.image_size, ckpt.channels, m['hidden_size']) == (28, 3, 16)
+  assert (ckpt.image_size, ckpt.channels, m.hidden_size) == (28, 3, 16)
   target = init_spec.abstract_params(m, config.image_size, 3)
-  adapted = init_spec.adapt_params(ckpt.params, target, init_spec.grid_at(m, config.image_size))
+  adapted = init_spec.adapt_params(ckpt.params, target, config_lib.token_grid(config, m))
   saved = checkpoints.restore_params(simmim_workdir)
   np.testing.assert_array_equal(adapted['embedding']['kernel'],
                                 saved['backbone']['embedding']['kernel'])

@@ -18,7 +18,6 @@ from vit import config as config_lib
 from vit.errors import UserError
 from vit.formats.tree import flatten
 from vit.models import resnet
-from vit.models.factory import resnet_config
 
 _MAX_LISTED = 12
 
@@ -64,7 +63,7 @@ def out_dim(params: dict, name: str) -> Optional[int]:
 
 def patch_stride(model: dict) -> int:
   """Pixels per token side: the patch size, times the ResNet stem's stride for hybrids."""
-  res = resnet_config(model)
+  res = config_lib.upgrade(model).resnet
   return model['patches']['size'][0] * (resnet.total_stride(res) if res else 1)
 
 

@@ -9,7 +9,7 @@ keys follow the official vit_jax layout.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 import ml_collections
@@ -20,10 +20,9 @@ from vit.data import subsets
 from vit.errors import ConfigError
 from vit.models import factory, layer_norm as layer_norm_lib, resnet
 # The model factory lives beside the models; these names stay for the callers of vit.config.
-from vit.models.factory import (attention_kernel, build_model, layer_norm,  # noqa: F401
-                                resolved_model)
-from vit.models.factory import resnet_config as _resnet_config
-from vit.models.vit import ATTENTIONS, POSEMBS
+from vit.models.factory import attention_kernel, layer_norm, resolved_model  # noqa: F401
+from vit.models.spec import ModelSpec
+from vit.models.vit import ATTENTIONS, POSEMBS, VisionTransformer
 
 _none = config_dict.placeholder
 
@@ -34,7 +33,8 @@ LAYER_NORMS = ('auto', *layer_norm_lib.IMPLEMENTATIONS)
 
 
 def model_defaults() -> ml_collections.ConfigDict:
-  """Architecture keys; `name` (a preset) fills whichever of them are left unset (None)."""
+  """Architecture keys; `name` (a preset) fills whichever of them are left unset (None).
+  Resolved, they are a `vit.models.spec.ModelSpec` (`validate`, `upgrade`)."""
   return ml_collections.ConfigDict(dict(
       name=_none(str),
       patches=dict(size=_none(tuple)),
@@ -177,23 +177,19 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
       raise ConfigError(key, flat[key], 'unknown config key')
 
 
-def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None) -> dict:
-  """Checks everything knowable before compiling or loading; returns the resolved model."""
+def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None
+             ) -> ModelSpec:
+  """Checks everything knowable before compiling or loading; returns the resolved model.
+
+  Raises ConfigError naming the first key at fault (an unknown key, a value out of range, an
+  unknown choice such as `model.posemb`, a size that does not divide another) and its value.
+  `num_devices` (default: jax.device_count()) must divide each micro-batch.
+  """
   check_known_keys(config)
   for key in ('batch_size', 'total_steps', 'image_size'):
     if not isinstance(config[key], int) or config[key] <= 0:
       raise ConfigError(key, config[key], 'must be a positive integer')
-  m = resolved_model(config)
-  size = m['patches']['size']
-  if len(size) != 2 or any(not isinstance(s, int) or s <= 0 for s in size):
-    raise ConfigError('model.patches.size', size, 'must be two positive integers')
-  stride = resnet.total_stride(_resnet_config(m)) if _resnet_config(m) else 1
-  for i, p in enumerate(size):
-    if config.image_size % (p * stride):
-      raise ConfigError('image_size', config.image_size,
-                        f'not divisible by the patch size {p * stride} '
-                        f'(model.patches.size={tuple(size)}'
-                        + (f' after the ResNet stride {stride})' if stride > 1 else ')'))
+  m = _resolve(config)
   subsets.check_config(config.data)
   pad = config.data.crop_padding
   if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < config.image_size:
@@ -201,31 +197,65 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if not 0.0 < config.data.eval_crop_fraction <= 1.0:
     raise ConfigError('data.eval_crop_fraction', config.data.eval_crop_fraction,
                       'must be in (0, 1]')
-  t = m['transformer']
-  if m['hidden_size'] % t['num_heads']:
-    raise ConfigError('model.transformer.num_heads', t['num_heads'],
-                      f'does not divide model.hidden_size={m["hidden_size"]}')
+  _check_model(m)
+  _check_training(config)
+  for definition in sections(config).values():
+    definition.validate(config, m)  # The objectives' own keys (vit/objective.py).
+  num_devices = jax.device_count() if num_devices is None else num_devices
+  accum = config.optimizer.accumulation_steps
+  if (config.batch_size // accum) % num_devices:
+    raise ConfigError('batch_size', config.batch_size,
+                      f'each micro-batch of {config.batch_size // accum} must divide evenly '
+                      f'over the {num_devices} devices')
+  return m
+
+
+def _resolve(config: ml_collections.ConfigDict) -> ModelSpec:
+  """config.model as a spec, once its patch size and pixels have the shape a spec needs."""
+  d = resolved_model(config)
+  size = d['patches']['size']
+  if (not isinstance(size, (tuple, list)) or len(size) != 2
+      or any(not isinstance(s, int) or s <= 0 for s in size)):
+    raise ConfigError('model.patches.size', size, 'must be two positive integers')
+  _check_pixels(d['pixels'] or {}, config.data.channels)
+  m = ModelSpec.from_dict(d)
+  stride = resnet.total_stride(m.resnet) if m.resnet else 1
+  for p in m.patch_size:
+    if config.image_size % (p * stride):
+      raise ConfigError('image_size', config.image_size,
+                        f'not divisible by the patch size {p * stride} '
+                        f'(model.patches.size={m.patch_size}'
+                        + (f' after the ResNet stride {stride})' if stride > 1 else ')'))
+  return m
+
+
+def _check_model(m: ModelSpec) -> None:
+  if m.hidden_size % m.num_heads:
+    raise ConfigError('model.transformer.num_heads', m.num_heads,
+                      f'does not divide model.hidden_size={m.hidden_size}')
   for key, allowed in (('classifier', CLASSIFIERS), ('posemb', POSEMBS),
                        ('attention', ATTENTIONS), ('dtype', DTYPES),
                        ('attention_kernel', ATTENTION_KERNELS), ('layer_norm', LAYER_NORMS)):
-    if m.get(key, allowed[0]) not in allowed:
-      raise ConfigError(f'model.{key}', m[key], f'must be one of {", ".join(allowed)}')
-  if m.get('attention_kernel') == 'cudnn' and m['dtype'] != 'bfloat16':
+    if getattr(m, key) not in allowed:
+      raise ConfigError(f'model.{key}', getattr(m, key), f'must be one of {", ".join(allowed)}')
+  if m.attention_kernel == 'cudnn' and m.dtype != 'bfloat16':
     raise ConfigError('model.attention_kernel', 'cudnn',
-                      f'needs model.dtype=bfloat16 (cuDNN attention has no {m["dtype"]} kernel)')
-  if m.get('attention_kernel') == 'cudnn' and m['posemb'] == 'relative':
+                      f'needs model.dtype=bfloat16 (cuDNN attention has no {m.dtype} kernel)')
+  if m.attention_kernel == 'cudnn' and m.posemb == 'relative':
     raise ConfigError('model.attention_kernel', 'cudnn',
                       'cannot add model.posemb=relative biases (cuDNN\'s training kernels '
                       'refuse a bias over an odd token count); use xla')
   for kind, multiple in (('learned_2d', 2), ('sincos_2d', 4)):
-    if m['posemb'] == kind and m['hidden_size'] % multiple:
-      raise ConfigError('model.hidden_size', m['hidden_size'],
+    if m.posemb == kind and m.hidden_size % multiple:
+      raise ConfigError('model.hidden_size', m.hidden_size,
                         f'must be a multiple of {multiple} for model.posemb={kind}')
   _check_scaling(m)
-  _check_pixels(m.get('pixels') or {}, config.data.channels)
   for key in ('dropout_rate', 'attention_dropout_rate'):
-    if not 0.0 <= t[key] < 1.0:
-      raise ConfigError(f'model.transformer.{key}', t[key], 'must be in [0, 1)')
+    if not 0.0 <= getattr(m, key) < 1.0:
+      raise ConfigError(f'model.transformer.{key}', getattr(m, key), 'must be in [0, 1)')
+
+
+def _check_training(config: ml_collections.ConfigDict) -> None:
   if config.optimizer.name not in ('adam', 'sgd'):
     raise ConfigError('optimizer.name', config.optimizer.name, 'must be adam or sgd')
   if config.optimizer.decay not in ('cosine', 'linear', 'constant', 'rsqrt'):
@@ -241,22 +271,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if accum < 1 or config.batch_size % accum:
     raise ConfigError('optimizer.accumulation_steps', accum,
                       f'must be >= 1 and divide batch_size={config.batch_size}')
-  for definition in sections(config).values():
-    definition.validate(config, m)  # The objectives' own keys (vit/objective.py).
-  num_devices = jax.device_count() if num_devices is None else num_devices
-  if (config.batch_size // accum) % num_devices:
-    raise ConfigError('batch_size', config.batch_size,
-                      f'each micro-batch of {config.batch_size // accum} must divide evenly '
-                      f'over the {num_devices} devices')
-  return m
 
 
-def _check_scaling(m: dict) -> None:
-  policy = m.get('remat_policy')
+def _check_scaling(m: ModelSpec) -> None:
+  policy = m.remat_policy
   if policy is not None and not callable(getattr(jax.checkpoint_policies, policy, None)):
     raise ConfigError('model.remat_policy', policy, 'not a jax.checkpoint_policies name, e.g. '
                       'nothing_saveable, dots_with_no_batch_dims_saveable')
-  if m.get('scan_layers') and (m['posemb'] == 'relative' or m['attention'] != 'global'):
+  if m.scan_layers and (m.posemb == 'relative' or m.attention != 'global'):
     raise ConfigError('model.scan_layers', True, 'needs model.attention=global and no '
                       'model.posemb=relative (their per-layer modules sit outside the blocks)')
 
@@ -275,5 +297,38 @@ def _check_pixels(px: dict, channels: int) -> None:
     raise ConfigError('model.pixels', px, 'rescale and std must be positive')
 
 
-def token_grid(config: ml_collections.ConfigDict, m: dict) -> tuple[int, int]:
+def token_grid(config: ml_collections.ConfigDict, m: ModelSpec) -> tuple[int, int]:
+  """(rows, cols) of patch tokens `m` sees at config.image_size (after a hybrid's stem)."""
   return factory.token_grid(config.image_size, m)
+
+
+def upgrade(model: Mapping[str, Any]) -> ModelSpec:
+  """A model dict in `config.model`'s layout as any version of the trainers saved it (a
+  workdir's config, a checkpoint read by vit.init_spec, a format's stated keys), as a spec.
+
+  The one place old saves are upgraded: a key they lack (one the schema gained since, such
+  as posemb, attention, attention_kernel, scan_layers, remat_policy, layer_norm or pixels)
+  takes its default from `model_defaults()`, and a key the schema no longer has is dropped.
+  The sizes must be set (a resolved model: `resolved_model` of the saved config).
+  """
+  full = model_defaults().to_dict()
+  _overlay(full, model)
+  return ModelSpec.from_dict(full)
+
+
+def _overlay(defaults: dict, saved: Mapping[str, Any]) -> None:
+  for key, value in saved.items():
+    if key not in defaults:
+      continue
+    if isinstance(defaults[key], dict) and isinstance(value, Mapping):
+      _overlay(defaults[key], value)
+    else:
+      defaults[key] = value
+
+
+def build_model(model: ModelSpec | Mapping[str, Any], *, num_classes: int | None = None,
+                classifier: str | None = None) -> VisionTransformer:
+  """`vit.models.factory.build_model` of a spec, or of a saved model dict (vit.init_spec and
+  vit.architecture read checkpoints as dicts), upgraded first (`upgrade`)."""
+  spec = model if isinstance(model, ModelSpec) else upgrade(model)
+  return factory.build_model(spec, num_classes=num_classes, classifier=classifier)

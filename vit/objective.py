@@ -70,9 +70,10 @@ class Definition:
   """An objective as a package states it (its module's `DEFINITION`).
 
   `name` is the package and the key of its config section. `build(config, model)` returns an
-  `Objective`; `model` is the resolved model of `vit.config.validate`. `section()` returns the
-  defaults of `config.<name>` (None: the objective has no keys of its own); `validate(config,
-  model)` checks them, raising `vit.errors.ConfigError` that names the key.
+  `Objective`; `model` is the resolved model of `vit.config.validate`, a
+  `vit.models.spec.ModelSpec`. `section()` returns the defaults of `config.<name>` (None: the
+  objective has no keys of its own); `validate(config, model)` checks them, raising
+  `vit.errors.ConfigError` that names the key.
   """
   name: str
   build: Callable[[ml_collections.ConfigDict, Any], Objective]

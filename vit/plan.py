@@ -32,6 +32,7 @@ from ml_collections import config_flags
 
 from vit import cli, config as config_lib, objective as objective_lib, sharding
 from vit.errors import UserError
+from vit.models.spec import ModelSpec
 from vit.training import optimizers, sharded
 
 GiB = 1024 ** 3
@@ -111,7 +112,7 @@ def _quiet_stderr():
     os.close(saved)
 
 
-def objective_pieces(config, m: dict, objective: str):
+def objective_pieces(config, m: ModelSpec, objective: str):
   """(init_params, loss_fn) exactly as the objective's trainer builds its Task.
 
   `objective` names the package that defines it (`vit.objective.resolve`: 'mpp',
@@ -126,10 +127,10 @@ def compile_step(config, devices, objective: str):
   config = objective_lib.with_section(config, objective_lib.resolve(objective))
   m = config_lib.validate(config, num_devices=len(devices))
   # The target is a TPU, whatever this host is: its attention and LayerNorm, not this host's.
-  if m.get('attention_kernel', 'auto') == 'auto':
-    m = dict(m, attention_kernel='xla')
-  if m.get('layer_norm', 'auto') == 'auto':
-    m = dict(m, layer_norm=config_lib.layer_norm(m, 'tpu'))
+  if m.attention_kernel == 'auto':
+    m = m.replace(attention_kernel='xla')
+  if m.layer_norm == 'auto':
+    m = m.replace(layer_norm=config_lib.layer_norm(m, 'tpu'))
   init_params, loss_fn = objective_pieces(config, m, objective)
   task = sharded.Task(init_params=init_params, loss_fn=loss_fn, train_data=None)
   mesh = sharding.make_mesh(config.mesh, devices)

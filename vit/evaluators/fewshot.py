@@ -19,9 +19,10 @@ import jax
 import ml_collections
 import numpy as np
 
-from vit import sharding
+from vit import config as config_lib, sharding
 from vit.evaluators import embedding
 from vit.models import factory
+from vit.models.spec import ModelSpec
 from vit.preprocess import input_fn
 from vit.errors import ConfigError, UserError
 
@@ -105,12 +106,12 @@ class _Subset:
     return self.source[self.indices[index]]
 
 
-def make_representation_fn(model_dict: dict) -> Callable:
-  """params, uint8 images -> the representation a head would see (pre_logits when present)."""
-  classifier = model_dict['classifier']
-  classifier = 'token' if classifier == 'unpooled' else classifier
-  net = factory.build_model(model_dict, num_classes=0, classifier=classifier)
-  to_input = input_fn(model_dict)  # The checkpoint's own normalisation when it states one.
+def make_representation_fn(model: ModelSpec) -> Callable:
+  """params, uint8 images [B, H, W, C] -> float32 [B, D], the representation a head would
+  see (pre_logits when present) of the ViT `model` describes."""
+  classifier = 'token' if model.classifier == 'unpooled' else model.classifier
+  net = factory.build_model(model, num_classes=0, classifier=classifier)
+  to_input = input_fn(model)  # The checkpoint's own normalisation when it states one.
 
   def representation(params, images):
     params = {k: v for k, v in params.items() if k != 'head'}
@@ -182,12 +183,12 @@ class FewShotEvaluator:
     return results
 
 
-def from_config(config: ml_collections.ConfigDict, model_dict: dict, mesh, **kw
+def from_config(config: ml_collections.ConfigDict, model: ModelSpec, mesh, **kw
                 ) -> Optional[FewShotEvaluator]:
   """The evaluator config.fewshot asks for (None unless fewshot.enabled)."""
   if not config.fewshot.enabled:
     return None
-  return FewShotEvaluator(config, make_representation_fn(model_dict), mesh, **kw)
+  return FewShotEvaluator(config, make_representation_fn(model), mesh, **kw)
 
 
 # ----------------------------------------------------------------------------------------
@@ -235,7 +236,6 @@ def _check_flags(flags_) -> None:
 
 
 def _cli_config(flags_, ckpt) -> ml_collections.ConfigDict:
-  from vit import config as config_lib
   config = config_lib.defaults()
   config.image_size = flags_.image_size or ckpt.image_size
   config.eval_batch_size = flags_.batch_size
@@ -267,7 +267,7 @@ def main(argv) -> None:
   params = init_spec.adapt_params(ckpt.params, target, grid, drop=('head',), what=flags_.init)
   mesh = sharding.make_mesh(config.mesh)
   try:
-    evaluator = FewShotEvaluator(config, make_representation_fn(model), mesh)
+    evaluator = FewShotEvaluator(config, make_representation_fn(config_lib.upgrade(model)), mesh)
   except ConfigError as e:  # Name the flag the user typed, not the config key it set.
     flag = _FLAGS_OF_KEYS.get(e.key)
     if flag is None:

@@ -16,11 +16,13 @@ import jax
 import ml_collections
 import numpy as np
 
-from vit import config as config_lib, sharding
+from vit import sharding
 from vit.data import pipeline, subsets
 from vit.errors import ConfigError
 from vit.evaluators import embedding
 from vit.evaluators.fewshot import LeastSquares
+from vit.models import factory
+from vit.models.spec import ModelSpec
 from vit.preprocess import input_fn
 
 L2_GRID = tuple(2.0 ** k for k in range(-4, 17, 2))  # 1/16 .. 65536, as big_vision's sweep.
@@ -85,15 +87,14 @@ def pixels(source) -> tuple[np.ndarray, np.ndarray]:
   return images.reshape(len(images), -1).astype(np.float64), subsets.labels_of(source)
 
 
-def representations_fn(model_dict: dict, block: int) -> Callable:
+def representations_fn(model: ModelSpec, block: int) -> Callable:
   """params, uint8 images [B, H, W, C] -> {'class_token', 'mean_patch', 'block{b}_mean_patch'}:
   float [B, D] each. `block` counts from 0; the last block's outputs are after encoder_norm.
   """
-  layers = model_dict['transformer']['num_layers']
-  if not 0 <= block < layers:
-    raise ConfigError('probe_block', block, f'must be in [0, {layers}) for this model')
-  net = config_lib.build_model(model_dict, num_classes=None, classifier='unpooled')
-  name, to_input = f'encoderblock_{block}', input_fn(model_dict)
+  if not 0 <= block < model.num_layers:
+    raise ConfigError('probe_block', block, f'must be in [0, {model.num_layers}) for this model')
+  net = factory.build_model(model, num_classes=None, classifier='unpooled')
+  name, to_input = f'encoderblock_{block}', input_fn(model)
 
   def representation(params, images):
     params = {k: v for k, v in params.items() if k != 'head'}
@@ -106,10 +107,10 @@ def representations_fn(model_dict: dict, block: int) -> Callable:
   return representation
 
 
-def probe_backbone(config, model_dict: dict, params, block: int, shots=(5, 10, 25),
+def probe_backbone(config, model: ModelSpec, params, block: int, shots=(5, 10, 25),
                    draws: int = 3) -> dict:
   """Every probe of every representation of a backbone: {'{rep}/{probe}': accuracy}."""
-  fn = jax.jit(representations_fn(model_dict, block))
+  fn = jax.jit(representations_fn(model, block))
   mesh = sharding.make_mesh(config.mesh)
   sources = splits(config)
   embedded = {name: embedding.embed(config, fn, params, s, mesh) for name, s in sources.items()}

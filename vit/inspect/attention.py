@@ -26,7 +26,7 @@ def make_attention_fn(model, to_input=to_model_input):
   """Jitted `(params, uint8 images) -> (outputs, [weights [B, heads, T, T] per block])`.
 
   Blocks are in depth order; an axial layer contributes its row block, then its column block.
-  `to_input` scales the uint8 images (vit.preprocess.input_fn of the model dict).
+  `to_input` scales the uint8 images (vit.preprocess.input_fn of the model spec).
   """
 
   def fn(params, images):

@@ -11,20 +11,20 @@ import numpy as np
 from vit import atomic_write, config as config_lib, preprocess
 from vit.errors import UserError
 from vit.inspect import attention, embeddings, figures, images as images_lib
-from vit.models.vit import patch_grid
+from vit.models import factory
+from vit.models.spec import ModelSpec
 
 FIGURES = ('attention_distance.png', 'attention_rollout.png', 'posemb_similarity.png',
            'embedding_filters.png')
 
 
-def analyse(model: dict, params: dict, images: np.ndarray, *, show: int = 8,
+def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8,
             batch_size: int = 32, class_names: Optional[list] = None) -> dict:
-  """Every §4.5 analysis of `params` (a vit.config model dict) on uint8 `images`."""
+  """Every §4.5 analysis of `params` (the ViT `model` describes) on uint8 `images`."""
   size = images.shape[1]
-  resnet_config = config_lib._resnet_config(model)  # pylint: disable=protected-access
-  grid = patch_grid((size, size), model['patches']['size'], resnet_config)
+  grid = factory.token_grid(size, model)
   pixels = (size // grid[0], size // grid[1])
-  attn = attention.make_attention_fn(config_lib.build_model(model), preprocess.input_fn(model))
+  attn = attention.make_attention_fn(factory.build_model(model), preprocess.input_fn(model))
   distances, maps, predicted = [], [], []
   for start in range(0, len(images), batch_size):
     out, weights = jax.device_get(attn(params, images[start:start + batch_size]))
@@ -32,7 +32,7 @@ def analyse(model: dict, params: dict, images: np.ndarray, *, show: int = 8,
                                for w in weights], axis=1))
     if start < show:
       maps.append(attention.rollout_map(attention.attention_rollout(weights), grid))
-      if model.get('num_classes'):
+      if model.num_classes:
         predicted += [int(i) for i in np.argmax(out, axis=-1)]
   result = dict(
       grid=grid, pixels_per_patch=pixels, image_size=size,
@@ -40,11 +40,11 @@ def analyse(model: dict, params: dict, images: np.ndarray, *, show: int = 8,
       rollout_maps=np.concatenate(maps)[:show], images_shown=images[:show],
       predicted=[(class_names[i] if class_names else str(i)) for i in predicted[:show]])
   result['attention_distance'] = result['attention_distance_per_image'].mean(axis=0)
-  posemb = model.get('posemb', 'learned_1d')
+  posemb = model.posemb
   per_patch = embeddings.patch_position_embeddings(params, posemb, grid)
   if per_patch is not None:
     result['posemb_similarity'] = embeddings.posemb_similarity(per_patch, grid)
-  if resnet_config is None:  # A hybrid's embedding sees ResNet features, not pixels.
+  if model.resnet is None:  # A hybrid's embedding sees ResNet features, not pixels.
     result['filter_components'], result['filter_explained_variance'] = embeddings.filter_pca(
         params['embedding']['kernel'])
   return result
@@ -92,10 +92,10 @@ def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: in
   ckpt = init_spec.load(spec)
   pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images,
                                      ckpt.view)
-  result = analyse(ckpt.model, ckpt.params, pictures, show=min(show, len(pictures)),
+  model = config_lib.upgrade(ckpt.model)
+  result = analyse(model, ckpt.params, pictures, show=min(show, len(pictures)),
                    batch_size=batch_size, class_names=ckpt.class_names)
-  summary = dict(model=init_spec.describe(ckpt), init=spec,
-                 posemb=ckpt.model.get('posemb', 'learned_1d'),
-                 attention=ckpt.model.get('attention', 'global'),
+  summary = dict(model=init_spec.describe(ckpt), init=spec, posemb=model.posemb,
+                 attention=model.attention,
                  images=f'{len(pictures)} from {source}')
   return write(result, out, summary)

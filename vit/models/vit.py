@@ -382,7 +382,12 @@ class Encoder(nn.Module):
   def _remat(self, block_cls, **kwargs):
     # `deterministic` is passed positionally: remat must treat it as static (argnum 2 counts
     # self), or `not deterministic` would be traced.
-    policy = getattr(jax.checkpoint_policies, self.remat_policy) if self.remat_policy else None
+    policy = None
+    if self.remat_policy is not None:
+      policy = getattr(jax.checkpoint_policies, self.remat_policy, None)
+      if not callable(policy):
+        raise ValueError(f'model.remat_policy={self.remat_policy!r}: not a '
+                         'jax.checkpoint_policies name, e.g. nothing_saveable')
     return nn.remat(block_cls, static_argnums=(2,), policy=policy, **kwargs)
 
   def _looped(self, x: Array, train: bool, prefix: int) -> Array:
