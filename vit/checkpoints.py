@@ -38,6 +38,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
 from vit import atomic_write
@@ -261,7 +262,6 @@ def check_saves(mngr: ocp.CheckpointManager, step: int, sync: bool) -> None:
     mngr.failed = failed
   if not sync:
     return
-  from jax.experimental import multihost_utils
   mine = mngr.failed
   steps = multihost_utils.process_allgather(np.int32(-1 if mine is None else mine[0]))
   if np.any(steps >= 0):
@@ -370,7 +370,6 @@ def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     os.makedirs(os.path.dirname(target), exist_ok=True)
     shutil.move(source, target)
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     multihost_utils.sync_global_devices(f'checkpoint_move_aside_{step}')
   mngr.reload()
   return target
@@ -518,7 +517,6 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   if jax.process_index() == 0:
     fd, holder = _acquire(os.path.join(workdir, LOCK_FILE))
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils
     refused = multihost_utils.broadcast_one_to_all(np.int32(holder is not None))
     if int(refused) and holder is None:
       holder = 'the run that process 0 found there'
@@ -610,7 +608,6 @@ class StopSignal:
     """Call at every step on every process."""
     if jax.process_count() == 1:
       return self.received is not None
-    from jax.experimental import multihost_utils
     if multihost_utils.reached_preemption_sync_point(step):
       return True
     if not sync:

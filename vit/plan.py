@@ -28,6 +28,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from absl import flags
+from jax.experimental import topologies
 from ml_collections import config_flags
 
 from vit import cli, config as config_lib, objective as objective_lib, sharding
@@ -79,7 +80,6 @@ def topology_devices(topology: str) -> tuple[list, Chip]:
   if not match or match.group(1) not in CHIPS:
     raise UserError(f'--topology={topology!r}: expected VERSION:AxB[xC] with VERSION one of '
                     f'{", ".join(CHIPS)}, e.g. v5p:4x4x4')
-  from jax.experimental import topologies
   megacore = match.group(1) in ('v4', 'v5p')
   dims = [int(d) for d in match.group(2).split('x')] + [1, 1]
   per_host = tuple(min(d, h) for d, h in zip(dims, (2, 2, 1)))  # Smaller slices: one host.

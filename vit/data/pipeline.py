@@ -12,6 +12,7 @@ element, so batching inside the workers would make the batches depend on the wor
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import signal
 import sys
@@ -172,7 +173,6 @@ def _init_worker(worker_index: int, worker_count: int) -> None:
   signal.signal(signal.SIGINT, signal.SIG_IGN)
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
   if sys.platform.startswith('linux'):
-    import ctypes
     pr_set_pdeathsig = 1
     ctypes.CDLL('libc.so.6', use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
 

@@ -37,6 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 from absl import flags
 from PIL import Image
+from tqdm import tqdm
 
 from vit import atomic_write, cli
 from vit.data import decoding, fashion_mnist
@@ -227,7 +228,7 @@ def encode_array(image: np.ndarray) -> bytes:
 
 @functools.cache
 def _builder_class():
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # Imports TensorFlow (seconds): only a build needs it.
 
   # Unregistered: `tfds.builder('prepared_images', data_dir=DIR)` must then read the files on
   # disk (builder_from_files) rather than try to construct this class without its images.
@@ -294,7 +295,6 @@ def _encoded(items: Sequence, skip_bad: bool, chunk: int = 256) -> Iterator:
 
 
 def _examples(builder, split_name: str) -> Iterator:
-  from tqdm import tqdm
   split = builder._splits[split_name]
   encoded = _encoded(split.items, builder._skip_bad)
   for i, data in enumerate(tqdm(encoded, total=len(split.items), desc=split_name, unit='img',
@@ -349,7 +349,7 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
     raise UserError(f'--out {out}: exists and is not empty; pass --overwrite to replace the '
                     f'dataset in it')
   logger.info('\n'.join(report))
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # Imports TensorFlow (seconds): only a build needs it.
   tfds.disable_progress_bar()  # Ours counts images; TFDS' own bars would interleave with it.
   with atomic_write.staging_dir(dataset) as staging:
     builder = _builder_class()(splits=splits, class_names=class_names, channels=channels,

@@ -34,8 +34,7 @@ class RecordSource:
 
 
 def _tfds():
-  # Imported lazily: TensorFlow Datasets costs seconds to import and Fashion-MNIST runs need none.
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds  # Imports TensorFlow (seconds); Fashion-MNIST runs need none.
   return tfds
 
 

@@ -6,8 +6,10 @@ from typing import Any, Callable
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 
 from vit import sharding
+from vit.data import pipeline
 
 
 def embed(config: ml_collections.ConfigDict, features: Callable, params, source, mesh
@@ -21,7 +23,6 @@ def embed(config: ml_collections.ConfigDict, features: Callable, params, source,
   [N]), N = len(source): the padding of the last batch is dropped. With several processes
   every process gets all N rows (an all-gather), so each can fit the same probe.
   """
-  from vit.data import pipeline  # grain and TensorFlow: evaluation only, not `vit.plan`.
   feats, labels = [], []
   with jax.set_mesh(mesh):
     for batch in pipeline.eval_batches(config, source=source):
@@ -36,6 +37,5 @@ def embed(config: ml_collections.ConfigDict, features: Callable, params, source,
 def to_host(tree):
   """Global (sharded) arrays -> numpy arrays with all their rows, on every process."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # Only multi-process runs need it.
     return multihost_utils.process_allgather(tree, tiled=True)
   return jax.tree.map(np.asarray, jax.device_get(tree))

@@ -18,8 +18,10 @@ from typing import Callable, Optional, Sequence
 import jax
 import ml_collections
 import numpy as np
+from absl import flags
 
-from vit import config as config_lib, sharding
+from vit import atomic_write, config as config_lib, init_spec, sharding
+from vit.data import pipeline
 from vit.evaluators import embedding
 from vit.models import factory
 from vit.models.spec import ModelSpec
@@ -129,7 +131,6 @@ class FewShotEvaluator:
   def __init__(self, config: ml_collections.ConfigDict, representation: Callable, mesh, *,
                train_source=None, test_source=None, params_fn: Callable = lambda p: p,
                name: str = 'fewshot'):
-    from vit.data import pipeline
     fs = config.fewshot
     shots = tuple(fs.shots)
     if not shots or any(not isinstance(k, int) or k < 1 for k in shots):
@@ -195,7 +196,6 @@ def from_config(config: ml_collections.ConfigDict, model: ModelSpec, mesh, **kw
 # CLI
 
 def _define_flags():
-  from absl import flags
   flags.DEFINE_string('init', None,
                       'mpp:DIR | mae:DIR | simmim:DIR | supervised:DIR | vit_jax:FILE.npz | '
                       'hf:DIR | timm:DIR',
@@ -255,8 +255,6 @@ _FLAGS_OF_KEYS = {'fewshot.shots': '--shots', 'fewshot.l2_regs': '--l2_regs',
 
 def main(argv) -> None:
   del argv
-  from absl import flags
-  from vit import init_spec
   flags_ = flags.FLAGS
   _check_flags(flags_)
   ckpt = init_spec.load(flags_.init)
@@ -278,7 +276,6 @@ def main(argv) -> None:
   print(json.dumps(dict(init=flags_.init, dataset=flags_.dataset, image_size=config.image_size,
                         l2_reg=config.fewshot.l2_reg, results=results), indent=1))
   if flags_.output:
-    from vit import atomic_write
     with atomic_write.file(flags_.output) as partial, open(partial, 'w') as f:
       json.dump(results, f, indent=1)
 

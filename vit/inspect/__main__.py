@@ -13,6 +13,8 @@ import os
 from absl import flags
 
 from vit import cli
+from vit.errors import UserError
+from vit.inspect import report
 
 _INIT = flags.DEFINE_string('init', None, 'The model: mpp:DIR | mae:DIR | simmim:DIR | '
                             'supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR.',
@@ -29,11 +31,9 @@ _BATCH = flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
 
 def main(argv):
   del argv
-  from vit.errors import UserError
   for flag in (_MAX_IMAGES, _SHOW, _BATCH):
     if flag.value < 1:
       raise UserError(f'--{flag.name}={flag.value}: must be a positive integer')
-  from vit.inspect import report
   summary = report.inspect(_INIT.value, _OUT.value, images=_IMAGES.value,
                            max_images=_MAX_IMAGES.value, show=_SHOW.value,
                            batch_size=_BATCH.value)

@@ -8,7 +8,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from vit import atomic_write, config as config_lib, preprocess
+from vit import atomic_write, config as config_lib, init_spec, preprocess
 from vit.errors import UserError
 from vit.inspect import attention, embeddings, figures, images as images_lib
 from vit.models import factory
@@ -88,7 +88,6 @@ def write(result: dict, out: str, summary: dict) -> dict:
 def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: int = 128,
             show: int = 8, batch_size: int = 32) -> dict:
   """Loads `spec` (vit.init_spec), runs every analysis and writes the files to `out`."""
-  from vit import init_spec
   ckpt = init_spec.load(spec)
   pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images,
                                      ckpt.view)

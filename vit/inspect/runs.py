@@ -11,15 +11,17 @@ import glob
 import os
 import sys
 
+import jax
 import numpy as np
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.util import tensor_util
 
+from vit import checkpoints
 from vit.errors import UserError
 
 
 def scalars(workdir: str) -> dict[str, dict[int, float]]:
   """Every scalar a run logged, {tag: {step: value}}, read with TensorBoard's reader."""
-  from tensorboard.backend.event_processing import event_accumulator
-  from tensorboard.util import tensor_util
   files = glob.glob(os.path.join(workdir, '**', 'events.out.tfevents.*'), recursive=True)
   if not files:
     raise UserError(f'{workdir}: no TensorBoard event files')
@@ -38,8 +40,6 @@ def scalars(workdir: str) -> dict[str, dict[int, float]]:
 
 
 def summarise(workdir: str) -> dict:
-  import jax
-  from vit import checkpoints
   logged = scalars(workdir)
   rates = [v for _, v in sorted(logged.get('images_per_s', {}).items())]
   accuracy = logged.get('eval/accuracy', {})

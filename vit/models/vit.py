@@ -17,6 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.ndimage
 
 from vit.models import resnet
 from vit.models.gelu import gelu_tanh
@@ -515,7 +516,6 @@ def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_toke
   The prefix (class token) embedding is kept; the grid is interpolated linearly in 2D, as the
   official fine-tuning code does (checkpoint.py uses scipy.ndimage.zoom with order=1).
   """
-  import scipy.ndimage  # Only loading code needs scipy.
   posemb = np.asarray(posemb)
   prefix, grid = posemb[:, :num_prefix_tokens], posemb[0, num_prefix_tokens:]
   old = int(round(np.sqrt(grid.shape[0])))
@@ -532,7 +532,6 @@ def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_toke
 
 def _zoom(table: np.ndarray, shape: Sequence[int]) -> np.ndarray:
   """Linear interpolation of the leading axes of `table` to `shape` (corners aligned)."""
-  import scipy.ndimage  # Only loading code needs scipy.
   table = np.asarray(table)
   factors = [n / o for n, o in zip(shape, table.shape)] + [1] * (table.ndim - len(shape))
   if tuple(shape) == table.shape[:len(shape)]:

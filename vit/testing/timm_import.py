@@ -56,16 +56,16 @@ def import_timm():
   succeed, and transformers, believing torchvision installed, fails parsing its version 'N/A'.
   """
   try:
-    import torchvision  # noqa: F401  (a real one, when installed, is used as is)
+    import torchvision  # noqa: F401  (torch: optional; a real one, when installed, is used as is)
   except ImportError:
     pass
   else:
-    import timm
+    import timm  # Optional (torch): only the timm comparisons and exports need it.
     return timm
   stand_in = _TorchvisionStandIn()
   sys.meta_path.append(stand_in)
   try:
-    import timm
+    import timm  # Optional (torch), imported past the stand-in above.
   finally:
     sys.meta_path.remove(stand_in)
     for name in [n for n, m in sys.modules.items() if isinstance(m, _MissingModule)]:
