@@ -8,6 +8,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 
@@ -26,10 +27,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR='', PYTHONUNBUFFERED='1')
 
 
+def _capped(args, limit_kib):
+  """The command `python ARGS` with its file size capped at `limit_kib` KiB (`ulimit -f`)."""
+  return ['bash', '-c', f'ulimit -f {limit_kib} && exec "$@"', 'bash', sys.executable, *args]
+
+
 def _run(args, limit_kib):
-  """`python ARGS` with its file size capped at `limit_kib` KiB by the shell's `ulimit -f`."""
-  return subprocess.run(['bash', '-c', f'ulimit -f {limit_kib} && exec "$@"', 'bash',
-                         sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
+  return subprocess.run(_capped(args, limit_kib), cwd=ROOT, env=ENV, capture_output=True,
                         text=True, timeout=300)
 
 
@@ -159,15 +163,19 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path, kind):
   np.testing.assert_array_equal(np.load(path), [0, 1, 2])
 
 
-def _train(workdir, total_steps, limit_kib=None, log_every=2, checkpoint_every=4):
-  """A tiny supervised run on Fashion-MNIST: checkpoints every 4 steps, ~30 kB each."""
-  args = ['-m', 'supervised.train', '--config=configs/supervised/fashion_mnist.py',
+def _train_args(workdir, total_steps, log_every=2, checkpoint_every=4):
+  return ['-m', 'supervised.train', '--config=configs/supervised/fashion_mnist.py',
           f'--workdir={workdir}', '--config.image_size=8', '--config.batch_size=8',
           '--config.model.patches.size=(4,4)', '--config.model.hidden_size=16',
           '--config.model.transformer.mlp_dim=32', '--config.model.transformer.num_layers=1',
           '--config.model.transformer.num_heads=2', f'--config.log_every={log_every}',
           f'--config.checkpoint_every={checkpoint_every}', '--config.eval_every=0',
           '--config.optimizer.warmup_steps=1', f'--config.total_steps={total_steps}']
+
+
+def _train(workdir, total_steps, limit_kib=None, log_every=2, checkpoint_every=4):
+  """A tiny supervised run on Fashion-MNIST: checkpoints every 4 steps, ~30 kB each."""
+  args = _train_args(workdir, total_steps, log_every, checkpoint_every)
   if limit_kib is None:
     return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
                           text=True, timeout=600)
@@ -214,3 +222,51 @@ def test_a_full_disk_for_the_tensorboard_events_is_one_line(tmp_path):
       rf'rerun the same command to resume', last), last
   _only_that_line(full)
   assert 'step 300/300' not in full.stdout
+
+
+def _train_two_processes(workdir, total_steps, limit_kib=None):
+  """`_train` as two processes (jax.distributed, gloo on 127.0.0.1), both capped when asked:
+  one volume filling up under both."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  procs = []
+  for i in range(2):
+    args = [*_train_args(workdir, total_steps), f'--coordinator_address=127.0.0.1:{port}',
+            '--num_processes=2', f'--process_id={i}']
+    command = [sys.executable, *args] if limit_kib is None else _capped(args, limit_kib)
+    procs.append(subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True))
+  try:
+    outputs = [p.communicate(timeout=900) for p in procs]
+    return [subprocess.CompletedProcess(p.args, p.returncode, *out)
+            for p, out in zip(procs, outputs)]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+
+
+def test_a_full_disk_in_a_two_process_run_stops_both_at_the_same_step(tmp_path):
+  """Both processes write shards of each checkpoint; the agreement at the loop's sync steps
+  stops them at one step, each with the one line, whichever learnt of the failure first."""
+  workdir = tmp_path / 'run'
+  checkpoints = workdir / 'checkpoints'
+  for proc in _train_two_processes(workdir, 4):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  stops = []
+  for proc in _train_two_processes(workdir, 16, limit_kib=8):
+    last = _one_error_line(proc)
+    stopped = re.fullmatch(
+        rf'error: checkpoint step 8 could not be saved \((File too large|failed on another '
+        rf'process)\); stopped at step (\d+); the last complete checkpoint is {checkpoints}/4; '
+        rf'free space and rerun the same command to resume', last)
+    assert stopped, last
+    _only_that_line(proc)
+    stops.append(int(stopped[2]))
+  assert stops[0] == stops[1] and 8 < stops[0] <= 12
+  assert sorted(n for n in os.listdir(checkpoints) if n.isdigit()) == ['4']
+  for proc in _train_two_processes(workdir, 16):  # Space freed: both resume from step 4.
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'resumed from {workdir} at step 4' in proc.stdout and 'step 16/16' in proc.stdout

@@ -124,6 +124,7 @@ class Manager(ocp.CheckpointManager):
   """orbax's manager, which also remembers the step whose save is still in flight."""
   pending: Optional[int] = None
   failed: Optional[tuple[int, str]] = None  # Several processes: until the next sync step.
+  reported: bool = False  # A SaveFailed was raised: a failure seen later is the same one.
 
 
 def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
@@ -178,7 +179,9 @@ class SaveFailed(UserError):
 
   def __init__(self, mngr: ocp.CheckpointManager, failed: Optional[int], now: Optional[int],
                reason: str, what: Optional[str] = None):
+    _AbandonedTaskFilter.save_failed = True  # Before the collection, which logs them.
     gc.collect()  # The failed writes' coroutines, closed now rather than noisily at exit.
+    mngr.reported = True  # Told in this one line; `wait_for_saves` says nothing more.
     mngr.reload()  # The steps on disk: orbax forgets the ones it meant to delete next.
     last = mngr.latest_step()
     complete = (f'the last complete checkpoint is {mngr.directory}/{last}' if last is not None
@@ -231,6 +234,10 @@ def wait_for_saves(mngr: ocp.CheckpointManager) -> None:
     mngr.wait_until_finished()
   except Exception as e:
     reason = atomic_write.no_room_reason(e)
+    if reason is not None and getattr(mngr, 'reported', False):
+      # Several processes: this one stopped on another's word (check_saves) before its own
+      # write of that save had failed too; the SaveFailed on its way out says it already.
+      return
     if reason is None or pending is None:
       raise
     raise SaveFailed(mngr, pending, None, reason) from None
@@ -281,13 +288,32 @@ class _FailedSaveFilter(logging.Filter):
     return error is None or atomic_write.no_room_reason(error) is None
 
 
+class _AbandonedTaskFilter(logging.Filter):
+  """Once a save has failed (SaveFailed), drops asyncio's records of what the failed save left
+  behind, logged when they are collected: 'Task was destroyed but it is pending!' of orbax's
+  coroutines and '... exception was never retrieved' of its writes that failed for lack of room
+  (seen on a loaded machine and in two-process runs, tests/test_full_disk.py)."""
+  save_failed = False
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not _AbandonedTaskFilter.save_failed:
+      return True
+    message = record.getMessage()
+    if message.startswith('Task was destroyed but it is pending'):
+      return f'{os.sep}orbax{os.sep}' not in message
+    error = record.exc_info[1] if record.exc_info else None
+    return error is None or atomic_write.no_room_reason(error) is None
+
+
 def _quiet_failed_saves() -> None:
   """After a failed write, orbax logs it from several threads, and TensorStore's callbacks of
   the writes still in flight meet the closed event loop of the failed save ('Event loop is
-  closed', reported as unraisable); neither says more than `check_saves` does."""
-  absl_logger = logging.getLogger('absl')
-  if not any(isinstance(f, _FailedSaveFilter) for f in absl_logger.filters):
-    absl_logger.addFilter(_FailedSaveFilter())
+  closed', reported as unraisable); asyncio reports the orbax tasks it abandoned at exit;
+  none says more than `check_saves` does."""
+  for name, kind in (('absl', _FailedSaveFilter), ('asyncio', _AbandonedTaskFilter)):
+    target = logging.getLogger(name)
+    if not any(isinstance(f, kind) for f in target.filters):
+      target.addFilter(kind())
   if getattr(sys.unraisablehook, 'quiet_failed_saves', False):
     return
   previous = sys.unraisablehook
