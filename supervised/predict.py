@@ -97,17 +97,17 @@ def prepare_images(images: Sequence[np.ndarray], size: int, channels: int,
 def load_classifier(spec: str, resolution: Optional[int] = None):
   """(apply_fn(uint8 batch) -> logits, checkpoint, resolution) for a checkpoint with a head."""
   ckpt = init_spec.load(spec)
-  model = config_lib.upgrade(ckpt.model)
+  model = ckpt.model
   if model.num_classes is None:
     raise UserError(f'--init {spec}: has no classification head (an MPP or headless '
                     f'backbone); fine-tune it with supervised.finetune first')
   size = resolution or ckpt.image_size
-  stride = init_spec.patch_stride(ckpt.model)
+  stride = init_spec.patch_stride(model)
   if size % stride:
     raise UserError(f'--resolution {size}: not a multiple of the model\'s patch stride {stride}')
   net = config_lib.build_model(model)
-  target = init_spec.abstract_params(ckpt.model, size, ckpt.channels)
-  grid = init_spec.grid_at(ckpt.model, size)
+  target = init_spec.abstract_params(model, size, ckpt.channels)
+  grid = init_spec.grid_at(model, size)
   params = init_spec.adapt_params(ckpt.params, target, grid, drop=(), what=f'--init {spec}')
   to_input = input_fn(model)  # The checkpoint's own normalisation (HF, timm) or x/127.5-1.
   logits = jax.jit(lambda p, x: net.apply({'params': p}, to_input(x), train=False))

@@ -15,6 +15,7 @@ from vit.formats import hf as hf_format, vit_jax
 from vit.formats.tree import flatten
 from vit.data import fashion_mnist
 from vit.errors import UserError
+from vit.models.spec import Pixels
 from vit.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -148,12 +149,11 @@ def test_hf_export_over_a_sharded_folder_removes_the_old_shards(run, tmp_path):
 def test_refusals_name_the_formats_that_do_hold_the_model(run, tmp_path):
   from vit.formats import timm as timm_format
   _, m, params, _ = run
-  imagenet = dict(rescale=1 / 255, mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])
+  imagenet = Pixels(rescale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
   with pytest.raises(UserError, match=r'LayerNorm epsilon 1e-12 \(timm: 1e-6\); export with '
                                       r'--format hf$'):  # vit_jax holds neither.
-    timm_format.check_expressible(params, dict(m.to_dict(), layer_norm_epsilon=1e-12,
-                                               pixels=imagenet))
+    timm_format.check_expressible(params, m.replace(layer_norm_epsilon=1e-12, pixels=imagenet))
   with pytest.raises(UserError, match=r'\(pre_logits\); export with --format vit_jax$'):
-    timm_format.check_expressible(dict(params, pre_logits={}), m.to_dict())
+    timm_format.check_expressible(dict(params, pre_logits={}), m)
   with pytest.raises(UserError, match=r'^--checkpoint nope: directory not found \(a trainer '):
     export.export('nope', 'hf', str(tmp_path / 'o'))

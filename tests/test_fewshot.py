@@ -16,6 +16,7 @@ from vit.formats import vit_jax
 from vit.data import fashion_mnist
 from vit.errors import UserError
 from vit.evaluators import fewshot
+from vit.models.spec import ModelSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -139,8 +140,8 @@ def test_cli_on_an_npz(tmp_path):
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(7, 7)), hidden_size=16, num_classes=3)
   m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
-  params = config_lib.build_model(m).init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)),
-                                          train=False)['params']
+  net = config_lib.build_model(ModelSpec.from_dict(m))
+  params = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)['params']
   vit_jax.save(jax.device_get(nn.unbox(params)), str(tmp_path / 'm.npz'))
   out = tmp_path / 'fewshot.json'
   run = subprocess.run(

@@ -11,6 +11,7 @@ from vit import config as config_lib, init_spec, sharding
 from vit.formats import hf, vit_jax
 from vit.data import fashion_mnist
 from vit.errors import UserError
+from vit.models.spec import ModelSpec
 from vit.models.vit import resize_posemb
 from vit.training import loop, optimizers
 
@@ -20,7 +21,7 @@ def tiny_model(**kw):
   m.update(patches=dict(size=(4, 4)), hidden_size=32, num_classes=7, representation_size=16)
   m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
   m.update(kw)
-  return m
+  return ModelSpec.from_dict(m)
 
 
 def write_tiny_npz(path, image_size=28, seed=0, **kw):
@@ -87,7 +88,7 @@ def test_finetune_npz_at_higher_resolution(tmp_path, fmnist):
   assert moved > 0
   # The run's checkpoint is itself a complete init spec, at the fine-tuning resolution.
   again = init_spec.load(f'supervised:{workdir}')
-  assert (again.image_size, again.model['num_classes']) == (32, 10)
+  assert (again.image_size, again.model.num_classes) == (32, 10)
   assert again.class_names == list(fashion_mnist.CLASS_NAMES)
   np.testing.assert_array_equal(again.params['head']['kernel'],
                                 jax.device_get(final.ema_params['head']['kernel']))

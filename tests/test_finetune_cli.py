@@ -12,6 +12,7 @@ from configs.finetune import fashion_mnist as ft_config
 from supervised import finetune
 from vit import config as config_lib
 from vit.formats import vit_jax
+from vit.models.spec import ModelSpec
 from vit.data import fashion_mnist
 from vit.training import loop
 
@@ -22,8 +23,8 @@ def write_tiny_npz(path):
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(7, 7)), hidden_size=32, num_classes=7)
   m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
-  params = config_lib.build_model(m).init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)),
-                                          train=False)['params']
+  net = config_lib.build_model(ModelSpec.from_dict(m))
+  params = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)['params']
   vit_jax.save(jax.device_get(nn.unbox(params)), str(path))
 
 

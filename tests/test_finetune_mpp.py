@@ -36,8 +36,8 @@ def test_mpp_backbone_is_loaded_and_adapted(mpp_workdir):
   ckpt = init_spec.load(f'mpp:{mpp_workdir}')
   saved = checkpoints.restore_params(mpp_workdir)
   assert set(saved) >= {'backbone', 'head'} and 'head' not in ckpt.params
-  assert ckpt.model['classifier'] == 'token' and ckpt.model['num_classes'] is None
-  assert (ckpt.image_size, ckpt.channels, ckpt.model['hidden_size']) == (28, 3, 16)
+  assert ckpt.model.classifier == 'token' and ckpt.model.num_classes is None
+  assert (ckpt.image_size, ckpt.channels, ckpt.model.hidden_size) == (28, 3, 16)
   with pytest.raises(UserError, match='an MPP checkpoint.*use mpp:'):
     init_spec.load(f'supervised:{mpp_workdir}')
 

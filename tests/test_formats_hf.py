@@ -55,14 +55,14 @@ def test_sharded_checkpoint_with_processor_predicts_transformers_logits(checkpoi
   shards = json.load(open(f'{directory}/model.safetensors.index.json'))['weight_map'].values()
   assert len(set(shards)) > 1  # Really sharded: model-0000k-of-0000n.safetensors.
   apply_fn, ckpt, size = predict.load_classifier(f'hf:{directory}')
-  assert size == 16 and ckpt.model['pixels']['mean'] == tuple(MEAN)
+  assert size == 16 and ckpt.model.pixels.mean == tuple(MEAN)
   images = _uint8()
   ref, _ = _pipeline(model, processor, images)
   ours = predict.predict(apply_fn, images, batch_size=4)
   assert np.abs(ref).max() > 0.5
   assert np.abs(ours - ref).max() <= TOL
   # Without the processor's normalisation the logits are far off: the check is not vacuous.
-  plain = dict(ckpt.model, pixels=None)
+  plain = ckpt.model.replace(pixels=None)
   off = config_lib.build_model(plain).apply({'params': ckpt.params},
                                              images.astype(np.float32) / 127.5 - 1, train=False)
   assert np.abs(np.asarray(off) - ref).max() > 0.1
@@ -73,7 +73,7 @@ def test_fewshot_and_inspect_use_the_processor(checkpoint):
   ckpt = init_spec.load(f'hf:{directory}')
   images = _uint8()
   ref_logits, ref_features = _pipeline(model, processor, images)
-  model = config_lib.upgrade(ckpt.model)
+  model = ckpt.model
   features = fewshot.make_representation_fn(model.replace(num_classes=None))(ckpt.params, images)
   assert np.abs(np.asarray(features) - ref_features).max() <= TOL
   net = config_lib.build_model(model)

@@ -11,6 +11,7 @@ from vit.errors import UserError
 from vit.formats import hf, table, timm
 from vit.formats.registry import FORMATS, Format
 from vit.formats.tree import flatten, unflatten
+from vit.models.spec import ModelSpec
 
 
 @pytest.mark.parametrize('name', sorted(FORMATS))
@@ -28,7 +29,7 @@ def _random_tree(head: bool) -> dict:
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(4, 4)), hidden_size=32, num_classes=5 if head else None)
   m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
-  shapes = init_spec.abstract_params(m, 16, 3)
+  shapes = init_spec.abstract_params(ModelSpec.from_dict(m), 16, 3)
   rng = np.random.default_rng(0)
   return unflatten(flatten(jax.tree.map(
       lambda s: rng.standard_normal(s.shape).astype(np.float32), shapes)))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from supervised import predict
-from vit import config as config_lib, export, init_spec
+from vit import export, init_spec
 from vit.errors import UserError
 
 torch = pytest.importorskip('torch')
@@ -60,8 +60,8 @@ def test_timm_checkpoint_predicts_timms_logits(tmp_path):
   assert json.loads((tmp_path / 't' / 'config.json').read_text())['pretrained_cfg']['mean'] == \
       list(IMAGENET['mean'])
   apply_fn, ckpt, size = predict.load_classifier(f'timm:{tmp_path / "t"}')
-  assert size == 16 and ckpt.model['gelu_approximate'] is False
-  assert ckpt.model['pixels']['mean'] == IMAGENET['mean']
+  assert size == 16 and ckpt.model.gelu_approximate is False
+  assert ckpt.model.pixels.mean == IMAGENET['mean']
   images = _uint8()
   ours = predict.predict(apply_fn, images, batch_size=4)
   ref = _timm_logits(model, images)
@@ -76,7 +76,7 @@ def test_no_embed_class_and_no_config_heads(tmp_path):
   del cfg['model_args']  # Hub configs often have none: the width names the head count.
   (tmp_path / 't' / 'config.json').write_text(json.dumps(cfg))
   apply_fn, ckpt, _ = predict.load_classifier(f'timm:{tmp_path / "t"}')
-  assert ckpt.model['transformer']['num_heads'] == 3
+  assert ckpt.model.num_heads == 3
   images = _uint8()
   assert np.abs(predict.predict(apply_fn, images, 4) - _timm_logits(model, images)).max() <= TOL
 
@@ -179,7 +179,7 @@ def test_a_stated_crop_pct_and_filter_are_applied_as_timm_applies_them(tmp_path)
   ours = predict.prepare_images(images, size, 3, ckpt.view)
   ref = _timm_eval_inputs(model, images)
   from vit.preprocess import input_fn
-  ours_input = np.asarray(input_fn(config_lib.upgrade(ckpt.model))(ours)).transpose(0, 3, 1, 2)
+  ours_input = np.asarray(input_fn(ckpt.model)(ours)).transpose(0, 3, 1, 2)
   assert np.abs(ours_input - ref).max() <= TOL
   with torch.no_grad():
     ref_logits = model(torch.from_numpy(ref)).numpy()
@@ -222,7 +222,7 @@ def test_exports_state_the_view_the_product_uses(tmp_path, capsys):
   if _has_torchvision():  # timm's create_transform needs it.
     from vit.preprocess import input_fn
     images = _shapes()
-    to_input = input_fn(config_lib.upgrade(ckpt.model))
+    to_input = input_fn(ckpt.model)
     ours = np.asarray(to_input(predict.prepare_images(images, ckpt.image_size, 3)))
     assert np.abs(ours.transpose(0, 3, 1, 2) - _timm_eval_inputs(again, images)).max() <= TOL
 

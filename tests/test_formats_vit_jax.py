@@ -35,7 +35,7 @@ def _logits(ckpt, images):
 def test_layout_gives_the_logits_of_the_code_that_wrote_it(name):
   images, want = _expected()
   ckpt = init_spec.load(f'vit_jax:{os.path.join(DATA, name + ".npz")}')
-  assert ckpt.image_size == 16 and ckpt.model['transformer']['num_layers'] == 2
+  assert ckpt.image_size == 16 and ckpt.model.num_layers == 2
   assert np.abs(want[name]).max() > 0.5
   assert np.abs(_logits(ckpt, images) - want[name]).max() <= TOL
 
@@ -43,7 +43,7 @@ def test_layout_gives_the_logits_of_the_code_that_wrote_it(name):
 def test_layouts_read_as_the_published_one(tmp_path):
   """Read, then written: every layout becomes the published names, and reads back equal."""
   gap = init_spec.load(f'vit_jax:{os.path.join(DATA, "big_vision_gap_scan.npz")}')
-  assert gap.model['classifier'] == 'gap' and gap.model['representation_size'] == 8
+  assert gap.model.classifier == 'gap' and gap.model.representation_size == 8
   tok = init_spec.load(f'vit_jax:{os.path.join(DATA, "big_vision_tok.npz")}')
   pe = tok.params['Transformer']['posembed_input']['pos_embedding']
   assert pe.shape == (1, 17, 16) and not pe[0, 0].any()  # The class token had no position.
@@ -93,7 +93,7 @@ def test_export_refuses_what_the_npz_cannot_hold(tmp_path):
   """Exact GELU and eps 1e-12 are not in the layout: the export says so instead of writing a
   file whose logits move (by ~1e-3 on these weights, checked)."""
   ckpt = init_spec.load(f'vit_jax:{os.path.join(DATA, "vit_jax_today.npz")}')
-  hf_like = dict(ckpt.model, gelu_approximate=False, layer_norm_epsilon=1e-12)
+  hf_like = ckpt.model.replace(gelu_approximate=False, layer_norm_epsilon=1e-12)
   images, _ = _expected()
   moved = _logits(ckpt._replace(model=hf_like), images) - _logits(ckpt, images)
   assert np.abs(moved).max() > 1e-4

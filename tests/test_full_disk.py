@@ -22,6 +22,7 @@ from PIL import Image
 from vit import atomic_write, config as config_lib
 from vit.errors import UserError
 from vit.formats import vit_jax
+from vit.models.spec import ModelSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR='', PYTHONUNBUFFERED='1')
@@ -58,7 +59,7 @@ def npz(tmp_path_factory):
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(4, 4)), hidden_size=16, num_classes=6)
   m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
-  params = nn.unbox(config_lib.build_model(m).init(
+  params = nn.unbox(config_lib.build_model(ModelSpec.from_dict(m)).init(
       jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)['params'])
   path = str(tmp_path_factory.mktemp('full_disk') / 'm.npz')
   vit_jax.save(jax.device_get(params), path)

@@ -15,6 +15,7 @@ from vit import config as config_lib, init_spec
 from vit.formats import hf as hf_format, vit_jax
 from vit.formats.tree import flatten
 from vit.errors import UserError
+from vit.models.spec import ModelSpec
 
 TOL = 5e-6
 torch = pytest.importorskip('torch')
@@ -46,8 +47,8 @@ def _hf_logits(model, images_nhwc):
     return model(pixel_values=x).logits.numpy()
 
 
-def _our_logits(model_dict, params, images, **overrides):
-  net = config_lib.build_model(model_dict, **overrides)
+def _our_logits(m, params, images, **overrides):
+  net = config_lib.build_model(m, **overrides)
   return np.asarray(net.apply({'params': params}, jnp.asarray(images), train=False))
 
 
@@ -58,9 +59,9 @@ def _images(n=4, size=16, seed=1):
 def test_hf_checkpoint_reproduces_transformers_logits(tmp_path):
   hf = _tiny_hf(tmp_path / 'hf')
   ckpt = init_spec.load(f'hf:{tmp_path / "hf"}')
-  assert ckpt.model['gelu_approximate'] is False
-  assert ckpt.model['layer_norm_epsilon'] == 1e-12
-  assert (ckpt.image_size, ckpt.channels, ckpt.model['num_classes']) == (16, 3, 5)
+  assert ckpt.model.gelu_approximate is False
+  assert ckpt.model.layer_norm_epsilon == 1e-12
+  assert (ckpt.image_size, ckpt.channels, ckpt.model.num_classes) == (16, 3, 5)
   assert ckpt.class_names == [f'class{i}' for i in range(5)]
   x = _images()
   ref = _hf_logits(hf, x)
@@ -68,7 +69,7 @@ def test_hf_checkpoint_reproduces_transformers_logits(tmp_path):
   ours = _our_logits(ckpt.model, ckpt.params, x)
   assert np.abs(ours - ref).max() <= TOL
   # The test can tell GELU flavours apart: the tanh GELU misses the bound.
-  wrong = dict(ckpt.model, gelu_approximate=True)
+  wrong = ckpt.model.replace(gelu_approximate=True)
   assert np.abs(_our_logits(wrong, ckpt.params, x) - ref).max() > TOL
 
 
@@ -89,8 +90,8 @@ def test_hf_renamed_in_memory_layout_is_read(tmp_path):
     np.testing.assert_array_equal(fa[k], fb[k])
 
 
-def _random_official_params(model_dict, image_size=16, seed=0):
-  net = config_lib.build_model(model_dict)
+def _random_official_params(m, image_size=16, seed=0):
+  net = config_lib.build_model(m)
   import flax.linen as nn
   params = nn.unbox(net.init(jax.random.key(seed), jnp.zeros((1, image_size, image_size, 3)),
                              train=False)['params'])
@@ -105,7 +106,7 @@ def _tiny_model(**kw):
   m.update(patches=dict(size=(4, 4)), hidden_size=32, num_classes=5)
   m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
   m.update(kw)
-  return m
+  return ModelSpec.from_dict(m)
 
 
 def test_vit_jax_npz_round_trip_and_inference(tmp_path):
@@ -118,9 +119,9 @@ def test_vit_jax_npz_round_trip_and_inference(tmp_path):
     assert f['Transformer/encoderblock_1/MultiHeadDotProductAttention_1/query/kernel'].shape == (
         32, 4, 8)
   ckpt = init_spec.load(f'vit_jax:{path}')
-  assert ckpt.model['transformer'] == dict(m['transformer'])
-  assert (ckpt.model['representation_size'], ckpt.model['num_classes']) == (24, 5)
-  assert ckpt.model['gelu_approximate'] is True and ckpt.image_size == 16
+  assert ckpt.model.to_dict()['transformer'] == m.to_dict()['transformer']
+  assert (ckpt.model.representation_size, ckpt.model.num_classes) == (24, 5)
+  assert ckpt.model.gelu_approximate is True and ckpt.image_size == 16
   x = _images()
   np.testing.assert_array_equal(_our_logits(ckpt.model, ckpt.params, x),
                                 _our_logits(m, params, x))

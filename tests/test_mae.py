@@ -192,8 +192,8 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
   from vit import export
   ckpt = init_spec.load(f'mae:{mae_workdir}')
   saved = checkpoints.restore_params(mae_workdir)
-  assert (ckpt.image_size, ckpt.channels, ckpt.model['hidden_size']) == (28, 3, 16)
-  assert ckpt.model['classifier'] == 'token' and 'head' not in ckpt.params
+  assert (ckpt.image_size, ckpt.channels, ckpt.model.hidden_size) == (28, 3, 16)
+  assert ckpt.model.classifier == 'token' and 'head' not in ckpt.params
   with pytest.raises(UserError, match=r'not a SimMIM checkpoint.*try mae:'):
     init_spec.load(f'simmim:{mae_workdir}')
   with pytest.raises(UserError, match=r'an MAE checkpoint.*use mae:'):
@@ -217,7 +217,7 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
   torch = pytest.importorskip('torch')
   hf_model = transformers.ViTModel.from_pretrained(out, add_pooling_layer=False).eval()
   images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
-  ours = objective.make_representation_fn(config_lib.upgrade(ckpt.model))(ckpt.params, images)
+  ours = objective.make_representation_fn(ckpt.model)(ckpt.params, images)
   with torch.no_grad():
     theirs = hf_model(pixel_values=torch.from_numpy(
         (images / 127.5 - 1).astype(np.float32).transpose(0, 3, 1, 2))).last_hidden_state

@@ -87,10 +87,10 @@ def test_targets_come_from_unit_pixels_and_vary_across_a_real_batch():
 
 
 def _tiny_model():
-  m = config_lib.resolved_model(fashion_mnist.get_config())
-  m['hidden_size'] = 16
-  m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
-  return m
+  config = fashion_mnist.get_config()
+  config.model.hidden_size = 16
+  config.model.transformer.update(mlp_dim=32, num_heads=2, num_layers=1)
+  return config_lib.validate(config)
 
 
 def test_corruption_statistics():

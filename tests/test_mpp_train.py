@@ -54,7 +54,7 @@ def test_short_run_learns_and_saves_a_backbone(tmp_path):
   assert {'embedding', 'cls', 'Transformer'} <= set(params['backbone'])
   assert params['mask_embedding'].shape == (32,)
   # The backbone is exactly a token classifier's tree without its head.
-  classifier = config_lib.build_model(config_lib.resolved_model(config), num_classes=10)
+  classifier = config_lib.build_model(config_lib.validate(config), num_classes=10)
   shapes = jax.eval_shape(lambda: classifier.init(
       jax.random.key(0), np.zeros((1, 28, 28, 1), np.float32), train=False))['params']
   shapes = nn.unbox(shapes)

@@ -74,10 +74,11 @@ def test_json_predictions_never_hold_nan(tmp_path):
   import jax
   import jax.numpy as jnp
   from vit import config as config_lib
+  from vit.models.spec import ModelSpec
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(4, 4)), hidden_size=16, num_classes=3)
   m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
-  params = jax.device_get(nn.unbox(config_lib.build_model(m).init(
+  params = jax.device_get(nn.unbox(config_lib.build_model(ModelSpec.from_dict(m)).init(
       jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)['params']))
   # +-3e38 by row: the features' differences overflow float32 (their sum is 0 after LayerNorm).
   params['head']['kernel'] = np.where(np.arange(48).reshape(16, 3) % 2, 3e38, -3e38).astype(

@@ -14,6 +14,7 @@ from PIL import Image
 from supervised import predict
 from vit import config as config_lib, init_spec
 from vit.formats import vit_jax
+from vit.models.spec import ModelSpec
 from vit.errors import UserError
 from vit.models.vit import resize_posemb
 
@@ -24,7 +25,7 @@ def _model():
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(4, 4)), hidden_size=16, num_classes=6)
   m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
-  return m
+  return ModelSpec.from_dict(m)
 
 
 @pytest.fixture(scope='module')
@@ -182,6 +183,6 @@ def test_headless_checkpoint_is_refused(npz, tmp_path):
   params = dict(vit_jax.load(npz[0]).params)
   del params['head']
   vit_jax.save(params, str(tmp_path / 'backbone.npz'))
-  assert init_spec.load(f'vit_jax:{tmp_path / "backbone.npz"}').model['num_classes'] is None
+  assert init_spec.load(f'vit_jax:{tmp_path / "backbone.npz"}').model.num_classes is None
   with pytest.raises(UserError, match='has no classification head'):
     predict.load_classifier(f'vit_jax:{tmp_path / "backbone.npz"}')

@@ -3,11 +3,12 @@
 Shapes fix the sizes (patch, width, MLP, heads, layers, the ResNet stem of a hybrid, the heads
 on top); what shapes cannot tell (GELU flavour, LayerNorm epsilon, input normalisation) is
 for the checkpoint's files to state (`vit.formats`) or takes the official defaults. Models are
-vit.config model dicts, ready for `vit.config.build_model`.
+`vit.models.ModelSpec`s, ready for `vit.config.build_model`.
 """
 from __future__ import annotations
 
-from typing import Optional
+import copy
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -18,16 +19,28 @@ from vit import config as config_lib
 from vit.errors import UserError
 from vit.formats.tree import flatten
 from vit.models import resnet
+from vit.models.spec import ModelSpec
 
 _MAX_LISTED = 12
 
 
-def infer_model(params: dict) -> dict:
-  """The architecture an official parameter tree implies, as a vit.config model dict.
+def infer_model(params: dict, stated: Optional[Mapping[str, Any]] = None) -> ModelSpec:
+  """The architecture an official parameter tree implies, with what its files state.
 
-  Shapes fix the sizes; what shapes cannot tell (GELU flavour, LayerNorm eps) takes the
-  official defaults (tanh GELU, 1e-6). Raises UserError when the tree is not a ViT's.
+  Shapes fix the sizes; `stated` (model keys in `config.model`'s nested layout: a format
+  reader's `Read.stated`, e.g. GELU flavour, LayerNorm eps, pixels) is laid over them, and
+  what neither tells takes the official defaults (tanh GELU, 1e-6, x / 127.5 - 1): the dict
+  becomes a spec through `vit.config.upgrade`. Raises UserError when the tree is not a ViT's.
   """
+  model = _sizes(params)
+  stated = copy.deepcopy(dict(stated or {}))
+  model['transformer'].update(stated.pop('transformer', {}))
+  model.update(stated)
+  return config_lib.upgrade(model)
+
+
+def _sizes(params: dict) -> dict:
+  """`config.model`'s nested keys at their defaults, the sizes and heads from the shapes."""
   model = config_lib.model_defaults().to_dict()
   try:
     t = params['Transformer']
@@ -61,19 +74,18 @@ def out_dim(params: dict, name: str) -> Optional[int]:
   return int(params[name]['kernel'].shape[-1]) if name in params else None
 
 
-def patch_stride(model: dict) -> int:
+def patch_stride(model: ModelSpec) -> int:
   """Pixels per token side: the patch size, times the ResNet stem's stride for hybrids."""
-  res = config_lib.upgrade(model).resnet
-  return model['patches']['size'][0] * (resnet.total_stride(res) if res else 1)
+  return model.patch_size[0] * (resnet.total_stride(model.resnet) if model.resnet else 1)
 
 
-def grid_at(model: dict, image_size: int) -> tuple[int, int]:
+def grid_at(model: ModelSpec, image_size: int) -> tuple[int, int]:
   """The patch grid a model sees at a square `image_size`."""
   side = image_size // patch_stride(model)
   return side, side
 
 
-def input_geometry(params: dict, model: dict, image_size: Optional[int] = None,
+def input_geometry(params: dict, model: ModelSpec, image_size: Optional[int] = None,
                    what: str = 'checkpoint') -> tuple[int, int]:
   """(image_size, channels) the checkpoint was trained at: from its posemb grid by default.
 
@@ -85,7 +97,7 @@ def input_geometry(params: dict, model: dict, image_size: Optional[int] = None,
     if posemb is None:
       raise UserError('checkpoint has no learned 1D position embeddings to read its '
                       'resolution from')
-    tokens = posemb.shape[1] - (1 if model['classifier'] == 'token' else 0)
+    tokens = posemb.shape[1] - (1 if model.classifier == 'token' else 0)
     side = int(round(np.sqrt(tokens)))
     if side * side != tokens:
       raise UserError(f'{what}: its position embedding has {tokens} patch entries, not a '
@@ -94,7 +106,7 @@ def input_geometry(params: dict, model: dict, image_size: Optional[int] = None,
   return int(image_size), int(first['kernel'].shape[2])
 
 
-def abstract_params(model: dict, image_size: int, channels: int, **overrides) -> dict:
+def abstract_params(model: ModelSpec, image_size: int, channels: int, **overrides) -> dict:
   """Shapes of a model's parameters at `image_size` (ShapeDtypeStructs), without allocating
   them. `overrides` go to `vit.config.build_model` (e.g. num_classes=0)."""
   net = config_lib.build_model(model, **overrides)
@@ -102,7 +114,7 @@ def abstract_params(model: dict, image_size: int, channels: int, **overrides) ->
   return nn.unbox(jax.eval_shape(lambda: net.init(jax.random.key(0), x, train=False))['params'])
 
 
-def check_shapes(params: dict, model: dict, image_size: int, channels: int, what: str) -> None:
+def check_shapes(params: dict, model: ModelSpec, image_size: int, channels: int, what: str) -> None:
   """Every parameter has the shape `model` gives it (at the position embeddings' grid when
   there are some, else at `image_size`); UserError naming `what` and listing those that
   don't."""
@@ -134,8 +146,7 @@ def listing(problems: list[str]) -> str:
   return '; '.join(problems[:_MAX_LISTED]) + (f'; and {more} more' if more > 0 else '')
 
 
-def summary(model: dict) -> str:
+def summary(model: ModelSpec) -> str:
   """'patches (16, 16), hidden 768, mlp 3072, heads 12, layers 12'."""
-  t = model['transformer']
-  return (f'patches {tuple(model["patches"]["size"])}, hidden {model["hidden_size"]}, '
-          f'mlp {t["mlp_dim"]}, heads {t["num_heads"]}, layers {t["num_layers"]}')
+  return (f'patches {model.patch_size}, hidden {model.hidden_size}, mlp {model.mlp_dim}, '
+          f'heads {model.num_heads}, layers {model.num_layers}')

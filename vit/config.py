@@ -326,9 +326,8 @@ def _overlay(defaults: dict, saved: Mapping[str, Any]) -> None:
       defaults[key] = value
 
 
-def build_model(model: ModelSpec | Mapping[str, Any], *, num_classes: int | None = None,
+def build_model(m: ModelSpec, *, num_classes: int | None = None,
                 classifier: str | None = None) -> VisionTransformer:
-  """`vit.models.factory.build_model` of a spec, or of a saved model dict (vit.init_spec and
-  vit.architecture read checkpoints as dicts), upgraded first (`upgrade`)."""
-  spec = model if isinstance(model, ModelSpec) else upgrade(model)
-  return factory.build_model(spec, num_classes=num_classes, classifier=classifier)
+  """`vit.models.factory.build_model`: the VisionTransformer `m` describes, its head
+  overridden by `num_classes` and `classifier` when given."""
+  return factory.build_model(m, num_classes=num_classes, classifier=classifier)

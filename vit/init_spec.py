@@ -2,8 +2,8 @@
 `mpp:DIR | mae:DIR | simmim:DIR | supervised:DIR | vit_jax:FILE.npz | hf:DIR | timm:DIR`.
 
 `load(spec)` turns a spec into the official ViT parameter tree, the architecture it implies
-(a model dict in vit.config's layout, ready for `vit.config.build_model`) and the class names
-when the checkpoint knows them. `adapt_params` then maps those weights onto another model of
+(a `vit.models.ModelSpec`, ready for `vit.config.build_model`) and the class names when the
+checkpoint knows them. `adapt_params` then maps those weights onto another model of
 the same backbone, at another resolution or with a new head, exactly as fine-tuning does
 (paper §3.2): position embeddings interpolated in 2D, the head zeroed.
 
@@ -13,7 +13,9 @@ what the files say beyond shapes (GELU flavour, LayerNorm epsilon, input normali
 model's `pixels` key, image size); `vit.architecture` infers the rest from the shapes and
 checks them; `vit.class_names` keeps a workdir's label names; `vit.transfer` does the
 fine-tuning surgery (`merge_model`, `adapt_params`). Their entry points are importable from
-here too, where callers have always found them.
+here too, where callers have always found them. A checkpoint's model becomes a `ModelSpec`
+here, where it is read (a format's stated keys over its shapes, a workdir's saved config: both
+through `vit.config.upgrade`), and travels as one from then on.
 
 Checkpoints of this project (`mpp:`, `mae:`, `simmim:`, `supervised:`) are read at their latest
 step, and their Polyak average (EMA parameters) is used when the run kept one: it is the run's
@@ -22,7 +24,6 @@ reported model (the paper evaluates and transfers the averaged weights, Appendix
 """
 from __future__ import annotations
 
-import copy
 import os
 from typing import NamedTuple, Optional
 
@@ -39,6 +40,7 @@ from vit.errors import UserError
 from vit.formats import registry
 from vit.formats.tree import check_finite, flatten
 from vit.models import vit as vit_model
+from vit.models.spec import ModelSpec
 from vit.transfer import BACKBONE_KEYS, HEAD_KEYS, adapt_params, merge_model  # noqa: F401
 
 # Pretraining workdirs: params['backbone'] is the ViT; the objective's own top-level parameters
@@ -51,7 +53,7 @@ FORMATS = (*PRETRAINING, 'supervised', *registry.FORMATS)
 
 class Checkpoint(NamedTuple):
   params: dict          # The official ViT tree (numpy arrays), head included when present.
-  model: dict           # vit.config model dict; num_classes/representation_size from the params.
+  model: ModelSpec      # Its architecture; num_classes/representation_size from the params.
   class_names: Optional[list[str]]
   image_size: int       # Its input resolution: a processor's, else its position embeddings'.
   channels: int
@@ -63,8 +65,8 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   timm.
 
   Returns a `Checkpoint`: `params`, the official ViT tree as host numpy arrays (a pretraining
-  run's backbone only; `head`/`pre_logits` when the checkpoint has them); `model`, a vit.config
-  model dict that `vit.config.build_model(model)` turns into the network these params fit;
+  run's backbone only; `head`/`pre_logits` when the checkpoint has them); `model`, the
+  `ModelSpec` that `vit.config.build_model(model)` turns into the network these params fit;
   `class_names` when known; `image_size` and `channels` it was trained at. `use_ema` picks a
   workdir's Polyak-averaged parameters when the run kept them.
 
@@ -95,12 +97,9 @@ def _read_format(fmt: str, path: str, spec: str):
   # Shapes fix the sizes; the files state the rest (an official .npz states nothing, and
   # the official checkpoints all use tanh GELU, LayerNorm eps 1e-6 and x / 127.5 - 1).
   try:
-    model = infer_model(read.params)
+    model = infer_model(read.params, read.stated)
   except UserError as e:
     raise UserError(f'{spec}: {e}') from None
-  stated = copy.deepcopy(read.stated)
-  model['transformer'].update(stated.pop('transformer', {}))
-  model.update(stated)
   # Its own grid must be square, whatever size its processor states.
   architecture.input_geometry(read.params, model, None, spec)
   return read.params, model, read.class_names, read.image_size, read.view
@@ -134,15 +133,14 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
                     f'"backbone"); use {found}:{path}')
   # The official looped tree whatever the run trained (model.scan_layers stacks the blocks).
   params = vit_model.unstack_blocks(jax.tree.map(np.asarray, dict(params)))
-  model = config_lib.resolved_model(ml_collections.ConfigDict(saved))
-  model['scan_layers'] = False
   # The saved config has the architecture (also the ablations' posemb and axial blocks, which
   # shapes alone cannot tell); only the heads may have been changed since.
-  model.update(num_classes=architecture.out_dim(params, 'head'),
-               representation_size=architecture.out_dim(params, 'pre_logits'))
-  if model['classifier'] == 'unpooled':  # MPP reads every token; the class token is still there.
-    model['classifier'] = 'token' if 'cls' in params else 'gap'
-  return params, model, read_class_names(path, model['num_classes']), saved.get('image_size')
+  model = config_lib.upgrade(config_lib.resolved_model(ml_collections.ConfigDict(saved))).replace(
+      scan_layers=False, num_classes=architecture.out_dim(params, 'head'),
+      representation_size=architecture.out_dim(params, 'pre_logits'))
+  if model.classifier == 'unpooled':  # MPP reads every token; the class token is still there.
+    model = model.replace(classifier='token' if 'cls' in params else 'gap')
+  return params, model, read_class_names(path, model.num_classes), saved.get('image_size')
 
 
 def _pretraining_kind(params) -> Optional[str]:
@@ -161,5 +159,5 @@ def check_shapes(ckpt: Checkpoint, spec: str) -> None:
 
 def describe(ckpt: Checkpoint) -> str:
   """One line for the logs: sizes, classifier, resolution and head of a checkpoint."""
-  return (f'{architecture.summary(ckpt.model)}, classifier {ckpt.model["classifier"]}, '
-          f'trained at {ckpt.image_size}px, head {ckpt.model["num_classes"]}')
+  return (f'{architecture.summary(ckpt.model)}, classifier {ckpt.model.classifier}, '
+          f'trained at {ckpt.image_size}px, head {ckpt.model.num_classes}')

@@ -14,6 +14,7 @@ from vit.architecture import differences, listing
 from vit.errors import ConfigError, UserError
 from vit.formats.tree import flatten, unflatten
 from vit.models import presets, vit as vit_model
+from vit.models.spec import ModelSpec
 
 # Keys that fix the shapes (or the function) of the backbone; checkpoints state them.
 BACKBONE_KEYS = ('patches.size', 'hidden_size', 'transformer.mlp_dim', 'transformer.num_heads',
@@ -45,9 +46,10 @@ def _explicit_keys(given: dict, defaults: dict) -> dict:
   return explicit
 
 
-def merge_model(config_model: ml_collections.ConfigDict, ckpt_model: dict,
+def merge_model(config_model: ml_collections.ConfigDict, ckpt_model: ModelSpec,
                 what: str = 'the init checkpoint') -> dict:
-  """The checkpoint's backbone with the config's other model keys (dropout, head, dtype...).
+  """The checkpoint's backbone with the config's other model keys (dropout, head, dtype...),
+  in `config.model`'s nested layout (the config's keys are set from it).
 
   A backbone key that the config sets explicitly (differs from vit.config's default, or comes
   from the preset in model.name) to another value than the checkpoint's is a UserError
@@ -55,20 +57,18 @@ def merge_model(config_model: ml_collections.ConfigDict, ckpt_model: dict,
   """
   given = config_model.to_dict()
   defaults = config_lib.model_defaults().to_dict()
-  conflicts = [f'model.{k}: config {v!r} vs checkpoint {_get(ckpt_model, k)!r}'
+  ckpt = ckpt_model.to_dict()  # The backbone keys are config.model's dotted names.
+  conflicts = [f'model.{k}: config {v!r} vs checkpoint {_get(ckpt, k)!r}'
                for k, v in _explicit_keys(given, defaults).items()
-               if v != _get(ckpt_model, k)
-               and not (k.startswith('resnet.') and _get(ckpt_model, 'resnet.num_layers') is None
+               if v != _get(ckpt, k)
+               and not (k.startswith('resnet.') and ckpt_model.resnet is None
                         and _get(given, 'resnet.num_layers') is None)]
   if conflicts:
     raise UserError(f'config.model conflicts with {what}: ' + listing(conflicts)
                     + ' (unset these keys to take the checkpoint\'s)')
   merged = copy.deepcopy(given)
   for key in BACKBONE_KEYS:
-    value = _get(ckpt_model, key)
-    if key.startswith('resnet.') and ckpt_model.get('resnet') is None:
-      value = _get(defaults, key)
-    _assign(merged, key, value)
+    _assign(merged, key, _get(ckpt, key))
   return merged
 
 

@@ -259,13 +259,13 @@ def main(argv) -> None:
   _check_flags(flags_)
   ckpt = init_spec.load(flags_.init)
   config = _cli_config(flags_, ckpt)
-  model = dict(ckpt.model, num_classes=None)
+  model = ckpt.model.replace(num_classes=None)
   target = init_spec.abstract_params(model, config.image_size, ckpt.channels, num_classes=0)
   grid = init_spec.grid_at(model, config.image_size)
   params = init_spec.adapt_params(ckpt.params, target, grid, drop=('head',), what=flags_.init)
   mesh = sharding.make_mesh(config.mesh)
   try:
-    evaluator = FewShotEvaluator(config, make_representation_fn(config_lib.upgrade(model)), mesh)
+    evaluator = FewShotEvaluator(config, make_representation_fn(model), mesh)
   except ConfigError as e:  # Name the flag the user typed, not the config key it set.
     flag = _FLAGS_OF_KEYS.get(e.key)
     if flag is None:

@@ -4,9 +4,11 @@ Every format module keeps one contract (`vit.formats.registry.Format`; the regis
 `FORMATS` names them for `vit.export` and init specs):
 
 * `load(path) -> Read`: the official ViT parameter tree (nested dicts named as in
-  `vit/models/vit.py`, float32 numpy arrays) and what the files state beyond shapes;
-* `check_expressible(params, model)`: refuses, in one line, a model the format cannot
-  express without changing the function;
+  `vit/models/vit.py`, float32 numpy arrays) and what the files state beyond shapes (model
+  keys in `config.model`'s nested layout, which `vit.init_spec` upgrades into the spec);
+* `check_expressible(params, model)`: refuses, in one line, a model (a
+  `vit.models.ModelSpec`; None: the official defaults) the format cannot express without
+  changing the function;
 * `save(params, out, model=None, *, class_names=None, image_size=None, view=None)`: writes
   what `load` reads back bitwise, after `check_expressible`;
 * `SUFFIX`: '.npz' for a one-file format, None for a directory.

@@ -20,8 +20,8 @@ from vit.errors import UserError
 from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, zeros
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, model_pixels, pixels,
-                              read_json_object)
+from vit.formats.tree import OFFICIAL_PIXELS, Params, Read, input_pixels, pixels, read_json_object
+from vit.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
   if not os.path.isfile(path):
     return None, None
   p = _json(path)
-  rescale = float(p.get('rescale_factor', OFFICIAL_PIXELS['rescale'])) if p.get(
+  rescale = float(p.get('rescale_factor', OFFICIAL_PIXELS.rescale)) if p.get(
       'do_rescale', True) else 1.0
   if p.get('do_normalize', True):
     mean, std = p.get('image_mean', [0.5] * 3), p.get('image_std', [0.5] * 3)
@@ -259,23 +259,22 @@ def class_names(cfg: dict) -> Optional[list[str]]:
   return None if any(n is None for n in names) else names
 
 
-def processor_config(model: dict, image_size: int, channels: int) -> dict:
+def processor_config(model: Optional[ModelSpec], image_size: int, channels: int) -> dict:
   """The ViTImageProcessor settings that reproduce the model's input (`pixels`) at its size."""
-  px = model_pixels(model) or OFFICIAL_PIXELS
+  px = input_pixels(model)
   return dict(image_processor_type='ViTImageProcessor', do_resize=True,
               size=dict(height=int(image_size), width=int(image_size)), resample=2,
-              do_rescale=True, rescale_factor=float(px['rescale']), do_normalize=True,
-              image_mean=safetensors_dir.per_channel(px['mean'], channels),
-              image_std=safetensors_dir.per_channel(px['std'], channels))
+              do_rescale=True, rescale_factor=float(px.rescale), do_normalize=True,
+              image_mean=safetensors_dir.per_channel(px.mean, channels),
+              image_std=safetensors_dir.per_channel(px.std, channels))
 
 
-def check_expressible(params: Params, model: Optional[dict]) -> None:
+def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   """UserError naming what transformers' ViT cannot compute the same way: a ResNet stem,
   global average pooling, a representation layer before the classifier, position embeddings
-  other than learned 1D ones, axial attention. `model`: a resolved model dict (None: the
+  other than learned 1D ones, axial attention. `model`: the resolved model (None: the
   official defaults)."""
-  model = model or {}
-  if model.get('resnet') and model['resnet'].get('num_layers'):
+  if model and model.resnet:
     raise UserError('--format hf: hybrid R+ViT models have no transformers ViT equivalent; '
                     'use --format vit_jax')
   if 'cls' not in params:
@@ -285,27 +284,26 @@ def check_expressible(params: Params, model: Optional[dict]) -> None:
     raise UserError('--format hf: ViTForImageClassification has no representation layer '
                     '(pre_logits); fine-tune without model.representation_size, or export '
                     'with --format vit_jax')
-  posemb, attention = model.get('posemb', 'learned_1d'), model.get('attention', 'global')
+  posemb, attention = (model.posemb, model.attention) if model else ('learned_1d', 'global')
   if posemb != 'learned_1d' or attention != 'global':
     raise UserError(f'--format hf: transformers ViT has learned 1D position embeddings and '
                     f'global attention; this model has posemb {posemb} and {attention} '
                     f'attention')
 
 
-def save(params: Params, out: str, model: Optional[dict] = None, *,
+def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
          class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
          view: Optional[dict] = None) -> None:
   """Writes config.json + model.safetensors + preprocessor_config.json in the directory `out`
   that `ViTForImageClassification.from_pretrained` (or `ViTModel`, for a headless backbone)
   and `ViTImageProcessor.from_pretrained` load and run with the same logits.
 
-  `model` is a resolved model dict (vit.config; None: the official defaults); `image_size` the
+  `model` is the resolved model (a ModelSpec; None: the official defaults); `image_size` the
   processor's input size (default: the position embeddings' grid). The processor states this
   repository's view: a plain bilinear resize to that size; a checkpoint's own crop view
   (`view`, e.g. timm's crop_pct) has no ViTImageProcessor key and is named in a one-line
   warning. Models `check_expressible` refuses are refused.
   """
-  model = model or {}
   if view:
     logger.warning(f'--format hf: ViTImageProcessor resizes straight to the input size; the '
                    f'checkpoint\'s evaluation view (crop_pct {view["crop_pct"]:g}, '
@@ -328,21 +326,24 @@ def _grid(params: Params) -> int:
   return int(round(np.sqrt(tokens)))
 
 
-def _config(params: Params, model: dict, class_names: Optional[Sequence[str]]) -> dict:
-  """The config.json of `save`: sizes from the parameters, the function from `model`."""
+def _config(params: Params, model: Optional[ModelSpec],
+            class_names: Optional[Sequence[str]]) -> dict:
+  """The config.json of `save`: sizes from the parameters, the function from `model` (None:
+  the official tanh GELU and LayerNorm epsilon 1e-6, no dropout)."""
   t, (width, heads) = params['Transformer'], Dims.of(params)
   p, _, channels, _ = params['embedding']['kernel'].shape
   grid = _grid(params)
-  dropout = model.get('transformer', {})
+  gelu_approximate, dropout, attention_dropout, epsilon = (
+      (model.gelu_approximate, model.dropout_rate, model.attention_dropout_rate,
+       model.layer_norm_epsilon) if model else (True, 0.0, 0.0, 1e-6))
   cfg = dict(
       model_type='vit',
       architectures=['ViTForImageClassification' if 'head' in params else 'ViTModel'],
       hidden_size=width, num_hidden_layers=table.block_count(params), num_attention_heads=heads,
       intermediate_size=int(t['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'].shape[1]),
-      hidden_act='gelu_pytorch_tanh' if model.get('gelu_approximate', True) else 'gelu',
-      hidden_dropout_prob=float(dropout.get('dropout_rate', 0.0)),
-      attention_probs_dropout_prob=float(dropout.get('attention_dropout_rate', 0.0)),
-      layer_norm_eps=float(model.get('layer_norm_epsilon', 1e-6)),
+      hidden_act='gelu_pytorch_tanh' if gelu_approximate else 'gelu',
+      hidden_dropout_prob=float(dropout), attention_probs_dropout_prob=float(attention_dropout),
+      layer_norm_eps=float(epsilon),
       image_size=int(grid * p), patch_size=int(p), num_channels=int(channels),
       qkv_bias=True, encoder_stride=int(p), initializer_range=0.02, pooler_act='tanh')
   if 'pre_logits' in params:

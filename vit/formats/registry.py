@@ -10,6 +10,7 @@ from typing import Optional, Protocol, Sequence
 
 from vit.formats import hf, timm, vit_jax
 from vit.formats.tree import Params, Read
+from vit.models.spec import ModelSpec
 
 
 class Format(Protocol):
@@ -24,11 +25,11 @@ class Format(Protocol):
     """The official tree (float32 numpy) and what the files state; UserError naming `path`
     for anything the format cannot read."""
 
-  def check_expressible(self, params: Params, model: Optional[dict]) -> None:
+  def check_expressible(self, params: Params, model: Optional[ModelSpec]) -> None:
     """UserError ('--format NAME: ...', one line) naming what the format cannot hold of this
-    tree and resolved model dict (None: the official defaults) without changing its logits."""
+    tree and resolved model (None: the official defaults) without changing its logits."""
 
-  def save(self, params: Params, out: str, model: Optional[dict] = None, *,
+  def save(self, params: Params, out: str, model: Optional[ModelSpec] = None, *,
            class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
            view: Optional[dict] = None) -> None:
     """Writes `params` (the official tree) at `out` so that `load` reads it back bitwise;

@@ -25,8 +25,9 @@ from vit.errors import UserError
 from vit.formats import hf, safetensors_dir, table, vit_jax
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, fused, zeros
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, class_row_posemb, model_pixels,
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, class_row_posemb, input_pixels,
                               pixels, read_json_object, square_grid)
+from vit.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -158,7 +159,7 @@ def _input(directory: str, cfg: dict, channels: int) -> tuple[Optional[dict], Op
   """(pixels, image size) of timm's eval transform: ToTensor (x / 255), Normalize(mean, std)."""
   pre = cfg.get('pretrained_cfg', {})
   try:
-    stated = pixels(OFFICIAL_PIXELS['rescale'], pre.get('mean', 0.5), pre.get('std', 0.5),
+    stated = pixels(OFFICIAL_PIXELS.rescale, pre.get('mean', 0.5), pre.get('std', 0.5),
                     channels)
   except (ValueError, TypeError) as e:
     raise UserError(f'timm:{directory}/config.json: pretrained_cfg mean/std: {e}') from None
@@ -211,32 +212,30 @@ def load(path: str) -> Read:
   return Read(params, stated, names, size, view)
 
 
-def check_expressible(params: Params, model: Optional[dict]) -> None:
+def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   """UserError naming what timm's VisionTransformer could not compute the same way (and the
-  formats that do hold the model). `model`: a resolved model dict (None: official defaults)."""
-  model = model or {}
+  formats that do hold the model). `model`: the resolved model (None: official defaults)."""
   lost = []
-  if model.get('resnet') and model['resnet'].get('num_layers'):
+  if model and model.resnet:
     lost.append('a ResNet stem (hybrid R+ViT)')
   if 'cls' not in params:
     lost.append('global average pooling (timm pools avg without the final norm)')
   if 'pre_logits' in params:
     lost.append('a representation layer (pre_logits)')
-  if model.get('layer_norm_epsilon', 1e-6) != 1e-6:
-    lost.append(f'LayerNorm epsilon {model["layer_norm_epsilon"]:g} (timm: 1e-6)')
-  if model.get('posemb', 'learned_1d') != 'learned_1d' or model.get(
-      'attention', 'global') != 'global':
-    lost.append(f'posemb {model.get("posemb")} / {model.get("attention")} attention')
+  if model and model.layer_norm_epsilon != 1e-6:
+    lost.append(f'LayerNorm epsilon {model.layer_norm_epsilon:g} (timm: 1e-6)')
+  if model and (model.posemb != 'learned_1d' or model.attention != 'global'):
+    lost.append(f'posemb {model.posemb} / {model.attention} attention')
   if lost:
     raise UserError('--format timm: timm\'s VisionTransformer has no ' + ', '.join(lost) +
                     _formats_that_hold(params, model))
-  px = model_pixels(model) or OFFICIAL_PIXELS
-  if abs(px['rescale'] - OFFICIAL_PIXELS['rescale']) > 1e-12:
+  px = input_pixels(model)
+  if abs(px.rescale - OFFICIAL_PIXELS.rescale) > 1e-12:
     raise UserError(f'--format timm: timm scales pixels by 1/255, this model by '
-                    f'{px["rescale"]:g}; export with --format hf')
+                    f'{px.rescale:g}; export with --format hf')
 
 
-def _formats_that_hold(params: Params, model: dict) -> str:
+def _formats_that_hold(params: Params, model: Optional[ModelSpec]) -> str:
   """'; export with --format ...' naming only the formats whose writers accept the model."""
   accept = []
   for name, fmt in (('hf', hf), ('vit_jax', vit_jax)):
@@ -249,23 +248,22 @@ def _formats_that_hold(params: Params, model: dict) -> str:
           '; neither --format hf nor vit_jax holds it either: keep the workdir')
 
 
-def save(params: Params, out: str, model: Optional[dict] = None, *,
+def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
          class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
          view: Optional[dict] = None) -> None:
   """Writes model.safetensors + config.json in the directory `out` that
   `timm.create_model(architecture, **model_args)` loads (`load_state_dict`) and runs with the
   same logits. The pretrained_cfg states the evaluation view this repository uses (`view`,
   else a plain bilinear resize: crop_pct 1.0, crop_mode 'squash'), so that timm's pipeline
-  feeds the model what ours does. `model`: a resolved model dict (None: official defaults);
+  feeds the model what ours does. `model`: the resolved model (None: official defaults);
   models `check_expressible` refuses are refused."""
-  model = model or {}
   check_expressible(params, model)
   tensors = table.write(ROWS, params, range(table.block_count(params)), Dims.of(params))
   safetensors_dir.write(out, tensors, {
       'config.json': _config_json(params, model, class_names, image_size, view)})
 
 
-def _config_json(params: Params, model: dict, class_names: Optional[Sequence[str]],
+def _config_json(params: Params, model: Optional[ModelSpec], class_names: Optional[Sequence[str]],
                  image_size: Optional[int], view: Optional[dict]) -> dict:
   """timm's config.json (as `timm.models.save_for_hf` writes it) for `save`."""
   t, (width, heads) = params['Transformer'], Dims.of(params)
@@ -274,15 +272,15 @@ def _config_json(params: Params, model: dict, class_names: Optional[Sequence[str
   num_classes = int(params['head']['kernel'].shape[1]) if 'head' in params else 0
   mlp = t['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'].shape[1]
   size = int(image_size or grid * p)
-  px = model_pixels(model) or OFFICIAL_PIXELS
+  px = input_pixels(model)
   model_args = dict(img_size=[int(grid * p)] * 2, patch_size=int(p), embed_dim=width,
                     depth=table.block_count(params), num_heads=heads,
                     mlp_ratio=float(mlp) / width, num_classes=num_classes,
                     in_chans=int(channels), global_pool='token',
-                    act_layer='gelu_tanh' if model.get('gelu_approximate', True) else 'gelu')
+                    act_layer='gelu_tanh' if not model or model.gelu_approximate else 'gelu')
   pretrained_cfg = dict(input_size=[int(channels), size, size],
-                        mean=safetensors_dir.per_channel(px['mean'], channels),
-                        std=safetensors_dir.per_channel(px['std'], channels),
+                        mean=safetensors_dir.per_channel(px.mean, channels),
+                        std=safetensors_dir.per_channel(px.std, channels),
                         num_classes=num_classes, first_conv='patch_embed.proj',
                         classifier='head', **(view or PLAIN_VIEW))
   if class_names and len(class_names) == num_classes:

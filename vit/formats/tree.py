@@ -8,11 +8,12 @@ from typing import Any, NamedTuple, Optional
 import numpy as np
 
 from vit.errors import UserError
+from vit.models.spec import ModelSpec, Pixels
 
 Params = dict[str, Any]
 
 # (x * rescale - mean) / std of the official models: x / 127.5 - 1 (vit_jax's input_pipeline).
-OFFICIAL_PIXELS = dict(rescale=1 / 255, mean=0.5, std=0.5)
+OFFICIAL_PIXELS = Pixels(rescale=1 / 255, mean=(0.5,), std=(0.5,))
 
 
 class Read(NamedTuple):
@@ -65,7 +66,7 @@ def pixels(rescale: float, mean, std, channels: int) -> Optional[dict]:
       raise ValueError(f'{len(values)} {name} values for {channels}-channel images')
   if any(s == 0 for s in std):
     raise ValueError('a std of 0')
-  if (abs(rescale - OFFICIAL_PIXELS['rescale']) < 1e-12 and set(mean) == {0.5}
+  if (abs(rescale - OFFICIAL_PIXELS.rescale) < 1e-12 and set(mean) == {0.5}
       and set(std) == {0.5}):
     return None
   return dict(rescale=float(rescale), mean=tuple(mean), std=tuple(std))
@@ -86,10 +87,10 @@ def square_grid(tokens: int) -> Optional[int]:
   return side if side * side == tokens else None
 
 
-def model_pixels(model: dict) -> Optional[dict]:
-  """A model dict's `pixels` (rescale, mean, std), or None for the official x / 127.5 - 1."""
-  px = model.get('pixels') or {}
-  return dict(px) if px.get('rescale') is not None else None
+def input_pixels(model: Optional[ModelSpec]) -> Pixels:
+  """The input normalisation of `model` (None: the official defaults): its `pixels`, else the
+  official x / 127.5 - 1 (`OFFICIAL_PIXELS`)."""
+  return (model.pixels if model else None) or OFFICIAL_PIXELS
 
 
 def read_json_object(path: str, fmt: str) -> dict:

@@ -31,8 +31,9 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.errors import UserError
-from vit.formats.tree import (Params, Read, check_finite, class_row_posemb, flatten,
-                              model_pixels, square_grid, unflatten)
+from vit.formats.tree import (Params, Read, check_finite, class_row_posemb, flatten, square_grid,
+                              unflatten)
+from vit.models.spec import ModelSpec
 
 SUFFIX = '.npz'  # save writes one file (vit.formats.registry.Format).
 _PUBLISHED = ('LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3')
@@ -145,32 +146,33 @@ def load(path: str) -> Read:
 # What the official code assumes where the .npz states nothing (models_vit.py, input_pipeline).
 _IMPLIED = {'gelu_approximate': (True, lambda v: 'exact (erf) GELU'),
             'layer_norm_epsilon': (1e-6, lambda v: f'LayerNorm epsilon {v:g}'),
-            'pixels': (None, lambda v: f'input normalisation (x * {v["rescale"]:.6g} - mean '
-                                       f'{list(v["mean"])}) / std {list(v["std"])}'),
+            'pixels': (None, lambda v: f'input normalisation (x * {v.rescale:.6g} - mean '
+                                       f'{list(v.mean)}) / std {list(v.std)}'),
             'posemb': ('learned_1d', lambda v: f'posemb {v}'),
             'attention': ('global', lambda v: f'{v} attention')}
 
 
-def check_expressible(params: Params, model: Optional[dict]) -> None:
+def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   """UserError naming what an official-layout .npz of `model` could not hold (the tree itself
-  it holds whole). `model`: a resolved model dict (None: the official defaults)."""
+  it holds whole). `model`: the resolved model (None: the official defaults)."""
   del params
-  values = dict(model or {}, pixels=model_pixels(model or {}))
-  lost = [describe(values.get(key, implied)) for key, (implied, describe) in _IMPLIED.items()
-          if values.get(key, implied) != implied]
+  values = {key: getattr(model, key) if model else implied
+            for key, (implied, _) in _IMPLIED.items()}
+  lost = [describe(values[key]) for key, (implied, describe) in _IMPLIED.items()
+          if values[key] != implied]
   if lost:
     raise UserError('--format vit_jax: the .npz layout cannot hold ' + ', '.join(lost) +
                     ' (readers assume tanh GELU, LayerNorm epsilon 1e-6, inputs x / 127.5 - 1)'
                     ', so the logits would change; export with --format hf')
 
 
-def save(params: Params, out: str, model: Optional[dict] = None, *,
+def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
          class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
          view: Optional[dict] = None) -> None:
   """Writes the published .npz layout to the file `out` (the inverse of `load` for that
   layout).
 
-  With `model` (a resolved vit.config model dict), refuses one the layout cannot express
+  With `model` (the resolved model, a ModelSpec), refuses one the layout cannot express
   (`check_expressible`). The .npz holds parameters only: `class_names`, `image_size` and
   `view` have no place in it (readers take the size from the position embeddings).
   """

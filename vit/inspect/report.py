@@ -8,7 +8,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from vit import atomic_write, config as config_lib, init_spec, preprocess
+from vit import atomic_write, init_spec, preprocess
 from vit.errors import UserError
 from vit.inspect import attention, embeddings, figures, images as images_lib
 from vit.models import factory
@@ -91,7 +91,7 @@ def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: in
   ckpt = init_spec.load(spec)
   pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images,
                                      ckpt.view)
-  model = config_lib.upgrade(ckpt.model)
+  model = ckpt.model
   result = analyse(model, ckpt.params, pictures, show=min(show, len(pictures)),
                    batch_size=batch_size, class_names=ckpt.class_names)
   summary = dict(model=init_spec.describe(ckpt), init=spec, posemb=model.posemb,
