@@ -31,7 +31,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from vit import architecture, config as config_lib
+from vit import architecture, checkpoints, config as config_lib
 from vit.architecture import (abstract_params, grid_at, infer_model,  # noqa: F401 (re-exported)
                               patch_stride)
 from vit.class_names import (CLASS_NAMES_FILE, read_class_names,  # noqa: F401 (re-exported)
@@ -114,7 +114,6 @@ def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
 
 
 def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
-  from vit import checkpoints  # orbax: only for workdirs, not for the published formats.
   if not os.path.isdir(path):
     raise UserError(f'{fmt}:{path}: directory not found' if fmt else
                     f'--checkpoint {path}: directory not found (a trainer workdir, or FORMAT:PATH)')

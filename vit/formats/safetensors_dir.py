@@ -11,6 +11,8 @@ import os
 from typing import Any
 
 import numpy as np
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
 
 from vit.errors import UserError
 from vit.formats.tree import check_finite
@@ -23,8 +25,6 @@ def read_weights(path: str, fmt: str) -> dict[str, np.ndarray]:
 
   Raises UserError '{fmt}:{path}: not a readable safetensors file (...)', or naming a tensor
   with NaN or infinite values."""
-  from safetensors import SafetensorError
-  from safetensors.numpy import load_file
   try:
     weights = load_file(path)
   except (SafetensorError, OSError, ValueError) as e:
@@ -43,7 +43,6 @@ def pickled_hint(directory: str) -> str:
 def write(directory: str, tensors: dict[str, Any], files: dict[str, dict]) -> None:
   """Writes `tensors` as float32 `model.safetensors` and each of `files` (name -> JSON object,
   e.g. config.json) in `directory`, which is created if needed."""
-  from safetensors.numpy import save_file
   os.makedirs(directory, exist_ok=True)
   save_file({k: np.ascontiguousarray(v, np.float32) for k, v in tensors.items()},
             os.path.join(directory, WEIGHTS), metadata={'format': 'pt'})

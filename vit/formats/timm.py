@@ -21,6 +21,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from vit.data import transforms
 from vit.errors import UserError
 from vit.formats import hf, safetensors_dir, table, vit_jax
 from vit.formats.table import Dims, Row
@@ -131,7 +132,6 @@ def read_view(directory: str, cfg: dict, size: Optional[int]) -> Optional[dict]:
   as `vit.data.transforms.EvalView` fields; None for a plain resize or without a pretrained_cfg.
   A view that EvalView cannot compute (crop_mode 'border', an unknown filter) is a one-line
   warning naming it, and a plain resize."""
-  from vit.data import transforms
   pre = cfg.get('pretrained_cfg')
   if not isinstance(pre, dict) or size is None:
     return None

@@ -28,6 +28,7 @@ import re
 import zipfile
 from typing import Optional, Sequence
 
+import ml_dtypes
 import numpy as np
 
 from vit.errors import UserError
@@ -62,7 +63,6 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 
 def _float32(a: np.ndarray) -> np.ndarray:
   if a.dtype.kind == 'V' and a.dtype.itemsize == 2:  # bfloat16 saved by np.savez.
-    import ml_dtypes
     a = a.view(ml_dtypes.bfloat16)
   return a.astype(np.float32) if a.dtype != np.float32 else a
 
