@@ -10,6 +10,9 @@ import pytest
 from configs.study import converged
 from study import report, run as run_lib, store
 
+# The runner's bookkeeping does not depend on the width: a tiny ViT keeps its compiles short.
+TINY_MODEL = dict(hidden_size=16, transformer=dict(mlp_dim=32, num_heads=2, num_layers=2))
+
 
 def _tiny(tmp_path, where='a'):
   c = converged.get_config()
@@ -21,6 +24,7 @@ def _tiny(tmp_path, where='a'):
   c.sweep.update(learning_rates=(1e-3,), crop_padding=(2,))
   for part in (c.classifier, c.pretrainer):
     part.update(eval_batch_size=1000, log_every=3)
+    part.model.update(TINY_MODEL)
   c.pretrainer.mpp.eval_examples = 1000
   c.results, c.backbones = str(tmp_path / where / 'results'), str(tmp_path / where / 'bb')
   c.report = str(tmp_path / where / 'results.md')
