@@ -107,15 +107,28 @@ def _cli(*args):
 
 
 def test_command_line_mistakes_are_one_line_errors():
-  for override, expected in (
+  cases = (
       ('--config.model.hidden_sizee=3', 'Did you mean "hidden_size"'),
       ('--config.image_size=30', 'config.image_size=30: not divisible by the patch size 4'),
       ('--config=configs/missing.py', 'configs/missing.py'),
       ('--config.model.posemb=learned_3d', "config.model.posemb='learned_3d': must be one of"),
-  ):
-    result = _cli('-m', 'supervised.train', '--workdir', '/tmp/unused-workdir', override)
-    assert result.returncode == 2, result.stderr
-    assert expected in result.stderr and 'Traceback' not in result.stderr, result.stderr
+  )
+  # Independent processes, started together: their interpreter start-ups share the cores.
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen([sys.executable, '-m', 'supervised.train', '--workdir',
+                             '/tmp/unused-workdir', override], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+           for override, _ in cases]
+  try:
+    for proc, (_, expected) in zip(procs, cases):
+      _, stderr = proc.communicate(timeout=300)
+      assert proc.returncode == 2, stderr
+      assert expected in stderr and 'Traceback' not in stderr, stderr
+  finally:  # A failed case leaves no process behind.
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
 
 
 @pytest.mark.parametrize('trainer,args,shown', [
