@@ -53,18 +53,27 @@ def test_fashion_mnist_finetune_reaches_70_percent(tmp_path):
 
 def test_cli_help_and_missing_init(tmp_path):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
-  cmd = lambda *a: subprocess.run([sys.executable, '-m', 'supervised.finetune', *a], cwd=ROOT,
-                                  env=env, capture_output=True, text=True, timeout=300)
-  helped = cmd('--help')
-  assert '--config' in helped.stdout and '--workdir' in helped.stdout
+  # Independent processes (each its own workdir), started together: their interpreter
+  # start-ups share the cores.
+  procs = [subprocess.Popen([sys.executable, '-m', 'supervised.finetune', *a], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for a in (('--help',),
+                     ('--config=configs/finetune/fashion_mnist.py', f'--workdir={tmp_path / "w"}'),
+                     ('--config=configs/finetune/fashion_mnist.py', f'--workdir={tmp_path / "v"}',
+                      f'--config.init=hf:{tmp_path / "absent"}'))]
+  try:
+    (helped, _), (_, no_init), (_, absent) = [p.communicate(timeout=300) for p in procs]
+  finally:  # A timed-out case leaves no process behind.
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.communicate()
+  assert '--config' in helped and '--workdir' in helped
   # The flags themselves, not only the usage line of the module docstring.
-  assert '  --config: Path to an ml_collections config file' in helped.stdout
-  assert '  --workdir: Directory for checkpoints' in helped.stdout
-  out = cmd('--config=configs/finetune/fashion_mnist.py', f'--workdir={tmp_path / "w"}')
-  assert out.returncode == 2
-  assert out.stderr.strip().splitlines() == [
+  assert '  --config: Path to an ml_collections config file' in helped
+  assert '  --workdir: Directory for checkpoints' in helped
+  assert procs[1].returncode == 2
+  assert no_init.strip().splitlines() == [
       'error: config.init=None: set the weights to start from: mpp:DIR, mae:DIR, simmim:DIR, '
       'supervised:DIR, vit_jax:FILE.npz, hf:DIR or timm:DIR']
-  out = cmd('--config=configs/finetune/fashion_mnist.py', f'--workdir={tmp_path / "w"}',
-            f'--config.init=hf:{tmp_path / "absent"}')
-  assert out.returncode == 2 and 'directory not found' in out.stderr
+  assert procs[2].returncode == 2 and 'directory not found' in absent
