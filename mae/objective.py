@@ -32,9 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from mpp import targets as targets_lib
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
+from vit.models import patches
 from vit.models.layer_norm import LayerNorm
 from vit.models.spec import ModelSpec
 from vit.models.vit import Encoder1DBlock, VisionTransformer
@@ -182,7 +182,7 @@ def targets(spec: Spec, inputs: jax.Array) -> jax.Array:
 
   Rows, then columns, then channels: the official `patchify` ('nchpwq->nhwpqc').
   """
-  t = targets_lib.pixels(inputs, spec.patch_size)
+  t = patches.pixels(inputs, spec.patch_size)
   if not spec.norm_pix_loss:
     return t
   mean = t.mean(axis=-1, keepdims=True)

@@ -14,17 +14,10 @@ import numpy as np
 from PIL import Image
 
 from mpp import objective, targets as targets_lib
+from vit.models import patches as patches_lib
 from vit.preprocess import to_unit
 
 MASK_COLOR = (1.0, 0.15, 0.15)
-
-
-def _unpatchify(patches: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
-  """[B, N, ph, pw, C] -> [B, H, W, C] (inverse of targets.patchify)."""
-  b, _, ph, pw, c = patches.shape
-  gh, gw = grid
-  return patches.reshape(b, gh, gw, ph, pw, c).transpose(0, 1, 3, 2, 4, 5).reshape(
-      b, gh * ph, gw * pw, c)
 
 
 def _predicted_patches(spec: objective.Spec, outputs, true_patches):
@@ -49,7 +42,7 @@ def patch_panels(model, spec: objective.Spec, params, images: jax.Array, rng: ja
   """uint8 [B, H, W, C] -> three float [B, N, ph, pw, 3] patch panels in [0, 1] (jittable)."""
   outputs, _, corruption = objective.forward(model, spec, params, images, rng, False)
   unit = to_unit(images)
-  patches = targets_lib.patchify(unit, spec.patch_size)
+  patches = patches_lib.patchify(unit, spec.patch_size)
   b, n = patches.shape[:2]
   flat = patches.reshape(b * n, *patches.shape[2:])
   shown = jnp.where(corruption.replaced[..., None, None, None],
@@ -57,7 +50,7 @@ def patch_panels(model, spec: objective.Spec, params, images: jax.Array, rng: ja
   if patches.shape[-1] == 1:
     patches, shown = (jnp.repeat(x, 3, -1) for x in (patches, shown))
   shown = jnp.where(corruption.masked[..., None, None, None], jnp.array(MASK_COLOR), shown)
-  predicted = _predicted_patches(spec, outputs, targets_lib.patchify(unit, spec.patch_size))
+  predicted = _predicted_patches(spec, outputs, patches_lib.patchify(unit, spec.patch_size))
   if predicted.shape[-1] == 1:
     predicted = jnp.repeat(predicted, 3, -1)
   predicted = jnp.where(corruption.corrupted[..., None, None, None], predicted, patches)
@@ -68,7 +61,7 @@ def make_panels(model, spec: objective.Spec, params, images, rng, panels_fn=None
   """uint8 [B, H, W, C] -> three float [B, H, W, 3] image panels in [0, 1]."""
   panels_fn = panels_fn or (lambda *a: patch_panels(model, spec, *a))
   grid = (images.shape[1] // spec.patch_size[0], images.shape[2] // spec.patch_size[1])
-  return tuple(_unpatchify(np.asarray(x), grid) for x in panels_fn(params, images, rng))
+  return tuple(patches_lib.unpatchify(np.asarray(x), grid) for x in panels_fn(params, images, rng))
 
 
 def compose(panels, scale: int = 4, gap: int = 2) -> np.ndarray:

@@ -19,6 +19,7 @@ from mpp import corruption as corruption_lib
 from mpp import targets as targets_lib
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
+from vit.models import patches
 from vit.models.vit import VisionTransformer
 from vit.models.spec import ModelSpec, Pixels
 from vit.preprocess import input_fn, pixels_fn, to_unit
@@ -112,7 +113,7 @@ def compute_targets(spec: Spec, unit_images: jax.Array) -> jax.Array:
     return targets_lib.mean_color(unit_images, spec.patch_size, spec.bits)
   if spec.target == 'downsampled_color':
     return targets_lib.downsampled_color(unit_images, spec.patch_size, spec.grid, spec.bits)
-  t = targets_lib.pixels(unit_images, spec.patch_size)
+  t = patches.pixels(unit_images, spec.patch_size)
   return targets_lib.normalize_patches(t) if spec.normalize_pixels else t
 
 

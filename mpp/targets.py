@@ -2,32 +2,17 @@
 
 Targets are computed from the un-normalised [0, 1] image after the augmentation the model sees,
 never from the [-1, 1] model input: bins taken from normalised pixels would put half the colour
-range below zero and collapse it into the first bin.
+range below zero and collapse it into the first bin. The `pixels` target is the raw patch
+(vit.models.patches.pixels), for L2 regression.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
-
 import jax.numpy as jnp
+
+from vit.models.patches import PatchSize, as_pair, patchify
 
 TARGETS = ('mean_color', 'downsampled_color', 'pixels')
 
-PatchSize = Union[int, Sequence[int]]
-
-
-def _pair(patch_size: PatchSize) -> tuple[int, int]:
-  if isinstance(patch_size, int):
-    return patch_size, patch_size
-  ph, pw = patch_size
-  return int(ph), int(pw)
-
-
-def patchify(images, patch_size: PatchSize):
-  """[B, H, W, C] -> [B, N, ph, pw, C], patches in row-major order (the ViT token order)."""
-  ph, pw = _pair(patch_size)
-  b, h, w, c = images.shape
-  x = images.reshape(b, h // ph, ph, w // pw, pw, c)
-  return x.transpose(0, 1, 3, 2, 4, 5).reshape(b, (h // ph) * (w // pw), ph, pw, c)
 
 
 def quantize(colors, bits: int):
@@ -61,7 +46,7 @@ def downsampled_color(images, patch_size: PatchSize, grid: int = 4, bits: int = 
   The paper's variant of 16 predictions of 512 classes per 16x16 patch (4x4 cells of 4x4 pixels).
   A cell is `cell_size(patch_size, grid)` pixels: at 4-px patches, grid 4 is one pixel per cell.
   """
-  ph, pw = _pair(patch_size)
+  ph, pw = as_pair(patch_size)
   if ph % grid or pw % grid:
     raise ValueError(f'patch size {(ph, pw)} is not divisible by the grid {grid}')
   p = patchify(images, (ph, pw))
@@ -72,14 +57,8 @@ def downsampled_color(images, patch_size: PatchSize, grid: int = 4, bits: int = 
 
 def cell_size(patch_size: PatchSize, grid: int) -> tuple[int, int]:
   """Pixels per cell of the downsampled target, (height, width): patch size / grid."""
-  ph, pw = _pair(patch_size)
+  ph, pw = as_pair(patch_size)
   return ph // grid, pw // grid
-
-
-def pixels(images, patch_size: PatchSize):
-  """-> float [B, N, ph*pw*C]: the raw patch, for L2 regression (rows, then columns, channels)."""
-  p = patchify(images, patch_size)
-  return p.reshape(p.shape[0], p.shape[1], -1).astype(jnp.float32)
 
 
 def normalize_patches(patches, eps: float = 1e-6):
@@ -92,7 +71,7 @@ def normalize_patches(patches, eps: float = 1e-6):
 def output_shape(target: str, patch_size: PatchSize, channels: int, bits: int, grid: int
                  ) -> tuple[int, ...]:
   """The head's per-patch output: (classes,), (cells, classes) or (values,)."""
-  ph, pw = _pair(patch_size)
+  ph, pw = as_pair(patch_size)
   classes = (2 ** bits) ** channels
   if target == 'mean_color':
     return (classes,)

@@ -28,9 +28,9 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mpp import targets as targets_lib
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
+from vit.models import patches
 from vit.models.spec import ModelSpec
 from vit.models.vit import VisionTransformer
 from vit.preprocess import input_fn
@@ -134,7 +134,7 @@ def loss_on(model: SimMimModel, spec: Spec, params, inputs: jax.Array, mask: jax
   weights = mask.astype(jnp.float32)
   if valid is not None:  # Padding rows of an evaluation batch.
     weights = weights * valid[:, None]
-  loss, count = masked_l1(spec, pred, targets_lib.pixels(inputs, spec.patch_size), weights)
+  loss, count = masked_l1(spec, pred, patches.pixels(inputs, spec.patch_size), weights)
   return loss, {'masked_patches': count}
 
 

@@ -1,4 +1,5 @@
-"""The layers: vit/ is a library that imports no objective, and its modules form no cycle.
+"""The layers: vit/ is a library that imports no objective, its modules form no cycle, and no
+objective imports another (what two objectives share belongs in vit/).
 
 Read from the source (every import statement, those inside functions too), so the test needs
 nothing imported and fails on the line that breaks the rule, not on a later import error.
@@ -11,6 +12,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Packages that implement objectives (vit/objective.py) or use the library from outside.
 ABOVE_THE_LIBRARY = ('mpp', 'supervised', 'mae', 'simmim', 'study', 'benchmarks', 'configs',
                      'tests')
+# The packages that define an objective: those with an `objective.py` (vit/objective.py is the
+# interface they implement), found rather than listed so that a new objective is covered too.
+OBJECTIVES = tuple(sorted(
+    name for name in os.listdir(ROOT) if name != 'vit'
+    and os.path.isfile(os.path.join(ROOT, name, 'objective.py'))))
 
 
 def _modules(package: str) -> dict[str, str]:
@@ -44,6 +50,15 @@ def test_the_library_imports_no_objective():
   assert not wrong, wrong
 
 
+def test_no_objective_imports_another():
+  assert {'mpp', 'supervised', 'mae', 'simmim'} <= set(OBJECTIVES), OBJECTIVES
+  wrong = [f'{os.path.relpath(path, ROOT)}:{line} imports {name}'
+           for package in OBJECTIVES for path in _modules(package).values()
+           for line, name in _imports(path)
+           if name.split('.')[0] in set(OBJECTIVES) - {package}]
+  assert not wrong, wrong
+
+
 def test_no_import_cycle_in_the_library():
   modules = _modules('vit')
   graph = {m: {name for _, name in _imports(p) if name in modules and name != m}
@@ -69,7 +84,8 @@ def test_no_import_cycle_in_the_library():
 
 
 def test_bazel_targets_agree():
-  """vit's targets depend on no objective; each package's BUILD names what it imports.
+  """vit's targets depend on no objective, an objective's on no other; each package's BUILD
+  names what it imports.
 
   Only `deps` count: a config file read by path at run time is `data`, not an import.
   """
@@ -79,6 +95,13 @@ def test_bazel_targets_agree():
     return {d for block in lists for d in re.findall(r'"//(\w+)', block)} | {package}
 
   assert not deps('vit') & set(ABOVE_THE_LIBRARY)
+  for package in OBJECTIVES:
+    # The library target only: a command may load another objective's checkpoints by name at
+    # run time (supervised.finetune --config.init=mpp:DIR) without importing its package.
+    text = open(os.path.join(ROOT, package, 'BUILD')).read()
+    library = re.search(r'py_library\((.*?)\n\)', text, re.S).group(1)
+    others = set(re.findall(r'"//(\w+)', library)) & set(OBJECTIVES) - {package}
+    assert not others, f'{package}/BUILD: py_library depends on //{", //".join(sorted(others))}'
   ours = {'vit', *ABOVE_THE_LIBRARY} - {'tests'}
   for package in sorted(ours - {'vit', 'configs'}):
     imported = {name.split('.')[0] for path in _modules(package).values()

@@ -11,6 +11,7 @@ from mpp import objective, targets
 from vit import config as config_lib
 from vit.data import fashion_mnist as fmnist
 from vit.errors import ConfigError
+from vit.models import patches
 
 
 def _image(patch_means, patch=2):
@@ -49,7 +50,7 @@ def test_downsampled_color_cells():
   # A grid as fine as the patch quantises each pixel.
   rng = np.random.default_rng(0)
   x = rng.uniform(size=(2, 8, 8, 3)).astype(np.float32)
-  per_pixel = targets.quantize(targets.patchify(x, 4).reshape(2, 4, 16, 3), 3)
+  per_pixel = targets.quantize(patches.patchify(x, 4).reshape(2, 4, 16, 3), 3)
   np.testing.assert_array_equal(targets.downsampled_color(x, 4, grid=4), per_pixel)
 
 
@@ -60,13 +61,20 @@ def test_downsampled_color_rejects_a_grid_not_dividing_the_patch():
 
 def test_pixels_are_the_flattened_patches():
   x = np.arange(2 * 4 * 4 * 3, dtype=np.float32).reshape(2, 4, 4, 3)
-  out = targets.pixels(x, 2)
+  out = patches.pixels(x, 2)
   assert out.shape == (2, 4, 12)
   np.testing.assert_array_equal(out[1, 3], x[1, 2:, 2:].reshape(-1))
   np.testing.assert_array_equal(out[0, 1], x[0, :2, 2:].reshape(-1))
   normed = targets.normalize_patches(out)
   np.testing.assert_allclose(normed.mean(-1), 0.0, atol=1e-5)
   np.testing.assert_allclose(normed.std(-1), 1.0, atol=1e-3)
+
+
+def test_unpatchify_puts_the_patches_back():
+  x = np.arange(2 * 4 * 6 * 3).reshape(2, 4, 6, 3)
+  p = patches.patchify(x, 2)
+  np.testing.assert_array_equal(p[0, 4], x[0, 2:4, 2:4])  # Row 1, column 1 of a 2x3 grid.
+  np.testing.assert_array_equal(patches.unpatchify(p, (2, 3)), x)
 
 
 def _spec(target='mean_color', channels=1, rate=0.5):
