@@ -34,6 +34,7 @@ import numpy as np
 
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
+from vit.evaluators import fewshot
 from vit.models import patches
 from vit.models.layer_norm import LayerNorm
 from vit.models.spec import ModelSpec
@@ -224,19 +225,6 @@ def make_loss_fn(model: MaeModel, spec: Spec, m: ModelSpec):
   return loss_fn
 
 
-def make_representation_fn(m: ModelSpec):
-  """backbone params, uint8 images -> mean of the encoded patch tokens, all patches visible.
-
-  The same frozen features as MPP's (mpp/objective.py), so probes compare like for like.
-  """
-  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
-  to_input = input_fn(m)
-
-  def representation(params, images):
-    return backbone.apply({'params': params}, to_input(images), train=False)[:, 1:].mean(axis=1)
-  return representation
-
-
 @dataclasses.dataclass(frozen=True)
 class MaeObjective:
   """MAE as a `vit.objective.Objective` (what mae.train trains).
@@ -245,7 +233,8 @@ class MaeObjective:
   `predictions` are the decoder's pixels, float32 [B, N, ph * pw * C] (normalised per patch
   under norm_pix_loss), every patch predicted, under masking noise from a fixed key
   (jax.random.key(0)) so that repeated calls compare. `representation` is the mean of the
-  backbone's encoded patch tokens, float32 [B, D], with every patch visible.
+  backbone's encoded patch tokens, float32 [B, D], with every patch visible (as MPP's and
+  SimMIM's: `vit.evaluators.fewshot.make_patch_mean_fn`).
   """
   model: MaeModel
   spec: Spec
@@ -265,7 +254,7 @@ class MaeObjective:
                             train=False)[0]
 
   def representation(self, params, images: jax.Array) -> jax.Array:
-    return make_representation_fn(self.m)(self.backbone(params), images)
+    return fewshot.make_patch_mean_fn(self.m)(self.backbone(params), images)
 
   def backbone(self, params):
     return params['backbone']
@@ -276,8 +265,7 @@ def build(config: ml_collections.ConfigDict, m: ModelSpec) -> MaeObjective:
   section is checked here, so the trainer, vit.plan and the benchmarks all check it."""
   check_config(config, m)
   return MaeObjective(model=build_model(config, m), spec=Spec.from_config(config, m),
-                      image_shape=(1, config.image_size, config.image_size,
-                                   config.data.channels), m=m)
+                      image_shape=objective_lib.init_image_shape(config), m=m)
 
 
 def section() -> ml_collections.ConfigDict:

@@ -6,26 +6,19 @@ the backbone (the encoder) and reads its architecture from the saved config, and
 """
 from __future__ import annotations
 
-from absl import flags
-
 from mae import objective
-from vit import cli, config as config_lib
+from vit import cli
 from vit.training import loop, reconstruction
-
-FLAGS = flags.FLAGS
 
 
 def build_task(config, m) -> loop.Task:
+  """MAE's task: its loss on the first config.mae.eval_examples held-out images, few-shot
+  probes when config.fewshot is on (`vit.training.reconstruction.build_task`)."""
   return reconstruction.build_task(config, objective.build(config, m),
                                    config.mae.eval_examples)
 
 
-def main(argv):
-  del argv
-  config = FLAGS.config
-  m = config_lib.validate(config)
-  loop.train(config, FLAGS.workdir, build_task(config, m))
-
+main = reconstruction.trainer_main(build_task)
 
 if __name__ == '__main__':
   cli.define_config_flags('configs/mae/fashion_mnist.py')

@@ -19,10 +19,11 @@ from mpp import corruption as corruption_lib
 from mpp import targets as targets_lib
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
+from vit.evaluators import fewshot
 from vit.models import patches
 from vit.models.vit import VisionTransformer
 from vit.models.spec import ModelSpec, Pixels
-from vit.preprocess import input_fn, pixels_fn, to_unit
+from vit.preprocess import pixels_fn, to_unit
 
 
 class MppModel(nn.Module):
@@ -91,21 +92,6 @@ class Spec:
 def build_model(config: ml_collections.ConfigDict, m: ModelSpec) -> MppModel:
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
   return MppModel(backbone=backbone, output_shape=Spec.from_config(config, m).output_shape)
-
-
-def make_representation_fn(m: ModelSpec):
-  """backbone params, uint8 images -> mean of the encoded patch tokens (frozen features).
-
-  MPP trains the patch outputs only; the class token's output gets no loss, so the average of
-  the patch tokens is the representation the objective shapes (used for few-shot evaluation).
-  """
-  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
-  to_input = input_fn(m)  # The same normalisation as in pretraining (`model.pixels`).
-
-  def representation(params, images):
-    encoded = backbone.apply({'params': params}, to_input(images), train=False)
-    return encoded[:, 1:].mean(axis=1)
-  return representation
 
 
 def compute_targets(spec: Spec, unit_images: jax.Array) -> jax.Array:
@@ -182,7 +168,7 @@ class MppObjective:
   Dense D -> prod(spec.output_shape)}. `predictions` are MPP's per-patch outputs, float32
   [B, N, *spec.output_shape], under a corruption drawn from a fixed key (jax.random.key(0)), so
   that repeated calls compare. `representation` is the mean of the backbone's encoded patch
-  tokens, float32 [B, D], on the uncorrupted images (see `make_representation_fn`).
+  tokens, float32 [B, D], on the uncorrupted images (`vit.evaluators.fewshot.make_patch_mean_fn`).
   """
   model: MppModel
   spec: Spec
@@ -212,8 +198,8 @@ def build(config: ml_collections.ConfigDict, m: ModelSpec) -> MppObjective:
   """The MPP objective of a validated config (`m`: its resolved model)."""
   return MppObjective(
       model=build_model(config, m), spec=Spec.from_config(config, m),
-      image_shape=(1, config.image_size, config.image_size, config.data.channels),
-      represent=make_representation_fn(m))
+      image_shape=objective_lib.init_image_shape(config),
+      represent=fewshot.make_patch_mean_fn(m))
 
 
 TARGETS = ('mean_color', 'downsampled_color', 'pixels')

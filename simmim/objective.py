@@ -30,6 +30,7 @@ import ml_collections
 
 from vit import config as config_lib, objective as objective_lib
 from vit.errors import ConfigError
+from vit.evaluators import fewshot
 from vit.models import patches
 from vit.models.spec import ModelSpec
 from vit.models.vit import VisionTransformer
@@ -152,16 +153,6 @@ def make_loss_fn(model: SimMimModel, spec: Spec, m: ModelSpec):
   return loss_fn
 
 
-def make_representation_fn(m: ModelSpec):
-  """backbone params, uint8 images -> mean of the encoded patch tokens (as MPP's and MAE's)."""
-  backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
-  to_input = input_fn(m)
-
-  def representation(params, images):
-    return backbone.apply({'params': params}, to_input(images), train=False)[:, 1:].mean(axis=1)
-  return representation
-
-
 @dataclasses.dataclass(frozen=True)
 class SimMimObjective:
   """SimMIM as a `vit.objective.Objective` (what simmim.train trains).
@@ -170,7 +161,8 @@ class SimMimObjective:
   Dense D -> ph * pw * C}. `predictions` are the predicted pixels, float32 [B, N, ph * pw * C]
   in the model's input scale, under a mask drawn from a fixed key (jax.random.key(0)) so that
   repeated calls compare. `representation` is the mean of the backbone's encoded patch tokens,
-  float32 [B, D], on the unmasked images.
+  float32 [B, D], on the unmasked images (as MPP's and MAE's:
+  `vit.evaluators.fewshot.make_patch_mean_fn`).
   """
   model: SimMimModel
   spec: Spec
@@ -189,7 +181,7 @@ class SimMimObjective:
     return self.model.apply({'params': params}, input_fn(self.m)(images), mask, train=False)
 
   def representation(self, params, images: jax.Array) -> jax.Array:
-    return make_representation_fn(self.m)(self.backbone(params), images)
+    return fewshot.make_patch_mean_fn(self.m)(self.backbone(params), images)
 
   def backbone(self, params):
     return params['backbone']
@@ -200,8 +192,7 @@ def build(config: ml_collections.ConfigDict, m: ModelSpec) -> SimMimObjective:
   section is checked here, so the trainer, vit.plan and the benchmarks all check it."""
   check_config(config, m)
   return SimMimObjective(model=build_model(config, m), spec=Spec.from_config(config, m),
-                         image_shape=(1, config.image_size, config.image_size,
-                                      config.data.channels), m=m)
+                         image_shape=objective_lib.init_image_shape(config), m=m)
 
 
 def section() -> ml_collections.ConfigDict:

@@ -77,7 +77,7 @@ def build(config: ml_collections.ConfigDict, m: ModelSpec) -> Classifier:
   check_classes(m)
   return Classifier(
       model=config_lib.build_model(m),
-      image_shape=(1, config.image_size, config.image_size, config.data.channels),
+      image_shape=objective_lib.init_image_shape(config),
       to_input=preprocess.input_fn(m), represent=fewshot.make_representation_fn(m))
 
 

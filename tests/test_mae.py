@@ -14,6 +14,7 @@ import pytest
 from configs.mae import fashion_mnist as mae_config
 from mae import objective
 from vit import checkpoints, config as config_lib, init_spec
+from vit.evaluators import fewshot
 from vit.errors import ConfigError, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -217,7 +218,7 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
   torch = pytest.importorskip('torch')
   hf_model = transformers.ViTModel.from_pretrained(out, add_pooling_layer=False).eval()
   images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
-  ours = objective.make_representation_fn(ckpt.model)(ckpt.params, images)
+  ours = fewshot.make_patch_mean_fn(ckpt.model)(ckpt.params, images)
   with torch.no_grad():
     theirs = hf_model(pixel_values=torch.from_numpy(
         (images / 127.5 - 1).astype(np.float32).transpose(0, 3, 1, 2))).last_hidden_state

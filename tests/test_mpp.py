@@ -11,6 +11,7 @@ from mpp import objective, targets
 from vit import config as config_lib
 from vit.data import fashion_mnist as fmnist
 from vit.errors import ConfigError
+from vit.evaluators import fewshot
 from vit.models import patches
 
 
@@ -273,7 +274,7 @@ def test_mpp_feeds_the_model_its_own_pixel_normalisation():
   np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
   default = objective.Spec.from_config(fashion_mnist.get_config(), m)
   np.testing.assert_array_equal(t, objective.compute_targets(default, images / 255.0))
-  features = objective.make_representation_fn(m)(params['backbone'], images)
+  features = fewshot.make_patch_mean_fn(m)(params['backbone'], images)
   encoded = config_lib.build_model(m, num_classes=None, classifier='unpooled').apply(
       {'params': params['backbone']}, manual, train=False)
   np.testing.assert_allclose(features, encoded[:, 1:].mean(1), rtol=1e-5, atol=1e-5)

@@ -59,7 +59,7 @@ def test_mpp_objective_is_the_trainers_model_and_loss():
   assert obj.predictions(params, batch).shape == (4, 49, 512)  # 7x7 patches, 512 colours.
   features = obj.representation(params, batch['image'])
   np.testing.assert_array_equal(
-      features, mpp_objective.make_representation_fn(m)(params['backbone'], batch['image']))
+      features, fewshot.make_patch_mean_fn(m)(params['backbone'], batch['image']))
   assert features.shape == (4, 16) and features.dtype == np.float32
   assert obj.backbone(params) is params['backbone']
 

@@ -105,6 +105,12 @@ def resolve(name: str) -> Definition:
                    f'{" or ".join(c + "." + (attribute or "DEFINITION") for c in candidates)}')
 
 
+def init_image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:
+  """(1, config.image_size, config.image_size, config.data.channels): the one image an
+  objective's `init_params` traces (parameter shapes do not depend on the batch)."""
+  return (1, config.image_size, config.image_size, config.data.channels)
+
+
 def with_section(config: ml_collections.ConfigDict, definition: Definition
                  ) -> ml_collections.ConfigDict:
   """`config` with the objective's section at its defaults if it has none (a copy; `config`

@@ -121,6 +121,23 @@ def make_representation_fn(model: ModelSpec) -> Callable:
   return representation
 
 
+def make_patch_mean_fn(model: ModelSpec) -> Callable:
+  """backbone params, uint8 images [B, H, W, C] -> float32 [B, D]: the mean of the encoded
+  patch tokens of the ViT `model` describes, every patch visible.
+
+  The frozen features of the objectives that train the patch outputs only (MPP, MAE, SimMIM):
+  their loss never reaches the class token's output, so the average of the patch tokens is the
+  representation they shape, and probes compare them like for like.
+  """
+  backbone = factory.build_model(model, num_classes=None, classifier='unpooled')
+  to_input = input_fn(model)  # The same normalisation as in pretraining (`model.pixels`).
+
+  def representation(params, images):
+    encoded = backbone.apply({'params': params}, to_input(images), train=False)
+    return encoded[:, 1:].mean(axis=1)
+  return representation
+
+
 class FewShotEvaluator:
   """Periodic few-shot evaluation on frozen features; `evaluate(params)` -> metrics.
 

@@ -2,15 +2,21 @@
 
 Both train an `vit.objective.Objective` on unlabelled images and judge it by its own loss on
 held-out images (`HeldOutLoss`) and, optionally, few-shot probes of its representation; only
-the objective and its config section differ, so the task is built here once.
+the objective and its config section differ, so the task and the command's `main` are built
+here once.
 """
 from __future__ import annotations
 
-import ml_collections
+from typing import Callable
 
-from vit import objective as objective_lib, sharding
+import ml_collections
+from absl import flags
+
+from vit import config as config_lib, objective as objective_lib, sharding
 from vit.data import pipeline
 from vit.evaluators import fewshot, held_out_loss
+from vit.models.spec import ModelSpec
+from vit.training import loop
 from vit.training.sharded import Task
 
 
@@ -30,3 +36,16 @@ def build_task(config: ml_collections.ConfigDict, obj: objective_lib.Objective,
     evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
   return Task(init_params=obj.init_params, loss_fn=obj.loss,
               train_data=pipeline.train_dataset(config), evaluators=evaluators, mesh=mesh)
+
+
+def trainer_main(build_task: Callable[[ml_collections.ConfigDict, ModelSpec], Task]
+                 ) -> Callable[[list[str]], None]:
+  """The `main` of an objective's training command (`python -m mae.train`), for `vit.cli.run`:
+  validates --config, builds the task with `build_task(config, resolved model)` and trains it
+  into --workdir (the flags of `vit.cli.define_config_flags`). A bad config is a ConfigError."""
+  def main(argv):
+    del argv
+    config = flags.FLAGS.config
+    m = config_lib.validate(config)
+    loop.train(config, flags.FLAGS.workdir, build_task(config, m))
+  return main
