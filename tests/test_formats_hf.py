@@ -14,6 +14,7 @@ from vit.errors import UserError
 from vit.evaluators import fewshot
 from vit.inspect import attention
 from vit.preprocess import input_fn
+from vit.testing import hf_vit
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -25,10 +26,7 @@ MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
 def checkpoint(tmp_path_factory):
   """A tiny sharded ViTForImageClassification and its processor, saved by transformers."""
   directory = tmp_path_factory.mktemp('hf') / 'vit'
-  torch.manual_seed(0)
-  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                               intermediate_size=64, image_size=16, patch_size=4, num_labels=5)
-  model = transformers.ViTForImageClassification(cfg).eval()
+  model = hf_vit.tiny_classifier(num_hidden_layers=2)
   with torch.no_grad():
     for name, p in model.named_parameters():
       p.copy_((1.0 if 'layernorm' in name and name.endswith('weight') else 0.0)

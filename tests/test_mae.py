@@ -1,10 +1,6 @@
 """MAE: the loss equals transformers' ViTMAEForPreTraining on the same noise and weights; the
 masking is the official shuffle-and-keep; the loss sees masked patches only; a run through the
 entry point checkpoints, resumes, fine-tunes (`mae:DIR`) and exports."""
-import os
-import subprocess
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -16,8 +12,8 @@ from mae import objective
 from vit import checkpoints, config as config_lib, init_spec
 from vit.evaluators import fewshot
 from vit.errors import ConfigError, UserError
+from vit.testing import commands
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(image=16, **mae):
@@ -28,14 +24,6 @@ def _tiny(image=16, **mae):
   config.mae.decoder.update(hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16)
   config.mae.update(mae)
   return config
-
-
-def _perturbed(params, seed=0, scale=0.2):
-  """Every parameter moved off its initial value (LayerNorms off 1/0, zero biases off 0)."""
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(seed), len(leaves))
-  return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
-                                   for x, k in zip(leaves, keys)])
 
 
 @pytest.mark.parametrize('norm_pix_loss', [True, False])
@@ -49,7 +37,7 @@ def test_loss_equals_transformers_vit_mae(norm_pix_loss):
   m = config_lib.validate(config)
   objective.check_config(config, m)
   model, spec = objective.build_model(config, m), objective.Spec.from_config(config, m)
-  params = _perturbed(nn.unbox(objective.init_fn(model, spec, (1, 16, 16, 3))(
+  params = hf_masked_image.perturbed(nn.unbox(objective.init_fn(model, spec, (1, 16, 16, 3))(
       jax.random.key(0))))
   rng = np.random.default_rng(0)
   inputs = rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
@@ -154,16 +142,9 @@ def test_config_errors_name_the_key():
 
 
 def _run(workdir, *extra):
-  return subprocess.run(
-      [sys.executable, '-m', 'mae.train', '--config=configs/mae/fashion_mnist.py',
-       f'--workdir={workdir}', '--config.model.hidden_size=16',
-       '--config.model.transformer.num_layers=1', '--config.model.transformer.mlp_dim=32',
-       '--config.model.transformer.num_heads=2', '--config.mae.decoder.hidden_size=8',
-       '--config.mae.decoder.num_layers=1', '--config.mae.decoder.mlp_dim=16',
-       '--config.batch_size=16', '--config.eval_batch_size=64', '--config.mae.eval_examples=64',
-       '--config.log_every=1', *extra],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  return commands.train_tiny('mae', workdir, '--config.mae.decoder.hidden_size=8',
+                             '--config.mae.decoder.num_layers=1',
+                             '--config.mae.decoder.mlp_dim=16', *extra)
 
 
 @pytest.fixture(scope='module')

@@ -4,29 +4,22 @@ tensor and the count; a JSON output never holds NaN.
 The checkpoint is real: transformers saves a ViT in float16 after one weight grew past
 float16's largest value (65504), which the cast turns into inf.
 """
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from vit import init_spec
 from vit.errors import UserError
 from vit.formats import vit_jax
+from vit.testing import commands, hf_vit
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope='module')
 def overflowed(tmp_path_factory):
   directory = tmp_path_factory.mktemp('fp16') / 'vit'
-  torch.manual_seed(0)
-  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
-                               intermediate_size=64, image_size=16, patch_size=4, num_labels=5)
-  model = transformers.ViTForImageClassification(cfg).eval()
+  model = hf_vit.tiny_classifier(num_hidden_layers=1)
   with torch.no_grad():
     model.classifier.weight[2, 7] = 70000.0  # Fine in float32, inf in float16.
   model.half().save_pretrained(directory)
@@ -46,15 +39,21 @@ def test_an_overflowed_float16_weight_is_refused_by_name(overflowed):
     init_spec.load(f'hf:{overflowed}')
 
 
-def test_predict_refuses_in_one_line_and_writes_no_json(overflowed, tmp_path):
+def _predict(init: str, tmp_path):
+  """supervised.predict of two random 16-px images from `init` into tmp_path/x.json: (the
+  finished process, the output path), after checking it failed in one line, exit status 2."""
   np.save(tmp_path / 'images.npy',
           np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
   out = tmp_path / 'x.json'
-  proc = subprocess.run(
-      [sys.executable, '-m', 'supervised.predict', f'--init=hf:{overflowed}',
-       f'--images={tmp_path / "images.npy"}', f'--output={out}'], cwd=ROOT, capture_output=True,
-      text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  proc = commands.run_module('supervised.predict', f'--init={init}',
+                             f'--images={tmp_path / "images.npy"}', f'--output={out}',
+                             timeout=300)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  return proc, out
+
+
+def test_predict_refuses_in_one_line_and_writes_no_json(overflowed, tmp_path):
+  proc, out = _predict(f'hf:{overflowed}', tmp_path)
   assert proc.stderr.strip().splitlines()[-1].startswith(
       f'error: hf:{overflowed}/model.safetensors: tensor classifier.weight has 1 non-finite')
   assert not out.exists()
@@ -85,14 +84,7 @@ def test_json_predictions_never_hold_nan(tmp_path):
       np.float32)
   npz = str(tmp_path / 'm.npz')
   vit_jax.save(params, npz)
-  np.save(tmp_path / 'images.npy',
-          np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8))
-  out = tmp_path / 'x.json'
-  proc = subprocess.run(
-      [sys.executable, '-m', 'supervised.predict', f'--init=vit_jax:{npz}',
-       f'--images={tmp_path / "images.npy"}', f'--output={out}'], cwd=ROOT, capture_output=True,
-      text=True, timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+  proc, out = _predict(f'vit_jax:{npz}', tmp_path)
   assert proc.stderr.strip().splitlines()[-1] == (
       f'error: --output {out}: the model gave non-finite logits for 2 of 2 images (first: 0); '
       f'nothing was written')

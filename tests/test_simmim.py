@@ -1,10 +1,6 @@
 """SimMIM: the loss equals transformers' ViTForMaskedImageModeling on the same mask and weights;
 masks are whole blocks at the configured ratio; the loss sees masked pixels only; a run through
 the entry point checkpoints, resumes and fine-tunes (`simmim:DIR`)."""
-import os
-import subprocess
-import sys
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -15,8 +11,8 @@ from configs.simmim import fashion_mnist as simmim_config
 from simmim import objective
 from vit import checkpoints, config as config_lib, init_spec
 from vit.errors import ConfigError, UserError
+from vit.testing import commands
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _tiny(image=16):
@@ -36,10 +32,7 @@ def test_loss_equals_transformers_masked_image_modeling():
   m = config_lib.validate(config)
   model, spec = objective.build_model(config, m), objective.Spec.from_config(config, m)
   params = nn.unbox(objective.init_fn(model, (1, 16, 16, 3))(jax.random.key(0)))
-  leaves, tree = jax.tree.flatten(params)
-  keys = jax.random.split(jax.random.key(1), len(leaves))
-  params = jax.tree.unflatten(tree, [x + 0.2 * jax.random.normal(k, x.shape)
-                                     for x, k in zip(leaves, keys)])
+  params = hf_masked_image.perturbed(params, seed=1)
   rng = np.random.default_rng(0)
   inputs = rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
   mask = np.asarray(objective.sample_mask(spec, jax.random.key(2), 3))
@@ -124,15 +117,7 @@ def test_config_errors_name_the_key():
 
 
 def _run(workdir, *extra):
-  return subprocess.run(
-      [sys.executable, '-m', 'simmim.train', '--config=configs/simmim/fashion_mnist.py',
-       f'--workdir={workdir}', '--config.model.hidden_size=16',
-       '--config.model.transformer.num_layers=1', '--config.model.transformer.mlp_dim=32',
-       '--config.model.transformer.num_heads=2', '--config.batch_size=16',
-       '--config.eval_batch_size=64', '--config.simmim.eval_examples=64',
-       '--config.log_every=1', *extra],
-      cwd=ROOT, capture_output=True, text=True, timeout=600,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  return commands.train_tiny('simmim', workdir, *extra)
 
 
 @pytest.fixture(scope='module')

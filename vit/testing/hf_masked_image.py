@@ -10,8 +10,19 @@ pixel (i, j) of channel c; our Dense orders a patch's values (i, j, c) (rows, co
 """
 from __future__ import annotations
 
+import jax
 import numpy as np
 
+
+
+def perturbed(params, seed: int = 0, scale: float = 0.2):
+  """Every parameter moved off its initial value by `scale` times a standard normal (key
+  `seed`), so that a parity test compares every tensor: zero biases, unit LayerNorm scales and
+  the decoder's initial values would hide a dropped or transposed one."""
+  leaves, tree = jax.tree.flatten(params)
+  keys = jax.random.split(jax.random.key(seed), len(leaves))
+  return jax.tree.unflatten(tree, [x + scale * jax.random.normal(k, x.shape, x.dtype)
+                                   for x, k in zip(leaves, keys)])
 
 def _linear(d: dict, shape=None) -> tuple[np.ndarray, np.ndarray]:
   kernel = np.asarray(d['kernel'], np.float32)

@@ -1,0 +1,30 @@
+"""The project's commands run in tests as a user runs them: `python -m MODULE` from the
+repository root, on the CPU, output captured (tests read its lines and its exit status)."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# A ViT small enough that a trainer runs a few steps in seconds: width 16, one block of 2 heads.
+TINY_BACKBONE = ('--config.model.hidden_size=16', '--config.model.transformer.num_layers=1',
+                 '--config.model.transformer.mlp_dim=32', '--config.model.transformer.num_heads=2')
+
+
+def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+  """`python -m module *args` in ROOT with JAX_PLATFORMS=cpu, stdout and stderr as text.
+  Raises subprocess.TimeoutExpired after `timeout` seconds."""
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=ROOT, capture_output=True,
+                        text=True, timeout=timeout, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+
+
+def train_tiny(objective: str, workdir: str, *extra: str) -> subprocess.CompletedProcess:
+  """`python -m <objective>.train` on configs/<objective>/fashion_mnist.py into `workdir`: the
+  TINY_BACKBONE, batches of 16, the held-out loss on 64 images (config.<objective>.eval_examples),
+  a log line every step; `extra` flags last (e.g. --config.total_steps=2)."""
+  return run_module(
+      f'{objective}.train', f'--config=configs/{objective}/fashion_mnist.py',
+      f'--workdir={workdir}', *TINY_BACKBONE, '--config.batch_size=16',
+      '--config.eval_batch_size=64', f'--config.{objective}.eval_examples=64',
+      '--config.log_every=1', *extra)
