@@ -154,6 +154,17 @@ def sha256(path: str) -> str:
     return hashlib.sha256(f.read()).hexdigest()
 
 
+def write_backbone(backbone, path: str, step: int, batch_size: int) -> dict:
+  """Writes `backbone` (the ViT's parameter subtree, official names) to `path` as a vit_jax .npz,
+  atomically, and returns its record: step, images seen (step x batch_size), file name, sha256."""
+  params = jax.tree.map(np.asarray, jax.device_get(backbone))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with atomic_write.file(path) as partial:
+    vit_jax.save(params, partial)
+  return dict(step=step, images=step * batch_size, file=os.path.basename(path),
+              sha256=sha256(path))
+
+
 def pretrain_mpp(config, workdir: str, exports: dict[int, tuple[str, str]],
                  on_export: Callable[[str, dict], None],
                  existing: Callable[[str], Optional[dict]]) -> dict:
@@ -173,12 +184,7 @@ def pretrain_mpp(config, workdir: str, exports: dict[int, tuple[str, str]],
     name, path = exports[step]
     if existing(name) is not None and os.path.exists(path):
       return
-    params = jax.tree.map(np.asarray, jax.device_get(state.params['backbone']))
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with atomic_write.file(path) as partial:
-      vit_jax.save(params, partial)
-    record = dict(step=step, images=step * config.batch_size, file=os.path.basename(path),
-                  sha256=sha256(path))
+    record = write_backbone(state.params['backbone'], path, step, config.batch_size)
     on_export(name, record)
     pending[step] = (name, record)
   task = dataclasses.replace(

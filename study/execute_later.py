@@ -21,7 +21,7 @@ import numpy as np
 from mae import train as mae_train
 from mpp import objective as mpp_objective, train as mpp_train
 from simmim import train as simmim_train
-from study.execute import Curve, _step_hook, sha256
+from study.execute import Curve, _step_hook, sha256, write_backbone
 from supervised import train as supervised_train
 from vit import atomic_write, config as config_lib, init_spec, objective as objective_lib
 from vit import sharding
@@ -81,12 +81,7 @@ def pretrain(objective: str, config, workdir: str, exports: Exports,
     for name, path in exports.get(step, []):
       if existing(name) is not None and os.path.exists(path):
         continue
-      params = jax.tree.map(np.asarray, jax.device_get(backbone_of(state.params)))
-      os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-      with atomic_write.file(path) as partial:
-        vit_jax.save(params, partial)
-      record = dict(step=step, images=step * config.batch_size, file=os.path.basename(path),
-                    sha256=sha256(path))
+      record = write_backbone(backbone_of(state.params), path, step, config.batch_size)
       on_export(name, record)
       if step % config.eval_every == 0 or step == config.total_steps:
         pending.setdefault(step, []).append((name, record))
