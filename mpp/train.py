@@ -47,5 +47,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.define_config_flags('configs/mpp/fashion_mnist.py')
+  cli.define_config_flags('configs/mpp/fashion_mnist.py', objective=objective.DEFINITION)
   cli.run(main)

@@ -21,5 +21,5 @@ def build_task(config, m) -> loop.Task:
 main = reconstruction.trainer_main(build_task)
 
 if __name__ == '__main__':
-  cli.define_config_flags('configs/simmim/fashion_mnist.py')
+  cli.define_config_flags('configs/simmim/fashion_mnist.py', objective=objective.DEFINITION)
   cli.run(main)

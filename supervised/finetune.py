@@ -18,7 +18,7 @@ import jax
 import ml_collections
 from absl import flags
 
-from supervised import train
+from supervised import objective, train
 from vit import cli, config as config_lib, init_spec
 from vit.data import pipeline
 from vit.errors import ConfigError
@@ -92,5 +92,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.define_config_flags('configs/finetune/fashion_mnist.py')
+  cli.define_config_flags('configs/finetune/fashion_mnist.py', objective=objective.DEFINITION)
   cli.run(main)

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from vit import config as config_lib, objective as objective_lib
-from vit.errors import ConfigError
+from vit.errors import ConfigError, UserError
 from vit.models import ModelSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -212,3 +212,104 @@ def test_objective_sections_are_declared_by_their_package():
   with pytest.raises(ConfigError, match="config.mppp.target='mean_color': unknown config key"):
     config_lib.validate(config, num_devices=1)
 
+
+
+def _config_of(path: str) -> ml_collections.ConfigDict:
+  return importlib.import_module(path[:-3].replace('/', '.')).get_config()
+
+
+@pytest.mark.parametrize('trainer,path,message', [
+    ('supervised', 'configs/mpp/fashion_mnist.py',
+     'configs/mpp/fashion_mnist.py is a config for mpp (it has config.mpp); supervised.train '
+     'needs a config without an objective section: use python -m mpp.train'),
+    ('mpp', 'configs/supervised/fashion_mnist.py',
+     'configs/supervised/fashion_mnist.py has no config.mpp, so it is not a config for mpp; '
+     'mpp.train needs config.mpp, as configs/mpp/fashion_mnist.py has'),
+    ('mae', 'configs/simmim/fashion_mnist.py',
+     'configs/simmim/fashion_mnist.py is a config for simmim (it has config.simmim); mae.train '
+     'needs config.mae: use python -m simmim.train'),
+    ('simmim', 'configs/mae/fashion_mnist.py',
+     'configs/mae/fashion_mnist.py is a config for mae (it has config.mae); simmim.train '
+     'needs config.simmim: use python -m mae.train'),
+    ('mpp', 'configs/mae/fashion_mnist.py', 'mpp.train needs config.mpp: use python -m mae.train'),
+])
+def test_a_config_for_another_objective_is_refused_naming_file_and_section(trainer, path,
+                                                                           message):
+  definition = objective_lib.resolve(trainer)
+  with pytest.raises(UserError) as error:
+    config_lib.check_objective(_config_of(path), definition, source=path,
+                               trainer=f'{trainer}.train',
+                               example=f'configs/{trainer}/fashion_mnist.py')
+  assert message in str(error.value) and '\n' not in str(error.value)
+
+
+def test_each_trainer_takes_its_own_configs_and_no_foreign_section():
+  for trainer in ('supervised', 'mpp', 'mae', 'simmim'):
+    definition = objective_lib.resolve(trainer)
+    config_lib.check_objective(_config_of(f'configs/{trainer}/fashion_mnist.py'), definition,
+                               source='c.py', trainer=f'{trainer}.train')
+  for path in ('configs/ablations/gap.py', 'configs/finetune/fashion_mnist.py'):
+    config_lib.check_objective(_config_of(path), objective_lib.resolve('supervised'),
+                               source=path, trainer='supervised.train')
+  config = _config_of('configs/mpp/fashion_mnist.py')
+  config.mae = objective_lib.resolve('mae').section()
+  with pytest.raises(UserError, match=re.escape(
+      'c.py has config.mae besides config.mpp; mpp.train reads only config.mpp: remove '
+      'config.mae')):
+    config_lib.check_objective(config, objective_lib.resolve('mpp'), source='c.py',
+                               trainer='mpp.train')
+
+
+def test_a_trainer_refuses_another_objectives_config_before_writing(tmp_path):
+  """The check every trainer shares (vit.cli, at flag parsing): one line, status 2, and the
+  workdir as it was (empty)."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  result = _cli('-m', 'supervised.train', '--config', 'configs/mpp/fashion_mnist.py',
+                f'--workdir={workdir}')
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines() == [
+      'error: configs/mpp/fashion_mnist.py is a config for mpp (it has config.mpp); '
+      'supervised.train needs a config without an objective section: use python -m mpp.train']
+  assert os.listdir(workdir) == []
+
+
+@pytest.mark.parametrize('mutate,message', [
+    (lambda c: c.data.update(channels=2), 'config.data.channels=2: must be 1 (greyscale) or 3'),
+    (lambda c: c.data.update(channels=0), 'config.data.channels=0: must be 1'),
+    (lambda c: c.data.update(channels=-1), 'config.data.channels=-1: must be 1'),
+    (lambda c: c.optimizer.update(learning_rate=0.0),
+     'config.optimizer.learning_rate=0.0: must be > 0'),
+    (lambda c: c.optimizer.update(learning_rate=-1e-3),
+     'config.optimizer.learning_rate=-0.001: must be > 0'),
+    (lambda c: c.optimizer.update(warmup_steps=-1),
+     'config.optimizer.warmup_steps=-1: must be an integer >= 0 (0: no warmup)'),
+    (lambda c: c.update(checkpoint_every=-1),
+     'config.checkpoint_every=-1: must be an integer >= 0 (0: only at the end)'),
+    (lambda c: c.update(eval_every=-10), 'config.eval_every=-10: must be an integer >= 0'),
+    (lambda c: c.update(log_every=-1), 'config.log_every=-1: must be an integer >= 0'),
+    (lambda c: c.update(total_steps=-5), 'config.total_steps=-5: must be a positive integer'),
+    (lambda c: c.update(batch_size=0), 'config.batch_size=0: must be a positive integer'),
+    (lambda c: c.update(batch_size=-8), 'config.batch_size=-8: must be a positive integer'),
+    (lambda c: c.update(eval_batch_size=0), 'config.eval_batch_size=0: must be a positive'),
+    (lambda c: c.data.update(prefetch_batches=-1), 'config.data.prefetch_batches=-1: must be'),
+    (lambda c: c.optimizer.update(weight_decay=-0.1),
+     'config.optimizer.weight_decay=-0.1: must be >= 0'),
+    (lambda c: c.optimizer.update(grad_clip_norm=-1.0),
+     'config.optimizer.grad_clip_norm=-1.0: must be >= 0'),
+    (lambda c: c.optimizer.update(b2=1.0), 'config.optimizer.b2=1.0: must be in [0, 1)'),
+    (lambda c: c.optimizer.update(momentum=-0.9), 'config.optimizer.momentum=-0.9: must be in'),
+])
+def test_counts_rates_and_channels_out_of_range_name_the_key(mutate, message):
+  config = small()
+  mutate(config)
+  with pytest.raises(ConfigError, match=re.escape(message)):
+    config_lib.validate(config, num_devices=1)
+
+
+def test_zero_stays_valid_where_it_means_off_or_only_at_the_end():
+  config = small()
+  config.update(log_every=0, eval_every=0, checkpoint_every=0)
+  config.optimizer.update(warmup_steps=0, weight_decay=0.0, grad_clip_norm=0.0, momentum=0.0)
+  config.data.update(channels=1, prefetch_batches=0)
+  config_lib.validate(config, num_devices=1)

@@ -12,8 +12,9 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from vit import distributed, host_memory, xla_flags
+from vit import config as config_lib, distributed, host_memory, xla_flags
 from vit.errors import UserError
+from vit.objective import Definition
 
 
 _CONFIG_HOLDERS = []
@@ -66,7 +67,11 @@ def log_to_console() -> None:
     absl_handler.addFilter(_not_ours)
 
 
-def define_config_flags(default_config: str | None = None, workdir_required: bool = True):
+def define_config_flags(default_config: str | None = None, workdir_required: bool = True,
+                        objective: Definition | None = None):
+  """--config and --workdir. A trainer passes its `objective` (its package's DEFINITION): a
+  config written for another objective is then refused in one line at flag parsing, before
+  anything is written (`vit.config.check_objective`)."""
   try:
     # config_flags reads sys.argv here to type each --config.x override, so an unknown key
     # surfaces at definition time.
@@ -75,7 +80,7 @@ def define_config_flags(default_config: str | None = None, workdir_required: boo
         'with --config.a.b=value.', lock_config=True)
   except (AttributeError, KeyError, ValueError, TypeError) as e:
     _fail_override(e, default_config)
-  _CONFIG_HOLDERS.append((config, default_config))
+  _CONFIG_HOLDERS.append((config, default_config, objective))
   workdir = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
                                 'events and the batch contract; rerunning resumes from it.',
                                 required=workdir_required)
@@ -136,14 +141,43 @@ def _parse_flags(argv: list[str]) -> list[str]:
       if any(a.split('=')[0] in ('--help', '-h', '--helpshort', '--helpfull') for a in argv):
         sys.exit(0)
       raise
-    for holder, _ in _CONFIG_HOLDERS:
+    for holder, _, _ in _CONFIG_HOLDERS:
       holder.value.to_dict()  # config_flags loads the file and applies overrides lazily.
-    return argv
   except flags.Error as e:
     _fail(str(e))
   except (AttributeError, KeyError, OSError, SyntaxError, ValueError, TypeError) as e:
     # config_flags raises these for an unknown override key or an unreadable config file.
     _fail_override(e, _CONFIG_HOLDERS[0][1] if _CONFIG_HOLDERS else None)
+  _check_objectives()
+  return argv
+
+
+def _check_objectives() -> None:
+  """Exits with status 2 after one line when --config is for another objective than the
+  trainer's (the `objective` of define_config_flags)."""
+  for holder, default_config, objective in _CONFIG_HOLDERS:
+    if objective is None:
+      continue
+    try:
+      config_lib.check_objective(holder.value, objective, source=_config_source(default_config),
+                                 trainer=_program(), example=default_config)
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+
+
+def _program() -> str:
+  """The running command as a user typed it: 'mpp.train' for `python -m mpp.train`."""
+  spec = getattr(sys.modules['__main__'], '__spec__', None)
+  return spec.name if spec else os.path.basename(sys.argv[0])
+
+
+def _config_source(default_config: str | None) -> str | None:
+  """The --config file as given on the command line (the last one), else the default."""
+  args = sys.argv[1:]
+  given = [a.split('=', 1)[1] for a in args if a.startswith('--config=')]
+  given += [b for a, b in zip(args, args[1:]) if a == '--config']
+  return given[-1] if given else default_config
 
 
 def _fail_override(e: Exception, default_config: str | None) -> None:
@@ -168,9 +202,7 @@ def _unknown_override(e: Exception, default_config: str | None) -> str | None:
   named = [p for p in paths if key in p.split('.')[1:]]
   if not named:
     return None
-  given = [a.split('=', 1)[1] for a in args if a.startswith('--config=')]
-  given += [b for a, b in zip(args, args[1:]) if a == '--config']
-  source = given[-1] if given else default_config
+  source = _config_source(default_config)
   return (f'--{named[0]}: unknown config key; {source} has no {named[0]}'
           + (f' ({hint})' if hint else ''))
 

@@ -9,6 +9,7 @@ keys follow the official vit_jax layout.
 """
 from __future__ import annotations
 
+import importlib.util
 from typing import Any, Mapping
 
 import jax
@@ -17,7 +18,7 @@ from ml_collections import config_dict
 
 from vit import objective as objective_lib
 from vit.data import subsets
-from vit.errors import ConfigError
+from vit.errors import ConfigError, UserError
 from vit.models import factory, layer_norm as layer_norm_lib, resnet
 # The model factory lives beside the models; these names stay for the callers of vit.config.
 from vit.models.factory import attention_kernel, layer_norm, resolved_model  # noqa: F401
@@ -167,6 +168,42 @@ def sections(config: ml_collections.ConfigDict) -> dict[str, objective_lib.Defin
   return out
 
 
+def check_objective(config: ml_collections.ConfigDict, definition: objective_lib.Definition,
+                    *, source: str, trainer: str, example: str | None = None) -> None:
+  """Refuses a config written for another objective than the trainer's, before it is read.
+
+  `definition`'s section (`config.mpp` for mpp.train) must be present, and no other
+  objective's: a trainer would otherwise fail on the missing section with a traceback, or
+  silently ignore the foreign one. A definition without a section (supervised) takes configs
+  that carry none. `source` is the config file, `trainer` the command ('mpp.train'),
+  `example` a config that fits (the trainer's default). Raises UserError, one line naming
+  the file and the section it has or lacks.
+  """
+  name, has = definition.name, sorted(sections(config))
+  wants = [name] if definition.section is not None else []
+  foreign = [s for s in has if s not in wants]
+  needs = f'config.{name}' if wants else 'a config without an objective section'
+  if foreign and not (set(wants) & set(has)):
+    raise UserError(f'{source} is a config for {foreign[0]} (it has config.{foreign[0]}); '
+                    f'{trainer} needs {needs}{_trainer_hint(foreign[0])}')
+  if foreign:
+    raise UserError(f'{source} has config.{foreign[0]} besides config.{name}; {trainer} '
+                    f'reads only config.{name}: remove config.{foreign[0]}')
+  if wants and not has:
+    raise UserError(f'{source} has no config.{name}, so it is not a config for {name}; '
+                    f'{trainer} needs config.{name}'
+                    + (f', as {example} has' if example else ''))
+
+
+def _trainer_hint(section: str) -> str:
+  """'; use python -m mpp.train' when the section's package has a train module."""
+  try:
+    found = importlib.util.find_spec(f'{section}.train') is not None
+  except ImportError:
+    found = False
+  return f': use python -m {section}.train' if found else ''
+
+
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
   known = _flat_keys(defaults())
   for name, definition in sections(config).items():
@@ -186,9 +223,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   `num_devices` (default: jax.device_count()) must divide each micro-batch.
   """
   check_known_keys(config)
-  for key in ('batch_size', 'total_steps', 'image_size'):
-    if not isinstance(config[key], int) or config[key] <= 0:
-      raise ConfigError(key, config[key], 'must be a positive integer')
+  _check_counts(config)
+  channels = config.data.channels
+  if channels not in (1, 3) or isinstance(channels, bool):
+    raise ConfigError('data.channels', channels, 'must be 1 (greyscale) or 3 (RGB)')
   m = _resolve(config)
   subsets.check_config(config.data)
   pad = config.data.crop_padding
@@ -208,6 +246,36 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                       f'each micro-batch of {config.batch_size // accum} must divide evenly '
                       f'over the {num_devices} devices')
   return m
+
+
+# Integer keys and their least value; where 0 is allowed, what it means.
+_COUNTS = (
+    ('batch_size', 1, None),
+    ('total_steps', 1, None),
+    ('image_size', 1, None),
+    ('eval_batch_size', 1, None),
+    ('log_every', 0, 'only at the end'),
+    ('eval_every', 0, 'only at the end'),
+    ('checkpoint_every', 0, 'only at the end'),
+    ('optimizer.warmup_steps', 0, 'no warmup'),
+    ('data.prefetch_batches', 0, 'none'),
+)
+
+
+def _lookup(config: ml_collections.ConfigDict, key: str):
+  for part in key.split('.'):
+    config = config[part]
+  return config
+
+
+def _check_counts(config: ml_collections.ConfigDict) -> None:
+  """Step counts, intervals and sizes: integers, none negative; zero only where it means
+  something (a loop interval of 0 acts only at the last step, vit/training/loop.py `_due`)."""
+  for key, least, zero in _COUNTS:
+    value = _lookup(config, key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < least:
+      raise ConfigError(key, value, 'must be a positive integer' if least else
+                        f'must be an integer >= 0 (0: {zero})')
 
 
 def _resolve(config: ml_collections.ConfigDict) -> ModelSpec:
@@ -267,10 +335,27 @@ def _check_training(config: ml_collections.ConfigDict) -> None:
     raise ConfigError('keep_checkpoints', config.keep_checkpoints, 'must be an integer >= 1')
   if config.best_mode not in ('max', 'min'):
     raise ConfigError('best_mode', config.best_mode, 'must be max or min')
+  _check_optimizer_numbers(config.optimizer)
   accum = config.optimizer.accumulation_steps
   if accum < 1 or config.batch_size % accum:
     raise ConfigError('optimizer.accumulation_steps', accum,
                       f'must be >= 1 and divide batch_size={config.batch_size}')
+
+
+def _check_optimizer_numbers(opt: ml_collections.ConfigDict) -> None:
+  """The optimiser's real-valued keys: a negative rate or decay would train backwards, a
+  moment outside [0, 1) diverges; optax would take them without a word."""
+  if not opt.learning_rate > 0:
+    raise ConfigError('optimizer.learning_rate', opt.learning_rate,
+                      'must be > 0 (the peak of the schedule)')
+  if not opt.weight_decay >= 0:
+    raise ConfigError('optimizer.weight_decay', opt.weight_decay, 'must be >= 0 (0: none)')
+  if opt.grad_clip_norm is not None and not opt.grad_clip_norm >= 0:
+    raise ConfigError('optimizer.grad_clip_norm', opt.grad_clip_norm,
+                      'must be >= 0 (0 or None: no clipping)')
+  for key in ('b1', 'b2', 'momentum'):
+    if not (key == 'momentum' and opt[key] is None) and not 0.0 <= opt[key] < 1.0:
+      raise ConfigError(f'optimizer.{key}', opt[key], 'must be in [0, 1)')
 
 
 def _check_scaling(m: ModelSpec) -> None:
