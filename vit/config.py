@@ -183,7 +183,7 @@ def check_objective(config: ml_collections.ConfigDict, definition: objective_lib
   wants = [name] if definition.section is not None else []
   foreign = [s for s in has if s not in wants]
   needs = f'config.{name}' if wants else 'a config without an objective section'
-  if foreign and not (set(wants) & set(has)):
+  if foreign and name not in has:
     raise UserError(f'{source} is a config for {foreign[0]} (it has config.{foreign[0]}); '
                     f'{trainer} needs {needs}{_trainer_hint(foreign[0])}')
   if foreign:
@@ -196,7 +196,7 @@ def check_objective(config: ml_collections.ConfigDict, definition: objective_lib
 
 
 def _trainer_hint(section: str) -> str:
-  """'; use python -m mpp.train' when the section's package has a train module."""
+  """': use python -m mpp.train' when the section's package has a train module, else ''."""
   try:
     found = importlib.util.find_spec(f'{section}.train') is not None
   except ImportError:
