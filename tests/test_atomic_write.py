@@ -1,4 +1,5 @@
 """vit.atomic_write: an output is replaced only by a complete one."""
+import errno
 import os
 import stat
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from vit import atomic_write
+from vit.errors import UserError
 
 
 def test_file_is_replaced_on_success_and_kept_on_failure(tmp_path):
@@ -44,3 +46,37 @@ def test_replace_dir_and_move_files(tmp_path):
     assert atomic_write.move_files(staging, str(old)) == ['a']
   assert sorted(os.listdir(old)) == ['a', 'keep'] and (old / 'a').read_text() == 'newer'
   assert os.listdir(tmp_path) == ['data']
+
+
+def test_any_failed_write_of_the_output_is_one_line_and_keeps_the_previous(tmp_path):
+  """Not only a full disk: a file where the folder should be, a directory where the file
+  should be, no permission, a read-only volume (simulated: the tests may run as root)."""
+  blocker = tmp_path / 'blocker'
+  blocker.write_text('a file')
+  with pytest.raises(UserError, match=rf'^{blocker}/sub/x.npy: not written \({blocker} is a '
+                                      r'file, not a directory\); nothing was written there$'):
+    with atomic_write.file(str(blocker / 'sub' / 'x.npy')):
+      pass
+  with pytest.raises(UserError, match=rf'^{blocker}/x: not written \({blocker} is a file, not a '
+                                      r'directory\); nothing was written there$'):
+    with atomic_write.staging_dir(str(blocker / 'x')):
+      pass
+  (tmp_path / 'taken').mkdir()
+  with pytest.raises(UserError, match=rf'^{tmp_path}/taken: not written \({tmp_path}/taken is a '
+                                      r'directory\); the previous one is unchanged$'):
+    with atomic_write.file(str(tmp_path / 'taken')) as partial:
+      open(partial, 'w').close()
+  path = tmp_path / 'out.json'
+  path.write_text('previous')
+  for error, reason in [(errno.EACCES, f'no permission to write in {tmp_path}'),
+                        (errno.EROFS, 'Read-only file system')]:
+    with pytest.raises(UserError, match=rf'^{path}: not written \({reason}\); the previous one '
+                                        r'is unchanged$'):
+      with atomic_write.file(str(path)) as partial:
+        raise OSError(error, os.strerror(error), partial)
+  # An input the writer could not read is no failure to write the output: raised as it was.
+  with pytest.raises(FileNotFoundError):
+    with atomic_write.file(str(path)):
+      open(tmp_path / 'missing_input.npy')
+  assert path.read_text() == 'previous' and sorted(os.listdir(tmp_path)) == [
+      'blocker', 'out.json', 'taken']

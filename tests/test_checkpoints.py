@@ -326,9 +326,13 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
   task = tiny_task(config)
   calls = []
   task = dataclasses.replace(task, init_params=lambda rng: calls.append(rng))
-  with pytest.raises(UserError, match=r'--workdir .*a_file/run: not writable'):
+  with pytest.raises(UserError, match=rf'^--workdir {blocker}/run: not writable \({blocker} is '
+                                      r'a file, not a directory\)$'):
     loop.train(config, str(blocker / 'run'), task)
-  assert calls == []
+  with pytest.raises(UserError, match=rf'^--workdir {blocker}: a file, not a directory$'):
+    loop.train(config, str(blocker), task)
+  assert calls == [] and blocker.read_text() == 'not a directory'
+
 
 
 def test_sigint_saves_and_resumes_exactly(tmp_path, reference, capsys):

@@ -4,9 +4,10 @@ A command that writes where a good output may already stand (a prepared dataset,
 checkpoint, predictions) writes to a hidden temporary name in the same folder (so the final
 rename is atomic, POSIX rename(2)) and renames it over the old output only after the writer
 returned. A writer that raises, or a process that is interrupted, leaves the old output as it
-was; the temporary is deleted. A write that fails for lack of space (a full disk, a quota, a
-file size limit) is a `UserError` naming the output and the reason, saying that the previous
-output is unchanged. The temporary's name holds the host and process id of its writer
+was; the temporary is deleted. A write that fails (a full disk, a quota, a file size limit, no
+permission, a read-only volume, a file where a folder should be: any OSError about the output,
+its folder or its temporary) is a `UserError` naming the output and the reason, saying that the
+previous output is unchanged. The temporary's name holds the host and process id of its writer
 (`.NAME-partial-HOST-PID-*`), so that what a killed process (SIGKILL) left is removed by the
 next write beside it on that host, while a live writer's temporary is never touched.
 """
@@ -21,7 +22,7 @@ import socket
 import tempfile
 from typing import Iterator, Optional
 
-from vit.errors import UserError
+from vit.errors import UserError, write_reason
 
 # Errors that mean "no room to write": the disk, a quota, a file size limit (ulimit -f), or a
 # read-only or failing volume. Foreign writers (safetensors, TFDS) quote these texts.
@@ -82,14 +83,16 @@ def remove_abandoned(path: str) -> list[str]:
 def no_room_reason(e: BaseException) -> Optional[str]:
   """The reason when `e`, or an exception it was raised from (clu's AsyncError wraps its
   thread's), is a failed write for lack of room (see _NO_ROOM), else None."""
+  return next((r for r in map(_own_no_room_reason, _chain(e)) if r is not None), None)
+
+
+def _chain(e: Optional[BaseException]) -> Iterator[BaseException]:
+  """`e` and the exceptions it was raised from."""
   seen = set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
-    reason = _own_no_room_reason(e)
-    if reason is not None:
-      return reason
+    yield e
     e = e.__cause__ or e.__context__
-  return None
 
 
 def _own_no_room_reason(e: BaseException) -> Optional[str]:
@@ -105,17 +108,51 @@ def _own_no_room_reason(e: BaseException) -> Optional[str]:
   return None
 
 
+# The failures that more room would cure: the advice says so.
+_FREE_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _about(e: OSError, path: str) -> bool:
+  """Whether `e` is a failure to write `path`: its own name, a folder above it, a file under it
+  (a staged directory's), or its temporaries (`.NAME-...` beside it); or a write error that
+  names no file (a full disk seen by write(2)). An input the writer read is none of these."""
+  if e.errno in _NO_ROOM:
+    return True
+  target = os.path.abspath(path)
+  folder, hidden = os.path.dirname(target), f'.{os.path.basename(target)}-'
+  for name in (e.filename, e.filename2):
+    if name is None or not isinstance(name, (str, bytes, os.PathLike)):
+      continue
+    name = os.path.abspath(os.fsdecode(name))
+    if (name == target or target.startswith(name + os.sep) or name.startswith(target + os.sep)
+        or (name.startswith(folder + os.sep)
+            and os.path.relpath(name, folder).split(os.sep)[0].startswith(hidden))):
+      return True
+  return False
+
+
+def _failure(e: BaseException, path: str) -> Optional[tuple[str, str]]:
+  """(reason, advice) for a failed write of `path`, else None (another failure: a bug, a bad
+  input); advice is '' or '; free space and rerun'."""
+  for error in _chain(e):
+    if isinstance(error, OSError) and _about(error, path):
+      advice = '; free space and rerun' if error.errno in _FREE_SPACE else ''
+      return write_reason(error), advice
+  reason = no_room_reason(e)  # A foreign writer's error that quotes the system's text.
+  return None if reason is None else (reason, '; free space and rerun')
+
+
 @contextlib.contextmanager
 def _reported(path: str, existed: bool) -> Iterator[None]:
-  """Turns a write that failed for lack of room into one line naming `path` and the reason."""
+  """Turns a failed write of `path` (`_about`) into one line naming it and the reason."""
   try:
     yield
   except Exception as e:
-    reason = no_room_reason(e)
-    if reason is None:
+    failure = _failure(e, path)
+    if failure is None:
       raise
     kept = ('the previous one is unchanged' if existed else 'nothing was written there')
-    raise UserError(f'{path}: not written ({reason}); {kept}; free space and rerun') from None
+    raise UserError(f'{path}: not written ({failure[0]}); {kept}{failure[1]}') from None
 
 
 @contextlib.contextmanager

@@ -9,7 +9,6 @@ from typing import Optional, Sequence
 import jax
 
 from vit import atomic_write
-from vit.errors import UserError
 
 CLASS_NAMES_FILE = 'class_names.json'
 
@@ -18,14 +17,11 @@ def write_class_names(workdir: str, names: Optional[Sequence[str]]) -> None:
   """Stores a classifier's label names beside its checkpoints (for prediction and export).
 
   Process 0 writes, atomically; nothing is written without names. Raises UserError naming the
-  workdir when it is not writable."""
+  file when it cannot be written (vit.atomic_write)."""
   if names and jax.process_index() == 0:
-    try:
-      path = os.path.join(workdir, CLASS_NAMES_FILE)
-      with atomic_write.file(path) as partial, open(partial, 'w') as f:
-        json.dump(list(names), f)
-    except OSError as e:
-      raise UserError(f'--workdir {workdir}: not writable ({e.strerror})') from None
+    path = os.path.join(workdir, CLASS_NAMES_FILE)
+    with atomic_write.file(path) as partial, open(partial, 'w') as f:
+      json.dump(list(names), f)
 
 
 def read_class_names(workdir: str, num_classes: Optional[int]) -> Optional[list[str]]:

@@ -1,4 +1,6 @@
 """Errors caused by the user's input. Entry points print them as one line, without a traceback."""
+import errno
+import os
 
 
 class UserError(Exception):
@@ -9,3 +11,22 @@ class ConfigError(UserError):
   def __init__(self, key: str, value, problem: str):
     super().__init__(f'config.{key}={value!r}: {problem}')
     self.key, self.value, self.problem = key, value, problem  # For CLIs that name their flags.
+
+
+def write_reason(e: OSError) -> str:
+  """Plain words for a failed write or folder creation at `e.filename`: 'F is a file, not a
+  directory' where the path runs through a regular file F (ENOTDIR; EEXIST from os.makedirs),
+  'F is a directory' (EISDIR), 'no permission to write in DIR' (EACCES, EPERM: a new file
+  needs its folder's permission), else the system's own text (strerror)."""
+  name = os.fsdecode(e.filename) if e.filename is not None else None
+  if name is not None and e.errno in (errno.ENOTDIR, errno.EEXIST):
+    probe = os.path.abspath(name)
+    while not os.path.lexists(probe) and os.path.dirname(probe) != probe:
+      probe = os.path.dirname(probe)
+    if os.path.lexists(probe) and not os.path.isdir(probe):
+      return f'{probe} is a file, not a directory'
+  if e.errno == errno.EISDIR:  # os.replace names its target second.
+    return f'{os.fsdecode(e.filename2 or e.filename)} is a directory'
+  if name is not None and e.errno in (errno.EACCES, errno.EPERM):
+    return f'no permission to write in {os.path.dirname(os.path.abspath(name))}'
+  return e.strerror or str(e)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from vit import atomic_write, init_spec, preprocess
-from vit.errors import UserError
+from vit.errors import UserError, write_reason
 from vit.inspect import attention, embeddings, figures, images as images_lib
 from vit.models import factory
 from vit.models.spec import ModelSpec
@@ -55,7 +55,7 @@ def write(result: dict, out: str, summary: dict) -> dict:
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
-    raise UserError(f'--out {out}: cannot create the directory ({e.strerror})') from None
+    raise UserError(f'--out {out}: cannot create the directory ({write_reason(e)})') from None
   path = lambda name: os.path.join(out, name)
   written = ['attention_distance.png', 'attention_rollout.png']
   figures.attention_distance(result['attention_distance'], result['image_size'], path(written[0]))

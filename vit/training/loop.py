@@ -19,7 +19,7 @@ import numpy as np
 from clu import metric_writers
 
 from vit import atomic_write, checkpoints, sharding
-from vit.errors import ConfigError, UserError
+from vit.errors import ConfigError, UserError, write_reason
 from vit.training import optimizers
 from vit.training.sharded import Task, abstract_state, create_state, jit_train_step
 from vit.training.state import TrainState
@@ -60,7 +60,9 @@ def _check_workdir(workdir: str) -> None:
       f.write('ok')
     os.remove(probe)
   except OSError as e:
-    raise UserError(f'--workdir {workdir}: not writable ({e.strerror})') from None
+    if os.path.isfile(workdir):
+      raise UserError(f'--workdir {workdir}: a file, not a directory') from None
+    raise UserError(f'--workdir {workdir}: not writable ({write_reason(e)})') from None
 
 
 class _Progress:
