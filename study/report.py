@@ -387,5 +387,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.define_config_flags('configs/study/converged.py', workdir_required=False)
+  cli.define_config_flags('configs/study/converged.py', workdir=False)
   cli.run(main)

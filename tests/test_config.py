@@ -110,7 +110,8 @@ def test_command_line_mistakes_are_one_line_errors():
   cases = (
       ('--config.model.hidden_sizee=3', 'Did you mean "hidden_size"'),
       ('--config.image_size=30', 'config.image_size=30: not divisible by the patch size 4'),
-      ('--config=configs/missing.py', 'configs/missing.py'),
+      ('--config=configs/missing.py', f'error: --config configs/missing.py: no such file '
+                                      f'(relative to {ROOT})'),
       ('--config.model.posemb=learned_3d', "config.model.posemb='learned_3d': must be one of"),
   )
   # Independent processes, started together: their interpreter start-ups share the cores.
@@ -129,6 +130,72 @@ def test_command_line_mistakes_are_one_line_errors():
       if proc.poll() is None:
         proc.kill()
         proc.communicate()
+
+
+_CONFIG_FILES = {
+    'syntax.py': ('def get_config(:\n  pass\n', ':1: SyntaxError: '),
+    'no_get_config.py': ('import ml_collections\nCONFIG = 1\n',
+                         ': defines no get_config() (a config file returns its ConfigDict from '
+                         'get_config())'),
+    'raises.py': ('import ml_collections\n\ndef get_config():\n  return {}["model"]\n',
+                  ":4: KeyError: 'model'"),
+    'bad_value.py': ('def get_config():\n  raise ValueError("no such size")\n',
+                     ':2: ValueError: no such size'),
+    'returns_none.py': ('def get_config():\n  pass\n',
+                        ': get_config() returned None (a missing return?)'),
+}
+
+
+@pytest.mark.parametrize('name', sorted(_CONFIG_FILES))
+def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, monkeypatch, capsys,
+                                                                 name):
+  """What config_flags raises on parsing, as each entry point parses (vit.cli._parse_flags), is
+  one line naming the file, and the line of it where Python gives one."""
+  from absl import flags
+  from ml_collections import config_flags
+  from vit import cli
+  source, expected = _CONFIG_FILES[name]
+  path = tmp_path / name
+  path.write_text(source)
+  argv = ['prog', f'--config={path}']
+  # config_flags loads every file as module 'config_config', into the namespace of the last.
+  monkeypatch.delitem(sys.modules, 'config_config', raising=False)
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', None, flag_values=values, sys_argv=argv)
+  monkeypatch.setattr(flags, 'FLAGS', values)
+  monkeypatch.setattr(cli, '_CONFIG_HOLDERS', [(holder, None, None)])
+  monkeypatch.setattr(sys, 'argv', argv)
+  with pytest.raises(SystemExit) as exit:
+    cli._parse_flags(argv)
+  lines = capsys.readouterr().err.splitlines()
+  assert exit.value.code == 2 and len(lines) == 1, lines
+  assert lines[0].startswith(f'error: --config {path}') and (
+      lines[0].endswith(expected) if name != 'syntax.py' else expected in lines[0]), lines
+
+
+def test_a_missing_config_flag_is_one_line(monkeypatch, capsys):
+  """An entry point without a default config (vit.plan) given no --config."""
+  from absl import flags
+  from ml_collections import config_flags
+  from vit import cli
+  values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', None, flag_values=values, sys_argv=['prog'])
+  monkeypatch.setattr(flags, 'FLAGS', values)
+  monkeypatch.setattr(cli, '_CONFIG_HOLDERS', [(holder, None, None)])
+  monkeypatch.setattr(sys, 'argv', ['prog'])
+  with pytest.raises(SystemExit) as exit:
+    cli._parse_flags(['prog'])
+  assert exit.value.code == 2 and capsys.readouterr().err.splitlines() == [
+      'error: --config is required: a config file, e.g. configs/supervised/fashion_mnist.py',
+      'Pass --help to see the flags.']
+
+
+def test_a_missing_config_file_or_a_directory_is_named():
+  from vit import cli
+  for problem, want in [(f'{ROOT}/configs/absent.py', 'no such file'),
+                        (f'{ROOT}/configs', 'a directory, not a config file')]:
+    assert cli._config_file(OSError(2, 'x'), problem) == f'--config {problem}: {want}'
+  assert cli._config_file(KeyError('bogus'), 'configs/supervised/fashion_mnist.py') is None
 
 
 @pytest.mark.parametrize('trainer,args,shown', [

@@ -100,6 +100,26 @@ def test_cli_one_line_error_and_objective_default():
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh=')
 
 
+def test_objectives_are_listed_by_help_and_by_the_error_for_another():
+  """The objectives are those found beside vit/ (vit.objective.available); neither vit.plan nor
+  study.report shows a --workdir it ignores (vit.cli.define_config_flags(workdir=False))."""
+  from vit import objective as objective_lib
+  assert objective_lib.available() == ('mae', 'mpp', 'simmim', 'supervised')
+  with pytest.raises(UserError, match=r'^--objective foo: no such objective; one of mae, mpp, '
+                                      r'simmim, supervised \(or a module'):
+    plan.check_objective('foo')
+  plan.check_objective('simmim')
+  # Independent processes, started together: their interpreter start-ups share the cores.
+  procs = [subprocess.Popen([sys.executable, '-m', module, '--help'], cwd=ROOT, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE) for module in ('vit.plan', 'study.report')]
+  (plan_help, report_help) = [p.communicate(timeout=300)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0]
+  assert 'its package (one of mae, mpp, simmim, supervised)' in ' '.join(plan_help.split())
+  assert '--config' in plan_help and '--config' in report_help
+  assert '--workdir' not in plan_help and '--workdir' not in report_help
+
+
 def test_search_candidates_go_from_least_to_most_communication():
   tried = plan.candidates(8)
   assert [(c['mesh']['data'], c['mesh']['fsdp'], c['remat']) for c in tried] == [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging as std_logging
 import os
 import sys
+import traceback
 import warnings
 from typing import Callable
 
@@ -67,27 +68,44 @@ def log_to_console() -> None:
     absl_handler.addFilter(_not_ours)
 
 
-def define_config_flags(default_config: str | None = None, workdir_required: bool = True,
+_RETURNED_NONE = 'get_config() returned None'
+
+
+def _said_here(record: std_logging.LogRecord) -> bool:
+  return _RETURNED_NONE not in record.getMessage()
+
+
+def define_config_flags(default_config: str | None = None, workdir: bool = True,
                         objective: Definition | None = None):
-  """--config and --workdir. A trainer passes its `objective` (its package's DEFINITION): a
-  config written for another objective is then refused in one line at flag parsing, before
-  anything is written (`vit.config.check_objective`)."""
+  """--config (an ml_collections config file, overridable by --config.a.b=value) and, unless
+  `workdir` is False (a command that writes no run), the required --workdir; returns their
+  holders, (config, workdir or None). A config file that cannot be loaded, an unknown override
+  key or a missing --config is one line at parsing (`_parse_flags`). A trainer passes its
+  `objective` (its package's DEFINITION): a config written for another objective is then
+  refused in one line at flag parsing, before anything is written
+  (`vit.config.check_objective`)."""
+  # config_flags' warning of a get_config() returning None: `_config_file` says it.
+  std_logging.getLogger('absl').addFilter(_said_here)
   try:
     # config_flags reads sys.argv here to type each --config.x override, so an unknown key
-    # surfaces at definition time.
+    # or a config file that does not load surfaces at definition time.
     config = config_flags.DEFINE_config_file(
         'config', default_config, 'Path to an ml_collections config file; override any field '
         'with --config.a.b=value.', lock_config=True)
-  except (AttributeError, KeyError, ValueError, TypeError) as e:
-    _fail_override(e, default_config)
+  except Exception as e:  # noqa: BLE001 (the config file's own code may raise anything)
+    _fail_config(e, default_config)
   _CONFIG_HOLDERS.append((config, default_config, objective))
-  workdir = flags.DEFINE_string('workdir', None, 'Directory for checkpoints, TensorBoard '
-                                'events and the batch contract; rerunning resumes from it.',
-                                required=workdir_required)
+  names = ['config']
+  workdir_holder = None
+  if workdir:
+    workdir_holder = flags.DEFINE_string(
+        'workdir', None, 'Directory for checkpoints, TensorBoard events and the batch '
+        'contract; rerunning resumes from it.', required=True)
+    names.append('workdir')
   # --help lists the main module's key flags only; these are defined here, for every trainer.
-  for name in ('config', 'workdir'):
+  for name in names:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
-  return config, workdir
+  return config, workdir_holder
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -132,7 +150,8 @@ def _quiet_shutdown() -> None:
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
-  """Flag parsing that reports a bad --config path or override key in one line."""
+  """Flag parsing that reports a bad --config file or override key, or a missing --config, in
+  one line."""
   try:
     try:
       argv = flags.FLAGS(argv)
@@ -141,13 +160,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
       if any(a.split('=')[0] in ('--help', '-h', '--helpshort', '--helpfull') for a in argv):
         sys.exit(0)
       raise
-    for holder, _, _ in _CONFIG_HOLDERS:
+    for holder, default, _ in _CONFIG_HOLDERS:
+      if holder.value is None and _config_path(default) is None:
+        _fail('--config is required: a config file, e.g. configs/supervised/fashion_mnist.py')
+      if holder.value is None:
+        raise ValueError(_RETURNED_NONE)
       holder.value.to_dict()  # config_flags loads the file and applies overrides lazily.
-  except flags.Error as e:
-    _fail(str(e))
-  except (AttributeError, KeyError, OSError, SyntaxError, ValueError, TypeError) as e:
-    # config_flags raises these for an unknown override key or an unreadable config file.
-    _fail_override(e, _CONFIG_HOLDERS[0][1] if _CONFIG_HOLDERS else None)
+  except Exception as e:  # noqa: BLE001 (the config file's own code may raise anything)
+    _fail_config(e, _CONFIG_HOLDERS[0][1] if _CONFIG_HOLDERS else None)
   _check_objectives()
   return argv
 
@@ -172,12 +192,70 @@ def _program() -> str:
   return spec.name if spec else os.path.basename(sys.argv[0])
 
 
+def _fail_config(e: Exception, default_config: str | None) -> None:
+  """Exits with status 2 after one line for a config file that does not load (`_config_file`),
+  a bad flag or an unknown --config.* key (`_fail_override`); raises anything else."""
+  problem = _config_file(e, _config_path(default_config))
+  if problem is not None:
+    print(f'error: {problem}', file=sys.stderr)
+    sys.exit(2)
+  if isinstance(e, flags.Error):
+    _fail(str(e))
+  if isinstance(e, (AttributeError, KeyError, OSError, ValueError, TypeError)):
+    # config_flags raises these for an unknown override key.
+    _fail_override(e, default_config)
+  raise e
+
+
 def _config_source(default_config: str | None) -> str | None:
-  """The --config file as given on the command line (the last one), else the default."""
+  """The --config argument as given on the command line (the last one), else the default."""
   args = sys.argv[1:]
   given = [a.split('=', 1)[1] for a in args if a.startswith('--config=')]
   given += [b for a, b in zip(args, args[1:]) if a == '--config']
   return given[-1] if given else default_config
+
+
+def _config_path(default_config: str | None) -> str | None:
+  """The config file of `_config_source` (a `:ARG` for get_config cut off)."""
+  source = _config_source(default_config)
+  return source.split(':', 1)[0] if source else None
+
+
+def _config_file(e: BaseException, path: str | None) -> str | None:
+  """'--config FILE[:LINE]: problem' when `e` comes from loading the config file FILE: missing,
+  a directory, a syntax error, no get_config(), get_config() returning None, or an exception
+  its own code raised (named with the line of FILE it came from); None for other errors."""
+  if not path:
+    return None
+  chain = list(_chain(e))
+  if not os.path.isfile(path) and any(isinstance(x, OSError) for x in chain):
+    if os.path.isdir(path):
+      return f'--config {path}: a directory, not a config file'
+    where = '' if os.path.isabs(path) else f' (relative to {os.getcwd()})'
+    return f'--config {path}: no such file{where}'
+  target = os.path.abspath(path)
+  for error in chain:
+    if isinstance(error, SyntaxError) and error.filename and os.path.abspath(
+        error.filename) == target:
+      return f'--config {path}:{error.lineno}: {type(error).__name__}: {error.msg}'
+    if isinstance(error, AttributeError) and "has no attribute 'get_config'" in str(error):
+      return (f'--config {path}: defines no get_config() (a config file returns its '
+              f'ConfigDict from get_config())')
+    if any(text in str(error) for text in (_RETURNED_NONE, 'Unexpected None value for flag')):
+      return f'--config {path}: get_config() returned None (a missing return?)'
+    lines = [t.lineno for t in traceback.extract_tb(error.__traceback__)
+             if os.path.abspath(t.filename) == target]
+    if lines:
+      return f'--config {path}:{lines[-1]}: {type(error).__name__}: {" ".join(str(error).split())}'
+  return None
+
+
+def _chain(e: BaseException | None):
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    yield e
+    e = e.__cause__ or e.__context__
 
 
 def _fail_override(e: Exception, default_config: str | None) -> None:

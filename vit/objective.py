@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
 
 import jax
@@ -103,6 +104,15 @@ def resolve(name: str) -> Definition:
       return found
   raise ValueError(f'objective {name!r}: no Definition at '
                    f'{" or ".join(c + "." + (attribute or "DEFINITION") for c in candidates)}')
+
+
+def available() -> tuple[str, ...]:
+  """The objectives of this checkout: the packages beside `vit/` with an `objective.py` (the
+  module `resolve` reads), sorted; found from the files, none imported, so that listing them
+  (a --help, an error) costs nothing and a new objective is listed without an edit here."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return tuple(sorted(name for name in os.listdir(root) if name != 'vit' and os.path.isfile(
+      os.path.join(root, name, 'objective.py'))))
 
 
 def init_image_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int, int]:

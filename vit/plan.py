@@ -54,14 +54,15 @@ CHIPS = {
     'v6e': Chip(32 * GiB, 918e12, 1640e9),
 }
 
-_CONFIG, _ = cli.define_config_flags(None, workdir_required=False)
+_CONFIG, _ = cli.define_config_flags(None, workdir=False)
 _TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice as VERSION:AxBxC, e.g. v5p:4x4x4 '
                                 '(64 chips), v5e:16x16, v4:4x4x4; versions: ' + ', '.join(CHIPS))
 _OBJECTIVE = flags.DEFINE_string('objective', None,
-                                 'The objective whose step to compile: its package (mpp, '
-                                 'supervised) or module (vit.objective.resolve); default: the '
-                                 'package a config under configs/PACKAGE/ names when it defines '
-                                 'one, supervised otherwise.')
+                                 'The objective whose step to compile: its package (one of '
+                                 f'{", ".join(objective_lib.available())}) or module '
+                                 '(vit.objective.resolve); default: the package a config under '
+                                 'configs/PACKAGE/ names when it defines one, supervised '
+                                 'otherwise.')
 _JSON = flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
 _SEARCH = flags.DEFINE_bool('search', False,
                             'Try data parallel, then fsdp=2,4,..., then each with remat, and '
@@ -312,14 +313,23 @@ def default_objective(config_path: str) -> str:
   return 'supervised'
 
 
+def check_objective(name: str) -> None:
+  """UserError listing the objectives (vit.objective.available) when `name` names none."""
+  try:
+    objective_lib.resolve(name)
+  except ValueError:
+    raise UserError(f'--objective {name}: no such objective; one of '
+                    f'{", ".join(objective_lib.available())} (or a module that defines one, '
+                    f'vit.objective.resolve)') from None
+
+
 def main(argv):
   del argv
-  if _CONFIG.value is None:
-    raise UserError('--config is required, e.g. --config configs/mpp/fashion_mnist.py')
   if _TOPOLOGY.value is None:
     raise UserError('--topology is required, e.g. --topology v5p:4x4x4')
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   objective = _OBJECTIVE.value or default_objective(path)
+  check_objective(objective)
   if _SEARCH.value:
     report = search(_CONFIG.value, _TOPOLOGY.value, objective,
                     log=lambda line: print(line, file=sys.stderr, flush=True))
