@@ -5,6 +5,7 @@ guard."""
 import dataclasses
 import glob
 import os
+import re
 import signal
 
 import grain
@@ -201,10 +202,12 @@ def test_unknown_best_metric_is_a_config_error(tmp_path):
 
 
 def truncate_state(workdir, step, what='array data'):
-  """Cuts files of the saved state in half, as a full disk or a dying host would: the array
-  data (TensorStore's OCDBT files; not all of them are read), or the tree metadata."""
-  pattern = {'array data': '**/d/*', 'metadata': '_METADATA'}[what]
-  files = glob.glob(f'{workdir}/checkpoints/{step}/state/{pattern}', recursive=True)
+  """Cuts files of a saved step in half, as a full disk or a dying host would: the array
+  data (TensorStore's OCDBT files; not all of them are read), the tree metadata, the data
+  iterator's JSON or the config's JSON."""
+  pattern = {'array data': 'state/**/d/*', 'metadata': 'state/_METADATA',
+             'iterator': 'data/*.json', 'config': 'config/metadata'}[what]
+  files = glob.glob(f'{workdir}/checkpoints/{step}/{pattern}', recursive=True)
   assert files
   for name in files:
     with open(name, 'r+b') as f:
@@ -231,7 +234,11 @@ def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
   truncate_state(tmp_path, 6)
   resumed = train(tmp_path)
   captured = capsys.readouterr()
-  assert f'checkpoint {tmp_path}/checkpoints/6 is unreadable' in captured.err
+  # The step and the file in plain words; none of TensorStore's status codes and store spec.
+  assert re.search(rf'checkpoint {tmp_path}/checkpoints/6 is unreadable \(state/d/\w+ is cut '
+                   r'short \(\d+ bytes, fewer than its index says\)\); trying the previous one',
+                   captured.err), captured.err
+  assert 'OUT_OF_RANGE' not in captured.err and 'tensorstore' not in captured.err
   assert f'resumed from {tmp_path} at step 4' in captured.out
   assert len(glob.glob(f'{tmp_path}/checkpoints.damaged/6.*/state')) == 1  # Kept, moved aside.
   assert steps_on_disk(tmp_path) == [6, 8]  # Step 6 saved anew.
@@ -240,10 +247,13 @@ def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
 
 def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
   train(tmp_path, tiny_config(total_steps=4))
-  truncate_state(tmp_path, 2, 'metadata')
+  truncate_state(tmp_path, 2, 'iterator')
   truncate_state(tmp_path, 4, 'array data')
-  with pytest.raises(UserError, match=r'no checkpoint step could be restored \(step 4: .*; '
-                     r'step 2: .*\); nothing was moved; to start afresh instead, use another '
+  ckpt = tmp_path / 'checkpoints'
+  with pytest.raises(UserError, match=rf'^{ckpt}: no checkpoint step could be restored \({ckpt}/4: '
+                     r'state/d/\w+ is cut short \(\d+ bytes, fewer than its index says\); '
+                     rf'{ckpt}/2: data/process_0-of-1.json is not valid JSON \(cut short or '
+                     r'overwritten\)\); nothing was moved; to start afresh instead, use another '
                      r'--workdir$'):
     train(tmp_path)
   assert steps_on_disk(tmp_path) == [2, 4]  # Nothing is moved when nothing could be restored.
@@ -296,11 +306,30 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
   assert 'Traceback' not in export.stderr
   assert export.stderr.strip().splitlines()[-1].startswith(
       f'warning: skipped the unreadable checkpoint {ckpt}/9 (')
-  truncate_state(tmp_path, 4, 'metadata')
-  truncate_state(tmp_path, 2, 'array data')
-  with pytest.raises(UserError, match=rf'^{ckpt}: no checkpoint step could be read \(step 9: '
-                                      r'.*; step 4: .*; step 2: .*\)$'):
+  truncate_state(tmp_path, 4, 'config')
+  truncate_state(tmp_path, 2, 'metadata')
+  with pytest.raises(UserError, match=rf'^{ckpt}: no checkpoint step could be read \({ckpt}/9: '
+                                      r'state/\S+ is [^;]+; '
+                                      rf'{ckpt}/4: config/metadata is not valid JSON \(cut short '
+                                      rf'or overwritten\); {ckpt}/2: state/_METADATA is not '
+                                      r'valid JSON \(cut short or overwritten\)\)$'):
     init_spec.load(f'supervised:{tmp_path}')
+
+
+def test_an_unreadable_step_is_said_in_plain_words(tmp_path):
+  """vit.checkpoints.unreadable_reason, for what no test above damages: an empty JSON file,
+  a missing file, and an error it knows nothing of (its own line, the step's path cut)."""
+  import json
+  step = tmp_path / '4'
+  (step / 'config').mkdir(parents=True)
+  (step / 'config' / 'metadata').write_text('')
+  (step / 'config' / 'commit_success.txt').write_text('Checkpoint commit was successful')
+  decode = json.JSONDecodeError('Expecting value', '', 0)
+  assert checkpoints.unreadable_reason(str(step), decode) == 'config/metadata is empty'
+  missing = FileNotFoundError(2, 'No such file or directory', str(step / 'data' / 'p.json'))
+  assert checkpoints.unreadable_reason(str(step), missing) == 'data/p.json is missing'
+  assert checkpoints.unreadable_reason(str(step), RuntimeError(f'odd: {step}/state/x')) == (
+      'RuntimeError: odd: state/x')
 
 
 def test_incompatible_config_lists_keys_and_shapes(tmp_path):

@@ -24,6 +24,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import socket
@@ -359,9 +360,9 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
     except UserError:
       raise
     except Exception as e:  # Any read failure makes this step unusable; try an older one.
-      problems.append((step, _one_line(e)))
+      problems.append((step, unreadable_reason(f'{mngr.directory}/{step}', e)))
       logger.warning('checkpoint %s/%d is unreadable (%s); trying the previous one',
-                     mngr.directory, step, _shorten(problems[-1][1]))
+                     mngr.directory, step, problems[-1][1])
       continue
     for bad, _ in problems:
       logger.warning('moved the unreadable checkpoint step %d to %s', bad,
@@ -373,7 +374,7 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
     if data_iterator is not None:
       data_iterator.start_prefetch()
     return restored
-  reasons = '; '.join(f'step {s}: {_shorten(r)}' for s, r in problems)
+  reasons = '; '.join(f'{mngr.directory}/{s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be restored ({reasons}); nothing '
                   'was moved; to start afresh instead, use another --workdir')
 
@@ -383,8 +384,72 @@ def _one_line(e: Exception) -> str:
 
 
 def _shorten(reason: str, limit: int = 240) -> str:
-  # TensorStore errors carry the whole JSON spec of the store; its start names the file.
   return reason if len(reason) <= limit else reason[:limit] + ' ...'
+
+
+# The files of a step that orbax and grain write as JSON (the rest is TensorStore's binary
+# OCDBT data, `d/` and `manifest.ocdbt`, and orbax's `commit_success.txt`).
+_JSON_NAMES = ('_CHECKPOINT_METADATA', '_METADATA', '_sharding', 'metadata')
+
+
+def unreadable_reason(step_dir: str, e: BaseException) -> str:
+  """Why the checkpoint step in `step_dir` did not read, in plain words, naming the file
+  (relative to `step_dir`): cut short, damaged or missing (TensorStore's error names the file;
+  its store spec and status codes are left out), or a JSON file that does not parse (found by
+  reading them: Python's JSON error names none); else the error's own line, shortened."""
+  chain, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  relative = lambda path: os.path.relpath(path, step_dir)
+  for error in chain:
+    text = str(error).split(' [tensorstore_spec=')[0]
+    files = [f for f in re.findall(r'local file "([^"]+)"', text) if not f.endswith('/')]
+    if files:
+      return f'{relative(files[-1])} {_tensorstore_problem(text)}'
+  for error in chain:
+    if isinstance(error, FileNotFoundError) and error.filename:
+      return f'{relative(os.fsdecode(error.filename))} is missing'
+  if any(isinstance(error, json.JSONDecodeError) for error in chain):
+    damaged = _damaged_json(step_dir)
+    if damaged:
+      return damaged
+  return _shorten(_one_line(chain[0]).replace(step_dir + os.sep, ''))
+
+
+def _tensorstore_problem(text: str) -> str:
+  short = re.search(r'not valid for value of size (\d+)', text)
+  if short:
+    return f'is cut short ({short[1]} bytes, fewer than its index says)'
+  if 'Invalid JSON' in text:
+    return 'is not valid JSON (cut short or overwritten)'
+  if 'NOT_FOUND' in text:
+    return 'is missing'
+  if 'DATA_LOSS' in text or 'Error decoding' in text:
+    return 'is damaged (its contents do not decode)'
+  return 'could not be read'
+
+
+def _damaged_json(step_dir: str) -> Optional[str]:
+  """'FILE is empty' or 'FILE is not valid JSON ...' for the first JSON file of the step
+  (_JSON_NAMES, grain's `data/*.json`, orbax's `array_metadatas/`) that does not parse; None
+  when all do."""
+  for folder, dirs, files in sorted(os.walk(step_dir)):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(folder, name)
+      if not (name in _JSON_NAMES or name.endswith('.json')
+              or os.path.basename(folder) == 'array_metadatas'):
+        continue
+      try:
+        with open(path, 'rb') as f:
+          json.loads(f.read())
+      except ValueError:
+        size = os.path.getsize(path)
+        return (f'{os.path.relpath(path, step_dir)} is '
+                + ('empty' if size == 0 else 'not valid JSON (cut short or overwritten)'))
+  return None
 
 
 def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
@@ -495,13 +560,13 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
           'config']
       params = _read_params_at(mngr, step, use_ema)
     except Exception as e:  # Any read failure makes this step unusable; try an older one.
-      problems.append((step, _shorten(_one_line(e))))
+      problems.append((step, unreadable_reason(f'{mngr.directory}/{step}', e)))
       continue
     for bad, reason in problems:
       logger.warning('skipped the unreadable checkpoint %s/%d (%s); reading step %d',
                      mngr.directory, bad, reason, step)
     return config, params, step
-  reasons = '; '.join(f'step {s}: {r}' for s, r in problems)
+  reasons = '; '.join(f'{mngr.directory}/{s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be read ({reasons})')
 
 
