@@ -36,25 +36,7 @@ def read_images(path: str) -> tuple[list[np.ndarray], list[str]]:
   """uint8 [H, W, C] images and their names (file names, or indices into the .npy)."""
   if os.path.isdir(path):
     return _read_directory(path)
-  if not os.path.isfile(path):
-    raise UserError(f'--images {path}: not found')
-  if not path.endswith('.npy'):
-    raise UserError(f'--images {path}: expected a .npy of uint8 images or a directory')
-  try:
-    images = np.load(path, allow_pickle=False)
-  except (ValueError, OSError, EOFError) as e:
-    raise UserError(f'--images {path}: not a readable .npy array ({e})') from None
-  if images.dtype != np.uint8:
-    raise UserError(f'--images {path}: dtype {images.dtype}; expected uint8 pixels in [0, 255]')
-  if images.ndim == 3 and images.shape[-1] in (1, 3, 4):
-    # [H, W, C] of one image, or [B, H, W] of narrow greyscale ones: refused, not guessed.
-    raise UserError(f'--images {path}: shape {images.shape} is ambiguous (one [H, W, C] image '
-                    f'or {images.shape[0]} greyscale images {images.shape[1]} wide?); pass one '
-                    f'image as [1, H, W, C] (np.expand_dims(x, 0)), greyscale ones as [B, H, W, 1]')
-  if images.ndim == 3:  # [B, H, W]: grayscale without a channel axis.
-    images = images[..., None]
-  if images.ndim != 4 or images.shape[-1] not in (1, 3) or len(images) == 0:
-    raise UserError(f'--images {path}: shape {images.shape}; expected [B, H, W, C] with C 1 or 3')
+  images = decoding.read_npy(path, f'--images {path}')
   return list(images), [str(i) for i in range(len(images))]
 
 

@@ -226,10 +226,16 @@ def test_image_loading(tmp_path):
   images, source = images_lib.load(None, 28, 1, limit=3)
   assert images.shape == (3, 28, 28, 1) and 'Fashion-MNIST' in source
   np.save(tmp_path / 'float.npy', grey.astype(np.float32))
-  with pytest.raises(images_lib.UserError, match=r'float.npy: holds float32 .* expected uint8'):
-    images_lib.load(str(tmp_path / 'float.npy'), 16, 1, limit=2)
-  with pytest.raises(images_lib.UserError, match='expected a .npy file or a directory'):
-    images_lib.load(str(tmp_path / 'missing.png'), 16, 1, limit=2)
+  # The reader of supervised.predict too (vit.data.decoding.read_npy): the same lines.
+  np.save(tmp_path / 'empty.npy', np.zeros((0, 28, 28), np.uint8))
+  (tmp_path / 'notes.txt').write_text('not an array')
+  for name, problem in [('float.npy', 'dtype float32; expected uint8 pixels in [0, 255]'),
+                        ('missing.npy', 'file not found'),
+                        ('notes.txt', 'expected a .npy of uint8 images or a directory'),
+                        ('empty.npy', 'holds no images (shape (0, 28, 28))')]:
+    with pytest.raises(images_lib.UserError) as error:
+      images_lib.load(str(tmp_path / name), 16, 1, limit=2)
+    assert str(error.value) == f'--images {tmp_path / name}: {problem}'
 
 
 def test_cli_bad_spec_is_one_line(tmp_path):

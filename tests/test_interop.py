@@ -169,6 +169,19 @@ def test_bad_specs_give_clear_errors(tmp_path):
   np.savez(tmp_path / 'other.npz', weights=np.zeros(3))
   with pytest.raises(UserError, match='not an official ViT checkpoint'):
     init_spec.load(f'vit_jax:{tmp_path}/other.npz')
+  # A file where a directory is read, and the other way round, said as such.
+  npz = tmp_path / 'other.npz'
+  for fmt in ('mpp', 'mae', 'simmim', 'supervised'):
+    with pytest.raises(UserError) as error:
+      init_spec.load(f'{fmt}:{npz}')
+    assert str(error.value) == (f'{fmt}:{npz}: a file, not a run directory (the --workdir of '
+                                f'{fmt} training); for an .npz of parameters, vit_jax:{npz}')
+  with pytest.raises(UserError, match=rf'^hf:{npz}: a file, not a model directory \(config.json'):
+    init_spec.load(f'hf:{npz}')
+  with pytest.raises(UserError, match=rf'^timm:{npz}: a file, not a model directory'):
+    init_spec.load(f'timm:{npz}')
+  with pytest.raises(UserError, match=rf'^vit_jax:{tmp_path}: a directory, not an .npz file'):
+    init_spec.load(f'vit_jax:{tmp_path}')
   np.savez(tmp_path / 'pickled.npz', embedding=np.array([{'a': 1}], dtype=object))
   with pytest.raises(UserError, match='pickle'):
     vit_jax.load(str(tmp_path / 'pickled.npz'))

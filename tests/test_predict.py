@@ -83,8 +83,12 @@ def test_inputs_are_resized_and_channels_matched(tmp_path):
   np.save(tmp_path / 'float.npy', gray.astype(np.float32))
   with pytest.raises(UserError, match='dtype float32; expected uint8'):
     predict.read_images(str(tmp_path / 'float.npy'))
-  with pytest.raises(UserError, match='not found'):
+  with pytest.raises(UserError, match=rf'^--images {tmp_path}/missing.npy: file not found$'):
     predict.read_images(str(tmp_path / 'missing.npy'))
+  np.save(tmp_path / 'none.npy', np.zeros((0, 28, 28, 1), np.uint8))
+  with pytest.raises(UserError, match=rf'^--images {tmp_path}/none.npy: holds no images \(shape '
+                                      r'\(0, 28, 28, 1\)\)$'):
+    predict.read_images(str(tmp_path / 'none.npy'))
   os.makedirs(tmp_path / 'empty')
   with pytest.raises(UserError, match='no image files'):
     predict.read_images(str(tmp_path / 'empty'))

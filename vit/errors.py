@@ -30,3 +30,23 @@ def write_reason(e: OSError) -> str:
   if name is not None and e.errno in (errno.EACCES, errno.EPERM):
     return f'no permission to write in {os.path.dirname(os.path.abspath(name))}'
   return e.strerror or str(e)
+
+
+def require_directory(path: str, label: str, what: str = 'a directory', hint: str = '') -> None:
+  """UserError '{label}: directory not found{hint}', or '{label}: a file, not {what}{hint}'
+  when `path` is something else than a directory (a file given where a run or model directory
+  is read)."""
+  if os.path.isdir(path):
+    return
+  if os.path.exists(path):
+    raise UserError(f'{label}: a file, not {what}{hint}')
+  raise UserError(f'{label}: directory not found{hint}')
+
+
+def require_file(path: str, label: str, what: str = 'a file', hint: str = '') -> None:
+  """UserError '{label}: file not found{hint}', or '{label}: a directory, not {what}{hint}'."""
+  if os.path.isfile(path):
+    return
+  if os.path.isdir(path):
+    raise UserError(f'{label}: a directory, not {what}{hint}')
+  raise UserError(f'{label}: file not found{hint}')

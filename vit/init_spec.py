@@ -24,7 +24,6 @@ reported model (the paper evaluates and transfers the averaged weights, Appendix
 """
 from __future__ import annotations
 
-import os
 from typing import NamedTuple, Optional
 
 import jax
@@ -36,7 +35,7 @@ from vit.architecture import (abstract_params, grid_at, infer_model,  # noqa: F4
                               patch_stride)
 from vit.class_names import (CLASS_NAMES_FILE, read_class_names,  # noqa: F401 (re-exported)
                              write_class_names)
-from vit.errors import UserError
+from vit.errors import UserError, require_directory
 from vit.formats import registry
 from vit.formats.tree import check_finite, flatten
 from vit.models import vit as vit_model
@@ -114,9 +113,14 @@ def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
 
 
 def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
-  if not os.path.isdir(path):
-    raise UserError(f'{fmt}:{path}: directory not found' if fmt else
-                    f'--checkpoint {path}: directory not found (a trainer workdir, or FORMAT:PATH)')
+  # A run is read from its --workdir; a file given here is most often a published checkpoint.
+  hint = f'; for an .npz of parameters, vit_jax:{path}' if path.endswith('.npz') else ''
+  if fmt:
+    require_directory(path, f'{fmt}:{path}', f'a run directory (the --workdir of {fmt} training)',
+                      hint)
+  else:
+    require_directory(path, f'--checkpoint {path}', 'a run directory',
+                      hint or ' (a trainer workdir, or FORMAT:PATH)')
   saved, params, step = checkpoints.read_params(path, use_ema=use_ema)  # The newest readable.
   check_finite(flatten(params), f'{path}/checkpoints/{step}')
   found = _pretraining_kind(params)

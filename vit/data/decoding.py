@@ -44,7 +44,7 @@ import os
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-from vit.errors import UserError
+from vit.errors import UserError, require_file
 
 # What predict, inspect and prepare pick up in a folder (by name; the content decides the format).
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff')
@@ -105,6 +105,36 @@ def read_file(path: str, hint: str = '') -> np.ndarray:
     return decode(data)
   except DecodeError as e:
     raise UserError(f'{path}: cannot decode the image ({e}){hint}') from None
+
+
+def read_npy(path: str, label: str) -> np.ndarray:
+  """Images stored as an array: uint8 [N, H, W, C] (C 1 or 3) from a .npy of uint8 [N, H, W, C]
+  or [N, H, W] (greyscale), what predict and inspect take for --images.
+
+  Raises UserError '{label}: ...' (label names the flag and the file) for a missing file, one
+  that is not a .npy or not readable as one, another dtype, no images, and a [H, W, C]-like
+  shape, which could be one colour image or several greyscale ones: refused, not guessed.
+  """
+  require_file(path, label, 'a .npy file')
+  if not path.endswith('.npy'):
+    raise UserError(f'{label}: expected a .npy of uint8 images or a directory')
+  try:
+    images = np.load(path, allow_pickle=False)
+  except (ValueError, OSError, EOFError) as e:
+    raise UserError(f'{label}: not a readable .npy array ({e})') from None
+  if images.dtype != np.uint8:
+    raise UserError(f'{label}: dtype {images.dtype}; expected uint8 pixels in [0, 255]')
+  if images.ndim in (3, 4) and len(images) == 0:
+    raise UserError(f'{label}: holds no images (shape {images.shape})')
+  if images.ndim == 3 and images.shape[-1] in (1, 3, 4):
+    raise UserError(f'{label}: shape {images.shape} is ambiguous (one [H, W, C] image '
+                    f'or {images.shape[0]} greyscale images {images.shape[1]} wide?); pass one '
+                    f'image as [1, H, W, C] (np.expand_dims(x, 0)), greyscale ones as [B, H, W, 1]')
+  if images.ndim == 3:  # [N, H, W]: greyscale without a channel axis.
+    images = images[..., None]
+  if images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape:
+    raise UserError(f'{label}: shape {images.shape}; expected [N, H, W, C] with C 1 or 3')
+  return images
 
 
 def to_array(pil: Image.Image) -> np.ndarray:

@@ -16,7 +16,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from vit.errors import UserError
+from vit.errors import UserError, require_directory
 from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, zeros
@@ -66,8 +66,8 @@ def _json(path: str) -> dict:
 def read_config(directory: str) -> dict:
   """config.json of a transformers ViT; UserError naming the file for anything else."""
   path = os.path.join(directory, 'config.json')
-  if not os.path.isdir(directory):
-    raise UserError(f'hf:{directory}: directory not found')
+  require_directory(directory, f'hf:{directory}', 'a model directory (config.json, '
+                    'model.safetensors)')
   if not os.path.isfile(path):
     raise UserError(f'hf:{directory}: no config.json (a Hugging Face model directory holds '
                     f'config.json and model.safetensors)')

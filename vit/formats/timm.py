@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.data import transforms
-from vit.errors import UserError
+from vit.errors import UserError, require_directory
 from vit.formats import hf, safetensors_dir, table, vit_jax
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, fused, zeros
@@ -85,8 +85,7 @@ def _config(directory: str) -> dict:
 
 
 def _weights(directory: str) -> dict[str, np.ndarray]:
-  if not os.path.isdir(directory):
-    raise UserError(f'timm:{directory}: directory not found')
+  require_directory(directory, f'timm:{directory}', f'a model directory ({WEIGHTS})')
   path = os.path.join(directory, WEIGHTS)
   if not os.path.isfile(path):
     raise UserError(f'timm:{directory}: no {WEIGHTS}{safetensors_dir.pickled_hint(directory)}')

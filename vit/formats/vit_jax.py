@@ -31,7 +31,7 @@ from typing import Optional, Sequence
 import ml_dtypes
 import numpy as np
 
-from vit.errors import UserError
+from vit.errors import UserError, require_file
 from vit.formats.tree import (Params, Read, check_finite, class_row_posemb, flatten, square_grid,
                               unflatten)
 from vit.models.spec import ModelSpec
@@ -43,8 +43,7 @@ _ROOTS = ('', 'params/', 'params/img/', 'img/', 'opt/target/', 'opt/target/img/'
 
 
 def _read_npz(path: str) -> dict[str, np.ndarray]:
-  if not os.path.isfile(path):
-    raise UserError(f'vit_jax:{path}: file not found')
+  require_file(path, f'vit_jax:{path}', 'an .npz file of named parameters')
   with open(path, 'rb') as f:
     magic = f.read(6)
   if magic == b'\x93NUMPY':

@@ -10,19 +10,6 @@ from vit.data import decoding, fashion_mnist, transforms
 from vit.errors import UserError
 
 
-def _from_npy(path: str) -> np.ndarray:
-  try:
-    images = np.load(path, allow_pickle=False)
-  except (OSError, ValueError) as e:
-    raise UserError(f'--images {path}: not a readable .npy array ({e})') from None
-  if images.dtype != np.uint8 or images.ndim not in (3, 4) or 0 in images.shape:
-    raise UserError(f'--images {path}: holds {images.dtype} {images.shape}; expected uint8 '
-                    f'[N, H, W] or [N, H, W, C]')
-  if images.ndim == 4 and images.shape[-1] not in (1, 3):
-    raise UserError(f'--images {path}: {images.shape[-1]} channels; expected 1 or 3')
-  return images[..., None] if images.ndim == 3 else images
-
-
 def _from_dir(path: str, limit: int) -> list[np.ndarray]:
   names, _ = decoding.images_in(path)
   if not names:
@@ -42,10 +29,8 @@ def load(path: Optional[str], size: int, channels: int, limit: int,
     raw, source = fashion_mnist.load('test')[0][:limit], 'Fashion-MNIST test split'
   elif os.path.isdir(path):
     raw, source = _from_dir(path, limit), path
-  elif os.path.isfile(path) and path.endswith('.npy'):
-    raw, source = _from_npy(path)[:limit], path
   else:
-    raise UserError(f'--images {path}: expected a .npy file or a directory of images')
+    raw, source = decoding.read_npy(path, f'--images {path}')[:limit], path
   to_channels = transforms.ToChannels(channels)
   crop = transforms.EvalView(size, **view) if view else transforms.CentralCrop(size)
   views = [crop.map(to_channels.map({'image': image}))['image'] for image in raw]
