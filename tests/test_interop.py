@@ -5,6 +5,7 @@ these tiny random models (asserted below), so a looser bound would prove nothing
 """
 import json
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -156,6 +157,14 @@ def test_save_hf_refuses_what_transformers_cannot_express(tmp_path):
   rep = _tiny_model(representation_size=8)
   with pytest.raises(UserError, match='pre_logits'):
     hf_format.save(_random_official_params(rep), str(tmp_path / 'rep'), rep)
+
+
+def test_the_init_spec_table_of_the_docs_lists_every_format():
+  """docs/guides/training.md's table of `--config.init=` specs: one row per init_spec.FORMATS."""
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(root, 'docs', 'guides', 'training.md')) as f:
+    rows = re.findall(r'^\| `(\w+):', f.read(), re.MULTILINE)
+  assert sorted(rows) == sorted(init_spec.FORMATS)
 
 
 def test_bad_specs_give_clear_errors(tmp_path):
