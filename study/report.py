@@ -202,8 +202,23 @@ def convergence(st: Study) -> list[str]:
   return out
 
 
+def grid_edges(st: Study, chosen: str) -> list[str]:
+  """The edges of its sweep that the chosen point sits on ('largest learning rate', ...),
+  over the points the sweep has (its extensions included): the grid-edge rule's input."""
+  prefix = chosen.rsplit('/', 1)[0] + '/'
+  points = [r for r in st.runs if r.name.startswith(prefix)]
+  run = next(r for r in points if r.name == chosen)
+  edges = []
+  for key, label in (('lr', 'learning rate'), ('pad', 'padding')):
+    values = {getattr(r, key) for r in points} - {None}
+    if len(values) > 1 and getattr(run, key) in (min(values), max(values)):
+      edges.append(f'{"largest" if getattr(run, key) == max(values) else "smallest"} {label}')
+  return edges
+
+
 def sweeps(st: Study) -> list[str]:
-  lines = ['| sweep (seed 0) | held-out accuracy of each point (%) | chosen |', '|---|---|---|']
+  lines = [f'| sweep (tuning seed {st.config.tune_seed}) | held-out accuracy of each point (%) '
+           '| chosen |', '|---|---|---|']
   prefixes = sorted({r.name.split('/sweep/')[0] for r in st.runs if '/sweep/' in r.name}
                     | {r.name.split('/length/')[0] + '/length' for r in st.runs
                        if '/length/' in r.name})
@@ -216,8 +231,10 @@ def sweeps(st: Study) -> list[str]:
     points = ', '.join(f'{n.rsplit("/", 1)[1]} {100 * st.results[n]["result"]["holdout_best"]:.2f}'
                        + _at_end(st.results[n]) for n in done)
     chosen = choices.chosen_name(prefix + part, st.results, st.order)
+    edges = grid_edges(st, chosen) if chosen and part == '/sweep/' else []
+    mark = f' (at the grid\'s edge: {", ".join(edges)})' if edges else ''
     lines.append(f'| {prefix} | {points} | '
-                 f'{chosen.rsplit("/", 1)[1] if chosen else f"({len(done)}/{len(names)} done)"} |')
+                 f'{chosen.rsplit("/", 1)[1] + mark if chosen else f"({len(done)}/{len(names)} done)"} |')
   return lines
 
 

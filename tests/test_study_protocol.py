@@ -11,7 +11,7 @@ from scipy import stats as scipy_stats
 
 from configs.study import converged
 from study import choices, configs, later_cells, protocol, stats, store
-from vit.errors import UserError
+from vit.errors import ConfigError, UserError
 
 
 @pytest.fixture(scope='module')
@@ -58,9 +58,11 @@ def test_the_headline_cells_come_first(runs, study):
 
 def test_every_arm_sweeps_the_same_grid_on_a_seed_it_does_not_report(runs, study):
   grid = len(study.sweep.learning_rates) * len(study.sweep.crop_padding)
+  extended = [p for p, _, _ in study.sweep.extensions]
   for arm in ('scratch', 'mpp_e30', 'mpp_e12'):
     sweep = [r for n, r in runs.items() if n.startswith(f'{arm}/pct1/sweep/')]
-    assert len(sweep) == grid and {r.seed for r in sweep} == {study.tune_seed}
+    assert len(sweep) == grid + extended.count(f'{arm}/pct1')
+    assert {r.seed for r in sweep} == {study.tune_seed}
     reported = {r.seed for n, r in runs.items() if n.startswith(f'{arm}/pct1/seed')}
     assert reported == set(study.seeds) and study.tune_seed not in study.seeds
   matched = [r for n, r in runs.items() if n.startswith('matched/pct10/sweep/')]
@@ -207,12 +209,17 @@ def test_a_run_in_flight_travels_to_a_fresh_workdir_and_is_dropped_once_finished
 
 def test_the_digests_of_cell_a_are_those_of_the_studys_commit():
   """Every run of cell (a) and the length curve keeps the config (and so the digest) it had at
-  commit 8115426, where it runs: tests/testdata/study_digests.py made the pinned file there."""
+  commit 8115426, where it runs: tests/testdata/study_digests.py made the pinned file there.
+  The grid-edge points added later (deviation 4) are new runs of their own."""
   import json
   from tests.testdata import study_digests
   pinned = json.loads((Path(__file__).parent / 'testdata' / 'study_digests_8115426.json')
                       .read_text())
-  assert len(pinned) == 185 and study_digests.digests() == pinned
+  now = study_digests.digests()
+  extensions = {protocol._sweep_name(*e) for e in converged.get_config().sweep.extensions}  # pylint: disable=protected-access
+  # Deviation 4's grid-edge points are the only runs the study's commit did not have.
+  assert set(now) - set(pinned) == extensions
+  assert len(pinned) == 185 and {n: d for n, d in now.items() if n in pinned} == pinned
 
 
 def test_the_later_cells_are_all_listed_with_their_cell(runs, study):
@@ -292,3 +299,37 @@ def test_a_worker_of_the_later_cells_takes_none_of_cell_a(tmp_path, monkeypatch)
   assert run_lib.work(c, str(tmp_path / 'work')) == 6
   # Only the probes that need nothing of cell (a): those of the MPP exports wait for them.
   assert sorted(taken) == sorted(['probe/pixels'] + [f'probe/init/seed{s}' for s in c.seeds])
+
+
+def test_a_grid_edge_extension_is_a_sweep_point_the_seeds_and_the_report_wait_for(runs, study):
+  # Deviation 4: the scratch 1% choice (lr 3e-3, padding 2) sat on two edges of its grid.
+  ext = runs['scratch/pct1/sweep/lr0.01_pad2']
+  grid = runs['scratch/pct1/sweep/lr0.003_pad2']
+  assert (ext.lr, ext.pad, runs['scratch/pct1/sweep/lr0.003_pad4'].pad) == (0.01, 2, 4)
+  assert (ext.priority, ext.seed, ext.steps, ext.kind) == (grid.priority, grid.seed, grid.steps,
+                                                           grid.kind)
+  for dependent in ('scratch/pct1/seed1', 'matched/pct1/seed1'):  # padding from this sweep
+    assert {ext.name, 'scratch/pct1/sweep/lr0.003_pad4'} <= set(runs[dependent].deps)
+  order = [r.name for r in protocol.runs(study)]
+  assert order.index(ext.name) > order.index(grid.name)  # Ties keep the grid's point.
+  cfg = configs.classifier(study, ext)
+  assert (cfg.optimizer.learning_rate, cfg.data.crop_padding) == (0.01, 2)
+
+
+def test_a_bad_grid_extension_names_the_key(study):
+  for bad in [('scratch/pct7', 0.01, 2), ('scratch/pct1', 0.003, 2)]:
+    s = converged.get_config()
+    s.sweep.extensions = (bad,)
+    with pytest.raises(ConfigError, match='config.sweep.extensions'):
+      protocol.runs(s)
+
+
+def test_the_report_marks_a_choice_at_the_grid_edge(runs, study):
+  from study import report
+  st = report.Study.__new__(report.Study)
+  st.runs = list(runs.values())
+  assert report.grid_edges(st, 'scratch/pct1/sweep/lr0.01_pad2') == ['largest learning rate']
+  assert report.grid_edges(st, 'scratch/pct1/sweep/lr0.003_pad4') == ['largest padding']
+  assert report.grid_edges(st, 'scratch/pct1/sweep/lr0.001_pad2') == []
+  assert report.grid_edges(st, 'scratch/pct10/sweep/lr0.0001_pad0') == [
+      'smallest learning rate', 'smallest padding']
