@@ -15,6 +15,8 @@ from typing import Optional
 
 import ml_collections
 
+from vit.errors import ConfigError
+
 SCRATCH, MPP, MATCHED, PIXELS = 'scratch', 'mpp', 'matched', 'pixels'
 ALL = 'all'  # The label-fraction key of all labels.
 
@@ -158,6 +160,27 @@ def _with_choice_deps(runs: list[Run]) -> list[Run]:
   return out
 
 
+def grid_extensions(study, runs: list[Run]) -> list[Run]:
+  """The points `study.sweep.extensions` adds beyond a grid's edge: (sweep prefix, learning
+  rate, crop padding or None), each a copy of that sweep's first point at the new values.
+
+  The protocol's grid-edge rule ("Converged"): a choice at the edge of its grid gets one point
+  beyond that edge before the seeds run; the seeds wait for it (`_with_choice_deps`) and it
+  enters the choice like any grid point (after them: ties keep the grid's point).
+  Raises ConfigError naming `config.sweep.extensions` for a prefix with no sweep or a point
+  that already exists."""
+  out, names = [], {r.name for r in runs}
+  for prefix, lr, pad in study.sweep.get('extensions', ()):
+    grid = [r for r in runs if r.name.startswith(f'{prefix}/sweep/')]
+    name = _sweep_name(prefix, lr, pad)
+    if not grid or name in names:
+      raise ConfigError('sweep.extensions', (prefix, lr, pad),
+                        f'{prefix}/sweep has no points' if not grid else f'{name} exists')
+    out.append(dataclasses.replace(grid[0], name=name, lr=lr, pad=pad))
+    names.add(name)
+  return out
+
+
 def runs(study: ml_collections.ConfigDict) -> list[Run]:
   """Every run of the protocol, in no particular order (workers order them by priority)."""
   out: list[Run] = []
@@ -185,7 +208,7 @@ def runs(study: ml_collections.ConfigDict) -> list[Run]:
     out += _all_labels(study, f'mpp_e{head:g}', f'mpp_e{head:g}/{ALL}',
                        f'mpp_e{head:g}/{last}/sweep', backbone(head))
   out += matched(study, head)
-  out = _with_choice_deps(out)
+  out = _with_choice_deps(out + grid_extensions(study, out))
   names = [r.name for r in out]
   assert len(names) == len(set(names)), 'run names must be unique'
   return out

@@ -55,9 +55,11 @@ def test_the_headline_cells_come_first(runs, study):
 
 def test_every_arm_sweeps_the_same_grid_on_a_seed_it_does_not_report(runs, study):
   grid = len(study.sweep.learning_rates) * len(study.sweep.crop_padding)
+  extended = [p for p, _, _ in study.sweep.extensions]
   for arm in ('scratch', 'mpp_e30', 'mpp_e12'):
     sweep = [r for n, r in runs.items() if n.startswith(f'{arm}/pct1/sweep/')]
-    assert len(sweep) == grid and {r.seed for r in sweep} == {study.tune_seed}
+    assert len(sweep) == grid + extended.count(f'{arm}/pct1')
+    assert {r.seed for r in sweep} == {study.tune_seed}
     reported = {r.seed for n, r in runs.items() if n.startswith(f'{arm}/pct1/seed')}
     assert reported == set(study.seeds) and study.tune_seed not in study.seeds
   matched = [r for n, r in runs.items() if n.startswith('matched/pct10/sweep/')]
@@ -175,3 +177,18 @@ def test_intervals_are_t_intervals_and_verdicts_need_them_to_exclude_zero():
   assert diff.n == 3 and diff.mean == pytest.approx((-0.5 + 1.0 - 0.2) / 3)
   assert stats.verdict(diff, 'better', 'worse') == 'no difference shown'
   assert stats.verdict(stats.interval([1.0]), 'better', 'worse') == 'too few seeds'
+
+
+def test_a_grid_edge_extension_is_a_sweep_point_the_seeds_wait_for(runs, study):
+  # Deviation 4: the scratch 1% choice (lr 3e-3, padding 2) sat on two edges of its grid.
+  ext = runs['scratch/pct1/sweep/lr0.01_pad2']
+  grid = runs['scratch/pct1/sweep/lr0.003_pad2']
+  assert (ext.lr, ext.pad, runs['scratch/pct1/sweep/lr0.003_pad4'].pad) == (0.01, 2, 4)
+  assert (ext.priority, ext.seed, ext.steps, ext.kind) == (grid.priority, grid.seed, grid.steps,
+                                                           grid.kind)
+  for dependent in ('scratch/pct1/seed1', 'matched/pct1/seed1'):  # padding from this sweep
+    assert {ext.name, 'scratch/pct1/sweep/lr0.003_pad4'} <= set(runs[dependent].deps)
+  order = [r.name for r in protocol.runs(study)]
+  assert order.index(ext.name) > order.index(grid.name)  # Ties keep the grid's point.
+  cfg = configs.classifier(study, ext)
+  assert (cfg.optimizer.learning_rate, cfg.data.crop_padding) == (0.01, 2)
