@@ -87,7 +87,7 @@ def main(argv):
               init_spec.describe(ckpt), config.image_size, m.num_classes)
   source = pipeline.make_source(config, config.data.train_split)
   task = build_task(config, m, ckpt, train_source=source)
-  init_spec.write_class_names(workdir, train.class_names(config, source))
+  task = dataclasses.replace(task, class_names=train.class_names(config, source))
   loop.train(config, workdir, task)
 
 

@@ -6,10 +6,12 @@ head (model.representation_size). Polyak averaging with config.ema_decay > 0.
 """
 from __future__ import annotations
 
+import dataclasses
+
 from absl import flags
 
 from supervised import objective
-from vit import cli, config as config_lib, init_spec, sharding
+from vit import cli, config as config_lib, sharding
 from vit.data import pipeline
 from vit.evaluators import fewshot
 from vit.evaluators.classification import ClassificationEvaluator
@@ -51,7 +53,7 @@ def main(argv):
   check_classes(config, m)
   source = pipeline.make_source(config, config.data.train_split)
   task = build_task(config, m, train_source=source)
-  init_spec.write_class_names(workdir, class_names(config, source))
+  task = dataclasses.replace(task, class_names=class_names(config, source))
   loop.train(config, workdir, task)
 
 

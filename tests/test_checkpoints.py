@@ -228,6 +228,56 @@ def test_a_finished_run_says_there_is_nothing_to_train(tmp_path, capsys):
     assert steps_on_disk(tmp_path) == [2, 4]
 
 
+def workdir_files(workdir) -> dict:
+  """Every file under `workdir`: relative path -> (size, sha256, mtime_ns); every folder too.
+  The lock file is left out: each run states itself its holder there (workdir_lock)."""
+  import hashlib
+  files = {}
+  for root, dirs, names in os.walk(workdir):
+    for name in dirs + names:
+      path = os.path.join(root, name)
+      key = os.path.relpath(path, workdir)
+      if key == checkpoints.LOCK_FILE:
+        continue
+      if os.path.isdir(path):
+        files[key] = 'folder'
+        continue
+      with open(path, 'rb') as f:
+        files[key] = (os.path.getsize(path), hashlib.sha256(f.read()).hexdigest(),
+                      os.stat(path).st_mtime_ns)
+  return files
+
+
+def test_a_refused_or_finished_rerun_writes_nothing_in_the_workdir(tmp_path, capsys):
+  """A rerun with a config whose state does not fit, and one with nothing left to train, leave
+  every file as it was (before, each wrote batch_contract.json, class_names.json and a new
+  TensorBoard events file before the resume was refused)."""
+  names = [f'class {i}' for i in range(NUM_CLASSES)]
+  config = tiny_config(total_steps=2)
+  task = dataclasses.replace(tiny_task(config), class_names=names)
+  loop.train(config, str(tmp_path), task)
+  before = workdir_files(tmp_path)
+  assert {'batch_contract.json', 'class_names.json', 'checkpoints/2'} <= set(before)
+  assert len([f for f in before if f.startswith('events.out.tfevents')]) == 1
+  capsys.readouterr()
+
+  wider = tiny_config(total_steps=4)
+  wider.model.hidden_size = 16
+  with pytest.raises(UserError, match='cannot be resumed') as error:
+    loop.train(wider, str(tmp_path), dataclasses.replace(tiny_task(wider), class_names=names))
+  assert '\n' not in str(error.value)
+  assert workdir_files(tmp_path) == before
+
+  again = loop.train(config, str(tmp_path), task)
+  assert again.metrics == {} and int(again.state.step) == 2
+  out = capsys.readouterr().out
+  assert [line for line in out.splitlines() if 'nothing to train' in line] == [
+      f'note: workdir {tmp_path} already holds step 2 >= total_steps 2; nothing to train '
+      '(raise --config.total_steps to continue)']
+  assert 'batch contract' not in out
+  assert workdir_files(tmp_path) == before
+
+
 def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
   train(tmp_path, tiny_config(total_steps=6))
   assert steps_on_disk(tmp_path) == [4, 6]

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from clu import metric_writers
 
-from vit import atomic_write, checkpoints, sharding
+from vit import atomic_write, checkpoints, class_names, sharding
 from vit.errors import ConfigError, UserError, write_reason
 from vit.training import optimizers
 from vit.training.sharded import Task, abstract_state, create_state, jit_train_step
@@ -97,6 +97,9 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Traine
   `NonFiniteError` when a step's loss or gradient norm is not finite (unless skipped), and a
   UserError naming the holder when another run holds `workdir` (`checkpoints.workdir_lock`).
   A checkpoint at or past `total_steps` trains nothing: one line says so, and it returns.
+  Nothing is written into `workdir` (batch_contract.json, class_names.json, TensorBoard events)
+  before a resume is accepted with steps left to train: a refused or finished rerun leaves every
+  file as it was (only the lock file `.lock` names its latest holder).
   """
   _check_workdir(workdir)
   with checkpoints.workdir_lock(workdir):  # A second run on this workdir is refused.
@@ -111,16 +114,18 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
                              best_metric=config.get('best_metric'),
                              best_mode=config.get('best_mode', 'max'))
   data_iter = iter(task.train_data)
-  write_batch_contract(config, workdir, mesh, schedule)
 
   with jax.set_mesh(mesh), checkpoints.StopSignal() as stop:
-    writer = checkpoints.stop_on_full_disk(metric_writers.create_default_writer(
-        workdir, just_logging=jax.process_index() > 0, asynchronous=True), mngr, workdir)
-    run = _Run(config, workdir, task, mesh, mngr, data_iter, stop, writer)
+    writer = None
     try:
-      state, start = _initial_state(run, build, state_shardings)
+      state, start = _initial_state(mngr, data_iter, config, workdir, build, state_shardings)
       if start >= config.total_steps:
         _nothing_to_train(workdir, start, config.total_steps)
+        return Trained(state, {})
+      # Only now, the resume accepted and steps to train, does the run write into the workdir:
+      # a refused rerun (another config, nothing left to train) leaves its files as they were.
+      writer = _start_writing(config, workdir, task, mesh, schedule, mngr)
+      run = _Run(config, workdir, task, mesh, mngr, data_iter, stop, writer)
       train_step = jit_train_step(task.loss_fn, tx, schedule, config, state_shardings, mesh)
       return _steps(run, train_step, state, start)
     finally:
@@ -129,7 +134,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
       try:
         checkpoints.wait_for_saves(mngr)
       finally:
-        writer.flush()
+        if writer is not None:
+          writer.flush()
+
+
+def _start_writing(config, workdir: str, task: Task, mesh, schedule, mngr):
+  """The files a training run keeps beside its checkpoints (batch_contract.json, the task's
+  class_names.json) and its TensorBoard writer, which creates an events file at once."""
+  write_batch_contract(config, workdir, mesh, schedule)
+  class_names.write_class_names(workdir, task.class_names)
+  return checkpoints.stop_on_full_disk(metric_writers.create_default_writer(
+      workdir, just_logging=jax.process_index() > 0, asynchronous=True), mngr, workdir)
 
 
 def _nothing_to_train(workdir: str, step: int, total_steps: int) -> None:
@@ -151,13 +166,14 @@ class _Run:
   writer: Any
 
 
-def _initial_state(run: _Run, build, state_shardings) -> tuple[TrainState, int]:
-  if run.mngr.latest_step() is None:
+def _initial_state(mngr, data_iter, config, workdir: str, build, state_shardings
+                   ) -> tuple[TrainState, int]:
+  if mngr.latest_step() is None:
     return build(), 0
   # The abstract state of a fresh init: resuming never needs the fine-tuning source weights.
   abstract = abstract_state(jax.eval_shape(lambda: build(pretrained=False)), state_shardings)
-  state, start = checkpoints.resume(run.mngr, abstract, run.data_iter, run.config)
-  logger.info('resumed from %s at step %d', run.workdir, start)
+  state, start = checkpoints.resume(mngr, abstract, data_iter, config)
+  logger.info('resumed from %s at step %d', workdir, start)
   return state, start
 
 

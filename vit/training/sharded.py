@@ -36,6 +36,9 @@ class Task:
   hook_every: int = 0
   # The mesh the evaluators were built on; the loop trains on it (None: config.mesh's).
   mesh: Optional[jax.sharding.Mesh] = None
+  # A classifier's label names, stored as WORKDIR/class_names.json (vit.class_names) when the
+  # run starts training: never by a run that is refused or has nothing left to train.
+  class_names: Optional[Sequence[str]] = None
 
 
 def create_state(task: Task, tx, config: ml_collections.ConfigDict, mesh
