@@ -8,6 +8,7 @@ import os
 import re
 import signal
 
+import flax.linen as nn
 import grain
 import jax
 import jax.numpy as jnp
@@ -396,6 +397,50 @@ def test_incompatible_config_lists_keys_and_shapes(tmp_path):
   assert 'total_steps' not in message.split('state arrays differ')[0]  # Only relevant keys.
   assert 'float32[8] -> float32[16]' in message  # e.g. a LayerNorm scale.
   assert steps_on_disk(tmp_path) == [2]
+
+
+def _params_shapes(config, build):
+  """{'params': ShapeDtypeStructs} of the objective `build(config, model)` makes (no compile)."""
+  obj = build(config, config_lib.validate(config))
+  return {'params': nn.unbox(jax.eval_shape(obj.init_params, jax.random.key(0)))}
+
+
+def _resume_refusal(saved_config, now_config, build_saved, build_now) -> str:
+  """The refusal's text from the config keys it names to the count of differing arrays."""
+  with pytest.raises(UserError) as error:
+    checkpoints.check_compatible(saved_config.to_dict(), _params_shapes(saved_config, build_saved),
+                                 _params_shapes(now_config, build_now), now_config, where='W')
+  message = str(error.value)
+  assert message.startswith('W was saved with another config and cannot be resumed: ')
+  return message.split('config keys differ: ')[1].split(' state arrays differ')[0]
+
+
+def test_refusal_names_the_keys_that_shape_the_state_first():
+  """A supervised rerun of an MPP workdir names the objective (before: only
+  'model.num_classes'); another data.channels is named, not the seed or batch size that changed
+  beside it (before: those two, and data.channels left out as a data key)."""
+  from configs.mpp import fashion_mnist as mpp_config
+  from configs.supervised import fashion_mnist as supervised_config
+  from mpp import objective as mpp_objective
+
+  def tiny(config):
+    config.model.hidden_size = 8
+    config.model.transformer.update(mlp_dim=16, num_heads=2, num_layers=1)
+    return config
+
+  mpp, supervised = tiny(mpp_config.get_config()), tiny(supervised_config.get_config())
+  keys = _resume_refusal(mpp, supervised, mpp_objective.build, objective.build)
+  assert keys.startswith('config.mpp: present -> absent; model.num_classes: None -> 10;'), keys
+  assert 'data.flip' not in keys
+
+  grey = tiny(supervised_config.get_config())
+  grey.data.channels = 1
+  colour = tiny(supervised_config.get_config())
+  colour.update(seed=1, batch_size=64, total_steps=99)
+  colour.optimizer.learning_rate = 0.1
+  keys = _resume_refusal(grey, colour, objective.build, objective.build)
+  assert keys.startswith('data.channels: 1 -> 3; '), keys
+  assert not any(k in keys for k in ('seed', 'batch_size', 'total_steps', 'learning_rate'))
 
 
 def test_unwritable_workdir_fails_before_training(tmp_path):

@@ -42,18 +42,22 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from vit import atomic_write
+from vit import atomic_write, config as config_lib
 from vit.errors import UserError
 
 logger = logging.getLogger(__name__)
 
-# Config keys that never change the saved state's structure. Resuming with them changed is
-# allowed (e.g. a longer `total_steps`, noted on resume); when the structure does differ they are
-# left out of the error's list of differing keys, which should name the cause.
-_SHAPE_FREE_PREFIXES = ('total_steps', 'log_every', 'eval_every', 'checkpoint_every',
-                        'keep_checkpoints', 'best_metric', 'best_mode', 'skip_nonfinite_steps',
-                        'eval_batch_size', 'data.', 'optimizer.learning_rate',
-                        'optimizer.warmup_steps', 'optimizer.decay')
+# Config keys that can shape the saved state (its arrays' shapes, the optimiser's and the EMA's
+# trees). When a checkpoint does not fit, the error names these as the cause, after a changed
+# objective and before the objective section's own keys; the other keys (lengths, intervals, the
+# data pipeline, the learning rate, the mesh) change no array and are named only when none of
+# these changed. Resuming with any key changed but a fitting state is allowed, and noted.
+_STATE_SHAPING = ('image_size', 'data.channels', 'model.', 'ema_decay', 'optimizer.name',
+                  'optimizer.momentum', 'optimizer.grad_clip_norm', 'optimizer.weight_decay')
+# Model keys of arithmetic only: the same parameters whatever their values.
+_MODEL_ARITHMETIC = ('model.transformer.dropout_rate', 'model.transformer.attention_dropout_rate',
+                     'model.gelu_approximate', 'model.layer_norm', 'model.pixels.',
+                     'model.attention_kernel', 'model.dtype', 'model.remat')
 
 
 def _metric_fn(best_metric: str, best_mode: str):
@@ -484,8 +488,9 @@ def _flat_config(d: dict, prefix: str = '') -> dict[str, Any]:
 
 def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
                      config: ml_collections.ConfigDict, where: str) -> list[str]:
-  """Raises UserError naming the differing config keys and array shapes when the checkpoint's
-  state does not have the current state's structure; else returns the changed config keys."""
+  """Raises UserError when the checkpoint's state does not have the current state's structure,
+  naming first what makes it so (another objective, then the config keys that shape the state:
+  `_incompatible_keys`), then the differing arrays; else returns the changed config keys."""
   saved, now = _flat_config(saved_config), _flat_config(config.to_dict())
   # Keys on one side only come from a newer or older schema, not from the user's config.
   keys = sorted(k for k in set(saved) & set(now) if _comparable(saved[k]) != _comparable(now[k]))
@@ -493,16 +498,33 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   old = {p: (tuple(m.shape), str(np.dtype(m.dtype)))
          for p, m in _flat(saved_state_metadata).items()}
   new = {p: (tuple(s.shape), str(np.dtype(s.dtype))) for p, s in _flat(abstract_state).items()}
-  params_first = lambda p: (not p.startswith('params/'), p)
+  # Arrays of both sides with other shapes point at the cause better than absent ones.
+  order = lambda p: (p not in old or p not in new, not p.startswith('params/'), p)
   shapes = [f'{p}: {_show(old.get(p))} -> {_show(new.get(p))}'
-            for p in sorted(set(old) | set(new), key=params_first) if old.get(p) != new.get(p)]
+            for p in sorted(set(old) | set(new), key=order) if old.get(p) != new.get(p)]
   if shapes:
-    differing = [c for c in changed if not c.startswith(_SHAPE_FREE_PREFIXES)] or changed
+    differing = _incompatible_keys(saved_config, config, keys, changed)
     raise UserError(
         f'{where} was saved with another config and cannot be resumed: config keys differ: '
         f'{"; ".join(differing[:10]) or "none"}; {len(shapes)} state arrays differ: '
         f'{"; ".join(shapes[:5])}{" ..." if len(shapes) > 5 else ""}; use another --workdir')
   return changed
+
+
+def _incompatible_keys(saved_config: dict, config: ml_collections.ConfigDict,
+                       keys: list[str], changed: list[str]) -> list[str]:
+  """The config differences that can make a saved state not fit, surest first: an objective's
+  section on one side only (another objective's checkpoint: 'config.mpp: present -> absent'),
+  the state-shaping keys (`_STATE_SHAPING`), then the keys of an objective section both sides
+  share (its head's size, e.g. mpp.bits). Every changed key when none of these changed."""
+  ours = set(config_lib.sections(config))
+  theirs = set(config_lib.sections(ml_collections.ConfigDict(saved_config)))
+  objective = [f'config.{name}: {"present" if name in theirs else "absent"} -> '
+               f'{"present" if name in ours else "absent"}' for name in sorted(ours ^ theirs)]
+  shaping = [c for k, c in zip(keys, changed)
+             if k.startswith(_STATE_SHAPING) and not k.startswith(_MODEL_ARITHMETIC)]
+  sections = [c for k, c in zip(keys, changed) if k.split('.')[0] in ours & theirs]
+  return objective + shaping + sections or changed
 
 
 def _comparable(value):
