@@ -8,7 +8,9 @@ result JSON under config.results and takes the next; it stops when nothing is le
 from their JSON, an interrupted run from its checkpoint. `--config.only_priority=K` leaves
 runs of priority above K (study/protocol.py) alone; `--config.cells=b,c,d,e` takes only the
 runs of those cells (the later cells, at a later commit, beside a worker of cell (a) at the
-study's commit, with the same --workdir and results).
+study's commit, with the same --workdir and results). Before any run or worker starts, the
+study config and every trainer config it would build are validated (study/check.py): a bad
+override is one line on stderr and exit status 2, whatever config.workers says.
 """
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ import time
 
 from absl import flags
 
-from study import choices, configs, execute, execute_later, later_cells, protocol, report
-from study import snapshot, store
+from study import check, choices, configs, execute, execute_later, later_cells, protocol
+from study import report, snapshot, store
 from study.protocol import Run
 from vit import cli
 from vit.errors import UserError
@@ -141,6 +143,26 @@ def _record(study, name: str, config, result: dict, **extra) -> None:
   print(f'study: finished {name} -> {path}', flush=True)
 
 
+def _check_all_finished(study, every: list[Run], results: dict) -> None:
+  """Every finished run was made with the config the protocol now gives it."""
+  order = [r.name for r in every]
+  for run in every:
+    if run.name in results and run.kind != 'export':
+      _check_finished(study, run, results[run.name],
+                      configs.digest(_config(study, run, results, order)))
+
+
+def preflight(study) -> int:
+  """Before any run or worker starts: the study config and the trainer config of every run it
+  may run validate (study/check.py), and every finished run still has its config; a bad
+  override is one line on this process's stderr. Returns the number of configs checked."""
+  results = store.load_all(study.results)
+  checked = check.check(study, lambda run, done, order: _config(study, run, done, order),
+                        results)
+  _check_all_finished(study, protocol.runs(study), results)
+  return checked
+
+
 def work(study, workdir: str) -> int:
   """Runs what it can of the cells `config.cells` names; returns the number of runs finished
   by this worker. Every finished run it reads is checked against the protocol, whatever its
@@ -153,10 +175,7 @@ def work(study, workdir: str) -> int:
   done = 0
   while True:
     results = store.load_all(study.results)
-    for run in every:
-      if run.name in results and run.kind != 'export':
-        _check_finished(study, run, results[run.name],
-                        configs.digest(_config(study, run, results, order)))
+    _check_all_finished(study, every, results)
     ready = [r for r in plan if r.priority <= study.only_priority
              and _ready(study, r, results, workdir, kinds)]
     run = next((r for r in ready if store.claim(workdir, r.name)), None)
@@ -207,6 +226,8 @@ def _spawn(study, workdir: str) -> None:
 def main(argv):
   del argv
   study, workdir = FLAGS.config, os.path.abspath(FLAGS.workdir)
+  if FLAGS.worker_index < 0:
+    preflight(study)  # Its workers need not: they run this config, checked.
   os.makedirs(workdir, exist_ok=True)
   if study.workers > 1 and FLAGS.worker_index < 0:
     _spawn(study, workdir)

@@ -9,6 +9,7 @@ keys follow the official vit_jax layout.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from typing import Any, Mapping
 
@@ -154,7 +155,7 @@ def sections(config: ml_collections.ConfigDict) -> dict[str, objective_lib.Defin
   named after the package that declares it (`config.mpp`: mpp.objective.DEFINITION, found by
   vit.objective.resolve). A group that names no objective with a section is left out here
   and reported by `check_known_keys` as unknown."""
-  core = defaults()
+  core = _default_keys()[0]
   out = {}
   for key, value in config.items():
     if key in core or not isinstance(value, ml_collections.ConfigDict):
@@ -204,8 +205,16 @@ def _trainer_hint(section: str) -> str:
   return f': use python -m {section}.train' if found else ''
 
 
+@functools.lru_cache(maxsize=1)
+def _default_keys() -> tuple[frozenset[str], frozenset[str]]:
+  """(the top-level keys, the dotted leaf keys) of `defaults()`, built once: a study validates
+  hundreds of configs before it starts (study/check.py), and building the defaults for each
+  was most of the cost."""
+  return frozenset(defaults().keys()), frozenset(_flat_keys(defaults()))
+
+
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
-  known = _flat_keys(defaults())
+  known = dict.fromkeys(_default_keys()[1])
   for name, definition in sections(config).items():
     known.update(_flat_keys(definition.section(), f'{name}.'))
   flat = _flat_keys(config)

@@ -1,0 +1,103 @@
+"""The study's config checked before any run starts: `python -m study.run` validates it, and
+the trainer config of every run it may run, in the parent process, so that a bad override is
+one line on its stderr (exit status 2), not an error in a worker's log once that run's turn
+comes (hours later, or in every worker at once).
+
+Nothing here changes a run's config or digest: each trainer config is built as `study.run`
+builds it and validated as a copy.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Callable
+
+import ml_collections
+
+from study import protocol
+from study.protocol import Run
+from vit import config as config_lib
+from vit.errors import ConfigError, UserError
+
+# Study sections that are whole trainer configs: an error in one names the study's own key
+# (`config.pretrainer.mpp.target`), the flag the user typed.
+TRAINER_SECTIONS = ('classifier', 'pretrainer')
+
+
+def check(study: ml_collections.ConfigDict,
+          config_of: Callable[[Run, dict, list[str]], ml_collections.ConfigDict],
+          results: dict) -> int:
+  """Raises a ConfigError (a study key) or UserError (naming the run) at the first config that
+  does not validate; returns the number of distinct trainer configs checked (seeds aside).
+
+  `config_of(run, results, order)` builds a run's trainer config (`study.run._config`). A run
+  whose choices are not made yet (a sweep unfinished) is checked at a stand-in point of its
+  grid: its keys are the same, only the chosen learning rate, padding, length and settings
+  would differ.
+  """
+  for section in TRAINER_SECTIONS:
+    try:
+      validate(study[section])
+    except ConfigError as e:
+      raise ConfigError(f'{section}.{e.key}', e.value, e.problem) from None
+  every = protocol.runs(study)
+  order = [r.name for r in every]
+  cells = protocol.cells_of(study)
+  seen = set()
+  for run in every:
+    if run.cell not in cells or run.priority > study.only_priority or run.kind in (
+        'export', 'figures'):
+      continue
+    try:
+      config = _built(study, run, config_of, results, order)
+      for trainer in _trainer_configs(run, config):
+        recipe = _unseeded(trainer)
+        if recipe not in seen:
+          validate(trainer)
+          seen.add(recipe)
+    except UserError as e:
+      raise UserError(f'study run {run.name}: {e}') from None
+  return len(seen)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+  """`vit.config.validate` on a copy (validation fills resolved keys in)."""
+  config_lib.validate(ml_collections.ConfigDict(config.to_dict()))
+
+
+def _unseeded(config: ml_collections.ConfigDict) -> str:
+  """The config as JSON without its seeds, which validation does not read: the seeds of one
+  recipe are checked once (the study's 571 trainer configs are 1xx recipes)."""
+  d = config.to_dict()
+  d.pop('seed', None)
+  if isinstance(d.get('data'), dict):
+    d['data'].pop('subset_seed', None)
+  return json.dumps(d, sort_keys=True, default=repr)
+
+
+def _built(study, run: Run, config_of, results: dict, order: list[str]):
+  try:
+    return config_of(run, results, order)
+  except UserError:  # A choice not made yet (choices.best): a stand-in point of its grid.
+    return config_of(_stand_in(study, run), results, order)
+
+
+def _stand_in(study, run: Run) -> Run:
+  """`run` at its grid's first learning rate, padding 0, and a length of one evaluation
+  interval where a choice would add its length to none."""
+  return dataclasses.replace(
+      run, choose=None, pad_from=None, length_from=None, settings_from=None, steps_from=None,
+      lr=run.lr if run.lr is not None else float(study.sweep.learning_rates[0]),
+      pad=run.pad if run.pad is not None else 0, steps=run.steps or run.eval_every or 1)
+
+
+def _trainer_configs(run: Run, config) -> list[ml_collections.ConfigDict]:
+  """The trainer configs a run's config holds: a probe's without its `probe` section, both
+  pretrainings a wall-time run times, or the config itself."""
+  if run.kind == 'walltime':
+    return [ml_collections.ConfigDict(config.mpp.to_dict()),
+            ml_collections.ConfigDict(config.mae.to_dict())]
+  if run.kind == 'probe':
+    return [ml_collections.ConfigDict({k: v for k, v in config.to_dict().items()
+                                       if k != 'probe'})]
+  return [config]

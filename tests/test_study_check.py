@@ -1,0 +1,47 @@
+"""study/check.py: the study config and every trainer config it builds are validated before a
+run or a worker starts, in the process the user started."""
+import os
+
+import pytest
+
+from configs.study import converged, demo
+from study import run as run_lib
+from vit.errors import ConfigError, UserError
+from vit.testing import commands
+
+
+def test_the_study_configs_pass(tmp_path):
+  """Every run of every cell of the study as registered, and of `make demo`; no results yet,
+  so the runs that wait for a choice are checked at a stand-in point of their grid."""
+  for module in (converged, demo):
+    study = module.get_config()
+    study.results = str(tmp_path / 'results')
+    assert run_lib.preflight(study) > (100 if module is converged else 5)
+
+
+def test_a_bad_override_seen_only_in_the_runs_names_the_run():
+  study = demo.get_config()
+  study.results = '/nonexistent'
+  study.sweep.crop_padding = (2, 28)  # A translation as large as the 28-px image.
+  with pytest.raises(UserError, match=r"^study run \S+_pad28: config.data.crop_padding=28: "
+                                      r"must be an integer in \[0, image_size\)$"):
+    run_lib.preflight(study)
+  study = demo.get_config()
+  study.classifier.optimizer.decay = 'cosin'
+  with pytest.raises(ConfigError, match=r"^config.classifier.optimizer.decay='cosin': "):
+    run_lib.preflight(study)
+
+
+def test_a_bad_override_with_workers_is_one_line_of_the_parent(tmp_path):
+  """Before, the parent started its workers, each failed in its own log, and the parent said
+  only 'workers exited with [2, 2]'."""
+  workdir = tmp_path / 'work'
+  out = commands.run_module(
+      'study.run', '--config=configs/study/demo.py', f'--workdir={workdir}',
+      '--config.workers=2', '--config.pretrainer.mpp.target=colour',
+      f'--config.results={tmp_path / "results"}', timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert out.stderr.strip().splitlines() == [
+      "error: config.pretrainer.mpp.target='colour': must be one of mean_color, "
+      "downsampled_color, pixels"]
+  assert 'worker' not in out.stdout and not os.path.exists(workdir)  # No worker started.
