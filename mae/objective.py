@@ -312,4 +312,6 @@ def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
 
 
 DEFINITION = objective_lib.Definition(
-    name='mae', build=build, section=section, validate=check_config)
+    name='mae', build=build, section=section, validate=check_config,
+    # Its loss on held-out images (vit/evaluators/held_out_loss.py).
+    metrics=(objective_lib.Metric('eval/loss', 'MAE loss (masked patches)'),))

@@ -259,5 +259,10 @@ def validate(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
       raise ConfigError(f'mpp.{key}', mpp[key], 'must be >= 0')
 
 
-DEFINITION = objective_lib.Definition(name='mpp', build=build, section=section,
-                                      validate=validate)
+DEFINITION = objective_lib.Definition(
+    name='mpp', build=build, section=section, validate=validate,
+    # mpp/evaluator.py, on the corrupted patches of held-out images: the target colour's
+    # accuracy (a colour target), else the loss (pixels).
+    metrics=(objective_lib.Metric('eval/accuracy', 'MPP colour accuracy (corrupted patches)',
+                                  percent=True),
+             objective_lib.Metric('eval/loss', 'MPP loss (corrupted patches)')))

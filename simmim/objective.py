@@ -221,4 +221,6 @@ def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
 
 
 DEFINITION = objective_lib.Definition(
-    name='simmim', build=build, section=section, validate=check_config)
+    name='simmim', build=build, section=section, validate=check_config,
+    # Its loss on held-out images (vit/evaluators/held_out_loss.py).
+    metrics=(objective_lib.Metric('eval/loss', 'SimMIM loss (masked patches)'),))

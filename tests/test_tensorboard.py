@@ -51,12 +51,50 @@ def test_supervised_run_writes_readable_event_files(tmp_path):
   assert 0.0 <= _scalars(acc, 'eval/accuracy')[4] <= 1.0
   assert all(0.0 <= v <= 1.0 for v in _scalars(acc, 'accuracy').values())
 
+  from vit import objective
   from vit.inspect import runs
   row = runs.summarise(str(workdir))
   # 1 block of width 16 (mlp 32) on 4x4x3 patches, 49 patches + class token, 10 classes.
   block = 2 * 2 * 16 + 4 * (16 * 16 + 16) + (16 * 32 + 32) + (32 * 16 + 16)
   expected = (4 * 4 * 3 * 16 + 16) + 16 + 50 * 16 + block + 2 * 16 + (16 * 10 + 10)
-  assert row == dict(run='run', params=expected, steps=4,
-                     accuracy=_scalars(acc, 'eval/accuracy')[4],
+  assert row == dict(run='run', params=expected, steps=4, metric=objective.CLASSIFIER_METRIC,
+                     value=_scalars(acc, 'eval/accuracy')[4],
                      images_per_s=_scalars(acc, 'images_per_s')[4])
-  assert runs.table([row]).splitlines()[2].startswith(f'| run | {expected:,} | 4 | ')
+  lines = runs.table([row]).splitlines()
+  assert lines[0] == '| run | parameters | steps | test accuracy | images/s |'
+  assert lines[2].startswith(f'| run | {expected:,} | 4 | ')
+
+
+def _finished_run(workdir, config, scalars: dict) -> None:
+  """A workdir as a run leaves it, made directly: one checkpoint of a 3-parameter state saved
+  with `config`, and `scalars` ({tag: value}) logged at step 2."""
+  from clu import metric_writers
+  from vit import checkpoints
+  mngr = checkpoints.manager(str(workdir))
+  checkpoints.save(mngr, 2, {'params': {'w': np.zeros(3, np.float32)}}, None, config)
+  checkpoints.wait_for_saves(mngr)
+  writer = metric_writers.create_default_writer(str(workdir), asynchronous=False)
+  writer.write_scalars(2, dict(loss=1.0, images_per_s=100.0, **scalars))
+  writer.close()
+
+
+def test_runs_table_labels_each_objective_by_what_it_measures(tmp_path):
+  """An MPP run's colour accuracy on corrupted patches is not shown as 'test accuracy' (before,
+  both shared that column); an MPP run with the pixels target (no accuracy) shows its loss."""
+  from configs.mpp import fashion_mnist as mpp_config
+  from configs.supervised import fashion_mnist as supervised_config
+  from vit.inspect import runs
+  pixels = mpp_config.get_config()
+  pixels.mpp.target = 'pixels'
+  _finished_run(tmp_path / 'sup', supervised_config.get_config(), {'eval/accuracy': 0.8125})
+  _finished_run(tmp_path / 'mpp', mpp_config.get_config(),
+                {'eval/accuracy': 0.4375, 'eval/loss': 1.5})
+  _finished_run(tmp_path / 'px', pixels, {'eval/loss': 0.0625})
+  table = runs.table([runs.summarise(str(tmp_path / n)) for n in ('sup', 'mpp', 'px')])
+  assert table.splitlines() == [
+      '| run | parameters | steps | test accuracy | MPP colour accuracy (corrupted patches) | '
+      'MPP loss (corrupted patches) | images/s |',
+      '|---|---:|---:|---:|---:|---:|---:|',
+      '| sup | 3 | 2 | 81.25% | - | - | 100 |',
+      '| mpp | 3 | 2 | - | 43.75% | - | 100 |',
+      '| px | 3 | 2 | - | - | 0.0625 | 100 |']

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import os
-from typing import Any, Callable, Mapping, Optional, Protocol, runtime_checkable
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, runtime_checkable
 
 import jax
 import ml_collections
@@ -66,6 +66,18 @@ class Objective(Protocol):
     """The ViT's subtree of `params`, official names: what fine-tuning starts from."""
 
 
+class Metric(NamedTuple):
+  """An evaluation number an objective is judged by, as tables show it (`vit.inspect.runs`):
+  its TensorBoard tag, its column's label, and whether it is a fraction shown as a percentage."""
+  tag: str
+  label: str
+  percent: bool = False
+
+
+# A run of no objective section (supervised training, fine-tuning): its classifier's accuracy.
+CLASSIFIER_METRIC = Metric('eval/accuracy', 'test accuracy', percent=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class Definition:
   """An objective as a package states it (its module's `DEFINITION`).
@@ -74,12 +86,15 @@ class Definition:
   `Objective`; `model` is the resolved model of `vit.config.validate`, a
   `vit.models.spec.ModelSpec`. `section()` returns the defaults of `config.<name>` (None: the
   objective has no keys of its own); `validate(config, model)` checks them, raising
-  `vit.errors.ConfigError` that names the key.
+  `vit.errors.ConfigError` that names the key. `metrics`: what its evaluation logs that judges
+  a run, best first (a table shows the first one a run logged); none: the classifier's
+  `CLASSIFIER_METRIC`.
   """
   name: str
   build: Callable[[ml_collections.ConfigDict, Any], Objective]
   section: Optional[Callable[[], ml_collections.ConfigDict]] = None
   validate: Callable[[ml_collections.ConfigDict, Any], None] = lambda config, model: None
+  metrics: tuple[Metric, ...] = ()
 
 
 def resolve(name: str) -> Definition:

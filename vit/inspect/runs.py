@@ -1,9 +1,12 @@
 """`python -m vit.inspect.runs WORKDIR...`: a Markdown table of finished training runs.
 
 One row per run, read back from what the run wrote: the parameter count from its latest
-checkpoint, the last `eval/accuracy` and the median `images_per_s` from its TensorBoard events
-(the first logged interval, which includes compilation, is left out when there are others).
-docs/ablations.md is made with it.
+checkpoint, the median `images_per_s` from its TensorBoard events (the first logged interval,
+which includes compilation, is left out when there are others), and the last value of the
+metric its objective is judged by, in a column named by what it measures: `test accuracy`
+(`eval/accuracy`) for a classifier, an MPP run's colour accuracy on corrupted patches, an MAE
+or SimMIM run's loss (`vit.objective.Definition.metrics`, chosen by the objective section of
+the run's saved config). docs/ablations.md is made with it.
 """
 from __future__ import annotations
 
@@ -12,11 +15,12 @@ import os
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 from tensorboard.backend.event_processing import event_accumulator
 from tensorboard.util import tensor_util
 
-from vit import checkpoints
+from vit import checkpoints, config as config_lib, objective as objective_lib
 from vit.errors import UserError
 
 
@@ -39,25 +43,48 @@ def scalars(workdir: str) -> dict[str, dict[int, float]]:
   return out
 
 
+def metric(config: dict, logged: dict[str, dict[int, float]]) -> objective_lib.Metric:
+  """What a run with saved `config` is judged by: the first of its objective's metrics it
+  logged (an objective section's `metrics`), else the classifier's test accuracy."""
+  found = config_lib.sections(ml_collections.ConfigDict(config)).values()
+  candidates = [m for definition in found for m in definition.metrics]
+  return next((m for m in candidates if m.tag in logged), (candidates or [
+      objective_lib.CLASSIFIER_METRIC])[0])
+
+
 def summarise(workdir: str) -> dict:
+  """{'run', 'params', 'steps', 'metric' (a `Metric`), 'value' (its last value or None),
+  'images_per_s'} of one workdir; UserError without events or a readable checkpoint."""
   logged = scalars(workdir)
   rates = [v for _, v in sorted(logged.get('images_per_s', {}).items())]
-  accuracy = logged.get('eval/accuracy', {})
-  params = checkpoints.restore_params(workdir)
+  config, params, _ = checkpoints.read_params(workdir)
+  judged = metric(config, logged)
+  values = logged.get(judged.tag, {})
   return dict(run=os.path.basename(os.path.normpath(workdir)),
               params=sum(int(np.size(x)) for x in jax.tree.leaves(params)),
               steps=max(logged.get('loss', {0: 0})),
-              accuracy=accuracy[max(accuracy)] if accuracy else None,
+              metric=judged, value=values[max(values)] if values else None,
               images_per_s=float(np.median(rates[1:] or rates)) if rates else None)
 
 
 def table(rows: list[dict]) -> str:
-  lines = ['| run | parameters | steps | test accuracy | images/s |', '|---|---:|---:|---:|---:|']
+  """One column per metric the rows are judged by (a run's value in its own, '-' in the
+  others): a classifier's test accuracy never shares a column with an MPP colour accuracy."""
+  metrics = list(dict.fromkeys(r['metric'] for r in rows))
+  lines = ['| run | parameters | steps | ' + ' | '.join(m.label for m in metrics)
+           + ' | images/s |', '|---|---:|---:|' + '---:|' * len(metrics) + '---:|']
   for r in rows:
-    acc = '-' if r['accuracy'] is None else f'{100 * r["accuracy"]:.2f}%'
+    shown = [_show(r['value'], m) if m == r['metric'] else '-' for m in metrics]
     rate = '-' if r['images_per_s'] is None else f'{r["images_per_s"]:.0f}'
-    lines.append(f'| {r["run"]} | {r["params"]:,} | {r["steps"]} | {acc} | {rate} |')
+    lines.append(f'| {r["run"]} | {r["params"]:,} | {r["steps"]} | {" | ".join(shown)} | '
+                 f'{rate} |')
   return '\n'.join(lines)
+
+
+def _show(value, m: objective_lib.Metric) -> str:
+  if value is None:
+    return '-'
+  return f'{100 * value:.2f}%' if m.percent else f'{value:.4g}'
 
 
 def main(argv: list[str]) -> None:
