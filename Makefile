@@ -23,7 +23,7 @@ demo: setup
 test: setup bazel-setup
 	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q --durations=20 tests
 	$(MAKE) --no-print-directory bazel-test
 
 # Re-resolve the pins after editing requirements.txt.

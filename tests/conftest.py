@@ -1,4 +1,5 @@
 import os
+import tempfile
 
 # Tests run on the CPU whatever is installed (libtpu would otherwise probe for a TPU).
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
@@ -14,3 +15,15 @@ xla_flags.apply_defaults()
 from vit import cli  # noqa: E402
 
 cli.log_to_console()
+
+# One persistent XLA cache for the whole run, shared by the tests in this process and the entry
+# points they start (vit.cli.run reads JAX_COMPILATION_CACHE_DIR): most tests compile the same
+# tiny models' init, step and evaluation, and each distinct program then compiles once. Every
+# entry is kept (no minimum compile time or size), as a resumed run's steps are in real use.
+# Tests of the cache itself, or that must compile (a full disk), set their own.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='vit-tests-xla-'))
+import jax  # noqa: E402
+
+jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
+jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
