@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 # Tests run on the CPU whatever is installed (libtpu would otherwise probe for a TPU).
@@ -21,7 +23,9 @@ cli.log_to_console()
 # tiny models' init, step and evaluation, and each distinct program then compiles once. Every
 # entry is kept (no minimum compile time or size), as a resumed run's steps are in real use.
 # Tests of the cache itself, or that must compile (a full disk), set their own.
-os.environ.setdefault('JAX_COMPILATION_CACHE_DIR', tempfile.mkdtemp(prefix='vit-tests-xla-'))
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='vit-tests-xla-')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
 import jax  # noqa: E402
 
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
