@@ -225,9 +225,9 @@ def test_a_full_disk_for_the_tensorboard_events_is_one_line(tmp_path):
   assert 'step 300/300' not in full.stdout
 
 
-def _train_two_processes(workdir, total_steps, limit_kib=None):
-  """`_train` as two processes (jax.distributed, gloo on 127.0.0.1), both capped when asked:
-  one volume filling up under both."""
+def _train_two_processes(workdir, total_steps, limit_kib=None, capped=(0, 1), timeout=900):
+  """`_train` as two processes (jax.distributed, gloo on 127.0.0.1), those in `capped` capped
+  when asked: one volume filling up under both, or one process's own disk."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
@@ -235,11 +235,12 @@ def _train_two_processes(workdir, total_steps, limit_kib=None):
   for i in range(2):
     args = [*_train_args(workdir, total_steps), f'--coordinator_address=127.0.0.1:{port}',
             '--num_processes=2', f'--process_id={i}']
-    command = [sys.executable, *args] if limit_kib is None else _capped(args, limit_kib)
+    command = (_capped(args, limit_kib) if limit_kib is not None and i in capped
+               else [sys.executable, *args])
     procs.append(subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
   try:
-    outputs = [p.communicate(timeout=900) for p in procs]
+    outputs = [p.communicate(timeout=timeout) for p in procs]
     return [subprocess.CompletedProcess(p.args, p.returncode, *out)
             for p, out in zip(procs, outputs)]
   finally:
@@ -249,23 +250,35 @@ def _train_two_processes(workdir, total_steps, limit_kib=None):
         p.wait()
 
 
+def _stopped_at(proc, checkpoints, reason):
+  """The step where `proc` stopped, after its one line naming step 8's failed save."""
+  last = _one_error_line(proc)
+  stopped = re.fullmatch(
+      rf'error: checkpoint step 8 could not be saved \(({reason})\); stopped at step (\d+); the '
+      rf'last complete checkpoint is {checkpoints}/4; free space and rerun the same command to '
+      rf'resume', last)
+  assert stopped, last
+  _only_that_line(proc)
+  return int(stopped[2])
+
+
 def test_a_full_disk_in_a_two_process_run_stops_both_at_the_same_step(tmp_path):
   """Both processes write shards of each checkpoint; the agreement at the loop's sync steps
-  stops them at one step, each with the one line, whichever learnt of the failure first."""
+  stops them at one step, each with the one line, whichever learnt of the failure first. When
+  only process 1's disk is full, process 0 does not wait for it at orbax's barriers (20
+  minutes); it names process 1 and its reason."""
   workdir = tmp_path / 'run'
   checkpoints = workdir / 'checkpoints'
   for proc in _train_two_processes(workdir, 4):
     assert proc.returncode == 0, proc.stderr[-3000:]
-  stops = []
-  for proc in _train_two_processes(workdir, 16, limit_kib=8):
-    last = _one_error_line(proc)
-    stopped = re.fullmatch(
-        rf'error: checkpoint step 8 could not be saved \((File too large|failed on another '
-        rf'process)\); stopped at step (\d+); the last complete checkpoint is {checkpoints}/4; '
-        rf'free space and rerun the same command to resume', last)
-    assert stopped, last
-    _only_that_line(proc)
-    stops.append(int(stopped[2]))
+  # A hang would last orbax's 20 minutes: the timeout, 5, only ends a failing test sooner.
+  healthy, full = _train_two_processes(workdir, 16, limit_kib=8, capped=(1,), timeout=300)
+  stops = [_stopped_at(healthy, checkpoints, 'process 1: File too large'),
+           _stopped_at(full, checkpoints, 'File too large')]
+  assert stops[0] == stops[1] and 8 < stops[0] <= 12
+  assert sorted(n for n in os.listdir(checkpoints) if n.isdigit()) == ['4']
+  stops = [_stopped_at(proc, checkpoints, r'File too large|process \d: File too large')
+           for proc in _train_two_processes(workdir, 16, limit_kib=8, timeout=300)]
   assert stops[0] == stops[1] and 8 < stops[0] <= 12
   assert sorted(n for n in os.listdir(checkpoints) if n.isdigit()) == ['4']
   for proc in _train_two_processes(workdir, 16):  # Space freed: both resume from step 4.

@@ -12,7 +12,8 @@ Kept: the last `keep` steps (for resuming) plus the best one by `best_metric` (f
 A save runs in the background while training goes on. `check_saves`, called at every step,
 stops the run at the first step after a save failed (a full disk): `SaveFailed` names the step,
 the reason and the last complete checkpoint; orbax's own tracebacks of that failure (from its
-threads, and at shutdown) are not printed.
+threads, and at shutdown) are not printed. With several processes, a save that failed on one of
+them only (its own disk) stops them all at one step too: vit/save_barrier.py.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers as policies
 
-from vit import atomic_write, config as config_lib
+from vit import atomic_write, config as config_lib, save_barrier
 from vit.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -126,10 +127,35 @@ class DataIteratorRestore(ocp.args.CheckpointArgs):
 
 
 class Manager(ocp.CheckpointManager):
-  """orbax's manager, which also remembers the step whose save is still in flight."""
+  """orbax's manager, which also remembers the step whose save is still in flight and, with
+  several processes, publishes this process's failed save before orbax waits for the others.
+
+  orbax's finalize thread runs `_finalize(step, ...)`: it waits for the save's writes
+  (`_wait_for_checkpointers`, which raises their error) and then at a barrier of all processes.
+  A write that failed for lack of room is published in between, so that no process waits for
+  this one (vit/save_barrier.py). These two are orbax 0.12's own methods, overridden.
+  """
   pending: Optional[int] = None
-  failed: Optional[tuple[int, str]] = None  # Several processes: until the next sync step.
+  # Several processes: this one's failed save (step, reason), set by the finalize thread and
+  # kept until the loop's next sync step.
+  failed: Optional[tuple[int, str]] = None
   reported: bool = False  # A SaveFailed was raised: a failure seen later is the same one.
+  barriers: Optional[save_barrier.Barriers] = None  # Several processes.
+  _finalizing: Optional[int] = None
+
+  def _finalize(self, step: int, steps_to_remove: list[int]):
+    self._finalizing = step
+    super()._finalize(step, steps_to_remove)
+
+  def _wait_for_checkpointers(self):
+    try:
+      super()._wait_for_checkpointers()
+    except Exception as e:
+      reason = atomic_write.no_room_reason(e)
+      if reason is not None and self.barriers is not None:
+        self.barriers.publish(self._finalizing, reason)
+        self.failed = (self._finalizing, reason)  # After: the others find the reason published.
+      raise
 
 
 def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
@@ -141,6 +167,9 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
                                       keep_checkpoints_without_metrics=False))
   # A reader never saves, so it never deletes; orbax's own read_only mode would only add
   # warnings on every use.
+  directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))
+  barriers = (save_barrier.Barriers(directory) if jax.process_count() > 1 and not read_only
+              else None)
   options = ocp.CheckpointManagerOptions(
       preservation_policy=None if read_only else policies.AnyPreservationPolicy(keep_policy),
       best_fn=_metric_fn(best_metric, best_mode) if best_metric else None,
@@ -148,14 +177,16 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
       cleanup_tmp_directories=not read_only,
       enable_async_checkpointing=not read_only,
       create=not read_only,
+      async_options=ocp.AsyncOptions(barrier_sync_fn=barriers) if barriers else None,
   )
   handlers = {'state': ocp.StandardCheckpointHandler(),
               'data': DataIteratorHandler(),
               'config': ocp.JsonCheckpointHandler()}
   if not read_only:
     _quiet_failed_saves()
-  return Manager(os.path.abspath(os.path.join(workdir, 'checkpoints')), options=options,
-                 item_handlers=handlers)
+  mngr = Manager(directory, options=options, item_handlers=handlers)
+  mngr.barriers = barriers
+  return mngr
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
@@ -171,11 +202,11 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
   try:
     mngr.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
   except Exception as e:  # The previous save's failure, raised when this one waits for it.
-    reason = atomic_write.no_room_reason(e)
-    if reason is None:
+    pending, mngr.pending = mngr.pending, None
+    failure = _failure(mngr, e, pending if pending is not None else step)
+    if failure is None:
       raise
-    failed, mngr.pending = mngr.pending, None
-    raise SaveFailed(mngr, failed if failed is not None else step, step, reason) from None
+    raise SaveFailed(mngr, failure[0], step, failure[1]) from None
   mngr.pending = step
 
 
@@ -238,14 +269,37 @@ def wait_for_saves(mngr: ocp.CheckpointManager) -> None:
   try:
     mngr.wait_until_finished()
   except Exception as e:
-    reason = atomic_write.no_room_reason(e)
-    if reason is not None and getattr(mngr, 'reported', False):
+    failure = _failure(mngr, e, pending)
+    if failure is not None and getattr(mngr, 'reported', False):
       # Several processes: this one stopped on another's word (check_saves) before its own
-      # write of that save had failed too; the SaveFailed on its way out says it already.
+      # save had failed or given up; the SaveFailed on its way out says it already.
       return
-    if reason is None or pending is None:
+    if failure is None or failure[0] is None:
       raise
-    raise SaveFailed(mngr, pending, None, reason) from None
+    raise SaveFailed(mngr, failure[0], None, failure[1]) from None
+
+
+def _failure(mngr: ocp.CheckpointManager, e: Exception,
+             pending: Optional[int]) -> Optional[tuple[Optional[int], str]]:
+  """(the failed step, the reason to tell) when orbax raised `e` because a save failed for lack
+  of room, here or on another process (`pending`: the step of this process's save in flight);
+  None for any other error."""
+  if getattr(mngr, 'failed', None):  # Several processes: this one's own.
+    return mngr.failed
+  aborted = _in_chain(e, save_barrier.SaveAborted)
+  if aborted is not None:
+    return aborted.step, f'process {aborted.process}: {aborted.reason}'
+  reason = atomic_write.no_room_reason(e)
+  return None if reason is None else (pending, reason)
+
+
+def _in_chain(e: Optional[BaseException], kind: type) -> Optional[BaseException]:
+  """`e`, or the first exception it was raised from or during, that is a `kind`."""
+  seen = set()
+  while e is not None and id(e) not in seen and not isinstance(e, kind):
+    seen.add(id(e))
+    e = e.__cause__ or e.__context__
+  return e if isinstance(e, kind) else None
 
 
 def check_saves(mngr: ocp.CheckpointManager, step: int, sync: bool) -> None:
@@ -253,44 +307,49 @@ def check_saves(mngr: ocp.CheckpointManager, step: int, sync: bool) -> None:
 
   One process: a finished save is checked at every step (no device sync: the state of a thread).
   Several: at the loop's sync steps only, all processes agree through an all-gather, so that
-  every process stops at the same step whichever one's write failed.
+  every process stops at the same step whichever one's write failed (`Manager.failed`); the
+  others name that process and its reason, published when it failed (vit/save_barrier.py).
   """
-  failed = None
+  if jax.process_count() > 1:
+    if sync:
+      _agree_on_saves(mngr, step)
+    return
   pending = mngr.pending
-  if pending is not None and not mngr.is_saving_in_progress():
-    mngr.pending = None
-    try:
-      mngr.wait_until_finished()
-    except Exception as e:
-      reason = atomic_write.no_room_reason(e)
-      if reason is None:
-        raise
-      failed = (pending, reason)
-  if jax.process_count() == 1:
-    if failed:
-      raise SaveFailed(mngr, failed[0], step, failed[1])
+  if pending is None or mngr.is_saving_in_progress():
     return
-  if failed:  # Kept until the next sync step, where every process learns of it.
-    mngr.failed = failed
-  if not sync:
-    return
+  mngr.pending = None
+  try:
+    mngr.wait_until_finished()
+  except Exception as e:
+    reason = atomic_write.no_room_reason(e)
+    if reason is None:
+      raise
+    raise SaveFailed(mngr, pending, step, reason) from None
+
+
+def _agree_on_saves(mngr: ocp.CheckpointManager, step: int) -> None:
   mine = mngr.failed
-  steps = multihost_utils.process_allgather(np.int32(-1 if mine is None else mine[0]))
-  if np.any(steps >= 0):
-    failed_step = int(steps[steps >= 0].min())
-    raise SaveFailed(mngr, failed_step, step, mine[1] if mine else 'failed on another process')
+  votes = multihost_utils.process_allgather(np.int32(-1 if mine is None else mine[0]))
+  if not np.any(votes >= 0):
+    return
+  if mine:
+    raise SaveFailed(mngr, mine[0], step, mine[1])
+  told = mngr.barriers.failure()  # Published before that process voted.
+  raise SaveFailed(mngr, told.step, step, f'process {told.process}: {told.reason}')
 
 
 class _FailedSaveFilter(logging.Filter):
   """Drops the error records of a write that failed for lack of room, logged by orbax's and
-  clu's threads: `check_saves` and `stop_on_full_disk` report that failure in one line."""
+  clu's threads, and of orbax's saves that gave up on another process's failed one
+  (save_barrier.SaveAborted): `check_saves` and `stop_on_full_disk` report it in one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or not any(
         f'{os.sep}{package}{os.sep}' in record.pathname for package in ('orbax', 'clu')):
       return True
     error = record.exc_info[1] if record.exc_info else None
-    return error is None or atomic_write.no_room_reason(error) is None
+    return error is None or (atomic_write.no_room_reason(error) is None and
+                             _in_chain(error, save_barrier.SaveAborted) is None)
 
 
 class _AbandonedTaskFilter(logging.Filter):
