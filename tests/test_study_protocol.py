@@ -333,3 +333,11 @@ def test_the_report_marks_a_choice_at_the_grid_edge(runs, study):
   assert report.grid_edges(st, 'scratch/pct1/sweep/lr0.001_pad2') == []
   assert report.grid_edges(st, 'scratch/pct10/sweep/lr0.0001_pad0') == [
       'smallest learning rate', 'smallest padding']
+
+
+def test_the_demo_runs_its_own_grid_only():
+  from configs.study import demo
+  sweep = sorted(r.name for r in protocol.runs(demo.get_config())
+                 if r.name.startswith(('scratch/pct1/sweep/', 'mpp_e2/pct1/sweep/')))
+  assert sweep == ['mpp_e2/pct1/sweep/lr0.001_pad2', 'mpp_e2/pct1/sweep/lr0.003_pad2',
+                   'scratch/pct1/sweep/lr0.001_pad2', 'scratch/pct1/sweep/lr0.003_pad2']

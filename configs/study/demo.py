@@ -21,6 +21,7 @@ def get_config():
   config.pretrain_epochs, config.headline_epochs = (2,), 2
   config.pretrainer.optimizer.warmup_steps = 100
   config.sweep.update(learning_rates=(1e-3, 3e-3), crop_padding=(2,))
+  config.sweep.extensions = ()  # The study's grid-edge points are of its own grid.
   config.only_priority = 3  # Pixels, the pretraining, both sweeps: no 100% runs.
   config.cells = 'a'  # The headline cell only (its report shows no later cell).
   # Its own folders: nothing of the study's (results, backbones, runs in flight) is read.
