@@ -1,6 +1,7 @@
 """vit/formats/registry.py and table.py: one contract for every format; tables read what they
 write, bitwise, for every parameter of a plain ViT."""
 import inspect
+import os
 
 import jax
 import numpy as np
@@ -63,3 +64,33 @@ def test_a_missing_tensor_is_named_and_a_missing_qkv_bias_is_zero():
   del tensors['blocks.1.mlp.fc2.bias']
   with pytest.raises(UserError, match=r'^lacks blocks\.1\.mlp\.fc2\.bias$'):
     table.read(timm.ROWS, tensors, range(2), dims, missing=lambda n: f'lacks {n}')
+
+
+@pytest.mark.parametrize('name', sorted(FORMATS))
+def test_a_tree_without_learned_1d_position_embeddings_is_refused_in_one_line(name, tmp_path):
+  """Without a model (the official defaults assumed), the tree itself tells that its position
+  embeddings are not the learned 1D table every format writes: a one-line refusal naming the
+  missing table, nothing written, instead of a KeyError from the writer."""
+  params = _random_tree(head=True)
+  t = params['Transformer']
+  del t['posembed_input']  # posemb sincos_2d or none: no position parameters.
+  missing = r'\(no Transformer/posembed_input/pos_embedding\)'
+  with pytest.raises(UserError, match=rf'^--format {name}: .*posemb sincos_2d or none '
+                                      rf'{missing}'):
+    FORMATS[name].save(params, str(tmp_path / 'out'))
+  t['posembed_input'] = dict(pos_embedding_row=np.zeros((4, 16), np.float32),
+                             pos_embedding_col=np.zeros((4, 16), np.float32))
+  with pytest.raises(UserError, match=rf'^--format {name}: .*posemb learned_2d {missing}'):
+    FORMATS[name].save(params, str(tmp_path / 'out'), None)
+  assert os.listdir(tmp_path) == []
+
+
+def test_timm_names_a_hybrids_stem_and_the_format_that_holds_it():
+  params = _random_tree(head=True)
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(1, 1)), hidden_size=32, num_classes=5, layer_norm_epsilon=1e-6,
+           resnet=dict(num_layers=(1,), width_factor=1.0))
+  m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
+  with pytest.raises(UserError, match=r"^--format timm: timm's VisionTransformer has no ResNet "
+                                      r'stem \(hybrid R\+ViT\); export with --format vit_jax$'):
+    timm.check_expressible(params, ModelSpec.from_dict(m))

@@ -20,7 +20,8 @@ from vit.errors import UserError, require_directory
 from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, zeros
-from vit.formats.tree import OFFICIAL_PIXELS, Params, Read, input_pixels, pixels, read_json_object
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, input_pixels, pixels, posemb,
+                              read_json_object)
 from vit.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -284,10 +285,10 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
     raise UserError('--format hf: ViTForImageClassification has no representation layer '
                     '(pre_logits); fine-tune without model.representation_size, or export '
                     'with --format vit_jax')
-  posemb, attention = (model.posemb, model.attention) if model else ('learned_1d', 'global')
-  if posemb != 'learned_1d' or attention != 'global':
+  kind, attention = posemb(params, model), model.attention if model else 'global'
+  if kind != 'learned_1d' or attention != 'global':
     raise UserError(f'--format hf: transformers ViT has learned 1D position embeddings and '
-                    f'global attention; this model has posemb {posemb} and {attention} '
+                    f'global attention; this model has posemb {kind} and {attention} '
                     f'attention')
 
 

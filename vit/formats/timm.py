@@ -27,7 +27,7 @@ from vit.formats import hf, safetensors_dir, table, vit_jax
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, fused, zeros
 from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, class_row_posemb, input_pixels,
-                              pixels, read_json_object, square_grid)
+                              pixels, posemb, read_json_object, square_grid)
 from vit.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -216,15 +216,16 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   formats that do hold the model). `model`: the resolved model (None: official defaults)."""
   lost = []
   if model and model.resnet:
-    lost.append('a ResNet stem (hybrid R+ViT)')
+    lost.append('ResNet stem (hybrid R+ViT)')
   if 'cls' not in params:
     lost.append('global average pooling (timm pools avg without the final norm)')
   if 'pre_logits' in params:
     lost.append('a representation layer (pre_logits)')
   if model and model.layer_norm_epsilon != 1e-6:
     lost.append(f'LayerNorm epsilon {model.layer_norm_epsilon:g} (timm: 1e-6)')
-  if model and (model.posemb != 'learned_1d' or model.attention != 'global'):
-    lost.append(f'posemb {model.posemb} / {model.attention} attention')
+  kind, attention = posemb(params, model), model.attention if model else 'global'
+  if kind != 'learned_1d' or attention != 'global':
+    lost.append(f'posemb {kind} / {attention} attention')
   if lost:
     raise UserError('--format timm: timm\'s VisionTransformer has no ' + ', '.join(lost) +
                     _formats_that_hold(params, model))

@@ -87,6 +87,25 @@ def square_grid(tokens: int) -> Optional[int]:
   return side if side * side == tokens else None
 
 
+POSEMB = 'Transformer/posembed_input/pos_embedding'  # The learned 1D table every format names.
+
+
+def posemb(params: Params, model: Optional[ModelSpec]) -> str:
+  """The model's `posemb` as a format's refusal names it: `model.posemb` (None: the official
+  'learned_1d') while the tree holds the learned 1D table (`POSEMB`), else what the tree shows
+  instead, the missing table named: 'learned_2d (...)' (row and column tables), 'relative (...)'
+  (relposemb_*), 'sincos_2d or none (...)' (no position parameters). A tree without the table
+  is never taken for learned_1d, so a writer refuses it in one line instead of failing on the
+  missing tensor."""
+  t = params.get('Transformer', {})
+  pos = t.get('posembed_input', {})
+  if 'pos_embedding' in pos:
+    return model.posemb if model else 'learned_1d'
+  shown = ('learned_2d' if 'pos_embedding_row' in pos else
+           'relative' if any(k.startswith('relposemb_') for k in t) else 'sincos_2d or none')
+  return f'{shown} (no {POSEMB})'
+
+
 def input_pixels(model: Optional[ModelSpec]) -> Pixels:
   """The input normalisation of `model` (None: the official defaults): its `pixels`, else the
   official x / 127.5 - 1 (`OFFICIAL_PIXELS`)."""

@@ -32,8 +32,8 @@ import ml_dtypes
 import numpy as np
 
 from vit.errors import UserError, require_file
-from vit.formats.tree import (Params, Read, check_finite, class_row_posemb, flatten, square_grid,
-                              unflatten)
+from vit.formats.tree import (Params, Read, check_finite, class_row_posemb, flatten, posemb,
+                              square_grid, unflatten)
 from vit.models.spec import ModelSpec
 
 SUFFIX = '.npz'  # save writes one file (vit.formats.registry.Format).
@@ -154,9 +154,9 @@ _IMPLIED = {'gelu_approximate': (True, lambda v: 'exact (erf) GELU'),
 def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   """UserError naming what an official-layout .npz of `model` could not hold (the tree itself
   it holds whole). `model`: the resolved model (None: the official defaults)."""
-  del params
   values = {key: getattr(model, key) if model else implied
             for key, (implied, _) in _IMPLIED.items()}
+  values['posemb'] = posemb(params, model)  # Readers refuse a tree without the learned table.
   lost = [describe(values[key]) for key, (implied, describe) in _IMPLIED.items()
           if values[key] != implied]
   if lost:
