@@ -108,3 +108,26 @@ def test_bazel_targets_agree():
                 for _, name in _imports(path)}
     missing = imported & ours - deps(package)
     assert not missing, f'{package}/BUILD lacks //{", //".join(sorted(missing))}'
+
+
+def _pretraining_specs() -> set[str]:
+  """The keys of vit/init_spec.py's PRETRAINING: the init specs (`mpp:DIR`, ...) that name an
+  objective's package, read from the source."""
+  tree = ast.parse(open(os.path.join(ROOT, 'vit', 'init_spec.py')).read())
+  for node in tree.body:
+    if isinstance(node, ast.Assign) and [getattr(t, 'id', None) for t in node.targets] == [
+        'PRETRAINING']:
+      return {k.value for k in node.value.keys}
+  raise AssertionError('vit/init_spec.py defines no PRETRAINING')
+
+
+def test_the_commands_that_read_pretraining_checkpoints_depend_on_their_packages():
+  """supervised's commands (finetune, predict) start from any pretraining checkpoint: their
+  Bazel target depends on every package an init spec names (its saved config carries that
+  objective's section)."""
+  specs = _pretraining_specs()
+  assert {'mpp', 'mae', 'simmim'} <= specs <= set(OBJECTIVES)
+  text = open(os.path.join(ROOT, 'supervised', 'BUILD')).read()
+  clis = re.search(r'py_clis\((.*?)\n\)', text, re.S).group(1)
+  deps = set(re.findall(r'"//(\w+)', re.search(r'\bdeps\s*=\s*\[(.*?)\]', clis, re.S).group(1)))
+  assert specs <= deps, f'supervised/BUILD py_clis lacks //{", //".join(sorted(specs - deps))}'
