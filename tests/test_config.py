@@ -52,6 +52,13 @@ def small():
      "config.model.attention_kernel='cudnn': needs model.dtype=bfloat16"),
     (lambda c: c.model.update(attention_kernel='cudnn', dtype='bfloat16', posemb='relative'),
      "config.model.attention_kernel='cudnn': cannot add model.posemb=relative biases"),
+    (lambda c: c.model.resnet.update(width_factor=2.0),
+     'config.model.resnet.width_factor=2.0: sets the ResNet stem of a hybrid; set '
+     'model.resnet.num_layers too'),
+    (lambda c: (c.model.patches.update(size=(1, 1)),
+                c.model.resnet.update(num_layers=(1,), width_factor=0.75)),
+     'config.model.resnet.width_factor=0.75: must make 64 * width_factor a positive multiple '
+     'of 32'),
 ])
 def test_mistakes_name_the_key_and_value(mutate, message):
   config = small()
@@ -98,6 +105,28 @@ def test_an_old_saved_model_is_upgraded_in_one_place():
     del saved[key]  # Keys the schema gained after the first runs were saved.
   saved['retired_key'] = 1
   assert config_lib.upgrade(saved) == config_lib.validate(small(), num_devices=1)
+
+
+def test_a_hybrids_width_factor_is_kept_by_the_preset_and_a_checkpoints_round_trip():
+  """A hybrid preset fills the stem's stages, not over a width_factor the config sets; the
+  checkpoint's saved config, its spec's dict and its parameter shapes all give it back."""
+  from vit import architecture
+  from vit.models.resnet import ResNetConfig
+  config = small()
+  config.model.update(name='R50+ViT-B/16')
+  config.model.patches.size = None  # The preset's 1x1 patches on the stem's stride-16 map.
+  config.model.resnet.width_factor = 2.0
+  config.image_size = 32
+  m = config_lib.validate(config, num_devices=1)
+  assert m.resnet == ResNetConfig((3, 4, 9), 2.0) and m.patch_size == (1, 1)
+  saved = json.loads(json.dumps(config.to_dict()))  # As a checkpoint holds the config.
+  assert config_lib.upgrade(config_lib.resolved_model(ml_collections.ConfigDict(saved))) == m
+  assert config_lib.upgrade(m.to_dict()) == m
+  shapes = architecture.abstract_params(m, 32, 3)
+  assert shapes['conv_root']['kernel'].shape == (7, 7, 3, 128)
+  assert architecture.infer_model(shapes).resnet == m.resnet
+  config.model.resnet.width_factor = 1.0  # The default: the preset's own.
+  assert config_lib.validate(config, num_devices=1).resnet == ResNetConfig((3, 4, 9), 1.0)
 
 
 def _cli(*args):

@@ -295,6 +295,12 @@ def _resolve(config: ml_collections.ConfigDict) -> ModelSpec:
       or any(not isinstance(s, int) or s <= 0 for s in size)):
     raise ConfigError('model.patches.size', size, 'must be two positive integers')
   _check_pixels(d['pixels'] or {}, config.data.channels)
+  res = d['resnet'] or {}
+  if res.get('num_layers') is None and res.get('width_factor') != resnet.ResNetConfig.width_factor:
+    # A plain ViT has no stem: its spec (and so its checkpoints) would drop the value unseen.
+    raise ConfigError('model.resnet.width_factor', res['width_factor'],
+                      'sets the ResNet stem of a hybrid; set model.resnet.num_layers too, or '
+                      'a hybrid preset in model.name (R50+ViT-B/16)')
   m = ModelSpec.from_dict(d)
   stride = resnet.total_stride(m.resnet) if m.resnet else 1
   for p in m.patch_size:
@@ -327,9 +333,23 @@ def _check_model(m: ModelSpec) -> None:
       raise ConfigError('model.hidden_size', m.hidden_size,
                         f'must be a multiple of {multiple} for model.posemb={kind}')
   _check_scaling(m)
+  _check_resnet(m)
   for key in ('dropout_rate', 'attention_dropout_rate'):
     if not 0.0 <= getattr(m, key) < 1.0:
       raise ConfigError(f'model.transformer.{key}', getattr(m, key), 'must be in [0, 1)')
+
+
+def _check_resnet(m: ModelSpec) -> None:
+  """The hybrid's stem widths: 64 * width_factor channels at its root, a multiple of
+  GroupNorm's 32 groups (vit/models/resnet.py), and so is every stage's."""
+  if m.resnet is None:
+    return
+  width = m.resnet.width_factor
+  if (isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0
+      or 64 * width != int(64 * width) or int(64 * width) % 32):
+    raise ConfigError('model.resnet.width_factor', width,
+                      'must make 64 * width_factor a positive multiple of 32 (the stem\'s '
+                      'GroupNorm has 32 groups): 0.5, 1, 1.5, 2, ...')
 
 
 def _check_training(config: ml_collections.ConfigDict) -> None:

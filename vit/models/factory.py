@@ -13,6 +13,7 @@ import ml_collections
 
 from vit.errors import ConfigError
 from vit.models import layer_norm as layer_norm_lib, presets
+from vit.models.resnet import ResNetConfig
 from vit.models.spec import ModelSpec
 from vit.models.vit import VisionTransformer, patch_grid
 
@@ -34,7 +35,10 @@ def resolved_model(config: ml_collections.ConfigDict) -> dict:
       if m['transformer'][key] is None:
         m['transformer'][key] = value
     if m['resnet']['num_layers'] is None and preset['resnet'] is not None:
+      width = m['resnet']['width_factor']
       m['resnet'] = dict(preset['resnet'])
+      if width != ResNetConfig.width_factor:  # Set by the config: kept, as every explicit key.
+        m['resnet']['width_factor'] = width
   for key, value in (('patches.size', m['patches']['size']), ('hidden_size', m['hidden_size']),
                      *((f'transformer.{k}', v) for k, v in m['transformer'].items())):
     if value is None:
