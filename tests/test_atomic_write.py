@@ -80,3 +80,17 @@ def test_any_failed_write_of_the_output_is_one_line_and_keeps_the_previous(tmp_p
       open(tmp_path / 'missing_input.npy')
   assert path.read_text() == 'previous' and sorted(os.listdir(tmp_path)) == [
       'blocker', 'out.json', 'taken']
+
+
+@pytest.mark.parametrize('code', [errno.ENOSPC, errno.EROFS, errno.EIO])
+def test_a_foreign_writers_failure_is_advised_by_its_cause(tmp_path, code):
+  """A writer that only quotes the system's text (safetensors' Rust errors, TFDS) is told to
+  free space for a full disk only, not for a read-only or failing volume."""
+  path = tmp_path / 'out.json'
+  advice = '; free space and rerun' if code == errno.ENOSPC else ''
+  with pytest.raises(UserError) as e:
+    with atomic_write.file(str(path)):
+      raise RuntimeError(f'I/O error: {os.strerror(code)} (os error {code})')
+  assert str(e.value) == f'{path}: not written ({os.strerror(code)}); nothing was written ' \
+                         f'there{advice}'
+  assert os.listdir(tmp_path) == []

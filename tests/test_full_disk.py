@@ -4,6 +4,7 @@ The disk fills for real: each command runs in a child process whose file size is
 (RLIMIT_FSIZE, `ulimit -f`: a write past it fails with EFBIG, as on a full volume with ENOSPC).
 A writer killed with SIGKILL leaves a temporary that the next write beside it removes.
 """
+import errno
 import json
 import os
 import re
@@ -284,3 +285,31 @@ def test_a_full_disk_in_a_two_process_run_stops_both_at_the_same_step(tmp_path):
   for proc in _train_two_processes(workdir, 16):  # Space freed: both resume from step 4.
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'resumed from {workdir} at step 4' in proc.stdout and 'step 16/16' in proc.stdout
+
+
+@pytest.mark.parametrize('code', [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
+                                  errno.EIO])
+def test_a_failed_save_advises_freeing_space_only_when_room_would_help(tmp_path, monkeypatch,
+                                                                         code):
+  """A full disk, a quota or a file size limit: 'free space and rerun'; a read-only or failing
+  volume (EROFS, EIO): no room would help, the workdir must become writable again. The save's
+  failure is a synthetic OSError, as orbax raises it when the save in flight is waited for."""
+  from vit import checkpoints
+  monkeypatch.setattr(checkpoints._AbandonedTaskFilter, 'save_failed', False)  # Restored.
+  mngr = checkpoints.manager(str(tmp_path))
+  partial = tmp_path / 'checkpoints' / '8.orbax-checkpoint-tmp-0' / 'state'
+
+  def wait_until_finished():
+    raise OSError(code, os.strerror(code), str(partial))
+
+  monkeypatch.setattr(mngr, 'wait_until_finished', wait_until_finished)
+  mngr.pending = 8
+  with pytest.raises(checkpoints.SaveFailed) as e:
+    checkpoints.wait_for_saves(mngr)
+  monkeypatch.undo()
+  mngr.close()
+  cure = ('free space and rerun' if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
+          f'once {tmp_path} can be written again, rerun')
+  assert str(e.value) == (f'checkpoint step 8 could not be saved ({os.strerror(code)}); no '
+                          f'complete checkpoint is in {tmp_path}/checkpoints; {cure} the same '
+                          f'command to resume')

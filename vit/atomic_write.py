@@ -110,6 +110,14 @@ def _own_no_room_reason(e: BaseException) -> Optional[str]:
 
 # The failures that more room would cure: the advice says so.
 _FREE_SPACE = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+_ADVICE = '; free space and rerun'
+
+
+def room_would_help(reason: str) -> bool:
+  """Whether more room may cure the failure `no_room_reason` gave as `reason` (a full disk, a
+  quota, a file size limit, a short write): not when it quotes a read-only (EROFS) or failing
+  (EIO) volume. Read from the text, as it may come from another process (vit.checkpoints)."""
+  return not any(os.strerror(code) in reason for code in _NO_ROOM if code not in _FREE_SPACE)
 
 
 def _about(e: OSError, path: str) -> bool:
@@ -136,10 +144,12 @@ def _failure(e: BaseException, path: str) -> Optional[tuple[str, str]]:
   input); advice is '' or '; free space and rerun'."""
   for error in _chain(e):
     if isinstance(error, OSError) and _about(error, path):
-      advice = '; free space and rerun' if error.errno in _FREE_SPACE else ''
+      advice = _ADVICE if error.errno in _FREE_SPACE else ''
       return write_reason(error), advice
   reason = no_room_reason(e)  # A foreign writer's error that quotes the system's text.
-  return None if reason is None else (reason, '; free space and rerun')
+  if reason is None:
+    return None
+  return reason, _ADVICE if room_would_help(reason) else ''
 
 
 @contextlib.contextmanager

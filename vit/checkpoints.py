@@ -211,7 +211,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
 
 
 class SaveFailed(UserError):
-  """A checkpoint could not be written (a full disk): the run stops at once."""
+  """A checkpoint could not be written (a full disk, a quota, a read-only or failing volume):
+  the run stops at once."""
 
   def __init__(self, mngr: ocp.CheckpointManager, failed: Optional[int], now: Optional[int],
                reason: str, what: Optional[str] = None):
@@ -224,8 +225,12 @@ class SaveFailed(UserError):
                 else f'no complete checkpoint is in {mngr.directory}')
     stopped = f'stopped at step {now}; ' if now is not None and now != failed else ''
     what = what or f'checkpoint step {failed} could not be saved'
-    super().__init__(f'{what} ({reason}); {stopped}{complete}; free space and rerun the same '
-                     f'command to resume')
+    # Room cures a full disk or a quota; a read-only or failing volume (EROFS, EIO) needs
+    # another fix first.
+    cure = ('free space and rerun' if atomic_write.room_would_help(reason) else
+            f'once {os.path.dirname(str(mngr.directory))} can be written again, rerun')
+    super().__init__(f'{what} ({reason}); {stopped}{complete}; {cure} the same command to '
+                     f'resume')
 
 
 class _StopOnFullDisk:
