@@ -1,9 +1,11 @@
 """The Objective interface: both objectives implement it, equal to the functions they wrap."""
 import dataclasses
 import importlib
+import sys
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -12,7 +14,7 @@ from configs.supervised import fashion_mnist as sup_config
 from mpp import objective as mpp_objective
 from supervised import objective as sup_objective
 from vit import config as config_lib, objective as objective_lib, sharding
-from vit.errors import ConfigError
+from vit.errors import ConfigError, UserError
 from vit.evaluators import fewshot
 
 
@@ -36,11 +38,44 @@ def test_resolve_finds_the_package_definition(name, module):
 
 
 def test_resolve_refuses_a_name_without_definition():
-  with pytest.raises(ValueError, match=r"objective 'vit': no Definition at "
-                                       r'vit.objective.DEFINITION or vit.DEFINITION'):
+  with pytest.raises(ValueError, match=r"^objective 'vit': no Definition at "
+                                       r'vit.objective.DEFINITION or vit.DEFINITION; the '
+                                       r'objectives of this checkout: mae, mpp, simmim, '
+                                       r'supervised$'):
     objective_lib.resolve('vit')
-  with pytest.raises(ValueError, match='no Definition'):
+  with pytest.raises(objective_lib.UnknownObjectiveError, match='no Definition') as e:
     objective_lib.resolve('no_such_package')
+  assert isinstance(e.value, UserError)  # One line at the command line.
+
+
+def _package(root, name, objective_source):
+  (root / name).mkdir()
+  (root / name / '__init__.py').write_text('')
+  (root / name / 'objective.py').write_text(objective_source)
+
+
+def test_an_objective_whose_dependency_is_missing_is_not_an_unknown_one(tmp_path, monkeypatch):
+  """The objective's module exists but imports a module that does not: one line naming it,
+  never taken for 'no such objective' (a config section of that name is not called an unknown
+  key); an error of the objective's own code is raised as it is."""
+  _package(tmp_path, 'needy_objective', 'import no_such_dependency_xyz\n')
+  _package(tmp_path, 'buggy_objective', 'DEFINITION = 1 / 0\n')
+  monkeypatch.syspath_prepend(str(tmp_path))
+  for name in ('needy_objective', 'needy_objective.objective'):
+    with pytest.raises(objective_lib.ObjectiveImportError) as e:
+      objective_lib.resolve(name)
+    assert str(e.value) == (f"objective '{name}' failed to import: needy_objective.objective "
+                            f"needs module 'no_such_dependency_xyz', which is not found")
+    assert not isinstance(e.value, ValueError)
+  config = config_lib.defaults()
+  with config.unlocked():
+    config.needy_objective = ml_collections.ConfigDict({'rate': 0.5})
+  with pytest.raises(objective_lib.ObjectiveImportError, match='no_such_dependency_xyz'):
+    config_lib.sections(config)
+  with pytest.raises(ZeroDivisionError):
+    objective_lib.resolve('buggy_objective')
+  for module in ('needy_objective', 'buggy_objective'):
+    monkeypatch.delitem(sys.modules, module, raising=False)
 
 
 def test_mpp_objective_is_the_trainers_model_and_loss():

@@ -30,6 +30,8 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, runti
 import jax
 import ml_collections
 
+from vit.errors import UserError
+
 Params = Any  # A pytree of arrays (flax's nested dict of the module's parameters).
 Batch = Mapping[str, jax.Array]
 
@@ -97,12 +99,23 @@ class Definition:
   metrics: tuple[Metric, ...] = ()
 
 
+class UnknownObjectiveError(UserError, ValueError):
+  """`resolve`'s name leads to no Definition (a ValueError too, for callers that test a name)."""
+
+
+class ObjectiveImportError(UserError):
+  """The objective's module exists, but a module it imports does not (a missing dependency)."""
+
+
 def resolve(name: str) -> Definition:
   """The `Definition` that `name` points to: a package ('mpp': its `objective` module's
   DEFINITION), a module ('mpp.objective'), or 'module:ATTRIBUTE'.
 
   A name, not a table of known objectives: the library names none of them, so a new
-  objective needs no edit here. Raises ValueError when the name leads to no Definition.
+  objective needs no edit here. Raises, each one line: UnknownObjectiveError when the name
+  leads to no Definition (listing `available()`), ObjectiveImportError naming the missing
+  module when the objective's module exists but one it imports does not. Any other error
+  raised while importing the objective's code (a bug in it) propagates as it is.
   """
   module_name, _, attribute = name.partition(':')
   candidates = [module_name] if '.' in module_name or attribute else [
@@ -111,14 +124,18 @@ def resolve(name: str) -> Definition:
     try:
       module = importlib.import_module(candidate)
     except ModuleNotFoundError as e:
-      if e.name is None or not candidate.startswith(e.name):
-        raise  # The module exists but something it imports does not.
-      continue
+      if e.name is not None and (candidate == e.name or candidate.startswith(e.name + '.')):
+        continue  # This candidate (or its package) does not exist.
+      needs = f'module {e.name!r}' if e.name else str(e)
+      raise ObjectiveImportError(f'objective {name!r} failed to import: {candidate} needs '
+                                 f'{needs}, which is not found') from e
     found = getattr(module, attribute or 'DEFINITION', None)
     if isinstance(found, Definition):
       return found
-  raise ValueError(f'objective {name!r}: no Definition at '
-                   f'{" or ".join(c + "." + (attribute or "DEFINITION") for c in candidates)}')
+  raise UnknownObjectiveError(
+      f'objective {name!r}: no Definition at '
+      f'{" or ".join(c + "." + (attribute or "DEFINITION") for c in candidates)}; the '
+      f'objectives of this checkout: {", ".join(available())}')
 
 
 def available() -> tuple[str, ...]:
