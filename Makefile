@@ -3,12 +3,14 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 STAMP := .venv/.installed
+# Another apt-get (a second checkout's set-up, unattended upgrades) holds dpkg's lock: wait for it.
+APT_WAIT := -o DPkg::Lock::Timeout=600
 
 .PHONY: setup demo test lock bazel-setup bazel-test bench
 setup: $(FMNIST) $(STAMP)
 
 $(FMNIST):
-	apt-get update && apt-get install -y dataset-fashion-mnist
+	apt-get $(APT_WAIT) update && apt-get $(APT_WAIT) install -y dataset-fashion-mnist
 
 $(STAMP): requirements.lock
 	test -x $(PY) || python3 -m venv .venv
@@ -36,7 +38,7 @@ lock:
 BAZEL_DEBS := bazel-bootstrap bazel-platforms bazel-skylib bazel-rules-java
 bazel-setup:
 	dpkg -s $(BAZEL_DEBS) >/dev/null 2>&1 || \
-	  (apt-get update && apt-get install -y --no-install-recommends $(BAZEL_DEBS))
+	  (apt-get $(APT_WAIT) update && apt-get $(APT_WAIT) install -y --no-install-recommends $(BAZEL_DEBS))
 	@for c in build query fetch; do \
 	  echo "$$c --override_repository=platforms=/usr/share/bazel/tools/platforms"; \
 	  echo "$$c --override_repository=rules_java=/usr/share/bazel/rules/java"; \

@@ -233,8 +233,8 @@ def sweeps(st: Study) -> list[str]:
     chosen = choices.chosen_name(prefix + part, st.results, st.order)
     edges = grid_edges(st, chosen) if chosen and part == '/sweep/' else []
     mark = f' (at the grid\'s edge: {", ".join(edges)})' if edges else ''
-    lines.append(f'| {prefix} | {points} | '
-                 f'{chosen.rsplit("/", 1)[1] + mark if chosen else f"({len(done)}/{len(names)} done)"} |')
+    shown = chosen.rsplit('/', 1)[1] + mark if chosen else f'({len(done)}/{len(names)} done)'
+    lines.append(f'| {prefix} | {points} | {shown} |')
   return lines
 
 
