@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 import jax
 
 from vit import atomic_write
+from vit.errors import UserError
 
 CLASS_NAMES_FILE = 'class_names.json'
 
@@ -26,10 +27,22 @@ def write_class_names(workdir: str, names: Optional[Sequence[str]]) -> None:
 
 def read_class_names(workdir: str, num_classes: Optional[int]) -> Optional[list[str]]:
   """The names `write_class_names` stored, or None without them or when their count is not
-  `num_classes` (the head was changed since)."""
+  `num_classes` (a head wider than the data's named classes, whose outputs stay numbered).
+
+  Raises UserError '{workdir}/class_names.json: ...' (one line) when the file is unreadable,
+  not valid JSON, or not a list of strings: a damaged file is named, not silently dropped."""
   path = os.path.join(workdir, CLASS_NAMES_FILE)
   if not num_classes or not os.path.isfile(path):
     return None
-  with open(path) as f:
-    names = json.load(f)
-  return names if isinstance(names, list) and len(names) == num_classes else None
+  try:
+    with open(path, encoding='utf-8') as f:
+      names = json.load(f)
+  except OSError as e:
+    raise UserError(f'{path}: cannot be read ({e.strerror or e})') from None
+  except ValueError as e:  # JSONDecodeError and UnicodeDecodeError both are ValueErrors.
+    raise UserError(f'{path}: not valid JSON ({e}); delete it to number the classes, or '
+                    'rewrite it as a JSON list of label names') from None
+  if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+    raise UserError(f'{path}: not a JSON list of strings (label names); delete it to number '
+                    'the classes') from None
+  return names if len(names) == num_classes else None
