@@ -458,6 +458,16 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
   assert calls == [] and blocker.read_text() == 'not a directory'
 
 
+def test_a_checkpoints_file_in_the_workdir_is_refused_before_anything_is_written(tmp_path):
+  (tmp_path / 'checkpoints').write_text('x')
+  config = tiny_config()
+  task = dataclasses.replace(tiny_task(config), init_params=lambda rng: 1 / 0)
+  with pytest.raises(UserError, match=rf'^{tmp_path}/checkpoints: a file, not a directory$'):
+    loop.train(config, str(tmp_path), task)
+  assert os.listdir(tmp_path) == ['checkpoints']
+  assert (tmp_path / 'checkpoints').read_text() == 'x'
+
+
 
 def test_sigint_saves_and_resumes_exactly(tmp_path, reference, capsys):
   # Python's default_int_handler, or SIG_IGN when the suite runs as a background job.

@@ -19,7 +19,7 @@ import numpy as np
 from clu import metric_writers
 
 from vit import atomic_write, checkpoints, class_names, sharding
-from vit.errors import ConfigError, UserError, write_reason
+from vit.errors import ConfigError, UserError, require_directory, write_reason
 from vit.training import optimizers
 from vit.training.sharded import Task, abstract_state, create_state, jit_train_step
 from vit.training.state import TrainState
@@ -63,6 +63,10 @@ def _check_workdir(workdir: str) -> None:
     if os.path.isfile(workdir):
       raise UserError(f'--workdir {workdir}: a file, not a directory') from None
     raise UserError(f'--workdir {workdir}: not writable ({write_reason(e)})') from None
+  # Orbax would fail on it only after the lock, the batch contract and the events file exist.
+  saved = os.path.join(workdir, 'checkpoints')
+  if os.path.lexists(saved):
+    require_directory(saved, saved)
 
 
 class _Progress:
