@@ -35,6 +35,7 @@ def check(study: ml_collections.ConfigDict,
   grid: its keys are the same, only the chosen learning rate, padding, length and settings
   would differ.
   """
+  check_study_keys(study)
   for section in TRAINER_SECTIONS:
     try:
       validate(study[section])
@@ -58,6 +59,30 @@ def check(study: ml_collections.ConfigDict,
     except UserError as e:
       raise UserError(f'study run {run.name}: {e}') from None
   return len(seen)
+
+
+# Study keys the protocol indexes or loops over: empty, each would be an IndexError in
+# protocol.runs, a cell with no runs, or no worker at all (and a study that does nothing).
+NON_EMPTY = ('seeds', 'sweep.learning_rates', 'sweep.crop_padding')
+
+
+def check_study_keys(study: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the key where `seeds`, `sweep.learning_rates` or `sweep.crop_padding`
+  is empty, `workers` is not an integer >= 1, or `only_priority` not an integer >= 0."""
+  for key in NON_EMPTY:
+    value = _get(study, key)
+    if not isinstance(value, (tuple, list)) or not value:
+      raise ConfigError(key, value, 'must be a non-empty tuple')
+  for key, least in (('workers', 1), ('only_priority', 0)):
+    value = _get(study, key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise ConfigError(key, value, f'must be an integer >= {least}')
+
+
+def _get(study, dotted: str):
+  for part in dotted.split('.'):
+    study = study[part]
+  return study
 
 
 def validate(config: ml_collections.ConfigDict) -> None:

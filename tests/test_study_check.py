@@ -1,6 +1,7 @@
 """study/check.py: the study config and every trainer config it builds are validated before a
 run or a worker starts, in the process the user started."""
 import os
+import re
 
 import pytest
 
@@ -45,3 +46,20 @@ def test_a_bad_override_with_workers_is_one_line_of_the_parent(tmp_path):
       "error: config.pretrainer.mpp.target='colour': must be one of mean_color, "
       "downsampled_color, pixels"]
   assert 'worker' not in out.stdout and not os.path.exists(workdir)  # No worker started.
+
+
+@pytest.mark.parametrize('key, value, problem', [
+    ('seeds', (), 'must be a non-empty tuple'),
+    ('sweep.learning_rates', (), 'must be a non-empty tuple'),
+    ('sweep.crop_padding', (), 'must be a non-empty tuple'),
+    ('workers', 0, r'must be an integer >= 1'),
+    ('only_priority', -1, r'must be an integer >= 0')])
+def test_an_empty_or_out_of_range_study_key_is_named(key, value, problem):
+  """Before, seeds=() was an IndexError traceback; empty sweeps and workers=0 passed and
+  the study started (with nothing, or no worker, to run)."""
+  study = converged.get_config()
+  study.results = '/nonexistent'
+  parent, _, leaf = key.rpartition('.')
+  (study[parent] if parent else study)[leaf] = value
+  with pytest.raises(ConfigError, match=rf'^config.{key}={re.escape(repr(value))}: {problem}$'):
+    run_lib.preflight(study)
