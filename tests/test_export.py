@@ -157,3 +157,20 @@ def test_refusals_name_the_formats_that_do_hold_the_model(run, tmp_path):
     timm_format.check_expressible(dict(params, pre_logits={}), m)
   with pytest.raises(UserError, match=r'^--checkpoint nope: directory not found \(a trainer '):
     export.export('nope', 'hf', str(tmp_path / 'o'))
+
+
+def test_an_out_inside_a_runs_checkpoints_is_refused(tmp_path):
+  """Before, the export was written as W/checkpoints/99: every reader then warned of an
+  unreadable step 99, and the next training moved it aside."""
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints' / '4').mkdir(parents=True)
+  (workdir / '.lock').write_text('')
+  for out in (workdir / 'checkpoints' / '99', workdir / 'checkpoints' / '4' / 'sub',
+              workdir / 'checkpoints'):
+    with pytest.raises(UserError, match=rf'^--out {out}: inside the checkpoints folder of '
+                                        rf'the run {workdir}, '):
+      export.export(str(workdir), 'timm', str(out))
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['4']
+  # A folder of that name elsewhere is no run's: the export goes on (to read the checkpoint).
+  with pytest.raises(UserError, match='directory not found'):
+    export.export(str(tmp_path / 'nope'), 'timm', str(tmp_path / 'checkpoints' / 'x'))

@@ -13,7 +13,8 @@ with the same logits. The Polyak-averaged parameters are exported when the run k
 is not part of any format.
 `--checkpoint` also takes an init spec (e.g. hf:DIR -> --format vit_jax). The export is written
 beside `--out` and replaces what is there only once complete (other files in an hf directory
-stay), so a failed export never leaves a broken file where a good one stood.
+stay), so a failed export never leaves a broken file where a good one stood. An `--out` inside
+a run's checkpoints folder is refused: that folder holds only the run's saved steps.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import re
 
 from absl import flags
 
-from vit import atomic_write, cli, init_spec
+from vit import atomic_write, checkpoints, cli, init_spec
 from vit.errors import UserError
 from vit.formats.registry import FORMATS
 
@@ -35,10 +36,12 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   at `out`, replacing what is there only once complete. Returns the checkpoint read.
 
   Raises UserError for an unknown format, an `out` of the wrong kind (a file where a
-  directory is written, or the other way round) and a model the format cannot hold."""
+  directory is written, or the other way round) or inside a run's checkpoints folder, and a
+  model the format cannot hold."""
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
+  _refuse_a_runs_checkpoints(out)
   prefix, sep, _ = checkpoint.partition(':')
   if sep and prefix in init_spec.FORMATS:
     ckpt = init_spec.load(checkpoint, use_ema=use_ema)
@@ -60,6 +63,22 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
       written = atomic_write.move_files(staging, out)
     _remove_stale_weights(out, written)
   return ckpt
+
+
+def _refuse_a_runs_checkpoints(out: str) -> None:
+  """UserError when `out` is, or lies under, WORKDIR/checkpoints of a run (a workdir with its
+  lock or batch contract): every reader would take the export for a damaged step, and the
+  next training would move it aside."""
+  path = os.path.realpath(out)
+  while os.path.dirname(path) != path:
+    workdir = os.path.dirname(path)
+    if os.path.basename(path) == 'checkpoints' and any(
+        os.path.exists(os.path.join(workdir, f))
+        for f in (checkpoints.LOCK_FILE, 'batch_contract.json')):
+      raise UserError(f'--out {out}: inside the checkpoints folder of the run {workdir}, '
+                      f'which holds only its saved steps; export elsewhere (e.g. {workdir}/'
+                      'export)')
+    path = workdir
 
 
 # The weight files of an hf or timm folder: one model.safetensors, or shards and their index.
