@@ -1,5 +1,6 @@
 """vit.export: a trained checkpoint -> official .npz and a transformers directory, same logits."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -174,3 +175,17 @@ def test_an_out_inside_a_runs_checkpoints_is_refused(tmp_path):
   # A folder of that name elsewhere is no run's: the export goes on (to read the checkpoint).
   with pytest.raises(UserError, match='directory not found'):
     export.export(str(tmp_path / 'nope'), 'timm', str(tmp_path / 'checkpoints' / 'x'))
+
+
+def test_a_damaged_class_names_file_is_one_line_naming_it(run, tmp_path):
+  """Every reader (export, predict, --config.init) loads a workdir through init_spec, which
+  raised a JSONDecodeError traceback from vit/class_names.py."""
+  workdir = str(tmp_path / 'run')
+  shutil.copytree(run[0], workdir)
+  with open(os.path.join(workdir, 'class_names.json'), 'w') as f:
+    f.write('["a", ')
+  with pytest.raises(UserError, match=rf'^{workdir}/class_names.json: not valid JSON '):
+    init_spec.load(f'supervised:{workdir}')
+  with pytest.raises(UserError, match=rf'^{workdir}/class_names.json: not valid JSON '):
+    export.export(workdir, 'timm', str(tmp_path / 'out'))
+  assert not os.path.exists(tmp_path / 'out')
