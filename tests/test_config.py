@@ -68,6 +68,36 @@ def test_mistakes_name_the_key_and_value(mutate, message):
   assert message in str(error.value)
 
 
+@pytest.mark.parametrize('key', ['hidden_size', 'transformer.mlp_dim', 'transformer.num_heads',
+                                 'transformer.num_layers', 'representation_size'])
+@pytest.mark.parametrize('value', [0, -1])
+def test_a_model_size_below_one_is_refused_naming_the_key(key, value):
+  """Not a ZeroDivisionError or negative shape in an initialiser, nor a model of no blocks."""
+  config = small()
+  parent, _, leaf = ('model.' + key).rpartition('.')
+  config_lib._lookup(config, parent)[leaf] = value
+  with pytest.raises(ConfigError) as error:
+    config_lib.validate(config, num_devices=1)
+  assert str(error.value).startswith(f'config.model.{key}={value}: must be a positive integer')
+
+
+@pytest.mark.parametrize('size', [(0, 4), (4, -4), (0, 0)])
+def test_a_patch_size_below_one_is_refused(size):
+  config = small()
+  config.model.patches.size = size
+  with pytest.raises(ConfigError, match=re.escape(
+      f'config.model.patches.size={size}: must be two positive integers')):
+    config_lib.validate(config, num_devices=1)
+
+
+def test_no_representation_layer_is_a_legitimate_size():
+  config = small()
+  config.model.representation_size = None
+  assert config_lib.validate(config, num_devices=1).representation_size is None
+  config.model.representation_size = 8
+  assert config_lib.validate(config, num_devices=1).representation_size == 8
+
+
 def test_unknown_key_in_a_config_file_is_reported():
   config = small()
   config.model.hidden_sise = 3  # a typo in a config file

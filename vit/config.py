@@ -312,7 +312,29 @@ def _resolve(config: ml_collections.ConfigDict) -> ModelSpec:
   return m
 
 
+# The sizes a model needs positive (config.model key, ModelSpec field): zero or a negative
+# number fails deep in an initialiser (ZeroDivisionError, a negative shape), and
+# num_layers=0 would train a model without blocks.
+_MODEL_SIZES = (('hidden_size', 'hidden_size'), ('transformer.mlp_dim', 'mlp_dim'),
+                ('transformer.num_heads', 'num_heads'),
+                ('transformer.num_layers', 'num_layers'))
+
+
+def _check_sizes(m: ModelSpec) -> None:
+  """ConfigError naming the first size that is not a positive integer; representation_size
+  may also be None (no pre-logits layer)."""
+  sizes = [(f'model.{key}', getattr(m, field)) for key, field in _MODEL_SIZES]
+  if m.representation_size is not None:
+    sizes.append(('model.representation_size', m.representation_size))
+  for key, value in sizes:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise ConfigError(key, value, 'must be a positive integer'
+                        + (' (or None: no pre-logits layer)'
+                           if key == 'model.representation_size' else ''))
+
+
 def _check_model(m: ModelSpec) -> None:
+  _check_sizes(m)
   if m.hidden_size % m.num_heads:
     raise ConfigError('model.transformer.num_heads', m.num_heads,
                       f'does not divide model.hidden_size={m.hidden_size}')
