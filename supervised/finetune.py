@@ -92,5 +92,6 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.define_config_flags('configs/finetune/fashion_mnist.py', objective=objective.DEFINITION)
+  cli.define_config_flags('configs/finetune/fashion_mnist.py', objective=objective.DEFINITION,
+                          reads_init=True)
   cli.run(main)

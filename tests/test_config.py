@@ -222,7 +222,7 @@ def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, monke
   values = flags.FlagValues()
   holder = config_flags.DEFINE_config_file('config', None, flag_values=values, sys_argv=argv)
   monkeypatch.setattr(flags, 'FLAGS', values)
-  monkeypatch.setattr(cli, '_CONFIG_HOLDERS', [(holder, None, None)])
+  monkeypatch.setattr(cli, '_CONFIG_HOLDERS', [(holder, None, None, False)])
   monkeypatch.setattr(sys, 'argv', argv)
   with pytest.raises(SystemExit) as exit:
     cli._parse_flags(argv)
@@ -240,7 +240,7 @@ def test_a_missing_config_flag_is_one_line(monkeypatch, capsys):
   values = flags.FlagValues()
   holder = config_flags.DEFINE_config_file('config', None, flag_values=values, sys_argv=['prog'])
   monkeypatch.setattr(flags, 'FLAGS', values)
-  monkeypatch.setattr(cli, '_CONFIG_HOLDERS', [(holder, None, None)])
+  monkeypatch.setattr(cli, '_CONFIG_HOLDERS', [(holder, None, None, False)])
   monkeypatch.setattr(sys, 'argv', ['prog'])
   with pytest.raises(SystemExit) as exit:
     cli._parse_flags(['prog'])
@@ -439,3 +439,32 @@ def test_zero_stays_valid_where_it_means_off_or_only_at_the_end():
   config.optimizer.update(warmup_steps=0, weight_decay=0.0, grad_clip_norm=0.0, momentum=0.0)
   config.data.update(channels=1, prefetch_batches=0)
   config_lib.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize('trainer', ['supervised', 'mpp', 'mae', 'simmim'])
+def test_a_pretraining_trainer_refuses_config_init(trainer):
+  """Only supervised.finetune reads config.init; the others would train from scratch."""
+  config = _config_of(f'configs/{trainer}/fashion_mnist.py')
+  config_lib.check_no_init(config, trainer=f'{trainer}.train')  # Unset: nothing to refuse.
+  config.init = 'mpp:/nonexistent'
+  with pytest.raises(ConfigError) as error:
+    config_lib.check_no_init(config, trainer=f'{trainer}.train')
+  assert str(error.value) == (
+      f"config.init='mpp:/nonexistent': read only by supervised.finetune; {trainer}.train "
+      'starts from a random initialisation (remove config.init, or fine-tune with python -m '
+      'supervised.finetune)')
+
+
+def test_mpp_train_refuses_config_init_before_writing(tmp_path):
+  """At flag parsing (vit.cli), as another objective's config: one line, status 2, the
+  workdir as it was (empty)."""
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  result = _cli('-m', 'mpp.train', '--config', 'configs/mpp/fashion_mnist.py',
+                f'--workdir={workdir}', '--config.init=mpp:/nonexistent')
+  assert result.returncode == 2, result.stderr
+  assert result.stderr.strip().splitlines() == [
+      "error: config.init='mpp:/nonexistent': read only by supervised.finetune; mpp.train "
+      'starts from a random initialisation (remove config.init, or fine-tune with python -m '
+      'supervised.finetune)']
+  assert os.listdir(workdir) == []

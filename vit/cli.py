@@ -76,14 +76,15 @@ def _said_here(record: std_logging.LogRecord) -> bool:
 
 
 def define_config_flags(default_config: str | None = None, workdir: bool = True,
-                        objective: Definition | None = None):
+                        objective: Definition | None = None, reads_init: bool = False):
   """--config (an ml_collections config file, overridable by --config.a.b=value) and, unless
   `workdir` is False (a command that writes no run), the required --workdir; returns their
   holders, (config, workdir or None). A config file that cannot be loaded, an unknown override
   key or a missing --config is one line at parsing (`_parse_flags`). A trainer passes its
   `objective` (its package's DEFINITION): a config written for another objective is then
   refused in one line at flag parsing, before anything is written
-  (`vit.config.check_objective`)."""
+  (`vit.config.check_objective`), and so is a config.init unless the trainer `reads_init`
+  (supervised.finetune; `vit.config.check_no_init`)."""
   # config_flags' warning of a get_config() returning None: `_config_file` says it.
   std_logging.getLogger('absl').addFilter(_said_here)
   try:
@@ -94,7 +95,7 @@ def define_config_flags(default_config: str | None = None, workdir: bool = True,
         'with --config.a.b=value.', lock_config=True)
   except Exception as e:  # noqa: BLE001 (the config file's own code may raise anything)
     _fail_config(e, default_config)
-  _CONFIG_HOLDERS.append((config, default_config, objective))
+  _CONFIG_HOLDERS.append((config, default_config, objective, reads_init))
   names = ['config']
   workdir_holder = None
   if workdir:
@@ -160,7 +161,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
       if any(a.split('=')[0] in ('--help', '-h', '--helpshort', '--helpfull') for a in argv):
         sys.exit(0)
       raise
-    for holder, default, _ in _CONFIG_HOLDERS:
+    for holder, default, _, _ in _CONFIG_HOLDERS:
       if holder.value is None and _config_path(default) is None:
         _fail('--config is required: a config file, e.g. configs/supervised/fashion_mnist.py')
       if holder.value is None:
@@ -174,13 +175,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _check_objectives() -> None:
   """Exits with status 2 after one line when --config is for another objective than the
-  trainer's (the `objective` of define_config_flags)."""
-  for holder, default_config, objective in _CONFIG_HOLDERS:
+  trainer's (the `objective` of define_config_flags), or sets config.init for a trainer that
+  does not read it (not `reads_init`)."""
+  for holder, default_config, objective, reads_init in _CONFIG_HOLDERS:
     if objective is None:
       continue
     try:
       config_lib.check_objective(holder.value, objective, source=_config_source(default_config),
                                  trainer=_program(), example=default_config)
+      if not reads_init:
+        config_lib.check_no_init(holder.value, trainer=_program())
     except UserError as e:
       print(f'error: {e}', file=sys.stderr)
       sys.exit(2)

@@ -196,6 +196,18 @@ def check_objective(config: ml_collections.ConfigDict, definition: objective_lib
                     + (f', as {example} has' if example else ''))
 
 
+def check_no_init(config: ml_collections.ConfigDict, *, trainer: str) -> None:
+  """Refuses `config.init` for a trainer that does not read it: the pretraining trainers
+  (`trainer`, e.g. 'mpp.train') start from a random initialisation, so an init they ignored
+  would train from scratch while the saved config claims a start. Raises ConfigError naming
+  config.init and the one trainer that reads it."""
+  if config.get('init'):
+    raise ConfigError('init', config.init,
+                      f'read only by supervised.finetune; {trainer} starts from a random '
+                      'initialisation (remove config.init, or fine-tune with python -m '
+                      'supervised.finetune)')
+
+
 def _trainer_hint(section: str) -> str:
   """': use python -m mpp.train' when the section's package has a train module, else ''."""
   try:
