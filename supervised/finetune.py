@@ -19,7 +19,7 @@ import ml_collections
 from absl import flags
 
 from supervised import objective, train
-from vit import cli, config as config_lib, init_spec
+from vit import checkpoints, cli, config as config_lib, init_spec
 from vit.data import pipeline
 from vit.errors import ConfigError
 from vit.models.spec import ModelSpec
@@ -79,16 +79,24 @@ def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:
   return dataclasses.replace(task, load_params=load_params)
 
 
+def finetune(config, workdir: str, *, train_source=None, eval_source=None) -> loop.Trained:
+  """Fine-tunes into `workdir` from config.init, or resumes the fine-tune it holds (the loop
+  refuses one started from another config.init: vit.checkpoints). Sources default to
+  config.data (tests pass small ones)."""
+  m, ckpt = prepare(config)
+  if not checkpoints.has_steps(workdir):  # Resuming, the loop says so once it accepts.
+    logger.info('fine-tuning from %s: %s -> %spx, %s classes', config.init,
+                init_spec.describe(ckpt), config.image_size, m.num_classes)
+  source = (train_source if train_source is not None
+            else pipeline.make_source(config, config.data.train_split))
+  task = build_task(config, m, ckpt, train_source=source, eval_source=eval_source)
+  task = dataclasses.replace(task, class_names=train.class_names(config, source))
+  return loop.train(config, workdir, task)
+
+
 def main(argv):
   del argv
-  config, workdir = FLAGS.config, FLAGS.workdir
-  m, ckpt = prepare(config)
-  logger.info('fine-tuning from %s: %s -> %spx, %s classes', config.init,
-              init_spec.describe(ckpt), config.image_size, m.num_classes)
-  source = pipeline.make_source(config, config.data.train_split)
-  task = build_task(config, m, ckpt, train_source=source)
-  task = dataclasses.replace(task, class_names=train.class_names(config, source))
-  loop.train(config, workdir, task)
+  finetune(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == '__main__':

@@ -1,4 +1,8 @@
-"""Fine-tuning from an official-layout .npz at a higher resolution and from a transformers ViT."""
+"""Fine-tuning from an official-layout .npz at a higher resolution and from a transformers ViT;
+resuming a fine-tune."""
+import logging
+import os
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +11,7 @@ import flax.linen as nn
 
 from configs.finetune import fashion_mnist as ft_config
 from supervised import finetune
-from vit import config as config_lib, init_spec, sharding
+from vit import checkpoints, config as config_lib, init_spec, sharding
 from vit.formats import hf, vit_jax
 from vit.data import fashion_mnist
 from vit.errors import UserError
@@ -149,3 +153,45 @@ def test_prepare_errors_name_the_problem(tmp_path):
   with pytest.raises(UserError, match='no checkpoint found'):
     (tmp_path / 'empty').mkdir()
     finetune.prepare(small_config(f'supervised:{tmp_path / "empty"}'))
+
+
+def _files(workdir):
+  """Every file under `workdir` but the lock (which names its latest holder), with its mtime."""
+  return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns
+          for d, _, names in os.walk(workdir) for f in names if f != '.lock'}
+
+
+def test_a_resumed_finetune_keeps_its_init_and_says_so(tmp_path, fmnist, caplog):
+  """Another config.init is refused before anything is written (the weights would come from
+  the old one, the saved config would record the new); the same init, however spelt,
+  resumes, and the log says it resumes rather than that it fine-tunes anew."""
+  tiny = dict(hidden_size=16, representation_size=None, transformer=dict(
+      mlp_dim=32, num_heads=2, num_layers=1, dropout_rate=0.0, attention_dropout_rate=0.0))
+  write_tiny_npz(tmp_path / 'a.npz', **tiny)
+  write_tiny_npz(tmp_path / 'b.npz', seed=1, **tiny)
+  first, other = f'vit_jax:{tmp_path / "a.npz"}', f'vit_jax:{tmp_path / "b.npz"}'
+  workdir = str(tmp_path / 'run')
+  sources = dict(train_source=fmnist[0], eval_source=fmnist[1])
+
+  def config(init, steps):
+    c = small_config(init, image_size=28, total_steps=steps, batch_size=16)
+    c.optimizer.warmup_steps = 0
+    return c
+
+  caplog.set_level(logging.INFO)
+  finetune.finetune(config(first, 2), workdir, **sources)
+  assert f'fine-tuning from {first}: ' in caplog.text
+  before = _files(workdir)
+  caplog.clear()
+  with pytest.raises(UserError) as error:
+    finetune.finetune(config(other, 4), workdir, **sources)
+  message = str(error.value)
+  assert f'config.init {first!r} -> {other!r}: this run was initialised from {first}' in message
+  assert f'rerun with --config.init={first} to resume it' in message and '\n' not in message
+  assert _files(workdir) == before and 'fine-tuning from' not in caplog.text
+  assert checkpoints.saved_config(workdir)['init'] == first
+
+  again = f'vit_jax:{tmp_path}/./a.npz'  # The same file.
+  assert int(finetune.finetune(config(again, 4), workdir, **sources).state.step) == 4
+  assert f'resumed from {workdir} at step 2 (initialised from {again})' in caplog.text
+  assert 'fine-tuning from' not in caplog.text

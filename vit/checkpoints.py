@@ -550,12 +550,22 @@ def _flat_config(d: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+def has_steps(workdir: str) -> bool:
+  """Whether `workdir` holds a checkpoint step (readable or not), so that a run on it resumes;
+  a cheap look at the directory names, for what a trainer says before the loop starts."""
+  try:
+    return any(name.isdigit() for name in os.listdir(os.path.join(workdir, 'checkpoints')))
+  except OSError:  # No checkpoints directory (a new workdir), or not a directory.
+    return False
+
+
 def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
                      config: ml_collections.ConfigDict, where: str) -> list[str]:
   """Raises UserError when the checkpoint's state does not have the current state's structure,
   naming first what makes it so (another objective, then the config keys that shape the state:
   `_incompatible_keys`), then the differing arrays; else returns the changed config keys."""
   saved, now = _flat_config(saved_config), _flat_config(config.to_dict())
+  _check_origin(saved, now, where)
   # Keys on one side only come from a newer or older schema, not from the user's config.
   keys = sorted(k for k in set(saved) & set(now) if _comparable(saved[k]) != _comparable(now[k]))
   changed = [f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in keys]
@@ -573,6 +583,30 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
         f'{"; ".join(differing[:10]) or "none"}; {len(shapes)} state arrays differ: '
         f'{"; ".join(shapes[:5])}{" ..." if len(shapes) > 5 else ""}; use another --workdir')
   return changed
+
+
+def _check_origin(saved: dict, now: dict, where: str) -> None:
+  """UserError when config.init differs from the saved run's: the resumed weights descend from
+  the old init, and the config saved from then on would record the new one. The same weights
+  named by another path spelling (relative, absolute, a trailing '/') are the same init."""
+  if 'init' not in saved or 'init' not in now or _same_init(saved['init'], now['init']):
+    return
+  old, new = saved['init'], now['init']
+  cure = f'rerun with --config.init={old}' if old else 'rerun without config.init'
+  raise UserError(
+      f'{where}: config.init {old!r} -> {new!r}: this run was initialised from '
+      f'{old or "a random initialisation"}, and resuming it with another config.init would '
+      f'record an origin its weights do not have; {cure} to resume it, or use another '
+      f'--workdir to start from {new or "a random initialisation"}')
+
+
+def _same_init(a: Optional[str], b: Optional[str]) -> bool:
+  """Whether two config.init specs ('FORMAT:PATH') name the same weights: equal, or of one
+  format with paths that resolve to the same file or directory from here."""
+  if not a or not b:
+    return not a and not b
+  (fa, _, pa), (fb, _, pb) = a.partition(':'), b.partition(':')
+  return a == b or (fa == fb and os.path.realpath(pa) == os.path.realpath(pb))
 
 
 def _incompatible_keys(saved_config: dict, config: ml_collections.ConfigDict,

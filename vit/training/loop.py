@@ -177,7 +177,9 @@ def _initial_state(mngr, data_iter, config, workdir: str, build, state_shardings
   # The abstract state of a fresh init: resuming never needs the fine-tuning source weights.
   abstract = abstract_state(jax.eval_shape(lambda: build(pretrained=False)), state_shardings)
   state, start = checkpoints.resume(mngr, abstract, data_iter, config)
-  logger.info('resumed from %s at step %d', workdir, start)
+  init = config.get('init')  # A fine-tune's origin, the same as its saved config's.
+  logger.info('resumed from %s at step %d%s', workdir, start,
+              f' (initialised from {init})' if init else '')
   return state, start
 
 
