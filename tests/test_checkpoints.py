@@ -296,6 +296,44 @@ def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
   assert_bitwise_equal(resumed, reference)
 
 
+def test_cut_short_process_data_is_named_in_plain_words(tmp_path, capsys):
+  """A single-process run's arrays lie in `state/ocdbt.process_0/d/`, where TensorStore's error
+  names only the database (`state/`) and orbax wraps it in its store spec. Cut short there (as
+  `truncate -s 100` does), the readers' skip warning, the resume's warning and the final error
+  each name the step and a data file in plain words, none of TensorStore's text."""
+  from vit import init_spec
+  config = tiny_config(total_steps=4)
+  # Wide enough that the kernels' data is read from the process's data files.
+  config.model.hidden_size, config.model.transformer.mlp_dim = 16, 32
+  train(tmp_path, config)
+  ckpt = tmp_path / 'checkpoints'
+  damaged = glob.glob(f'{ckpt}/4/state/ocdbt.process_0/d/*')
+  assert damaged
+  for name in damaged:
+    os.truncate(name, 100)
+  cut = (r'state/ocdbt\.process_0/d/\w+( \(or another of the \d+ files of that size\))? is cut '
+         r'short \(100 bytes, fewer than its index says\)')
+  capsys.readouterr()
+  init_spec.load(f'supervised:{tmp_path}')
+  err = capsys.readouterr().err
+  assert re.fullmatch(rf'warning: skipped the unreadable checkpoint {ckpt}/4 \({cut}\); '
+                      r'reading step 2\n', err), err
+  for name in glob.glob(f'{ckpt}/2/state/ocdbt.process_0/d/*'):
+    os.truncate(name, 100)
+  with pytest.raises(UserError, match=rf'^{ckpt}: no checkpoint step could be read \({ckpt}/4: '
+                                      rf'{cut}; {ckpt}/2: {cut}\)$') as error:
+    init_spec.load(f'supervised:{tmp_path}')
+  assert 'TensorStore' not in str(error.value)
+  with pytest.raises(UserError, match=rf'^{ckpt}: no checkpoint step could be restored '
+                                      rf'\({ckpt}/4: {cut}; {ckpt}/2: {cut}\); nothing was moved'):
+    train(tmp_path, tiny_config(total_steps=6, model=config.model))
+  err = capsys.readouterr().err
+  assert re.search(rf'checkpoint {ckpt}/4 is unreadable \({cut}\); trying the previous one',
+                   err), err
+  assert 'TensorStore' not in err and 'tensorstore' not in err
+  assert steps_on_disk(tmp_path) == [2, 4]
+
+
 def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
   train(tmp_path, tiny_config(total_steps=4))
   truncate_state(tmp_path, 2, 'iterator')

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import fcntl
 import gc
+import glob
 import json
 import logging
 import math
@@ -184,6 +185,7 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
               'config': ocp.JsonCheckpointHandler()}
   if not read_only:
     _quiet_failed_saves()
+  _quiet_abandoned_reads()
   mngr = Manager(directory, options=options, item_handlers=handlers)
   mngr.barriers = barriers
   return mngr
@@ -398,6 +400,26 @@ def _quiet_failed_saves() -> None:
   sys.unraisablehook = unraisablehook
 
 
+def _quiet_abandoned_reads() -> None:
+  """When one array of a step does not read, orbax abandons the reads of the others; each,
+  closed when collected, raises orbax's 'Encountered error while reading array index' (from
+  GeneratorExit, with TensorStore's whole store spec), reported as unraisable on stderr. The
+  failed read itself is reported in one line (`unreadable_reason`); these say nothing more."""
+  if getattr(sys.unraisablehook, 'quiet_abandoned_reads', False):
+    return
+  previous = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    error = unraisable.exc_value
+    if (isinstance(error, Exception) and isinstance(error.__cause__, GeneratorExit)
+        and str(error).startswith('Encountered error while reading array index')):
+      return
+    previous(unraisable)
+
+  unraisablehook.quiet_abandoned_reads = True
+  sys.unraisablehook = unraisablehook
+
+
 def restore(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator=None,
             step: Optional[int] = None) -> tuple[Any, int]:
   """Restores `abstract_state` (ShapeDtypeStructs with shardings) and the iterator in place."""
@@ -462,9 +484,11 @@ _JSON_NAMES = ('_CHECKPOINT_METADATA', '_METADATA', '_sharding', 'metadata')
 
 def unreadable_reason(step_dir: str, e: BaseException) -> str:
   """Why the checkpoint step in `step_dir` did not read, in plain words, naming the file
-  (relative to `step_dir`): cut short, damaged or missing (TensorStore's error names the file;
-  its store spec and status codes are left out), or a JSON file that does not parse (found by
-  reading them: Python's JSON error names none); else the error's own line, shortened."""
+  (relative to `step_dir`): cut short, damaged or missing (TensorStore's error names the file,
+  or only its OCDBT database, whose cut-short data file is then found by its size; the store
+  spec and status codes are left out), or a JSON file that does not parse (found by reading
+  them: Python's JSON error names none); else the error's own line, shortened, without orbax's
+  TensorStore details."""
   chain, seen = [], set()
   while e is not None and id(e) not in seen:
     seen.add(id(e))
@@ -476,6 +500,9 @@ def unreadable_reason(step_dir: str, e: BaseException) -> str:
     files = [f for f in re.findall(r'local file "([^"]+)"', text) if not f.endswith('/')]
     if files:
       return f'{relative(files[-1])} {_tensorstore_problem(text)}'
+    database = re.search(r'OCDBT database at local file "([^"]+)"', text)
+    if database:  # TensorStore names the database, not its data file: find that by its size.
+      return f'{_ocdbt_data_file(database[1], text, relative)} {_tensorstore_problem(text)}'
   for error in chain:
     if isinstance(error, FileNotFoundError) and error.filename:
       return f'{relative(os.fsdecode(error.filename))} is missing'
@@ -483,7 +510,23 @@ def unreadable_reason(step_dir: str, e: BaseException) -> str:
     damaged = _damaged_json(step_dir)
     if damaged:
       return damaged
-  return _shorten(_one_line(chain[0]).replace(step_dir + os.sep, ''))
+  line = _one_line(chain[0]).split('. See full TensorStore details')[0]
+  return _shorten(line.replace(step_dir + os.sep, ''))
+
+
+def _ocdbt_data_file(database: str, text: str, relative) -> str:
+  """The data file (relative to the step) of the OCDBT `database` directory that TensorStore
+  found shorter than its index says, told by the size the error gives: orbax keeps each
+  process's arrays in `ocdbt.process_<i>/d/` below the step's `state/`, beside `state/d/`.
+  When several files have that size, the first is named and they are counted; when none has,
+  the database's folder is named."""
+  short = re.search(r'not valid for value of size (\d+)', text)
+  files = glob.glob(os.path.join(database, '**', 'd', '*'), recursive=True) if short else []
+  found = sorted(f for f in files if os.path.isfile(f) and os.path.getsize(f) == int(short[1]))
+  if not found:
+    return f'a data file under {relative(database)}/'
+  more = f' (or another of the {len(found)} files of that size)' if len(found) > 1 else ''
+  return relative(found[0]) + more
 
 
 def _tensorstore_problem(text: str) -> str:
