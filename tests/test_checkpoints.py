@@ -555,3 +555,17 @@ def test_skip_nonfinite_steps_counts_and_leaves_state_unchanged(tmp_path, capsys
                for k in params[skipped])
   assert any(params[4][k].tobytes() != params[3][k].tobytes() for k in params[4])
   assert all(np.isfinite(v).all() for v in host_tree(state.params).values())
+
+
+def test_an_init_is_the_same_spelled_otherwise_or_moved_but_not_replaced(tmp_path):
+  from vit.checkpoints import _same_init  # pylint: disable=protected-access
+  a, b = tmp_path / 'a' / 'e30.npz', tmp_path / 'b' / 'e30.npz'
+  a.parent.mkdir(), b.parent.mkdir()
+  a.write_bytes(b'x'), b.write_bytes(b'x')
+  assert _same_init(f'vit_jax:{a}', f'vit_jax:{a.parent}/./e30.npz')
+  assert not _same_init(f'vit_jax:{a}', f'vit_jax:{b}')  # Both there: another file.
+  assert not _same_init(f'vit_jax:{a}', f'hf:{a}')
+  gone = tmp_path / 'old_checkout' / 'e30.npz'  # The run moved to another machine or folder.
+  assert _same_init(f'vit_jax:{gone}', f'vit_jax:{b}')
+  assert not _same_init(f'vit_jax:{gone}', f'vit_jax:{tmp_path}/b')  # Another name.
+  assert not _same_init(f'vit_jax:{a}', None) and _same_init(None, '')

@@ -645,11 +645,15 @@ def _check_origin(saved: dict, now: dict, where: str) -> None:
 
 def _same_init(a: Optional[str], b: Optional[str]) -> bool:
   """Whether two config.init specs ('FORMAT:PATH') name the same weights: equal, or of one
-  format with paths that resolve to the same file or directory from here."""
+  format with paths that resolve to the same file or directory from here, or moved: the old
+  path exists no more and the new one, of the same name, does (a checkout or run carried to
+  another machine or folder, as the study's runs in flight are: docs/study/README.md)."""
   if not a or not b:
     return not a and not b
   (fa, _, pa), (fb, _, pb) = a.partition(':'), b.partition(':')
-  return a == b or (fa == fb and os.path.realpath(pa) == os.path.realpath(pb))
+  name = lambda p: os.path.basename(os.path.normpath(p))
+  moved = not os.path.exists(pa) and os.path.exists(pb) and name(pa) == name(pb)
+  return a == b or (fa == fb and (os.path.realpath(pa) == os.path.realpath(pb) or moved))
 
 
 def _incompatible_keys(saved_config: dict, config: ml_collections.ConfigDict,
