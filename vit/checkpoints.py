@@ -385,19 +385,13 @@ def _quiet_failed_saves() -> None:
     target = logging.getLogger(name)
     if not any(isinstance(f, kind) for f in target.filters):
       target.addFilter(kind())
-  if getattr(sys.unraisablehook, 'quiet_failed_saves', False):
-    return
-  previous = sys.unraisablehook
+  _drop_unraisable(_closed_loop_callback)
 
-  def unraisablehook(unraisable):
-    if (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) ==
-        'Event loop is closed' and any(frame.name == 'call_soon_threadsafe' for frame in
-                                       traceback.extract_tb(unraisable.exc_traceback))):
-      return
-    previous(unraisable)
 
-  unraisablehook.quiet_failed_saves = True
-  sys.unraisablehook = unraisablehook
+def _closed_loop_callback(unraisable) -> bool:
+  return (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) ==
+          'Event loop is closed' and any(frame.name == 'call_soon_threadsafe' for frame in
+                                         traceback.extract_tb(unraisable.exc_traceback)))
 
 
 def _quiet_abandoned_reads() -> None:
@@ -405,18 +399,32 @@ def _quiet_abandoned_reads() -> None:
   closed when collected, raises orbax's 'Encountered error while reading array index' (from
   GeneratorExit, with TensorStore's whole store spec), reported as unraisable on stderr. The
   failed read itself is reported in one line (`unreadable_reason`); these say nothing more."""
-  if getattr(sys.unraisablehook, 'quiet_abandoned_reads', False):
+  _drop_unraisable(_abandoned_read)
+
+
+def _abandoned_read(unraisable) -> bool:
+  error = unraisable.exc_value
+  return (isinstance(error, Exception) and isinstance(error.__cause__, GeneratorExit)
+          and str(error).startswith('Encountered error while reading array index'))
+
+
+_DROPPED_UNRAISABLE = []  # Predicates of the one hook `_drop_unraisable` installs.
+
+
+def _drop_unraisable(predicate) -> None:
+  """Python's unraisable reports that `predicate` matches are dropped, others passed on. One
+  hook for every predicate, installed once: managers are made many times per process."""
+  if predicate not in _DROPPED_UNRAISABLE:
+    _DROPPED_UNRAISABLE.append(predicate)
+  if getattr(sys.unraisablehook, 'vit_drops', False):
     return
   previous = sys.unraisablehook
 
   def unraisablehook(unraisable):
-    error = unraisable.exc_value
-    if (isinstance(error, Exception) and isinstance(error.__cause__, GeneratorExit)
-        and str(error).startswith('Encountered error while reading array index')):
-      return
-    previous(unraisable)
+    if not any(p(unraisable) for p in _DROPPED_UNRAISABLE):
+      previous(unraisable)
 
-  unraisablehook.quiet_abandoned_reads = True
+  unraisablehook.vit_drops = True
   sys.unraisablehook = unraisablehook
 
 
