@@ -243,8 +243,13 @@ def test_bad_arguments_are_refused_before_anything_is_written(tmp_path):
 # folder with TFDS writing, and says so on stdout: the parent signals a process in that known
 # state, however loaded the machine (a signal sent on a line printed earlier could land anywhere
 # in the start-up or after the dataset was already replaced).
+# A terminal's Ctrl-C reaches `prepare` with Python's KeyboardInterrupt handler. A test run
+# started as a background job of a script (`make test &`: bash without job control) starts every
+# child with SIGINT ignored, and Python then installs no handler, so the signal would be lost and
+# the child would wait forever; the script restores what a terminal gives.
 _PAUSED_PREPARE = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from vit import cli
 from vit.data import prepare
 encoded = prepare._encoded
