@@ -4,13 +4,17 @@ PY := .venv/bin/python
 FMNIST := /usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz
 STAMP := .venv/.installed
 # Another apt-get (a second checkout's set-up, unattended upgrades) holds dpkg's lock: wait for it.
-APT_WAIT := -o DPkg::Lock::Timeout=600
+# `apt-get update` takes the package lists' lock, which that option does not wait for, so two
+# checkouts' set-ups also take turns on a lock of their own (two fresh `make test` side by side
+# failed there).
+APT := -o DPkg::Lock::Timeout=600
+APT_TURN := flock --wait 1200 /tmp/vit-jax-apt.lock sh -c
 
 .PHONY: setup demo test lock bazel-setup bazel-test bench
 setup: $(FMNIST) $(STAMP)
 
 $(FMNIST):
-	apt-get $(APT_WAIT) update && apt-get $(APT_WAIT) install -y dataset-fashion-mnist
+	$(APT_TURN) 'apt-get $(APT) update && apt-get $(APT) install -y dataset-fashion-mnist'
 
 $(STAMP): requirements.lock
 	test -x $(PY) || python3 -m venv .venv
@@ -38,7 +42,7 @@ lock:
 BAZEL_DEBS := bazel-bootstrap bazel-platforms bazel-skylib bazel-rules-java
 bazel-setup:
 	dpkg -s $(BAZEL_DEBS) >/dev/null 2>&1 || \
-	  (apt-get $(APT_WAIT) update && apt-get $(APT_WAIT) install -y --no-install-recommends $(BAZEL_DEBS))
+	  $(APT_TURN) 'apt-get $(APT) update && apt-get $(APT) install -y --no-install-recommends $(BAZEL_DEBS)'
 	@for c in build query fetch; do \
 	  echo "$$c --override_repository=platforms=/usr/share/bazel/tools/platforms"; \
 	  echo "$$c --override_repository=rules_java=/usr/share/bazel/rules/java"; \
