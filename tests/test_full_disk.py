@@ -281,19 +281,33 @@ def test_a_full_disk_in_a_two_process_run_stops_both_at_the_same_step(tmp_path):
     assert f'resumed from {workdir} at step 4' in proc.stdout and 'step 16/16' in proc.stdout
 
 
-@pytest.mark.parametrize('code', [errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS,
-                                  errno.EIO])
+_TENSORSTORE = ('PERMISSION_DENIED: Error writing local file "{partial}/d/1a2b": Failed to '
+                "create directory: Permission denied [tensorstore_spec='{{}}'] "
+                "[os_error_code='13']")
+
+
+@pytest.mark.parametrize('code,reason', [
+    (errno.ENOSPC, 'No space left on device'), (errno.EDQUOT, 'Disk quota exceeded'),
+    (errno.EFBIG, 'File too large'), (errno.EROFS, 'Read-only file system: {partial}'),
+    (errno.EIO, 'Input/output error: {partial}'),
+    (errno.EACCES, 'no permission to write in {partial.parent}'),
+    (errno.ENAMETOOLONG, 'File name too long: {partial}'),
+    ('tensorstore', 'no permission to write in {partial}/d')])
 def test_a_failed_save_advises_freeing_space_only_when_room_would_help(tmp_path, monkeypatch,
-                                                                         code):
-  """A full disk, a quota or a file size limit: 'free space and rerun'; a read-only or failing
-  volume (EROFS, EIO): no room would help, the workdir must become writable again. The save's
-  failure is a synthetic OSError, as orbax raises it when the save in flight is waited for."""
+                                                                         code, reason):
+  """Any OSError of a save is told in plain words, naming the file unless room is the cause. A
+  full disk, a quota or a file size limit: 'free space and rerun'; a read-only or failing
+  volume (EROFS, EIO), no permission, any other: no room would help, the workdir must become
+  writable again. The save's failure is a synthetic OSError (or TensorStore's error, which
+  gives the code), as orbax raises it when the save in flight is waited for."""
   from vit import checkpoints
   monkeypatch.setattr(checkpoints._AbandonedTaskFilter, 'save_failed', False)  # Restored.
   mngr = checkpoints.manager(str(tmp_path))
-  partial = tmp_path / 'checkpoints' / '8.orbax-checkpoint-tmp-0' / 'state'
+  partial = tmp_path / 'checkpoints' / '8.orbax-checkpoint-tmp' / 'state'
 
   def wait_until_finished():
+    if code == 'tensorstore':
+      raise ValueError(_TENSORSTORE.format(partial=partial))
     raise OSError(code, os.strerror(code), str(partial))
 
   monkeypatch.setattr(mngr, 'wait_until_finished', wait_until_finished)
@@ -304,6 +318,6 @@ def test_a_failed_save_advises_freeing_space_only_when_room_would_help(tmp_path,
   mngr.close()
   cure = ('free space and rerun' if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) else
           f'once {tmp_path} can be written again, rerun')
-  assert str(e.value) == (f'checkpoint step 8 could not be saved ({os.strerror(code)}); no '
-                          f'complete checkpoint is in {tmp_path}/checkpoints; {cure} the same '
-                          f'command to resume')
+  assert str(e.value) == (f'checkpoint step 8 could not be saved ({reason.format(partial=partial)}'
+                          f'); no complete checkpoint is in {tmp_path}/checkpoints; {cure} the '
+                          f'same command to resume')

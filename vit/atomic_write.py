@@ -80,10 +80,13 @@ def remove_abandoned(path: str) -> list[str]:
   return removed
 
 
-def no_room_reason(e: BaseException) -> Optional[str]:
-  """The reason when `e`, or an exception it was raised from (clu's AsyncError wraps its
-  thread's), is a failed write for lack of room (see _NO_ROOM), else None."""
-  return next((r for r in map(_own_no_room_reason, _chain(e)) if r is not None), None)
+def failure_reason(e: BaseException) -> Optional[str]:
+  """The reason, in plain words, when `e`, or an exception it was raised from (clu's AsyncError
+  wraps its thread's), is a failed write in a background save (a checkpoint's, the TensorBoard
+  events'): an OSError of any kind (`_plain`), or a foreign writer's error that gives the
+  system's error code (TensorStore's os_error_code) or quotes its text for lack of room or a
+  read-only or failing volume (_NO_ROOM). None for any other error: a bug, raised as it is."""
+  return next((r for r in map(_own_failure_reason, _chain(e)) if r is not None), None)
 
 
 def _chain(e: Optional[BaseException]) -> Iterator[BaseException]:
@@ -95,17 +98,37 @@ def _chain(e: Optional[BaseException]) -> Iterator[BaseException]:
     e = e.__cause__ or e.__context__
 
 
-def _own_no_room_reason(e: BaseException) -> Optional[str]:
+def _own_failure_reason(e: BaseException) -> Optional[str]:
+  if isinstance(e, OSError) and e.errno is not None:
+    return _plain(e)
+  if isinstance(e, OSError):  # No errno: numpy's short write, or a library's own check.
+    return _room_reason(e) or str(e)
+  code = re.search(r"\[os_error_code='(\d+)'\]", str(e))  # TensorStore's, naming its file.
+  if code:
+    named = re.search(r'local file "([^"]+)"', str(e))
+    return _plain(OSError(int(code[1]), os.strerror(int(code[1])), named and named[1]))
+  return _room_reason(e)
+
+
+def _room_reason(e: BaseException) -> Optional[str]:
+  """The system's text when `e` is a failed write for lack of room, or on a read-only or
+  failing volume (_NO_ROOM), also quoted by a foreign writer (safetensors, TFDS); else None."""
   if isinstance(e, OSError) and e.errno in _NO_ROOM:
     return e.strerror
   if isinstance(e, OSError) and e.errno is None and 'written' in str(e):
     # numpy's short write ('N requested and M written') keeps no errno.
     return f'{e}: a short write (a full disk or a file size limit)'
   text = str(e)
-  for code in _NO_ROOM:
-    if os.strerror(code) in text:
-      return os.strerror(code)
-  return None
+  return next((os.strerror(code) for code in _NO_ROOM if os.strerror(code) in text), None)
+
+
+def _plain(e: OSError) -> str:
+  """`write_reason`, with the file when that is the system's bare text (EIO: which disk), unless
+  the cause is a lack of room, whichever file hit it."""
+  reason = write_reason(e)
+  if reason != e.strerror or e.filename is None or e.errno in _FREE_SPACE:
+    return reason
+  return f'{reason}: {os.fsdecode(e.filename)}'
 
 
 # The failures that more room would cure: the advice says so.
@@ -114,10 +137,11 @@ _ADVICE = '; free space and rerun'
 
 
 def room_would_help(reason: str) -> bool:
-  """Whether more room may cure the failure `no_room_reason` gave as `reason` (a full disk, a
-  quota, a file size limit, a short write): not when it quotes a read-only (EROFS) or failing
-  (EIO) volume. Read from the text, as it may come from another process (vit.checkpoints)."""
-  return not any(os.strerror(code) in reason for code in _NO_ROOM if code not in _FREE_SPACE)
+  """Whether more room may cure the failure `failure_reason` gave as `reason`: a full disk, a
+  quota, a file size limit, a short write; not a read-only (EROFS) or failing (EIO) volume, no
+  permission, a file in a folder's place. Read from the text, as it may come from another
+  process (vit.checkpoints)."""
+  return 'a short write' in reason or any(os.strerror(code) in reason for code in _FREE_SPACE)
 
 
 def _about(e: OSError, path: str) -> bool:
@@ -146,7 +170,8 @@ def _failure(e: BaseException, path: str) -> Optional[tuple[str, str]]:
     if isinstance(error, OSError) and _about(error, path):
       advice = _ADVICE if error.errno in _FREE_SPACE else ''
       return write_reason(error), advice
-  reason = no_room_reason(e)  # A foreign writer's error that quotes the system's text.
+  # A foreign writer's error that quotes the system's text.
+  reason = next((r for r in map(_room_reason, _chain(e)) if r is not None), None)
   if reason is None:
     return None
   return reason, _ADVICE if room_would_help(reason) else ''

@@ -10,10 +10,11 @@ temporary directories it leaves are removed when the next run opens the manager.
 Kept: the last `keep` steps (for resuming) plus the best one by `best_metric` (for using).
 
 A save runs in the background while training goes on. `check_saves`, called at every step,
-stops the run at the first step after a save failed (a full disk): `SaveFailed` names the step,
-the reason and the last complete checkpoint; orbax's own tracebacks of that failure (from its
-threads, and at shutdown) are not printed. With several processes, a save that failed on one of
-them only (its own disk) stops them all at one step too: vit/save_barrier.py.
+stops the run at the first step after a save failed on any OSError (a full disk, no permission,
+a read-only or failing volume): `SaveFailed` names the step, the reason and the last complete
+checkpoint; orbax's own tracebacks of that failure (from its threads, and at shutdown) are not
+printed. With several processes, a save that failed on one of them only (its own disk) stops
+them all at one step too: vit/save_barrier.py.
 """
 from __future__ import annotations
 
@@ -133,8 +134,9 @@ class Manager(ocp.CheckpointManager):
 
   orbax's finalize thread runs `_finalize(step, ...)`: it waits for the save's writes
   (`_wait_for_checkpointers`, which raises their error) and then at a barrier of all processes.
-  A write that failed for lack of room is published in between, so that no process waits for
-  this one (vit/save_barrier.py). These two are orbax 0.12's own methods, overridden.
+  A write that failed (any OSError: `atomic_write.failure_reason`) is published in between, so
+  that no process waits for this one (vit/save_barrier.py). These two are orbax 0.12's own
+  methods, overridden.
   """
   pending: Optional[int] = None
   # Several processes: this one's failed save (step, reason), set by the finalize thread and
@@ -152,7 +154,7 @@ class Manager(ocp.CheckpointManager):
     try:
       super()._wait_for_checkpointers()
     except Exception as e:
-      reason = atomic_write.no_room_reason(e)
+      reason = atomic_write.failure_reason(e)
       if reason is not None and self.barriers is not None:
         self.barriers.publish(self._finalizing, reason)
         self.failed = (self._finalizing, reason)  # After: the others find the reason published.
@@ -213,8 +215,8 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
 
 
 class SaveFailed(UserError):
-  """A checkpoint could not be written (a full disk, a quota, a read-only or failing volume):
-  the run stops at once."""
+  """A checkpoint could not be written (a full disk, a quota, no permission, a read-only or
+  failing volume): the run stops at once."""
 
   def __init__(self, mngr: ocp.CheckpointManager, failed: Optional[int], now: Optional[int],
                reason: str, what: Optional[str] = None):
@@ -227,16 +229,17 @@ class SaveFailed(UserError):
                 else f'no complete checkpoint is in {mngr.directory}')
     stopped = f'stopped at step {now}; ' if now is not None and now != failed else ''
     what = what or f'checkpoint step {failed} could not be saved'
-    # Room cures a full disk or a quota; a read-only or failing volume (EROFS, EIO) needs
-    # another fix first.
+    # Room cures a full disk or a quota; no permission, a read-only or failing volume (EROFS,
+    # EIO), a file in a folder's place need another fix first.
     cure = ('free space and rerun' if atomic_write.room_would_help(reason) else
             f'once {os.path.dirname(str(mngr.directory))} can be written again, rerun')
     super().__init__(f'{what} ({reason}); {stopped}{complete}; {cure} the same command to '
                      f'resume')
 
 
-class _StopOnFullDisk:
-  """A metric writer whose failure to write for lack of room stops the run in one line."""
+class _StopOnFailedWrite:
+  """A metric writer whose failure to write (a full disk, no permission: an OSError) stops the
+  run in one line."""
 
   def __init__(self, writer, mngr: ocp.CheckpointManager, workdir: str):
     self._writer, self._mngr, self._workdir = writer, mngr, workdir
@@ -251,7 +254,7 @@ class _StopOnFullDisk:
       try:
         return method(*args, **kwargs)
       except Exception as e:
-        reason = atomic_write.no_room_reason(e)
+        reason = atomic_write.failure_reason(e)
         if reason is None:
           raise
         if self._failed:
@@ -264,14 +267,14 @@ class _StopOnFullDisk:
     return call
 
 
-def stop_on_full_disk(writer, mngr: ocp.CheckpointManager, workdir: str):
-  """`writer` (a clu metric writer), whose writes that fail for lack of room (a full disk:
-  clu reports its thread's error at the next call) raise SaveFailed naming the step."""
-  return _StopOnFullDisk(writer, mngr, workdir)
+def stop_on_failed_write(writer, mngr: ocp.CheckpointManager, workdir: str):
+  """`writer` (a clu metric writer), whose writes that fail (a full disk, no permission: clu
+  reports its thread's error at the next call) raise SaveFailed naming the step."""
+  return _StopOnFailedWrite(writer, mngr, workdir)
 
 
 def wait_for_saves(mngr: ocp.CheckpointManager) -> None:
-  """Blocks until the save in flight is complete; SaveFailed when it failed (a full disk)."""
+  """Blocks until the save in flight is complete; SaveFailed when it failed (an OSError)."""
   pending, mngr.pending = mngr.pending, None
   try:
     mngr.wait_until_finished()
@@ -288,15 +291,15 @@ def wait_for_saves(mngr: ocp.CheckpointManager) -> None:
 
 def _failure(mngr: ocp.CheckpointManager, e: Exception,
              pending: Optional[int]) -> Optional[tuple[Optional[int], str]]:
-  """(the failed step, the reason to tell) when orbax raised `e` because a save failed for lack
-  of room, here or on another process (`pending`: the step of this process's save in flight);
-  None for any other error."""
+  """(the failed step, the reason to tell) when orbax raised `e` because a save failed (an
+  OSError), here or on another process (`pending`: the step of this process's save in flight);
+  None for any other error (a bug)."""
   if getattr(mngr, 'failed', None):  # Several processes: this one's own.
     return mngr.failed
   aborted = _in_chain(e, save_barrier.SaveAborted)
   if aborted is not None:
     return aborted.step, f'process {aborted.process}: {aborted.reason}'
-  reason = atomic_write.no_room_reason(e)
+  reason = atomic_write.failure_reason(e)
   return None if reason is None else (pending, reason)
 
 
@@ -310,7 +313,7 @@ def _in_chain(e: Optional[BaseException], kind: type) -> Optional[BaseException]
 
 
 def check_saves(mngr: ocp.CheckpointManager, step: int, sync: bool) -> None:
-  """Raises SaveFailed once the save in flight has failed; call at every step.
+  """Raises SaveFailed once the save in flight has failed (an OSError); call at every step.
 
   One process: a finished save is checked at every step (no device sync: the state of a thread).
   Several: at the loop's sync steps only, all processes agree through an all-gather, so that
@@ -328,7 +331,7 @@ def check_saves(mngr: ocp.CheckpointManager, step: int, sync: bool) -> None:
   try:
     mngr.wait_until_finished()
   except Exception as e:
-    reason = atomic_write.no_room_reason(e)
+    reason = atomic_write.failure_reason(e)
     if reason is None:
       raise
     raise SaveFailed(mngr, pending, step, reason) from None
@@ -346,24 +349,24 @@ def _agree_on_saves(mngr: ocp.CheckpointManager, step: int) -> None:
 
 
 class _FailedSaveFilter(logging.Filter):
-  """Drops the error records of a write that failed for lack of room, logged by orbax's and
-  clu's threads, and of orbax's saves that gave up on another process's failed one
-  (save_barrier.SaveAborted): `check_saves` and `stop_on_full_disk` report it in one line."""
+  """Drops the error records of a failed write (`atomic_write.failure_reason`), logged by
+  orbax's and clu's threads, and of orbax's saves that gave up on another process's failed one
+  (save_barrier.SaveAborted): `check_saves` and `stop_on_failed_write` report it in one line."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or not any(
         f'{os.sep}{package}{os.sep}' in record.pathname for package in ('orbax', 'clu')):
       return True
     error = record.exc_info[1] if record.exc_info else None
-    return error is None or (atomic_write.no_room_reason(error) is None and
+    return error is None or (atomic_write.failure_reason(error) is None and
                              _in_chain(error, save_barrier.SaveAborted) is None)
 
 
 class _AbandonedTaskFilter(logging.Filter):
   """Once a save has failed (SaveFailed), drops asyncio's records of what the failed save left
   behind, logged when they are collected: 'Task was destroyed but it is pending!' of orbax's
-  coroutines and '... exception was never retrieved' of its writes that failed for lack of room
-  (seen on a loaded machine and in two-process runs, tests/test_full_disk.py)."""
+  coroutines and '... exception was never retrieved' of its writes that failed (seen on a
+  loaded machine and in two-process runs, tests/test_full_disk.py)."""
   save_failed = False
 
   def filter(self, record: logging.LogRecord) -> bool:
@@ -373,7 +376,7 @@ class _AbandonedTaskFilter(logging.Filter):
     if message.startswith('Task was destroyed but it is pending'):
       return f'{os.sep}orbax{os.sep}' not in message
     error = record.exc_info[1] if record.exc_info else None
-    return error is None or atomic_write.no_room_reason(error) is None
+    return error is None or atomic_write.failure_reason(error) is None
 
 
 def _quiet_failed_saves() -> None:

@@ -2,12 +2,12 @@
 
 orbax completes an asynchronous save in background threads that wait, at barriers, for every
 process's writes (`AsyncOptions.barrier_sync_fn`). A process whose write failed (its own disk
-full, its own file size limit) never arrives at the first of them, and jax's barrier would hold
-the other processes until its timeout, 20 minutes. Here the failed process publishes its failure
-on jax.distributed's key-value store (`Barriers.publish`, vit/checkpoints.py `Manager`), and a
-barrier that waits checks that store every `_POLL_MS` and raises `SaveAborted` once a failure is
-there: every process's save threads end within a second, and the training loop stops all of
-them at one step (vit/checkpoints.py `check_saves`).
+full or failing, its own file size limit, no permission) never arrives at the first of them, and
+jax's barrier would hold the other processes until its timeout, 20 minutes. Here the failed
+process publishes its failure on jax.distributed's key-value store (`Barriers.publish`,
+vit/checkpoints.py `Manager`), and a barrier that waits checks that store every `_POLL_MS` and
+raises `SaveAborted` once a failure is there: every process's save threads end within a second,
+and the training loop stops all of them at one step (vit/checkpoints.py `check_saves`).
 """
 from __future__ import annotations
 

@@ -147,7 +147,7 @@ def _start_writing(config, workdir: str, task: Task, mesh, schedule, mngr):
   class_names.json) and its TensorBoard writer, which creates an events file at once."""
   write_batch_contract(config, workdir, mesh, schedule)
   class_names.write_class_names(workdir, task.class_names)
-  return checkpoints.stop_on_full_disk(metric_writers.create_default_writer(
+  return checkpoints.stop_on_failed_write(metric_writers.create_default_writer(
       workdir, just_logging=jax.process_index() > 0, asynchronous=True), mngr, workdir)
 
 
