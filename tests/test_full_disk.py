@@ -2,7 +2,9 @@
 
 The disk fills for real: each command runs in a child process whose file size is capped
 (RLIMIT_FSIZE, `ulimit -f`: a write past it fails with EFBIG, as on a full volume with ENOSPC).
-A writer killed with SIGKILL leaves a temporary that the next write beside it removes.
+A writer killed with SIGKILL leaves a temporary that the next write beside it removes. A save
+that fails for another reason (a checkpoints folder made read-only, one replaced by a file) stops
+a training run in the same way.
 """
 import errno
 import json
@@ -17,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
+import ml_collections
 import pytest
 from PIL import Image
 
@@ -32,6 +35,24 @@ ENV = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR='', PYTHON
 def _capped(args, limit_kib):
   """The command `python ARGS` with its file size capped at `limit_kib` KiB (`ulimit -f`)."""
   return ['bash', '-c', f'ulimit -f {limit_kib} && exec "$@"', 'bash', sys.executable, *args]
+
+
+# Runs python ARGV[1:] without root's exemption from permission checks (CAP_DAC_OVERRIDE,
+# CAP_DAC_READ_SEARCH dropped from the bounding set, then exec: the new program never has them),
+# so that a folder made read-only is one for it too. Needs CAP_SETPCAP, as root has by default.
+_UNPRIVILEGED = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+for capability in (1, 2):
+  if libc.prctl(24, capability, 0, 0, 0):  # PR_CAPBSET_DROP
+    raise OSError(ctypes.get_errno(), 'prctl(PR_CAPBSET_DROP) failed: CAP_SETPCAP missing?')
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def _unprivileged(args):
+  """The command `python ARGS`, for which file permissions hold even when the tests run as root."""
+  return [sys.executable, *(['-c', _UNPRIVILEGED] if os.geteuid() == 0 else []), *args]
 
 
 def _run(args, limit_kib):
@@ -175,12 +196,13 @@ def _train_args(workdir, total_steps, log_every=2, checkpoint_every=4):
           '--config.optimizer.warmup_steps=1', f'--config.total_steps={total_steps}']
 
 
-def _train(workdir, total_steps, limit_kib=None, log_every=2, checkpoint_every=4):
+def _train(workdir, total_steps, limit_kib=None, log_every=2, checkpoint_every=4,
+           unprivileged=False):
   """A tiny supervised run on Fashion-MNIST: checkpoints every 4 steps, ~30 kB each."""
   args = _train_args(workdir, total_steps, log_every, checkpoint_every)
   if limit_kib is None:
-    return subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True,
-                          text=True, timeout=600)
+    return subprocess.run(_unprivileged(args) if unprivileged else [sys.executable, *args],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
   return _run(args, limit_kib)
 
 
@@ -207,6 +229,60 @@ def test_a_full_disk_during_training_stops_at_the_failed_save(tmp_path):
   _only_that_line(last_save)
 
 
+def test_a_checkpoints_folder_made_read_only_stops_at_the_failed_save(tmp_path):
+  """Not only room: no permission to write the next step is one line too, advising to make the
+  workdir writable (not to free space), and the run ends at once, not after orbax's 5-minute
+  wait for the step's directory."""
+  workdir = tmp_path / 'run'
+  checkpoints = workdir / 'checkpoints'
+  first = _train(workdir, 4)
+  assert first.returncode == 0, first.stderr[-3000:]
+  checkpoints.chmod(0o555)  # Read-only from here on: the save of step 8 cannot start.
+  try:
+    denied = _train(workdir, 16, unprivileged=True)
+  finally:
+    checkpoints.chmod(0o755)
+  assert _one_error_line(denied) == (
+      f'error: checkpoint step 8 could not be saved (no permission to write in {checkpoints}); '
+      f'the last complete checkpoint is {checkpoints}/4; once {workdir} can be written again, '
+      f'rerun the same command to resume')
+  _only_that_line(denied)
+  assert 'step 8/16' in denied.stdout and 'step 10/16' not in denied.stdout
+  assert os.listdir(checkpoints) == ['4']
+  from vit import checkpoints as checkpoints_lib
+  assert checkpoints_lib.read_params(str(workdir))[2] == 4  # What was saved still restores.
+
+
+def test_a_checkpoints_folder_replaced_by_a_file_stops_the_save_in_one_line(tmp_path,
+                                                                            monkeypatch):
+  """In process: a real folder moved away mid-run and a file put in its place (which stops
+  root too). Any OSError of a save is a SaveFailed; any other error is a bug, raised as is."""
+  from vit import checkpoints
+  monkeypatch.setattr(checkpoints._AbandonedTaskFilter, 'save_failed', False)  # Restored.
+  mngr = checkpoints.manager(str(tmp_path))
+  config = ml_collections.ConfigDict({'total_steps': 2})
+  state = {'params': {'w': np.arange(3, dtype=np.float32)}}
+  checkpoints.save(mngr, 1, state, None, config)
+  checkpoints.wait_for_saves(mngr)
+  folder = tmp_path / 'checkpoints'
+  folder.rename(tmp_path / 'aside')
+  folder.write_text('not a folder')
+  with pytest.raises(checkpoints.SaveFailed) as e:
+    checkpoints.save(mngr, 2, state, None, config)
+  assert str(e.value) == (
+      f'checkpoint step 2 could not be saved ({folder} is a file, not a directory); no complete '
+      f'checkpoint is in {folder}; once {tmp_path} can be written again, rerun the same command '
+      f'to resume')
+  folder.unlink()
+  (tmp_path / 'aside').rename(folder)
+  with pytest.raises(ValueError, match='Unsupported type'):  # A bug, not a failed write.
+    checkpoints.save(mngr, 3, {'params': object()}, None, config)
+  mngr.close()
+  # Step 3's temporary directory is removed when the next run opens the manager.
+  assert sorted(os.listdir(folder)) == ['1', '3.orbax-checkpoint-tmp']
+  np.testing.assert_array_equal(checkpoints.restore_params(str(tmp_path))['w'], [0, 1, 2])
+
+
 def test_a_full_disk_for_the_tensorboard_events_is_one_line(tmp_path):
   """The events file grows at every logged step: on a full disk its flush fails first."""
   workdir = tmp_path / 'run'
@@ -220,9 +296,11 @@ def test_a_full_disk_for_the_tensorboard_events_is_one_line(tmp_path):
   assert 'step 300/300' not in full.stdout
 
 
-def _train_two_processes(workdir, total_steps, limit_kib=None, capped=(0, 1), timeout=900):
+def _train_two_processes(workdir, total_steps, limit_kib=None, capped=(0, 1), timeout=900,
+                         unprivileged=()):
   """`_train` as two processes (jax.distributed, gloo on 127.0.0.1), those in `capped` capped
-  when asked: one volume filling up under both, or one process's own disk."""
+  when asked: one volume filling up under both, or one process's own disk; those in
+  `unprivileged` held to file permissions even as root (`_unprivileged`)."""
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
@@ -231,7 +309,7 @@ def _train_two_processes(workdir, total_steps, limit_kib=None, capped=(0, 1), ti
     args = [*_train_args(workdir, total_steps), f'--coordinator_address=127.0.0.1:{port}',
             '--num_processes=2', f'--process_id={i}']
     command = (_capped(args, limit_kib) if limit_kib is not None and i in capped
-               else [sys.executable, *args])
+               else _unprivileged(args) if i in unprivileged else [sys.executable, *args])
     procs.append(subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
   try:
@@ -257,11 +335,12 @@ def _stopped_at(proc, checkpoints, reason):
   return int(stopped[2])
 
 
-def test_a_full_disk_in_a_two_process_run_stops_both_at_the_same_step(tmp_path):
+def test_a_failed_save_in_a_two_process_run_stops_both_at_the_same_step(tmp_path):
   """Both processes write shards of each checkpoint; the agreement at the loop's sync steps
   stops them at one step, each with the one line, whichever learnt of the failure first. When
   only process 1's disk is full, process 0 does not wait for it at orbax's barriers (20
-  minutes); it names process 1 and its reason."""
+  minutes); it names process 1 and its reason. The same when process 1 may not write in the
+  checkpoints folder (as root, process 0 still may): both stop at that save."""
   workdir = tmp_path / 'run'
   checkpoints = workdir / 'checkpoints'
   for proc in _train_two_processes(workdir, 4):
@@ -276,6 +355,19 @@ def test_a_full_disk_in_a_two_process_run_stops_both_at_the_same_step(tmp_path):
            for proc in _train_two_processes(workdir, 16, limit_kib=8, timeout=300)]
   assert stops[0] == stops[1] and 8 < stops[0] <= 12
   assert sorted(n for n in os.listdir(checkpoints) if n.isdigit()) == ['4']
+  checkpoints.chmod(0o555)
+  try:
+    denied = _train_two_processes(workdir, 16, unprivileged=(1,), timeout=240)
+  finally:
+    checkpoints.chmod(0o755)
+  for proc in denied:
+    assert re.fullmatch(
+        rf'error: checkpoint step 8 could not be saved \((process \d: )?no permission to write in '
+        rf'{checkpoints}\); the last complete checkpoint is {checkpoints}/4; once {workdir} can be '
+        rf'written again, rerun the same command to resume', _one_error_line(proc))
+    _only_that_line(proc)
+    assert 'step 8/16' in proc.stdout and 'step 10/16' not in proc.stdout
+  assert os.listdir(checkpoints) == ['4']
   for proc in _train_two_processes(workdir, 16):  # Space freed: both resume from step 4.
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert f'resumed from {workdir} at step 4' in proc.stdout and 'step 16/16' in proc.stdout

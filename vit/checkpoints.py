@@ -13,8 +13,9 @@ A save runs in the background while training goes on. `check_saves`, called at e
 stops the run at the first step after a save failed on any OSError (a full disk, no permission,
 a read-only or failing volume): `SaveFailed` names the step, the reason and the last complete
 checkpoint; orbax's own tracebacks of that failure (from its threads, and at shutdown) are not
-printed. With several processes, a save that failed on one of them only (its own disk) stops
-them all at one step too: vit/save_barrier.py.
+printed. A checkpoints folder that cannot take the next step's directory stops the run at that
+save (`_check_writable`). With several processes, a save that failed on one of them only (its
+own disk) stops them all at one step too: vit/save_barrier.py.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import traceback
 from typing import Any, Iterator, Optional
@@ -139,8 +141,8 @@ class Manager(ocp.CheckpointManager):
   methods, overridden.
   """
   pending: Optional[int] = None
-  # Several processes: this one's failed save (step, reason), set by the finalize thread and
-  # kept until the loop's next sync step.
+  # Several processes: this one's failed save (step, reason), set by the finalize thread (or by
+  # `_check_writable`) and kept until the loop's next sync step or save.
   failed: Optional[tuple[int, str]] = None
   reported: bool = False  # A SaveFailed was raised: a failure seen later is the same one.
   barriers: Optional[save_barrier.Barriers] = None  # Several processes.
@@ -196,9 +198,11 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
          config: ml_collections.ConfigDict, metrics: Optional[dict] = None) -> None:
   """Starts an asynchronous save; the device->host copy happens before this returns, so the
-  caller may donate `state` to the next step. A step already on disk is not written again."""
+  caller may donate `state` to the next step. A step already on disk is not written again.
+  SaveFailed when the previous save failed, or the checkpoints folder cannot be written."""
   if step in mngr.all_steps():
     return
+  _check_writable(mngr, step)
   args = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config.to_dict()))
   if data_iterator is not None:
     args['data'] = DataIteratorSave(data_iterator)
@@ -212,6 +216,28 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
       raise
     raise SaveFailed(mngr, failure[0], step, failure[1]) from None
   mngr.pending = step
+
+
+def _check_writable(mngr: Manager, step: int) -> None:
+  """SaveFailed at `step` when the checkpoints folder cannot take a new directory (no
+  permission, a read-only volume, a file in its place, a full disk), before orbax starts there:
+  orbax creates the step's directory in a thread, and when that fails, its other threads and
+  the data iterator's handler (a blocking one) wait 5 minutes (orbax's coordination timeout)
+  for it, then fail with tracebacks. Several processes agree here on whether any failed."""
+  reason = None
+  try:
+    os.makedirs(str(mngr.directory), exist_ok=True)  # Gone: orbax would make it again too.
+    os.rmdir(tempfile.mkdtemp(prefix='.writable-', dir=str(mngr.directory)))
+  except OSError as e:
+    reason = atomic_write.failure_reason(e)
+  if jax.process_count() > 1:
+    if reason is not None and mngr.failed is None:
+      mngr.barriers.publish(step, reason)
+      mngr.failed = (step, reason)  # After: the others find the reason published.
+    _agree_on_saves(mngr, step)
+  elif reason is not None:
+    wait_for_saves(mngr)  # The save in flight ends first, or its own failure is told.
+    raise SaveFailed(mngr, step, step, reason)
 
 
 class SaveFailed(UserError):
