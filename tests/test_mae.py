@@ -223,8 +223,8 @@ def test_objective_interface_and_plan():
   assert obj.backbone(params) is params['backbone']
   loss, metrics = obj.loss(params, batch, jax.random.key(1), True)
   assert float(metrics['masked_patches']) == 2 * 12  # 16 patches, int(16 * 0.25) = 4 kept.
-  # vit.plan finds the objective from the config's folder and compiles its step for a slice.
-  assert plan.default_objective('configs/mae/fashion_mnist.py') == 'mae'
+  # vit.plan reads the objective from the config's section and compiles its step for a slice.
+  assert plan.config_objective(mae_config.get_config(), 'c.py') == 'mae'
   report = plan.plan(config, 'v5e:2x2', 'mae')
   assert report['fits'] and report['flops_per_step'] > 0
 

@@ -2,13 +2,14 @@
 
 A tiny ViT on v5e:2x2 (4 chips) keeps each compile to seconds.
 """
+import json
 import os
 import subprocess
 import sys
 
 import pytest
 
-from vit import config as config_lib, plan
+from vit import config as config_lib, objective as objective_lib, plan
 from vit.errors import ConfigError, UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -88,9 +89,7 @@ def test_clear_errors():
     plan.plan(config, 'v5e:2x2', 'supervised')
 
 
-def test_cli_one_line_error_and_objective_default():
-  assert plan.default_objective('configs/mpp/fashion_mnist.py') == 'mpp'
-  assert plan.default_objective('configs/supervised/fashion_mnist.py') == 'supervised'
+def test_cli_one_line_error():
   proc = subprocess.run(
       [sys.executable, '-m', 'vit.plan', '--config', 'configs/supervised/fashion_mnist.py',
        '--topology', 'v5e:2x2', '--config.mesh.data=3'],
@@ -100,10 +99,46 @@ def test_cli_one_line_error_and_objective_default():
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh=')
 
 
+def test_objective_is_read_from_the_config_not_its_folder(tmp_path):
+  """A config's objective is the section it carries, wherever its file lies: an MPP config
+  copied out of configs/mpp/ is planned as MPP (it was planned as a classifier and refused)."""
+  import shutil
+  from configs.finetune import fashion_mnist as finetune_config
+  from configs.mpp import fashion_mnist as mpp_config
+  from configs.study import demo
+  assert plan.config_objective(mpp_config.get_config(), 'c.py') == 'mpp'
+  assert plan.config_objective(finetune_config.get_config(), 'c.py') == 'supervised'
+  both = mpp_config.get_config()
+  with both.unlocked():
+    both.mae = objective_lib.resolve('mae').section()
+  with pytest.raises(UserError, match=r'^--config c.py: carries config.mae and config.mpp, '
+                                      r'the sections of two objectives; keep one, or pass '
+                                      r'--objective$'):
+    plan.config_objective(both, 'c.py')
+  neither = mpp_config.get_config()
+  del neither['mpp']
+  with pytest.raises(UserError, match=r'^--config c.py: no objective section \(config.mae, '
+                                      r'config.mpp, config.simmim\) and no '
+                                      r'config.model.num_classes for a classifier'):
+    plan.config_objective(neither, 'c.py')
+  with pytest.raises(UserError, match=r"^--config c.py: has no config.model, so it is no "
+                                      r"trainer's config"):
+    plan.config_objective(demo.get_config(), 'c.py')
+  copied = tmp_path / 'my_mpp.py'
+  shutil.copy(os.path.join(ROOT, 'configs', 'mpp', 'fashion_mnist.py'), copied)
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit.plan', '--config', str(copied), '--topology', 'v5e:1x1',
+       '--json', '--config.batch_size=8'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 0, proc.stderr
+  report = json.loads(proc.stdout.strip().splitlines()[-1])
+  assert report['objective'] == 'mpp' and report['fits']
+
+
 def test_objectives_are_listed_by_help_and_by_the_error_for_another():
   """The objectives are those found beside vit/ (vit.objective.available); neither vit.plan nor
   study.report shows a --workdir it ignores (vit.cli.define_config_flags(workdir=False))."""
-  from vit import objective as objective_lib
   assert objective_lib.available() == ('mae', 'mpp', 'simmim', 'supervised')
   with pytest.raises(UserError, match=r'^--objective foo: no such objective; one of mae, mpp, '
                                       r'simmim, supervised \(or a module'):

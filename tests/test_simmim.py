@@ -168,7 +168,8 @@ def test_objective_interface_and_plan():
   assert obj.representation(params, batch['image']).shape == (2, 16)
   loss, metrics = obj.loss(params, batch, jax.random.key(1), True)
   assert float(metrics['masked_patches']) == 2 * 3 * 4  # ceil(0.6 * 4) of 4 blocks of 2x2.
-  assert plan.default_objective('configs/simmim/fashion_mnist.py') == 'simmim'
+  # vit.plan reads the objective from the config's section and compiles its step for a slice.
+  assert plan.config_objective(simmim_config.get_config(), 'c.py') == 'simmim'
   report = plan.plan(config, 'v5e:2x2', 'simmim')
   assert report['fits'] and report['flops_per_step'] > 0
   config.simmim.mask_patch_size = 6

@@ -60,9 +60,9 @@ _TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice as VERSION:AxBxC, e
 _OBJECTIVE = flags.DEFINE_string('objective', None,
                                  'The objective whose step to compile: its package (one of '
                                  f'{", ".join(objective_lib.available())}) or module '
-                                 '(vit.objective.resolve); default: the package a config under '
-                                 'configs/PACKAGE/ names when it defines one, supervised '
-                                 'otherwise.')
+                                 '(vit.objective.resolve); default: read from the config, the '
+                                 'objective whose section it carries (config.mpp: mpp), '
+                                 'supervised for a config of none (a classifier).')
 _JSON = flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
 _SEARCH = flags.DEFINE_bool('search', False,
                             'Try data parallel, then fsdp=2,4,..., then each with remat, and '
@@ -299,17 +299,31 @@ def format_report(r: dict) -> str:
   ])
 
 
-def default_objective(config_path: str) -> str:
-  """The objective a config file trains: configs/PACKAGE/... names PACKAGE when that package
-  defines one (vit.objective.resolve); the classification configs (configs/supervised,
-  finetune, ablations) and any other file train 'supervised'."""
-  match = re.search(r'(?:^|/)configs/(\w+)/', config_path or '') or re.match(
-      r'(\w+)/', config_path or '')
-  if match:
-    try:
-      return objective_lib.resolve(match.group(1)).name
-    except ValueError:
-      pass
+def config_objective(config, source: str) -> str:
+  """The objective a config trains, read from its contents, wherever the file lies: the one
+  whose section it carries (config.mpp: 'mpp'; vit.config.sections), 'supervised' for a
+  classifier's config, which carries none and sets config.model.num_classes.
+
+  Raises UserError, one line naming `source` (the config file) and the keys looked for, for a
+  config without config.model (not a trainer's: a study's, say), one with several sections,
+  or one with none and no config.model.num_classes (neither a pretraining nor a
+  classification config: --objective says which to plan).
+  """
+  if 'model' not in config:
+    raise UserError(f'--config {source}: has no config.model, so it is no trainer\'s config '
+                    '(vit.plan plans the configs of mpp.train, supervised.train, ...)')
+  found = sorted(config_lib.sections(config))
+  if len(found) > 1:
+    raise UserError(f'--config {source}: carries config.{found[0]} and config.{found[1]}, the '
+                    'sections of two objectives; keep one, or pass --objective')
+  if found:
+    return found[0]
+  if config.model.get('num_classes') is None:
+    sectioned = [name for name in objective_lib.available()
+                 if objective_lib.resolve(name).section is not None]
+    raise UserError(f'--config {source}: no objective section (config.'
+                    f'{", config.".join(sectioned)}) and no config.model.num_classes for a '
+                    'classifier, so no objective to plan; add one, or pass --objective')
   return 'supervised'
 
 
@@ -328,7 +342,7 @@ def main(argv):
   if _TOPOLOGY.value is None:
     raise UserError('--topology is required, e.g. --topology v5p:4x4x4')
   path = config_flags.get_config_filename(flags.FLAGS['config'])
-  objective = _OBJECTIVE.value or default_objective(path)
+  objective = _OBJECTIVE.value or config_objective(_CONFIG.value, path)
   check_objective(objective)
   if _SEARCH.value:
     report = search(_CONFIG.value, _TOPOLOGY.value, objective,
