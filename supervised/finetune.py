@@ -40,28 +40,10 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ModelSpec, init_spec.Che
   if not config.init:
     raise ConfigError('init', config.init, f'set the weights to start from: {INIT_FORMATS}')
   ckpt = init_spec.load(config.init)
-  merged = init_spec.merge_model(config.model, ckpt.model, config.init)
-  if config.data.channels != ckpt.channels:
-    raise ConfigError('data.channels', config.data.channels,
-                      f'the checkpoint {config.init} takes {ckpt.channels}-channel images')
-  for key in init_spec.BACKBONE_KEYS:
-    _assign(config.model, key, _lookup(merged, key))
+  init_spec.adopt_backbone(config, ckpt.model, ckpt.channels, config.init)
   m = config_lib.validate(config)
   train.check_classes(config, m)
   return m, ckpt
-
-
-def _lookup(d: dict, dotted: str):
-  for part in dotted.split('.'):
-    d = d[part]
-  return tuple(d) if isinstance(d, list) else d
-
-
-def _assign(cfg: ml_collections.ConfigDict, dotted: str, value) -> None:
-  *parents, leaf = dotted.split('.')
-  for part in parents:
-    cfg = cfg[part]
-  cfg[leaf] = value
 
 
 def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:

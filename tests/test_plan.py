@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from vit import config as config_lib, objective as objective_lib, plan
@@ -153,6 +155,46 @@ def test_objectives_are_listed_by_help_and_by_the_error_for_another():
   assert 'its package (one of mae, mpp, simmim, supervised)' in ' '.join(plan_help.split())
   assert '--config' in plan_help and '--config' in report_help
   assert '--workdir' not in plan_help and '--workdir' not in report_help
+
+
+def test_fine_tuning_config_is_planned_with_the_backbone_of_its_init(tmp_path):
+  """configs/finetune/ leave the model's sizes to config.init: the plan reads the checkpoint,
+  as supervised.finetune does (it refused such a config: model.patches.size not set)."""
+  import flax.linen as nn
+  from configs.finetune import fashion_mnist as finetune_config
+  from vit.formats import vit_jax
+  from vit.models.spec import ModelSpec
+
+  def spec(num_classes):
+    m = config_lib.model_defaults().to_dict()
+    m.update(patches=dict(size=(4, 4)), hidden_size=32, num_classes=num_classes)
+    m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
+    return ModelSpec.from_dict(m)
+
+  def count(m, size):
+    init = lambda rng: config_lib.build_model(m).init(rng, jnp.zeros((1, size, size, 3)),
+                                                      train=False)
+    shapes = jax.eval_shape(init, jax.random.key(0))
+    return sum(x.size for x in jax.tree.leaves(nn.unbox(shapes['params'])))
+
+  net = config_lib.build_model(spec(7))
+  vit_jax.save(jax.device_get(nn.unbox(net.init(
+      jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)['params'])),
+      str(tmp_path / 'tiny.npz'))
+  config = finetune_config.get_config()
+  config.init = f'vit_jax:{tmp_path / "tiny.npz"}'
+  r = plan.plan(config, 'v5e:1x1', 'supervised')
+  # The checkpoint's backbone at the config's 32 px (8x8 patches) with its 10-class head.
+  assert r['fits'] and r['params'] == count(spec(10), 32)
+  assert config.init and config.model.hidden_size is None  # The caller's config is untouched.
+  config.model.hidden_size = 64
+  with pytest.raises(UserError, match=r'config.model conflicts with vit_jax:.*tiny.npz: '
+                                      r'model.hidden_size: config 64 vs checkpoint 32'):
+    plan.plan(config, 'v5e:1x1', 'supervised')
+  with pytest.raises(ConfigError, match=r"^config.init='vit_jax:.*': read only by "
+                                        r'supervised.finetune; the mpp objective starts from a '
+                                        r'random initialisation'):
+    plan.plan(config, 'v5e:1x1', 'mpp')
 
 
 def test_search_candidates_go_from_least_to_most_communication():

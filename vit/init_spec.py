@@ -40,7 +40,8 @@ from vit.formats import registry
 from vit.formats.tree import check_finite, flatten
 from vit.models import vit as vit_model
 from vit.models.spec import ModelSpec
-from vit.transfer import BACKBONE_KEYS, HEAD_KEYS, adapt_params, merge_model  # noqa: F401
+from vit.transfer import (BACKBONE_KEYS, HEAD_KEYS, adopt_backbone,  # noqa: F401 (re-exported)
+                          adapt_params, merge_model)
 
 # Pretraining workdirs: params['backbone'] is the ViT; the objective's own top-level parameters
 # beside it tell them apart (mpp/, mae/, simmim/ objective.py).

@@ -10,6 +10,11 @@ outputs, temporaries) against the chip's, FLOPs per step, and a roofline step ti
 max(FLOPs / peak FLOP/s, HBM bytes / HBM bandwidth) per device. Communication is not in the
 roofline, so the step time is a lower bound and the MFU an upper bound.
 
+A fine-tuning config's `config.init` is read as supervised.finetune reads it: the checkpoint is
+loaded on this host and its backbone planned with the config's head (its sizes are the
+checkpoint's, which such a config leaves unset); a pretraining objective refuses an init, as
+its trainer does.
+
 `--search` tries meshes from the least communication to the most and reports the first that
 fits: plain data parallelism, then fsdp=2, 4, ... (state split ZeRO-3 style), then the same
 with `model.remat=True`; each try is one compile, so a search costs a few.
@@ -31,7 +36,7 @@ from absl import flags
 from jax.experimental import topologies
 from ml_collections import config_flags
 
-from vit import cli, config as config_lib, objective as objective_lib, sharding
+from vit import cli, config as config_lib, init_spec, objective as objective_lib, sharding
 from vit.errors import UserError
 from vit.models.spec import ModelSpec
 from vit.training import optimizers, sharded
@@ -151,8 +156,29 @@ def compile_step(config, devices, objective: str):
     return step.lower(state, batch).compile(), mesh, params
 
 
+def with_init(config, objective: str):
+  """`config` with the backbone of its config.init written into config.model and the init
+  cleared (a copy; `config` itself without one): the model that supervised.finetune trains
+  from it, whose sizes the checkpoint gives and a fine-tuning config leaves unset. The
+  checkpoint is loaded on this host (vit.init_spec.load). UserError for an init that does not
+  load or disagrees with the config (vit.init_spec.adopt_backbone), and for one under an
+  objective whose trainer starts from a random initialisation (vit.config.check_no_init)."""
+  if not config.get('init'):
+    return config
+  name = objective_lib.resolve(objective).name
+  if name != 'supervised':
+    config_lib.check_no_init(config, trainer=f'the {name} objective')
+  ckpt = init_spec.load(config.init)
+  config = config.copy_and_resolve_references()
+  init_spec.adopt_backbone(config, ckpt.model, ckpt.channels, config.init)
+  config.init = None
+  return config
+
+
 def plan(config, topology: str, objective: str) -> dict:
-  """The report as plain data (see the module docstring)."""
+  """The report as plain data (see the module docstring); a config.init is read first
+  (`with_init`)."""
+  config = with_init(config, objective)
   devices, chip = topology_devices(topology)
   hbm, peak, bandwidth = chip.hbm_bytes, chip.peak_bf16_flops, chip.hbm_bandwidth
   report = dict(topology=topology, objective=objective, devices=len(devices),
@@ -207,6 +233,7 @@ def candidates(devices: int) -> list[dict]:
 
 def search(config, topology: str, objective: str, log=None) -> dict:
   """The report of the first candidate that fits, with every try listed under 'search'."""
+  config = with_init(config, objective)  # Once: each candidate's plan finds it read.
   devices = len(topology_devices(topology)[0])
   tried, report = [], None
   for candidate in candidates(devices):

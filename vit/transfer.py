@@ -72,6 +72,21 @@ def merge_model(config_model: ml_collections.ConfigDict, ckpt_model: ModelSpec,
   return merged
 
 
+def adopt_backbone(config: ml_collections.ConfigDict, ckpt_model: ModelSpec, channels: int,
+                   what: str) -> None:
+  """Writes the backbone of the checkpoint `what` (its `ckpt_model`, trained on `channels`-
+  channel images) into `config.model`, in place: the model that fine-tuning from it trains,
+  with the config's own head, dropout and dtype (`merge_model`). Raises UserError listing the
+  backbone keys the config sets to other values (`merge_model`), ConfigError naming
+  data.channels when the config's images have another channel count."""
+  merged = merge_model(config.model, ckpt_model, what)
+  if config.data.channels != channels:
+    raise ConfigError('data.channels', config.data.channels,
+                      f'the checkpoint {what} takes {channels}-channel images')
+  for key in BACKBONE_KEYS:
+    _assign(config.model, key, _get(merged, key))
+
+
 def _assign(d: dict, dotted: str, value) -> None:
   *parents, leaf = dotted.split('.')
   for part in parents:
