@@ -1,6 +1,7 @@
 """Training writes TensorBoard event files that TensorBoard's own reader understands."""
 import glob
 import os
+import shutil
 import subprocess
 import sys
 
@@ -98,3 +99,43 @@ def test_runs_table_labels_each_objective_by_what_it_measures(tmp_path):
       '| sup | 3 | 2 | 81.25% | - | - | 100 |',
       '| mpp | 3 | 2 | - | 43.75% | - | 100 |',
       '| px | 3 | 2 | - | - | 0.0625 | 100 |']
+
+
+def test_runs_table_shows_the_readable_runs_and_names_each_unreadable_one(tmp_path):
+  """One damaged run of several no longer refuses the whole table: the readable rows are
+  printed, and one line per run left out names its folder and why; the exit status is 1."""
+  from configs.supervised import fashion_mnist as supervised_config
+  config = supervised_config.get_config()
+  for name in ('good', 'no_events', 'damaged_events', 'no_checkpoint', 'damaged_checkpoint'):
+    _finished_run(tmp_path / name, config, {'eval/accuracy': 0.5})
+  for f in glob.glob(str(tmp_path / 'no_events' / 'events.out.tfevents.*')):
+    os.remove(f)
+  for f in glob.glob(str(tmp_path / 'damaged_events' / 'events.out.tfevents.*')):
+    with open(f, 'wb') as out:
+      out.write(b'not a record' * 8)
+  shutil.rmtree(tmp_path / 'no_checkpoint' / 'checkpoints')
+  for f in glob.glob(str(tmp_path / 'damaged_checkpoint' / 'checkpoints' / '2' / 'state' / '**'),
+                     recursive=True):
+    if os.path.isfile(f):
+      with open(f, 'wb') as out:
+        out.write(b'garbage')
+  names = ['good', 'no_events', 'damaged_events', 'no_checkpoint', 'damaged_checkpoint',
+           'missing']
+  proc = subprocess.run([sys.executable, '-m', 'vit.inspect.runs',
+                         *[str(tmp_path / n) for n in names]],
+                        cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 1, proc.stderr
+  assert proc.stdout.splitlines() == ['| run | parameters | steps | test accuracy | images/s |',
+                                      '|---|---:|---:|---:|---:|',
+                                      '| good | 3 | 2 | 50.00% | 100 |']
+  errors = proc.stderr.strip().splitlines()
+  assert len(errors) == 5, errors
+  expected = [('no_events', ': no TensorBoard event files'),
+              ('damaged_events', ': no scalar in its 1 event file(s) (damaged'),
+              ('no_checkpoint', ': no checkpoint found under'),
+              ('damaged_checkpoint', '/checkpoints: no checkpoint step could be read'),
+              ('missing', ': no such directory')]
+  for line, (name, reason) in zip(errors, expected):
+    assert line.startswith(f'error: {tmp_path / name}{reason}'), line
+    assert line.endswith('; left out of the table'), line

@@ -7,6 +7,10 @@ metric its objective is judged by, in a column named by what it measures: `test 
 (`eval/accuracy`) for a classifier, an MPP run's colour accuracy on corrupted patches, an MAE
 or SimMIM run's loss (`vit.objective.Definition.metrics`, chosen by the objective section of
 the run's saved config). docs/ablations.md is made with it.
+
+A run that cannot be read (not a directory, no event files or none with a scalar in them, no
+readable checkpoint) is left out: the table shows the others, and one line on stderr per run
+left out names its folder and the reason; the exit status is then 1.
 """
 from __future__ import annotations
 
@@ -25,7 +29,11 @@ from vit.errors import UserError
 
 
 def scalars(workdir: str) -> dict[str, dict[int, float]]:
-  """Every scalar a run logged, {tag: {step: value}}, read with TensorBoard's reader."""
+  """Every scalar a run logged, {tag: {step: value}}, read with TensorBoard's reader.
+
+  UserError naming `workdir` when it has no event files, or none holds a scalar: TensorBoard's
+  reader stops silently at a damaged record, so a file damaged from its start reads as empty.
+  """
   files = glob.glob(os.path.join(workdir, '**', 'events.out.tfevents.*'), recursive=True)
   if not files:
     raise UserError(f'{workdir}: no TensorBoard event files')
@@ -40,6 +48,9 @@ def scalars(workdir: str) -> dict[str, dict[int, float]]:
       values = {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
       if all(np.ndim(v) == 0 for v in values.values()):
         out.setdefault(tag, {}).update({s: float(v) for s, v in values.items()})
+  if not out:
+    raise UserError(f'{workdir}: no scalar in its {len(files)} event file(s) (damaged, or '
+                    'written before the first logged step)')
   return out
 
 
@@ -87,14 +98,33 @@ def _show(value, m: objective_lib.Metric) -> str:
   return f'{100 * value:.2f}%' if m.percent else f'{value:.4g}'
 
 
+def summarise_all(workdirs: list[str]) -> tuple[list[dict], list[str]]:
+  """(`summarise` of each readable workdir, in order; one line per workdir that is not, naming
+  it and the reason): one unreadable run does not hide the others."""
+  rows, left_out = [], []
+  for workdir in workdirs:
+    try:
+      if not os.path.isdir(workdir):
+        raise UserError(f'{workdir}: ' + ('not a directory' if os.path.exists(workdir)
+                                          else 'no such directory'))
+      rows.append(summarise(workdir))
+    except UserError as e:
+      reason = str(e)
+      left_out.append(reason if reason.startswith(workdir) else f'{workdir}: {reason}')
+  return rows, left_out
+
+
 def main(argv: list[str]) -> None:
   if len(argv) < 2 or argv[1] in ('-h', '--help'):
     print(__doc__.strip())
     sys.exit(0 if len(argv) > 1 else 2)
-  for workdir in argv[1:]:
-    if not os.path.isdir(workdir):
-      raise UserError(f'{workdir}: not a directory')
-  print(table([summarise(w) for w in argv[1:]]))
+  rows, left_out = summarise_all(argv[1:])
+  if rows:
+    print(table(rows), flush=True)
+  for line in left_out:
+    print(f'error: {line}; left out of the table', file=sys.stderr)
+  if left_out:
+    sys.exit(1)
 
 
 if __name__ == '__main__':
