@@ -202,6 +202,17 @@ _CONFIG_FILES = {
                      ':2: ValueError: no such size'),
     'returns_none.py': ('def get_config():\n  pass\n',
                         ': get_config() returned None (a missing return?)'),
+    'returns_dict.py': ('def get_config():\n  return {"batch_size": 8}\n',
+                        ": get_config() returned dict {'batch_size': 8}, not an "
+                        'ml_collections.ConfigDict (return ml_collections.ConfigDict(...), as '
+                        'the files under configs/ do)'),
+    'returns_list.py': ('def get_config():\n  return [1, 2]\n',
+                        ': get_config() returned list [1, 2], not an ml_collections.ConfigDict '
+                        '(return ml_collections.ConfigDict(...), as the files under configs/ do)'),
+    'returns_frozen.py': ('import ml_collections\n\ndef get_config():\n  return '
+                          'ml_collections.FrozenConfigDict({"batch_size": 8})\n',
+                          ': get_config() returned a FrozenConfigDict, which no override can '
+                          'change; return an ml_collections.ConfigDict'),
 }
 
 
@@ -230,6 +241,49 @@ def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, monke
   assert exit.value.code == 2 and len(lines) == 1, lines
   assert lines[0].startswith(f'error: --config {path}') and (
       lines[0].endswith(expected) if name != 'syntax.py' else expected in lines[0]), lines
+
+
+def test_a_config_that_is_no_config_dict_is_one_line_with_overrides_and_in_trainers(tmp_path):
+  """What get_config() returned is named also when config_flags fails first on an override
+  (it indexed None, a dict or a list: "list indices must be integers"); a ConfigDict built by
+  hand without the core keys was a KeyError traceback in the trainer."""
+  files = {'none.py': 'def get_config():\n  return None\n',
+           'dict.py': 'def get_config():\n  return {"batch_size": 8}\n',
+           'list.py': 'def get_config():\n  return [1]\n',
+           'empty.py': 'import ml_collections\n\ndef get_config():\n  return '
+                       'ml_collections.ConfigDict()\n'}
+  for name, source in files.items():
+    (tmp_path / name).write_text(source)
+  workdir = ['--workdir', str(tmp_path / 'run')]
+  cases = [
+      (['supervised.train', 'none.py', '--config.batch_size=4', *workdir],
+       'get_config() returned None (a missing return?)'),
+      (['supervised.train', 'dict.py', '--config.batch_size=4', *workdir],
+       "get_config() returned dict {'batch_size': 8}, not an ml_collections.ConfigDict"),
+      (['vit.plan', 'list.py', '--config.batch_size=4', '--topology=v5e:1x1'],
+       'get_config() returned list [1], not an ml_collections.ConfigDict'),
+      (['mpp.train', 'empty.py', *workdir],
+       "has no config.batch_size nor 78 other key(s) of vit.config.defaults(); a trainer's "
+       'config starts from them, as the files under configs/ do'),
+  ]
+  env = dict(os.environ, JAX_PLATFORMS='cpu')
+  procs = [subprocess.Popen([sys.executable, '-m', module, '--config', str(tmp_path / name),
+                             *args], cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+           for (module, name, *args), _ in cases]
+  try:
+    for proc, ((_, name, *_), expected) in zip(procs, cases):
+      _, stderr = proc.communicate(timeout=300)
+      assert proc.returncode == 2, stderr
+      lines = stderr.splitlines()
+      assert len(lines) == 1 and lines[0].startswith(
+          f'error: --config {tmp_path / name}: {expected}'), stderr
+  finally:  # A failed case leaves no process behind.
+    for proc in procs:
+      if proc.poll() is None:
+        proc.kill()
+        proc.communicate()
+  assert not (tmp_path / 'run').exists()
 
 
 def test_a_missing_config_flag_is_one_line(monkeypatch, capsys):

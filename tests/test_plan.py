@@ -123,8 +123,9 @@ def test_objective_is_read_from_the_config_not_its_folder(tmp_path):
                                       r'config.mpp, config.simmim\) and no '
                                       r'config.model.num_classes for a classifier'):
     plan.config_objective(neither, 'c.py')
-  with pytest.raises(UserError, match=r"^--config c.py: has no config.model, so it is no "
-                                      r"trainer's config"):
+  with pytest.raises(UserError, match=r"^--config c.py: has no config.batch_size nor \d+ other "
+                                      r"key\(s\) of vit.config.defaults\(\); a trainer's "
+                                      r"config starts from them"):
     plan.config_objective(demo.get_config(), 'c.py')
   copied = tmp_path / 'my_mpp.py'
   shutil.copy(os.path.join(ROOT, 'configs', 'mpp', 'fashion_mnist.py'), copied)

@@ -2,14 +2,17 @@
 console that shows the library's log messages."""
 from __future__ import annotations
 
+import importlib.util
 import logging as std_logging
 import os
+import reprlib
 import sys
 import traceback
 import warnings
 from typing import Callable
 
 import jax
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -166,6 +169,9 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail('--config is required: a config file, e.g. configs/supervised/fashion_mnist.py')
       if holder.value is None:
         raise ValueError(_RETURNED_NONE)
+      problem = _not_a_config_dict(holder.value, _config_source(default))
+      if problem:  # Named as get_config() returned it, before config_flags' overrides.
+        _fail_one_line(_returned(default) or problem)
       holder.value.to_dict()  # config_flags loads the file and applies overrides lazily.
   except Exception as e:  # noqa: BLE001 (the config file's own code may raise anything)
     _fail_config(e, _CONFIG_HOLDERS[0][1] if _CONFIG_HOLDERS else None)
@@ -174,13 +180,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def _check_objectives() -> None:
-  """Exits with status 2 after one line when --config is for another objective than the
-  trainer's (the `objective` of define_config_flags), or sets config.init for a trainer that
-  does not read it (not `reads_init`)."""
+  """Exits with status 2 after one line when --config lacks keys of vit.config.defaults(), is
+  for another objective than the trainer's (the `objective` of define_config_flags), or sets
+  config.init for a trainer that does not read it (not `reads_init`)."""
   for holder, default_config, objective, reads_init in _CONFIG_HOLDERS:
     if objective is None:
       continue
     try:
+      config_lib.check_core_keys(holder.value, source=_config_source(default_config))
       config_lib.check_objective(holder.value, objective, source=_config_source(default_config),
                                  trainer=_program(), example=default_config)
       if not reads_init:
@@ -199,10 +206,9 @@ def _program() -> str:
 def _fail_config(e: Exception, default_config: str | None) -> None:
   """Exits with status 2 after one line for a config file that does not load (`_config_file`),
   a bad flag or an unknown --config.* key (`_fail_override`); raises anything else."""
-  problem = _config_file(e, _config_path(default_config))
+  problem = _config_file(e, _config_path(default_config)) or _returned(default_config)
   if problem is not None:
-    print(f'error: {problem}', file=sys.stderr)
-    sys.exit(2)
+    _fail_one_line(problem)
   if isinstance(e, flags.Error):
     _fail(str(e))
   if isinstance(e, (AttributeError, KeyError, OSError, ValueError, TypeError)):
@@ -254,6 +260,44 @@ def _config_file(e: BaseException, path: str | None) -> str | None:
   return None
 
 
+def _returned(default_config: str | None) -> str | None:
+  """`_not_a_config_dict` of what the config file's get_config() returns, loaded again: an
+  error of config_flags (applying an override to a dict, locking a FrozenConfigDict) does not
+  say that get_config() returned no ConfigDict. None when it did, or when it does not load."""
+  source = _config_source(default_config)
+  if not source:
+    return None
+  path, sep, argument = source.partition(':')  # As config_flags: FILE[:ARG for get_config].
+  try:
+    spec = importlib.util.spec_from_file_location('vit_cli_config_check', path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    value = module.get_config(*([argument] if sep else []))
+  except Exception:  # noqa: BLE001 (the file's own errors are `_config_file`'s to name)
+    return None
+  return _not_a_config_dict(value, source)
+
+
+def _not_a_config_dict(value, source: str | None) -> str | None:
+  """'--config FILE: get_config() returned a dict ..., not an ml_collections.ConfigDict' when
+  `value`, what get_config() returned, is not a mutable ConfigDict (the entry points lock it,
+  override its keys and fill them in); None when it is one."""
+  if isinstance(value, ml_collections.ConfigDict) and not isinstance(
+      value, ml_collections.FrozenConfigDict):
+    return None
+  if value is None:
+    return f'--config {source}: get_config() returned None (a missing return?)'
+  if isinstance(value, ml_collections.FrozenConfigDict):
+    return (f'--config {source}: get_config() returned a FrozenConfigDict, which no override '
+            'can change; return an ml_collections.ConfigDict')
+  brief = reprlib.Repr()  # One line, whatever get_config() returned.
+  brief.maxlevel, brief.maxdict, brief.maxlist, brief.maxstring, brief.maxother = 2, 3, 3, 30, 30
+  shown = ' '.join(brief.repr(value).split())
+  return (f'--config {source}: get_config() returned {type(value).__name__} {shown}, not an '
+          'ml_collections.ConfigDict (return ml_collections.ConfigDict(...), as the files '
+          'under configs/ do)')
+
+
 def _chain(e: BaseException | None):
   seen = set()
   while e is not None and id(e) not in seen:
@@ -294,6 +338,11 @@ def _one_line(e: Exception) -> str:
     e = e.args[0]
   text = e.args[0] if e.args and isinstance(e.args[0], str) else str(e)
   return ' '.join(part.strip(' \'"') for part in text.splitlines() if part.strip())
+
+
+def _fail_one_line(message: str) -> None:
+  print(f'error: {message}', file=sys.stderr)
+  sys.exit(2)
 
 
 def _fail(message: str) -> None:

@@ -225,6 +225,20 @@ def _default_keys() -> tuple[frozenset[str], frozenset[str]]:
   return frozenset(defaults().keys()), frozenset(_flat_keys(defaults()))
 
 
+def check_core_keys(config: ml_collections.ConfigDict, *, source: str) -> None:
+  """Refuses a config that lacks keys of `defaults()` (one built by hand rather than from
+  them), before anything reads it and fails on the first one with a KeyError. Raises
+  UserError, one line naming `source` (the config file) and the first key missing."""
+  have = set(_flat_keys(config))
+  missing = sorted(k for k in _default_keys()[1] if k not in have
+                   and not any(h.startswith(k + '.') for h in have))
+  if missing:
+    others = f' nor {len(missing) - 1} other key(s)' if len(missing) > 1 else ''
+    raise UserError(f'--config {source}: has no config.{missing[0]}{others} of '
+                    'vit.config.defaults(); a trainer\'s config starts from them, as the files '
+                    'under configs/ do')
+
+
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
   known = dict.fromkeys(_default_keys()[1])
   for name, definition in sections(config).items():

@@ -332,13 +332,11 @@ def config_objective(config, source: str) -> str:
   classifier's config, which carries none and sets config.model.num_classes.
 
   Raises UserError, one line naming `source` (the config file) and the keys looked for, for a
-  config without config.model (not a trainer's: a study's, say), one with several sections,
+  config without the keys of vit.config.defaults() (a study's, say), one with several sections,
   or one with none and no config.model.num_classes (neither a pretraining nor a
   classification config: --objective says which to plan).
   """
-  if 'model' not in config:
-    raise UserError(f'--config {source}: has no config.model, so it is no trainer\'s config '
-                    '(vit.plan plans the configs of mpp.train, supervised.train, ...)')
+  config_lib.check_core_keys(config, source=source)
   found = sorted(config_lib.sections(config))
   if len(found) > 1:
     raise UserError(f'--config {source}: carries config.{found[0]} and config.{found[1]}, the '
