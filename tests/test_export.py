@@ -148,14 +148,22 @@ def test_hf_export_over_a_sharded_folder_removes_the_old_shards(run, tmp_path):
 
 
 def test_refusals_name_the_formats_that_do_hold_the_model(run, tmp_path):
-  from vit.formats import timm as timm_format
+  from vit.formats import hf as hf_format, registry
   _, m, params, _ = run
   imagenet = Pixels(rescale=1 / 255, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
   with pytest.raises(UserError, match=r'LayerNorm epsilon 1e-12 \(timm: 1e-6\); export with '
                                       r'--format hf$'):  # vit_jax holds neither.
-    timm_format.check_expressible(params, m.replace(layer_norm_epsilon=1e-12, pixels=imagenet))
+    registry.check_expressible('timm', params,
+                               m.replace(layer_norm_epsilon=1e-12, pixels=imagenet))
   with pytest.raises(UserError, match=r'\(pre_logits\); export with --format vit_jax$'):
-    timm_format.check_expressible(dict(params, pre_logits={}), m)
+    registry.check_expressible('timm', dict(params, pre_logits={}), m)
+  # vit_jax cannot state ImageNet's normalisation; hf and timm can, and vit.export says so
+  # (it said hf alone whatever the model).
+  hf_format.save(params, str(tmp_path / 'imagenet'), m.replace(pixels=imagenet))
+  with pytest.raises(UserError, match=r'^--format vit_jax: the .npz layout cannot hold input '
+                                      r'normalisation .*; export with --format hf or timm$'):
+    export.export(f'hf:{tmp_path / "imagenet"}', 'vit_jax', str(tmp_path / 'm.npz'))
+  assert not (tmp_path / 'm.npz').exists()
   with pytest.raises(UserError, match=r'^--checkpoint nope: directory not found \(a trainer '):
     export.export('nope', 'hf', str(tmp_path / 'o'))
 

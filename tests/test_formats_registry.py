@@ -9,7 +9,7 @@ import pytest
 
 from vit import config as config_lib, init_spec
 from vit.errors import UserError
-from vit.formats import hf, table, timm
+from vit.formats import hf, registry, table, timm, vit_jax
 from vit.formats.registry import FORMATS, Format
 from vit.formats.tree import flatten, unflatten
 from vit.models.spec import ModelSpec
@@ -93,4 +93,42 @@ def test_timm_names_a_hybrids_stem_and_the_format_that_holds_it():
   m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
   with pytest.raises(UserError, match=r"^--format timm: timm's VisionTransformer has no ResNet "
                                       r'stem \(hybrid R\+ViT\); export with --format vit_jax$'):
-    timm.check_expressible(params, ModelSpec.from_dict(m))
+    registry.check_expressible('timm', params, ModelSpec.from_dict(m))
+  m['gelu_approximate'] = False  # Nor can the .npz hold this one.
+  with pytest.raises(UserError, match=r'^--format hf: hybrid R\+ViT models have no transformers '
+                                      r'ViT equivalent; no other format \(vit_jax, timm\) '
+                                      r'holds it either$'):
+    registry.check_expressible('hf', params, ModelSpec.from_dict(m))
+
+
+def _model(**kw) -> ModelSpec:
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(4, 4)), hidden_size=32, num_classes=5, **kw)
+  m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
+  return ModelSpec.from_dict(m)
+
+
+def test_a_vit_jax_refusal_suggests_only_the_formats_that_hold_the_model():
+  """The .npz refusal suggested --format hf whatever the model: for a pooled (gap) model hf
+  refuses too. Each suggestion is a format whose own check accepts the model, or none."""
+  params = _random_tree(head=True)
+  exact = _model(gelu_approximate=False)
+  vit_jax.check_expressible(params, _model())  # The official ViT: every format holds it.
+  for fmt in FORMATS.values():
+    fmt.check_expressible(params, _model())
+  with pytest.raises(UserError, match=r'^--format vit_jax: the .npz layout cannot hold exact '
+                                      r'\(erf\) GELU .*, so the logits would change; export '
+                                      r'with --format hf or timm$'):
+    registry.check_expressible('vit_jax', params, exact)
+  pooled = {k: v for k, v in params.items() if k != 'cls'}  # classifier='gap': no class token.
+  with pytest.raises(UserError, match=r'^--format vit_jax: .*exact \(erf\) GELU.*; no other '
+                                      r'format \(hf, timm\) holds it either$'):
+    registry.check_expressible('vit_jax', pooled, _model(gelu_approximate=False,
+                                                          classifier='gap'))
+  # A format checked alone names only what it cannot hold.
+  with pytest.raises(UserError, match=r'so the logits would change$'):
+    vit_jax.check_expressible(params, exact)
+  with pytest.raises(UserError, match=r'\(pre_logits: a model fine-tuned without '
+                                      r'model.representation_size has none\); export with '
+                                      r'--format vit_jax$'):
+    registry.check_expressible('hf', dict(params, pre_logits={}), _model())

@@ -4,7 +4,8 @@
 `vit_jax`: the official .npz (flat '/'-joined parameter names), loadable by the official
 vision_transformer code and by `--config.init=vit_jax:PATH`; a model the .npz cannot state
 (exact GELU, another LayerNorm epsilon or input normalisation) is refused, naming what would be
-lost. `hf`: a directory with config.json + model.safetensors + preprocessor_config.json that
+lost and the formats that do hold it (vit.formats.registry.check_expressible). `hf`: a
+directory with config.json + model.safetensors + preprocessor_config.json that
 `transformers.ViTForImageClassification.from_pretrained` and `ViTImageProcessor` load with the
 same logits (`ViTModel` for a headless MPP backbone). `timm`: a directory with model.safetensors
 + config.json (architecture, model_args, pretrained_cfg) that timm's VisionTransformer loads
@@ -26,6 +27,7 @@ from absl import flags
 
 from vit import atomic_write, checkpoints, cli, init_spec
 from vit.errors import UserError
+from vit.formats import registry
 from vit.formats.registry import FORMATS
 
 logger = logging.getLogger(__name__)
@@ -51,7 +53,8 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
     raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file')
   if not writer.SUFFIX and os.path.isfile(out):
     raise UserError(f'--out {out}: an {fmt} export is a directory, and this is a file')
-  writer.check_expressible(ckpt.params, ckpt.model)  # Before anything is written.
+  # Before anything is written; a refusal names the formats that do hold the model.
+  registry.check_expressible(fmt, ckpt.params, ckpt.model)
   stated = dict(model=ckpt.model, class_names=ckpt.class_names, image_size=ckpt.image_size,
                 view=ckpt.view)
   if writer.SUFFIX:

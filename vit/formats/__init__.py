@@ -8,7 +8,7 @@ Every format module keeps one contract (`vit.formats.registry.Format`; the regis
   keys in `config.model`'s nested layout, which `vit.init_spec` upgrades into the spec);
 * `check_expressible(params, model)`: refuses, in one line, a model (a
   `vit.models.ModelSpec`; None: the official defaults) the format cannot express without
-  changing the function;
+  changing the function (`registry.check_expressible` adds which other formats hold it);
 * `save(params, out, model=None, *, class_names=None, image_size=None, view=None)`: writes
   what `load` reads back bitwise, after `check_expressible`;
 * `SUFFIX`: '.npz' for a one-file format, None for a directory.

@@ -274,17 +274,17 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   """UserError naming what transformers' ViT cannot compute the same way: a ResNet stem,
   global average pooling, a representation layer before the classifier, position embeddings
   other than learned 1D ones, axial attention. `model`: the resolved model (None: the
-  official defaults)."""
+  official defaults). Which other formats hold it is `vit.formats.registry.check_expressible`'s
+  to say."""
   if model and model.resnet:
-    raise UserError('--format hf: hybrid R+ViT models have no transformers ViT equivalent; '
-                    'use --format vit_jax')
+    raise UserError('--format hf: hybrid R+ViT models have no transformers ViT equivalent')
   if 'cls' not in params:
     raise UserError('--format hf: transformers ViT classifies from the class token; this '
                     'model uses global average pooling (model.classifier=gap)')
   if 'head' in params and 'pre_logits' in params:
     raise UserError('--format hf: ViTForImageClassification has no representation layer '
-                    '(pre_logits); fine-tune without model.representation_size, or export '
-                    'with --format vit_jax')
+                    '(pre_logits: a model fine-tuned without model.representation_size has '
+                    'none)')
   kind, attention = posemb(params, model), model.attention if model else 'global'
   if kind != 'learned_1d' or attention != 'global':
     raise UserError(f'--format hf: transformers ViT has learned 1D position embeddings and '

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Optional, Protocol, Sequence
 
+from vit.errors import UserError
 from vit.formats import hf, timm, vit_jax
 from vit.formats.tree import Params, Read
 from vit.models.spec import ModelSpec
@@ -27,7 +28,8 @@ class Format(Protocol):
 
   def check_expressible(self, params: Params, model: Optional[ModelSpec]) -> None:
     """UserError ('--format NAME: ...', one line) naming what the format cannot hold of this
-    tree and resolved model (None: the official defaults) without changing its logits."""
+    tree and resolved model (None: the official defaults) without changing its logits; not
+    which other format would (`check_expressible` below says that)."""
 
   def save(self, params: Params, out: str, model: Optional[ModelSpec] = None, *,
            class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
@@ -38,3 +40,26 @@ class Format(Protocol):
 
 
 FORMATS: dict[str, Format] = {'vit_jax': vit_jax, 'hf': hf, 'timm': timm}
+
+
+def check_expressible(name: str, params: Params, model: Optional[ModelSpec]) -> None:
+  """FORMATS[name].check_expressible, its one-line refusal ending with the formats that do
+  hold the model ('; export with --format hf or timm'), only those whose own check accepts
+  it, or saying that none does. A format knows what it cannot hold; only here are the others
+  known (each suggested its favourite before, which could refuse the model too)."""
+  try:
+    FORMATS[name].check_expressible(params, model)
+  except UserError as e:
+    others = [other for other in FORMATS if other != name]
+    holders = [other for other in others if _holds(FORMATS[other], params, model)]
+    raise UserError(f'{e}; ' + (f'export with --format {" or ".join(holders)}' if holders else
+                                f'no other format ({", ".join(others)}) holds it either')
+                    ) from None
+
+
+def _holds(fmt: Format, params: Params, model: Optional[ModelSpec]) -> bool:
+  try:
+    fmt.check_expressible(params, model)
+  except UserError:
+    return False
+  return True

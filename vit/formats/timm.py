@@ -23,7 +23,7 @@ import numpy as np
 
 from vit.data import transforms
 from vit.errors import UserError, require_directory
-from vit.formats import hf, safetensors_dir, table, vit_jax
+from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, fused, zeros
 from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, class_row_posemb, input_pixels,
@@ -212,8 +212,9 @@ def load(path: str) -> Read:
 
 
 def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
-  """UserError naming what timm's VisionTransformer could not compute the same way (and the
-  formats that do hold the model). `model`: the resolved model (None: official defaults)."""
+  """UserError naming what timm's VisionTransformer could not compute the same way. `model`:
+  the resolved model (None: official defaults). Which other formats hold it is
+  `vit.formats.registry.check_expressible`'s to say."""
   lost = []
   if model and model.resnet:
     lost.append('ResNet stem (hybrid R+ViT)')
@@ -227,25 +228,11 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   if kind != 'learned_1d' or attention != 'global':
     lost.append(f'posemb {kind} / {attention} attention')
   if lost:
-    raise UserError('--format timm: timm\'s VisionTransformer has no ' + ', '.join(lost) +
-                    _formats_that_hold(params, model))
+    raise UserError('--format timm: timm\'s VisionTransformer has no ' + ', '.join(lost))
   px = input_pixels(model)
   if abs(px.rescale - OFFICIAL_PIXELS.rescale) > 1e-12:
     raise UserError(f'--format timm: timm scales pixels by 1/255, this model by '
-                    f'{px.rescale:g}; export with --format hf')
-
-
-def _formats_that_hold(params: Params, model: Optional[ModelSpec]) -> str:
-  """'; export with --format ...' naming only the formats whose writers accept the model."""
-  accept = []
-  for name, fmt in (('hf', hf), ('vit_jax', vit_jax)):
-    try:
-      fmt.check_expressible(params, model)
-      accept.append(name)
-    except UserError:
-      pass
-  return (f'; export with --format {" or ".join(accept)}' if accept else
-          '; neither --format hf nor vit_jax holds it either: keep the workdir')
+                    f'{px.rescale:g}')
 
 
 def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,

@@ -153,7 +153,8 @@ _IMPLIED = {'gelu_approximate': (True, lambda v: 'exact (erf) GELU'),
 
 def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   """UserError naming what an official-layout .npz of `model` could not hold (the tree itself
-  it holds whole). `model`: the resolved model (None: the official defaults)."""
+  it holds whole). `model`: the resolved model (None: the official defaults). Which other
+  formats hold it is `vit.formats.registry.check_expressible`'s to say."""
   values = {key: getattr(model, key) if model else implied
             for key, (implied, _) in _IMPLIED.items()}
   values['posemb'] = posemb(params, model)  # Readers refuse a tree without the learned table.
@@ -162,7 +163,7 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   if lost:
     raise UserError('--format vit_jax: the .npz layout cannot hold ' + ', '.join(lost) +
                     ' (readers assume tanh GELU, LayerNorm epsilon 1e-6, inputs x / 127.5 - 1)'
-                    ', so the logits would change; export with --format hf')
+                    ', so the logits would change')
 
 
 def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
