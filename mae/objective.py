@@ -282,6 +282,7 @@ def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
   """config.mae against the resolved model `m`; ConfigError naming the key.
   `vit.config.validate` calls it for every config that carries a `mae` section."""
   c = config.mae
+  objective_lib.check_pixel_encoder(m, 'MAE')
   if not 0.0 < c.mask_ratio < 1.0:
     raise ConfigError('mae.mask_ratio', c.mask_ratio, 'must be in (0, 1)')
   n = math.prod(config_lib.token_grid(config, m))
@@ -307,6 +308,13 @@ def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
                       m.posemb if m.posemb == 'relative' else m.attention,
                       'MAE\'s encoder drops patches, which relative position biases and axial '
                       'attention (defined on the whole grid) cannot follow')
+  values = math.prod(m.patch_size) * config.data.channels
+  if c.norm_pix_loss and values < 2:
+    # The unbiased variance of one value is 0 / 0: every target, and so the loss, is NaN.
+    raise ConfigError('mae.norm_pix_loss', c.norm_pix_loss,
+                      f'normalises each patch by its variance, but a {m.patch_size} patch of '
+                      f'{config.data.channels} channel(s) holds one value; set it False or '
+                      'use larger patches')
   if c.eval_examples < 0:
     raise ConfigError('mae.eval_examples', c.eval_examples, 'must be >= 0')
 

@@ -233,6 +233,7 @@ def validate(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
   """Checks config.mpp against the resolved model `m` and the data; ConfigError naming the key.
   `vit.config.validate` calls it for every config that carries an `mpp` section."""
   mpp, channels = config.mpp, config.data.channels
+  objective_lib.check_pixel_encoder(m, 'MPP')
   if mpp.target not in TARGETS:
     raise ConfigError('mpp.target', mpp.target, f'must be one of {", ".join(TARGETS)}')
   if not 0.0 < mpp.corruption_rate <= 1.0:

@@ -209,13 +209,26 @@ def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
   """config.simmim against the resolved model `m`; ConfigError naming the key.
   `vit.config.validate` calls it for every config that carries a `simmim` section."""
   c = config.simmim
-  if not 0.0 < c.mask_ratio <= 1.0:
-    raise ConfigError('simmim.mask_ratio', c.mask_ratio, 'must be in (0, 1]')
+  objective_lib.check_pixel_encoder(m, 'SimMIM')
+  # 1 would mask every patch: the encoder would see no pixel at all.
+  if not 0.0 < c.mask_ratio < 1.0:
+    raise ConfigError('simmim.mask_ratio', c.mask_ratio, 'must be in (0, 1)')
   patch = m.patch_size
   if (not isinstance(c.mask_patch_size, int) or c.mask_patch_size < 1
       or any(c.mask_patch_size % p for p in patch)):
     raise ConfigError('simmim.mask_patch_size', c.mask_patch_size,
                       f'must be a positive multiple of the patch size {patch}')
+  spec = Spec.from_config(config, m)
+  blocks = spec.blocks[0] * spec.blocks[1]
+  if blocks < 2:
+    raise ConfigError('simmim.mask_patch_size', c.mask_patch_size,
+                      f'leaves one mask block in the {config.image_size}-px image, which is '
+                      'masked whole; use blocks smaller than the image')
+  if spec.masked_blocks >= blocks:
+    raise ConfigError('simmim.mask_ratio', c.mask_ratio,
+                      f'masks all {blocks} blocks of {c.mask_patch_size} px (it masks '
+                      'ceil(blocks * mask_ratio)), so the encoder sees no pixel; lower it or '
+                      'use smaller simmim.mask_patch_size')
   if c.eval_examples < 0:
     raise ConfigError('simmim.eval_examples', c.eval_examples, 'must be >= 0')
 

@@ -141,6 +141,41 @@ def test_config_errors_name_the_key():
     objective.check_config(config, config_lib.validate(config))
 
 
+def test_a_backbone_the_checkpoint_cannot_describe_is_refused():
+  """Issue 27: the encoder is built with a class token whatever model.classifier says, and
+  the saved config is what fine-tuning reads, so 'gap' is refused (token and unpooled pass);
+  a hybrid's tokens cover the ResNet stride, not the patches the targets are cut into."""
+  for classifier in ('token', 'unpooled'):
+    config = _tiny()
+    config.model.classifier = classifier
+    config_lib.validate(config)
+  config = _tiny()
+  config.model.classifier = 'gap'
+  with pytest.raises(ConfigError, match=r"config.model.classifier='gap': MAE pretrains an "
+                     'encoder with a class token'):
+    config_lib.validate(config)
+  config = _tiny(image=32)
+  config.model.resnet.num_layers, config.model.patches.size = (1, 1, 1), (1, 1)
+  with pytest.raises(ConfigError, match=r'config.model.resnet.num_layers=\(1, 1, 1\): MAE '
+                     'predicts the pixels of each model.patches.size patch'):
+    config_lib.validate(config)
+
+
+def test_norm_pix_loss_on_patches_of_one_value_is_refused():
+  """The unbiased variance of one value is 0/0: every target is NaN, so is every loss."""
+  spec = objective.Spec((1, 1), (2, 2), 0.75, norm_pix_loss=True)
+  assert np.isnan(np.asarray(objective.targets(spec, jnp.ones((1, 2, 2, 1))))).all()
+  config = _tiny()
+  config.model.patches.size, config.data.channels = (1, 1), 1
+  with pytest.raises(ConfigError, match=r'config.mae.norm_pix_loss=True: normalises each patch '
+                     r'by its variance, but a \(1, 1\) patch of 1 channel\(s\) holds one value'):
+    config_lib.validate(config)
+  config.mae.norm_pix_loss = False
+  config_lib.validate(config)
+  config.mae.norm_pix_loss, config.data.channels = True, 3  # Three values: a variance.
+  config_lib.validate(config)
+
+
 def _run(workdir, *extra):
   return commands.train_tiny('mae', workdir, '--config.mae.decoder.hidden_size=8',
                              '--config.mae.decoder.num_layers=1',

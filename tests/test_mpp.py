@@ -231,6 +231,22 @@ def test_config_errors_name_the_key(key, value, message):
   assert message in str(e.value)
 
 
+def test_a_backbone_the_checkpoint_cannot_describe_is_refused():
+  """Issue 27, as for MAE and SimMIM: the backbone is built with a class token whatever
+  model.classifier says, and a hybrid's tokens are not the patches the targets are cut into
+  (was a reshape traceback at the first step)."""
+  config = fashion_mnist.get_config()
+  config.model.classifier = 'gap'
+  with pytest.raises(ConfigError, match=r"config.model.classifier='gap': MPP pretrains an "
+                     'encoder with a class token'):
+    config_lib.validate(config)
+  config = fashion_mnist.get_config()
+  config.model.resnet.num_layers, config.model.patches.size = (1, 1, 1), (1, 1)
+  config.image_size = 32
+  with pytest.raises(ConfigError, match=r'config.model.resnet.num_layers=\(1, 1, 1\): MPP'):
+    config_lib.validate(config)
+
+
 def test_grey_targets_have_32_levels_at_5_bits_and_rgb_512_at_3():
   image = _image([[[0.0], [0.5]], [[31.5 / 32], [1.0]]])
   np.testing.assert_array_equal(targets.mean_color(image, 2, bits=5), [[0, 16, 31, 31]])

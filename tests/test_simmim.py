@@ -116,6 +116,36 @@ def test_config_errors_name_the_key():
     objective.check_config(config, config_lib.validate(config))
 
 
+@pytest.mark.parametrize('key,value,message', [
+    ('simmim.mask_ratio', 1.0, 'must be in (0, 1)'),
+    # 16 px of 16: one block, masked whole.
+    ('simmim.mask_patch_size', 16, 'leaves one mask block in the 16-px image'),
+    # 2x2 blocks of 8 px: ceil(4 * 0.9) = 4, all of them.
+    ('simmim.mask_ratio', 0.9, 'masks all 4 blocks of 8 px'),
+    ('model.classifier', 'gap', 'SimMIM pretrains an encoder with a class token'),
+])
+def test_masks_and_backbones_that_cannot_train_are_refused(key, value, message):
+  """Issue 27: each refused in one line naming the key, not trained on images with no
+  visible pixel, nor saved as a model the checkpoint's params do not hold."""
+  config = _tiny()
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(ConfigError) as e:
+    config_lib.validate(config)
+  assert str(e.value).startswith(f'config.{key}={value!r}: {message}')
+  config = _tiny()
+  config.simmim.mask_ratio = 0.7  # ceil(4 * 0.7) = 3 of the 4 blocks: one stays visible.
+  assert objective.Spec.from_config(config, config_lib.validate(config)).masked_blocks == 3
+
+
+def test_a_hybrid_backbone_is_refused():
+  config = _tiny(image=32)
+  config.model.resnet.num_layers, config.model.patches.size = (1, 1, 1), (1, 1)
+  with pytest.raises(ConfigError, match=r'config.model.resnet.num_layers=\(1, 1, 1\): SimMIM '
+                     'predicts the pixels of each model.patches.size patch'):
+    config_lib.validate(config)
+
+
 def _run(workdir, *extra):
   return commands.train_tiny('simmim', workdir, *extra)
 

@@ -30,7 +30,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Optional, Protocol, runti
 import jax
 import ml_collections
 
-from vit.errors import UserError
+from vit.errors import ConfigError, UserError
 
 Params = Any  # A pytree of arrays (flax's nested dict of the module's parameters).
 Batch = Mapping[str, jax.Array]
@@ -164,3 +164,27 @@ def with_section(config: ml_collections.ConfigDict, definition: Definition
   with config.unlocked():
     config[definition.name] = definition.section()
   return config
+
+
+def check_pixel_encoder(m: Any, objective: str) -> None:
+  """The backbone a pixel-level pretraining objective (mpp/, mae/, simmim/) can train and save:
+  ConfigError naming the model key it cannot honour. `m`: the resolved
+  `vit.models.spec.ModelSpec`; `objective`: its name for the message ('MAE').
+
+  - model.classifier: these objectives build the encoder with a class token
+    (classifier='unpooled', as the official models_mae.py and SimMIM keep one) whatever the
+    config says, and the checkpoint's saved config is what fine-tuning and export read its
+    architecture from: a 'gap' there describes a model without the class token the params
+    hold, and `--config.init=mae:DIR` failed on the position embedding's length.
+  - model.resnet: their targets are pixels per model.patches.size, but a hybrid's token
+    covers patches.size times the ResNet's stride, so targets and tokens do not line up (was
+    a broadcasting or reshape traceback at the first step).
+  """
+  if m.classifier not in ('token', 'unpooled'):
+    raise ConfigError('model.classifier', m.classifier,
+                      f'{objective} pretrains an encoder with a class token, which its '
+                      'checkpoint keeps for fine-tuning and export; leave it at token')
+  if m.resnet is not None:
+    raise ConfigError('model.resnet.num_layers', m.resnet.num_layers,
+                      f'{objective} predicts the pixels of each model.patches.size patch, but a '
+                      'hybrid\'s token covers the ResNet stride times that; pretrain a plain ViT')
