@@ -274,7 +274,8 @@ def section() -> ml_collections.ConfigDict:
       mask_ratio=0.75,
       norm_pix_loss=True,
       decoder=dict(hidden_size=32, num_layers=2, num_heads=2, mlp_dim=128),
-      eval_examples=1024,  # Held-out images for the MAE loss.
+      # Held-out images for the MAE loss, rounded up to whole evaluation batches.
+      eval_examples=1024,
   ))
 
 

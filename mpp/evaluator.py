@@ -13,7 +13,8 @@ from vit import sharding
 
 
 class MppEvaluator:
-  """The first `examples` evaluation images, corrupted the same way at every evaluation.
+  """The first `examples` evaluation images, rounded up to whole evaluation batches (as
+  `vit.evaluators.held_out_loss.HeldOutLoss`), corrupted the same way at every evaluation.
 
   `majority_accuracy` is what always predicting the most frequent target class scores on the
   same corrupted patches: an accuracy below it means the model learnt nothing from context.

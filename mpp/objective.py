@@ -225,7 +225,9 @@ def section() -> ml_collections.ConfigDict:
       grid=4,
       normalize_pixels=False,
       image_every=0,  # Steps between PNG grids of MPP predictions; 0: only at the end.
-      eval_examples=1024,  # Held-out images for the MPP loss and colour accuracy.
+      # Held-out images for the MPP loss and colour accuracy, rounded up to whole
+      # evaluation batches.
+      eval_examples=1024,
   ))
 
 

@@ -201,7 +201,8 @@ def section() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict(dict(
       mask_ratio=0.6,
       mask_patch_size=8,  # Pixels; a multiple of the patch size.
-      eval_examples=1024,  # Held-out images for the SimMIM loss.
+      # Held-out images for the SimMIM loss, rounded up to whole evaluation batches.
+      eval_examples=1024,
   ))
 
 

@@ -285,3 +285,30 @@ def test_short_run_learns_beyond_predicting_zero(tmp_path):
       params['decoder'], decoder_pred=jax.tree.map(np.zeros_like, pred))))['loss']
   after = evaluator.evaluate(loop.train(config, str(tmp_path), task).state.params)['loss']
   assert after < before - 0.5 and after < zero - 0.01, (before, zero, after)
+
+
+def test_held_out_loss_scores_eval_examples_rounded_up_to_whole_batches():
+  """config.<objective>.eval_examples=5 at batches of 4 scores two whole batches, 8 images (as
+  its docs say), each weighted by its valid rows; the split's padding rows are left out."""
+  from vit import sharding
+  from vit.evaluators import held_out_loss
+  pulled = []
+
+  def batches():
+    for start in (0, 4, 8):  # Rows 8..11: a third batch, never read.
+      pulled.append(start)
+      values = np.arange(start, start + 4, dtype=np.float32)
+      yield {'image': values[:, None], 'mask': np.array([True, True, True, start < 4])}
+
+  def loss_fn(params, batch, rng, train):
+    del params, rng, train
+    weights = batch['mask'].astype(jnp.float32)
+    count = jnp.sum(weights)
+    return jnp.sum(batch['image'][:, 0] * weights) / count, {'masked_patches': count}
+
+  mesh = sharding.make_mesh(config_lib.defaults().mesh, jax.devices()[:1])
+  evaluator = held_out_loss.HeldOutLoss(loss_fn, batches, mesh, examples=5, batch_size=4)
+  result = evaluator.evaluate({})
+  assert pulled == [0, 4]
+  # Rows 0-6 (row 7 is padding): their mean, not that of the first 5 (2.0).
+  assert result['loss'] == pytest.approx(3.0)

@@ -1,8 +1,11 @@
 """An objective's own loss on held-out images, masked the same way at every evaluation.
 
 For the pixel-reconstruction objectives (mae/, simmim/): their training loss, computed without
-dropout on the first `examples` evaluation images, each batch with its own fixed key so that
-two evaluations (and two runs) see the same masks. `loss_fn(params, batch, rng, train)` must
+dropout on the first `examples` evaluation images rounded up to whole batches: each process
+scores its first ceil(examples / batch_size) batches (`batch_size`: its per-process share of
+eval_batch_size; in one process 1000 at 256 a batch scores 1024 images, the padding rows of a
+short split's last batch aside). Each batch has its own fixed key, so that two evaluations
+(and two runs) see the same masks. `loss_fn(params, batch, rng, train)` must
 weight by `batch['mask']` (the evaluation pipeline's valid rows) and report the weight it
 averaged over as `metrics['masked_patches']`; batches are combined by that weight.
 """

@@ -23,7 +23,8 @@ from vit.training.sharded import Task
 def build_task(config: ml_collections.ConfigDict, obj: objective_lib.Objective,
                eval_examples: int) -> Task:
   """The loop's Task for `obj`: its loss on every training batch, its held-out loss on the
-  first `eval_examples` evaluation images (0: none), few-shot probes when config.fewshot is on.
+  first `eval_examples` evaluation images (0: none; rounded up to whole evaluation batches,
+  `HeldOutLoss`), few-shot probes when config.fewshot is on.
   """
   mesh = sharding.make_mesh(config.mesh)
   evaluators = []
