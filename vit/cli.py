@@ -15,6 +15,8 @@ import jax
 import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
+# config_flags' placeholder for a file that did not load is private to this module (pinned).
+from ml_collections.config_flags import config_flags as _config_flags_module
 
 from vit import config as config_lib, distributed, host_memory, xla_flags
 from vit.errors import UserError
@@ -169,6 +171,8 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _fail('--config is required: a config file, e.g. configs/supervised/fashion_mnist.py')
       if holder.value is None:
         raise ValueError(_RETURNED_NONE)
+      if isinstance(holder.value, _config_flags_module._ErrorConfig):
+        holder.value.to_dict()  # A file that did not load: its error, for _fail_config to name.
       problem = _not_a_config_dict(holder.value, _config_source(default))
       if problem:  # Named as get_config() returned it, before config_flags' overrides.
         _fail_one_line(_returned(default) or problem)
