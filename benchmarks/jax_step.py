@@ -43,8 +43,14 @@ VARIANTS = {
 }
 
 
-def make_config(shape, variant: str):
-  config = config_lib.defaults()
+def make_config(shape, variant: str, step: str = 'supervised'):
+  """The trainer config of `step` (an objective's name) at `shape` with `variant` applied.
+
+  The objective's section is added before the variant's overrides, so that a variant may set
+  a key of it (`corruption_0.75`: mpp.corruption_rate); ValueError when the variant names a
+  section `step` does not have.
+  """
+  config = objective_lib.with_section(config_lib.defaults(), objective_lib.resolve(step))
   config.image_size = shape.image
   config.batch_size = shape.batch
   config.data.channels = shape.channels
@@ -59,6 +65,9 @@ def make_config(shape, variant: str):
   config.model.attention_kernel = {'bf16_cudnn': 'cudnn', 'bf16_xla': 'xla'}.get(variant, 'auto')
   config.model.remat = variant == 'remat'
   if variant == 'corruption_0.75':
+    if 'mpp' not in config:
+      raise ValueError(f'variant corruption_0.75 sets mpp.corruption_rate; step {step!r} has no '
+                       'mpp section')
     config.mpp.corruption_rate = 0.75
   return config
 
@@ -97,7 +106,7 @@ class JaxStep:
       self._build(shape, step, variant)
 
   def _build(self, shape, step: str, variant: str) -> None:
-    config = objective_lib.with_section(make_config(shape, variant), objective_lib.resolve(step))
+    config = make_config(shape, variant, step)
     m = config_lib.validate(config)
     init, loss_fn, infer_fn = _objective(config, m, step, variant)
     self.mesh = sharding.make_mesh(config.mesh)

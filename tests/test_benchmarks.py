@@ -153,3 +153,19 @@ def test_torch_peer_masks_blocks_as_simmim_does():
   padded = np.pad(mask, ((0, 0), (0, 1), (0, 1)), mode='edge').reshape(500, 4, 2, 4, 2)
   assert (padded == padded[:, :, :1, :, :1]).all()
   assert (padded[:, :, 0, :, 0].sum((1, 2)) == 10).all()  # ceil(0.6 * 16) blocks.
+
+
+def test_every_masked_image_case_of_ours_has_a_config_with_its_variant():
+  # A variant that sets a key of the objective's section needs that section first (MPP at 75%
+  # was skipped with "AttributeError: 'mpp'" when the override came before it).
+  from benchmarks import jax_step, masked_image
+  from vit import config as config_lib
+  for case in masked_image.cases():
+    if case.framework != 'jax':
+      continue
+    config = jax_step.make_config(case.shape_spec(), case.variant, case.step)
+    config_lib.validate(config)
+    if case.step == 'mpp':
+      assert config.mpp.corruption_rate == (0.75 if case.variant == 'corruption_0.75' else 0.5)
+  with pytest.raises(ValueError, match="step 'mae' has no mpp section"):
+    jax_step.make_config(masked_image.cases()[0].shape_spec(), 'corruption_0.75', 'mae')
