@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -30,6 +31,10 @@ from vit.models.spec import ModelSpec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR='', PYTHONUNBUFFERED='1')
+# A child whose disk is not full shares the tests' compilation cache (tests/conftest.py): the
+# runs before and after a failure compile the same programs. A capped child compiles without
+# one: writing an entry would fail too, and say so, beside the line under test.
+ROOMY_ENV = dict(ENV, JAX_COMPILATION_CACHE_DIR=os.environ.get('JAX_COMPILATION_CACHE_DIR', ''))
 
 
 def _capped(args, limit_kib):
@@ -187,13 +192,17 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path, kind):
 
 
 def _train_args(workdir, total_steps, log_every=2, checkpoint_every=4):
+  # The evaluation at the end reads 16 held-out images, not the 10,000 of the test split: the
+  # outputs under test are the checkpoints and the events, not the accuracy.
   return ['-m', 'supervised.train', '--config=configs/supervised/fashion_mnist.py',
           f'--workdir={workdir}', '--config.image_size=8', '--config.batch_size=8',
           '--config.model.patches.size=(4,4)', '--config.model.hidden_size=16',
           '--config.model.transformer.mlp_dim=32', '--config.model.transformer.num_layers=1',
           '--config.model.transformer.num_heads=2', f'--config.log_every={log_every}',
           f'--config.checkpoint_every={checkpoint_every}', '--config.eval_every=0',
-          '--config.optimizer.warmup_steps=1', f'--config.total_steps={total_steps}']
+          '--config.data.holdout=16', '--config.data.eval_split=holdout',
+          '--config.eval_batch_size=16', '--config.optimizer.warmup_steps=1',
+          f'--config.total_steps={total_steps}']
 
 
 def _train(workdir, total_steps, limit_kib=None, log_every=2, checkpoint_every=4,
@@ -202,15 +211,30 @@ def _train(workdir, total_steps, limit_kib=None, log_every=2, checkpoint_every=4
   args = _train_args(workdir, total_steps, log_every, checkpoint_every)
   if limit_kib is None:
     return subprocess.run(_unprivileged(args) if unprivileged else [sys.executable, *args],
-                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+                          cwd=ROOT, env=ROOMY_ENV, capture_output=True, text=True, timeout=600)
   return _run(args, limit_kib)
 
 
-def test_a_full_disk_during_training_stops_at_the_failed_save(tmp_path):
-  workdir = tmp_path / 'run'
-  checkpoints = workdir / 'checkpoints'
+@pytest.fixture(scope='module')
+def step4(tmp_path_factory):
+  """A finished 4-step run (`_train`: its checkpoint of step 4), which the tests below copy
+  and resume: one run of it for the whole module."""
+  workdir = tmp_path_factory.mktemp('step4') / 'run'
   first = _train(workdir, 4)
   assert first.returncode == 0, first.stderr[-3000:]
+  return workdir
+
+
+def _copy_of(step4, tmp_path):
+  """A workdir of its own holding what the 4-step run wrote."""
+  workdir = tmp_path / 'run'
+  shutil.copytree(step4, workdir)
+  return workdir
+
+
+def test_a_full_disk_during_training_stops_at_the_failed_save(step4, tmp_path):
+  workdir = _copy_of(step4, tmp_path)
+  checkpoints = workdir / 'checkpoints'
   # A full disk from here on: the asynchronous save of step 8 fails in orbax's threads.
   full = _train(workdir, 16, limit_kib=8)
   # At the first step after the failure is known, never later than the next save (step 12).
@@ -229,14 +253,12 @@ def test_a_full_disk_during_training_stops_at_the_failed_save(tmp_path):
   _only_that_line(last_save)
 
 
-def test_a_checkpoints_folder_made_read_only_stops_at_the_failed_save(tmp_path):
+def test_a_checkpoints_folder_made_read_only_stops_at_the_failed_save(step4, tmp_path):
   """Not only room: no permission to write the next step is one line too, advising to make the
   workdir writable (not to free space), and the run ends at once, not after orbax's 5-minute
   wait for the step's directory."""
-  workdir = tmp_path / 'run'
+  workdir = _copy_of(step4, tmp_path)
   checkpoints = workdir / 'checkpoints'
-  first = _train(workdir, 4)
-  assert first.returncode == 0, first.stderr[-3000:]
   checkpoints.chmod(0o555)  # Read-only from here on: the save of step 8 cannot start.
   try:
     denied = _train(workdir, 16, unprivileged=True)
@@ -310,7 +332,9 @@ def _train_two_processes(workdir, total_steps, limit_kib=None, capped=(0, 1), ti
             '--num_processes=2', f'--process_id={i}']
     command = (_capped(args, limit_kib) if limit_kib is not None and i in capped
                else _unprivileged(args) if i in unprivileged else [sys.executable, *args])
-    procs.append(subprocess.Popen(command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+    # Both compile alike: with the cache when neither disk is full.
+    env = ENV if limit_kib is not None else ROOMY_ENV
+    procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
   try:
     outputs = [p.communicate(timeout=timeout) for p in procs]
