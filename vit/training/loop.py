@@ -16,7 +16,6 @@ from typing import Any, NamedTuple
 import jax
 import ml_collections
 import numpy as np
-from clu import metric_writers
 
 from vit import atomic_write, checkpoints, class_names, sharding
 from vit.errors import ConfigError, UserError, require_directory, write_reason
@@ -145,6 +144,9 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
 def _start_writing(config, workdir: str, task: Task, mesh, schedule, mngr):
   """The files a training run keeps beside its checkpoints (batch_contract.json, the task's
   class_names.json) and its TensorBoard writer, which creates an events file at once."""
+  # Imported here: clu's writers import TensorFlow (~3 s), which a command refused at its
+  # flags, its config or a busy workdir never needs before it exits.
+  from clu import metric_writers  # pylint: disable=import-outside-toplevel
   write_batch_contract(config, workdir, mesh, schedule)
   class_names.write_class_names(workdir, task.class_names)
   return checkpoints.stop_on_failed_write(metric_writers.create_default_writer(
