@@ -278,7 +278,7 @@ def test_short_run_learns_beyond_predicting_zero(tmp_path):
   config.mae.eval_examples = 256
   task = train.build_task(config, config_lib.validate(config))
   evaluator = task.evaluators[0]
-  params = nn.unbox(task.init_params(jax.random.key(config.seed)))
+  params = nn.unbox(jax.jit(task.init_params)(jax.random.key(config.seed)))
   before = evaluator.evaluate(params)['loss']
   pred = params['decoder']['decoder_pred']
   zero = evaluator.evaluate(dict(params, decoder=dict(

@@ -38,7 +38,7 @@ def test_short_run_learns_and_saves_a_backbone(tmp_path):
   workdir = str(tmp_path / 'mpp')
   task = train.build_task(config, m, workdir)
   evaluator = task.evaluators[0]
-  before = evaluator.evaluate(nn.unbox(task.init_params(jax.random.key(0))))
+  before = evaluator.evaluate(nn.unbox(jax.jit(task.init_params)(jax.random.key(0))))
   # The head starts at zero: uniform over the 8 grey classes.
   np.testing.assert_allclose(before['loss'], math.log(8), rtol=1e-5)
 
@@ -90,7 +90,7 @@ def test_grey_configs_end_to_end_32_levels_then_fine_tuning(tmp_path):
   m = config_lib.validate(config)
   workdir = str(tmp_path / 'mpp')
   task = train.build_task(config, m, workdir)
-  before = task.evaluators[0].evaluate(nn.unbox(task.init_params(jax.random.key(0))))
+  before = task.evaluators[0].evaluate(nn.unbox(jax.jit(task.init_params)(jax.random.key(0))))
   np.testing.assert_allclose(before['loss'], math.log(32), rtol=1e-5)  # 32 grey levels.
   loop.train(config, workdir, task)
   assert checkpoints.restore_params(workdir)['head']['kernel'].shape == (16, 32)
