@@ -332,8 +332,10 @@ def _train_two_processes(workdir, total_steps, limit_kib=None, capped=(0, 1), ti
             '--num_processes=2', f'--process_id={i}']
     command = (_capped(args, limit_kib) if limit_kib is not None and i in capped
                else _unprivileged(args) if i in unprivileged else [sys.executable, *args])
-    # Both compile alike: with the cache when neither disk is full.
-    env = ENV if limit_kib is not None else ROOMY_ENV
+    # Both compile alike, with the cache only where no disk is full and no stderr line is
+    # counted: two processes that write an entry at once could have one read it half-written,
+    # and warn.
+    env = ENV if limit_kib is not None or unprivileged else ROOMY_ENV
     procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True))
   try:
