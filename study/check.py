@@ -14,6 +14,7 @@ from typing import Callable
 
 import ml_collections
 
+from configs.study import converged
 from study import protocol
 from study.protocol import Run
 from vit import config as config_lib
@@ -64,6 +65,18 @@ def check(study: ml_collections.ConfigDict,
 # Study keys the protocol indexes or loops over: empty, each would be an IndexError in
 # protocol.runs, a cell with no runs, or no worker at all (and a study that does nothing).
 NON_EMPTY = ('seeds', 'sweep.learning_rates', 'sweep.crop_padding')
+
+
+def check_complete(study: ml_collections.ConfigDict) -> None:
+  """UserError naming every top-level key of the protocol's config (configs/study/converged.py)
+  that `study` lacks. A partial study file (one that sets only `seeds`, say) would otherwise
+  stop at the first key read, as an AttributeError with no file or key named."""
+  missing = [key for key in converged.get_config() if key not in study]
+  if missing:
+    raise UserError(
+        f'--config: the study config has no {", ".join(f"config.{k}" for k in missing)}; a '
+        f'study config starts from configs/study/converged.py\'s get_config() and changes keys '
+        f'(as configs/study/demo.py does)')
 
 
 def check_study_keys(study: ml_collections.ConfigDict) -> None:

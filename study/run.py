@@ -156,6 +156,7 @@ def preflight(study) -> int:
   """Before any run or worker starts: the study config and the trainer config of every run it
   may run validate (study/check.py), and every finished run still has its config; a bad
   override is one line on this process's stderr. Returns the number of configs checked."""
+  check.check_complete(study)  # Before any key is read.
   results = store.load_all(study.results)
   checked = check.check(study, lambda run, done, order: _config(study, run, done, order),
                         results)

@@ -63,3 +63,19 @@ def test_an_empty_or_out_of_range_study_key_is_named(key, value, problem):
   (study[parent] if parent else study)[leaf] = value
   with pytest.raises(ConfigError, match=rf'^config.{key}={re.escape(repr(value))}: {problem}$'):
     run_lib.preflight(study)
+
+
+def test_a_study_config_missing_keys_is_one_line_naming_them(tmp_path):
+  """Before, a study file that set only `seeds` ended in an AttributeError traceback ("'results'")
+  naming neither the file nor the key."""
+  partial = tmp_path / 'partial.py'
+  partial.write_text('import ml_collections\n\n\ndef get_config():\n'
+                     '  return ml_collections.ConfigDict({"seeds": (0, 1)})\n')
+  out = commands.run_module('study.run', f'--config={partial}', f'--workdir={tmp_path / "w"}',
+                            timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  lines = out.stderr.strip().splitlines()
+  assert len(lines) == 1 and lines[0].startswith(
+      'error: --config: the study config has no config.'), lines
+  assert 'config.results' in lines[0] and 'config.seeds' not in lines[0], lines[0]
+  assert not os.path.exists(tmp_path / 'w')
