@@ -192,3 +192,19 @@ def test_a_grid_edge_extension_is_a_sweep_point_the_seeds_wait_for(runs, study):
   assert order.index(ext.name) > order.index(grid.name)  # Ties keep the grid's point.
   cfg = configs.classifier(study, ext)
   assert (cfg.optimizer.learning_rate, cfg.data.crop_padding) == (0.01, 2)
+
+
+def test_deviation_5_extends_the_scratch_10_and_mpp_1_sweeps(runs, study):
+  """Deviation 5: scratch 10% chose lr 3e-3 padding 2 (two edges); MPP 30 epochs at 1% chose
+  lr 3e-4 padding 2 (the padding edge)."""
+  for name, grid, lr, pad in (
+      ('scratch/pct10/sweep/lr0.01_pad2', 'scratch/pct10/sweep/lr0.003_pad2', 0.01, 2),
+      ('scratch/pct10/sweep/lr0.003_pad4', 'scratch/pct10/sweep/lr0.003_pad2', 0.003, 4),
+      ('mpp_e30/pct1/sweep/lr0.0003_pad4', 'mpp_e30/pct1/sweep/lr0.0003_pad2', 3e-4, 4)):
+    ext, base = runs[name], runs[grid]
+    assert (ext.lr, ext.pad) == (lr, pad)
+    assert (ext.priority, ext.seed, ext.steps, ext.backbone) == (base.priority, base.seed,
+                                                                 base.steps, base.backbone)
+  for dependent in ('scratch/pct10/seed1', 'matched/pct10/seed1', 'scratch/all/seed0'):
+    assert 'scratch/pct10/sweep/lr0.003_pad4' in runs[dependent].deps, dependent
+  assert 'mpp_e30/pct1/sweep/lr0.0003_pad4' in runs['mpp_e30/pct1/seed1'].deps

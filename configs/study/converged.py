@@ -60,7 +60,10 @@ def get_config():
   # `extensions`: points beyond a grid's edge, added by the grid-edge rule (protocol.md,
   # "Converged"; deviation 4 lists each with the result that called for it).
   config.sweep = dict(learning_rates=(1e-4, 3e-4, 1e-3, 3e-3), crop_padding=(0, 2),
-                      extensions=(('scratch/pct1', 1e-2, 2), ('scratch/pct1', 3e-3, 4)))
+                      extensions=(('scratch/pct1', 1e-2, 2), ('scratch/pct1', 3e-3, 4),
+                                  # Deviation 5.
+                                  ('scratch/pct10', 1e-2, 2), ('scratch/pct10', 3e-3, 4),
+                                  ('mpp_e30/pct1', 3e-4, 4)))
   # One long MPP pretraining per seed; backbones exported at these lengths (10x range).
   config.pretrain_epochs = (3, 6, 12, 30)
   config.headline_epochs = 30  # The MPP row of the headline table; compute-matched to it.
