@@ -1,12 +1,15 @@
 """Training writes TensorBoard event files that TensorBoard's own reader understands."""
 import glob
+import io
 import os
 import shutil
 import subprocess
 import sys
 
 import numpy as np
-from tensorboard.backend.event_processing import event_accumulator
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator, plugin_event_accumulator
+from tensorboard.util import tensor_util
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_TAGS = ('loss', 'learning_rate', 'grad_norm', 'accuracy', 'images_per_s')
@@ -17,8 +20,20 @@ def _scalars(acc: event_accumulator.EventAccumulator, tag: str) -> dict[int, flo
   # TF2 summaries (what clu writes) arrive as tensors; older writers as scalars.
   if tag in acc.Tags()['scalars']:
     return {e.step: e.value for e in acc.Scalars(tag)}
-  from tensorboard.util import tensor_util
   return {e.step: float(tensor_util.make_ndarray(e.tensor_proto)) for e in acc.Tensors(tag)}
+
+
+# `python -m MODULE ARGS...` as `python -c _RUN_MODULE OUT MODULE ARGS...`, which then writes to
+# OUT whether the run imported TensorFlow.
+_RUN_MODULE = """
+import runpy, sys
+out, module = sys.argv.pop(1), sys.argv.pop(1)
+try:
+  runpy.run_module(module, run_name='__main__', alter_sys=True)
+finally:
+  with open(out, 'w') as f:
+    f.write(str('tensorflow' in sys.modules))
+"""
 
 
 def test_supervised_run_writes_readable_event_files(tmp_path):
@@ -27,12 +42,15 @@ def test_supervised_run_writes_readable_event_files(tmp_path):
                    **{'optimizer.warmup_steps': 2, 'optimizer.learning_rate': 1e-3,
                       'model.hidden_size': 16, 'model.transformer.mlp_dim': 32,
                       'model.transformer.num_heads': 2, 'model.transformer.num_layers': 1})
-  cmd = [sys.executable, '-m', 'supervised.train',
+  imported = tmp_path / 'imported_tensorflow'
+  cmd = [sys.executable, '-c', _RUN_MODULE, str(imported), 'supervised.train',
          '--config', 'configs/supervised/fashion_mnist.py', '--workdir', str(workdir)]
   cmd += [f'--config.{k}={v}' for k, v in overrides.items()]
   proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr[-3000:]
+  # Its events are written without TensorFlow (vit.training.events): ~4 CPU-s per run.
+  assert imported.read_text() == 'False'
   files = glob.glob(str(workdir / '**' / 'events.out.tfevents.*'), recursive=True)
   assert files, f'no event files under {workdir}'
   acc = event_accumulator.EventAccumulator(os.path.dirname(files[0]),
@@ -64,6 +82,92 @@ def test_supervised_run_writes_readable_event_files(tmp_path):
   lines = runs.table([row]).splitlines()
   assert lines[0] == '| run | parameters | steps | test accuracy | images/s |'
   assert lines[2].startswith(f'| run | {expected:,} | 4 | ')
+
+
+def _read(logdir, reader) -> dict:
+  """{tag: (plugin, data class, {step: value})} of the summaries in `logdir` as `reader` (an
+  event_accumulator module: the plain one, or the plugin one TensorBoard's server uses) reads
+  them; a scalar's value is a float, an image's is (width, height, [pixels of each PNG])."""
+  acc = reader.EventAccumulator(str(logdir), size_guidance={'tensors': 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags()['tensors']:
+    metadata = acc.SummaryMetadata(tag)
+    values = {}
+    for e in acc.Tensors(tag):
+      x = tensor_util.make_ndarray(e.tensor_proto)
+      values[e.step] = (x.item() if x.ndim == 0 else (int(x[0]), int(x[1]), [
+          np.asarray(Image.open(io.BytesIO(png))).tolist() for png in x[2:]]))
+    out[tag] = (metadata.plugin_data.plugin_name, metadata.data_class, values)
+  return out
+
+
+def test_the_trainers_events_read_as_tf_summarys(tmp_path):
+  """The trainers' writer (vit.training.events) and clu's TensorFlow one (tf.summary), given the
+  same values, write what TensorBoard reads alike: tags, steps, plugins, values, pixels."""
+  from clu import metric_writers
+  from vit.training import events
+  rng = np.random.default_rng(0)
+  scalars = {'loss': 2.302585, 'learning_rate': np.float32(2.5e-4), 'skipped_steps': 0,
+             'eval/examples': np.int64(10000), 'grad_norm': np.array(0.84)}
+  images = {'mpp/original_corrupted_predicted': rng.integers(0, 256, (1, 9, 13, 3), np.uint8),
+            'grey': rng.integers(0, 256, (2, 5, 4, 1), np.uint8),
+            'rgba': rng.integers(0, 256, (3, 6, 4), np.uint8)}
+  for name, writer in (('tf', metric_writers.create_default_writer(str(tmp_path / 'tf'),
+                                                                   asynchronous=False)),
+                       ('ours', events.EventWriter(str(tmp_path / 'ours')))):
+    for step in (2, 4):
+      writer.write_scalars(step, scalars)
+      writer.write_images(step, images)
+    writer.close()
+  for reader in (event_accumulator, plugin_event_accumulator):
+    ours = _read(tmp_path / 'ours', reader)
+    assert ours == _read(tmp_path / 'tf', reader)
+    assert sorted(ours) == sorted([*scalars, *images])
+    assert ours['learning_rate'][:1] == ('scalars',)
+    assert ours['learning_rate'][2] == {2: float(np.float32(2.5e-4)), 4: float(np.float32(2.5e-4))}
+    assert ours['grey'][:1] == ('images',)
+    assert ours['grey'][2][4] == (4, 5, [images['grey'][i, ..., 0].tolist() for i in (0, 1)])
+    assert ours['rgba'][2][2] == (6, 3, [images['rgba'].tolist()])
+
+
+_FILL_THE_FILE = """
+import sys
+from vit.training import events
+writer = events.EventWriter(sys.argv[1])
+step = 0
+try:
+  while True:
+    step += 1
+    writer.write_scalars(step, {'loss': 1.0 / step})
+except OSError as e:
+  failed = e
+for again in (lambda: writer.write_scalars(step + 1, {'loss': 0.0}), writer.flush):
+  try:
+    again()
+  except OSError as e:
+    assert e is failed, e
+  else:
+    raise AssertionError('a write after the failed one succeeded')
+print(step, failed.strerror)
+"""
+
+
+def test_a_failed_write_leaves_the_steps_before_it_readable(tmp_path):
+  """A file that cannot grow (`ulimit -f 1`, as a full disk): the write of the step that does
+  not fit raises its OSError, and so does every later call; the steps before it read back, and
+  nothing is said at exit (`-X dev` would show an 'Exception ignored' of a buffer flushed when
+  the file is collected, or a ResourceWarning of a file left open)."""
+  proc = subprocess.run(['bash', '-c', 'ulimit -f 1 && exec "$@"', 'bash', sys.executable,
+                         '-X', 'dev', '-c', _FILL_THE_FILE, str(tmp_path)], cwd=ROOT,
+                        capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0 and proc.stderr == '', proc.stderr[-3000:]
+  failed_step, reason = proc.stdout.split(maxsplit=1)
+  assert reason.strip() == 'File too large'
+  acc = event_accumulator.EventAccumulator(str(tmp_path), size_guidance={'tensors': 0})
+  acc.Reload()
+  steps = [e.step for e in acc.Tensors('loss')]
+  assert steps == list(range(1, int(failed_step))) and len(steps) > 5, (failed_step, steps)
 
 
 def _finished_run(workdir, config, scalars: dict) -> None:

@@ -294,8 +294,9 @@ class _StopOnFailedWrite:
 
 
 def stop_on_failed_write(writer, mngr: ocp.CheckpointManager, workdir: str):
-  """`writer` (a clu metric writer), whose writes that fail (a full disk, no permission: clu
-  reports its thread's error at the next call) raise SaveFailed naming the step."""
+  """`writer` (a `vit.training.events.EventWriter`, or a clu metric writer: clu reports its
+  thread's error at the next call), whose writes that fail (a full disk, no permission) raise
+  SaveFailed naming the step."""
   return _StopOnFailedWrite(writer, mngr, workdir)
 
 

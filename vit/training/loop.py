@@ -19,7 +19,7 @@ import numpy as np
 
 from vit import atomic_write, checkpoints, class_names, sharding
 from vit.errors import ConfigError, UserError, require_directory, write_reason
-from vit.training import optimizers
+from vit.training import events, optimizers
 from vit.training.sharded import Task, abstract_state, create_state, jit_train_step
 from vit.training.state import TrainState
 
@@ -138,19 +138,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
         checkpoints.wait_for_saves(mngr)
       finally:
         if writer is not None:
-          writer.flush()
+          writer.close()
 
 
 def _start_writing(config, workdir: str, task: Task, mesh, schedule, mngr):
   """The files a training run keeps beside its checkpoints (batch_contract.json, the task's
-  class_names.json) and its TensorBoard writer, which creates an events file at once."""
-  # Imported here: clu's writers import TensorFlow (~3 s), which a command refused at its
-  # flags, its config or a busy workdir never needs before it exits.
-  from clu import metric_writers  # pylint: disable=import-outside-toplevel
+  class_names.json) and its TensorBoard writer, which creates an events file at once (on the
+  first process only)."""
   write_batch_contract(config, workdir, mesh, schedule)
   class_names.write_class_names(workdir, task.class_names)
-  return checkpoints.stop_on_failed_write(metric_writers.create_default_writer(
-      workdir, just_logging=jax.process_index() > 0, asynchronous=True), mngr, workdir)
+  return checkpoints.stop_on_failed_write(
+      events.EventWriter(workdir if jax.process_index() == 0 else None), mngr, workdir)
 
 
 def _nothing_to_train(workdir: str, step: int, total_steps: int) -> None:
