@@ -142,7 +142,8 @@ try:
     writer.write_scalars(step, {'loss': 1.0 / step})
 except OSError as e:
   failed = e
-for again in (lambda: writer.write_scalars(step + 1, {'loss': 0.0}), writer.flush):
+for again in (lambda: writer.write_scalars(step + 1, {'loss': 0.0}), writer.flush,
+              writer.close):
   try:
     again()
   except OSError as e:

@@ -74,14 +74,18 @@ class EventWriter:
                  for tag, value in images.items()])
 
   def flush(self) -> None:
-    """Nothing is buffered between calls; raises the OSError of a failed write, if any."""
+    """Writes the file's first record if no call has yet (after a call nothing is left
+    buffered); raises the OSError of a failed write, if any."""
     self._write([])
 
   def close(self) -> None:
-    """Flushes (raising the OSError of a failed write, if any) and closes the file."""
-    self.flush()
-    if self._records is not None:
+    """Flushes and closes the file (a second close does nothing); raises the OSError of a failed
+    write, if any."""
+    if self._records is not None and not self._records.closed:
+      self.flush()
       self._records.close()
+    if self._failure is not None:
+      raise self._failure
 
   def _write(self, events: list[event_pb2.Event]) -> None:
     if self._failure is not None:
