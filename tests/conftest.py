@@ -23,9 +23,17 @@ cli.log_to_console()
 # tiny models' init, step and evaluation, and each distinct program then compiles once. Every
 # entry is kept (no minimum compile time or size), as a resumed run's steps are in real use.
 # Tests of the cache itself, or that must compile (a full disk), set their own.
-if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='vit-tests-xla-')
-  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+# Under pytest-xdist (`make test` runs two workers) each worker process makes its own: a worker
+# inherits the variable from the process that started it, and two test processes that compile the
+# same programs at once would share one cache while jax writes an entry in place (open, write; no
+# rename), so one could read the other's half-written entry: a warning on the stderr of an entry
+# point that should print one line, and a recompile. VIT_TESTS_XLA_CACHE_DIR marks a cache made
+# here, to tell it from a user's own JAX_COMPILATION_CACHE_DIR, which is kept.
+_cache = os.environ.get('JAX_COMPILATION_CACHE_DIR')
+if _cache is None or _cache == os.environ.get('VIT_TESTS_XLA_CACHE_DIR'):
+  _cache = tempfile.mkdtemp(prefix='vit-tests-xla-')
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = os.environ['VIT_TESTS_XLA_CACHE_DIR'] = _cache
+  atexit.register(shutil.rmtree, _cache, ignore_errors=True)
 # The entry points the tests start keep every entry too (jax reads these variables when it is
 # imported): with jax's defaults a child writes only programs that took a second or more to
 # compile, and each child compiles the many small ones again.
