@@ -26,10 +26,13 @@ demo: setup
 	$(PY) -m study.run --config configs/study/demo.py --workdir runs/demo
 
 # timm (--no-deps, see `bench`) is a peer the tests compare our timm reader and writer with.
+# pytest-xdist runs the test files in two processes, a file's tests in one of them (its module
+# fixtures, such as a trained run many tests read, are made once); each process has its own XLA
+# cache (tests/conftest.py).
 test: setup bazel-setup
 	$(PY) -m pip install -q --no-deps -r requirements-bench.txt
 	$(PY) -m ruff check .
-	$(PY) -m pytest -q --durations=20 tests
+	$(PY) -m pytest -q --durations=20 -n 2 --dist loadfile tests
 	$(MAKE) --no-print-directory bazel-test
 
 # Re-resolve the pins after editing requirements.txt.
