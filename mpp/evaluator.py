@@ -13,18 +13,21 @@ from vit import sharding
 
 
 class MppEvaluator:
-  """The first `examples` evaluation images, rounded up to whole evaluation batches (as
-  `vit.evaluators.held_out_loss.HeldOutLoss`), corrupted the same way at every evaluation.
+  """The first `examples` evaluation images, rounded up to whole global evaluation batches of
+  `global_batch_size` (whatever the number of processes, as
+  `vit.evaluators.held_out_loss.HeldOutLoss`), corrupted the same way at every evaluation;
+  `examples` in the result is the number of valid images scored.
 
   `majority_accuracy` is what always predicting the most frequent target class scores on the
   same corrupted patches: an accuracy below it means the model learnt nothing from context.
   """
 
   def __init__(self, model: objective.MppModel, spec: objective.Spec,
-               batches: Callable[[], Iterable[dict]], mesh, *, examples: int, batch_size: int,
-               seed: int = 0, name: str = 'eval'):
+               batches: Callable[[], Iterable[dict]], mesh, *, examples: int,
+               global_batch_size: int, seed: int = 0, name: str = 'eval'):
     self.name, self._batches, self._mesh, self._spec = name, batches, mesh, spec
-    self._limit = -(-examples // batch_size)  # Whole (per-process) batches.
+    # Global batches: each process pulls as many as the others (a collective per batch).
+    self._limit = -(-examples // global_batch_size)
     base = jax.random.key(seed)
     colour = spec.target != 'pixels'
     num_classes = spec.output_shape[-1] if colour else 1
@@ -36,7 +39,8 @@ class MppEvaluator:
       weights = corruption.corrupted & batch['mask'][:, None]
       loss, metrics = objective.masked_loss(spec, outputs, targets, weights)
       count = jnp.sum(weights)
-      out = {'loss': loss * count, 'patches': count.astype(jnp.float32)}
+      out = {'loss': loss * count, 'patches': count.astype(jnp.float32),
+             'images': jnp.sum(batch['mask']).astype(jnp.float32)}
       if 'accuracy' in metrics:
         out['accuracy'] = metrics['accuracy'] * count
       if colour:
@@ -56,7 +60,7 @@ class MppEvaluator:
         total = s if total is None else jax.tree.map(jnp.add, total, s)
     total = jax.device_get(total)
     count = max(float(total['patches']), 1.0)
-    results = {'loss': float(total['loss']) / count}
+    results = {'loss': float(total['loss']) / count, 'examples': float(total['images'])}
     if 'accuracy' in total:
       results['accuracy'] = float(total['accuracy']) / count
     if 'histogram' in total:

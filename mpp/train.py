@@ -24,7 +24,7 @@ def build_task(config, m, workdir: str) -> loop.Task:
   batches = lambda: pipeline.eval_batches(config)
   evaluator = evaluator_lib.MppEvaluator(
       obj.model, obj.spec, batches, mesh, examples=config.mpp.eval_examples,
-      batch_size=pipeline.per_process_batch(config.eval_batch_size, 'eval_batch_size'),
+      global_batch_size=config.eval_batch_size,
       seed=config.seed)
   evaluators = [evaluator] if config.mpp.eval_examples else []
   if config.fewshot.enabled:

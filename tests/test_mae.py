@@ -307,8 +307,8 @@ def test_held_out_loss_scores_eval_examples_rounded_up_to_whole_batches():
     return jnp.sum(batch['image'][:, 0] * weights) / count, {'masked_patches': count}
 
   mesh = sharding.make_mesh(config_lib.defaults().mesh, jax.devices()[:1])
-  evaluator = held_out_loss.HeldOutLoss(loss_fn, batches, mesh, examples=5, batch_size=4)
+  evaluator = held_out_loss.HeldOutLoss(loss_fn, batches, mesh, examples=5, global_batch_size=4)
   result = evaluator.evaluate({})
   assert pulled == [0, 4]
   # Rows 0-6 (row 7 is padding): their mean, not that of the first 5 (2.0).
-  assert result['loss'] == pytest.approx(3.0)
+  assert result['loss'] == pytest.approx(3.0) and result['examples'] == 7

@@ -26,8 +26,11 @@ OVERRIDES = {
     # A constant rate: a leg that ends at step 2 follows the schedule of the whole run.
     'optimizer.name': 'sgd', 'optimizer.learning_rate': 0.1, 'optimizer.warmup_steps': 0,
     'optimizer.decay': 'constant', 'ema_decay': 0.5,
-    'mpp.eval_examples': 0, 'mpp.image_every': 0,
+    'mpp.image_every': 0,
+    # One global evaluation batch at the end of each leg, in 1 process or 2: 16 images.
+    'mpp.eval_examples': 16, 'eval_batch_size': 16,
 }
+EVALUATED = 'eval/examples 16.0000'  # Was 32 in two processes (a batch per process's share).
 # (processes, the step the leg trains to, its mesh): one run, resumed on another process count
 # twice; the mesh keeps the tensor axis within a process and the fsdp axis across them.
 LEGS = [(2, 2, dict(data=1, fsdp=2, tensor=2)),
@@ -150,6 +153,7 @@ def test_two_processes_match_one_and_resume_on_another_process_count(tmp_path):
 
   outputs = _launch(workdir, *LEGS[0])
   assert all('step 2/2' in out for out in outputs)
+  assert EVALUATED in outputs[0], outputs[0][-3000:]
   contract = json.loads(open(os.path.join(workdir, 'batch_contract.json')).read())
   assert (contract['processes'], contract['per_process_batch'], contract['devices']) == (2, 8, 4)
   assert contract['mesh'] == {'data': 1, 'fsdp': 2, 'tensor': 2}
@@ -170,12 +174,13 @@ def test_two_processes_match_one_and_resume_on_another_process_count(tmp_path):
           'process x 0 data workers: input position re-derived for it: epoch 0, record 32 of the '
           "60000 in this process's shard; the sample order from here on differs") in out
   assert out.index('note: the data iterator') < out.index('step 3/4')
-  assert 'unreadable' not in out and 'step 4/4' in out
+  assert 'unreadable' not in out and 'step 4/4' in out and EVALUATED in out
   outputs = _launch(workdir, *LEGS[2])
   for out in outputs:
     assert ('was saved by 1 process x 0 data workers, this run has 2 processes x 0 data '
             "workers: input position re-derived for it: epoch 0, record 32 of the 30000 ") in out
     assert 'unreadable' not in out and 'step 6/6' in out
+  assert EVALUATED in outputs[0]
   saved, step = read()
   assert step == 6 and int(saved.step) == 6
   _assert_close(saved, expected[6])

@@ -1,13 +1,16 @@
 """An objective's own loss on held-out images, masked the same way at every evaluation.
 
 For the pixel-reconstruction objectives (mae/, simmim/): their training loss, computed without
-dropout on the first `examples` evaluation images rounded up to whole batches: each process
-scores its first ceil(examples / batch_size) batches (`batch_size`: its per-process share of
-eval_batch_size; in one process 1000 at 256 a batch scores 1024 images, the padding rows of a
-short split's last batch aside). Each batch has its own fixed key, so that two evaluations
-(and two runs) see the same masks. `loss_fn(params, batch, rng, train)` must
-weight by `batch['mask']` (the evaluation pipeline's valid rows) and report the weight it
-averaged over as `metrics['masked_patches']`; batches are combined by that weight.
+dropout on the first `examples` evaluation images rounded up to whole global batches: the
+first ceil(examples / global_batch_size) batches of the evaluation pipeline, whatever the
+number of processes (1000 at 256 a batch scores 1024 images, the padding rows of a short
+split's last batch aside; in P processes each batch holds global_batch_size / P rows of each
+process's shard, so which images those are, and the rows their masks fall on, depend on P).
+Each batch has its own fixed key, so that two evaluations (and two runs on one layout) see the
+same masks. `loss_fn(params, batch, rng, train)` must weight by `batch['mask']` (the evaluation
+pipeline's valid rows) and report the weight it averaged over as `metrics['masked_patches']`;
+batches are combined by that weight. `examples` in the result is the number of valid images
+scored.
 """
 from __future__ import annotations
 
@@ -23,15 +26,17 @@ from vit import sharding
 class HeldOutLoss:
 
   def __init__(self, loss_fn: Callable, batches: Callable[[], Iterable[dict]], mesh, *,
-               examples: int, batch_size: int, seed: int = 0, name: str = 'eval'):
+               examples: int, global_batch_size: int, seed: int = 0, name: str = 'eval'):
     self.name, self._batches, self._mesh = name, batches, mesh
-    self._limit = -(-examples // batch_size)  # Whole (per-process) batches.
+    # Global batches: each process pulls as many as the others (a collective per batch).
+    self._limit = -(-examples // global_batch_size)
     base = jax.random.key(seed)
 
     def sums(params, batch, index):
       loss, metrics = loss_fn(params, batch, jax.random.fold_in(base, index), False)
       weight = metrics['masked_patches']
-      return {'loss': loss * weight, 'weight': weight}
+      return {'loss': loss * weight, 'weight': weight,
+              'images': jnp.sum(batch['mask']).astype(jnp.float32)}
 
     self._sums = jax.jit(sums)
 
@@ -42,4 +47,5 @@ class HeldOutLoss:
         s = self._sums(params, sharding.global_batch(batch, self._mesh), index)
         total = s if total is None else jax.tree.map(jnp.add, total, s)
     total = jax.device_get(total)
-    return {'loss': float(total['loss']) / max(float(total['weight']), 1e-9)}
+    return {'loss': float(total['loss']) / max(float(total['weight']), 1e-9),
+            'examples': float(total['images'])}

@@ -31,7 +31,7 @@ def build_task(config: ml_collections.ConfigDict, obj: objective_lib.Objective,
   if eval_examples:
     evaluators.append(held_out_loss.HeldOutLoss(
         obj.loss, lambda: pipeline.eval_batches(config), mesh, examples=eval_examples,
-        batch_size=pipeline.per_process_batch(config.eval_batch_size, 'eval_batch_size'),
+        global_batch_size=config.eval_batch_size,
         seed=config.seed))
   if config.fewshot.enabled:
     evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
