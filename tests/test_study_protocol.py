@@ -208,3 +208,18 @@ def test_deviation_5_extends_the_scratch_10_and_mpp_1_sweeps(runs, study):
   for dependent in ('scratch/pct10/seed1', 'matched/pct10/seed1', 'scratch/all/seed0'):
     assert 'scratch/pct10/sweep/lr0.003_pad4' in runs[dependent].deps, dependent
   assert 'mpp_e30/pct1/sweep/lr0.0003_pad4' in runs['mpp_e30/pct1/seed1'].deps
+
+
+def test_deviation_6_extends_the_mpp_10_sweep(runs, study):
+  """Deviation 6: MPP 30 epochs at 10% chose lr 3e-3 padding 2 (two edges); its seeds and the
+  MPP all-labels runs (their padding is this sweep's) wait for both points."""
+  for name, lr, pad in (('mpp_e30/pct10/sweep/lr0.01_pad2', 0.01, 2),
+                        ('mpp_e30/pct10/sweep/lr0.003_pad4', 0.003, 4)):
+    ext, base = runs[name], runs['mpp_e30/pct10/sweep/lr0.003_pad2']
+    assert (ext.lr, ext.pad) == (lr, pad)
+    assert (ext.priority, ext.seed, ext.steps, ext.backbone) == (base.priority, base.seed,
+                                                                 base.steps, base.backbone)
+    for dependent in ('mpp_e30/pct10/seed0', 'mpp_e30/pct10/seed4', 'mpp_e30/all/sweep/lr0.001',
+                      'mpp_e30/all/seed0'):
+      assert name in runs[dependent].deps, (name, dependent)
+    assert name not in runs['scratch/pct10/seed0'].deps

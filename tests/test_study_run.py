@@ -18,7 +18,7 @@ def _tiny(tmp_path, where='a'):
   c.seeds, c.full_seeds, c.holdout = (0, 1), (), 1000  # No all-labels cells: seconds.
   c.steps_per_epoch, c.pretrain_epochs, c.headline_epochs = 2, (1, 2), 2
   c.full.update(sweep_epochs=1, lengths_epochs=(1, 2), eval_every_epochs=1)
-  c.sweep.update(learning_rates=(1e-3,), crop_padding=(2,))
+  c.sweep.update(learning_rates=(1e-3,), crop_padding=(2,), extensions=())  # No edge points.
   for part in (c.classifier, c.pretrainer):
     part.update(eval_batch_size=1000, log_every=3)
   c.pretrainer.mpp.eval_examples = 1000
