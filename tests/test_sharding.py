@@ -226,6 +226,11 @@ def test_batch_contract(tmp_path):
   assert (contract['global_batch'], contract['per_process_batch'],
           contract['micro_batches_per_step'], contract['per_device_micro_batch']) == (16, 16, 2, 8)
   assert contract['peak_learning_rate'] == 0.1 and contract['learning_rate_at_step_0'] == 0.0
+  assert contract['warmup_steps'] == 2
+  config.optimizer.warmup_steps = 10 * config.total_steps  # States the warmup the run gets.
+  _, schedule = optimizers.build(config.optimizer, config.total_steps)
+  contract = loop.write_batch_contract(config, str(tmp_path), mesh, schedule)
+  assert contract['warmup_steps'] == config.total_steps
 
 
 if __name__ == '__main__':
