@@ -241,6 +241,23 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
   np.testing.assert_allclose(np.asarray(ours), theirs[:, 1:].mean(1).numpy(), atol=1e-4)
 
 
+def test_fewshot_cli_reads_the_representation_the_trainer_evaluates(mae_workdir):
+  """`python -m vit.evaluators.fewshot --init mae:DIR` and the MAE trainer's few-shot evaluator
+  read one representation (the patch mean), so they give one number for one checkpoint."""
+  import ml_collections
+  saved, params, _ = checkpoints.read_params(mae_workdir, use_ema=True)
+  config = ml_collections.ConfigDict(saved)
+  trainer = objective.build(config, config_lib.validate(config))
+  spec = f'mae:{mae_workdir}'
+  ckpt = init_spec.load(spec)
+  images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 3), dtype=np.uint8)
+  cli = fewshot.checkpoint_representation(spec, ckpt.model)(ckpt.params, images)
+  np.testing.assert_allclose(cli, trainer.representation(params, images), rtol=1e-6, atol=1e-6)
+  # Not the class token's output, which the CLI read before.
+  token = fewshot.make_representation_fn(ckpt.model)(ckpt.params, images)
+  assert np.abs(np.asarray(cli) - np.asarray(token)).max() > 1e-3
+
+
 def test_objective_interface_and_plan():
   from vit import objective as objective_lib, plan
   definition = objective_lib.resolve('mae')

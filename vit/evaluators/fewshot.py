@@ -8,7 +8,8 @@ population std (+1e-5), a constant feature of 100 for the (almost unregularised)
 primal or dual solve, whichever matrix is smaller.
 
 As a periodic evaluator: `FewShotEvaluator` (both trainers; config.fewshot). On its own:
-`python -m vit.evaluators.fewshot --init SPEC --dataset fashion_mnist`.
+`python -m vit.evaluators.fewshot --init SPEC --dataset fashion_mnist`, on the representation
+the checkpoint's own trainer evaluates (`checkpoint_representation`).
 """
 from __future__ import annotations
 
@@ -136,6 +137,21 @@ def make_patch_mean_fn(model: ModelSpec) -> Callable:
     encoded = backbone.apply({'params': params}, to_input(images), train=False)
     return encoded[:, 1:].mean(axis=1)
   return representation
+
+
+def checkpoint_representation(spec: str, model: ModelSpec) -> Callable:
+  """The representation few-shot reads of a checkpoint loaded from init `spec` (FORMAT:PATH),
+  as the trainer of that checkpoint's objective reads it, so the two paths give one number.
+
+  A pretraining run's encoder (mpp:, mae:, simmim:): the mean of its patch tokens, the
+  `Objective.representation` of those objectives (`make_patch_mean_fn`, which they call), since
+  their loss never reaches the class token's output. A classifier (supervised: and the published
+  formats): the pooled token, pre_logits when present (`make_representation_fn`). `model` is
+  the checkpoint's (vit.init_spec.load); the params given to the result have no 'head'.
+  """
+  if spec.partition(':')[0] in init_spec.PRETRAINING:
+    return make_patch_mean_fn(model)
+  return make_representation_fn(model)
 
 
 class FewShotEvaluator:
@@ -282,7 +298,7 @@ def main(argv) -> None:
   params = init_spec.adapt_params(ckpt.params, target, grid, drop=('head',), what=flags_.init)
   mesh = sharding.make_mesh(config.mesh)
   try:
-    evaluator = FewShotEvaluator(config, make_representation_fn(model), mesh)
+    evaluator = FewShotEvaluator(config, checkpoint_representation(flags_.init, model), mesh)
   except ConfigError as e:  # Name the flag the user typed, not the config key it set.
     flag = _FLAGS_OF_KEYS.get(e.key)
     if flag is None:
