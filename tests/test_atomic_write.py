@@ -48,6 +48,28 @@ def test_replace_dir_and_move_files(tmp_path):
   assert os.listdir(tmp_path) == ['data']
 
 
+def test_staged_outputs_get_the_modes_a_plain_open_gives(tmp_path):
+  """What replace_dir and move_files put in place has mode 0666 / 0777 & ~umask, whatever the
+  writer made (mkdtemp's 0700 staging folder, mkstemp's or safetensors' 0600 files)."""
+  mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)
+  mask = os.umask(0o027)
+  try:
+    out = tmp_path / 'data'
+    with atomic_write.staging_dir(str(out)) as staging:
+      os.mkdir(os.path.join(staging, 'sub'), 0o700)
+      for name in ('a', 'sub/b'):
+        os.close(os.open(os.path.join(staging, name), os.O_CREAT | os.O_WRONLY, 0o600))
+      atomic_write.replace_dir(staging, str(out))
+    assert [mode(out), mode(out / 'sub'), mode(out / 'a'), mode(out / 'sub' / 'b')] == [
+        0o750, 0o750, 0o640, 0o640]
+    with atomic_write.staging_dir(str(out)) as staging:
+      os.close(os.open(os.path.join(staging, 'c'), os.O_CREAT | os.O_WRONLY, 0o600))
+      atomic_write.move_files(staging, str(out))
+    assert mode(out / 'c') == 0o640
+  finally:
+    os.umask(mask)
+
+
 def test_any_failed_write_of_the_output_is_one_line_and_keeps_the_previous(tmp_path):
   """Not only a full disk: a file where the folder should be, a directory where the file
   should be, no permission, a read-only volume (simulated: the tests may run as root)."""

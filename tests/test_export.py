@@ -197,3 +197,20 @@ def test_a_damaged_class_names_file_is_one_line_naming_it(run, tmp_path):
   with pytest.raises(UserError, match=rf'^{workdir}/class_names.json: not valid JSON '):
     export.export(workdir, 'timm', str(tmp_path / 'out'))
   assert not os.path.exists(tmp_path / 'out')
+
+
+@pytest.mark.parametrize('fmt', ['hf', 'timm', 'vit_jax'])
+def test_exported_files_get_the_mode_a_plain_open_gives(run, tmp_path, fmt):
+  """Every file and folder of an export is readable as the umask allows (0666 / 0777 & ~umask),
+  as open() and mkdir() would make it: not mkstemp's or mkdtemp's owner-only 0600 / 0700."""
+  workdir = run[0]
+  out = tmp_path / 'out' / ('m.npz' if fmt == 'vit_jax' else fmt)
+  old = os.umask(0o022)
+  try:
+    export.export(workdir, fmt, str(out))
+  finally:
+    os.umask(old)
+  paths = [out] if fmt == 'vit_jax' else [out, *out.iterdir()]
+  assert len(paths) > 2 or fmt == 'vit_jax'
+  modes = {p.name: oct(p.stat().st_mode & 0o777) for p in paths}
+  assert modes == {p.name: oct(0o755 if p.is_dir() else 0o644) for p in paths}

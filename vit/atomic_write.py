@@ -35,6 +35,13 @@ def _umask() -> int:
   return mask
 
 
+def plain_mode(path: str) -> None:
+  """Gives the file (or folder) at `path` the mode a plain open() (mkdir()) would have given it,
+  0666 (0777) & ~umask: mkstemp, mkdtemp and some writers (safetensors' save_file) make theirs
+  owner-only, which would make an output private to its writer."""
+  os.chmod(path, (0o777 if os.path.isdir(path) else 0o666) & ~_umask())
+
+
 def _host() -> str:
   return re.sub(r'[^A-Za-z0-9.]', '_', socket.gethostname()) or 'host'
 
@@ -204,7 +211,7 @@ def file(path: str) -> Iterator[str]:
     os.close(fd)
     try:
       yield temporary
-      os.chmod(temporary, 0o666 & ~_umask())  # mkstemp's 0600 would make the output private.
+      plain_mode(temporary)  # mkstemp's 0600 would make the output private.
       os.replace(temporary, path)
     finally:
       if os.path.exists(temporary):
@@ -229,7 +236,12 @@ def staging_dir(path: str) -> Iterator[str]:
 
 def replace_dir(new: str, path: str) -> None:
   """Moves directory `new` to `path`. A directory already at `path` is renamed aside first and
-  deleted only once `new` is in place; if that second rename fails, it is renamed back."""
+  deleted only once `new` is in place; if that second rename fails, it is renamed back. Its
+  files and folders get the modes a plain open() and mkdir() would give (`plain_mode`)."""
+  for folder, _, files in os.walk(new):  # As a plain mkdir/open would make them (plain_mode).
+    for entry in (folder, *(os.path.join(folder, f) for f in files)):
+      if not os.path.islink(entry):
+        plain_mode(entry)
   if not os.path.lexists(path):
     os.rename(new, path)
     return
@@ -247,10 +259,11 @@ def replace_dir(new: str, path: str) -> None:
 
 def move_files(source: str, folder: str) -> list[str]:
   """Renames every file in `source` (files only, no sub-folders) into `folder` (created if
-  missing), each replacing its namesake atomically; other files in `folder` stay. Returns the
-  names moved."""
+  missing), each replacing its namesake atomically, with the mode a plain open() would give
+  (`plain_mode`); other files in `folder` stay. Returns the names moved."""
   os.makedirs(folder, exist_ok=True)
   names = sorted(os.listdir(source))
   for name in names:
+    plain_mode(os.path.join(source, name))
     os.replace(os.path.join(source, name), os.path.join(folder, name))
   return names
