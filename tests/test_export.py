@@ -71,7 +71,8 @@ def test_hf_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
   workdir, m, _, ema = run
-  export.export(workdir, 'hf', str(tmp_path / 'hf'))
+  ckpt = export.export(workdir, 'hf', str(tmp_path / 'hf'))
+  assert export.notes('hf', ckpt, str(tmp_path / 'hf')) == []  # A classifier: nothing to add.
   hf = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'hf')).eval()
   assert hf.config.hidden_act == 'gelu_pytorch_tanh'  # The model's tanh GELU, stated.
   assert hf.config.id2label[9] == 'Ankle boot'

@@ -229,7 +229,10 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
   assert adapted['head']['kernel'].shape == (16, 10)
 
   out = str(tmp_path / 'hf')
-  export.export(mae_workdir, 'hf', out)
+  exported = export.export(mae_workdir, 'hf', out)
+  assert export.notes('hf', exported, out) == [
+      f'{out} is a headless encoder without a pooler: load it with '
+      f'transformers.ViTModel.from_pretrained({out!r}, add_pooling_layer=False)']
   transformers = pytest.importorskip('transformers')
   torch = pytest.importorskip('torch')
   hf_model = transformers.ViTModel.from_pretrained(out, add_pooling_layer=False).eval()

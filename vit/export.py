@@ -7,7 +7,8 @@ vision_transformer code and by `--config.init=vit_jax:PATH`; a model the .npz ca
 lost and the formats that do hold it (vit.formats.registry.check_expressible). `hf`: a
 directory with config.json + model.safetensors + preprocessor_config.json that
 `transformers.ViTForImageClassification.from_pretrained` and `ViTImageProcessor` load with the
-same logits (`ViTModel` for a headless MPP backbone). `timm`: a directory with model.safetensors
+same logits (a headless MPP, MAE or SimMIM encoder: `ViTModel.from_pretrained(PATH,
+add_pooling_layer=False)`, as the export's note says: it has no pooler). `timm`: a directory with model.safetensors
 + config.json (architecture, model_args, pretrained_cfg) that timm's VisionTransformer loads
 with the same logits. The Polyak-averaged parameters are exported when the run kept them
 (--noema for the raw ones). An MPP checkpoint exports its ViT backbone; the MPP prediction head
@@ -97,12 +98,26 @@ def _remove_stale_weights(folder: str, written: list[str]) -> None:
       os.remove(os.path.join(folder, name))
 
 
+def notes(fmt: str, ckpt: init_spec.Checkpoint, out: str) -> list[str]:
+  """What a user of the export `out` of `ckpt` in format `fmt` must know to load it right, one
+  line each (printed by the CLI after the export)."""
+  found = []
+  if fmt == 'hf' and 'head' not in ckpt.params and 'pre_logits' not in ckpt.params:
+    # transformers' ViTModel adds a pooler (dense + tanh) by default; this encoder (MPP, MAE,
+    # SimMIM) has none, so from_pretrained would initialise one at random and warn MISSING.
+    found.append(f'{out} is a headless encoder without a pooler: load it with '
+                 f'transformers.ViTModel.from_pretrained({out!r}, add_pooling_layer=False)')
+  return found
+
+
 def main(argv):
   del argv
   f = flags.FLAGS
   ckpt = export(f.checkpoint, f.format, f.out, use_ema=f.ema)
   logger.info('exported %s (%s) as %s to %s', f.checkpoint, init_spec.describe(ckpt), f.format,
               f.out)
+  for note in notes(f.format, ckpt, f.out):
+    logger.info('note: %s', note)
 
 
 if __name__ == '__main__':
