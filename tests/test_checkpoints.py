@@ -140,6 +140,12 @@ def test_resumed_run_equals_uninterrupted(tmp_path, reference, capsys):
   # same batches 5..8 (the grain iterator's position was restored) with the same keys.
   assert_bitwise_equal(resumed, reference)
   assert int(resumed.step) == 8 and resumed.ema_params is not None
+  # Each run's events start a TensorBoard session at its first step; the second START is a
+  # restart, which drops what the first run logged from step 5 on (vit.training.events).
+  from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+  starts = [[e.step for e in EventFileLoader(f).Load() if e.HasField('session_log')]
+            for f in glob.glob(f'{tmp_path}/events.out.tfevents.*')]
+  assert sorted(starts) == [[1], [5]]
 
 
 def test_resume_with_another_worker_count_is_bitwise_exact(tmp_path, capsys):

@@ -244,3 +244,31 @@ def test_runs_table_shows_the_readable_runs_and_names_each_unreadable_one(tmp_pa
   for line, (name, reason) in zip(errors, expected):
     assert line.startswith(f'error: {tmp_path / name}{reason}'), line
     assert line.endswith('; left out of the table'), line
+
+
+def test_a_resumed_run_counts_each_step_once_with_its_own_values(tmp_path):
+  """A run killed (kill -9) after logging steps 1..5 with its last checkpoint at step 2 resumes
+  at step 3 and logs 3..6 into a second event file: TensorBoard's reader (as vit.inspect.runs
+  reads) sees each step once, the resumed run's values from step 3 on, and none of the killed
+  run's steps past what the resumed run has logged so far (its SessionLog START at step 3)."""
+  import time
+  from vit.inspect import runs
+  from vit.training import events
+  killed = events.EventWriter(str(tmp_path), first_step=1)
+  for step in range(1, 6):
+    killed.write_scalars(step, {'loss': float(step)})
+  killed.close()  # What kill -9 leaves: every write was flushed.
+  time.sleep(1.01 - time.time() % 1)  # Files are named by the second they start, read in order.
+  resumed = events.EventWriter(str(tmp_path), first_step=3)
+  for step in (3, 4):
+    resumed.write_scalars(step, {'loss': 10.0 * step})
+  assert runs.scalars(str(tmp_path))['loss'] == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0}
+  for step in (5, 6):
+    resumed.write_scalars(step, {'loss': 10.0 * step})
+  resumed.close()
+  assert len(glob.glob(str(tmp_path / 'events.out.tfevents.*'))) == 2
+  assert runs.scalars(str(tmp_path))['loss'] == {1: 1.0, 2: 2.0, 3: 30.0, 4: 40.0, 5: 50.0,
+                                                 6: 60.0}
+  acc = plugin_event_accumulator.EventAccumulator(str(tmp_path), size_guidance={'tensors': 0})
+  acc.Reload()  # What the TensorBoard server plots: one point per step, no duplicate.
+  assert [e.step for e in acc.Tensors('loss')] == [1, 2, 3, 4, 5, 6]

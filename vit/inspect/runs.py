@@ -21,7 +21,7 @@ import sys
 import jax
 import ml_collections
 import numpy as np
-from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.util import tensor_util
 
 from vit import checkpoints, config as config_lib, objective as objective_lib
@@ -29,7 +29,8 @@ from vit.errors import UserError
 
 
 def scalars(workdir: str) -> dict[str, dict[int, float]]:
-  """Every scalar a run logged, {tag: {step: value}}, read with TensorBoard's reader.
+  """Every scalar a run logged, {tag: {step: value}}, read with TensorBoard's reader: once per
+  step, the latest run's value where a resumed run logged a step again.
 
   UserError naming `workdir` when it has no event files, or none holds a scalar: TensorBoard's
   reader stops silently at a damaged record, so a file damaged from its start reads as empty.
@@ -39,11 +40,15 @@ def scalars(workdir: str) -> dict[str, dict[int, float]]:
     raise UserError(f'{workdir}: no TensorBoard event files')
   out: dict[str, dict[int, float]] = {}
   for directory in sorted({os.path.dirname(f) for f in files}):
-    acc = event_accumulator.EventAccumulator(directory, size_guidance={'scalars': 0,
-                                                                       'tensors': 0})
+    # The reader of the TensorBoard server, which holds every summary as a tensor (old
+    # `simple_value` scalars converted) and purges the tensors too at a restart: a resumed
+    # run's file starts with a SessionLog START at its first step (vit.training.events), and
+    # what a killed run logged from that step on is dropped, so each step counts once, with the
+    # resumed run's value. (event_accumulator's purge skips tensors, what tf.summary and we
+    # write.)
+    acc = plugin_event_accumulator.EventAccumulator(directory, size_guidance={'tensors': 0},
+                                                    purge_orphaned_data=True)
     acc.Reload()
-    for tag in acc.Tags()['scalars']:
-      out.setdefault(tag, {}).update({e.step: e.value for e in acc.Scalars(tag)})
     for tag in acc.Tags()['tensors']:
       values = {e.step: tensor_util.make_ndarray(e.tensor_proto) for e in acc.Tensors(tag)}
       if all(np.ndim(v) == 0 for v in values.values()):

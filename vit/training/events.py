@@ -39,9 +39,17 @@ class EventWriter:
   that logged the step, where `vit.checkpoints.stop_on_failed_write` names it. After a failure the
   file is closed with what it holds (its records up to the failed one stay readable) and every
   later call raises the same OSError.
+
+  `first_step`: the first step this writer will log (1 for a fresh run, a checkpoint's step + 1
+  for a resumed one). The file then starts with a `SessionLog(status=START)` event at that step,
+  TensorBoard's mark of a session: the server's reader (plugin_event_accumulator, with
+  purge_orphaned_data=True by default, as vit.inspect.runs reads) takes every START after a
+  run's first for a restart and drops what earlier files logged at its step or later. So the
+  steps a killed run logged past its last checkpoint, logged again after the resume, count once,
+  with the resumed run's values. (A fresh run writes one too: the first START is not a restart.)
   """
 
-  def __init__(self, logdir: Optional[str]):
+  def __init__(self, logdir: Optional[str], first_step: Optional[int] = None):
     self.path: Optional[str] = None  # The event file's.
     self._records: Optional[RecordWriter] = None
     self._failure: Optional[OSError] = None
@@ -59,6 +67,11 @@ class EventWriter:
     self._records.write(event_pb2.Event(
         wall_time=time.time(), file_version='brain.Event:2',
         source_metadata=event_pb2.SourceMetadata(writer=__name__)).SerializeToString())
+    if first_step is not None:
+      self._records.write(event_pb2.Event(
+          wall_time=time.time(), step=int(first_step),
+          session_log=event_pb2.SessionLog(status=event_pb2.SessionLog.START)
+      ).SerializeToString())
 
   def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
     """{tag: a number or 0-d array} at `step`, each stored as float32 (as tf.summary.scalar).

@@ -128,7 +128,7 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
         return Trained(state, {})
       # Only now, the resume accepted and steps to train, does the run write into the workdir:
       # a refused rerun (another config, nothing left to train) leaves its files as they were.
-      writer = _start_writing(config, workdir, task, mesh, schedule, mngr)
+      writer = _start_writing(config, workdir, task, mesh, schedule, mngr, start)
       run = _Run(config, workdir, task, mesh, mngr, data_iter, stop, writer)
       train_step = jit_train_step(task.loss_fn, tx, schedule, config, state_shardings, mesh)
       return _steps(run, train_step, state, start)
@@ -142,14 +142,17 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
           writer.close()
 
 
-def _start_writing(config, workdir: str, task: Task, mesh, schedule, mngr):
+def _start_writing(config, workdir: str, task: Task, mesh, schedule, mngr, start: int):
   """The files a training run keeps beside its checkpoints (batch_contract.json, the task's
   class_names.json) and its TensorBoard writer, which creates an events file at once (on the
-  first process only)."""
+  first process only). Its file marks a restart at step `start` + 1 (events.EventWriter's
+  first_step): what a killed run logged past its last checkpoint, which the steps from there
+  log again, is then read once, with the new values."""
   write_batch_contract(config, workdir, mesh, schedule)
   class_names.write_class_names(workdir, task.class_names)
   return checkpoints.stop_on_failed_write(
-      events.EventWriter(workdir if jax.process_index() == 0 else None), mngr, workdir)
+      events.EventWriter(workdir if jax.process_index() == 0 else None, first_step=start + 1),
+      mngr, workdir)
 
 
 def _nothing_to_train(workdir: str, step: int, total_steps: int) -> None:
