@@ -8,11 +8,11 @@ lost and the formats that do hold it (vit.formats.registry.check_expressible). `
 directory with config.json + model.safetensors + preprocessor_config.json that
 `transformers.ViTForImageClassification.from_pretrained` and `ViTImageProcessor` load with the
 same logits (a headless MPP, MAE or SimMIM encoder: `ViTModel.from_pretrained(PATH,
-add_pooling_layer=False)`, as the export's note says: it has no pooler). `timm`: a directory with model.safetensors
-+ config.json (architecture, model_args, pretrained_cfg) that timm's VisionTransformer loads
-with the same logits. The Polyak-averaged parameters are exported when the run kept them
-(--noema for the raw ones). An MPP checkpoint exports its ViT backbone; the MPP prediction head
-is not part of any format.
+add_pooling_layer=False)`, as the export's note says: it has no pooler). `timm`: a directory
+with model.safetensors + config.json (architecture, model_args, pretrained_cfg) that timm's
+VisionTransformer loads with the same logits. The Polyak-averaged parameters are exported when
+the run kept them (--noema for the raw ones). An MPP checkpoint exports its ViT backbone; the
+MPP prediction head is not part of any format.
 `--checkpoint` also takes an init spec (e.g. hf:DIR -> --format vit_jax). The export is written
 beside `--out` and replaces what is there only once complete (other files in an hf directory
 stay), so a failed export never leaves a broken file where a good one stood. An `--out` inside
