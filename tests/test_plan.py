@@ -101,6 +101,22 @@ def test_cli_one_line_error():
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh=')
 
 
+def test_a_second_plan_reads_no_unreadable_cache_entry(tmp_path):
+  """A step compiled for a libtpu slice cannot be read back from JAX's persistent compilation
+  cache (no TPU client): the second plan of a config warned 'Error reading persistent
+  compilation cache entry'. vit.plan keeps its compiles out of the cache."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR=str(tmp_path / 'xla'),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0')
+  for _ in range(2):
+    proc = subprocess.run(
+        [sys.executable, '-m', 'vit.plan', '--config', 'configs/supervised/fashion_mnist.py',
+         '--topology', 'v5e:1x1', '--json', '--config.batch_size=8'],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert 'Warning' not in proc.stderr, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])['fits']
+
+
 def test_objective_is_read_from_the_config_not_its_folder(tmp_path):
   """A config's objective is the section it carries, wherever its file lies: an MPP config
   copied out of configs/mpp/ is planned as MPP (it was planned as a classifier and refused)."""

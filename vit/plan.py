@@ -364,6 +364,11 @@ def check_objective(name: str) -> None:
 
 def main(argv):
   del argv
+  # vit.cli.run turns on JAX's persistent compilation cache, but a step compiled for a slice
+  # described by libtpu (no TPU client) is written there and cannot be read back: the next
+  # plan of the same config warned 'Error reading persistent compilation cache entry'.
+  # Before the first compile: JAX decides once per process whether the cache is used.
+  jax.config.update('jax_enable_compilation_cache', False)
   if _TOPOLOGY.value is None:
     raise UserError('--topology is required, e.g. --topology v5p:4x4x4')
   path = config_flags.get_config_filename(flags.FLAGS['config'])
