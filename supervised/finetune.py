@@ -21,14 +21,11 @@ from absl import flags
 from supervised import objective, train
 from vit import checkpoints, cli, config as config_lib, init_spec
 from vit.data import pipeline
-from vit.errors import ConfigError
 from vit.models.spec import ModelSpec
 from vit.training import loop
 
 FLAGS = flags.FLAGS
 logger = logging.getLogger(__name__)
-INIT_FORMATS = ('mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR, vit_jax:FILE.npz, hf:DIR or '
-                'timm:DIR')
 
 
 def prepare(config: ml_collections.ConfigDict) -> tuple[ModelSpec, init_spec.Checkpoint]:
@@ -37,8 +34,7 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ModelSpec, init_spec.Che
   The config then describes the fine-tuned model completely, so the checkpoint it saves can
   itself be loaded with `supervised:DIR`.
   """
-  if not config.init:
-    raise ConfigError('init', config.init, f'set the weights to start from: {INIT_FORMATS}')
+  init_spec.require_init(config)
   ckpt = init_spec.load(config.init)
   init_spec.adopt_backbone(config, ckpt.model, ckpt.channels, config.init)
   m = config_lib.validate(config)

@@ -199,6 +199,11 @@ def test_fine_tuning_config_is_planned_with_the_backbone_of_its_init(tmp_path):
       jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)['params'])),
       str(tmp_path / 'tiny.npz'))
   config = finetune_config.get_config()
+  # Without its init: supervised.finetune's line (it was: model.patches.size not set).
+  with pytest.raises(UserError, match=r'^config.init=None: set the weights to start from: '
+                                      r'mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR, '
+                                      r'vit_jax:FILE.npz, hf:DIR or timm:DIR$'):
+    plan.plan(config, 'v5e:1x1', 'supervised')
   config.init = f'vit_jax:{tmp_path / "tiny.npz"}'
   r = plan.plan(config, 'v5e:1x1', 'supervised')
   # The checkpoint's backbone at the config's 32 px (8x8 patches) with its 10-class head.

@@ -35,7 +35,7 @@ from vit.architecture import (abstract_params, grid_at, infer_model,  # noqa: F4
                               patch_stride)
 from vit.class_names import (CLASS_NAMES_FILE, read_class_names,  # noqa: F401 (re-exported)
                              write_class_names)
-from vit.errors import UserError, require_directory
+from vit.errors import ConfigError, UserError, require_directory
 from vit.formats import registry
 from vit.formats.tree import check_finite, flatten
 from vit.models import vit as vit_model
@@ -49,6 +49,18 @@ PRETRAINING = {'mpp': ('an MPP', {'mask_embedding', 'head'}),
                'mae': ('an MAE', {'decoder'}),
                'simmim': ('a SimMIM', {'mask_token', 'decoder'})}
 FORMATS = (*PRETRAINING, 'supervised', *registry.FORMATS)
+# What config.init takes, as its errors list it.
+INIT_FORMATS = ('mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR, vit_jax:FILE.npz, hf:DIR or '
+                'timm:DIR')
+
+
+def require_init(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming config.init and the specs it takes when the config sets none: the
+  one line of supervised.finetune, and of vit.plan for a fine-tuning config, whose model
+  sizes the checkpoint gives."""
+  if not config.get('init'):
+    raise ConfigError('init', config.get('init'),
+                      f'set the weights to start from: {INIT_FORMATS}')
 
 
 class Checkpoint(NamedTuple):

@@ -162,10 +162,16 @@ def with_init(config, objective: str):
   from it, whose sizes the checkpoint gives and a fine-tuning config leaves unset. The
   checkpoint is loaded on this host (vit.init_spec.load). UserError for an init that does not
   load or disagrees with the config (vit.init_spec.adopt_backbone), and for one under an
-  objective whose trainer starts from a random initialisation (vit.config.check_no_init)."""
-  if not config.get('init'):
-    return config
+  objective whose trainer starts from a random initialisation (vit.config.check_no_init), and
+  supervised.finetune's for a classifier's config that sets neither an init nor any model size
+  (a fine-tuning config without its init; vit.init_spec.require_init)."""
   name = objective_lib.resolve(objective).name
+  if not config.get('init'):
+    model = config.model
+    if name == 'supervised' and all(x is None for x in (
+        model.get('name'), model.patches.size, model.hidden_size)):
+      init_spec.require_init(config)  # Was: model.patches.size not set, not the real problem.
+    return config
   if name != 'supervised':
     config_lib.check_no_init(config, trainer=f'the {name} objective')
   ckpt = init_spec.load(config.init)
