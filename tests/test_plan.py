@@ -163,6 +163,17 @@ def test_objectives_are_listed_by_help_and_by_the_error_for_another():
                                       r'simmim, supervised \(or a module'):
     plan.check_objective('foo')
   plan.check_objective('simmim')
+  # Another objective's section is refused as the trainers refuse it, not silently ignored.
+  from configs.mae import fashion_mnist as mae_config
+  with pytest.raises(UserError, match=r'^c.py is a config for mae \(it has config.mae\); '
+                                      r'vit.plan --objective simmim needs config.simmim: drop '
+                                      r'--objective to plan the objective of the config$'):
+    plan.check_objective('simmim', mae_config.get_config(), 'c.py')
+  with pytest.raises(UserError, match=r'^c.py is a config for mae .* vit.plan --objective '
+                                      r'supervised needs a config without an objective section'):
+    plan.check_objective('supervised', mae_config.get_config(), 'c.py')
+  plan.check_objective('mae', mae_config.get_config(), 'c.py')
+  plan.check_objective('mpp', tiny_config(), 'c.py')  # No section: planned with the defaults.
   # Independent processes, started together: their interpreter start-ups share the cores.
   procs = [subprocess.Popen([sys.executable, '-m', module, '--help'], cwd=ROOT, text=True,
                             env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,

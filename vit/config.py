@@ -170,15 +170,17 @@ def sections(config: ml_collections.ConfigDict) -> dict[str, objective_lib.Defin
 
 
 def check_objective(config: ml_collections.ConfigDict, definition: objective_lib.Definition,
-                    *, source: str, trainer: str, example: str | None = None) -> None:
+                    *, source: str, trainer: str, example: str | None = None,
+                    hint: str | None = None) -> None:
   """Refuses a config written for another objective than the trainer's, before it is read.
 
   `definition`'s section (`config.mpp` for mpp.train) must be present, and no other
   objective's: a trainer would otherwise fail on the missing section with a traceback, or
   silently ignore the foreign one. A definition without a section (supervised) takes configs
   that carry none. `source` is the config file, `trainer` the command ('mpp.train'),
-  `example` a config that fits (the trainer's default). Raises UserError, one line naming
-  the file and the section it has or lacks.
+  `example` a config that fits (the trainer's default), `hint` what to do instead of using
+  the foreign section's trainer (vit.plan: drop --objective). Raises UserError, one line
+  naming the file and the section it has or lacks.
   """
   name, has = definition.name, sorted(sections(config))
   wants = [name] if definition.section is not None else []
@@ -186,7 +188,8 @@ def check_objective(config: ml_collections.ConfigDict, definition: objective_lib
   needs = f'config.{name}' if wants else 'a config without an objective section'
   if foreign and name not in has:
     raise UserError(f'{source} is a config for {foreign[0]} (it has config.{foreign[0]}); '
-                    f'{trainer} needs {needs}{_trainer_hint(foreign[0])}')
+                    f'{trainer} needs {needs}'
+                    + (f': {hint}' if hint else _trainer_hint(foreign[0])))
   if foreign:
     raise UserError(f'{source} has config.{foreign[0]} besides config.{name}; {trainer} '
                     f'reads only config.{name}: remove config.{foreign[0]}')

@@ -358,14 +358,22 @@ def config_objective(config, source: str) -> str:
   return 'supervised'
 
 
-def check_objective(name: str) -> None:
-  """UserError listing the objectives (vit.objective.available) when `name` names none."""
+def check_objective(name: str, config=None, source: str = '--config') -> None:
+  """UserError listing the objectives (vit.objective.available) when `name` names none, and,
+  given the `config` (read from the file `source`), the trainers' one line when it carries
+  another objective's section (vit.config.check_objective): that section would be ignored and
+  the objective planned with its defaults. A config with no section is planned with the
+  objective's defaults (a classifier's config as MPP, say)."""
   try:
-    objective_lib.resolve(name)
+    definition = objective_lib.resolve(name)
   except ValueError:
     raise UserError(f'--objective {name}: no such objective; one of '
                     f'{", ".join(objective_lib.available())} (or a module that defines one, '
                     f'vit.objective.resolve)') from None
+  if config is not None and config_lib.sections(config):
+    config_lib.check_objective(config, definition, source=source,
+                               trainer=f'vit.plan --objective {name}',
+                               hint='drop --objective to plan the objective of the config')
 
 
 def main(argv):
@@ -379,7 +387,7 @@ def main(argv):
     raise UserError('--topology is required, e.g. --topology v5p:4x4x4')
   path = config_flags.get_config_filename(flags.FLAGS['config'])
   objective = _OBJECTIVE.value or config_objective(_CONFIG.value, path)
-  check_objective(objective)
+  check_objective(objective, _CONFIG.value, path)
   if _SEARCH.value:
     report = search(_CONFIG.value, _TOPOLOGY.value, objective,
                     log=lambda line: print(line, file=sys.stderr, flush=True))
