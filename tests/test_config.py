@@ -213,6 +213,15 @@ _CONFIG_FILES = {
                           'ml_collections.FrozenConfigDict({"batch_size": 8})\n',
                           ': get_config() returned a FrozenConfigDict, which no override can '
                           'change; return an ml_collections.ConfigDict'),
+    # ml_collections' --config FILE:ARG passes ARG to get_config: a TypeError traceback.
+    'takes_no_argument.py': ('import ml_collections\n\ndef get_config():\n  return '
+                             'ml_collections.ConfigDict()\n',
+                             ": its get_config() takes no argument (got 'foo' from --config "
+                             '{path}:foo)', 'foo'),
+    'needs_argument.py': ('import ml_collections\n\ndef get_config(size):\n  return '
+                          'ml_collections.ConfigDict()\n',
+                          ": get_config() missing 1 required positional argument: 'size' "
+                          '(config_flags passes it the ARG of --config FILE:ARG)'),
 }
 
 
@@ -224,10 +233,11 @@ def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, monke
   from absl import flags
   from ml_collections import config_flags
   from vit import cli
-  source, expected = _CONFIG_FILES[name]
+  source, expected, *argument = _CONFIG_FILES[name]
   path = tmp_path / name
   path.write_text(source)
-  argv = ['prog', f'--config={path}']
+  expected = expected.replace('{path}', str(path))
+  argv = ['prog', f'--config={path}' + ''.join(f':{a}' for a in argument)]
   # config_flags loads every file as module 'config_config', into the namespace of the last.
   monkeypatch.delitem(sys.modules, 'config_config', raising=False)
   values = flags.FlagValues()

@@ -261,6 +261,15 @@ def _config_file(e: BaseException, path: str | None) -> str | None:
              if os.path.abspath(t.filename) == target]
     if lines:
       return f'--config {path}:{lines[-1]}: {type(error).__name__}: {" ".join(str(error).split())}'
+    if isinstance(error, TypeError) and str(error).startswith('get_config() '):
+      # Raised by the call itself (no line of FILE): config_flags passes what follows the
+      # first ':' of --config FILE:ARG to get_config, which may take no argument or need one.
+      _, sep, argument = (_config_source(path) or '').partition(':')
+      if sep and 'takes 0 positional arguments' in str(error):
+        return (f'--config {path}: its get_config() takes no argument (got {argument!r} from '
+                f'--config {path}:{argument})')
+      return (f'--config {path}: {" ".join(str(error).split())} (config_flags passes it the ARG '
+              f'of --config FILE:ARG)')
   return None
 
 
