@@ -165,6 +165,12 @@ def test_refusals_name_the_formats_that_do_hold_the_model(run, tmp_path):
                                       r'normalisation .*; export with --format hf or timm$'):
     export.export(f'hf:{tmp_path / "imagenet"}', 'vit_jax', str(tmp_path / 'm.npz'))
   assert not (tmp_path / 'm.npz').exists()
+  (tmp_path / 'a_file').write_text('kept')
+  for fmt, article in (('timm', 'a'), ('hf', 'an')):  # It said 'an timm export'.
+    with pytest.raises(UserError, match=rf'^--out {tmp_path}/a_file: {article} {fmt} export is '
+                                        r'a directory, and this is a file$'):
+      export.export(f'hf:{tmp_path / "imagenet"}', fmt, str(tmp_path / 'a_file'))
+  assert (tmp_path / 'a_file').read_text() == 'kept'
   with pytest.raises(UserError, match=r'^--checkpoint nope: directory not found \(a trainer '):
     export.export('nope', 'hf', str(tmp_path / 'o'))
 

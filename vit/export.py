@@ -53,7 +53,8 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   if writer.SUFFIX and not out.endswith(writer.SUFFIX):
     raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file')
   if not writer.SUFFIX and os.path.isfile(out):
-    raise UserError(f'--out {out}: an {fmt} export is a directory, and this is a file')
+    article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
+    raise UserError(f'--out {out}: {article} {fmt} export is a directory, and this is a file')
   # Before anything is written; a refusal names the formats that do hold the model.
   registry.check_expressible(fmt, ckpt.params, ckpt.model)
   stated = dict(model=ckpt.model, class_names=ckpt.class_names, image_size=ckpt.image_size,
