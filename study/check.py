@@ -5,6 +5,9 @@ comes (hours later, or in every worker at once).
 
 Nothing here changes a run's config or digest: each trainer config is built as `study.run`
 builds it and validated as a copy.
+
+`python -m study.check [--config configs/study/demo.py] [--config.x=...]` does only that check
+(`study.run.preflight`) and writes nothing.
 """
 from __future__ import annotations
 
@@ -13,11 +16,13 @@ import json
 from typing import Callable
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from configs.study import converged
 from study import protocol
 from study.protocol import Run
-from vit import config as config_lib
+from vit import cli, config as config_lib
 from vit.errors import ConfigError, UserError
 
 # Study sections that are whole trainer configs: an error in one names the study's own key
@@ -67,14 +72,20 @@ def check(study: ml_collections.ConfigDict,
 NON_EMPTY = ('seeds', 'sweep.learning_rates', 'sweep.crop_padding')
 
 
-def check_complete(study: ml_collections.ConfigDict) -> None:
+def check_complete(study: ml_collections.ConfigDict, source: str = '--config') -> None:
   """UserError naming every top-level key of the protocol's config (configs/study/converged.py)
   that `study` lacks. A partial study file (one that sets only `seeds`, say) would otherwise
-  stop at the first key read, as an AttributeError with no file or key named."""
+  stop at the first key read, as an AttributeError with no file or key named. A trainer's
+  config (one with every top-level key of vit.config.defaults()) is named as such: its list of
+  missing study keys was two dozen long and missed the point. `source` names the config in
+  the message ('--config FILE')."""
   missing = [key for key in converged.get_config() if key not in study]
+  if missing and all(key in study for key in config_lib.defaults()):
+    raise UserError(f'{source}: a trainer\'s config, not a study config; a study runs '
+                    'configs/study/converged.py or configs/study/demo.py')
   if missing:
     raise UserError(
-        f'--config: the study config has no {", ".join(f"config.{k}" for k in missing)}; a '
+        f'{source}: the study config has no {", ".join(f"config.{k}" for k in missing)}; a '
         f'study config starts from configs/study/converged.py\'s get_config() and changes keys '
         f'(as configs/study/demo.py does)')
 
@@ -139,3 +150,16 @@ def _trainer_configs(run: Run, config) -> list[ml_collections.ConfigDict]:
     return [ml_collections.ConfigDict({k: v for k, v in config.to_dict().items()
                                        if k != 'probe'})]
   return [config]
+
+
+def main(argv):
+  del argv
+  from study import run  # study.run imports this module.
+  path = config_flags.get_config_filename(flags.FLAGS['config'])
+  checked = run.preflight(flags.FLAGS.config, source=f'--config {path}')
+  print(f'{path}: the study config and its {checked} distinct trainer configs validate')
+
+
+if __name__ == '__main__':
+  cli.define_config_flags('configs/study/converged.py', workdir=False)
+  cli.run(main)

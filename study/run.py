@@ -20,6 +20,7 @@ import sys
 import time
 
 from absl import flags
+from ml_collections import config_flags
 
 from study import check, choices, configs, execute, execute_later, later_cells, protocol
 from study import report, snapshot, store
@@ -152,11 +153,12 @@ def _check_all_finished(study, every: list[Run], results: dict) -> None:
                       configs.digest(_config(study, run, results, order)))
 
 
-def preflight(study) -> int:
+def preflight(study, source: str = '--config') -> int:
   """Before any run or worker starts: the study config and the trainer config of every run it
   may run validate (study/check.py), and every finished run still has its config; a bad
-  override is one line on this process's stderr. Returns the number of configs checked."""
-  check.check_complete(study)  # Before any key is read.
+  override is one line on this process's stderr. Returns the number of configs checked.
+  `source` names the study config in errors ('--config FILE')."""
+  check.check_complete(study, source)  # Before any key is read.
   results = store.load_all(study.results)
   checked = check.check(study, lambda run, done, order: _config(study, run, done, order),
                         results)
@@ -228,7 +230,8 @@ def main(argv):
   del argv
   study, workdir = FLAGS.config, os.path.abspath(FLAGS.workdir)
   if FLAGS.worker_index < 0:
-    preflight(study)  # Its workers need not: they run this config, checked.
+    # Its workers need not: they run this config, checked.
+    preflight(study, f'--config {config_flags.get_config_filename(FLAGS["config"])}')
   os.makedirs(workdir, exist_ok=True)
   if study.workers > 1 and FLAGS.worker_index < 0:
     _spawn(study, workdir)

@@ -76,6 +76,29 @@ def test_a_study_config_missing_keys_is_one_line_naming_them(tmp_path):
   assert out.returncode == 2, out.stderr[-2000:]
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(
-      'error: --config: the study config has no config.'), lines
+      f'error: --config {partial}: the study config has no config.'), lines
   assert 'config.results' in lines[0] and 'config.seeds' not in lines[0], lines[0]
   assert not os.path.exists(tmp_path / 'w')
+
+
+def test_a_trainer_config_is_named_as_one_not_listed_as_missing_study_keys():
+  """Before, configs/mae/fashion_mnist.py given to study.run listed 25 missing study keys."""
+  from configs.mae import fashion_mnist
+  with pytest.raises(UserError, match=r"^--config c.py: a trainer's config, not a study config; "
+                                      r'a study runs configs/study/converged.py or '
+                                      r'configs/study/demo.py$'):
+    run_lib.preflight(fashion_mnist.get_config(), '--config c.py')
+
+
+def test_study_check_is_an_entry_point(tmp_path):
+  """`python -m study.check --help` printed nothing (exit status 0): the module had no main."""
+  helped = commands.run_module('study.check', '--help', timeout=300)
+  assert helped.returncode == 0 and 'python -m study.check' in helped.stdout, helped.stderr
+  assert '--config: Path to an ml_collections config file' in helped.stdout
+  out = commands.run_module('study.check', '--config=configs/study/demo.py',
+                            f'--config.results={tmp_path / "results"}', timeout=300)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert re.fullmatch(r'configs/study/demo.py: the study config and its \d+ distinct trainer '
+                      r'configs validate\n', out.stdout), out.stdout
+  assert not os.listdir(tmp_path)  # Writes nothing.
+
