@@ -18,10 +18,14 @@ def digests() -> dict:
   study = converged.get_config()
   plan = [r for r in protocol.runs(study) if getattr(r, 'cell', 'a') == 'a']
   order = [r.name for r in plan]
+  # Grid-edge points (deviations 4-6) never win here: a stand-in accuracy that beat the grid
+  # would move its sweep's choice, and so the digests of the runs after it, in this test only.
+  edge = {protocol._sweep_name(*e) for e in study.sweep.get('extensions', ())}  # pylint: disable=protected-access
   results = {}
   for r in plan:
     if '/sweep/' in r.name or '/length/' in r.name:
-      held = int(hashlib.sha256(r.name.encode()).hexdigest()[:8], 16) / 2 ** 32
+      held = -1.0 if r.name in edge else (
+          int(hashlib.sha256(r.name.encode()).hexdigest()[:8], 16) / 2 ** 32)
       results[r.name] = {'name': r.name, 'result': {'holdout_best': held}, 'config': {
           'optimizer': {'learning_rate': r.lr}, 'total_steps': r.steps,
           'data': {'crop_padding': 0 if r.pad is None else r.pad}}}
