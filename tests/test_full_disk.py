@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -301,12 +302,26 @@ def test_a_checkpoints_folder_replaced_by_a_file_stops_the_save_in_one_line(tmp_
     checkpoints.save(mngr, 3, {'params': object()}, None, config)
   mngr.close()
   # Orbax makes step 3's temporary directory in a background task, which the ValueError may
-  # come before or after: either way there is no step 3, and the next run's manager removes
-  # whatever the failed save left (a reader, read-only, moves nothing).
+  # come before or after; a writable manager removes such leftovers in another background task.
+  # A closed manager waits for neither (a fresh clone under load saw the directory made after
+  # the next manager's clean-up, and the clean-up still running after its close), so the test
+  # waits for orbax's threads to end, a state, before each look.
+  _join_orbax_threads()
   assert sorted(os.listdir(folder)) in (['1'], ['1', '3.orbax-checkpoint-tmp'])
   np.testing.assert_array_equal(checkpoints.restore_params(str(tmp_path))['w'], [0, 1, 2])
+  assert sorted(os.listdir(folder)) in (['1'], ['1', '3.orbax-checkpoint-tmp'])  # Read-only.
   checkpoints.manager(str(tmp_path)).close()
+  _join_orbax_threads()
   assert os.listdir(folder) == ['1']
+
+
+def _join_orbax_threads() -> None:
+  """Waits for the background tasks of orbax's futures (its `_SignalingThread`s) to end.
+
+  Thread's own join: orbax's re-raises the task's error (here the failed save's, expected)."""
+  for thread in threading.enumerate():
+    if type(thread).__module__.startswith('orbax.') and thread is not threading.current_thread():
+      threading.Thread.join(thread, timeout=10)  # Some are long-lived: bounded.
 
 
 def test_a_full_disk_for_the_tensorboard_events_is_one_line(tmp_path):
