@@ -40,8 +40,7 @@ def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
       per_device_micro_batch=config.batch_size // accum // data_parallel,
       peak_learning_rate=float(config.optimizer.learning_rate),
       learning_rate_at_step_0=float(schedule(0)),
-      # The schedule's warmup, which a run shorter than the configured one cuts to its length.
-      warmup_steps=min(int(config.optimizer.warmup_steps), int(config.total_steps)),
+      warmup_steps=optimizers.warmup_steps(config.optimizer, config.total_steps),
       total_steps=int(config.total_steps),
   )
   logger.info('batch contract: %s', ', '.join(f'{k}={v}' for k, v in contract.items()))

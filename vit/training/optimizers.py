@@ -7,12 +7,17 @@ import ml_collections
 import optax
 
 
+def warmup_steps(opt: ml_collections.ConfigDict, total_steps: int) -> int:
+  """The schedule's warmup: `opt.warmup_steps`, cut to the run's length when it is shorter."""
+  return min(int(opt.warmup_steps), int(total_steps))
+
+
 def learning_rate(opt: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
   """Linear warmup to `learning_rate`, then cosine, linear (to 0), constant (paper §B.1) or
   rsqrt: peak * sqrt(w / (w + t)) at t steps after a warmup of w (big_vision's 'rsqrt' with
   its timescale at the warmup). rsqrt depends on no total length, so every checkpoint of one
   long run is the run of that length (the study's length curve, docs/study/protocol.md)."""
-  peak, warmup = opt.learning_rate, min(opt.warmup_steps, total_steps)
+  peak, warmup = opt.learning_rate, warmup_steps(opt, total_steps)
   rest = max(total_steps - warmup, 1)
   timescale = max(warmup, 1)
   decay = {
