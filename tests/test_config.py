@@ -117,6 +117,26 @@ def test_preset_fills_only_unset_keys():
   assert m.patch_size == (16, 16)
 
 
+def test_a_preset_overridden_by_the_configs_own_sizes_says_so(caplog):
+  """`--config.model.name=ViT-B/16` on a small config keeps its sizes: a warning and the plan's
+  label name each override, so nobody reads the small model as ViT-B/16."""
+  from vit import plan
+  config = small()
+  config.model.name = 'ViT-B/16'
+  with caplog.at_level('WARNING', logger='vit.config'):
+    m = config_lib.validate(config, num_devices=1)
+  assert m.hidden_size == config.model.hidden_size != 768
+  assert f'hidden_size={config.model.hidden_size} (preset: 768)' in caplog.text
+  assert 'override the preset' in caplog.text
+  label = plan.model_label(config)
+  assert label.startswith('ViT-B/16 with ') and f'hidden_size={config.model.hidden_size}' in label
+  config = small()
+  config.model.update(name='ViT-B/16', hidden_size=768)  # Equal to the preset: no override.
+  config.model.transformer.update(mlp_dim=None, num_heads=None, num_layers=None)
+  config.model.patches.size = None
+  assert plan.model_label(config) == 'ViT-B/16'
+
+
 def test_the_resolved_model_is_a_frozen_spec():
   m = config_lib.validate(small(), num_devices=1)
   assert isinstance(m, ModelSpec) and m.patch_size == (4, 4) and m.hidden_size == 16

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 from typing import Any, Mapping
 
 import jax
@@ -25,6 +26,8 @@ from vit.models import factory, layer_norm as layer_norm_lib, resnet
 from vit.models.factory import attention_kernel, layer_norm, resolved_model  # noqa: F401
 from vit.models.spec import ModelSpec
 from vit.models.vit import ATTENTIONS, POSEMBS, VisionTransformer
+
+logger = logging.getLogger(__name__)
 
 _none = config_dict.placeholder
 
@@ -266,6 +269,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   if channels not in (1, 3) or isinstance(channels, bool):
     raise ConfigError('data.channels', channels, 'must be 1 (greyscale) or 3 (RGB)')
   m = _resolve(config)
+  overrides = factory.preset_overrides(config)
+  if overrides:
+    logger.warning('model.name=%s: the config\'s own %s override the preset',
+                   config.model.name, ', '.join(overrides))
   subsets.check_config(config.data)
   pad = config.data.crop_padding
   if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < config.image_size:

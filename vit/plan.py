@@ -38,6 +38,7 @@ from ml_collections import config_flags
 
 from vit import cli, config as config_lib, init_spec, objective as objective_lib, sharding
 from vit.errors import UserError
+from vit.models import factory
 from vit.models.spec import ModelSpec
 from vit.training import optimizers, sharded
 
@@ -181,6 +182,14 @@ def with_init(config, objective: str):
   return config
 
 
+def model_label(config) -> str | None:
+  """`model.name`, with the config's own sizes that override the preset (none: the name)."""
+  overrides = factory.preset_overrides(config)
+  if not overrides:
+    return config.model.name
+  return f'{config.model.name} with ' + ', '.join(o.split(' (')[0] for o in overrides)
+
+
 def plan(config, topology: str, objective: str) -> dict:
   """The report as plain data (see the module docstring); a config.init is read first
   (`with_init`)."""
@@ -188,7 +197,7 @@ def plan(config, topology: str, objective: str) -> dict:
   devices, chip = topology_devices(topology)
   hbm, peak, bandwidth = chip.hbm_bytes, chip.peak_bf16_flops, chip.hbm_bandwidth
   report = dict(topology=topology, objective=objective, devices=len(devices),
-                model=config.model.name, dtype=config.model.dtype, remat=config.model.remat,
+                model=model_label(config), dtype=config.model.dtype, remat=config.model.remat,
                 global_batch=config.batch_size,
                 accumulation_steps=config.optimizer.accumulation_steps,
                 hbm_per_device_gib=hbm / GiB)

@@ -46,6 +46,26 @@ def resolved_model(config: ml_collections.ConfigDict) -> dict:
   return m
 
 
+def preset_overrides(config: ml_collections.ConfigDict) -> list[str]:
+  """The explicit keys of `config.model` that differ from the preset named in `model.name`, as
+  'key=value (preset: value)' strings, in the layout's order; [] without a preset or an
+  override. A preset named beside a config's own sizes is overlaid by them (`resolved_model`),
+  so `--config.model.name=ViT-B/16` on a small config keeps the small sizes: say so."""
+  m = config.model.to_dict()
+  preset = presets.PRESETS.get(m['name'])
+  if preset is None:
+    return []
+  pairs = [('patches.size', m['patches']['size'], preset['patches']['size']),
+           ('hidden_size', m['hidden_size'], preset['hidden_size'])]
+  pairs += [(f'transformer.{k}', m['transformer'][k], v) for k, v in preset['transformer'].items()]
+  return [f'{key}={value} (preset: {want})' for key, value, want in pairs
+          if value is not None and tuple(_as_tuple(value)) != tuple(_as_tuple(want))]
+
+
+def _as_tuple(value) -> tuple:
+  return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
 def build_model(m: ModelSpec, *, num_classes: int | None = None, classifier: str | None = None
                 ) -> VisionTransformer:
   """The VisionTransformer `m` describes; `num_classes` and `classifier` override its head
