@@ -272,7 +272,8 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   overrides = factory.preset_overrides(config)
   if overrides:
     logger.warning('model.name=%s: the config\'s own %s override the preset',
-                   config.model.name, ', '.join(overrides))
+                   config.model.name,
+                   ', '.join(f'{key}={value} (preset: {want})' for key, value, want in overrides))
   subsets.check_config(config.data)
   pad = config.data.crop_padding
   if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < config.image_size:

@@ -187,7 +187,7 @@ def model_label(config) -> str | None:
   overrides = factory.preset_overrides(config)
   if not overrides:
     return config.model.name
-  return f'{config.model.name} with ' + ', '.join(o.split(' (')[0] for o in overrides)
+  return f'{config.model.name} with ' + ', '.join(f'{key}={value}' for key, value, _ in overrides)
 
 
 def plan(config, topology: str, objective: str) -> dict:

@@ -46,11 +46,11 @@ def resolved_model(config: ml_collections.ConfigDict) -> dict:
   return m
 
 
-def preset_overrides(config: ml_collections.ConfigDict) -> list[str]:
+def preset_overrides(config: ml_collections.ConfigDict) -> list[tuple[str, object, object]]:
   """The explicit keys of `config.model` that differ from the preset named in `model.name`, as
-  'key=value (preset: value)' strings, in the layout's order; [] without a preset or an
-  override. A preset named beside a config's own sizes is overlaid by them (`resolved_model`),
-  so `--config.model.name=ViT-B/16` on a small config keeps the small sizes: say so."""
+  (key, value, preset's value) in the layout's order; [] without a preset or an override. A
+  preset named beside a config's own sizes is overlaid by them (`resolved_model`), so
+  `--config.model.name=ViT-B/16` on a small config keeps the small sizes: callers say so."""
   m = config.model.to_dict()
   preset = presets.PRESETS.get(m['name'])
   if preset is None:
@@ -58,8 +58,8 @@ def preset_overrides(config: ml_collections.ConfigDict) -> list[str]:
   pairs = [('patches.size', m['patches']['size'], preset['patches']['size']),
            ('hidden_size', m['hidden_size'], preset['hidden_size'])]
   pairs += [(f'transformer.{k}', m['transformer'][k], v) for k, v in preset['transformer'].items()]
-  return [f'{key}={value} (preset: {want})' for key, value, want in pairs
-          if value is not None and tuple(_as_tuple(value)) != tuple(_as_tuple(want))]
+  return [(key, value, want) for key, value, want in pairs
+          if value is not None and _as_tuple(value) != _as_tuple(want)]
 
 
 def _as_tuple(value) -> tuple:
