@@ -44,3 +44,23 @@ import jax  # noqa: E402
 jax.config.update('jax_compilation_cache_dir', os.environ['JAX_COMPILATION_CACHE_DIR'])
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)
 jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _release_compiled_programs():
+  """Drops jax's in-memory compiled programs after each test file.
+
+  A test process otherwise keeps every executable it ever compiled: measured on seven files run
+  in one process, RSS grew from 1.8 to 4.4 GB, and each of `make test`'s two workers reached
+  about 5 GB, too much for an 8 GB laptop. Cleared after each file, the same seven files peaked
+  at 2.6 GB (torch's import is most of the rest). A later file's programs come back from the
+  persistent cache above, so the suite takes about as long. Autouse and module-scoped, it is set
+  up before a file's other module fixtures and so torn down after them.
+  """
+  yield
+  jax.clear_caches()
+  gc.collect()
