@@ -367,6 +367,20 @@ def test_partly_written_checkpoint_is_never_read(tmp_path, reference, capsys):
   assert_bitwise_equal(resumed, reference)
 
 
+def test_a_closed_manager_has_removed_the_unfinished_steps(tmp_path):
+  """A writable manager removes what a killed save left (`*.orbax-checkpoint-tmp`) in a
+  background thread that orbax's close does not wait for: before the fix, the folder was still
+  there after close in 10 of 20 tries. Five tries, each checked right after the close."""
+  folder = tmp_path / 'checkpoints'
+  checkpoints.manager(str(tmp_path)).close()
+  for step in range(5):
+    partial = folder / f'{step}.orbax-checkpoint-tmp'
+    (partial / 'state').mkdir(parents=True)
+    (partial / 'state' / '_METADATA').write_text('{"tree_metadata": {' + ' ' * 4096)
+    checkpoints.manager(str(tmp_path)).close()
+    assert os.listdir(folder) == [], step
+
+
 def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
   """The issue's recipe: a finished run's newest step copied to a higher number, its state
   files cut in half. Every reader (export, the supervised:/mpp: init specs) reads the newest

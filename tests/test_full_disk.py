@@ -302,16 +302,15 @@ def test_a_checkpoints_folder_replaced_by_a_file_stops_the_save_in_one_line(tmp_
     checkpoints.save(mngr, 3, {'params': object()}, None, config)
   mngr.close()
   # Orbax makes step 3's temporary directory in a background task, which the ValueError may
-  # come before or after; a writable manager removes such leftovers in another background task.
-  # A closed manager waits for neither (a fresh clone under load saw the directory made after
-  # the next manager's clean-up, and the clean-up still running after its close), so the test
-  # waits for orbax's threads to end, a state, before each look.
+  # come before or after, and which the closed manager does not wait for (a fresh clone under
+  # load saw the directory made after the next manager's clean-up), so the test waits for
+  # orbax's threads to end, a state, before it looks. The next manager's clean-up of such
+  # leftovers is over when its close returns (Manager.close).
   _join_orbax_threads()
   assert sorted(os.listdir(folder)) in (['1'], ['1', '3.orbax-checkpoint-tmp'])
   np.testing.assert_array_equal(checkpoints.restore_params(str(tmp_path))['w'], [0, 1, 2])
   assert sorted(os.listdir(folder)) in (['1'], ['1', '3.orbax-checkpoint-tmp'])  # Read-only.
   checkpoints.manager(str(tmp_path)).close()
-  _join_orbax_threads()
   assert os.listdir(folder) == ['1']
 
 

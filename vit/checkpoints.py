@@ -152,6 +152,22 @@ class Manager(ocp.CheckpointManager):
     self._finalizing = step
     super()._finalize(step, steps_to_remove)
 
+  def close(self):
+    """orbax's close, which also waits for the clean-up of unfinished step folders
+    (`*.orbax-checkpoint-tmp`) that a writable manager starts in a background thread when it
+    opens: orbax's own close does not, so a manager closed before its first save left that
+    thread running, and a folder could still be there after the close returned. A clean-up
+    that fails (no permission) is one warning naming the folder: what was saved is intact."""
+    try:
+      self._maybe_await_cleanup_tmp_directory()  # orbax 0.12's own method.
+    except Exception as e:
+      reason = atomic_write.failure_reason(e)
+      if reason is None:
+        raise
+      logger.warning('could not remove the unfinished checkpoint folders in %s (%s)',
+                     self.directory, reason)
+    super().close()
+
   def _wait_for_checkpointers(self):
     try:
       super()._wait_for_checkpointers()
