@@ -8,6 +8,7 @@
 """
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -66,6 +67,39 @@ def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
   again = chaos.run(workdir, 20)
   assert again['rc'] == 0 and again['resumed'] == 7, again['output'][-2000:]
   assert again['last_step'] == 20
+
+
+def test_ctrl_c_while_an_entry_point_imports_is_one_line(tmp_path):
+  """Ctrl-C in the seconds an entry point spends importing jax, TF and orbax, before
+  vit.cli.run catches it. The child's `-X importtime` lines (about 140 KB after vit's) are read
+  up to vit's only: the child then blocks on its full stderr pipe, still importing, whatever the
+  load, and the signal meets it there."""
+  proc = subprocess.Popen(
+      [sys.executable, '-X', 'importtime', '-m', 'mpp.train',
+       '--config', 'configs/mpp/fashion_mnist.py', '--workdir', str(tmp_path / 'run')],
+      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  for line in proc.stderr:
+    if re.search(r'\|\s+vit$', line):  # vit/__init__.py has run: the hook is in place.
+      break
+  else:
+    proc.kill()
+    pytest.fail('the child never imported vit')
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=300)
+  told = [l for l in err.splitlines() if not l.startswith('import time:')]
+  assert told == ['interrupted while starting: nothing was written'], err[-2000:]
+  assert proc.returncode == -signal.SIGINT  # As Python ends on Ctrl-C: 130 in a shell.
+  assert out == '' and not (tmp_path / 'run').exists()
+
+
+def test_a_library_import_keeps_the_programs_own_excepthook():
+  """The one-line hook is for this repository's entry points only: a program that imports vit
+  keeps Python's traceback for its own Ctrl-C."""
+  code = 'import sys, vit; assert sys.excepthook is sys.__excepthook__; raise KeyboardInterrupt'
+  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                        timeout=120)
+  assert 'Traceback' in proc.stderr and 'KeyboardInterrupt' in proc.stderr, proc.stderr
+  assert 'interrupted while starting' not in proc.stderr
 
 
 def _free_port() -> int:

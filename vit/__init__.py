@@ -1,8 +1,27 @@
 """The shared ViT library: models, data, sharding, training core, checkpoints, evaluators."""
 import os
+import sys
 
 # TensorFlow is imported only by TFDS and TensorBoard writers; keep its C++ start-up chatter
 # off the console unless the user asked for it (3: also its errors, e.g. a TensorBoard flush on
 # a full disk, which the training loop reports in one line of its own).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 os.environ.setdefault('TF_ENABLE_ONEDNN_OPTS', '0')  # TF does no compute here.
+
+
+def _one_line_for_ctrl_c(kind, value, tb, _python_hook=sys.excepthook):
+  if issubclass(kind, KeyboardInterrupt):
+    sys.stderr.write('interrupted while starting: nothing was written\n')
+    return  # Python then exits by SIGINT itself (status 130 in a shell), as without the hook.
+  _python_hook(kind, value, tb)
+
+
+# An entry point (`python -m mpp.train`) spends seconds importing jax, TF and orbax before
+# vit.cli.run catches Ctrl-C, and Python printed a KeyboardInterrupt traceback for it. Only when
+# one of this repository's modules is the program: `python -m` imports its package here while
+# sys.argv[0] is '-m' (the entry packages import vit first), or it runs as __main__. A library
+# import never changes another program's hook.
+_main = getattr(sys.modules.get('__main__'), '__spec__', None)
+if sys.argv[:1] == ['-m'] or (_main is not None and _main.name.split('.')[0] in (
+    'mae', 'mpp', 'simmim', 'study', 'supervised', 'vit')):
+  sys.excepthook = _one_line_for_ctrl_c
