@@ -92,14 +92,20 @@ def test_ctrl_c_while_an_entry_point_imports_is_one_line(tmp_path):
   assert out == '' and not (tmp_path / 'run').exists()
 
 
-def test_a_library_import_keeps_the_programs_own_excepthook():
+def test_a_library_import_keeps_the_programs_own_excepthook(tmp_path):
   """The one-line hook is for this repository's entry points only: a program that imports vit
-  keeps Python's traceback for its own Ctrl-C."""
-  code = 'import sys, vit; assert sys.excepthook is sys.__excepthook__; raise KeyboardInterrupt'
-  proc = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
-                        timeout=120)
-  assert 'Traceback' in proc.stderr and 'KeyboardInterrupt' in proc.stderr, proc.stderr
-  assert 'interrupted while starting' not in proc.stderr
+  keeps Python's traceback for its own Ctrl-C, run as a script or as `python -m` of another
+  package whose __init__ imports vit (as ours do)."""
+  (tmp_path / 'other').mkdir()
+  (tmp_path / 'other' / '__init__.py').write_text('import vit\n')
+  (tmp_path / 'other' / 'tool.py').write_text(
+      'import sys\nassert sys.excepthook is sys.__excepthook__\nraise KeyboardInterrupt\n')
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]))
+  for program in (['-c', 'import vit, other.tool'], ['-m', 'other.tool']):
+    proc = subprocess.run([sys.executable, *program], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert 'Traceback' in proc.stderr and 'KeyboardInterrupt' in proc.stderr, proc.stderr
+    assert 'interrupted while starting' not in proc.stderr
 
 
 def _free_port() -> int:
