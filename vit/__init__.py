@@ -18,16 +18,13 @@ def _one_line_for_ctrl_c(kind, value, tb, _python_hook=sys.excepthook):
 
 # An entry point (`python -m mpp.train`) spends seconds importing jax, TF and orbax before
 # vit.cli.run catches Ctrl-C, and Python printed a KeyboardInterrupt traceback for it. Only when
-# one of this repository's modules is the program: `python -m` imports its package here while
-# sys.argv[0] is '-m' (the entry packages import vit first; sys.orig_argv names the module), or
-# it runs as __main__. A library import never changes another program's hook.
+# one of this repository's modules is the program: `python -m` imports its package (each entry
+# package imports vit first) while sys.argv[0] is still '-m', and sys.orig_argv names the
+# module. A library import, or another package's `python -m`, never changes the program's hook.
 _OURS = ('mae', 'mpp', 'simmim', 'study', 'supervised', 'vit')
 
 
 def _program_is_ours() -> bool:
-  main = getattr(sys.modules.get('__main__'), '__spec__', None)
-  if main is not None:
-    return main.name.split('.')[0] in _OURS
   argv = getattr(sys, 'orig_argv', [])
   if sys.argv[:1] != ['-m'] or '-m' not in argv[1:-1]:
     return False
