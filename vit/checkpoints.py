@@ -34,6 +34,7 @@ import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import traceback
 from typing import Any, Iterator, Optional
@@ -223,15 +224,34 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, data_iterator,
   if data_iterator is not None:
     args['data'] = DataIteratorSave(data_iterator)
   metrics = {k: float(v) for k, v in metrics.items()} if metrics else {}
+  running = set(threading.enumerate())
   try:
     mngr.save(step, args=ocp.args.Composite(**args), metrics=metrics, force=True)
   except Exception as e:  # The previous save's failure, raised when this one waits for it.
     pending, mngr.pending = mngr.pending, None
     failure = _failure(mngr, e, pending if pending is not None else step)
     if failure is None:
+      _await_abandoned_tasks(running)
       raise
     raise SaveFailed(mngr, failure[0], step, failure[1]) from None
   mngr.pending = step
+
+
+def _await_abandoned_tasks(running: set, timeout_s: float = 60.0) -> None:
+  """Waits (bounded) for the background tasks that orbax started for a save that then raised a
+  bug (a state orbax cannot write: ValueError "Unsupported type").
+
+  orbax starts the step directory's creation and the JSON item's write in non-daemon threads
+  (`_SignalingThread`) before the state's handler raises, and nothing awaits them. Left alone,
+  the caller's `close` shuts down the executor the creation needs, the JSON thread then waits
+  for a signal that never comes, and the process hangs at exit for orbax's coordination timeout
+  (300 s) after its traceback. Joined here, they finish into the step's temporary directory,
+  which the next manager removes. `running`: the threads alive before the save."""
+  deadline = time.monotonic() + timeout_s
+  for thread in set(threading.enumerate()) - running:
+    if type(thread).__module__.startswith('orbax.'):
+      # Thread's own join: orbax's re-raises the task's error, which is not this bug's.
+      threading.Thread.join(thread, timeout=max(0.0, deadline - time.monotonic()))
 
 
 def _check_writable(mngr: Manager, step: int) -> None:
