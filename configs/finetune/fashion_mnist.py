@@ -1,4 +1,5 @@
-"""Fine-tuning on Fashion-MNIST at a higher resolution: the CPU default (`make demo`).
+"""Fine-tuning on Fashion-MNIST at a higher resolution: the CPU default of
+`python -m supervised.finetune`.
 
 Start from any checkpoint with --config.init=..., e.g. the supervised or MPP default runs
 (28 px, 4x4 patches: a 7x7 grid). Here images are 32 px, so the grid becomes 8x8 and the

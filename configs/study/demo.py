@@ -1,8 +1,9 @@
-"""`make demo`: the study's headline cell at 1% of the labels, reduced to about 10 minutes on
-2 CPU cores, fair in the study's sense (docs/study/protocol.md): the scratch arm and the MPP
-arm are trained with the same recipe family (Adam, weight decay on kernels, warmup + cosine,
-flip, random 2-px translation) for the same fine-tuning budget on the same 600 images, each at
-its own learning rate chosen on the held-out split; raw-pixel least squares beside them.
+"""`make demo`: the study's headline cell at 1% of the labels, reduced to 15-50 minutes on
+2 CPU cores (the README's measured times, with other work beside it), fair in the study's sense
+(docs/study/protocol.md): the scratch arm and the MPP arm are trained with the same recipe
+family (Adam, weight decay on kernels, warmup + cosine, flip, random 2-px translation) for the
+same fine-tuning budget on the same 600 images, each at its own learning rate chosen on the
+held-out split; raw-pixel least squares beside them.
 Reduced: one seed, which is also the tuning seed (its result is the best of two learning rates
 on held-out, so slightly optimistic for both arms alike; no interval), 2 epochs of MPP, 400
 fine-tuning steps. Nothing here is converged; docs/study/results.md has the study itself.
