@@ -64,7 +64,8 @@ def _later_cells(config):
                     mae_decoders=((32, 1), (32, 2), (64, 2)), decoder_head_width=16,
                     simmim_mask_patch_sizes=(4, 8), eval_examples=5000,
                     # MPP's wall time: MAE's steps = MPP's x (MAE images/s / MPP images/s),
-                    # both trainers' steps timed in turns in one process (study/execute_later.py, `walltime`).
+                    # both trainers' steps timed in turns in one process
+                    # (study/execute_later.py, `walltime`).
                     walltime_rounds=5, walltime_steps=20)
   # (e) The §4.5 figures of the final weights of these runs, written under `out`.
   config.figures = dict(runs=('scratch/all/seed0', 'mpp/seed0/e30'), out='docs/study/figures')
