@@ -14,6 +14,7 @@ import numpy as np
 from PIL import Image
 
 from mpp import objective, targets as targets_lib
+from vit import atomic_write
 from vit.models import patches as patches_lib
 from vit.preprocess import to_unit
 
@@ -78,7 +79,9 @@ def compose(panels, scale: int = 4, gap: int = 2) -> np.ndarray:
 
 
 class GridWriter:
-  """The loop's periodic hook: a PNG under WORKDIR/images and the same picture in TensorBoard."""
+  """The loop's periodic hook: a PNG under WORKDIR/images and the same picture in TensorBoard.
+  The PNG is written whole or not at all (vit.atomic_write): a full disk is one line naming it,
+  and leaves no cut-short picture."""
 
   def __init__(self, model, spec: objective.Spec, images: np.ndarray, workdir: str,
                seed: int = 0):
@@ -91,8 +94,8 @@ class GridWriter:
     panels = make_panels(self._model, self._spec, state.params, jnp.asarray(self._images),
                          self._rng, self._panels_fn)
     picture = compose(panels)
-    os.makedirs(self._dir, exist_ok=True)
     path = os.path.join(self._dir, f'mpp_{step:07d}.png')
-    Image.fromarray(picture).save(path)
+    with atomic_write.file(path) as partial:  # Same extension: PIL picks PNG from it.
+      Image.fromarray(picture).save(partial)
     writer.write_images(step, {'mpp/original_corrupted_predicted': picture[None]})
     return path

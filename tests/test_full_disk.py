@@ -29,6 +29,7 @@ from vit import atomic_write, config as config_lib
 from vit.errors import UserError
 from vit.formats import vit_jax
 from vit.models.spec import ModelSpec
+from vit.testing import commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR='', PYTHONUNBUFFERED='1')
@@ -323,6 +324,27 @@ def test_a_full_disk_for_the_tensorboard_events_is_one_line(tmp_path):
       rf'rerun the same command to resume', last), last
   _only_that_line(full)
   assert 'step 300/300' not in full.stdout
+
+
+def test_a_full_disk_for_an_output_of_a_step_stops_the_run_in_one_line(tmp_path):
+  """An output a step writes besides its checkpoint (here MPP's picture grid, ~100 kB at 64 px;
+  the checkpoint's files are under 64 kB) is written whole or not at all, and its failure
+  stops the run at that step, naming the output and the last complete checkpoint."""
+  workdir = tmp_path / 'run'
+  full = _run(['-m', 'mpp.train', '--config=configs/mpp/fashion_mnist.py',
+               f'--workdir={workdir}', '--config.image_size=64', '--config.batch_size=8',
+               '--config.model.patches.size=(16,16)', *commands.TINY_BACKBONE,
+               '--config.log_every=2', '--config.checkpoint_every=2', '--config.eval_every=0',
+               '--config.mpp.eval_examples=16', '--config.eval_batch_size=16',
+               '--config.optimizer.warmup_steps=1', '--config.mpp.image_every=4',
+               '--config.total_steps=8'], limit_kib=64)
+  assert _one_error_line(full) == (
+      f'error: {workdir}/images/mpp_0000004.png: not written (File too large); stopped at step '
+      f'4; the last complete checkpoint is {workdir}/checkpoints/2; free space and rerun the '
+      f'same command to resume')
+  _only_that_line(full)
+  assert os.listdir(workdir / 'images') == []  # No picture cut short.
+  assert os.listdir(workdir / 'checkpoints') == ['2']
 
 
 def _train_two_processes(workdir, total_steps, limit_kib=None, capped=(0, 1), timeout=900,

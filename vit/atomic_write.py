@@ -6,10 +6,11 @@ rename is atomic, POSIX rename(2)) and renames it over the old output only after
 returned. A writer that raises, or a process that is interrupted, leaves the old output as it
 was; the temporary is deleted. A write that fails (a full disk, a quota, a file size limit, no
 permission, a read-only volume, a file where a folder should be: any OSError about the output,
-its folder or its temporary) is a `UserError` naming the output and the reason, saying that the
-previous output is unchanged. The temporary's name holds the host and process id of its writer
-(`.NAME-partial-HOST-PID-*`), so that what a killed process (SIGKILL) left is removed by the
-next write beside it on that host, while a live writer's temporary is never touched.
+its folder or its temporary) is a `NotWritten` (a `UserError`) naming the output and the reason,
+saying that the previous output is unchanged. The temporary's name holds the host and process
+id of its writer (`.NAME-partial-HOST-PID-*`), so that what a killed process (SIGKILL) left is
+removed by the next write beside it on that host, while a live writer's temporary is never
+touched.
 """
 from __future__ import annotations
 
@@ -184,6 +185,18 @@ def _failure(e: BaseException, path: str) -> Optional[tuple[str, str]]:
   return reason, _ADVICE if room_would_help(reason) else ''
 
 
+class NotWritten(UserError):
+  """A failed write of the output `path` for `reason` (plain words): '{path}: not written
+  ({reason}); the previous one is unchanged' (or 'nothing was written there'), and '; free
+  space and rerun' when room would help. A training run tells it with the step it stopped at
+  (vit.training.loop)."""
+
+  def __init__(self, path: str, reason: str, existed: bool, advice: str):
+    kept = 'the previous one is unchanged' if existed else 'nothing was written there'
+    super().__init__(f'{path}: not written ({reason}); {kept}{advice}')
+    self.path, self.reason = path, reason
+
+
 @contextlib.contextmanager
 def _reported(path: str, existed: bool) -> Iterator[None]:
   """Turns a failed write of `path` (`_about`) into one line naming it and the reason."""
@@ -193,8 +206,7 @@ def _reported(path: str, existed: bool) -> Iterator[None]:
     failure = _failure(e, path)
     if failure is None:
       raise
-    kept = ('the previous one is unchanged' if existed else 'nothing was written there')
-    raise UserError(f'{path}: not written ({failure[0]}); {kept}{failure[1]}') from None
+    raise NotWritten(path, failure[0], existed, failure[1]) from None
 
 
 @contextlib.contextmanager

@@ -130,7 +130,10 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
       writer = _start_writing(config, workdir, task, mesh, schedule, mngr, start)
       run = _Run(config, workdir, task, mesh, mngr, data_iter, stop, writer)
       train_step = jit_train_step(task.loss_fn, tx, schedule, config, state_shardings, mesh)
-      return _steps(run, train_step, state, start)
+      try:
+        return _steps(run, train_step, state, start)
+      except atomic_write.NotWritten as e:
+        raise _output_failed(run, e) from None
     finally:
       # Whatever ends the loop (the last step, a signal, a non-finite step, an error), a save
       # in flight is completed: the last good checkpoint must be whole.
@@ -154,6 +157,15 @@ def _start_writing(config, workdir: str, task: Task, mesh, schedule, mngr, start
       mngr, workdir)
 
 
+def _output_failed(run: _Run, e: atomic_write.NotWritten) -> checkpoints.SaveFailed:
+  """The stop for an output that a step could not write (a hook's picture, an evaluator's
+  curve, an export; a full disk): one line naming it, the reason, the step and the last
+  complete checkpoint, told once the save in flight has ended (its own failure is told
+  instead, by `wait_for_saves`)."""
+  checkpoints.wait_for_saves(run.mngr)
+  return checkpoints.SaveFailed(run.mngr, None, run.step, e.reason, what=f'{e.path}: not written')
+
+
 def _nothing_to_train(workdir: str, step: int, total_steps: int) -> None:
   # A finished run rerun (or total_steps lowered) trains no step: said, not silently done.
   logger.info('note: workdir %s already holds step %d >= total_steps %d; nothing to train '
@@ -171,6 +183,7 @@ class _Run:
   data_iter: Any
   stop: checkpoints.StopSignal
   writer: Any
+  step: int = 0  # The step under way.
 
 
 def _initial_state(mngr, data_iter, config, workdir: str, build, state_shardings
@@ -192,6 +205,7 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> Trained:
   progress = _Progress(config.total_steps, start, config.batch_size)
   window = _Window(skip_nonfinite=config.get('skip_nonfinite_steps', False))
   for step in range(start + 1, config.total_steps + 1):
+    run.step = step
     batch = sharding.global_batch(next(run.data_iter), run.mesh)
     state, metrics = train_step(state, batch)
     window.add(step, metrics)
