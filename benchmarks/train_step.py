@@ -454,13 +454,19 @@ def parse_args(argv=None):
 
 
 def emit(report: dict, json_path) -> None:
-  """Prints the JSON report and, given a path, writes it there (complete or not at all)."""
+  """Prints the JSON report and, given a path, writes it there (complete or not at all). A
+  write that fails (a full disk) exits with status 2 after one line naming the file, as the
+  vit.cli entry points do: the report stays printed above it."""
   text = json.dumps(report, indent=1)
-  print(text)
+  print(text, flush=True)
   if json_path:
     from vit import atomic_write  # Standard library only: imports no JAX.
-    with atomic_write.file(json_path) as partial, open(partial, 'w') as f:
-      f.write(text + '\n')
+    try:
+      with atomic_write.file(json_path) as partial, open(partial, 'w') as f:
+        f.write(text + '\n')
+    except atomic_write.NotWritten as e:
+      print(f'error: --json {e}', file=sys.stderr)
+      sys.exit(2)
 
 
 def main(argv=None) -> None:

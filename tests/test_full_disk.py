@@ -133,6 +133,20 @@ def _image_folder(root, per_class=3):
   return root
 
 
+def test_a_benchmark_report_to_a_full_disk_is_one_line(tmp_path):
+  """benchmarks' --json FILE (emit, which every benchmark's main ends with, after minutes of
+  measuring): one line naming the flag and the file, the report still printed above it."""
+  path = tmp_path / 'report.json'
+  path.write_text('{"previous": true}')
+  proc = _run(['-c', 'import sys; from benchmarks import train_step; '
+               'train_step.emit({"x": "y" * 8000}, sys.argv[1])', str(path)], limit_kib=4)
+  assert _one_error_line(proc) == (f'error: --json {path}: not written (File too large); the '
+                                   f'previous one is unchanged; free space and rerun')
+  assert json.loads(proc.stdout) == {'x': 'y' * 8000}
+  assert json.loads(path.read_text()) == {'previous': True}
+  assert os.listdir(tmp_path) == ['report.json']
+
+
 def test_prepare_to_a_full_disk_keeps_the_previous_dataset(tmp_path):
   from vit.data import prepare
   folder, out = _image_folder(tmp_path / 'images'), tmp_path / 'out'
