@@ -441,6 +441,46 @@ def test_an_unreadable_step_is_said_in_plain_words(tmp_path):
       'RuntimeError: odd: state/x')
 
 
+def test_readers_name_other_damage_in_one_line(tmp_path, capsys):
+  """Damage beside the issue's cut state files, in a copy of the newest step: a file deleted
+  (orbax names some only in its text), the OCDBT manifest deleted, the folder emptied; each
+  skipped in one line naming the file. A cut `state/array_metadatas/` file fails the read of
+  every array at once, and TensorStore's abandoned reads printed two dozen 'Event loop is
+  closed' tracebacks on vit.export's stderr beside that line."""
+  import shutil
+  import subprocess
+  import sys
+  train(tmp_path, tiny_config(total_steps=4))
+  ckpt = tmp_path / 'checkpoints'
+  cases = {'config/metadata': 'config/metadata is missing',
+           'state/_METADATA': 'state/_METADATA is missing',
+           'state/manifest.ocdbt': 'state/manifest.ocdbt is missing',
+           None: 'the step folder is empty'}
+  for name, reason in cases.items():
+    shutil.rmtree(ckpt / '9', ignore_errors=True)
+    shutil.copytree(ckpt / '4', ckpt / '9')
+    for path in [ckpt / '9' / name] if name else (ckpt / '9').iterdir():
+      shutil.rmtree(path) if path.is_dir() else path.unlink()
+    capsys.readouterr()
+    assert checkpoints.read_params(str(tmp_path))[2] == 4
+    assert capsys.readouterr().err == (f'warning: skipped the unreadable checkpoint {ckpt}/9 '
+                                       f'({reason}); reading step 4\n')
+  shutil.rmtree(ckpt / '9')
+  shutil.copytree(ckpt / '4', ckpt / '9')
+  (metadata,) = glob.glob(f'{ckpt}/9/state/array_metadatas/*')
+  os.truncate(metadata, os.path.getsize(metadata) // 2)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  export = subprocess.run(
+      [sys.executable, '-m', 'vit.export', f'--checkpoint={tmp_path}', '--format=vit_jax',
+       f'--out={tmp_path / "m.npz"}'], cwd=root, capture_output=True, text=True, timeout=300,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert export.returncode == 0, export.stderr[-3000:]
+  assert export.stderr.splitlines() == [
+      f'warning: skipped the unreadable checkpoint {ckpt}/9 (state/array_metadatas/'
+      f'{os.path.basename(metadata)} is not valid JSON (cut short or overwritten)); reading '
+      'step 4'], export.stderr[-3000:]
+
+
 def test_incompatible_config_lists_keys_and_shapes(tmp_path):
   train(tmp_path, tiny_config(total_steps=2))
   wider = tiny_config(total_steps=4)

@@ -463,9 +463,12 @@ def _closed_loop_callback(unraisable) -> bool:
 def _quiet_abandoned_reads() -> None:
   """When one array of a step does not read, orbax abandons the reads of the others; each,
   closed when collected, raises orbax's 'Encountered error while reading array index' (from
-  GeneratorExit, with TensorStore's whole store spec), reported as unraisable on stderr. The
-  failed read itself is reported in one line (`unreadable_reason`); these say nothing more."""
+  GeneratorExit, with TensorStore's whole store spec), reported as unraisable on stderr, and
+  TensorStore's callbacks of the reads still in flight meet the closed event loop ('Event loop
+  is closed', two dozen tracebacks when `state/array_metadatas/` is cut short). The failed read
+  itself is reported in one line (`unreadable_reason`); these say nothing more."""
   _drop_unraisable(_abandoned_read)
+  _drop_unraisable(_closed_loop_callback)
 
 
 def _abandoned_read(unraisable) -> bool:
@@ -580,6 +583,9 @@ def unreadable_reason(step_dir: str, e: BaseException) -> str:
   for error in chain:
     if isinstance(error, FileNotFoundError) and error.filename:
       return f'{relative(os.fsdecode(error.filename))} is missing'
+    missing = _orbax_missing(error, step_dir)
+    if missing:
+      return missing
   if any(isinstance(error, json.JSONDecodeError) for error in chain):
     damaged = _damaged_json(step_dir)
     if damaged:
@@ -588,12 +594,34 @@ def unreadable_reason(step_dir: str, e: BaseException) -> str:
   return _shorten(line.replace(step_dir + os.sep, ''))
 
 
+def _orbax_missing(error: BaseException, step_dir: str) -> Optional[str]:
+  """'FILE is missing', 'ITEM/ is missing' or 'the step folder is empty' when `error` is orbax's
+  word for a missing file or item of the step, which names it in its text only ('File PATH not
+  found.', 'Metadata file (named NAME) does not exist at DIR.', 'Item "NAME" was not found in
+  the checkpoint'); else None."""
+  text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+  found = (re.fullmatch(r'File (.+) not found\.', text) or
+           re.fullmatch(r'Metadata file \(named (\S+)\) does not exist at (.+)\.', text))
+  if found and isinstance(error, FileNotFoundError):
+    path = found[1] if found.lastindex == 1 else os.path.join(found[2], found[1])
+    return f'{os.path.relpath(path, step_dir)} is missing'
+  item = re.match(r'Item "(\w+)" was not found in the checkpoint', text)
+  if item and isinstance(error, KeyError):
+    if not os.path.isdir(step_dir) or not os.listdir(step_dir):
+      return 'the step folder is empty'
+    return f'{item[1]}/ is missing'
+  return None
+
+
 def _ocdbt_data_file(database: str, text: str, relative) -> str:
   """The data file (relative to the step) of the OCDBT `database` directory that TensorStore
   found shorter than its index says, told by the size the error gives: orbax keeps each
   process's arrays in `ocdbt.process_<i>/d/` below the step's `state/`, beside `state/d/`.
   When several files have that size, the first is named and they are counted; when none has,
-  the database's folder is named."""
+  the database's folder is named. A database without its `manifest.ocdbt` is named by that."""
+  manifest = os.path.join(database, 'manifest.ocdbt')
+  if not os.path.exists(manifest):  # The database's index: without it no array is found.
+    return relative(manifest)
   short = re.search(r'not valid for value of size (\d+)', text)
   files = glob.glob(os.path.join(database, '**', 'd', '*'), recursive=True) if short else []
   found = sorted(f for f in files if os.path.isfile(f) and os.path.getsize(f) == int(short[1]))
@@ -613,6 +641,8 @@ def _tensorstore_problem(text: str) -> str:
     return 'is missing'
   if 'DATA_LOSS' in text or 'Error decoding' in text:
     return 'is damaged (its contents do not decode)'
+  if 'Truncated' in text:  # A data file of the index deleted reads as an empty stream.
+    return 'is cut short or missing'
   return 'could not be read'
 
 
