@@ -17,6 +17,7 @@ from absl import flags
 
 from study import protocol, store
 from vit import atomic_write, cli
+from vit.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -66,6 +67,30 @@ def restore(study, workdir: str, name: str, digest: str) -> bool:
   return True
 
 
+def _kept(info: tarfile.TarInfo) -> Optional[tarfile.TarInfo]:
+  """None for what a live run may still be writing, which a resume never reads: hidden files
+  (its `.lock`, vit.atomic_write's temporaries) and unfinished checkpoint steps."""
+  name = os.path.basename(info.name)
+  return None if name.startswith('.') or name.endswith('.orbax-checkpoint-tmp') else info
+
+
+def _pack(rundir: str, partial: str, attempts: int = 5) -> None:
+  """Tars `rundir` into the file `partial`. Its run may be going on (a snapshot is taken at a
+  session's end, beside the workers): a file gone while it was packed (a step orbax deleted
+  past config.keep_checkpoints, or a finished one renamed) starts the tar again from a fresh
+  listing, so that no step is packed in part."""
+  for attempt in range(attempts):
+    try:
+      with tarfile.open(partial, 'w') as tar:
+        for entry in sorted(os.listdir(rundir)):
+          tar.add(os.path.join(rundir, entry), arcname=entry, filter=_kept)
+      return
+    except FileNotFoundError as e:
+      if attempt == attempts - 1:
+        raise UserError(f'{rundir}: changed while it was packed, {attempts} times ({e.filename} '
+                        'gone); rerun study.snapshot') from None
+
+
 def save(study, workdir: str) -> list[str]:
   """A tar of each unfinished run that has checkpoints; returns the files written."""
   finished, written = store.load_all(study.results), []
@@ -75,10 +100,8 @@ def save(study, workdir: str) -> list[str]:
       continue
     path = _tar_path(study, run.name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    with atomic_write.file(path) as partial, tarfile.open(partial, 'w') as tar:
-      for entry in sorted(os.listdir(rundir)):
-        if entry not in ('.lock',):
-          tar.add(os.path.join(rundir, entry), arcname=entry)
+    with atomic_write.file(path) as partial:
+      _pack(rundir, partial)
     written.append(path)
   for f in os.listdir(study.inflight) if os.path.isdir(study.inflight) else []:
     name = next((r.name for r in protocol.runs(study) if _tar_path(study, r.name).endswith(f)),

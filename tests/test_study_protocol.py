@@ -207,6 +207,38 @@ def test_a_run_in_flight_travels_to_a_fresh_workdir_and_is_dropped_once_finished
   assert not os.listdir(study.inflight)  # Finished: its snapshot is removed.
 
 
+def test_a_snapshot_beside_a_live_run_packs_only_whole_steps(tmp_path, monkeypatch):
+  """The run goes on while it is packed (a session's end, workers running): a step that orbax
+  deletes while the tar reads it (here: as the tar reaches its first file) starts the tar
+  again; what the run is still writing (an unfinished step, a temporary, its lock) is left
+  out."""
+  import shutil
+  import tarfile
+  from study import snapshot
+  study = converged.get_config()
+  study.results, study.inflight = str(tmp_path / 'results'), str(tmp_path / 'inflight')
+  rundir = tmp_path / 'work' / 'runs' / 'mpp' / 'seed0' / 'pretrain'
+  for step in ('1', '2', '3.orbax-checkpoint-tmp'):
+    (rundir / 'checkpoints' / step).mkdir(parents=True)
+    (rundir / 'checkpoints' / step / 'state').write_bytes(b'weights')
+  (rundir / '.lock').write_text('pid 1\n')
+  (rundir / '.curve.json-partial-host-1-x').write_text('[[')
+  (rundir / 'curve.json').write_text('[]')
+  add = tarfile.TarFile.add
+
+  def add_while_step_1_goes(tar, name, *args, **kwargs):
+    if name.endswith(os.path.join('checkpoints', '1', 'state')) and os.path.exists(name):
+      shutil.rmtree(os.path.dirname(name))  # As orbax past keep_checkpoints, mid-tar.
+    return add(tar, name, *args, **kwargs)
+
+  monkeypatch.setattr(tarfile.TarFile, 'add', add_while_step_1_goes)
+  written, = snapshot.save(study, str(tmp_path / 'work'))
+  with tarfile.open(written) as tar:
+    assert sorted(tar.getnames()) == ['checkpoints', 'checkpoints/2', 'checkpoints/2/state',
+                                      'curve.json']
+  assert os.listdir(study.inflight) == ['mpp_seed0_pretrain.tar']
+
+
 def test_the_digests_of_cell_a_are_those_of_the_studys_commit():
   """Every run of cell (a) and the length curve keeps the config (and so the digest) it had at
   commit 8115426, where it runs: tests/testdata/study_digests.py made the pinned file there.
