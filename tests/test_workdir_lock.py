@@ -114,3 +114,14 @@ def test_without_flock_a_live_holders_pid_refuses_and_a_dead_ones_does_not(tmp_p
     holder.wait()
   with checkpoints.workdir_lock(str(tmp_path)):  # Its process is gone: the run goes ahead.
     assert f'pid {os.getpid()}' in (tmp_path / checkpoints.LOCK_FILE).read_text()
+
+
+def test_two_starts_at_once_never_touch_each_others_write_probe(tmp_path):
+  """Before the lock, a start checks that the workdir can be written; another start may be at
+  that very check: its probe file stays as it is, so that the later start is refused by the
+  lock (naming the first), not by a probe that vanished under it."""
+  from vit.training import loop
+  probe = tmp_path / '.write_probe_0'  # Another start's, written and not yet removed.
+  probe.write_text('theirs')
+  loop._check_workdir(str(tmp_path))
+  assert sorted(os.listdir(tmp_path)) == ['.write_probe_0'] and probe.read_text() == 'theirs'

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import signal
+import tempfile
 import time
 from typing import Any, NamedTuple
 
@@ -54,10 +55,11 @@ def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
 def _check_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
-    probe = os.path.join(workdir, f'.write_probe_{jax.process_index()}')
-    with open(probe, 'w') as f:
-      f.write('ok')
-    os.remove(probe)
+    # A file of this process's own (no name at all with O_TMPFILE): two runs started at once
+    # never remove each other's probe, and the second is refused by the lock, naming the first.
+    with tempfile.TemporaryFile(dir=workdir) as probe:
+      probe.write(b'ok')
+      probe.flush()
   except OSError as e:
     if os.path.isfile(workdir):
       raise UserError(f'--workdir {workdir}: a file, not a directory') from None
