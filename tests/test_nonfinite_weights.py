@@ -89,3 +89,58 @@ def test_json_predictions_never_hold_nan(tmp_path):
       f'error: --output {out}: the model gave non-finite logits for 2 of 2 images (first: 0); '
       f'nothing was written')
   assert not out.exists()
+
+
+def test_bfloat16_weights_are_checked_too(tmp_path):
+  """numpy does not count bfloat16 as floating point: a transformers checkpoint saved in
+  bfloat16 with a NaN weight, and a big_vision .npz whose bfloat16 arrays np.savez stored as
+  2-byte void with an inf, both loaded silently."""
+  model = hf_vit.tiny_classifier(num_hidden_layers=1)
+  with torch.no_grad():
+    model.classifier.weight[1, 3] = float('nan')
+  model.to(torch.bfloat16).save_pretrained(tmp_path / 'bf16')
+  path = tmp_path / 'bf16' / 'model.safetensors'
+  with pytest.raises(UserError, match=rf'^hf:{path}: tensor classifier.weight has 1 non-finite '
+                                      r'values \(NaN or inf\) of 160;'):
+    init_spec.load(f'hf:{tmp_path / "bf16"}')
+  import ml_dtypes
+  kernel = np.ones((4, 4, 3, 8), ml_dtypes.bfloat16)
+  kernel[0, 0, 0, :2] = np.inf
+  npz = str(tmp_path / 'bv.npz')
+  np.savez(npz, **{'params/embedding/kernel': kernel.view(np.dtype('V2'))})
+  with pytest.raises(UserError, match=rf'^vit_jax:{npz}: tensor params/embedding/kernel has 2 '
+                                      r'non-finite values \(NaN or inf\) of 384;'):
+    vit_jax.load(npz)
+
+
+def test_weights_that_are_not_floating_point_are_refused(tmp_path):
+  """A safetensors header that names an integer dtype for a float tensor (the same bytes), and
+  an integer array in an .npz, were cast to float32 silently. A big_vision file's optimiser
+  state beside its params (integer step counts) is not a weight and still reads."""
+  import json
+  import struct
+  model = hf_vit.tiny_classifier(num_hidden_layers=1)
+  model.save_pretrained(tmp_path / 'hf')
+  path = tmp_path / 'hf' / 'model.safetensors'
+  raw = path.read_bytes()
+  size = struct.unpack('<Q', raw[:8])[0]
+  header = json.loads(raw[8:8 + size])
+  assert header['classifier.bias']['dtype'] == 'F32'
+  header['classifier.bias']['dtype'] = 'I32'
+  text = json.dumps(header).encode()
+  text += b' ' * (-len(text) % 8)
+  path.write_bytes(struct.pack('<Q', len(text)) + text + raw[8 + size:])
+  with pytest.raises(UserError, match=rf'^hf:{path}: tensor classifier.bias is int32, not '
+                                      r'floating point; weights are floating-point numbers'):
+    init_spec.load(f'hf:{tmp_path / "hf"}')
+  params = {'embedding/kernel': np.ones((4, 4, 3, 8), np.float32),
+            'head/kernel': np.ones((8, 2), np.int64)}
+  npz = str(tmp_path / 'int.npz')
+  np.savez(npz, **params)
+  with pytest.raises(UserError, match=rf'^vit_jax:{npz}: tensor head/kernel is int64, not '
+                                      r'floating point'):
+    vit_jax.load(npz)
+  np.savez(npz, **{f'params/{k}': v for k, v in params.items() if k != 'head/kernel'},
+           **{'opt/state/count': np.int32(7)})
+  with pytest.raises(UserError, match='no Transformer/ arrays'):  # Past the dtype check.
+    vit_jax.load(npz)

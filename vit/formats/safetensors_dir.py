@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from vit.errors import UserError
-from vit.formats.tree import check_finite
+from vit.formats.tree import check_finite, check_floating
 
 WEIGHTS = 'model.safetensors'
 
@@ -24,11 +24,12 @@ def read_weights(path: str, fmt: str) -> dict[str, np.ndarray]:
   """Every tensor of the safetensors file `path`, as stored.
 
   Raises UserError '{fmt}:{path}: not a readable safetensors file (...)', or naming a tensor
-  with NaN or infinite values."""
+  that is not floating point (a ViT's weights all are) or has NaN or infinite values."""
   try:
     weights = load_file(path)
   except (SafetensorError, OSError, ValueError) as e:
     raise UserError(f'{fmt}:{path}: not a readable safetensors file ({e})') from None
+  check_floating(weights, f'{fmt}:{path}')
   check_finite(weights, f'{fmt}:{path}')
   return weights
 

@@ -5,6 +5,7 @@ import json
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
+import ml_dtypes
 import numpy as np
 
 from vit.errors import UserError
@@ -127,15 +128,46 @@ def read_json_object(path: str, fmt: str) -> dict:
   return out
 
 
+def floating(value) -> Optional[np.ndarray]:
+  """`value` as an array of real floating-point numbers that numpy can test, bfloat16 and the
+  float8 types included (big_vision's bfloat16, which np.savez stores as 2-byte void, viewed
+  as bfloat16); None when its dtype is not real floating point (integers, booleans,
+  complex)."""
+  value = np.asarray(value)
+  if value.dtype.kind == 'V' and value.dtype.itemsize == 2:
+    value = value.view(ml_dtypes.bfloat16)
+  if value.dtype.kind == 'c':
+    return None
+  try:
+    ml_dtypes.finfo(value.dtype)  # numpy's own floats and ml_dtypes' (bfloat16, float8).
+  except ValueError:
+    return None
+  return value
+
+
+def check_floating(tensors: Mapping[str, Any], where: str) -> None:
+  """UserError naming `where` (the file), the first tensor whose dtype is not real floating
+  point and that dtype, when any is not: a weight read as integers (a header naming another
+  dtype) would be cast to wrong values silently. `tensors` maps the file's names to arrays."""
+  bad = [(name, np.asarray(value).dtype) for name, value in tensors.items()
+         if floating(value) is None]
+  if bad:
+    (name, dtype), more = bad[0], f'; {len(bad) - 1} more tensors too' if len(bad) > 1 else ''
+    raise UserError(f'{where}: tensor {name} is {dtype}, not floating point{more}; weights are '
+                    f'floating-point numbers (a wrong dtype in the file, or not a weight), so '
+                    f'they are not loaded')
+
+
 def check_finite(tensors: Mapping[str, Any], where: str) -> None:
   """UserError naming `where` (the file), the first tensor with NaN or infinite values and the
   count, when any has some: such weights compute NaN logits (a float16 save whose values
   overflowed, a diverged run) and must not load silently. `tensors` maps the names the file
-  uses (or '/'-joined tree paths) to arrays."""
+  uses (or '/'-joined tree paths) to arrays; every floating-point one is checked, bfloat16
+  (also as an .npz's 2-byte void) and float8 included."""
   bad = []
   for name, value in tensors.items():
-    value = np.asarray(value)
-    if np.issubdtype(value.dtype, np.floating):
+    value = floating(value)
+    if value is not None:
       count = int(value.size - np.count_nonzero(np.isfinite(value)))
       if count:
         bad.append((name, count, value.size))

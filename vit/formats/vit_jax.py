@@ -28,12 +28,11 @@ import re
 import zipfile
 from typing import Optional, Sequence
 
-import ml_dtypes
 import numpy as np
 
 from vit.errors import UserError, require_file
-from vit.formats.tree import (Params, Read, check_finite, class_row_posemb, flatten, posemb,
-                              square_grid, unflatten)
+from vit.formats.tree import (Params, Read, check_finite, check_floating, class_row_posemb,
+                              flatten, floating, posemb, square_grid, unflatten)
 from vit.models.spec import ModelSpec
 
 SUFFIX = '.npz'  # save writes one file (vit.formats.registry.Format).
@@ -61,8 +60,7 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
 
 
 def _float32(a: np.ndarray) -> np.ndarray:
-  if a.dtype.kind == 'V' and a.dtype.itemsize == 2:  # bfloat16 saved by np.savez.
-    a = a.view(ml_dtypes.bfloat16)
+  a = floating(a)  # bfloat16 saved by np.savez is 2-byte void.
   return a.astype(np.float32) if a.dtype != np.float32 else a
 
 
@@ -126,6 +124,8 @@ def load(path: str) -> Read:
   flat = _read_npz(path)
   check_finite(flat, f'vit_jax:{path}')
   root = _root(path, flat)
+  # Only the model's arrays: a big_vision file's optimiser state holds integer step counts.
+  check_floating({k: v for k, v in flat.items() if k.startswith(root)}, f'vit_jax:{path}')
   params = unflatten({k[len(root):]: _float32(v) for k, v in flat.items()
                       if k.startswith(root)})
   if 'MAPHead_0' in params:
