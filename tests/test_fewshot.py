@@ -99,6 +99,26 @@ def test_evaluator_equals_linear_accuracy_on_its_features():
   assert results['5shot'] > 0.2  # Random features still beat chance (0.1) with 5 shots.
 
 
+def test_features_that_overflow_are_one_line_not_a_linalg_traceback():
+  """Finite weights whose attention logits overflow float32 (a query kernel of 1e38) give NaN
+  features; few-shot's eigendecomposition then raised numpy's LinAlgError ('Eigenvalues did
+  not converge') with a traceback. The linear probes read features through the same embed."""
+  config = _tiny_config()
+  m = config_lib.validate(config)
+  params = jax.device_get(nn.unbox(config_lib.build_model(m).init(
+      jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)['params']))
+  attention = params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_1']
+  attention['query']['kernel'] = attention['query']['kernel'] * 1e38
+  source = fashion_mnist.ArraySource(*(a[:100] for a in fashion_mnist.load('test')))
+  config.fewshot.shots = (1,)
+  ev = fewshot.from_config(config, m, sharding.make_mesh(config.mesh), train_source=source,
+                           test_source=source)
+  with pytest.raises(UserError, match=r'^the features of 10 of 10 images are not finite \(NaN '
+                                      r'or inf\): the model\'s activations overflow float32, so '
+                                      r'no probe is fit on them$'):
+    ev.evaluate(params)
+
+
 def test_too_few_examples_per_class_is_an_error():
   config = _tiny_config()
   config.fewshot.shots = (50,)

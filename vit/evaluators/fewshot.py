@@ -305,7 +305,10 @@ def main(argv) -> None:
       raise
     value = ','.join(map(str, e.value)) if isinstance(e.value, tuple) else e.value
     raise UserError(f'{flag}={value}: {e.problem}') from None
-  results = evaluator.evaluate(jax.device_put(params))
+  try:
+    results = evaluator.evaluate(jax.device_put(params))
+  except UserError as e:  # Non-finite features (vit.evaluators.embedding): name the weights.
+    raise UserError(f'--init {flags_.init}: {e}') from None
   print(json.dumps(dict(init=flags_.init, dataset=flags_.dataset, image_size=config.image_size,
                         l2_reg=config.fewshot.l2_reg, results=results), indent=1))
   if flags_.output:
