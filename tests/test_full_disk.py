@@ -133,6 +133,29 @@ def _image_folder(root, per_class=3):
   return root
 
 
+def test_inspect_to_a_full_disk_keeps_the_previous_files_together(npz, tmp_path):
+  """vit.inspect's figures, inspect.npz and inspect.json are one output: a disk that fills
+  after the first figure replaces none of them (it replaced the figures before the failed one,
+  beside the previous inspect.json)."""
+  out = tmp_path / 'inspect'
+  args = ['-m', 'vit.inspect', f'--init=vit_jax:{npz}', f'--out={out}', '--max_images=16',
+          '--show=4']
+  first = subprocess.run([sys.executable, *args], cwd=ROOT, env=ROOMY_ENV, capture_output=True,
+                         text=True, timeout=300)
+  assert first.returncode == 0, first.stderr[-3000:]
+  sizes = {name: os.path.getsize(out / name) for name in os.listdir(out)}
+  limit_kib = sizes['attention_distance.png'] // 1024 + 2  # The first figure fits, not all.
+  assert max(sizes.values()) > limit_kib * 1024, sizes
+  for name in sizes:
+    (out / name).write_text('previous')
+  proc = _run(args, limit_kib)
+  assert _one_error_line(proc) == (f'error: {out}: not written (File too large); the previous '
+                                   f'one is unchanged; free space and rerun')
+  assert {name: (out / name).read_text() for name in os.listdir(out)} == dict.fromkeys(
+      sizes, 'previous')
+  assert os.listdir(tmp_path) == ['inspect']
+
+
 def test_a_benchmark_report_to_a_full_disk_is_one_line(tmp_path):
   """benchmarks' --json FILE (emit, which every benchmark's main ends with, after minutes of
   measuring): one line naming the flag and the file, the report still printed above it."""

@@ -51,12 +51,21 @@ def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8
 
 
 def write(result: dict, out: str, summary: dict) -> dict:
-  """Writes the figures that `result` has, inspect.npz and inspect.json; returns the summary."""
+  """Writes the figures that `result` has, inspect.npz and inspect.json into `out`, all or
+  none: they are made beside it and moved in once all are complete, so a failed write (a full
+  disk) leaves the previous ones together, unchanged. Returns the summary."""
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise UserError(f'--out {out}: cannot create the directory ({write_reason(e)})') from None
-  path = lambda name: os.path.join(out, name)
+  with atomic_write.staging_dir(out) as staging:
+    summary = _write_files(result, staging, summary)
+    atomic_write.move_files(staging, out)
+  return summary
+
+
+def _write_files(result: dict, folder: str, summary: dict) -> dict:
+  path = lambda name: os.path.join(folder, name)
   written = ['attention_distance.png', 'attention_rollout.png']
   figures.attention_distance(result['attention_distance'], result['image_size'], path(written[0]))
   figures.attention_rollout(result['images_shown'], result['rollout_maps'], path(written[1]),
