@@ -10,6 +10,7 @@ from jax.experimental import multihost_utils
 
 from vit import sharding
 from vit.data import pipeline
+from vit.errors import UserError
 
 
 def embed(config: ml_collections.ConfigDict, features: Callable, params, source, mesh
@@ -31,7 +32,22 @@ def embed(config: ml_collections.ConfigDict, features: Callable, params, source,
                                   batch['label']))
       feats.append(jax.tree.map(lambda v, keep=keep: np.asarray(v, np.float64)[keep], out))
       labels.append(label[keep])
-  return jax.tree.map(lambda *parts: np.concatenate(parts), *feats), np.concatenate(labels)
+  out = jax.tree.map(lambda *parts: np.concatenate(parts), *feats)
+  check_finite(out)
+  return out, np.concatenate(labels)
+
+
+def check_finite(features) -> None:
+  """UserError counting the images whose features (an [N, D] array, or a dict of them) hold
+  NaN or inf: finite weights whose activations overflow float32. A probe fit on them fails
+  deep in numpy's linear algebra (few-shot's eigendecomposition did not converge) or
+  reports a meaningless accuracy."""
+  for name, x in (features.items() if isinstance(features, dict) else [(None, features)]):
+    bad = int(np.count_nonzero(~np.isfinite(x).all(axis=tuple(range(1, x.ndim)))))
+    if bad:
+      what = f'the {name} features' if name else 'the features'
+      raise UserError(f'{what} of {bad} of {len(x)} images are not finite (NaN or inf): the '
+                      f'model\'s activations overflow float32, so no probe is fit on them')
 
 
 def to_host(tree):
