@@ -141,3 +141,39 @@ def test_a_cropping_processor_is_named_in_a_warning(tmp_path, capsys):
       f'pipeline\n')
   transformers.ViTImageProcessor(size={'height': 32, 'width': 32}).save_pretrained(tmp_path)
   assert hf.read_processor(str(tmp_path), 3)[1] == 32 and capsys.readouterr().err == ''
+
+
+def test_a_processor_that_crops_without_resizing_is_named(tmp_path, capsys):
+  """do_resize false with a centre crop: transformers crops the image as it comes, this
+  repository resizes the whole image; it was said nowhere."""
+  from vit.formats import hf
+  processor = transformers.DeiTImageProcessor(size={'height': 40, 'width': 40},
+                                              crop_size={'height': 32, 'width': 32},
+                                              resample=2, do_resize=False)
+  processor.save_pretrained(tmp_path)
+  capsys.readouterr()
+  assert hf.read_processor(str(tmp_path), 3)[1] == 32
+  assert capsys.readouterr().err == (
+      f'warning: hf:{tmp_path}/preprocessor_config.json: the processor centre-crops 32x32 out '
+      f'of the image as it comes, without resizing; this repository resizes straight to 32x32 '
+      f'bilinearly, so its logits differ slightly from transformers\' pipeline\n')
+
+
+def test_a_processor_size_other_than_the_models_is_named(tmp_path, capsys):
+  """A processor resizing to 32 px for a model whose config and position embeddings are for
+  16 px: transformers refuses such inputs (without interpolate_pos_encoding); here the
+  position embeddings are interpolated, silently until now."""
+  hf_vit.tiny_classifier(num_hidden_layers=1).save_pretrained(tmp_path)
+  transformers.ViTImageProcessor(size={'height': 32, 'width': 32}).save_pretrained(tmp_path)
+  capsys.readouterr()
+  assert init_spec.load(f'hf:{tmp_path}').image_size == 32
+  assert capsys.readouterr().err == (
+      f'warning: hf:{tmp_path}: its files state 32px inputs and its position embeddings are '
+      f'for 16px; they are interpolated to 32px (paper §3.2), where transformers refuses such '
+      f'inputs unless told to interpolate its own way, so the logits differ from those it '
+      f'computes\n')
+  model = transformers.ViTForImageClassification.from_pretrained(str(tmp_path)).eval()
+  inputs = transformers.ViTImageProcessor.from_pretrained(str(tmp_path))(
+      images=list(_uint8(n=1)), return_tensors='pt')
+  with pytest.raises(ValueError, match="doesn't match model"):  # transformers' own refusal.
+    model(**inputs)

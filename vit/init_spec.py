@@ -24,6 +24,7 @@ reported model (the paper evaluates and transfers the averaged weights, Appendix
 """
 from __future__ import annotations
 
+import logging
 from typing import NamedTuple, Optional
 
 import jax
@@ -42,6 +43,8 @@ from vit.models import vit as vit_model
 from vit.models.spec import ModelSpec
 from vit.transfer import (BACKBONE_KEYS, HEAD_KEYS, adopt_backbone,  # noqa: F401 (re-exported)
                           adapt_params, merge_model)
+
+logger = logging.getLogger(__name__)
 
 # Pretraining workdirs: params['backbone'] is the ViT; the objective's own top-level parameters
 # beside it tell them apart (mpp/, mae/, simmim/ objective.py).
@@ -103,6 +106,10 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   return ckpt
 
 
+# The library that runs each published format's checkpoints, as the warnings name it.
+_PEERS = {'hf': 'transformers', 'timm': 'timm', 'vit_jax': 'the official code'}
+
+
 def _read_format(fmt: str, path: str, spec: str):
   """(params, model, class names, image size, view) of a published format's checkpoint."""
   read = registry.FORMATS[fmt].load(path)
@@ -113,7 +120,12 @@ def _read_format(fmt: str, path: str, spec: str):
   except UserError as e:
     raise UserError(f'{spec}: {e}') from None
   # Its own grid must be square, whatever size its processor states.
-  architecture.input_geometry(read.params, model, None, spec)
+  own, _ = architecture.input_geometry(read.params, model, None, spec)
+  if read.image_size is not None and read.image_size != own:
+    logger.warning(f'{spec}: its files state {read.image_size}px inputs and its position '
+                   f'embeddings are for {own}px; they are interpolated to {read.image_size}px '
+                   f'(paper §3.2), where {_PEERS[fmt]} refuses such inputs unless told to '
+                   f'interpolate its own way, so the logits differ from those it computes')
   return read.params, model, read.class_names, read.image_size, read.view
 
 

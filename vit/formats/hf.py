@@ -157,9 +157,12 @@ _RESAMPLE = {0: 'nearest', 1: 'lanczos', 2: 'bilinear', 3: 'bicubic', 4: 'box', 
 
 def _view_differences(path: str, p: dict, size: Optional[int]) -> list[str]:
   """What the processor does beyond our bilinear resize to `size` (e.g. DeiTImageProcessor's
-  bicubic resize to 256 then centre crop to 224)."""
-  if not p.get('do_resize', True) or size is None:
+  bicubic resize to 256 then centre crop to 224, or a crop of the image as it comes)."""
+  if size is None:
     return []
+  if not p.get('do_resize', True):
+    return [f'the processor centre-crops {size}x{size} out of the image as it comes, without '
+            f'resizing'] if p.get('do_center_crop') and p.get('crop_size') is not None else []
   out = []
   if p.get('do_center_crop') and p.get('size') is not None:
     resized = p['size']
