@@ -201,6 +201,27 @@ def test_analyse_and_write_figures(tmp_path):
                              result['attention_distance'].mean(1), atol=0.01)
 
 
+def test_attention_that_overflows_is_one_line_and_writes_nothing(tmp_path):
+  """Finite weights whose attention logits overflow float32 (a query kernel of 1e38): the
+  distances were NaN and inspect.json held NaN (not JSON); now one line naming the weights,
+  before any file is written."""
+  from vit.errors import UserError
+  from vit.formats import vit_jax
+  m, params, _ = _tiny_model()
+  attention_params = params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_1']
+  attention_params['query']['kernel'] = attention_params['query']['kernel'] * 1e38
+  npz = str(tmp_path / 'huge.npz')
+  vit_jax.save(params, npz)
+  np.save(tmp_path / 'images.npy',
+          np.random.default_rng(0).integers(0, 256, (3, 28, 28, 3), dtype=np.uint8))
+  out = tmp_path / 'out'
+  with pytest.raises(UserError, match=rf'^vit_jax:{npz}: its attention weights or outputs are '
+                                      r'not finite \(NaN or inf\) for 3 of 3 images: its '
+                                      r'activations overflow float32, so nothing was written$'):
+    report.inspect(f'vit_jax:{npz}', str(out), images=str(tmp_path / 'images.npy'))
+  assert not out.exists()
+
+
 def test_relative_posemb_model_has_no_similarity_figure(tmp_path):
   m, params, _ = _tiny_model(posemb='relative', classifier='gap')
   images = np.zeros((2, 28, 28, 3), np.uint8)

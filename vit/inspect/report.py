@@ -19,21 +19,32 @@ FIGURES = ('attention_distance.png', 'attention_rollout.png', 'posemb_similarity
 
 
 def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8,
-            batch_size: int = 32, class_names: Optional[list] = None) -> dict:
-  """Every §4.5 analysis of `params` (the ViT `model` describes) on uint8 `images`."""
+            batch_size: int = 32, class_names: Optional[list] = None,
+            what: str = 'the model') -> dict:
+  """Every §4.5 analysis of `params` (the ViT `model` describes) on uint8 `images`.
+
+  Raises UserError naming `what` and counting the images whose attention weights or outputs
+  are not finite (finite weights whose activations overflow float32): their distances would be
+  NaN, which inspect.json cannot hold."""
   size = images.shape[1]
   grid = factory.token_grid(size, model)
   pixels = (size // grid[0], size // grid[1])
   attn = attention.make_attention_fn(factory.build_model(model), preprocess.input_fn(model))
-  distances, maps, predicted = [], [], []
+  distances, maps, predicted, bad = [], [], [], 0
   for start in range(0, len(images), batch_size):
     out, weights = jax.device_get(attn(params, images[start:start + batch_size]))
+    bad += int(np.count_nonzero(~np.all([np.isfinite(a).reshape(len(a), -1).all(1)
+                                         for a in (out, *weights)], axis=0)))
     distances.append(np.stack([attention.mean_attention_distance(w, grid, pixels)
                                for w in weights], axis=1))
     if start < show:
       maps.append(attention.rollout_map(attention.attention_rollout(weights), grid))
       if model.num_classes:
         predicted += [int(i) for i in np.argmax(out, axis=-1)]
+  if bad:
+    raise UserError(f'{what}: its attention weights or outputs are not finite (NaN or inf) for '
+                    f'{bad} of {len(images)} images: its activations overflow float32, so '
+                    f'nothing was written')
   result = dict(
       grid=grid, pixels_per_patch=pixels, image_size=size,
       attention_distance_per_image=np.concatenate(distances),  # [N, blocks, heads]
@@ -90,7 +101,7 @@ def _write_files(result: dict, folder: str, summary: dict) -> dict:
     summary['filter_explained_variance'] = np.round(
         result['filter_explained_variance'], 4).tolist()
   with atomic_write.file(path('inspect.json')) as partial, open(partial, 'w') as f:
-    json.dump(summary, f, indent=1)
+    json.dump(summary, f, indent=1, allow_nan=False)  # analyse refused non-finite ones.
   return summary
 
 
@@ -102,7 +113,7 @@ def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: in
                                      ckpt.view)
   model = ckpt.model
   result = analyse(model, ckpt.params, pictures, show=min(show, len(pictures)),
-                   batch_size=batch_size, class_names=ckpt.class_names)
+                   batch_size=batch_size, class_names=ckpt.class_names, what=spec)
   summary = dict(model=init_spec.describe(ckpt), init=spec, posemb=model.posemb,
                  attention=model.attention,
                  images=f'{len(pictures)} from {source}')
