@@ -177,3 +177,20 @@ def test_a_processor_size_other_than_the_models_is_named(tmp_path, capsys):
       images=list(_uint8(n=1)), return_tensors='pt')
   with pytest.raises(ValueError, match="doesn't match model"):  # transformers' own refusal.
     model(**inputs)
+
+
+def test_a_processor_normalisation_that_is_not_a_finite_number_is_refused(tmp_path):
+  """Python's JSON reader takes NaN and Infinity: a processor's image_std of Infinity made
+  every input 0, silently."""
+  hf_vit.tiny_classifier(num_hidden_layers=1).save_pretrained(tmp_path)
+  transformers.ViTImageProcessor(size={'height': 16, 'width': 16}).save_pretrained(tmp_path)
+  path = tmp_path / 'preprocessor_config.json'
+  cfg = json.loads(path.read_text())
+  path.write_text(json.dumps(dict(cfg, image_std=[0.5, float('inf'), 0.5])))
+  with pytest.raises(UserError, match=rf'^hf:{path}: rescale_factor/image_mean/image_std: a '
+                                      r'value that is not finite \(rescale 0.00392'):
+    init_spec.load(f'hf:{tmp_path}')
+  path.write_text(json.dumps(dict(cfg, rescale_factor='1/255')))  # Was float()'s traceback.
+  with pytest.raises(UserError, match=rf'^hf:{path}: rescale_factor/image_mean/image_std: could '
+                                      r'not convert string to float'):
+    init_spec.load(f'hf:{tmp_path}')

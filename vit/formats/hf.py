@@ -128,16 +128,15 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
   if not os.path.isfile(path):
     return None, None
   p = _json(path)
-  rescale = float(p.get('rescale_factor', OFFICIAL_PIXELS.rescale)) if p.get(
-      'do_rescale', True) else 1.0
+  rescale = p.get('rescale_factor', OFFICIAL_PIXELS.rescale) if p.get('do_rescale', True) else 1
   if p.get('do_normalize', True):
     mean, std = p.get('image_mean', [0.5] * 3), p.get('image_std', [0.5] * 3)
   else:
     mean, std = 0.0, 1.0
   try:
-    stated = pixels(rescale, mean, std, channels)
+    stated = pixels(float(rescale), mean, std, channels)
   except (ValueError, TypeError) as e:
-    raise UserError(f'hf:{path}: image_mean/image_std: {e}') from None
+    raise UserError(f'hf:{path}: rescale_factor/image_mean/image_std: {e}') from None
   size = None
   if p.get('do_center_crop') and p.get('crop_size') is not None:
     size = _side(path, p['crop_size'], 'crop_size')

@@ -58,7 +58,8 @@ def pixels(rescale: float, mean, std, channels: int) -> Optional[dict]:
 
   None when that is the official x / 127.5 - 1 (to float32 rounding), so that such a model
   stays exportable to layouts that cannot state a normalisation. Means and stds have one entry
-  per channel (one entry is broadcast). Raises ValueError for lengths that fit no channel count.
+  per channel (one entry is broadcast). Raises ValueError for lengths that fit no channel count,
+  a std of 0 or a value that is not finite.
   """
   mean = [float(v) for v in np.atleast_1d(mean)]
   std = [float(v) for v in np.atleast_1d(std)]
@@ -67,6 +68,8 @@ def pixels(rescale: float, mean, std, channels: int) -> Optional[dict]:
       raise ValueError(f'{len(values)} {name} values for {channels}-channel images')
   if any(s == 0 for s in std):
     raise ValueError('a std of 0')
+  if not all(np.isfinite([rescale, *mean, *std])):  # JSON readers take NaN and Infinity.
+    raise ValueError(f'a value that is not finite (rescale {rescale}, mean {mean}, std {std})')
   if (abs(rescale - OFFICIAL_PIXELS.rescale) < 1e-12 and set(mean) == {0.5}
       and set(std) == {0.5}):
     return None
