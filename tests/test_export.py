@@ -84,6 +84,31 @@ def test_hf_export_loads_in_transformers_with_the_same_logits(run, tmp_path):
   assert np.abs(ours - ref).max() <= TOL
 
 
+def test_hf_export_processor_reproduces_predict_on_images_of_other_sizes(run, tmp_path):
+  """The exported preprocessor_config.json through transformers' own ViTImageProcessor (its
+  PIL backend: torchvision is not installable here) and model, on uint8 images that must be
+  resized (larger, non-square, smaller), against supervised.predict's whole pipeline."""
+  torch = pytest.importorskip('torch')
+  transformers = pytest.importorskip('transformers')
+  from supervised import predict
+  workdir, _, _, _ = run
+  export.export(workdir, 'hf', str(tmp_path / 'hf'))
+  processor = transformers.ViTImageProcessor.from_pretrained(str(tmp_path / 'hf'))
+  hf = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'hf')).eval()
+  apply_fn, ckpt, size = predict.load_classifier(f'supervised:{workdir}')
+  rng = np.random.default_rng(0)
+  for shape in [(40, 40), (40, 30), (17, 23)]:
+    images = rng.integers(0, 256, (3, *shape, ckpt.channels), dtype=np.uint8)
+    ours = predict.predict(apply_fn, predict.prepare_images(list(images), size, ckpt.channels),
+                           batch_size=3)
+    inputs = processor(images=list(images), return_tensors='pt',
+                       input_data_format='channels_last')
+    with torch.no_grad():
+      ref = hf(**inputs).logits.numpy()
+    assert np.abs(ours).max() > 0.05, shape  # A trained head: not a comparison of zeros.
+    assert np.abs(ours - ref).max() <= 1e-5, shape
+
+
 def test_cli_and_errors(run, tmp_path):
   workdir, _, _, _ = run
   env = dict(os.environ, JAX_PLATFORMS='cpu')
