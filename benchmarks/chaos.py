@@ -110,6 +110,17 @@ def kill_point(steps: int, rng: random.Random) -> tuple[int, float]:
   return rng.randint(1, steps - 1), rng.uniform(0.0, 0.4)
 
 
+def _failed(what: str, workdir: str, out: dict) -> SystemExit:
+  """One line for a training run that failed on its own (not by our kill): the child's own
+  `error:` line where it printed one (another process holding --workdir, a full disk), else its
+  last line of output; exit status 2, as the vit.cli entry points."""
+  lines = out['output'].strip().splitlines() or ['(no output)']
+  reason = next((ln[len('error: '):] for ln in reversed(lines) if ln.startswith('error: ')),
+                lines[-1])
+  print(f'error: chaos: the {what} run in {workdir} exited {out["rc"]}: {reason}', file=sys.stderr)
+  return SystemExit(2)
+
+
 def trial(workdir: str, steps: int, kills: int, rng: random.Random) -> dict:
   """Kills a fresh run up to `kills` times at random points, then lets it finish."""
   events, killed_at = [], None  # killed_at: the last step the killed run logged.
@@ -122,7 +133,7 @@ def trial(workdir: str, steps: int, kills: int, rng: random.Random) -> dict:
       killed_at = out['last_step']
       continue
     if out['rc'] != 0:
-      raise RuntimeError(f'training failed (exit {out["rc"]}):\n{out["output"][-3000:]}')
+      raise _failed('trial', workdir, out)
     break  # Finished, possibly before a kill could land.
   redone = sum(max(e['killed_after'] - e['resumed_at'], 0) for e in events)
   return dict(kills=len(events), steps_redone=redone, events=events)
@@ -146,7 +157,7 @@ def main(argv=None) -> dict:
     reference_dir = os.path.join(root, 'reference')
     out = run(reference_dir, args.steps)
     if out['rc'] != 0:
-      raise RuntimeError(f'reference run failed (exit {out["rc"]}):\n{out["output"][-3000:]}')
+      raise _failed('reference', reference_dir, out)
     reference = final_state(reference_dir, args.steps)
     results = []
     for i in range(args.trials):

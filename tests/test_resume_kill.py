@@ -30,3 +30,21 @@ def test_kill_9_and_rerun_ends_bitwise_identical(tmp_path):
   # No temporary (partly written) checkpoint directories survive the reruns.
   leftovers = [d for d in os.listdir(workdir / 'trial_0' / 'checkpoints') if not d.isdigit()]
   assert leftovers == []
+
+
+def test_a_run_that_fails_on_its_own_is_one_line_naming_its_workdir(tmp_path, capsys):
+  # A file where --workdir's folder should be: the reference run's own one-line error is passed
+  # on (as a workdir another process holds would be), not a RuntimeError with its output.
+  blocker = tmp_path / 'not_a_folder'
+  blocker.write_text('')
+  try:
+    chaos.main(['--trials=1', '--kills=0', '--steps=2', f'--workdir={blocker}'])
+  except SystemExit as e:
+    assert e.code == 2
+  else:
+    raise AssertionError('chaos.main returned although its reference run could not start')
+  lines = capsys.readouterr().err.strip().splitlines()
+  assert len(lines) == 1, lines
+  assert lines[0].startswith(
+      f'error: chaos: the reference run in {blocker}/reference exited '), lines
+  assert 'Traceback' not in lines[0]
