@@ -352,9 +352,10 @@ def plot_curve(st: Study, name: str, path: str) -> bool:
 
 
 def _save(fig, path: str) -> None:
-  with atomic_write.file(path) as partial:
-    fig.savefig(partial, dpi=110, bbox_inches='tight', format='png')
-  plt.close(fig)
+  try:  # Into write()'s staging folder, which makes the set complete or leaves it unchanged.
+    fig.savefig(path, dpi=110, bbox_inches='tight', format='png')
+  finally:
+    plt.close(fig)
 
 
 def markdown(st: Study, figures: dict[str, str]) -> str:
@@ -378,8 +379,17 @@ def markdown(st: Study, figures: dict[str, str]) -> str:
 
 
 def write(config, path: str) -> Study:
+  """Writes the report to `path` and its figures beside it, all or none: they are made in a
+  staging folder beside `path` and moved in once all are complete, so a failed write (a full
+  disk) is one line naming `path` and leaves the previous set together, unchanged."""
   st = Study(config, store.load_all(config.results))
-  folder = os.path.dirname(path)
+  with atomic_write.staging_dir(path) as staging:
+    _write_files(st, staging, os.path.basename(path))
+    atomic_write.move_files(staging, os.path.dirname(os.path.abspath(path)))
+  return st
+
+
+def _write_files(st: Study, folder: str, report_name: str) -> None:
   figures = {}
   plot_fractions(st, os.path.join(folder, 'label_fractions.png'))
   figures['test accuracy against labels'] = 'label_fractions.png'
@@ -391,9 +401,8 @@ def write(config, path: str) -> Study:
   if fig is not None:
     _save(fig, os.path.join(folder, 'mim_fractions.png'))
     figures[MIM_PLOT] = 'mim_fractions.png'
-  with atomic_write.file(path) as partial, open(partial, 'w') as f:
+  with open(os.path.join(folder, report_name), 'w') as f:
     f.write(markdown(st, figures))
-  return st
 
 
 def main(argv):

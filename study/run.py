@@ -210,10 +210,11 @@ def work(study, workdir: str) -> int:
 
 def _spawn(study, workdir: str) -> None:
   """config.workers single-threaded workers, each on its own core where there are enough."""
-  procs, cores = [], sorted(os.sched_getaffinity(0))
+  procs, starts, cores = [], [], sorted(os.sched_getaffinity(0))
   flags_ = os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false'
   for k in range(study.workers):
     log = open(os.path.join(workdir, f'worker{k}.log'), 'a')
+    starts.append(log.tell())  # The log is kept across restarts: read only this start's part.
     cmd = [sys.executable, '-m', 'study.run', *sys.argv[1:], f'--worker_index={k}']
     env = dict(os.environ, XLA_FLAGS=flags_.strip())
     pin = ['taskset', '-c', str(cores[k % len(cores)])] if len(cores) >= study.workers else []
@@ -223,7 +224,22 @@ def _spawn(study, workdir: str) -> None:
     time.sleep(5)  # Staggered: the first claims before the second looks.
   codes = [p.wait() for p in procs]
   if any(codes):
-    raise UserError(f'study: workers exited with {codes}; see {workdir}/worker*.log')
+    k = next(k for k, code in enumerate(codes) if code)
+    log = os.path.join(workdir, f'worker{k}.log')
+    raise UserError(f'study: workers exited with {codes}; worker {k}: '
+                    f'{_last_error(log, starts[k])} (log {log})')
+
+
+def _last_error(log: str, start: int) -> str:
+  """The last `error: ...` line a worker printed after byte `start` of its log (its one-line
+  reason), without the prefix; 'no error line' where it printed none (killed by a signal)."""
+  try:
+    with open(log, errors='replace') as f:
+      f.seek(start)
+      lines = [ln.rstrip('\n') for ln in f if ln.startswith('error: ')]
+  except OSError:
+    lines = []
+  return lines[-1][len('error: '):] if lines else 'no error line'
 
 
 def main(argv):

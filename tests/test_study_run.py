@@ -1,7 +1,9 @@
 """The study runner end to end at a tiny budget: pixels, one pretraining with its exports, a
 scratch sweep and a fine-tuning from the exported backbone; then a rerun that runs nothing,
 also after the results and backbones moved, and the report made from them."""
+import errno
 import json
+import os
 import shutil
 
 import ml_collections
@@ -9,6 +11,7 @@ import pytest
 
 from configs.study import converged
 from study import report, run as run_lib, store
+from vit import atomic_write
 
 # The runner's bookkeeping does not depend on the width: a tiny ViT keeps its compiles short.
 TINY_MODEL = dict(hidden_size=16, transformer=dict(mlp_dim=32, num_heads=2, num_layers=2))
@@ -89,3 +92,41 @@ def test_the_report_shows_what_finished_and_counts_what_did_not(finished):
   assert 'compute-matched' not in text.split('## Paired')[0]  # Not in this reduced plan.
   assert 'scratch/pct1/sweep' in text and 'Runs finished: 5 of' in text
   json.loads(open(store.result_path(c.results, 'pixels/pct1/seed1')).read())
+
+
+def test_a_report_that_cannot_be_finished_leaves_the_previous_set_together(finished, tmp_path,
+                                                                          monkeypatch):
+  # The disk fills after the figures were made (ENOSPC from the report's own write): neither
+  # results.md nor the figure beside it is replaced, and no partial file is left there.
+  _, c, _ = finished
+  folder = tmp_path / 'report'
+  folder.mkdir()
+  c = ml_collections.ConfigDict(c.to_dict())
+  c.report = str(folder / 'results.md')
+  for name in ('results.md', 'label_fractions.png'):
+    (folder / name).write_text('previous')
+
+  def full_disk(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+  monkeypatch.setattr(report, 'markdown', full_disk)
+  with pytest.raises(atomic_write.NotWritten) as e:
+    report.write(c, c.report)
+  assert str(e.value).startswith(f'{c.report}: not written (No space left on device); the '
+                                 'previous one is unchanged'), e.value
+  assert sorted(os.listdir(folder)) == ['label_fractions.png', 'results.md']
+  assert {p.read_text() for p in folder.iterdir()} == {'previous'}
+
+
+def test_a_worker_that_fails_is_named_with_its_own_line(tmp_path, monkeypatch):
+  # Workers run this process's argv again; an unknown key makes each refuse at once. The log
+  # holds an older start's error, which must not be taken for this one's.
+  (tmp_path / 'worker0.log').write_text('error: an older start\n')
+  monkeypatch.setattr('sys.argv', ['study.run', '--config=configs/study/converged.py',
+                                   f'--workdir={tmp_path}', '--config.bogus=1'])
+  with pytest.raises(run_lib.UserError) as e:
+    run_lib._spawn(ml_collections.ConfigDict({'workers': 2}), str(tmp_path))
+  message = str(e.value)
+  assert message.startswith('study: workers exited with [2, 2]; worker 0: --config.bogus: '
+                            'unknown config key'), message
+  assert '\n' not in message and 'older' not in message
