@@ -99,6 +99,15 @@ def test_unsupported_timm_models_are_named(tmp_path):
   _tiny_timm(tmp_path / 'ls', init_values=1e-5)  # LayerScale.
   with pytest.raises(UserError, match=r'timm:.*ls: weights a plain ViT does not have.*ls1'):
     init_spec.load(f'timm:{tmp_path / "ls"}')
+  # An integer buffer (a relative_position_index of timm's other models) is named as a weight
+  # a plain ViT does not have, not as a weight of a wrong dtype.
+  from safetensors.numpy import load_file, save_file
+  _tiny_timm(tmp_path / 'buf')
+  weights = load_file(tmp_path / 'buf' / 'model.safetensors')
+  weights['blocks.0.attn.relative_position_index'] = np.zeros((5, 5), np.int64)
+  save_file(weights, tmp_path / 'buf' / 'model.safetensors')
+  with pytest.raises(UserError, match=r'buf: weights a plain ViT does not have.*relative_pos'):
+    init_spec.load(f'timm:{tmp_path / "buf"}')
   _tiny_timm(tmp_path / 'avg', global_pool='avg', class_token=False, fc_norm=False)
   with pytest.raises(UserError, match="global_pool='avg' without a class token"):
     init_spec.load(f'timm:{tmp_path / "avg"}')

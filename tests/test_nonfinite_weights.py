@@ -133,6 +133,14 @@ def test_weights_that_are_not_floating_point_are_refused(tmp_path):
   with pytest.raises(UserError, match=rf'^hf:{path}: tensor classifier.bias is int32, not '
                                       r'floating point; weights are floating-point numbers'):
     init_spec.load(f'hf:{tmp_path / "hf"}')
+  # An integer buffer that a ViT never reads (transformers' `position_ids` of other models) is
+  # not a weight: the HF reader leaves it out; the timm reader names it as not a plain ViT's.
+  from safetensors.numpy import load_file, save_file
+  model.save_pretrained(tmp_path / 'buffer')
+  weights = load_file(tmp_path / 'buffer' / 'model.safetensors')
+  weights['vit.embeddings.position_ids'] = np.arange(5, dtype=np.int64)[None]
+  save_file(weights, tmp_path / 'buffer' / 'model.safetensors', metadata={'format': 'pt'})
+  init_spec.load(f'hf:{tmp_path / "buffer"}')
   params = {'embedding/kernel': np.ones((4, 4, 3, 8), np.float32),
             'head/kernel': np.ones((8, 2), np.int64)}
   npz = str(tmp_path / 'int.npz')

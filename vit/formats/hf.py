@@ -20,8 +20,8 @@ from vit.errors import UserError, require_directory
 from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, zeros
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, input_pixels, pixels, posemb,
-                              read_json_object)
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_floating, input_pixels,
+                              pixels, posemb, read_json_object)
 from vit.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -232,8 +232,13 @@ def load(path: str) -> Read:
     raise UserError(f'hf:{path}: the weights hold no encoder layers')
   rows = ROWS if cfg.get('pooler_act', 'tanh') == 'tanh' else [
       r for r in ROWS if not r.official.startswith('pre_logits/')]
+  # The tensors this reads only: a transformers file may keep integer buffers a ViT never uses.
+  used = table.names(rows, layers)
+  weights_file = os.path.join(path, WEIGHTS if os.path.isfile(os.path.join(path, WEIGHTS))
+                               else INDEX)
+  check_floating({k: v for k, v in w.items() if k in used}, f'hf:{weights_file}')
   params = table.read(
-      rows, {k: np.asarray(v, np.float32) for k, v in w.items()}, layers,
+      rows, {k: np.asarray(v, np.float32) for k, v in w.items() if k in used}, layers,
       Dims(cfg['hidden_size'], cfg['num_attention_heads']),
       missing=lambda name: f'hf:{path}: the weights lack "{name}" (has {len(w)} tensors; '
                            f'is this a ViT checkpoint?)')

@@ -15,7 +15,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from vit.errors import UserError
-from vit.formats.tree import check_finite, check_floating
+from vit.formats.tree import check_finite
 
 WEIGHTS = 'model.safetensors'
 
@@ -23,13 +23,14 @@ WEIGHTS = 'model.safetensors'
 def read_weights(path: str, fmt: str) -> dict[str, np.ndarray]:
   """Every tensor of the safetensors file `path`, as stored.
 
-  Raises UserError '{fmt}:{path}: not a readable safetensors file (...)', or naming a tensor
-  that is not floating point (a ViT's weights all are) or has NaN or infinite values."""
+  Raises UserError '{fmt}:{path}: not a readable safetensors file (...)', or naming a
+  floating-point tensor with NaN or infinite values. The formats check the dtypes of the
+  tensors they use (`vit.formats.tree.check_floating`): a file may hold integer buffers that a
+  plain ViT never reads."""
   try:
     weights = load_file(path)
   except (SafetensorError, OSError, ValueError) as e:
     raise UserError(f'{fmt}:{path}: not a readable safetensors file ({e})') from None
-  check_floating(weights, f'{fmt}:{path}')
   check_finite(weights, f'{fmt}:{path}')
   return weights
 

@@ -26,8 +26,8 @@ from vit.errors import UserError, require_directory
 from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, fused, zeros
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, class_row_posemb, input_pixels,
-                              pixels, posemb, read_json_object, square_grid)
+from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_floating, class_row_posemb,
+                              input_pixels, pixels, posemb, read_json_object, square_grid)
 from vit.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -90,6 +90,9 @@ def _weights(directory: str) -> dict[str, np.ndarray]:
   if not os.path.isfile(path):
     raise UserError(f'timm:{directory}: no {WEIGHTS}{safetensors_dir.pickled_hint(directory)}')
   weights = safetensors_dir.read_weights(path, 'timm')
+  # The ViT's own tensors: others are refused by name (`_check_supported`), integer buffers too.
+  known = table.names(ROWS, _blocks(weights))
+  check_floating({k: v for k, v in weights.items() if k in known}, f'timm:{path}')
   return {k: np.asarray(v, np.float32) for k, v in weights.items()}
 
 
