@@ -10,11 +10,12 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from vit.testing import ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -57,7 +58,7 @@ def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
     lines.append(line)
     if line.strip() == 'paused at step 7':
       proc.send_signal(signal.SIGTERM)
-  assert proc.wait(timeout=300) == 0, ''.join(lines)[-2000:]
+  assert proc.wait(timeout=900) == 0, ''.join(lines)[-2000:]
   output = ''.join(lines)
   assert 'SIGTERM received: finishing the current step, then saving' in output
   assert f'stopped after step 7 (SIGTERM); saved {workdir}/checkpoints/7; rerun' in output
@@ -69,23 +70,39 @@ def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
   assert again['last_step'] == 20
 
 
+_AS_FROM_A_TERMINAL = """
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_DFL)  # Kept across exec, unlike a handler.
+os.execv(sys.argv[1], sys.argv[1:])
+"""
+
+
 def test_ctrl_c_while_an_entry_point_imports_is_one_line(tmp_path):
   """Ctrl-C in the seconds an entry point spends importing jax, TF and orbax, before
   vit.cli.run catches it. The child's `-X importtime` lines (about 140 KB after vit's) are read
   up to vit's only: the child then blocks on its full stderr pipe, still importing, whatever the
   load, and the signal meets it there."""
+  # A test run started as a background job of a script (`make test &`: bash without job
+  # control) starts every child with SIGINT ignored; Python then installs no handler and the
+  # signal would be lost (the child went on to train until the timeout). The child is started
+  # through an exec that restores what a terminal gives.
+  command = [sys.executable, '-X', 'importtime', '-m', 'mpp.train',
+             '--config', 'configs/mpp/fashion_mnist.py', '--workdir', str(tmp_path / 'run')]
   proc = subprocess.Popen(
-      [sys.executable, '-X', 'importtime', '-m', 'mpp.train',
-       '--config', 'configs/mpp/fashion_mnist.py', '--workdir', str(tmp_path / 'run')],
+      [sys.executable, '-c', _AS_FROM_A_TERMINAL, *command],
       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  for line in proc.stderr:
-    if re.search(r'\|\s+vit$', line):  # vit/__init__.py has run: the hook is in place.
-      break
-  else:
-    proc.kill()
-    pytest.fail('the child never imported vit')
-  proc.send_signal(signal.SIGINT)
-  out, err = proc.communicate(timeout=300)
+  try:
+    for line in proc.stderr:
+      if re.search(r'\|\s+vit$', line):  # vit/__init__.py has run: the hook is in place.
+        break
+    else:
+      pytest.fail('the child never imported vit')
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=900)  # Bounds a hang only.
+  finally:  # A failed case leaves no process behind.
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
   told = [l for l in err.splitlines() if not l.startswith('import time:')]
   assert told == ['interrupted while starting: nothing was written'], err[-2000:]
   assert proc.returncode == -signal.SIGINT  # As Python ends on Ctrl-C: 130 in a shell.
@@ -103,27 +120,27 @@ def test_a_library_import_keeps_the_programs_own_excepthook(tmp_path):
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]))
   for program in (['-c', 'import vit, other.tool'], ['-m', 'other.tool']):
     proc = subprocess.run([sys.executable, *program], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=900)  # Bounds a hang only.
     assert 'Traceback' in proc.stderr and 'KeyboardInterrupt' in proc.stderr, proc.stderr
     assert 'interrupted while starting' not in proc.stderr
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('localhost', 0))
-    return s.getsockname()[1]
-
-
 @pytest.mark.parametrize('sig', ['SIGINT', 'SIGTERM'])
 def test_two_processes_stop_at_the_same_step(sig):
-  port = _free_port()
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
-  procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), sig], cwd=ROOT,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-           for i in range(2)]
+  with ports.reserved() as port:
+    procs = [subprocess.Popen([sys.executable, __file__, str(i), str(port), sig], cwd=ROOT,
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    try:
+      outputs = [proc.communicate(timeout=900) for proc in procs]  # Bounds a hang only.
+    finally:  # A failed case leaves no process behind.
+      for proc in procs:
+        if proc.poll() is None:
+          proc.kill()
+          proc.communicate()
   results = []
-  for proc in procs:
-    out, err = proc.communicate(timeout=240)
+  for proc, (out, err) in zip(procs, outputs):
     assert proc.returncode == 0, err[-2000:]
     results.append(json.loads(out.strip().splitlines()[-1]))
   # Process 1 alone is signalled at step 4; with sync steps every 3, SIGINT is agreed on at 6.
@@ -143,7 +160,7 @@ def _worker(process_id: int, port: int, sig: str) -> None:
   import time
   import jax
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(f'localhost:{port}', num_processes=2, process_id=process_id)
+  jax.distributed.initialize(f'127.0.0.1:{port}', num_processes=2, process_id=process_id)
   from vit import checkpoints
   stopped_at = None
   with checkpoints.StopSignal() as stop:
