@@ -9,13 +9,14 @@ concatenation to the same train step on one device.
 """
 import json
 import os
-import socket
 import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
+
+from vit.testing import ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {
@@ -38,15 +39,14 @@ LEGS = [(2, 2, dict(data=1, fsdp=2, tensor=2)),
         (2, 6, dict(data=1, fsdp=2, tensor=2))]
 
 
-def _free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
 def _launch(workdir: str, processes: int, total_steps: int, mesh: dict) -> list[str]:
   """`mpp.train` in `processes` processes of 2 CPU devices each, gloo on the loopback."""
-  port = _free_port()
+  with ports.reserved() as port:  # Held until they have ended: no other process takes it.
+    return _launch_on(port, workdir, processes, total_steps, mesh)
+
+
+def _launch_on(port: int, workdir: str, processes: int, total_steps: int, mesh: dict
+               ) -> list[str]:
   overrides = {**OVERRIDES, 'total_steps': total_steps,
                **{f'mesh.{k}': v for k, v in mesh.items()}}
   flags = [f'--config.{k}={v}' for k, v in overrides.items()]
