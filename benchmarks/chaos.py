@@ -39,6 +39,16 @@ TINY_FLAGS = ('--config.model.hidden_size=16', '--config.model.transformer.mlp_d
 
 _STEP = re.compile(r'^step (\d+)/\d+ ')
 _RESUMED = re.compile(r'^resumed from .* at step (\d+)')
+# A kill that lands after the final checkpoint is complete (while the run exits, or before the
+# parent, slowed by a loaded machine, has read the last lines) leaves nothing to train: the
+# rerun says so, and resumes at that step all the same.
+_DONE = re.compile(r'^note: workdir .* already holds step (\d+) ')
+
+
+def resumed_step(line: str) -> int | None:
+  """The step a rerun starts from, when `line` is the trainer's word on it."""
+  m = _RESUMED.match(line) or _DONE.match(line)
+  return int(m.group(1)) if m else None
 
 
 def command(workdir: str, steps: int, extra=()) -> list[str]:
@@ -64,8 +74,8 @@ def run(workdir: str, steps: int, *, stop_after: int | None = None, delay: float
   try:
     for line in proc.stdout:
       lines.append(line)
-      if m := _RESUMED.match(line):
-        resumed = last_step = int(m.group(1))
+      if (step := resumed_step(line)) is not None:
+        resumed = last_step = step
       if m := _STEP.match(line):
         last_step = int(m.group(1))
         if not signalled and stop_after is not None and last_step >= stop_after:

@@ -32,6 +32,15 @@ def test_kill_9_and_rerun_ends_bitwise_identical(tmp_path):
   assert leftovers == []
 
 
+def test_a_kill_after_the_run_finished_resumes_at_its_last_step():
+  """A kill that lands once the final checkpoint is complete: the rerun has nothing to train and
+  counts as resumed there, not at 0 (which read as 20 steps redone and failed the test above)."""
+  assert chaos.resumed_step('resumed from /w at step 15 (initialised from x)\n') == 15
+  assert chaos.resumed_step('note: workdir /w already holds step 20 >= total_steps 20; nothing '
+                            'to train (raise --config.total_steps to continue)\n') == 20
+  assert chaos.resumed_step('step 20/20 loss 1.0\n') is None
+
+
 def test_a_run_that_fails_on_its_own_is_one_line_naming_its_workdir(tmp_path, capsys):
   # A file where --workdir's folder should be: the reference run's own one-line error is passed
   # on (as a workdir another process holds would be), not a RuntimeError with its output.

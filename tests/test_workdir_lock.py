@@ -24,7 +24,8 @@ ARGS = ['--config=configs/supervised/fashion_mnist.py', '--config.image_size=8',
         '--config.log_every=2', '--config.checkpoint_every=2', '--config.eval_every=0',
         '--config.optimizer.warmup_steps=1', '--config.total_steps=6']
 
-# supervised.train, paused after step 3 until killed.
+# supervised.train, paused after step 3 until killed, once its step-2 checkpoint is complete
+# (the save runs in the background: on a loaded machine it could still be a temporary folder).
 _PAUSED_TRAIN = """
 import time
 from supervised import train
@@ -33,6 +34,7 @@ check_saves = checkpoints.check_saves
 def paused(mngr, step, sync):
   check_saves(mngr, step, sync)
   if step == 3:
+    mngr.wait_until_finished()
     print('paused at step 3', flush=True)
     while True:
       time.sleep(1)
@@ -52,10 +54,10 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_is_not(tmp_path):
       if line.strip() == 'paused at step 3':
         break
     else:
-      raise AssertionError(first.communicate(timeout=60)[1][-3000:])
+      raise AssertionError(first.communicate(timeout=900)[1][-3000:])
     second = subprocess.run([sys.executable, '-m', 'supervised.train', f'--workdir={workdir}',
                              *ARGS], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                            timeout=300)
+                            timeout=900)
     assert second.returncode == 2 and 'Traceback' not in second.stderr, second.stderr[-3000:]
     assert second.stderr.strip().splitlines() == [
         f'error: --workdir {workdir}: in use by process {first.pid} on {socket.gethostname()}; '
@@ -68,13 +70,13 @@ def test_a_second_run_is_refused_and_a_killed_runs_lock_is_not(tmp_path):
   assert f'pid {first.pid}' in open(os.path.join(workdir, checkpoints.LOCK_FILE)).read()
   resumed = subprocess.run([sys.executable, '-m', 'supervised.train', f'--workdir={workdir}',
                             *ARGS], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                           timeout=300)
+                           timeout=900)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
   assert f'resumed from {workdir} at step 2' in resumed.stdout
   assert '6' in os.listdir(os.path.join(workdir, 'checkpoints'))
   # The same command once more, on the finished run: nothing to train, said in one line, exit 0.
   done = subprocess.run([sys.executable, '-m', 'supervised.train', f'--workdir={workdir}', *ARGS],
-                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+                        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0 and 'Traceback' not in done.stderr, done.stderr[-3000:]
   assert (f'note: workdir {workdir} already holds step 6 >= total_steps 6; nothing to train '
           f'(raise --config.total_steps to continue)') in done.stdout.splitlines()
