@@ -409,7 +409,7 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   export = subprocess.run(
       [sys.executable, '-m', 'vit.export', f'--checkpoint={tmp_path}', '--format=vit_jax',
-       f'--out={tmp_path / "m.npz"}'], cwd=root, capture_output=True, text=True, timeout=300,
+       f'--out={tmp_path / "m.npz"}'], cwd=root, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert export.returncode == 0, export.stderr[-3000:]
   assert 'Traceback' not in export.stderr
@@ -472,7 +472,7 @@ def test_readers_name_other_damage_in_one_line(tmp_path, capsys):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   export = subprocess.run(
       [sys.executable, '-m', 'vit.export', f'--checkpoint={tmp_path}', '--format=vit_jax',
-       f'--out={tmp_path / "m.npz"}'], cwd=root, capture_output=True, text=True, timeout=300,
+       f'--out={tmp_path / "m.npz"}'], cwd=root, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert export.returncode == 0, export.stderr[-3000:]
   assert export.stderr.splitlines() == [

@@ -182,7 +182,7 @@ def test_a_hybrids_width_factor_is_kept_by_the_preset_and_a_checkpoints_round_tr
 def _cli(*args):
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
-                        env=env, timeout=300)
+                        env=env, timeout=900)
 
 
 def test_command_line_mistakes_are_one_line_errors():
@@ -201,7 +201,7 @@ def test_command_line_mistakes_are_one_line_errors():
            for override, _ in cases]
   try:
     for proc, (_, expected) in zip(procs, cases):
-      _, stderr = proc.communicate(timeout=300)
+      _, stderr = proc.communicate(timeout=900)
       assert proc.returncode == 2, stderr
       assert expected in stderr and 'Traceback' not in stderr, stderr
   finally:  # A failed case leaves no process behind.
@@ -303,7 +303,7 @@ def test_a_config_that_is_no_config_dict_is_one_line_with_overrides_and_in_train
            for (module, name, *args), _ in cases]
   try:
     for proc, ((_, name, *_), expected) in zip(procs, cases):
-      _, stderr = proc.communicate(timeout=300)
+      _, stderr = proc.communicate(timeout=900)
       assert proc.returncode == 2, stderr
       lines = stderr.splitlines()
       assert len(lines) == 1 and lines[0].startswith(

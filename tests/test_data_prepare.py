@@ -80,14 +80,14 @@ def test_refuses_to_overwrite_without_the_flag_and_replaces_with_it(tmp_path):
              f'--out={out}']
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   first = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=900)
   assert first.returncode == 0, first.stderr
   assert 'train: 100%' in first.stderr and 'train 3 images, 3 classes' in first.stdout
   info = os.path.join(out, prepare.NAME, '1.0.0', 'dataset_info.json')
   before = os.path.getmtime(info)
   write_folder(folder, per_class=2)
   again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+                         timeout=900)
   assert again.returncode == 2
   assert again.stderr.strip().splitlines()[-1] == (
       f'error: --out {out}: exists and is not empty; pass --overwrite to replace the dataset '
@@ -272,7 +272,7 @@ def _paused_prepare(folder, out):
   for line in run.stdout:
     if line.strip() == 'paused mid-build':
       return run
-  _, err = run.communicate(timeout=300)
+  _, err = run.communicate(timeout=900)
   raise AssertionError(f'the build ended before its first image: {err[-2000:]}')
 
 
@@ -284,7 +284,7 @@ def test_interrupt_says_the_previous_dataset_is_unchanged(tmp_path):
   run = _paused_prepare(folder, out)
   assert any(n.startswith(f'.{prepare.NAME}-partial-') for n in os.listdir(out))
   run.send_signal(signal.SIGINT)
-  _, err = run.communicate(timeout=300)
+  _, err = run.communicate(timeout=900)
   assert run.returncode == 130, err[-2000:]
   assert err.strip().splitlines()[-1] == (
       f'interrupted; the previous dataset at {out}/{prepare.NAME} is unchanged')
@@ -298,7 +298,7 @@ def test_a_killed_build_leaves_nothing_after_the_next_run(tmp_path):
   prepare.prepare(f'folder:{folder}', out)
   run = _paused_prepare(folder, out)
   run.kill()  # SIGKILL: no handler runs, the staging folder stays.
-  run.communicate(timeout=300)
+  run.communicate(timeout=900)
   assert len(os.listdir(out)) == 2
   assert len(pipeline.make_source(config_for(out), 'train')) == 3
   write_folder(folder, per_class=2)

@@ -113,7 +113,7 @@ def test_cli_and_errors(run, tmp_path):
   workdir, _, _, _ = run
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   cmd = lambda *a: subprocess.run([sys.executable, '-m', 'vit.export', *a], cwd=ROOT, env=env,
-                                  capture_output=True, text=True, timeout=300)
+                                  capture_output=True, text=True, timeout=900)
   ok = cmd(f'--checkpoint={workdir}', '--format=vit_jax', f'--out={tmp_path / "cli.npz"}')
   assert ok.returncode == 0, ok.stderr[-2000:]
   assert 'exported' in ok.stdout and (tmp_path / 'cli.npz').is_file()

@@ -167,7 +167,7 @@ def test_cli_on_an_npz(tmp_path):
   run = subprocess.run(
       [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
        '--shots=1,2', '--l2_regs=1,16', '--max_test=100', f'--output={out}'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert run.returncode == 0, run.stderr[-2000:]
   results = json.loads(out.read_text())
@@ -178,15 +178,15 @@ def test_cli_on_an_npz(tmp_path):
   split = subprocess.run(
       [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
        '--shots=1', '--test_split=valid'], cwd=ROOT, capture_output=True, text=True,
-      timeout=300, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+      timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert split.returncode == 2 and split.stderr.strip().splitlines()[-1] == (
       'error: --test_split=valid: not a split of fashion_mnist (splits: train, test)')
   bad = subprocess.run([sys.executable, '-m', 'vit.evaluators.fewshot', '--init=npz:x'],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert bad.returncode == 2 and bad.stderr.strip().count('\n') == 0
   assert 'FORMAT:PATH' in bad.stderr
   helped = subprocess.run([sys.executable, '-m', 'vit.evaluators.fewshot', '--help'], cwd=ROOT,
-                          capture_output=True, text=True, timeout=300,
+                          capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert '--shots' in helped.stdout and '--init' in helped.stdout

@@ -62,7 +62,7 @@ def test_cli_help_and_missing_init(tmp_path):
                      ('--config=configs/finetune/fashion_mnist.py', f'--workdir={tmp_path / "v"}',
                       f'--config.init=hf:{tmp_path / "absent"}'))]
   try:
-    (helped, _), (_, no_init), (_, absent) = [p.communicate(timeout=300) for p in procs]
+    (helped, _), (_, no_init), (_, absent) = [p.communicate(timeout=900) for p in procs]
   finally:  # A timed-out case leaves no process behind.
     for p in procs:
       if p.poll() is None:

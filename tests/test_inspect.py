@@ -262,7 +262,7 @@ def test_image_loading(tmp_path):
 def test_cli_bad_spec_is_one_line(tmp_path):
   proc = subprocess.run([sys.executable, '-m', 'vit.inspect', '--init', 'supervised:' +
                          str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'out')],
-                        cwd=ROOT, capture_output=True, text=True, timeout=120,
+                        cwd=ROOT, capture_output=True, text=True, timeout=900,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 2
   assert proc.stderr.strip().startswith('error: ') and 'nowhere' in proc.stderr
@@ -286,7 +286,7 @@ def test_cli_on_a_saved_checkpoint(tmp_path):
                          '--init', f'supervised:{tmp_path}/run', '--out', str(out),
                          '--images', str(tmp_path / 'images.npy'), '--show', '3',
                          '--batch_size', '4'],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        cwd=ROOT, capture_output=True, text=True, timeout=900,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr
   summary = json.loads((out / 'inspect.json').read_text())

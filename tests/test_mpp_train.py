@@ -70,7 +70,7 @@ def test_cli_reports_a_bad_target_in_one_line(tmp_path):
   out = subprocess.run(
       [sys.executable, '-m', 'mpp.train', '--config', 'configs/mpp/fashion_mnist.py',
        '--workdir', str(tmp_path), '--config.mpp.target=colour'],
-      capture_output=True, text=True, timeout=120,
+      capture_output=True, text=True, timeout=900,
       env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
   assert out.returncode == 2
   assert out.stderr.strip().splitlines()[-1] == (

@@ -47,7 +47,7 @@ def _predict(init: str, tmp_path):
   out = tmp_path / 'x.json'
   proc = commands.run_module('supervised.predict', f'--init={init}',
                              f'--images={tmp_path / "images.npy"}', f'--output={out}',
-                             timeout=300)
+                             timeout=900)
   assert proc.returncode == 2 and 'Traceback' not in proc.stderr, proc.stderr[-3000:]
   return proc, out
 

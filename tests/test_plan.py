@@ -95,7 +95,7 @@ def test_cli_one_line_error():
   proc = subprocess.run(
       [sys.executable, '-m', 'vit.plan', '--config', 'configs/supervised/fashion_mnist.py',
        '--topology', 'v5e:2x2', '--config.mesh.data=3'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh=')
@@ -111,7 +111,7 @@ def test_a_second_plan_reads_no_unreadable_cache_entry(tmp_path):
     proc = subprocess.run(
         [sys.executable, '-m', 'vit.plan', '--config', 'configs/supervised/fashion_mnist.py',
          '--topology', 'v5e:1x1', '--json', '--config.batch_size=8'],
-        cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
+        cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr
     assert 'Warning' not in proc.stderr, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])['fits']
@@ -148,7 +148,7 @@ def test_objective_is_read_from_the_config_not_its_folder(tmp_path):
   proc = subprocess.run(
       [sys.executable, '-m', 'vit.plan', '--config', str(copied), '--topology', 'v5e:1x1',
        '--json', '--config.batch_size=8'],
-      cwd=ROOT, capture_output=True, text=True, timeout=300,
+      cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr
   report = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -178,7 +178,7 @@ def test_objectives_are_listed_by_help_and_by_the_error_for_another():
   procs = [subprocess.Popen([sys.executable, '-m', module, '--help'], cwd=ROOT, text=True,
                             env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE) for module in ('vit.plan', 'study.report')]
-  (plan_help, report_help) = [p.communicate(timeout=300)[0] for p in procs]
+  (plan_help, report_help) = [p.communicate(timeout=900)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0]
   assert 'its package (one of mae, mpp, simmim, supervised)' in ' '.join(plan_help.split())
   assert '--config' in plan_help and '--config' in report_help

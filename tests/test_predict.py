@@ -144,7 +144,7 @@ def test_cli_npy_and_json_outputs(npz, tmp_path):
   np.save(tmp_path / 'in.npy', images)
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   run = lambda *args: subprocess.run([sys.executable, '-m', 'supervised.predict', *args],
-                                     cwd=ROOT, capture_output=True, text=True, timeout=300,
+                                     cwd=ROOT, capture_output=True, text=True, timeout=900,
                                      env=env)
   out = run(f'--init=vit_jax:{path}', f'--images={tmp_path / "in.npy"}',
             f'--output={tmp_path / "logits.npy"}')

@@ -40,7 +40,7 @@ def test_a_bad_override_with_workers_is_one_line_of_the_parent(tmp_path):
   out = commands.run_module(
       'study.run', '--config=configs/study/demo.py', f'--workdir={workdir}',
       '--config.workers=2', '--config.pretrainer.mpp.target=colour',
-      f'--config.results={tmp_path / "results"}', timeout=300)
+      f'--config.results={tmp_path / "results"}', timeout=900)
   assert out.returncode == 2, out.stderr[-2000:]
   assert out.stderr.strip().splitlines() == [
       "error: config.pretrainer.mpp.target='colour': must be one of mean_color, "
@@ -72,7 +72,7 @@ def test_a_study_config_missing_keys_is_one_line_naming_them(tmp_path):
   partial.write_text('import ml_collections\n\n\ndef get_config():\n'
                      '  return ml_collections.ConfigDict({"seeds": (0, 1)})\n')
   out = commands.run_module('study.run', f'--config={partial}', f'--workdir={tmp_path / "w"}',
-                            timeout=300)
+                            timeout=900)
   assert out.returncode == 2, out.stderr[-2000:]
   lines = out.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith(
@@ -92,11 +92,11 @@ def test_a_trainer_config_is_named_as_one_not_listed_as_missing_study_keys():
 
 def test_study_check_is_an_entry_point(tmp_path):
   """`python -m study.check --help` printed nothing (exit status 0): the module had no main."""
-  helped = commands.run_module('study.check', '--help', timeout=300)
+  helped = commands.run_module('study.check', '--help', timeout=900)
   assert helped.returncode == 0 and 'python -m study.check' in helped.stdout, helped.stderr
   assert '--config: Path to an ml_collections config file' in helped.stdout
   out = commands.run_module('study.check', '--config=configs/study/demo.py',
-                            f'--config.results={tmp_path / "results"}', timeout=300)
+                            f'--config.results={tmp_path / "results"}', timeout=900)
   assert out.returncode == 0, out.stderr[-2000:]
   assert re.fullmatch(r'configs/study/demo.py: the study config and its \d+ distinct trainer '
                       r'configs validate\n', out.stdout), out.stdout

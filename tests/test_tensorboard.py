@@ -161,7 +161,7 @@ def test_a_failed_write_leaves_the_steps_before_it_readable(tmp_path):
   the file is collected, or a ResourceWarning of a file left open)."""
   proc = subprocess.run(['bash', '-c', 'ulimit -f 1 && exec "$@"', 'bash', sys.executable,
                          '-X', 'dev', '-c', _FILL_THE_FILE, str(tmp_path)], cwd=ROOT,
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, timeout=900)
   assert proc.returncode == 0 and proc.stderr == '', proc.stderr[-3000:]
   failed_step, reason = proc.stdout.split(maxsplit=1)
   assert reason.strip() == 'File too large'
@@ -228,7 +228,7 @@ def test_runs_table_shows_the_readable_runs_and_names_each_unreadable_one(tmp_pa
            'missing']
   proc = subprocess.run([sys.executable, '-m', 'vit.inspect.runs',
                          *[str(tmp_path / n) for n in names]],
-                        cwd=ROOT, capture_output=True, text=True, timeout=300,
+                        cwd=ROOT, capture_output=True, text=True, timeout=900,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 1, proc.stderr
   assert proc.stdout.splitlines() == ['| run | parameters | steps | test accuracy | images/s |',
