@@ -37,7 +37,7 @@ import tempfile
 import threading
 import time
 import traceback
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import grain
 import jax
@@ -46,6 +46,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
+# The coordination service's client, which jax does not export (as in vit/save_barrier.py).
+from jax._src import distributed
 from orbax.checkpoint import checkpoint_managers as policies
 
 from vit import atomic_write, config as config_lib, save_barrier
@@ -168,6 +170,32 @@ class Manager(ocp.CheckpointManager):
       logger.warning('could not remove the unfinished checkpoint folders in %s (%s)',
                      self.directory, reason)
     super().close()
+
+  def restore(self, step, *args, **kwargs):
+    """orbax's restore, which ends at a barrier of all processes, reached here even when this
+    process's reading failed (a damaged file that only it reads, e.g. its data iterator's):
+    the error is raised after the barrier, so that the others are not left waiting there, or
+    matched with a later restore of another step (`resume` then agrees on the outcome)."""
+    if jax.process_count() == 1:
+      return super().restore(step, *args, **kwargs)
+    checkpointer, failed = self._checkpointer, []  # orbax 0.12's own attribute and method.
+    read = checkpointer._restore
+
+    def read_or_fail(directory, args):
+      try:
+        return read(directory, args=args)
+      except Exception as e:
+        failed.append(e)
+        return None
+
+    checkpointer._restore = read_or_fail
+    try:
+      restored = super().restore(step, *args, **kwargs)
+    finally:
+      del checkpointer._restore  # The class's method again.
+    if failed:
+      raise failed[0]
+    return restored
 
   def _wait_for_checkpointers(self):
     try:
@@ -519,17 +547,18 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
   """
   problems = []
   for step in sorted(mngr.all_steps(), reverse=True):
-    try:
+    def check():
       saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-      changed = check_compatible(saved['config'], mngr.item_metadata(step)['state'],
-                                 abstract_state, config, where=f'{mngr.directory}/{step}')
-      restored = restore(mngr, abstract_state, data_iterator, step)
-    except UserError:
-      raise
-    except Exception as e:  # Any read failure makes this step unusable; try an older one.
-      problems.append((step, unreadable_reason(f'{mngr.directory}/{step}', e)))
+      return check_compatible(saved['config'], mngr.item_metadata(step)['state'],
+                              abstract_state, config, where=f'{mngr.directory}/{step}')
+    changed, reason = _read_together(mngr, step, 'config', check)
+    if reason is None:
+      restored, reason = _read_together(
+          mngr, step, 'state', lambda: restore(mngr, abstract_state, data_iterator, step))
+    if reason is not None:
+      problems.append((step, reason))
       logger.warning('checkpoint %s/%d is unreadable (%s); trying the previous one',
-                     mngr.directory, step, problems[-1][1])
+                     mngr.directory, step, reason)
       continue
     for bad, _ in problems:
       logger.warning('moved the unreadable checkpoint step %d to %s', bad,
@@ -544,6 +573,38 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
   reasons = '; '.join(f'{mngr.directory}/{s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be restored ({reasons}); nothing '
                   'was moved; to start afresh instead, use another --workdir')
+
+
+def _read_together(mngr: ocp.CheckpointManager, step: int, what: str,
+                   read: Callable[[], Any]) -> tuple[Any, Optional[str]]:
+  """(`read()`, None), or (None, why `step` is unusable) when `read` failed on any process.
+
+  Each process reads its own part of a step (its data iterator's file, the shards of its
+  devices), so a damaged file can fail one process only; a job whose processes resumed from
+  different steps would wait for each other at the first collective forever. With several
+  processes a failed process publishes its reason on jax.distributed's key-value store before
+  an all-gather of the outcomes, and the others name the first failed process and its reason
+  (`process 1: data/process_1-of-2.json is not valid JSON ...`). A UserError (a config that does
+  not fit, which every process reads alike) is raised as is.
+  """
+  value, reason = None, None
+  try:
+    value = read()
+  except UserError:
+    raise
+  except Exception as e:  # Any read failure makes this step unusable; try an older one.
+    reason = unreadable_reason(f'{mngr.directory}/{step}', e)
+  if jax.process_count() == 1:
+    return value, reason
+  client = distributed.global_state.client
+  key = lambda process: f'vit_restore{mngr.directory}/{step}/{what}/{process}'
+  if reason is not None:
+    client.key_value_set(key(jax.process_index()), reason, allow_overwrite=True)
+  failed = multihost_utils.process_allgather(np.int32(reason is not None))
+  if reason is not None or not np.any(failed):
+    return value, reason
+  first = int(np.argmax(failed))
+  return None, f'process {first}: {client.blocking_key_value_get(key(first), 60_000)}'
 
 
 def _one_line(e: Exception) -> str:

@@ -1,0 +1,71 @@
+"""Faults in a run of two real processes (jax.distributed, gloo on 127.0.0.1): both agree on
+what they resume from, and a lost process is told in one line, not waited for.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
+# A tiny supervised run on Fashion-MNIST (8 px, one block): checkpoints every 4 steps.
+TINY = ['--config=configs/supervised/fashion_mnist.py', '--config.image_size=8',
+        '--config.batch_size=8', '--config.model.patches.size=(4,4)',
+        '--config.model.hidden_size=16', '--config.model.transformer.mlp_dim=32',
+        '--config.model.transformer.num_layers=1', '--config.model.transformer.num_heads=2',
+        '--config.log_every=2', '--config.checkpoint_every=4', '--config.eval_every=0',
+        '--config.data.holdout=16', '--config.data.eval_split=holdout',
+        '--config.eval_batch_size=16', '--config.optimizer.warmup_steps=1']
+
+
+def _start(workdir, total_steps):
+  """`supervised.train` as processes 0 and 1 of one job."""
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = s.getsockname()[1]
+  return [subprocess.Popen(
+      [sys.executable, '-m', 'supervised.train', *TINY, f'--workdir={workdir}',
+       f'--config.total_steps={total_steps}', f'--coordinator_address=127.0.0.1:{port}',
+       '--num_processes=2', f'--process_id={i}'], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in range(2)]
+
+
+def _finish(procs, timeout=600):
+  """Both processes' CompletedProcess; a hang (the fault under test) ends at `timeout`."""
+  try:
+    outputs = [p.communicate(timeout=timeout) for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+        p.wait()
+  return [subprocess.CompletedProcess(p.args, p.returncode, *out)
+          for p, out in zip(procs, outputs)]
+
+
+def _train(workdir, total_steps):
+  return _finish(_start(workdir, total_steps))
+
+
+def test_a_step_damaged_for_one_process_only_is_skipped_by_both(tmp_path):
+  """Each process reads its own data iterator file: with process 1's cut short, process 0 could
+  restore the newest step while process 1 fell back to the previous one, and the two then waited
+  for each other at their first collective forever. Both skip the step, and process 0 names
+  process 1's reason."""
+  workdir = tmp_path / 'run'
+  checkpoints = workdir / 'checkpoints'
+  for proc in _train(workdir, 4):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  shutil.copytree(checkpoints / '4', checkpoints / '6')  # A newer step, damaged for process 1:
+  own = checkpoints / '6' / 'data' / 'process_1-of-2.json'
+  own.write_bytes(own.read_bytes()[:own.stat().st_size // 2])
+  first, second = _train(workdir, 8)
+  reason = 'data/process_1-of-2.json is not valid JSON (cut short or overwritten)'
+  for proc, told in ((first, f'process 1: {reason}'), (second, reason)):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (f'warning: checkpoint {checkpoints}/6 is unreadable ({told}); trying the previous '
+            f'one') in proc.stderr
+    assert f'resumed from {workdir} at step 4' in proc.stdout and 'step 8/8' in proc.stdout
+  assert sorted(os.listdir(checkpoints)) == ['4', '8']
+  assert [n.split('.')[0] for n in os.listdir(f'{checkpoints}.damaged')] == ['6']
