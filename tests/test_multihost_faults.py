@@ -69,3 +69,45 @@ def test_a_step_damaged_for_one_process_only_is_skipped_by_both(tmp_path):
     assert f'resumed from {workdir} at step 4' in proc.stdout and 'step 8/8' in proc.stdout
   assert sorted(os.listdir(checkpoints)) == ['4', '8']
   assert [n.split('.')[0] for n in os.listdir(f'{checkpoints}.damaged')] == ['6']
+
+
+def test_a_killed_process_stops_the_other_in_one_line_and_the_rerun_resumes(tmp_path):
+  """SIGKILL of process 1 mid-run: process 0 learns of it at its next collective (gloo's
+  connection closes) or, waiting at a save's barrier, when process 1 has shown no sign of life
+  for 60 s (vit/distributed.py `watch_processes`). It said so in a traceback and then hung in
+  jax's exit until the heartbeat timeout aborted it with a stack dump (exit -6, ~90 s); now it is
+  one line, exit 2. The rerun resumes from the last complete checkpoint and ends bitwise where
+  an uninterrupted run does."""
+  import jax
+  import numpy as np
+  from vit import checkpoints
+  straight, workdir = tmp_path / 'straight', tmp_path / 'run'
+  for proc in _train(straight, 16):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  survivor, victim = _start(workdir, 16)
+  printed = []
+  for line in survivor.stdout:  # Until process 0 has logged step 10 (checkpoints at 4 and 8).
+    printed.append(line)
+    if line.startswith('step 10/16'):
+      break
+  victim.kill()
+  survivor_done, _ = _finish([survivor, victim], timeout=600)
+  stderr = survivor_done.stderr
+  assert survivor_done.returncode == 2, stderr[-3000:]
+  assert 'Traceback' not in stderr and 'Fatal Python error' not in stderr, stderr[-3000:]
+  told = [line for line in stderr.splitlines() if line.startswith('error:')]
+  assert len(told) == 1 and told[0] == stderr.strip().splitlines()[-1], stderr[-3000:]
+  saved = sorted(int(n) for n in os.listdir(workdir / 'checkpoints') if n.isdigit())
+  assert saved and saved[-1] in (4, 8)
+  assert told[0].startswith('error: process 1 of this 2-process job is gone (')
+  assert told[0].endswith(
+      f'); process 0 stopped; the last complete checkpoint is {workdir}/checkpoints/{saved[-1]}; '
+      f'restart every process with the same command to resume')
+  for proc in _train(workdir, 16):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f'resumed from {workdir} at step {saved[-1]}' in proc.stdout
+  resumed, expected = checkpoints.restore_params(str(workdir)), checkpoints.restore_params(
+      str(straight))
+  assert jax.tree.structure(resumed) == jax.tree.structure(expected)
+  for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(expected)):
+    np.testing.assert_array_equal(a, b)

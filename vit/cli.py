@@ -132,7 +132,9 @@ def run(main: Callable[[list[str]], None]) -> None:
     log_to_console()
     try:
       distributed.initialize()  # Before any backend use: multi-host jobs, CPU without libtpu.
+      distributed.watch_processes(_workdir())  # A lost process: one line, not a hang.
       main(argv)
+      distributed.finished()
     except UserError as e:
       print(f'error: {e}', file=sys.stderr)
       _quiet_shutdown()
@@ -144,8 +146,18 @@ def run(main: Callable[[list[str]], None]) -> None:
     except FloatingPointError as e:
       print(f'error: {e}; the state of that step was not saved', file=sys.stderr)
       sys.exit(3)
+    except Exception as e:
+      line = distributed.lost_process(e, _workdir())
+      if line is None:
+        raise
+      distributed.exit_now(line)
 
   app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _workdir():
+  """--workdir of the entry point that has one (the trainers), else None."""
+  return flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
 
 
 def _quiet_shutdown() -> None:

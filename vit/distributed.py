@@ -14,13 +14,20 @@ CPU processes exchange data over gloo; the other platforms bring their own colle
 """
 from __future__ import annotations
 
+import atexit
 import glob
 import importlib.metadata
 import os
+import re
+import sys
+import threading
+import time
 from typing import Optional
 
 import jax
 from absl import flags
+# The coordination service's client, which jax does not export (as in vit/save_barrier.py).
+from jax._src import distributed as jax_distributed
 
 from vit.errors import UserError
 
@@ -112,3 +119,117 @@ def _check(address, count, index) -> None:
   if count > 1 and (not address or ':' not in address):
     raise UserError(f'--coordinator_address={address!r}: set HOST:PORT of process 0 for a '
                     f'{count}-process run')
+
+
+# What gloo and the coordination service say when a process of the job is gone (killed, crashed,
+# its machine lost): its sockets closed under a collective, or its heartbeats stopped.
+_LOST = ('Connection reset by peer', 'Connection closed by peer', 'Socket closed',
+         'heartbeat timeout', 'Broken pipe')
+# A process that has published no sign of life for this long is taken for gone. jax's own
+# heartbeat timeout, 100 s, would end the survivors later, with an abort and a stack dump;
+# a process's signs come from a thread of its own, every _BEAT_S, even while it compiles.
+_SILENT_S = 60.0
+_BEAT_S = 2.0
+# Set when this process ends (normally, or by an error of its own): the watch stops before jax's
+# exit handler shuts the client down, which the watch would take for a lost coordinator.
+_ENDING = threading.Event()
+
+
+def _stopped(who: str, said: str, workdir: Optional[str]) -> str:
+  count, index = jax.process_count(), jax.process_index()
+  where = ''
+  if workdir:
+    folder = os.path.join(workdir, 'checkpoints')
+    steps = [int(n) for n in (os.listdir(folder) if os.path.isdir(folder) else ())
+             if n.isdigit()]
+    where = (f'the last complete checkpoint is {folder}/{max(steps)}; ' if steps else
+             f'no complete checkpoint is in {folder}; ')
+  return (f'{who} of this {count}-process job is gone ({said}); process {index} stopped; '
+          f'{where}restart every process with the same command to resume')
+
+
+def lost_process(e: BaseException, workdir: Optional[str] = None) -> Optional[str]:
+  """The one line for an error that says another process of this job is gone, else None.
+
+  The survivors learn of it at their next collective (gloo's connection to the dead process
+  closes); jax's own exit would then wait at the coordination service's shutdown barrier for
+  the dead process until its heartbeat timeout and abort with a stack dump, so the caller exits
+  at once after this line (vit/cli.py)."""
+  if not jax.distributed.is_initialized() or jax.process_count() < 2:
+    return None
+  chain, seen = [], set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    chain.append(e)
+    e = e.__cause__ or e.__context__
+  said = next((' '.join(str(x).split()) for x in chain if any(w in str(x) for w in _LOST)), None)
+  if said is None:
+    return None
+  said = re.sub(r'\[[^\]]*\.cc:\d+\] ', '', said.split(' [type.googleapis')[0])[:200]
+  other = f'process {1 - jax.process_index()}' if jax.process_count() == 2 else 'a process'
+  return _stopped(other, said, workdir)
+
+
+def exit_now(line: str) -> None:
+  """Prints `error: LINE` and ends this process with status 2 at once: not through jax's exit,
+  which would wait for a lost process at the coordination service's shutdown barrier."""
+  print(f'error: {line}', file=sys.stderr)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(2)
+
+
+def watch_processes(workdir: Optional[str] = None, silent_s: float = _SILENT_S) -> None:
+  """In a job of several processes, a daemon thread that ends this process with one line once
+  another has shown no sign of life for `silent_s` (killed with SIGKILL, crashed, its host
+  lost), or the coordinator cannot be reached: otherwise a survivor waits at the next
+  collective, or at a barrier of a checkpoint save, until jax's heartbeat timeout aborts it.
+
+  Each process publishes a counter on the coordination service's key-value store every
+  `_BEAT_S` and reads the others'; a process that ended normally publishes `done`
+  (`finished`), and is no longer watched."""
+  if not jax.distributed.is_initialized() or jax.process_count() < 2:
+    return
+  client, index, count = jax_distributed.global_state.client, jax.process_index(), \
+      jax.process_count()
+
+  def watch():
+    beat, seen = 0, {}
+    while True:
+      now = time.monotonic()
+      try:
+        client.key_value_set(f'vit_alive/{index}', str(beat), allow_overwrite=True)
+        signs = dict(client.key_value_dir_get('vit_alive/'))
+      except Exception as e:  # The coordination service (in process 0) is gone.
+        if index != 0 and not _ENDING.is_set():
+          exit_now(_stopped('process 0, the coordinator,', ' '.join(str(e).split())[:200],
+                            workdir))
+        return
+      beat += 1
+      if _ENDING.is_set():
+        return
+      for p in range(count):
+        sign = signs.get(f'vit_alive/{p}')
+        if p == index or sign == 'done':
+          continue
+        if p not in seen or seen[p][0] != sign:
+          seen[p] = (sign, now)
+        elif now - seen[p][1] > silent_s:
+          exit_now(_stopped(f'process {p}', f'no sign of life for {silent_s:.0f} s: killed, '
+                            f'crashed or its host lost', workdir))
+      if _ENDING.wait(_BEAT_S):
+        return
+
+  atexit.register(_ENDING.set)  # Runs before jax's own handler, registered earlier.
+  threading.Thread(target=watch, name='vit-watch-processes', daemon=True).start()
+
+
+def finished() -> None:
+  """This process ended its work normally: the others stop watching it, and it them."""
+  _ENDING.set()
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
+    try:
+      jax_distributed.global_state.client.key_value_set(
+          f'vit_alive/{jax.process_index()}', 'done', allow_overwrite=True)
+    except Exception:  # The others are gone already: nothing to tell them.
+      pass
