@@ -111,3 +111,25 @@ def test_a_killed_process_stops_the_other_in_one_line_and_the_rerun_resumes(tmp_
   assert jax.tree.structure(resumed) == jax.tree.structure(expected)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_held_workdir_refuses_both_processes_naming_its_holder(tmp_path):
+  """Process 0 takes the workdir's lock for the job; every process stops in one line naming
+  the holder (process 1 said only 'the run that process 0 found there')."""
+  from vit import checkpoints
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  fd, refused = checkpoints._acquire(str(workdir / checkpoints.LOCK_FILE))  # Held by this test.
+  assert refused is None
+  try:
+    procs = _train(workdir, 4)
+  finally:
+    os.close(fd)
+  holder = f'process {os.getpid()} on {socket.gethostname()}'
+  for proc in procs:
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f'error: --workdir {workdir}: in use by {holder}; a second run on it would overwrite '
+        f'its checkpoints'), proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr
+  assert not (workdir / 'checkpoints').exists()

@@ -940,9 +940,12 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   if jax.process_index() == 0:
     fd, holder = _acquire(os.path.join(workdir, LOCK_FILE))
   if jax.process_count() > 1:
+    client, key = distributed.global_state.client, f'vit_lock{os.path.abspath(workdir)}'
+    if holder is not None:  # Published before the broadcast: the others name it too.
+      client.key_value_set(key, holder, allow_overwrite=True)
     refused = multihost_utils.broadcast_one_to_all(np.int32(holder is not None))
     if int(refused) and holder is None:
-      holder = 'the run that process 0 found there'
+      holder = client.blocking_key_value_get(key, 60_000)
   if holder is not None:
     raise UserError(f'--workdir {workdir}: in use by {holder}; a second run on it would '
                     f'overwrite its checkpoints: wait for it to end or stop it (its lock goes '
