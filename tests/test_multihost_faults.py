@@ -133,3 +133,20 @@ def test_a_held_workdir_refuses_both_processes_naming_its_holder(tmp_path):
         f'its checkpoints'), proc.stderr[-3000:]
     assert 'Traceback' not in proc.stderr
   assert not (workdir / 'checkpoints').exists()
+
+
+def test_the_watch_of_lost_processes_is_set_by_its_flag():
+  # Library use (no flags parsed): the default; a negative time is one line naming the flag; 0
+  # (and a single-process job, as here) starts no thread.
+  import threading
+
+  import pytest
+
+  from vit import distributed
+  from vit.errors import UserError
+  with pytest.raises(UserError, match=r'^--lost_process_after=-1.0: must be 0'):
+    distributed.watch_processes(None, -1.0)
+  before = threading.active_count()
+  distributed.watch_processes(None, 0.0)
+  distributed.watch_processes(None)
+  assert threading.active_count() == before

@@ -38,6 +38,10 @@ _NUM_PROCESSES = flags.DEFINE_integer(
     'num_processes', None, 'How many processes take part (env JAX_NUM_PROCESSES).')
 _PROCESS_ID = flags.DEFINE_integer(
     'process_id', None, "This process's index in [0, num_processes) (env JAX_PROCESS_ID).")
+_LOST_AFTER = flags.DEFINE_float(
+    'lost_process_after', 60.0, 'In a multi-process job: seconds without a sign of life from '
+    'another process before this one stops with one line naming it (0: never; jax\'s own '
+    'heartbeat timeout then aborts the job).')
 
 
 def on_tpu_host() -> bool:
@@ -179,16 +183,21 @@ def exit_now(line: str) -> None:
   os._exit(2)
 
 
-def watch_processes(workdir: Optional[str] = None, silent_s: float = _SILENT_S) -> None:
+def watch_processes(workdir: Optional[str] = None, silent_s: Optional[float] = None) -> None:
   """In a job of several processes, a daemon thread that ends this process with one line once
-  another has shown no sign of life for `silent_s` (killed with SIGKILL, crashed, its host
-  lost), or the coordinator cannot be reached: otherwise a survivor waits at the next
-  collective, or at a barrier of a checkpoint save, until jax's heartbeat timeout aborts it.
+  another has shown no sign of life for `silent_s` (default --lost_process_after; 0: no
+  watch) seconds (killed with SIGKILL, crashed, its host lost), or the coordinator cannot be
+  reached: otherwise a survivor waits at the next collective, or at a barrier of a checkpoint
+  save, until jax's heartbeat timeout aborts it.
 
   Each process publishes a counter on the coordination service's key-value store every
   `_BEAT_S` and reads the others'; a process that ended normally publishes `done`
   (`finished`), and is no longer watched."""
-  if not jax.distributed.is_initialized() or jax.process_count() < 2:
+  if silent_s is None:
+    silent_s = _LOST_AFTER.value if flags.FLAGS.is_parsed() else _SILENT_S
+  if silent_s < 0:
+    raise UserError(f'--lost_process_after={silent_s}: must be 0 (never) or a number of seconds')
+  if not silent_s or not jax.distributed.is_initialized() or jax.process_count() < 2:
     return
   client, index, count = jax_distributed.global_state.client, jax.process_index(), \
       jax.process_count()
