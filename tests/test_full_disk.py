@@ -507,3 +507,25 @@ def test_a_failed_save_advises_freeing_space_only_when_room_would_help(tmp_path,
   assert str(e.value) == (f'checkpoint step 8 could not be saved ({reason.format(partial=partial)}'
                           f'); no complete checkpoint is in {tmp_path}/checkpoints; {cure} the '
                           f'same command to resume')
+
+
+def test_a_compilation_cache_that_cannot_be_written_is_one_line_once(capsys):
+  """jax's warning for a compiled step it cannot keep (two lines at every compile, before a
+  full disk's own error line) is one line, once, naming the cache; other warnings are kept."""
+  import warnings
+
+  from vit import cli
+  shown = []
+  with warnings.catch_warnings():  # Restores warnings.showwarning afterwards.
+    warnings.simplefilter('always')
+    warnings.showwarning = lambda message, *args, **kwargs: shown.append(str(message))
+    cli.tell_cache_write_failures_once('/cache/xla')
+    for name in ('jit_step', 'jit_eval'):
+      warnings.warn(f"Error writing persistent compilation cache entry for '{name}': OSError: "
+                    '[Errno 27] File too large')
+    warnings.warn('another warning')
+  err = capsys.readouterr().err.strip().splitlines()
+  assert shown == ['another warning']
+  assert err == [('warning: compiled steps are not kept in the compilation cache /cache/xla '
+                    '(OSError: [Errno 27] File too large); JAX_COMPILATION_CACHE_DIR= (empty) '
+                    'turns it off')]

@@ -126,6 +126,7 @@ def run(main: Callable[[list[str]], None]) -> None:
                          os.path.join(os.path.expanduser('~'), '.cache', 'vit_jax', 'xla'))
   if cache:
     jax.config.update('jax_compilation_cache_dir', cache)
+    tell_cache_write_failures_once(cache)
 
   def wrapped(argv):
     logging.set_verbosity(logging.WARNING)  # absl's records (jax, orbax): warnings and up.
@@ -153,6 +154,29 @@ def run(main: Callable[[list[str]], None]) -> None:
       distributed.exit_now(line)
 
   app.run(wrapped, flags_parser=_parse_flags)
+
+
+_CACHE_WRITE = 'Error writing persistent compilation cache entry'
+
+
+def tell_cache_write_failures_once(cache: str) -> None:
+  """jax warns in two lines at every compile whose step it cannot keep in the persistent
+  compilation cache (a full disk, a read-only home); a full disk's own error line then comes
+  after them. Told instead in one line, once, naming the folder and the way out; other
+  warnings are shown as before."""
+  previous, told = warnings.showwarning, []
+
+  def show(message, category, filename, lineno, file=None, line=None):
+    text = str(message)
+    if not text.startswith(_CACHE_WRITE):
+      previous(message, category, filename, lineno, file, line)
+    elif not told:
+      told.append(text)
+      reason = text.split("': ", 1)[-1]
+      print(f'warning: compiled steps are not kept in the compilation cache {cache} ({reason}); '
+            'JAX_COMPILATION_CACHE_DIR= (empty) turns it off', file=sys.stderr)
+
+  warnings.showwarning = show
 
 
 def _workdir():
