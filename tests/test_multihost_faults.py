@@ -7,31 +7,49 @@ import socket
 import subprocess
 import sys
 
+from vit.testing import commands, ports
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
 # A tiny supervised run on Fashion-MNIST (8 px, one block): checkpoints every 4 steps.
-TINY = ['--config=configs/supervised/fashion_mnist.py', '--config.image_size=8',
-        '--config.batch_size=8', '--config.model.patches.size=(4,4)',
-        '--config.model.hidden_size=16', '--config.model.transformer.mlp_dim=32',
-        '--config.model.transformer.num_layers=1', '--config.model.transformer.num_heads=2',
-        '--config.log_every=2', '--config.checkpoint_every=4', '--config.eval_every=0',
+TINY = [*commands.TINY_SUPERVISED, '--config.log_every=2', '--config.checkpoint_every=4',
         '--config.data.holdout=16', '--config.data.eval_split=holdout',
-        '--config.eval_batch_size=16', '--config.optimizer.warmup_steps=1']
+        '--config.eval_batch_size=16']
 
 
-def _start(workdir, total_steps):
-  """`supervised.train` as processes 0 and 1 of one job."""
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    port = s.getsockname()[1]
+# supervised.train that stops at step 10 once its checkpoint of step 8 is complete and waits
+# there to be killed: a kill that lands at a known point, however loaded the machine (the other
+# process, at step 11's first collective, cannot run ahead of it).
+_PAUSED_AT_10 = """
+import time
+from supervised import train
+from vit import checkpoints, cli
+check_saves = checkpoints.check_saves
+def paused(mngr, step, sync):
+  check_saves(mngr, step, sync)
+  if step == 10:
+    mngr.wait_until_finished()
+    print('paused at step 10', flush=True)
+    while True:
+      time.sleep(1)
+checkpoints.check_saves = paused
+cli.define_config_flags('configs/supervised/fashion_mnist.py')
+cli.run(train.main)
+"""
+
+
+def _start(workdir, total_steps, port, paused=None):
+  """`supervised.train` as processes 0 and 1 of one job on the coordinator `port`; process
+  `paused` (if any) runs _PAUSED_AT_10."""
   return [subprocess.Popen(
-      [sys.executable, '-m', 'supervised.train', *TINY, f'--workdir={workdir}',
-       f'--config.total_steps={total_steps}', f'--coordinator_address=127.0.0.1:{port}',
-       '--num_processes=2', f'--process_id={i}'], cwd=ROOT, env=ENV, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True) for i in range(2)]
+      [sys.executable, *(['-c', _PAUSED_AT_10] if i == paused else ['-m', 'supervised.train']),
+       *TINY, f'--workdir={workdir}', f'--config.total_steps={total_steps}',
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+      cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+      for i in range(2)]
 
 
-def _finish(procs, timeout=600):
+def _finish(procs, timeout=900):
   """Both processes' CompletedProcess; a hang (the fault under test) ends at `timeout`."""
   try:
     outputs = [p.communicate(timeout=timeout) for p in procs]
@@ -45,7 +63,8 @@ def _finish(procs, timeout=600):
 
 
 def _train(workdir, total_steps):
-  return _finish(_start(workdir, total_steps))
+  with ports.reserved() as port:  # Held until both have ended: no other process takes it.
+    return _finish(_start(workdir, total_steps, port))
 
 
 def test_a_step_damaged_for_one_process_only_is_skipped_by_both(tmp_path):
@@ -84,21 +103,23 @@ def test_a_killed_process_stops_the_other_in_one_line_and_the_rerun_resumes(tmp_
   straight, workdir = tmp_path / 'straight', tmp_path / 'run'
   for proc in _train(straight, 16):
     assert proc.returncode == 0, proc.stderr[-3000:]
-  survivor, victim = _start(workdir, 16)
-  printed = []
-  for line in survivor.stdout:  # Until process 0 has logged step 10 (checkpoints at 4 and 8).
-    printed.append(line)
-    if line.startswith('step 10/16'):
-      break
-  victim.kill()
-  survivor_done, _ = _finish([survivor, victim], timeout=600)
+  with ports.reserved() as port:
+    survivor, victim = _start(workdir, 16, port, paused=1)
+    for line in victim.stdout:  # Process 1 waits at step 10, its checkpoint of step 8 complete.
+      if line.strip() == 'paused at step 10':
+        break
+    else:
+      _finish([survivor, victim])
+      raise AssertionError(f'process 1 ended before step 10 (exit {victim.returncode})')
+    victim.kill()
+    survivor_done, _ = _finish([survivor, victim], timeout=900)
   stderr = survivor_done.stderr
   assert survivor_done.returncode == 2, stderr[-3000:]
   assert 'Traceback' not in stderr and 'Fatal Python error' not in stderr, stderr[-3000:]
   told = [line for line in stderr.splitlines() if line.startswith('error:')]
   assert len(told) == 1 and told[0] == stderr.strip().splitlines()[-1], stderr[-3000:]
   saved = sorted(int(n) for n in os.listdir(workdir / 'checkpoints') if n.isdigit())
-  assert saved and saved[-1] in (4, 8)
+  assert saved[-1] == 8, saved
   assert told[0].startswith('error: process 1 of this 2-process job is gone (')
   assert told[0].endswith(
       f'); process 0 stopped; the last complete checkpoint is {workdir}/checkpoints/{saved[-1]}; '

@@ -14,15 +14,12 @@ import pytest
 
 from vit import checkpoints
 from vit.errors import UserError
+from vit.testing import commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
-ARGS = ['--config=configs/supervised/fashion_mnist.py', '--config.image_size=8',
-        '--config.batch_size=8', '--config.model.patches.size=(4,4)',
-        '--config.model.hidden_size=16', '--config.model.transformer.mlp_dim=32',
-        '--config.model.transformer.num_layers=1', '--config.model.transformer.num_heads=2',
-        '--config.log_every=2', '--config.checkpoint_every=2', '--config.eval_every=0',
-        '--config.optimizer.warmup_steps=1', '--config.total_steps=6']
+ARGS = [*commands.TINY_SUPERVISED, '--config.log_every=2', '--config.checkpoint_every=2',
+        '--config.total_steps=6']
 
 # supervised.train, paused after step 3 until killed, once its step-2 checkpoint is complete
 # (the save runs in the background: on a loaded machine it could still be a temporary folder).

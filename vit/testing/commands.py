@@ -11,6 +11,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY_BACKBONE = ('--config.model.hidden_size=16', '--config.model.transformer.num_layers=1',
                  '--config.model.transformer.mlp_dim=32', '--config.model.transformer.num_heads=2')
 
+# supervised.train on 8 px Fashion-MNIST with the TINY_BACKBONE (a 2x2 grid), batches of 8, no
+# evaluation during training: checkpoints and their faults in seconds. Tests add the cadence.
+TINY_SUPERVISED = ('--config=configs/supervised/fashion_mnist.py', '--config.image_size=8',
+                   '--config.batch_size=8', '--config.model.patches.size=(4,4)', *TINY_BACKBONE,
+                   '--config.eval_every=0', '--config.optimizer.warmup_steps=1')
+
 
 def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
   """`python -m module *args` in ROOT with JAX_PLATFORMS=cpu, stdout and stderr as text.
