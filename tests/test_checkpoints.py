@@ -20,6 +20,7 @@ from supervised import objective
 from vit import checkpoints, config as config_lib
 from vit.data import fashion_mnist, pipeline
 from vit.errors import UserError
+from vit.testing import commands
 from vit.training import loop
 
 NUM_CLASSES = 4
@@ -386,8 +387,6 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
   files cut in half. Every reader (export, the supervised:/mpp: init specs) reads the newest
   step that reads, saying which it skipped; when none reads, one line names them all."""
   import shutil
-  import subprocess
-  import sys
   from vit import init_spec
   train(tmp_path, tiny_config(total_steps=4))
   ckpt = tmp_path / 'checkpoints'
@@ -406,11 +405,8 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.params),
                                                    jax.tree.leaves(want)))
   assert steps_on_disk(tmp_path) == [2, 4, 9]  # A reader moves nothing.
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  export = subprocess.run(
-      [sys.executable, '-m', 'vit.export', f'--checkpoint={tmp_path}', '--format=vit_jax',
-       f'--out={tmp_path / "m.npz"}'], cwd=root, capture_output=True, text=True, timeout=900,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  export = commands.run_module('vit.export', f'--checkpoint={tmp_path}', '--format=vit_jax',
+                               f'--out={tmp_path / "m.npz"}', timeout=900)
   assert export.returncode == 0, export.stderr[-3000:]
   assert 'Traceback' not in export.stderr
   assert export.stderr.strip().splitlines()[-1].startswith(
@@ -448,8 +444,6 @@ def test_readers_name_other_damage_in_one_line(tmp_path, capsys):
   every array at once, and TensorStore's abandoned reads printed two dozen 'Event loop is
   closed' tracebacks on vit.export's stderr beside that line."""
   import shutil
-  import subprocess
-  import sys
   train(tmp_path, tiny_config(total_steps=4))
   ckpt = tmp_path / 'checkpoints'
   cases = {'config/metadata': 'config/metadata is missing',
@@ -469,11 +463,8 @@ def test_readers_name_other_damage_in_one_line(tmp_path, capsys):
   shutil.copytree(ckpt / '4', ckpt / '9')
   (metadata,) = glob.glob(f'{ckpt}/9/state/array_metadatas/*')
   os.truncate(metadata, os.path.getsize(metadata) // 2)
-  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  export = subprocess.run(
-      [sys.executable, '-m', 'vit.export', f'--checkpoint={tmp_path}', '--format=vit_jax',
-       f'--out={tmp_path / "m.npz"}'], cwd=root, capture_output=True, text=True, timeout=900,
-      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  export = commands.run_module('vit.export', f'--checkpoint={tmp_path}', '--format=vit_jax',
+                               f'--out={tmp_path / "m.npz"}', timeout=900)
   assert export.returncode == 0, export.stderr[-3000:]
   assert export.stderr.splitlines() == [
       f'warning: skipped the unreadable checkpoint {ckpt}/9 (state/array_metadatas/'

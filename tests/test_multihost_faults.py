@@ -17,25 +17,10 @@ TINY = [*commands.TINY_SUPERVISED, '--config.log_every=2', '--config.checkpoint_
         '--config.eval_batch_size=16']
 
 
-# supervised.train that stops at step 10 once its checkpoint of step 8 is complete and waits
-# there to be killed: a kill that lands at a known point, however loaded the machine (the other
-# process, at step 11's first collective, cannot run ahead of it).
-_PAUSED_AT_10 = """
-import time
-from supervised import train
-from vit import checkpoints, cli
-check_saves = checkpoints.check_saves
-def paused(mngr, step, sync):
-  check_saves(mngr, step, sync)
-  if step == 10:
-    mngr.wait_until_finished()
-    print('paused at step 10', flush=True)
-    while True:
-      time.sleep(1)
-checkpoints.check_saves = paused
-cli.define_config_flags('configs/supervised/fashion_mnist.py')
-cli.run(train.main)
-"""
+# Process 1 stops at step 10 once its checkpoint of step 8 is complete and waits there to be
+# killed: a kill that lands at a known point, however loaded the machine (the other process, at
+# step 11's first collective, cannot run ahead of it).
+_PAUSED_AT_10 = commands.paused_train(10)
 
 
 def _start(workdir, total_steps, port, paused=None):

@@ -23,22 +23,7 @@ ARGS = [*commands.TINY_SUPERVISED, '--config.log_every=2', '--config.checkpoint_
 
 # supervised.train, paused after step 3 until killed, once its step-2 checkpoint is complete
 # (the save runs in the background: on a loaded machine it could still be a temporary folder).
-_PAUSED_TRAIN = """
-import time
-from supervised import train
-from vit import checkpoints, cli
-check_saves = checkpoints.check_saves
-def paused(mngr, step, sync):
-  check_saves(mngr, step, sync)
-  if step == 3:
-    mngr.wait_until_finished()
-    print('paused at step 3', flush=True)
-    while True:
-      time.sleep(1)
-checkpoints.check_saves = paused
-cli.define_config_flags('configs/supervised/fashion_mnist.py')
-cli.run(train.main)
-"""
+_PAUSED_TRAIN = commands.paused_train(3)
 
 
 def test_a_second_run_is_refused_and_a_killed_runs_lock_is_not(tmp_path):

@@ -18,6 +18,29 @@ TINY_SUPERVISED = ('--config=configs/supervised/fashion_mnist.py', '--config.ima
                    '--config.eval_every=0', '--config.optimizer.warmup_steps=1')
 
 
+
+def paused_train(step: int) -> str:
+  """A program for `python -c`: supervised.train (its flags as usual) that, at `step`, waits
+  until its checkpoints are complete, prints 'paused at step STEP' and waits to be killed, so
+  that a test acts at a known point whatever the machine's load."""
+  return f"""
+import time
+from supervised import train
+from vit import checkpoints, cli
+check_saves = checkpoints.check_saves
+def paused(mngr, step, sync):
+  check_saves(mngr, step, sync)
+  if step == {step}:
+    mngr.wait_until_finished()
+    print('paused at step {step}', flush=True)
+    while True:
+      time.sleep(1)
+checkpoints.check_saves = paused
+cli.define_config_flags('configs/supervised/fashion_mnist.py')
+cli.run(train.main)
+"""
+
+
 def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
   """`python -m module *args` in ROOT with JAX_PLATFORMS=cpu, stdout and stderr as text.
   Raises subprocess.TimeoutExpired after `timeout` seconds."""
