@@ -23,13 +23,14 @@ TINY = [*commands.TINY_SUPERVISED, '--config.log_every=2', '--config.checkpoint_
 _PAUSED_AT_10 = commands.paused_train(10)
 
 
-def _start(workdir, total_steps, port, paused=None):
-  """`supervised.train` as processes 0 and 1 of one job on the coordinator `port`; process
-  `paused` (if any) runs _PAUSED_AT_10."""
+def _start(workdir, total_steps, port, paused=None, extra=()):
+  """`supervised.train` as processes 0 and 1 of one job on the coordinator `port`, with the
+  flags `extra`; process `paused` (if any) runs _PAUSED_AT_10."""
   return [subprocess.Popen(
       [sys.executable, *(['-c', _PAUSED_AT_10] if i == paused else ['-m', 'supervised.train']),
        *TINY, f'--workdir={workdir}', f'--config.total_steps={total_steps}',
-       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}'],
+       f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2', f'--process_id={i}',
+       *extra],
       cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
       for i in range(2)]
 
@@ -117,6 +118,33 @@ def test_a_killed_process_stops_the_other_in_one_line_and_the_rerun_resumes(tmp_
   assert jax.tree.structure(resumed) == jax.tree.structure(expected)
   for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(expected)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_a_frozen_process_is_told_by_the_watch_once_silent_for_lost_process_after(tmp_path):
+  """A process that is stopped (SIGSTOP: its sockets stay open, so no collective fails) leaves
+  process 0 waiting at step 11's collective: the watch of signs of life ends process 0 in one
+  line once process 1 has been silent for --lost_process_after seconds."""
+  import signal
+  workdir = tmp_path / 'run'
+  with ports.reserved() as port:
+    procs = _start(workdir, 16, port, paused=1, extra=['--lost_process_after=20'])
+    survivor, victim = procs
+    try:
+      for line in victim.stdout:  # Process 1 waits at step 10, its checkpoint of step 8 complete.
+        if line.strip() == 'paused at step 10':
+          break
+      victim.send_signal(signal.SIGSTOP)
+      survivor_done = _finish([survivor], timeout=900)[0]
+    finally:
+      victim.kill()
+      _finish([victim])
+  stderr = survivor_done.stderr
+  assert survivor_done.returncode == 2, stderr[-3000:]
+  assert 'Traceback' not in stderr, stderr[-3000:]
+  assert stderr.strip().splitlines()[-1] == (
+      'error: process 1 of this 2-process job is gone (no sign of life for 20 s: killed, crashed '
+      f'or its host lost); process 0 stopped; the last complete checkpoint is '
+      f'{workdir}/checkpoints/8; restart every process with the same command to resume'), stderr
 
 
 def test_a_held_workdir_refuses_both_processes_naming_its_holder(tmp_path):

@@ -191,8 +191,10 @@ def watch_processes(workdir: Optional[str] = None, silent_s: Optional[float] = N
   save, until jax's heartbeat timeout aborts it.
 
   Each process publishes a counter on the coordination service's key-value store every
-  `_BEAT_S` and reads the others'; a process that ended normally publishes `done`
-  (`finished`), and is no longer watched."""
+  `_BEAT_S`; process 0, which hosts that service, reads them all, and a process that ended
+  normally publishes `done` (`finished`) and is no longer watched. The others learn of a loss
+  when process 0 stops, and the service with it: reads grow with the number of processes, not
+  with its square (a pod slice of many hosts)."""
   if silent_s is None:
     silent_s = _LOST_AFTER.value if flags.FLAGS.is_parsed() else _SILENT_S
   if silent_s < 0:
@@ -208,7 +210,7 @@ def watch_processes(workdir: Optional[str] = None, silent_s: Optional[float] = N
       now = time.monotonic()
       try:
         client.key_value_set(f'vit_alive/{index}', str(beat), allow_overwrite=True)
-        signs = dict(client.key_value_dir_get('vit_alive/'))
+        signs = dict(client.key_value_dir_get('vit_alive/')) if index == 0 else {}
       except Exception as e:  # The coordination service (in process 0) is gone.
         if index != 0 and not _ENDING.is_set():
           exit_now(_stopped('process 0, the coordinator,', ' '.join(str(e).split())[:200],
@@ -217,7 +219,7 @@ def watch_processes(workdir: Optional[str] = None, silent_s: Optional[float] = N
       beat += 1
       if _ENDING.is_set():
         return
-      for p in range(count):
+      for p in range(count if index == 0 else 0):
         sign = signs.get(f'vit_alive/{p}')
         if p == index or sign == 'done':
           continue
