@@ -9,15 +9,14 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the backend)
 import numpy as np  # noqa: E402
 
-from vit import atomic_write  # noqa: E402
-
 _DPI = 100
 
 
 def _save(fig, path: str) -> None:
-  with atomic_write.file(path) as partial:  # Same extension: savefig picks PNG from it.
-    fig.savefig(partial, dpi=_DPI, bbox_inches='tight')
-  plt.close(fig)
+  try:  # Into vit.inspect.report's staging folder, which makes the set whole or leaves it be.
+    fig.savefig(path, dpi=_DPI, bbox_inches='tight')
+  finally:
+    plt.close(fig)
 
 
 def tile(maps: np.ndarray, gap: int = 1, fill: float = np.nan) -> np.ndarray:

@@ -88,9 +88,9 @@ def _write_files(result: dict, folder: str, summary: dict) -> dict:
     written.append('embedding_filters.png')
     figures.embedding_filters(result['filter_components'], result['filter_explained_variance'],
                               path(written[-1]))
-  with atomic_write.file(path('inspect.npz')) as partial:
-    np.savez_compressed(partial, **{k: np.asarray(v) for k, v in result.items()
-                                    if isinstance(v, np.ndarray)})
+  # Plain writes: the folder is write()'s staging folder, moved in only once all are whole.
+  np.savez_compressed(path('inspect.npz'), **{k: np.asarray(v) for k, v in result.items()
+                                              if isinstance(v, np.ndarray)})
   distance = result['attention_distance']
   summary = dict(summary, figures=written, grid=list(result['grid']),
                  pixels_per_patch=list(result['pixels_per_patch']),
@@ -100,7 +100,7 @@ def _write_files(result: dict, folder: str, summary: dict) -> dict:
   if 'filter_explained_variance' in result:
     summary['filter_explained_variance'] = np.round(
         result['filter_explained_variance'], 4).tolist()
-  with atomic_write.file(path('inspect.json')) as partial, open(partial, 'w') as f:
+  with open(path('inspect.json'), 'w') as f:
     json.dump(summary, f, indent=1, allow_nan=False)  # analyse refused non-finite ones.
   return summary
 
