@@ -90,6 +90,18 @@ def test_a_patch_size_below_one_is_refused(size):
     config_lib.validate(config, num_devices=1)
 
 
+@pytest.mark.parametrize('size', [(4, 2), (2, 4)])
+def test_a_non_square_patch_is_refused(size):
+  """A (4, 2) patch gives a 7x14 grid at 28 px: training ran, then fine-tuning, export and
+  prediction all refused the run's checkpoint (its position grid is not square)."""
+  config = small()
+  config.image_size = 8
+  config.model.patches.size = size
+  with pytest.raises(ConfigError, match=re.escape(
+      f'config.model.patches.size={size}: must be square')):
+    config_lib.validate(config, num_devices=1)
+
+
 def test_no_representation_layer_is_a_legitimate_size():
   config = small()
   config.model.representation_size = None

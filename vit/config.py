@@ -331,6 +331,13 @@ def _resolve(config: ml_collections.ConfigDict) -> ModelSpec:
   if (not isinstance(size, (tuple, list)) or len(size) != 2
       or any(not isinstance(s, int) or s <= 0 for s in size)):
     raise ConfigError('model.patches.size', size, 'must be two positive integers')
+  if size[0] != size[1]:
+    # image_size is one side, so such a patch makes a non-square grid, which every reader of
+    # the checkpoint (fine-tuning, export, prediction, inspection) refuses: training would
+    # run to the end and leave a run nothing can load.
+    raise ConfigError('model.patches.size', size,
+                      'must be square (fine-tuning, export and prediction read a run\'s '
+                      'patch grid as square)')
   _check_pixels(d['pixels'] or {}, config.data.channels)
   res = d['resnet'] or {}
   if res.get('num_layers') is None and res.get('width_factor') != resnet.ResNetConfig.width_factor:
