@@ -532,6 +532,24 @@ def test_refusal_names_the_keys_that_shape_the_state_first():
   assert not any(k in keys for k in ('seed', 'batch_size', 'total_steps', 'learning_rate'))
 
 
+def test_a_fine_tune_aimed_at_a_pretraining_workdir_names_the_objective():
+  """`supervised.finetune --config.init=mae:runs/mae --workdir runs/mae` was told 'rerun
+  without config.init to resume it', which supervised.finetune cannot do either."""
+  from configs.mae import fashion_mnist as mae_config
+  from configs.supervised import fashion_mnist as supervised_config
+  from mae import objective as mae_objective
+
+  def tiny(config):
+    config.model.hidden_size = 8
+    config.model.transformer.update(mlp_dim=16, num_heads=2, num_layers=1)
+    return config
+
+  mae, finetune = tiny(mae_config.get_config()), tiny(supervised_config.get_config())
+  finetune.init = 'mae:runs/mae'
+  keys = _resume_refusal(mae, finetune, mae_objective.build, objective.build)
+  assert keys.startswith('config.mae: present -> absent; '), keys
+
+
 def test_unwritable_workdir_fails_before_training(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')

@@ -773,7 +773,12 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   naming first what makes it so (another objective, then the config keys that shape the state:
   `_incompatible_keys`), then the differing arrays; else returns the changed config keys."""
   saved, now = _flat_config(saved_config), _flat_config(config.to_dict())
-  _check_origin(saved, now, where)
+  if set(config_lib.sections(config)) == set(config_lib.sections(
+      ml_collections.ConfigDict(saved_config))):
+    # Another objective's run (a fine-tune aimed at its MAE pretraining workdir) is refused
+    # below, naming the objective: the origin's cure ('rerun without config.init') cannot
+    # resume it.
+    _check_origin(saved, now, where)
   # Keys on one side only come from a newer or older schema, not from the user's config.
   keys = sorted(k for k in set(saved) & set(now) if _comparable(saved[k]) != _comparable(now[k]))
   changed = [f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in keys]
