@@ -290,6 +290,10 @@ def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
   if num_kept(n, c.mask_ratio) < 1:
     raise ConfigError('mae.mask_ratio', c.mask_ratio, f'leaves the encoder none of the {n} '
                       'patches (it keeps int(N * (1 - mask_ratio)))')
+  if num_kept(n, c.mask_ratio) >= n:
+    # A ratio so small that 1 - r rounds to 1.0: nothing masked, a loss of 0 every step.
+    raise ConfigError('mae.mask_ratio', c.mask_ratio, f'masks none of the {n} patches '
+                      '(it keeps int(N * (1 - mask_ratio)))')
   d = c.decoder
   for key in ('hidden_size', 'num_layers', 'num_heads', 'mlp_dim'):
     if not isinstance(d[key], int) or d[key] < 1:

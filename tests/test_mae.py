@@ -131,6 +131,8 @@ def test_config_errors_name_the_key():
     objective.check_config(config, m)
   with pytest.raises(ConfigError, match=r'config.mae.mask_ratio=0.99: leaves the encoder none'):
     config_lib.validate(config)  # The section is checked with the core schema.
+  with pytest.raises(ConfigError, match=r'config.mae.mask_ratio=1e-17: masks none of the'):
+    config_lib.validate(_tiny(mask_ratio=1e-17))
   config = _tiny()
   config.mae.decoder.num_heads = 3
   with pytest.raises(ConfigError, match=r'mae.decoder.num_heads=3: does not divide'):
