@@ -153,6 +153,11 @@ def test_inspect_to_a_full_disk_keeps_the_previous_files_together(npz, tmp_path)
   assert {name: (out / name).read_text() for name in os.listdir(out)} == dict.fromkeys(
       sizes, 'previous')
   assert os.listdir(tmp_path) == ['inspect']
+  new = tmp_path / 'new'  # No previous output: the line says so and leaves no empty folder.
+  proc = _run([*args[:3], f'--out={new}', *args[4:]], limit_kib)
+  assert _one_error_line(proc) == (f'error: {new}: not written (File too large); nothing was '
+                                   f'written there; free space and rerun')
+  assert os.listdir(tmp_path) == ['inspect']
 
 
 def test_a_benchmark_report_to_a_full_disk_is_one_line(tmp_path):

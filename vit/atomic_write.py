@@ -194,7 +194,7 @@ class NotWritten(UserError):
   def __init__(self, path: str, reason: str, existed: bool, advice: str):
     kept = 'the previous one is unchanged' if existed else 'nothing was written there'
     super().__init__(f'{path}: not written ({reason}); {kept}{advice}')
-    self.path, self.reason = path, reason
+    self.path, self.reason, self.advice = path, reason, advice
 
 
 @contextlib.contextmanager

@@ -1,6 +1,7 @@
 """The analyses of a model on a set of images, and their files (PNG, JSON, npz)."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Optional
@@ -64,14 +65,23 @@ def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8
 def write(result: dict, out: str, summary: dict) -> dict:
   """Writes the figures that `result` has, inspect.npz and inspect.json into `out`, all or
   none: they are made beside it and moved in once all are complete, so a failed write (a full
-  disk) leaves the previous ones together, unchanged. Returns the summary."""
+  disk) leaves the previous ones together, unchanged, and a folder made for them removed.
+  Returns the summary."""
+  existed = os.path.lexists(out)
   try:
     os.makedirs(out, exist_ok=True)
   except OSError as e:
     raise UserError(f'--out {out}: cannot create the directory ({write_reason(e)})') from None
-  with atomic_write.staging_dir(out) as staging:
-    summary = _write_files(result, staging, summary)
-    atomic_write.move_files(staging, out)
+  try:
+    with atomic_write.staging_dir(out) as staging:
+      summary = _write_files(result, staging, summary)
+      atomic_write.move_files(staging, out)
+  except atomic_write.NotWritten as e:
+    if existed:
+      raise
+    with contextlib.suppress(OSError):  # The empty folder made above; no previous one to keep.
+      os.rmdir(out)
+    raise atomic_write.NotWritten(e.path, e.reason, False, e.advice) from None
   return summary
 
 
