@@ -209,6 +209,17 @@ def test_unknown_best_metric_is_a_config_error(tmp_path):
   assert steps_on_disk(tmp_path) == [2]  # Reported after the save: no training is lost.
 
 
+def test_a_best_metric_no_evaluator_makes_is_refused_before_training(tmp_path):
+  config = tiny_config(total_steps=2, best_metric='holdout/accuracy', ema_decay=0.0)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"best_metric='holdout/accuracy': names no evaluation of this run: "
+                           r'its metrics are eval/\.\.\.$'):
+    train(tmp_path / 'a', config, evaluators=[ScriptedEvaluator([0.5])])
+  with pytest.raises(config_lib.ConfigError, match=r'none \(it evaluates nothing'):
+    train(tmp_path / 'b', config)
+  assert steps_on_disk(tmp_path / 'a') == []  # Refused before the first step.
+
+
 def truncate_state(workdir, step, what='array data'):
   """Cuts files of a saved step in half, as a full disk or a dying host would: the array
   data (TensorStore's OCDBT files; not all of them are read), the tree metadata, the data

@@ -112,6 +112,7 @@ def train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Traine
 
 
 def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Trained:
+  _check_best_metric_source(config, task)
   mesh = task.mesh if task.mesh is not None else sharding.make_mesh(config.mesh)
   tx, schedule = optimizers.build(config.optimizer, config.total_steps)
   build, state_shardings = create_state(task, tx, config, mesh)
@@ -246,6 +247,22 @@ def _due(config, task: Task, step: int, stopping: bool) -> dict[str, bool]:
               hook=bool(task.periodic_hook) and (every(task.hook_every) or last),
               eval=(every(config.eval_every) or last) and not stopping,
               save=every(config.checkpoint_every) or last or stopping)
+
+
+def _check_best_metric_source(config, task: Task) -> None:
+  """Before training: a `best_metric` that no evaluator of the run can produce (its prefix
+  names none of them, or nothing is evaluated) would only be found after the first evaluation,
+  which with eval_every=0 is the last step. The metric's own name is checked then."""
+  best = config.get('best_metric')
+  if not best:
+    return
+  prefixes = [f'{ev.name}/' for ev in task.evaluators]
+  if config.get('ema_decay'):
+    prefixes += [f'{ev.name}_ema/' for ev in task.evaluators]
+  if not any(best.startswith(p) for p in prefixes):
+    raise ConfigError('best_metric', best, 'names no evaluation of this run: its metrics are '
+                      + (', '.join(p + '...' for p in prefixes) or
+                         'none (it evaluates nothing; eval_examples=0?)'))
 
 
 def _check_best_metric(config, eval_metrics: dict) -> None:
