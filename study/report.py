@@ -21,6 +21,7 @@ from study import choices, protocol, report_later, stats, store  # noqa: E402
 from vit import atomic_write, cli  # noqa: E402
 
 FLAGS = flags.FLAGS
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FKEYS_LABEL = {'pct1': '1% (600)', 'pct10': '10% (6,000)', protocol.ALL: '100% (55,000)'}
 PRETRAIN_IMAGES = 'pretraining'
 MIM_PLOT = 'cell (d)'
@@ -106,6 +107,29 @@ def _arms(st: Study) -> list[tuple[str, str]]:
           (st.head, f'ViT, MPP {st.config.headline_epochs:g} epochs, fine-tuned')]
 
 
+def headline_runs(st: Study) -> list[str]:
+  """The result records behind the headline and its paired differences: every seed's run of
+  each arm, and for MPP rows the pretraining and export the fine-tuning started from."""
+  names = [st.run_of(arm, f, s) for arm, _ in _arms(st) for f in st.fkeys for s in st.seeds(f)]
+  pre = [f'{protocol.MPP}/seed{s}/{k}' for s in st.config.seeds
+         for k in ('pretrain', f'e{st.config.headline_epochs:g}')]
+  return [n for n in dict.fromkeys(names + pre) if n and n in st.results]
+
+
+def commits_note(st: Study, names: list[str]) -> str:
+  """One line under a table: the commits its records were made at (protocol: a table mixing
+  commits says so)."""
+  count = collections.Counter((st.results[n].get('commit') or '?')[:7] for n in names)
+  if not count:
+    return 'Commits: no run yet.'
+  listed = ', '.join(f'{c} ({k} record{"s" if k > 1 else ""})' for c, k in sorted(count.items()))
+  if len(count) == 1:
+    return f'Commit of every record in this table: {listed}.'
+  return (f'This table mixes commits: {listed}. What differs between them (the run list only): '
+          '[README.md](README.md#the-studys-commit). A resumed run is recorded at the commit of '
+          'its last segment.')
+
+
 def headline(st: Study) -> list[str]:
   lines = ['| test accuracy (%), mean +- 95% interval | ' +
            ' | '.join(FKEYS_LABEL[f] for f in st.fkeys) + ' | images seen (' +
@@ -124,6 +148,7 @@ def headline(st: Study) -> list[str]:
 
 
 PRIMARY = 'MPP - scratch'
+EXPLORATORY = ('scratch - raw pixels',)  # Not among the protocol's comparisons.
 
 
 def comparisons(st: Study) -> list[str]:
@@ -135,7 +160,7 @@ def comparisons(st: Study) -> list[str]:
            (protocol.SCRATCH, protocol.PIXELS, 'scratch - raw pixels')]
   primary = {f: stats.paired(st.accuracies(st.head, f), st.accuracies(protocol.SCRATCH, f))
              for f in st.fkeys}
-  adjusted = stats.holm({f: iv for f, iv in primary.items() if iv is not None})
+  adjusted = stats.holm(primary, m=len(st.fkeys))  # Over every pre-registered endpoint.
   lines = ['| paired difference (points) | label fraction | mean [95% interval] | verdict |',
            '|---|---|---|---|']
   for a, b, label in pairs:
@@ -146,7 +171,10 @@ def comparisons(st: Study) -> list[str]:
       who = label.split(' - ')[0]
       word = stats.verdict(iv, f'{who} better', f'{who} worse')
       if label == PRIMARY and f in adjusted:
-        word += f' (primary; Holm-adjusted p = {adjusted[f]:.3f})'
+        word += (f' (primary; Holm-adjusted {stats.format_p(adjusted[f])} over '
+                 f'{len(st.fkeys)} endpoints)')
+      elif label in EXPLORATORY:
+        word += ' (exploratory: not pre-registered, unadjusted)'
       elif label != PRIMARY:
         word += ' (secondary, unadjusted)'
       lines.append(f'| {label} | {FKEYS_LABEL[f]} | {_diff(iv)} | {word} |')
@@ -170,24 +198,28 @@ def length_curve(st: Study) -> list[str]:
   return lines
 
 
-def _mean_holdout(st: Study, prefix: str) -> Optional[tuple[float, int]]:
-  names = [f'{prefix}/seed{s}' for s in st.config.seeds if s != st.config.tune_seed]
-  vals = [st.results[n]['result']['holdout_best'] for n in names if n in st.results]
-  return (sum(vals) / len(vals), len(vals)) if vals else None
+def _holdout(st: Study, prefix: str) -> dict[int, float]:
+  """{seed: held-out best} of the reported seeds' runs under `prefix` that have finished."""
+  names = {s: f'{prefix}/seed{s}' for s in st.config.seeds if s != st.config.tune_seed}
+  return {s: st.results[n]['result']['holdout_best'] for s, n in names.items()
+          if n in st.results}
 
 
 def convergence(st: Study) -> list[str]:
-  """The protocol's two convergence rules, read from held-out accuracies only."""
+  """The protocol's two convergence rules, read from held-out accuracies only. The MPP rule
+  is read once every reported seed has both lengths, on the same seeds (paired)."""
   first, c, h = list(st.config.budgets)[0], st.config.convergence_epochs, st.config.headline_epochs
-  a, b = _mean_holdout(st, f'mpp_e{c:g}/{first}'), _mean_holdout(st, f'mpp_e{h:g}/{first}')
-  if a and b:
-    gain = 100 * (b[0] - a[0])
+  a, b = _holdout(st, f'mpp_e{c:g}/{first}'), _holdout(st, f'mpp_e{h:g}/{first}')
+  planned = [s for s in st.config.seeds if s != st.config.tune_seed]
+  both = sorted(set(a) & set(b))
+  if planned and both == planned:
+    gain = 100 * sum(b[s] - a[s] for s in both) / len(both)
     out = [f'- MPP pretraining: {h:g} epochs is {gain:+.2f} held-out points from {c:g} epochs '
-           f'({FKEYS_LABEL[first]}, {min(a[1], b[1])} seeds): '
+           f'({FKEYS_LABEL[first]}, mean over the same {len(both)} seeds): '
            + ('converged (< 0.3).' if gain < 0.3 else 'not converged: extend to 60 epochs.')]
   else:
     out = [f'- MPP pretraining: not decided yet (needs the fine-tunings from {c:g} and {h:g} '
-           'epochs).']
+           f'epochs on every seed: {len(both)} of {len(planned)} seeds have both).']
   lengths = sorted((r.epochs, r.name) for r in st.runs
                    if r.name.startswith(f'{protocol.SCRATCH}/{protocol.ALL}/length/'))
   if len(lengths) >= 2 and all(n in st.results for _, n in lengths[-2:]):
@@ -282,7 +314,8 @@ def progress(st: Study) -> list[str]:
            ', '.join(f'{p}: {d}/{t}' for p, (d, t) in sorted(by_priority.items())) + ')' +
            ('; cell (a) only, the later cells count theirs in their sections.'
             if len(headline_runs) < len(st.runs) else '.'),
-           f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours.']
+           f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours (a resumed run records '
+           'its last segment only, so this and the wall times below undercount).']
   if s_per_step:
     lines.append(f'- Left: about {left_steps:,} training steps; at the measured '
                  f'{s_per_step:.2f} s of wall time per step of one worker (evaluations '
@@ -361,10 +394,13 @@ def _save(fig, path: str) -> None:
 def markdown(st: Study, figures: dict[str, str]) -> str:
   parts = ['# Does MPP help? Results of the pre-registered study', '',
            'Protocol: [protocol.md](protocol.md) (committed before these numbers existed). '
-           'Made by `python -m study.report` from `docs/study/results/`; every cell shows what '
-           'has finished and counts missing seeds.', '', '## Status', '', *progress(st), '',
-           '## Headline', '', *headline(st), '', '## Paired differences (same seeds: same '
-           'labelled images and order)', '', *comparisons(st), '', '## Length of MPP '
+           'Made by `python -m study.report` (the report code at '
+           f'{(store.commit_of(ROOT)["commit"] or "?")[:7]}) from `docs/study/results/`; every '
+           'cell shows what has finished and counts missing seeds.', '', '## Status', '',
+           *progress(st), '', '## Headline', '', *headline(st), '',
+           commits_note(st, headline_runs(st)), '', '## Paired differences (same seeds: same '
+           'labelled images and order)', '', *comparisons(st), '',
+           commits_note(st, headline_runs(st)), '', '## Length of MPP '
            'pretraining', '', *length_curve(st), '', '## Convergence rules', '',
            *convergence(st), '', '## Scratch on all labels (goal: 91% or '
            'more)', '', *scratch_all_labels(st), '', '## Held-out choices', '',

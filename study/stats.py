@@ -61,12 +61,22 @@ def p_value(diff: Interval) -> Optional[float]:
   return float(2 * stats.t.sf(abs(diff.mean) / se, diff.n - 1))
 
 
-def holm(diffs: dict) -> dict:
+def holm(diffs: dict, m: Optional[int] = None) -> dict:
   """Holm-Bonferroni adjusted p values {key: p} of the paired tests in `diffs` (the primary
-  endpoints, one per label fraction); keys without an interval are left out."""
-  ps = {k: p for k, iv in diffs.items() if (p := p_value(iv)) is not None}
-  adjusted, running, m = {}, 0.0, len(ps)
+  endpoints, one per label fraction); keys without an interval are left out. `m` is the
+  number of pre-registered endpoints: those not yet available count as p = 1 (ranked last),
+  so an early p is never adjusted over fewer tests than the protocol names."""
+  ps = {k: p for k, iv in diffs.items() if iv is not None and (p := p_value(iv)) is not None}
+  m = len(ps) if m is None else m
+  if m < len(ps):
+    raise ValueError(f'{len(ps)} p values but m = {m} endpoints')
+  adjusted, running = {}, 0.0
   for i, (k, p) in enumerate(sorted(ps.items(), key=lambda kv: kv[1])):
     running = max(running, min(1.0, (m - i) * p))
     adjusted[k] = running
   return adjusted
+
+
+def format_p(p: float) -> str:
+  """'p < 0.001' below a thousandth (a p of 0.000 reads as impossible), else 'p = 0.123'."""
+  return 'p < 0.001' if p < 0.001 else f'p = {p:.3f}'

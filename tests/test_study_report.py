@@ -1,0 +1,46 @@
+"""study.report's statistics and notes on made-up result records (no training)."""
+import pytest
+
+from configs.study import converged
+from study import report, stats
+
+
+def _interval(mean):
+  return stats.interval([mean + d for d in (-0.2, -0.1, 0.0, 0.1, 0.2)])
+
+
+def test_holm_adjusts_over_every_pre_registered_endpoint():
+  early = {'pct1': _interval(3.0), 'pct10': None, 'all': None}  # One endpoint in so far.
+  raw = stats.p_value(early['pct1'])
+  assert stats.holm(early) == {'pct1': raw}
+  assert stats.holm(early, m=3) == {'pct1': pytest.approx(3 * raw)}
+  with pytest.raises(ValueError, match='1 p values but m = 0'):
+    stats.holm(early, m=0)
+  assert stats.format_p(0.0002) == 'p < 0.001' and stats.format_p(0.0123) == 'p = 0.012'
+
+
+def _record(holdout_best, commit='a' * 40):
+  return {'result': {'holdout_best': holdout_best}, 'commit': commit}
+
+
+def test_the_mpp_convergence_rule_waits_for_every_seed_and_pairs_them():
+  twelve = {f'mpp_e12/pct1/seed{s}': _record(0.70 + s / 100) for s in range(5)}
+  thirty = {f'mpp_e30/pct1/seed{s}': _record(0.71 + s / 100) for s in range(4)}
+  st = report.Study(converged.get_config(), {**twelve, **thirty})
+  rule = report.convergence(st)[0]
+  assert 'not decided yet' in rule and '4 of 5 seeds have both' in rule, rule
+  # Seed 4 at 30 epochs far above: the unpaired means of 5 and 4 seeds would differ by more.
+  st = report.Study(converged.get_config(), {**twelve, **thirty,
+                                             'mpp_e30/pct1/seed4': _record(0.75)})
+  rule = report.convergence(st)[0]
+  assert '30 epochs is +1.00 held-out points from 12 epochs' in rule, rule
+  assert 'mean over the same 5 seeds' in rule and 'not converged: extend to 60 epochs' in rule
+
+
+def test_a_table_that_mixes_commits_says_so():
+  results = {'pixels/pct1/seed0': _record(0.7, 'b' * 40), 'pixels/pct1/seed1': _record(0.7)}
+  st = report.Study(converged.get_config(), results)
+  assert report.commits_note(st, ['pixels/pct1/seed1']) == (
+      'Commit of every record in this table: aaaaaaa (1 record).')
+  note = report.commits_note(st, sorted(results))
+  assert note.startswith('This table mixes commits: aaaaaaa (1 record), bbbbbbb (1 record).')
