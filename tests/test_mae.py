@@ -161,6 +161,11 @@ def test_a_backbone_the_checkpoint_cannot_describe_is_refused():
   with pytest.raises(ConfigError, match=r'config.model.resnet.num_layers=\(1, 1, 1\): MAE '
                      'predicts the pixels of each model.patches.size patch'):
     config_lib.validate(config)
+  config = _tiny()  # A pre-logits layer with no head to feed: neither trained nor saved.
+  config.model.representation_size = 16
+  with pytest.raises(ConfigError, match=r'config.model.representation_size=16: MAE has no '
+                     'classifier head'):
+    config_lib.validate(config)
 
 
 def test_norm_pix_loss_on_patches_of_one_value_is_refused():

@@ -245,6 +245,11 @@ def test_a_backbone_the_checkpoint_cannot_describe_is_refused():
   config.image_size = 32
   with pytest.raises(ConfigError, match=r'config.model.resnet.num_layers=\(1, 1, 1\): MPP'):
     config_lib.validate(config)
+  config = fashion_mnist.get_config()  # A pre-logits layer with no head to feed.
+  config.model.representation_size = 16
+  with pytest.raises(ConfigError, match=r'config.model.representation_size=16: MPP has no '
+                     'classifier head'):
+    config_lib.validate(config)
 
 
 def test_grey_targets_have_32_levels_at_5_bits_and_rgb_512_at_3():

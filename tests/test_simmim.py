@@ -144,6 +144,11 @@ def test_a_hybrid_backbone_is_refused():
   with pytest.raises(ConfigError, match=r'config.model.resnet.num_layers=\(1, 1, 1\): SimMIM '
                      'predicts the pixels of each model.patches.size patch'):
     config_lib.validate(config)
+  config = _tiny()  # A pre-logits layer with no head to feed: neither trained nor saved.
+  config.model.representation_size = 16
+  with pytest.raises(ConfigError, match=r'config.model.representation_size=16: SimMIM has no '
+                     'classifier head'):
+    config_lib.validate(config)
 
 
 def _run(workdir, *extra):

@@ -179,6 +179,9 @@ def check_pixel_encoder(m: Any, objective: str) -> None:
   - model.resnet: their targets are pixels per model.patches.size, but a hybrid's token
     covers patches.size times the ResNet's stride, so targets and tokens do not line up (was
     a broadcasting or reshape traceback at the first step).
+  - model.representation_size: the pre-logits layer feeds a classifier head, which these
+    objectives do not have; it was silently neither trained nor saved, though the saved config
+    named it.
   """
   if m.classifier not in ('token', 'unpooled'):
     raise ConfigError('model.classifier', m.classifier,
@@ -188,3 +191,7 @@ def check_pixel_encoder(m: Any, objective: str) -> None:
     raise ConfigError('model.resnet.num_layers', m.resnet.num_layers,
                       f'{objective} predicts the pixels of each model.patches.size patch, but a '
                       'hybrid\'s token covers the ResNet stride times that; pretrain a plain ViT')
+  if m.representation_size is not None:
+    raise ConfigError('model.representation_size', m.representation_size,
+                      f'{objective} has no classifier head for a pre-logits layer to feed, so it '
+                      'would be neither trained nor saved; set it when fine-tuning')
