@@ -309,13 +309,16 @@ def progress(st: Study) -> list[str]:
   left_steps = sum(_steps_left(st, r) for r in headline_runs if r.kind in ('train', 'pretrain')
                    and r.name not in st.results)
   cpu_h = sum(rec.get('cpu_s', 0) for rec in st.results.values()) / 3600
+  unsegmented = sum('cpu_s' in rec and 'segments' not in rec for rec in st.results.values())
   lines = [f'- Runs finished: {sum(d for d, _ in by_priority.values())} of '
            f'{sum(t for _, t in by_priority.values())} (by priority: ' +
            ', '.join(f'{p}: {d}/{t}' for p, (d, t) in sorted(by_priority.items())) + ')' +
            ('; cell (a) only, the later cells count theirs in their sections.'
             if len(headline_runs) < len(st.runs) else '.'),
-           f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours (a resumed run records '
-           'its last segment only, so this and the wall times below undercount).']
+           f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours' +
+           (f' ({unsegmented} records have no list of segments: made at f8e2c3d or before, '
+            'they give a resumed run\'s last segment only, so this and their wall times '
+            'undercount).' if unsegmented else '.')]
   if s_per_step:
     lines.append(f'- Left: about {left_steps:,} training steps; at the measured '
                  f'{s_per_step:.2f} s of wall time per step of one worker (evaluations '

@@ -23,7 +23,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from study import check, choices, configs, execute, execute_later, later_cells, protocol
-from study import report, snapshot, store
+from study import report, segments, snapshot, store
 from study.protocol import Run
 from vit import cli
 from vit.errors import UserError
@@ -198,11 +198,15 @@ def work(study, workdir: str) -> int:
     digest = configs.digest(config)
     snapshot.restore(study, workdir, run.name, digest)
     snapshot.write_identity(workdir, run.name, digest)
-    start, cpu = time.time(), time.process_time()
+    rundir = os.path.join(workdir, 'runs', run.name)
     try:
-      result = _execute(study, run, config, workdir, results)
-      _record(study, run.name, config, result, wall_s=time.time() - start,
-              cpu_s=time.process_time() - cpu, priority=run.priority)
+      # Every segment of the run (this one and any before a resume, on any machine) is timed.
+      with segments.Ledger(rundir, store.commit_of(CODE_DIR)['commit'],
+                           store.machine()) as ledger:
+        result = _execute(study, run, config, workdir, results)
+      wall_s, cpu_s = ledger.totals()
+      _record(study, run.name, config, result, wall_s=wall_s, cpu_s=cpu_s,
+              segments=ledger.segments, priority=run.priority)
     finally:
       store.release(workdir, run.name)  # After the record: no one redoes a finished run.
     done += 1

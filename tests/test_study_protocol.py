@@ -190,6 +190,7 @@ def test_a_run_in_flight_travels_to_a_fresh_workdir_and_is_dropped_once_finished
   (old / 'checkpoints' / '1290').mkdir(parents=True)
   (old / 'checkpoints' / '1290' / 'state').write_bytes(b'weights')
   (old / 'curve.json').write_text('[[1290, 0.5, 1.0]]')
+  (old / 'segments.json').write_text('[{"commit": "a", "wall_s": 5.0, "cpu_s": 4.0}]')
   snapshot.write_identity(str(tmp_path / 'old'), 'mpp/seed0/pretrain', 'abc')
   (tmp_path / 'old' / 'runs' / 'scratch').mkdir()  # No checkpoint: nothing to carry.
   written = snapshot.save(study, str(tmp_path / 'old'))
@@ -201,6 +202,7 @@ def test_a_run_in_flight_travels_to_a_fresh_workdir_and_is_dropped_once_finished
   assert snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain', 'abc')
   moved = fresh / 'runs' / 'mpp' / 'seed0' / 'pretrain'
   assert (moved / 'checkpoints' / '1290' / 'state').read_bytes() == b'weights'
+  assert (moved / 'segments.json').read_text() == (old / 'segments.json').read_text()  # Its time.
   assert not snapshot.restore(study, str(fresh), 'mpp/seed0/pretrain', 'abc')  # Has its own.
   store.write(study.results, {'name': 'mpp/seed0/pretrain', 'result': {}})
   assert snapshot.save(study, str(tmp_path / 'old')) == []

@@ -59,6 +59,10 @@ def test_the_first_priorities_run_and_record_what_they_are(finished):
   assert r['holdout_best'] == max(p[1] for p in r['curve'])
   assert r['images_to_best'] == r['best_step'] * 128
   assert ft['commit'] and ft['machine']['backend'] == 'cpu' and ft['wall_s'] > 0
+  # One segment (no resume): its commit and machine are the record's, its time the total.
+  [segment] = ft['segments']
+  assert segment['commit'] == ft['commit'] and segment['machine'] == ft['machine']
+  assert (segment['wall_s'], segment['cpu_s']) == (ft['wall_s'], ft['cpu_s'])
   pre = results['mpp/seed0/pretrain']
   assert [p[0] for p in pre['result']['curve']] == [2, 4]  # MPP accuracy at each export.
   assert results['mpp/seed0/e1']['result']['holdout_mpp_accuracy'] == pre['result']['curve'][0][1]
