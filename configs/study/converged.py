@@ -102,7 +102,7 @@ def get_config():
                                   # Deviation 6.
                                   ('mpp_e30/pct10', 1e-2, 2), ('mpp_e30/pct10', 3e-3, 4),
                                   # Deviation 8.
-                                  ('mpp_e12/pct1', 1e-3, 4)))
+                                  ('mpp_e12/pct1', 1e-3, 4), ('mpp_e12/pct1', 1e-3, 6)))
   # One long MPP pretraining per seed; backbones exported at these lengths (10x range).
   config.pretrain_epochs = (3, 6, 12, 30)
   config.headline_epochs = 30  # The MPP row of the headline table; compute-matched to it.
