@@ -316,7 +316,7 @@ def progress(st: Study) -> list[str]:
            ('; cell (a) only, the later cells count theirs in their sections.'
             if len(headline_runs) < len(st.runs) else '.'),
            f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours' +
-           (f' ({unsegmented} records have no list of segments: made at da08da0 or before, '
+           (f' ({unsegmented} records have no list of segments: made at b3bdea2 or before, '
             'they give a resumed run\'s last segment only, so this and their wall times '
             'undercount).' if unsegmented else '.')]
   if s_per_step:

@@ -4,7 +4,7 @@ snapshot's tar (study/snapshot.py) carries it to the next machine with the check
 
 A run's record gives their sums (`wall_s`, `cpu_s`, steps redone after a resume included: that
 compute was spent) and the list. Records made before this file existed (cell (a), at
-da08da0) give the last segment's time, commit and machine only (protocol.md, deviation 7).
+b3bdea2) give the last segment's time, commit and machine only (protocol.md, deviation 7).
 """
 from __future__ import annotations
 
