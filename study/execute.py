@@ -19,6 +19,7 @@ import numpy as np
 
 from mpp import train as mpp_train
 from supervised import finetune as finetune_lib, objective as supervised_objective
+from study import store
 from supervised import train as supervised_train
 from vit import atomic_write, config as config_lib
 from vit.data import pipeline, subsets
@@ -28,12 +29,6 @@ from vit.formats import vit_jax
 from vit.training import loop
 
 CURVE_FILE = 'curve.json'
-
-
-def _write_json(path: str, value) -> None:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with atomic_write.file(path) as partial, open(partial, 'w') as f:
-    json.dump(value, f, indent=1)
 
 
 class Curve:
@@ -66,10 +61,10 @@ class Curve:
 
   def add_test(self, accuracy: float) -> None:
     self.points[-1][2] = accuracy
-    _write_json(self.path, self.points)
+    store.write_json(self.path, self.points)
 
   def save(self) -> None:
-    _write_json(self.path, self.points)
+    store.write_json(self.path, self.points)
 
 
 class _Holdout:

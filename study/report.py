@@ -395,15 +395,16 @@ def _save(fig, path: str) -> None:
 
 
 def markdown(st: Study, figures: dict[str, str]) -> str:
+  commits = commits_note(st, headline_runs(st))  # The headline's and its differences' runs.
   parts = ['# Does MPP help? Results of the pre-registered study', '',
            'Protocol: [protocol.md](protocol.md) (committed before these numbers existed). '
            'Made by `python -m study.report` (the report code at '
            f'{(store.commit_of(ROOT)["commit"] or "?")[:7]}) from `docs/study/results/`; every '
            'cell shows what has finished and counts missing seeds.', '', '## Status', '',
            *progress(st), '', '## Headline', '', *headline(st), '',
-           commits_note(st, headline_runs(st)), '', '## Paired differences (same seeds: same '
+           commits, '', '## Paired differences (same seeds: same '
            'labelled images and order)', '', *comparisons(st), '',
-           commits_note(st, headline_runs(st)), '', '## Length of MPP '
+           commits, '', '## Length of MPP '
            'pretraining', '', *length_curve(st), '', '## Convergence rules', '',
            *convergence(st), '', '## Scratch on all labels (goal: 91% or '
            'more)', '', *scratch_all_labels(st), '', '## Held-out choices', '',

@@ -14,7 +14,7 @@ import threading
 import time
 from typing import Optional
 
-from vit import atomic_write
+from study import store
 from vit.errors import UserError
 
 FILE = 'segments.json'
@@ -76,9 +76,7 @@ class Ledger:
     """Brings this segment's seconds up to now and rewrites the file (atomically)."""
     self.current.update(wall_s=round(time.time() - self._wall, 3),
                         cpu_s=round(time.process_time() - self._cpu, 3))
-    os.makedirs(os.path.dirname(self.path), exist_ok=True)
-    with atomic_write.file(self.path) as partial, open(partial, 'w') as f:
-      json.dump(self.segments, f, indent=1)
+    store.write_json(self.path, self.segments)
 
   def totals(self) -> tuple[float, float]:
     return (sum(s.get('wall_s', 0.0) for s in self.segments),

@@ -39,11 +39,17 @@ def load_all(results_dir: str) -> dict[str, dict]:
   return out
 
 
+def write_json(path: str, value) -> None:
+  """`value` as indented JSON at `path`, its folder made if missing, atomically (a reader
+  sees the previous file or the new one, never a part)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with atomic_write.file(path) as partial, open(partial, 'w') as f:
+    json.dump(value, f, indent=1)
+
+
 def write(results_dir: str, record: dict) -> str:
   path = result_path(results_dir, record['name'])
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with atomic_write.file(path) as partial, open(partial, 'w') as f:
-    json.dump(record, f, indent=1)
+  write_json(path, record)
   return path
 
 

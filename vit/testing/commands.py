@@ -18,7 +18,6 @@ TINY_SUPERVISED = ('--config=configs/supervised/fashion_mnist.py', '--config.ima
                    '--config.eval_every=0', '--config.optimizer.warmup_steps=1')
 
 
-
 def paused_train(step: int) -> str:
   """A program for `python -c`: supervised.train (its flags as usual) that, at `step`, waits
   until its checkpoints are complete, prints 'paused at step STEP' and waits to be killed, so
