@@ -129,27 +129,80 @@ def test_non_square_position_grid_is_named(tmp_path):
     init_spec.load(f'hf:{tmp_path / "wide"}')
 
 
-def test_a_cropping_processor_is_named_in_a_warning(tmp_path, capsys):
+def _shapes():
+  """Images of several shapes, with margins of 2k + 1 pixels for odd k (where transformers'
+  crop offsets, rounded down, and torchvision's, rounded to the nearest, differ)."""
+  rng = np.random.default_rng(3)
+  return [rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+          ((23, 30, 3), (40, 17, 3), (16, 16, 3), (57, 57, 3), (9, 33, 3))]
+
+
+@pytest.mark.parametrize('size, crop_size, resample', [
+    ({'height': 27, 'width': 27}, 16, 3),    # DeiT's layout: both sides, bicubic, centre crop.
+    ({'shortest_edge': 19}, 16, 2),          # The short side, as CLIP's and BiT's processors.
+    ({'height': 16, 'width': 16}, None, 1),  # A plain resize with another filter (lanczos).
+])
+def test_a_processor_view_is_applied_as_transformers_applies_it(tmp_path, capsys, size,
+                                                                crop_size, resample):
+  """A processor that resizes then centre-crops, or resamples with another filter: the view
+  predict and inspect feed the model is transformers' own input. It was a warning before."""
+  model = hf_vit.tiny_classifier(num_hidden_layers=1)
+  model.save_pretrained(tmp_path)
+  crop = dict(do_center_crop=True, crop_size={'height': crop_size, 'width': crop_size}) \
+      if crop_size else dict(do_center_crop=False)
+  processor = transformers.DeiTImageProcessorPil(size=size, resample=resample, image_mean=MEAN,
+                                                 image_std=STD, **crop)
+  processor.save_pretrained(tmp_path)
+  processor = transformers.AutoImageProcessor.from_pretrained(str(tmp_path))
+  capsys.readouterr()
+  apply_fn, ckpt, side = predict.load_classifier(f'hf:{tmp_path}')
+  assert capsys.readouterr().err == '' and side == 16
+  assert ckpt.view['crop_offsets'] == 'floor'
+  images = _shapes()
+  ref = processor(images=images, return_tensors='np')['pixel_values']
+  ours = predict.prepare_images(images, side, 3, ckpt.view)
+  assert np.abs(np.asarray(input_fn(ckpt.model)(ours)).transpose(0, 3, 1, 2) - ref).max() <= TOL
+  with torch.no_grad():
+    ref_logits = model(pixel_values=torch.from_numpy(ref)).logits.numpy()
+  assert np.abs(predict.predict(apply_fn, ours, 5) - ref_logits).max() <= TOL
+  # A plain bilinear resize, as before, is visibly off: the check is not vacuous.
+  plain = predict.predict(apply_fn, predict.prepare_images(images, side, 3), 5)
+  assert np.abs(plain - ref_logits).max() > 100 * TOL
+  # torchvision's rounded offsets would differ too, where the view crops.
+  if crop_size:
+    rounded = predict.prepare_images(images, side, 3, dict(ckpt.view, crop_offsets='round'))
+    assert (rounded != ours).any()
+  # The view travels with an hf export: transformers' processor of the export computes it.
+  export.export(f'hf:{tmp_path}', 'hf', str(tmp_path / 'again'))
+  assert capsys.readouterr().err == ''
+  again = transformers.AutoImageProcessor.from_pretrained(str(tmp_path / 'again'))
+  np.testing.assert_array_equal(again(images=images, return_tensors='np')['pixel_values'], ref)
+  assert init_spec.load(f'hf:{tmp_path / "again"}').view == ckpt.view
+
+
+def test_a_processor_view_that_cannot_be_applied_is_named(tmp_path, capsys):
   from vit.formats import hf
-  transformers.DeiTImageProcessor(size={'height': 40, 'width': 40},
-                                  crop_size={'height': 32, 'width': 32}).save_pretrained(tmp_path)
-  assert hf.read_processor(str(tmp_path), 3)[1] == 32
+  transformers.DeiTImageProcessorPil(size={'shortest_edge': 40, 'longest_edge': 60},
+                                     crop_size={'height': 32, 'width': 32}
+                                     ).save_pretrained(tmp_path)
+  assert hf.read_processor(str(tmp_path), 3)[1:] == (32, None)
   assert capsys.readouterr().err == (
-      f'warning: hf:{tmp_path}/preprocessor_config.json: the processor resizes to 40 then '
-      f'centre-crops 32x32 and it resamples with resample=3 (bicubic); this repository resizes '
-      f'straight to 32x32 bilinearly, so its logits differ slightly from transformers\' '
-      f'pipeline\n')
+      f"warning: hf:{tmp_path}/preprocessor_config.json: the processor resizes to "
+      f"size={{'longest_edge': 60, 'shortest_edge': 40}} then centre-crops 32x32; this "
+      f"repository resizes straight to 32x32 bilinearly, so its logits differ slightly from "
+      f"transformers' pipeline\n")
   transformers.ViTImageProcessor(size={'height': 32, 'width': 32}).save_pretrained(tmp_path)
-  assert hf.read_processor(str(tmp_path), 3)[1] == 32 and capsys.readouterr().err == ''
+  assert hf.read_processor(str(tmp_path), 3)[1:] == (32, None)
+  assert capsys.readouterr().err == ''
 
 
 def test_a_processor_that_crops_without_resizing_is_named(tmp_path, capsys):
   """do_resize false with a centre crop: transformers crops the image as it comes, this
   repository resizes the whole image; it was said nowhere."""
   from vit.formats import hf
-  processor = transformers.DeiTImageProcessor(size={'height': 40, 'width': 40},
-                                              crop_size={'height': 32, 'width': 32},
-                                              resample=2, do_resize=False)
+  processor = transformers.DeiTImageProcessorPil(size={'height': 40, 'width': 40},
+                                                 crop_size={'height': 32, 'width': 32},
+                                                 resample=2, do_resize=False)
   processor.save_pretrained(tmp_path)
   capsys.readouterr()
   assert hf.read_processor(str(tmp_path), 3)[1] == 32

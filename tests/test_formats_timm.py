@@ -19,6 +19,7 @@ try:
 except ImportError:
   pytest.skip('timm is not installed (make test installs requirements-bench.txt)',
               allow_module_level=True)
+transformers = pytest.importorskip('transformers')
 
 TOL = 1e-5
 IMAGENET = dict(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))
@@ -208,18 +209,38 @@ def test_a_stated_crop_pct_and_filter_are_applied_as_timm_applies_them(tmp_path)
 
 def test_exports_state_the_view_the_product_uses(tmp_path, capsys):
   _tiny_timm(tmp_path / 't', pretrained_cfg_overlay=VIEW)
-  # A view travels with a timm export; transformers' ViTImageProcessor cannot state it: named.
+  # A view travels with a timm export, and with an hf one as DeiTImageProcessor's resize and
+  # centre crop, whose offsets, rounded down, are named in a warning.
   export.export(f'timm:{tmp_path / "t"}', 'timm', str(tmp_path / 'same'))
   assert init_spec.load(f'timm:{tmp_path / "same"}').view == dict(
       crop_pct=0.875, interpolation='bicubic', crop_mode='center')
   capsys.readouterr()
   export.export(f'timm:{tmp_path / "t"}', 'hf', str(tmp_path / 'hf'))
   assert capsys.readouterr().err.strip().splitlines() == [
-      "warning: --format hf: ViTImageProcessor resizes straight to the input size; the "
-      "checkpoint's evaluation view (crop_pct 0.875, bicubic, crop_mode center) cannot be "
-      "stated in preprocessor_config.json"]
-  # A checkpoint predicted on a plain resize (the hf one: its processor states that) exports
-  # to timm saying so, and timm's own pipeline then computes exactly our input.
+      "warning: --format hf: transformers centres its crop at offsets rounded down, this "
+      "checkpoint's view (crop_pct 0.875, crop_mode center) at rounded ones: where a margin is "
+      "an odd number of pixels its input can be one pixel off"]
+  view = init_spec.load(f'hf:{tmp_path / "hf"}').view
+  assert view == dict(crop_pct=16 / 18, interpolation='bicubic', crop_mode='center',
+                      crop_offsets='floor')
+  from vit.preprocess import input_fn
+  images = _shapes()
+  processor = transformers.AutoImageProcessor.from_pretrained(str(tmp_path / 'hf'))
+  hf_inputs = processor(images=images, return_tensors='np')['pixel_values']
+  ckpt = init_spec.load(f'timm:{tmp_path / "t"}')
+  ours = np.asarray(input_fn(ckpt.model)(predict.prepare_images(images, 16, 3, view)))
+  assert np.abs(ours.transpose(0, 3, 1, 2) - hf_inputs).max() <= TOL
+  # Back to timm, the offsets are named the other way round.
+  export.export(f'hf:{tmp_path / "hf"}', 'timm', str(tmp_path / 'back'))
+  assert capsys.readouterr().err.strip().splitlines() == [
+      "warning: --format timm: timm centres its crop at rounded offsets, this checkpoint's view "
+      "(from transformers' processor: crop_pct 0.888889, crop_mode center) at offsets rounded "
+      "down: where a margin is an odd number of pixels its input can be one pixel off"]
+  # A checkpoint predicted on a plain resize (an hf folder whose processor states that)
+  # exports to timm saying so, and timm's own pipeline then computes exactly our input.
+  transformers.ViTImageProcessorPil(
+      size={'height': 16, 'width': 16}, image_mean=IMAGENET['mean'],
+      image_std=IMAGENET['std']).save_pretrained(tmp_path / 'hf')
   ckpt = init_spec.load(f'hf:{tmp_path / "hf"}')
   assert ckpt.view is None
   export.export(f'hf:{tmp_path / "hf"}', 'timm', str(tmp_path / 'plain'))
@@ -229,8 +250,6 @@ def test_exports_state_the_view_the_product_uses(tmp_path, capsys):
                                                          crop_mode='squash')
   assert init_spec.load(f'timm:{tmp_path / "plain"}').view is None  # Read back: plain.
   if _has_torchvision():  # timm's create_transform needs it.
-    from vit.preprocess import input_fn
-    images = _shapes()
     to_input = input_fn(ckpt.model)
     ours = np.asarray(to_input(predict.prepare_images(images, ckpt.image_size, 3)))
     assert np.abs(ours.transpose(0, 3, 1, 2) - _timm_eval_inputs(again, images)).max() <= TOL

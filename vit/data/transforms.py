@@ -187,11 +187,17 @@ class EvalView(grain.transforms.Map):
   resize to floor(size / crop_pct), the short side keeping the aspect ratio (crop_mode
   'center', the long side truncated to an int) or both sides ('squash'), with the named PIL
   filter, then crop size x size at the centre (offsets rounded as Python rounds, zero padding
-  when the image is smaller). crop_pct 1.0, 'squash', 'bilinear' is a plain resize."""
+  when the image is smaller). crop_pct 1.0, 'squash', 'bilinear' is a plain resize.
+
+  crop_offsets 'floor' centres the crop as transformers' PIL image processors do
+  (`image_transforms.center_crop`: offsets (H - size) // 2, the larger half of any padding
+  before the image), where a margin of 2k + 1 pixels with k odd puts the crop one pixel
+  before torchvision's."""
   size: int
   crop_pct: float = 1.0
   interpolation: str = 'bilinear'
   crop_mode: str = 'squash'
+  crop_offsets: str = 'round'
 
   def map(self, record):
     image = record['image']
@@ -205,16 +211,35 @@ class EvalView(grain.transforms.Map):
       pil = Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image)
       resized = np.asarray(pil.resize((shape[1], shape[0]), PIL_FILTERS[self.interpolation]))
       image = resized[..., None] if image.shape[-1] == 1 else resized
-    return {**record, 'image': _center_crop(image, self.size)}
+    return {**record, 'image': _center_crop(image, self.size, self.crop_offsets == 'floor')}
 
 
-def _center_crop(image: np.ndarray, size: int) -> np.ndarray:
-  """torchvision's F.center_crop on an [H, W, C] array."""
+def crops(view: dict, size: int) -> bool:
+  """Whether EvalView(size, **view) crops: a short-side resize (margins on any image that is
+  not square) or a resize to other than `size`."""
+  return view['crop_mode'] == 'center' or math.floor(size / view['crop_pct']) != size
+
+
+def crop_pct_for(size: int, scale: int) -> float:
+  """The crop_pct with which EvalView resizes to `scale` before a `size` crop: size / scale,
+  nudged down where float rounding would make floor(size / crop_pct) fall short of `scale`."""
+  pct = size / scale
+  while math.floor(size / pct) < scale:
+    pct = float(np.nextafter(pct, 0.0))
+  return pct
+
+
+def _center_crop(image: np.ndarray, size: int, floor: bool = False) -> np.ndarray:
+  """torchvision's F.center_crop on an [H, W, C] array; with `floor`, transformers'
+  `image_transforms.center_crop` instead."""
   h, w = image.shape[:2]
   if h < size or w < size:
     pad_h, pad_w = max(size - h, 0), max(size - w, 0)
-    image = np.pad(image, ((pad_h // 2, (pad_h + 1) // 2), (pad_w // 2, (pad_w + 1) // 2),
-                           (0, 0)))
+    top, left = ((pad_h + 1) // 2, (pad_w + 1) // 2) if floor else (pad_h // 2, pad_w // 2)
+    image = np.pad(image, ((top, pad_h - top), (left, pad_w - left), (0, 0)))
     h, w = image.shape[:2]
-  top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
+  if floor:
+    top, left = (h - size) // 2, (w - size) // 2
+  else:
+    top, left = int(round((h - size) / 2.0)), int(round((w - size) / 2.0))
   return image[top:top + size, left:left + size]

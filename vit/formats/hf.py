@@ -10,6 +10,7 @@ fix the model's input: they become the model's `pixels` key and the checkpoint's
 from __future__ import annotations
 
 import logging
+import math
 import os
 import re
 from typing import Optional, Sequence
@@ -17,6 +18,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.errors import UserError, require_directory
+from vit.data import transforms
 from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, zeros
@@ -118,15 +120,21 @@ def _side(path: str, size, key: str) -> int:
   raise UserError(f'hf:{path}: {key}={size!r}; supported: an int or {{"height", "width"}}')
 
 
-def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optional[int]]:
-  """(pixels model key, image size) from preprocessor_config.json; (None, None) without one
-  (transformers' ViTImageProcessor defaults are the official x / 127.5 - 1).
+def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optional[int],
+                                                          Optional[dict]]:
+  """(pixels model key, image size, view) from preprocessor_config.json; (None, None, None)
+  without one (transformers' ViTImageProcessor defaults are the official x / 127.5 - 1).
 
-  A centre crop (`do_center_crop`, `crop_size`) sets the size the model sees.
+  A centre crop (`do_center_crop`, `crop_size`) sets the size the model sees. `view` is what
+  the processor does beyond a bilinear resize straight to that size, as
+  `vit.data.transforms.EvalView` fields (a resize to `size` then a centre crop, another PIL
+  filter), computed as transformers' PIL image processors compute it; None for a plain resize.
+  A view EvalView cannot compute (a crop of the image as it comes, a longest_edge bound, an
+  unknown filter) is a one-line warning naming it, and a plain resize.
   """
   path = os.path.join(directory, PROCESSOR)
   if not os.path.isfile(path):
-    return None, None
+    return None, None, None
   p = _json(path)
   rescale = p.get('rescale_factor', OFFICIAL_PIXELS.rescale) if p.get('do_rescale', True) else 1
   if p.get('do_normalize', True):
@@ -142,40 +150,45 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
     size = _side(path, p['crop_size'], 'crop_size')
   elif p.get('do_resize', True) and p.get('size') is not None:
     size = _side(path, p['size'], 'size')
-  differs = _view_differences(path, p, size)
-  if differs:
-    logger.warning(f'hf:{path}: {" and ".join(differs)}; this repository resizes straight to '
-                   f'{size}x{size} bilinearly, so its logits differ slightly from '
+  view, unsupported = _view(path, p, size)
+  if unsupported:
+    logger.warning(f'hf:{path}: {" and ".join(unsupported)}; this repository resizes straight '
+                   f'to {size}x{size} bilinearly, so its logits differ slightly from '
                    f'transformers\' pipeline')
-  return stated, size
+  return stated, size, view
 
 
 # PIL's resampling filter numbers, which the processors' `resample` key holds.
 _RESAMPLE = {0: 'nearest', 1: 'lanczos', 2: 'bilinear', 3: 'bicubic', 4: 'box', 5: 'hamming'}
 
 
-def _view_differences(path: str, p: dict, size: Optional[int]) -> list[str]:
-  """What the processor does beyond our bilinear resize to `size` (e.g. DeiTImageProcessor's
-  bicubic resize to 256 then centre crop to 224, or a crop of the image as it comes)."""
+def _view(path: str, p: dict, size: Optional[int]) -> tuple[Optional[dict], list[str]]:
+  """(EvalView fields, what cannot be applied) of a processor's resize, centre crop and filter
+  (e.g. DeiTImageProcessor's bicubic resize to 256 x 256, then the centre 224 x 224)."""
   if size is None:
-    return []
+    return None, []
+  crops = p.get('do_center_crop') and p.get('crop_size') is not None
   if not p.get('do_resize', True):
-    return [f'the processor centre-crops {size}x{size} out of the image as it comes, without '
-            f'resizing'] if p.get('do_center_crop') and p.get('crop_size') is not None else []
-  out = []
-  if p.get('do_center_crop') and p.get('size') is not None:
-    resized = p['size']
-    if isinstance(resized, dict) and 'shortest_edge' in resized:
-      out.append(f'the processor resizes the shortest edge to {resized["shortest_edge"]} '
-                 f'then centre-crops {size}x{size}')
-    elif _side(path, resized, 'size') != size:
-      out.append(f'the processor resizes to {_side(path, resized, "size")} then centre-crops '
-                 f'{size}x{size}')
+    return None, [f'the processor centre-crops {size}x{size} out of the image as it comes, '
+                  f'without resizing'] if crops else []
   resample = p.get('resample', 2)
-  if resample != 2:
-    out.append(f'it resamples with resample={resample} '
-               f'({_RESAMPLE.get(resample, "unknown filter")})')
-  return out
+  interpolation = _RESAMPLE.get(resample) if isinstance(resample, int) else None
+  if interpolation is None:
+    return None, [f'it resamples with resample={resample!r} (unknown filter)']
+  scale, mode = size, 'squash'
+  resized = p.get('size')
+  if crops and resized is not None:
+    if isinstance(resized, dict) and set(resized) == {'shortest_edge'}:
+      scale, mode = int(resized['shortest_edge']), 'center'
+    elif isinstance(resized, dict) and 'shortest_edge' in resized:
+      return None, [f'the processor resizes to size={resized!r} then centre-crops '
+                    f'{size}x{size}']
+    else:
+      scale = _side(path, resized, 'size')
+  if (scale, mode, interpolation) == (size, 'squash', 'bilinear'):
+    return None, []
+  return dict(crop_pct=transforms.crop_pct_for(size, scale), interpolation=interpolation,
+              crop_mode=mode, crop_offsets='floor'), []
 
 
 def _pair(value) -> tuple[int, int]:
@@ -243,9 +256,9 @@ def load(path: str) -> Read:
       missing=lambda name: f'hf:{path}: the weights lack "{name}" (has {len(w)} tensors; '
                            f'is this a ViT checkpoint?)')
   stated = model_keys(cfg)
-  stated['pixels'], size = read_processor(path, params['embedding']['kernel'].shape[2])
+  stated['pixels'], size, view = read_processor(path, params['embedding']['kernel'].shape[2])
   names = class_names(cfg) if 'head' in params else None
-  return Read(params, stated, names, size)
+  return Read(params, stated, names, size, view)
 
 
 def model_keys(cfg: dict) -> dict:
@@ -267,14 +280,27 @@ def class_names(cfg: dict) -> Optional[list[str]]:
   return None if any(n is None for n in names) else names
 
 
-def processor_config(model: Optional[ModelSpec], image_size: int, channels: int) -> dict:
-  """The ViTImageProcessor settings that reproduce the model's input (`pixels`) at its size."""
+def processor_config(model: Optional[ModelSpec], image_size: int, channels: int,
+                     view: Optional[dict] = None) -> dict:
+  """The image processor settings that reproduce the model's input (`pixels`) at its size:
+  ViTImageProcessor's plain resize, or with `view` (EvalView's fields) DeiTImageProcessor's
+  resize (both sides, or the short side for crop_mode 'center') then centre crop, with the
+  view's PIL filter."""
   px = input_pixels(model)
-  return dict(image_processor_type='ViTImageProcessor', do_resize=True,
-              size=dict(height=int(image_size), width=int(image_size)), resample=2,
-              do_rescale=True, rescale_factor=float(px.rescale), do_normalize=True,
-              image_mean=safetensors_dir.per_channel(px.mean, channels),
-              image_std=safetensors_dir.per_channel(px.std, channels))
+  out = dict(image_processor_type='ViTImageProcessor', do_resize=True,
+             size=dict(height=int(image_size), width=int(image_size)), resample=2,
+             do_rescale=True, rescale_factor=float(px.rescale), do_normalize=True,
+             image_mean=safetensors_dir.per_channel(px.mean, channels),
+             image_std=safetensors_dir.per_channel(px.std, channels))
+  if view:
+    scale = math.floor(image_size / view['crop_pct'])
+    out['resample'] = {v: k for k, v in _RESAMPLE.items()}[view['interpolation']]
+    if transforms.crops(view, image_size):
+      out.update(image_processor_type='DeiTImageProcessor', do_center_crop=True,
+                 crop_size=dict(height=int(image_size), width=int(image_size)),
+                 size=dict(shortest_edge=scale) if view['crop_mode'] == 'center' else
+                 dict(height=scale, width=scale))
+  return out
 
 
 def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
@@ -304,28 +330,33 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
          view: Optional[dict] = None) -> None:
   """Writes config.json + model.safetensors + preprocessor_config.json in the directory `out`
   that `ViTForImageClassification.from_pretrained` (or `ViTModel`, for a headless backbone)
-  and `ViTImageProcessor.from_pretrained` load and run with the same logits.
+  and `AutoImageProcessor.from_pretrained` (transformers' PIL processors) load and run with
+  the same logits.
 
   `model` is the resolved model (a ModelSpec; None: the official defaults); `image_size` the
   processor's input size (default: the position embeddings' grid). The processor states this
-  repository's view: a plain bilinear resize to that size; a checkpoint's own crop view
-  (`view`, e.g. timm's crop_pct) has no ViTImageProcessor key and is named in a one-line
-  warning. Models `check_expressible` refuses are refused.
+  repository's view: a bilinear resize to that size, or the checkpoint's own evaluation view
+  (`view`: EvalView's fields, e.g. timm's crop_pct 0.875 and bicubic filter) as
+  DeiTImageProcessor's resize and centre crop. transformers centres a crop with offsets
+  rounded down, timm and torchvision to the nearest (`EvalView.crop_offsets`): for a view of
+  the latter the input can be one pixel off, which a one-line warning says. Models
+  `check_expressible` refuses are refused.
   """
-  if view:
-    logger.warning(f'--format hf: ViTImageProcessor resizes straight to the input size; the '
-                   f'checkpoint\'s evaluation view (crop_pct {view["crop_pct"]:g}, '
-                   f'{view["interpolation"]}, crop_mode {view["crop_mode"]}) cannot be stated '
-                   f'in {PROCESSOR}')
   check_expressible(params, model)
+  p, _, channels, _ = params['embedding']['kernel'].shape
+  size = image_size or _grid(params) * p
+  if view and transforms.crops(view, size) and view.get('crop_offsets', 'round') != 'floor':
+    logger.warning(f'--format hf: transformers centres its crop at offsets rounded down, this '
+                   f'checkpoint\'s view (crop_pct {view["crop_pct"]:g}, crop_mode '
+                   f'{view["crop_mode"]}) at rounded ones: where a margin is an odd number of '
+                   f'pixels its input can be one pixel off')
   # ViTForImageClassification holds the backbone under `vit.`, its classifier beside it.
   prefix = 'vit.' if 'head' in params else ''
   tensors = table.write(ROWS, params, range(table.block_count(params)), Dims.of(params))
   tensors = {k if k.startswith('classifier.') else prefix + k: v for k, v in tensors.items()}
-  p, _, channels, _ = params['embedding']['kernel'].shape
   safetensors_dir.write(out, tensors, {
       'config.json': _config(params, model, class_names),
-      PROCESSOR: processor_config(model, image_size or _grid(params) * p, channels)})
+      PROCESSOR: processor_config(model, size, channels, view)})
 
 
 def _grid(params: Params) -> int:

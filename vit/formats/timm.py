@@ -246,8 +246,18 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   same logits. The pretrained_cfg states the evaluation view this repository uses (`view`,
   else a plain bilinear resize: crop_pct 1.0, crop_mode 'squash'), so that timm's pipeline
   feeds the model what ours does. `model`: the resolved model (None: official defaults);
-  models `check_expressible` refuses are refused."""
+  models `check_expressible` refuses are refused. timm centres a crop at rounded offsets; a
+  view read from transformers' processor (`crop_offsets` 'floor') that crops is named in a
+  one-line warning, as its input can then be one pixel off."""
   check_expressible(params, model)
+  grid = square_grid(params['Transformer']['posembed_input']['pos_embedding'].shape[1] - 1)
+  size = image_size or grid * params['embedding']['kernel'].shape[0]
+  if view and view.get('crop_offsets') == 'floor' and transforms.crops(view, size):
+    logger.warning(f'--format timm: timm centres its crop at rounded offsets, this '
+                   f'checkpoint\'s view (from transformers\' processor: crop_pct '
+                   f'{view["crop_pct"]:g}, crop_mode {view["crop_mode"]}) at offsets rounded '
+                   f'down: where a margin is an odd number of pixels its input can be one '
+                   f'pixel off')
   tensors = table.write(ROWS, params, range(table.block_count(params)), Dims.of(params))
   safetensors_dir.write(out, tensors, {
       'config.json': _config_json(params, model, class_names, image_size, view)})
@@ -272,7 +282,8 @@ def _config_json(params: Params, model: Optional[ModelSpec], class_names: Option
                         mean=safetensors_dir.per_channel(px.mean, channels),
                         std=safetensors_dir.per_channel(px.std, channels),
                         num_classes=num_classes, first_conv='patch_embed.proj',
-                        classifier='head', **(view or PLAIN_VIEW))
+                        classifier='head', **{k: v for k, v in (view or PLAIN_VIEW).items()
+                                              if k in PLAIN_VIEW})
   if class_names and len(class_names) == num_classes:
     pretrained_cfg['label_names'] = list(class_names)
   return dict(architecture='vit_base_patch16_224', num_classes=num_classes,
