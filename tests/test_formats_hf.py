@@ -180,6 +180,23 @@ def test_a_processor_view_is_applied_as_transformers_applies_it(tmp_path, capsys
   assert init_spec.load(f'hf:{tmp_path / "again"}').view == ckpt.view
 
 
+def test_a_processor_class_fills_the_keys_its_file_leaves_out(tmp_path):
+  """A DeiT file that states only its class: transformers resizes to 256 x 256 bicubically
+  and crops 224 (DeiTImageProcessorPil's class attributes), not ViTImageProcessor's plain
+  224 resize."""
+  from vit.formats import hf
+  (tmp_path / 'preprocessor_config.json').write_text(json.dumps(
+      dict(image_processor_type='DeiTImageProcessor')))
+  _, size, view = hf.read_processor(str(tmp_path), 3)
+  assert size == 224 and view == dict(crop_pct=224 / 256, interpolation='bicubic',
+                                      crop_mode='squash', crop_offsets='floor')
+  processor = transformers.AutoImageProcessor.from_pretrained(str(tmp_path))
+  images = _shapes()[:2]
+  ref = processor(images=images, return_tensors='np')['pixel_values']
+  ours = predict.prepare_images(images, size, 3, view).astype(np.float32) / 127.5 - 1
+  assert np.abs(ours.transpose(0, 3, 1, 2) - ref).max() <= TOL
+
+
 def test_a_processor_view_that_cannot_be_applied_is_named(tmp_path, capsys):
   from vit.formats import hf
   transformers.DeiTImageProcessorPil(size={'shortest_edge': 40, 'longest_edge': 60},

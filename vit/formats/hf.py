@@ -120,6 +120,13 @@ def _side(path: str, size, key: str) -> int:
   raise UserError(f'hf:{path}: {key}={size!r}; supported: an int or {{"height", "width"}}')
 
 
+# What a processor class does for the keys its file leaves out, where that is not
+# ViTImageProcessor's (transformers' DeiTImageProcessorPil class attributes).
+_CLASS_DEFAULTS = {'DeiTImageProcessor': dict(
+    do_resize=True, size={'height': 256, 'width': 256}, resample=3, do_center_crop=True,
+    crop_size={'height': 224, 'width': 224})}
+
+
 def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optional[int],
                                                           Optional[dict]]:
   """(pixels model key, image size, view) from preprocessor_config.json; (None, None, None)
@@ -136,6 +143,8 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
   if not os.path.isfile(path):
     return None, None, None
   p = _json(path)
+  kind = p.get('image_processor_type') or p.get('feature_extractor_type') or ''
+  p = {**_CLASS_DEFAULTS.get(kind.replace('FeatureExtractor', 'ImageProcessor'), {}), **p}
   rescale = p.get('rescale_factor', OFFICIAL_PIXELS.rescale) if p.get('do_rescale', True) else 1
   if p.get('do_normalize', True):
     mean, std = p.get('image_mean', [0.5] * 3), p.get('image_std', [0.5] * 3)
