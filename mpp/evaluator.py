@@ -31,6 +31,10 @@ class MppEvaluator:
     base = jax.random.key(seed)
     colour = spec.target != 'pixels'
     num_classes = spec.output_shape[-1] if colour else 1
+    # What `evaluate` returns, known before training (vit.training.loop checks best_metric).
+    self.metric_names = ('loss', 'examples') + (
+        ('accuracy',) if colour or not spec.normalize_pixels else ()) + (
+        ('majority_accuracy',) if colour else ())
 
     def sums(params, batch, index):
       rng = jax.random.fold_in(base, index)
@@ -54,7 +58,7 @@ class MppEvaluator:
 
   def evaluate(self, params) -> dict:
     total = None
-    with self._mesh:
+    with jax.set_mesh(self._mesh):
       for index, batch in enumerate(itertools.islice(self._batches(), self._limit)):
         s = self._sums(params, sharding.global_batch(batch, self._mesh), index)
         total = s if total is None else jax.tree.map(jnp.add, total, s)

@@ -220,6 +220,21 @@ def test_a_best_metric_no_evaluator_makes_is_refused_before_training(tmp_path):
   assert steps_on_disk(tmp_path / 'a') == []  # Refused before the first step.
 
 
+def test_a_best_metric_its_evaluator_does_not_make_is_refused_before_training(tmp_path):
+  """A misspelt name, with eval_every=0, was found at the only evaluation: the last step."""
+  stated = ScriptedEvaluator([0.5])
+  stated.metric_names = ('score',)
+  config = tiny_config(total_steps=2, eval_every=0, best_metric='eval/scroe', ema_decay=0.9)
+  with pytest.raises(config_lib.ConfigError,
+                     match=r"^config.best_metric='eval/scroe': not among the metrics of this "
+                           r"run's evaluation eval/score$"):
+    train(tmp_path, config, evaluators=[stated])
+  assert steps_on_disk(tmp_path) == []
+  config.best_metric = 'eval_ema/scroe'  # The EMA evaluation states the same names.
+  with pytest.raises(config_lib.ConfigError, match=r"evaluation eval_ema/score$"):
+    train(tmp_path, config, evaluators=[stated])
+
+
 def truncate_state(workdir, step, what='array data'):
   """Cuts files of a saved step in half, as a full disk or a dying host would: the array
   data (TensorStore's OCDBT files; not all of them are read), the tree metadata, the data

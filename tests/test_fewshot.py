@@ -82,7 +82,7 @@ def test_evaluator_equals_linear_accuracy_on_its_features():
   ev = fewshot.from_config(config, m, mesh, train_source=train, test_source=test)
   results = ev.evaluate(params)
   assert set(results) == {'1shot', '5shot', '1shot_l2=1', '5shot_l2=1', '1shot_l2=1024',
-                          '5shot_l2=1024'}
+                          '5shot_l2=1024'} == set(ev.metric_names)  # Stated before training.
   assert results['5shot'] == results['5shot_l2=1024']
   # Recompute by hand: features of the chosen examples, then the solve.
   rep = fewshot.make_representation_fn(m)

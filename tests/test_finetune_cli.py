@@ -45,7 +45,7 @@ def test_fashion_mnist_finetune_reaches_70_percent(tmp_path):
   task = finetune.build_task(config, m, ckpt, train_source=train, eval_source=test)
   state = loop.train(config, str(tmp_path / 'run'), task).state
   accuracy = task.evaluators[0].evaluate(state.params)
-  assert accuracy['examples'] == 1000
+  assert accuracy['examples'] == 1000 and set(accuracy) == set(task.evaluators[0].metric_names)
   assert accuracy['accuracy'] >= 0.70
   assert task.evaluators[0].evaluate(state.ema_params)['accuracy'] >= 0.65
   assert np.all(np.isfinite(np.asarray(state.params['head']['kernel'])))

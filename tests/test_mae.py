@@ -339,3 +339,4 @@ def test_held_out_loss_scores_eval_examples_rounded_up_to_whole_batches():
   assert pulled == [0, 4]
   # Rows 0-6 (row 7 is padding): their mean, not that of the first 5 (2.0).
   assert result['loss'] == pytest.approx(3.0) and result['examples'] == 7
+  assert set(result) == set(evaluator.metric_names)  # Stated before training (best_metric).

@@ -48,6 +48,7 @@ def test_short_run_learns_and_saves_a_backbone(tmp_path):
   # Better than always answering the most frequent colour (black background), by a margin.
   assert after['accuracy'] > after['majority_accuracy'] + 0.03, after
   assert 0.3 < after['majority_accuracy'] < 0.6
+  assert set(after) == set(evaluator.metric_names)  # Stated before training (best_metric).
 
   params = checkpoints.restore_params(workdir)
   assert set(params) == {'backbone', 'mask_embedding', 'head'}

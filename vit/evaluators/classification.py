@@ -12,6 +12,8 @@ from vit import sharding
 class ClassificationEvaluator:
   """`batches()` yields padded batches with a `mask`; padding rows never count."""
 
+  metric_names = ('accuracy', 'examples')  # What `evaluate` returns, known before training.
+
   def __init__(self, logits_fn: Callable, batches: Callable[[], Iterable[dict]], mesh,
                name: str = 'eval'):
     self.name, self._batches, self._mesh = name, batches, mesh

@@ -174,6 +174,9 @@ class FewShotEvaluator:
       raise ConfigError('fewshot.max_test', fs.max_test, 'must be an integer >= 0 (0: all)')
     self.name, self.config, self.mesh, self.params_fn = name, config, mesh, params_fn
     self.shots, self.l2_reg, self.l2_regs = shots, float(fs.l2_reg), tuple(fs.l2_regs)
+    # What `evaluate` returns, known before training (vit.training.loop checks best_metric).
+    self.metric_names = tuple(name for k in shots for name in (
+        f'{k}shot', *(f'{k}shot_l2={l2:g}' for l2 in self.l2_regs)))
     train_source = train_source or pipeline.make_source(config, fs.train_split)
     test_source = test_source or pipeline.make_source(config, fs.test_split or
                                                       config.data.eval_split)

@@ -25,6 +25,8 @@ from vit import sharding
 
 class HeldOutLoss:
 
+  metric_names = ('loss', 'examples')  # What `evaluate` returns, known before training.
+
   def __init__(self, loss_fn: Callable, batches: Callable[[], Iterable[dict]], mesh, *,
                examples: int, global_batch_size: int, seed: int = 0, name: str = 'eval'):
     self.name, self._batches, self._mesh = name, batches, mesh

@@ -251,18 +251,25 @@ def _due(config, task: Task, step: int, stopping: bool) -> dict[str, bool]:
 
 def _check_best_metric_source(config, task: Task) -> None:
   """Before training: a `best_metric` that no evaluator of the run can produce (its prefix
-  names none of them, or nothing is evaluated) would only be found after the first evaluation,
-  which with eval_every=0 is the last step. The metric's own name is checked then."""
+  names none of them, nothing is evaluated, or the evaluator's `metric_names` lack it) would
+  only be found after the first evaluation, which with eval_every=0 is the last step. An
+  evaluator that states no `metric_names` has the metric's own name checked then."""
   best = config.get('best_metric')
   if not best:
     return
-  prefixes = [f'{ev.name}/' for ev in task.evaluators]
+  sources = [(f'{ev.name}/', ev) for ev in task.evaluators]
   if config.get('ema_decay'):
-    prefixes += [f'{ev.name}_ema/' for ev in task.evaluators]
-  if not any(best.startswith(p) for p in prefixes):
+    sources += [(f'{ev.name}_ema/', ev) for ev in task.evaluators]
+  matches = [(p, ev) for p, ev in sources if best.startswith(p)]
+  if not matches:
     raise ConfigError('best_metric', best, 'names no evaluation of this run: its metrics are '
-                      + (', '.join(p + '...' for p in prefixes) or
+                      + (', '.join(p + '...' for p, _ in sources) or
                          'none (it evaluates nothing; eval_examples=0?)'))
+  prefix, ev = max(matches, key=lambda m: len(m[0]))
+  names = getattr(ev, 'metric_names', None)
+  if names is not None and best[len(prefix):] not in names:
+    raise ConfigError('best_metric', best, 'not among the metrics of this run\'s evaluation '
+                      + ', '.join(prefix + n for n in names))
 
 
 def _check_best_metric(config, eval_metrics: dict) -> None:
