@@ -95,7 +95,7 @@ def _pairs(d: dict, prefix: str = '') -> tuple:
 def targets(study) -> list[Run]:
   """(c) Other MPP targets and the 15% rate: one 30-epoch pretraining (seed 0, as cell (a)'s
   seed 0) each; every fine-tuning seed starts from it, at its own learning-rate choice."""
-  head, out = study.headline_epochs, []
+  head, out = study.later_epochs, []
   first = study.seeds[0]
   every = math.gcd(*(round(e * study.steps_per_epoch) for e in study.pretrain_epochs))
   for name, change in study.targets.items():
@@ -153,10 +153,10 @@ def _choice(study, objective: str) -> list[Run]:
 
 def mim(study) -> list[Run]:
   """(d) MAE and SimMIM: the choice grids, one pretraining per seed at the chosen point for
-  as many images as MPP's headline (30 epochs), MAE on to MPP's pretraining wall time (the
+  as many images as MPP's 30 epochs (`later_epochs`), MAE on to MPP's pretraining wall time (the
   step count a 'walltime' run measures, rounded to whole epochs), their fine-tunings and
   frozen-feature probes."""
-  head, spe, out = study.headline_epochs, study.steps_per_epoch, []
+  head, spe, out = study.later_epochs, study.steps_per_epoch, []
   every = math.gcd(*(round(e * spe) for e in study.pretrain_epochs))
   out.append(Run(f'{MAE}/walltime', 'walltime', P_D_PRETRAIN0, settings_from=f'{MAE}/choice',
                  steps=round(head * spe)))

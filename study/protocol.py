@@ -94,6 +94,28 @@ def pretraining(study) -> list[Run]:
                     warmup=study.pretrainer.optimizer.warmup_steps))
     runs += [Run(f'{MPP}/seed{s}/e{e:g}', 'export', P_PRETRAIN, (pre,), seed=s,
                  steps=round(e * spe), epochs=e) for e in study.pretrain_epochs]
+  return runs + extension(study)
+
+
+def extension(study) -> list[Run]:
+  """MPP's convergence rule, applied (docs/study/protocol.md, "Converged", and deviation 9):
+  each seed's pretraining again, to `study.extension.epochs`, exporting at that length and at
+  the first runs' last (`{MPP}/seed{s}/e{e}_rerun`, to compare with their export). The first
+  runs kept no optimiser state to continue from; on the same schedule (rsqrt: no length in
+  it), seed, data order and evaluations, a rerun is that continuation."""
+  ext, spe = study.get('extension'), study.steps_per_epoch
+  if not ext or not ext.get('epochs'):  # None: no extension (the demo, the tests).
+    return []
+  first, runs = max(study.pretrain_epochs), []
+  for s in study.seeds:
+    pre = f'{MPP}/seed{s}/pretrain_e{ext.epochs:g}'
+    runs.append(Run(pre, 'pretrain', P_PRETRAIN0 if s == study.seeds[0] else P_PRETRAIN,
+                    seed=s, steps=round(ext.epochs * spe),
+                    eval_every=math.gcd(*(round(e * spe) for e in study.pretrain_epochs)),
+                    warmup=study.pretrainer.optimizer.warmup_steps))
+    runs += [Run(f'{MPP}/seed{s}/e{e:g}{"_rerun" if e == first else ""}', 'export',
+                 P_PRETRAIN, (pre,), seed=s, steps=round(e * spe), epochs=e)
+             for e in (first, ext.epochs)]
   return runs
 
 

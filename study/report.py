@@ -101,18 +101,31 @@ def _diff(iv: Optional[stats.Interval]) -> str:
   return f'{iv.mean:+.2f} [{iv.low:+.2f}, {iv.high:+.2f}] (n={iv.n})'
 
 
+def _first_length(st: Study) -> Optional[str]:
+  """The arm of the first pretrainings' length (30 epochs) where the convergence rule's
+  extension made a longer one the headline (deviation 9); else None."""
+  first = max(st.config.pretrain_epochs)
+  return f'mpp_e{first:g}' if first != st.config.headline_epochs else None
+
+
 def _arms(st: Study) -> list[tuple[str, str]]:
-  return [(protocol.PIXELS, 'raw pixels, least squares'), (protocol.SCRATCH, 'ViT from scratch'),
+  arms = [(protocol.PIXELS, 'raw pixels, least squares'), (protocol.SCRATCH, 'ViT from scratch'),
           (protocol.MATCHED, 'ViT from scratch, compute-matched'),
           (st.head, f'ViT, MPP {st.config.headline_epochs:g} epochs, fine-tuned')]
+  if _first_length(st):
+    arms.append((_first_length(st), f'ViT, MPP {max(st.config.pretrain_epochs):g} epochs, '
+                                    f'fine-tuned (the headline before deviation 9)'))
+  return arms
 
 
 def headline_runs(st: Study) -> list[str]:
   """The result records behind the headline and its paired differences: every seed's run of
   each arm, and for MPP rows the pretraining and export the fine-tuning started from."""
   names = [st.run_of(arm, f, s) for arm, _ in _arms(st) for f in st.fkeys for s in st.seeds(f)]
+  head = st.config.headline_epochs
   pre = [f'{protocol.MPP}/seed{s}/{k}' for s in st.config.seeds
-         for k in ('pretrain', f'e{st.config.headline_epochs:g}')]
+         for k in ('pretrain', f'pretrain_e{head:g}', f'e{head:g}',
+                   f'e{max(st.config.pretrain_epochs):g}')]
   return [n for n in dict.fromkeys(names + pre) if n and n in st.results]
 
 
@@ -158,6 +171,10 @@ def comparisons(st: Study) -> list[str]:
            (st.head, protocol.MATCHED, 'MPP - compute-matched scratch'),
            (st.head, protocol.PIXELS, 'MPP - raw pixels'),
            (protocol.SCRATCH, protocol.PIXELS, 'scratch - raw pixels')]
+  if _first_length(st):
+    first = f'MPP {max(st.config.pretrain_epochs):g} epochs'
+    pairs += [(_first_length(st), protocol.SCRATCH, f'{first} - scratch'),
+              (_first_length(st), protocol.PIXELS, f'{first} - raw pixels')]
   primary = {f: stats.paired(st.accuracies(st.head, f), st.accuracies(protocol.SCRATCH, f))
              for f in st.fkeys}
   adjusted = stats.holm(primary, m=len(st.fkeys))  # Over every pre-registered endpoint.
@@ -175,6 +192,9 @@ def comparisons(st: Study) -> list[str]:
                  f'{len(st.fkeys)} endpoints)')
       elif label in EXPLORATORY:
         word += ' (exploratory: not pre-registered, unadjusted)'
+      elif a == _first_length(st):
+        word += (' (secondary: the headline length before deviation 9, where the primary '
+                 'verdicts were first read; unadjusted)')
       elif label != PRIMARY:
         word += ' (secondary, unadjusted)'
       lines.append(f'| {label} | {FKEYS_LABEL[f]} | {_diff(iv)} | {word} |')
@@ -187,7 +207,8 @@ def length_curve(st: Study) -> list[str]:
   lines = ['| MPP pretraining | held-out MPP accuracy (seed mean) | ' +
            ' | '.join(f'fine-tuned {FKEYS_LABEL[f]}' for f in st.config.budgets) + ' |',
            '|---' * (len(st.config.budgets) + 2) + '|']
-  for e in st.config.pretrain_epochs:
+  ext = (st.config.get('extension') or {}).get('epochs')
+  for e in (*st.config.pretrain_epochs, *([ext] if ext else [])):
     mpp_acc = [st.results[n]['result']['holdout_mpp_accuracy'] for n in
                (f'{protocol.MPP}/seed{s}/e{e:g}' for s in st.config.seeds)
                if n in st.results and st.results[n]['result'].get('holdout_mpp_accuracy')]
@@ -195,7 +216,29 @@ def length_curve(st: Study) -> list[str]:
     cells = [_cell(st.accuracies(f'mpp_e{e:g}', f), len(st.seeds(f))) for f in st.config.budgets]
     lines.append(f'| {e:g} epochs ({round(e * st.config.steps_per_epoch * 128 / 1e6, 2)}M '
                  f'images) | {held} | ' + ' | '.join(cells) + ' |')
-  return lines
+  return lines + ([''] + reruns(st) if ext else [])
+
+
+def reruns(st: Study) -> list[str]:
+  """Deviation 9's pretrainings rerun each seed from step 0; at the first runs' length their
+  backbone is exported again: the same bytes, or how far apart (held-out MPP accuracy)."""
+  first, same, apart = max(st.config.pretrain_epochs), [], []
+  for s in st.config.seeds:
+    a = st.results.get(f'{protocol.MPP}/seed{s}/e{first:g}')
+    b = st.results.get(f'{protocol.MPP}/seed{s}/e{first:g}_rerun')
+    if not (a and b):
+      continue
+    if a['result'].get('sha256') == b['result'].get('sha256'):
+      same.append(s)
+    else:
+      gap = b['result'].get('holdout_mpp_accuracy', 0) - a['result'].get('holdout_mpp_accuracy', 0)
+      apart.append(f'seed {s} (held-out MPP accuracy {100 * gap:+.2f} points)')
+  if not (same or apart):
+    return [f'The reruns to 60 epochs (deviation 9) export at {first:g} epochs too; none has '
+            f'reached it yet.']
+  return [f'The reruns to 60 epochs (deviation 9) at {first:g} epochs, against the first runs\' '
+          f'exports: the same bytes for {len(same)} seed{"s" * (len(same) != 1)}'
+          + (f'; different bytes for {", ".join(apart)}' if apart else '') + '.']
 
 
 def _holdout(st: Study, prefix: str) -> dict[int, float]:
@@ -205,21 +248,43 @@ def _holdout(st: Study, prefix: str) -> dict[int, float]:
           if n in st.results}
 
 
-def convergence(st: Study) -> list[str]:
-  """The protocol's two convergence rules, read from held-out accuracies only. The MPP rule
-  is read once every reported seed has both lengths, on the same seeds (paired)."""
-  first, c, h = list(st.config.budgets)[0], st.config.convergence_epochs, st.config.headline_epochs
-  a, b = _holdout(st, f'mpp_e{c:g}/{first}'), _holdout(st, f'mpp_e{h:g}/{first}')
+def _paired_gain(st: Study, before: str, after: str) -> tuple[Optional[float], str]:
+  """(mean held-out gain in points of `after` over `before`, over every reported seed; None
+  until every seed has both) and how many have both."""
+  a, b = _holdout(st, before), _holdout(st, after)
   planned = [s for s in st.config.seeds if s != st.config.tune_seed]
   both = sorted(set(a) & set(b))
-  if planned and both == planned:
-    gain = 100 * sum(b[s] - a[s] for s in both) / len(both)
+  have = f'{len(both)} of {len(planned)} seeds have both'
+  if not planned or both != planned:
+    return None, have
+  return 100 * sum(b[s] - a[s] for s in both) / len(both), f'the same {len(both)} seeds'
+
+
+def convergence(st: Study) -> list[str]:
+  """The protocol's two convergence rules, read from held-out accuracies only. The MPP rule
+  is read once every reported seed has both lengths, on the same seeds (paired): the first
+  pretrainings' length (30 epochs) against `convergence_epochs`. Where it fired, the extension's
+  length (60) against 30 is shown beside it, as information: the protocol has no further rule."""
+  first, c = list(st.config.budgets)[0], st.config.convergence_epochs
+  h = max(st.config.pretrain_epochs)
+  ext = (st.config.get('extension') or {}).get('epochs')
+  gain, have = _paired_gain(st, f'mpp_e{c:g}/{first}', f'mpp_e{h:g}/{first}')
+  if gain is not None:
+    verdict = 'converged (< 0.3).' if gain < 0.3 else (
+        f'not converged: extended to {ext:g} epochs, the headline length (protocol deviation 9).'
+        if ext else 'not converged: extend to 60 epochs.')
     out = [f'- MPP pretraining: {h:g} epochs is {gain:+.2f} held-out points from {c:g} epochs '
-           f'({FKEYS_LABEL[first]}, mean over the same {len(both)} seeds): '
-           + ('converged (< 0.3).' if gain < 0.3 else 'not converged: extend to 60 epochs.')]
+           f'({FKEYS_LABEL[first]}, mean over {have}): {verdict}']
+    if ext:
+      more, have_more = _paired_gain(st, f'mpp_e{h:g}/{first}', f'mpp_e{ext:g}/{first}')
+      out.append(f'- MPP pretraining, for information: {ext:g} epochs is {more:+.2f} held-out '
+                 f'points from {h:g} ({FKEYS_LABEL[first]}, mean over {have_more}).'
+                 if more is not None
+                 else f'- MPP pretraining, for information: {ext:g} against {h:g} epochs when '
+                      f'every seed has both ({have_more}).')
   else:
     out = [f'- MPP pretraining: not decided yet (needs the fine-tunings from {c:g} and {h:g} '
-           f'epochs on every seed: {len(both)} of {len(planned)} seeds have both).']
+           f'epochs on every seed: {have}).']
   lengths = sorted((r.epochs, r.name) for r in st.runs
                    if r.name.startswith(f'{protocol.SCRATCH}/{protocol.ALL}/length/'))
   if len(lengths) >= 2 and all(n in st.results for _, n in lengths[-2:]):
@@ -316,9 +381,9 @@ def progress(st: Study) -> list[str]:
            ('; cell (a) only, the later cells count theirs in their sections.'
             if len(headline_runs) < len(st.runs) else '.'),
            f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours' +
-           (f' ({unsegmented} records have no list of segments: made at b3bdea2 or before, '
-            'they give a resumed run\'s last segment only, so this and their wall times '
-            'undercount).' if unsegmented else '.')]
+           (f' ({unsegmented} records have no list of segments: made by cell (a)\'s runner '
+            '(5c389bb or before), they give a resumed run\'s last segment only, so this and '
+            'their wall times undercount).' if unsegmented else '.')]
   if s_per_step:
     lines.append(f'- Left: about {left_steps:,} training steps; at the measured '
                  f'{s_per_step:.2f} s of wall time per step of one worker (evaluations '
@@ -360,8 +425,12 @@ def scratch_all_labels(st: Study) -> list[str]:
 def plot_fractions(st: Study, path: str) -> None:
   fig, ax = plt.subplots(figsize=(6, 4))
   xs = [100 * protocol.fraction_of(st.config, f) for f in st.fkeys]
-  for arm, label in [(protocol.PIXELS, 'raw pixels'), (protocol.SCRATCH, 'scratch'),
-                     (protocol.MATCHED, 'scratch, compute-matched'), (st.head, 'MPP')]:
+  arms = [(protocol.PIXELS, 'raw pixels'), (protocol.SCRATCH, 'scratch'),
+          (protocol.MATCHED, 'scratch, compute-matched'),
+          (st.head, f'MPP {st.config.headline_epochs:g} epochs')]
+  if _first_length(st):  # The headline before deviation 9.
+    arms.append((_first_length(st), f'MPP {max(st.config.pretrain_epochs):g} epochs'))
+  for arm, label in arms:
     pts = [(x, stats.interval(list(v.values()))) for x, f in zip(xs, st.fkeys)
            if (v := st.accuracies(arm, f))]
     if pts:

@@ -126,7 +126,7 @@ def probes(st, sources: list[tuple[str, str]]) -> list[str]:
 
 
 def targets(st) -> list[str]:
-  head = st.config.headline_epochs
+  head = st.config.later_epochs
   labels = {f: f'{round(100 * b.fraction):g}%' for f, b in st.config.budgets.items()}
   described = {'pixels': 'pixel regression (L2, raw 4x4 patches)',
                'down4': 'downsampled colour, 4x4 grid (1 px per cell)',
@@ -147,7 +147,7 @@ MIM_ARMS = (('scratch', 'ViT from scratch'), ('mpp_e{h}', 'MPP, {h} epochs'),
 
 
 def mim_arms(st) -> list[tuple[str, str]]:
-  h = f'{st.config.headline_epochs:g}'
+  h = f'{st.config.later_epochs:g}'
   return [(a.format(h=h), label.format(h=h)) for a, label in MIM_ARMS]
 
 

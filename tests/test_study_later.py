@@ -26,7 +26,8 @@ def _tiny(tmp):
   c.budgets = ml_collections.ConfigDict(
       {'pct1': dict(fraction=0.01, steps=4, eval_every=2, warmup=1)})
   c.seeds, c.full_seeds, c.holdout, c.tune_seed = (0,), (), 1000, 0  # Sweeps only.
-  c.steps_per_epoch, c.pretrain_epochs, c.headline_epochs = 2, (2,), 2
+  c.steps_per_epoch, c.pretrain_epochs, c.headline_epochs, c.later_epochs = 2, (2,), 2, 2
+  c.extension = None  # No rerun to a longer length (the real study's deviation 9).
   c.sweep.update(learning_rates=(1e-3,), crop_padding=(2,), extensions=())  # No 10% sweep.
   for part in (c.classifier, c.pretrainer):
     part.update(eval_batch_size=1000, log_every=2)

@@ -44,14 +44,16 @@ def test_every_dependency_exists_and_the_plan_has_no_cycle(runs):
 def test_the_headline_cells_come_first(runs, study):
   assert runs['mpp/seed0/pretrain'].priority == protocol.P_PRETRAIN0 == 1
   assert {r.priority for r in runs.values() if r.kind == 'pixels'} == {0}
-  curve = [r for r in runs.values() if r.name.startswith(('mpp_e3/', 'mpp_e6/', 'mpp_e12/'))]
+  # 30 epochs joined the length curve when the extension made 60 the headline (deviation 9).
+  curve = [r for r in runs.values()
+           if r.name.startswith(('mpp_e3/', 'mpp_e6/', 'mpp_e12/', 'mpp_e30/'))]
   assert curve and all(r.priority == protocol.P_LENGTH_CURVE for r in curve
                        if not r.name.startswith('mpp_e12/pct1/'))
   # The convergence rule's fine-tunings (12 epochs, 1%) come right after the headline's.
   assert {r.priority for r in curve if r.name.startswith('mpp_e12/pct1/')} == {
       protocol.P_CONVERGENCE}
   assert max(r.priority for r in runs.values() if r.cell == 'a' and not r.name.startswith(
-      ('mpp_e3/', 'mpp_e6/', 'mpp_e12/'))) < protocol.P_LENGTH_CURVE
+      ('mpp_e3/', 'mpp_e6/', 'mpp_e12/', 'mpp_e30/'))) < protocol.P_LENGTH_CURVE
   # The cells pre-registered for later sessions come after all of cell (a).
   assert min(r.priority for r in runs.values() if r.cell != 'a') > protocol.P_LENGTH_CURVE
 
@@ -59,7 +61,7 @@ def test_the_headline_cells_come_first(runs, study):
 def test_every_arm_sweeps_the_same_grid_on_a_seed_it_does_not_report(runs, study):
   grid = len(study.sweep.learning_rates) * len(study.sweep.crop_padding)
   extended = [p for p, _, _ in study.sweep.extensions]
-  for arm in ('scratch', 'mpp_e30', 'mpp_e12'):
+  for arm in ('scratch', 'mpp_e60', 'mpp_e30', 'mpp_e12'):
     sweep = [r for n, r in runs.items() if n.startswith(f'{arm}/pct1/sweep/')]
     assert len(sweep) == grid + extended.count(f'{arm}/pct1')
     assert {r.seed for r in sweep} == {study.tune_seed}
@@ -68,6 +70,7 @@ def test_every_arm_sweeps_the_same_grid_on_a_seed_it_does_not_report(runs, study
   matched = [r for n, r in runs.items() if n.startswith('matched/pct10/sweep/')]
   assert len(matched) == len(study.sweep.learning_rates)  # Padding from the scratch arm.
   assert runs['mpp_e30/pct1/sweep/lr0.001_pad2'].backbone == 'mpp/seed0/e30'
+  assert runs['mpp_e60/pct1/sweep/lr0.001_pad2'].backbone == 'mpp/seed0/e60'
 
 
 def test_fine_tuning_waits_for_its_backbone_and_its_own_sweep(runs):
@@ -81,10 +84,10 @@ def test_fine_tuning_waits_for_its_backbone_and_its_own_sweep(runs):
 
 def test_the_matched_arm_gets_the_pretraining_steps_too(runs, study):
   m = runs['matched/pct1/seed2']
-  assert m.steps == 30 * study.steps_per_epoch + study.budgets.pct1.steps
+  assert m.steps == 60 * study.steps_per_epoch + study.budgets.pct1.steps
   assert m.choose == 'matched/pct1/sweep' and m.pad_from == 'scratch/pct1/sweep'
   full = runs['matched/all/seed0']
-  assert full.length_from == 'mpp_e30/all' and full.steps == 30 * study.steps_per_epoch
+  assert full.length_from == 'mpp_e60/all' and full.steps == 60 * study.steps_per_epoch
 
 
 def _record(name, held, **config):
@@ -112,11 +115,11 @@ def test_choices_read_held_out_only_and_ties_go_to_the_grid_order(runs, study):
 def test_a_length_choice_adds_its_steps(runs, study):
   order = [r.name for r in protocol.runs(study)]
   results = {n: _record(n, 0.5, steps=100 * i) for i, n in enumerate(sorted(runs))
-             if n.startswith(('scratch/all/sweep/', 'scratch/pct10/sweep/', 'mpp_e30/all/length/',
+             if n.startswith(('scratch/all/sweep/', 'scratch/pct10/sweep/', 'mpp_e60/all/length/',
                               'matched/all/'))}
-  results['mpp_e30/all/length/e60']['result']['holdout_best'] = 0.9
+  results['mpp_e60/all/length/e60']['result']['holdout_best'] = 0.9
   r = choices.resolve(runs['matched/all/seed1'], results, order)
-  assert r.steps == 30 * study.steps_per_epoch + results['mpp_e30/all/length/e60']['config'][
+  assert r.steps == 60 * study.steps_per_epoch + results['mpp_e60/all/length/e60']['config'][
       'total_steps']
 
 
@@ -244,16 +247,24 @@ def test_a_snapshot_beside_a_live_run_packs_only_whole_steps(tmp_path, monkeypat
 def test_the_digests_of_cell_a_are_those_of_the_studys_commit():
   """Every run of cell (a) and the length curve keeps the config (and so the digest) it had at
   commit 8115426, where it runs: tests/testdata/study_digests.py made the pinned file there.
-  The grid-edge points added later (deviation 4) are new runs of their own."""
+  The grid-edge points added later (deviation 4) are new runs of their own; deviation 9 (MPP
+  extended to 60 epochs) adds the 60-epoch arm, drops the 30-epoch arm at all labels (one of
+  its 9 runs had finished: it stays reported) and gives the compute-matched arm (none of it
+  run) 60 epochs' steps."""
   import json
   from tests.testdata import study_digests
   pinned = json.loads((Path(__file__).parent / 'testdata' / 'study_digests_8115426.json')
                       .read_text())
   now = study_digests.digests()
   extensions = {protocol._sweep_name(*e) for e in converged.get_config().sweep.extensions}  # pylint: disable=protected-access
-  # Deviation 4's grid-edge points are the only runs the study's commit did not have.
-  assert set(now) - set(pinned) == extensions
-  assert len(pinned) == 185 and {n: d for n, d in now.items() if n in pinned} == pinned
+  longer = {n for n in now if n.startswith('mpp_e60/') or n.endswith('/pretrain_e60')}
+  dropped = {n for n in pinned if n.startswith('mpp_e30/all/')}
+  rebudgeted = {n for n in pinned if n.startswith('matched/')}
+  assert set(now) - set(pinned) == extensions | longer
+  assert set(pinned) - set(now) == dropped and len(dropped) == 9
+  assert all(now[n] != pinned[n] for n in rebudgeted) and len(rebudgeted) == 21
+  kept = set(pinned) - dropped - rebudgeted
+  assert len(pinned) == 185 and {n: now[n] for n in kept} == {n: pinned[n] for n in kept}
 
 
 def test_the_later_cells_are_all_listed_with_their_cell(runs, study):
@@ -402,7 +413,38 @@ def test_deviation_6_extends_the_mpp_10_sweep(runs, study):
     assert (ext.lr, ext.pad) == (lr, pad)
     assert (ext.priority, ext.seed, ext.steps, ext.backbone) == (base.priority, base.seed,
                                                                  base.steps, base.backbone)
-    for dependent in ('mpp_e30/pct10/seed0', 'mpp_e30/pct10/seed4', 'mpp_e30/all/sweep/lr0.001',
-                      'mpp_e30/all/seed0'):
+    for dependent in ('mpp_e30/pct10/seed0', 'mpp_e30/pct10/seed4'):
       assert name in runs[dependent].deps, (name, dependent)
     assert name not in runs['scratch/pct10/seed0'].deps
+
+
+def test_deviation_9_extends_mpp_pretraining_to_60_epochs(runs, study):
+  """MPP's convergence rule read 30 epochs +0.88 held-out points above 12: each seed's
+  pretraining reruns to 60 epochs, which becomes the headline length (the MPP rows at every
+  fraction and the compute-matched arm's budget); 30 epochs joins the length curve, its
+  finished runs unchanged."""
+  spe = study.steps_per_epoch
+  for s in study.seeds:
+    pre = runs[f'mpp/seed{s}/pretrain_e60']
+    assert (pre.kind, pre.steps, pre.eval_every) == ('pretrain', 60 * spe,
+                                                     runs['mpp/seed0/pretrain'].eval_every)
+    assert pre.priority == runs[f'mpp/seed{s}/pretrain'].priority
+    for name, steps in ((f'mpp/seed{s}/e60', 60 * spe), (f'mpp/seed{s}/e30_rerun', 30 * spe)):
+      assert (runs[name].kind, runs[name].deps, runs[name].steps) == ('export', (pre.name,),
+                                                                     steps)
+    assert runs[f'mpp/seed{s}/pretrain'].steps == 30 * spe  # The first runs, as they ran.
+  seed = runs['mpp_e60/pct10/seed2']
+  assert (seed.priority, seed.backbone) == (protocol.P_FT_SEEDS, 'mpp/seed2/e60')
+  assert runs['mpp_e60/all/seed1'].backbone == 'mpp/seed1/e60'
+  assert not any(n.startswith('mpp_e30/all/') for n in runs)
+  # The headline arm's sweeps get the points beyond the edges that its 30-epoch sweeps needed
+  # (deviations 5 and 6) from the start, so its seeds never start at a provisional choice.
+  for fkey, lr, pad in (('pct1', 3e-4, 4), ('pct10', 1e-2, 2), ('pct10', 3e-3, 4)):
+    name = f'mpp_e60/{fkey}/sweep/lr{lr:g}_pad{pad}'
+    assert runs[name].backbone == 'mpp/seed0/e60' and name in runs[f'mpp_e60/{fkey}/seed0'].deps
+  # The rerun of a pretraining exports where the protocol's config says; the trainer config of
+  # a first run is unchanged (its finished record's digest still matches).
+  first = configs.pretrainer(study, runs['mpp/seed0/pretrain'])
+  again = configs.pretrainer(study, runs['mpp/seed0/pretrain_e60'])
+  assert first.total_steps == 30 * spe and again.total_steps == 60 * spe
+  assert configs.identity(first).keys() == configs.identity(again).keys()

@@ -34,7 +34,16 @@ def test_the_mpp_convergence_rule_waits_for_every_seed_and_pairs_them():
                                              'mpp_e30/pct1/seed4': _record(0.75)})
   rule = report.convergence(st)[0]
   assert '30 epochs is +1.00 held-out points from 12 epochs' in rule, rule
-  assert 'mean over the same 5 seeds' in rule and 'not converged: extend to 60 epochs' in rule
+  assert 'mean over the same 5 seeds' in rule and ('not converged: extended to 60 epochs, the '
+                                                   'headline length (protocol deviation 9)') in rule
+  assert report.convergence(st)[1] == ('- MPP pretraining, for information: 60 against 30 epochs '
+                                       'when every seed has both (0 of 5 seeds have both).')
+  sixty = {f'mpp_e60/pct1/seed{s}': _record(0.715 + s / 100) for s in range(5)}
+  st = report.Study(converged.get_config(), {**twelve, **thirty, **sixty,
+                                             'mpp_e30/pct1/seed4': _record(0.75)})
+  assert report.convergence(st)[1] == ('- MPP pretraining, for information: 60 epochs is +0.50 '
+                                       'held-out points from 30 (1% (600), mean over the same 5 '
+                                       'seeds).')
 
 
 def test_a_table_that_mixes_commits_says_so():

@@ -22,7 +22,8 @@ def _tiny(tmp_path, where='a'):
   c.budgets = ml_collections.ConfigDict(
       {'pct1': dict(fraction=0.01, steps=6, eval_every=3, warmup=1)})
   c.seeds, c.full_seeds, c.holdout = (0, 1), (), 1000  # No all-labels cells: seconds.
-  c.steps_per_epoch, c.pretrain_epochs, c.headline_epochs = 2, (1, 2), 2
+  c.steps_per_epoch, c.pretrain_epochs, c.headline_epochs, c.later_epochs = 2, (1, 2), 2, 2
+  c.extension = None  # No rerun to a longer length (the real study's deviation 9).
   c.full.update(sweep_epochs=1, lengths_epochs=(1, 2), eval_every_epochs=1)
   c.sweep.update(learning_rates=(1e-3,), crop_padding=(2,), extensions=())  # No edge points.
   for part in (c.classifier, c.pretrainer):
