@@ -197,6 +197,60 @@ def test_a_processor_class_fills_the_keys_its_file_leaves_out(tmp_path):
   assert np.abs(ours.transpose(0, 3, 1, 2) - ref).max() <= TOL
 
 
+@pytest.mark.parametrize('stated', [
+    dict(image_processor_type='DeiTImageProcessorFast', size={'height': 20, 'width': 20},
+         crop_size={'height': 16, 'width': 16}),  # The class's crop and filter apply.
+    dict(image_processor_type='DeiTImageProcessorPil', size={'height': 19, 'width': 19},
+         crop_size={'height': 16, 'width': 16}),
+    dict(image_processor_type='ViTImageProcessor', size=18, default_to_square=False,
+         do_center_crop=True, crop_size=16),  # An int size is the short side.
+    dict(image_processor_type='ViTImageProcessor', size=16, resample='bicubic'),  # Bilinear.
+])
+def test_what_transformers_reads_into_a_processor_file_is_read_the_same(tmp_path, capsys,
+                                                                        stated):
+  """Found by a new user's checks: class names with transformers' backend suffixes, an int
+  size that is not square, a resample that is no filter number."""
+  from vit.formats import hf
+  (tmp_path / 'preprocessor_config.json').write_text(json.dumps(stated))
+  processor = transformers.AutoImageProcessor.from_pretrained(str(tmp_path))
+  capsys.readouterr()
+  _, size, view = hf.read_processor(str(tmp_path), 3)
+  assert size == 16 and capsys.readouterr().err == ''
+  images = _shapes()
+  ref = processor(images=images, return_tensors='np')['pixel_values']
+  ours = predict.prepare_images(images, size, 3, view).astype(np.float32) / 127.5 - 1
+  assert np.abs(ours.transpose(0, 3, 1, 2) - ref).max() <= TOL
+
+
+@pytest.mark.parametrize('key, value', [('size', 0), ('size', -5), ('crop_size', 0),
+                                        ('size', {'shortest_edge': 0}), ('size', True),
+                                        ('size', {'height': 1.5, 'width': 1.5})])
+def test_a_side_that_is_no_positive_number_is_one_line(tmp_path, key, value):
+  """They were a ZeroDivisionError or PIL's ValueError, as tracebacks."""
+  from vit.formats import hf
+  stated = dict(image_processor_type='DeiTImageProcessor', size=20, crop_size=16)
+  (tmp_path / 'preprocessor_config.json').write_text(json.dumps(dict(stated, **{key: value})))
+  with pytest.raises(UserError, match=rf"^hf:{tmp_path}/preprocessor_config.json: {key}="):
+    hf.read_processor(str(tmp_path), 3)
+
+
+def test_the_crop_offset_warning_only_where_offsets_can_differ():
+  """torchvision rounds a crop's offset to the nearest (ties to even), transformers down: a
+  margin of 4k + 3 or an odd padding differs; DeiT's 256 -> 224 (margin 32) does not."""
+  from vit.data import transforms
+  squash = lambda scale: dict(crop_pct=transforms.crop_pct_for(16, scale), crop_mode='squash')
+  assert [transforms.offsets_differ(squash(s), 16) for s in (20, 21, 19, 23, 15, 14)] == [
+      False, False, True, True, True, False]
+  assert transforms.offsets_differ(dict(crop_pct=0.875, crop_mode='center'), 16)
+  rng = np.random.default_rng(0)
+  for scale in (20, 21, 19, 23, 15, 14):
+    image = rng.integers(0, 256, (scale, scale, 3), dtype=np.uint8)
+    crops = [transforms.EvalView(16, crop_offsets=o, **squash(scale)).map({'image': image})
+             for o in ('round', 'floor')]
+    same = np.array_equal(crops[0]['image'], crops[1]['image'])
+    assert same != transforms.offsets_differ(squash(scale), 16), scale
+
+
 def test_a_processor_view_that_cannot_be_applied_is_named(tmp_path, capsys):
   from vit.formats import hf
   transformers.DeiTImageProcessorPil(size={'shortest_edge': 40, 'longest_edge': 60},
@@ -206,7 +260,7 @@ def test_a_processor_view_that_cannot_be_applied_is_named(tmp_path, capsys):
   assert capsys.readouterr().err == (
       f"warning: hf:{tmp_path}/preprocessor_config.json: the processor resizes to "
       f"size={{'longest_edge': 60, 'shortest_edge': 40}} then centre-crops 32x32; this "
-      f"repository resizes straight to 32x32 bilinearly, so its logits differ slightly from "
+      f"repository resizes straight to 32x32 bilinearly, so its inputs and logits differ from "
       f"transformers' pipeline\n")
   transformers.ViTImageProcessor(size={'height': 32, 'width': 32}).save_pretrained(tmp_path)
   assert hf.read_processor(str(tmp_path), 3)[1:] == (32, None)
@@ -226,7 +280,7 @@ def test_a_processor_that_crops_without_resizing_is_named(tmp_path, capsys):
   assert capsys.readouterr().err == (
       f'warning: hf:{tmp_path}/preprocessor_config.json: the processor centre-crops 32x32 out '
       f'of the image as it comes, without resizing; this repository resizes straight to 32x32 '
-      f'bilinearly, so its logits differ slightly from transformers\' pipeline\n')
+      f'bilinearly, so its inputs and logits differ from transformers\' pipeline\n')
 
 
 def test_a_processor_size_other_than_the_models_is_named(tmp_path, capsys):

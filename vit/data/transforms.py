@@ -220,6 +220,17 @@ def crops(view: dict, size: int) -> bool:
   return view['crop_mode'] == 'center' or math.floor(size / view['crop_pct']) != size
 
 
+def offsets_differ(view: dict, size: int) -> bool:
+  """Whether EvalView(size, **view) with crop_offsets 'round' (torchvision) and 'floor'
+  (transformers) can give different crops: a margin of 4k + 3 pixels (round(2k + 1.5) is
+  2k + 2, floor 2k + 1; Python rounds 2k + 0.5 to 2k), or an odd padding. With crop_mode
+  'center' the long side's margin depends on the image, so some image always differs."""
+  if view['crop_mode'] == 'center':
+    return True
+  margin = math.floor(size / view['crop_pct']) - size
+  return margin % 2 == 1 if margin < 0 else margin % 4 == 3
+
+
 def crop_pct_for(size: int, scale: int) -> float:
   """The crop_pct with which EvalView resizes to `scale` before a `size` crop: size / scale,
   nudged down where float rounding would make floor(size / crop_pct) fall short of `scale`."""

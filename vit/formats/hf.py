@@ -110,14 +110,22 @@ def read_weights(directory: str) -> dict[str, np.ndarray]:
 
 
 def _side(path: str, size, key: str) -> int:
-  if isinstance(size, int):
-    return size
-  if isinstance(size, dict) and 'height' in size and 'width' in size:
+  """The side of a square `size` key (an int, {"height", "width"} or {"shortest_edge"});
+  UserError naming the file and key for any other, or a side that is not a positive int."""
+  if isinstance(size, dict) and set(size) == {'shortest_edge'}:
+    side = size['shortest_edge']
+  elif isinstance(size, dict) and 'height' in size and 'width' in size:
     if size['height'] != size['width']:
       raise UserError(f'hf:{path}: {key} is {size["height"]}x{size["width"]}; only square '
                       f'inputs are supported')
-    return int(size['height'])
-  raise UserError(f'hf:{path}: {key}={size!r}; supported: an int or {{"height", "width"}}')
+    side = size['height']
+  elif isinstance(size, int) and not isinstance(size, bool):
+    side = size
+  else:
+    raise UserError(f'hf:{path}: {key}={size!r}; supported: an int or {{"height", "width"}}')
+  if not isinstance(side, int) or isinstance(side, bool) or side < 1:
+    raise UserError(f'hf:{path}: {key}={size!r}: a side must be a positive number of pixels')
+  return side
 
 
 # What a processor class does for the keys its file leaves out, where that is not
@@ -143,8 +151,11 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
   if not os.path.isfile(path):
     return None, None, None
   p = _json(path)
-  kind = p.get('image_processor_type') or p.get('feature_extractor_type') or ''
-  p = {**_CLASS_DEFAULTS.get(kind.replace('FeatureExtractor', 'ImageProcessor'), {}), **p}
+  kind = str(p.get('image_processor_type') or p.get('feature_extractor_type') or '')
+  kind = re.sub(r'(Fast|Pil)$', '', kind.replace('FeatureExtractor', 'ImageProcessor'))
+  p = {**_CLASS_DEFAULTS.get(kind, {}), **p}
+  if isinstance(p.get('size'), int) and p.get('default_to_square') is False:
+    p['size'] = {'shortest_edge': p['size']}  # As transformers' get_size_dict reads it.
   rescale = p.get('rescale_factor', OFFICIAL_PIXELS.rescale) if p.get('do_rescale', True) else 1
   if p.get('do_normalize', True):
     mean, std = p.get('image_mean', [0.5] * 3), p.get('image_std', [0.5] * 3)
@@ -158,11 +169,14 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
   if p.get('do_center_crop') and p.get('crop_size') is not None:
     size = _side(path, p['crop_size'], 'crop_size')
   elif p.get('do_resize', True) and p.get('size') is not None:
+    if isinstance(p['size'], dict) and 'shortest_edge' in p['size']:
+      raise UserError(f'hf:{path}: size={p["size"]!r} without a centre crop gives inputs of the '
+                      f'image\'s shape; only square inputs are supported')
     size = _side(path, p['size'], 'size')
   view, unsupported = _view(path, p, size)
   if unsupported:
     logger.warning(f'hf:{path}: {" and ".join(unsupported)}; this repository resizes straight '
-                   f'to {size}x{size} bilinearly, so its logits differ slightly from '
+                   f'to {size}x{size} bilinearly, so its inputs and logits differ from '
                    f'transformers\' pipeline')
   return stated, size, view
 
@@ -181,14 +195,15 @@ def _view(path: str, p: dict, size: Optional[int]) -> tuple[Optional[dict], list
     return None, [f'the processor centre-crops {size}x{size} out of the image as it comes, '
                   f'without resizing'] if crops else []
   resample = p.get('resample', 2)
-  interpolation = _RESAMPLE.get(resample) if isinstance(resample, int) else None
+  # transformers' PIL processors resample bilinearly for anything but a filter number.
+  interpolation = _RESAMPLE.get(resample) if isinstance(resample, int) else 'bilinear'
   if interpolation is None:
     return None, [f'it resamples with resample={resample!r} (unknown filter)']
   scale, mode = size, 'squash'
   resized = p.get('size')
   if crops and resized is not None:
     if isinstance(resized, dict) and set(resized) == {'shortest_edge'}:
-      scale, mode = int(resized['shortest_edge']), 'center'
+      scale, mode = _side(path, resized, 'size'), 'center'
     elif isinstance(resized, dict) and 'shortest_edge' in resized:
       return None, [f'the processor resizes to size={resized!r} then centre-crops '
                     f'{size}x{size}']
@@ -354,7 +369,8 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   check_expressible(params, model)
   p, _, channels, _ = params['embedding']['kernel'].shape
   size = image_size or _grid(params) * p
-  if view and transforms.crops(view, size) and view.get('crop_offsets', 'round') != 'floor':
+  if view and view.get('crop_offsets', 'round') != 'floor' and transforms.offsets_differ(view,
+                                                                                         size):
     logger.warning(f'--format hf: transformers centres its crop at offsets rounded down, this '
                    f'checkpoint\'s view (crop_pct {view["crop_pct"]:g}, crop_mode '
                    f'{view["crop_mode"]}) at rounded ones: where a margin is an odd number of '

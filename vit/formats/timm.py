@@ -252,7 +252,7 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   check_expressible(params, model)
   grid = square_grid(params['Transformer']['posembed_input']['pos_embedding'].shape[1] - 1)
   size = image_size or grid * params['embedding']['kernel'].shape[0]
-  if view and view.get('crop_offsets') == 'floor' and transforms.crops(view, size):
+  if view and view.get('crop_offsets') == 'floor' and transforms.offsets_differ(view, size):
     logger.warning(f'--format timm: timm centres its crop at rounded offsets, this '
                    f'checkpoint\'s view (from transformers\' processor: crop_pct '
                    f'{view["crop_pct"]:g}, crop_mode {view["crop_mode"]}) at offsets rounded '
