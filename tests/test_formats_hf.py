@@ -205,6 +205,7 @@ def test_a_processor_class_fills_the_keys_its_file_leaves_out(tmp_path):
     dict(image_processor_type='ViTImageProcessor', size=18, default_to_square=False,
          do_center_crop=True, crop_size=16),  # An int size is the short side.
     dict(image_processor_type='ViTImageProcessor', size=16, resample='bicubic'),  # Bilinear.
+    dict(image_processor_type='ViTImageProcessor', size=[16, 16]),  # (height, width).
 ])
 def test_what_transformers_reads_into_a_processor_file_is_read_the_same(tmp_path, capsys,
                                                                         stated):
@@ -231,6 +232,16 @@ def test_a_side_that_is_no_positive_number_is_one_line(tmp_path, key, value):
   stated = dict(image_processor_type='DeiTImageProcessor', size=20, crop_size=16)
   (tmp_path / 'preprocessor_config.json').write_text(json.dumps(dict(stated, **{key: value})))
   with pytest.raises(UserError, match=rf"^hf:{tmp_path}/preprocessor_config.json: {key}="):
+    hf.read_processor(str(tmp_path), 3)
+
+
+def test_a_centre_crop_without_its_size_is_one_line(tmp_path):
+  """transformers refuses it when processing; it was skipped here, silently."""
+  from vit.formats import hf
+  (tmp_path / 'preprocessor_config.json').write_text(json.dumps(dict(
+      image_processor_type='ViTImageProcessor', size=20, do_center_crop=True)))
+  with pytest.raises(UserError, match=r'preprocessor_config.json: do_center_crop is true and '
+                                      r'crop_size is missing'):
     hf.read_processor(str(tmp_path), 3)
 
 

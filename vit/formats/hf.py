@@ -112,6 +112,8 @@ def read_weights(directory: str) -> dict[str, np.ndarray]:
 def _side(path: str, size, key: str) -> int:
   """The side of a square `size` key (an int, {"height", "width"} or {"shortest_edge"});
   UserError naming the file and key for any other, or a side that is not a positive int."""
+  if isinstance(size, (list, tuple)) and len(size) == 2:  # (height, width), as get_size_dict.
+    size = dict(height=size[0], width=size[1])
   if isinstance(size, dict) and set(size) == {'shortest_edge'}:
     side = size['shortest_edge']
   elif isinstance(size, dict) and 'height' in size and 'width' in size:
@@ -166,6 +168,9 @@ def read_processor(directory: str, channels: int) -> tuple[Optional[dict], Optio
   except (ValueError, TypeError) as e:
     raise UserError(f'hf:{path}: rescale_factor/image_mean/image_std: {e}') from None
   size = None
+  if p.get('do_center_crop') and p.get('crop_size') is None:
+    raise UserError(f'hf:{path}: do_center_crop is true and crop_size is missing (transformers '
+                    f'refuses such a processor too)')
   if p.get('do_center_crop') and p.get('crop_size') is not None:
     size = _side(path, p['crop_size'], 'crop_size')
   elif p.get('do_resize', True) and p.get('size') is not None:
