@@ -4,8 +4,9 @@
 `model.safetensors.index.json` lists) in the layout `save_pretrained` writes
 (`vit.encoder.layer.{i}.attention.attention.query.weight`; transformers >= 5's in-memory names
 `vit.layers.{i}.attention.q_proj.weight` are read too), and `preprocessor_config.json`, whose
-`ViTImageProcessor` keys (do_rescale/rescale_factor, do_normalize/image_mean/image_std, size)
-fix the model's input: they become the model's `pixels` key and the checkpoint's image size.
+image processor keys (do_rescale/rescale_factor, do_normalize/image_mean/image_std, size,
+do_center_crop/crop_size, resample) fix the model's input: they become the model's `pixels`
+key, the checkpoint's image size and its evaluation view (`vit.data.transforms.EvalView`).
 """
 from __future__ import annotations
 
