@@ -85,6 +85,11 @@ def test_export_writes_the_processor_back_and_refuses_a_lossy_npz(checkpoint, tm
   again = transformers.ViTForImageClassification.from_pretrained(str(tmp_path / 'out')).eval()
   proc = transformers.ViTImageProcessor.from_pretrained(str(tmp_path / 'out'))
   assert list(proc.image_mean) == MEAN and dict(proc.size) == {'height': 16, 'width': 16}
+  # A grey image goes in as predict feeds it, its channel repeated (transformers refused it).
+  grey = _uint8(n=1)[..., 0]
+  np.testing.assert_array_equal(proc(images=[grey], return_tensors='np')['pixel_values'],
+                                proc(images=[np.repeat(grey[..., None], 3, -1)],
+                                     return_tensors='np')['pixel_values'])
   images = _uint8()
   assert np.abs(_pipeline(again, proc, images)[0] - _pipeline(model, processor, images)[0]
                 ).max() <= TOL

@@ -315,13 +315,17 @@ def processor_config(model: Optional[ModelSpec], image_size: int, channels: int,
   """The image processor settings that reproduce the model's input (`pixels`) at its size:
   ViTImageProcessor's plain resize, or with `view` (EvalView's fields) DeiTImageProcessor's
   resize (both sides, or the short side for crop_mode 'center') then centre crop, with the
-  view's PIL filter."""
+  view's PIL filter. A 3-channel model's processor converts other images to RGB
+  (`do_convert_rgb`), as predict repeats a grey image's channel: without it transformers
+  refuses grey images."""
   px = input_pixels(model)
   out = dict(image_processor_type='ViTImageProcessor', do_resize=True,
              size=dict(height=int(image_size), width=int(image_size)), resample=2,
              do_rescale=True, rescale_factor=float(px.rescale), do_normalize=True,
              image_mean=safetensors_dir.per_channel(px.mean, channels),
              image_std=safetensors_dir.per_channel(px.std, channels))
+  if channels == 3:
+    out['do_convert_rgb'] = True
   if view:
     scale = math.floor(image_size / view['crop_pct'])
     out['resample'] = {v: k for k, v in _RESAMPLE.items()}[view['interpolation']]
