@@ -75,12 +75,13 @@ def transfer(study) -> list[Run]:
 
 def probes(study) -> list[Run]:
   """(b) Frozen-feature probes on all ten classes: raw pixels once, a random initialisation
-  and every MPP length of every seed; (d) adds its own backbones (see `mim`)."""
+  and every MPP length of every seed (60 epochs too, since deviation 9); (d) adds its own
+  backbones (see `mim`)."""
   out = [Run(f'{PROBE}/pixels', PROBE, P_B_PROBES, variant='pixels')]
   for s in study.seeds:
     out.append(Run(f'{PROBE}/init/seed{s}', PROBE, P_B_PROBES, seed=s, variant='init'))
     out += [Run(f'{PROBE}/mpp_e{e:g}/seed{s}', PROBE, P_B_PROBES, seed=s,
-                source=f'{protocol.MPP}/seed{s}/e{e:g}') for e in study.pretrain_epochs]
+                source=f'{protocol.MPP}/seed{s}/e{e:g}') for e in protocol.mpp_lengths(study)]
   return _cell(out, 'b')
 
 

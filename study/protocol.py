@@ -97,6 +97,13 @@ def pretraining(study) -> list[Run]:
   return runs + extension(study)
 
 
+def mpp_lengths(study) -> tuple:
+  """Every length an MPP backbone is exported at: the first pretrainings' and the
+  extension's (deviation 9)."""
+  ext = (study.get('extension') or {}).get('epochs')
+  return (*study.pretrain_epochs, *([ext] if ext else []))
+
+
 def extension(study) -> list[Run]:
   """MPP's convergence rule, applied (docs/study/protocol.md, "Converged", and deviation 9):
   each seed's pretraining again, to `study.extension.epochs`, exporting at that length and at

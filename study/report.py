@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import os
+import subprocess
 import sys
 from typing import Optional
 
@@ -152,6 +153,8 @@ def headline(st: Study) -> list[str]:
     if arm == protocol.MATCHED and st.config.only_priority < protocol.P_MATCHED:
       continue  # Not part of this (reduced) study: the demo.
     cells = [_cell(st.accuracies(arm, f), len(st.seeds(f))) for f in st.fkeys]
+    if arm == _first_length(st) and protocol.ALL in st.fkeys:
+      cells[-1] = 'not run (deviation 9)'  # Its all-labels runs left the run list.
     if arm == protocol.PIXELS and protocol.ALL in st.fkeys and st.accuracies(arm, protocol.ALL):
       # One fit of all labels, the same for every seed: not a mean over seeds.
       cells[-1] = f'{next(iter(st.accuracies(arm, protocol.ALL).values())):.2f} (one fit)'
@@ -208,7 +211,7 @@ def length_curve(st: Study) -> list[str]:
            ' | '.join(f'fine-tuned {FKEYS_LABEL[f]}' for f in st.config.budgets) + ' |',
            '|---' * (len(st.config.budgets) + 2) + '|']
   ext = (st.config.get('extension') or {}).get('epochs')
-  for e in (*st.config.pretrain_epochs, *([ext] if ext else [])):
+  for e in protocol.mpp_lengths(st.config):
     mpp_acc = [st.results[n]['result']['holdout_mpp_accuracy'] for n in
                (f'{protocol.MPP}/seed{s}/e{e:g}' for s in st.config.seeds)
                if n in st.results and st.results[n]['result'].get('holdout_mpp_accuracy')]
@@ -300,14 +303,18 @@ def convergence(st: Study) -> list[str]:
 
 
 def grid_edges(st: Study, chosen: str) -> list[str]:
-  """The edges of its sweep that the chosen point sits on ('largest learning rate', ...),
-  over the points the sweep has (its extensions included): the grid-edge rule's input."""
+  """The edges of its sweep that the chosen point sits on ('largest learning rate', ...): the
+  grid-edge rule's input. Along each axis only the points that share the chosen point's other
+  values count (its extensions included), so a point beyond the edge elsewhere in the grid
+  (at another learning rate) does not hide this one's edge."""
   prefix = chosen.rsplit('/', 1)[0] + '/'
   points = [r for r in st.runs if r.name.startswith(prefix)]
   run = next(r for r in points if r.name == chosen)
   edges = []
   for key, label in (('lr', 'learning rate'), ('pad', 'padding')):
-    values = {getattr(r, key) for r in points} - {None}
+    other = 'pad' if key == 'lr' else 'lr'
+    values = {getattr(r, key) for r in points
+              if getattr(r, other) == getattr(run, other)} - {None}
     if len(values) > 1 and getattr(run, key) in (min(values), max(values)):
       edges.append(f'{"largest" if getattr(run, key) == max(values) else "smallest"} {label}')
   return edges
@@ -463,12 +470,25 @@ def _save(fig, path: str) -> None:
     plt.close(fig)
 
 
+def _code_changed() -> bool:
+  """Whether the report's own code (study/, configs/study/) differs from its commit: the
+  results it writes beside them do not count."""
+  try:
+    return bool(subprocess.run(['git', '-C', ROOT, 'status', '--porcelain', '--', 'study',
+                                'configs/study'], capture_output=True, text=True,
+                               check=True).stdout.strip())
+  except (OSError, subprocess.CalledProcessError):
+    return False
+
+
 def markdown(st: Study, figures: dict[str, str]) -> str:
   commits = commits_note(st, headline_runs(st))  # The headline's and its differences' runs.
+  at = (store.commit_of(ROOT)['commit'] or '?')[:7] + (
+      ' with local changes' if _code_changed() else '')
   parts = ['# Does MPP help? Results of the pre-registered study', '',
            'Protocol: [protocol.md](protocol.md) (committed before these numbers existed). '
-           'Made by `python -m study.report` (the report code at '
-           f'{(store.commit_of(ROOT)["commit"] or "?")[:7]}) from `docs/study/results/`; every '
+           f'Made by `python -m study.report` (the report code at {at}) from '
+           '`docs/study/results/`; every '
            'cell shows what has finished and counts missing seeds.', '', '## Status', '',
            *progress(st), '', '## Headline', '', *headline(st), '',
            commits, '', '## Paired differences (same seeds: same '

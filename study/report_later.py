@@ -221,7 +221,7 @@ def sections(st, plot: Optional[str]) -> list[str]:
   """The markdown of cells (b)-(e), with the (d) plot's file name when one was drawn."""
   if not any(r.cell != 'a' for r in st.runs):
     return []
-  spe = st.config.pretrain_epochs
+  spe = protocol.mpp_lengths(st.config)
   sources = ([('pixels', 'raw pixels'), ('init', 'random initialisation')]
              + [(f'mpp_e{e:g}', f'MPP {e:g} epochs') for e in spe])
   mim_sources = [(a, label) for a, label in mim_arms(st)[2:]]
