@@ -97,10 +97,16 @@ def pretraining(study) -> list[Run]:
   return runs + extension(study)
 
 
+def extension_epochs(study) -> Optional[float]:
+  """The length MPP's convergence rule extended the pretrainings to (deviation 9); None
+  without an extension (the demo, the tests)."""
+  return (study.get('extension') or {}).get('epochs') or None
+
+
 def mpp_lengths(study) -> tuple:
   """Every length an MPP backbone is exported at: the first pretrainings' and the
   extension's (deviation 9)."""
-  ext = (study.get('extension') or {}).get('epochs')
+  ext = extension_epochs(study)
   return (*study.pretrain_epochs, *([ext] if ext else []))
 
 
@@ -110,19 +116,19 @@ def extension(study) -> list[Run]:
   the first runs' last (`{MPP}/seed{s}/e{e}_rerun`, to compare with their export). The first
   runs kept no optimiser state to continue from; on the same schedule (rsqrt: no length in
   it), seed, data order and evaluations, a rerun is that continuation."""
-  ext, spe = study.get('extension'), study.steps_per_epoch
-  if not ext or not ext.get('epochs'):  # None: no extension (the demo, the tests).
+  ext, spe = extension_epochs(study), study.steps_per_epoch
+  if not ext:
     return []
   first, runs = max(study.pretrain_epochs), []
   for s in study.seeds:
-    pre = f'{MPP}/seed{s}/pretrain_e{ext.epochs:g}'
+    pre = f'{MPP}/seed{s}/pretrain_e{ext:g}'
     runs.append(Run(pre, 'pretrain', P_PRETRAIN0 if s == study.seeds[0] else P_PRETRAIN,
-                    seed=s, steps=round(ext.epochs * spe),
+                    seed=s, steps=round(ext * spe),
                     eval_every=math.gcd(*(round(e * spe) for e in study.pretrain_epochs)),
                     warmup=study.pretrainer.optimizer.warmup_steps))
     runs += [Run(f'{MPP}/seed{s}/e{e:g}{"_rerun" if e == first else ""}', 'export',
                  P_PRETRAIN, (pre,), seed=s, steps=round(e * spe), epochs=e)
-             for e in (first, ext.epochs)]
+             for e in (first, ext)]
   return runs
 
 

@@ -210,7 +210,7 @@ def length_curve(st: Study) -> list[str]:
   lines = ['| MPP pretraining | held-out MPP accuracy (seed mean) | ' +
            ' | '.join(f'fine-tuned {FKEYS_LABEL[f]}' for f in st.config.budgets) + ' |',
            '|---' * (len(st.config.budgets) + 2) + '|']
-  ext = (st.config.get('extension') or {}).get('epochs')
+  ext = protocol.extension_epochs(st.config)
   for e in protocol.mpp_lengths(st.config):
     mpp_acc = [st.results[n]['result']['holdout_mpp_accuracy'] for n in
                (f'{protocol.MPP}/seed{s}/e{e:g}' for s in st.config.seeds)
@@ -270,7 +270,7 @@ def convergence(st: Study) -> list[str]:
   length (60) against 30 is shown beside it, as information: the protocol has no further rule."""
   first, c = list(st.config.budgets)[0], st.config.convergence_epochs
   h = max(st.config.pretrain_epochs)
-  ext = (st.config.get('extension') or {}).get('epochs')
+  ext = protocol.extension_epochs(st.config)
   gain, have = _paired_gain(st, f'mpp_e{c:g}/{first}', f'mpp_e{h:g}/{first}')
   if gain is not None:
     verdict = 'converged (< 0.3).' if gain < 0.3 else (
