@@ -251,7 +251,7 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   one-line warning, as its input can then be one pixel off."""
   check_expressible(params, model)
   grid = square_grid(params['Transformer']['posembed_input']['pos_embedding'].shape[1] - 1)
-  size = image_size or grid * params['embedding']['kernel'].shape[0]
+  size = int(image_size or grid * params['embedding']['kernel'].shape[0])
   if view and view.get('crop_offsets') == 'floor' and transforms.offsets_differ(view, size):
     logger.warning(f'--format timm: timm centres its crop at rounded offsets, this '
                    f'checkpoint\'s view (from transformers\' processor: crop_pct '
@@ -260,18 +260,18 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
                    f'pixel off')
   tensors = table.write(ROWS, params, range(table.block_count(params)), Dims.of(params))
   safetensors_dir.write(out, tensors, {
-      'config.json': _config_json(params, model, class_names, image_size, view)})
+      'config.json': _config_json(params, model, class_names, size, view)})
 
 
 def _config_json(params: Params, model: Optional[ModelSpec], class_names: Optional[Sequence[str]],
-                 image_size: Optional[int], view: Optional[dict]) -> dict:
-  """timm's config.json (as `timm.models.save_for_hf` writes it) for `save`."""
+                 size: int, view: Optional[dict]) -> dict:
+  """timm's config.json (as `timm.models.save_for_hf` writes it) for `save`; `size`: the
+  input size its pretrained_cfg states."""
   t, (width, heads) = params['Transformer'], Dims.of(params)
   p, _, channels, _ = params['embedding']['kernel'].shape
   grid = square_grid(t['posembed_input']['pos_embedding'].shape[1] - 1)
   num_classes = int(params['head']['kernel'].shape[1]) if 'head' in params else 0
   mlp = t['encoderblock_0']['MlpBlock_3']['Dense_0']['kernel'].shape[1]
-  size = int(image_size or grid * p)
   px = input_pixels(model)
   model_args = dict(img_size=[int(grid * p)] * 2, patch_size=int(p), embed_dim=width,
                     depth=table.block_count(params), num_heads=heads,
