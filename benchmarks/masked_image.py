@@ -2,6 +2,7 @@
 
     python -m benchmarks.masked_image --json docs/bench/cpu_masked_image.json
     python -m benchmarks.masked_image --device=gpu --batch=1024
+    python -m benchmarks.masked_image --threads=1    # as a study worker runs: one core
 
 The shape is `small-28` of benchmarks/train_step.py: 28x28 Fashion-MNIST grey repeated to 3
 channels, 4x4 patches (49), width 64, depth 4, 4 heads, MLP 256, batch 128, as
@@ -11,7 +12,9 @@ configs/{mpp,mae,simmim}/fashion_mnist.py. Our steps are the trainers' own (vit.
 `corruption_0.75`, at 75%); the peers are transformers' ViTMAEForPreTraining (the same decoder,
 mask ratio and norm_pix_loss) and ViTForMaskedImageModeling (SimMIM's block mask; MPP's 50%
 random mask), eager PyTorch, trained with AdamW as ours. The timing (a worker process per case,
-turns, medians over rounds, the matmul yardstick) is train_step.py's.
+turns, medians over rounds, the matmul yardstick) is train_step.py's. `--threads=1` runs every
+case as the study runs its workers (study/run.py, one per core): pinned to one core, XLA's and
+PyTorch's ops on one thread, as the study's `walltime` run times MPP and MAE (cell (d)).
 
 Besides train_step's report, `ratios` states what the issue asks: MAE's images/s over MPP's
 (the goal: >= 2.5 at 75% masking), and ours over transformers' for each objective. The
@@ -61,10 +64,15 @@ def main(argv=None) -> None:
   p.add_argument('--rounds', type=int, default=5)
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
   p.add_argument('--batch', type=int, default=0, help='global batch (default: 128)')
+  p.add_argument('--threads', type=int, choices=(0, 1), default=0,
+                 help='1: one core and one thread per case, as a study worker; 0 (default): '
+                      'the libraries\' thread pools')
   p.add_argument('--json', help='also write the JSON report to this file')
   args = p.parse_args(argv)
+  if args.threads and args.device != 'cpu':
+    p.error('--threads=1: CPU only')
   step_args = train_step.parse_args([f'--rounds={args.rounds}', f'--device={args.device}',
-                                     f'--shapes={SHAPE}'])
+                                     f'--shapes={SHAPE}', f'--threads={args.threads}'])
   report = train_step.run(step_args, cases(args.device, args.batch))
   report['ratios'] = ratios(report)
   print(train_step.table(report))

@@ -52,7 +52,8 @@ class TorchStep:
     for name in ('timm', 'transformers'):
       if name in sys.modules:
         versions[name] = sys.modules[name].__version__
-    return {'params': sum(p.numel() for p in self.model.parameters()), 'versions': versions}
+    return {'params': sum(p.numel() for p in self.model.parameters()), 'versions': versions,
+            'threads': self.torch.get_num_threads()}
 
   def _train_step(self):
     self.model.train()

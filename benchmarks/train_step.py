@@ -109,13 +109,16 @@ class Case:
     return dataclasses.replace(shape, batch=self.batch) if self.batch else shape
 
 
-def _start(cases: list[Case]) -> None:
+def _start(cases: list[Case], threads: int = 0) -> None:
   """The environment the trainers start with (vit.cli.run), before jax or torch is imported.
 
   Process-wide: in a shared process the first case's device and variant decide (parse_args
   refuses the variants that would differ). The matmul yardstick, alone in its process, keeps
   XLA's own defaults: its YNNPACK dot is the faster big matmul (497 vs 459 GFLOP/s on the CI
   machine), and a peak should be the best the machine gives.
+
+  `threads=1` sets up the study's worker (study/run.py): the process on one core (the lowest
+  it may use), XLA's ops and PyTorch's each on one thread. 0 leaves both libraries' pools.
   """
   case = cases[0]
   if case.device == 'gpu':
@@ -125,6 +128,11 @@ def _start(cases: list[Case]) -> None:
   else:
     os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  if threads == 1:
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+    os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' '
+                               + xla_flags.SINGLE_THREAD).strip()
+    os.environ['OMP_NUM_THREADS'] = '1'  # PyTorch's intra-op pool: read when torch is imported.
   if case.variant.startswith('xla:'):
     os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') + ' ' + case.variant[4:]).strip()
   alone = len(cases) == 1
@@ -135,11 +143,11 @@ def _start(cases: list[Case]) -> None:
     host_memory.release_after_compiles()
 
 
-def _serve(conn, cases: list[Case]) -> None:
+def _serve(conn, cases: list[Case], threads: int = 0) -> None:
   """A worker process holding `cases`: reports ('ok', info) or ('error', why) for each as it is
   built, then answers (command, index, n): 'train'/'infer' with seconds for n steps, 'peaks'
   with (peak RSS, peak accelerator bytes), 'stop' with the same, then exits."""
-  _start(cases)
+  _start(cases, threads)
   runners = []
   for case in cases:
     try:
@@ -198,9 +206,9 @@ class _Matmul:
 class _Process:
   """A worker process (see `_serve`) and the build status of each of its cases."""
 
-  def __init__(self, ctx, cases: list[Case]):
+  def __init__(self, ctx, cases: list[Case], threads: int = 0):
     self.conn, child = ctx.Pipe()
-    self.process = ctx.Process(target=_serve, args=(child, cases), daemon=True)
+    self.process = ctx.Process(target=_serve, args=(child, cases, threads), daemon=True)
     self.process.start()
     child.close()  # Else a worker that dies never gives this end an EOF.
     self.statuses, self.open = [], len(cases)
@@ -252,12 +260,12 @@ class _Worker:
     return self.process.release(self.index)
 
 
-def _workers(ctx, cases: list[Case], shared: bool) -> list[_Worker]:
-  """A process per case, or one process for all of them."""
+def _workers(ctx, cases: list[Case], shared: bool, threads: int = 0) -> list[_Worker]:
+  """A process per case, or one process for all of them (`threads`: see `_start`)."""
   groups = [cases] if shared else [[case] for case in cases]
   workers = []
   for group in groups:
-    process = _Process(ctx, group)
+    process = _Process(ctx, group, threads)
     workers += [_Worker(process, i, case) for i, case in enumerate(group)]
   return workers
 
@@ -280,7 +288,8 @@ def run(args, cases: Optional[list[Case]] = None) -> dict:
   steps_per_turn = lambda shape: args.steps_per_turn or SHAPES[shape].steps_per_turn
   shared = args.process == 'shared'
   cases = _cases(args) if cases is None else cases
-  workers = _workers(ctx, [matmul_case] + cases if shared else [matmul_case], shared)
+  threads = args.threads
+  workers = _workers(ctx, [matmul_case] + cases if shared else [matmul_case], shared, threads)
   matmul = workers.pop(0)
   if matmul.error:
     raise SystemExit(f'error: JAX cannot run a matmul on --device={args.device}: {matmul.error}')
@@ -289,13 +298,14 @@ def run(args, cases: Optional[list[Case]] = None) -> dict:
     peaks += [matmul.ask('train', 1) for _ in range(3)]
     matmul.stop()
     for case in cases:
-      worker = _checked(_workers(ctx, [case], False), results)
+      worker = _checked(_workers(ctx, [case], False, threads), results)
       if worker:
         _rounds(worker, args.rounds, steps_per_turn(case.shape), case.shape)
         results.append(_summary(worker[0], *worker[0].stop()))
   else:
     for shape in dict.fromkeys(c.shape for c in cases):
-      mine = workers if shared else _workers(ctx, [c for c in cases if c.shape == shape], False)
+      mine = workers if shared else _workers(ctx, [c for c in cases if c.shape == shape], False,
+                                             threads)
       mine = _checked([w for w in mine if w.case.shape == shape], results)
       peaks += _rounds(mine, args.rounds, steps_per_turn(shape), shape, matmul)
       results += [_summary(w, *w.stop()) for w in mine]
@@ -308,7 +318,7 @@ def run(args, cases: Optional[list[Case]] = None) -> dict:
       if args.device == 'gpu' and published:
         result['mfu_published_bf16_peak'] = result['train_gflops_s'] * 1e9 / published
   return {'machine': _machine(), 'device': args.device, 'device_kind': kind,
-          'process': args.process,
+          'process': args.process, 'threads': threads or 'all',
           'published_bf16_peak_flops': published if args.device == 'gpu' else None,
           'matmul': '8192^3 bfloat16' if args.device == 'gpu' else '2048^3 float32',
           'matmul_peak_gflops_s': peak, 'matmul_gflops_s_per_round': peaks,
@@ -441,8 +451,13 @@ def parse_args(argv=None):
   p.add_argument('--process', choices=('isolated', 'shared'), default='isolated',
                  help='isolated: a worker process per case; shared: every case, peers and '
                       'yardstick in one process (CPU only)')
+  p.add_argument('--threads', type=int, choices=(0, 1), default=0,
+                 help='1: every worker as a study worker runs (study/run.py): one core, one '
+                      'thread for XLA and PyTorch; 0 (default): the libraries\' thread pools')
   p.add_argument('--json', help='also write the JSON report to this file')
   args = p.parse_args(argv)
+  if args.threads and args.device != 'cpu':
+    p.error('--threads=1: CPU only')
   if args.process == 'shared':
     if args.device != 'cpu':
       p.error('--process=shared: CPU only (GPU workers run one at a time)')

@@ -25,7 +25,7 @@ from ml_collections import config_flags
 from study import check, choices, configs, execute, execute_later, later_cells, protocol
 from study import report, segments, snapshot, store
 from study.protocol import Run
-from vit import cli
+from vit import cli, xla_flags
 from vit.errors import UserError
 
 FLAGS = flags.FLAGS
@@ -215,7 +215,7 @@ def work(study, workdir: str) -> int:
 def _spawn(study, workdir: str) -> None:
   """config.workers single-threaded workers, each on its own core where there are enough."""
   procs, starts, cores = [], [], sorted(os.sched_getaffinity(0))
-  flags_ = os.environ.get('XLA_FLAGS', '') + ' --xla_cpu_multi_thread_eigen=false'
+  flags_ = os.environ.get('XLA_FLAGS', '') + ' ' + xla_flags.SINGLE_THREAD
   for k in range(study.workers):
     log = open(os.path.join(workdir, f'worker{k}.log'), 'a')
     starts.append(log.tell())  # The log is kept across restarts: read only this start's part.

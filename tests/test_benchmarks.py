@@ -1,4 +1,9 @@
 """The train-step benchmark's own logic: arguments, cases, the GPU peak and the table."""
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -25,11 +30,32 @@ def test_batch_override_reaches_every_case_and_the_flop_count():
     (['--batch=0'], 'expected a positive integer'),
     (['--shapes=B/99'], 'unknown shape: B/99'),
     (['--device=tpu'], "invalid choice: 'tpu'"),
+    (['--threads=1', '--device=gpu'], '--threads=1: CPU only'),
+    (['--threads=2'], "invalid choice: 2"),
 ])
 def test_bad_arguments_are_named(argv, message, capsys):
   with pytest.raises(SystemExit):
     train_step.parse_args(argv)
   assert message in capsys.readouterr().err
+
+
+def test_one_thread_sets_up_the_study_worker_in_the_worker_process():
+  """--threads=1: the worker pinned to one core, XLA and PyTorch each on one thread, as
+  study/run.py starts its workers (a PyTorch case: the check imports no JAX)."""
+  from vit import xla_flags
+  code = ('import json, os; from benchmarks import train_step as t; '
+          "t._start([t.Case('small-28', 'mae', 'hf')], threads=1); "
+          "print(json.dumps([sorted(os.sched_getaffinity(0)), os.environ['XLA_FLAGS'], "
+          "os.environ['OMP_NUM_THREADS']]))")
+  env = {k: v for k, v in os.environ.items() if k not in ('XLA_FLAGS', 'OMP_NUM_THREADS')}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(train_step.__file__)))
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       env=env, cwd=root)
+  cores, flags, omp = json.loads(out.stdout.strip().splitlines()[-1])
+  assert cores == [min(os.sched_getaffinity(0))]
+  assert xla_flags.SINGLE_THREAD in flags.split() and omp == '1'
+  assert train_step.parse_args(['--threads=1']).threads == 1
+  assert train_step.parse_args([]).threads == 0
 
 
 def _report(device, kind):

@@ -21,6 +21,10 @@ DEFAULTS = {
     'xla_cpu_scheduler_type': 'CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED',
 }
 
+# XLA:CPU runs each op on the calling thread: the study's workers (study/run.py), one per core,
+# which together train more images/s than one process whose ops use every core.
+SINGLE_THREAD = '--xla_cpu_multi_thread_eigen=false'
+
 
 def _names(xla_flags: str) -> set[str]:
   return {part.lstrip('-').split('=', 1)[0] for part in xla_flags.split()}
