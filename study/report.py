@@ -232,16 +232,17 @@ def reruns(st: Study) -> list[str]:
     if not (a and b):
       continue
     if a['result'].get('sha256') == b['result'].get('sha256'):
-      same.append(s)
+      same.append(f'seed {s}')
     else:
-      gap = b['result'].get('holdout_mpp_accuracy', 0) - a['result'].get('holdout_mpp_accuracy', 0)
-      apart.append(f'seed {s} (held-out MPP accuracy {100 * gap:+.2f} points)')
+      x, y = (100 * r['result'].get('holdout_mpp_accuracy', 0) for r in (a, b))
+      apart.append(f'seed {s} {x:.2f} -> {y:.2f} ({y - x:+.2f} points)')
   if not (same or apart):
     return [f'The reruns to 60 epochs (deviation 9) export at {first:g} epochs too; none has '
             f'reached it yet.']
-  return [f'The reruns to 60 epochs (deviation 9) at {first:g} epochs, against the first runs\' '
-          f'exports: the same bytes for {len(same)} seed{"s" * (len(same) != 1)}'
-          + (f'; different bytes for {", ".join(apart)}' if apart else '') + '.']
+  return [f'The reruns to 60 epochs (deviation 9), exported again at {first:g} epochs, against '
+          f'the first runs\' exports: the same bytes for {", ".join(same) or "no seed"}'
+          + (f'; different bytes (held-out MPP accuracy, first -> rerun) for {"; ".join(apart)}'
+             if apart else '') + '.']
 
 
 def _holdout(st: Study, prefix: str) -> dict[int, float]:

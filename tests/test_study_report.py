@@ -53,3 +53,21 @@ def test_a_table_that_mixes_commits_says_so():
       'Commit of every record in this table: aaaaaaa (1 record).')
   note = report.commits_note(st, sorted(results))
   assert note.startswith('This table mixes commits: aaaaaaa (1 record), bbbbbbb (1 record).')
+
+
+def test_the_reruns_at_thirty_epochs_are_set_against_the_first_exports():
+  def export(accuracy, sha):
+    return {'result': {'holdout_mpp_accuracy': accuracy, 'sha256': sha}, 'commit': 'a' * 40}
+  first = {f'mpp/seed{s}/e30': export(0.81 + s / 100, f'{s}' * 64) for s in range(5)}
+  st = report.Study(converged.get_config(), first)
+  assert report.reruns(st) == ['The reruns to 60 epochs (deviation 9) export at 30 epochs too; '
+                               'none has reached it yet.']
+  st = report.Study(converged.get_config(), {**first,
+                                             'mpp/seed1/e30_rerun': export(0.8205, 'f' * 64)})
+  assert report.reruns(st) == [
+      'The reruns to 60 epochs (deviation 9), exported again at 30 epochs, against the first '
+      "runs' exports: the same bytes for no seed; different bytes (held-out MPP accuracy, first "
+      '-> rerun) for seed 1 82.00 -> 82.05 (+0.05 points).']
+  st = report.Study(converged.get_config(), {**first, 'mpp/seed0/e30_rerun': export(0.81, '0' * 64),
+                                             'mpp/seed1/e30_rerun': export(0.8205, 'f' * 64)})
+  assert report.reruns(st)[0].split(': ', 1)[1].startswith('the same bytes for seed 0; different')
