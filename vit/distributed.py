@@ -219,7 +219,8 @@ def watch_processes(workdir: Optional[str] = None, silent_s: Optional[float] = N
       beat += 1
       if _ENDING.is_set():
         return
-      for p in range(count if index == 0 else 0):
+      # Process 0 watches every other process; the others watch only process 0 (above).
+      for p in (range(count) if index == 0 else ()):
         sign = signs.get(f'vit_alive/{p}')
         if p == index or sign == 'done':
           continue
