@@ -23,7 +23,6 @@ encoder runs on 13 of 50 tokens) it is not the work done; compare images/s.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -59,18 +58,29 @@ def ratios(report: dict) -> dict:
   return {name: rate[a] / rate[b] for name, (a, b) in pairs.items() if a in rate and b in rate}
 
 
-def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--rounds', type=int, default=5)
-  p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu')
-  p.add_argument('--batch', type=int, default=0, help='global batch (default: 128)')
+def parse_args(argv=None):
+  p = train_step.parser(__doc__, 'benchmarks.masked_image')
+  p.add_argument('--rounds', type=train_step.positive, default=5,
+                 help='rounds of turns; the figures are medians over them (default: 5)')
+  p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',
+                 help='gpu: JAX on CUDA, peers in bf16 autocast, workers one at a time '
+                      '(default: cpu)')
+  p.add_argument('--batch', type=train_step.positive, default=0,
+                 help='global batch (default: 128, the study\'s)')
   p.add_argument('--threads', type=int, choices=(0, 1), default=0,
                  help='1: one core and one thread per case, as a study worker; 0 (default): '
                       'the libraries\' thread pools')
-  p.add_argument('--json', help='also write the JSON report to this file')
+  p.add_argument('--json', help='also write the JSON report to this file (its folder is checked '
+                                 'before the first round)')
   args = p.parse_args(argv)
   if args.threads and args.device != 'cpu':
     p.error('--threads=1: CPU only')
+  train_step.check_json(args.json)
+  return args
+
+
+def main(argv=None) -> None:
+  args = parse_args(argv)
   step_args = train_step.parse_args([f'--rounds={args.rounds}', f'--device={args.device}',
                                      f'--shapes={SHAPE}', f'--threads={args.threads}'])
   report = train_step.run(step_args, cases(args.device, args.batch))

@@ -37,6 +37,7 @@ import os
 import resource
 import statistics
 import sys
+import tempfile
 import time
 from typing import Optional
 
@@ -44,6 +45,7 @@ if __package__ in (None, ''):  # Run by its path: make the repository importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vit import xla_flags  # noqa: E402
+from vit.errors import write_reason  # noqa: E402  (standard library only: imports no JAX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,12 +123,10 @@ def _start(cases: list[Case], threads: int = 0) -> None:
   it may use), XLA's ops and PyTorch's each on one thread. 0 leaves both libraries' pools.
   """
   case = cases[0]
+  os.environ['JAX_PLATFORMS'] = jax_platforms(case.device)
   if case.device == 'gpu':
-    os.environ.setdefault('JAX_PLATFORMS', 'cuda')
     # One worker at a time holds the GPU: let it take most of the memory ("as large as fits").
     os.environ.setdefault('XLA_PYTHON_CLIENT_MEM_FRACTION', '0.9')
-  else:
-    os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   if threads == 1:
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
@@ -143,6 +143,49 @@ def _start(cases: list[Case], threads: int = 0) -> None:
     host_memory.release_after_compiles()
 
 
+def jax_platforms(device: str) -> str:
+  """The JAX_PLATFORMS a worker for `device` runs with: the user's own when set, else the
+  device's (cuda for gpu)."""
+  return os.environ.get('JAX_PLATFORMS', 'cuda' if device == 'gpu' else 'cpu')
+
+
+_PLATFORM_NAMES = {'cuda': 'CUDA', 'rocm': 'ROCm', 'cpu': 'CPU', 'tpu': 'TPU'}
+
+
+class NoBackend(RuntimeError):
+  """JAX could not start a backend and said nothing about why (`no_backend`)."""
+
+
+def no_backend(platforms: str, error: str) -> str:
+  """Why JAX could not start the backends JAX_PLATFORMS=`platforms` names, where starting them
+  raised `error` (its type) with no message: JAX 0.10 raises a bare AssertionError when
+  JAX_PLATFORMS names a platform (cuda) whose plugin is not installed, which said nothing."""
+  names = ' or '.join(_PLATFORM_NAMES.get(p, p) for p in platforms.split(',') if p)
+  return (f'no {names + " " if names else ""}backend could start in this JAX installation '
+          f'(JAX_PLATFORMS={platforms}; JAX raised {error} without a message)')
+
+
+def _start_backend(device: str) -> None:
+  """Starts JAX's backends, so that a failure to start that JAX leaves unexplained is told as
+  one (`NoBackend`); a failure with a message is raised as it is."""
+  import jax
+  try:
+    jax.devices()
+  except Exception as e:
+    if str(e).strip():
+      raise
+    raise NoBackend(no_backend(jax_platforms(device), type(e).__name__)) from None
+
+
+def _error_text(e: Exception) -> str:
+  """The line a worker sends for a case it could not build: the exception's type and message;
+  the type alone when there is no message; a NoBackend's message alone (a sentence already)."""
+  text = str(e).strip()
+  if isinstance(e, NoBackend) or not text:
+    return text or type(e).__name__
+  return f'{type(e).__name__}: {text}'
+
+
 def _serve(conn, cases: list[Case], threads: int = 0) -> None:
   """A worker process holding `cases`: reports ('ok', info) or ('error', why) for each as it is
   built, then answers (command, index, n): 'train'/'infer' with seconds for n steps, 'peaks'
@@ -154,10 +197,12 @@ def _serve(conn, cases: list[Case], threads: int = 0) -> None:
       runner, info = _build(case)
     except Exception as e:  # A peer not installed or unable to run this shape: say so, go on.
       runner, info = None, None
-      conn.send(('error', f'{type(e).__name__}: {e}'))
+      conn.send(('error', _error_text(e)))
     else:
       conn.send(('ok', info))
     runners.append(runner)
+  if all(runner is None for runner in runners):
+    return  # Nothing to time, so the parent asks nothing: exit now, not at its EOF.
   while True:
     command, index, n = conn.recv()
     if command in ('peaks', 'stop'):
@@ -174,6 +219,7 @@ def _build(case: Case):
   if case.framework == 'matmul':
     import functools
     from benchmarks import jax_step
+    _start_backend(case.device)  # The first JAX work of a run: here its backend starts.
     gpu = case.device == 'gpu'
     fn = functools.partial(jax_step.matmul_gflops, n=8192 if gpu else 2048,
                            dtype='bfloat16' if gpu else 'float32')
@@ -292,6 +338,8 @@ def run(args, cases: Optional[list[Case]] = None) -> dict:
   workers = _workers(ctx, [matmul_case] + cases if shared else [matmul_case], shared, threads)
   matmul = workers.pop(0)
   if matmul.error:
+    if not matmul.process.open:  # Nothing built there: it exits by itself (`_serve`).
+      matmul.process.process.join()
     raise SystemExit(f'error: JAX cannot run a matmul on --device={args.device}: {matmul.error}')
   kind = matmul.info['device_kind']
   if args.device == 'gpu':
@@ -420,7 +468,8 @@ def _csv(kind, known=None):
   return parse
 
 
-def _positive(text: str) -> int:
+def positive(text: str) -> int:
+  """An argparse type: a positive integer (a count of rounds, a batch), else one line."""
   try:
     value = int(text)
   except ValueError:
@@ -430,23 +479,69 @@ def _positive(text: str) -> int:
   return value
 
 
+def parser(doc: str, module: str) -> argparse.ArgumentParser:
+  """The parser of the benchmark `module` (benchmarks.NAME): its docstring's first line above
+  the options, its usage examples (the docstring's `python ...` lines, as written) below them."""
+  lines = doc.strip().splitlines()
+  examples = '\n'.join(line for line in lines if line.lstrip().startswith('python '))
+  return argparse.ArgumentParser(
+      description=lines[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog=f'examples:\n{examples}\n\nThe module\'s docstring says more (python -m pydoc '
+             f'{module});\ndocs/performance.md gives the results.')
+
+
+def check_json(path: Optional[str]) -> None:
+  """Exits with status 2 after one line naming --json and the reason when the report cannot be
+  written at `path`, before any round runs: emit() would find it only after all of them."""
+  reason = path and _unwritable(path)
+  if reason:
+    print(f'error: --json {path}: not writable ({reason}); nothing was run', file=sys.stderr)
+    sys.exit(2)
+
+
+def _unwritable(path: str) -> Optional[str]:
+  """Why emit() could not write `path` (None when it could), creating nothing: the nearest
+  folder above it that exists must take a new file (emit() makes the missing ones below it)."""
+  target = os.path.abspath(path)
+  if os.path.isdir(target):
+    return f'{target} is a directory'
+  folder = os.path.dirname(target)
+  while not os.path.lexists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    return f'{folder} is a file, not a directory'
+  try:
+    # Nameless where the system allows (O_TMPFILE): nothing is left behind, even if killed.
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    reason = write_reason(e)
+    return f'{reason}: {folder}' if reason == e.strerror else reason
+  return None
+
+
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--shapes', type=_csv('shape', SHAPES), default=list(SHAPES))
-  p.add_argument('--steps', type=_csv('step', STEPS), default=['supervised', 'mpp'])
+  p = parser(__doc__, 'benchmarks.train_step')
+  p.add_argument('--shapes', type=_csv('shape', SHAPES), default=list(SHAPES),
+                 help=f'comma-separated, of {", ".join(SHAPES)} (default: all)')
+  p.add_argument('--steps', type=_csv('step', STEPS), default=['supervised', 'mpp'],
+                 help=f'comma-separated, of {", ".join(STEPS)} (default: supervised,mpp)')
   p.add_argument('--peers', type=_csv('peer', PEERS), default=list(PEERS),
-                 help='PyTorch peers to time alongside (skipped when not installed)')
+                 help='PyTorch peers to time alongside, skipped when not installed (default: '
+                      f'{",".join(PEERS)})')
   p.add_argument('--variants', type=_csv('variant'), default=['base'],
                  help='our step\'s variants: base, no_donate, sync_every_step, '
                       'einsum_attention, bf16, bf16_xla, bf16_cudnn, remat, no_xla_defaults, '
                       'no_heap_trim, flax_layer_norm, corruption_0.75 (MPP at 75%%), '
                       'scan:K (K steps per call), or xla:FLAGS (docs/performance.md)')
-  p.add_argument('--rounds', type=int, default=3)
+  p.add_argument('--rounds', type=positive, default=3,
+                 help='rounds of turns; the figures are medians over them (default: 3)')
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',
-                 help='gpu: JAX on CUDA, peers in bf16 autocast, workers one at a time')
-  p.add_argument('--batch', type=_positive, default=0,
+                 help='gpu: JAX on CUDA, peers in bf16 autocast, workers one at a time '
+                      '(default: cpu)')
+  p.add_argument('--batch', type=positive, default=0,
                  help='global batch for every shape (default: each shape\'s own)')
-  p.add_argument('--steps-per-turn', type=_positive, default=0,
+  p.add_argument('--steps-per-turn', type=positive, default=0,
                  help='train steps a worker times per turn (default: the shape\'s own)')
   p.add_argument('--process', choices=('isolated', 'shared'), default='isolated',
                  help='isolated: a worker process per case; shared: every case, peers and '
@@ -454,7 +549,8 @@ def parse_args(argv=None):
   p.add_argument('--threads', type=int, choices=(0, 1), default=0,
                  help='1: every worker as a study worker runs (study/run.py): one core, one '
                       'thread for XLA and PyTorch; 0 (default): the libraries\' thread pools')
-  p.add_argument('--json', help='also write the JSON report to this file')
+  p.add_argument('--json', help='also write the JSON report to this file (its folder is checked '
+                                 'before the first round)')
   args = p.parse_args(argv)
   if args.threads and args.device != 'cpu':
     p.error('--threads=1: CPU only')
@@ -465,6 +561,7 @@ def parse_args(argv=None):
     if process_wide:
       p.error(f'--process=shared: variant {process_wide[0]} changes the whole process; '
               'measure it with --process=isolated')
+  check_json(args.json)
   return args
 
 

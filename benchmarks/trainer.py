@@ -18,7 +18,6 @@ Prints a table, then the JSON (also written to --json).
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import io
 import os
@@ -135,16 +134,19 @@ def table(report: dict) -> str:
 
 
 def parse_args(argv=None):
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p = train_step.parser(__doc__, 'benchmarks.trainer')
   p.add_argument('--shapes', type=train_step._csv('shape', SHAPES), default=list(SHAPES))
   p.add_argument('--objectives', type=train_step._csv('objective', ('supervised', 'mpp')),
                  default=['supervised', 'mpp'])
-  p.add_argument('--rounds', type=train_step._positive, default=3)
-  p.add_argument('--windows', type=train_step._positive, default=3,
+  p.add_argument('--rounds', type=train_step.positive, default=3)
+  p.add_argument('--windows', type=train_step.positive, default=3,
                  help='logging windows timed per trainer run (one more is run first)')
-  p.add_argument('--log-every', type=train_step._positive, default=10)
-  p.add_argument('--json', help='also write the JSON report to this file')
-  return p.parse_args(argv)
+  p.add_argument('--log-every', type=train_step.positive, default=10)
+  p.add_argument('--json', help='also write the JSON report to this file (its folder is checked '
+                                 'before the first round)')
+  args = p.parse_args(argv)
+  train_step.check_json(args.json)
+  return args
 
 
 def main(argv=None) -> None:

@@ -195,3 +195,109 @@ def test_every_masked_image_case_of_ours_has_a_config_with_its_variant():
       assert config.mpp.corruption_rate == (0.75 if case.variant == 'corruption_0.75' else 0.5)
   with pytest.raises(ValueError, match="step 'mae' has no mpp section"):
     jax_step.make_config(masked_image.cases()[0].shape_spec(), 'corruption_0.75', 'mae')
+
+
+@pytest.mark.parametrize('module, argv, message', [
+    ('train_step', ['--rounds=0'], "argument --rounds: expected a positive integer, got '0'"),
+    ('train_step', ['--rounds=-3'], "argument --rounds: expected a positive integer, got '-3'"),
+    ('masked_image', ['--rounds=0'], "argument --rounds: expected a positive integer, got '0'"),
+    ('masked_image', ['--rounds=-3'], "argument --rounds: expected a positive integer, got '-3'"),
+    ('masked_image', ['--batch=-5'], "argument --batch: expected a positive integer, got '-5'"),
+    ('masked_image', ['--batch=0'], "argument --batch: expected a positive integer, got '0'"),
+    ('trainer', ['--rounds=0'], "argument --rounds: expected a positive integer, got '0'"),
+])
+def test_no_rounds_or_batch_is_refused_before_any_worker_starts(module, argv, message, capsys):
+  """0 rounds reached statistics.median([]) after every worker was built; a negative batch,
+  the first step: both are parse errors, one line after the usage."""
+  import importlib
+  with pytest.raises(SystemExit) as e:
+    importlib.import_module(f'benchmarks.{module}').parse_args(argv)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and err[-1].endswith(f'error: {message}')
+  assert [line for line in err if 'error' in line] == [err[-1]]
+
+
+def _refused_json(module, path, capsys):
+  import importlib
+  with pytest.raises(SystemExit) as e:
+    importlib.import_module(f'benchmarks.{module}').parse_args([f'--json={path}'])
+  err = capsys.readouterr().err
+  assert e.value.code == 2 and err.count('\n') == 1, err
+  return err.strip()
+
+
+@pytest.mark.parametrize('module', ['train_step', 'masked_image', 'trainer'])
+def test_json_that_cannot_be_written_is_refused_before_the_first_round(module, tmp_path,
+                                                                       capsys):
+  """emit() found these only after every round: now parse_args names --json and why."""
+  (tmp_path / 'file').write_text('x')
+  path = tmp_path / 'file' / 'sub' / 'report.json'
+  assert _refused_json(module, path, capsys) == (
+      f'error: --json {path}: not writable ({tmp_path / "file"} is a file, not a directory); '
+      'nothing was run')
+  assert _refused_json(module, tmp_path, capsys) == (
+      f'error: --json {tmp_path}: not writable ({tmp_path} is a directory); nothing was run')
+  assert sorted(os.listdir(tmp_path)) == ['file']
+
+
+def test_json_on_a_read_only_volume_is_refused_and_a_new_folder_is_not_made(
+    tmp_path, monkeypatch, capsys):
+  import errno
+  import tempfile
+
+  def read_only(dir=None, **kw):
+    raise OSError(errno.EROFS, os.strerror(errno.EROFS), os.path.join(dir, 'tmpx'))
+  with monkeypatch.context() as m:
+    m.setattr(tempfile, 'TemporaryFile', read_only)
+    assert _refused_json('masked_image', tmp_path / 'new' / 'r.json', capsys) == (
+        f'error: --json {tmp_path / "new" / "r.json"}: not writable (Read-only file system: '
+        f'{tmp_path}); nothing was run')
+  # A writable folder, even one emit() will make: accepted, and nothing is created yet.
+  args = train_step.parse_args([f'--json={tmp_path / "new" / "r.json"}'])
+  assert args.json == str(tmp_path / 'new' / 'r.json') and os.listdir(tmp_path) == []
+
+
+def test_masked_image_help_has_every_flag_its_default_and_the_examples(capsys):
+  from benchmarks import masked_image
+  with pytest.raises(SystemExit):
+    masked_image.parse_args(['--help'])
+  help_text = capsys.readouterr().out
+  flat = ' '.join(help_text.split())
+  for flag, default in (('--rounds', '5'), ('--device', 'cpu'), ('--batch', '128')):
+    assert f'{flag} ' in flat and f'(default: {default}' in flat, flag
+  assert '--threads' in flat and '--json' in flat
+  # The docstring's usage examples, line by line as written there.
+  for line in masked_image.__doc__.splitlines():
+    if line.lstrip().startswith('python '):
+      assert line in help_text.splitlines(), line
+  with pytest.raises(SystemExit):
+    train_step.parse_args(['--help'])
+  assert '    python -m benchmarks.train_step --process=shared' in capsys.readouterr().out
+
+
+def test_a_backend_that_fails_without_a_message_is_named():
+  """JAX 0.10 raises a bare AssertionError when JAX_PLATFORMS=cuda has no CUDA plugin: the
+  worker says which backend could not start (it said 'AssertionError: ')."""
+  assert train_step.no_backend('cuda', 'AssertionError') == (
+      'no CUDA backend could start in this JAX installation (JAX_PLATFORMS=cuda; JAX raised '
+      'AssertionError without a message)')
+  assert train_step.no_backend('rocm,cpu', 'AssertionError').startswith('no ROCm or CPU backend')
+  assert train_step._error_text(AssertionError()) == 'AssertionError'
+  assert train_step._error_text(ValueError('bad shape')) == 'ValueError: bad shape'
+  assert train_step._error_text(train_step.NoBackend('no CUDA ...')) == 'no CUDA ...'
+
+
+def test_gpu_without_cuda_names_the_missing_backend_in_one_line():
+  """This machine's real behaviour, through the matmul worker (a second): no CUDA plugin."""
+  import importlib.util
+  if importlib.util.find_spec('jax_plugins') is not None:
+    pytest.skip('a JAX plugin is installed: its backend starts or says why itself')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  root = os.path.dirname(os.path.dirname(os.path.abspath(train_step.__file__)))
+  run = subprocess.run([sys.executable, '-m', 'benchmarks.train_step', '--device=gpu',
+                        '--shapes=', '--rounds=1'], capture_output=True, text=True, env=env,
+                       cwd=root, timeout=300)
+  assert run.returncode == 1 and run.stderr.strip().splitlines() == [
+      'building - - matmul ...',
+      'error: JAX cannot run a matmul on --device=gpu: no CUDA backend could start in this JAX '
+      'installation (JAX_PLATFORMS=cuda; JAX raised AssertionError without a message)']
