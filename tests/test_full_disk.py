@@ -332,7 +332,7 @@ def test_a_checkpoints_folder_replaced_by_a_file_stops_the_save_in_one_line(tmp_
   assert str(e.value) == (
       f'checkpoint step 2 could not be saved ({folder} is a file, not a directory); no complete '
       f'checkpoint is in {folder}; once {tmp_path} can be written again, rerun the same command '
-      f'to resume')
+      f'to start again')
   folder.unlink()
   (tmp_path / 'aside').rename(folder)
   with pytest.raises(ValueError, match='Unsupported type'):  # A bug, not a failed write.
@@ -357,7 +357,7 @@ def test_a_full_disk_for_the_tensorboard_events_is_one_line(tmp_path):
   assert re.fullmatch(
       rf'error: {workdir}: the TensorBoard events could not be written \(File too large\); '
       rf'stopped at step \d+; no complete checkpoint is in {workdir}/checkpoints; free space and '
-      rf'rerun the same command to resume', last), last
+      rf'rerun the same command to start again', last), last
   _only_that_line(full)
   assert 'step 300/300' not in full.stdout
 
@@ -506,7 +506,7 @@ def test_a_failed_save_advises_freeing_space_only_when_room_would_help(tmp_path,
           f'once {tmp_path} can be written again, rerun')
   assert str(e.value) == (f'checkpoint step 8 could not be saved ({reason.format(partial=partial)}'
                           f'); no complete checkpoint is in {tmp_path}/checkpoints; {cure} the '
-                          f'same command to resume')
+                          f'same command to start again')
 
 
 def test_a_compilation_cache_that_cannot_be_written_is_one_line_once(capsys):

@@ -324,8 +324,9 @@ class SaveFailed(UserError):
     # EIO), a file in a folder's place need another fix first.
     cure = ('free space and rerun' if atomic_write.room_would_help(reason) else
             f'once {os.path.dirname(str(mngr.directory))} can be written again, rerun')
-    super().__init__(f'{what} ({reason}); {stopped}{complete}; {cure} the same command to '
-                     f'resume')
+    # With no checkpoint the rerun starts from step 0: nothing to resume.
+    again = 'to resume' if last is not None else 'to start again'
+    super().__init__(f'{what} ({reason}); {stopped}{complete}; {cure} the same command {again}')
 
 
 class _StopOnFailedWrite:

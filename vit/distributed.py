@@ -141,15 +141,16 @@ _ENDING = threading.Event()
 
 def _stopped(who: str, said: str, workdir: Optional[str]) -> str:
   count, index = jax.process_count(), jax.process_index()
-  where = ''
+  where, again = '', 'to resume'
   if workdir:
     folder = os.path.join(workdir, 'checkpoints')
     steps = [int(n) for n in (os.listdir(folder) if os.path.isdir(folder) else ())
              if n.isdigit()]
     where = (f'the last complete checkpoint is {folder}/{max(steps)}; ' if steps else
              f'no complete checkpoint is in {folder}; ')
+    again = again if steps else 'to start again'  # From step 0: nothing to resume.
   return (f'{who} of this {count}-process job is gone ({said}); process {index} stopped; '
-          f'{where}restart every process with the same command to resume')
+          f'{where}restart every process with the same command {again}')
 
 
 def lost_process(e: BaseException, workdir: Optional[str] = None) -> Optional[str]:
