@@ -184,3 +184,15 @@ def test_the_watch_of_lost_processes_is_set_by_its_flag():
   distributed.watch_processes(None, 0.0)
   distributed.watch_processes(None)
   assert threading.active_count() == before
+
+
+def test_the_stop_line_says_resume_only_when_a_checkpoint_is_there(tmp_path):
+  """No step saved yet: the restart starts from step 0, so the line does not promise a resume."""
+  from vit import distributed
+  line = distributed._stopped('process 1', 'killed', str(tmp_path))
+  assert line.endswith(f'no complete checkpoint is in {tmp_path}/checkpoints; restart every '
+                       'process with the same command to start again'), line
+  (tmp_path / 'checkpoints' / '4').mkdir(parents=True)
+  line = distributed._stopped('process 1', 'killed', str(tmp_path))
+  assert line.endswith(f'the last complete checkpoint is {tmp_path}/checkpoints/4; restart every '
+                       'process with the same command to resume'), line
