@@ -170,11 +170,15 @@ def test_cli_on_an_npz(tmp_path):
       cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert run.returncode == 0, run.stderr[-2000:]
-  results = json.loads(out.read_text())
+  record = json.loads(out.read_text())
+  results = record['results']
   assert set(results) == {'1shot', '2shot', '1shot_l2=1', '2shot_l2=1', '1shot_l2=16',
                           '2shot_l2=16'}
   assert all(0.0 <= v <= 1.0 for v in results.values())
-  assert json.loads(run.stdout)['results'] == results
+  assert json.loads(run.stdout) == record
+  # Which features were read: a classifier's class token (an mae: spec would read the patch mean).
+  assert record['representation'] == 'class token'
+  assert record['representation_from'].startswith("vit_jax: spec, a classifier's pooled")
   split = subprocess.run(
       [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
        '--shots=1', '--test_split=valid'], cwd=ROOT, capture_output=True, text=True,
@@ -190,3 +194,37 @@ def test_cli_on_an_npz(tmp_path):
                           capture_output=True, text=True, timeout=900,
                           env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert '--shots' in helped.stdout and '--init' in helped.stdout
+  assert 'both trainers' not in helped.stdout
+  assert 'the supervised, MPP, MAE and SimMIM trainers' in ' '.join(helped.stdout.split())
+
+
+def test_the_representation_is_named_as_checkpoint_representation_reads_it():
+  """The CLI's JSON names the features it read: an encoder's spec (mae:) reads the mean of the
+  patch tokens, a classifier's the class token (or pre_logits, or its GAP): the same weights
+  score differently on them, so a result must say which."""
+  m = config_lib.model_defaults().to_dict()
+  m.update(patches=dict(size=(7, 7)), hidden_size=16, num_classes=None)
+  m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
+  model = ModelSpec.from_dict(m)
+  params = config_lib.build_model(model).init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)),
+                                              train=False)['params']
+  params = jax.tree.map(lambda x: x + 0.1, nn.unbox(params))  # A class token that is not 0.
+  images = np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8)
+  backbone = config_lib.build_model(model.replace(classifier='unpooled'))
+  from vit.preprocess import input_fn
+  encoded = backbone.apply({'params': params}, input_fn(model)(images), train=False)
+  words = {'class token': encoded[:, 0], 'mean of patch tokens': encoded[:, 1:].mean(1)}
+  for spec in ('mae:run', 'mpp:run', 'simmim:run', 'vit_jax:m.npz', 'hf:dir', 'supervised:run'):
+    named = fewshot.describe_representation(spec, model)
+    read = fewshot.checkpoint_representation(spec, model)(params, images)
+    np.testing.assert_allclose(read, words[named['representation']], rtol=1e-5, atol=1e-5)
+    assert named['representation_from'].startswith(f'{spec.split(":")[0]}: spec, ')
+  assert fewshot.describe_representation('mae:run', model) == {
+      'representation': 'mean of patch tokens',
+      'representation_from': 'mae: spec, an MAE encoder, as its trainer evaluates it (its loss '
+                             'never reaches the class token)'}
+  assert fewshot.describe_representation('hf:dir', model)['representation'] == 'class token'
+  assert fewshot.describe_representation('supervised:r', model.replace(classifier='gap'))[
+      'representation'] == 'mean of patch tokens'
+  assert fewshot.describe_representation('supervised:r', model.replace(
+      representation_size=8))['representation'] == 'pre_logits of the class token'

@@ -7,9 +7,12 @@ reference implementation so numbers compare: features standardised with the trai
 population std (+1e-5), a constant feature of 100 for the (almost unregularised) bias, and the
 primal or dual solve, whichever matrix is smaller.
 
-As a periodic evaluator: `FewShotEvaluator` (both trainers; config.fewshot). On its own:
-`python -m vit.evaluators.fewshot --init SPEC --dataset fashion_mnist`, on the representation
-the checkpoint's own trainer evaluates (`checkpoint_representation`).
+As a periodic evaluator: `FewShotEvaluator` (the supervised, MPP, MAE and SimMIM trainers;
+config.fewshot). On its own: `python -m vit.evaluators.fewshot --init SPEC --dataset
+fashion_mnist`, on the representation the checkpoint's own trainer evaluates
+(`checkpoint_representation`: a classifier's pooled features, its class token or pre_logits;
+the mean of the patch tokens of an mpp:, mae: or simmim: encoder), which its JSON names
+(`describe_representation`): the same weights score differently on the two.
 """
 from __future__ import annotations
 
@@ -154,6 +157,25 @@ def checkpoint_representation(spec: str, model: ModelSpec) -> Callable:
   return make_representation_fn(model)
 
 
+def describe_representation(spec: str, model: ModelSpec) -> dict:
+  """What `checkpoint_representation(spec, model)` reads, in words, for the CLI's JSON:
+  'representation' (e.g. 'class token', 'mean of patch tokens') and 'representation_from' (the
+  spec's format and why it reads that one). The same weights score differently on the class
+  token and on the patch mean, so a result that does not say which cannot be compared."""
+  fmt = spec.partition(':')[0]
+  if fmt in init_spec.PRETRAINING:
+    return {'representation': 'mean of patch tokens',
+            'representation_from': f'{fmt}: spec, {init_spec.PRETRAINING[fmt][0]} encoder, as '
+                                   'its trainer evaluates it (its loss never reaches the class '
+                                   'token)'}
+  # make_representation_fn: the model's own pooling ('unpooled' read as the class token).
+  pooled = 'mean of patch tokens' if model.classifier == 'gap' else 'class token'
+  what = f'pre_logits of the {pooled}' if model.representation_size else pooled
+  return {'representation': what,
+          'representation_from': f'{fmt}: spec, a classifier\'s pooled features (classifier '
+                                 f'{model.classifier!r}), as supervised training evaluates them'}
+
+
 class FewShotEvaluator:
   """Periodic few-shot evaluation on frozen features; `evaluate(params)` -> metrics.
 
@@ -249,7 +271,8 @@ def _define_flags():
   flags.DEFINE_integer('max_test', 10000, 'evaluate on at most this many test examples')
   flags.DEFINE_integer('image_size', None, 'resolution (default: the checkpoint\'s)')
   flags.DEFINE_integer('batch_size', 256, 'images per forward pass')
-  flags.DEFINE_string('output', None, 'also write the results as JSON here')
+  flags.DEFINE_string('output', None, 'also write the JSON printed (the results, the '
+                      'checkpoint, the data and the representation read) here')
   return flags.FLAGS
 
 
@@ -312,11 +335,13 @@ def main(argv) -> None:
     results = evaluator.evaluate(jax.device_put(params))
   except UserError as e:  # Non-finite features (vit.evaluators.embedding): name the weights.
     raise UserError(f'--init {flags_.init}: {e}') from None
-  print(json.dumps(dict(init=flags_.init, dataset=flags_.dataset, image_size=config.image_size,
-                        l2_reg=config.fewshot.l2_reg, results=results), indent=1))
+  record = dict(init=flags_.init, dataset=flags_.dataset, image_size=config.image_size,
+                **describe_representation(flags_.init, model), l2_reg=config.fewshot.l2_reg,
+                results=results)
+  print(json.dumps(record, indent=1))
   if flags_.output:
     with atomic_write.file(flags_.output) as partial, open(partial, 'w') as f:
-      json.dump(results, f, indent=1)
+      json.dump(record, f, indent=1)
 
 
 if __name__ == '__main__':
