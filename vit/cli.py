@@ -1,5 +1,6 @@
-"""What every entry point shares: the --config/--workdir flags, one-line user errors, and the
-console that shows the library's log messages."""
+"""What every entry point shares: the --config/--workdir flags, one-line user errors, a leading
+`~` in a flag's path read as the home directory, and the console that shows the library's log
+messages."""
 from __future__ import annotations
 
 import importlib.util
@@ -18,7 +19,7 @@ from ml_collections import config_flags
 # config_flags' placeholder for a file that did not load is private to this module (pinned).
 from ml_collections.config_flags import config_flags as _config_flags_module
 
-from vit import config as config_lib, distributed, host_memory, xla_flags
+from vit import config as config_lib, distributed, host_memory, user_paths, xla_flags
 from vit.errors import UserError
 from vit.objective import Definition
 
@@ -93,6 +94,12 @@ def define_config_flags(default_config: str | None = None, workdir: bool = True,
   # config_flags' warning of a get_config() returning None: `_config_file` says it.
   std_logging.getLogger('absl').addFilter(_said_here)
   try:
+    # config_flags reads the file from sys.argv (here and again at parsing), so the `~` that
+    # bash leaves in --config=~/FILE is expanded there.
+    sys.argv[:] = home_expanded_config(sys.argv)
+  except UserError as e:
+    _fail_one_line(str(e))
+  try:
     # config_flags reads sys.argv here to type each --config.x override, so an unknown key
     # or a config file that does not load surfaces at definition time.
     config = config_flags.DEFINE_config_file(
@@ -112,6 +119,27 @@ def define_config_flags(default_config: str | None = None, workdir: bool = True,
   for name in names:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   return config, workdir_holder
+
+
+def home_expanded_config(argv: list[str]) -> list[str]:
+  """`argv` with a leading `~` expanded in each `--config=~/FILE` (vit.user_paths). UserError
+  naming --config for a `~user` that names no user."""
+  prefix = '--config='
+  return [prefix + user_paths.expand(a[len(prefix):], '--config') if a.startswith(prefix + '~')
+          else a for a in argv]
+
+
+def expand_home(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """A leading `~` in the value of every string flag expanded to the home directory
+  (vit.user_paths): bash leaves it in `--workdir=~/runs/x`, and a command would create a folder
+  named `~` in the current directory. No flag of these commands takes a value that starts with
+  `~` for another reason. The --config.a.b overrides are left to the readers of their keys
+  (`config.init`: vit.init_spec; `config.data.*`: vit.data.pipeline). UserError naming the
+  flag for a `~user` that names no user."""
+  for name in list(flag_values):
+    flag = flag_values[name]
+    if '.' not in name and isinstance(flag.value, str) and flag.value.startswith('~'):
+      flag.value = user_paths.expand(flag.value, f'--{flag.name}')
 
 
 def run(main: Callable[[list[str]], None]) -> None:
@@ -193,7 +221,7 @@ def _quiet_shutdown() -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
   """Flag parsing that reports a bad --config file or override key, or a missing --config, in
-  one line."""
+  one line, and expands a leading `~` in the flags' values (`expand_home`)."""
   try:
     try:
       argv = flags.FLAGS(argv)
@@ -215,6 +243,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
       holder.value.to_dict()  # config_flags loads the file and applies overrides lazily.
   except Exception as e:  # noqa: BLE001 (the config file's own code may raise anything)
     _fail_config(e, _CONFIG_HOLDERS[0][1] if _CONFIG_HOLDERS else None)
+  try:
+    expand_home()
+  except UserError as e:
+    _fail_one_line(str(e))
   _check_objectives()
   return argv
 

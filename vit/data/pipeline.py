@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
+from vit import user_paths
 from vit.data import fashion_mnist, iterator_state, sources, subsets, transforms
 from vit.errors import ConfigError, UserError
 
@@ -47,7 +48,9 @@ def make_source(config: ml_collections.ConfigDict, split: str):
 
 
 def _open(config: ml_collections.ConfigDict, split: str, train: bool):
-  source, data_dir = config.data.source, config.data.data_dir
+  # A leading ~ is the home directory (vit.user_paths): bash leaves it in --config.a.b=~/x.
+  source, data_dir = config.data.source, user_paths.expand_key('data.data_dir',
+                                                               config.data.data_dir)
   split_key = 'train_split' if train else 'eval_split'
   if source == 'fashion_mnist':
     if split not in fashion_mnist.SPLITS:
@@ -59,7 +62,8 @@ def _open(config: ml_collections.ConfigDict, split: str, train: bool):
   if kind == 'tfds' and arg:
     return sources.open_tfds(arg, data_dir, split, split_key)
   if kind == 'array_record' and arg:
-    return sources.open_prepared(arg, split, split_key)
+    directory = user_paths.expand_key('data.source', source, spec=True)
+    return sources.open_prepared(directory, split, split_key)
   raise ConfigError('data.source', source, f'unknown source; use {SOURCES}')
 
 

@@ -39,7 +39,7 @@ from absl import flags
 from PIL import Image
 from tqdm import tqdm
 
-from vit import atomic_write, cli
+from vit import atomic_write, cli, user_paths
 from vit.data import decoding, fashion_mnist
 from vit.errors import UserError
 
@@ -379,10 +379,11 @@ _LIMIT = flags.DEFINE_integer('max_per_split', None, 'Keep at most this many ima
 
 def main(argv):
   del argv
-  out = _OUT.value
+  out = _OUT.value  # A leading ~ is expanded in it (vit.cli), and in folder:~/PATH here.
+  source = user_paths.expand_spec(_SOURCE.value, '--source')
   existed = os.path.isdir(os.path.join(out, NAME))
   try:
-    prepare(_SOURCE.value, out, overwrite=_OVERWRITE.value, skip_bad=_SKIP_BAD.value,
+    prepare(source, out, overwrite=_OVERWRITE.value, skip_bad=_SKIP_BAD.value,
             limit=_LIMIT.value)
   except KeyboardInterrupt:
     # Otherwise cli.run prints the trainers' message about unsaved steps.

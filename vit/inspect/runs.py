@@ -24,7 +24,7 @@ import numpy as np
 from tensorboard.backend.event_processing import plugin_event_accumulator
 from tensorboard.util import tensor_util
 
-from vit import checkpoints, config as config_lib, objective as objective_lib
+from vit import checkpoints, config as config_lib, objective as objective_lib, user_paths
 from vit.errors import UserError
 
 
@@ -108,6 +108,8 @@ def summarise_all(workdirs: list[str]) -> tuple[list[dict], list[str]]:
   it and the reason): one unreadable run does not hide the others."""
   rows, left_out = [], []
   for workdir in workdirs:
+    # A quoted '~/runs/x' too (vit.user_paths); a ~user of no user is no such directory.
+    workdir = user_paths.expanded(workdir) or workdir
     try:
       if not os.path.isdir(workdir):
         raise UserError(f'{workdir}: ' + ('not a directory' if os.path.exists(workdir)
