@@ -19,7 +19,7 @@ import ml_collections
 from absl import flags
 
 from supervised import objective, train
-from vit import checkpoints, cli, config as config_lib, init_spec
+from vit import checkpoints, cli, config as config_lib, init_spec, user_paths
 from vit.data import pipeline
 from vit.models.spec import ModelSpec
 from vit.training import loop
@@ -32,9 +32,11 @@ def prepare(config: ml_collections.ConfigDict) -> tuple[ModelSpec, init_spec.Che
   """Loads config.init, writes its architecture into config.model, validates the config.
 
   The config then describes the fine-tuned model completely, so the checkpoint it saves can
-  itself be loaded with `supervised:DIR`.
+  itself be loaded with `supervised:DIR`. A leading `~` in config.init's path is expanded there
+  too, so the saved config names the weights wherever the run is resumed from.
   """
   init_spec.require_init(config)
+  config.init = user_paths.expand_spec(config.init)
   ckpt = init_spec.load(config.init)
   init_spec.adopt_backbone(config, ckpt.model, ckpt.channels, config.init)
   m = config_lib.validate(config)
@@ -63,8 +65,11 @@ def finetune(config, workdir: str, *, train_source=None, eval_source=None) -> lo
   config.data (tests pass small ones)."""
   m, ckpt = prepare(config)
   if not checkpoints.has_steps(workdir):  # Resuming, the loop says so once it accepts.
-    logger.info('fine-tuning from %s: %s -> %spx, %s classes', config.init,
+    logger.info('fine-tuning from %s: %s -> %spx, %s classes', init_spec.origin(config.init, ckpt),
                 init_spec.describe(ckpt), config.image_size, m.num_classes)
+    warning = init_spec.unfinished(config.init, ckpt)
+    if warning:
+      logger.warning(warning)
   source = (train_source if train_source is not None
             else pipeline.make_source(config, config.data.train_split))
   task = build_task(config, m, ckpt, train_source=source, eval_source=eval_source)

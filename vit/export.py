@@ -13,10 +13,12 @@ with model.safetensors + config.json (architecture, model_args, pretrained_cfg) 
 VisionTransformer loads with the same logits. The Polyak-averaged parameters are exported when
 the run kept them (--noema for the raw ones). An MPP checkpoint exports its ViT backbone; the
 MPP prediction head is not part of any format.
-`--checkpoint` also takes an init spec (e.g. hf:DIR -> --format vit_jax). The export is written
-beside `--out` and replaces what is there only once complete (other files in an hf directory
-stay), so a failed export never leaves a broken file where a good one stood. An `--out` inside
-a run's checkpoints folder is refused: that folder holds only the run's saved steps.
+`--checkpoint` also takes an init spec (e.g. hf:DIR -> --format vit_jax). A workdir is read at
+its newest step that reads, which the summary line names (`at step 1 of 30`), with a warning
+when the run stopped before its config.total_steps. The export is written beside `--out` and
+replaces what is there only once complete (other files in an hf directory stay), so a failed
+export never leaves a broken file where a good one stood. An `--out` inside a run's checkpoints
+folder is refused: that folder holds only the run's saved steps.
 """
 from __future__ import annotations
 
@@ -115,8 +117,11 @@ def main(argv):
   del argv
   f = flags.FLAGS
   ckpt = export(f.checkpoint, f.format, f.out, use_ema=f.ema)
-  logger.info('exported %s (%s) as %s to %s', f.checkpoint, init_spec.describe(ckpt), f.format,
-              f.out)
+  logger.info('exported %s (%s) as %s to %s', init_spec.origin(f.checkpoint, ckpt),
+              init_spec.describe(ckpt), f.format, f.out)
+  warning = init_spec.unfinished(f.checkpoint, ckpt)
+  if warning:
+    logger.warning(warning)
   for note in notes(f.format, ckpt, f.out):
     logger.info('note: %s', note)
 

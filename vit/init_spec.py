@@ -18,20 +18,23 @@ here, where it is read (a format's stated keys over its shapes, a workdir's save
 through `vit.config.upgrade`), and travels as one from then on.
 
 Checkpoints of this project (`mpp:`, `mae:`, `simmim:`, `supervised:`) are read at their latest
-step, and their Polyak average (EMA parameters) is used when the run kept one: it is the run's
-reported model (the paper evaluates and transfers the averaged weights, Appendix B.1). Pass
-`use_ema=False` for the raw parameters.
+step that reads (an earlier one cannot be chosen), and their Polyak average (EMA parameters) is
+used when the run kept one: it is the run's reported model (the paper evaluates and transfers the
+averaged weights, Appendix B.1). Pass `use_ema=False` for the raw parameters. The `Checkpoint`
+names the step read and the run's `total_steps`: `origin` and `unfinished` give the lines that
+say so. A leading `~` in PATH is the home directory (`vit.user_paths`).
 """
 from __future__ import annotations
 
 import logging
+import os
 from typing import NamedTuple, Optional
 
 import jax
 import ml_collections
 import numpy as np
 
-from vit import architecture, checkpoints, config as config_lib
+from vit import architecture, checkpoints, config as config_lib, user_paths
 from vit.architecture import (abstract_params, grid_at, infer_model,  # noqa: F401 (re-exported)
                               patch_stride)
 from vit.class_names import (CLASS_NAMES_FILE, read_class_names,  # noqa: F401 (re-exported)
@@ -73,6 +76,8 @@ class Checkpoint(NamedTuple):
   image_size: int       # Its input resolution: a processor's, else its position embeddings'.
   channels: int
   view: Optional[dict] = None  # Its stated evaluation view (EvalView's fields); None: resize.
+  step: Optional[int] = None  # The step read from a workdir; None for a published format.
+  total_steps: Optional[int] = None  # That run's config.total_steps.
 
 
 def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
@@ -86,22 +91,26 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   workdir's Polyak-averaged parameters when the run kept them.
 
   Raises UserError naming the spec for a malformed spec, a missing path, a file of the wrong
-  format, or parameters whose shapes disagree with the architecture they imply (each key with
-  both shapes).
+  format, a `~user` PATH of no user, a saved step or checkpoints folder given for a workdir, or
+  parameters whose shapes disagree with the architecture they imply (each key with both
+  shapes).
   """
   fmt, sep, path = spec.partition(':')
   if not sep or fmt not in FORMATS or not path:
     raise UserError(f'init spec {spec!r}: expected FORMAT:PATH with FORMAT one of '
                     f'{", ".join(FORMATS)} (e.g. vit_jax:ViT-B_16.npz, hf:./vit-base)')
+  spec = user_paths.expand_spec(spec)  # `mae:~/runs/mae`: bash leaves that ~ as it is.
+  path = spec.partition(':')[2]
+  steps = (None, None)
   if fmt in registry.FORMATS:
     params, model, names, size, view = _read_format(fmt, path, spec)
   else:
-    (params, model, names, size), view = _load_workdir(fmt, path, use_ema), None
+    (params, model, names, size, *steps), view = _load_workdir(fmt, path, use_ema), None
   if size is not None and size % patch_stride(model):
     raise UserError(f'init {spec}: its input size {size}px is not a multiple of the patch '
                     f'stride {patch_stride(model)}')
   ckpt = Checkpoint(params, model, names, *architecture.input_geometry(params, model, size, spec),
-                    view=view)
+                    view, *steps)
   check_shapes(ckpt, spec)
   return ckpt
 
@@ -130,22 +139,28 @@ def _read_format(fmt: str, path: str, spec: str):
 
 
 def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
-  """A workdir of this project's trainers, MPP or supervised (told apart by its params)."""
-  params, model, names, size = _load_workdir(None, path, use_ema)
-  ckpt = Checkpoint(params, model, names, *architecture.input_geometry(params, model, size))
+  """A workdir of this project's trainers, of any objective (told apart by its params), read
+  as `load` reads `FORMAT:PATH`; a leading `~` is the home directory. UserError as `load`'s,
+  naming --checkpoint."""
+  path = user_paths.expand(path, '--checkpoint')
+  params, model, names, size, step, total = _load_workdir(None, path, use_ema)
+  ckpt = Checkpoint(params, model, names, *architecture.input_geometry(params, model, size),
+                    None, step, total)
   check_shapes(ckpt, path)
   return ckpt
 
 
 def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
+  """(params, model, class names, image size, step read, the run's total_steps) of a workdir."""
   # A run is read from its --workdir; a file given here is most often a published checkpoint.
   hint = f'; for an .npz of parameters, vit_jax:{path}' if path.endswith('.npz') else ''
+  label = f'{fmt}:{path}' if fmt else f'--checkpoint {path}'
   if fmt:
-    require_directory(path, f'{fmt}:{path}', f'a run directory (the --workdir of {fmt} training)',
-                      hint)
+    require_directory(path, label, f'a run directory (the --workdir of {fmt} training)', hint)
   else:
-    require_directory(path, f'--checkpoint {path}', 'a run directory',
+    require_directory(path, label, 'a run directory',
                       hint or ' (a trainer workdir, or FORMAT:PATH)')
+  _refuse_inside_checkpoints(path, label, fmt)
   saved, params, step = checkpoints.read_params(path, use_ema=use_ema)  # The newest readable.
   check_finite(flatten(params), f'{path}/checkpoints/{step}')
   found = _pretraining_kind(params)
@@ -168,7 +183,27 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
       representation_size=architecture.out_dim(params, 'pre_logits'))
   if model.classifier == 'unpooled':  # MPP reads every token; the class token is still there.
     model = model.replace(classifier='token' if 'cls' in params else 'gap')
-  return params, model, read_class_names(path, model.num_classes), saved.get('image_size')
+  return (params, model, read_class_names(path, model.num_classes), saved.get('image_size'), step,
+          saved.get('total_steps'))
+
+
+def _refuse_inside_checkpoints(path: str, label: str, fmt: Optional[str]) -> None:
+  """UserError pointing at the workdir when `path` is a run's checkpoints folder or lies in
+  one (a saved step, `WORKDIR/checkpoints/6`): readers take a workdir, the folder that holds
+  `checkpoints/`, and read its newest step that reads; no earlier step can be chosen."""
+  if os.path.isdir(os.path.join(path, 'checkpoints')):
+    return
+  parts = os.path.normpath(path).split(os.sep)  # The path as the user gave it, shortened.
+  if 'checkpoints' not in parts:
+    return
+  at = len(parts) - 1 - parts[::-1].index('checkpoints')
+  workdir = os.sep.join(parts[:at]) or (os.sep if os.path.isabs(path) else os.curdir)
+  if not checkpoints.has_steps(workdir):  # A folder named so by chance, not a run's.
+    return
+  given = f'{fmt}:{workdir}' if fmt else workdir
+  raise UserError(f'{label}: inside the checkpoints folder of the run {workdir}; give the run '
+                  f'itself, {given} (the folder that holds checkpoints/): its newest step that '
+                  'reads is taken, and no earlier step can be chosen')
 
 
 def _pretraining_kind(params) -> Optional[str]:
@@ -183,6 +218,24 @@ def check_shapes(ckpt: Checkpoint, spec: str) -> None:
   """Every parameter has the shape the inferred architecture gives it; UserError naming `spec`
   and listing those that don't (vit.architecture.check_shapes)."""
   architecture.check_shapes(ckpt.params, ckpt.model, ckpt.image_size, ckpt.channels, spec)
+
+
+def origin(spec: str, ckpt: Checkpoint) -> str:
+  """`spec` for the logs, with the step read from a workdir: 'mae:runs/mae at step 1 of 30'."""
+  if ckpt.step is None:
+    return spec
+  return f'{spec} at step {ckpt.step}' + (f' of {ckpt.total_steps}' if ckpt.total_steps else '')
+
+
+def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
+  """A warning's line when the step read from a workdir is before its run's config.total_steps
+  (the run was stopped, failed or is still going; or its later steps did not read, which
+  `checkpoints.read_params` warns of); None otherwise."""
+  if ckpt.step is None or not ckpt.total_steps or ckpt.step >= ckpt.total_steps:
+    return None
+  return (f'{spec}: the run stopped before its end (step {ckpt.step} of its config.total_steps '
+          f'{ckpt.total_steps}); using step {ckpt.step} anyway (rerun its training command with '
+          'the same --workdir to finish it)')
 
 
 def describe(ckpt: Checkpoint) -> str:
