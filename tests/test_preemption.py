@@ -179,3 +179,25 @@ def _worker(process_id: int, port: int, sig: str) -> None:
 
 if __name__ == '__main__':
   _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+
+
+def test_the_host_dispatches_at_most_two_steps_ahead():
+  """A stop signal waits for every step already dispatched before it saves: the loop waits for
+  the oldest of the steps it holds once more than two are dispatched and not yet waited for."""
+  from vit.training import loop
+
+  class Step:
+    waited = []
+
+    def __init__(self, n):
+      self.n = n
+
+    def block_until_ready(self):
+      Step.waited.append(self.n)
+      return self
+
+  in_flight = loop._InFlight(loop._STEPS_IN_FLIGHT)
+  for n in range(1, 6):
+    in_flight.add({'loss': Step(n)})
+    assert Step.waited == list(range(1, n - 1)), (n, Step.waited)
+  assert loop._STEPS_IN_FLIGHT == 2

@@ -5,6 +5,7 @@ rest: mesh, sharded state creation, resume, the jitted step, logging, evaluation
 """
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
@@ -207,10 +208,12 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> Trained:
   last_eval = {}
   progress = _Progress(config.total_steps, start, config.batch_size)
   window = _Window(skip_nonfinite=config.get('skip_nonfinite_steps', False))
+  in_flight = _InFlight(_STEPS_IN_FLIGHT)
   for step in range(start + 1, config.total_steps + 1):
     run.step = step
     batch = sharding.global_batch(next(run.data_iter), run.mesh)
     state, metrics = train_step(state, batch)
+    in_flight.add(metrics)
     window.add(step, metrics)
     # Every process asks at every step (the multi-host agreement needs it); a signal during
     # the last step changes nothing, that step's save is the final one anyway.
@@ -290,6 +293,28 @@ class NonFiniteError(FloatingPointError):
     super().__init__(f'step {step}: non-finite {", ".join(bad)}; set '
                      'config.skip_nonfinite_steps=True to skip such steps')
     self.step = step
+
+
+# Steps the host may dispatch ahead of the device. Unbounded, the host ran up to the next log
+# step ahead (every step with log_every=0), each queued step holding its batch, and a stop
+# signal waited for all of them before its save: SIGTERM to exit 8.2 s unbounded, 1.9 s with
+# this bound (configs/mae/fashion_mnist.py, log_every=0, the loaded 2-core CPU), and more for
+# a large model within a preemption's grace period. Two keep the device fed: one step runs
+# while the next waits, dispatched.
+_STEPS_IN_FLIGHT = 2
+
+
+class _InFlight:
+  """The outputs of the last steps dispatched; `add` waits, once more than `limit` are held,
+  for the oldest to be computed."""
+
+  def __init__(self, limit: int):
+    self.limit, self.queue = limit, collections.deque()
+
+  def add(self, outputs) -> None:
+    self.queue.append(outputs)
+    if len(self.queue) > self.limit:
+      jax.block_until_ready(self.queue.popleft())
 
 
 class _Window:
