@@ -82,6 +82,9 @@ def test_a_tree_without_learned_1d_position_embeddings_is_refused_in_one_line(na
                              pos_embedding_col=np.zeros((4, 16), np.float32))
   with pytest.raises(UserError, match=rf'^--format {name}: .*posemb learned_2d {missing}'):
     FORMATS[name].save(params, str(tmp_path / 'out'), None)
+  del t['posembed_input']
+  with pytest.raises(UserError, match=rf'^--format {name}: .*posemb sincos_2d {missing}'):
+    FORMATS[name].save(params, str(tmp_path / 'out'), _model(posemb='sincos_2d'))
   assert os.listdir(tmp_path) == []
 
 

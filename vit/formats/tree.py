@@ -98,13 +98,15 @@ def posemb(params: Params, model: Optional[ModelSpec]) -> str:
   """The model's `posemb` as a format's refusal names it: `model.posemb` (None: the official
   'learned_1d') while the tree holds the learned 1D table (`POSEMB`), else what the tree shows
   instead, the missing table named: 'learned_2d (...)' (row and column tables), 'relative (...)'
-  (relposemb_*), 'sincos_2d or none (...)' (no position parameters). A tree without the table
-  is never taken for learned_1d, so a writer refuses it in one line instead of failing on the
-  missing tensor."""
+  (relposemb_*), 'sincos_2d or none (...)' (no position parameters; the model's own posemb
+  where `model` names one other than learned_1d). A tree without the table is never taken for
+  learned_1d, so a writer refuses it in one line instead of failing on the missing tensor."""
   t = params.get('Transformer', {})
   pos = t.get('posembed_input', {})
   if 'pos_embedding' in pos:
     return model.posemb if model else 'learned_1d'
+  if model is not None and model.posemb not in (None, 'learned_1d'):
+    return f'{model.posemb} (no {POSEMB})'  # A saved run's config says which.
   shown = ('learned_2d' if 'pos_embedding_row' in pos else
            'relative' if any(k.startswith('relposemb_') for k in t) else 'sincos_2d or none')
   return f'{shown} (no {POSEMB})'

@@ -149,6 +149,10 @@ _IMPLIED = {'gelu_approximate': (True, lambda v: 'exact (erf) GELU'),
                                        f'{list(v.mean)}) / std {list(v.std)}'),
             'posemb': ('learned_1d', lambda v: f'posemb {v}'),
             'attention': ('global', lambda v: f'{v} attention')}
+# What the layout's readers assume in place of each key above.
+_ASSUMED = {'gelu_approximate': 'tanh GELU', 'layer_norm_epsilon': 'LayerNorm epsilon 1e-6',
+            'pixels': 'inputs x / 127.5 - 1', 'posemb': 'a learned 1D position table',
+            'attention': 'global attention'}
 
 
 def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
@@ -158,11 +162,11 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   values = {key: getattr(model, key) if model else implied
             for key, (implied, _) in _IMPLIED.items()}
   values['posemb'] = posemb(params, model)  # Readers refuse a tree without the learned table.
-  lost = [describe(values[key]) for key, (implied, describe) in _IMPLIED.items()
-          if values[key] != implied]
+  lost = [key for key, (implied, _) in _IMPLIED.items() if values[key] != implied]
   if lost:
-    raise UserError('--format vit_jax: the .npz layout cannot hold ' + ', '.join(lost) +
-                    ' (readers assume tanh GELU, LayerNorm epsilon 1e-6, inputs x / 127.5 - 1)'
+    raise UserError('--format vit_jax: the .npz layout cannot hold '
+                    + ', '.join(_IMPLIED[key][1](values[key]) for key in lost)
+                    + f' (its readers assume {", ".join(_ASSUMED[key] for key in lost)})'
                     ', so the logits would change')
 
 
