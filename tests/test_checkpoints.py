@@ -531,9 +531,10 @@ def _resume_refusal(saved_config, now_config, build_saved, build_now) -> str:
 
 
 def test_refusal_names_the_keys_that_shape_the_state_first():
-  """A supervised rerun of an MPP workdir names the objective (before: only
-  'model.num_classes'); another data.channels is named, not the seed or batch size that changed
-  beside it (before: those two, and data.channels left out as a data key)."""
+  """A supervised rerun of an MPP workdir names the objective and its trainer, in one short
+  line (before: 'model.num_classes' only, then every key and a hundred arrays); another
+  data.channels is named, not the seed or batch size that changed beside it (before: those
+  two, and data.channels left out as a data key)."""
   from configs.mpp import fashion_mnist as mpp_config
   from configs.supervised import fashion_mnist as supervised_config
   from mpp import objective as mpp_objective
@@ -544,9 +545,13 @@ def test_refusal_names_the_keys_that_shape_the_state_first():
     return config
 
   mpp, supervised = tiny(mpp_config.get_config()), tiny(supervised_config.get_config())
-  keys = _resume_refusal(mpp, supervised, mpp_objective.build, objective.build)
-  assert keys.startswith('config.mpp: present -> absent; model.num_classes: None -> 10;'), keys
-  assert 'data.flip' not in keys
+  with pytest.raises(UserError) as error:
+    checkpoints.check_compatible(mpp.to_dict(), _params_shapes(mpp, mpp_objective.build),
+                                 _params_shapes(supervised, objective.build), supervised,
+                                 where='W')
+  assert str(error.value) == ('W holds a run of another objective (config.mpp; this config has '
+                              'no objective section) and cannot be resumed here; resume it with '
+                              'python -m mpp.train, or use another --workdir')
 
   grey = tiny(supervised_config.get_config())
   grey.data.channels = 1
@@ -572,8 +577,12 @@ def test_a_fine_tune_aimed_at_a_pretraining_workdir_names_the_objective():
 
   mae, finetune = tiny(mae_config.get_config()), tiny(supervised_config.get_config())
   finetune.init = 'mae:runs/mae'
-  keys = _resume_refusal(mae, finetune, mae_objective.build, objective.build)
-  assert keys.startswith('config.mae: present -> absent; '), keys
+  with pytest.raises(UserError) as error:
+    checkpoints.check_compatible(mae.to_dict(), _params_shapes(mae, mae_objective.build),
+                                 _params_shapes(finetune, objective.build), finetune, where='W')
+  assert str(error.value) == ('W holds a run of another objective (config.mae; this config has '
+                              'no objective section) and cannot be resumed here; resume it with '
+                              'python -m mae.train, or use another --workdir')
 
 
 def test_unwritable_workdir_fails_before_training(tmp_path):

@@ -24,6 +24,7 @@ import dataclasses
 import fcntl
 import gc
 import glob
+import importlib.util
 import json
 import logging
 import math
@@ -830,12 +831,31 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   shapes = [f'{p}: {_show(old.get(p))} -> {_show(new.get(p))}'
             for p in sorted(set(old) | set(new), key=order) if old.get(p) != new.get(p)]
   if shapes:
+    other = _other_objective(saved_config, config, where)
+    if other:
+      raise UserError(other)
     differing = _incompatible_keys(saved_config, config, keys, changed)
     raise UserError(
         f'{where} was saved with another config and cannot be resumed: config keys differ: '
         f'{"; ".join(differing[:10]) or "none"}; {len(shapes)} state arrays differ: '
         f'{"; ".join(shapes[:5])}{" ..." if len(shapes) > 5 else ""}; use another --workdir')
   return changed
+
+
+def _other_objective(saved_config: dict, config: ml_collections.ConfigDict,
+                     where: str) -> Optional[str]:
+  """The refusal of another objective's run (mae.train on a SimMIM workdir): its objective
+  sections name the cause, and its trainer the cure, in place of a hundred differing arrays.
+  None when both configs have the same sections."""
+  saved = sorted(config_lib.sections(ml_collections.ConfigDict(saved_config)))
+  now = sorted(config_lib.sections(config))
+  if saved == now:
+    return None
+  name = lambda secs: ' and '.join(f'config.{s}' for s in secs) or 'no objective section'
+  trainers = [f'python -m {s}.train' for s in saved if importlib.util.find_spec(f'{s}.train')]
+  cure = f'resume it with {trainers[0]}' if len(trainers) == 1 else 'resume it with its trainer'
+  return (f'{where} holds a run of another objective ({name(saved)}; this config has '
+          f'{name(now)}) and cannot be resumed here; {cure}, or use another --workdir')
 
 
 def _check_origin(saved: dict, now: dict, where: str) -> None:
