@@ -215,7 +215,8 @@ def length_curve(st: Study) -> list[str]:
     mpp_acc = [st.results[n]['result']['holdout_mpp_accuracy'] for n in
                (f'{protocol.MPP}/seed{s}/e{e:g}' for s in st.config.seeds)
                if n in st.results and st.results[n]['result'].get('holdout_mpp_accuracy')]
-    held = f'{100 * sum(mpp_acc) / len(mpp_acc):.2f} ({len(mpp_acc)} seeds)' if mpp_acc else '-'
+    held = (f'{100 * sum(mpp_acc) / len(mpp_acc):.2f} ({len(mpp_acc)} seed'
+          f'{"s" * (len(mpp_acc) != 1)})' if mpp_acc else '-')
     cells = [_cell(st.accuracies(f'mpp_e{e:g}', f), len(st.seeds(f))) for f in st.config.budgets]
     lines.append(f'| {e:g} epochs ({round(e * st.config.steps_per_epoch * 128 / 1e6, 2)}M '
                  f'images) | {held} | ' + ' | '.join(cells) + ' |')
