@@ -397,13 +397,15 @@ def _failure(mngr: ocp.CheckpointManager, e: Exception,
   return None if reason is None else (pending, reason)
 
 
-def _in_chain(e: Optional[BaseException], kind: type) -> Optional[BaseException]:
-  """`e`, or the first exception it was raised from or during, that is a `kind`."""
+def _in_chain(e: Optional[BaseException], kind) -> Optional[BaseException]:
+  """`e`, or the first exception it was raised from or during, that is a `kind` (a type, or a
+  predicate of the exception)."""
+  matches = kind if not isinstance(kind, type) else lambda x: isinstance(x, kind)
   seen = set()
-  while e is not None and id(e) not in seen and not isinstance(e, kind):
+  while e is not None and id(e) not in seen and not matches(e):
     seen.add(id(e))
     e = e.__cause__ or e.__context__
-  return e if isinstance(e, kind) else None
+  return e if e is not None and matches(e) else None
 
 
 def check_saves(mngr: ocp.CheckpointManager, step: int, sync: bool) -> None:
@@ -521,23 +523,17 @@ class _UnretrievedReadFilter(logging.Filter):
     if not record.getMessage().split('\n', 1)[0].endswith('exception was never retrieved'):
       return True
     error = record.exc_info[1] if record.exc_info else None
-    return error is None or not _orbax_read_error(error)
+    return error is None or _in_chain(error, _orbax_read_error) is None
 
 
 def _orbax_read_error(error: BaseException) -> bool:
-  """Whether `error`, or one it was raised from or during, is TensorStore's failed read (a
-  plain future's, no traceback) or went through orbax's code."""
-  seen = set()
-  while error is not None and id(error) not in seen:
-    seen.add(id(error))
-    text = str(error)
-    if text.startswith('Encountered error while reading array index') or (
-        'Error reading "' in text and ' database at ' in text) or any(
-        f'{os.sep}orbax{os.sep}' in frame.filename
-        for frame in traceback.extract_tb(error.__traceback__)):
-      return True
-    error = error.__cause__ or error.__context__
-  return False
+  """Whether `error` is TensorStore's failed read (a plain future's, no traceback) or went
+  through orbax's code."""
+  text = str(error)
+  return (text.startswith('Encountered error while reading array index')
+          or ('Error reading "' in text and ' database at ' in text)
+          or any(f'{os.sep}orbax{os.sep}' in frame.filename
+                 for frame in traceback.extract_tb(error.__traceback__)))
 
 
 def _abandoned_read(unraisable) -> bool:
@@ -814,8 +810,9 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   naming first what makes it so (another objective, then the config keys that shape the state:
   `_incompatible_keys`), then the differing arrays; else returns the changed config keys."""
   saved, now = _flat_config(saved_config), _flat_config(config.to_dict())
-  if set(config_lib.sections(config)) == set(config_lib.sections(
-      ml_collections.ConfigDict(saved_config))):
+  objectives = (sorted(config_lib.sections(ml_collections.ConfigDict(saved_config))),
+                sorted(config_lib.sections(config)))
+  if objectives[0] == objectives[1]:
     # Another objective's run (a fine-tune aimed at its MAE pretraining workdir) is refused
     # below, naming the objective: the origin's cure ('rerun without config.init') cannot
     # resume it.
@@ -831,9 +828,8 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   shapes = [f'{p}: {_show(old.get(p))} -> {_show(new.get(p))}'
             for p in sorted(set(old) | set(new), key=order) if old.get(p) != new.get(p)]
   if shapes:
-    other = _other_objective(saved_config, config, where)
-    if other:
-      raise UserError(other)
+    if objectives[0] != objectives[1]:
+      raise UserError(_other_objective(*objectives, where))
     differing = _incompatible_keys(saved_config, config, keys, changed)
     raise UserError(
         f'{where} was saved with another config and cannot be resumed: config keys differ: '
@@ -842,15 +838,10 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   return changed
 
 
-def _other_objective(saved_config: dict, config: ml_collections.ConfigDict,
-                     where: str) -> Optional[str]:
-  """The refusal of another objective's run (mae.train on a SimMIM workdir): its objective
-  sections name the cause, and its trainer the cure, in place of a hundred differing arrays.
-  None when both configs have the same sections."""
-  saved = sorted(config_lib.sections(ml_collections.ConfigDict(saved_config)))
-  now = sorted(config_lib.sections(config))
-  if saved == now:
-    return None
+def _other_objective(saved: list[str], now: list[str], where: str) -> str:
+  """The refusal of another objective's run (mae.train on a SimMIM workdir), given the saved
+  and the current config's objective sections: they name the cause, and the saved run's
+  trainer the cure, in place of a hundred differing arrays."""
   name = lambda secs: ' and '.join(f'config.{s}' for s in secs) or 'no objective section'
   trainers = [f'python -m {s}.train' for s in saved if importlib.util.find_spec(f'{s}.train')]
   cure = f'resume it with {trainers[0]}' if len(trainers) == 1 else 'resume it with its trainer'

@@ -143,16 +143,15 @@ def load(path: str) -> Read:
 
 
 # What the official code assumes where the .npz states nothing (models_vit.py, input_pipeline).
-_IMPLIED = {'gelu_approximate': (True, lambda v: 'exact (erf) GELU'),
-            'layer_norm_epsilon': (1e-6, lambda v: f'LayerNorm epsilon {v:g}'),
+# key: (what the layout implies, how a model's other value is named, what readers assume).
+_IMPLIED = {'gelu_approximate': (True, lambda v: 'exact (erf) GELU', 'tanh GELU'),
+            'layer_norm_epsilon': (1e-6, lambda v: f'LayerNorm epsilon {v:g}',
+                                   'LayerNorm epsilon 1e-6'),
             'pixels': (None, lambda v: f'input normalisation (x * {v.rescale:.6g} - mean '
-                                       f'{list(v.mean)}) / std {list(v.std)}'),
-            'posemb': ('learned_1d', lambda v: f'posemb {v}'),
-            'attention': ('global', lambda v: f'{v} attention')}
-# What the layout's readers assume in place of each key above.
-_ASSUMED = {'gelu_approximate': 'tanh GELU', 'layer_norm_epsilon': 'LayerNorm epsilon 1e-6',
-            'pixels': 'inputs x / 127.5 - 1', 'posemb': 'a learned 1D position table',
-            'attention': 'global attention'}
+                                       f'{list(v.mean)}) / std {list(v.std)}',
+                       'inputs x / 127.5 - 1'),
+            'posemb': ('learned_1d', lambda v: f'posemb {v}', 'a learned 1D position table'),
+            'attention': ('global', lambda v: f'{v} attention', 'global attention')}
 
 
 def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
@@ -160,14 +159,14 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   it holds whole). `model`: the resolved model (None: the official defaults). Which other
   formats hold it is `vit.formats.registry.check_expressible`'s to say."""
   values = {key: getattr(model, key) if model else implied
-            for key, (implied, _) in _IMPLIED.items()}
+            for key, (implied, _, _) in _IMPLIED.items()}
   values['posemb'] = posemb(params, model)  # Readers refuse a tree without the learned table.
-  lost = [key for key, (implied, _) in _IMPLIED.items() if values[key] != implied]
+  lost = [(describe(values[key]), assumed) for key, (implied, describe, assumed)
+          in _IMPLIED.items() if values[key] != implied]
   if lost:
-    raise UserError('--format vit_jax: the .npz layout cannot hold '
-                    + ', '.join(_IMPLIED[key][1](values[key]) for key in lost)
-                    + f' (its readers assume {", ".join(_ASSUMED[key] for key in lost)})'
-                    ', so the logits would change')
+    held, assumed = zip(*lost)
+    raise UserError(f'--format vit_jax: the .npz layout cannot hold {", ".join(held)} (its '
+                    f'readers assume {", ".join(assumed)}), so the logits would change')
 
 
 def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
