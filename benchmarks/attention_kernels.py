@@ -12,24 +12,35 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from benchmarks import train_step
 from vit import config as config_lib
+from vit.errors import UserError
 
 
-def compare(model_name: str, image: int, batch: int) -> dict:
+def specs(model_name: str, image: int) -> dict:
+  """The encoder's validated ModelSpec in bfloat16 for each attention kernel: {'xla': spec,
+  'cudnn': spec}. Starts no JAX backend. Raises UserError (vit.errors) for an unknown preset
+  or an image its patch does not divide."""
   config = config_lib.defaults()
   config.image_size = image
   config.model.name = model_name
   config.model.dtype = 'bfloat16'
-  models = {}
+  out = {}
   for kernel in ('xla', 'cudnn'):
     config.model.attention_kernel = kernel
-    models[kernel] = config_lib.build_model(config_lib.validate(config, num_devices=1),
-                                            num_classes=None, classifier='unpooled')
+    out[kernel] = config_lib.validate(config, num_devices=1)
+  return out
+
+
+def compare(model_name: str, image: int, batch: int) -> dict:
+  models = {kernel: config_lib.build_model(spec, num_classes=None, classifier='unpooled')
+            for kernel, spec in specs(model_name, image).items()}
   images = jax.random.uniform(jax.random.key(0), (batch, image, image, 3), minval=-1, maxval=1)
   params = nn.unbox(models['xla'].init(jax.random.key(1), images[:1], train=False)['params'])
 
@@ -50,12 +61,37 @@ def compare(model_name: str, image: int, batch: int) -> dict:
           'grads_max_rel_diff': rel(out['xla'][1], out['cudnn'][1])}
 
 
+def _no_cudnn_reason() -> str | None:
+  """Why cuDNN's kernel cannot run here (no CUDA backend starts), or None when it can. Asks
+  for CUDA alone unless JAX_PLATFORMS is set, so that a CPU host with libtpu installed does
+  not probe for a TPU first (pages of libtpu's log)."""
+  platforms = train_step.jax_platforms('gpu')
+  jax.config.update('jax_platforms', platforms)  # The environment was read at import.
+  try:
+    backend = jax.default_backend()
+  except Exception as e:  # JAX 0.10 raises a bare AssertionError without the CUDA plugin.
+    return (str(e).strip() and f'no JAX backend could start: {e}'
+            or train_step.no_backend(platforms, type(e).__name__))
+  if backend != 'gpu':
+    return f'cuDNN attention needs an NVIDIA GPU; JAX\'s backend here is {backend}'
+  return None
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  p.add_argument('--model', default='ViT-B/16')
-  p.add_argument('--image', type=int, default=224)
-  p.add_argument('--batch', type=int, default=8)
+  p.add_argument('--model', default='ViT-B/16', help='a preset name (default: ViT-B/16)')
+  p.add_argument('--image', type=train_step.positive, default=224,
+                 help='image side in pixels (default: 224)')
+  p.add_argument('--batch', type=train_step.positive, default=8, help='images (default: 8)')
   args = p.parse_args(argv)
+  try:
+    specs(args.model, args.image)  # The flags' mistakes first, on any machine.
+  except UserError as e:
+    p.error(str(e))
+  reason = _no_cudnn_reason()
+  if reason:
+    print(f'error: {reason}', file=sys.stderr)
+    sys.exit(2)
   print(json.dumps(compare(args.model, args.image, args.batch)))
 
 

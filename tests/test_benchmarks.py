@@ -301,3 +301,42 @@ def test_gpu_without_cuda_names_the_missing_backend_in_one_line():
       'building - - matmul ...',
       'error: JAX cannot run a matmul on --device=gpu: no CUDA backend could start in this JAX '
       'installation (JAX_PLATFORMS=cuda; JAX raised AssertionError without a message)']
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--batch=0'], "argument --batch: expected a positive integer, got '0'"),
+    (['--image=-4'], "argument --image: expected a positive integer, got '-4'"),
+    (['--model=nope'], "config.model.name='nope': unknown preset; known: ViT-Ti/16"),
+    (['--model=ViT-Ti/16', '--image=30'], 'config.image_size=30: not divisible by the patch '
+                                          'size 16'),
+])
+def test_attention_kernels_flags_are_checked_on_any_machine(argv, message, capsys):
+  """They were tracebacks (a preset, the image) or reached JAX (a batch of 0); now one line
+  after the usage, before any backend is asked for a GPU."""
+  from benchmarks import attention_kernels
+  with pytest.raises(SystemExit) as e:
+    attention_kernels.main(argv)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and f'error: {message}' in err[-1]
+  assert [line for line in err if 'error' in line] == [err[-1]]
+
+
+@pytest.mark.parametrize('platforms, line', [
+    (None, 'error: no CUDA backend could start in this JAX installation (JAX_PLATFORMS=cuda; '
+           'JAX raised AssertionError without a message)'),
+    ('cpu', "error: cuDNN attention needs an NVIDIA GPU; JAX's backend here is cpu"),
+])
+def test_attention_kernels_without_a_gpu_is_one_line(platforms, line):
+  """This machine's real behaviour: it was a 'cuDNN is not detected' traceback after pages
+  of libtpu's log (the TPU was probed first)."""
+  import importlib.util
+  if importlib.util.find_spec('jax_plugins') is not None:
+    pytest.skip('a JAX plugin is installed: its backend starts or says why itself')
+  env = {k: v for k, v in os.environ.items() if k != 'JAX_PLATFORMS'}
+  if platforms:
+    env['JAX_PLATFORMS'] = platforms
+  root = os.path.dirname(os.path.dirname(os.path.abspath(train_step.__file__)))
+  run = subprocess.run([sys.executable, '-m', 'benchmarks.attention_kernels', '--batch=1',
+                        '--image=32', '--model=ViT-Ti/16'], capture_output=True, text=True,
+                       env=env, cwd=root, timeout=300)
+  assert run.returncode == 2 and run.stderr.strip().splitlines() == [line], run.stderr
