@@ -278,7 +278,8 @@ def test_a_full_disk_during_training_stops_at_the_failed_save(step4, tmp_path):
   # At the first step after the failure is known, never later than the next save (step 12).
   assert 8 < _stopped_at(full, checkpoints, 'File too large') <= 12
   assert 'step 14/16' not in full.stdout
-  assert sorted(n for n in os.listdir(checkpoints) if n.isdigit()) == ['4']
+  # The failed step's unfinished folder is gone: its bytes were the room the rerun needs.
+  assert sorted(os.listdir(checkpoints)) == ['4']
   again = _train(workdir, 16)  # Space freed: the same command resumes from step 4.
   assert again.returncode == 0, again.stderr[-3000:]
   assert f'resumed from {workdir} at step 4' in again.stdout
@@ -289,6 +290,7 @@ def test_a_full_disk_during_training_stops_at_the_failed_save(step4, tmp_path):
       f'error: checkpoint step 20 could not be saved (File too large); the last complete '
       f'checkpoint is {checkpoints}/16; free space and rerun the same command to resume')
   _only_that_line(last_save)
+  assert '16' in os.listdir(checkpoints) and all(n.isdigit() for n in os.listdir(checkpoints))
 
 
 def test_a_checkpoints_folder_made_read_only_stops_at_the_failed_save(step4, tmp_path):
@@ -490,6 +492,11 @@ def test_a_failed_save_advises_freeing_space_only_when_room_would_help(tmp_path,
   monkeypatch.setattr(checkpoints._AbandonedTaskFilter, 'save_failed', False)  # Restored.
   mngr = checkpoints.manager(str(tmp_path))
   partial = tmp_path / 'checkpoints' / '8.orbax-checkpoint-tmp' / 'state'
+  mngr._maybe_await_cleanup_tmp_directory()  # orbax's own, begun at the opening: done first.
+  partial.mkdir(parents=True)
+  (partial / 'half_written').write_bytes(b'x' * 100)
+  other = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp'  # Not this save's: kept.
+  other.mkdir()
 
   def wait_until_finished():
     if code == 'tensorstore':
@@ -507,6 +514,7 @@ def test_a_failed_save_advises_freeing_space_only_when_room_would_help(tmp_path,
   assert str(e.value) == (f'checkpoint step 8 could not be saved ({reason.format(partial=partial)}'
                           f'); no complete checkpoint is in {tmp_path}/checkpoints; {cure} the '
                           f'same command to start again')
+  assert os.listdir(tmp_path / 'checkpoints') == ['4.orbax-checkpoint-tmp']
 
 
 def test_a_compilation_cache_that_cannot_be_written_is_one_line_once(capsys):

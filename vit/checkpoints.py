@@ -315,6 +315,8 @@ class SaveFailed(UserError):
     _AbandonedTaskFilter.save_failed = True  # Before the collection, which logs them.
     gc.collect()  # The failed writes' coroutines, closed now rather than noisily at exit.
     mngr.reported = True  # Told in this one line; `wait_for_saves` says nothing more.
+    if failed is not None and jax.process_count() == 1:
+      _remove_unfinished(mngr, failed)
     mngr.reload()  # The steps on disk: orbax forgets the ones it meant to delete next.
     last = mngr.latest_step()
     complete = (f'the last complete checkpoint is {mngr.directory}/{last}' if last is not None
@@ -328,6 +330,18 @@ class SaveFailed(UserError):
     # With no checkpoint the rerun starts from step 0: nothing to resume.
     again = 'to resume' if last is not None else 'to start again'
     super().__init__(f'{what} ({reason}); {stopped}{complete}; {cure} the same command {again}')
+
+
+def _remove_unfinished(mngr: ocp.CheckpointManager, step: int) -> None:
+  """Removes what the failed save of `step` wrote (`STEP.orbax-checkpoint-tmp*`), so that the
+  space a full disk needs back is not held by a checkpoint that can never be read; orbax would
+  remove it only when the next run opens the folder. Called once the save has ended (failed):
+  nothing writes there any more. Several processes keep theirs for that next run: another may
+  still be writing. A removal that fails (no permission) leaves it to that run too."""
+  unfinished = f'{step}{ocp.path.step.TMP_DIR_SUFFIX}*'
+  pattern = os.path.join(glob.escape(str(mngr.directory)), unfinished)
+  for partial in glob.glob(pattern):
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 class _StopOnFailedWrite:
