@@ -258,6 +258,12 @@ def test_the_crop_offset_warning_only_where_offsets_can_differ():
   assert [transforms.offsets_differ(squash(s), 16) for s in (20, 21, 19, 23, 15, 14)] == [
       False, False, True, True, True, False]
   assert transforms.offsets_differ(dict(crop_pct=0.875, crop_mode='center'), 16)
+  # The warning names this view's own margin (it said "an odd number of pixels", which 21's
+  # margin of 5 is, and which does not differ).
+  assert transforms.offsets_note(squash(23), 16) == (
+      'its margin of 7 pixels puts the input one pixel off')
+  assert transforms.offsets_note(squash(15), 16) == (
+      'its padding of 1 pixel puts the input one pixel off')
   rng = np.random.default_rng(0)
   for scale in (20, 21, 19, 23, 15, 14):
     image = rng.integers(0, 256, (scale, scale, 3), dtype=np.uint8)

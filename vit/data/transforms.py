@@ -231,6 +231,19 @@ def offsets_differ(view: dict, size: int) -> bool:
   return margin % 2 == 1 if margin < 0 else margin % 4 == 3
 
 
+def offsets_note(view: dict, size: int) -> str:
+  """Where the crop of EvalView(size, **view) differs by one pixel between crop_offsets
+  'round' and 'floor' (`offsets_differ` is True), in words for a warning: the margin or
+  padding of this view, or, with crop_mode 'center', the margins of 4k + 3 pixels that some
+  images have."""
+  if view['crop_mode'] == 'center':
+    return 'on an image whose margin is 4k + 3 pixels (3, 7, 11, ...) its input is one pixel off'
+  margin = math.floor(size / view['crop_pct']) - size
+  what = 'margin' if margin >= 0 else 'padding'
+  pixels = f'{abs(margin)} pixel{"s" if abs(margin) != 1 else ""}'
+  return f'its {what} of {pixels} puts the input one pixel off'
+
+
 def crop_pct_for(size: int, scale: int) -> float:
   """The crop_pct with which EvalView resizes to `scale` before a `size` crop: size / scale,
   nudged down where float rounding would make floor(size / crop_pct) fall short of `scale`."""

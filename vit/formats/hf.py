@@ -383,8 +383,8 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
                                                                                          size):
     logger.warning(f'--format hf: transformers centres its crop at offsets rounded down, this '
                    f'checkpoint\'s view (crop_pct {view["crop_pct"]:g}, crop_mode '
-                   f'{view["crop_mode"]}) at rounded ones: where a margin is an odd number of '
-                   f'pixels its input can be one pixel off')
+                   f'{view["crop_mode"]}) at rounded ones: '
+                   f'{transforms.offsets_note(view, size)}')
   # ViTForImageClassification holds the backbone under `vit.`, its classifier beside it.
   prefix = 'vit.' if 'head' in params else ''
   tensors = table.write(ROWS, params, range(table.block_count(params)), Dims.of(params))

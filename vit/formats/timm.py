@@ -256,8 +256,7 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
     logger.warning(f'--format timm: timm centres its crop at rounded offsets, this '
                    f'checkpoint\'s view (from transformers\' processor: crop_pct '
                    f'{view["crop_pct"]:g}, crop_mode {view["crop_mode"]}) at offsets rounded '
-                   f'down: where a margin is an odd number of pixels its input can be one '
-                   f'pixel off')
+                   f'down: {transforms.offsets_note(view, size)}')
   tensors = table.write(ROWS, params, range(table.block_count(params)), Dims.of(params))
   safetensors_dir.write(out, tensors, {
       'config.json': _config_json(params, model, class_names, size, view)})
