@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import collections
 import os
-import subprocess
 import sys
 from typing import Optional
 
@@ -472,21 +471,11 @@ def _save(fig, path: str) -> None:
     plt.close(fig)
 
 
-def _code_changed() -> bool:
-  """Whether the report's own code (study/, configs/study/) differs from its commit: the
-  results it writes beside them do not count."""
-  try:
-    return bool(subprocess.run(['git', '-C', ROOT, 'status', '--porcelain', '--', 'study',
-                                'configs/study'], capture_output=True, text=True,
-                               check=True).stdout.strip())
-  except (OSError, subprocess.CalledProcessError):
-    return False
-
-
 def markdown(st: Study, figures: dict[str, str]) -> str:
   commits = commits_note(st, headline_runs(st))  # The headline's and its differences' runs.
-  at = (store.commit_of(ROOT)['commit'] or '?')[:7] + (
-      ' with local changes' if _code_changed() else '')
+  # The report's own code; the results it writes beside it do not count as changes.
+  code = store.commit_of(ROOT, only=('study', 'configs/study'), untracked=True)
+  at = (code['commit'] or '?')[:7] + (' with local changes' if code['dirty'] else '')
   parts = ['# Does MPP help? Results of the pre-registered study', '',
            'Protocol: [protocol.md](protocol.md) (committed before these numbers existed). '
            f'Made by `python -m study.report` (the report code at {at}) from '

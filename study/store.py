@@ -100,15 +100,18 @@ def held_by_others(workdir: str, names) -> bool:
   return False
 
 
-def commit_of(path: str) -> dict:
-  """The git commit of the code that runs, and whether its tree had local changes."""
+def commit_of(path: str, only: tuple[str, ...] = (), untracked: bool = False) -> dict:
+  """The git commit of the code that runs, and whether its tree had local changes: `only`
+  these paths when given (relative to the checkout), new files counted when `untracked`.
+  Outside a git checkout: commit None, dirty False."""
   def git(*args) -> Optional[str]:
     try:
       return subprocess.run(['git', '-C', path, *args], capture_output=True, text=True,
                             check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
       return None
-  status = git('status', '--porcelain', '--untracked-files=no')
+  status = git('status', '--porcelain', f'--untracked-files={"all" if untracked else "no"}',
+               '--', *only)
   return dict(commit=git('rev-parse', 'HEAD'), dirty=bool(status))
 
 

@@ -135,3 +135,33 @@ def test_a_worker_that_fails_is_named_with_its_own_line(tmp_path, monkeypatch):
   assert message.startswith('study: workers exited with [2, 2]; worker 0: --config.bogus: '
                             'unknown config key'), message
   assert '\n' not in message and 'older' not in message
+
+
+def test_commit_of_counts_local_changes_only_where_asked(tmp_path):
+  """A run's record takes the whole checkout's tracked files; the report its own code only
+  (study/, configs/study/), new files there included, never the results it writes."""
+  import subprocess
+  git = lambda *a: subprocess.run(['git', '-C', str(tmp_path), *a], check=True,
+                                  capture_output=True)
+  git('init', '-q')
+  (tmp_path / 'study').mkdir()
+  (tmp_path / 'study' / 'report.py').write_text('x = 1\n')
+  (tmp_path / 'README.md').write_text('r\n')
+  git('add', '.')
+  git('-c', 'user.name=t', '-c', 'user.email=t@t', 'commit', '-qm', 'c')
+  head = subprocess.run(['git', '-C', str(tmp_path), 'rev-parse', 'HEAD'], capture_output=True,
+                        text=True).stdout.strip()
+  code = dict(only=('study', 'configs/study'), untracked=True)
+  assert store.commit_of(str(tmp_path)) == dict(commit=head, dirty=False)
+  (tmp_path / 'docs').mkdir()
+  (tmp_path / 'docs' / 'result.json').write_text('{}')  # Untracked, outside the code.
+  assert not store.commit_of(str(tmp_path))['dirty']
+  assert not store.commit_of(str(tmp_path), **code)['dirty']
+  (tmp_path / 'study' / 'new.py').write_text('')  # Untracked code: the report's only.
+  assert not store.commit_of(str(tmp_path))['dirty']
+  assert store.commit_of(str(tmp_path), **code)['dirty']
+  (tmp_path / 'study' / 'new.py').unlink()
+  (tmp_path / 'README.md').write_text('changed\n')  # Tracked, outside the report's code.
+  assert store.commit_of(str(tmp_path))['dirty']
+  assert not store.commit_of(str(tmp_path), **code)['dirty']
+  assert store.commit_of(str(tmp_path / 'nowhere')) == dict(commit=None, dirty=False)
