@@ -83,17 +83,26 @@ def _sweep_name(prefix: str, lr: float, pad: Optional[int]) -> str:
   return f'{prefix}/sweep/lr{lr:g}' + ('' if pad is None else f'_pad{pad}')
 
 
+def _pretrain(study, seed: int, name: str, epochs: float, exports: dict[str, float]
+              ) -> list[Run]:
+  """Seed `seed`'s MPP pretraining `name` for `epochs`, evaluated at every first-run length's
+  common step (so a rerun's evaluations fall where the first run's did), and a backbone
+  'export' run for each {name: epochs} of `exports`."""
+  spe = study.steps_per_epoch
+  pre = Run(name, 'pretrain', P_PRETRAIN0 if seed == study.seeds[0] else P_PRETRAIN,
+            seed=seed, steps=round(epochs * spe),
+            eval_every=math.gcd(*(round(e * spe) for e in study.pretrain_epochs)),
+            warmup=study.pretrainer.optimizer.warmup_steps)
+  return [pre, *(Run(export, 'export', P_PRETRAIN, (name,), seed=seed, steps=round(e * spe),
+                     epochs=e) for export, e in exports.items())]
+
+
 def pretraining(study) -> list[Run]:
   """One long pretraining per seed, and a backbone 'export' run at each length."""
-  spe, runs = study.steps_per_epoch, []
+  runs = []
   for s in study.seeds:
-    pre = f'{MPP}/seed{s}/pretrain'
-    runs.append(Run(pre, 'pretrain', P_PRETRAIN0 if s == study.seeds[0] else P_PRETRAIN,
-                    seed=s, steps=round(max(study.pretrain_epochs) * spe),
-                    eval_every=math.gcd(*(round(e * spe) for e in study.pretrain_epochs)),
-                    warmup=study.pretrainer.optimizer.warmup_steps))
-    runs += [Run(f'{MPP}/seed{s}/e{e:g}', 'export', P_PRETRAIN, (pre,), seed=s,
-                 steps=round(e * spe), epochs=e) for e in study.pretrain_epochs]
+    runs += _pretrain(study, s, f'{MPP}/seed{s}/pretrain', max(study.pretrain_epochs),
+                      {f'{MPP}/seed{s}/e{e:g}': e for e in study.pretrain_epochs})
   return runs + extension(study)
 
 
@@ -116,19 +125,13 @@ def extension(study) -> list[Run]:
   the first runs' last (`{MPP}/seed{s}/e{e}_rerun`, to compare with their export). The first
   runs kept no optimiser state to continue from; on the same schedule (rsqrt: no length in
   it), seed, data order and evaluations, a rerun is that continuation."""
-  ext, spe = extension_epochs(study), study.steps_per_epoch
+  ext = extension_epochs(study)
   if not ext:
     return []
   first, runs = max(study.pretrain_epochs), []
   for s in study.seeds:
-    pre = f'{MPP}/seed{s}/pretrain_e{ext:g}'
-    runs.append(Run(pre, 'pretrain', P_PRETRAIN0 if s == study.seeds[0] else P_PRETRAIN,
-                    seed=s, steps=round(ext * spe),
-                    eval_every=math.gcd(*(round(e * spe) for e in study.pretrain_epochs)),
-                    warmup=study.pretrainer.optimizer.warmup_steps))
-    runs += [Run(f'{MPP}/seed{s}/e{e:g}{"_rerun" if e == first else ""}', 'export',
-                 P_PRETRAIN, (pre,), seed=s, steps=round(e * spe), epochs=e)
-             for e in (first, ext)]
+    runs += _pretrain(study, s, f'{MPP}/seed{s}/pretrain_e{ext:g}', ext,
+                      {f'{MPP}/seed{s}/e{first:g}_rerun': first, f'{MPP}/seed{s}/e{ext:g}': ext})
   return runs
 
 
