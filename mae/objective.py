@@ -128,6 +128,8 @@ class Decoder(nn.Module):
 
 
 class MaeModel(nn.Module):
+  """MAE's encoder and decoder: the ViT backbone sees the patches that `random_masking` of the
+  noise keeps (`num_kept(N, mask_ratio)`), the `Decoder` predicts the pixels of every patch."""
   backbone: VisionTransformer
   decoder: Decoder
   mask_ratio: float
@@ -150,15 +152,22 @@ class Spec:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, m: ModelSpec) -> 'Spec':
+    """Reads the patch size of `m`, the patch grid at config.image_size
+    (`vit.config.token_grid`) and config.mae's mask_ratio and norm_pix_loss."""
     return cls(m.patch_size, config_lib.token_grid(config, m),
                config.mae.mask_ratio, config.mae.norm_pix_loss)
 
   @property
   def num_patches(self) -> int:
+    """N, the patches of one image: the grid's rows times its columns."""
     return self.grid[0] * self.grid[1]
 
 
 def build_model(config: ml_collections.ConfigDict, m: ModelSpec) -> MaeModel:
+  """The untrained `MaeModel` of a validated config: the backbone of `m` with its class token and
+  no classifier (classifier='unpooled'), and a decoder of config.mae.decoder's sizes that takes
+  the backbone's GELU, LayerNorm epsilon, dtype and kernels and predicts ph * pw *
+  config.data.channels values per patch."""
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
   d = config.mae.decoder
   grid = config_lib.token_grid(config, m)
@@ -171,6 +180,8 @@ def build_model(config: ml_collections.ConfigDict, m: ModelSpec) -> MaeModel:
 
 
 def init_fn(model: MaeModel, spec: Spec, image_shape: tuple[int, ...]) -> Callable:
+  """rng -> fresh parameters of `model`, {'backbone', 'decoder'} boxed with their logical axis
+  names, traced on zero images of `image_shape` [B, H, W, C] and zero noise [B, N]."""
   def init(rng):
     images = jnp.zeros(image_shape, jnp.float32)
     noise = jnp.zeros((image_shape[0], spec.num_patches), jnp.float32)
@@ -242,21 +253,29 @@ class MaeObjective:
   m: ModelSpec = dataclasses.field(repr=False, compare=False)  # The resolved model.
 
   def init_params(self, rng: jax.Array):
+    """MAE's parameters {'backbone', 'decoder'}, traced on one zero image (`init_fn`)."""
     return init_fn(self.model, self.spec, self.image_shape)(rng)
 
   def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+    """MAE's loss (`make_loss_fn`): masking noise and dropout drawn from `rng`, the MSE on the
+    removed patches of the valid rows; metrics {'masked_patches'}."""
     return make_loss_fn(self.model, self.spec, self.m)(params, batch, rng, train)
 
   def predictions(self, params, batch) -> jax.Array:
+    """MAE's decoded pixels of every patch, float32 [B, N, ph * pw * C], under the masking
+    noise of jax.random.key(0), without dropout."""
     images = batch['image']
     noise = jax.random.uniform(jax.random.key(0), (images.shape[0], self.spec.num_patches))
     return self.model.apply({'params': params}, input_fn(self.m)(images), noise,
                             train=False)[0]
 
   def representation(self, params, images: jax.Array) -> jax.Array:
+    """MAE's features: the mean of the encoder's patch tokens, float32 [B, D], every patch
+    visible."""
     return fewshot.make_patch_mean_fn(self.m)(self.backbone(params), images)
 
   def backbone(self, params):
+    """params['backbone']: the encoder, without the decoder."""
     return params['backbone']
 
 

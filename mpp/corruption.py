@@ -17,6 +17,8 @@ import jax.numpy as jnp
 
 @flax.struct.dataclass
 class Corruption:
+  """One batch's corruption, drawn by `sample` and applied to the patch embeddings by `apply`; a
+  pytree (`within_image` static), so it passes through jit."""
   corrupted: jax.Array  # bool [B, N]: the patches the loss is computed on.
   masked: jax.Array     # bool [B, N]: replaced by the [mask] embedding.
   replaced: jax.Array   # bool [B, N]: replaced by the patch at `source`.
@@ -26,12 +28,21 @@ class Corruption:
 
 
 def num_corrupted(num_patches: int, rate: float) -> int:
+  """Patches corrupted per image: round(rate * num_patches), Python's round (halves to even)."""
   return int(round(rate * num_patches))
 
 
 def sample(rng: jax.Array, batch: int, num_patches: int, *, rate: float = 0.5,
            mask_fraction: float = 0.8, random_fraction: float = 0.1,
            within_image: bool = False) -> Corruption:
+  """The corruption of `batch` images of `num_patches` patches each, drawn from `rng`.
+
+  Per image exactly `num_corrupted(num_patches, rate)` patches, chosen uniformly without
+  replacement; each of them is masked with probability `mask_fraction`, replaced with
+  probability `random_fraction`, else kept (BERT's 80/10/10 by default). A replacement comes
+  from any of the batch's B * N patches, or with `within_image` from its own image's N, never
+  the patch itself (unless it is the only one).
+  """
   choose_rng, kind_rng, source_rng = jax.random.split(rng, 3)
   k = num_corrupted(num_patches, rate)
   # The ranks of i.i.d. uniform noise are a uniformly random permutation of each row.

@@ -68,6 +68,8 @@ class Spec:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, m: ModelSpec) -> 'Spec':
+    """Reads config.mpp (random_source 'batch' when the key is absent), config.data.channels, and
+    the patch size and `pixels` of the resolved model `m`."""
     c = config.mpp
     return cls(c.target, m.patch_size, config.data.channels, c.bits, c.grid,
                c.normalize_pixels, c.corruption_rate, c.mask_fraction, c.random_fraction,
@@ -85,16 +87,24 @@ class Spec:
 
   @property
   def output_shape(self) -> tuple[int, ...]:
+    """The shape of the head's prediction per patch (`mpp.targets.output_shape`): (classes,)
+    for mean_color, (grid * grid, classes) for downsampled_color, (ph * pw * C,) for pixels."""
     return targets_lib.output_shape(self.target, self.patch_size, self.channels, self.bits,
                                     self.grid)
 
 
 def build_model(config: ml_collections.ConfigDict, m: ModelSpec) -> MppModel:
+  """The untrained `MppModel` of a validated config: the backbone of `m` with its class token and
+  no classifier (classifier='unpooled'), and a zero-initialised head of `Spec.output_shape`."""
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
   return MppModel(backbone=backbone, output_shape=Spec.from_config(config, m).output_shape)
 
 
 def compute_targets(spec: Spec, unit_images: jax.Array) -> jax.Array:
+  """float32 images [B, H, W, C] in [0, 1] -> MPP's targets (Appendix B.1.2), by spec.target:
+  mean_color int32 [B, N] (each patch's quantised mean colour), downsampled_color int32
+  [B, N, grid * grid], pixels float32 [B, N, ph * pw * C] (per-patch normalised under
+  spec.normalize_pixels)."""
   if spec.target == 'mean_color':
     return targets_lib.mean_color(unit_images, spec.patch_size, spec.bits)
   if spec.target == 'downsampled_color':
@@ -135,6 +145,9 @@ def _mean_color_of_pixels(spec: Spec, flat_patches: jax.Array) -> jax.Array:
 
 def sample_corruption(spec: Spec, rng: jax.Array, images: jax.Array
                       ) -> corruption_lib.Corruption:
+  """The corruption of a batch of images [B, H, W, C] (only the shape is read) drawn from `rng`:
+  round(spec.rate * N) patches per image, masked, replaced or kept in spec's fractions, a
+  replacement taken from the same image when spec.random_source is 'image' (`corruption.sample`)."""
   gh = images.shape[1] // spec.patch_size[0]
   gw = images.shape[2] // spec.patch_size[1]
   return corruption_lib.sample(rng, images.shape[0], gh * gw, rate=spec.rate,
@@ -154,6 +167,9 @@ def forward(model: MppModel, spec: Spec, params, images: jax.Array, rng: jax.Arr
 
 
 def make_loss_fn(model: MppModel, spec: Spec):
+  """loss_fn(params, batch, rng, train) for the shared train step, as `MppObjective.loss`: uint8
+  images in; `rng` feeds the corruption and dropout. Metrics: `accuracy` (colour targets, and
+  unnormalised pixels), `mse` (pixels)."""
   def loss_fn(params, batch, rng, train):
     outputs, targets, corruption = forward(model, spec, params, batch['image'], rng, train)
     return masked_loss(spec, outputs, targets, corruption.corrupted)
@@ -176,21 +192,30 @@ class MppObjective:
   represent: Callable = dataclasses.field(repr=False)
 
   def init_params(self, rng: jax.Array):
+    """MPP's parameters {'backbone', 'mask_embedding', 'head'}, traced on one zero image without
+    corruption."""
     return self.model.init(rng, jnp.zeros(self.image_shape, jnp.float32), None,
                            train=False)['params']
 
   def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+    """MPP's loss: the corruption and dropout drawn from `rng`, cross-entropy (colour targets) or
+    MSE (pixels) averaged over the corrupted patches only (`masked_loss`)."""
     outputs, targets, corruption = forward(self.model, self.spec, params, batch['image'], rng,
                                            train)
     return masked_loss(self.spec, outputs, targets, corruption.corrupted)
 
   def predictions(self, params, batch) -> jax.Array:
+    """MPP's per-patch outputs, float32 [B, N, *spec.output_shape], under a corruption drawn
+    from jax.random.key(0), without dropout."""
     return forward(self.model, self.spec, params, batch['image'], jax.random.key(0), False)[0]
 
   def representation(self, params, images: jax.Array) -> jax.Array:
+    """MPP's features: the mean of the backbone's encoded patch tokens, float32 [B, D], of the
+    uncorrupted images."""
     return self.represent(self.backbone(params), images)
 
   def backbone(self, params):
+    """params['backbone']: the ViT, without the mask embedding and the head."""
     return params['backbone']
 
 

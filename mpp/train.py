@@ -19,6 +19,10 @@ GRID_IMAGES = 8
 
 
 def build_task(config, m, workdir: str) -> loop.Task:
+  """MPP's task: its loss on every training batch; `MppEvaluator` on the first
+  config.mpp.eval_examples held-out images (0: none), few-shot probes when config.fewshot is
+  on; PNG grids of the predictions on the first GRID_IMAGES evaluation images, under
+  WORKDIR/images every config.mpp.image_every steps (0: at the end only)."""
   obj = objective.build(config, m)
   mesh = sharding.make_mesh(config.mesh)
   batches = lambda: pipeline.eval_batches(config)
@@ -40,6 +44,8 @@ def build_task(config, m, workdir: str) -> loop.Task:
 
 
 def main(argv):
+  """`python -m mpp.train`: validates --config and trains MPP into --workdir, resuming from its
+  checkpoint; a bad config is one line and exit status 2 (`vit.cli.run`)."""
   del argv
   config = FLAGS.config
   m = config_lib.validate(config)

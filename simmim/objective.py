@@ -48,11 +48,15 @@ class Spec:
 
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict, m: ModelSpec) -> 'Spec':
+    """Reads the patch size of `m`, the patch grid at config.image_size
+    (`vit.config.token_grid`), config.data.channels and config.simmim's mask_ratio and
+    mask_patch_size."""
     return cls(m.patch_size, config_lib.token_grid(config, m),
                config.data.channels, config.simmim.mask_ratio, config.simmim.mask_patch_size)
 
   @property
   def num_patches(self) -> int:
+    """N, the patches of one image: the grid's rows times its columns."""
     return self.grid[0] * self.grid[1]
 
   @property
@@ -67,6 +71,7 @@ class Spec:
 
   @property
   def masked_blocks(self) -> int:
+    """Mask blocks masked per image: ceil(blocks * mask_ratio), as the official `MaskGenerator`."""
     return int(math.ceil(self.blocks[0] * self.blocks[1] * self.mask_ratio))
 
 
@@ -106,12 +111,17 @@ class SimMimModel(nn.Module):
 
 
 def build_model(config: ml_collections.ConfigDict, m: ModelSpec) -> SimMimModel:
+  """The untrained `SimMimModel` of a validated config: the backbone of `m` with its class token
+  and no classifier (classifier='unpooled'), and a linear decoder to ph * pw *
+  config.data.channels pixel values per patch."""
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
   ph, pw = m.patch_size
   return SimMimModel(backbone=backbone, patch_values=ph * pw * config.data.channels)
 
 
 def init_fn(model: SimMimModel, image_shape: tuple[int, ...]) -> Callable:
+  """rng -> fresh parameters of `model`, {'backbone', 'mask_token', 'decoder'} boxed with their
+  logical axis names, traced on zero images of `image_shape` [B, H, W, C] without a mask."""
   def init(rng):
     return model.init(rng, jnp.zeros(image_shape, jnp.float32), None, train=False)['params']
   return init
@@ -170,20 +180,29 @@ class SimMimObjective:
   m: ModelSpec = dataclasses.field(repr=False, compare=False)  # The resolved model.
 
   def init_params(self, rng: jax.Array):
+    """SimMIM's parameters {'backbone', 'mask_token', 'decoder'}, traced on one zero image
+    (`init_fn`)."""
     return init_fn(self.model, self.image_shape)(rng)
 
   def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+    """SimMIM's loss (`make_loss_fn`): block mask and dropout drawn from `rng`, the L1 distance on
+    the masked patches of the valid rows; metrics {'masked_patches'}."""
     return make_loss_fn(self.model, self.spec, self.m)(params, batch, rng, train)
 
   def predictions(self, params, batch) -> jax.Array:
+    """SimMIM's predicted pixels of every patch, float32 [B, N, ph * pw * C] in the model's input
+    scale, under the mask of jax.random.key(0), without dropout."""
     images = batch['image']
     mask = sample_mask(self.spec, jax.random.key(0), images.shape[0])
     return self.model.apply({'params': params}, input_fn(self.m)(images), mask, train=False)
 
   def representation(self, params, images: jax.Array) -> jax.Array:
+    """SimMIM's features: the mean of the backbone's encoded patch tokens, float32 [B, D], of the
+    unmasked images."""
     return fewshot.make_patch_mean_fn(self.m)(self.backbone(params), images)
 
   def backbone(self, params):
+    """params['backbone']: the ViT, without the mask token and the decoder."""
     return params['backbone']
 
 

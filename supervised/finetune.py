@@ -78,6 +78,8 @@ def finetune(config, workdir: str, *, train_source=None, eval_source=None) -> lo
 
 
 def main(argv):
+  """`python -m supervised.finetune`: fine-tunes from config.init into --workdir, or resumes the
+  fine-tune it holds (`finetune`); a bad config or init is one line and exit status 2."""
   del argv
   finetune(FLAGS.config, FLAGS.workdir)
 

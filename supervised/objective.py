@@ -30,6 +30,8 @@ def make_loss_fn(model, to_input=to_model_input):
 
 
 def make_logits_fn(model, to_input=to_model_input):
+  """logits_fn(params, batch) -> logits float32 [B, C] of batch['image'] (uint8, turned into the
+  model's input by `to_input`), without dropout."""
   def logits_fn(params, batch):
     return model.apply({'params': params}, to_input(batch['image']), train=False)
   return logits_fn
@@ -51,22 +53,31 @@ class Classifier:
   represent: Callable = dataclasses.field(repr=False)
 
   def init_params(self, rng: jax.Array):
+    """The classifier's parameters, the ViT's official tree with its head, traced on one zero
+    image."""
     return self.model.init(rng, jnp.zeros(self.image_shape, jnp.float32), train=False)['params']
 
   def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
+    """Classification's loss: softmax cross-entropy of the logits against batch['label'], the mean
+    over the batch; `rng` feeds dropout. Metrics {'accuracy'}: top-1."""
     return make_loss_fn(self.model, self.to_input)(params, batch, rng, train)
 
   def predictions(self, params, batch) -> jax.Array:
+    """Classification's outputs: logits float32 [B, C], without dropout (`make_logits_fn`)."""
     return make_logits_fn(self.model, self.to_input)(params, batch)
 
   def representation(self, params, images: jax.Array) -> jax.Array:
+    """Classification's features: what the head sees, float32 [B, D] (pre_logits when present)."""
     return self.represent(params, images)
 
   def backbone(self, params):
+    """`params` without the head ('pre_logits', when present, stays)."""
     return {k: v for k, v in params.items() if k != 'head'}
 
 
 def check_classes(m: ModelSpec) -> None:
+  """ConfigError naming model.num_classes when the resolved model `m` has no head to classify
+  with."""
   if m.num_classes is None:
     raise ConfigError('model.num_classes', None, 'must be set for classification')
 

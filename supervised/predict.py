@@ -116,6 +116,9 @@ def _printable(name: str) -> str:
 
 def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequence[str]],
           k: int = TOP_K) -> list[dict]:
+  """The rows of the .json output: per image its printable name and its `k` most probable
+  classes, [{'label', 'name', 'probability'}], by softmax of `logits` [B, classes], most
+  probable first (ties: the lower label). Without `class_names` a name is its label as text."""
   probs = np.exp(logits - logits.max(-1, keepdims=True))
   probs /= probs.sum(-1, keepdims=True)
   rows = []
@@ -142,6 +145,10 @@ def _define_flags():
 
 
 def main(argv):
+  """`python -m supervised.predict`: classifies --images with the --init checkpoint and writes
+  their logits (.npy) or top-5 classes (.json), replacing --output only once complete. A bad
+  flag, a checkpoint without a head, or non-finite logits for a .json output (nothing is then
+  written) is one line and exit status 2."""
   del argv
   f = flags.FLAGS
   if not f.output.endswith(('.npy', '.json')):

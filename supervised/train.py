@@ -36,17 +36,24 @@ def build_task(config, m, *, train_source=None, eval_source=None) -> loop.Task:
 
 
 def check_classes(config, m) -> None:
+  """ConfigError naming model.num_classes when the resolved model `m` has no head
+  (`objective.check_classes`); `config` is not read."""
   del config  # Only the model says whether there is a head.
   objective.check_classes(m)
 
 
 def class_names(config, source=None):
+  """The class names of the training source (`source`, else config.data.train_split's), for
+  `loop.Task.class_names`; None when the source has none."""
   source = source or pipeline.make_source(config, config.data.train_split)
   names = getattr(source, 'class_names', None)
   return list(names) if names else None
 
 
 def main(argv):
+  """`python -m supervised.train`: validates --config, which must set model.num_classes, and
+  trains a classifier into --workdir, resuming from its checkpoint; a bad config is one line
+  and exit status 2 (`vit.cli.run`)."""
   del argv
   config, workdir = FLAGS.config, FLAGS.workdir
   m = config_lib.validate(config)

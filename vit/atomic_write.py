@@ -54,6 +54,8 @@ def _owned_prefix(path: str, kind: str = 'partial') -> str:
 
 
 def process_alive(pid: int) -> bool:
+  """Whether process `pid` exists on this host (signal 0); another user's process counts as
+  alive."""
   try:
     os.kill(pid, 0)
   except ProcessLookupError:

@@ -126,12 +126,15 @@ def _saved_iterator_states(directory: epath.Path) -> list[dict]:
 @ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
 @dataclasses.dataclass
 class DataIteratorSave(ocp.args.CheckpointArgs):
+  """orbax args that save `item`, a grain iterator's state, with `DataIteratorHandler`."""
   item: Any
 
 
 @ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
 @dataclasses.dataclass
 class DataIteratorRestore(ocp.args.CheckpointArgs):
+  """orbax args that restore `item`, a grain iterator, in place with `DataIteratorHandler`, also
+  from a checkpoint saved by another process count."""
   item: Any
 
 
@@ -212,6 +215,13 @@ class Manager(ocp.CheckpointManager):
 
 def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
             best_mode: str = 'max', read_only: bool = False) -> Manager:
+  """The `Manager` of WORKDIR/checkpoints, with the items `state`, `data` and `config`.
+
+  Keeps the last `keep` steps plus the best one by the evaluation metric `best_metric`
+  (highest or lowest by `best_mode`, 'max' or 'min'; a step saved without that metric ranks
+  last). With several processes their saves meet at a barrier (vit/save_barrier.py).
+  `read_only` (a reader of the run's weights): it creates, deletes and cleans up nothing.
+  """
   keep_policy = [policies.LatestN(n=keep)]
   if best_metric:
     keep_policy.append(policies.BestN(get_metric_fn=_metric_fn(best_metric, best_mode),

@@ -77,6 +77,10 @@ def model_defaults() -> ml_collections.ConfigDict:
 
 
 def defaults() -> ml_collections.ConfigDict:
+  """The core config every config file starts from, at its defaults: seed, batch sizes, steps,
+  image size, the model (`model_defaults`), data, optimiser, loop, checkpoints, mesh,
+  config.init and few-shot evaluation. No objective section: a config adds its objective's
+  (`config.mpp = mpp.objective.section()`)."""
   config = ml_collections.ConfigDict()
   config.seed = 0
   config.batch_size = 128  # Global, over all processes and devices.
@@ -246,6 +250,8 @@ def check_core_keys(config: ml_collections.ConfigDict, *, source: str) -> None:
 
 
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the first key of `config` that neither `defaults()` nor the section of an
+  objective it carries declares: a misspelt key, or a group that names no objective."""
   known = dict.fromkeys(_default_keys()[1])
   for name, definition in sections(config).items():
     known.update(_flat_keys(definition.section(), f'{name}.'))

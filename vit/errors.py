@@ -8,6 +8,10 @@ class UserError(Exception):
 
 
 class ConfigError(UserError):
+  """A config value at fault, as 'config.KEY=VALUE: PROBLEM'. `key` is dotted from the config's
+  root without 'config.' ('mpp.bits'); `key`, `value` and `problem` stay attributes, so that a
+  CLI can name its own flag instead of the key."""
+
   def __init__(self, key: str, value, problem: str):
     super().__init__(f'config.{key}={value!r}: {problem}')
     self.key, self.value, self.problem = key, value, problem  # For CLIs that name their flags.

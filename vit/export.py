@@ -114,6 +114,9 @@ def notes(fmt: str, ckpt: init_spec.Checkpoint, out: str) -> list[str]:
 
 
 def main(argv):
+  """`python -m vit.export`: writes --checkpoint in --format to --out (`export`), then logs what
+  was exported, a warning when the run stopped before its total_steps, and the notes on loading
+  the export. A user error is one line and exit status 2."""
   del argv
   f = flags.FLAGS
   ckpt = export(f.checkpoint, f.format, f.out, use_ema=f.ema)

@@ -28,6 +28,8 @@ def _malloc_trim():
 
 
 def release_freed_heap() -> None:
+  """malloc_trim(0): hands glibc's freed heap back to the operating system and counts it in
+  `trims`; without glibc it does nothing."""
   global trims
   trim = _malloc_trim()
   if trim is not None:

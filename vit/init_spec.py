@@ -70,6 +70,8 @@ def require_init(config: ml_collections.ConfigDict) -> None:
 
 
 class Checkpoint(NamedTuple):
+  """What `load` returns: the official parameter tree and what the checkpoint states about its
+  model, classes, input and run (see `load`)."""
   params: dict          # The official ViT tree (numpy arrays), head included when present.
   model: ModelSpec      # Its architecture; num_classes/representation_size from the params.
   class_names: Optional[list[str]]

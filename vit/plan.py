@@ -321,6 +321,9 @@ def _first_line(text: str) -> str:
 
 
 def format_report(r: dict) -> str:
+  """The text report of a `plan` or `search` result `r`: the slice, objective, model and batch;
+  then the mesh, HBM per device and the roofline step time, or DOES NOT FIT and the error when
+  no mesh compiled."""
   head = (f'{r["topology"]}: {r["devices"]} chips, {r["hbm_per_device_gib"]:.1f} GiB HBM '
           f'each; {r["objective"]} '
           f'{r["model"] or "custom model"} ({r["dtype"]}, remat={r["remat"]}), global batch '
@@ -386,6 +389,9 @@ def check_objective(name: str, config=None, source: str = '--config') -> None:
 
 
 def main(argv):
+  """`python -m vit.plan --config FILE --topology VERSION:AxBxC`: plans the config on the slice
+  and prints the report (text, --json or a --markdown row); --search tries meshes until one
+  fits. A user error is one line and exit status 2."""
   del argv
   # vit.cli.run turns on JAX's persistent compilation cache, but a step compiled for a slice
   # described by libtpu (no TPU client) is written there and cannot be read back: the next

@@ -62,6 +62,8 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
+  """The mesh of `config.mesh` over `devices` (default: all), axes MESH_AXES of Auto type;
+  ConfigError naming the mesh key that does not fit the devices (`mesh_shape`)."""
   devices = jax.devices() if devices is None else devices
   shape = mesh_shape(mesh_config, len(devices))
   # Auto axes: shardings are stated on inputs and outputs and XLA propagates them inside.
@@ -92,10 +94,12 @@ def _check_divisible(shapes: Any, shardings: Any, mesh: Mesh) -> None:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """A batch's sharding: its leading (batch) dimension split over the data and fsdp axes."""
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """A whole copy on every device of `mesh`."""
   return NamedSharding(mesh, P())
 
 

@@ -69,6 +69,9 @@ def _open(config: ml_collections.ConfigDict, split: str, train: bool):
 
 def per_process_batch(global_batch: int, key: str = 'batch_size',
                       processes: Optional[int] = None) -> int:
+  """The rows of a `global_batch` that each of `processes` processes (default:
+  jax.process_count()) feeds; ConfigError naming `key` (the config key of that batch size)
+  when they do not divide it."""
   count = jax.process_count() if processes is None else processes
   if global_batch % count:
     raise ConfigError(key, global_batch, f'not divisible by the {count} processes')
@@ -76,6 +79,8 @@ def per_process_batch(global_batch: int, key: str = 'batch_size',
 
 
 def check_labels(labels: np.ndarray, num_classes: int, where: str) -> None:
+  """UserError naming `where`, the first label of `labels` (int [N]) outside [0, num_classes) and
+  its index."""
   bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
   if bad.size:
     raise UserError(f'{where}: label {labels[bad[0]]} at index {bad[0]} is outside '

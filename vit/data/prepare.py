@@ -221,6 +221,8 @@ def encode_file(path: str) -> bytes:
 
 
 def encode_array(image: np.ndarray) -> bytes:
+  """A uint8 [H, W, 1 or 3] image as PNG bytes (greyscale or RGB): what the dataset stores for an
+  array (Fashion-MNIST) or for a file that is not kept as stored (`encode_file`)."""
   out = io.BytesIO()
   Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(out, format='PNG')
   return out.getvalue()
@@ -306,6 +308,8 @@ def _examples(builder, split_name: str) -> Iterator:
 
 
 def fashion_mnist_splits(limit: int | None) -> dict[str, Split]:
+  """Fashion-MNIST's 'train' and 'test' splits, uint8 [28, 28, 1] images and int labels, at most
+  `limit` of each (None: all)."""
   splits = {}
   for split in ('train', 'test'):
     images, labels = fashion_mnist.load(split)
@@ -378,6 +382,9 @@ _LIMIT = flags.DEFINE_integer('max_per_split', None, 'Keep at most this many ima
 
 
 def main(argv):
+  """`python -m vit.data.prepare`: writes --source as a TFDS ArrayRecord dataset under --out
+  (`prepare`). A user error is one line and exit status 2; Ctrl-C says which dataset is left
+  as it was and exits with status 130."""
   del argv
   out = _OUT.value  # A leading ~ is expanded in it (vit.cli), and in folder:~/PATH here.
   source = user_paths.expand_spec(_SOURCE.value, '--source')

@@ -44,6 +44,8 @@ def decode_image(data) -> np.ndarray:
 
 
 def check_label(label, num_classes: Optional[int]) -> np.int32:
+  """The label as np.int32; BadRecord when it is not an integer scalar or, given `num_classes`,
+  lies outside [0, num_classes)."""
   if np.ndim(label) != 0 or not np.issubdtype(np.asarray(label).dtype, np.integer):
     raise BadRecord(f"key 'label': {label!r} is not an integer class index")
   if num_classes is not None and not 0 <= label < num_classes:
@@ -106,6 +108,8 @@ class ToChannels(grain.transforms.Map):
 
 @dataclasses.dataclass(frozen=True)
 class Resize(grain.transforms.Map):
+  """Bilinear resize to `size` x `size` pixels, the aspect ratio not kept; an image of that size
+  is left as it is."""
   size: int
 
   def map(self, record):
@@ -168,6 +172,8 @@ class RandomPadCrop(grain.transforms.RandomMap):
 
 @dataclasses.dataclass(frozen=True)
 class RandomFlip(grain.transforms.RandomMap):
+  """Left-right flip of the image with probability 1/2."""
+
   def random_map(self, record, rng: np.random.Generator):
     if rng.random() < 0.5:
       return {**record, 'image': record['image'][:, ::-1]}

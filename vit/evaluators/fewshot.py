@@ -313,6 +313,9 @@ _FLAGS_OF_KEYS = {'fewshot.shots': '--shots', 'fewshot.l2_regs': '--l2_regs',
 
 
 def main(argv) -> None:
+  """`python -m vit.evaluators.fewshot --init SPEC`: few-shot linear accuracy of the checkpoint's
+  representation (`checkpoint_representation`) on --dataset, printed as JSON and also written
+  to --output when given. A bad flag is one line naming it and exit status 2."""
   del argv
   flags_ = flags.FLAGS
   _check_flags(flags_)

@@ -24,6 +24,9 @@ from vit import sharding
 
 
 class HeldOutLoss:
+  """The evaluator of an objective's loss on held-out images (see the module): `loss_fn` is the
+  objective's `loss`. `evaluate(params)` returns {'loss': the mean over the masked patches of
+  all batches, 'examples': the valid images scored}."""
 
   metric_names = ('loss', 'examples')  # What `evaluate` returns, known before training.
 

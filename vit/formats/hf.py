@@ -303,6 +303,8 @@ def model_keys(cfg: dict) -> dict:
 
 
 def class_names(cfg: dict) -> Optional[list[str]]:
+  """The label names of a transformers config.json (`cfg`), from id2label (keys '0', '1', ... or
+  ints) in label order; None when it has none or lacks one of the labels 0..n-1."""
   id2label = cfg.get('id2label')
   if not id2label:
     return None

@@ -122,6 +122,9 @@ def summarise_all(workdirs: list[str]) -> tuple[list[dict], list[str]]:
 
 
 def main(argv: list[str]) -> None:
+  """`python -m vit.inspect.runs WORKDIR...`: prints the table of the runs. Exit status 2 without
+  a workdir (the usage printed), 0 for -h or --help, 1 when a run was left out of the table
+  (one stderr line each)."""
   if len(argv) < 2 or argv[1] in ('-h', '--help'):
     print(__doc__.strip())
     sys.exit(0 if len(argv) > 1 else 2)

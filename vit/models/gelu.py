@@ -21,6 +21,8 @@ _CUBIC = 0.044715  # gelu(x) ~ x/2 (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), as
 
 @jax.custom_vjp
 def gelu_tanh(x: jax.Array) -> jax.Array:
+  """x / 2 (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), as `nn.gelu(x, approximate=True)`, with
+  the backward pass of the module docstring (computed in float32, returned in dy's dtype)."""
   return nn.gelu(x, approximate=True)
 
 

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 
 @dataclasses.dataclass(frozen=True)
 class ResNetConfig:
+  """The hybrid's ResNet: units per stage, and the multiplier of its 64 root channels."""
   num_layers: Sequence[int]  # Units per stage; the official hybrid uses (3, 4, 9).
   width_factor: float = 1.0
 
@@ -26,6 +27,9 @@ def total_stride(config: ResNetConfig) -> int:
 
 
 def weight_standardize(w: jax.Array, axis, eps: float) -> jax.Array:
+  """The kernel `w` minus its mean, divided by its std + `eps`, both over `axis` (BiT's weight
+  standardisation; StdConv reduces [0, 1, 2], all but the output axis of an HWIO kernel). No
+  keepdims: the reduced axes must be the leading ones."""
   w = w - jnp.mean(w, axis=axis)
   return w / (jnp.std(w, axis=axis) + eps)
 
@@ -62,6 +66,8 @@ class ResidualUnit(nn.Module):
 
 
 class ResNetStage(nn.Module):
+  """`block_size` bottleneck units of `nout` features (4 * `nout` out), the first with
+  `first_stride`, named unit1, unit2, ... as in the official checkpoints."""
   block_size: int
   nout: int
   first_stride: Sequence[int]

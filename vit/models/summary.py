@@ -23,12 +23,15 @@ _DEPTH = flags.DEFINE_integer('depth', 2, 'Module nesting shown in the table.')
 
 
 def abstract_params(model: nn.Module, image_size: int, channels: int = 3):
+  """The unboxed parameter tree of `model`, jax.ShapeDtypeStruct leaves, for square images of
+  `image_size` pixels and `channels` channels (jax.eval_shape: nothing allocated)."""
   images = jax.ShapeDtypeStruct((1, image_size, image_size, channels), jnp.float32)
   variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), images)
   return nn.unbox(variables['params'])
 
 
 def count(params) -> int:
+  """The number of parameters: the sum of the leaves' sizes."""
   return sum(x.size for x in jax.tree.leaves(params))
 
 
@@ -52,6 +55,9 @@ def forward_flops(model: nn.Module, params, image_size: int, channels: int = 3) 
 
 
 def main(argv):
+  """`python -m vit.models.summary`: prints a preset's parameters per module, the total, its
+  patch grid and its forward GFLOPs per image. A model that `vit.config.validate` refuses is
+  one line and exit status 2."""
   del argv
   config = config_lib.defaults()
   config.model.name = _MODEL.value

@@ -135,6 +135,9 @@ class RelativePositionBias(nn.Module):
 
 
 class MlpBlock(nn.Module):
+  """The Transformer block's MLP: Dense to `mlp_dim`, GELU (tanh-approximate unless
+  `gelu_approximate` is False), dropout, Dense back to the input width, dropout. Dense_0 and
+  Dense_1 are the official checkpoints' names."""
   mlp_dim: int
   dropout_rate: float = 0.1
   gelu_approximate: bool = True

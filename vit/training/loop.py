@@ -287,6 +287,10 @@ def _signal_name(stop: checkpoints.StopSignal) -> str:
 
 
 class NonFiniteError(FloatingPointError):
+  """A step's loss or gradient norm was not finite, and config.skip_nonfinite_steps is off; the
+  message names the step and the values, `step` keeps it. `vit.cli.run` prints it in one line,
+  exit status 3."""
+
   def __init__(self, step: int, metrics: dict):
     bad = [f'{k}={float(metrics[k])}' for k in ('loss', 'grad_norm')
            if not np.isfinite(metrics[k])] or ['finite=0']

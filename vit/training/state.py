@@ -9,6 +9,8 @@ import jax
 
 @flax.struct.dataclass
 class TrainState:
+  """Everything a train step changes, as one pytree (the loop donates it to each step): the step,
+  parameters, optimiser state, Polyak average, base key and count of skipped steps."""
   step: jax.Array          # int32 scalar: optimiser updates applied so far.
   params: Any
   opt_state: Any
