@@ -59,6 +59,11 @@ def small():
                 c.model.resnet.update(num_layers=(1,), width_factor=0.75)),
      'config.model.resnet.width_factor=0.75: must make 64 * width_factor a positive multiple '
      'of 32'),
+    # Found at the first evaluation, after the training steps, before.
+    (lambda c: c.data.update(eval_split='holdout'),
+     "config.data.eval_split='holdout': needs data.holdout > 0"),
+    (lambda c: c.fewshot.update(enabled=True, test_split='holdout'),
+     "config.fewshot.test_split='holdout': needs data.holdout > 0"),
 ])
 def test_mistakes_name_the_key_and_value(mutate, message):
   config = small()

@@ -281,6 +281,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                    config.model.name,
                    ', '.join(f'{key}={value} (preset: {want})' for key, value, want in overrides))
   subsets.check_config(config.data)
+  _check_holdout_splits(config)
   pad = config.data.crop_padding
   if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < config.image_size:
     raise ConfigError('data.crop_padding', pad, 'must be an integer in [0, image_size)')
@@ -298,6 +299,19 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                       f'each micro-batch of {config.batch_size // accum} must divide evenly '
                       f'over the {num_devices} devices')
   return m
+
+
+def _check_holdout_splits(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming a split key set to 'holdout' while data.holdout is 0: found before
+  training (the evaluation pipeline is built at the first evaluation, after the steps)."""
+  named = {'data.eval_split': config.data.eval_split}
+  if config.fewshot.enabled:
+    named.update({'fewshot.train_split': config.fewshot.train_split,
+                  'fewshot.test_split': config.fewshot.test_split})
+  for key, split in named.items():
+    if split == subsets.HOLDOUT_SPLIT and not config.data.holdout:
+      raise ConfigError(key, split, 'needs data.holdout > 0 (the held-out split is the last '
+                        'data.holdout records of data.train_split)')
 
 
 # Integer keys and their least value; where 0 is allowed, what it means.
