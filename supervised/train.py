@@ -24,6 +24,8 @@ def build_task(config, m, *, train_source=None, eval_source=None) -> loop.Task:
   """The classification task; sources default to config.data (tests pass small ones)."""
   obj = objective.build(config, m)  # A checkpoint's own normalisation, when fine-tuning.
   mesh = sharding.make_mesh(config.mesh)
+  # Opened now: a wrong data.eval_split is told before the first step, not after the last.
+  eval_source = eval_source or pipeline.make_source(config, config.data.eval_split)
   evaluators = [ClassificationEvaluator(
       obj.predictions, lambda: pipeline.eval_batches(config, source=eval_source), mesh)]
   if config.fewshot.enabled:

@@ -148,3 +148,17 @@ def test_each_trainer_builds_one_mesh_and_trains_on_it(package, monkeypatch, tmp
   task = train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
       train.build_task(config, m))
   assert len(built) == 1 and task.mesh is built[0]
+
+
+@pytest.mark.parametrize('package', ['mpp', 'supervised', 'mae', 'simmim'])
+def test_each_trainer_opens_its_evaluation_split_before_training(package, tmp_path):
+  """A wrong data.eval_split was told at the first evaluation, after every step had run (mae,
+  simmim, supervised): building the task now names it."""
+  config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
+  config.data.eval_split = 'tset'
+  m = config_lib.validate(config)
+  train = importlib.import_module(f'{package}.train')
+  with pytest.raises(ConfigError, match="config.data.eval_split='tset': not a split of "
+                                        'fashion_mnist'):
+    train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
+        train.build_task(config, m))

@@ -29,8 +29,11 @@ def build_task(config: ml_collections.ConfigDict, obj: objective_lib.Objective,
   mesh = sharding.make_mesh(config.mesh)
   evaluators = []
   if eval_examples:
+    # Opened now: a wrong data.eval_split is told before the first step, not after the last.
+    source = pipeline.make_source(config, config.data.eval_split)
     evaluators.append(held_out_loss.HeldOutLoss(
-        obj.loss, lambda: pipeline.eval_batches(config), mesh, examples=eval_examples,
+        obj.loss, lambda: pipeline.eval_batches(config, source=source), mesh,
+        examples=eval_examples,
         global_batch_size=config.eval_batch_size,
         seed=config.seed))
   if config.fewshot.enabled:
