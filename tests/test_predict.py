@@ -181,6 +181,17 @@ def test_class_names_of_a_hf_checkpoint_reach_the_json(tmp_path):
   rows = predict.top_k(logits, ['a', 'b'], ckpt.class_names)
   assert len(rows[0]['top']) == 3
   assert {t['name'] for t in rows[0]['top']} == {'cat', 'dog', 'eel'}
+  # A config.json edited to name fewer labels than the head has outputs (transformers itself
+  # keeps num_labels from id2label, and would then refuse the head's weights): they are
+  # numbered, as timm's label_names of another count are (an IndexError in top_k before).
+  config_file = tmp_path / 'hf' / 'config.json'
+  saved = json.loads(config_file.read_text())
+  saved['id2label'] = {'0': 'cat', '1': 'dog'}
+  config_file.write_text(json.dumps(saved))
+  ckpt = init_spec.load(f'hf:{tmp_path / "hf"}')
+  assert ckpt.class_names is None and ckpt.model.num_classes == 3
+  assert [t['name'] for t in predict.top_k(logits, ['a'], ckpt.class_names)[0]['top']] == [
+      str(t['label']) for t in rows[0]['top']]
 
 
 def test_headless_checkpoint_is_refused(npz, tmp_path):

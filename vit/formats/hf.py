@@ -288,6 +288,8 @@ def load(path: str) -> Read:
   stated = model_keys(cfg)
   stated['pixels'], size, view = read_processor(path, params['embedding']['kernel'].shape[2])
   names = class_names(cfg) if 'head' in params else None
+  if names and len(names) != params['head']['kernel'].shape[1]:
+    names = None  # An edited id2label that names other than the head's outputs: numbered.
   return Read(params, stated, names, size, view)
 
 
