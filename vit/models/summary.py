@@ -36,7 +36,8 @@ def count(params) -> int:
 
 
 def module_table(params, depth: int) -> list[tuple[str, int]]:
-  """(module path truncated to `depth`, parameter count) in tree order."""
+  """(module path truncated to `depth`, parameter count), ordered by path with numbers compared
+  as numbers (encoderblock_2 before encoderblock_10)."""
   totals: dict[str, int] = collections.OrderedDict()
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     names = [str(k.key) for k in path]
