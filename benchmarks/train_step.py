@@ -37,7 +37,6 @@ import os
 import resource
 import statistics
 import sys
-import tempfile
 import time
 from typing import Optional
 
@@ -45,7 +44,6 @@ if __package__ in (None, ''):  # Run by its path: make the repository importable
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from vit import xla_flags  # noqa: E402
-from vit.errors import write_reason  # noqa: E402  (standard library only: imports no JAX)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -493,31 +491,11 @@ def parser(doc: str, module: str) -> argparse.ArgumentParser:
 def check_json(path: Optional[str]) -> None:
   """Exits with status 2 after one line naming --json and the reason when the report cannot be
   written at `path`, before any round runs: emit() would find it only after all of them."""
-  reason = path and _unwritable(path)
+  from vit import atomic_write  # Standard library only: imports no JAX.
+  reason = path and atomic_write.unwritable(path)
   if reason:
     print(f'error: --json {path}: not writable ({reason}); nothing was run', file=sys.stderr)
     sys.exit(2)
-
-
-def _unwritable(path: str) -> Optional[str]:
-  """Why emit() could not write `path` (None when it could), creating nothing: the nearest
-  folder above it that exists must take a new file (emit() makes the missing ones below it)."""
-  target = os.path.abspath(path)
-  if os.path.isdir(target):
-    return f'{target} is a directory'
-  folder = os.path.dirname(target)
-  while not os.path.lexists(folder):
-    folder = os.path.dirname(folder)
-  if not os.path.isdir(folder):
-    return f'{folder} is a file, not a directory'
-  try:
-    # Nameless where the system allows (O_TMPFILE): nothing is left behind, even if killed.
-    with tempfile.TemporaryFile(dir=folder):
-      pass
-  except OSError as e:
-    reason = write_reason(e)
-    return f'{reason}: {folder}' if reason == e.strerror else reason
-  return None
 
 
 def parse_args(argv=None):

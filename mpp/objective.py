@@ -265,6 +265,11 @@ def validate(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
     raise ConfigError('mpp.target', mpp.target, f'must be one of {", ".join(TARGETS)}')
   if not 0.0 < mpp.corruption_rate <= 1.0:
     raise ConfigError('mpp.corruption_rate', mpp.corruption_rate, 'must be in (0, 1]')
+  n = math.prod(config_lib.token_grid(config, m))
+  if corruption_lib.num_corrupted(n, mpp.corruption_rate) < 1:
+    # Nothing to predict: a loss, gradients and accuracy of 0 at every step.
+    raise ConfigError('mpp.corruption_rate', mpp.corruption_rate, f'corrupts none of the {n} '
+                      'patches (it corrupts round(N * corruption_rate))')
   for key in ('mask_fraction', 'random_fraction'):
     if not 0.0 <= mpp[key] <= 1.0:
       raise ConfigError(f'mpp.{key}', mpp[key], 'must be in [0, 1]')

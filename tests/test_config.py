@@ -59,6 +59,11 @@ def small():
                 c.model.resnet.update(num_layers=(1,), width_factor=0.75)),
      'config.model.resnet.width_factor=0.75: must make 64 * width_factor a positive multiple '
      'of 32'),
+    (lambda c: c.update(eval_batch_size=7),
+     'config.eval_batch_size=7: must divide evenly over the 2 devices'),
+    (lambda c: c.update(seed=-1), 'config.seed=-1: must be an integer in [0, 2**32)'),
+    (lambda c: c.data.update(shuffle_seed=2 ** 32),
+     'config.data.shuffle_seed=4294967296: must be an integer in [0, 2**32)'),
     # Found at the first evaluation, after the training steps, before.
     (lambda c: c.data.update(eval_split='holdout'),
      "config.data.eval_split='holdout': needs data.holdout > 0"),

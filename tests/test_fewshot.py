@@ -145,11 +145,19 @@ def test_too_few_examples_per_class_is_an_error():
     ('max_test', 0, '--max_test=0: must be a positive integer (test examples)'),
     ('shots', ['1', '0'], "--shots=1,0: '0' is not a positive integer"),
     ('l2_regs', ['1', 'x'], "--l2_regs=1,x: 'x' is not a positive number"),
+    # Tracebacks before (a ZeroDivisionError, numpy's seed, a negative shape in the init).
+    ('batch_size', 0, f'--batch_size=0: must be a positive multiple of the '
+                      f'{jax.device_count()} devices'),
+    ('seed', -1, '--seed=-1: must be an integer in [0, 2**32)'),
+    ('image_size', -4, "--image_size=-4: must be a positive integer (default: the "
+                       "checkpoint's)"),
+    ('image_size', 0, "--image_size=0: must be a positive integer (default: the "
+                      "checkpoint's)"),
 ])
 def test_cli_flags_are_named_with_their_values(flag, value, message):
   import types
   flags_ = types.SimpleNamespace(shots=['1', '5'], l2_regs=['1', '16'], l2_reg=1024.0,
-                                 max_test=100)
+                                 max_test=100, batch_size=256, seed=0, image_size=None)
   setattr(flags_, flag, value)
   with pytest.raises(UserError) as e:
     fewshot._check_flags(flags_)
@@ -179,6 +187,20 @@ def test_cli_on_an_npz(tmp_path):
   # Which features were read: a classifier's class token (an mae: spec would read the patch mean).
   assert record['representation'] == 'class token'
   assert record['representation_from'].startswith("vit_jax: spec, a classifier's pooled")
+  # A size the patches do not divide was cut to whole patches without a word; an --output
+  # that cannot be written was found after the evaluation.
+  (tmp_path / 'file').write_text('')
+  for flags_, line in (
+      (['--image_size=30'], "error: --image_size=30: not a multiple of the model's patch "
+                            "stride 7"),
+      ([f'--output={tmp_path / "file" / "x.json"}'],
+       f'error: --output {tmp_path / "file" / "x.json"}: not writable ({tmp_path / "file"} is '
+       'a file, not a directory); nothing was evaluated')):
+    refused = subprocess.run(
+        [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+         '--shots=1', *flags_], cwd=ROOT, capture_output=True, text=True, timeout=900,
+        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == line
   split = subprocess.run(
       [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
        '--shots=1', '--test_split=valid'], cwd=ROOT, capture_output=True, text=True,

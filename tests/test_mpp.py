@@ -218,6 +218,8 @@ def test_panels_show_mask_and_keep_uncorrupted_patches():
 @pytest.mark.parametrize('key,value,message', [
     ('target', 'colour', 'must be one of mean_color'),
     ('corruption_rate', 0.0, 'must be in (0, 1]'),
+    # round(0.01 * 49) = 0: a loss and gradients of 0 at every step, trained silently.
+    ('corruption_rate', 0.01, 'corrupts none of the 49 patches'),
     ('random_fraction', 0.3, 'exceeds 1'),
     ('grid', 3, 'must divide the patch size'),
     ('random_source', 'device', 'must be batch or image'),

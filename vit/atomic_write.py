@@ -211,6 +211,28 @@ def _reported(path: str, existed: bool) -> Iterator[None]:
     raise NotWritten(path, failure[0], existed, failure[1]) from None
 
 
+def unwritable(path: str) -> Optional[str]:
+  """Why `file(path)` could not write `path` (None when it could), creating nothing: the
+  nearest folder above it that exists must take a new file (`file` makes the missing ones
+  below it). For outputs checked before the work that makes them (minutes of it)."""
+  target = os.path.abspath(path)
+  if os.path.isdir(target):
+    return f'{target} is a directory'
+  folder = os.path.dirname(target)
+  while not os.path.lexists(folder):
+    folder = os.path.dirname(folder)
+  if not os.path.isdir(folder):
+    return f'{folder} is a file, not a directory'
+  try:
+    # Nameless where the system allows (O_TMPFILE): nothing is left behind, even if killed.
+    with tempfile.TemporaryFile(dir=folder):
+      pass
+  except OSError as e:
+    reason = write_reason(e)
+    return f'{reason}: {folder}' if reason == e.strerror else reason
+  return None
+
+
 @contextlib.contextmanager
 def file(path: str) -> Iterator[str]:
   """Yields a temporary file name beside `path` (same extension, for writers such as np.save

@@ -298,6 +298,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     raise ConfigError('batch_size', config.batch_size,
                       f'each micro-batch of {config.batch_size // accum} must divide evenly '
                       f'over the {num_devices} devices')
+  if config.eval_batch_size % num_devices:
+    # Found at the first evaluation otherwise: after the training steps, before the last save.
+    raise ConfigError('eval_batch_size', config.eval_batch_size,
+                      f'must divide evenly over the {num_devices} devices')
   return m
 
 
@@ -334,14 +338,24 @@ def _lookup(config: ml_collections.ConfigDict, key: str):
   return config
 
 
+# Seeds: grain's shuffles and numpy's generators take unsigned 32-bit ones.
+_SEEDS = ('seed', 'data.shuffle_seed', 'data.subset_seed', 'fewshot.seed')
+
+
 def _check_counts(config: ml_collections.ConfigDict) -> None:
   """Step counts, intervals and sizes: integers, none negative; zero only where it means
-  something (a loop interval of 0 acts only at the last step, vit/training/loop.py `_due`)."""
+  something (a loop interval of 0 acts only at the last step, vit/training/loop.py `_due`).
+  Seeds: integers in [0, 2**32), None where None means another seed."""
   for key, least, zero in _COUNTS:
     value = _lookup(config, key)
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
       raise ConfigError(key, value, 'must be a positive integer' if least else
                         f'must be an integer >= 0 (0: {zero})')
+  for key in _SEEDS:
+    value = _lookup(config, key)
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
+                              or not 0 <= value < 2 ** 32):
+      raise ConfigError(key, value, 'must be an integer in [0, 2**32)')
 
 
 def _resolve(config: ml_collections.ConfigDict) -> ModelSpec:

@@ -292,6 +292,30 @@ def _check_flags(flags_) -> None:
     raise UserError(f'--l2_reg={flags_.l2_reg:g}: must be > 0')
   if flags_.max_test < 1:
     raise UserError(f'--max_test={flags_.max_test}: must be a positive integer (test examples)')
+  if flags_.batch_size < 1 or flags_.batch_size % jax.device_count():
+    raise UserError(f'--batch_size={flags_.batch_size}: must be a positive multiple of the '
+                    f'{jax.device_count()} devices')
+  if not 0 <= flags_.seed < 2 ** 32:
+    raise UserError(f'--seed={flags_.seed}: must be an integer in [0, 2**32)')
+  if flags_.image_size is not None and flags_.image_size < 1:
+    raise UserError(f'--image_size={flags_.image_size}: must be a positive integer (default: '
+                    'the checkpoint\'s)')
+
+
+def _check_output(flags_) -> None:
+  """--output that cannot be written: one line before the evaluation (it was found after)."""
+  reason = flags_.output and atomic_write.unwritable(flags_.output)
+  if reason:
+    raise UserError(f'--output {flags_.output}: not writable ({reason}); nothing was evaluated')
+
+
+def _check_image_size(flags_, ckpt) -> None:
+  """--image_size that the checkpoint's patches do not divide: one line (it was cut to whole
+  patches without a word, as a smaller one failed to resize the position embeddings)."""
+  stride = init_spec.patch_stride(ckpt.model)
+  if flags_.image_size and flags_.image_size % stride:
+    raise UserError(f'--image_size={flags_.image_size}: not a multiple of the model\'s patch '
+                    f'stride {stride}')
 
 
 def _cli_config(flags_, ckpt) -> ml_collections.ConfigDict:
@@ -319,7 +343,9 @@ def main(argv) -> None:
   del argv
   flags_ = flags.FLAGS
   _check_flags(flags_)
+  _check_output(flags_)
   ckpt = init_spec.load(flags_.init)
+  _check_image_size(flags_, ckpt)
   config = _cli_config(flags_, ckpt)
   model = ckpt.model.replace(num_classes=None)
   target = init_spec.abstract_params(model, config.image_size, ckpt.channels, num_classes=0)
