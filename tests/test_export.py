@@ -217,6 +217,37 @@ def test_an_out_inside_a_runs_checkpoints_is_refused(tmp_path):
     export.export(str(tmp_path / 'nope'), 'timm', str(tmp_path / 'checkpoints' / 'x'))
 
 
+@pytest.mark.parametrize('fmt', ['hf', 'timm'])
+def test_an_out_folder_of_other_files_or_a_runs_workdir_is_refused(tmp_path, fmt):
+  """An hf or timm export adds its files to --out: `--out /` wrote config.json,
+  model.safetensors and preprocessor_config.json into the root, and a run's workdir took
+  another model's files. An earlier export (its config.json or weights) with notes beside it,
+  an empty folder and a new one are written to as before."""
+  (tmp_path / 'data').mkdir()
+  (tmp_path / 'data' / 'images.npy').write_text('x')
+  with pytest.raises(UserError, match=rf'^--out {tmp_path / "data"}: a folder of other files '
+                                      r'\(1, no config.json or model.safetensors of an earlier '
+                                      r'export\); export to a new or empty folder$'):
+    export.export(str(tmp_path / 'nope'), fmt, str(tmp_path / 'data'))
+  workdir = tmp_path / 'run'
+  workdir.mkdir()
+  (workdir / 'batch_contract.json').write_text('{}')
+  (workdir / 'config.json').write_text('{}')
+  with pytest.raises(UserError, match=rf'^--out {workdir}: the workdir of a training run; '
+                                      rf'export elsewhere \(e.g. {workdir}/export\)$'):
+    export.export(str(tmp_path / 'nope'), fmt, str(workdir))
+  assert sorted(os.listdir(tmp_path / 'data')) == ['images.npy']
+  earlier = tmp_path / 'earlier'
+  earlier.mkdir()
+  (earlier / 'config.json').write_text('{}')
+  (earlier / 'README.md').write_text('notes')
+  for out in (earlier, tmp_path / 'empty', tmp_path / 'new'):
+    if out.name == 'empty':
+      out.mkdir()
+    with pytest.raises(UserError, match='--checkpoint .*nope: directory not found'):
+      export.export(str(tmp_path / 'nope'), fmt, str(out))  # Refused for the checkpoint only.
+
+
 def test_a_damaged_class_names_file_is_one_line_naming_it(run, tmp_path):
   """Every reader (export, predict, --config.init) loads a workdir through init_spec, which
   raised a JSONDecodeError traceback from vit/class_names.py."""

@@ -18,7 +18,8 @@ its newest step that reads, which the summary line names (`at step 1 of 30`), wi
 when the run stopped before its config.total_steps. The export is written beside `--out` and
 replaces what is there only once complete (other files in an hf directory stay), so a failed
 export never leaves a broken file where a good one stood. An `--out` inside a run's checkpoints
-folder is refused: that folder holds only the run's saved steps.
+folder is refused: that folder holds only the run's saved steps; so is a run's workdir and,
+for hf and timm, a folder that holds files but no earlier export (`/`, a home folder).
 """
 from __future__ import annotations
 
@@ -41,12 +42,15 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   at `out`, replacing what is there only once complete. Returns the checkpoint read.
 
   Raises UserError for an unknown format, an `out` of the wrong kind (a file where a
-  directory is written, or the other way round) or inside a run's checkpoints folder, and a
-  model the format cannot hold."""
+  directory is written, or the other way round), inside a run's checkpoints folder or its
+  workdir, a folder of other files than an earlier export's, and a model the format cannot
+  hold."""
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
   _refuse_a_runs_checkpoints(out)
+  if not writer.SUFFIX:
+    _refuse_a_foreign_folder(out)
   prefix, sep, _ = checkpoint.partition(':')
   if sep and prefix in init_spec.FORMATS:
     ckpt = init_spec.load(checkpoint, use_ema=use_ema)
@@ -90,6 +94,23 @@ def _refuse_a_runs_checkpoints(out: str) -> None:
 
 # The weight files of an hf or timm folder: one model.safetensors, or shards and their index.
 _WEIGHT_FILES = re.compile(r'model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json')
+
+
+def _refuse_a_foreign_folder(out: str) -> None:
+  """UserError when the directory `out` holds files but no model (no config.json or weight
+  files: `/`, a home or data folder), or is a training run's workdir: an hf or timm export
+  adds its files beside what is there and replaces their namesakes, which is meant for an
+  earlier export with a model card or notes of its own, not for any folder."""
+  if not os.path.isdir(out):
+    return
+  names = os.listdir(out)
+  if any(os.path.exists(os.path.join(out, f))
+         for f in (checkpoints.LOCK_FILE, 'batch_contract.json')):
+    raise UserError(f'--out {out}: the workdir of a training run; export elsewhere (e.g. '
+                    f'{os.path.join(out, "export")})')
+  if names and 'config.json' not in names and not any(map(_WEIGHT_FILES.fullmatch, names)):
+    raise UserError(f'--out {out}: a folder of other files ({len(names)}, no config.json or '
+                    'model.safetensors of an earlier export); export to a new or empty folder')
 
 
 def _remove_stale_weights(folder: str, written: list[str]) -> None:
