@@ -585,6 +585,27 @@ def test_a_fine_tune_aimed_at_a_pretraining_workdir_names_the_objective():
                               'python -m mae.train, or use another --workdir')
 
 
+@pytest.mark.parametrize('old, new, cure', [
+    ('mae:runs/mae', None, 'rerun python -m supervised.finetune with --config.init=mae:runs/mae '
+                           'to resume it'),
+    (None, 'mae:runs/mae', 'rerun python -m supervised.train without config.init to resume it'),
+])
+def test_the_origin_refusal_names_the_program_that_resumes_it(old, new, cure):
+  """A fine-tune's workdir given to supervised.train was told 'rerun with --config.init=...',
+  which supervised.train refuses (only supervised.finetune reads it), and the other way round:
+  advice that looped."""
+  from configs.supervised import fashion_mnist as supervised_config
+  config = supervised_config.get_config()
+  config.model.hidden_size = 8
+  config.model.transformer.update(mlp_dim=16, num_heads=2, num_layers=1)
+  saved = config.to_dict()
+  saved['init'], config.init = old, new
+  shapes = _params_shapes(config, objective.build)
+  with pytest.raises(UserError) as error:
+    checkpoints.check_compatible(saved, shapes, shapes, config, where='W')
+  assert cure in str(error.value), str(error.value)
+
+
 def test_unwritable_workdir_fails_before_training(tmp_path):
   blocker = tmp_path / 'a_file'
   blocker.write_text('not a directory')

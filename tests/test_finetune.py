@@ -187,7 +187,8 @@ def test_a_resumed_finetune_keeps_its_init_and_says_so(tmp_path, fmnist, caplog)
     finetune.finetune(config(other, 4), workdir, **sources)
   message = str(error.value)
   assert f'config.init {first!r} -> {other!r}: this run was initialised from {first}' in message
-  assert f'rerun with --config.init={first} to resume it' in message and '\n' not in message
+  assert (f'rerun python -m supervised.finetune with --config.init={first} to resume it'
+          in message and '\n' not in message)
   assert _files(workdir) == before and 'fine-tuning from' not in caplog.text
   assert checkpoints.saved_config(workdir)['init'] == first
 

@@ -840,7 +840,7 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
     # Another objective's run (a fine-tune aimed at its MAE pretraining workdir) is refused
     # below, naming the objective: the origin's cure ('rerun without config.init') cannot
     # resume it.
-    _check_origin(saved, now, where)
+    _check_origin(saved, now, where, objectives[0])
   # Keys on one side only come from a newer or older schema, not from the user's config.
   keys = sorted(k for k in set(saved) & set(now) if _comparable(saved[k]) != _comparable(now[k]))
   changed = [f'{k}: {saved.get(k)!r} -> {now.get(k)!r}' for k in keys]
@@ -867,20 +867,31 @@ def _other_objective(saved: list[str], now: list[str], where: str) -> str:
   and the current config's objective sections: they name the cause, and the saved run's
   trainer the cure, in place of a hundred differing arrays."""
   name = lambda secs: ' and '.join(f'config.{s}' for s in secs) or 'no objective section'
-  trainers = [f'python -m {s}.train' for s in saved if importlib.util.find_spec(f'{s}.train')]
-  cure = f'resume it with {trainers[0]}' if len(trainers) == 1 else 'resume it with its trainer'
+  cure = f'resume it with {_trainers(saved)}'
   return (f'{where} holds a run of another objective ({name(saved)}; this config has '
           f'{name(now)}) and cannot be resumed here; {cure}, or use another --workdir')
 
 
-def _check_origin(saved: dict, now: dict, where: str) -> None:
+def _trainers(sections: list[str]) -> str:
+  """The command that trains a run of these objective sections ('python -m mpp.train'; none:
+  a classifier's, supervised.train), or 'its trainer' when not one."""
+  if not sections:
+    return 'python -m supervised.train'
+  found = [f'python -m {s}.train' for s in sections if importlib.util.find_spec(f'{s}.train')]
+  return found[0] if len(found) == 1 else 'its trainer'
+
+
+def _check_origin(saved: dict, now: dict, where: str, sections: list[str]) -> None:
   """UserError when config.init differs from the saved run's: the resumed weights descend from
   the old init, and the config saved from then on would record the new one. The same weights
-  named by another path spelling (relative, absolute, a trailing '/') are the same init."""
+  named by another path spelling (relative, absolute, a trailing '/') are the same init. The
+  cure names the program that resumes it: supervised.finetune for a run with an init (the one
+  trainer that reads it), else the trainer of the saved `sections`."""
   if 'init' not in saved or 'init' not in now or _same_init(saved['init'], now['init']):
     return
   old, new = saved['init'], now['init']
-  cure = f'rerun with --config.init={old}' if old else 'rerun without config.init'
+  cure = (f'rerun python -m supervised.finetune with --config.init={old}' if old else
+          f'rerun {_trainers(sections)} without config.init')
   raise UserError(
       f'{where}: config.init {old!r} -> {new!r}: this run was initialised from '
       f'{old or "a random initialisation"}, and resuming it with another config.init would '
