@@ -340,3 +340,26 @@ def test_a_processor_normalisation_that_is_not_a_finite_number_is_refused(tmp_pa
   with pytest.raises(UserError, match=rf'^hf:{path}: rescale_factor/image_mean/image_std: could '
                                       r'not convert string to float'):
     init_spec.load(f'hf:{tmp_path}')
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('hidden_size', 16, "hidden_size=16, but the weights are 32 wide (embeddings.cls_token): is "
+                        "config.json this model's?"),
+    ('num_attention_heads', 3, 'num_attention_heads=3 does not divide hidden_size=32'),
+    ('num_attention_heads', 0, 'num_attention_heads=0: must be a positive integer'),
+    ('hidden_size', None, 'hidden_size=None: must be a positive integer'),
+    ('layer_norm_eps', 'abc', "layer_norm_eps='abc': must be a number"),
+])
+def test_a_config_json_that_does_not_fit_the_weights_is_one_line(tmp_path, key, value, message):
+  """Each was a traceback in the reader (a reshape, a division by zero, a float of text)."""
+  torch.manual_seed(0)
+  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=64, image_size=16, patch_size=4)
+  transformers.ViTModel(cfg).save_pretrained(tmp_path / 'm')
+  path = tmp_path / 'm' / 'config.json'
+  edited = json.loads(path.read_text())
+  edited[key] = value
+  path.write_text(json.dumps(edited))
+  with pytest.raises(UserError) as e:
+    init_spec.load(f'hf:{tmp_path / "m"}')
+  assert str(e.value) == f'hf:{path}: {message}'

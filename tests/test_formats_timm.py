@@ -272,3 +272,24 @@ def test_a_view_that_cannot_be_applied_is_named(tmp_path, capsys):
       f"warning: timm:{tmp_path / 't'}/config.json: pretrained_cfg crop_mode='border' is not "
       f"applied; this repository resizes straight to 16x16 bilinearly, so its logits differ "
       f"from timm's evaluation"]
+
+
+@pytest.mark.parametrize('key, value, message', [
+    ('embed_dim', 64, "model_args.embed_dim=64, but model.safetensors has 32 (cls_token width, "
+                      "blocks): is config.json this model's?"),
+    ('depth', 4, "model_args.depth=4, but model.safetensors has 2 (cls_token width, blocks): is "
+                 "config.json this model's?"),
+    ('num_heads', 3, 'model_args.num_heads=3: must be a positive integer that divides the width '
+                     '32'),
+])
+def test_a_config_json_of_another_model_is_refused(tmp_path, key, value, message):
+  """timm's create_model refuses such a folder; we read the head count from it, so another
+  model's config.json gave 4 heads to a 2-head model without a word (wrong logits)."""
+  _tiny_timm(tmp_path / 't')
+  path = tmp_path / 't' / 'config.json'
+  cfg = json.loads(path.read_text())
+  cfg['model_args'][key] = value
+  path.write_text(json.dumps(cfg))
+  with pytest.raises(UserError) as e:
+    init_spec.load(f'timm:{tmp_path / "t"}')
+  assert str(e.value) == f'timm:{path}: {message}'

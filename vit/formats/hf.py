@@ -270,6 +270,7 @@ def load(path: str) -> Read:
   """
   cfg = read_config(path)
   w = _checkpoint_names(read_weights(path))
+  _check_sizes(path, cfg, w)
   layers = sorted({int(m[1]) for k in w for m in [re.match(r'encoder\.layer\.(\d+)\.', k)] if m})
   if not layers:
     raise UserError(f'hf:{path}: the weights hold no encoder layers')
@@ -291,6 +292,32 @@ def load(path: str) -> Read:
   if names and len(names) != params['head']['kernel'].shape[1]:
     names = None  # An edited id2label that names other than the head's outputs: numbered.
   return Read(params, stated, names, size, view)
+
+
+_SIZES = ('hidden_size', 'num_attention_heads', 'intermediate_size', 'num_hidden_layers')
+
+
+def _check_sizes(path: str, cfg: dict, w: dict[str, np.ndarray]) -> None:
+  """UserError naming config.json's key when a size is no positive integer, the heads do not
+  divide the width, the width is not the weights' (another model's config.json), or
+  layer_norm_eps is no number: each was a reshape or arithmetic traceback in the reader."""
+  where = f'hf:{os.path.join(path, "config.json")}'
+  for key in _SIZES:
+    value = cfg.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+      raise UserError(f'{where}: {key}={value!r}: must be a positive integer')
+  hidden, heads = cfg['hidden_size'], cfg['num_attention_heads']
+  if hidden % heads:
+    raise UserError(f'{where}: num_attention_heads={heads} does not divide hidden_size={hidden}')
+  cls = w.get('embeddings.cls_token')
+  if cls is not None and cls.shape[-1] != hidden:
+    raise UserError(f'{where}: hidden_size={hidden}, but the weights are {cls.shape[-1]} wide '
+                    '(embeddings.cls_token): is config.json this model\'s?')
+  try:
+    float(cfg.get('layer_norm_eps', 1e-12))
+  except (TypeError, ValueError):
+    raise UserError(f'{where}: layer_norm_eps={cfg["layer_norm_eps"]!r}: must be a '
+                    'number') from None
 
 
 def model_keys(cfg: dict) -> dict:

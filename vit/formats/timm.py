@@ -114,12 +114,27 @@ def _check_supported(directory: str, w: dict, cfg: dict) -> None:
                     f'token\'s pooling ("token") is supported')
 
 
+def _check_model_args(directory: str, cfg: dict, width: int, depth: int) -> None:
+  """UserError when config.json's model_args state another width or depth than the weights
+  have (another model's config.json), as timm's create_model would refuse them: the head count
+  is read from it, and a wrong one changes every attention without any shape to show it."""
+  args = cfg.get('model_args', {})
+  for key, actual in (('embed_dim', width), ('depth', depth)):
+    if key in args and args[key] != actual:
+      raise UserError(f'timm:{directory}/config.json: model_args.{key}={args[key]!r}, but '
+                      f'{WEIGHTS} has {actual} (cls_token width, blocks): is config.json this '
+                      'model\'s?')
+
+
 def _num_heads(directory: str, cfg: dict, width: int) -> int:
   heads = cfg.get('model_args', {}).get('num_heads') or _HEADS_BY_WIDTH.get(width)
-  if not heads or width % heads:
+  if not heads:
     raise UserError(f'timm:{directory}: config.json states no model_args.num_heads for width '
                     f'{width} (the fused qkv weight does not show the head count)')
-  return int(heads)
+  if not isinstance(heads, int) or isinstance(heads, bool) or heads < 1 or width % heads:
+    raise UserError(f'timm:{directory}/config.json: model_args.num_heads={heads!r}: must be a '
+                    f'positive integer that divides the width {width}')
+  return heads
 
 
 # timm's defaults for what a pretrained_cfg leaves out (timm.data.resolve_data_config).
@@ -192,10 +207,11 @@ def load(path: str) -> Read:
     raise UserError(f'timm:{path}/config.json: act_layer={act!r}; supported: '
                     f'{", ".join(_ACT)}')
   width = w['cls_token'].shape[-1]
-  dims = Dims(width, _num_heads(path, cfg, width))
   blocks = _blocks(w)
   if not blocks:
     raise UserError(f'timm:{path}: {WEIGHTS} holds no blocks.* weights')
+  _check_model_args(path, cfg, width, len(blocks))
+  dims = Dims(width, _num_heads(path, cfg, width))
   if 'pos_embed' in w and not (square_grid(w['pos_embed'].shape[1]) or
                                square_grid(w['pos_embed'].shape[1] - 1)):
     raise UserError(f'timm:{path}: pos_embed has {w["pos_embed"].shape[1]} entries, not a '
