@@ -379,9 +379,11 @@ def test_the_report_marks_a_choice_at_the_grid_edge(runs, study):
   assert report.grid_edges(st, 'scratch/pct1/sweep/lr0.003_pad2') == []  # Both extended.
   # The 60-epoch sweep's points added in advance (deviation 9) extend only their own lines;
   # deviation 10's point extends lr 1e-3's, and is at the edge itself.
-  assert report.grid_edges(st, 'mpp_e60/pct1/sweep/lr0.003_pad2') == ['largest padding']
+  assert report.grid_edges(st, 'mpp_e60/pct1/sweep/lr0.003_pad2') == [
+      'largest learning rate', 'largest padding']
   assert report.grid_edges(st, 'mpp_e60/pct1/sweep/lr0.001_pad2') == []
-  assert report.grid_edges(st, 'mpp_e60/pct1/sweep/lr0.001_pad4') == ['largest padding']
+  assert report.grid_edges(st, 'mpp_e60/pct1/sweep/lr0.001_pad4') == [
+      'largest learning rate', 'largest padding']  # Along the padding-4 line too.
   assert report.grid_edges(st, 'mpp_e60/pct1/sweep/lr0.0003_pad2') == []
   assert report.grid_edges(st, 'scratch/pct10/sweep/lr0.0001_pad0') == [
       'smallest learning rate', 'smallest padding']
