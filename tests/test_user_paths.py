@@ -83,6 +83,10 @@ def test_every_string_flag_and_the_config_file_are_expanded(home):
       'prog', f'--config={home}/c.py:arg', '--config.init=mae:~/w']
   with pytest.raises(UserError, match=f'^--config {NO_USER}/c.py: '):
     cli.home_expanded_config(['prog', f'--config={NO_USER}/c.py'])
+  # absl reads `--config FILE` too (quoted, bash leaves its `~`); the next argument only.
+  assert cli.home_expanded_config(['prog', '--config', '~/c.py', '~/other', '-config=~/d.py']
+                                  ) == ['prog', '--config', f'{home}/c.py', '~/other',
+                                        f'-config={home}/d.py']
 
 
 def test_config_data_paths_are_expanded(home):

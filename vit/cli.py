@@ -122,11 +122,18 @@ def define_config_flags(default_config: str | None = None, workdir: bool = True,
 
 
 def home_expanded_config(argv: list[str]) -> list[str]:
-  """`argv` with a leading `~` expanded in each `--config=~/FILE` (vit.user_paths). UserError
+  """`argv` with a leading `~` expanded in each `--config=~/FILE` and `--config ~/FILE` (as
+  absl reads both; bash leaves the `~` after `=` or in quotes) (vit.user_paths). UserError
   naming --config for a `~user` that names no user."""
-  prefix = '--config='
-  return [prefix + user_paths.expand(a[len(prefix):], '--config') if a.startswith(prefix + '~')
-          else a for a in argv]
+  out = []
+  for i, a in enumerate(argv):
+    for prefix in ('--config=', '-config='):
+      if a.startswith(prefix + '~'):
+        a = prefix + user_paths.expand(a[len(prefix):], '--config')
+    if i and argv[i - 1] in ('--config', '-config') and a.startswith('~'):
+      a = user_paths.expand(a, '--config')
+    out.append(a)
+  return out
 
 
 def expand_home(flag_values: flags.FlagValues = flags.FLAGS) -> None:
