@@ -188,6 +188,28 @@ def test_a_saved_step_given_for_a_workdir_points_at_the_workdir(stopped_mae, mon
   assert (ckpt.step, ckpt.total_steps) == (1, 30)
 
 
+def test_a_run_still_training_is_told_apart_from_a_stopped_one(tmp_path):
+  """An export of a run in progress warned that it 'stopped' and to rerun its command, which
+  the lock would refuse. The lock file names its last holder; a live one is still training."""
+  import socket
+  import subprocess
+  early = init_spec.Checkpoint({}, None, None, 28, 3, None, 600, 1200)
+  live = subprocess.Popen(['sleep', '60'])
+  try:
+    (tmp_path / '.lock').write_text(f'pid {live.pid}\nhost {socket.gethostname()}\n')
+    assert init_spec.unfinished(f'mae:{tmp_path}', early) == (
+        f'mae:{tmp_path}: the run is still training (process {live.pid} on '
+        f'{socket.gethostname()}); using its newest saved step, 600 of its config.total_steps '
+        '1200')
+    assert 'still training' in init_spec.unfinished(str(tmp_path), early)
+  finally:
+    live.kill()
+    live.wait()
+  assert 'the run stopped before its end' in init_spec.unfinished(f'mae:{tmp_path}', early)
+  (tmp_path / '.lock').write_text(f'pid {os.getpid()}\nhost elsewhere\n')  # Not this host's.
+  assert 'the run stopped before its end' in init_spec.unfinished(f'mae:{tmp_path}', early)
+
+
 def test_a_finished_run_and_a_published_format_get_no_warning():
   finished = init_spec.Checkpoint({}, None, None, 28, 3, None, 30, 30)
   assert init_spec.origin('mae:w', finished) == 'mae:w at step 30 of 30'

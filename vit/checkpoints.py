@@ -1048,6 +1048,23 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       os.close(fd)  # Releases the flock; the file stays (deleting it would race a new holder).
 
 
+def training_now(workdir: str) -> Optional[str]:
+  """'process PID on HOST' when the process `WORKDIR/.lock` names (its last holder) still runs
+  on this host, else None. Reads only, without locking: a reader (export, fine-tuning) must
+  never make a trainer starting at that moment find the workdir in use."""
+  try:
+    with open(os.path.join(workdir, LOCK_FILE), encoding='utf-8', errors='replace') as f:
+      text = f.read(4096).split()
+  except OSError:
+    return None
+  holder = dict(zip(text[::2], text[1::2]))
+  pid = holder.get('pid', '')
+  if (holder.get('host') != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid()
+      or not atomic_write.process_alive(int(pid))):
+    return None
+  return f'process {pid} on {holder["host"]}'
+
+
 def _acquire(path: str) -> tuple[Optional[int], Optional[str]]:
   """(open descriptor holding the lock, None), or (None, 'process PID on HOST') when held."""
   fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)

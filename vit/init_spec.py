@@ -231,10 +231,16 @@ def origin(spec: str, ckpt: Checkpoint) -> str:
 
 def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
   """A warning's line when the step read from a workdir is before its run's config.total_steps
-  (the run was stopped, failed or is still going; or its later steps did not read, which
+  (the run was stopped, failed or is still going: the line says which where this host can
+  tell, `checkpoints.training_now`; or its later steps did not read, which
   `checkpoints.read_params` warns of); None otherwise."""
   if ckpt.step is None or not ckpt.total_steps or ckpt.step >= ckpt.total_steps:
     return None
+  fmt, sep, path = spec.partition(':')
+  running = checkpoints.training_now(path if sep and fmt in FORMATS else spec)
+  if running:
+    return (f'{spec}: the run is still training ({running}); using its newest saved step, '
+            f'{ckpt.step} of its config.total_steps {ckpt.total_steps}')
   return (f'{spec}: the run stopped before its end (step {ckpt.step} of its config.total_steps '
           f'{ckpt.total_steps}); using step {ckpt.step} anyway (rerun its training command with '
           'the same --workdir to finish it)')
