@@ -1,5 +1,6 @@
 """supervised.predict: inputs, resizing, --resolution and both output formats."""
 import json
+import re
 import os
 import subprocess
 import sys
@@ -201,3 +202,19 @@ def test_headless_checkpoint_is_refused(npz, tmp_path):
   assert init_spec.load(f'vit_jax:{tmp_path / "backbone.npz"}').model.num_classes is None
   with pytest.raises(UserError, match='has no classification head'):
     predict.load_classifier(f'vit_jax:{tmp_path / "backbone.npz"}')
+
+
+def test_a_forward_pass_that_does_not_fit_in_memory_is_one_line(npz, tmp_path):
+  """XLA's RESOURCE_EXHAUSTED at 1,200 px (90,000 tokens: the attention alone would need
+  terabytes) was a traceback; now one line (vit.cli.run) naming the sizes to lower."""
+  np.save(tmp_path / 'in.npy', _images(2))
+  run = subprocess.run([sys.executable, '-m', 'supervised.predict', f'--init=vit_jax:{npz[0]}',
+                        f'--images={tmp_path / "in.npy"}', f'--output={tmp_path / "o.json"}',
+                        '--resolution=1200'], cwd=ROOT, capture_output=True, text=True,
+                       timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert run.returncode == 2 and 'Traceback' not in run.stderr, run.stderr[-2000:]
+  assert re.fullmatch(r'error: out of memory on the CPU \(RESOURCE_EXHAUSTED: Out of memory '
+                      r'allocating \d+ bytes\.\); lower the batch \(config.batch_size, '
+                      r'config.eval_batch_size, --batch_size\), the image size or the model',
+                      run.stderr.strip().splitlines()[-1]), run.stderr[-2000:]
+  assert not (tmp_path / 'o.json').exists()

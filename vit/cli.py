@@ -183,6 +183,11 @@ def run(main: Callable[[list[str]], None]) -> None:
       print(f'error: {e}; the state of that step was not saved', file=sys.stderr)
       sys.exit(3)
     except Exception as e:
+      memory = out_of_memory(e)
+      if memory:
+        print(f'error: {memory}', file=sys.stderr)
+        _quiet_shutdown()
+        sys.exit(2)
       line = distributed.lost_process(e, _workdir())
       if line is None:
         raise
@@ -192,6 +197,20 @@ def run(main: Callable[[list[str]], None]) -> None:
 
 
 _CACHE_WRITE = 'Error writing persistent compilation cache entry'
+
+
+def out_of_memory(e: BaseException) -> str | None:
+  """The line for XLA's failure to allocate (RESOURCE_EXHAUSTED, raised by any step or forward
+  pass that does not fit: a batch, a resolution), with the sizes that set the memory; None
+  for any other error. Saved checkpoints are untouched: nothing is written on the way out."""
+  text = str(e)
+  if type(e).__name__ not in ('JaxRuntimeError', 'XlaRuntimeError') or (
+      'RESOURCE_EXHAUSTED' not in text):
+    return None
+  first = text.strip().splitlines()[0] if text.strip() else 'RESOURCE_EXHAUSTED'
+  return (f'out of memory on the {jax.default_backend().upper()} ({first}); lower the batch '
+          '(config.batch_size, config.eval_batch_size, --batch_size), the image size or '
+          'the model')
 
 
 def tell_cache_write_failures_once(cache: str) -> None:
