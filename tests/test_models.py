@@ -321,3 +321,20 @@ def test_unknown_layer_norm_or_remat_policy_is_refused_in_one_line(overrides, me
   with pytest.raises(ValueError) as e:
     _init(tiny(**overrides))
   assert e.value.args[0] == message
+
+
+@pytest.mark.parametrize('flag, line', [
+    ('--num_classes=-1', 'error: flag --num_classes=-1: -1 is not a non-negative integer'),
+    ('--depth=0', 'error: flag --depth=0: 0 is not a positive integer'),
+])
+def test_summary_flags_out_of_range_are_one_line(flag, line):
+  """--num_classes=-1 was a JAX traceback (a negative shape); --depth=-1 an empty table."""
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  run = subprocess.run([sys.executable, '-m', 'vit.models.summary', '--model=ViT-Ti/16', flag],
+                       cwd=root, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert run.returncode != 0 and 'Traceback' not in run.stderr
+  assert run.stderr.strip().splitlines()[0] == line

@@ -15,11 +15,13 @@ from absl import flags
 from vit import cli, config as config_lib
 
 _MODEL = flags.DEFINE_string('model', 'ViT-B/16', 'Preset name, e.g. ViT-B/16, R50+ViT-B/16.')
-_NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head (0: no head).')
-_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input resolution in pixels.')
+_NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head (0: no head).',
+                                    lower_bound=0)
+_IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input resolution in pixels.',
+                                   lower_bound=1)
 _REPRESENTATION = flags.DEFINE_integer('representation_size', None,
                                        'Width of the pre-logits layer (none by default).')
-_DEPTH = flags.DEFINE_integer('depth', 2, 'Module nesting shown in the table.')
+_DEPTH = flags.DEFINE_integer('depth', 2, 'Module nesting shown in the table.', lower_bound=1)
 
 
 def abstract_params(model: nn.Module, image_size: int, channels: int = 3):
