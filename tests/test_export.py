@@ -212,6 +212,15 @@ def test_an_out_inside_a_runs_checkpoints_is_refused(tmp_path):
                                         rf'the run {workdir}, '):
       export.export(str(workdir), 'timm', str(out))
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4']
+  # vit.inspect wrote its PNGs there: the same refusal (checkpoints.refuse_inside_checkpoints).
+  out = workdir / 'checkpoints' / 'x'
+  run = subprocess.run([sys.executable, '-m', 'vit.inspect', '--init=vit_jax:nope.npz',
+                        f'--out={out}'], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert run.returncode == 2 and run.stderr.strip().splitlines() == [
+      f'error: --out {out}: inside the checkpoints folder of the run {workdir}, which holds '
+      f'only its saved steps; write the figures elsewhere (e.g. {workdir}/inspect)']
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['4']
   # A folder of that name elsewhere is no run's: the export goes on (to read the checkpoint).
   with pytest.raises(UserError, match='directory not found'):
     export.export(str(tmp_path / 'nope'), 'timm', str(tmp_path / 'checkpoints' / 'x'))

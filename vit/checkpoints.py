@@ -1048,6 +1048,21 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       os.close(fd)  # Releases the flock; the file stays (deleting it would race a new holder).
 
 
+def refuse_inside_checkpoints(out: str, advice: str, folder: str) -> None:
+  """UserError when the output `out` is, or lies under, WORKDIR/checkpoints of a run (a
+  workdir with its lock or batch contract): every reader would take it for a damaged step, and
+  the next training would move it aside. The line ends with `advice` ('export elsewhere') and
+  WORKDIR/`folder` as an example."""
+  path = os.path.realpath(out)
+  while os.path.dirname(path) != path:
+    workdir = os.path.dirname(path)
+    if os.path.basename(path) == 'checkpoints' and any(
+        os.path.exists(os.path.join(workdir, f)) for f in (LOCK_FILE, 'batch_contract.json')):
+      raise UserError(f'--out {out}: inside the checkpoints folder of the run {workdir}, '
+                      f'which holds only its saved steps; {advice} (e.g. {workdir}/{folder})')
+    path = workdir
+
+
 def training_now(workdir: str) -> Optional[str]:
   """'process PID on HOST' when the process `WORKDIR/.lock` names (its last holder) still runs
   on this host, else None. Reads only, without locking: a reader (export, fine-tuning) must

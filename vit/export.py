@@ -48,7 +48,7 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
-  _refuse_a_runs_checkpoints(out)
+  checkpoints.refuse_inside_checkpoints(out, 'export elsewhere', 'export')
   if not writer.SUFFIX:
     _refuse_a_foreign_folder(out)
   prefix, sep, _ = checkpoint.partition(':')
@@ -74,22 +74,6 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
       written = atomic_write.move_files(staging, out)
     _remove_stale_weights(out, written)
   return ckpt
-
-
-def _refuse_a_runs_checkpoints(out: str) -> None:
-  """UserError when `out` is, or lies under, WORKDIR/checkpoints of a run (a workdir with its
-  lock or batch contract): every reader would take the export for a damaged step, and the
-  next training would move it aside."""
-  path = os.path.realpath(out)
-  while os.path.dirname(path) != path:
-    workdir = os.path.dirname(path)
-    if os.path.basename(path) == 'checkpoints' and any(
-        os.path.exists(os.path.join(workdir, f))
-        for f in (checkpoints.LOCK_FILE, 'batch_contract.json')):
-      raise UserError(f'--out {out}: inside the checkpoints folder of the run {workdir}, '
-                      f'which holds only its saved steps; export elsewhere (e.g. {workdir}/'
-                      'export)')
-    path = workdir
 
 
 # The weight files of an hf or timm folder: one model.safetensors, or shards and their index.

@@ -12,7 +12,7 @@ import os
 
 from absl import flags
 
-from vit import cli
+from vit import checkpoints, cli
 from vit.errors import UserError
 from vit.inspect import report
 
@@ -37,6 +37,8 @@ def main(argv):
   for flag in (_MAX_IMAGES, _SHOW, _BATCH):
     if flag.value < 1:
       raise UserError(f'--{flag.name}={flag.value}: must be a positive integer')
+  checkpoints.refuse_inside_checkpoints(_OUT.value, 'write the figures elsewhere',
+                                       'inspect')
   summary = report.inspect(_INIT.value, _OUT.value, images=_IMAGES.value,
                            max_images=_MAX_IMAGES.value, show=_SHOW.value,
                            batch_size=_BATCH.value)
