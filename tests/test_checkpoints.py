@@ -618,6 +618,9 @@ def test_unwritable_workdir_fails_before_training(tmp_path):
     loop.train(config, str(blocker / 'run'), task)
   with pytest.raises(UserError, match=rf'^--workdir {blocker}: a file, not a directory$'):
     loop.train(config, str(blocker), task)
+  # It said "--workdir : not writable (No such file or directory)".
+  with pytest.raises(UserError, match=r"^--workdir '': empty; name the directory of the run$"):
+    loop.train(config, '', task)
   assert calls == [] and blocker.read_text() == 'not a directory'
 
 

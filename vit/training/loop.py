@@ -54,6 +54,8 @@ def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
 
 
 def _check_workdir(workdir: str) -> None:
+  if not workdir.strip():
+    raise UserError(f'--workdir {workdir!r}: empty; name the directory of the run')
   try:
     os.makedirs(workdir, exist_ok=True)
     # A file of this process's own (no name at all with O_TMPFILE): two runs started at once
