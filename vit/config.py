@@ -9,6 +9,7 @@ keys follow the official vit_jax layout.
 """
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import logging
@@ -258,7 +259,10 @@ def check_known_keys(config: ml_collections.ConfigDict) -> None:
   flat = _flat_keys(config)
   for key in flat:
     if key not in known and not any(key.startswith(k + '.') for k in known):
-      raise ConfigError(key, flat[key], 'unknown config key')
+      # A config file's typo gets the hint a command-line override gets from config_flags.
+      close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.8)
+      raise ConfigError(key, flat[key], 'unknown config key'
+                        + (f' (did you mean {close[0]}?)' if close else ''))
 
 
 def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = None
