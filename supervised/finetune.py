@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Optional
 
 import flax.linen as nn
 import jax
@@ -20,6 +21,7 @@ from absl import flags
 
 from supervised import objective, train
 from vit import checkpoints, cli, config as config_lib, init_spec, user_paths
+from vit.errors import UserError
 from vit.data import pipeline
 from vit.models.spec import ModelSpec
 from vit.training import loop
@@ -28,20 +30,37 @@ FLAGS = flags.FLAGS
 logger = logging.getLogger(__name__)
 
 
-def prepare(config: ml_collections.ConfigDict) -> tuple[ModelSpec, init_spec.Checkpoint]:
+def prepare(config: ml_collections.ConfigDict, workdir: Optional[str] = None
+            ) -> tuple[ModelSpec, init_spec.Checkpoint]:
   """Loads config.init, writes its architecture into config.model, validates the config.
 
   The config then describes the fine-tuned model completely, so the checkpoint it saves can
   itself be loaded with `supervised:DIR`. A leading `~` in config.init's path is expanded there
-  too, so the saved config names the weights wherever the run is resumed from.
+  too, so the saved config names the weights wherever the run is resumed from. Resuming the
+  fine-tune `workdir` holds, the architecture is read from it, not from config.init: the init
+  weights may be gone or replaced since (the saved state is all a resume needs; the loop
+  still refuses another config.init, vit.checkpoints).
   """
   init_spec.require_init(config)
   config.init = user_paths.expand_spec(config.init)
-  ckpt = init_spec.load(config.init)
-  init_spec.adopt_backbone(config, ckpt.model, ckpt.channels, config.init)
+  resumed = _resumed(workdir)
+  ckpt = resumed or init_spec.load(config.init)
+  init_spec.adopt_backbone(config, ckpt.model, ckpt.channels,
+                           workdir if resumed else config.init)
   m = config_lib.validate(config)
   train.check_classes(config, m)
   return m, ckpt
+
+
+def _resumed(workdir: Optional[str]) -> Optional[init_spec.Checkpoint]:
+  """The fine-tune `workdir` holds, read as `supervised:DIR`; None for a new workdir, or one
+  whose steps do not read (the loop then says what it finds there, and starts from the init)."""
+  if not workdir or not checkpoints.has_steps(workdir):
+    return None
+  try:
+    return init_spec.load_workdir(workdir)
+  except UserError:
+    return None
 
 
 def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:
@@ -63,7 +82,7 @@ def finetune(config, workdir: str, *, train_source=None, eval_source=None) -> lo
   """Fine-tunes into `workdir` from config.init, or resumes the fine-tune it holds (the loop
   refuses one started from another config.init: vit.checkpoints). Sources default to
   config.data (tests pass small ones)."""
-  m, ckpt = prepare(config)
+  m, ckpt = prepare(config, workdir)
   if not checkpoints.has_steps(workdir):  # Resuming, the loop says so once it accepts.
     logger.info('fine-tuning from %s: %s -> %spx, %s classes', init_spec.origin(config.init, ckpt),
                 init_spec.describe(ckpt), config.image_size, m.num_classes)

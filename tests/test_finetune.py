@@ -196,3 +196,11 @@ def test_a_resumed_finetune_keeps_its_init_and_says_so(tmp_path, fmnist, caplog)
   assert int(finetune.finetune(config(again, 4), workdir, **sources).state.step) == 4
   assert f'resumed from {workdir} at step 2 (initialised from {again})' in caplog.text
   assert 'fine-tuning from' not in caplog.text
+
+  # The init weights gone, then replaced by another model's at the same path: the resume needs
+  # only its own state (it said 'directory not found', then 'config keys differ: hidden_size').
+  os.remove(tmp_path / 'a.npz')
+  assert int(finetune.finetune(config(first, 6), workdir, **sources).state.step) == 6
+  write_tiny_npz(tmp_path / 'a.npz', **{**tiny, 'hidden_size': 32})
+  assert int(finetune.finetune(config(first, 8), workdir, **sources).state.step) == 8
+  assert checkpoints.saved_config(workdir)['init'] == first
