@@ -293,3 +293,13 @@ def test_a_config_json_of_another_model_is_refused(tmp_path, key, value, message
   with pytest.raises(UserError) as e:
     init_spec.load(f'timm:{tmp_path / "t"}')
   assert str(e.value) == f'timm:{path}: {message}'
+
+
+def test_a_timm_folder_given_as_hf_names_timm(tmp_path):
+  """It said 'model_type=None, only "vit" is supported', where an hf folder given as timm:
+  already named hf:."""
+  _tiny_timm(tmp_path / 't')
+  with pytest.raises(UserError, match=rf"^hf:{tmp_path / 't'}: a timm folder \(config.json has "
+                                      rf"architecture='vit_tiny_patch16_224'\); load it with "
+                                      rf"timm:{tmp_path / 't'}$"):
+    init_spec.load(f'hf:{tmp_path / "t"}')

@@ -76,6 +76,9 @@ def read_config(directory: str) -> dict:
     raise UserError(f'hf:{directory}: no config.json (a Hugging Face model directory holds '
                     f'config.json and model.safetensors)')
   cfg = _json(path)
+  if 'model_type' not in cfg and 'architecture' in cfg:  # timm's config.json (save_for_hf).
+    raise UserError(f'hf:{directory}: a timm folder (config.json has architecture='
+                    f'{cfg["architecture"]!r}); load it with timm:{directory}')
   if cfg.get('model_type') != 'vit':
     raise UserError(f'hf:{path}: model_type={cfg.get("model_type")!r}, only "vit" is supported')
   act = cfg.get('hidden_act', 'gelu')
