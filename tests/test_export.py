@@ -196,6 +196,12 @@ def test_refusals_name_the_formats_that_do_hold_the_model(run, tmp_path):
                                         r'a directory, and this is a file$'):
       export.export(f'hf:{tmp_path / "imagenet"}', fmt, str(tmp_path / 'a_file'))
   assert (tmp_path / 'a_file').read_text() == 'kept'
+  # A file's name for a folder format made a directory called x.npz.
+  for fmt, article in (('hf', 'an'), ('timm', 'a')):
+    with pytest.raises(UserError, match=rf'^--out {tmp_path}/x.npz: {article} {fmt} export is a '
+                                        r"directory; this name is a file's"):
+      export.export(f'hf:{tmp_path / "imagenet"}', fmt, str(tmp_path / 'x.npz'))
+  assert not (tmp_path / 'x.npz').exists()
   with pytest.raises(UserError, match=r'^--checkpoint nope: directory not found \(a trainer '):
     export.export('nope', 'hf', str(tmp_path / 'o'))
 

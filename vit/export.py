@@ -58,9 +58,12 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
     ckpt = init_spec.load_workdir(checkpoint, use_ema=use_ema)
   if writer.SUFFIX and not out.endswith(writer.SUFFIX):
     raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file')
+  article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
   if not writer.SUFFIX and os.path.isfile(out):
-    article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
     raise UserError(f'--out {out}: {article} {fmt} export is a directory, and this is a file')
+  if not writer.SUFFIX and out.rstrip('/').endswith(('.npz', '.safetensors', '.json')):
+    raise UserError(f'--out {out}: {article} {fmt} export is a directory; this name is a '
+                    "file's (--format vit_jax writes a .npz)")
   # Before anything is written; a refusal names the formats that do hold the model.
   registry.check_expressible(fmt, ckpt.params, ckpt.model)
   stated = dict(model=ckpt.model, class_names=ckpt.class_names, image_size=ckpt.image_size,
