@@ -21,7 +21,6 @@ from absl import flags
 
 from supervised import objective, train
 from vit import checkpoints, cli, config as config_lib, init_spec, user_paths
-from vit.errors import UserError
 from vit.data import pipeline
 from vit.models.spec import ModelSpec
 from vit.training import loop
@@ -31,7 +30,7 @@ logger = logging.getLogger(__name__)
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: Optional[str] = None
-            ) -> tuple[ModelSpec, init_spec.Checkpoint]:
+            ) -> tuple[ModelSpec, Optional[init_spec.Checkpoint]]:
   """Loads config.init, writes its architecture into config.model, validates the config.
 
   The config then describes the fine-tuned model completely, so the checkpoint it saves can
@@ -39,32 +38,45 @@ def prepare(config: ml_collections.ConfigDict, workdir: Optional[str] = None
   too, so the saved config names the weights wherever the run is resumed from. Resuming the
   fine-tune `workdir` holds, the architecture is read from it, not from config.init: the init
   weights may be gone or replaced since (the saved state is all a resume needs; the loop
-  still refuses another config.init, vit.checkpoints).
+  still refuses another config.init, vit.checkpoints), and the checkpoint returned is None.
   """
   init_spec.require_init(config)
   config.init = user_paths.expand_spec(config.init)
-  resumed = _resumed(workdir)
-  ckpt = resumed or init_spec.load(config.init)
-  init_spec.adopt_backbone(config, ckpt.model, ckpt.channels,
-                           workdir if resumed else config.init)
+  resumed = _saved_backbone(workdir)
+  if resumed:
+    ckpt = None  # Read only if the loop finds no step to resume after all (`build_task`).
+    init_spec.adopt_backbone(config, *resumed, workdir)
+  else:
+    ckpt = init_spec.load(config.init)
+    init_spec.adopt_backbone(config, ckpt.model, ckpt.channels, config.init)
   m = config_lib.validate(config)
   train.check_classes(config, m)
   return m, ckpt
 
 
-def _resumed(workdir: Optional[str]) -> Optional[init_spec.Checkpoint]:
-  """The fine-tune `workdir` holds, read as `supervised:DIR`; None for a new workdir, or one
-  whose steps do not read (the loop then says what it finds there, and starts from the init)."""
+def _saved_backbone(workdir: Optional[str]) -> Optional[tuple[ModelSpec, int]]:
+  """(model, image channels) of the fine-tune `workdir` holds, from the config saved with its
+  newest step (its parameters are not read: the loop reads them to resume); None for a new
+  workdir, or one whose newest step's config does not read (the loop then says what it finds
+  there, and starts from the init)."""
   if not workdir or not checkpoints.has_steps(workdir):
     return None
   try:
-    return init_spec.load_workdir(workdir)
-  except UserError:
+    mngr = checkpoints.manager(workdir, read_only=True)
+    try:
+      step = mngr.latest_step()
+    finally:
+      mngr.close()
+    saved = ml_collections.ConfigDict(checkpoints.saved_config(workdir, step))
+    model = config_lib.upgrade(config_lib.resolved_model(saved))
+  except Exception:  # noqa: BLE001 (a damaged step: orbax and TensorStore raise many types)
     return None
+  return model, saved.data.channels
 
 
-def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:
-  """The supervised task, started from the checkpoint's weights (adapted to this model)."""
+def build_task(config, m, ckpt: Optional[init_spec.Checkpoint], **sources) -> loop.Task:
+  """The supervised task, started from the checkpoint's weights (adapted to this model);
+  config.init's, read when needed, without `ckpt` (a resume: `prepare`)."""
   task = train.build_task(config, m, **sources)
 
   def fresh():  # Only for a new representation layer (model.representation_size set).
@@ -72,7 +84,8 @@ def build_task(config, m, ckpt: init_spec.Checkpoint, **sources) -> loop.Task:
 
   def load_params(target):
     grid = config_lib.token_grid(config, m)
-    return init_spec.adapt_params(ckpt.params, target, grid, fresh=fresh,
+    weights = (ckpt or init_spec.load(config.init)).params
+    return init_spec.adapt_params(weights, target, grid, fresh=fresh,
                                   what=f'init {config.init}')
 
   return dataclasses.replace(task, load_params=load_params)

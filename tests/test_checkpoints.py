@@ -583,6 +583,13 @@ def test_a_fine_tune_aimed_at_a_pretraining_workdir_names_the_objective():
   assert str(error.value) == ('W holds a run of another objective (config.mae; this config has '
                               'no objective section) and cannot be resumed here; resume it with '
                               'python -m mae.train, or use another --workdir')
+  # The other way round, a fine-tune's workdir given to mae.train: the program that resumes a
+  # run with an init is supervised.finetune (supervised.train refuses config.init).
+  with pytest.raises(UserError) as error:
+    checkpoints.check_compatible(finetune.to_dict(), _params_shapes(finetune, objective.build),
+                                 _params_shapes(mae, mae_objective.build), mae, where='W')
+  assert str(error.value).endswith('resume it with python -m supervised.finetune '
+                                   '--config.init=mae:runs/mae, or use another --workdir')
 
 
 @pytest.mark.parametrize('old, new, cure', [

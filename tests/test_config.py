@@ -64,6 +64,8 @@ def small():
     (lambda c: c.update(seed=-1), 'config.seed=-1: must be an integer in [0, 2**32)'),
     (lambda c: c.data.update(shuffle_seed=2 ** 32),
      'config.data.shuffle_seed=4294967296: must be an integer in [0, 2**32)'),
+    (lambda c: c.data.update(subset_seed=-2), 'config.data.subset_seed=-2: must be an integer '
+                                             '>= 0'),
     # Found at the first evaluation, after the training steps, before.
     (lambda c: c.data.update(eval_split='holdout'),
      "config.data.eval_split='holdout': needs data.holdout > 0"),

@@ -256,7 +256,12 @@ def test_an_out_folder_of_other_files_or_a_runs_workdir_is_refused(tmp_path, fmt
   earlier.mkdir()
   (earlier / 'config.json').write_text('{}')
   (earlier / 'README.md').write_text('notes')
-  for out in (earlier, tmp_path / 'empty', tmp_path / 'new'):
+  # A clone of a model repository to fill, a folder a file browser marked: not other files.
+  clone = tmp_path / 'clone'
+  (clone / '.git').mkdir(parents=True)
+  for name in ('.gitattributes', 'README.md', 'LICENSE', '.DS_Store'):
+    (clone / name).write_text('x')
+  for out in (earlier, tmp_path / 'empty', tmp_path / 'new', clone):
     if out.name == 'empty':
       out.mkdir()
     with pytest.raises(UserError, match='--checkpoint .*nope: directory not found'):

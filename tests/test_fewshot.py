@@ -148,7 +148,7 @@ def test_too_few_examples_per_class_is_an_error():
     # Tracebacks before (a ZeroDivisionError, numpy's seed, a negative shape in the init).
     ('batch_size', 0, f'--batch_size=0: must be a positive multiple of the '
                       f'{jax.device_count()} devices'),
-    ('seed', -1, '--seed=-1: must be an integer in [0, 2**32)'),
+    ('seed', -1, '--seed=-1: must be an integer >= 0'),
     ('image_size', -4, "--image_size=-4: must be a positive integer (default: the "
                        "checkpoint's)"),
     ('image_size', 0, "--image_size=0: must be a positive integer (default: the "

@@ -202,6 +202,15 @@ def test_a_run_still_training_is_told_apart_from_a_stopped_one(tmp_path):
         f'{socket.gethostname()}); using its newest saved step, 600 of its config.total_steps '
         '1200')
     assert 'still training' in init_spec.unfinished(str(tmp_path), early)
+    # A workdir named from the home directory: the lock read is the expanded path's.
+    os.environ['HOME'], home = str(tmp_path.parent), os.environ.get('HOME')
+    try:
+      assert 'still training' in init_spec.unfinished(f'mae:~/{tmp_path.name}', early)
+    finally:
+      if home is None:
+        del os.environ['HOME']
+      else:
+        os.environ['HOME'] = home
   finally:
     live.kill()
     live.wait()

@@ -853,7 +853,7 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
             for p in sorted(set(old) | set(new), key=order) if old.get(p) != new.get(p)]
   if shapes:
     if objectives[0] != objectives[1]:
-      raise UserError(_other_objective(*objectives, where))
+      raise UserError(_other_objective(*objectives, where, saved.get('init')))
     differing = _incompatible_keys(saved_config, config, keys, changed)
     raise UserError(
         f'{where} was saved with another config and cannot be resumed: config keys differ: '
@@ -862,21 +862,24 @@ def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,
   return changed
 
 
-def _other_objective(saved: list[str], now: list[str], where: str) -> str:
+def _other_objective(saved: list[str], now: list[str], where: str,
+                     init: Optional[str] = None) -> str:
   """The refusal of another objective's run (mae.train on a SimMIM workdir), given the saved
   and the current config's objective sections: they name the cause, and the saved run's
   trainer the cure, in place of a hundred differing arrays."""
   name = lambda secs: ' and '.join(f'config.{s}' for s in secs) or 'no objective section'
-  cure = f'resume it with {_trainers(saved)}'
+  cure = f'resume it with {_trainers(saved, init)}'
   return (f'{where} holds a run of another objective ({name(saved)}; this config has '
           f'{name(now)}) and cannot be resumed here; {cure}, or use another --workdir')
 
 
-def _trainers(sections: list[str]) -> str:
+def _trainers(sections: list[str], init: Optional[str] = None) -> str:
   """The command that trains a run of these objective sections ('python -m mpp.train'; none:
-  a classifier's, supervised.train), or 'its trainer' when not one."""
+  a classifier's: supervised.finetune with its `init` when it had one, else supervised.train),
+  or 'its trainer' when not one."""
   if not sections:
-    return 'python -m supervised.train'
+    return (f'python -m supervised.finetune --config.init={init}' if init else
+            'python -m supervised.train')
   found = [f'python -m {s}.train' for s in sections if importlib.util.find_spec(f'{s}.train')]
   return found[0] if len(found) == 1 else 'its trainer'
 

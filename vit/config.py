@@ -342,8 +342,10 @@ def _lookup(config: ml_collections.ConfigDict, key: str):
   return config
 
 
-# Seeds: grain's shuffles and numpy's generators take unsigned 32-bit ones.
-_SEEDS = ('seed', 'data.shuffle_seed', 'data.subset_seed', 'fewshot.seed')
+# Seeds of grain's shuffles and maps, which take unsigned 32-bit ones (config.seed is theirs
+# when data.shuffle_seed is None); numpy's generators take any integer >= 0.
+_GRAIN_SEEDS = ('seed', 'data.shuffle_seed')
+_NUMPY_SEEDS = ('data.subset_seed', 'fewshot.seed')
 
 
 def _check_counts(config: ml_collections.ConfigDict) -> None:
@@ -355,11 +357,12 @@ def _check_counts(config: ml_collections.ConfigDict) -> None:
     if not isinstance(value, int) or isinstance(value, bool) or value < least:
       raise ConfigError(key, value, 'must be a positive integer' if least else
                         f'must be an integer >= 0 (0: {zero})')
-  for key in _SEEDS:
-    value = _lookup(config, key)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)
-                              or not 0 <= value < 2 ** 32):
-      raise ConfigError(key, value, 'must be an integer in [0, 2**32)')
+  for key in (*_GRAIN_SEEDS, *_NUMPY_SEEDS):
+    value, most = _lookup(config, key), 2 ** 32 if key in _GRAIN_SEEDS else None
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 0
+                              or (most and value >= most)):
+      raise ConfigError(key, value, 'must be an integer in [0, 2**32)' if most else
+                        'must be an integer >= 0')
 
 
 def _resolve(config: ml_collections.ConfigDict) -> ModelSpec:

@@ -50,6 +50,10 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   writer = FORMATS[fmt]
   checkpoints.refuse_inside_checkpoints(out, 'export elsewhere', 'export')
   if not writer.SUFFIX:
+    if out.rstrip('/').endswith(('.npz', '.safetensors', '.json')):
+      article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
+      raise UserError(f'--out {out}: {article} {fmt} export is a directory; this name is a '
+                      "file's (--format vit_jax writes a .npz)")
     _refuse_a_foreign_folder(out)
   prefix, sep, _ = checkpoint.partition(':')
   if sep and prefix in init_spec.FORMATS:
@@ -61,9 +65,6 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
   if not writer.SUFFIX and os.path.isfile(out):
     raise UserError(f'--out {out}: {article} {fmt} export is a directory, and this is a file')
-  if not writer.SUFFIX and out.rstrip('/').endswith(('.npz', '.safetensors', '.json')):
-    raise UserError(f'--out {out}: {article} {fmt} export is a directory; this name is a '
-                    "file's (--format vit_jax writes a .npz)")
   # Before anything is written; a refusal names the formats that do hold the model.
   registry.check_expressible(fmt, ckpt.params, ckpt.model)
   stated = dict(model=ckpt.model, class_names=ckpt.class_names, image_size=ckpt.image_size,
@@ -83,6 +84,9 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
 _WEIGHT_FILES = re.compile(r'model(-\d+-of-\d+)?\.safetensors|model\.safetensors\.index\.json')
 
 
+_REPOSITORY_FILES = re.compile(r'(README|LICEN[CS]E|NOTICE|MODEL_CARD)(\.\w+)?$', re.IGNORECASE)
+
+
 def _refuse_a_foreign_folder(out: str) -> None:
   """UserError when the directory `out` holds files but no model (no config.json or weight
   files: `/`, a home or data folder), or is a training run's workdir: an hf or timm export
@@ -95,8 +99,11 @@ def _refuse_a_foreign_folder(out: str) -> None:
          for f in (checkpoints.LOCK_FILE, 'batch_contract.json')):
     raise UserError(f'--out {out}: the workdir of a training run; export elsewhere (e.g. '
                     f'{os.path.join(out, "export")})')
-  if names and 'config.json' not in names and not any(map(_WEIGHT_FILES.fullmatch, names)):
-    raise UserError(f'--out {out}: a folder of other files ({len(names)}, no config.json or '
+  # What a model repository holds besides a model (a clone of a Hub repository to fill: .git,
+  # .gitattributes, README.md) and what file browsers leave (.DS_Store) do not count.
+  others = [n for n in names if not n.startswith('.') and not _REPOSITORY_FILES.match(n)]
+  if others and 'config.json' not in names and not any(map(_WEIGHT_FILES.fullmatch, names)):
+    raise UserError(f'--out {out}: a folder of other files ({len(others)}, no config.json or '
                     'model.safetensors of an earlier export); export to a new or empty folder')
 
 

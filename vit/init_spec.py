@@ -237,7 +237,8 @@ def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
   if ckpt.step is None or not ckpt.total_steps or ckpt.step >= ckpt.total_steps:
     return None
   fmt, sep, path = spec.partition(':')
-  running = checkpoints.training_now(path if sep and fmt in FORMATS else spec)
+  workdir = user_paths.expanded(path if sep and fmt in FORMATS else spec)
+  running = workdir and checkpoints.training_now(workdir)
   if running:
     return (f'{spec}: the run is still training ({running}); using its newest saved step, '
             f'{ckpt.step} of its config.total_steps {ckpt.total_steps}')

@@ -295,8 +295,8 @@ def _check_flags(flags_) -> None:
   if flags_.batch_size < 1 or flags_.batch_size % jax.device_count():
     raise UserError(f'--batch_size={flags_.batch_size}: must be a positive multiple of the '
                     f'{jax.device_count()} devices')
-  if not 0 <= flags_.seed < 2 ** 32:
-    raise UserError(f'--seed={flags_.seed}: must be an integer in [0, 2**32)')
+  if flags_.seed < 0:  # numpy's generators take any integer >= 0.
+    raise UserError(f'--seed={flags_.seed}: must be an integer >= 0')
   if flags_.image_size is not None and flags_.image_size < 1:
     raise UserError(f'--image_size={flags_.image_size}: must be a positive integer (default: '
                     'the checkpoint\'s)')
