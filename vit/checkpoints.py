@@ -1076,11 +1076,15 @@ def training_now(workdir: str) -> Optional[str]:
   except OSError:
     return None
   holder = dict(zip(text[::2], text[1::2]))
+  return f'process {holder["pid"]} on {holder["host"]}' if _alive_here(holder) else None
+
+
+def _alive_here(holder: dict) -> bool:
+  """Whether the lock file's holder {'pid', 'host'} is another process running on this host
+  (a reused pid reads as alive: the messages name the lock's path or process)."""
   pid = holder.get('pid', '')
-  if (holder.get('host') != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid()
-      or not atomic_write.process_alive(int(pid))):
-    return None
-  return f'process {pid} on {holder["host"]}'
+  return (holder.get('host') == socket.gethostname() and pid.isdigit()
+          and int(pid) != os.getpid() and atomic_write.process_alive(int(pid)))
 
 
 def _acquire(path: str) -> tuple[Optional[int], Optional[str]]:
@@ -1097,8 +1101,7 @@ def _acquire(path: str) -> tuple[Optional[int], Optional[str]]:
   except OSError:
     # A file system without flock (some network mounts): the pid it names, when that process
     # still runs on this host, holds it (a reused pid can refuse wrongly: the path says where).
-    if holder.get('host') == socket.gethostname() and holder.get('pid', '').isdigit() and int(
-        holder['pid']) != os.getpid() and atomic_write.process_alive(int(holder['pid'])):
+    if _alive_here(holder):
       os.close(fd)
       return None, f'{named} (per {path}, as this file system has no flock)'
   os.ftruncate(fd, 0)
