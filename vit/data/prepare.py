@@ -26,6 +26,7 @@ replaces it only when the new one is complete.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import functools
 import io
@@ -355,12 +356,19 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
   logger.info('\n'.join(report))
   import tensorflow_datasets as tfds  # Imports TensorFlow (seconds): only a build needs it.
   tfds.disable_progress_bar()  # Ours counts images; TFDS' own bars would interleave with it.
-  with atomic_write.staging_dir(dataset) as staging:
-    builder = _builder_class()(splits=splits, class_names=class_names, channels=channels,
-                               source=source, skip_bad=skip_bad, data_dir=staging,
-                               file_format='array_record')
-    builder.download_and_prepare(download_dir=os.path.join(staging, 'downloads'))
-    atomic_write.replace_dir(os.path.join(staging, NAME), dataset)
+  made_out = not os.path.exists(out)
+  try:
+    with atomic_write.staging_dir(dataset) as staging:
+      builder = _builder_class()(splits=splits, class_names=class_names, channels=channels,
+                                 source=source, skip_bad=skip_bad, data_dir=staging,
+                                 file_format='array_record')
+      builder.download_and_prepare(download_dir=os.path.join(staging, 'downloads'))
+      atomic_write.replace_dir(os.path.join(staging, NAME), dataset)
+  except BaseException:
+    if made_out:  # The folder this build made, empty once its staging is gone: not left.
+      with contextlib.suppress(OSError):
+        os.rmdir(out)
+    raise
   version_dir = os.path.join(dataset, str(builder.version))
   if builder.skipped:
     logger.info('skipped %d undecodable files: %s', len(builder.skipped), _some(builder.skipped))
