@@ -447,6 +447,22 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
     init_spec.load(f'supervised:{tmp_path}')
 
 
+def test_an_empty_step_folder_is_said_once(tmp_path, caplog, capsys):
+  """orbax logged 'Metadata file does not exist: .../99/_CHECKPOINT_METADATA' (absl's raw
+  W-line) before the reader's own line, which names the step and why."""
+  import logging
+  from vit import init_spec
+  train(tmp_path, tiny_config(total_steps=2))
+  (tmp_path / 'checkpoints' / '99').mkdir()
+  caplog.set_level(logging.INFO)
+  capsys.readouterr()
+  assert init_spec.load(f'supervised:{tmp_path}').step == 2
+  assert 'Metadata file does not exist' not in caplog.text
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f'warning: skipped the unreadable checkpoint {tmp_path}/checkpoints/99 (the step folder '
+      'is empty); reading step 2']
+
+
 def test_an_unreadable_step_is_said_in_plain_words(tmp_path):
   """vit.checkpoints.unreadable_reason, for what no test above damages: an empty JSON file,
   a missing file, and an error it knows nothing of (its own line, the step's path cut)."""

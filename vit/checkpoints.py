@@ -517,6 +517,15 @@ def _closed_loop_callback(unraisable) -> bool:
                                          traceback.extract_tb(unraisable.exc_traceback)))
 
 
+class _MissingMetadataFilter(logging.Filter):
+  """Drops orbax's 'Metadata file does not exist: STEP/_CHECKPOINT_METADATA' (absl, warning),
+  logged for a step folder that is empty or was cut short before its metadata: the reader's own
+  line names that step and why it was skipped (`unreadable_reason`)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith('Metadata file does not exist:')
+
+
 def _quiet_abandoned_reads() -> None:
   """When one array of a step does not read, orbax abandons the reads of the others; each,
   closed when collected, raises orbax's 'Encountered error while reading array index' (from
@@ -531,6 +540,9 @@ def _quiet_abandoned_reads() -> None:
   runs before these filters, none of 14 after)."""
   _drop_unraisable(_abandoned_read)
   _drop_unraisable(_closed_loop_callback)
+  absl_logger = logging.getLogger('absl')
+  if not any(isinstance(f, _MissingMetadataFilter) for f in absl_logger.filters):
+    absl_logger.addFilter(_MissingMetadataFilter())
   # The same reads, never started, are collected as coroutines never awaited (RuntimeWarning).
   warnings.filterwarnings('ignore', category=RuntimeWarning, message=(
       r"coroutine '(_read_shard|_read_array_index_and_device_put|_read_and_create_array|"
