@@ -363,3 +363,19 @@ def test_a_config_json_that_does_not_fit_the_weights_is_one_line(tmp_path, key, 
   with pytest.raises(UserError) as e:
     init_spec.load(f'hf:{tmp_path / "m"}')
   assert str(e.value) == f'hf:{path}: {message}'
+
+
+def test_a_classifier_config_over_headless_weights_is_named(tmp_path, capsys):
+  """An encoder's model.safetensors beside a classifier's config.json was read as a headless
+  encoder without a word (prediction then said only that it has no head)."""
+  torch.manual_seed(0)
+  cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                               intermediate_size=64, image_size=16, patch_size=4, num_labels=3)
+  transformers.ViTForImageClassification(cfg).save_pretrained(tmp_path / 'c')
+  transformers.ViTModel(cfg, add_pooling_layer=False).save_pretrained(tmp_path / 'e')
+  (tmp_path / 'e' / 'config.json').write_text((tmp_path / 'c' / 'config.json').read_text())
+  capsys.readouterr()
+  assert init_spec.load(f'hf:{tmp_path / "e"}').model.num_classes is None
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f'warning: hf:{tmp_path / "e"}: config.json names ViTForImageClassification, but the '
+      'weights have no classifier (classifier.weight): read as a headless encoder']

@@ -291,6 +291,9 @@ def load(path: str) -> Read:
                            f'is this a ViT checkpoint?)')
   stated = model_keys(cfg)
   stated['pixels'], size, view = read_processor(path, params['embedding']['kernel'].shape[2])
+  if 'head' not in params and 'ViTForImageClassification' in (cfg.get('architectures') or ()):
+    logger.warning(f'hf:{path}: config.json names ViTForImageClassification, but the weights '
+                   'have no classifier (classifier.weight): read as a headless encoder')
   names = class_names(cfg) if 'head' in params else None
   if names and len(names) != params['head']['kernel'].shape[1]:
     names = None  # An edited id2label that names other than the head's outputs: numbered.
