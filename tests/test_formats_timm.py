@@ -219,7 +219,8 @@ def test_exports_state_the_view_the_product_uses(tmp_path, capsys):
   assert capsys.readouterr().err.strip().splitlines() == [
       "warning: --format hf: transformers centres its crop at offsets rounded down, this "
       "checkpoint's view (crop_pct 0.875, crop_mode center) at rounded ones: on an image whose "
-      "margin is 4k + 3 pixels (3, 7, 11, ...) its input is one pixel off"]
+      "margin is 4k + 3 pixels (3, 7, 11, ...), or whose padding is odd, its input is one pixel "
+      "off"]
   view = init_spec.load(f'hf:{tmp_path / "hf"}').view
   assert view == dict(crop_pct=16 / 18, interpolation='bicubic', crop_mode='center',
                       crop_offsets='floor')
@@ -235,8 +236,8 @@ def test_exports_state_the_view_the_product_uses(tmp_path, capsys):
   assert capsys.readouterr().err.strip().splitlines() == [
       "warning: --format timm: timm centres its crop at rounded offsets, this checkpoint's view "
       "(from transformers' processor: crop_pct 0.888889, crop_mode center) at offsets rounded "
-      "down: on an image whose margin is 4k + 3 pixels (3, 7, 11, ...) its input is one pixel "
-      "off"]
+      "down: on an image whose margin is 4k + 3 pixels (3, 7, 11, ...), or whose padding is odd, "
+      "its input is one pixel off"]
   # A checkpoint predicted on a plain resize (an hf folder whose processor states that)
   # exports to timm saying so, and timm's own pipeline then computes exactly our input.
   transformers.ViTImageProcessorPil(

@@ -243,7 +243,8 @@ def offsets_note(view: dict, size: int) -> str:
   padding of this view, or, with crop_mode 'center', the margins of 4k + 3 pixels that some
   images have."""
   if view['crop_mode'] == 'center':
-    return 'on an image whose margin is 4k + 3 pixels (3, 7, 11, ...) its input is one pixel off'
+    return ('on an image whose margin is 4k + 3 pixels (3, 7, 11, ...), or whose padding is '
+            'odd, its input is one pixel off')
   margin = math.floor(size / view['crop_pct']) - size
   what = 'margin' if margin >= 0 else 'padding'
   pixels = f'{abs(margin)} pixel{"s" if abs(margin) != 1 else ""}'
