@@ -60,7 +60,7 @@ def small():
      'config.model.resnet.width_factor=0.75: must make 64 * width_factor a positive multiple '
      'of 32'),
     (lambda c: c.update(eval_batch_size=7),
-     'config.eval_batch_size=7: must divide evenly over the 2 devices'),
+     'config.eval_batch_size=7: must divide evenly over the 2 devices of the batch axes'),
     (lambda c: c.update(seed=-1), 'config.seed=-1: must be an integer in [0, 2**32)'),
     (lambda c: c.data.update(shuffle_seed=2 ** 32),
      'config.data.shuffle_seed=4294967296: must be an integer in [0, 2**32)'),
@@ -120,6 +120,19 @@ def test_no_representation_layer_is_a_legitimate_size():
   assert config_lib.validate(config, num_devices=1).representation_size is None
   config.model.representation_size = 8
   assert config_lib.validate(config, num_devices=1).representation_size == 8
+
+
+def test_eval_batch_is_checked_against_the_batch_axes_only():
+  """Tensor-parallel devices share an evaluation batch's rows: 6 rows on a mesh of 2 devices
+  that are both on the tensor axis are fine; over data x fsdp = 4 of 8 devices, not."""
+  config = small()
+  config.update(eval_batch_size=6)
+  config.mesh.update(data=1, fsdp=-1, tensor=2)
+  config_lib.validate(config, num_devices=2)
+  config.mesh.update(data=2, fsdp=-1, tensor=2)
+  with pytest.raises(ConfigError, match=r'^config.eval_batch_size=6: must divide evenly over '
+                                        r'the 4 devices of the batch axes \(mesh data x fsdp\)$'):
+    config_lib.validate(config, num_devices=8)
 
 
 def test_unknown_key_in_a_config_file_is_reported():

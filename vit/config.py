@@ -19,7 +19,7 @@ import jax
 import ml_collections
 from ml_collections import config_dict
 
-from vit import objective as objective_lib
+from vit import objective as objective_lib, sharding
 from vit.data import subsets
 from vit.errors import ConfigError, UserError
 from vit.models import factory, layer_norm as layer_norm_lib, resnet
@@ -302,10 +302,14 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
     raise ConfigError('batch_size', config.batch_size,
                       f'each micro-batch of {config.batch_size // accum} must divide evenly '
                       f'over the {num_devices} devices')
-  if config.eval_batch_size % num_devices:
-    # Found at the first evaluation otherwise: after the training steps, before the last save.
+  # Evaluation batches are split over the mesh's batch axes (data x fsdp; tensor-parallel
+  # devices share rows). Found at the first evaluation otherwise: after the training steps,
+  # before the last save.
+  data, fsdp, _ = sharding.mesh_shape(config.mesh, num_devices)
+  if config.eval_batch_size % (data * fsdp):
     raise ConfigError('eval_batch_size', config.eval_batch_size,
-                      f'must divide evenly over the {num_devices} devices')
+                      f'must divide evenly over the {data * fsdp} devices of the batch axes '
+                      '(mesh data x fsdp)')
   return m
 
 
