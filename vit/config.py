@@ -305,10 +305,10 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
   # Evaluation batches are split over the mesh's batch axes (data x fsdp; tensor-parallel
   # devices share rows). Found at the first evaluation otherwise: after the training steps,
   # before the last save.
-  data, fsdp, _ = sharding.mesh_shape(config.mesh, num_devices)
-  if config.eval_batch_size % (data * fsdp):
+  rows = sharding.batch_shards(config.mesh, num_devices)
+  if config.eval_batch_size % rows:
     raise ConfigError('eval_batch_size', config.eval_batch_size,
-                      f'must divide evenly over the {data * fsdp} devices of the batch axes '
+                      f'must divide evenly over the {rows} devices of the batch axes '
                       '(mesh data x fsdp)')
   return m
 

@@ -32,7 +32,27 @@ LOGICAL_RULES = (
 
 
 def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tuple[int, ...]:
-  """Axis sizes from `config.mesh`; at most one axis may be -1 (the devices left over)."""
+  """Axis sizes from `config.mesh`; at most one axis may be -1 (the devices left over).
+  ConfigError naming the mesh key that does not fit the devices or the processes."""
+  sizes = _sizes(mesh_config, num_devices)
+  rows, processes = sizes['data'] * sizes['fsdp'], jax.process_count()
+  if processes > 1 and rows % processes:
+    # Each process feeds rows of its own (vit/data/pipeline.py), so the batch must be split
+    # at least once per process.
+    raise ConfigError('mesh', dict(sizes), f'splits the batch {rows} ways (data x fsdp), '
+                      f'not a multiple of the {processes} processes')
+  return tuple(sizes[a] for a in MESH_AXES)
+
+
+def batch_shards(mesh_config: ml_collections.ConfigDict, num_devices: int) -> int:
+  """The devices a batch's rows are split over (data x fsdp) on `num_devices`; starts no JAX
+  backend (config validation runs before the platform is chosen). ConfigError as
+  `mesh_shape`'s for a mesh that does not fit the devices."""
+  sizes = _sizes(mesh_config, num_devices)
+  return sizes['data'] * sizes['fsdp']
+
+
+def _sizes(mesh_config: ml_collections.ConfigDict, num_devices: int) -> dict[str, int]:
   sizes = {a: int(mesh_config[a]) for a in MESH_AXES}
   unknown = set(mesh_config.keys()) - set(MESH_AXES)
   if unknown:
@@ -52,13 +72,7 @@ def mesh_shape(mesh_config: ml_collections.ConfigDict, num_devices: int) -> tupl
   if math.prod(sizes.values()) != num_devices:
     raise ConfigError('mesh', dict(sizes),
                       f'has {math.prod(sizes.values())} devices but there are {num_devices}')
-  rows, processes = sizes['data'] * sizes['fsdp'], jax.process_count()
-  if processes > 1 and rows % processes:
-    # Each process feeds rows of its own (vit/data/pipeline.py), so the batch must be split
-    # at least once per process.
-    raise ConfigError('mesh', dict(sizes), f'splits the batch {rows} ways (data x fsdp), '
-                      f'not a multiple of the {processes} processes')
-  return tuple(sizes[a] for a in MESH_AXES)
+  return sizes
 
 
 def make_mesh(mesh_config: ml_collections.ConfigDict, devices=None) -> Mesh:
