@@ -212,7 +212,7 @@ def test_bfloat16_compute_keeps_float32_state():
   assert bf16_losses[-1] < bf16_losses[0]
 
 
-def test_batch_contract(tmp_path):
+def test_batch_contract(tmp_path, caplog):
   import jax
   from vit import sharding
   from vit.training import loop, optimizers
@@ -227,10 +227,19 @@ def test_batch_contract(tmp_path):
           contract['micro_batches_per_step'], contract['per_device_micro_batch']) == (16, 16, 2, 8)
   assert contract['peak_learning_rate'] == 0.1 and contract['learning_rate_at_step_0'] == 0.0
   assert contract['warmup_steps'] == 2
+  assert not [r for r in caplog.records if r.levelname == 'WARNING']
   config.optimizer.warmup_steps = 10 * config.total_steps  # States the warmup the run gets.
   _, schedule = optimizers.build(config.optimizer, config.total_steps)
   contract = loop.write_batch_contract(config, str(tmp_path), mesh, schedule)
   assert contract['warmup_steps'] == config.total_steps
+  (warned,) = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  last = float(schedule(config.total_steps - 1))
+  assert 0 < last < 0.1
+  assert warned == (
+      f'config.optimizer.warmup_steps={10 * config.total_steps} is not below '
+      f'config.total_steps={config.total_steps}: the learning rate rises from 0 for the whole run '
+      f'and never reaches config.optimizer.learning_rate=0.1 (its last step trains at '
+      f'{last:.3g}); shorten the warmup or lengthen the run')
 
 
 if __name__ == '__main__':

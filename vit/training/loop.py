@@ -46,11 +46,26 @@ def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
       total_steps=int(config.total_steps),
   )
   logger.info('batch contract: %s', ', '.join(f'{k}={v}' for k, v in contract.items()))
+  _warn_if_warmup_fills_run(config, schedule)
   if jax.process_index() == 0:
     path = os.path.join(workdir, 'batch_contract.json')
     with atomic_write.file(path) as partial, open(partial, 'w') as f:
       json.dump(contract, f, indent=2)
   return contract
+
+
+def _warn_if_warmup_fills_run(config, schedule) -> None:
+  """One warning when the warmup is as long as the run: the schedule cuts it to the run's
+  length (optimizers.warmup_steps), so the learning rate rises from 0 for the whole run and the
+  peak the config names is never used (a 1-step run trains at learning rate 0)."""
+  configured, total = int(config.optimizer.warmup_steps), int(config.total_steps)
+  if total <= 0 or configured < total:
+    return
+  logger.warning(
+      'config.optimizer.warmup_steps=%d is not below config.total_steps=%d: the learning rate '
+      'rises from 0 for the whole run and never reaches config.optimizer.learning_rate=%g (its '
+      'last step trains at %.3g); shorten the warmup or lengthen the run', configured, total,
+      float(config.optimizer.learning_rate), float(schedule(total - 1)))
 
 
 def _check_workdir(workdir: str) -> None:
