@@ -53,6 +53,20 @@ def test_select_composes_holdout_classes_and_fraction():
   assert subsets.select(_source(), config_lib.defaults().data, train=True) is not None
 
 
+def test_a_fraction_under_one_record_per_class_keeps_one_and_says_so(caplog):
+  data = config_lib.defaults().data
+  data.update(classes=(2, 1), train_fraction=0.01)  # 0.25 of a record of each class.
+  train = subsets.select(_source(), data, train=True, seed=0)
+  assert np.bincount(train.labels).tolist() == [1, 1]
+  assert [r.getMessage() for r in caplog.records] == [
+      'data.train_fraction=0.01 asks 0.25 records of each class; keeping 1 of each (a fraction '
+      'of 0.04)']
+  caplog.clear()
+  data.train_fraction = 0.2
+  subsets.select(_source(), data, train=True, seed=0)
+  assert not caplog.records
+
+
 def test_fashion_mnist_one_percent_is_600_images_whatever_the_holdout():
   config = config_lib.defaults()
   config.data.update(holdout=5000, train_fraction=0.01)

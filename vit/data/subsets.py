@@ -12,6 +12,7 @@ They are index computations on the label array, composed by `select` into a `Sub
 """
 from __future__ import annotations
 
+import logging
 from typing import Optional, Sequence
 
 import numpy as np
@@ -19,6 +20,8 @@ import numpy as np
 from vit.errors import ConfigError
 
 HOLDOUT_SPLIT = 'holdout'  # The split name of the held-out part of data.train_split.
+
+logger = logging.getLogger(__name__)
 
 
 def holdout_indices(n: int, holdout: int) -> tuple[np.ndarray, np.ndarray]:
@@ -127,7 +130,12 @@ def select(source, data, *, train: bool, held_out: bool = False, seed: int = 0):
     indices, parts = indices[picked], parts + [f'classes {tuple(classes)}']
   labels = relabelled if classes else labels[indices]
   if train and not held_out and fraction < 1.0:
-    per_class = max(1, round(fraction * reference / len(np.unique(labels))))
+    asked = fraction * reference / len(np.unique(labels))
+    per_class = max(1, round(asked))
+    if round(asked) < 1:  # Not the fraction asked for: say so rather than train on more.
+      logger.warning('data.train_fraction=%g asks %.2g records of each class; keeping 1 of each '
+                     '(a fraction of %.2g)', fraction, asked,
+                     per_class * len(np.unique(labels)) / reference)
     pick = balanced_fraction(labels, per_class, seed)
     indices, labels = indices[pick], labels[pick]
     parts.append(f'{fraction:g} of the labels ({per_class} per class, seed {seed})')
