@@ -100,6 +100,33 @@ def test_without_flock_a_live_holders_pid_refuses_and_a_dead_ones_does_not(tmp_p
     assert f'pid {os.getpid()}' in (tmp_path / checkpoints.LOCK_FILE).read_text()
 
 
+def test_a_reused_pid_is_not_taken_for_the_lock_holder(tmp_path):
+  """The lock names its holder's start time: a later process given the same pid (here: a live
+  process whose start time differs from the one written) is not 'training now'; a lock file of
+  an older version (no start time) still takes the live pid for its holder."""
+  other = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.readline()'],
+                           stdin=subprocess.PIPE)
+  lock = tmp_path / checkpoints.LOCK_FILE
+  named = f'pid {other.pid}\nhost {socket.gethostname()}\n'
+  try:
+    started = checkpoints._started(other.pid)
+    boot, ticks = started.split(':')
+    lock.write_text(named + f'started {started}\n')
+    assert checkpoints.training_now(str(tmp_path)) == (f'process {other.pid} on '
+                                                       f'{socket.gethostname()}')
+    lock.write_text(named + f'started {boot}:{int(ticks) - 1}\n')
+    assert checkpoints.training_now(str(tmp_path)) is None
+    lock.write_text(named)
+    assert checkpoints.training_now(str(tmp_path)) is not None
+  finally:
+    other.kill()
+    other.wait()
+  assert checkpoints.training_now(str(tmp_path)) is None
+  with checkpoints.workdir_lock(str(tmp_path)):
+    assert lock.read_text() == (f'pid {os.getpid()}\nhost {socket.gethostname()}\n'
+                                f'started {checkpoints._started(os.getpid())}\n')
+
+
 def test_two_starts_at_once_never_touch_each_others_write_probe(tmp_path):
   """Before the lock, a start checks that the workdir can be written; another start may be at
   that very check: its probe file stays as it is, so that the later start is refused by the

@@ -1036,11 +1036,12 @@ def workdir_lock(workdir: str) -> Iterator[None]:
   """Holds `workdir` for one run: a second start on it is a UserError naming the process that
   holds it.
 
-  The lock is an flock(2) on `WORKDIR/.lock`, which also states the holder's pid and host for
-  that message: the kernel releases it when the holder exits in any way (kill -9 included), so
-  a lock left by a dead process never blocks a resume. Several processes of one job: process 0
-  alone takes it, and all processes learn the outcome (they share one workdir or each has its
-  own copy; either way a second job's process 0 is refused, and with it the whole job).
+  The lock is an flock(2) on `WORKDIR/.lock`, which also states the holder's pid, host and
+  start time for that message: the kernel releases it when the holder exits in any way (kill
+  -9 included), so a lock left by a dead process never blocks a resume. Several processes of
+  one job: process 0 alone takes it, and all processes learn the outcome (they share one
+  workdir or each has its own copy; either way a second job's process 0 is refused, and with
+  it the whole job).
   """
   fd, holder = None, None
   if jax.process_index() == 0:
@@ -1092,11 +1093,29 @@ def training_now(workdir: str) -> Optional[str]:
 
 
 def _alive_here(holder: dict) -> bool:
-  """Whether the lock file's holder {'pid', 'host'} is another process running on this host
-  (a reused pid reads as alive: the messages name the lock's path or process)."""
+  """Whether the lock file's holder {'pid', 'host', 'started'} is another process running on
+  this host. 'started' (`_started`) tells the holder from a later process given its pid again;
+  a lock file without it (or a host without /proc) takes any process with that pid for it."""
   pid = holder.get('pid', '')
-  return (holder.get('host') == socket.gethostname() and pid.isdigit()
-          and int(pid) != os.getpid() and atomic_write.process_alive(int(pid)))
+  if not (holder.get('host') == socket.gethostname() and pid.isdigit()
+          and int(pid) != os.getpid() and atomic_write.process_alive(int(pid))):
+    return False
+  now = _started(int(pid))
+  return 'started' not in holder or now is None or now == holder['started']
+
+
+def _started(pid: int) -> Optional[str]:
+  """'BOOT_ID:TICKS', when process `pid` started (proc(5): /proc/PID/stat's 22nd field, clock
+  ticks since boot, and the boot's id): the same pair only for the same process. None where
+  /proc does not say."""
+  try:
+    with open(f'/proc/{pid}/stat', encoding='ascii', errors='replace') as f:
+      fields = f.read().rsplit(')', 1)[1].split()  # The name, in parentheses, may hold spaces.
+    with open('/proc/sys/kernel/random/boot_id', encoding='ascii') as f:
+      boot = f.read().strip()
+    return f'{boot}:{fields[19]}'
+  except (OSError, IndexError):
+    return None
 
 
 def _acquire(path: str) -> tuple[Optional[int], Optional[str]]:
@@ -1117,7 +1136,9 @@ def _acquire(path: str) -> tuple[Optional[int], Optional[str]]:
       os.close(fd)
       return None, f'{named} (per {path}, as this file system has no flock)'
   os.ftruncate(fd, 0)
-  os.pwrite(fd, f'pid {os.getpid()}\nhost {socket.gethostname()}\n'.encode(), 0)
+  started = _started(os.getpid())
+  stamp = f'started {started}\n' if started else ''
+  os.pwrite(fd, f'pid {os.getpid()}\nhost {socket.gethostname()}\n{stamp}'.encode(), 0)
   return fd, None
 
 
