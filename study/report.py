@@ -378,7 +378,7 @@ def progress(st: Study) -> list[str]:
       continue
     by_priority[r.priority][1] += 1
     by_priority[r.priority][0] += r.name in st.results
-  s_per_step = report_later.seconds_per_step(st)
+  s_per_step, untimed = report_later.timing(st)
   left_steps = sum(_steps_left(st, r) for r in headline_runs if r.kind in ('train', 'pretrain')
                    and r.name not in st.results)
   cpu_h = sum(rec.get('cpu_s', 0) for rec in st.results.values()) / 3600
@@ -395,7 +395,10 @@ def progress(st: Study) -> list[str]:
   if s_per_step:
     lines.append(f'- Left: about {left_steps:,} training steps; at the measured '
                  f'{s_per_step:.2f} s of wall time per step of one worker (evaluations '
-                 f'included, on the machine as loaded as it was), about '
+                 f'included, on the machine as loaded as it was' +
+                 (f'; {untimed} records that timed under half the median rate, resumed runs '
+                  'timed from their last segment only, left out' if untimed else '') +
+                 '), about '
                  f'{left_steps * s_per_step / 3600:.0f} worker-hours, i.e. '
                  f'{left_steps * s_per_step / 3600 / 2:.0f} hours of the 2-core machine with '
                  'two workers.')

@@ -12,12 +12,37 @@ from study.later_cells import FIGURES, MAE, PROBE, SIMMIM, TRANSFER
 IMAGES_PER_S = 553  # Two single-threaded workers on the idle 2-core machine (issue 24).
 
 
-def seconds_per_step(st) -> Optional[float]:
-  """Wall seconds per step of one worker over the timed runs (evaluations included)."""
-  timed = [rec for rec in st.results.values() if rec.get('wall_s') and rec['result'].get('steps')]
+def timing(st) -> tuple[Optional[float], int]:
+  """(wall seconds per step of one worker, evaluations included; records left out).
+
+  A record with a list of `segments` times its whole run. One without (cell (a)'s runner,
+  f968b20 or before) times a resumed run's last segment only: it is left out when its rate is
+  under half the step-weighted median rate of all timed records (less than half its run timed),
+  as the total would otherwise count those steps as nearly free. None before any run is timed.
+  """
+  timed = [(rec['wall_s'] / rec['result']['steps'], rec['result']['steps'], 'segments' in rec)
+           for rec in st.results.values() if rec.get('wall_s') and rec['result'].get('steps')]
   if not timed:
-    return None
-  return sum(rec['wall_s'] for rec in timed) / sum(rec['result']['steps'] for rec in timed)
+    return None, 0
+  half_median = _weighted_median([(rate, steps) for rate, steps, _ in timed]) / 2
+  kept = [(rate, steps) for rate, steps, whole in timed if whole or rate >= half_median]
+  rate = sum(r * n for r, n in kept) / sum(n for _, n in kept)
+  return rate, len(timed) - len(kept)
+
+
+def _weighted_median(pairs: list[tuple[float, int]]) -> float:
+  """The value at which half the weight lies below, of (value, weight) pairs."""
+  pairs, total, seen = sorted(pairs), sum(w for _, w in pairs), 0
+  for value, weight in pairs:
+    seen += weight
+    if 2 * seen >= total:
+      return value
+  return pairs[-1][0]
+
+
+def seconds_per_step(st) -> Optional[float]:
+  """Wall seconds per step of one worker over the timed runs (`timing`)."""
+  return timing(st)[0]
 
 
 def hours_left(st, cell: str) -> tuple[int, float, int]:

@@ -71,3 +71,20 @@ def test_the_reruns_at_thirty_epochs_are_set_against_the_first_exports():
   st = report.Study(converged.get_config(), {**first, 'mpp/seed0/e30_rerun': export(0.81, '0' * 64),
                                              'mpp/seed1/e30_rerun': export(0.8205, 'f' * 64)})
   assert report.reruns(st)[0].split(': ', 1)[1].startswith('the same bytes for seed 0; different')
+
+
+def test_the_time_left_leaves_out_runs_timed_from_their_last_segment_only():
+  """A record without segments that times under half the median rate (a resumed run, its last
+  segment only) is left out of the rate; a record with segments is whole, however fast."""
+  from types import SimpleNamespace
+
+  from study import report_later
+
+  def rec(wall, steps, **extra):
+    return {'wall_s': wall, 'result': {'steps': steps}, **extra}
+  st = SimpleNamespace(results={'a': rec(600, 1000), 'b': rec(500, 1000), 'c': rec(700, 1000),
+                                'resumed': rec(10, 500)})
+  assert report_later.timing(st) == (pytest.approx(0.6), 1)
+  st.results['resumed']['segments'] = [{'wall_s': 10}]
+  assert report_later.timing(st) == (pytest.approx(1810 / 3500), 0)
+  assert report_later.timing(SimpleNamespace(results={})) == (None, 0)
