@@ -82,7 +82,7 @@ class Study:
     if arm.startswith('mpp_e'):
       epochs = float(arm[len('mpp_e'):])
       pre = f' + {round(epochs * self.config.steps_per_epoch) * 128 / 1e6:.2f}M {PRETRAIN_IMAGES}'
-    return f'{r["budget_images"] / 1e6:.2f}M (best at {best / 1e6:.2f}M){pre}'
+    return f'{r["budget_images"] / 1e6:.2f}M (median best at {best / 1e6:.2f}M){pre}'
 
 
 def _cell(values: dict, planned: int) -> str:
@@ -189,9 +189,15 @@ def comparisons(st: Study) -> list[str]:
         continue
       who = label.split(' - ')[0]
       word = stats.verdict(iv, f'{who} better', f'{who} worse')
+      if iv.n < len(st.seeds(f)):  # A verdict before every planned seed is in is interim.
+        word += f' (interim: {iv.n} of {len(st.seeds(f))} seeds)'
       if label == PRIMARY and f in adjusted:
+        # The verdict is the interval's (as registered); whether it survives the family-wise
+        # correction is said beside it, as the three intervals alone do not control that error.
+        holds = ('' if not iv.excludes_zero() else '; holds after adjustment'
+                 if adjusted[f] < 0.05 else '; does not hold after adjustment')
         word += (f' (primary; Holm-adjusted {stats.format_p(adjusted[f])} over '
-                 f'{len(st.fkeys)} endpoints)')
+                 f'{len(st.fkeys)} endpoints{holds})')
       elif label in EXPLORATORY:
         word += ' (exploratory: not pre-registered, unadjusted)'
       elif a == _first_length(st):

@@ -88,3 +88,19 @@ def test_the_time_left_leaves_out_runs_timed_from_their_last_segment_only():
   st.results['resumed']['segments'] = [{'wall_s': 10}]
   assert report_later.timing(st) == (pytest.approx(1810 / 3500), 0)
   assert report_later.timing(SimpleNamespace(results={})) == (None, 0)
+
+
+def test_verdicts_say_when_they_are_interim_and_whether_holm_keeps_them():
+  """A paired verdict on fewer seeds than planned is marked interim; a primary verdict says
+  whether it holds after the Holm adjustment over the three endpoints."""
+  config = converged.get_config()
+  head = f'mpp_e{config.headline_epochs:g}'
+  results = {}
+  for s in range(5):
+    results[f'scratch/pct1/seed{s}'] = {'result': {'test_at_best': 0.70 + s / 1000}}
+  for s in range(3):
+    results[f'{head}/pct1/seed{s}'] = {'result': {'test_at_best': 0.75 + s / 1000 + s * s / 1e4}}
+  st = report.Study(config, results)
+  (row,) = [line for line in report.comparisons(st) if line.startswith('| MPP - scratch |')]
+  assert '(n=3)' in row and 'MPP better (interim: 3 of 5 seeds)' in row, row
+  assert '; holds after adjustment)' in row, row
