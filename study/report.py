@@ -283,8 +283,12 @@ def convergence(st: Study) -> list[str]:
     verdict = 'converged (< 0.3).' if gain < 0.3 else (
         f'not converged: extended to {ext:g} epochs, the headline length (protocol deviation 9).'
         if ext else 'not converged: extend to 60 epochs.')
+    iv = stats.paired(*({k: 100 * v for k, v in _holdout(st, f'mpp_e{e:g}/{first}').items()}
+                        for e in (h, c)))
+    spread = (f'; paired 95% interval [{iv.low:+.2f}, {iv.high:+.2f}], the rule reads the mean'
+              if iv is not None and iv.half_width is not None else '')
     out = [f'- MPP pretraining: {h:g} epochs is {gain:+.2f} held-out points from {c:g} epochs '
-           f'({FKEYS_LABEL[first]}, mean over {have}): {verdict}']
+           f'({FKEYS_LABEL[first]}, mean over {have}{spread}): {verdict}']
     if ext:
       more, have_more = _paired_gain(st, f'mpp_e{h:g}/{first}', f'mpp_e{ext:g}/{first}')
       out.append(f'- MPP pretraining, for information: {ext:g} epochs is {more:+.2f} held-out '

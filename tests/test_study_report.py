@@ -34,7 +34,9 @@ def test_the_mpp_convergence_rule_waits_for_every_seed_and_pairs_them():
                                              'mpp_e30/pct1/seed4': _record(0.75)})
   rule = report.convergence(st)[0]
   assert '30 epochs is +1.00 held-out points from 12 epochs' in rule, rule
-  assert 'mean over the same 5 seeds' in rule and ('not converged: extended to 60 epochs, the '
+  assert ('mean over the same 5 seeds; paired 95% interval [+1.00, +1.00], the rule reads the '
+          'mean)') in rule, rule  # Every seed gains 1 point: no spread.
+  assert ('not converged: extended to 60 epochs, the '
                                                    'headline length (protocol deviation 9)') in rule
   assert report.convergence(st)[1] == ('- MPP pretraining, for information: 60 against 30 epochs '
                                        'when every seed has both (0 of 5 seeds have both).')
