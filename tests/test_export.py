@@ -254,7 +254,8 @@ def test_an_out_folder_of_other_files_or_a_runs_workdir_is_refused(tmp_path, fmt
   assert sorted(os.listdir(tmp_path / 'data')) == ['images.npy']
   earlier = tmp_path / 'earlier'
   earlier.mkdir()
-  (earlier / 'config.json').write_text('{}')
+  (earlier / 'config.json').write_text(
+      '{"model_type": "vit"}' if fmt == 'hf' else '{"architecture": "vit_base_patch16_224"}')
   (earlier / 'README.md').write_text('notes')
   # A clone of a model repository to fill, a folder a file browser marked: not other files.
   clone = tmp_path / 'clone'
@@ -266,6 +267,49 @@ def test_an_out_folder_of_other_files_or_a_runs_workdir_is_refused(tmp_path, fmt
       out.mkdir()
     with pytest.raises(UserError, match='--checkpoint .*nope: directory not found'):
       export.export(str(tmp_path / 'nope'), fmt, str(out))  # Refused for the checkpoint only.
+
+
+@pytest.mark.parametrize('fmt', ['hf', 'timm'])
+def test_an_out_folder_of_another_format_or_model_is_refused(tmp_path, fmt):
+  """A timm export into an hf export's folder replaced config.json and the weights and left
+  preprocessor_config.json: a folder neither library read. Another format's export, another
+  model's folder (a BERT) and an unreadable config.json are refused before the checkpoint is
+  read; nothing in them changes."""
+  other = 'timm' if fmt == 'hf' else 'hf'
+  configs = {'hf': '{"model_type": "vit"}', 'timm': '{"architecture": "vit_small_patch16_224"}'}
+  told = {other: f'holds {"an" if other == "hf" else "a"} {other} export',
+          'bert': "holds another model \\(config.json: model_type='bert'\\)",
+          'cut': 'its config.json is not readable JSON'}
+  for name, text in (('bert', '{"model_type": "bert"}'), ('cut', '{"model_ty'),
+                     (other, configs[other])):
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / 'config.json').write_text(text)
+    with pytest.raises(UserError, match=rf'^--out {folder}: {told[name]}'):
+      export.export(str(tmp_path / 'nope'), fmt, str(folder))
+    assert (folder / 'config.json').read_text() == text
+
+
+def test_a_vit_jax_out_that_is_not_an_earlier_export_is_refused(run, tmp_path):
+  """--format vit_jax replaced any existing .npz (the user's own arrays) without a word; an
+  earlier export is replaced as before."""
+  workdir = run[0]
+  mine = tmp_path / 'mine.npz'
+  np.savez(mine, x=np.arange(10))
+  garbled = tmp_path / 'garbled.npz'
+  garbled.write_bytes(b'not a zip')
+  for out in (mine, garbled):
+    before = out.read_bytes()
+    with pytest.raises(UserError, match=rf'^--out {out}: a \.npz file that is not an earlier '
+                                        r'vit_jax export \(no embedding/kernel array\); export '
+                                        r'to a new name$'):
+      export.export(workdir, 'vit_jax', str(out))
+    assert out.read_bytes() == before
+  earlier = tmp_path / 'earlier.npz'
+  export.export(workdir, 'vit_jax', str(earlier), use_ema=False)
+  export.export(workdir, 'vit_jax', str(earlier))  # Replaced: now the EMA params.
+  with np.load(earlier, allow_pickle=False) as f:
+    assert np.array_equal(f['head/kernel'], run[3]['head']['kernel'])
 
 
 def test_a_damaged_class_names_file_is_one_line_naming_it(run, tmp_path):

@@ -19,14 +19,18 @@ when the run stopped before its config.total_steps. The export is written beside
 replaces what is there only once complete (other files in an hf directory stay), so a failed
 export never leaves a broken file where a good one stood. An `--out` inside a run's checkpoints
 folder is refused: that folder holds only the run's saved steps; so is a run's workdir and,
-for hf and timm, a folder that holds files but no earlier export (`/`, a home folder).
+for hf and timm, a folder that holds files but no earlier export (`/`, a home folder) or
+another format's export or model; for vit_jax, an existing file that is not an earlier export.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import zipfile
 
+import numpy as np
 from absl import flags
 
 from vit import atomic_write, checkpoints, cli, init_spec
@@ -43,8 +47,9 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
 
   Raises UserError for an unknown format, an `out` of the wrong kind (a file where a
   directory is written, or the other way round), inside a run's checkpoints folder or its
-  workdir, a folder of other files than an earlier export's, and a model the format cannot
-  hold."""
+  workdir, a folder of other files than an earlier export's or holding another format's export
+  or another model, an existing file that is not an earlier export, and a model the format
+  cannot hold."""
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
@@ -55,6 +60,9 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
       raise UserError(f'--out {out}: {article} {fmt} export is a directory; this name is a '
                       "file's (--format vit_jax writes a .npz)")
     _refuse_a_foreign_folder(out)
+    _refuse_another_models_folder(out, fmt)
+  else:
+    _refuse_a_foreign_file(out, fmt, writer.SUFFIX)
   prefix, sep, _ = checkpoint.partition(':')
   if sep and prefix in init_spec.FORMATS:
     ckpt = init_spec.load(checkpoint, use_ema=use_ema)
@@ -105,6 +113,50 @@ def _refuse_a_foreign_folder(out: str) -> None:
   if others and 'config.json' not in names and not any(map(_WEIGHT_FILES.fullmatch, names)):
     raise UserError(f'--out {out}: a folder of other files ({len(others)}, no config.json or '
                     'model.safetensors of an earlier export); export to a new or empty folder')
+
+
+def _config_kind(cfg: dict) -> str:
+  """'hf' (transformers ViT), 'timm' (timm's own config.json) or what else config.json names
+  (its model_type, e.g. 'bert'), as vit.formats.hf and timm tell them apart on reading."""
+  if 'model_type' not in cfg and 'architecture' in cfg:
+    return 'timm'
+  return 'hf' if cfg.get('model_type') == 'vit' else f'model_type={cfg.get("model_type")!r}'
+
+
+def _refuse_another_models_folder(out: str, fmt: str) -> None:
+  """UserError when `out` holds a config.json of another format's export or of another model:
+  this export would replace that config.json and weights and leave the rest (an hf
+  preprocessor_config.json beside timm files), a folder that neither library then reads."""
+  path = os.path.join(out, 'config.json')
+  if not os.path.isfile(path):
+    return
+  try:
+    with open(path, encoding='utf-8') as f:
+      cfg = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f'--out {out}: its config.json is not readable JSON ({e}); export to a new '
+                    'or empty folder') from None
+  kind = _config_kind(cfg) if isinstance(cfg, dict) else 'not a JSON object'
+  if kind != fmt:
+    held = f'an {kind} export' if kind == 'hf' else f'a {kind} export' if kind == 'timm' else (
+        f'another model (config.json: {kind})')
+    raise UserError(f'--out {out}: holds {held}; --format {fmt} would replace only some of its '
+                    'files: export to a new or empty folder')
+
+
+def _refuse_a_foreign_file(out: str, fmt: str, suffix: str) -> None:
+  """UserError when the file `out` exists and is not an earlier export of this format (an
+  .npz of the user's own arrays): the export replaces the whole file."""
+  if not os.path.isfile(out):
+    return
+  try:
+    with np.load(out, allow_pickle=False) as saved:  # Reads the archive's index, not arrays.
+      names = list(saved.files) if hasattr(saved, 'files') else []
+  except (OSError, ValueError, zipfile.BadZipFile):
+    names = []
+  if not any(n == 'embedding/kernel' or n.endswith('/embedding/kernel') for n in names):
+    raise UserError(f'--out {out}: a {suffix} file that is not an earlier {fmt} export (no '
+                    'embedding/kernel array); export to a new name')
 
 
 def _remove_stale_weights(folder: str, written: list[str]) -> None:
