@@ -10,6 +10,8 @@ checkpoint (params, optimiser state, step, rng) with an uninterrupted reference 
 JSON: trials, identical (trials whose final state matched bit for bit), kills (that landed
 before the run finished), steps_redone (steps computed again after resuming), seconds, and the
 events (the step each killed run had logged, the step its rerun resumed at) per trial.
+`--workdir` keeps the runs' folders; it must be new or empty, as the trainer would resume from
+checkpoints a folder already holds.
 """
 from __future__ import annotations
 
@@ -149,18 +151,40 @@ def trial(workdir: str, steps: int, kills: int, rng: random.Random) -> dict:
   return dict(kills=len(events), steps_redone=redone, events=events)
 
 
+def not_fresh(path: str) -> str | None:
+  """Why `path` cannot hold a trial's runs, or None for a new or empty folder.
+
+  The trainer resumes from whatever checkpoints a folder holds: a previous invocation's would
+  make a rerun resume at its last step (no kill lands, yet its state matches the reference) or,
+  with another --steps, look for a step that was never saved. Deleting them is not ours to do.
+  """
+  if not os.path.isdir(path):
+    return None  # New; or a file, which the reference run's own one-line error names.
+  try:
+    entries = os.listdir(path)
+  except OSError as e:
+    return f'cannot be read ({e.strerror})'
+  if not entries:
+    return None
+  shown = ', '.join(sorted(entries)[:3]) + (', ...' if len(entries) > 3 else '')
+  return f'not empty (it holds {shown})'
+
+
 def main(argv=None) -> dict:
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--trials', type=int, default=3)
   parser.add_argument('--kills', type=int, default=2, help='kills per trial')
   parser.add_argument('--steps', type=int, default=30)
   parser.add_argument('--seed', type=int, default=0)
-  parser.add_argument('--workdir', default=None, help='kept when given; a temporary directory '
-                      'otherwise')
+  parser.add_argument('--workdir', default=None, help='a new or empty folder, kept; a temporary '
+                      'directory otherwise')
   args = parser.parse_args(argv)
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')  # This process only reads checkpoints.
   if args.trials < 1 or args.kills < 0 or args.steps < 2:
     parser.error('need --trials >= 1, --kills >= 0 and --steps >= 2')
+  if args.workdir and (reason := not_fresh(args.workdir)):
+    parser.error(f'--workdir {args.workdir}: {reason}; use a new or empty folder (this one was '
+                 'left as it is)')
   root = args.workdir or tempfile.mkdtemp(prefix='chaos_')
   start, rng = time.time(), random.Random(args.seed)
   try:

@@ -340,3 +340,24 @@ def test_attention_kernels_without_a_gpu_is_one_line(platforms, line):
                         '--image=32', '--model=ViT-Ti/16'], capture_output=True, text=True,
                        env=env, cwd=root, timeout=300)
   assert run.returncode == 2 and run.stderr.strip().splitlines() == [line], run.stderr
+
+
+def test_chaos_refuses_a_workdir_that_is_not_empty_and_leaves_it_as_it_is(tmp_path, capsys):
+  """A kept --workdir run again resumed every trial from its finished checkpoints ("kills": 0,
+  yet "identical": 1), and with a smaller --steps restored a step never saved (a traceback)."""
+  from benchmarks import chaos
+  kept = tmp_path / 'chaos'
+  (kept / 'reference' / 'checkpoints' / '12').mkdir(parents=True)
+  (kept / 'trial_0').mkdir()
+  with pytest.raises(SystemExit) as e:
+    chaos.main(['--trials=1', '--kills=2', '--steps=8', f'--workdir={kept}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and err[-1].endswith(
+      f'error: --workdir {kept}: not empty (it holds reference, trial_0); use a new or empty '
+      'folder (this one was left as it is)'), err
+  assert [line for line in err if 'error' in line] == [err[-1]]
+  assert sorted(os.listdir(kept)) == ['reference', 'trial_0']
+  assert os.listdir(kept / 'reference' / 'checkpoints') == ['12']
+  (tmp_path / 'empty').mkdir()
+  assert chaos.not_fresh(str(tmp_path / 'empty')) is None
+  assert chaos.not_fresh(str(tmp_path / 'new')) is None
