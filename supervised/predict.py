@@ -153,6 +153,10 @@ def main(argv):
   f = flags.FLAGS
   if not f.output.endswith(('.npy', '.json')):
     raise UserError(f'--output {f.output}: must end in .npy (logits) or .json (top-5)')
+  if os.path.isfile(f.images) and os.path.isfile(f.output) and os.path.samefile(f.images,
+                                                                                f.output):
+    raise UserError(f'--output {f.output}: the --images file itself; the predictions would '
+                    'replace the images: name another file')
   if f.resolution is not None and f.resolution <= 0:
     raise UserError(f'--resolution {f.resolution}: must be positive')
   if f.batch_size <= 0:

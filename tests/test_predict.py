@@ -164,6 +164,13 @@ def test_cli_npy_and_json_outputs(npz, tmp_path):
     assert row['top'][0]['name'] == str(row['top'][0]['label'])  # No names in an .npz.
   bad = run(f'--init=vit_jax:{path}', f'--images={tmp_path / "in.npy"}', '--output=x.txt')
   assert bad.returncode == 2 and 'must end in .npy' in bad.stderr
+  images = (tmp_path / 'in.npy').read_bytes()
+  same = run(f'--init=vit_jax:{path}', f'--images={tmp_path / "in.npy"}',
+             f'--output={tmp_path / "." / "in.npy"}')  # Another spelling of the same file.
+  assert same.returncode == 2 and same.stderr.strip().splitlines() == [
+      f'error: --output {tmp_path / "." / "in.npy"}: the --images file itself; the predictions '
+      'would replace the images: name another file'], same.stderr[-3000:]
+  assert (tmp_path / 'in.npy').read_bytes() == images
   helped = run('--help')  # absl prints the flags and exits 1.
   assert '--resolution' in helped.stdout and '--images' in helped.stdout
 
