@@ -332,13 +332,18 @@ def check_config(config: ml_collections.ConfigDict, m: ModelSpec) -> None:
                       m.posemb if m.posemb == 'relative' else m.attention,
                       'MAE\'s encoder drops patches, which relative position biases and axial '
                       'attention (defined on the whole grid) cannot follow')
-  values = math.prod(m.patch_size) * config.data.channels
+  # Fashion-MNIST is greyscale: at data.channels=3 its channels are three copies of one.
+  grey = config.data.get('source') == 'fashion_mnist'
+  values = math.prod(m.patch_size) * (1 if grey else config.data.channels)
   if c.norm_pix_loss and values < 2:
-    # The unbiased variance of one value is 0 / 0: every target, and so the loss, is NaN.
+    # One distinct value per patch: its variance is 0, so every target is 0 (several copies)
+    # or NaN (0 / 0, one value) and the loss tells nothing about the encoder.
+    held = (f'{config.data.channels} copies of one grey channel (data.source fashion_mnist '
+            'is greyscale)' if grey and config.data.channels > 1 else
+            f'{config.data.channels} channel(s)')
     raise ConfigError('mae.norm_pix_loss', c.norm_pix_loss,
                       f'normalises each patch by its variance, but a {m.patch_size} patch of '
-                      f'{config.data.channels} channel(s) holds one value; set it False or '
-                      'use larger patches')
+                      f'{held} holds one value; set it False or use larger patches')
   if c.eval_examples < 0:
     raise ConfigError('mae.eval_examples', c.eval_examples, 'must be >= 0')
 

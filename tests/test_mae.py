@@ -179,7 +179,14 @@ def test_norm_pix_loss_on_patches_of_one_value_is_refused():
     config_lib.validate(config)
   config.mae.norm_pix_loss = False
   config_lib.validate(config)
-  config.mae.norm_pix_loss, config.data.channels = True, 3  # Three values: a variance.
+  # Fashion-MNIST at 3 channels: three copies of one value, every target 0 (a loss near 0
+  # that trains nothing, as a new user found).
+  config.mae.norm_pix_loss, config.data.channels = True, 3
+  assert not np.asarray(objective.targets(spec, jnp.ones((1, 2, 2, 3)))).any()
+  with pytest.raises(ConfigError, match=r'but a \(1, 1\) patch of 3 copies of one grey channel '
+                     r'\(data.source fashion_mnist is greyscale\) holds one value'):
+    config_lib.validate(config)
+  config.data.source = 'tfds:cifar10'  # Three colours: a variance.
   config_lib.validate(config)
 
 
