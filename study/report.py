@@ -16,8 +16,9 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
 from absl import flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
-from study import choices, protocol, report_later, stats, store  # noqa: E402
+from study import check, choices, protocol, report_later, stats, store  # noqa: E402
 from vit import atomic_write, cli  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -540,6 +541,9 @@ def _write_files(st: Study, folder: str, report_name: str) -> None:
 
 def main(argv):
   del argv
+  # A trainer's or partial config is one line, as study.run and study.check say it.
+  check.check_complete(FLAGS.config,
+                       f'--config {config_flags.get_config_filename(FLAGS["config"])}')
   st = write(FLAGS.config, FLAGS.config.report)
   print('\n'.join(headline(st) + [''] + comparisons(st)))
   print(f'wrote {FLAGS.config.report}', file=sys.stderr)

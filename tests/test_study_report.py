@@ -106,3 +106,14 @@ def test_verdicts_say_when_they_are_interim_and_whether_holm_keeps_them():
   (row,) = [line for line in report.comparisons(st) if line.startswith('| MPP - scratch |')]
   assert '(n=3)' in row and 'MPP better (interim: 3 of 5 seeds)' in row, row
   assert '; holds after adjustment)' in row, row
+
+
+def test_the_report_refuses_a_trainers_config_in_one_line():
+  """study.report --config configs/mae/fashion_mnist.py was an AttributeError traceback; it
+  now says what study.run and study.check say, before writing anything."""
+  from vit.testing import commands
+  told = commands.run_module('study.report', '--config', 'configs/mae/fashion_mnist.py',
+                             timeout=900)
+  assert told.returncode == 2 and told.stderr.strip().splitlines() == [
+      "error: --config configs/mae/fashion_mnist.py: a trainer's config, not a study config; a "
+      'study runs configs/study/converged.py or configs/study/demo.py'], told.stderr[-3000:]
