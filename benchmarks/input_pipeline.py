@@ -13,6 +13,7 @@ ratio to it. The issue's goal is a ratio of at least 5.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -21,13 +22,13 @@ import tempfile
 import time
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 from PIL import Image
 
-_WORKERS = flags.DEFINE_list('workers', ['0', '1', '2'], 'grain worker counts to measure')
-_IMAGES = flags.DEFINE_integer('images', 256, 'JPEG images to write for the 224-px set')
-_BATCHES = flags.DEFINE_integer('batches', 20, 'timed batches per measurement')
-_STEPS = flags.DEFINE_integer('train_steps', 3, 'timed ViT-Ti/16 steps; 0 skips the step')
+if __package__ in (None, ''):  # Run by its path: make the repository importable.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import train_step  # noqa: E402
 
 
 def synthetic_photo(rng: np.random.Generator, size: int = 224) -> Image.Image:
@@ -102,24 +103,49 @@ def train_step_rate(steps: int, batch: int = 8) -> float:
   return steps * batch / (time.perf_counter() - start)
 
 
-def main(argv):
-  del argv
+def worker_counts(text: str) -> list[int]:
+  """An argparse type: comma-separated grain worker counts, each >= 0 (0: in this process)."""
+  try:
+    return [train_step.non_negative(w) for w in text.split(',')]
+  except argparse.ArgumentTypeError:
+    raise argparse.ArgumentTypeError(
+        f'expected comma-separated integers >= 0, got {text!r}') from None
+
+
+def parse_args(argv=None):
+  """Every count checked here, before the JPEG set is written or a worker started: 0 images left
+  `prepare` an empty folder to fail on, -1 workers reached grain as a ConfigError, and 0 timed
+  batches gave 0 images/s as if measured."""
+  p = train_step.parser(__doc__, 'benchmarks.input_pipeline', results='docs/guides/data.md')
+  p.add_argument('--workers', type=worker_counts, default=[0, 1, 2],
+                 help='grain worker counts to measure (default: 0,1,2)')
+  p.add_argument('--images', type=train_step.positive, default=256,
+                 help='JPEG images to write for the 224-px set (default: 256)')
+  p.add_argument('--batches', type=train_step.positive, default=20,
+                 help='timed batches per measurement (default: 20)')
+  p.add_argument('--train_steps', type=train_step.non_negative, default=3,
+                 help='timed ViT-Ti/16 steps; 0 skips the step (default: 3)')
+  return p.parse_args(argv)
+
+
+def main(argv=None):
+  args = parse_args(argv)
   logging.set_verbosity(logging.WARNING)  # TFDS logs every dataset_info.json it reads.
-  workers = [int(w) for w in _WORKERS.value]
+  workers = args.workers
   results = {'cpu_count': os.cpu_count(), 'load_average_1m': os.getloadavg()[0],
              'fashion_mnist_28px': {}, 'jpeg_224px_inception_crop': {}}
   for w in workers:
     config = base_config(28, 128, worker_count=w)
-    results['fashion_mnist_28px'][f'workers_{w}'] = round(pipeline_rate(config, _BATCHES.value), 1)
+    results['fashion_mnist_28px'][f'workers_{w}'] = round(pipeline_rate(config, args.batches), 1)
   with tempfile.TemporaryDirectory() as root:
-    directory = write_jpeg_set(root, _IMAGES.value)
+    directory = write_jpeg_set(root, args.images)
     for w in workers:
       config = base_config(224, 32, source=f'array_record:{directory}', inception_crop=True,
                            flip=True, worker_count=w)
-      rate = pipeline_rate(config, _BATCHES.value)
+      rate = pipeline_rate(config, args.batches)
       results['jpeg_224px_inception_crop'][f'workers_{w}'] = round(rate, 1)
-  if _STEPS.value > 0:
-    step = train_step_rate(_STEPS.value)
+  if args.train_steps > 0:
+    step = train_step_rate(args.train_steps)
     results['vit_ti16_224_cpu_train_step_images_per_s'] = round(step, 2)
     results['ratio_to_train_step'] = {
         name: {k: round(v / step, 1) for k, v in rates.items()}
@@ -128,4 +154,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  main()

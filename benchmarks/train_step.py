@@ -477,15 +477,28 @@ def positive(text: str) -> int:
   return value
 
 
-def parser(doc: str, module: str) -> argparse.ArgumentParser:
+def non_negative(text: str) -> int:
+  """An argparse type: an integer >= 0 (a count that may be none, as worker processes), else one
+  line."""
+  try:
+    value = int(text)
+  except ValueError:
+    value = -1
+  if value < 0:
+    raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
+  return value
+
+
+def parser(doc: str, module: str, results: str = 'docs/performance.md') -> argparse.ArgumentParser:
   """The parser of the benchmark `module` (benchmarks.NAME): its docstring's first line above
-  the options, its usage examples (the docstring's `python ...` lines, as written) below them."""
+  the options, its usage examples (the docstring's `python ...` lines, as written) below them,
+  and the document that gives its `results`."""
   lines = doc.strip().splitlines()
   examples = '\n'.join(line for line in lines if line.lstrip().startswith('python '))
   return argparse.ArgumentParser(
       description=lines[0], formatter_class=argparse.RawDescriptionHelpFormatter,
       epilog=f'examples:\n{examples}\n\nThe module\'s docstring says more (python -m pydoc '
-             f'{module});\ndocs/performance.md gives the results.')
+             f'{module});\n{results} gives the results.')
 
 
 def check_json(path: Optional[str]) -> None:

@@ -361,3 +361,23 @@ def test_chaos_refuses_a_workdir_that_is_not_empty_and_leaves_it_as_it_is(tmp_pa
   (tmp_path / 'empty').mkdir()
   assert chaos.not_fresh(str(tmp_path / 'empty')) is None
   assert chaos.not_fresh(str(tmp_path / 'new')) is None
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--images=0'], "argument --images: expected a positive integer, got '0'"),
+    (['--batches=0'], "argument --batches: expected a positive integer, got '0'"),
+    (['--workers=-1'], "argument --workers: expected comma-separated integers >= 0, got '-1'"),
+    (['--workers=0,x'], "argument --workers: expected comma-separated integers >= 0, got '0,x'"),
+    (['--train_steps=-1'], "argument --train_steps: expected an integer >= 0, got '-1'"),
+])
+def test_input_pipeline_counts_are_refused_at_parsing(argv, message, capsys):
+  """0 images was a traceback naming a temporary folder, -1 workers grain's ConfigError, and 0
+  batches printed 0.0 images/s as a measurement."""
+  from benchmarks import input_pipeline
+  with pytest.raises(SystemExit) as e:
+    input_pipeline.main(argv)
+  err = capsys.readouterr().err.strip().splitlines()
+  assert e.value.code == 2 and err[-1].endswith(f'error: {message}'), err
+  assert [line for line in err if 'error' in line] == [err[-1]]
+  args = input_pipeline.parse_args(['--workers=0,2', '--train_steps=0', '--images=1'])
+  assert (args.workers, args.train_steps, args.images, args.batches) == ([0, 2], 0, 1, 20)
