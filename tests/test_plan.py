@@ -277,3 +277,8 @@ def test_scanned_blocks_with_a_remat_policy_compile_for_the_slice(data_parallel)
   # The same arithmetic, recomputation aside: forward and backward FLOPs within a third more.
   assert data_parallel['flops_per_step'] <= r['flops_per_step'] * 1.01
   assert r['flops_per_step'] < 1.4 * data_parallel['flops_per_step']
+
+
+def test_a_tiny_models_parameter_count_is_not_rounded_to_zero():
+  from vit import plan
+  assert [plan._count(n) for n in (86_567_656, 31_488, 840)] == ['86.6M', '31.5k', '840']

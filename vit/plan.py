@@ -315,6 +315,13 @@ def _cost(compiled, config, devices, objective: str) -> tuple[float, float]:
   return float(cost['flops']) * accum, float(cost['bytes accessed']) * accum
 
 
+def _count(params: int) -> str:
+  """'86.6M', '31.5k' or '840': a tiny model's count is not rounded to '0.0M'."""
+  if params >= 1e6:
+    return f'{params / 1e6:.1f}M'
+  return f'{params / 1e3:.1f}k' if params >= 1e3 else str(params)
+
+
 def _first_line(text: str) -> str:
   lines = [l.strip() for l in text.splitlines() if l.strip()]
   return next((l for l in lines if 'memory' in l.lower()), lines[0] if lines else text)
@@ -333,7 +340,7 @@ def format_report(r: dict) -> str:
   return '\n'.join([
       head,
       f'mesh {r["mesh"]}, {r["per_device_micro_batch"]} images per device per micro-batch, '
-      f'{r["params"] / 1e6:.1f}M parameters',
+      f'{_count(r["params"])} parameters',
       f'HBM per device: arguments {r["arguments_gib"]:.2f} GiB, outputs '
       f'{r["outputs_gib"]:.2f} GiB ({r["aliased_gib"]:.2f} aliased to arguments), '
       f'temporaries {r["temporaries_gib"]:.2f} GiB -> {r["used_gib"]:.2f} of '
