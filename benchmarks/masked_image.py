@@ -18,8 +18,9 @@ PyTorch's ops on one thread, as the study's `walltime` run times MPP and MAE (ce
 
 Besides train_step's report, `ratios` states what the issue asks: MAE's images/s over MPP's
 (the goal: >= 2.5 at 75% masking), and ours over transformers' for each objective. The
-`train_gflops_s` column counts a full-sequence ViT step for every case, so for MAE (whose
-encoder runs on 13 of 50 tokens) it is not the work done; compare images/s.
+`train_gflops_s` column counts each objective's own model (train_step.py's docstring): MAE's
+encoder on 13 of 50 tokens and its decoder on all 50, MPP's and SimMIM's heads beside the
+full-sequence encoder.
 """
 from __future__ import annotations
 

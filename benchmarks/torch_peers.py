@@ -113,13 +113,17 @@ def _build(shape, step: str, framework: str):
     return model, loss
   if step == 'mae':
     # Our MAE's decoder and masking (configs/mae/fashion_mnist.py, vit.config defaults).
+    from benchmarks.train_step import MAE_DECODER, MAE_MASK_RATIO
     model = transformers.ViTMAEForPreTraining(transformers.ViTMAEConfig(
         image_size=shape.image, patch_size=shape.patch, num_channels=shape.channels,
         hidden_size=shape.hidden, num_hidden_layers=shape.depth,
         num_attention_heads=shape.heads, intermediate_size=shape.mlp,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, decoder_hidden_size=32,
-        decoder_num_hidden_layers=2, decoder_num_attention_heads=2,
-        decoder_intermediate_size=128, mask_ratio=0.75, norm_pix_loss=True))
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+        decoder_hidden_size=MAE_DECODER['hidden_size'],
+        decoder_num_hidden_layers=MAE_DECODER['num_layers'],
+        decoder_num_attention_heads=MAE_DECODER['num_heads'],
+        decoder_intermediate_size=MAE_DECODER['mlp_dim'], mask_ratio=MAE_MASK_RATIO,
+        norm_pix_loss=True))
 
     def loss(model, images, labels, mask, forward_only=False):
       out = model(pixel_values=images)

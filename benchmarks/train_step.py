@@ -20,7 +20,15 @@ docs/performance.md explains why the two setups give different ratios.
 
 Model FLOPs per image follow the usual count for a ViT layer with N tokens, width D and MLP
 width M: 8ND^2 (QKV and output projections) + 4NDM (MLP) + 4N^2D (scores and weighted sum),
-forward; x3 for a training step. The patch embedding and head are left out (under 2% here).
+forward; x3 for a training step. Each objective's own model is counted
+(`Shape.train_flops_per_image`): the supervised step and MPP's and SimMIM's run every layer on
+all tokens, MPP and SimMIM add their linear per-patch heads (MPP: 512 colour classes in RGB, 8
+in grey; SimMIM: the patch's pixels); MAE's encoder runs on the kept quarter of the patches and
+the class token (13 of 50 at 28 px), its decoder's layers on all 50 tokens at the decoder's
+width, with its input and pixel projections. transformers' MPP peer is a SimMIM model
+(ViTForMaskedImageModeling) and is counted as one. The patch embedding and the supervised
+classifier (one token) are left out: 0.1% to 3.5% of the count at these shapes, 10% for MAE at
+224 px, so the count is never more than the work done.
 
 On a GPU (`--device=gpu`) the workers run one after another rather than in turns (each would
 otherwise hold the GPU's memory while the others run; a lent GPU has no neighbours to average
@@ -60,12 +68,56 @@ class Shape:
   steps_per_turn: int  # Train (and inference) steps a worker times per turn.
 
   @property
-  def tokens(self) -> int:
-    return (self.image // self.patch) ** 2 + 1
+  def patches(self) -> int:
+    return (self.image // self.patch) ** 2
 
-  def train_flops_per_image(self) -> float:
-    n, d, m = self.tokens, self.hidden, self.mlp
-    return 3 * self.depth * (8 * n * d * d + 4 * n * d * m + 4 * n * n * d)
+  @property
+  def tokens(self) -> int:
+    """The patches and the class token, which every objective's model here has."""
+    return self.patches + 1
+
+  def train_flops_per_image(self, step: str = 'supervised') -> float:
+    """FLOPs of one training image's forward and backward pass through the model of `step` (an
+    objective of STEPS), as the module's docstring counts them."""
+    patch_values = self.patch * self.patch * self.channels
+    if step == 'mae':
+      kept = mae_kept(self.patches) + 1
+      d = MAE_DECODER
+      forward = (layers_flops(self.depth, kept, self.hidden, self.mlp)
+                 + 2 * kept * self.hidden * d['hidden_size']  # decoder_embed
+                 + layers_flops(d['num_layers'], self.tokens, d['hidden_size'], d['mlp_dim'])
+                 + 2 * self.tokens * d['hidden_size'] * patch_values)  # decoder_pred
+      return 3 * forward
+    forward = layers_flops(self.depth, self.tokens, self.hidden, self.mlp)
+    if step in ('mpp', 'simmim'):
+      outputs = mpp_classes(self.channels) if step == 'mpp' else patch_values
+      forward += 2 * self.patches * self.hidden * outputs
+    elif step != 'supervised':
+      raise ValueError(f'unknown step {step!r}; known: {", ".join(STEPS)}')
+    return 3 * forward
+
+
+def layers_flops(depth: int, n: int, d: int, m: int) -> int:
+  """Forward FLOPs of `depth` ViT layers on `n` tokens of width `d` with MLP width `m`."""
+  return depth * (8 * n * d * d + 4 * n * d * m + 4 * n * n * d)
+
+
+# The sizes of the objectives' models that jax_step.make_config gives them (each objective's
+# config section's defaults; tests/test_benchmarks.py holds them to it) and torch_peers builds
+# its peers with: here, so that counting FLOPs imports no JAX in the parent process.
+MAE_MASK_RATIO = 0.75
+MAE_DECODER = {'hidden_size': 32, 'num_layers': 2, 'num_heads': 2, 'mlp_dim': 128}
+MPP_BITS = 3  # mpp.target=mean_color: (2 ** bits) ** channels colour classes per patch.
+
+
+def mae_kept(patches: int) -> int:
+  """Patches MAE's encoder sees, as mae.objective.num_kept rounds them (12 of 49)."""
+  return int(patches * (1 - MAE_MASK_RATIO))
+
+
+def mpp_classes(channels: int) -> int:
+  """Outputs of MPP's head per patch: its colour classes (512 for RGB at 3 bits)."""
+  return (2 ** MPP_BITS) ** channels
 
 
 SHAPES = {
@@ -107,6 +159,14 @@ class Case:
   def shape_spec(self) -> Shape:
     shape = SHAPES[self.shape]
     return dataclasses.replace(shape, batch=self.batch) if self.batch else shape
+
+  @property
+  def model(self) -> str:
+    """The objective whose model the case trains: transformers' MPP peer is SimMIM's."""
+    return 'simmim' if (self.framework, self.step) == ('hf', 'mpp') else self.step
+
+  def train_flops_per_image(self) -> float:
+    return self.shape_spec().train_flops_per_image(self.model)
 
 
 def _start(cases: list[Case], threads: int = 0) -> None:
@@ -405,7 +465,7 @@ def _summary(worker: _Worker, rss: int, device_bytes: Optional[int]) -> dict:
   shape = worker.case.shape_spec()
   train_s, infer_s = statistics.median(worker.train_s), statistics.median(worker.infer_s)
   train_img_s = shape.batch / train_s
-  flops = shape.train_flops_per_image()
+  flops = worker.case.train_flops_per_image()
   return {'case': dataclasses.asdict(worker.case), **worker.info,
           'train_img_s': train_img_s, 'infer_img_s': shape.batch / infer_s,
           'train_step_s_per_round': worker.train_s, 'train_flops_per_image': flops,
@@ -452,6 +512,8 @@ def table(report: dict) -> str:
                f'{report["matmul_peak_gflops_s"]:.1f} GFLOP/s'
                + (f'; {report["device_kind"]}, published dense bf16 peak '
                   f'{peak / 1e12:.1f} TFLOP/s' if peak else ''))
+  lines.append('train GFLOP/s counts the model of each case\'s objective (MAE: the encoder on the '
+               'kept patches, the decoder on all tokens; python -m pydoc benchmarks.train_step)')
   return '\n'.join(lines)
 
 
