@@ -98,7 +98,7 @@ def test_export_to_a_full_disk_keeps_the_previous_export(npz, tmp_path):
   out = tmp_path / 'hf'
   out.mkdir()
   (out / 'model.safetensors').write_bytes(b'the previous weights')
-  (out / 'config.json').write_text('{"previous": true}')
+  (out / 'config.json').write_text('{"model_type": "vit", "previous": true}')
   proc = _run(['-m', 'vit.export', f'--checkpoint=vit_jax:{npz}', '--format=hf',
                f'--out={out}'], limit_kib=4)  # The weights are ~20 kB.
   assert _one_error_line(proc) == (f'error: {out}: not written (File too large); the previous '
