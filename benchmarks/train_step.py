@@ -46,7 +46,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Optional
+from typing import Callable, Optional
 
 if __package__ in (None, ''):  # Run by its path: make the repository importable.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -528,27 +528,23 @@ def _csv(kind, known=None):
   return parse
 
 
-def positive(text: str) -> int:
-  """An argparse type: a positive integer (a count of rounds, a batch), else one line."""
-  try:
-    value = int(text)
-  except ValueError:
-    value = -1
-  if value < 1:
-    raise argparse.ArgumentTypeError(f'expected a positive integer, got {text!r}')
-  return value
+def _at_least(low: int, wanted: str) -> Callable[[str], int]:
+  """An argparse type: an integer >= `low`, else one line saying `wanted`."""
+  def parse(text: str) -> int:
+    try:
+      value = int(text)
+    except ValueError:
+      value = low - 1
+    if value < low:
+      raise argparse.ArgumentTypeError(f'expected {wanted}, got {text!r}')
+    return value
+  return parse
 
 
-def non_negative(text: str) -> int:
-  """An argparse type: an integer >= 0 (a count that may be none, as worker processes), else one
-  line."""
-  try:
-    value = int(text)
-  except ValueError:
-    value = -1
-  if value < 0:
-    raise argparse.ArgumentTypeError(f'expected an integer >= 0, got {text!r}')
-  return value
+# A positive integer (a count of rounds, a batch); an integer >= 0 (a count that may be none,
+# as worker processes). Each refuses anything else in one line.
+positive = _at_least(1, 'a positive integer')
+non_negative = _at_least(0, 'an integer >= 0')
 
 
 def parser(doc: str, module: str, results: str = 'docs/performance.md') -> argparse.ArgumentParser:
