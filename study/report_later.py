@@ -16,7 +16,7 @@ def timing(st) -> tuple[Optional[float], int]:
   """(wall seconds per step of one worker, evaluations included; records left out).
 
   A record with a list of `segments` times its whole run. One without (cell (a)'s runner,
-  83df51e or before) times a resumed run's last segment only: it is left out when its rate is
+  0faec29 or before) times a resumed run's last segment only: it is left out when its rate is
   under half the step-weighted median rate of all timed records (less than half its run timed),
   as the total would otherwise count those steps as nearly free. None before any run is timed.
   """

@@ -385,10 +385,13 @@ def test_the_report_marks_a_choice_at_the_grid_edge(runs, study):
   assert report.grid_edges(st, 'mpp_e60/pct1/sweep/lr0.001_pad4') == [
       'largest learning rate', 'largest padding']  # Along the padding-4 line too.
   assert report.grid_edges(st, 'mpp_e60/pct1/sweep/lr0.0003_pad2') == []
-  # Deviation 12: the 60-epoch 10% choice (lr 1e-3, padding 2) is extended along its padding.
+  # Deviation 12: the 60-epoch 10% choice (lr 1e-3, padding 2) is extended along its padding;
+  # deviation 13: that point (padding 4) won and is extended along both of its lines.
   assert report.grid_edges(st, 'mpp_e60/pct10/sweep/lr0.001_pad2') == []
-  assert report.grid_edges(st, 'mpp_e60/pct10/sweep/lr0.001_pad4') == [
-      'smallest learning rate', 'largest padding']  # Beside deviation 9's lr 3e-3 at pad 4.
+  assert report.grid_edges(st, 'mpp_e60/pct10/sweep/lr0.001_pad4') == []
+  assert report.grid_edges(st, 'mpp_e60/pct10/sweep/lr0.001_pad6') == ['largest padding']
+  assert report.grid_edges(st, 'mpp_e60/pct10/sweep/lr0.0003_pad4') == [
+      'smallest learning rate', 'largest padding']
   assert report.grid_edges(st, 'scratch/pct10/sweep/lr0.0001_pad0') == [
       'smallest learning rate', 'smallest padding']
 
