@@ -298,7 +298,10 @@ def test_a_vit_jax_out_that_is_not_an_earlier_export_is_refused(run, tmp_path):
   np.savez(mine, x=np.arange(10))
   garbled = tmp_path / 'garbled.npz'
   garbled.write_bytes(b'not a zip')
-  for out in (mine, garbled):
+  bare = tmp_path / 'bare.npz'  # A .npy renamed: np.load gives one array, not an archive.
+  np.save(tmp_path / 'bare.npy', np.arange(3))
+  os.rename(tmp_path / 'bare.npy', bare)
+  for out in (mine, garbled, bare):
     before = out.read_bytes()
     with pytest.raises(UserError, match=rf'^--out {out}: a \.npz file that is not an earlier '
                                         r'vit_jax export \(no embedding/kernel array\); export '

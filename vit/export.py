@@ -35,7 +35,7 @@ from absl import flags
 
 from vit import atomic_write, checkpoints, cli, init_spec
 from vit.errors import UserError
-from vit.formats import registry
+from vit.formats import hf, registry
 from vit.formats.registry import FORMATS
 
 logger = logging.getLogger(__name__)
@@ -115,14 +115,6 @@ def _refuse_a_foreign_folder(out: str) -> None:
                     'model.safetensors of an earlier export); export to a new or empty folder')
 
 
-def _config_kind(cfg: dict) -> str:
-  """'hf' (transformers ViT), 'timm' (timm's own config.json) or what else config.json names
-  (its model_type, e.g. 'bert'), as vit.formats.hf and timm tell them apart on reading."""
-  if 'model_type' not in cfg and 'architecture' in cfg:
-    return 'timm'
-  return 'hf' if cfg.get('model_type') == 'vit' else f'model_type={cfg.get("model_type")!r}'
-
-
 def _refuse_another_models_folder(out: str, fmt: str) -> None:
   """UserError when `out` holds a config.json of another format's export or of another model:
   this export would replace that config.json and weights and leave the rest (an hf
@@ -136,7 +128,7 @@ def _refuse_another_models_folder(out: str, fmt: str) -> None:
   except (OSError, ValueError) as e:
     raise UserError(f'--out {out}: its config.json is not readable JSON ({e}); export to a new '
                     'or empty folder') from None
-  kind = _config_kind(cfg) if isinstance(cfg, dict) else 'not a JSON object'
+  kind = hf.config_kind(cfg) if isinstance(cfg, dict) else 'not a JSON object'
   if kind != fmt:
     held = f'an {kind} export' if kind == 'hf' else f'a {kind} export' if kind == 'timm' else (
         f'another model (config.json: {kind})')
@@ -150,10 +142,13 @@ def _refuse_a_foreign_file(out: str, fmt: str, suffix: str) -> None:
   if not os.path.isfile(out):
     return
   try:
-    with np.load(out, allow_pickle=False) as saved:  # Reads the archive's index, not arrays.
-      names = list(saved.files) if hasattr(saved, 'files') else []
+    saved = np.load(out, allow_pickle=False)  # An archive's index only, not its arrays.
   except (OSError, ValueError, zipfile.BadZipFile):
-    names = []
+    saved = None
+  names = []
+  if isinstance(saved, np.lib.npyio.NpzFile):  # A renamed .npy loads as one bare array.
+    names = list(saved.files)
+    saved.close()
   if not any(n == 'embedding/kernel' or n.endswith('/embedding/kernel') for n in names):
     raise UserError(f'--out {out}: a {suffix} file that is not an earlier {fmt} export (no '
                     'embedding/kernel array); export to a new name')

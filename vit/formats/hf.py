@@ -67,6 +67,14 @@ def _json(path: str) -> dict:
   return read_json_object(path, 'hf')
 
 
+def config_kind(cfg: dict) -> str:
+  """'hf' (a transformers ViT), 'timm' (timm's own config.json, written by save_for_hf) or what
+  else a config.json names (its model_type, e.g. "model_type='bert'")."""
+  if 'model_type' not in cfg and 'architecture' in cfg:
+    return 'timm'
+  return 'hf' if cfg.get('model_type') == 'vit' else f'model_type={cfg.get("model_type")!r}'
+
+
 def read_config(directory: str) -> dict:
   """config.json of a transformers ViT; UserError naming the file for anything else."""
   path = os.path.join(directory, 'config.json')
@@ -76,7 +84,7 @@ def read_config(directory: str) -> dict:
     raise UserError(f'hf:{directory}: no config.json (a Hugging Face model directory holds '
                     f'config.json and model.safetensors)')
   cfg = _json(path)
-  if 'model_type' not in cfg and 'architecture' in cfg:  # timm's config.json (save_for_hf).
+  if config_kind(cfg) == 'timm':
     raise UserError(f'hf:{directory}: a timm folder (config.json has architecture='
                     f'{cfg["architecture"]!r}); load it with timm:{directory}')
   if cfg.get('model_type') != 'vit':
