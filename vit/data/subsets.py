@@ -130,12 +130,12 @@ def select(source, data, *, train: bool, held_out: bool = False, seed: int = 0):
     indices, parts = indices[picked], parts + [f'classes {tuple(classes)}']
   labels = relabelled if classes else labels[indices]
   if train and not held_out and fraction < 1.0:
-    asked = fraction * reference / len(np.unique(labels))
+    k = len(np.unique(labels))
+    asked = fraction * reference / k
     per_class = max(1, round(asked))
     if round(asked) < 1:  # Not the fraction asked for: say so rather than train on more.
       logger.warning('data.train_fraction=%g asks %.2g records of each class; keeping 1 of each '
-                     '(a fraction of %.2g)', fraction, asked,
-                     per_class * len(np.unique(labels)) / reference)
+                     '(a fraction of %.2g)', fraction, asked, per_class * k / reference)
     pick = balanced_fraction(labels, per_class, seed)
     indices, labels = indices[pick], labels[pick]
     parts.append(f'{fraction:g} of the labels ({per_class} per class, seed {seed})')
