@@ -20,12 +20,15 @@ from ml_collections import config_flags  # noqa: E402
 
 from study import check, choices, protocol, report_later, stats, store  # noqa: E402
 from vit import atomic_write, cli  # noqa: E402
+from vit.errors import UserError  # noqa: E402
 
 FLAGS = flags.FLAGS
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FKEYS_LABEL = {'pct1': '1% (600)', 'pct10': '10% (6,000)', protocol.ALL: '100% (55,000)'}
 PRETRAIN_IMAGES = 'pretraining'
 MIM_PLOT = 'cell (d)'
+# Keys that decide how runs are executed, not which results a report reads or how it reads them.
+EXECUTION_KEYS = ('report', 'workers', 'backbones', 'inflight', 'only_priority')
 
 
 class Study:
@@ -539,11 +542,33 @@ def _write_files(st: Study, folder: str, report_name: str) -> None:
     f.write(markdown(st, figures))
 
 
+def check_report_path(overrides: list[str], config_file: str, report: str) -> None:
+  """Refuses overrides that change the report (its results, cells, seeds, ...) while it would
+  still be written to the config file's own report path, which is committed.
+
+  Args:
+    overrides: the overridden keys, dotted (`results`, `sweep.learning_rates`).
+    config_file: the --config path, for the message.
+    report: the report's path (`config.report`).
+
+  Raises:
+    UserError: naming the keys, when one changes what is reported and `report` is not given.
+  """
+  changed = [k for k in overrides if k.split('.')[0] not in EXECUTION_KEYS]
+  if changed and 'report' not in overrides:
+    raise UserError(
+        f'--config.{changed[0]} changes what {config_file} reports, and its report '
+        f'({report}) is the committed one: write this one elsewhere with '
+        '--config.report=PATH')
+
+
 def main(argv):
   del argv
   # A trainer's or partial config is one line, as study.run and study.check say it.
   check.check_complete(FLAGS.config,
                        f'--config {config_flags.get_config_filename(FLAGS["config"])}')
+  check_report_path(sorted(config_flags.get_override_values(FLAGS['config'])),
+                    config_flags.get_config_filename(FLAGS['config']), FLAGS.config.report)
   st = write(FLAGS.config, FLAGS.config.report)
   print('\n'.join(headline(st) + [''] + comparisons(st)))
   print(f'wrote {FLAGS.config.report}', file=sys.stderr)

@@ -117,3 +117,17 @@ def test_the_report_refuses_a_trainers_config_in_one_line():
   assert told.returncode == 2 and told.stderr.strip().splitlines() == [
       "error: --config configs/mae/fashion_mnist.py: a trainer's config, not a study config; a "
       'study runs configs/study/converged.py or configs/study/demo.py'], told.stderr[-3000:]
+
+
+def test_overrides_that_change_the_report_need_a_report_path_of_their_own():
+  """`study.report --config.results=/elsewhere` rewrote the committed docs/study/results.md with
+  another folder's results; overrides that only decide how runs execute still may."""
+  from vit.errors import UserError
+  committed = 'docs/study/results.md'
+  for overrides in (['results'], ['only_priority', 'sweep.learning_rates']):
+    with pytest.raises(UserError, match=f'--config.{overrides[-1]} changes what c.py reports.*'
+                       '--config.report=PATH'):
+      report.check_report_path(overrides, 'c.py', committed)
+  for overrides in ([], ['workers', 'inflight', 'backbones', 'only_priority'],
+                    ['report', 'results', 'seeds']):
+    report.check_report_path(overrides, 'c.py', committed)
