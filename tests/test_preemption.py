@@ -181,6 +181,25 @@ if __name__ == '__main__':
   _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
 
 
+def test_a_signal_during_start_up_says_the_first_step_still_runs(caplog):
+  """Ctrl-C while a run restored or compiled said "finishing the current step" before any
+  step had begun; it now says the first step runs, then the run saves, which is what happens."""
+  import logging
+  from vit import checkpoints
+  with caplog.at_level(logging.INFO, logger=checkpoints.logger.name):
+    with checkpoints.StopSignal() as stop:
+      signal.raise_signal(signal.SIGINT)
+      assert stop.should_stop(1, sync=False)
+    with checkpoints.StopSignal() as stop:
+      assert not stop.should_stop(1, sync=False)
+      signal.raise_signal(signal.SIGINT)
+      assert stop.should_stop(2, sync=False)
+  told = [r.getMessage().strip() for r in caplog.records]
+  assert told == ['SIGINT received: start-up is not over: the first step runs (once compiled), '
+                  'then the run saves',
+                  'SIGINT received: finishing the current step, then saving'], told
+
+
 def test_the_host_dispatches_at_most_two_steps_ahead():
   """A stop signal waits for every step already dispatched before it saves: the loop waits for
   the oldest of the steps it holds once more than two are dispatched and not yet waited for."""

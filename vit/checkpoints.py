@@ -1164,6 +1164,7 @@ class StopSignal:
   def __init__(self):
     self.received: Optional[int] = None
     self._previous = {}
+    self._stepped: Optional[int] = None  # The last step asked about (None: none has run).
 
   def __enter__(self) -> 'StopSignal':
     signals = [signal.SIGINT]
@@ -1188,12 +1189,18 @@ class StopSignal:
       os.kill(os.getpid(), signum)
       return
     self.received = signum
+    if self._stepped is None:  # Restoring or compiling: the first step still runs, then saves.
+      when = 'start-up is not over: the first step runs (once compiled), then the run saves'
+    elif jax.process_count() > 1:  # SIGINT is agreed on at the loop's sync (logging) steps.
+      when = 'stopping at the next logging step, on which every process agrees, then saving'
+    else:
+      when = 'finishing the current step, then saving'
     # The leading newline ends a line the terminal began with '^C'.
-    logger.info('\n%s received: finishing the current step, then saving',
-                signal.Signals(signum).name)
+    logger.info('\n%s received: %s', signal.Signals(signum).name, when)
 
   def should_stop(self, step: int, sync: bool) -> bool:
     """Call at every step on every process."""
+    self._stepped = step
     if jax.process_count() == 1:
       return self.received is not None
     if multihost_utils.reached_preemption_sync_point(step):
