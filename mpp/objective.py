@@ -168,12 +168,20 @@ def forward(model: MppModel, spec: Spec, params, images: jax.Array, rng: jax.Arr
 
 def make_loss_fn(model: MppModel, spec: Spec):
   """loss_fn(params, batch, rng, train) for the shared train step, as `MppObjective.loss`: uint8
-  images in; `rng` feeds the corruption and dropout. Metrics: `accuracy` (colour targets, and
-  unnormalised pixels), `mse` (pixels)."""
+  images in; `rng` feeds the corruption and dropout; the padding rows of an evaluation batch
+  (batch['mask'] False) are left out. Metrics: `accuracy` (colour targets, and unnormalised
+  pixels), `mse` (pixels)."""
   def loss_fn(params, batch, rng, train):
     outputs, targets, corruption = forward(model, spec, params, batch['image'], rng, train)
-    return masked_loss(spec, outputs, targets, corruption.corrupted)
+    return masked_loss(spec, outputs, targets, _valid_rows(corruption.corrupted, batch))
   return loss_fn
+
+
+def _valid_rows(corrupted: jax.Array, batch) -> jax.Array:
+  """The corrupted patches (bool [B, N]) of the batch's valid rows: an evaluation batch's
+  padding (batch['mask'] False) counts for nothing; a training batch has no mask."""
+  mask = batch.get('mask')
+  return corrupted if mask is None else corrupted & mask[:, None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -199,10 +207,8 @@ class MppObjective:
 
   def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
     """MPP's loss: the corruption and dropout drawn from `rng`, cross-entropy (colour targets) or
-    MSE (pixels) averaged over the corrupted patches only (`masked_loss`)."""
-    outputs, targets, corruption = forward(self.model, self.spec, params, batch['image'], rng,
-                                           train)
-    return masked_loss(self.spec, outputs, targets, corruption.corrupted)
+    MSE (pixels) averaged over the corrupted patches of the valid rows (`masked_loss`)."""
+    return make_loss_fn(self.model, self.spec)(params, batch, rng, train)
 
   def predictions(self, params, batch) -> jax.Array:
     """MPP's per-patch outputs, float32 [B, N, *spec.output_shape], under a corruption drawn

@@ -23,9 +23,14 @@ def make_loss_fn(model, to_input=to_model_input):
     logits = model.apply({'params': params}, to_input(batch['image']), train=train,
                          rngs={'dropout': rng})
     labels = batch['label']
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-    accuracy = jnp.mean(jnp.argmax(logits, -1) == labels)
-    return loss, {'accuracy': accuracy}
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    hits = jnp.argmax(logits, -1) == labels
+    mask = batch.get('mask')  # An evaluation batch's padding rows count for nothing.
+    if mask is None:
+      return losses.mean(), {'accuracy': jnp.mean(hits)}
+    valid = jnp.maximum(jnp.sum(mask), 1)
+    return (jnp.sum(jnp.where(mask, losses, 0.0)) / valid,
+            {'accuracy': jnp.sum(hits & mask) / valid})
   return loss_fn
 
 
@@ -59,7 +64,8 @@ class Classifier:
 
   def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
     """Classification's loss: softmax cross-entropy of the logits against batch['label'], the mean
-    over the batch; `rng` feeds dropout. Metrics {'accuracy'}: top-1."""
+    over the batch's valid rows (all, without batch['mask']); `rng` feeds dropout. Metrics
+    {'accuracy'}: top-1."""
     return make_loss_fn(self.model, self.to_input)(params, batch, rng, train)
 
   def predictions(self, params, batch) -> jax.Array:

@@ -120,6 +120,37 @@ def test_classifier_is_the_trainers_model_and_loss():
   assert 'head' in params and 'head' not in obj.backbone(params)
 
 
+@pytest.mark.parametrize('package', ['mpp', 'supervised', 'mae', 'simmim'])
+def test_every_loss_leaves_out_the_padding_rows_of_an_evaluation_batch(package):
+  """The contract's loss counts rows whose batch['mask'] is False for nothing: MAE and SimMIM
+  did, MPP and the classifier averaged the padding of a last partial batch in."""
+  config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
+  if package == 'mpp':  # Replacements from the batch would draw on the padding rows' pixels.
+    config.mpp.random_source = 'image'
+  m = config_lib.validate(config)
+  obj = objective_lib.resolve(package).build(config, m)
+  params = nn.unbox(obj.init_params(jax.random.key(0)))
+  leaves, tree = jax.tree.flatten(params)  # Heads start at zero: every loss would be log(C).
+  keys = jax.random.split(jax.random.key(1), len(leaves))
+  params = tree.unflatten([p + 0.1 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+  batch = {**_batch(), 'mask': np.array([True, True, False, False])}
+  other = _batch(n=4)
+  other['image'] = other['image'][::-1].copy()  # Other pixels and labels in the padding rows.
+  other['label'] = (other['label'][::-1] + 1) % 10
+  padded_otherwise = {'image': np.concatenate([batch['image'][:2], other['image'][2:]]),
+                      'label': np.concatenate([batch['label'][:2], other['label'][2:]]),
+                      'mask': batch['mask']}
+  rng = jax.random.key(5)
+  loss, metrics = obj.loss(params, batch, rng, False)
+  again, again_metrics = obj.loss(params, padded_otherwise, rng, False)
+  np.testing.assert_allclose(again, loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), again_metrics,
+               metrics)
+  unmasked, _ = obj.loss(params, {k: v for k, v in padded_otherwise.items() if k != 'mask'},
+                         rng, False)
+  assert abs(float(unmasked) - float(loss)) > 1e-4  # The padding did change the plain mean.
+
+
 def test_classifier_needs_classes():
   config = _tiny(sup_config.get_config())
   config.model.num_classes = None

@@ -54,7 +54,8 @@ class Objective(Protocol):
   def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(scalar float32 loss, {name: scalar float32}) of one batch; `rng` feeds dropout and any
-    randomness of the objective (e.g. MPP's corruption). This is `vit.training.step.LossFn`."""
+    randomness of the objective (e.g. MPP's corruption). Rows whose batch['mask'] is False (an
+    evaluation batch's padding) count for nothing. This is `vit.training.step.LossFn`."""
 
   def predictions(self, params: Params, batch: Batch) -> jax.Array:
     """The model's outputs at evaluation (train=False), float32 [B, ...]: the logits [B, C] of
