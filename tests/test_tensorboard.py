@@ -76,12 +76,13 @@ def test_supervised_run_writes_readable_event_files(tmp_path):
   # 1 block of width 16 (mlp 32) on 4x4x3 patches, 49 patches + class token, 10 classes.
   block = 2 * 2 * 16 + 4 * (16 * 16 + 16) + (16 * 32 + 32) + (32 * 16 + 16)
   expected = (4 * 4 * 3 * 16 + 16) + 16 + 50 * 16 + block + 2 * 16 + (16 * 10 + 10)
-  assert row == dict(run='run', params=expected, steps=4, metric=objective.CLASSIFIER_METRIC,
+  assert row == dict(run='run', params=expected, backbone_params=expected - (16 * 10 + 10),
+                     steps=4, metric=objective.CLASSIFIER_METRIC,
                      value=_scalars(acc, 'eval/accuracy')[4],
                      images_per_s=_scalars(acc, 'images_per_s')[4])
   lines = runs.table([row]).splitlines()
-  assert lines[0] == '| run | parameters | steps | test accuracy | images/s |'
-  assert lines[2].startswith(f'| run | {expected:,} | 4 | ')
+  assert lines[0] == '| run | parameters | ViT backbone | steps | test accuracy | images/s |'
+  assert lines[2].startswith(f'| run | {expected:,} | {expected - 170:,} | 4 | ')
 
 
 def _read(logdir, reader) -> dict:
@@ -171,13 +172,14 @@ def test_a_failed_write_leaves_the_steps_before_it_readable(tmp_path):
   assert steps == list(range(1, int(failed_step))) and len(steps) > 5, (failed_step, steps)
 
 
-def _finished_run(workdir, config, scalars: dict) -> None:
-  """A workdir as a run leaves it, made directly: one checkpoint of a 3-parameter state saved
-  with `config`, and `scalars` ({tag: value}) logged at step 2."""
+def _finished_run(workdir, config, scalars: dict, params=None) -> None:
+  """A workdir as a run leaves it, made directly: one checkpoint of `params` (a 3-parameter
+  state by default) saved with `config`, and `scalars` ({tag: value}) logged at step 2."""
   from clu import metric_writers
   from vit import checkpoints
   mngr = checkpoints.manager(str(workdir))
-  checkpoints.save(mngr, 2, {'params': {'w': np.zeros(3, np.float32)}}, None, config)
+  params = params or {'w': np.zeros(3, np.float32)}
+  checkpoints.save(mngr, 2, {'params': params}, None, config)
   checkpoints.wait_for_saves(mngr)
   writer = metric_writers.create_default_writer(str(workdir), asynchronous=False)
   writer.write_scalars(2, dict(loss=1.0, images_per_s=100.0, **scalars))
@@ -192,18 +194,21 @@ def test_runs_table_labels_each_objective_by_what_it_measures(tmp_path):
   from vit.inspect import runs
   pixels = mpp_config.get_config()
   pixels.mpp.target = 'pixels'
-  _finished_run(tmp_path / 'sup', supervised_config.get_config(), {'eval/accuracy': 0.8125})
+  _finished_run(tmp_path / 'sup', supervised_config.get_config(), {'eval/accuracy': 0.8125},
+                {'embedding': np.zeros(2, np.float32), 'head': np.zeros(1, np.float32)})
   _finished_run(tmp_path / 'mpp', mpp_config.get_config(),
-                {'eval/accuracy': 0.4375, 'eval/loss': 1.5})
+                {'eval/accuracy': 0.4375, 'eval/loss': 1.5},
+                {'backbone': {'embedding': np.zeros(1, np.float32)},
+                 'head': np.zeros(2, np.float32)})
   _finished_run(tmp_path / 'px', pixels, {'eval/loss': 0.0625})
   table = runs.table([runs.summarise(str(tmp_path / n)) for n in ('sup', 'mpp', 'px')])
   assert table.splitlines() == [
-      '| run | parameters | steps | test accuracy | MPP colour accuracy (corrupted patches) | '
-      'MPP loss (corrupted patches) | images/s |',
-      '|---|---:|---:|---:|---:|---:|---:|',
-      '| sup | 3 | 2 | 81.25% | - | - | 100 |',
-      '| mpp | 3 | 2 | - | 43.75% | - | 100 |',
-      '| px | 3 | 2 | - | - | 0.0625 | 100 |']
+      '| run | parameters | ViT backbone | steps | test accuracy | MPP colour accuracy '
+      '(corrupted patches) | MPP loss (corrupted patches) | images/s |',
+      '|---|---:|---:|---:|---:|---:|---:|---:|',
+      '| sup | 3 | 2 | 2 | 81.25% | - | - | 100 |',
+      '| mpp | 3 | 1 | 2 | - | 43.75% | - | 100 |',
+      '| px | 3 | 3 | 2 | - | - | 0.0625 | 100 |']
 
 
 def test_runs_table_shows_the_readable_runs_and_names_each_unreadable_one(tmp_path):
@@ -231,9 +236,9 @@ def test_runs_table_shows_the_readable_runs_and_names_each_unreadable_one(tmp_pa
                         cwd=ROOT, capture_output=True, text=True, timeout=900,
                         env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 1, proc.stderr
-  assert proc.stdout.splitlines() == ['| run | parameters | steps | test accuracy | images/s |',
-                                      '|---|---:|---:|---:|---:|',
-                                      '| good | 3 | 2 | 50.00% | 100 |']
+  assert proc.stdout.splitlines() == [
+      '| run | parameters | ViT backbone | steps | test accuracy | images/s |',
+      '|---|---:|---:|---:|---:|---:|', '| good | 3 | 3 | 2 | 50.00% | 100 |']
   errors = proc.stderr.strip().splitlines()
   assert len(errors) == 5, errors
   expected = [('no_events', ': no TensorBoard event files'),

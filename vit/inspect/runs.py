@@ -1,8 +1,10 @@
 """`python -m vit.inspect.runs WORKDIR...`: a Markdown table of finished training runs.
 
-One row per run, read back from what the run wrote: the parameter count from its latest
-checkpoint, the median `images_per_s` from its TensorBoard events (the first logged interval,
-which includes compilation, is left out when there are others), and the last value of the
+One row per run, read back from what the run wrote: the parameter counts from its latest
+checkpoint (all it trains, and its ViT backbone's alone: without a classifier's head, MPP's head
+and mask embedding, MAE's decoder or SimMIM's mask token and decoder), the median
+`images_per_s` from its TensorBoard events (the first logged interval, which includes
+compilation, is left out when there are others), and the last value of the
 metric its objective is judged by, in a column named by what it measures: `test accuracy`
 (`eval/accuracy`) for a classifier, an MPP run's colour accuracy on corrupted patches, an MAE
 or SimMIM run's loss (`vit.objective.Definition.metrics`, chosen by the objective section of
@@ -69,31 +71,45 @@ def metric(config: dict, logged: dict[str, dict[int, float]]) -> objective_lib.M
 
 
 def summarise(workdir: str) -> dict:
-  """{'run', 'params', 'steps', 'metric' (a `Metric`), 'value' (its last value or None),
-  'images_per_s'} of one workdir; UserError without events or a readable checkpoint."""
+  """{'run', 'params', 'backbone_params' (`backbone_size`), 'steps', 'metric' (a `Metric`),
+  'value' (its last value or None), 'images_per_s'} of one workdir; UserError without events or
+  a readable checkpoint."""
   logged = scalars(workdir)
   rates = [v for _, v in sorted(logged.get('images_per_s', {}).items())]
   config, params, _ = checkpoints.read_params(workdir)
   judged = metric(config, logged)
   values = logged.get(judged.tag, {})
   return dict(run=os.path.basename(os.path.normpath(workdir)),
-              params=sum(int(np.size(x)) for x in jax.tree.leaves(params)),
+              params=_size(params), backbone_params=backbone_size(params),
               steps=max(logged.get('loss', {0: 0})),
               metric=judged, value=values[max(values)] if values else None,
               images_per_s=float(np.median(rates[1:] or rates)) if rates else None)
+
+
+def _size(tree) -> int:
+  return sum(int(np.size(x)) for x in jax.tree.leaves(tree))
+
+
+def backbone_size(params: dict) -> int:
+  """The parameter count of a run's ViT backbone: its objective's 'backbone' subtree (MPP,
+  MAE, SimMIM keep the ViT there, beside their heads and decoders), else a classifier's tree
+  without its 'head' (what `Objective.backbone` returns and fine-tuning starts from)."""
+  if 'backbone' in params:
+    return _size(params['backbone'])
+  return _size({k: v for k, v in params.items() if k != 'head'})
 
 
 def table(rows: list[dict]) -> str:
   """One column per metric the rows are judged by (a run's value in its own, '-' in the
   others): a classifier's test accuracy never shares a column with an MPP colour accuracy."""
   metrics = list(dict.fromkeys(r['metric'] for r in rows))
-  lines = ['| run | parameters | steps | ' + ' | '.join(m.label for m in metrics)
-           + ' | images/s |', '|---|---:|---:|' + '---:|' * len(metrics) + '---:|']
+  lines = ['| run | parameters | ViT backbone | steps | ' + ' | '.join(m.label for m in metrics)
+           + ' | images/s |', '|---|---:|---:|---:|' + '---:|' * len(metrics) + '---:|']
   for r in rows:
     shown = [_show(r['value'], m) if m == r['metric'] else '-' for m in metrics]
     rate = '-' if r['images_per_s'] is None else f'{r["images_per_s"]:.0f}'
-    lines.append(f'| {r["run"]} | {r["params"]:,} | {r["steps"]} | {" | ".join(shown)} | '
-                 f'{rate} |')
+    lines.append(f'| {r["run"]} | {r["params"]:,} | {r["backbone_params"]:,} | {r["steps"]} | '
+                 f'{" | ".join(shown)} | {rate} |')
   return '\n'.join(lines)
 
 
