@@ -187,6 +187,17 @@ def test_cli_on_an_npz(tmp_path):
   # Which features were read: a classifier's class token (an mae: spec would read the patch mean).
   assert record['representation'] == 'class token'
   assert record['representation_from'].startswith("vit_jax: spec, a classifier's pooled")
+  # The patch mean of the same weights, as an mae: workdir of them would be read.
+  mean = subprocess.run(
+      [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+       '--shots=1,2', '--l2_regs=1,16', '--max_test=100', '--representation=patch_mean'],
+      cwd=ROOT, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert mean.returncode == 0, mean.stderr[-2000:]
+  read = json.loads(mean.stdout)
+  assert read['representation'] == 'mean of patch tokens', read
+  assert read['representation_from'] == 'vit_jax: spec, --representation=patch_mean'
+  assert read['results'] != results  # Other features, other accuracies.
   # A size the patches do not divide was cut to whole patches without a word; an --output
   # that cannot be written was found after the evaluation.
   (tmp_path / 'file').write_text('')
@@ -237,14 +248,33 @@ def test_the_representation_is_named_as_checkpoint_representation_reads_it():
   encoded = backbone.apply({'params': params}, input_fn(model)(images), train=False)
   words = {'class token': encoded[:, 0], 'mean of patch tokens': encoded[:, 1:].mean(1)}
   for spec in ('mae:run', 'mpp:run', 'simmim:run', 'vit_jax:m.npz', 'hf:dir', 'supervised:run'):
-    named = fewshot.describe_representation(spec, model)
-    read = fewshot.checkpoint_representation(spec, model)(params, images)
-    np.testing.assert_allclose(read, words[named['representation']], rtol=1e-5, atol=1e-5)
-    assert named['representation_from'].startswith(f'{spec.split(":")[0]}: spec, ')
+    for choice in fewshot.REPRESENTATIONS:
+      named = fewshot.describe_representation(spec, model, choice)
+      read = fewshot.checkpoint_representation(spec, model, choice)(params, images)
+      np.testing.assert_allclose(read, words[named['representation']], rtol=1e-5, atol=1e-5)
+      assert named['representation_from'].startswith(f'{spec.split(":")[0]}: spec, ')
+    # --representation reads one thing whatever the format: an exported encoder scores as its
+    # workdir did.
+    assert fewshot.describe_representation(spec, model, 'patch_mean') == {
+        'representation': 'mean of patch tokens',
+        'representation_from': f'{spec.split(":")[0]}: spec, --representation=patch_mean'}
+    assert fewshot.describe_representation(spec, model, 'pooled')[
+        'representation'] == 'class token'
   assert fewshot.describe_representation('mae:run', model) == {
       'representation': 'mean of patch tokens',
-      'representation_from': 'mae: spec, an MAE encoder, as its trainer evaluates it (its loss '
-                             'never reaches the class token)'}
+      'representation_from': 'mae: spec, an MAE encoder, as its trainer evaluates it'}
+  with pytest.raises(ValueError, match='no class token'):
+    fewshot.make_patch_mean_fn(model.replace(classifier='gap'))
+  with pytest.raises(ValueError, match="representation 'cls': not one of auto, pooled"):
+    fewshot.checkpoint_representation('hf:dir', model, 'cls')
+  import types
+  flags_ = types.SimpleNamespace(representation='patch_mean', init='vit_jax:gap.npz')
+  gap_params = {k: v for k, v in params.items() if k != 'cls'}
+  with pytest.raises(UserError) as e:
+    fewshot._representation_of_flags(flags_, model.replace(classifier='gap'), gap_params)
+  assert str(e.value) == ("--representation=patch_mean: vit_jax:gap.npz has no class token "
+                          "(classifier 'gap'): its pooled features, the default, are the mean "
+                          'of its patch tokens already')
   assert fewshot.describe_representation('hf:dir', model)['representation'] == 'class token'
   assert fewshot.describe_representation('supervised:r', model.replace(classifier='gap'))[
       'representation'] == 'mean of patch tokens'

@@ -11,8 +11,9 @@ As a periodic evaluator: `FewShotEvaluator` (the supervised, MPP, MAE and SimMIM
 config.fewshot). On its own: `python -m vit.evaluators.fewshot --init SPEC --dataset
 fashion_mnist`, on the representation the checkpoint's own trainer evaluates
 (`checkpoint_representation`: a classifier's pooled features, its class token or pre_logits;
-the mean of the patch tokens of an mpp:, mae: or simmim: encoder), which its JSON names
-(`describe_representation`): the same weights score differently on the two.
+the mean of the patch tokens of an mpp:, mae: or simmim: encoder) or the one --representation
+names (so an encoder exported to vit_jax, hf or timm scores as its workdir did), which its JSON
+names (`describe_representation`): the same weights score differently on the two.
 """
 from __future__ import annotations
 
@@ -129,10 +130,17 @@ def make_patch_mean_fn(model: ModelSpec) -> Callable:
   """backbone params, uint8 images [B, H, W, C] -> float32 [B, D]: the mean of the encoded
   patch tokens of the ViT `model` describes, every patch visible.
 
-  The frozen features of the objectives that train the patch outputs only (MPP, MAE, SimMIM):
-  their loss never reaches the class token's output, so the average of the patch tokens is the
-  representation they shape, and probes compare them like for like.
+  The frozen features of the masked-image objectives (MPP, MAE, SimMIM). MPP's and SimMIM's
+  losses never reach the class token's output, so the patch tokens are what they shape; MAE's
+  decoder attends to it, and MAE's own linear probe reads it (facebookresearch/mae
+  main_linprobe.py), but its fine-tuning pools the patch tokens (`global_pool`): the patch mean
+  is read for all three, so their probes compare like for like.
+  ValueError when the model has no class token (classifier 'gap': its pooled features are this
+  mean already).
   """
+  if model.classifier == 'gap':
+    raise ValueError('the model has no class token (classifier gap): its pooled features are '
+                     'the mean of its patch tokens already')
   backbone = factory.build_model(model, num_classes=None, classifier='unpooled')
   to_input = input_fn(model)  # The same normalisation as in pretraining (`model.pixels`).
 
@@ -142,38 +150,57 @@ def make_patch_mean_fn(model: ModelSpec) -> Callable:
   return representation
 
 
-def checkpoint_representation(spec: str, model: ModelSpec) -> Callable:
-  """The representation few-shot reads of a checkpoint loaded from init `spec` (FORMAT:PATH),
-  as the trainer of that checkpoint's objective reads it, so the two paths give one number.
+REPRESENTATIONS = ('auto', 'pooled', 'patch_mean')  # --representation's choices.
 
-  A pretraining run's encoder (mpp:, mae:, simmim:): the mean of its patch tokens, the
-  `Objective.representation` of those objectives (`make_patch_mean_fn`, which they call), since
-  their loss never reaches the class token's output. A classifier (supervised: and the published
-  formats): the pooled token, pre_logits when present (`make_representation_fn`). `model` is
-  the checkpoint's (vit.init_spec.load); the params given to the result have no 'head'.
+
+def _reads_patch_mean(spec: str, choice: str) -> bool:
+  if choice not in REPRESENTATIONS:
+    raise ValueError(f'representation {choice!r}: not one of {", ".join(REPRESENTATIONS)}')
+  if choice == 'auto':
+    return spec.partition(':')[0] in init_spec.PRETRAINING
+  return choice == 'patch_mean'
+
+
+def checkpoint_representation(spec: str, model: ModelSpec, choice: str = 'auto') -> Callable:
+  """The representation few-shot reads of a checkpoint loaded from init `spec` (FORMAT:PATH).
+
+  choice 'auto': as the trainer of that checkpoint's objective reads it, so the two paths give
+  one number. A pretraining run's encoder (mpp:, mae:, simmim:): the mean of its patch tokens,
+  the `Objective.representation` of those objectives (`make_patch_mean_fn`, which they call). A
+  classifier (supervised: and the published formats): the pooled token, pre_logits when
+  present (`make_representation_fn`). 'pooled' and 'patch_mean' read those two whatever the
+  format: an MAE encoder exported to hf: reads as its workdir did with 'patch_mean'. `model`
+  is the checkpoint's (vit.init_spec.load); the params given to the result have no 'head'.
+  ValueError for another choice, or 'patch_mean' of a model without a class token.
   """
-  if spec.partition(':')[0] in init_spec.PRETRAINING:
+  if _reads_patch_mean(spec, choice):
     return make_patch_mean_fn(model)
   return make_representation_fn(model)
 
 
-def describe_representation(spec: str, model: ModelSpec) -> dict:
-  """What `checkpoint_representation(spec, model)` reads, in words, for the CLI's JSON:
-  'representation' (e.g. 'class token', 'mean of patch tokens') and 'representation_from' (the
-  spec's format and why it reads that one). The same weights score differently on the class
-  token and on the patch mean, so a result that does not say which cannot be compared."""
+def describe_representation(spec: str, model: ModelSpec, choice: str = 'auto') -> dict:
+  """What `checkpoint_representation(spec, model, choice)` reads, in words, for the CLI's
+  JSON: 'representation' (e.g. 'class token', 'mean of patch tokens') and 'representation_from'
+  (the spec's format and why it reads that one). The same weights score differently on the
+  class token and on the patch mean, so a result that does not say which cannot be compared."""
   fmt = spec.partition(':')[0]
+  if choice != 'auto':
+    what = 'mean of patch tokens' if _reads_patch_mean(spec, choice) else _pooled_words(model)
+    return {'representation': what,
+            'representation_from': f'{fmt}: spec, --representation={choice}'}
   if fmt in init_spec.PRETRAINING:
     return {'representation': 'mean of patch tokens',
             'representation_from': f'{fmt}: spec, {init_spec.PRETRAINING[fmt][0]} encoder, as '
-                                   'its trainer evaluates it (its loss never reaches the class '
-                                   'token)'}
-  # make_representation_fn: the model's own pooling ('unpooled' read as the class token).
-  pooled = 'mean of patch tokens' if model.classifier == 'gap' else 'class token'
-  what = f'pre_logits of the {pooled}' if model.representation_size else pooled
-  return {'representation': what,
+                                   'its trainer evaluates it'}
+  return {'representation': _pooled_words(model),
           'representation_from': f'{fmt}: spec, a classifier\'s pooled features (classifier '
                                  f'{model.classifier!r}), as supervised training evaluates them'}
+
+
+def _pooled_words(model: ModelSpec) -> str:
+  # make_representation_fn: the model's own pooling ('unpooled' read as the class token).
+  pooled = 'mean of patch tokens' if model.classifier == 'gap' else 'class token'
+  return f'pre_logits of the {pooled}' if model.representation_size else pooled
 
 
 class FewShotEvaluator:
@@ -273,6 +300,11 @@ def _define_flags():
   flags.DEFINE_integer('batch_size', 256, 'images per forward pass')
   flags.DEFINE_string('output', None, 'also write the JSON printed (the results, the '
                       'checkpoint, the data and the representation read) here')
+  flags.DEFINE_enum('representation', 'auto', REPRESENTATIONS,
+                    "features read: 'auto' as the checkpoint's trainer evaluates it (the patch "
+                    "mean of an mpp:, mae: or simmim: encoder, a classifier's pooled token); "
+                    "'pooled' (class token, or GAP, pre_logits when present) or 'patch_mean' "
+                    'whatever the format (an exported encoder scores as its workdir did)')
   return flags.FLAGS
 
 
@@ -331,6 +363,16 @@ def _cli_config(flags_, ckpt) -> ml_collections.ConfigDict:
   return config
 
 
+def _representation_of_flags(flags_, model: ModelSpec, params) -> Callable:
+  """checkpoint_representation of --init and --representation; --representation=patch_mean of
+  a checkpoint without a class token is one line."""
+  if flags_.representation == 'patch_mean' and 'cls' not in params:
+    raise UserError(f'--representation=patch_mean: {flags_.init} has no class token '
+                    f'(classifier {model.classifier!r}): its pooled features, the default, are '
+                    'the mean of its patch tokens already')
+  return checkpoint_representation(flags_.init, model, flags_.representation)
+
+
 _FLAGS_OF_KEYS = {'fewshot.shots': '--shots', 'fewshot.l2_regs': '--l2_regs',
                   'data.eval_split': '--test_split', 'data.train_split': '--train_split',
                   'data.source': '--dataset', 'data.data_dir': '--data_dir'}
@@ -353,7 +395,8 @@ def main(argv) -> None:
   params = init_spec.adapt_params(ckpt.params, target, grid, drop=('head',), what=flags_.init)
   mesh = sharding.make_mesh(config.mesh)
   try:
-    evaluator = FewShotEvaluator(config, checkpoint_representation(flags_.init, model), mesh)
+    evaluator = FewShotEvaluator(
+        config, _representation_of_flags(flags_, model, ckpt.params), mesh)
   except ConfigError as e:  # Name the flag the user typed, not the config key it set.
     flag = _FLAGS_OF_KEYS.get(e.key)
     if flag is None:
@@ -365,7 +408,8 @@ def main(argv) -> None:
   except UserError as e:  # Non-finite features (vit.evaluators.embedding): name the weights.
     raise UserError(f'--init {flags_.init}: {e}') from None
   record = dict(init=flags_.init, dataset=flags_.dataset, image_size=config.image_size,
-                **describe_representation(flags_.init, model), l2_reg=config.fewshot.l2_reg,
+                **describe_representation(flags_.init, model, flags_.representation),
+                l2_reg=config.fewshot.l2_reg,
                 results=results)
   print(json.dumps(record, indent=1))
   if flags_.output:
