@@ -221,7 +221,22 @@ def test_a_forward_pass_that_does_not_fit_in_memory_is_one_line(npz, tmp_path):
                        timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert run.returncode == 2 and 'Traceback' not in run.stderr, run.stderr[-2000:]
   assert re.fullmatch(r'error: out of memory on the CPU \(RESOURCE_EXHAUSTED: Out of memory '
-                      r'allocating \d+ bytes\.\); lower the batch \(config.batch_size, '
-                      r'config.eval_batch_size, --batch_size\), the image size or the model',
+                      r'allocating \d+ bytes\.\); lower --batch_size, --resolution or the '
+                      r'model',
                       run.stderr.strip().splitlines()[-1]), run.stderr[-2000:]
   assert not (tmp_path / 'o.json').exists()
+
+
+def test_the_out_of_memory_line_names_the_commands_own_settings():
+  """It named config keys and flags together, whatever the command: a trainer's config keys,
+  or a standalone tool's flags."""
+  from absl import flags
+  from vit import cli
+  trainer, tool = flags.FlagValues(), flags.FlagValues()
+  flags.DEFINE_string('config', None, 'a config', flag_values=trainer)
+  flags.DEFINE_integer('batch_size', 8, 'images', flag_values=tool)
+  flags.DEFINE_integer('image_size', None, 'px', flag_values=tool)
+  assert cli._memory_knobs(trainer) == (
+      'config.batch_size, config.eval_batch_size, config.image_size')
+  assert cli._memory_knobs(tool) == '--batch_size, --image_size'
+  assert cli._memory_knobs(flags.FlagValues()) == 'the batch, the image size'

@@ -208,9 +208,18 @@ def out_of_memory(e: BaseException) -> str | None:
       'RESOURCE_EXHAUSTED' not in text):
     return None
   first = text.strip().splitlines()[0] if text.strip() else 'RESOURCE_EXHAUSTED'
-  return (f'out of memory on the {jax.default_backend().upper()} ({first}); lower the batch '
-          '(config.batch_size, config.eval_batch_size, --batch_size), the image size or '
-          'the model')
+  return (f'out of memory on the {jax.default_backend().upper()} ({first}); lower '
+          f'{_memory_knobs(flags.FLAGS)} or the model')
+
+
+def _memory_knobs(flag_values: flags.FlagValues) -> str:
+  """The settings of this command that size its memory: a trainer's config keys, or the
+  standalone tools' own flags (--batch_size, --resolution, --image_size), whichever it has."""
+  if 'config' in flag_values:
+    return 'config.batch_size, config.eval_batch_size, config.image_size'
+  own = [f'--{name}' for name in ('batch_size', 'resolution', 'image_size')
+         if name in flag_values]
+  return ', '.join(own) or 'the batch, the image size'
 
 
 def tell_cache_write_failures_once(cache: str) -> None:
