@@ -223,13 +223,19 @@ def test_attention_that_overflows_is_one_line_and_writes_nothing(tmp_path):
 
 
 def test_relative_posemb_model_has_no_similarity_figure(tmp_path):
-  m, params, _ = _tiny_model(posemb='relative', classifier='gap')
+  """Into a folder an earlier model's inspection filled: its posemb_similarity.png was left
+  beside the new inspect.json, as if this model had drawn it; now it is removed."""
   images = np.zeros((2, 28, 28, 3), np.uint8)
+  report.write(report.analyse(*_tiny_model()[:2], images, show=2), str(tmp_path), {})
+  assert (tmp_path / 'posemb_similarity.png').exists()
+  m, params, _ = _tiny_model(posemb='relative', classifier='gap')
   result = report.analyse(m, params, images, show=2)
   assert 'posemb_similarity' not in result
   summary = report.write(result, str(tmp_path), {})
   assert summary['figures'] == ['attention_distance.png', 'attention_rollout.png',
                                 'embedding_filters.png']
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+      [*summary['figures'], 'inspect.json', 'inspect.npz'])
 
 
 def test_image_loading(tmp_path):

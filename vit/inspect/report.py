@@ -66,7 +66,9 @@ def write(result: dict, out: str, summary: dict) -> dict:
   """Writes the figures that `result` has, inspect.npz and inspect.json into `out`, all or
   none: they are made beside it and moved in once all are complete, so a failed write (a full
   disk) leaves the previous ones together, unchanged, and a folder made for them removed.
-  Returns the summary."""
+  Then removes those of FIGURES it did not draw (`_remove_stale_figures`). Returns the summary.
+
+  Raises UserError naming --out when it cannot be made or a stale figure cannot be removed."""
   existed = os.path.lexists(out)
   try:
     os.makedirs(out, exist_ok=True)
@@ -82,7 +84,25 @@ def write(result: dict, out: str, summary: dict) -> dict:
     with contextlib.suppress(OSError):  # The empty folder made above; no previous one to keep.
       os.rmdir(out)
     raise atomic_write.NotWritten(e.path, e.reason, False, e.advice) from None
+  _remove_stale_figures(out, summary['figures'])
   return summary
+
+
+def _remove_stale_figures(out: str, drawn: list) -> None:
+  """Deletes the FIGURES in `out` that are not in `drawn`. A model without a per-patch position
+  embedding (relative, none) or a hybrid draws fewer figures; an earlier inspection's figure
+  left beside the new inspect.json would pass for this model's. After the move, so a failed
+  write still leaves the previous set whole."""
+  for name in FIGURES:
+    if name in drawn:
+      continue
+    try:
+      os.remove(os.path.join(out, name))
+    except FileNotFoundError:
+      pass
+    except OSError as e:
+      raise UserError(f'--out {out}: cannot remove {name}, an earlier inspection\'s figure '
+                      f'this model has none of ({write_reason(e)})') from None
 
 
 def _write_files(result: dict, folder: str, summary: dict) -> dict:
