@@ -96,6 +96,28 @@ def test_gap_rollout_map_is_the_mean_over_tokens():
                              rollout[0].mean(0).reshape(2, 2))
 
 
+def test_pretraining_encoder_rollout_reads_the_mean_of_its_patch_tokens(tmp_path, monkeypatch):
+  """An mpp:, mae: or simmim: encoder's representation is the mean of its patch tokens (MPP
+  discards the class token's output); the rollout map read the class token's row anyway. Now
+  the mean of the patch rows, and inspect.json says which row it read."""
+  from vit import init_spec
+  rollout = np.random.default_rng(0).random((1, 5, 5))
+  np.testing.assert_allclose(attention.rollout_map(rollout, (2, 2), patch_mean=True)[0],
+                             rollout[0, 1:, 1:].mean(0).reshape(2, 2))
+  m, params, _ = _tiny_model()
+  monkeypatch.setattr(init_spec, 'load',
+                      lambda spec: init_spec.Checkpoint(params, m, None, 28, 3))
+  np.save(tmp_path / 'images.npy',
+          np.random.default_rng(0).integers(0, 256, (2, 28, 28, 3), dtype=np.uint8))
+  maps = {}
+  for spec, row in [('mpp:run', 'mean of patch tokens'), ('supervised:run', 'class token')]:
+    out = tmp_path / spec.partition(':')[0]
+    summary = report.inspect(spec, str(out), images=str(tmp_path / 'images.npy'), show=2)
+    assert summary['rollout_of'] == row
+    maps[spec] = np.load(out / 'inspect.npz')['rollout_maps']
+  assert not np.allclose(maps['mpp:run'], maps['supervised:run'])
+
+
 def test_posemb_similarity_of_known_embeddings():
   grid = (2, 3)
   one_hot = np.eye(6) * 3.0

@@ -80,13 +80,27 @@ def attention_rollout(weights: Sequence[np.ndarray]) -> np.ndarray:
   return rollout
 
 
-def rollout_map(rollout: np.ndarray, grid: Sequence[int]) -> np.ndarray:
-  """The map from the output representation to the patches, [B, gh, gw].
+def rollout_map(rollout: np.ndarray, grid: Sequence[int], patch_mean: bool = False
+                ) -> np.ndarray:
+  """The map from the output representation to the patches, [B, gh, gw], of rollout [B, T, T].
 
   With a class token (the first token) it is the class token's row of the rollout; with
   global average pooling the output is the mean of all tokens, so it is the mean of the rows.
+  `patch_mean`: the representation is the mean of the patch tokens (an MPP, MAE or SimMIM
+  encoder's, as few-shot reads it; MPP discards the class token's output), so it is the mean
+  of the patch rows, the class token's left out.
   """
   n = grid[0] * grid[1]
   prefix = rollout.shape[-1] - n
-  row = rollout[:, 0] if prefix else rollout.mean(axis=1)
+  if patch_mean or not prefix:
+    row = rollout[:, prefix:].mean(axis=1)
+  else:
+    row = rollout[:, 0]
   return row[:, prefix:].reshape(-1, *grid)
+
+
+def rollout_source(prefix: int, patch_mean: bool) -> str:
+  """In words, the row `rollout_map` reads: for inspect.json's `rollout_of`."""
+  if patch_mean:
+    return 'mean of patch tokens'
+  return 'class token' if prefix else 'mean of all tokens (global average pooling)'

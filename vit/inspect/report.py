@@ -21,8 +21,11 @@ FIGURES = ('attention_distance.png', 'attention_rollout.png', 'posemb_similarity
 
 def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8,
             batch_size: int = 32, class_names: Optional[list] = None,
-            what: str = 'the model') -> dict:
+            what: str = 'the model', patch_mean: bool = False) -> dict:
   """Every §4.5 analysis of `params` (the ViT `model` describes) on uint8 `images`.
+
+  `patch_mean`: the rollout maps read the mean of the patch tokens, the representation of a
+  pretraining encoder (attention.rollout_map), not the class token's row.
 
   Raises UserError naming `what` and counting the images whose attention weights or outputs
   are not finite (finite weights whose activations overflow float32): their distances would be
@@ -39,7 +42,8 @@ def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8
     distances.append(np.stack([attention.mean_attention_distance(w, grid, pixels)
                                for w in weights], axis=1))
     if start < show:
-      maps.append(attention.rollout_map(attention.attention_rollout(weights), grid))
+      maps.append(attention.rollout_map(attention.attention_rollout(weights), grid,
+                                        patch_mean))
       if model.num_classes:
         predicted += [int(i) for i in np.argmax(out, axis=-1)]
   if bad:
@@ -50,7 +54,9 @@ def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8
       grid=grid, pixels_per_patch=pixels, image_size=size,
       attention_distance_per_image=np.concatenate(distances),  # [N, blocks, heads]
       rollout_maps=np.concatenate(maps)[:show], images_shown=images[:show],
-      predicted=[(class_names[i] if class_names else str(i)) for i in predicted[:show]])
+      predicted=[(class_names[i] if class_names else str(i)) for i in predicted[:show]],
+      rollout_of=attention.rollout_source(weights[0].shape[-1] - grid[0] * grid[1],
+                                          patch_mean))
   result['attention_distance'] = result['attention_distance_per_image'].mean(axis=0)
   posemb = model.posemb
   per_patch = embeddings.patch_position_embeddings(params, posemb, grid)
@@ -126,7 +132,7 @@ def _write_files(result: dict, folder: str, summary: dict) -> dict:
                  pixels_per_patch=list(result['pixels_per_patch']),
                  mean_attention_distance_px=[round(float(d), 2) for d in distance.mean(1)],
                  attention_distance_px_per_head=np.round(distance, 2).tolist(),
-                 rollout_predicted=result['predicted'])
+                 rollout_of=result['rollout_of'], rollout_predicted=result['predicted'])
   if 'filter_explained_variance' in result:
     summary['filter_explained_variance'] = np.round(
         result['filter_explained_variance'], 4).tolist()
@@ -137,13 +143,16 @@ def _write_files(result: dict, folder: str, summary: dict) -> dict:
 
 def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: int = 128,
             show: int = 8, batch_size: int = 32) -> dict:
-  """Loads `spec` (vit.init_spec), runs every analysis and writes the files to `out`."""
+  """Loads `spec` (vit.init_spec), runs every analysis and writes the files to `out`. An mpp:,
+  mae: or simmim: spec's rollout reads the mean of its patch tokens, the representation its
+  few-shot evaluation reads (vit.evaluators.fewshot), not its class token."""
   ckpt = init_spec.load(spec)
   pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images,
                                      ckpt.view)
   model = ckpt.model
   result = analyse(model, ckpt.params, pictures, show=min(show, len(pictures)),
-                   batch_size=batch_size, class_names=ckpt.class_names, what=spec)
+                   batch_size=batch_size, class_names=ckpt.class_names, what=spec,
+                   patch_mean=spec.partition(':')[0] in init_spec.PRETRAINING)
   summary = dict(model=init_spec.describe(ckpt), init=spec, posemb=model.posemb,
                  attention=model.attention,
                  images=f'{len(pictures)} from {source}')
