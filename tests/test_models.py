@@ -326,9 +326,18 @@ def test_unknown_layer_norm_or_remat_policy_is_refused_in_one_line(overrides, me
 @pytest.mark.parametrize('flag, line', [
     ('--num_classes=-1', 'error: flag --num_classes=-1: -1 is not a non-negative integer'),
     ('--depth=0', 'error: flag --depth=0: 0 is not a positive integer'),
+    ('--representation_size=0', 'error: flag --representation_size=0: 0 is not a positive '
+                                'integer'),
+    ('--image_size=30', 'error: --image_size=30: not divisible by the patch size 16 '
+                        '(model.patches.size=(16, 16))'),
+    ('--model=ViT-X/16', 'error: --model=ViT-X/16: unknown preset; known: ViT-Ti/16, ViT-S/16, '
+                         'ViT-S/32, ViT-B/16, ViT-B/32, ViT-L/16, ViT-L/32, ViT-H/14, '
+                         'R50+ViT-B/16'),
 ])
 def test_summary_flags_out_of_range_are_one_line(flag, line):
-  """--num_classes=-1 was a JAX traceback (a negative shape); --depth=-1 an empty table."""
+  """--num_classes=-1 was a JAX traceback (a negative shape); --depth=-1 an empty table;
+  --image_size=30 and --model=ViT-X/16 named config keys the user never typed
+  (config.image_size=30), now the flags."""
   import os
   import subprocess
   import sys

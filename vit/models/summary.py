@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from vit import cli, config as config_lib
+from vit.errors import ConfigError, UserError
 
 _MODEL = flags.DEFINE_string('model', 'ViT-B/16', 'Preset name, e.g. ViT-B/16, R50+ViT-B/16.')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head (0: no head).',
@@ -20,8 +21,12 @@ _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head (0
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input resolution in pixels.',
                                    lower_bound=1)
 _REPRESENTATION = flags.DEFINE_integer('representation_size', None,
-                                       'Width of the pre-logits layer (none by default).')
+                                       'Width of the pre-logits layer (none by default).',
+                                       lower_bound=1)
 _DEPTH = flags.DEFINE_integer('depth', 2, 'Module nesting shown in the table.', lower_bound=1)
+# The config key each flag sets, so that a refusal names the flag the user typed.
+_FLAGS_OF_KEYS = {'model.name': _MODEL, 'model.num_classes': _NUM_CLASSES,
+                  'model.representation_size': _REPRESENTATION, 'image_size': _IMAGE_SIZE}
 
 
 def abstract_params(model: nn.Module, image_size: int, channels: int = 3):
@@ -57,17 +62,31 @@ def forward_flops(model: nn.Module, params, image_size: int, channels: int = 3) 
   return float(lowered.cost_analysis()['flops'])
 
 
-def main(argv):
-  """`python -m vit.models.summary`: prints a preset's parameters per module, the total, its
-  patch grid and its forward GFLOPs per image. A model that `vit.config.validate` refuses is
-  one line and exit status 2."""
-  del argv
+def validated_config():
+  """(config, ModelSpec) of the flags, through `vit.config.validate`.
+
+  Raises UserError '--FLAG=VALUE: PROBLEM' naming the flag, not the config key it sets
+  (`config.image_size=30` was the line for --image_size=30), for what validate refuses."""
   config = config_lib.defaults()
   config.model.name = _MODEL.value
   config.model.num_classes = _NUM_CLASSES.value or None
   config.model.representation_size = _REPRESENTATION.value
   config.image_size = _IMAGE_SIZE.value
-  m = config_lib.validate(config, num_devices=1)
+  try:
+    return config, config_lib.validate(config, num_devices=1)
+  except ConfigError as e:
+    flag = _FLAGS_OF_KEYS.get(e.key)
+    if flag is None:
+      raise
+    raise UserError(f'--{flag.name}={flag.value}: {e.problem}') from None
+
+
+def main(argv):
+  """`python -m vit.models.summary`: prints a preset's parameters per module, the total, its
+  patch grid and its forward GFLOPs per image. A model that `vit.config.validate` refuses is
+  one line naming the flag, and exit status 2."""
+  del argv
+  config, m = validated_config()
   model = config_lib.build_model(m)
   params = abstract_params(model, config.image_size)
   rows = module_table(params, _DEPTH.value)
