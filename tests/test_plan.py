@@ -101,6 +101,18 @@ def test_cli_one_line_error():
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh=')
 
 
+def test_json_and_markdown_together_are_refused():
+  """Both printed the JSON alone, the Markdown row silently dropped."""
+  proc = subprocess.run(
+      [sys.executable, '-m', 'vit.plan', '--config', 'configs/supervised/fashion_mnist.py',
+       '--topology', 'v5e:2x2', '--json', '--markdown'],
+      cwd=ROOT, capture_output=True, text=True, timeout=900,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 2 and not proc.stdout
+  assert proc.stderr.splitlines()[0] == ('error: flags json=True, markdown=True: At most one of '
+                                         '(json, markdown) must be True.')
+
+
 def test_a_second_plan_reads_no_unreadable_cache_entry(tmp_path):
   """A step compiled for a libtpu slice cannot be read back from JAX's persistent compilation
   cache (no TPU client): the second plan of a config warned 'Error reading persistent

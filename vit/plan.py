@@ -74,7 +74,10 @@ _SEARCH = flags.DEFINE_bool('search', False,
                             'Try data parallel, then fsdp=2,4,..., then each with remat, and '
                             'report the first mesh that fits (config.mesh is then ignored).')
 _MARKDOWN = flags.DEFINE_bool('markdown', False,
-                              'Print the report as a Markdown table row (with its header).')
+                              'Print the report as a Markdown table row (with its header); '
+                              'not with --json.')
+# Each is a whole output format: both printed the JSON alone, the row silently dropped.
+flags.mark_bool_flags_as_mutual_exclusive(['json', 'markdown'])
 
 
 def topology_devices(topology: str) -> tuple[list, Chip]:
