@@ -43,13 +43,17 @@ def filter_pca(kernel: np.ndarray, count: int = 28) -> tuple[np.ndarray, np.ndar
 
   `kernel` is the embedding convolution [ph, pw, C, D]: D filters, each a ph x pw x C patch.
   Returns the components as patches [k, ph, pw, C] (unit norm, sign arbitrary) and the share
-  of the filters' variance each explains [k].
+  of the filters' variance each explains [k]. k is at most `count` and the rank of the
+  centred filters (at most D - 1): directions past it explain no variance, and their vectors
+  are whatever the SVD picked (a width-16 model drew a 16th "component" of 0%). k is 0 when
+  every filter is the same.
   """
   kernel = np.asarray(kernel, np.float64)
   ph, pw, c, d = kernel.shape
   filters = kernel.reshape(ph * pw * c, d).T
   filters = filters - filters.mean(axis=0)
   _, s, vt = np.linalg.svd(filters, full_matrices=False)
-  k = min(count, vt.shape[0])
+  rank = int(np.count_nonzero(s > s.max(initial=0.0) * 1e-9))  # Relative: rounding leaves ~1e-16.
+  k = min(count, rank)
   explained = s ** 2 / max(np.sum(s ** 2), 1e-30)
   return vt[:k].reshape(k, ph, pw, c), explained[:k]

@@ -63,8 +63,9 @@ def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8
   if per_patch is not None:
     result['posemb_similarity'] = embeddings.posemb_similarity(per_patch, grid)
   if model.resnet is None:  # A hybrid's embedding sees ResNet features, not pixels.
-    result['filter_components'], result['filter_explained_variance'] = embeddings.filter_pca(
-        params['embedding']['kernel'])
+    components, explained = embeddings.filter_pca(params['embedding']['kernel'])
+    if len(components):  # None when all filters are equal: no variance to draw.
+      result['filter_components'], result['filter_explained_variance'] = components, explained
   return result
 
 
