@@ -227,6 +227,19 @@ def test_analyse_and_write_figures(tmp_path):
                              result['attention_distance'].mean(1), atol=0.01)
 
 
+def test_rollout_figure_wraps_its_images_into_rows(tmp_path):
+  """--show 20 drew one strip of 20 columns (--show 1000: a PNG 100,789 pixels wide); now rows
+  of at most 8 images, each an input row above its attention row."""
+  from vit.inspect import figures
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (20, 28, 28, 1), dtype=np.uint8)
+  figures.attention_rollout(images, rng.random((20, 7, 7)), str(tmp_path / 'rollout.png'),
+                            titles=[str(i) for i in range(20)])
+  with Image.open(tmp_path / 'rollout.png') as png:
+    w, h = png.size
+  assert w <= 1.3 * 8 * 100 + 50 and h >= 3 * 2.8 * 100 * 0.8, png.size
+
+
 def test_attention_that_overflows_is_one_line_and_writes_nothing(tmp_path):
   """Finite weights whose attention logits overflow float32 (a query kernel of 1e38): the
   distances were NaN and inspect.json held NaN (not JSON); now one line naming the weights,

@@ -25,7 +25,8 @@ _IMAGES = flags.DEFINE_string('images', None, 'uint8 .npy [N, H, W(, C)] or a di
                               'image files; default: the Fashion-MNIST test split.')
 _MAX_IMAGES = flags.DEFINE_integer('max_images', 128, 'Images averaged over for the '
                                    'attention distances.')
-_SHOW = flags.DEFINE_integer('show', 8, 'Images shown in the attention rollout figure.')
+_SHOW = flags.DEFINE_integer('show', 8, 'Images shown in the attention rollout figure, 8 per '
+                             'row.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
 
 

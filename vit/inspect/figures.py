@@ -47,26 +47,32 @@ def _show(image: np.ndarray) -> np.ndarray:
 
 
 def attention_rollout(images: np.ndarray, maps: np.ndarray, path: str,
-                      titles: Optional[Sequence[str]] = None) -> None:
-  """Figures 6 and 14: each image above the image weighted by its attention map."""
+                      titles: Optional[Sequence[str]] = None, columns: int = 8) -> None:
+  """Figures 6 and 14: each image above the image weighted by its attention map.
+
+  images [n, S, S, C] uint8, maps [n, gh, gw]; at most `columns` images per row of the
+  figure, so --show 64 is 8 rows of 8, not one strip 8,000 pixels wide."""
   n, size = len(images), images.shape[1]
-  fig, axes = plt.subplots(2, n, figsize=(1.3 * n, 2.8), squeeze=False)
+  cols = min(n, columns)
+  rows = -(-n // cols)
+  fig, axes = plt.subplots(2 * rows, cols, figsize=(1.3 * cols, 2.8 * rows), squeeze=False)
   for i in range(n):
+    top, bottom = axes[2 * (i // cols), i % cols], axes[2 * (i // cols) + 1, i % cols]
     m = np.asarray(maps[i], np.float64)
     m = (m - m.min()) / max(m.max() - m.min(), 1e-12)
     # Nearest-neighbour upsampling: each patch keeps its own value, as the model sees it.
     m = np.kron(m, np.ones((size // m.shape[0], size // m.shape[1])))
     masked = images[i].astype(np.float64) / 255.0 * m[..., None]
-    axes[0, i].imshow(_show(images[i]), cmap='gray', vmin=0, vmax=255)
-    axes[1, i].imshow(_show(masked), cmap='gray', vmin=0, vmax=1)
+    top.imshow(_show(images[i]), cmap='gray', vmin=0, vmax=255)
+    bottom.imshow(_show(masked), cmap='gray', vmin=0, vmax=1)
     if titles:
-      axes[0, i].set_title(titles[i], fontsize=7)
+      top.set_title(titles[i], fontsize=7)
   for ax in axes.ravel():
     ax.axis('off')
-  axes[0, 0].text(-0.1, 0.5, 'input', transform=axes[0, 0].transAxes, rotation=90,
-                  va='center', ha='right', fontsize=8)
-  axes[1, 0].text(-0.1, 0.5, 'attention', transform=axes[1, 0].transAxes, rotation=90,
-                  va='center', ha='right', fontsize=8)
+  for r in range(rows):
+    for ax, label in ((axes[2 * r, 0], 'input'), (axes[2 * r + 1, 0], 'attention')):
+      ax.text(-0.1, 0.5, label, transform=ax.transAxes, rotation=90, va='center', ha='right',
+              fontsize=8)
   _save(fig, path)
 
 
