@@ -167,6 +167,25 @@ def test_the_init_spec_table_of_the_docs_lists_every_format():
   assert sorted(rows) == sorted(init_spec.FORMATS)
 
 
+def test_a_published_folder_given_as_a_run_names_the_format_that_reads_it(tmp_path):
+  """supervised:DIR of an hf or timm folder was 'DIR: no checkpoint found under
+  DIR/checkpoints', naming neither the spec nor the format to use."""
+  for kind, cfg in [('hf', dict(model_type='vit')), ('timm', dict(architecture='vit_tiny'))]:
+    folder = tmp_path / kind
+    folder.mkdir()
+    (folder / 'config.json').write_text(json.dumps(cfg))
+    library = 'Hugging Face transformers' if kind == 'hf' else 'timm'
+    for fmt in ('supervised', 'mpp'):
+      with pytest.raises(UserError) as error:
+        init_spec.load(f'{fmt}:{folder}')
+      assert str(error.value) == (f'{fmt}:{folder}: a {library} folder (config.json), not a '
+                                  f'run directory; load it with {kind}:{folder}')
+  (tmp_path / 'other').mkdir()  # A config.json of something else: the workdir reader's line.
+  (tmp_path / 'other' / 'config.json').write_text('[1, 2]')
+  with pytest.raises(UserError, match='no checkpoint found under'):
+    init_spec.load(f'supervised:{tmp_path}/other')
+
+
 def test_bad_specs_give_clear_errors(tmp_path):
   with pytest.raises(UserError, match='FORMAT:PATH'):
     init_spec.load('torch:model.pt')

@@ -26,6 +26,7 @@ say so. A leading `~` in PATH is the home directory (`vit.user_paths`).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 from typing import NamedTuple, Optional
@@ -40,7 +41,7 @@ from vit.architecture import (abstract_params, grid_at, infer_model,  # noqa: F4
 from vit.class_names import (CLASS_NAMES_FILE, read_class_names,  # noqa: F401 (re-exported)
                              write_class_names)
 from vit.errors import ConfigError, UserError, require_directory
-from vit.formats import registry
+from vit.formats import hf as hf_format, registry
 from vit.formats.tree import check_finite, flatten
 from vit.models import vit as vit_model
 from vit.models.spec import ModelSpec
@@ -163,6 +164,8 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
     require_directory(path, label, 'a run directory',
                       hint or ' (a trainer workdir, or FORMAT:PATH)')
   _refuse_inside_checkpoints(path, label, fmt)
+  if fmt:
+    _refuse_published_folder(path, label)
   saved, params, step = checkpoints.read_params(path, use_ema=use_ema)  # The newest readable.
   check_finite(flatten(params), f'{path}/checkpoints/{step}')
   found = _pretraining_kind(params)
@@ -187,6 +190,25 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
     model = model.replace(classifier='token' if 'cls' in params else 'gap')
   return (params, model, read_class_names(path, model.num_classes), saved.get('image_size'), step,
           saved.get('total_steps'))
+
+
+def _refuse_published_folder(path: str, label: str) -> None:
+  """UserError '{label}: a ... folder (config.json), not a run directory; load it with
+  hf:PATH' (or timm:) when `path` has no checkpoints folder but a transformers or timm
+  config.json: it was 'PATH: no checkpoint found under PATH/checkpoints', naming neither the
+  spec nor the format that reads the folder. Anything else is left to the workdir reader."""
+  config_json = os.path.join(path, 'config.json')
+  if os.path.isdir(os.path.join(path, 'checkpoints')) or not os.path.isfile(config_json):
+    return
+  try:
+    with open(config_json) as f:
+      kind = hf_format.config_kind(json.load(f))
+  except (OSError, ValueError, AttributeError):  # Unreadable, not JSON, not an object.
+    return
+  if kind in ('hf', 'timm'):
+    library = 'Hugging Face transformers' if kind == 'hf' else 'timm'
+    raise UserError(f'{label}: a {library} folder (config.json), not a run directory; load it '
+                    f'with {kind}:{path}')
 
 
 def _refuse_inside_checkpoints(path: str, label: str, fmt: Optional[str]) -> None:
