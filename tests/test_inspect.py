@@ -314,6 +314,18 @@ def test_cli_bad_spec_is_one_line(tmp_path):
   assert len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_cli_refuses_a_word_after_the_flags(tmp_path):
+  """`--images a.npy b.npy` read a.npy alone; the word is now refused before anything loads."""
+  proc = subprocess.run([sys.executable, '-m', 'vit.inspect', '--init', 'supervised:nowhere',
+                         '--out', str(tmp_path / 'out'), '--images', 'a.npy', 'b.npy'],
+                        cwd=ROOT, capture_output=True, text=True, timeout=900,
+                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  assert proc.returncode == 2 and proc.stderr.strip() == (
+      "error: unexpected argument 'b.npy': this command takes only flags (--name=value; "
+      "--help lists them)")
+  assert not (tmp_path / 'out').exists()
+
+
 def test_cli_on_a_saved_checkpoint(tmp_path):
   from vit import checkpoints
   from vit.training.state import TrainState

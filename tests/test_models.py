@@ -333,6 +333,8 @@ def test_unknown_layer_norm_or_remat_policy_is_refused_in_one_line(overrides, me
     ('--model=ViT-X/16', 'error: --model=ViT-X/16: unknown preset; known: ViT-Ti/16, ViT-S/16, '
                          'ViT-S/32, ViT-B/16, ViT-B/32, ViT-L/16, ViT-L/32, ViT-H/14, '
                          'R50+ViT-B/16'),
+    ('ViT-B/16', "error: unexpected argument 'ViT-B/16': this command takes only flags "
+                 "(--name=value; --help lists them)"),  # Was ignored: ViT-Ti/16 summarised.
 ])
 def test_summary_flags_out_of_range_are_one_line(flag, line):
   """--num_classes=-1 was a JAX traceback (a negative shape); --depth=-1 an empty table;

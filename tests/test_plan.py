@@ -101,16 +101,22 @@ def test_cli_one_line_error():
   assert proc.stderr.strip().splitlines()[-1].startswith('error: config.mesh=')
 
 
-def test_json_and_markdown_together_are_refused():
-  """Both printed the JSON alone, the Markdown row silently dropped."""
+@pytest.mark.parametrize('args, line', [
+    # Both printed the JSON alone, the Markdown row silently dropped.
+    (['--json', '--markdown'], 'error: flags json=True, markdown=True: At most one of '
+                               '(json, markdown) must be True.'),
+    # A word after the flags was ignored: v5e:2x2 planned, v5e:4x4 never read.
+    (['v5e:4x4'], "error: unexpected argument 'v5e:4x4': this command takes only flags "
+                  "(--name=value; --help lists them)"),
+])
+def test_json_and_markdown_together_or_a_stray_word_are_refused(args, line):
   proc = subprocess.run(
       [sys.executable, '-m', 'vit.plan', '--config', 'configs/supervised/fashion_mnist.py',
-       '--topology', 'v5e:2x2', '--json', '--markdown'],
+       '--topology', 'v5e:2x2', *args],
       cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 2 and not proc.stdout
-  assert proc.stderr.splitlines()[0] == ('error: flags json=True, markdown=True: At most one of '
-                                         '(json, markdown) must be True.')
+  assert proc.stderr.splitlines()[0] == line
 
 
 def test_a_second_plan_reads_no_unreadable_cache_entry(tmp_path):

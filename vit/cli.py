@@ -196,6 +196,15 @@ def run(main: Callable[[list[str]], None]) -> None:
   app.run(wrapped, flags_parser=_parse_flags)
 
 
+def refuse_arguments(argv: list[str]) -> None:
+  """UserError naming the first word after the flags (argv[1:], which absl hands to main) of
+  a command that takes only flags: they were ignored without a word (`--images a.npy b.npy`
+  read a.npy alone, `--max_images 16 32` used 16)."""
+  if len(argv) > 1:
+    raise UserError(f'unexpected argument {argv[1]!r}: this command takes only flags '
+                    '(--name=value; --help lists them)')
+
+
 _CACHE_WRITE = 'Error writing persistent compilation cache entry'
 
 
