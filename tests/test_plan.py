@@ -283,6 +283,10 @@ def test_markdown_row_of_a_real_plan(data_parallel):
   row = plan.markdown_row(data_parallel).split('|')[1:-1]
   assert len(row) == len(plan.MARKDOWN_HEADER.splitlines()[0].split('|')[1:-1]) == 12
   assert row[2].strip() == 'v5e:2x2 (4 chips)' and row[3].strip() == '4, 1, 1'
+  # A step under 1 ms read '0 ms' (0.4 ms) or '1 ms' (0.5 ms); whole ms from 10 ms up.
+  for seconds, shown in [(0.0004, '0.4 ms'), (0.00506, '5.1 ms'), (0.0314, '31 ms')]:
+    cell = plan.markdown_row(dict(data_parallel, step_seconds=seconds)).split('|')[10]
+    assert cell.strip() == f'{shown} ({data_parallel["bound"]})'
   assert row[7].strip() == 'yes'
 
 

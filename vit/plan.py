@@ -293,8 +293,15 @@ def markdown_row(r: dict) -> str:
       f' {m["data"]}, {m["fsdp"]}, {m["tensor"]} | {r["remat"]} | {r["per_device_micro_batch"]}'
       f' | {r["used_gib"]:.2f} of {r["hbm_per_device_gib"]:.0f} GiB | '
       f'{"yes" if r["fits"] else "no"} | {r["flops_per_step"]:.2e} | '
-      f'{r["step_seconds"] * 1e3:.0f} ms ({r["bound"]}) | {r["images_per_second"]:,.0f} | '
+      f'{_milliseconds(r["step_seconds"])} ms ({r["bound"]}) | {r["images_per_second"]:,.0f} | '
       f'{r["mfu"]:.0%} |')
+
+
+def _milliseconds(seconds: float) -> str:
+  """Whole milliseconds from 10 ms up (docs/scaling.md's rows), two significant digits below:
+  a 0.4 ms step was '0 ms' and a 0.5 ms one '1 ms'."""
+  ms = seconds * 1e3
+  return f'{ms:.0f}' if ms >= 10 else f'{ms:.2g}'
 
 
 def _cost(compiled, config, devices, objective: str) -> tuple[float, float]:
