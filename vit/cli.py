@@ -177,7 +177,7 @@ def run(main: Callable[[list[str]], None]) -> None:
       sys.exit(2)
     except KeyboardInterrupt:
       # Before the loop installs its handler, or a second signal: the user insists on stopping.
-      print('interrupted: steps since the last checkpoint were not saved', file=sys.stderr)
+      print(_interrupted_line(), file=sys.stderr)
       sys.exit(130)
     except FloatingPointError as e:
       print(f'error: {e}; the state of that step was not saved', file=sys.stderr)
@@ -254,6 +254,15 @@ def tell_cache_write_failures_once(cache: str) -> None:
 def _workdir():
   """--workdir of the entry point that has one (the trainers), else None."""
   return flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
+
+
+def _interrupted_line() -> str:
+  """What a Ctrl-C that reached `run` says: a trainer's (it has --workdir) lost its steps since
+  the last checkpoint; any other command (vit.inspect, vit.plan, ...) has no steps nor
+  checkpoints, and its line said it had."""
+  if 'workdir' in flags.FLAGS:
+    return 'interrupted: steps since the last checkpoint were not saved'
+  return 'interrupted'
 
 
 def _quiet_shutdown() -> None:
