@@ -592,3 +592,21 @@ def test_mpp_train_refuses_config_init_before_writing(tmp_path):
       'starts from a random initialisation (remove config.init, or fine-tune with python -m '
       'supervised.finetune)']
   assert os.listdir(workdir) == []
+
+
+@pytest.mark.parametrize('module, args', [
+    ('supervised.train', ['--config=configs/supervised/fashion_mnist.py', '--workdir={w}']),
+    ('vit.export', ['--checkpoint={w}', '--format=hf', '--out={w}_hf']),
+    ('vit.evaluators.fewshot', ['--init=supervised:{w}']),
+])
+def test_every_command_refuses_a_word_after_its_flags(module, args, tmp_path):
+  """`supervised.train --config c.py --workdir runs/a runs/b` trained into runs/a and ignored
+  runs/b; vit.cli.run now refuses a stray word for every command that takes only flags."""
+  from vit.testing import commands
+  workdir = str(tmp_path / 'w')
+  told = commands.run_module(module, *[a.format(w=workdir) for a in args], 'stray',
+                             timeout=900)
+  assert told.returncode == 2 and told.stderr.strip().splitlines() == [
+      "error: unexpected argument 'stray': this command takes only flags (--name=value; "
+      '--help lists them)'], told.stderr[-2000:]
+  assert not os.listdir(tmp_path)  # Nothing was started.

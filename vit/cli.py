@@ -149,8 +149,11 @@ def expand_home(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flag.value = user_paths.expand(flag.value, f'--{flag.name}')
 
 
-def run(main: Callable[[list[str]], None]) -> None:
-  """absl's app.run, with UserError printed as one line (no traceback) and exit status 2."""
+def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
+  """absl's app.run, with UserError printed as one line (no traceback) and exit status 2.
+
+  A command that takes only flags (`positional` False: every command but vit.inspect.runs)
+  refuses a word after them (`refuse_arguments`) before `main` runs."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   xla_flags.apply_defaults()  # Before anything starts a backend: XLA reads them once.
   host_memory.release_after_compiles()
@@ -167,6 +170,8 @@ def run(main: Callable[[list[str]], None]) -> None:
     logging.set_verbosity(logging.WARNING)  # absl's records (jax, orbax): warnings and up.
     log_to_console()
     try:
+      if not positional:  # Before a multi-host start waits for the other processes.
+        refuse_arguments(argv)
       distributed.initialize()  # Before any backend use: multi-host jobs, CPU without libtpu.
       distributed.watch_processes(_workdir())  # A lost process: one line, not a hang.
       main(argv)

@@ -409,7 +409,7 @@ def main(argv):
   """`python -m vit.plan --config FILE --topology VERSION:AxBxC`: plans the config on the slice
   and prints the report (text, --json or a --markdown row); --search tries meshes until one
   fits. A user error (a word after the flags among them) is one line and exit status 2."""
-  cli.refuse_arguments(argv)
+  del argv  # A word after the flags: refused by vit.cli.run.
   # vit.cli.run turns on JAX's persistent compilation cache, but a step compiled for a slice
   # described by libtpu (no TPU client) is written there and cannot be read back: the next
   # plan of the same config warned 'Error reading persistent compilation cache entry'.

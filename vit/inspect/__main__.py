@@ -34,7 +34,7 @@ def main(argv):
   """`python -m vit.inspect`: writes the figures and numbers of `report.inspect` into --out, then
   prints the figures' paths and a JSON summary (model, images, mean attention distance in
   pixels). A count flag below 1, or a word after the flags, is one line and exit status 2."""
-  cli.refuse_arguments(argv)
+  del argv  # A word after the flags: refused by vit.cli.run.
   for flag in (_MAX_IMAGES, _SHOW, _BATCH):
     if flag.value < 1:
       raise UserError(f'--{flag.name}={flag.value}: must be a positive integer')

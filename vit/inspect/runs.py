@@ -155,4 +155,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   from vit import cli
-  cli.run(main)
+  cli.run(main, positional=True)  # The workdirs.

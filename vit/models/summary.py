@@ -85,7 +85,7 @@ def main(argv):
   """`python -m vit.models.summary`: prints a preset's parameters per module, the total, its
   patch grid and its forward GFLOPs per image. A model that `vit.config.validate` refuses is
   one line naming the flag, and exit status 2, as is a word after the flags."""
-  cli.refuse_arguments(argv)
+  del argv  # A word after the flags: refused by vit.cli.run.
   config, m = validated_config()
   model = config_lib.build_model(m)
   params = abstract_params(model, config.image_size)
