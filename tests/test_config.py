@@ -610,3 +610,15 @@ def test_every_command_refuses_a_word_after_its_flags(module, args, tmp_path):
       "error: unexpected argument 'stray': this command takes only flags (--name=value; "
       '--help lists them)'], told.stderr[-2000:]
   assert not os.listdir(tmp_path)  # Nothing was started.
+
+
+def test_a_boolean_flag_given_its_value_after_a_space_is_refused():
+  """absl reads `--config.fewshot.enabled False` as the bare flag (True) and leaves 'False' as
+  an argument: it trained with few-shot on; now the word is refused, saying how to write it."""
+  from vit import cli
+  with pytest.raises(UserError) as e:
+    cli.refuse_arguments(['train.py', 'False'])
+  assert str(e.value) == ("unexpected argument 'False': this command takes only flags "
+                          '(--name=value; --help lists them); a boolean flag is --name=False, '
+                          'not --name False')
+  cli.refuse_arguments(['train.py'])

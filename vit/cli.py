@@ -206,8 +206,11 @@ def refuse_arguments(argv: list[str]) -> None:
   a command that takes only flags: they were ignored without a word (`--images a.npy b.npy`
   read a.npy alone, `--max_images 16 32` used 16)."""
   if len(argv) > 1:
+    # `--config.fewshot.enabled False` set it True (a bare boolean flag) and left 'False' here.
+    boolean = (f'; a boolean flag is --name={argv[1]}, not --name {argv[1]}'
+               if argv[1].lower() in ('true', 'false') else '')
     raise UserError(f'unexpected argument {argv[1]!r}: this command takes only flags '
-                    '(--name=value; --help lists them)')
+                    f'(--name=value; --help lists them){boolean}')
 
 
 _CACHE_WRITE = 'Error writing persistent compilation cache entry'
