@@ -192,8 +192,10 @@ def final_weights(run_dir: str, path: str) -> dict:
   return dict(file=os.path.basename(path), sha256=sha256(path))
 
 
-def figures(npz: str, out: str, max_images: int = 128) -> dict:
+def figures(npz: str, out: str, max_images: int = 128, representation: str = 'auto') -> dict:
   """The §4.5 analyses (python -m vit.inspect) of the backbone or classifier in `npz`, on
   the first `max_images` Fashion-MNIST test images: PNGs, inspect.json and inspect.npz in
-  `out`; returns inspect.json's summary."""
-  return inspect_report.inspect('vit_jax:' + npz, out, max_images=max_images)
+  `out`; returns inspect.json's summary. `representation` 'patch_mean' for an exported MPP
+  backbone: its rollout reads the patch tokens' mean, as its probes do, not its class token."""
+  return inspect_report.inspect('vit_jax:' + npz, out, max_images=max_images,
+                                representation=representation)

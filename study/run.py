@@ -131,7 +131,9 @@ def _execute_later(study, run: Run, config, workdir: str, results: dict) -> dict
     npz = configs.final_weights_file(study, run.source)
     weights = execute_later.final_weights(os.path.join(workdir, 'runs', run.source), npz)
   out = os.path.join(study.figures.out, run.name.split('/', 1)[1])
-  summary = execute_later.figures(npz, out, config.max_images)
+  # An exported backbone is an MPP encoder: its rollout reads the patch mean, as its probes do.
+  summary = execute_later.figures(npz, out, config.max_images,
+                                  'patch_mean' if 'file' in source['result'] else 'auto')
   return dict(summary, out=out, weights_file=os.path.basename(npz),
               weights_sha256=weights.get('sha256'))
 

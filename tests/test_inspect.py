@@ -116,6 +116,15 @@ def test_pretraining_encoder_rollout_reads_the_mean_of_its_patch_tokens(tmp_path
     assert summary['rollout_of'] == row
     maps[spec] = np.load(out / 'inspect.npz')['rollout_maps']
   assert not np.allclose(maps['mpp:run'], maps['supervised:run'])
+  # --representation, as few-shot's: an encoder exported to vit_jax reads as its workdir did.
+  for spec, choice, row, same in [('vit_jax:e.npz', 'patch_mean', 'mean of patch tokens',
+                                   'mpp:run'),
+                                  ('mpp:run', 'pooled', 'class token', 'supervised:run')]:
+    out = tmp_path / choice
+    summary = report.inspect(spec, str(out), images=str(tmp_path / 'images.npy'), show=2,
+                             representation=choice)
+    assert summary['rollout_of'] == row
+    np.testing.assert_allclose(np.load(out / 'inspect.npz')['rollout_maps'], maps[same])
 
 
 def test_posemb_similarity_of_known_embeddings():

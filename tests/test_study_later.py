@@ -156,6 +156,10 @@ def test_figures_come_from_final_weights_and_an_export(finished):
   assert fig['mean_attention_distance_px'] == summary['mean_attention_distance_px']
   mpp = results['figures/mpp_seed0_e2']['result']
   assert mpp['weights_sha256'] == results['mpp/seed0/e2']['result']['sha256']
+  # The exported MPP encoder's rollout reads its patch tokens' mean, as its probes do; the
+  # classifier's its class token.
+  rollout_of = lambda r: json.load(open(os.path.join(r['out'], 'inspect.json')))['rollout_of']
+  assert (rollout_of(mpp), rollout_of(fig)) == ('mean of patch tokens', 'class token')
 
 
 def test_a_rerun_of_each_cell_runs_nothing_and_finds_every_digest_unchanged(finished):

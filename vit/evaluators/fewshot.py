@@ -153,7 +153,10 @@ def make_patch_mean_fn(model: ModelSpec) -> Callable:
 REPRESENTATIONS = ('auto', 'pooled', 'patch_mean')  # --representation's choices.
 
 
-def _reads_patch_mean(spec: str, choice: str) -> bool:
+def reads_patch_mean(spec: str, choice: str) -> bool:
+  """Whether `choice` (one of REPRESENTATIONS) reads the mean of the patch tokens of the
+  checkpoint init `spec` names: 'auto' for an mpp:, mae: or simmim: encoder. ValueError for
+  another choice."""
   if choice not in REPRESENTATIONS:
     raise ValueError(f'representation {choice!r}: not one of {", ".join(REPRESENTATIONS)}')
   if choice == 'auto':
@@ -173,7 +176,7 @@ def checkpoint_representation(spec: str, model: ModelSpec, choice: str = 'auto')
   is the checkpoint's (vit.init_spec.load); the params given to the result have no 'head'.
   ValueError for another choice, or 'patch_mean' of a model without a class token.
   """
-  if _reads_patch_mean(spec, choice):
+  if reads_patch_mean(spec, choice):
     return make_patch_mean_fn(model)
   return make_representation_fn(model)
 
@@ -185,7 +188,7 @@ def describe_representation(spec: str, model: ModelSpec, choice: str = 'auto') -
   class token and on the patch mean, so a result that does not say which cannot be compared."""
   fmt = spec.partition(':')[0]
   if choice != 'auto':
-    what = 'mean of patch tokens' if _reads_patch_mean(spec, choice) else _pooled_words(model)
+    what = 'mean of patch tokens' if reads_patch_mean(spec, choice) else _pooled_words(model)
     return {'representation': what,
             'representation_from': f'{fmt}: spec, --representation={choice}'}
   if fmt in init_spec.PRETRAINING:

@@ -14,6 +14,7 @@ from absl import flags
 
 from vit import checkpoints, cli
 from vit.errors import UserError
+from vit.evaluators import fewshot
 from vit.inspect import report
 
 _INIT = flags.DEFINE_string('init', None, 'The model: mpp:DIR | mae:DIR | simmim:DIR | '
@@ -28,6 +29,11 @@ _MAX_IMAGES = flags.DEFINE_integer('max_images', 128, 'Images averaged over for 
 _SHOW = flags.DEFINE_integer('show', 8, 'Images shown in the attention rollout figure, 8 per '
                              'row.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
+_REPRESENTATION = flags.DEFINE_enum(
+    'representation', 'auto', fewshot.REPRESENTATIONS,
+    "The token row the rollout reads, as few-shot's flag: 'auto' the mean of the patch tokens "
+    "of an mpp:, mae: or simmim: encoder, else the class token; 'pooled' or 'patch_mean' "
+    'whatever the format (an encoder exported to vit_jax, hf or timm).')
 
 
 def main(argv):
@@ -42,7 +48,7 @@ def main(argv):
                                        'inspect')
   summary = report.inspect(_INIT.value, _OUT.value, images=_IMAGES.value,
                            max_images=_MAX_IMAGES.value, show=_SHOW.value,
-                           batch_size=_BATCH.value)
+                           batch_size=_BATCH.value, representation=_REPRESENTATION.value)
   for name in summary['figures']:
     print(os.path.join(_OUT.value, name))
   print(json.dumps({k: summary[k] for k in ('model', 'images', 'mean_attention_distance_px')}))

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from vit import atomic_write, init_spec, preprocess
+from vit.evaluators import fewshot
 from vit.errors import UserError, write_reason
 from vit.inspect import attention, embeddings, figures, images as images_lib
 from vit.models import factory
@@ -143,17 +144,23 @@ def _write_files(result: dict, folder: str, summary: dict) -> dict:
 
 
 def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: int = 128,
-            show: int = 8, batch_size: int = 32) -> dict:
-  """Loads `spec` (vit.init_spec), runs every analysis and writes the files to `out`. An mpp:,
-  mae: or simmim: spec's rollout reads the mean of its patch tokens, the representation its
-  few-shot evaluation reads (vit.evaluators.fewshot), not its class token."""
+            show: int = 8, batch_size: int = 32, representation: str = 'auto') -> dict:
+  """Loads `spec` (vit.init_spec), runs every analysis and writes the files to `out`.
+
+  `representation` (vit.evaluators.fewshot.REPRESENTATIONS) is the row the rollout reads, as
+  few-shot reads the same spec: 'auto' reads an mpp:, mae: or simmim: encoder's mean of patch
+  tokens and a classifier's class token; 'patch_mean' reads the patch mean of any format (an
+  encoder exported to vit_jax:, hf: or timm:; a model without a class token reads its mean of
+  all tokens either way).
+  """
   ckpt = init_spec.load(spec)
+  patch_mean = fewshot.reads_patch_mean(spec, representation)
   pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images,
                                      ckpt.view)
   model = ckpt.model
   result = analyse(model, ckpt.params, pictures, show=min(show, len(pictures)),
                    batch_size=batch_size, class_names=ckpt.class_names, what=spec,
-                   patch_mean=spec.partition(':')[0] in init_spec.PRETRAINING)
+                   patch_mean=patch_mean)
   summary = dict(model=init_spec.describe(ckpt), init=spec, posemb=model.posemb,
                  attention=model.attention,
                  images=f'{len(pictures)} from {source}')
