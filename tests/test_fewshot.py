@@ -269,9 +269,8 @@ def test_the_representation_is_named_as_checkpoint_representation_reads_it():
     fewshot.checkpoint_representation('hf:dir', model, 'cls')
   import types
   flags_ = types.SimpleNamespace(representation='patch_mean', init='vit_jax:gap.npz')
-  gap_params = {k: v for k, v in params.items() if k != 'cls'}
   with pytest.raises(UserError) as e:
-    fewshot._representation_of_flags(flags_, model.replace(classifier='gap'), gap_params)
+    fewshot._representation_of_flags(flags_, model.replace(classifier='gap'))
   assert str(e.value) == ("--representation=patch_mean: vit_jax:gap.npz has no class token "
                           "(classifier 'gap'): its pooled features, the default, are the mean "
                           'of its patch tokens already')

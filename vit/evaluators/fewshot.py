@@ -366,14 +366,15 @@ def _cli_config(flags_, ckpt) -> ml_collections.ConfigDict:
   return config
 
 
-def _representation_of_flags(flags_, model: ModelSpec, params) -> Callable:
-  """checkpoint_representation of --init and --representation; --representation=patch_mean of
-  a checkpoint without a class token is one line."""
-  if flags_.representation == 'patch_mean' and 'cls' not in params:
+def _representation_of_flags(flags_, model: ModelSpec) -> Callable:
+  """checkpoint_representation of --init and --representation; its refusal of a model without
+  a class token (make_patch_mean_fn) is one line naming the flag."""
+  try:
+    return checkpoint_representation(flags_.init, model, flags_.representation)
+  except ValueError:  # The flag's enum allows no other choice: the patch mean of a GAP model.
     raise UserError(f'--representation=patch_mean: {flags_.init} has no class token '
                     f'(classifier {model.classifier!r}): its pooled features, the default, are '
-                    'the mean of its patch tokens already')
-  return checkpoint_representation(flags_.init, model, flags_.representation)
+                    'the mean of its patch tokens already') from None
 
 
 _FLAGS_OF_KEYS = {'fewshot.shots': '--shots', 'fewshot.l2_regs': '--l2_regs',
@@ -399,7 +400,7 @@ def main(argv) -> None:
   mesh = sharding.make_mesh(config.mesh)
   try:
     evaluator = FewShotEvaluator(
-        config, _representation_of_flags(flags_, model, ckpt.params), mesh)
+        config, _representation_of_flags(flags_, model), mesh)
   except ConfigError as e:  # Name the flag the user typed, not the config key it set.
     flag = _FLAGS_OF_KEYS.get(e.key)
     if flag is None:
