@@ -40,7 +40,7 @@ class MppEvaluator:
       rng = jax.random.fold_in(base, index)
       outputs, targets, corruption = objective.forward(
           model, spec, params, batch['image'], rng, False)
-      weights = corruption.corrupted & batch['mask'][:, None]
+      weights = objective.valid_rows(corruption.corrupted, batch)
       loss, metrics = objective.masked_loss(spec, outputs, targets, weights)
       count = jnp.sum(weights)
       out = {'loss': loss * count, 'patches': count.astype(jnp.float32),

@@ -173,11 +173,11 @@ def make_loss_fn(model: MppModel, spec: Spec):
   pixels), `mse` (pixels)."""
   def loss_fn(params, batch, rng, train):
     outputs, targets, corruption = forward(model, spec, params, batch['image'], rng, train)
-    return masked_loss(spec, outputs, targets, _valid_rows(corruption.corrupted, batch))
+    return masked_loss(spec, outputs, targets, valid_rows(corruption.corrupted, batch))
   return loss_fn
 
 
-def _valid_rows(corrupted: jax.Array, batch) -> jax.Array:
+def valid_rows(corrupted: jax.Array, batch) -> jax.Array:
   """The corrupted patches (bool [B, N]) of the batch's valid rows: an evaluation batch's
   padding (batch['mask'] False) counts for nothing; a training batch has no mask."""
   mask = batch.get('mask')
