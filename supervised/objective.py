@@ -83,9 +83,14 @@ class Classifier:
 
 def check_classes(m: ModelSpec) -> None:
   """ConfigError naming model.num_classes when the resolved model `m` has no head to classify
-  with."""
+  with, or model.classifier when it is 'unpooled' (no pooled token for a head)."""
   if m.num_classes is None:
     raise ConfigError('model.num_classes', None, 'must be set for classification')
+  if m.classifier == 'unpooled':
+    # A valid value for the pretraining objectives (their encoder keeps every token), but a
+    # head on the whole sequence gives [B, N, C] logits: a broadcasting traceback in the loss.
+    raise ConfigError('model.classifier', m.classifier,
+                      'has no pooled output for a classification head; use token or gap')
 
 
 def build(config: ml_collections.ConfigDict, m: ModelSpec) -> Classifier:

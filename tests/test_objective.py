@@ -159,6 +159,16 @@ def test_classifier_needs_classes():
     sup_objective.build(config, m)
 
 
+def test_classifier_refuses_an_unpooled_model():
+  """'unpooled' passes validation (the pretraining objectives' encoders use it), but a
+  classifier needs one pooled token per image: a traceback in the loss before."""
+  config = _tiny(sup_config.get_config())
+  config.model.classifier = 'unpooled'
+  m = config_lib.validate(config)
+  with pytest.raises(ConfigError, match="config.model.classifier='unpooled': has no pooled"):
+    sup_objective.build(config, m)
+
+
 def test_objectives_are_frozen():
   config = _tiny(sup_config.get_config())
   obj = sup_objective.build(config, config_lib.validate(config))
