@@ -231,6 +231,21 @@ def test_cli_on_an_npz(tmp_path):
   assert 'the supervised, MPP, MAE and SimMIM trainers' in ' '.join(helped.stdout.split())
 
 
+def test_the_output_file_is_written_before_the_json_is_printed(tmp_path, monkeypatch):
+  """`... --output F | head` closes stdout before the print ends; F was written after the
+  print, so the BrokenPipeError lost it (exit status 1, no file)."""
+  class ClosedPipe:
+    def write(self, text):
+      raise BrokenPipeError(32, 'Broken pipe')
+  monkeypatch.setattr(sys, 'stdout', ClosedPipe())
+  out = tmp_path / 'fewshot.json'
+  record = {'init': 'mpp:runs/mpp', 'results': {'1shot': 0.5}}
+  with pytest.raises(BrokenPipeError):
+    fewshot.report(record, str(out))
+  assert json.loads(out.read_text()) == record
+  assert out.read_text().endswith('}\n')  # A text file, as the printed JSON.
+
+
 def test_the_representation_is_named_as_checkpoint_representation_reads_it():
   """The CLI's JSON names the features it read: an encoder's spec (mae:) reads the mean of the
   patch tokens, a classifier's the class token (or pre_logits, or its GAP): the same weights

@@ -18,6 +18,7 @@ names (`describe_representation`): the same weights score differently on the two
 from __future__ import annotations
 
 import json
+import sys
 from typing import Callable, Optional, Sequence
 
 import jax
@@ -415,10 +416,18 @@ def main(argv) -> None:
                 **describe_representation(flags_.init, model, flags_.representation),
                 l2_reg=config.fewshot.l2_reg,
                 results=results)
-  print(json.dumps(record, indent=1))
-  if flags_.output:
-    with atomic_write.file(flags_.output) as partial, open(partial, 'w') as f:
-      json.dump(record, f, indent=1)
+  report(record, flags_.output)
+
+
+def report(record: dict, output: str | None) -> None:
+  """Writes `record` as indented JSON to `output` (when given, replacing it only when complete:
+  vit.atomic_write), then prints it. The file first: printing into a pipe its reader closed
+  (`... | head`) raises BrokenPipeError, which left no --output file after the whole evaluation."""
+  text = json.dumps(record, indent=1) + '\n'
+  if output:
+    with atomic_write.file(output) as partial, open(partial, 'w') as f:
+      f.write(text)
+  sys.stdout.write(text)
 
 
 if __name__ == '__main__':
