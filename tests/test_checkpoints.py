@@ -657,6 +657,24 @@ def test_a_checkpoints_file_in_the_workdir_is_refused_before_anything_is_written
   assert (tmp_path / 'checkpoints').read_text() == 'x'
 
 
+def test_a_workdir_inside_a_runs_checkpoints_folder_is_refused_naming_the_run(tmp_path):
+  """`--workdir runs/sup/checkpoints/6`, meant as "resume at step 6", trained a new run from
+  scratch inside the saved step's folder."""
+  run = tmp_path / 'run'
+  (run / 'checkpoints' / '6').mkdir(parents=True)
+  (run / 'batch_contract.json').write_text('{}')
+  config = tiny_config()
+  task = dataclasses.replace(tiny_task(config), init_params=lambda rng: 1 / 0)
+  for inside in (run / 'checkpoints', run / 'checkpoints' / '6', run / 'checkpoints' / '6' / 'x'):
+    with pytest.raises(UserError, match=rf'^--workdir {inside}: inside the checkpoints folder of '
+                                        rf'the run {run}, .* give --workdir {run} '):
+      loop.train(config, str(inside), task)
+  assert os.listdir(run / 'checkpoints') == ['6'] and os.listdir(run / 'checkpoints' / '6') == []
+  # A folder only named so, in no run, is an ordinary workdir's parent.
+  plain = tmp_path / 'checkpoints' / 'mine'
+  assert checkpoints.run_holding_checkpoints(str(plain)) is None
+
+
 
 def test_sigint_saves_and_resumes_exactly(tmp_path, reference, capsys):
   # Python's default_int_handler, or SIG_IGN when the suite runs as a background job.

@@ -1069,14 +1069,24 @@ def refuse_inside_checkpoints(out: str, advice: str, folder: str) -> None:
   workdir with its lock or batch contract): every reader would take it for a damaged step, and
   the next training would move it aside. The line ends with `advice` ('export elsewhere') and
   WORKDIR/`folder` as an example."""
-  path = os.path.realpath(out)
+  workdir = run_holding_checkpoints(out)
+  if workdir is not None:
+    raise UserError(f'--out {out}: inside the checkpoints folder of the run {workdir}, '
+                    f'which holds only its saved steps; {advice} (e.g. {workdir}/{folder})')
+
+
+def run_holding_checkpoints(path: str) -> Optional[str]:
+  """The workdir (real path) of the run whose WORKDIR/checkpoints folder `path` is or lies
+  under, a run being a folder with its lock or batch contract beside `checkpoints/`; None
+  otherwise (a folder that is only named `checkpoints`)."""
+  path = os.path.realpath(path)
   while os.path.dirname(path) != path:
     workdir = os.path.dirname(path)
     if os.path.basename(path) == 'checkpoints' and any(
         os.path.exists(os.path.join(workdir, f)) for f in (LOCK_FILE, 'batch_contract.json')):
-      raise UserError(f'--out {out}: inside the checkpoints folder of the run {workdir}, '
-                      f'which holds only its saved steps; {advice} (e.g. {workdir}/{folder})')
+      return workdir
     path = workdir
+  return None
 
 
 def training_now(workdir: str) -> Optional[str]:

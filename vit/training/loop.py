@@ -69,8 +69,17 @@ def _warn_if_warmup_fills_run(config, schedule) -> None:
 
 
 def _check_workdir(workdir: str) -> None:
+  """UserError naming --workdir when it is empty, a file, not writable, inside another run's
+  checkpoints folder, or holds a `checkpoints` that is not a directory."""
   if not workdir.strip():
     raise UserError(f'--workdir {workdir!r}: empty; name the directory of the run')
+  run = checkpoints.run_holding_checkpoints(workdir)
+  if run is not None:
+    # `--workdir runs/sup/checkpoints/600`, meant as "resume at step 600", started a new run
+    # from scratch inside the saved step's folder.
+    raise UserError(f'--workdir {workdir}: inside the checkpoints folder of the run {run}, '
+                    f'which holds only its saved steps; to resume that run give --workdir {run} '
+                    '(it resumes from its newest step), or start a new run elsewhere')
   try:
     os.makedirs(workdir, exist_ok=True)
     # A file of this process's own (no name at all with O_TMPFILE): two runs started at once
