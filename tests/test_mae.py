@@ -302,7 +302,7 @@ def test_short_run_learns_beyond_predicting_zero(tmp_path):
   """60 steps on Fashion-MNIST: the held-out loss falls from the initial model's and ends
   below the zero prediction's (the per-patch mean: the whole loss of a flat patch)."""
   from mae import train
-  from vit.training import loop
+  from vit.training import loop, optimizers
   config = mae_config.get_config()
   config.total_steps, config.batch_size, config.eval_batch_size, config.log_every = 60, 32, 128, 60
   config.data.channels = 1
@@ -312,11 +312,16 @@ def test_short_run_learns_beyond_predicting_zero(tmp_path):
   config.mae.eval_examples = 256
   task = train.build_task(config, config_lib.validate(config))
   evaluator = task.evaluators[0]
-  params = nn.unbox(jax.jit(task.init_params)(jax.random.key(config.seed)))
+  # The initial params as the loop makes them (its init program, on its mesh): the loop's init
+  # and its last evaluation then reuse the programs compiled here, not compile their own twins.
+  build, _ = loop.create_state(task, optimizers.build(config.optimizer, config.total_steps)[0],
+                               config, task.mesh)
+  with jax.set_mesh(task.mesh):
+    params = build().params
   before = evaluator.evaluate(params)['loss']
   pred = params['decoder']['decoder_pred']
   zero = evaluator.evaluate(dict(params, decoder=dict(
-      params['decoder'], decoder_pred=jax.tree.map(np.zeros_like, pred))))['loss']
+      params['decoder'], decoder_pred=jax.tree.map(jnp.zeros_like, pred))))['loss']
   after = evaluator.evaluate(loop.train(config, str(tmp_path), task).state.params)['loss']
   assert after < before - 0.5 and after < zero - 0.01, (before, zero, after)
 
