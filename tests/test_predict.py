@@ -122,6 +122,12 @@ def test_ambiguous_arrays_other_entries_and_undecodable_names(tmp_path, capsys):
       f'--images {tmp_path}/one.npy: shape (28, 28, 3) is ambiguous (one [H, W, C] image or 28 '
       f'greyscale images 28 wide?); pass one image as [1, H, W, C] (np.expand_dims(x, 0)), '
       f'greyscale ones as [B, H, W, 1]')
+  np.save(tmp_path / 'grey.npy', np.zeros((28, 28), np.uint8))  # One image, no batch axis.
+  with pytest.raises(UserError) as e:
+    predict.read_images(str(tmp_path / 'grey.npy'))
+  assert str(e.value) == (
+      f'--images {tmp_path}/grey.npy: shape (28, 28); expected [N, H, W, C] with C 1 or 3, or '
+      f'[N, H, W] greyscale (one image: np.expand_dims(x, 0))')
   folder = tmp_path / 'imgs'
   (folder / 'more').mkdir(parents=True)
   (folder / 'notes.txt').write_text('not an image')

@@ -133,7 +133,9 @@ def read_npy(path: str, label: str) -> np.ndarray:
   if images.ndim == 3:  # [N, H, W]: greyscale without a channel axis.
     images = images[..., None]
   if images.ndim != 4 or images.shape[-1] not in (1, 3) or 0 in images.shape:
-    raise UserError(f'{label}: shape {images.shape}; expected [N, H, W, C] with C 1 or 3')
+    # Name the greyscale layout too: a single [H, W] image was told only of [N, H, W, C].
+    raise UserError(f'{label}: shape {images.shape}; expected [N, H, W, C] with C 1 or 3, or '
+                    '[N, H, W] greyscale (one image: np.expand_dims(x, 0))')
   return images
 
 
