@@ -141,8 +141,7 @@ def test_too_few_examples_per_class_is_an_error():
 
 @pytest.mark.parametrize('flag,value,message', [
     ('l2_reg', -1.0, '--l2_reg=-1: must be > 0'),
-    ('max_test', -5, '--max_test=-5: must be a positive integer (test examples)'),
-    ('max_test', 0, '--max_test=0: must be a positive integer (test examples)'),
+    ('max_test', -5, '--max_test=-5: must be an integer >= 0 (test examples; 0: all)'),
     ('shots', ['1', '0'], "--shots=1,0: '0' is not a positive integer"),
     ('l2_regs', ['1', 'x'], "--l2_regs=1,x: 'x' is not a positive number"),
     # Tracebacks before (a ZeroDivisionError, numpy's seed, a negative shape in the init).
@@ -162,6 +161,17 @@ def test_cli_flags_are_named_with_their_values(flag, value, message):
   with pytest.raises(UserError) as e:
     fewshot._check_flags(flags_)
   assert str(e.value) == message
+
+
+def test_cli_max_test_0_is_all_of_the_test_split_as_the_config_key():
+  import types
+  flags_ = types.SimpleNamespace(shots=['1', '5'], l2_regs=['1', '16'], l2_reg=1024.0,
+                                 max_test=0, batch_size=256, seed=0, image_size=None,
+                                 dataset='fashion_mnist', data_dir=None, train_split='train',
+                                 test_split='test')
+  fewshot._check_flags(flags_)
+  ckpt = types.SimpleNamespace(image_size=28, channels=1)
+  assert fewshot._cli_config(flags_, ckpt).fewshot.max_test == 0
 
 
 def test_cli_on_an_npz(tmp_path):

@@ -299,7 +299,8 @@ def _define_flags():
                     'L2 strengths to report')
   flags.DEFINE_float('l2_reg', 2.0 ** 10, 'the L2 strength of the headline numbers')
   flags.DEFINE_integer('seed', 0, 'seed of the shot sampling')
-  flags.DEFINE_integer('max_test', 10000, 'evaluate on at most this many test examples')
+  flags.DEFINE_integer('max_test', 10000, 'evaluate on at most this many test examples (a '
+                       'seeded subset; 0: all of them, as config.fewshot.max_test)')
   flags.DEFINE_integer('image_size', None, 'resolution (default: the checkpoint\'s)')
   flags.DEFINE_integer('batch_size', 256, 'images per forward pass')
   flags.DEFINE_string('output', None, 'also write the JSON printed (the results, the '
@@ -326,8 +327,9 @@ def _check_flags(flags_) -> None:
                         f'{"integer" if convert is int else "number"}')
   if flags_.l2_reg <= 0:
     raise UserError(f'--l2_reg={flags_.l2_reg:g}: must be > 0')
-  if flags_.max_test < 1:
-    raise UserError(f'--max_test={flags_.max_test}: must be a positive integer (test examples)')
+  if flags_.max_test < 0:
+    raise UserError(f'--max_test={flags_.max_test}: must be an integer >= 0 (test examples; '
+                    '0: all)')
   if flags_.batch_size < 1 or flags_.batch_size % jax.device_count():
     raise UserError(f'--batch_size={flags_.batch_size}: must be a positive multiple of the '
                     f'{jax.device_count()} devices')
