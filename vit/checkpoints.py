@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import gc
 import glob
@@ -342,16 +343,45 @@ class SaveFailed(UserError):
     super().__init__(f'{what} ({reason}); {stopped}{complete}; {cure} the same command {again}')
 
 
-def _remove_unfinished(mngr: ocp.CheckpointManager, step: int) -> None:
+def _remove_unfinished(mngr: ocp.CheckpointManager, step: int, settle_s: float = 0.2,
+                       timeout_s: float = 10.0) -> None:
   """Removes what the failed save of `step` wrote (`STEP.orbax-checkpoint-tmp*`), so that the
   space a full disk needs back is not held by a checkpoint that can never be read; orbax would
-  remove it only when the next run opens the folder. Called once the save has ended (failed):
-  nothing writes there any more. Several processes keep theirs for that next run: another may
-  still be writing. A removal that fails (no permission) leaves it to that run too."""
+  remove it only when the next run opens the folder. Called once orbax has reported the save
+  failed; TensorStore's writes of it, in C++ threads nothing awaits, may still land for a moment
+  after that (a 977-byte data file written after the removal left the folder behind in one test
+  run), so the removal repeats until the folder has stayed absent for `settle_s` seconds, for at
+  most `timeout_s`. Several processes keep theirs for that next run: another may still be
+  writing. A removal refused (no permission, a read-only volume) leaves it to that run too."""
   unfinished = f'{step}{ocp.path.step.TMP_DIR_SUFFIX}*'
   pattern = os.path.join(glob.escape(str(mngr.directory)), unfinished)
-  for partial in glob.glob(pattern):
-    shutil.rmtree(partial, ignore_errors=True)
+  deadline, absent_since = time.monotonic() + timeout_s, None
+  while time.monotonic() < deadline:
+    partials = glob.glob(pattern)
+    if partials:
+      absent_since = None
+      if not all(_remove_tree(partial) for partial in partials):
+        return
+    elif absent_since is None:
+      absent_since = time.monotonic()
+    elif time.monotonic() - absent_since >= settle_s:
+      return
+    time.sleep(0.02)
+
+
+def _remove_tree(path: str) -> bool:
+  """shutil.rmtree of `path`; False when a removal was refused (an OSError other than the
+  races of a write landing meanwhile: a file gone already, a folder not empty any more)."""
+  refused = []
+
+  def on_error(function, failed, exc_info):
+    del function, failed
+    error = exc_info[1]
+    if getattr(error, 'errno', None) not in (errno.ENOENT, errno.ENOTEMPTY):
+      refused.append(error)
+
+  shutil.rmtree(path, onerror=on_error)
+  return not refused
 
 
 class _StopOnFailedWrite:
