@@ -99,9 +99,7 @@ def finetune(config, workdir: str, *, train_source=None, eval_source=None) -> lo
   if not checkpoints.has_steps(workdir):  # Resuming, the loop says so once it accepts.
     logger.info('fine-tuning from %s: %s -> %spx, %s classes', init_spec.origin(config.init, ckpt),
                 init_spec.describe(ckpt), config.image_size, m.num_classes)
-    warning = init_spec.unfinished(config.init, ckpt)
-    if warning:
-      logger.warning(warning)
+    init_spec.warn_if_unfinished(config.init, ckpt)
   source = (train_source if train_source is not None
             else pipeline.make_source(config, config.data.train_split))
   task = build_task(config, m, ckpt, train_source=source, eval_source=eval_source)

@@ -79,6 +79,7 @@ def prepare_images(images: Sequence[np.ndarray], size: int, channels: int,
 def load_classifier(spec: str, resolution: Optional[int] = None):
   """(apply_fn(uint8 batch) -> logits, checkpoint, resolution) for a checkpoint with a head."""
   ckpt = init_spec.load(spec)
+  init_spec.warn_if_unfinished(spec, ckpt)
   model = ckpt.model
   if model.num_classes is None:
     raise UserError(f'--init {spec}: has no classification head (an MPP or headless '

@@ -226,3 +226,19 @@ def test_a_finished_run_and_a_published_format_get_no_warning():
   published = init_spec.Checkpoint({}, None, None, 28, 3)
   assert init_spec.origin('vit_jax:m.npz', published) == 'vit_jax:m.npz'
   assert init_spec.unfinished('vit_jax:m.npz', published) is None
+
+
+def test_inspect_warns_of_an_unfinished_run_as_fine_tuning_and_export_do(stopped_mae, caplog,
+                                                                         tmp_path):
+  """Figures of a run stopped at step 1 of 30 were drawn without a word; the readers of a
+  workdir (fine-tuning, export, few-shot, predict, inspect) share init_spec.warn_if_unfinished."""
+  from vit.inspect import report
+  home, _ = stopped_mae
+  spec = f'mae:{home}/nu_runs/mae'
+  caplog.set_level(logging.WARNING)
+  report.inspect(spec, str(tmp_path / 'figures'), max_images=2, show=1, batch_size=2)
+  warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+  assert f'{spec}: the run stopped before its end (step 1 of its config.total_steps 30); using ' \
+         'step 1 anyway (rerun its training command with the same --workdir to finish it)' \
+         in warnings, warnings
+  assert os.path.exists(tmp_path / 'figures' / 'inspect.json')

@@ -184,9 +184,7 @@ def main(argv):
   ckpt = export(f.checkpoint, f.format, f.out, use_ema=f.ema)
   logger.info('exported %s (%s) as %s to %s', init_spec.origin(f.checkpoint, ckpt),
               init_spec.describe(ckpt), f.format, f.out)
-  warning = init_spec.unfinished(f.checkpoint, ckpt)
-  if warning:
-    logger.warning(warning)
+  init_spec.warn_if_unfinished(f.checkpoint, ckpt)
   for note in notes(f.format, ckpt, f.out):
     logger.info('note: %s', note)
 

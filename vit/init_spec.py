@@ -269,6 +269,14 @@ def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
           'the same --workdir to finish it)')
 
 
+def warn_if_unfinished(spec: str, ckpt: Checkpoint) -> None:
+  """Logs `unfinished`'s line as a warning, if any: every command that reads a workdir's weights
+  (fine-tuning, export, few-shot, predict, inspect) says it read a run short of its end."""
+  warning = unfinished(spec, ckpt)
+  if warning:
+    logger.warning(warning)
+
+
 def describe(ckpt: Checkpoint) -> str:
   """One line for the logs: sizes, classifier, resolution and head of a checkpoint."""
   return (f'{architecture.summary(ckpt.model)}, classifier {ckpt.model.classifier}, '

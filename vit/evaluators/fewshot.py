@@ -394,6 +394,7 @@ def main(argv) -> None:
   _check_flags(flags_)
   _check_output(flags_)
   ckpt = init_spec.load(flags_.init)
+  init_spec.warn_if_unfinished(flags_.init, ckpt)
   _check_image_size(flags_, ckpt)
   config = _cli_config(flags_, ckpt)
   model = ckpt.model.replace(num_classes=None)

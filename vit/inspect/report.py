@@ -154,6 +154,7 @@ def inspect(spec: str, out: str, *, images: Optional[str] = None, max_images: in
   all tokens either way).
   """
   ckpt = init_spec.load(spec)
+  init_spec.warn_if_unfinished(spec, ckpt)
   patch_mean = fewshot.reads_patch_mean(spec, representation)
   pictures, source = images_lib.load(images, ckpt.image_size, ckpt.channels, max_images,
                                      ckpt.view)
