@@ -657,7 +657,8 @@ def test_a_checkpoints_file_in_the_workdir_is_refused_before_anything_is_written
   assert (tmp_path / 'checkpoints').read_text() == 'x'
 
 
-def test_a_workdir_inside_a_runs_checkpoints_folder_is_refused_naming_the_run(tmp_path):
+def test_a_workdir_inside_a_runs_checkpoints_folder_is_refused_naming_the_run(tmp_path,
+                                                                             monkeypatch):
   """`--workdir runs/sup/checkpoints/6`, meant as "resume at step 6", trained a new run from
   scratch inside the saved step's folder."""
   run = tmp_path / 'run'
@@ -670,9 +671,17 @@ def test_a_workdir_inside_a_runs_checkpoints_folder_is_refused_naming_the_run(tm
                                         rf'the run {run}, .* give --workdir {run} '):
       loop.train(config, str(inside), task)
   assert os.listdir(run / 'checkpoints') == ['6'] and os.listdir(run / 'checkpoints' / '6') == []
-  # A folder only named so, in no run, is an ordinary workdir's parent.
+  # A folder only named so, in no run, is an ordinary workdir's parent, saved steps or not.
   plain = tmp_path / 'checkpoints' / 'mine'
+  (tmp_path / 'checkpoints' / '1').mkdir(parents=True)
   assert checkpoints.run_holding_checkpoints(str(plain)) is None
+  # The run is named as the user spelt it; through a link, by its real path.
+  monkeypatch.chdir(tmp_path)
+  assert checkpoints.run_holding_checkpoints('run/./checkpoints/6/x') == 'run'
+  assert checkpoints.run_holding_checkpoints('checkpoints/../run/checkpoints') == 'run'
+  os.symlink(run / 'checkpoints' / '6', tmp_path / 'latest')
+  assert checkpoints.run_holding_checkpoints('latest/x') == str(run)
+  assert checkpoints.run_holding_checkpoints('run') is None
 
 
 

@@ -1095,9 +1095,9 @@ def workdir_lock(workdir: str) -> Iterator[None]:
 
 
 def refuse_inside_checkpoints(out: str, advice: str, folder: str) -> None:
-  """UserError when the output `out` is, or lies under, WORKDIR/checkpoints of a run (a
-  workdir with its lock or batch contract): every reader would take it for a damaged step, and
-  the next training would move it aside. The line ends with `advice` ('export elsewhere') and
+  """UserError when the output `out` is, or lies under, WORKDIR/checkpoints of a run
+  (`run_holding_checkpoints`): every reader would take it for a damaged step, and the next
+  training would move it aside. The line ends with `advice` ('export elsewhere') and
   WORKDIR/`folder` as an example."""
   workdir = run_holding_checkpoints(out)
   if workdir is not None:
@@ -1106,17 +1106,24 @@ def refuse_inside_checkpoints(out: str, advice: str, folder: str) -> None:
 
 
 def run_holding_checkpoints(path: str) -> Optional[str]:
-  """The workdir (real path) of the run whose WORKDIR/checkpoints folder `path` is or lies
-  under, a run being a folder with its lock or batch contract beside `checkpoints/`; None
-  otherwise (a folder that is only named `checkpoints`)."""
-  path = os.path.realpath(path)
-  while os.path.dirname(path) != path:
-    workdir = os.path.dirname(path)
-    if os.path.basename(path) == 'checkpoints' and any(
-        os.path.exists(os.path.join(workdir, f)) for f in (LOCK_FILE, 'batch_contract.json')):
-      return workdir
-    path = workdir
+  """The workdir of the run whose WORKDIR/checkpoints folder `path` is or lies under, spelt as
+  `path` spells it where that shows the folder, else as its real path (`path` reaching the
+  folder through a symbolic link); None when no run holds it (a folder only named
+  `checkpoints`, `is_run`). The deepest such folder is taken."""
+  for spelt in (os.path.normpath(path), os.path.realpath(path)):
+    head, tail = os.path.split(spelt)
+    while tail:
+      workdir = head or os.curdir
+      if tail == 'checkpoints' and is_run(workdir):
+        return workdir
+      head, tail = os.path.split(head)
   return None
+
+
+def is_run(workdir: str) -> bool:
+  """Whether `workdir` is a training run's: it holds the lock or the batch contract that every
+  trainer writes before its first step (a folder of saved steps alone may be anyone's)."""
+  return any(os.path.exists(os.path.join(workdir, f)) for f in (LOCK_FILE, 'batch_contract.json'))
 
 
 def training_now(workdir: str) -> Optional[str]:

@@ -103,8 +103,7 @@ def _refuse_a_foreign_folder(out: str) -> None:
   if not os.path.isdir(out):
     return
   names = os.listdir(out)
-  if any(os.path.exists(os.path.join(out, f))
-         for f in (checkpoints.LOCK_FILE, 'batch_contract.json')):
+  if checkpoints.is_run(out):
     raise UserError(f'--out {out}: the workdir of a training run; export elsewhere (e.g. '
                     f'{os.path.join(out, "export")})')
   # What a model repository holds besides a model (a clone of a Hub repository to fill: .git,

@@ -217,12 +217,8 @@ def _refuse_inside_checkpoints(path: str, label: str, fmt: Optional[str]) -> Non
   `checkpoints/`, and read its newest step that reads; no earlier step can be chosen."""
   if os.path.isdir(os.path.join(path, 'checkpoints')):
     return
-  parts = os.path.normpath(path).split(os.sep)  # The path as the user gave it, shortened.
-  if 'checkpoints' not in parts:
-    return
-  at = len(parts) - 1 - parts[::-1].index('checkpoints')
-  workdir = os.sep.join(parts[:at]) or (os.sep if os.path.isabs(path) else os.curdir)
-  if not checkpoints.has_steps(workdir):  # A folder named so by chance, not a run's.
+  workdir = checkpoints.run_holding_checkpoints(path)
+  if workdir is None:  # A folder named so by chance, not a run's.
     return
   given = f'{fmt}:{workdir}' if fmt else workdir
   raise UserError(f'{label}: inside the checkpoints folder of the run {workdir}; give the run '
