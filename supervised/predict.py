@@ -24,7 +24,7 @@ from absl import flags
 
 from vit import atomic_write, cli, config as config_lib, init_spec
 from vit.data import decoding, transforms
-from vit.errors import UserError
+from vit.errors import UserError, counted
 from vit.preprocess import input_fn
 
 logger = logging.getLogger(__name__)
@@ -43,14 +43,17 @@ def read_images(path: str) -> tuple[list[np.ndarray], list[str]]:
 def _read_directory(path: str) -> tuple[list[np.ndarray], list[str]]:
   names, hidden = decoding.images_in(path)
   if hidden:
-    logger.info(f'--images {path}: skipped {len(hidden)} hidden entries ({", ".join(hidden[:3])}'
+    skipped = counted(len(hidden), 'hidden entry', 'hidden entries')
+    logger.info(f'--images {path}: skipped {skipped} ({", ".join(hidden[:3])}'
                 f'{", ..." if len(hidden) > 3 else ""})')
   others = sorted(set(os.listdir(path)) - set(names) - set(hidden))
   folders = [n for n in others if os.path.isdir(os.path.join(path, n))]
   files = [n for n in others if n not in folders]
   if others:  # Only the images directly in DIR are read.
-    logger.info(f'--images {path}: skipped {len(folders)} sub-folders and {len(files)} files '
-                f'without an image extension ({", ".join(_printable(n) for n in others[:3])}'
+    skipped = ([counted(len(folders), 'sub-folder', 'sub-folders')] if folders else []) + (
+        [f'{counted(len(files), "file", "files")} without an image extension'] if files else [])
+    logger.info(f'--images {path}: skipped {" and ".join(skipped)} '
+                f'({", ".join(_printable(n) for n in others[:3])}'
                 f'{", ..." if len(others) > 3 else ""})')
   if not names:
     raise UserError(f'--images {path}: no image files ({", ".join(decoding.IMAGE_SUFFIXES)})')

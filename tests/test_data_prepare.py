@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from vit import config as config_lib
-from vit.data import pipeline, prepare
+from vit.data import decoding, pipeline, prepare
 from vit.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,6 +165,10 @@ def test_scan_skips_hidden_entries_follows_links_and_reports(tmp_path):
       f'{folder}/cat/linked_back -> {os.path.realpath(folder)} (a link loop)']
   assert scan.empty == [f'{folder}/fox (1 other file: fox.heic)']
   assert scan.not_images == [f'{folder}/fox/fox.heic']
+  assert scan.report()[:2] == [
+      f'skipped 2 hidden entries: {folder}/.ipynb_checkpoints, {folder}/cat/._0.png',
+      f'skipped 1 file without an image extension ({" ".join(decoding.IMAGE_SUFFIXES)}): '
+      f'{folder}/fox/fox.heic']
   assert scan.report()[-6:] == ['4 classes:', 'label  train  class', '    0      3  cat',
                                 '    1      1  dog', '    2      1  eel', '    3      0  fox']
 

@@ -106,7 +106,7 @@ def test_image_folder_decoding_sixteen_bit_rotated_and_hidden_files(tmp_path, ca
   (folder / '._a_sixteen.png').write_bytes(b'\x00\x05\x16\x07 macOS resource fork')
   images, names = predict.read_images(str(folder))
   assert names == ['a_sixteen.png', 'b_turned.png']
-  assert 'skipped 1 hidden entries (._a_sixteen.png)' in capsys.readouterr().out
+  assert 'skipped 1 hidden entry (._a_sixteen.png)' in capsys.readouterr().out
   np.testing.assert_array_equal(images[0][..., 0], k)
   np.testing.assert_array_equal(images[1][..., 0], np.rot90(k, -1))
   (folder / 'c_broken.png').write_bytes(b'\x89PNG\r\n\x1a\n')
@@ -134,7 +134,7 @@ def test_ambiguous_arrays_other_entries_and_undecodable_names(tmp_path, capsys):
   Image.fromarray(np.zeros((4, 4), np.uint8)).save(folder / 'a.png')
   assert predict.read_images(str(folder))[1] == ['a.png']
   assert capsys.readouterr().out == (
-      f'--images {folder}: skipped 1 sub-folders and 1 files without an image extension '
+      f'--images {folder}: skipped 1 sub-folder and 1 file without an image extension '
       f'(more, notes.txt)\n')
   name = os.fsdecode(b'caf\xe9.png')  # Latin-1 bytes: a lone surrogate in the str.
   rows = predict.top_k(np.zeros((1, 2)), [name], None)

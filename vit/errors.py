@@ -17,6 +17,11 @@ class ConfigError(UserError):
     self.key, self.value, self.problem = key, value, problem  # For CLIs that name their flags.
 
 
+def counted(n: int, one: str, many: str) -> str:
+  """'1 file', '0 files', '3 files': a count in a user's line with its noun agreeing."""
+  return f'{n} {one if n == 1 else many}'
+
+
 def write_reason(e: OSError) -> str:
   """Plain words for a failed write or folder creation at `e.filename`: 'F is a file, not a
   directory' where the path runs through a regular file F (ENOTDIR; EEXIST from os.makedirs),

@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from vit import atomic_write, cli, user_paths
 from vit.data import decoding, fashion_mnist
-from vit.errors import UserError
+from vit.errors import UserError, counted
 
 logger = logging.getLogger(__name__)
 
@@ -71,10 +71,10 @@ class Scan:
 
   def report(self) -> list[str]:
     """Lines for the user: what was skipped, then the classes with their images per split."""
-    lines = ([f'skipped {len(self.hidden)} hidden entries: {_some(self.hidden)}']
-             if self.hidden else [])
-    lines += ([f'skipped {len(self.not_images)} files without an image extension '
-               f'({" ".join(decoding.IMAGE_SUFFIXES)}): {_some(self.not_images)}']
+    lines = ([f'skipped {counted(len(self.hidden), "hidden entry", "hidden entries")}: '
+              f'{_some(self.hidden)}'] if self.hidden else [])
+    lines += ([f'skipped {counted(len(self.not_images), "file", "files")} without an image '
+               f'extension ({" ".join(decoding.IMAGE_SUFFIXES)}): {_some(self.not_images)}']
               if self.not_images else [])
     lines += [f'not followed: {x}' for x in self.not_followed]
     lines += [f'class folder without images: {x}' for x in self.empty]
@@ -189,8 +189,9 @@ def scan_folder(path: str) -> Scan:
   for split, root in split_roots.items():
     loose, _ = decoding.images_in(root)
     if loose:
+      found = counted(len(loose), 'image file', 'image files')
       raise UserError(f'{os.path.join(root, loose[0])}: images must be inside a class '
-                      f'sub-folder ({len(loose)} image files found directly in {root})')
+                      f'sub-folder ({found} found directly in {root})')
     items, labels = [], []
     for label, name in enumerate(class_names):
       folder = os.path.join(root, name)
