@@ -280,10 +280,12 @@ def test_unknown_split_lists_the_splits(data_dir):
     pipeline.train_dataset(config)
 
 
-def test_tfds_dataset_not_prepared_in_data_dir(tmp_path):
+def test_tfds_dataset_not_prepared_in_data_dir(tmp_path, caplog):
   config = make_config(str(tmp_path))
   with pytest.raises(UserError, match=r'tfds:vit_test_images: not prepared under'):
     pipeline.make_source(config, 'train')
+  # TFDS' own 'Variant folder ... has no dataset_info.json' warning no longer comes first.
+  assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 @pytest.mark.parametrize('bad_id, message', [

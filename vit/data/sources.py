@@ -11,8 +11,10 @@ reported with its index (or skipped) instead of failing deep inside TFDS.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import glob
+import logging
 import os
 from typing import Any, Optional, Sequence
 
@@ -70,17 +72,43 @@ def open_tfds(name: str, data_dir: Optional[str], split: str, split_key: str) ->
   tfds = _tfds()
   if data_dir is not None and not os.path.isdir(data_dir):
     raise ConfigError('data.data_dir', data_dir, 'no such directory')
+  # TFDS warns 'Variant folder DIR has no dataset_info.json' of a dataset not prepared: the
+  # line below says that and what to do, so its warnings are shown only when it goes on.
   try:
-    builder = tfds.builder(name, data_dir=data_dir)
+    with _held_logs('absl') as held:
+      builder = tfds.builder(name, data_dir=data_dir)
+      prepared = builder.is_prepared()
   except tfds.core.registered.DatasetNotFoundError:
     raise ConfigError('data.source', f'tfds:{name}',
                       f'no TFDS dataset of that name, registered or prepared under '
                       f'config.data.data_dir={data_dir!r}') from None
-  if not builder.is_prepared():
+  if not prepared:
     raise UserError(f'tfds:{name}: not prepared under {builder.data_dir}; prepare it with '
                     f'`tfds build {name} --data_dir=DIR --file_format=array_record` and set '
                     f'config.data.data_dir=DIR')
+  for record in held:
+    logging.getLogger(record.name).handle(record)
   return _open_split(builder, split, f'tfds:{name}', split_key)
+
+
+@contextlib.contextmanager
+def _held_logs(name: str):
+  """Keeps the records logged to logger `name` itself (not its children) inside the block, in a
+  list, instead of emitting them: the caller emits them (`logger.handle`) or drops them."""
+  held: list[logging.LogRecord] = []
+
+  class Hold(logging.Filter):
+
+    def filter(self, record: logging.LogRecord) -> bool:
+      held.append(record)
+      return False
+
+  logger, hold = logging.getLogger(name), Hold()
+  logger.addFilter(hold)
+  try:
+    yield held
+  finally:
+    logger.removeFilter(hold)
 
 
 def find_prepared(directory: str) -> str:
