@@ -171,11 +171,21 @@ def not_fresh(path: str) -> str | None:
 
 
 def main(argv=None) -> dict:
-  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-  parser.add_argument('--trials', type=int, default=3)
-  parser.add_argument('--kills', type=int, default=2, help='kills per trial')
-  parser.add_argument('--steps', type=int, default=30)
-  parser.add_argument('--seed', type=int, default=0)
+  parser = argparse.ArgumentParser(
+      description=__doc__.split('\n\n')[0],
+      formatter_class=argparse.RawDescriptionHelpFormatter,
+      epilog='example:\n    python -m benchmarks.chaos --trials 5 --kills 2\n\nThe module\'s '
+             'docstring says more (python -m pydoc benchmarks.chaos);\n'
+             'docs/guides/fault_tolerance.md describes the test.')
+  parser.add_argument('--trials', type=int, default=3,
+                      help='killed-and-resumed runs, each compared with the reference (default: 3)')
+  parser.add_argument('--kills', type=int, default=2,
+                      help='SIGKILLs per trial, each followed by a rerun (default: 2)')
+  parser.add_argument('--steps', type=int, default=30,
+                      help='config.total_steps of every run, at least 2; a checkpoint every '
+                           f'{CHECKPOINT_EVERY} (default: 30)')
+  parser.add_argument('--seed', type=int, default=0,
+                      help='seed of the kill points (step and delay) (default: 0)')
   parser.add_argument('--workdir', default=None, help='a new or empty folder, kept; a temporary '
                       'directory otherwise')
   args = parser.parse_args(argv)

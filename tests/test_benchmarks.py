@@ -342,6 +342,19 @@ def test_attention_kernels_without_a_gpu_is_one_line(platforms, line):
   assert run.returncode == 2 and run.stderr.strip().splitlines() == [line], run.stderr
 
 
+def test_chaos_help_describes_every_flag_with_its_default(capsys):
+  """--trials, --steps and --seed were listed bare: no word of what they count, nor defaults."""
+  from benchmarks import chaos
+  with pytest.raises(SystemExit) as e:
+    chaos.main(['--help'])
+  flat = ' '.join(capsys.readouterr().out.split())
+  assert e.value.code == 0
+  for flag, default in (('--trials', 3), ('--kills', 2), ('--steps', 30), ('--seed', 0)):
+    described = flat.split(f'{flag} {flag[2:].upper()} ', 1)[1]
+    assert f'(default: {default})' in described.split(' --')[0], flag
+  assert 'python -m benchmarks.chaos --trials 5 --kills 2' in flat
+
+
 def test_chaos_refuses_a_workdir_that_is_not_empty_and_leaves_it_as_it_is(tmp_path, capsys):
   """A kept --workdir run again resumed every trial from its finished checkpoints ("kills": 0,
   yet "identical": 1), and with a smaller --steps restored a step never saved (a traceback)."""
