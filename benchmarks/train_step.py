@@ -579,10 +579,11 @@ def parse_args(argv=None):
                  help='PyTorch peers to time alongside, skipped when not installed (default: '
                       f'{",".join(PEERS)})')
   p.add_argument('--variants', type=_csv('variant'), default=['base'],
-                 help='our step\'s variants: base, no_donate, sync_every_step, '
+                 help='comma-separated, of our step\'s variants: base, no_donate, sync_every_step, '
                       'einsum_attention, bf16, bf16_xla, bf16_cudnn, remat, no_xla_defaults, '
                       'no_heap_trim, flax_layer_norm, corruption_0.75 (MPP at 75%%), '
-                      'scan:K (K steps per call), or xla:FLAGS (docs/performance.md)')
+                      'scan:K (K steps per call), or xla:FLAGS (docs/performance.md) '
+                      '(default: base)')
   p.add_argument('--rounds', type=positive, default=3,
                  help='rounds of turns; the figures are medians over them (default: 3)')
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',
@@ -594,7 +595,7 @@ def parse_args(argv=None):
                  help='train steps a worker times per turn (default: the shape\'s own)')
   p.add_argument('--process', choices=('isolated', 'shared'), default='isolated',
                  help='isolated: a worker process per case; shared: every case, peers and '
-                      'yardstick in one process (CPU only)')
+                      'yardstick in one process (CPU only) (default: isolated)')
   p.add_argument('--threads', type=int, choices=(0, 1), default=0,
                  help='1: every worker as a study worker runs (study/run.py): one core, one '
                       'thread for XLA and PyTorch; 0 (default): the libraries\' thread pools')
