@@ -1,5 +1,8 @@
-"""Classify images with any checkpoint:
+"""Classify images with any checkpoint that has a classification head:
 `python -m supervised.predict --init SPEC --images FILE.npy|DIR --output OUT.npy|OUT.json`.
+
+SPEC is supervised:DIR (a supervised.train or supervised.finetune workdir), vit_jax:FILE.npz,
+hf:DIR or timm:DIR; an mpp:, mae: or simmim: run has no head: fine-tune it first.
 
 Images (uint8 [B, H, W, C] in a .npy, or image files in a directory) are resized to the model
 resolution (the checkpoint's: a Hugging Face processor's or timm's input size, else its position
@@ -136,11 +139,12 @@ def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequen
 
 def _define_flags():
   flags.DEFINE_string('init', None,
-                      'mpp:DIR | mae:DIR | simmim:DIR | supervised:DIR | vit_jax:FILE.npz | '
-                      'hf:DIR | timm:DIR',
+                      'a checkpoint with a classification head: supervised:DIR | '
+                      'vit_jax:FILE.npz | hf:DIR | timm:DIR (an mpp:, mae: or simmim: encoder '
+                      'has none: fine-tune it with supervised.finetune first)',
                       required=True)
-  flags.DEFINE_string('images', None, 'uint8 [B, H, W, C] .npy, or a directory of images',
-                      required=True)
+  flags.DEFINE_string('images', None, 'uint8 [B, H, W, C] .npy ([B, H, W]: grayscale), or a '
+                      'directory of image files', required=True)
   flags.DEFINE_string('output', None, 'OUT.npy (float32 logits) or OUT.json (top-5 classes)',
                       required=True)
   flags.DEFINE_integer('resolution', None, 'run at this resolution (default: the '
