@@ -72,6 +72,10 @@ def test_cli_help_and_missing_init(tmp_path):
   # The flags themselves, not only the usage line of the module docstring.
   assert '  --config: Path to an ml_collections config file' in helped
   assert '  --workdir: Directory for checkpoints' in helped
+  # The multi-process flags that docs/guides/scaling_out.md passes to a trainer (vit.distributed):
+  # --help showed only --config and --workdir.
+  for name in ('coordinator_address', 'num_processes', 'process_id', 'lost_process_after'):
+    assert f'  --{name}: ' in helped, name
   assert procs[1].returncode == 2
   assert no_init.strip().splitlines() == [
       'error: config.init=None: set the weights to start from: mpp:DIR, mae:DIR, simmim:DIR, '

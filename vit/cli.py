@@ -114,8 +114,10 @@ def define_config_flags(default_config: str | None = None, workdir: bool = True,
     workdir_holder = flags.DEFINE_string(
         'workdir', None, 'Directory for checkpoints, TensorBoard events and the batch '
         'contract; rerunning resumes from it.', required=True)
-    names.append('workdir')
-  # --help lists the main module's key flags only; these are defined here, for every trainer.
+    # A trainer's multi-process flags (vit.distributed), which the scaling-out and
+    # fault-tolerance guides tell its user to pass: --help showed only --config and --workdir.
+    names += ['workdir', *distributed.FLAG_NAMES]
+  # --help lists the main module's key flags only; these are defined elsewhere.
   for name in names:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])
   return config, workdir_holder
