@@ -201,6 +201,9 @@ def test_objectives_are_listed_by_help_and_by_the_error_for_another():
   assert 'its package (one of mae, mpp, simmim, supervised)' in ' '.join(plan_help.split())
   assert '--config' in plan_help and '--config' in report_help
   assert '--workdir' not in plan_help and '--workdir' not in report_help
+  # Both are required; --config's help said "(default: 'None')" and neither said required.
+  assert '  --config: Required: path to' in plan_help and "'None'" not in plan_help
+  assert '  --topology: Required: the TPU slice' in plan_help
 
 
 def test_fine_tuning_config_is_planned_with_the_backbone_of_its_init(tmp_path):

@@ -103,8 +103,11 @@ def define_config_flags(default_config: str | None = None, workdir: bool = True,
     # config_flags reads sys.argv here to type each --config.x override, so an unknown key
     # or a config file that does not load surfaces at definition time.
     config = config_flags.DEFINE_config_file(
-        'config', default_config, 'Path to an ml_collections config file; override any field '
-        'with --config.a.b=value.', lock_config=True)
+        'config', default_config, ('Path' if default_config else 'Required: path')
+        + ' to an ml_collections config file; override any field with --config.a.b=value.',
+        lock_config=True)
+    if default_config is None:  # config_flags writes "(default: 'None')" into --help.
+      flags.FLAGS['config'].default_as_str = None
   except Exception as e:  # noqa: BLE001 (the config file's own code may raise anything)
     _fail_config(e, default_config)
   _CONFIG_HOLDERS.append((config, default_config, objective, reads_init))

@@ -61,8 +61,9 @@ CHIPS = {
 }
 
 _CONFIG, _ = cli.define_config_flags(None, workdir=False)
-_TOPOLOGY = flags.DEFINE_string('topology', None, 'TPU slice as VERSION:AxBxC, e.g. v5p:4x4x4 '
-                                '(64 chips), v5e:16x16, v4:4x4x4; versions: ' + ', '.join(CHIPS))
+_TOPOLOGY = flags.DEFINE_string('topology', None, 'Required: the TPU slice as VERSION:AxBxC, '
+                                'e.g. v5p:4x4x4 (64 chips), v5e:16x16, v4:4x4x4; versions: '
+                                + ', '.join(CHIPS))
 _OBJECTIVE = flags.DEFINE_string('objective', None,
                                  'The objective whose step to compile: its package (one of '
                                  f'{", ".join(objective_lib.available())}) or module '
