@@ -90,7 +90,8 @@ def define_config_flags(default_config: str | None = None, workdir: bool = True,
   `objective` (its package's DEFINITION): a config written for another objective is then
   refused in one line at flag parsing, before anything is written
   (`vit.config.check_objective`), and so is a config.init unless the trainer `reads_init`
-  (supervised.finetune; `vit.config.check_no_init`)."""
+  (supervised.finetune; `vit.config.check_no_init`). A trainer's --help lists, beside these,
+  the multi-process flags of `vit.distributed`."""
   # config_flags' warning of a get_config() returning None: `_config_file` says it.
   std_logging.getLogger('absl').addFilter(_said_here)
   try:
@@ -117,9 +118,11 @@ def define_config_flags(default_config: str | None = None, workdir: bool = True,
     workdir_holder = flags.DEFINE_string(
         'workdir', None, 'Directory for checkpoints, TensorBoard events and the batch '
         'contract; rerunning resumes from it.', required=True)
+    names.append('workdir')
+  if objective is not None:
     # A trainer's multi-process flags (vit.distributed), which the scaling-out and
     # fault-tolerance guides tell its user to pass: --help showed only --config and --workdir.
-    names += ['workdir', *distributed.FLAG_NAMES]
+    names += distributed.FLAG_NAMES
   # --help lists the main module's key flags only; these are defined elsewhere.
   for name in names:
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[name])

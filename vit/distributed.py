@@ -42,7 +42,7 @@ _LOST_AFTER = flags.DEFINE_float(
     'lost_process_after', 60.0, 'In a multi-process job: seconds without a sign of life from '
     'another process before this one stops with one line naming it (0: never; jax\'s own '
     'heartbeat timeout then aborts the job).')
-# Shown by every trainer's --help (vit.cli.define_config_flags).
+# Shown by every trainer's --help (vit.cli.define_config_flags with an objective).
 FLAG_NAMES = ('coordinator_address', 'num_processes', 'process_id', 'lost_process_after')
 
 
