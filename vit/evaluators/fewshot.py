@@ -27,7 +27,7 @@ import numpy as np
 from absl import flags
 
 from vit import atomic_write, config as config_lib, init_spec, sharding
-from vit.data import pipeline
+from vit.data import fashion_mnist, pipeline
 from vit.evaluators import embedding
 from vit.models import factory
 from vit.models.spec import ModelSpec
@@ -291,7 +291,9 @@ def _define_flags():
                       required=True)
   flags.DEFINE_string('dataset', 'fashion_mnist', "data source: 'fashion_mnist', "
                       "'tfds:NAME' or 'array_record:DIR'")
-  flags.DEFINE_string('data_dir', None, 'data directory of the source')
+  flags.DEFINE_string('data_dir', None, 'config.data.data_dir: the folder of the fashion_mnist '
+                      f'IDX files (default: {fashion_mnist.DEFAULT_DIR}) or the TFDS '
+                      'data_dir of tfds:NAME; array_record:DIR names its own')
   flags.DEFINE_string('train_split', 'train', 'split the shots are drawn from')
   flags.DEFINE_string('test_split', 'test', 'split the accuracy is measured on')
   flags.DEFINE_list('shots', ['1', '5', '10', '25'], 'examples per class')
