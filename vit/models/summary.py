@@ -14,8 +14,10 @@ from absl import flags
 
 from vit import cli, config as config_lib
 from vit.errors import ConfigError, UserError
+from vit.models import presets
 
-_MODEL = flags.DEFINE_string('model', 'ViT-B/16', 'Preset name, e.g. ViT-B/16, R50+ViT-B/16.')
+_MODEL = flags.DEFINE_string('model', 'ViT-B/16',
+                             f'Preset name, one of {", ".join(presets.PRESETS)}.')
 _NUM_CLASSES = flags.DEFINE_integer('num_classes', 1000, 'Classes of the head (0: no head).',
                                     lower_bound=0)
 _IMAGE_SIZE = flags.DEFINE_integer('image_size', 224, 'Square input resolution in pixels.',
