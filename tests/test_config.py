@@ -373,6 +373,23 @@ def test_a_missing_config_flag_is_one_line(monkeypatch, capsys):
       'Pass --help to see the flags.']
 
 
+def test_h_asks_for_the_help_as_help_does():
+  """absl knows --help, not -h: `-h` was "error: Unknown command line flag 'h'" and exit status 2,
+  and vit.inspect.runs' own -h (its usage) was never reached; -? exited 1."""
+  from vit import cli
+  assert cli.help_spelled_h(['prog', '-h', '--x=-h', '--', '-h']) == [
+      'prog', '--help', '--x=-h', '--', '-h']
+  procs = [subprocess.Popen([sys.executable, '-m', *args], cwd=ROOT, text=True,
+                            env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+           for args in (('vit.models.summary', '-h'), ('vit.inspect.runs', '-h'),
+                        ('vit.models.summary', '-?'))]
+  (summary, _), (runs, _), (asked, _) = [p.communicate(timeout=900) for p in procs]
+  assert [p.returncode for p in procs] == [0, 0, 0]
+  assert '  --model: Preset name' in summary and '  --model: Preset name' in asked
+  assert runs.startswith('`python -m vit.inspect.runs WORKDIR...`')
+
+
 def test_a_missing_config_file_or_a_directory_is_named():
   from vit import cli
   for problem, want in [(f'{ROOT}/configs/absent.py', 'no such file'),

@@ -288,15 +288,31 @@ def _quiet_shutdown() -> None:
   warnings.filterwarnings('ignore', category=RuntimeWarning)
 
 
+def help_spelled_h(argv: list[str]) -> list[str]:
+  """`argv` with each `-h` before a `--` read as --help: the benchmarks (argparse) and most
+  tools take it, absl knows only --help, -?, --helpshort and --helpfull and answered
+  "error: Unknown command line flag 'h'" with exit status 2."""
+  out = list(argv)
+  for i, a in enumerate(out[1:], 1):
+    if a == '--':
+      break
+    if a == '-h':
+      out[i] = '--help'
+  return out
+
+
 def _parse_flags(argv: list[str]) -> list[str]:
   """Flag parsing that reports a bad --config file or override key, or a missing --config, in
-  one line, and expands a leading `~` in the flags' values (`expand_home`)."""
+  one line, and expands a leading `~` in the flags' values (`expand_home`). `-h` asks for the
+  help, as --help does (`help_spelled_h`)."""
+  argv = help_spelled_h(argv)
   try:
     try:
       argv = flags.FLAGS(argv)
     except SystemExit:
       # absl exits 1 after printing --help; asking for help is not a failure.
-      if any(a.split('=')[0] in ('--help', '-h', '--helpshort', '--helpfull') for a in argv):
+      if any(a.split('=')[0] in ('--help', '-help', '-?', '--helpshort', '--helpfull')
+             for a in argv):
         sys.exit(0)
       raise
     for holder, default, _, _ in _CONFIG_HOLDERS:
