@@ -135,13 +135,19 @@ def table(report: dict) -> str:
 
 def parse_args(argv=None):
   p = train_step.parser(__doc__, 'benchmarks.trainer')
-  p.add_argument('--shapes', type=train_step._csv('shape', SHAPES), default=list(SHAPES))
+  p.add_argument('--shapes', type=train_step._csv('shape', SHAPES), default=list(SHAPES),
+                 help=f'comma-separated, of {", ".join(SHAPES)} (default: both)')
   p.add_argument('--objectives', type=train_step._csv('objective', ('supervised', 'mpp')),
-                 default=['supervised', 'mpp'])
-  p.add_argument('--rounds', type=train_step.positive, default=3)
+                 default=['supervised', 'mpp'],
+                 help='comma-separated, of supervised, mpp (default: both)')
+  p.add_argument('--rounds', type=train_step.positive, default=3,
+                 help='rounds per shape and objective; the figures are medians over them '
+                      '(default: 3)')
   p.add_argument('--windows', type=train_step.positive, default=3,
-                 help='logging windows timed per trainer run (one more is run first)')
-  p.add_argument('--log-every', type=train_step.positive, default=10)
+                 help='logging windows timed per trainer run (one more is run first) '
+                      '(default: 3)')
+  p.add_argument('--log-every', type=train_step.positive, default=10,
+                 help='steps per logging window, the trainer\'s config.log_every (default: 10)')
   p.add_argument('--json', help='also write the JSON report to this file (its folder is checked '
                                  'before the first round)')
   args = p.parse_args(argv)

@@ -342,17 +342,25 @@ def test_attention_kernels_without_a_gpu_is_one_line(platforms, line):
   assert run.returncode == 2 and run.stderr.strip().splitlines() == [line], run.stderr
 
 
-def test_chaos_help_describes_every_flag_with_its_default(capsys):
-  """--trials, --steps and --seed were listed bare: no word of what they count, nor defaults."""
-  from benchmarks import chaos
+@pytest.mark.parametrize('module, defaults, example', [
+    ('chaos', (('--trials', 3), ('--kills', 2), ('--steps', 30), ('--seed', 0)),
+     'python -m benchmarks.chaos --trials 5 --kills 2'),
+    ('trainer', (('--shapes', 'both'), ('--objectives', 'both'), ('--rounds', 3),
+                 ('--windows', 3), ('--log-every', 10)),
+     'python benchmarks/trainer.py --shapes=small-32 --objectives=supervised --rounds=3')])
+def test_help_describes_every_flag_with_its_default(module, defaults, example, capsys):
+  """Flags were listed bare, with no word of what they set nor their defaults: chaos' --trials,
+  --steps and --seed; trainer's --shapes, --objectives, --rounds and --log-every."""
+  import importlib
+  benchmark = importlib.import_module(f'benchmarks.{module}')
   with pytest.raises(SystemExit) as e:
-    chaos.main(['--help'])
+    (benchmark.parse_args if module == 'trainer' else benchmark.main)(['--help'])
   flat = ' '.join(capsys.readouterr().out.split())
   assert e.value.code == 0
-  for flag, default in (('--trials', 3), ('--kills', 2), ('--steps', 30), ('--seed', 0)):
-    described = flat.split(f'{flag} {flag[2:].upper()} ', 1)[1]
+  for flag, default in defaults:
+    described = flat.split(f'{flag} {flag[2:].upper().replace("-", "_")} ', 1)[1]
     assert f'(default: {default})' in described.split(' --')[0], flag
-  assert 'python -m benchmarks.chaos --trials 5 --kills 2' in flat
+  assert example in flat
 
 
 def test_chaos_refuses_a_workdir_that_is_not_empty_and_leaves_it_as_it_is(tmp_path, capsys):
