@@ -1,9 +1,10 @@
 """`python -m vit.inspect --init SPEC --out DIR [--images FILE.npy|DIR]`: the §4.5 figures.
 
-Writes to DIR: attention_distance.png, attention_rollout.png, posemb_similarity.png,
-embedding_filters.png, and the numbers behind them in inspect.json (summary) and inspect.npz
-(every array). SPEC is a fine-tuning init spec: mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR,
-vit_jax:FILE.npz, hf:DIR or timm:DIR. Without --images the Fashion-MNIST test split is used.
+Writes to DIR: attention_distance.png, attention_rollout.png, posemb_similarity.png (not for
+a model without a per-patch position embedding), embedding_filters.png (not for a hybrid), and
+the numbers behind them in inspect.json (summary) and inspect.npz (every array). SPEC is a
+fine-tuning init spec: mpp:DIR, mae:DIR, simmim:DIR, supervised:DIR, vit_jax:FILE.npz, hf:DIR
+or timm:DIR. Without --images the Fashion-MNIST test split is used.
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ _OUT = flags.DEFINE_string('out', None, 'Directory for the PNGs, inspect.json an
                            required=True)
 _IMAGES = flags.DEFINE_string('images', None, 'uint8 .npy [N, H, W(, C)] or a directory of '
                               'image files; default: the Fashion-MNIST test split.')
-_MAX_IMAGES = flags.DEFINE_integer('max_images', 128, 'Images averaged over for the '
-                                   'attention distances.')
+_MAX_IMAGES = flags.DEFINE_integer('max_images', 128, 'Images read (the first ones) and '
+                                   'averaged over for the attention distances.')
 _SHOW = flags.DEFINE_integer('show', 8, 'Images shown in the attention rollout figure, 8 per '
                              'row.')
 _BATCH = flags.DEFINE_integer('batch_size', 32, 'Images per forward pass.')
