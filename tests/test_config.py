@@ -390,6 +390,17 @@ def test_h_asks_for_the_help_as_help_does():
   assert runs.startswith('`python -m vit.inspect.runs WORKDIR...`')
 
 
+def test_help_into_a_closed_pipe_is_no_error():
+  """`--help | head`: the reader leaves before the help is written. It was 'error: [Errno 32]
+  Broken pipe' and 'Pass --help to see the flags.' (the user had), exit status 2."""
+  proc = subprocess.Popen([sys.executable, '-m', 'vit.models.summary', '--help'], cwd=ROOT,
+                          text=True, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+  proc.stdout.close()  # Before the child writes: its every write meets a closed pipe.
+  _, err = proc.communicate(timeout=900)
+  assert proc.returncode == 0 and err == '', err
+
+
 def test_a_missing_config_file_or_a_directory_is_named():
   from vit import cli
   for problem, want in [(f'{ROOT}/configs/absent.py', 'no such file'),

@@ -307,14 +307,22 @@ def _parse_flags(argv: list[str]) -> list[str]:
   help, as --help does (`help_spelled_h`)."""
   argv = help_spelled_h(argv)
   try:
+    asked_help = any(a.split('=')[0] in ('--help', '-help', '-?', '--helpshort', '--helpfull')
+                     for a in argv)
     try:
       argv = flags.FLAGS(argv)
     except SystemExit:
       # absl exits 1 after printing --help; asking for help is not a failure.
-      if any(a.split('=')[0] in ('--help', '-help', '-?', '--helpshort', '--helpfull')
-             for a in argv):
+      if asked_help:
         sys.exit(0)
       raise
+    except BrokenPipeError:
+      if not asked_help:
+        raise
+      # `--help | head`: the reader had what it wanted. It was 'error: [Errno 32] Broken pipe'
+      # and 'Pass --help to see the flags.', exit status 2. Python flushes stdout again at exit.
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+      sys.exit(0)
     for holder, default, _, _ in _CONFIG_HOLDERS:
       if holder.value is None and _config_path(default) is None:
         _fail('--config is required: a config file, e.g. configs/supervised/fashion_mnist.py')
