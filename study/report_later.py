@@ -40,18 +40,13 @@ def _weighted_median(pairs: list[tuple[float, int]]) -> float:
   return pairs[-1][0]
 
 
-def seconds_per_step(st) -> Optional[float]:
-  """Wall seconds per step of one worker over the timed runs (`timing`)."""
-  return timing(st)[0]
-
-
 def hours_left(st, cell: str) -> tuple[int, float, int]:
   """(training steps left, CPU-hours they take, probe and figure runs left) of a cell. A
   single-threaded worker's hours are its CPU-hours; a pretraining whose length a wall-time run
   has not fixed yet is counted at its images-matched length."""
   runs = [r for r in st.runs if r.cell == cell and r.name not in st.results]
   steps = sum(r.steps for r in runs if r.kind in ('train', 'pretrain'))
-  per_step = seconds_per_step(st) or 128 / (IMAGES_PER_S / 2)
+  per_step = timing(st)[0] or 128 / (IMAGES_PER_S / 2)
   others = sum(r.kind in (PROBE, FIGURES, 'walltime') for r in runs)
   return steps, steps * per_step / 3600, others
 
