@@ -19,7 +19,7 @@ from typing import Optional, Sequence
 
 import grain
 
-from vit.errors import UserError
+from vit.errors import UserError, counted
 
 
 def records_read(grain_state: dict) -> int:
@@ -116,7 +116,8 @@ class LayoutIterator(grain.DatasetIterator):
 
 def _layout(layout: dict) -> str:
   p, w = layout['process_count'], layout['worker_count']
-  return f'{p} process{"es" if p != 1 else ""} x {w} data worker{"s" if w != 1 else ""}'
+  return (f'{counted(p, "process", "processes")} x '
+          f'{counted(w, "data worker", "data workers")}')
 
 
 class LayoutDataset(grain.IterDataset):

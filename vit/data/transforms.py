@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from vit.data import decoding
-from vit.errors import UserError
+from vit.errors import UserError, counted
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -247,8 +247,7 @@ def offsets_note(view: dict, size: int) -> str:
             'odd, its input is one pixel off')
   margin = math.floor(size / view['crop_pct']) - size
   what = 'margin' if margin >= 0 else 'padding'
-  pixels = f'{abs(margin)} pixel{"s" if abs(margin) != 1 else ""}'
-  return f'its {what} of {pixels} puts the input one pixel off'
+  return f'its {what} of {counted(abs(margin), "pixel", "pixels")} puts the input one pixel off'
 
 
 def crop_pct_for(size: int, scale: int) -> float:
