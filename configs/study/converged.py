@@ -116,7 +116,9 @@ def get_config():
                                   # Deviation 12.
                                   ('mpp_e60/pct10', 1e-3, 4),
                                   # Deviation 13.
-                                  ('mpp_e60/pct10', 1e-3, 6), ('mpp_e60/pct10', 3e-4, 4)))
+                                  ('mpp_e60/pct10', 1e-3, 6), ('mpp_e60/pct10', 3e-4, 4),
+                                  # Deviation 14.
+                                  ('scratch/all', 1e-2, None)))
   # One long MPP pretraining per seed; backbones exported at these lengths (10x range).
   config.pretrain_epochs = (3, 6, 12, 30)
   # The MPP row of the headline table; compute-matched to it. 30 until MPP's convergence rule
