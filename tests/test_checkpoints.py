@@ -329,6 +329,76 @@ def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
   assert_bitwise_equal(resumed, reference)
 
 
+def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, reference, capsys):
+  """What orbax reads without a word: 8 bytes inverted inside an array data file (zarr chunks
+  carry no checksum), and the data iterator's position rewritten at the same length (a resume
+  would have trained on other batches). Every step saves its files' CRC-32s
+  (vit/step_checksums.py); the readers skip the changed step naming the file, the resume moves
+  it aside and continues exactly from the previous one. A step saved without checksums (before
+  them) reads as before."""
+  from vit import step_checksums
+  train(tmp_path, tiny_config(total_steps=6))
+  ckpt = tmp_path / 'checkpoints'
+  for step in (4, 6):
+    assert step_checksums.saved(str(ckpt / str(step)))
+    step_checksums.check(str(ckpt / str(step)))  # Nothing changed after the save finished.
+  data = max(glob.glob(f'{ckpt}/6/state/ocdbt.process_0/d/*'), key=os.path.getsize)
+  with open(data, 'r+b') as f:
+    f.seek(os.path.getsize(data) // 2)
+    middle = f.read(8)
+    f.seek(-8, os.SEEK_CUR)
+    f.write(bytes(b ^ 0xFF for b in middle))
+  relative = os.path.relpath(data, ckpt / '6')
+  crc = r'is damaged: its CRC-32 differs from the one saved with it in checksums\.json'
+  capsys.readouterr()
+  assert checkpoints.read_params(str(tmp_path))[2] == 4
+  assert re.fullmatch(rf'warning: skipped the unreadable checkpoint {ckpt}/6 \('
+                      rf'{re.escape(relative)} {crc}\); reading step 4\n',
+                      capsys.readouterr().err)
+  with open(data, 'r+b') as f:  # Mended; now the iterator's position.
+    f.seek(os.path.getsize(data) // 2)
+    f.write(middle)
+  iterator = ckpt / '6' / 'data' / 'process_0-of-1.json'
+  text = iterator.read_text()
+  iterator.write_text(text.replace('"next_index": 6', '"next_index": 2'))
+  assert len(iterator.read_text()) == len(text) != 0
+  resumed = train(tmp_path)
+  captured = capsys.readouterr()
+  assert re.search(rf'checkpoint {ckpt}/6 is unreadable \(data/process_0-of-1\.json {crc}\); '
+                   r'trying the previous one', captured.err), captured.err
+  assert f'resumed from {tmp_path} at step 4' in captured.out
+  assert len(glob.glob(f'{tmp_path}/checkpoints.damaged/6.*/checksums.json')) == 1
+  assert steps_on_disk(tmp_path) == [6, 8]
+  assert_bitwise_equal(resumed, reference)
+  for step in (6, 8):
+    step_checksums.check(str(ckpt / str(step)))
+  os.remove(ckpt / '8' / 'checksums.json')  # As saved before checksums: read unchecked.
+  capsys.readouterr()
+  assert checkpoints.read_params(str(tmp_path))[2] == 8
+  assert capsys.readouterr().err == ''
+
+
+def test_a_step_whose_checksums_cannot_be_written_is_one_warning(tmp_path, caplog):
+  """The save is complete when its checksums are written (a full disk then): the run goes on,
+  one warning names the step and the reason, and the step reads unchecked."""
+  import logging
+  from vit import step_checksums
+  step = tmp_path / 'checkpoints' / '4'
+  (step / 'state').mkdir(parents=True)
+  (step / 'state' / 'x').write_text('x')
+  (step / 'checksums.json').mkdir()  # In the way of the file, as no room would be.
+  with caplog.at_level(logging.WARNING, logger='vit.checkpoints'):
+    checkpoints._write_checksums(str(step))
+  (record,) = caplog.records
+  assert record.getMessage().startswith(f'no checksums.json for the checkpoint {step} (')
+  assert record.getMessage().endswith('); the step is complete and will be read without that '
+                                      'check')
+  os.rmdir(step / 'checksums.json')
+  step_checksums.check(str(step))
+  checkpoints._write_checksums(str(tmp_path / 'checkpoints' / '6'))  # Gone meanwhile: nothing.
+  assert len(caplog.records) == 1
+
+
 def test_cut_short_process_data_is_named_in_plain_words(tmp_path, capsys):
   """A single-process run's arrays lie in `state/ocdbt.process_0/d/`, where TensorStore's error
   names only the database (`state/`) and orbax wraps it in its store spec. Cut short there (as
@@ -464,8 +534,9 @@ def test_an_empty_step_folder_is_said_once(tmp_path, caplog, capsys):
 
 
 def test_an_unreadable_step_is_said_in_plain_words(tmp_path):
-  """vit.checkpoints.unreadable_reason, for what no test above damages: an empty JSON file,
-  a missing file, and an error it knows nothing of (its own line, the step's path cut)."""
+  """vit.checkpoints.unreadable_reason, for what no test above damages: an empty JSON file, one that
+  is not UTF-8, a missing file, and an error it knows nothing of (its own line, the step's path
+  cut)."""
   import json
   step = tmp_path / '4'
   (step / 'config').mkdir(parents=True)
@@ -473,6 +544,11 @@ def test_an_unreadable_step_is_said_in_plain_words(tmp_path):
   (step / 'config' / 'commit_success.txt').write_text('Checkpoint commit was successful')
   decode = json.JSONDecodeError('Expecting value', '', 0)
   assert checkpoints.unreadable_reason(str(step), decode) == 'config/metadata is empty'
+  # Bytes that are not UTF-8 (orbax's JSON reads raised Python's own line, naming no file).
+  (step / 'config' / 'metadata').write_bytes(b'{"a": "\xff\xfe"}')
+  undecodable = UnicodeDecodeError('utf-8', b'\xff', 0, 1, 'invalid start byte')
+  assert checkpoints.unreadable_reason(str(step), undecodable) == (
+      'config/metadata is not valid JSON (cut short or overwritten)')
   missing = FileNotFoundError(2, 'No such file or directory', str(step / 'data' / 'p.json'))
   assert checkpoints.unreadable_reason(str(step), missing) == 'data/p.json is missing'
   assert checkpoints.unreadable_reason(str(step), RuntimeError(f'odd: {step}/state/x')) == (

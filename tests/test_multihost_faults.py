@@ -1,6 +1,7 @@
 """Faults in a run of two real processes (jax.distributed, gloo on 127.0.0.1): both agree on
 what they resume from, and a lost process is told in one line, not waited for.
 """
+import json
 import os
 import shutil
 import socket
@@ -57,12 +58,20 @@ def test_a_step_damaged_for_one_process_only_is_skipped_by_both(tmp_path):
   """Each process reads its own data iterator file: with process 1's cut short, process 0 could
   restore the newest step while process 1 fell back to the previous one, and the two then waited
   for each other at their first collective forever. Both skip the step, and process 0 names
-  process 1's reason."""
+  process 1's reason. (A step with its checksums fails the check on both: the case is a step
+  saved without them.)"""
   workdir = tmp_path / 'run'
   checkpoints = workdir / 'checkpoints'
   for proc in _train(workdir, 4):
     assert proc.returncode == 0, proc.stderr[-3000:]
-  shutil.copytree(checkpoints / '4', checkpoints / '6')  # A newer step, damaged for process 1:
+  # Process 0 saved the CRC-32s of both processes' files (vit/step_checksums.py), which each
+  # process checks whole: a damaged file named there fails both at once.
+  listed = json.loads((checkpoints / '4' / 'checksums.json').read_text())['files']
+  assert {'data/process_0-of-2.json', 'data/process_1-of-2.json'} <= set(listed)
+  assert {name.split('/')[1] for name in listed if name.startswith('state/ocdbt.')} == {
+      'ocdbt.process_0', 'ocdbt.process_1'}
+  shutil.copytree(checkpoints / '4', checkpoints / '6')  # A newer step, damaged for process 1,
+  os.remove(checkpoints / '6' / 'checksums.json')  # saved without checksums, as before them:
   own = checkpoints / '6' / 'data' / 'process_1-of-2.json'
   own.write_bytes(own.read_bytes()[:own.stat().st_size // 2])
   first, second = _train(workdir, 8)

@@ -2,10 +2,11 @@
 what is kept, what is restored, and when a run stops early.
 
 A step directory holds three items: `state` (params, optimiser state, EMA, step, rng, skipped
-steps), `data` (the grain iterator's position, so a resumed run sees exactly the batches it
-would have seen) and `config` (JSON). Orbax writes a step into a temporary directory and renames
-it when complete, so a partly written checkpoint (a save cut by `kill -9`) is never listed; the
-temporary directories it leaves are removed when the next run opens the manager.
+steps), `data` (the grain iterator's position, so a resumed run sees exactly the batches it would
+have seen) and `config` (JSON), and the size and CRC-32 of each of their files (`checksums.json`,
+vit/step_checksums.py), which every read checks after orbax's. Orbax writes a step into a temporary
+directory and renames it when complete, so a partly written checkpoint (a save cut by `kill -9`) is
+never listed; the temporary directories it leaves are removed when the next run opens the manager.
 
 Kept: the last `keep` steps (for resuming) plus the best one by `best_metric` (for using).
 
@@ -53,7 +54,7 @@ from jax.experimental import multihost_utils
 from jax._src import distributed
 from orbax.checkpoint import checkpoint_managers as policies
 
-from vit import atomic_write, config as config_lib, save_barrier
+from vit import atomic_write, config as config_lib, save_barrier, step_checksums
 from vit.errors import UserError
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,8 @@ class Manager(ocp.CheckpointManager):
   def _finalize(self, step: int, steps_to_remove: list[int]):
     self._finalizing = step
     super()._finalize(step, steps_to_remove)
+    if jax.process_index() == 0:
+      _write_checksums(os.path.join(str(self.directory), str(step)))
 
   def close(self):
     """orbax's close, which also waits for the clean-up of unfinished step folders
@@ -212,6 +215,22 @@ class Manager(ocp.CheckpointManager):
         self.barriers.publish(self._finalizing, reason)
         self.failed = (self._finalizing, reason)  # After: the others find the reason published.
       raise
+
+
+def _write_checksums(step_dir: str) -> None:
+  """The complete step's `checksums.json` (vit/step_checksums.py). A step that cannot have one
+  (a full disk) is complete all the same and reads unchecked: one warning line says so, and
+  the run goes on (the next save meets the same disk and stops the run if it fails)."""
+  if not os.path.isdir(step_dir):  # Removed meanwhile (by another manager's retention).
+    return
+  try:
+    step_checksums.write(step_dir)
+  except (OSError, atomic_write.NotWritten) as e:
+    reason = (e.reason if isinstance(e, atomic_write.NotWritten)
+              else atomic_write.failure_reason(e) or _one_line(e))
+    logger.warning('no %s for the checkpoint %s (%s); the step is complete and will be read '
+                   'without that check', step_checksums.FILE, step_dir,
+                   reason.replace(step_dir + os.sep, ''))
 
 
 def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
@@ -549,11 +568,14 @@ def _closed_loop_callback(unraisable) -> bool:
 
 class _MissingMetadataFilter(logging.Filter):
   """Drops orbax's 'Metadata file does not exist: STEP/_CHECKPOINT_METADATA' (absl, warning),
-  logged for a step folder that is empty or was cut short before its metadata: the reader's own
-  line names that step and why it was skipped (`unreadable_reason`)."""
+  logged for a step folder that is empty or was cut short before its metadata, and its 'Failed
+  to read Metadata file: ...' (absl, error) for one whose bytes were changed, which orbax then
+  reads as having no metadata: the reader's own line names that step and why it was skipped
+  (`unreadable_reason`; the file's saved CRC-32 tells the second, vit/step_checksums.py)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return not record.getMessage().startswith('Metadata file does not exist:')
+    return not record.getMessage().startswith(('Metadata file does not exist:',
+                                               'Failed to read Metadata file:'))
 
 
 def _quiet_abandoned_reads() -> None:
@@ -643,11 +665,10 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
            config: ml_collections.ConfigDict) -> tuple[Any, int]:
   """The newest usable checkpoint, after checking that it fits the current config.
 
-  A step that cannot be read (a truncated or missing file) is skipped with a warning for the
-  previous one; once one restores, the unreadable newer steps are moved to
-  `checkpoints.damaged/` so that the run can save those steps again. Nothing is moved when no
-  step is usable. An incompatible config is an error, never a fallback.
-  """
+  A step that cannot be read (a truncated or missing file, or one whose bytes differ from their
+  saved CRC-32) is skipped with a warning for the previous one; once one restores, the unreadable
+  newer steps are moved to `checkpoints.damaged/` so that the run can save those steps again.
+  Nothing is moved when no step is usable. An incompatible config is an error, never a fallback. """
   problems = []
   for step in sorted(mngr.all_steps(), reverse=True):
     def check():
@@ -657,7 +678,8 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
     changed, reason = _read_together(mngr, step, 'config', check)
     if reason is None:
       restored, reason = _read_together(
-          mngr, step, 'state', lambda: restore(mngr, abstract_state, data_iterator, step))
+          mngr, step, 'state', lambda: _checked(mngr, step, lambda: restore(
+              mngr, abstract_state, data_iterator, step)))
     if reason is not None:
       problems.append((step, reason))
       logger.warning('checkpoint %s/%d is unreadable (%s); trying the previous one',
@@ -676,6 +698,16 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
   reasons = '; '.join(f'{mngr.directory}/{s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be restored ({reasons}); nothing '
                   'was moved; to start afresh instead, use another --workdir')
+
+
+def _checked(mngr: ocp.CheckpointManager, step: int, read: Callable[[], Any]) -> Any:
+  """`read()` of `step`, then the check of the step's files against their saved CRC-32s
+  (vit/step_checksums.py), which raises step_checksums.Mismatch. After, not before: a file that
+  orbax finds cut short or missing is named in its terms; the CRC-32s add what orbax reads
+  without noticing, bytes changed in place."""
+  value = read()
+  step_checksums.check(os.path.join(str(mngr.directory), str(step)))
+  return value
 
 
 def _read_together(mngr: ocp.CheckpointManager, step: int, what: str,
@@ -728,7 +760,8 @@ def unreadable_reason(step_dir: str, e: BaseException) -> str:
   (relative to `step_dir`): cut short, damaged or missing (TensorStore's error names the file,
   or only its OCDBT database, whose cut-short data file is then found by its size; the store
   spec and status codes are left out), or a JSON file that does not parse (found by reading
-  them: Python's JSON error names none); else the error's own line, shortened, without orbax's
+  them: Python's JSON error names none), or a file that differs from its saved size or CRC-32
+  (step_checksums.Mismatch's own words); else the error's own line, shortened, without orbax's
   TensorStore details."""
   chain, seen = [], set()
   while e is not None and id(e) not in seen:
@@ -736,6 +769,9 @@ def unreadable_reason(step_dir: str, e: BaseException) -> str:
     chain.append(e)
     e = e.__cause__ or e.__context__
   relative = lambda path: os.path.relpath(path, step_dir)
+  for error in chain:
+    if isinstance(error, step_checksums.Mismatch):
+      return str(error)
   for error in chain:
     text = str(error).split(' [tensorstore_spec=')[0]
     files = [f for f in re.findall(r'local file "([^"]+)"', text) if not f.endswith('/')]
@@ -750,7 +786,8 @@ def unreadable_reason(step_dir: str, e: BaseException) -> str:
     missing = _orbax_missing(error, step_dir)
     if missing:
       return missing
-  if any(isinstance(error, json.JSONDecodeError) for error in chain):
+  # Bytes that are not UTF-8 fail before the JSON parser: Python's error names no file either.
+  if any(isinstance(error, (json.JSONDecodeError, UnicodeDecodeError)) for error in chain):
     damaged = _damaged_json(step_dir)
     if damaged:
       return damaged
@@ -1005,7 +1042,11 @@ def restore_params(workdir: str, step: Optional[int] = None, *, use_ema: bool = 
   (the newest readable step by default)."""
   if step is None:
     return read_params(workdir, use_ema=use_ema)[1]
-  return _read_params_at(manager(workdir, read_only=True), step, use_ema)
+  mngr = manager(workdir, read_only=True)
+  try:
+    return _checked(mngr, step, lambda: _read_params_at(mngr, step, use_ema))
+  except step_checksums.Mismatch as e:
+    raise UserError(f'{mngr.directory}/{step}: {e}') from None
 
 
 def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int]:
@@ -1024,9 +1065,9 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
   problems = []
   for step in steps:
     try:
-      config = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))[
-          'config']
-      params = _read_params_at(mngr, step, use_ema)
+      config, params = _checked(mngr, step, lambda: (mngr.restore(
+          step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config'],
+          _read_params_at(mngr, step, use_ema)))
     except Exception as e:  # Any read failure makes this step unusable; try an older one.
       problems.append((step, unreadable_reason(f'{mngr.directory}/{step}', e)))
       continue
