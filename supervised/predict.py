@@ -88,8 +88,9 @@ def load_classifier(spec: str, resolution: Optional[int] = None):
   init_spec.warn_if_unfinished(spec, ckpt)
   model = ckpt.model
   if model.num_classes is None:
-    raise UserError(f'--init {spec}: has no classification head (an MPP or headless '
-                    f'backbone); fine-tune it with supervised.finetune first')
+    raise UserError(f'--init {spec}: has no classification head (a backbone pretrained '
+                    'without labels, by MPP, MAE or SimMIM, or saved without its head); '
+                    'fine-tune it with supervised.finetune first')
   size = resolution or ckpt.image_size
   stride = init_spec.patch_stride(model)
   if size % stride:

@@ -100,6 +100,31 @@ def test_without_flock_a_live_holders_pid_refuses_and_a_dead_ones_does_not(tmp_p
     assert f'pid {os.getpid()}' in (tmp_path / checkpoints.LOCK_FILE).read_text()
 
 
+def test_a_reader_of_a_run_that_has_saved_nothing_yet_is_told_it_is_training(tmp_path):
+  """A fine-tune or export aimed at a run that is training but has no step yet said only 'no
+  checkpoint found'; it now says that the run is training and when it will have a step. A
+  workdir whose lock names no live process gets the plain line."""
+  other = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.readline()'],
+                           stdin=subprocess.PIPE)
+  lock = tmp_path / checkpoints.LOCK_FILE
+  lock.write_text(f'pid {other.pid}\nhost {socket.gethostname()}\n'
+                  f'started {checkpoints._started(other.pid)}\n')
+  plain = f'{tmp_path}: no checkpoint found under {tmp_path}/checkpoints'
+  try:
+    with pytest.raises(UserError) as error:
+      checkpoints.read_params(str(tmp_path))
+    assert str(error.value) == (
+        f'{plain} yet; its run is training now (process {other.pid} on '
+        f'{socket.gethostname()}): use it once it has saved its first step '
+        '(config.checkpoint_every)')
+  finally:
+    other.kill()
+    other.wait()
+  with pytest.raises(UserError) as error:
+    checkpoints.read_params(str(tmp_path))
+  assert str(error.value) == plain
+
+
 def test_a_reused_pid_is_not_taken_for_the_lock_holder(tmp_path):
   """The lock names its holder's start time: a later process given the same pid (here: a live
   process whose start time differs from the one written) is not 'training now'; a lock file of

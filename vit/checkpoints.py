@@ -1056,12 +1056,16 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
   As `resume`, a step that cannot be read (a truncated file, a half-copied step) is skipped with
   a one-line warning naming it, for the previous one; nothing is moved (a reader changes no
   workdir). Only the parameters are read (the EMA ones with `use_ema` when the run kept them),
-  never the optimiser's moments. UserError naming every step when none reads.
+  never the optimiser's moments. UserError naming every step when none reads, or saying that
+  the workdir has no step (yet, when its run is training now on this host).
   """
   mngr = manager(workdir, read_only=True)
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
-    raise UserError(f'{workdir}: no checkpoint found under {workdir}/checkpoints')
+    running = training_now(workdir)
+    raise UserError(f'{workdir}: no checkpoint found under {workdir}/checkpoints' + (
+        f' yet; its run is training now ({running}): use it once it has saved its first step '
+        '(config.checkpoint_every)' if running else ''))
   problems = []
   for step in steps:
     try:
