@@ -15,8 +15,7 @@ def build_task(config, m) -> loop.Task:
   """MAE's task: its loss on the first config.mae.eval_examples held-out images (rounded up
   to whole evaluation batches: `vit.evaluators.held_out_loss.HeldOutLoss`), few-shot
   probes when config.fewshot is on (`vit.training.reconstruction.build_task`)."""
-  return reconstruction.build_task(config, objective.build(config, m),
-                                   config.mae.eval_examples)
+  return reconstruction.build_task(config, objective.build(config, m), 'mae.eval_examples')
 
 
 main = reconstruction.trainer_main(build_task)

@@ -31,6 +31,8 @@ def build_task(config, m, workdir: str) -> loop.Task:
       global_batch_size=config.eval_batch_size,
       seed=config.seed)
   evaluators = [evaluator] if config.mpp.eval_examples else []
+  if evaluators:
+    pipeline.note_eval_examples(config, 'mpp.eval_examples', config.mpp.eval_examples)
   if config.fewshot.enabled:
     evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
   first = next(iter(batches()))['image'][:GRID_IMAGES]

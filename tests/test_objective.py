@@ -203,3 +203,24 @@ def test_each_trainer_opens_its_evaluation_split_before_training(package, tmp_pa
                                         'fashion_mnist'):
     train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
         train.build_task(config, m))
+
+
+@pytest.mark.parametrize('package', ['mpp', 'mae', 'simmim'])
+def test_more_eval_examples_than_the_split_holds_is_noted_before_training(package, tmp_path,
+                                                                          caplog):
+  """<objective>.eval_examples=20000 on the 10,000 test images scored all 10,000 with no word
+  of why the metric's `examples` said 10000; building the task now notes it, once. As many as
+  the split holds, no note."""
+  import logging
+  train = importlib.import_module(f'{package}.train')
+  for asked, notes in ((20000, [f"note: {package}.eval_examples=20000 is more than the 10,000 "
+                                "images of data.eval_split 'test': all 10,000 are scored"]),
+                       (10000, [])):
+    config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
+    config[package].eval_examples = asked
+    m = config_lib.validate(config)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='vit.data.pipeline'):
+      train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
+          train.build_task(config, m))
+    assert [r.getMessage() for r in caplog.records if r.name == 'vit.data.pipeline'] == notes

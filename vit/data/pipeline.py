@@ -259,6 +259,19 @@ def _stack(rows: list[dict]) -> dict:
   return {k: np.stack([r[k] for r in rows]) for k in ('image', 'label', 'mask')}
 
 
+def note_eval_examples(config: ml_collections.ConfigDict, key: str, examples: int,
+                       source=None) -> None:
+  """Logs a note when the config key `key` asks for more held-out images (`examples`) than
+  data.eval_split holds: the evaluators score every image then, and the metric's `examples`
+  says how many; the note says why it is fewer than asked, before the first step. `source`:
+  that split's, when already open (make_source's otherwise)."""
+  source = make_source(config, config.data.eval_split) if source is None else source
+  if examples > len(source):
+    logger.info('note: %s=%d is more than the %s images of data.eval_split %r: all %s are '
+                'scored', key, examples, f'{len(source):,}', config.data.eval_split,
+                f'{len(source):,}')
+
+
 def eval_batches(config: ml_collections.ConfigDict, source=None, split: str | None = None,
                  shard: Optional[grain.sharding.ShardOptions] = None) -> Iterator[dict]:
   """Every example exactly once; the last batches are padded and carry a `mask` of valid rows.

@@ -21,16 +21,20 @@ from vit.training.sharded import Task
 
 
 def build_task(config: ml_collections.ConfigDict, obj: objective_lib.Objective,
-               eval_examples: int) -> Task:
+               eval_key: str) -> Task:
   """The loop's Task for `obj`: its loss on every training batch, its held-out loss on the
-  first `eval_examples` evaluation images (0: none; rounded up to whole evaluation batches,
-  `HeldOutLoss`), few-shot probes when config.fewshot is on.
+  first `config[eval_key]` evaluation images (e.g. 'mae.eval_examples'; 0: none; rounded up to
+  whole evaluation batches, `HeldOutLoss`; a note when the split has fewer), few-shot probes
+  when config.fewshot is on.
   """
+  section, name = eval_key.split('.')
+  eval_examples = config[section][name]
   mesh = sharding.make_mesh(config.mesh)
   evaluators = []
   if eval_examples:
     # Opened now: a wrong data.eval_split is told before the first step, not after the last.
     source = pipeline.make_source(config, config.data.eval_split)
+    pipeline.note_eval_examples(config, eval_key, eval_examples, source)
     evaluators.append(held_out_loss.HeldOutLoss(
         obj.loss, lambda: pipeline.eval_batches(config, source=source), mesh,
         examples=eval_examples,
