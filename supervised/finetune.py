@@ -56,22 +56,29 @@ def prepare(config: ml_collections.ConfigDict, workdir: Optional[str] = None
 
 def _saved_backbone(workdir: Optional[str]) -> Optional[tuple[ModelSpec, int]]:
   """(model, image channels) of the fine-tune `workdir` holds, from the config saved with its
-  newest step (its parameters are not read: the loop reads them to resume); None for a new
-  workdir, or one whose newest step's config does not read (the loop then says what it finds
-  there, and starts from the init)."""
+  newest step whose config reads and matches its saved CRC-32s (its parameters are not read:
+  the loop reads them to resume, skipping the same damaged steps); None for a new workdir, or
+  one where no step's config reads (the loop then says what it finds there). A config changed
+  in place on disk (model.hidden_size 32 -> 33) was adopted: the run then stopped on a model
+  its checkpoints do not hold ('num_heads=2: does not divide model.hidden_size=33')."""
   if not workdir or not checkpoints.has_steps(workdir):
     return None
   try:
     mngr = checkpoints.manager(workdir, read_only=True)
     try:
-      step = mngr.latest_step()
+      steps = sorted(mngr.all_steps(), reverse=True)
     finally:
       mngr.close()
-    saved = ml_collections.ConfigDict(checkpoints.saved_config(workdir, step))
-    model = config_lib.upgrade(config_lib.resolved_model(saved))
-  except Exception:  # noqa: BLE001 (a damaged step: orbax and TensorStore raise many types)
+  except Exception:  # noqa: BLE001 (an unreadable checkpoints folder: the loop names it)
     return None
-  return model, saved.data.channels
+  for step in steps:
+    try:
+      saved = ml_collections.ConfigDict(checkpoints.saved_config(workdir, step))
+      model = config_lib.upgrade(config_lib.resolved_model(saved))
+    except Exception:  # noqa: BLE001 (a damaged step: orbax and TensorStore raise many types)
+      continue
+    return model, saved.data.channels
+  return None
 
 
 def build_task(config, m, ckpt: Optional[init_spec.Checkpoint], **sources) -> loop.Task:

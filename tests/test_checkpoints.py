@@ -378,6 +378,32 @@ def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, referen
   assert capsys.readouterr().err == ''
 
 
+def test_a_config_changed_in_place_is_damage_not_another_config(tmp_path, capsys):
+  """Bytes changed in place in the newest step's saved config (one bit each: '8' -> '9',
+  'a' -> 'b'). The resume compared it before its CRC-32s were checked, and refused the run
+  as initialised from another config.init (advising a rerun with the damaged init); a
+  resumed fine-tune adopted the damaged model.hidden_size (then stopped: 'num_heads=2: does
+  not divide model.hidden_size=9'). Both skip the step as damaged, naming the file."""
+  from supervised import finetune
+  init = f'vit_jax:{tmp_path}/a.npz'
+  train(tmp_path, tiny_config(total_steps=6, init=init))
+  ckpt = tmp_path / 'checkpoints'
+  metadata = ckpt / '6' / 'config' / 'metadata'
+  text = metadata.read_text()
+  damaged = text.replace('"hidden_size": 8', '"hidden_size": 9').replace('/a.npz', '/b.npz')
+  assert len(damaged) == len(text) and damaged.count('9') > text.count('9') and 'b.npz' in damaged
+  metadata.write_text(damaged)
+  assert finetune._saved_backbone(str(tmp_path))[0].hidden_size == 8  # Step 4's config.
+  capsys.readouterr()
+  train(tmp_path, tiny_config(init=init))
+  captured = capsys.readouterr()
+  assert re.search(rf'checkpoint {ckpt}/6 is unreadable \(config/metadata is damaged: its '
+                   r'CRC-32 differs from the one saved with it in checksums\.json\); trying the '
+                   r'previous one', captured.err), captured.err
+  assert f'resumed from {tmp_path} at step 4' in captured.out
+  assert steps_on_disk(tmp_path) == [6, 8]
+
+
 def test_a_step_whose_checksums_cannot_be_written_is_one_warning(tmp_path, caplog):
   """The save is complete when its checksums are written (a full disk then): the run goes on,
   one warning names the step and the reason, and the step reads unchecked."""

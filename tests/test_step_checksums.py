@@ -96,6 +96,23 @@ def test_a_damaged_checksums_file_is_named(step, text, said):
     step_checksums.check(str(step))
 
 
+def test_a_checksums_file_that_cannot_be_read_is_named(step):
+  """A folder in its place (a bad copy) was IsADirectoryError's own line in the readers'
+  warning; it is named in plain words, as the other damage of the file is."""
+  (step / 'checksums.json').unlink()
+  (step / 'checksums.json').mkdir()
+  with pytest.raises(step_checksums.Mismatch,
+                     match=r'^checksums\.json could not be read \(Is a directory\)$'):
+    step_checksums.check(str(step))
+
+
+def test_under_checks_only_that_folder(step):
+  (step / 'state' / 'commit_success.txt').write_text('x')
+  step_checksums.check(str(step), under='config')  # The damage is elsewhere.
+  with pytest.raises(step_checksums.Mismatch, match=r'^state/commit_success\.txt has 1 bytes'):
+    step_checksums.check(str(step), under='state')
+
+
 def test_an_unwritable_checksums_file_is_one_error_naming_it(step):
   """atomic_write's NotWritten (a UserError naming the file) when the file cannot be put in
   place (a folder of that name, which stops root too); no temporary is left beside it."""

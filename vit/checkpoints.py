@@ -673,8 +673,14 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
   for step in sorted(mngr.all_steps(), reverse=True):
     def check():
       saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-      return check_compatible(saved['config'], mngr.item_metadata(step)['state'],
-                              abstract_state, config, where=f'{mngr.directory}/{step}')
+      try:
+        return check_compatible(saved['config'], mngr.item_metadata(step)['state'],
+                                abstract_state, config, where=f'{mngr.directory}/{step}')
+      except UserError:
+        # A saved config changed in place (a flipped byte of its config.init) reads as another
+        # run's: a step whose files differ from their saved CRC-32s is damaged, and skipped.
+        step_checksums.check(os.path.join(str(mngr.directory), str(step)))
+        raise
     changed, reason = _read_together(mngr, step, 'config', check)
     if reason is None:
       restored, reason = _read_together(
@@ -1030,11 +1036,14 @@ def best_step(mngr: ocp.CheckpointManager, best_metric: str, best_mode: str = 'm
 
 
 def saved_config(workdir: str, step: Optional[int] = None) -> dict:
-  """The config a run saved with its checkpoint (the newest readable step by default)."""
+  """The config a run saved with its checkpoint (the newest readable step by default). With
+  `step`, its config files are checked against their saved CRC-32s (step_checksums.Mismatch)."""
   if step is None:
     return read_params(workdir)[0]
   mngr = manager(workdir, read_only=True)
-  return mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+  saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
+  step_checksums.check(os.path.join(str(mngr.directory), str(step)), under='config')
+  return saved
 
 
 def restore_params(workdir: str, step: Optional[int] = None, *, use_ema: bool = False) -> dict:

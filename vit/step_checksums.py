@@ -71,17 +71,21 @@ def saved(step_dir: str) -> bool:
   return os.path.isfile(os.path.join(step_dir, FILE))
 
 
-def check(step_dir: str) -> None:
+def check(step_dir: str, under: Optional[str] = None) -> None:
   """Checks the files of `step_dir` against its `checksums.json`; nothing when the step has
-  none. Files added since (none are, by orbax) are not checked.
+  none. Files added since (none are, by orbax) are not checked. `under` (an item, 'config'):
+  only the files of that folder of the step.
 
   Raises Mismatch naming the first file (in path order) that is missing, has another size or
-  another CRC-32, or `checksums.json` itself when it does not parse or is not this layout.
+  another CRC-32, or `checksums.json` itself when it does not parse, is not this layout or
+  cannot be read (a folder of that name).
   """
   listing = _listing(step_dir)
   if listing is None:
     return
   for relative, want in sorted(listing.items()):
+    if under is not None and not relative.startswith(under + '/'):
+      continue
     path = os.path.join(step_dir, *relative.split('/'))
     if not os.path.isfile(path):
       raise Mismatch(f'{relative} is missing (listed in {FILE})')
@@ -100,6 +104,8 @@ def _listing(step_dir: str) -> Optional[dict]:
       text = f.read()
   except FileNotFoundError:
     return None
+  except OSError as e:  # A folder of that name, no permission: the step cannot be checked.
+    raise Mismatch(f'{FILE} could not be read ({e.strerror or type(e).__name__})') from None
   try:
     saved_files = json.loads(text)
     files = saved_files['files']
