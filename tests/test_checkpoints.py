@@ -195,6 +195,35 @@ def test_keeps_last_k_and_the_best(tmp_path):
   assert checkpoints.best_step(mngr, 'eval/score', 'min') == 10
 
 
+@pytest.mark.parametrize('damage', ['cut short', 'changed in place'])
+def test_a_damaged_metrics_file_is_moved_aside_not_a_traceback(tmp_path, damage, capsys):
+  """orbax reads the metrics of every step when a manager opens: a best step's
+  `metrics/metrics` cut short raised the JSON parser's traceback from the trainer and every
+  reader of the run; one changed in place (valid JSON, another score) ranked the step on a
+  score it never had. Readers read on; the run moves the step aside (unranked, retention
+  would delete it) naming the file, and goes on."""
+  config = tiny_config(total_steps=8, eval_every=2, best_metric='eval/score', ema_decay=0.0)
+  train(tmp_path, config, evaluators=[ScriptedEvaluator([0.5, 0.9, 0.3, 0.4])])
+  assert steps_on_disk(tmp_path) == [4, 6, 8]
+  metrics = tmp_path / 'checkpoints' / '4' / 'metrics' / 'metrics'
+  text = metrics.read_text()
+  assert '"eval/score": 0.9' in text
+  metrics.write_text(text[:len(text) // 2] if damage == 'cut short'
+                     else text.replace('"eval/score": 0.9', '"eval/score": 0.1'))
+  capsys.readouterr()
+  assert checkpoints.read_params(str(tmp_path))[2] == 8
+  assert capsys.readouterr().err == ''
+  config = tiny_config(total_steps=10, eval_every=2, best_metric='eval/score', ema_decay=0.0)
+  train(tmp_path, config, evaluators=[ScriptedEvaluator([0.2])])
+  said = ('is not valid JSON (cut short or overwritten)' if damage == 'cut short' else
+          'is damaged: its CRC-32 differs from the one saved with it in checksums.json')
+  (moved,) = glob.glob(f'{tmp_path}/checkpoints.damaged/4.*')
+  assert (f'warning: checkpoint {tmp_path}/checkpoints/4 is unreadable (metrics/metrics '
+          f'{said}); moved it to '
+          f'{moved}\n') in capsys.readouterr().err
+  assert steps_on_disk(tmp_path) == [8, 10]
+
+
 def test_best_mode_min_keeps_the_lowest(tmp_path):
   config = tiny_config(total_steps=8, eval_every=2, best_metric='eval/score', best_mode='min',
                        ema_decay=0.0)

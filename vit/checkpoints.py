@@ -164,6 +164,23 @@ class Manager(ocp.CheckpointManager):
     if jax.process_index() == 0:
       _write_checksums(os.path.join(str(self.directory), str(step)))
 
+  def _get_metrics(self, step: int):
+    """orbax 0.12's own method (the metrics saved with a step, read for every step when the
+    manager opens), which raised the JSON parser's traceback from every trainer and reader of a
+    `best_metric` run when a step's `metrics/metrics` was cut short or overwritten. A metrics
+    file that does not read, or differs from its saved CRC-32 (a best step that is not), is no
+    metrics here; the step and the reason are kept in `damaged_metrics` (`manager` moves such
+    steps aside in a run, as `resume` does)."""
+    try:
+      metrics = super()._get_metrics(step)
+      if metrics is not None:
+        step_checksums.check(os.path.join(str(self.directory), str(step)), under='metrics')
+      return metrics
+    except Exception as e:  # noqa: BLE001 (JSON, TensorStore and OS errors alike)
+      step_dir = os.path.join(str(self.directory), str(step))
+      self.__dict__.setdefault('damaged_metrics', {})[step] = unreadable_reason(step_dir, e)
+      return None
+
   def close(self):
     """orbax's close, which also waits for the clean-up of unfinished step folders
     (`*.orbax-checkpoint-tmp`) that a writable manager starts in a background thread when it
@@ -269,6 +286,11 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
   _quiet_abandoned_reads()
   mngr = Manager(directory, options=options, item_handlers=handlers)
   mngr.barriers = barriers
+  if not read_only:  # A reader reads no metrics; a damaged newest step it skips by its CRC-32s.
+    for step, reason in sorted(mngr.__dict__.pop('damaged_metrics', {}).items()):
+      # Unranked, retention would delete it at the next save: kept aside instead.
+      logger.warning('checkpoint %s/%d is unreadable (%s); moved it to %s', directory, step,
+                     reason, _move_aside(mngr, step))
   return mngr
 
 
@@ -758,7 +780,7 @@ def _shorten(reason: str, limit: int = 240) -> str:
 
 # The files of a step that orbax and grain write as JSON (the rest is TensorStore's binary
 # OCDBT data, `d/` and `manifest.ocdbt`, and orbax's `commit_success.txt`).
-_JSON_NAMES = ('_CHECKPOINT_METADATA', '_METADATA', '_sharding', 'metadata')
+_JSON_NAMES = ('_CHECKPOINT_METADATA', '_METADATA', '_sharding', 'metadata', 'metrics')
 
 
 def unreadable_reason(step_dir: str, e: BaseException) -> str:
