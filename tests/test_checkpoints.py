@@ -363,7 +363,8 @@ def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, referen
   carry no checksum), and the data iterator's position rewritten at the same length (a resume
   would have trained on other batches). Every step saves its files' CRC-32s
   (vit/step_checksums.py); the readers skip the changed step naming the file, the resume moves
-  it aside and continues exactly from the previous one. A step saved without checksums (before
+  it aside and continues exactly from the previous one. A step copied to another number is
+  told (its arrays' step counter is the old one's). A step saved without checksums (before
   them) reads as before."""
   from vit import step_checksums
   train(tmp_path, tiny_config(total_steps=6))
@@ -401,6 +402,14 @@ def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, referen
   assert_bitwise_equal(resumed, reference)
   for step in (6, 8):
     step_checksums.check(str(ckpt / str(step)))
+  import shutil
+  shutil.copytree(ckpt / '8', ckpt / '12')  # Its state's own step counter says 8.
+  capsys.readouterr()
+  assert checkpoints.read_params(str(tmp_path))[2] == 8
+  assert capsys.readouterr().err == (
+      f'warning: skipped the unreadable checkpoint {ckpt}/12 (checksums.json was saved with '
+      'step 8, not 12: the folder was copied or renamed from another step); reading step 8\n')
+  shutil.rmtree(ckpt / '12')
   os.remove(ckpt / '8' / 'checksums.json')  # As saved before checksums: read unchecked.
   capsys.readouterr()
   assert checkpoints.read_params(str(tmp_path))[2] == 8

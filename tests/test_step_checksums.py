@@ -28,7 +28,7 @@ def step(tmp_path):
 def test_writes_size_and_crc32_of_every_file(step):
   import zlib
   saved = json.loads((step / 'checksums.json').read_text())
-  assert saved['version'] == 1
+  assert saved['version'] == 1 and saved['step'] == 8
   assert sorted(saved['files']) == ['_CHECKPOINT_METADATA', 'config/metadata',
                                     'state/commit_success.txt', 'state/ocdbt.process_0/d/ab12']
   data = (step / 'state' / 'ocdbt.process_0' / 'd' / 'ab12').read_bytes()
@@ -69,6 +69,26 @@ def test_a_changed_size_and_a_missing_file_are_named(step):
     step_checksums.check(str(step))
 
 
+def test_a_step_copied_or_renamed_to_another_number_is_named(step):
+  """`cp -a 8 12`: every file matches, but the arrays' own step counter says 8; resumed or
+  exported as step 12, the run's steps and the state's would disagree. A folder not named by
+  a number records no step and is checked by its files only."""
+  import shutil
+  copy = step.parent / '12'
+  shutil.copytree(step, copy)
+  with pytest.raises(step_checksums.Mismatch, match=(
+      r'^checksums\.json was saved with step 8, not 12: the folder was copied or renamed from '
+      r'another step$')):
+    step_checksums.check(str(copy))
+  step_checksums.check(str(step) + os.sep)  # A trailing separator is the same folder.
+  other = step.parent / 'export'
+  shutil.copytree(step, other)
+  os.remove(other / 'checksums.json')
+  step_checksums.write(str(other))
+  assert 'step' not in json.loads((other / 'checksums.json').read_text())
+  step_checksums.check(str(other))
+
+
 def test_a_file_added_later_is_not_checked(step):
   (step / 'state' / 'extra').write_text('x')
   step_checksums.check(str(step))
@@ -88,6 +108,7 @@ def test_a_step_without_checksums_reads_unchecked(step):
     ('{"version": 1, "files": {"a": {"bytes": "1", "crc32": 0}}}',
      'not valid (cut short or overwritten)'),
     ('[1, 2]', 'not valid (cut short or overwritten)'),
+    ('{"version": 1, "step": "8", "files": {}}', 'not valid (cut short or overwritten)'),
     ('\udcff', 'not valid (cut short or overwritten)'),
 ])
 def test_a_damaged_checksums_file_is_named(step, text, said):

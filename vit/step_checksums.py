@@ -11,8 +11,10 @@ succeeded, so that a file orbax finds cut short or missing is still named in orb
 A step saved without the file (before this module, or cut by a kill between the step's
 completion and the file's write) is read as before, unchecked.
 
-The file's layout: {"version": 1, "files": {"state/d/0a1b...": {"bytes": 123, "crc32": 456}}},
-paths relative to the step with '/' separators.
+The file's layout: {"version": 1, "step": 8, "files": {"state/d/0a1b...": {"bytes": 123,
+"crc32": 456}}}, paths relative to the step with '/' separators; "step" is the step folder's
+name when saved (absent in a folder not named by a number), so a step copied or renamed to
+another number is told, not resumed or exported as that step.
 """
 from __future__ import annotations
 
@@ -61,9 +63,13 @@ def write(step_dir: str) -> None:
   for relative in _files(step_dir):
     path = os.path.join(step_dir, relative)
     files[relative] = {'bytes': os.path.getsize(path), 'crc32': _crc32(path)}
+  saved_files = {'version': _VERSION, 'files': files}
+  name = os.path.basename(os.path.normpath(step_dir))
+  if name.isdigit():  # The step it was saved as: a copy under another number is not that step.
+    saved_files['step'] = int(name)
   with atomic_write.file(os.path.join(step_dir, FILE)) as temporary:
     with open(temporary, 'w') as f:
-      json.dump({'version': _VERSION, 'files': files}, f, indent=1, sort_keys=True)
+      json.dump(saved_files, f, indent=1, sort_keys=True)
 
 
 def saved(step_dir: str) -> bool:
@@ -80,10 +86,16 @@ def check(step_dir: str, under: Optional[str] = None) -> None:
   another CRC-32, or `checksums.json` itself when it does not parse, is not this layout or
   cannot be read (a folder of that name).
   """
-  listing = _listing(step_dir)
-  if listing is None:
+  saved_files = _saved(step_dir)
+  if saved_files is None:
     return
-  for relative, want in sorted(listing.items()):
+  name, step = os.path.basename(os.path.normpath(step_dir)), saved_files.get('step')
+  if step is not None and name != str(step):
+    # The arrays' own step counter still says `step`: resumed or exported as `name`, the run's
+    # steps and its schedule would disagree.
+    raise Mismatch(f'{FILE} was saved with step {step}, not {name}: the folder was copied or '
+                   'renamed from another step')
+  for relative, want in sorted(saved_files['files'].items()):
     if under is not None and not relative.startswith(under + '/'):
       continue
     path = os.path.join(step_dir, *relative.split('/'))
@@ -97,7 +109,7 @@ def check(step_dir: str, under: Optional[str] = None) -> None:
                      f'in {FILE}')
 
 
-def _listing(step_dir: str) -> Optional[dict]:
+def _saved(step_dir: str) -> Optional[dict]:
   path = os.path.join(step_dir, FILE)
   try:
     with open(path, 'rb') as f:
@@ -112,7 +124,9 @@ def _listing(step_dir: str) -> Optional[dict]:
     if saved_files['version'] != _VERSION or not all(
         isinstance(v['bytes'], int) and isinstance(v['crc32'], int) for v in files.values()):
       raise ValueError
+    if not isinstance(saved_files.get('step', 0), int):
+      raise ValueError
   except (ValueError, KeyError, TypeError, AttributeError):
     what = 'empty' if not text else 'not valid (cut short or overwritten)'
     raise Mismatch(f'{FILE} is {what}') from None
-  return files
+  return saved_files
