@@ -690,7 +690,9 @@ def resume(mngr: ocp.CheckpointManager, abstract_state: Any, data_iterator,
   A step that cannot be read (a truncated or missing file, or one whose bytes differ from their
   saved CRC-32) is skipped with a warning for the previous one; once one restores, the unreadable
   newer steps are moved to `checkpoints.damaged/` so that the run can save those steps again.
-  Nothing is moved when no step is usable. An incompatible config is an error, never a fallback. """
+  Nothing is moved when no step is usable. An incompatible config is an error, never a fallback
+  (unless the step's saved config differs from its CRC-32: then it is damage, and skipped).
+  """
   problems = []
   for step in sorted(mngr.all_steps(), reverse=True):
     def check():
