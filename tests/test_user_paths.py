@@ -190,7 +190,8 @@ def test_a_saved_step_given_for_a_workdir_points_at_the_workdir(stopped_mae, mon
 
 def test_a_run_still_training_is_told_apart_from_a_stopped_one(tmp_path):
   """An export of a run in progress warned that it 'stopped' and to rerun its command, which
-  the lock would refuse. The lock file names its last holder; a live one is still training."""
+  the lock would refuse. The lock file names its last holder; a live one is still training.
+  A reader that fell back from newer steps that did not read says that, not 'stopped'."""
   import socket
   import subprocess
   early = init_spec.Checkpoint({}, None, None, 28, 3, None, 600, 1200)
@@ -217,6 +218,14 @@ def test_a_run_still_training_is_told_apart_from_a_stopped_one(tmp_path):
   assert 'the run stopped before its end' in init_spec.unfinished(f'mae:{tmp_path}', early)
   (tmp_path / '.lock').write_text(f'pid {os.getpid()}\nhost elsewhere\n')  # Not this host's.
   assert 'the run stopped before its end' in init_spec.unfinished(f'mae:{tmp_path}', early)
+  # Newer steps on disk that did not read (the run may well have finished): said so, not
+  # 'stopped before its end'.
+  for step in ('900', '1200'):
+    (tmp_path / 'checkpoints' / step).mkdir(parents=True)
+  assert init_spec.unfinished(f'mae:{tmp_path}', early) == (
+      f'mae:{tmp_path}: using step 600 of its config.total_steps 1200, as its newer steps 900, '
+      '1200 did not read (rerun its training command with the same --workdir to save them '
+      'again)')
 
 
 def test_a_finished_run_and_a_published_format_get_no_warning():

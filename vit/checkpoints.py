@@ -928,13 +928,20 @@ def _flat_config(d: dict, prefix: str = '') -> dict[str, Any]:
   return out
 
 
+def steps_on_disk(workdir: str) -> list[int]:
+  """The step numbers of WORKDIR/checkpoints' step folders, ascending, whether they read or
+  not (what a reader skipped as unreadable too); [] without the folder."""
+  try:
+    names = os.listdir(os.path.join(workdir, 'checkpoints'))
+  except OSError:  # No checkpoints directory (a new workdir), or not a directory.
+    return []
+  return sorted(int(n) for n in names if n.isdigit())
+
+
 def has_steps(workdir: str) -> bool:
   """Whether `workdir` holds a checkpoint step (readable or not), so that a run on it resumes;
   a cheap look at the directory names, for what a trainer says before the loop starts."""
-  try:
-    return any(name.isdigit() for name in os.listdir(os.path.join(workdir, 'checkpoints')))
-  except OSError:  # No checkpoints directory (a new workdir), or not a directory.
-    return False
+  return bool(steps_on_disk(workdir))
 
 
 def check_compatible(saved_config: dict, saved_state_metadata, abstract_state,

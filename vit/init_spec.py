@@ -251,7 +251,7 @@ def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
   """A warning's line when the step read from a workdir is before its run's config.total_steps
   (the run was stopped, failed or is still going: the line says which where this host can
   tell, `checkpoints.training_now`; or its later steps did not read, which
-  `checkpoints.read_params` warns of); None otherwise."""
+  `checkpoints.read_params` warns of, and this line names); None otherwise."""
   if ckpt.step is None or not ckpt.total_steps or ckpt.step >= ckpt.total_steps:
     return None
   fmt, sep, path = spec.partition(':')
@@ -260,6 +260,12 @@ def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
   if running:
     return (f'{spec}: the run is still training ({running}); using its newest saved step, '
             f'{ckpt.step} of its config.total_steps {ckpt.total_steps}')
+  newer = workdir and [s for s in checkpoints.steps_on_disk(workdir) if s > ckpt.step]
+  if newer:  # The run may have finished: those steps did not read (read_params warned).
+    return (f'{spec}: using step {ckpt.step} of its config.total_steps {ckpt.total_steps}, as '
+            f'its newer step{"s" if len(newer) > 1 else ""} '
+            f'{", ".join(map(str, newer))} did not read (rerun its training command with the '
+            'same --workdir to save them again)')
   return (f'{spec}: the run stopped before its end (step {ckpt.step} of its config.total_steps '
           f'{ckpt.total_steps}); using step {ckpt.step} anyway (rerun its training command with '
           'the same --workdir to finish it)')
