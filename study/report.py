@@ -404,7 +404,8 @@ def progress(st: Study) -> list[str]:
             if len(headline_runs) < len(st.runs) else '.'),
            f'- CPU time of the finished runs: {cpu_h:.1f} CPU-hours' +
            (f' ({unsegmented} records have no list of segments: made by cell (a)\'s runner '
-            '(0faec29 or before), they give a resumed run\'s last segment only, so this and '
+            'code of 0faec29 or before (the study commits after it change only the run '
+            'list), they give a resumed run\'s last segment only, so this and '
             'their wall times undercount).' if unsegmented else '.')]
   if s_per_step:
     lines.append(f'- Left: about {left_steps:,} training steps; at the measured '

@@ -15,10 +15,11 @@ IMAGES_PER_S = 553  # Two single-threaded workers on the idle 2-core machine (is
 def timing(st) -> tuple[Optional[float], int]:
   """(wall seconds per step of one worker, evaluations included; records left out).
 
-  A record with a list of `segments` times its whole run. One without (cell (a)'s runner,
-  0faec29 or before) times a resumed run's last segment only: it is left out when its rate is
-  under half the step-weighted median rate of all timed records (less than half its run timed),
-  as the total would otherwise count those steps as nearly free. None before any run is timed.
+  A record with a list of `segments` times its whole run. One without (cell (a)'s runner code of
+  0faec29 or before, which the later study commits keep) times a resumed run's last segment only: it
+  is left out when its rate is under half the step-weighted median rate of all timed records (less
+  than half its run timed), as the total would otherwise count those steps as nearly free. None
+  before any run is timed.
   """
   timed = [(rec['wall_s'] / rec['result']['steps'], rec['result']['steps'], 'segments' in rec)
            for rec in st.results.values() if rec.get('wall_s') and rec['result'].get('steps')]
