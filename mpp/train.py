@@ -24,6 +24,7 @@ def build_task(config, m, workdir: str) -> loop.Task:
   on; PNG grids of the predictions on the first GRID_IMAGES evaluation images, under
   WORKDIR/images every config.mpp.image_every steps (0: at the end only)."""
   obj = objective.build(config, m)
+  config_lib.note_unused_head(config, 'mpp.train')
   mesh = sharding.make_mesh(config.mesh)
   batches = lambda: pipeline.eval_batches(config)
   evaluator = evaluator_lib.MppEvaluator(

@@ -224,3 +224,23 @@ def test_more_eval_examples_than_the_split_holds_is_noted_before_training(packag
       train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
           train.build_task(config, m))
     assert [r.getMessage() for r in caplog.records if r.name == 'vit.data.pipeline'] == notes
+
+
+@pytest.mark.parametrize('package', ['mpp', 'mae', 'simmim'])
+def test_a_classifier_size_given_to_a_pretraining_trainer_is_noted(package, tmp_path, caplog):
+  """--config.model.num_classes=10 on mpp/mae/simmim.train was dropped without a word (the
+  backbone is built headless); building the task notes it. Unset (their configs), no note."""
+  import logging
+  train = importlib.import_module(f'{package}.train')
+  for classes, notes in ((10, [f'note: model.num_classes=10 is not used: {package}.train '
+                               'pretrains a backbone without a classification head (fine-tune '
+                               'it with supervised.finetune for one)']),
+                         (None, [])):
+    config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
+    config.model.num_classes = classes
+    m = config_lib.validate(config)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger='vit.config'):
+      train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
+          train.build_task(config, m))
+    assert [r.getMessage() for r in caplog.records if r.name == 'vit.config'] == notes

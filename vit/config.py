@@ -551,6 +551,18 @@ def _overlay(defaults: dict, saved: Mapping[str, Any]) -> None:
       defaults[key] = value
 
 
+def note_unused_head(config: ml_collections.ConfigDict, trainer: str) -> None:
+  """Logs a note when config.model.num_classes is set for `trainer` ('mae.train'), whose
+  objective pretrains without labels (MPP, MAE, SimMIM build the backbone headless, whatever
+  the key says): the key was ignored without a word. A note, not a refusal: a supervised
+  config's model is a fair model to plan or benchmark such an objective on (`vit.plan
+  --objective mae`)."""
+  if config.model.get('num_classes') is not None:
+    logger.info('note: model.num_classes=%s is not used: %s pretrains a backbone without a '
+                'classification head (fine-tune it with supervised.finetune for one)',
+                config.model.num_classes, trainer)
+
+
 def build_model(m: ModelSpec, *, num_classes: int | None = None,
                 classifier: str | None = None) -> VisionTransformer:
   """`vit.models.factory.build_model`: the VisionTransformer `m` describes, its head

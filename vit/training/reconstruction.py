@@ -29,6 +29,7 @@ def build_task(config: ml_collections.ConfigDict, obj: objective_lib.Objective,
   """
   section, name = eval_key.split('.')
   eval_examples = config[section][name]
+  config_lib.note_unused_head(config, f'{section}.train')
   mesh = sharding.make_mesh(config.mesh)
   evaluators = []
   if eval_examples:
