@@ -205,42 +205,40 @@ def test_each_trainer_opens_its_evaluation_split_before_training(package, tmp_pa
         train.build_task(config, m))
 
 
+def _notes_of_building(package, config, tmp_path, caplog, logger: str) -> list[str]:
+  """The INFO lines `logger` logs while `package`'s trainer builds its task for `config`."""
+  import logging
+  m = config_lib.validate(config)
+  train = importlib.import_module(f'{package}.train')
+  caplog.clear()
+  with caplog.at_level(logging.INFO, logger=logger):
+    train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
+        train.build_task(config, m))
+  return [r.getMessage() for r in caplog.records if r.name == logger]
+
+
 @pytest.mark.parametrize('package', ['mpp', 'mae', 'simmim'])
 def test_more_eval_examples_than_the_split_holds_is_noted_before_training(package, tmp_path,
                                                                           caplog):
   """<objective>.eval_examples=20000 on the 10,000 test images scored all 10,000 with no word
   of why the metric's `examples` said 10000; building the task now notes it, once. As many as
   the split holds, no note."""
-  import logging
-  train = importlib.import_module(f'{package}.train')
   for asked, notes in ((20000, [f"note: {package}.eval_examples=20000 is more than the 10,000 "
                                 "images of data.eval_split 'test': all 10,000 are scored"]),
                        (10000, [])):
     config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
     config[package].eval_examples = asked
-    m = config_lib.validate(config)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger='vit.data.pipeline'):
-      train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
-          train.build_task(config, m))
-    assert [r.getMessage() for r in caplog.records if r.name == 'vit.data.pipeline'] == notes
+    assert _notes_of_building(package, config, tmp_path, caplog, 'vit.data.pipeline') == notes
 
 
 @pytest.mark.parametrize('package', ['mpp', 'mae', 'simmim'])
 def test_a_classifier_size_given_to_a_pretraining_trainer_is_noted(package, tmp_path, caplog):
   """--config.model.num_classes=10 on mpp/mae/simmim.train was dropped without a word (the
   backbone is built headless); building the task notes it. Unset (their configs), no note."""
-  import logging
-  train = importlib.import_module(f'{package}.train')
   for classes, notes in ((10, [f'note: model.num_classes=10 is not used: {package}.train '
                                'pretrains a backbone without a classification head (fine-tune '
                                'it with supervised.finetune for one)']),
                          (None, [])):
     config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
     config.model.num_classes = classes
-    m = config_lib.validate(config)
-    caplog.clear()
-    with caplog.at_level(logging.INFO, logger='vit.config'):
-      train.build_task(config, m, str(tmp_path)) if package == 'mpp' else (
-          train.build_task(config, m))
-    assert [r.getMessage() for r in caplog.records if r.name == 'vit.config'] == notes
+    assert _notes_of_building(package, config, tmp_path, caplog, 'vit.config') == notes
