@@ -267,9 +267,9 @@ def note_eval_examples(config: ml_collections.ConfigDict, key: str, examples: in
   that split's, when already open (make_source's otherwise)."""
   source = make_source(config, config.data.eval_split) if source is None else source
   if examples > len(source):
+    held = f'{len(source):,}'
     logger.info('note: %s=%d is more than the %s images of data.eval_split %r: all %s are '
-                'scored', key, examples, f'{len(source):,}', config.data.eval_split,
-                f'{len(source):,}')
+                'scored', key, examples, held, config.data.eval_split, held)
 
 
 def eval_batches(config: ml_collections.ConfigDict, source=None, split: str | None = None,
