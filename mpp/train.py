@@ -26,14 +26,16 @@ def build_task(config, m, workdir: str) -> loop.Task:
   obj = objective.build(config, m)
   config_lib.note_unused_head(config, 'mpp.train')
   mesh = sharding.make_mesh(config.mesh)
-  batches = lambda: pipeline.eval_batches(config)
+  # One source for the evaluator, the note and the image grids (each opened it before).
+  source = pipeline.make_source(config, config.data.eval_split)
+  batches = lambda: pipeline.eval_batches(config, source=source)
   evaluator = evaluator_lib.MppEvaluator(
       obj.model, obj.spec, batches, mesh, examples=config.mpp.eval_examples,
       global_batch_size=config.eval_batch_size,
       seed=config.seed)
   evaluators = [evaluator] if config.mpp.eval_examples else []
   if evaluators:
-    pipeline.note_eval_examples(config, 'mpp.eval_examples', config.mpp.eval_examples)
+    pipeline.note_eval_examples(config, 'mpp.eval_examples', config.mpp.eval_examples, source)
   if config.fewshot.enabled:
     evaluators.append(fewshot.FewShotEvaluator(config, obj.representation, mesh))
   first = next(iter(batches()))['image'][:GRID_IMAGES]

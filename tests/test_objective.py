@@ -232,6 +232,21 @@ def test_more_eval_examples_than_the_split_holds_is_noted_before_training(packag
 
 
 @pytest.mark.parametrize('package', ['mpp', 'mae', 'simmim'])
+def test_a_trainer_opens_its_evaluation_split_once(package, tmp_path, caplog, monkeypatch):
+  """mpp.train opened data.eval_split three times while building its task (the evaluator's
+  batches, the eval_examples note, the image grids); each trainer now opens it once and its
+  evaluator reads that source."""
+  from vit.data import pipeline
+  opened = []
+  make_source = pipeline.make_source
+  monkeypatch.setattr(pipeline, 'make_source',
+                      lambda config, split: opened.append(split) or make_source(config, split))
+  config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
+  _notes_of_building(package, config, tmp_path, caplog, 'vit.data.pipeline')
+  assert opened.count('test') == 1, opened
+
+
+@pytest.mark.parametrize('package', ['mpp', 'mae', 'simmim'])
 def test_a_classifier_size_given_to_a_pretraining_trainer_is_noted(package, tmp_path, caplog):
   """--config.model.num_classes=10 on mpp/mae/simmim.train was dropped without a word (the
   backbone is built headless); building the task notes it. Unset (their configs), no note."""
