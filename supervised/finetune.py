@@ -64,20 +64,14 @@ def _saved_backbone(workdir: Optional[str]) -> Optional[tuple[ModelSpec, int]]:
   if not workdir or not checkpoints.has_steps(workdir):
     return None
   try:
-    mngr = checkpoints.manager(workdir, read_only=True)
-    try:
-      steps = sorted(mngr.all_steps(), reverse=True)
-    finally:
-      mngr.close()
+    for _, saved in checkpoints.saved_configs(workdir):
+      try:
+        saved = ml_collections.ConfigDict(saved)
+        return config_lib.upgrade(config_lib.resolved_model(saved)), saved.data.channels
+      except Exception:  # noqa: BLE001 (a config no model reads: an older step may)
+        continue
   except Exception:  # noqa: BLE001 (an unreadable checkpoints folder: the loop names it)
     return None
-  for step in steps:
-    try:
-      saved = ml_collections.ConfigDict(checkpoints.saved_config(workdir, step))
-      model = config_lib.upgrade(config_lib.resolved_model(saved))
-    except Exception:  # noqa: BLE001 (a damaged step: orbax and TensorStore raise many types)
-      continue
-    return model, saved.data.channels
   return None
 
 

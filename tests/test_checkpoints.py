@@ -416,6 +416,25 @@ def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, referen
   assert capsys.readouterr().err == ''
 
 
+def test_the_readers_close_every_manager_they_open(tmp_path, monkeypatch):
+  """read_params, restore_params and the fine-tuner's look at a workdir's saved configs left
+  their read-only managers open (the fine-tuner opened one per step); each closes what it
+  opens, also when the caller stops early."""
+  from supervised import finetune
+  train(tmp_path, tiny_config(total_steps=4))
+  opened, closed = [], []
+  make, close = checkpoints.manager, checkpoints.Manager.close
+  monkeypatch.setattr(checkpoints, 'manager', lambda *a, **k: opened.append(1) or make(*a, **k))
+  monkeypatch.setattr(checkpoints.Manager, 'close', lambda self: closed.append(1) or close(self))
+  _, newest, step = checkpoints.read_params(str(tmp_path))
+  assert step == 4
+  jax.tree.map(np.testing.assert_array_equal, checkpoints.restore_params(str(tmp_path), 4),
+               newest)
+  assert finetune._saved_backbone(str(tmp_path))[0].hidden_size == 8
+  assert [step for step, _ in checkpoints.saved_configs(str(tmp_path))] == [4, 2]
+  assert len(opened) == len(closed) == 4
+
+
 def test_a_config_changed_in_place_is_damage_not_another_config(tmp_path, capsys):
   """Bytes changed in place in the newest step's saved config (one bit each: '8' -> '9',
   'a' -> 'b'). The resume compared it before its CRC-32s were checked, and refused the run

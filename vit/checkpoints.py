@@ -1066,15 +1066,25 @@ def best_step(mngr: ocp.CheckpointManager, best_metric: str, best_mode: str = 'm
   return (max if best_mode == 'max' else min)(candidates)[1]
 
 
-def saved_config(workdir: str, step: Optional[int] = None) -> dict:
-  """The config a run saved with its checkpoint (the newest readable step by default). With
-  `step`, its config files are checked against their saved CRC-32s (step_checksums.Mismatch)."""
-  if step is None:
-    return read_params(workdir)[0]
-  mngr = manager(workdir, read_only=True)
-  saved = mngr.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))['config']
-  step_checksums.check(os.path.join(str(mngr.directory), str(step)), under='config')
-  return saved
+def saved_config(workdir: str) -> dict:
+  """The config a run saved with its newest readable step (`read_params`'s)."""
+  return read_params(workdir)[0]
+
+
+def saved_configs(workdir: str) -> Iterator[tuple[int, dict]]:
+  """(step, the config saved with it) for each step of WORKDIR/checkpoints, newest first,
+  through one read-only manager (closed when the loop ends or stops). Only the configs are
+  read; a step whose config does not read or differs from its saved CRC-32s is passed over
+  (the readers of its weights name what is wrong with it)."""
+  with contextlib.closing(manager(workdir, read_only=True)) as mngr:
+    for step in sorted(mngr.all_steps(), reverse=True):
+      try:
+        saved = mngr.restore(step, args=ocp.args.Composite(
+            config=ocp.args.JsonRestore()))['config']
+        step_checksums.check(os.path.join(str(mngr.directory), str(step)), under='config')
+      except Exception:  # noqa: BLE001 (orbax and TensorStore raise many types for damage)
+        continue
+      yield step, saved
 
 
 def restore_params(workdir: str, step: Optional[int] = None, *, use_ema: bool = False) -> dict:
@@ -1082,11 +1092,11 @@ def restore_params(workdir: str, step: Optional[int] = None, *, use_ema: bool = 
   (the newest readable step by default)."""
   if step is None:
     return read_params(workdir, use_ema=use_ema)[1]
-  mngr = manager(workdir, read_only=True)
-  try:
-    return _checked(mngr, step, lambda: _read_params_at(mngr, step, use_ema))
-  except step_checksums.Mismatch as e:
-    raise UserError(f'{mngr.directory}/{step}: {e}') from None
+  with contextlib.closing(manager(workdir, read_only=True)) as mngr:
+    try:
+      return _checked(mngr, step, lambda: _read_params_at(mngr, step, use_ema))
+    except step_checksums.Mismatch as e:
+      raise UserError(f'{mngr.directory}/{step}: {e}') from None
 
 
 def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int]:
@@ -1099,7 +1109,12 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
   never the optimiser's moments. UserError naming every step when none reads, or saying that
   the workdir has no step (yet, when its run is training now on this host).
   """
-  mngr = manager(workdir, read_only=True)
+  with contextlib.closing(manager(workdir, read_only=True)) as mngr:
+    return _newest_readable(mngr, workdir, use_ema)
+
+
+def _newest_readable(mngr: Manager, workdir: str, use_ema: bool) -> tuple[dict, dict, int]:
+  """`read_params` through `mngr` (WORKDIR/checkpoints' read-only manager)."""
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
     running = training_now(workdir)
