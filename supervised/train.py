@@ -28,9 +28,12 @@ def build_task(config, m, *, train_source=None, eval_source=None) -> loop.Task:
   eval_source = eval_source or pipeline.make_source(config, config.data.eval_split)
   evaluators = [ClassificationEvaluator(
       obj.predictions, lambda: pipeline.eval_batches(config, source=eval_source), mesh)]
-  if config.fewshot.enabled:
+  if config.fewshot.enabled:  # The task's sources where fewshot's splits are the task's own.
+    fs = config.fewshot
     evaluators.append(fewshot.FewShotEvaluator(
-        config, obj.representation, mesh, train_source=train_source, test_source=eval_source))
+        config, obj.representation, mesh,
+        train_source=train_source if fs.train_split == config.data.train_split else None,
+        test_source=eval_source if fs.test_split in (None, config.data.eval_split) else None))
   train_source = train_source or pipeline.make_source(config, config.data.train_split)
   return loop.Task(init_params=obj.init_params, loss_fn=obj.loss,
                    train_data=pipeline.train_dataset(config, source=train_source),

@@ -139,6 +139,39 @@ def test_too_few_examples_per_class_is_an_error():
                         test_source=no_dress)
 
 
+@pytest.mark.parametrize('key', ['train_split', 'test_split'])
+def test_a_fewshot_split_the_source_lacks_is_named_by_its_key(key):
+  """fewshot.train_split='valid' was refused as 'config.data.eval_split='valid'', a key the
+  user had not set (make_source names data.train_split or data.eval_split)."""
+  config = _tiny_config()
+  config.fewshot[key] = 'valid'
+  m = config_lib.validate(config)
+  with pytest.raises(UserError, match=rf"^config.fewshot.{key}='valid': not a split of "
+                                      r"fashion_mnist \(splits: train, test\)$"):
+    fewshot.from_config(config, m, sharding.make_mesh(config.mesh))
+
+
+def test_supervised_training_reads_the_fewshot_splits_it_is_given():
+  """supervised.train handed the evaluator its own training and evaluation sources whatever
+  fewshot.train_split and fewshot.test_split said: both were ignored, 'bogus' included."""
+  from supervised import train as sup_train
+  config = _tiny_config()
+  m = config_lib.validate(config)
+  small = fashion_mnist.ArraySource(*(a[:100] for a in fashion_mnist.load('test')))
+
+  def evaluator(**splits):
+    config.fewshot.update(splits)
+    task = sup_train.build_task(config, m, train_source=small, eval_source=small)
+    return next(e for e in task.evaluators if isinstance(e, fewshot.FewShotEvaluator))
+
+  own = evaluator(train_split='train', test_split=None)  # The task's sources, as before.
+  assert own.train_source.source is small and own.test_source.source is small
+  other = evaluator(train_split='test', test_split='train')
+  assert len(other.train_source.source) == 10_000 and len(other.test_source.source) == 60_000
+  with pytest.raises(UserError, match=r"^config.fewshot.test_split='bogus': not a split"):
+    evaluator(train_split='train', test_split='bogus')
+
+
 @pytest.mark.parametrize('flag,value,message', [
     ('l2_reg', -1.0, '--l2_reg=-1: must be > 0'),
     ('max_test', -5, '--max_test=-5: must be an integer >= 0 (test examples; 0: all)'),
@@ -222,12 +255,14 @@ def test_cli_on_an_npz(tmp_path):
          '--shots=1', *flags_], cwd=ROOT, capture_output=True, text=True, timeout=900,
         env=dict(os.environ, JAX_PLATFORMS='cpu'))
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == line
-  split = subprocess.run(
-      [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
-       '--shots=1', '--test_split=valid'], cwd=ROOT, capture_output=True, text=True,
-      timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
-  assert split.returncode == 2 and split.stderr.strip().splitlines()[-1] == (
-      'error: --test_split=valid: not a split of fashion_mnist (splits: train, test)')
+  # --train_split=valid was named '--test_split=valid' (make_source took it for data.eval_split).
+  for flag in ('--test_split', '--train_split'):
+    split = subprocess.run(
+        [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+         '--shots=1', f'{flag}=valid'], cwd=ROOT, capture_output=True, text=True,
+        timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert split.returncode == 2 and split.stderr.strip().splitlines()[-1] == (
+        f'error: {flag}=valid: not a split of fashion_mnist (splits: train, test)')
   bad = subprocess.run([sys.executable, '-m', 'vit.evaluators.fewshot', '--init=npz:x'],
                        cwd=ROOT, capture_output=True, text=True, timeout=900,
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))

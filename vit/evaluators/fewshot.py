@@ -207,6 +207,18 @@ def _pooled_words(model: ModelSpec) -> str:
   return f'pre_logits of the {pooled}' if model.representation_size else pooled
 
 
+def _open_split(config: ml_collections.ConfigDict, key: str, split: str):
+  """pipeline.make_source of the few-shot split that config key `key` names; a split the data
+  source lacks is refused naming `key` (make_source names data.train_split or data.eval_split,
+  which the user did not set: fewshot.train_split='bogus' read 'config.data.eval_split')."""
+  try:
+    return pipeline.make_source(config, split)
+  except ConfigError as e:
+    if e.key in ('data.train_split', 'data.eval_split') and e.value == split:
+      raise ConfigError(key, split, e.problem) from None
+    raise
+
+
 class FewShotEvaluator:
   """Periodic few-shot evaluation on frozen features; `evaluate(params)` -> metrics.
 
@@ -230,9 +242,10 @@ class FewShotEvaluator:
     # What `evaluate` returns, known before training (vit.training.loop checks best_metric).
     self.metric_names = tuple(name for k in shots for name in (
         f'{k}shot', *(f'{k}shot_l2={l2:g}' for l2 in self.l2_regs)))
-    train_source = train_source or pipeline.make_source(config, fs.train_split)
-    test_source = test_source or pipeline.make_source(config, fs.test_split or
-                                                      config.data.eval_split)
+    train_source = train_source or _open_split(config, 'fewshot.train_split', fs.train_split)
+    test_source = test_source or (
+        _open_split(config, 'fewshot.test_split', fs.test_split) if fs.test_split
+        else pipeline.make_source(config, config.data.eval_split))
     per_class = select_shots(train_source, max(shots), fs.seed)
     names = getattr(train_source, 'class_names', None)
     # A class without training images (prepare keeps empty class folders) is short too: left
@@ -384,6 +397,7 @@ def _representation_of_flags(flags_, model: ModelSpec) -> Callable:
 
 _FLAGS_OF_KEYS = {'fewshot.shots': '--shots', 'fewshot.l2_regs': '--l2_regs',
                   'data.eval_split': '--test_split', 'data.train_split': '--train_split',
+                  'fewshot.train_split': '--train_split', 'fewshot.test_split': '--test_split',
                   'data.source': '--dataset', 'data.data_dir': '--data_dir'}
 
 
