@@ -122,6 +122,11 @@ def test_cli_and_errors(run, tmp_path):
   assert missing.stderr.strip().count('\n') == 0
   with pytest.raises(UserError, match='a .npz file'):
     export.export(workdir, 'vit_jax', str(tmp_path / 'm.bin'))
+  # An existing file of another name was called 'a .npz file that is not an earlier export'.
+  np.save(tmp_path / 'images.npy', np.zeros((2, 4, 4), np.uint8))
+  with pytest.raises(UserError, match=rf'^--out {tmp_path}/images.npy: a vit_jax export is a '
+                                      r'\.npz file$'):
+    export.export(workdir, 'vit_jax', str(tmp_path / 'images.npy'))
   helped = cmd('--help')
   assert '--format' in helped.stdout and '--checkpoint' in helped.stdout
 

@@ -61,15 +61,15 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
                       "file's (--format vit_jax writes a .npz)")
     _refuse_a_foreign_folder(out)
     _refuse_another_models_folder(out, fmt)
-  else:
+  else:  # The name first: an existing images.npy was 'a .npz file that is not an export'.
+    if not out.endswith(writer.SUFFIX):
+      raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file')
     _refuse_a_foreign_file(out, fmt, writer.SUFFIX)
   prefix, sep, _ = checkpoint.partition(':')
   if sep and prefix in init_spec.FORMATS:
     ckpt = init_spec.load(checkpoint, use_ema=use_ema)
   else:
     ckpt = init_spec.load_workdir(checkpoint, use_ema=use_ema)
-  if writer.SUFFIX and not out.endswith(writer.SUFFIX):
-    raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file')
   article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
   if not writer.SUFFIX and os.path.isfile(out):
     raise UserError(f'--out {out}: {article} {fmt} export is a directory, and this is a file')
