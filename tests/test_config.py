@@ -433,6 +433,14 @@ def test_auto_attention_kernel_is_cudnn_only_on_gpus_in_bf16():
   # A logits bias with ViT's odd token count is refused by cuDNN's training kernels.
   assert config_lib.attention_kernel(bf16.replace(posemb='relative'), platform='gpu') is None
   assert config_lib.attention_kernel(bf16.replace(attention_kernel='xla'), platform='gpu') == 'xla'
+  # Forced cuDNN off a GPU was jax's traceback 'cuDNN is not detected' at the first step.
+  cudnn = bf16.replace(attention_kernel='cudnn')
+  assert config_lib.attention_kernel(cudnn, platform='gpu') == 'cudnn'
+  with pytest.raises(ConfigError, match=r"^config.model.attention_kernel='cudnn': needs an "
+                                        r"NVIDIA GPU \(cuDNN's fused attention\); JAX runs on "
+                                        r"cpu here: use auto \(cuDNN on a GPU in bfloat16, XLA "
+                                        r"elsewhere\) or xla$"):
+    config_lib.attention_kernel(cudnn)
 
 
 @pytest.mark.parametrize('mutate,message', [

@@ -249,3 +249,36 @@ def test_the_out_of_memory_line_names_the_commands_own_settings():
       'config.batch_size, config.eval_batch_size, config.image_size')
   assert cli._memory_knobs(tool) == '--batch_size, --image_size'
   assert cli._memory_knobs(flags.FlagValues()) == 'the batch, the image size'
+
+
+def test_a_run_that_forced_cudnn_attention_is_read_on_a_cpu(tmp_path, monkeypatch):
+  """A workdir trained on a GPU with model.attention_kernel='cudnn' raised jax's 'cuDNN is not
+  detected' traceback from every reader on a CPU (predict, export, few-shot, inspect,
+  fine-tuning): the kernel is the reading machine's choice, so readers take 'auto'."""
+  from configs.supervised import fashion_mnist as sup_config
+  from supervised import train
+  from vit.data import fashion_mnist
+  from vit.models import factory
+  from vit.training import loop
+  config = sup_config.get_config()
+  config.batch_size, config.eval_batch_size, config.total_steps = 8, 8, 1
+  config.model.hidden_size, config.model.transformer.mlp_dim = 16, 32
+  config.model.transformer.update(num_layers=1, num_heads=2)
+  config.model.update(attention_kernel='cudnn', dtype='bfloat16')
+  m = config_lib.validate(config)
+  cpu_kernel = factory.attention_kernel
+  # Trained as a GPU would (its saved config says 'cudnn'), on this CPU's kernel.
+  monkeypatch.setattr(factory, 'attention_kernel',
+                      lambda m, platform=None: cpu_kernel(m.replace(attention_kernel='xla')))
+  source = fashion_mnist.ArraySource(*(a[:16] for a in fashion_mnist.load('test')))
+  workdir = str(tmp_path / 'run')
+  loop.train(config, workdir, train.build_task(config, m, train_source=source,
+                                               eval_source=source))
+  monkeypatch.setattr(factory, 'attention_kernel', cpu_kernel)
+  with pytest.raises(UserError, match=r"^config.model.attention_kernel='cudnn': needs an NVIDIA "
+                                      r"GPU"):
+    config_lib.build_model(m)  # A trainer on this CPU is told in one line.
+  apply_fn, ckpt, size = predict.load_classifier(f'supervised:{workdir}')
+  assert ckpt.model.attention_kernel == 'auto' and ckpt.model.dtype == 'bfloat16'
+  logits = predict.predict(apply_fn, predict.prepare_images(list(_images(2, 28)), size, 3), 2)
+  assert logits.shape == (2, 10) and np.isfinite(logits).all()

@@ -186,6 +186,8 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   model = config_lib.upgrade(config_lib.resolved_model(ml_collections.ConfigDict(saved))).replace(
       scan_layers=False, num_classes=architecture.out_dim(params, 'head'),
       representation_size=architecture.out_dim(params, 'pre_logits'))
+  if model.attention_kernel == 'cudnn':  # Where it is read, not where it trained: 'auto' takes
+    model = model.replace(attention_kernel='auto')  # cuDNN on a GPU in bf16, XLA on a CPU.
   if model.classifier == 'unpooled':  # MPP reads every token; the class token is still there.
     model = model.replace(classifier='token' if 'cls' in params else 'gap')
   return (params, model, read_class_names(path, model.num_classes), saved.get('image_size'), step,

@@ -97,11 +97,19 @@ def attention_kernel(m: ModelSpec, platform: str | None = None) -> str | None:
   'auto' takes cuDNN's fused attention where it was measured to win: NVIDIA GPUs computing in
   bfloat16 without a logits bias (ViT-B/16 on an H200: 1.31x the images/s and 26% less step
   memory than XLA's attention, docs/performance.md); XLA's everywhere else (CPU, TPU).
-  `platform` is the one the step will run on (default: this process's).
+  `platform` is the one the step will run on (default: this process's). Raises ConfigError
+  for 'cudnn' on another platform than 'gpu'.
   """
-  if m.attention_kernel != 'auto':
-    return m.attention_kernel
+  if m.attention_kernel == 'xla':
+    return 'xla'
   platform = platform or jax.default_backend()
+  if m.attention_kernel == 'cudnn':
+    if platform != 'gpu':  # It was jax's traceback 'cuDNN is not detected' at the first step.
+      raise ConfigError('model.attention_kernel', 'cudnn',
+                        f'needs an NVIDIA GPU (cuDNN\'s fused attention); JAX runs on '
+                        f'{platform} here: use auto (cuDNN on a GPU in bfloat16, XLA '
+                        'elsewhere) or xla')
+    return 'cudnn'
   if platform == 'gpu' and m.dtype == 'bfloat16' and m.posemb != 'relative':
     return 'cudnn'
   return None
