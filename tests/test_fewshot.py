@@ -196,6 +196,21 @@ def test_cli_flags_are_named_with_their_values(flag, value, message):
   assert str(e.value) == message
 
 
+def test_an_output_in_a_runs_checkpoints_folder_is_refused(tmp_path):
+  """--output runs/sup/checkpoints/600/fs.json was written into the step, which the run's
+  retention later deleted with it; export and vit.inspect refused such an --out already."""
+  import types
+  (tmp_path / 'run' / 'checkpoints' / '600').mkdir(parents=True)
+  (tmp_path / 'run' / 'batch_contract.json').write_text('{}')
+  out = str(tmp_path / 'run' / 'checkpoints' / '600' / 'fs.json')
+  with pytest.raises(UserError, match=rf'^--output {out}: inside the checkpoints folder of the '
+                                      rf'run {tmp_path}/run, which holds only its saved steps '
+                                      r'\(the run deletes old steps with what they hold\); '
+                                      rf'write it elsewhere \(e.g. {tmp_path}/run/fs.json\)$'):
+    fewshot._check_output(types.SimpleNamespace(output=out))
+  fewshot._check_output(types.SimpleNamespace(output=str(tmp_path / 'run' / 'fs.json')))
+
+
 def test_cli_max_test_0_is_all_of_the_test_split_as_the_config_key():
   import types
   flags_ = types.SimpleNamespace(shots=['1', '5'], l2_regs=['1', '16'], l2_reg=1024.0,

@@ -177,6 +177,16 @@ def test_cli_npy_and_json_outputs(npz, tmp_path):
       f'error: --output {tmp_path / "." / "in.npy"}: the --images file itself; the predictions '
       'would replace the images: name another file'], same.stderr[-3000:]
   assert (tmp_path / 'in.npy').read_bytes() == images
+  # An --output in a run's step folder was written there, and deleted with the step.
+  (tmp_path / 'run' / 'checkpoints' / '4').mkdir(parents=True)
+  (tmp_path / 'run' / 'batch_contract.json').write_text('{}')
+  inside = run(f'--init=vit_jax:{path}', f'--images={tmp_path / "in.npy"}',
+               f'--output={tmp_path / "run" / "checkpoints" / "4" / "p.json"}')
+  assert inside.returncode == 2 and inside.stderr.strip().splitlines() == [
+      f'error: --output {tmp_path}/run/checkpoints/4/p.json: inside the checkpoints folder of '
+      f'the run {tmp_path}/run, which holds only its saved steps (the run deletes old steps '
+      f'with what they hold); write it elsewhere (e.g. {tmp_path}/run/p.json)'], inside.stderr
+  assert os.listdir(tmp_path / 'run' / 'checkpoints' / '4') == []
   helped = run('--help')  # vit.cli: exit status 0, as asking for help is no failure.
   assert helped.returncode == 0 and '--resolution' in helped.stdout and '--images' in helped.stdout
   # --init named mpp:, mae: and simmim: runs as specs, which load_classifier always refuses.

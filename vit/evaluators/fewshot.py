@@ -18,6 +18,7 @@ names (`describe_representation`): the same weights score differently on the two
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -26,7 +27,7 @@ import ml_collections
 import numpy as np
 from absl import flags
 
-from vit import atomic_write, config as config_lib, init_spec, sharding
+from vit import atomic_write, checkpoints, config as config_lib, init_spec, sharding
 from vit.data import fashion_mnist, pipeline
 from vit.evaluators import embedding
 from vit.models import factory
@@ -360,6 +361,12 @@ def _check_output(flags_) -> None:
   reason = flags_.output and atomic_write.unwritable(flags_.output)
   if reason:
     raise UserError(f'--output {flags_.output}: not writable ({reason}); nothing was evaluated')
+  run = flags_.output and checkpoints.run_holding_checkpoints(flags_.output)
+  if run:  # As export and vit.inspect refuse their --out there.
+    raise UserError(f'--output {flags_.output}: inside the checkpoints folder of the run {run}, '
+                    'which holds only its saved steps (the run deletes old steps with what '
+                    f'they hold); write it elsewhere (e.g. {run}/'
+                    f'{os.path.basename(flags_.output)})')
 
 
 def _check_image_size(flags_, ckpt) -> None:
