@@ -220,8 +220,11 @@ def test_a_run_still_training_is_told_apart_from_a_stopped_one(tmp_path):
   assert 'the run stopped before its end' in init_spec.unfinished(f'mae:{tmp_path}', early)
   # Newer steps on disk that did not read (the run may well have finished): said so, not
   # 'stopped before its end'.
-  for step in ('900', '1200'):
-    (tmp_path / 'checkpoints' / step).mkdir(parents=True)
+  (tmp_path / 'checkpoints' / '1200').mkdir(parents=True)  # One step: 'it', not 'them'.
+  assert init_spec.unfinished(f'mae:{tmp_path}', early) == (
+      f'mae:{tmp_path}: using step 600 of its config.total_steps 1200, as its newer step 1200 '
+      'did not read (rerun its training command with the same --workdir to save it again)')
+  (tmp_path / 'checkpoints' / '900').mkdir(parents=True)
   assert init_spec.unfinished(f'mae:{tmp_path}', early) == (
       f'mae:{tmp_path}: using step 600 of its config.total_steps 1200, as its newer steps 900, '
       '1200 did not read (rerun its training command with the same --workdir to save them '

@@ -267,7 +267,7 @@ def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
     return (f'{spec}: using step {ckpt.step} of its config.total_steps {ckpt.total_steps}, as '
             f'its newer step{"s" if len(newer) > 1 else ""} '
             f'{", ".join(map(str, newer))} did not read (rerun its training command with the '
-            'same --workdir to save them again)')
+            f'same --workdir to save {"them" if len(newer) > 1 else "it"} again)')
   return (f'{spec}: the run stopped before its end (step {ckpt.step} of its config.total_steps '
           f'{ckpt.total_steps}); using step {ckpt.step} anyway (rerun its training command with '
           'the same --workdir to finish it)')
