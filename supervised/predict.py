@@ -166,11 +166,8 @@ def main(argv):
                                                                                 f.output):
     raise UserError(f'--output {f.output}: the --images file itself; the predictions would '
                     'replace the images: name another file')
-  run = checkpoints.run_holding_checkpoints(f.output)
-  if run is not None:  # As export and vit.inspect refuse their --out there.
-    raise UserError(f'--output {f.output}: inside the checkpoints folder of the run {run}, '
-                    'which holds only its saved steps (the run deletes old steps with what '
-                    f'they hold); write it elsewhere (e.g. {run}/{os.path.basename(f.output)})')
+  checkpoints.refuse_inside_checkpoints(f.output, 'write it elsewhere',
+                                       os.path.basename(f.output), flag='--output')
   if f.resolution is not None and f.resolution <= 0:
     raise UserError(f'--resolution {f.resolution}: must be positive')
   if f.batch_size <= 0:

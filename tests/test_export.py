@@ -230,7 +230,8 @@ def test_an_out_inside_a_runs_checkpoints_is_refused(tmp_path):
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert run.returncode == 2 and run.stderr.strip().splitlines() == [
       f'error: --out {out}: inside the checkpoints folder of the run {workdir}, which holds '
-      f'only its saved steps; write the figures elsewhere (e.g. {workdir}/inspect)']
+      f'only its saved steps (the run deletes old steps with what they hold); write the '
+      f'figures elsewhere (e.g. {workdir}/inspect)']
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['4']
   # A folder of that name elsewhere is no run's: the export goes on (to read the checkpoint).
   with pytest.raises(UserError, match='directory not found'):

@@ -1194,15 +1194,18 @@ def workdir_lock(workdir: str) -> Iterator[None]:
       os.close(fd)  # Releases the flock; the file stays (deleting it would race a new holder).
 
 
-def refuse_inside_checkpoints(out: str, advice: str, folder: str) -> None:
-  """UserError when the output `out` is, or lies under, WORKDIR/checkpoints of a run
-  (`run_holding_checkpoints`): every reader would take it for a damaged step, and the next
-  training would move it aside. The line ends with `advice` ('export elsewhere') and
-  WORKDIR/`folder` as an example."""
-  workdir = run_holding_checkpoints(out)
+def refuse_inside_checkpoints(out: Optional[str], advice: str, folder: str,
+                              flag: str = '--out') -> None:
+  """UserError when the output `out` (of the command-line `flag`) is, or lies under,
+  WORKDIR/checkpoints of a run (`run_holding_checkpoints`): every reader would take a folder
+  there for a damaged step, the next training would move it aside, and the run's retention
+  deletes a step with whatever was written into it. The line ends with `advice` ('export
+  elsewhere') and WORKDIR/`folder` as an example. None or '' (no output asked for): nothing."""
+  workdir = run_holding_checkpoints(out) if out else None
   if workdir is not None:
-    raise UserError(f'--out {out}: inside the checkpoints folder of the run {workdir}, '
-                    f'which holds only its saved steps; {advice} (e.g. {workdir}/{folder})')
+    raise UserError(f'{flag} {out}: inside the checkpoints folder of the run {workdir}, '
+                    'which holds only its saved steps (the run deletes old steps with what '
+                    f'they hold); {advice} (e.g. {workdir}/{folder})')
 
 
 def run_holding_checkpoints(path: str) -> Optional[str]:

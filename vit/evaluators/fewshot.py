@@ -361,12 +361,8 @@ def _check_output(flags_) -> None:
   reason = flags_.output and atomic_write.unwritable(flags_.output)
   if reason:
     raise UserError(f'--output {flags_.output}: not writable ({reason}); nothing was evaluated')
-  run = flags_.output and checkpoints.run_holding_checkpoints(flags_.output)
-  if run:  # As export and vit.inspect refuse their --out there.
-    raise UserError(f'--output {flags_.output}: inside the checkpoints folder of the run {run}, '
-                    'which holds only its saved steps (the run deletes old steps with what '
-                    f'they hold); write it elsewhere (e.g. {run}/'
-                    f'{os.path.basename(flags_.output)})')
+  checkpoints.refuse_inside_checkpoints(flags_.output, 'write it elsewhere',
+                                       os.path.basename(flags_.output or ''), flag='--output')
 
 
 def _check_image_size(flags_, ckpt) -> None:
