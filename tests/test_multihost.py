@@ -9,6 +9,7 @@ concatenation to the same train step on one device.
 """
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -186,6 +187,39 @@ def test_two_processes_match_one_and_resume_on_another_process_count(tmp_path):
   _assert_close(saved, expected[6])
 
 
+def test_join_failures_are_one_line(tmp_path):
+  """A coordinator port taken by another job, and a process whose peers never join, each end
+  in one line and exit 2: jax raised a traceback for the first (or crashed, SIGSEGV) and,
+  after 5 silent minutes, aborted every waiting process with a C++ stack dump for the
+  second."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
+  with socket.socket() as taken:  # Another job's server on the port.
+    taken.bind(('0.0.0.0', 0))
+    taken.listen()
+    address = f'127.0.0.1:{taken.getsockname()[1]}'
+    result = subprocess.run(
+        [sys.executable, '-m', 'mpp.train', '--config', 'configs/mpp/fashion_mnist.py',
+         '--workdir', str(tmp_path / 'run'), f'--coordinator_address={address}',
+         '--num_processes=2', '--process_id=0'], cwd=ROOT, env=env, capture_output=True,
+        text=True, timeout=300)
+  assert result.returncode == 2 and result.stdout == '', result
+  assert result.stderr.strip().splitlines() == [
+      f'error: --coordinator_address={address}: process 0 cannot start the coordinator there '
+      f'(port {address.rpartition(":")[2]}: in use by another program); give every process '
+      'another port']
+  assert not (tmp_path / 'run').exists()
+  join = ('import sys; from vit import distributed; distributed._JOIN_S = 2; '
+          'distributed.initialize(sys.argv[1], 2, 1); print("joined")')
+  with ports.reserved() as port:  # Nobody serves it: process 0 was never started.
+    result = subprocess.run([sys.executable, '-c', join, f'127.0.0.1:{port}'], cwd=ROOT,
+                            env=env, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2 and result.stdout == '', result
+  assert result.stderr.strip().splitlines() == [
+      f'error: --coordinator_address=127.0.0.1:{port}: the 2 processes of this job did not all '
+      'join within 2 s (this is process 1); start every process with the same '
+      '--coordinator_address and --num_processes']
+
+
 def test_launch_settings_errors(monkeypatch):
   from vit import distributed
   from vit.errors import UserError
@@ -195,7 +229,12 @@ def test_launch_settings_errors(monkeypatch):
            (dict(num_processes=2, process_id=2, coordinator_address='h:1'),
             r'--process_id=2: must be in \[0, 2\)'),
            (dict(num_processes=0, process_id=0), 'at least 1'),
-           (dict(num_processes=2, process_id=0), 'coordinator_address=None: set HOST:PORT')]
+           (dict(num_processes=2, process_id=0), 'coordinator_address=None: set HOST:PORT'),
+           # jax raised a traceback for these ('Failed to start RPC server') or waited silently.
+           (dict(num_processes=2, process_id=0, coordinator_address='127.0.0.1:abc'),
+            r"the port 'abc' is not a number in \[1, 65535\]"),
+           (dict(num_processes=2, process_id=1, coordinator_address='localhost:99999'),
+            r"the port '99999' is not a number")]
   for kwargs, message in cases:
     with pytest.raises(UserError, match=message):
       distributed.initialize(**kwargs)

@@ -15,10 +15,12 @@ CPU processes exchange data over gloo; the other platforms bring their own colle
 from __future__ import annotations
 
 import atexit
+import errno
 import glob
 import importlib.metadata
 import os
 import re
+import socket
 import sys
 import threading
 import time
@@ -109,7 +111,7 @@ def initialize(coordinator_address: Optional[str] = None, num_processes: Optiona
       return
     # Harmless on GPU and TPU hosts: it only concerns arrays on the CPU backend.
     jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-    jax.distributed.initialize(address, count, index)
+    _join(address, count, index)
   elif on_tpu_host() or _managed_cluster():
     jax.distributed.initialize()
 
@@ -125,6 +127,69 @@ def _check(address, count, index) -> None:
   if count > 1 and (not address or ':' not in address):
     raise UserError(f'--coordinator_address={address!r}: set HOST:PORT of process 0 for a '
                     f'{count}-process run')
+  port = address.rpartition(':')[2] if address else ''
+  if count > 1 and not (port.isdigit() and 1 <= int(port) <= 65535):
+    # jax would raise a traceback ('Failed to start RPC server') or wait without a word.
+    raise UserError(f'--coordinator_address={address!r}: the port {port!r} is not a number in '
+                    '[1, 65535]')
+
+
+# How long the processes of a job wait for each other to join. jax's own limit (300 s by
+# default) ends every waiting process in an abort with a C++ stack dump; ours comes first, as
+# one line, and jax's is set later so that it never fires.
+_JOIN_S = 300.0
+
+
+def _port_taken(port: int) -> Optional[str]:
+  """Why the coordinator could not bind `port` on every address, as jax's server does ('[::]'
+  with SO_REUSEPORT, so a port a launcher holds for it the same way stays usable), or None."""
+  for family, host in ((socket.AF_INET6, '::'), (socket.AF_INET, '0.0.0.0')):
+    try:
+      probe = socket.socket(family, socket.SOCK_STREAM)
+    except OSError:  # No IPv6 on this host: try IPv4 alone.
+      continue
+    with probe:
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+      probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+      try:
+        probe.bind((host, port))
+      except OSError as e:
+        return 'in use by another program' if e.errno == errno.EADDRINUSE else e.strerror
+    return None
+  return None
+
+
+def _join(address: str, count: int, index: int) -> None:
+  """jax.distributed.initialize, with its failures as one line and exit 2 (`exit_now`): a
+  coordinator port already taken (process 0), or processes that did not all join within
+  `_JOIN_S` (a process not started, or started with another --coordinator_address or
+  --num_processes)."""
+  if index == 0 and not os.environ.get('JAX_COORDINATOR_BIND_ADDRESS'):
+    taken = _port_taken(int(address.rpartition(':')[2]))
+    if taken:  # jax's server would fail on it with a traceback, or crash (SIGSEGV) now and then.
+      exit_now(f'--coordinator_address={address}: process 0 cannot start the coordinator there '
+               f'(port {address.rpartition(":")[2]}: {taken}); give every process another port')
+  joined = threading.Event()
+
+  def give_up():
+    if not joined.wait(_JOIN_S):
+      exit_now(f'--coordinator_address={address}: the {count} processes of this job did not all '
+               f'join within {_JOIN_S:.0f} s (this is process {index}); start every process '
+               'with the same --coordinator_address and --num_processes')
+
+  threading.Thread(target=give_up, name='vit-join-timeout', daemon=True).start()
+  try:
+    jax.distributed.initialize(address, count, index,
+                               initialization_timeout=int(_JOIN_S) + 60)
+  except Exception as e:  # E.g. the port was taken after _port_taken looked.
+    # Not a UserError: Python's exit after this half-made start crashes now and then (SIGSEGV).
+    said = ' '.join(str(e).split())[:200]
+    exit_now(f'--coordinator_address={address}: process {index} could not join the job there '
+             f'({said})' if index else
+             f'--coordinator_address={address}: process 0 could not start the coordinator there '
+             f'({said}); is the port taken by another job? give every process another port')
+  finally:
+    joined.set()
 
 
 # What gloo and the coordination service say when a process of the job is gone (killed, crashed,
