@@ -51,6 +51,20 @@ def test_select_composes_holdout_classes_and_fraction():
   held_ids = [int(held[i]['image'][0, 0, 0]) for i in range(len(held))]
   assert min(held_ids) >= 80 and len(held) == np.isin(_source().labels[80:], (1, 2)).sum()
   assert subsets.select(_source(), config_lib.defaults().data, train=True) is not None
+  # Too few records left: the error names the fraction set, not the count per class (it said
+  # 'config.data.train_fraction=12'), and the held-out records that took them.
+  data.update(holdout=90, classes=None, train_fraction=0.5)
+  with pytest.raises(ConfigError) as e:
+    subsets.select(_source(), data, train=True, seed=0)
+  assert str(e.value) == (
+      'config.data.train_fraction=0.5: asks 12 records of class 0, which has 3 left by '
+      'data.holdout=90 (the fraction counts the whole split, held-out records included)')
+  data.update(holdout=0)
+  unbalanced = fashion_mnist.ArraySource(np.zeros((6, 2, 2, 1), np.uint8),
+                                         np.array([0, 1, 1, 1, 1, 1], np.int32), 'toy')
+  with pytest.raises(ConfigError, match=r'^config.data.train_fraction=0.5: asks 2 records of '
+                     r'class 0, which has 1$'):
+    subsets.select(unbalanced, data, train=True, seed=0)
 
 
 def test_a_fraction_under_one_record_per_class_keeps_one_and_says_so(caplog):

@@ -136,7 +136,12 @@ def select(source, data, *, train: bool, held_out: bool = False, seed: int = 0):
     if round(asked) < 1:  # Not the fraction asked for: say so rather than train on more.
       logger.warning('data.train_fraction=%g asks %.2g records of each class; keeping 1 of each '
                      '(a fraction of %.2g)', fraction, asked, per_class * k / reference)
-    pick = balanced_fraction(labels, per_class, seed)
+    try:
+      pick = balanced_fraction(labels, per_class, seed)
+    except ConfigError as e:  # It names the count per class; the user set the fraction.
+      left = (f' left by data.holdout={holdout} (the fraction counts the whole split, held-out '
+              'records included)' if holdout else '')
+      raise ConfigError('data.train_fraction', fraction, e.problem + left) from None
     indices, labels = indices[pick], labels[pick]
     parts.append(f'{fraction:g} of the labels ({per_class} per class, seed {seed})')
   names = getattr(source, 'class_names', None)
