@@ -109,6 +109,50 @@ def test_ctrl_c_while_an_entry_point_imports_is_one_line(tmp_path):
   assert out == '' and not (tmp_path / 'run').exists()
 
 
+# A Ctrl-C raised inside a garbage-collection callback (jax registers one, run often while it
+# is imported): Python drops it ('Exception ignored in ...' and a traceback) and goes on.
+_CTRL_C_IN_A_GC_CALLBACK = """
+import gc, os, signal, sys
+sent = []
+def ctrl_c_now(phase, info):
+  vit = sys.modules.get('vit')
+  if phase == 'start' and not sent and 'jax' in sys.modules and hasattr(vit, '_program_is_ours'):
+    sent.append(1)
+    os.kill(os.getpid(), signal.SIGINT)
+    for _ in range(10000):  # The KeyboardInterrupt is raised here, inside the callback.
+      pass
+gc.callbacks.append(ctrl_c_now)
+"""
+
+
+def test_ctrl_c_that_python_drops_in_a_gc_callback_still_stops(tmp_path):
+  """A Ctrl-C that landed in jax's gc callback while it was imported was dropped with a
+  traceback, and the run trained to its end; it stops the run as any other Ctrl-C now."""
+  (tmp_path / 'hook').mkdir()
+  (tmp_path / 'hook' / 'sitecustomize.py').write_text(_CTRL_C_IN_A_GC_CALLBACK)
+  env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path / 'hook'), ROOT]))
+  command = [sys.executable, '-m', 'supervised.train', '--config',
+             'configs/supervised/fashion_mnist.py', '--workdir', str(tmp_path / 'run'),
+             '--config.total_steps=2', '--config.model.hidden_size=16',
+             '--config.model.transformer.num_layers=1', '--config.model.transformer.mlp_dim=32']
+  proc = subprocess.run([sys.executable, '-c', _AS_FROM_A_TERMINAL, *command], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=900)  # Bounds a hang.
+  assert proc.stderr.splitlines() == ['interrupted while starting: nothing was written'], \
+      proc.stderr[-2000:]
+  assert proc.returncode == 130 and proc.stdout == '' and not (tmp_path / 'run').exists()
+
+
+def test_a_dropped_ctrl_c_of_the_start_up_stops_the_loop(monkeypatch):
+  """Dropped after vit.cli.run began (building the task, restoring): the loop's stop handler
+  takes it as a signal of the start-up, so the run saves after its first step."""
+  import vit
+  from vit import checkpoints
+  monkeypatch.setattr(vit, 'interrupted', True)
+  with checkpoints.StopSignal() as stop:
+    assert stop.received == signal.SIGINT and not vit.interrupted
+    assert stop.should_stop(1, sync=True)
+
+
 def test_a_library_import_keeps_the_programs_own_excepthook(tmp_path):
   """The one-line hook is for this repository's entry points only: a program that imports vit
   keeps Python's traceback for its own Ctrl-C, run as a script or as `python -m` of another
@@ -116,7 +160,9 @@ def test_a_library_import_keeps_the_programs_own_excepthook(tmp_path):
   (tmp_path / 'other').mkdir()
   (tmp_path / 'other' / '__init__.py').write_text('import vit\n')
   (tmp_path / 'other' / 'tool.py').write_text(
-      'import sys\nassert sys.excepthook is sys.__excepthook__\nraise KeyboardInterrupt\n')
+      'import signal, sys\nassert sys.excepthook is sys.__excepthook__\n'
+      'assert signal.getsignal(signal.SIGINT) is signal.default_int_handler\n'
+      'raise KeyboardInterrupt\n')
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]))
   for program in (['-c', 'import vit, other.tool'], ['-m', 'other.tool']):
     proc = subprocess.run([sys.executable, *program], cwd=tmp_path, env=env, capture_output=True,

@@ -1,5 +1,6 @@
 """The shared ViT library: models, data, sharding, training core, checkpoints, evaluators."""
 import os
+import signal
 import sys
 
 # TensorFlow is imported only by TFDS and TensorBoard writers; keep its C++ start-up chatter
@@ -31,5 +32,26 @@ def _program_is_ours() -> bool:
   return argv[argv.index('-m', 1) + 1].split('.')[0] in _OURS
 
 
+# A Ctrl-C that lands while a garbage-collection callback of jax's runs (`_xla_gc_callback`,
+# often during its import) is dropped by Python, which prints 'Exception ignored in' and a
+# traceback; the run then trained to its end. The handler records it too: vit.cli.run stops
+# before starting, the loop's StopSignal stops as for a signal during start-up.
+interrupted = False
+
+
+def _record_ctrl_c(signum, frame):
+  global interrupted
+  interrupted = True
+  signal.default_int_handler(signum, frame)  # KeyboardInterrupt, as Python's own handler.
+
+
+def _quiet_dropped_ctrl_c(unraisable, _python_hook=sys.unraisablehook):
+  if not (interrupted and isinstance(unraisable.exc_value, KeyboardInterrupt)):
+    _python_hook(unraisable)
+
+
 if _program_is_ours():
   sys.excepthook = _one_line_for_ctrl_c
+  if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Not an ignored SIGINT.
+    signal.signal(signal.SIGINT, _record_ctrl_c)
+    sys.unraisablehook = _quiet_dropped_ctrl_c

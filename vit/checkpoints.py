@@ -54,6 +54,7 @@ from jax.experimental import multihost_utils
 from jax._src import distributed
 from orbax.checkpoint import checkpoint_managers as policies
 
+import vit
 from vit import atomic_write, config as config_lib, save_barrier, step_checksums
 from vit.errors import UserError
 
@@ -1325,6 +1326,9 @@ class StopSignal:
         self._previous[sig] = signal.signal(sig, self._handle)
     except ValueError:  # Not the main thread (e.g. a test runner's worker): no handlers.
       pass
+    if vit.interrupted:  # A Ctrl-C of the start-up that Python dropped (vit/__init__.py).
+      vit.interrupted = False
+      self._handle(signal.SIGINT, None)
     return self
 
   def __exit__(self, *exc) -> None:

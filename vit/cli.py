@@ -19,6 +19,7 @@ from ml_collections import config_flags
 # config_flags' placeholder for a file that did not load is private to this module (pinned).
 from ml_collections.config_flags import config_flags as _config_flags_module
 
+import vit
 from vit import config as config_lib, distributed, host_memory, user_paths, xla_flags
 from vit.errors import UserError
 from vit.objective import Definition
@@ -178,6 +179,9 @@ def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
     logging.set_verbosity(logging.WARNING)  # absl's records (jax, orbax): warnings and up.
     log_to_console()
     try:
+      if vit.interrupted:  # A Ctrl-C while importing that Python dropped (vit/__init__.py).
+        print('interrupted while starting: nothing was written', file=sys.stderr)
+        sys.exit(130)
       if not positional:  # Before a multi-host start waits for the other processes.
         refuse_arguments(argv)
       distributed.initialize()  # Before any backend use: multi-host jobs, CPU without libtpu.
