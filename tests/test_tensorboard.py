@@ -188,7 +188,8 @@ def _finished_run(workdir, config, scalars: dict, params=None) -> None:
 
 def test_runs_table_labels_each_objective_by_what_it_measures(tmp_path):
   """An MPP run's colour accuracy on corrupted patches is not shown as 'test accuracy' (before,
-  both shared that column); an MPP run with the pixels target (no accuracy) shows its loss."""
+  both shared that column); an MPP run with the pixels target (no accuracy) shows its loss; a
+  classifier evaluated on another split shows its accuracy on that split."""
   from configs.mpp import fashion_mnist as mpp_config
   from configs.supervised import fashion_mnist as supervised_config
   from vit.inspect import runs
@@ -209,6 +210,19 @@ def test_runs_table_labels_each_objective_by_what_it_measures(tmp_path):
       '| sup | 3 | 2 | 2 | 81.25% | - | - | 100 |',
       '| mpp | 3 | 1 | 2 | - | 43.75% | - | 100 |',
       '| px | 3 | 3 | 2 | - | - | 0.0625 | 100 |']
+  # Evaluated on held-out images, not the test split: shown as what it is, in its own column
+  # (it was 'test accuracy', beside the test-split runs).
+  held_out = supervised_config.get_config()
+  held_out.data.update(holdout=100, eval_split='holdout')
+  _finished_run(tmp_path / 'ho', held_out, {'eval/accuracy': 0.75},
+                {'embedding': np.zeros(2, np.float32), 'head': np.zeros(1, np.float32)})
+  table = runs.table([runs.summarise(str(tmp_path / n)) for n in ('sup', 'ho')])
+  assert table.splitlines() == [
+      "| run | parameters | ViT backbone | steps | test accuracy | accuracy on 'holdout' | "
+      'images/s |',
+      '|---|---:|---:|---:|---:|---:|---:|',
+      '| sup | 3 | 2 | 2 | 81.25% | - | 100 |',
+      '| ho | 3 | 2 | 2 | - | 75.00% | 100 |']
 
 
 def test_runs_table_shows_the_readable_runs_and_names_each_unreadable_one(tmp_path):

@@ -6,7 +6,8 @@ and mask embedding, MAE's decoder or SimMIM's mask token and decoder), the media
 `images_per_s` from its TensorBoard events (the first logged interval, which includes
 compilation, is left out when there are others), and the last value of the
 metric its objective is judged by, in a column named by what it measures: `test accuracy`
-(`eval/accuracy`) for a classifier, an MPP run's colour accuracy on corrupted patches, an MAE
+(`eval/accuracy`) for a classifier (`accuracy on 'holdout'` when its data.eval_split is
+another split), an MPP run's colour accuracy on corrupted patches, an MAE
 or SimMIM run's loss (`vit.objective.Definition.metrics`, chosen by the objective section of
 the run's saved config). docs/ablations.md is made with it.
 
@@ -63,11 +64,18 @@ def scalars(workdir: str) -> dict[str, dict[int, float]]:
 
 def metric(config: dict, logged: dict[str, dict[int, float]]) -> objective_lib.Metric:
   """What a run with saved `config` is judged by: the first of its objective's metrics it
-  logged (an objective section's `metrics`), else the classifier's test accuracy."""
+  logged (an objective section's `metrics`), else the classifier's test accuracy (its accuracy
+  on the split data.eval_split names, when that is not 'test')."""
   found = config_lib.sections(ml_collections.ConfigDict(config)).values()
   candidates = [m for definition in found for m in definition.metrics]
-  return next((m for m in candidates if m.tag in logged), (candidates or [
+  judged = next((m for m in candidates if m.tag in logged), (candidates or [
       objective_lib.CLASSIFIER_METRIC])[0])
+  # A classifier evaluated on another split than 'test' (data.eval_split='holdout',
+  # 'train[90%:]') has no test accuracy: its column names the split, and is its own.
+  split = config.get('data', {}).get('eval_split', 'test')
+  if judged == objective_lib.CLASSIFIER_METRIC and split != 'test':
+    judged = judged._replace(label=f"accuracy on '{split}'")
+  return judged
 
 
 def summarise(workdir: str) -> dict:
