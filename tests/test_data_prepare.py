@@ -281,18 +281,21 @@ def _paused_prepare(folder, out):
   raise AssertionError(f'the build ended before its first image: {err[-2000:]}')
 
 
-def test_interrupt_says_the_previous_dataset_is_unchanged(tmp_path):
+# SIGTERM (a job's time limit) ended the build without a word, its staging folder left in --out.
+@pytest.mark.parametrize('sig, status, said', [(signal.SIGINT, 130, 'interrupted'),
+                                               (signal.SIGTERM, 143, 'stopped (SIGTERM)')])
+def test_interrupt_says_the_previous_dataset_is_unchanged(tmp_path, sig, status, said):
   folder = write_folder(str(tmp_path / 'images'), per_class=1)
   out = str(tmp_path / 'out')
   prepare.prepare(f'folder:{folder}', out)
   write_folder(folder, per_class=2)
   run = _paused_prepare(folder, out)
   assert any(n.startswith(f'.{prepare.NAME}-partial-') for n in os.listdir(out))
-  run.send_signal(signal.SIGINT)
+  run.send_signal(sig)
   _, err = run.communicate(timeout=900)
-  assert run.returncode == 130, err[-2000:]
+  assert run.returncode == status, err[-2000:]
   assert err.strip().splitlines()[-1] == (
-      f'interrupted; the previous dataset at {out}/{prepare.NAME} is unchanged')
+      f'{said}; the previous dataset at {out}/{prepare.NAME} is unchanged')
   assert len(pipeline.make_source(config_for(out), 'train')) == 3
   assert os.listdir(out) == [prepare.NAME]  # The staging folder went with the interrupt.
 

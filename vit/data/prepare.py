@@ -32,6 +32,7 @@ import functools
 import io
 import logging
 import os
+import signal
 import sys
 from typing import Iterator, Sequence
 
@@ -390,22 +391,34 @@ _LIMIT = flags.DEFINE_integer('max_per_split', None, 'Keep at most this many ima
                               'positive integer (quick trials)')
 
 
+class _Terminated(KeyboardInterrupt):
+  """SIGTERM (a job's time limit, `kill`), taken as Ctrl-C is: Python's default ended the
+  process at once, without a word, leaving its partial dataset in --out."""
+
+
+def _terminate(signum, frame):
+  del signum, frame
+  raise _Terminated
+
+
 def main(argv):
   """`python -m vit.data.prepare`: writes --source as a TFDS ArrayRecord dataset under --out
-  (`prepare`). A user error is one line and exit status 2; Ctrl-C says which dataset is left
-  as it was and exits with status 130."""
+  (`prepare`). A user error is one line and exit status 2; Ctrl-C (SIGTERM) says which dataset
+  is left as it was, removes the partial one and exits with status 130 (143)."""
   del argv
   out = _OUT.value  # A leading ~ is expanded in it (vit.cli), and in folder:~/PATH here.
   source = user_paths.expand_spec(_SOURCE.value, '--source')
   existed = os.path.isdir(os.path.join(out, NAME))
+  signal.signal(signal.SIGTERM, _terminate)
   try:
     prepare(source, out, overwrite=_OVERWRITE.value, skip_bad=_SKIP_BAD.value,
             limit=_LIMIT.value)
-  except KeyboardInterrupt:
+  except KeyboardInterrupt as e:
     # Otherwise cli.run prints the trainers' message about unsaved steps.
-    print(f'interrupted; the previous dataset at {os.path.join(out, NAME)} is unchanged'
-          if existed else f'interrupted; no dataset was written to {out}', file=sys.stderr)
-    sys.exit(130)
+    how = 'stopped (SIGTERM)' if isinstance(e, _Terminated) else 'interrupted'
+    print(f'{how}; the previous dataset at {os.path.join(out, NAME)} is unchanged'
+          if existed else f'{how}; no dataset was written to {out}', file=sys.stderr)
+    sys.exit(143 if isinstance(e, _Terminated) else 130)
 
 
 if __name__ == '__main__':
