@@ -2,12 +2,17 @@
 
 Files are made by PIL itself, in the formats that hold each mode."""
 import io
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from vit.data import decoding, transforms
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def saved(image: Image.Image, fmt: str, **kwargs) -> bytes:
@@ -19,6 +24,34 @@ def saved(image: Image.Image, fmt: str, **kwargs) -> bytes:
 def opened_mode(data: bytes) -> str:
   with Image.open(io.BytesIO(data)) as pil:
     return pil.mode
+
+
+def test_a_very_large_image_decodes_without_a_warning_and_a_larger_one_is_named():
+  """Over PIL's MAX_IMAGE_PIXELS (89M pixels) an image printed Python's two-line
+  DecompressionBombWarning, PIL's source file and line included, into prepare's output. In a
+  child: pytest installs warning filters of its own in front of the module's."""
+  child = """
+import io, sys
+from PIL import Image
+from vit.data import decoding
+Image.MAX_IMAGE_PIXELS = 100  # 12x12 is over it, under twice it; 15x15 over twice it.
+def png(side):
+  out = io.BytesIO()
+  Image.new('L', (side, side)).save(out, format='PNG')
+  return out.getvalue()
+print(decoding.decode(png(12)).shape)
+try:
+  decoding.decode(png(15))
+except decoding.DecodeError as e:
+  print(e)
+"""
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  result = subprocess.run([sys.executable, '-c', child], env=env, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 0 and result.stderr == '', result.stderr
+  assert result.stdout.splitlines() == [
+      '(12, 12, 1)', 'Image size (225 pixels) exceeds limit of 200 pixels, could be '
+      'decompression bomb DOS attack.']
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped():

@@ -1,4 +1,5 @@
 """`python -m vit.data.prepare`: image folders and Fashion-MNIST into TFDS ArrayRecord datasets."""
+import logging
 import os
 import signal
 import subprocess
@@ -112,7 +113,7 @@ def test_bad_folders_are_named(tmp_path):
     prepare.prepare(f'folder:{loose}', str(tmp_path / 'out'))
 
 
-def test_undecodable_file_is_named_or_skipped(tmp_path):
+def test_undecodable_file_is_named_or_skipped(tmp_path, caplog):
   folder = write_folder(str(tmp_path / 'images'), per_class=2)
   with open(f'{folder}/dog/broken.jpg', 'wb') as f:
     f.write(b'\xff\xd8\xff not really a jpeg')
@@ -122,8 +123,10 @@ def test_undecodable_file_is_named_or_skipped(tmp_path):
     prepare.prepare(f'folder:{folder}', out)
   # Nothing half-written is left, nor the --out folder this build made (it stayed, empty).
   assert not os.path.exists(out)
-  prepare.prepare(f'folder:{folder}', out, skip_bad=True)
+  with caplog.at_level(logging.INFO):
+    prepare.prepare(f'folder:{folder}', out, skip_bad=True)
   assert len(pipeline.make_source(config_for(out), 'train')) == 6
+  assert f'skipped 1 undecodable file: {folder}/dog/broken.jpg' in caplog.messages  # 'files'
 
 
 def test_fashion_mnist_subset(tmp_path):

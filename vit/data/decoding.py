@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
@@ -54,6 +55,12 @@ _SIXTEEN_BIT = ('I;16', 'I;16L', 'I;16B', 'I;16N')
 _WITH_ALPHA = {'LA': 'LA', 'La': 'LA', 'RGBA': 'RGBA', 'RGBa': 'RGBA', 'PA': 'RGBA'}
 _TRANSPARENT_COLOUR = {'L': 'LA', 'RGB': 'RGBA', 'P': 'RGBA'}  # info['transparency'] -> mode
 _TO_RGB = ('P', 'CMYK', 'YCbCr', 'LAB', 'HSV', 'RGBX')
+
+
+# PIL warns of an image over MAX_IMAGE_PIXELS (89M) with Python's two-line warning, file and
+# line of PIL's source included, amid a progress bar; such an image decodes like any other, and
+# one over twice that is refused by name (DecompressionBombError, below).
+warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
 
 
 class DecodeError(ValueError):

@@ -373,7 +373,8 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
     raise
   version_dir = os.path.join(dataset, str(builder.version))
   if builder.skipped:
-    logger.info('skipped %d undecodable files: %s', len(builder.skipped), _some(builder.skipped))
+    logger.info('skipped %s: %s', counted(len(builder.skipped), 'undecodable file',
+                                          'undecodable files'), _some(builder.skipped))
   counts = ', '.join(f'{k} {v.num_examples}' for k, v in builder.info.splits.items())
   logger.info('wrote %s: %s images, %d classes; train with --config.data.source=array_record:%s',
               version_dir, counts, len(class_names), out)
