@@ -194,7 +194,7 @@ def test_join_failures_are_one_line(tmp_path):
   second."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT, TF_CPP_MIN_LOG_LEVEL='3')
   with socket.socket() as taken:  # Another job's server on the port.
-    taken.bind(('0.0.0.0', 0))
+    taken.bind(('127.0.0.1', 0))  # Loopback only; it still holds the port jax binds on all.
     taken.listen()
     address = f'127.0.0.1:{taken.getsockname()[1]}'
     result = subprocess.run(
