@@ -54,11 +54,13 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
   checkpoints.refuse_inside_checkpoints(out, 'export elsewhere', 'export')
-  if not writer.SUFFIX:
+  if not writer.SUFFIX:  # The name and kind first, before the checkpoint is read.
+    article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
     if out.rstrip('/').endswith(('.npz', '.safetensors', '.json')):
-      article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
       raise UserError(f'--out {out}: {article} {fmt} export is a directory; this name is a '
                       "file's (--format vit_jax writes a .npz)")
+    if os.path.isfile(out):
+      raise UserError(f'--out {out}: {article} {fmt} export is a directory, and this is a file')
     _refuse_a_foreign_folder(out)
     _refuse_another_models_folder(out, fmt)
   else:  # The name first: an existing images.npy was 'a .npz file that is not an export'.
@@ -70,9 +72,6 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
     ckpt = init_spec.load(checkpoint, use_ema=use_ema)
   else:
     ckpt = init_spec.load_workdir(checkpoint, use_ema=use_ema)
-  article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
-  if not writer.SUFFIX and os.path.isfile(out):
-    raise UserError(f'--out {out}: {article} {fmt} export is a directory, and this is a file')
   # Before anything is written; a refusal names the formats that do hold the model.
   registry.check_expressible(fmt, ckpt.params, ckpt.model)
   stated = dict(model=ckpt.model, class_names=ckpt.class_names, image_size=ckpt.image_size,
