@@ -5,6 +5,7 @@ The fixtures in testdata/npz_layouts were made by that code (make_fixtures.py th
 commits); `expected.npz` holds its inputs and logits.
 """
 import os
+import zipfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -108,3 +109,34 @@ def test_export_refuses_what_the_npz_cannot_hold(tmp_path):
                 str(tmp_path / 'ok.npz'))
   again = init_spec.load(f'vit_jax:{tmp_path / "ok.npz"}')
   assert np.abs(_logits(again, images) - _expected()[1]['big_vision_img']).max() <= TOL
+
+
+def _copy(path, compression, name='', damage=None):
+  """vit_jax_published.npz copied to `path` with `compression` (ZIP_DEFLATED: as
+  np.savez_compressed writes), its member `name` replaced by `damage(its bytes)`."""
+  with zipfile.ZipFile(os.path.join(DATA, 'vit_jax_published.npz')) as src, \
+      zipfile.ZipFile(path, 'w', compression) as out:
+    for member in src.namelist():
+      data = src.read(member)
+      out.writestr(member, damage(data) if member == name else data)
+
+
+def test_a_damaged_npz_is_one_line_naming_the_file(tmp_path):
+  """A damaged member of an np.savez_compressed file raised zlib's traceback; a damaged array
+  header was called 'holds pickled objects'. Both are 'not a readable .npz file' now."""
+  kernel = 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel.npy'
+  compressed = tmp_path / 'compressed.npz'
+  _copy(compressed, zipfile.ZIP_DEFLATED)
+  raw = bytearray(compressed.read_bytes())
+  with zipfile.ZipFile(compressed) as z:
+    info = z.getinfo(kernel)
+  start = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra)
+  raw[start + 10:start + 40] = bytes(30)  # Inside the member's deflate stream.
+  compressed.write_bytes(bytes(raw))
+  header = tmp_path / 'header.npz'
+  _copy(header, zipfile.ZIP_STORED, kernel, lambda b: b.replace(b"'descr'", b"'dexcr'"))
+  for path in (compressed, header):
+    with pytest.raises(UserError) as e:
+      init_spec.load(f'vit_jax:{path}')
+    assert str(e.value).startswith(f'vit_jax:{path}: not a readable .npz file (')
+    assert 'pickled' not in str(e.value) and '\n' not in str(e.value)

@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import re
 import zipfile
+import zlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -52,11 +53,14 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
   try:
     with np.load(path, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
-  except (zipfile.BadZipFile, OSError, EOFError) as e:
+  # zlib.error: a damaged member of an np.savez_compressed file (stored ones fail their CRC).
+  except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
     raise UserError(f'vit_jax:{path}: not a readable .npz file ({e})') from None
-  except ValueError as e:  # Object arrays need pickle: refused.
-    raise UserError(f'vit_jax:{path}: holds pickled objects, which are never loaded ({e})'
-                    ) from None
+  except ValueError as e:  # Object arrays need pickle: refused; else a damaged .npy header.
+    if 'allow_pickle' in str(e):
+      raise UserError(f'vit_jax:{path}: holds pickled objects, which are never loaded ({e})'
+                      ) from None
+    raise UserError(f'vit_jax:{path}: not a readable .npz file ({e})') from None
 
 
 def _float32(a: np.ndarray) -> np.ndarray:
