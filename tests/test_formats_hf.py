@@ -349,9 +349,14 @@ def test_a_processor_normalisation_that_is_not_a_finite_number_is_refused(tmp_pa
     ('num_attention_heads', 0, 'num_attention_heads=0: must be a positive integer'),
     ('hidden_size', None, 'hidden_size=None: must be a positive integer'),
     ('layer_norm_eps', 'abc', "layer_norm_eps='abc': must be a number"),
+    ('patch_size', 16, "patch_size=16, but the weights' patches are 4x4 "
+                       "(embeddings.patch_embeddings.projection.weight): is config.json this "
+                       "model's?"),
 ])
 def test_a_config_json_that_does_not_fit_the_weights_is_one_line(tmp_path, key, value, message):
-  """Each was a traceback in the reader (a reshape, a division by zero, a float of text)."""
+  """Each was a traceback in the reader (a reshape, a division by zero, a float of text); a
+  wrong patch_size was a warning that the position embeddings are for another resolution
+  (64px), then a shape error on the patch kernel."""
   torch.manual_seed(0)
   cfg = transformers.ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
                                intermediate_size=64, image_size=16, patch_size=4)

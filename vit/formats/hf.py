@@ -313,8 +313,8 @@ _SIZES = ('hidden_size', 'num_attention_heads', 'intermediate_size', 'num_hidden
 
 def _check_sizes(path: str, cfg: dict, w: dict[str, np.ndarray]) -> None:
   """UserError naming config.json's key when a size is no positive integer, the heads do not
-  divide the width, the width is not the weights' (another model's config.json), or
-  layer_norm_eps is no number: each was a reshape or arithmetic traceback in the reader."""
+  divide the width, the width or patch size is not the weights' (another model's config.json),
+  or layer_norm_eps is no number: each was a traceback or a misleading line in the reader."""
   where = f'hf:{os.path.join(path, "config.json")}'
   for key in _SIZES:
     value = cfg.get(key)
@@ -327,6 +327,16 @@ def _check_sizes(path: str, cfg: dict, w: dict[str, np.ndarray]) -> None:
   if cls is not None and cls.shape[-1] != hidden:
     raise UserError(f'{where}: hidden_size={hidden}, but the weights are {cls.shape[-1]} wide '
                     '(embeddings.cls_token): is config.json this model\'s?')
+  # The patch size sets the grid the position embeddings are read on: a wrong one was a
+  # warning that they are for another resolution, then a shape error on the patch kernel.
+  kernel = w.get('embeddings.patch_embeddings.projection.weight')
+  stated = cfg.get('patch_size', 16)  # transformers' ViTConfig default.
+  unset = '' if 'patch_size' in cfg else " (unset: transformers' default)"
+  if kernel is not None and kernel.ndim == 4 and _pair(stated) != tuple(kernel.shape[2:]):
+    raise UserError(f'{where}: patch_size={stated!r}{unset}, but '
+                    f'the weights\' patches are {kernel.shape[2]}x{kernel.shape[3]} '
+                    '(embeddings.patch_embeddings.projection.weight): is config.json this '
+                    'model\'s?')
   try:
     float(cfg.get('layer_norm_eps', 1e-12))
   except (TypeError, ValueError):
