@@ -352,6 +352,8 @@ def test_a_processor_normalisation_that_is_not_a_finite_number_is_refused(tmp_pa
     ('patch_size', 16, "patch_size=16, but the weights' patches are 4x4 "
                        "(embeddings.patch_embeddings.projection.weight): is config.json this "
                        "model's?"),
+    ('id2label', ['a', 'b'], 'id2label is an array, not an object of label numbers to names '
+                             '({"0": "cat", ...})'),
 ])
 def test_a_config_json_that_does_not_fit_the_weights_is_one_line(tmp_path, key, value, message):
   """Each was a traceback in the reader (a reshape, a division by zero, a float of text); a

@@ -314,7 +314,8 @@ _SIZES = ('hidden_size', 'num_attention_heads', 'intermediate_size', 'num_hidden
 def _check_sizes(path: str, cfg: dict, w: dict[str, np.ndarray]) -> None:
   """UserError naming config.json's key when a size is no positive integer, the heads do not
   divide the width, the width or patch size is not the weights' (another model's config.json),
-  or layer_norm_eps is no number: each was a traceback or a misleading line in the reader."""
+  layer_norm_eps is no number, or id2label no object: each was a traceback or a misleading line
+  in the reader."""
   where = f'hf:{os.path.join(path, "config.json")}'
   for key in _SIZES:
     value = cfg.get(key)
@@ -342,6 +343,11 @@ def _check_sizes(path: str, cfg: dict, w: dict[str, np.ndarray]) -> None:
   except (TypeError, ValueError):
     raise UserError(f'{where}: layer_norm_eps={cfg["layer_norm_eps"]!r}: must be a '
                     'number') from None
+  id2label = cfg.get('id2label')
+  if id2label is not None and not isinstance(id2label, dict):  # transformers refuses it too.
+    kind = {list: 'an array', str: 'a string', bool: 'a boolean'}.get(type(id2label), 'a number')
+    raise UserError(f'{where}: id2label is {kind}, not an object of label numbers to names '
+                    '({"0": "cat", ...})')
 
 
 def model_keys(cfg: dict) -> dict:
