@@ -304,3 +304,17 @@ def test_a_timm_folder_given_as_hf_names_timm(tmp_path):
                                       rf"architecture='vit_tiny_patch16_224'\); load it with "
                                       rf"timm:{tmp_path / 't'}$"):
     init_spec.load(f'hf:{tmp_path / "t"}')
+
+
+def test_a_config_section_that_is_not_an_object_is_one_line(tmp_path):
+  """A model_args or pretrained_cfg that is a list (or null) gave an AttributeError traceback
+  ("'list' object has no attribute 'get'") in predict, fine-tuning and export."""
+  _tiny_timm(tmp_path / 't')
+  path = tmp_path / 't' / 'config.json'
+  cfg = json.loads(path.read_text())
+  for key, value, shown in (('model_args', [1], '[1]'), ('pretrained_cfg', None, 'null')):
+    path.write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(UserError) as e:
+      init_spec.load(f'timm:{tmp_path / "t"}')
+    assert str(e.value) == (f'timm:{path}: {key}={shown}: must be a JSON object, as '
+                            'timm.models.save_for_hf writes it')

@@ -13,6 +13,7 @@ tokens, q/k norms) are refused with their names, as is any pooling but the class
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -78,10 +79,17 @@ ROWS = (
 
 
 def _config(directory: str) -> dict:
+  """timm's config.json in `directory` ({} without one); UserError naming the file and key when
+  model_args or pretrained_cfg, which every reader here looks into, is not a JSON object."""
   path = os.path.join(directory, 'config.json')
   if not os.path.isfile(path):
     return {}
-  return read_json_object(path, 'timm')
+  cfg = read_json_object(path, 'timm')
+  for key in ('model_args', 'pretrained_cfg'):
+    if key in cfg and not isinstance(cfg[key], dict):
+      raise UserError(f'timm:{path}: {key}={json.dumps(cfg[key])[:60]}: must be a JSON object, as '
+                      'timm.models.save_for_hf writes it')
+  return cfg
 
 
 def _weights(directory: str) -> dict[str, np.ndarray]:
