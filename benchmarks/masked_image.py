@@ -60,7 +60,9 @@ def ratios(report: dict) -> dict:
 
 
 def parse_args(argv=None):
-  p = train_step.parser(__doc__, 'benchmarks.masked_image')
+  # Its figures are in the masked-image guide's "Speed" section, not docs/performance.md.
+  p = train_step.parser(__doc__, 'benchmarks.masked_image',
+                        results='docs/guides/masked_image_modeling.md')
   p.add_argument('--rounds', type=train_step.positive, default=5,
                  help='rounds of turns; the figures are medians over them (default: 5)')
   p.add_argument('--device', choices=('cpu', 'gpu'), default='cpu',

@@ -266,6 +266,10 @@ def test_masked_image_help_has_every_flag_its_default_and_the_examples(capsys):
   for flag, default in (('--rounds', '5'), ('--device', 'cpu'), ('--batch', '128')):
     assert f'{flag} ' in flat and f'(default: {default}' in flat, flag
   assert '--threads' in flat and '--json' in flat
+  # Where its figures are: the masked-image guide (docs/performance.md only points there).
+  results = 'docs/guides/masked_image_modeling.md'
+  assert f'{results} gives the results.' in flat and 'docs/performance.md' not in flat
+  assert os.path.exists(os.path.join(os.path.dirname(os.path.dirname(__file__)), results))
   # The docstring's usage examples, line by line as written there.
   for line in masked_image.__doc__.splitlines():
     if line.lstrip().startswith('python '):
