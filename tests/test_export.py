@@ -238,6 +238,15 @@ def test_an_out_inside_a_runs_checkpoints_is_refused(tmp_path):
     export.export(str(tmp_path / 'nope'), 'timm', str(tmp_path / 'checkpoints' / 'x'))
 
 
+def test_an_empty_out_is_refused_naming_the_flag(tmp_path):
+  """`--out $OUT` with OUT unset: an hf or timm export said ': not written (No such file or
+  directory)', naming neither the flag nor what to give; refused before the checkpoint is read."""
+  for fmt, what in (('hf', 'folder'), ('timm', 'folder'), ('vit_jax', '.npz file')):
+    with pytest.raises(UserError) as e:
+      export.export(str(tmp_path / 'nope'), fmt, '')
+    assert str(e.value) == f'--out is empty: name the {what} to write the {fmt} export to'
+
+
 @pytest.mark.parametrize('fmt', ['hf', 'timm'])
 def test_an_out_folder_of_other_files_or_a_runs_workdir_is_refused(tmp_path, fmt):
   """An hf or timm export adds its files to --out: `--out /` wrote config.json,

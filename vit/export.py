@@ -45,14 +45,17 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   """Writes `checkpoint` (a workdir or an init spec) as format `fmt` (vit.formats.registry)
   at `out`, replacing what is there only once complete. Returns the checkpoint read.
 
-  Raises UserError for an unknown format, an `out` of the wrong kind (a file where a
-  directory is written, or the other way round), inside a run's checkpoints folder or its
+  Raises UserError for an unknown format, an empty `out`, an `out` of the wrong kind (a file
+  where a directory is written, or the other way round), inside a run's checkpoints folder or its
   workdir, a folder of other files than an earlier export's or holding another format's export
   or another model, an existing file that is not an earlier export, and a model the format
   cannot hold."""
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
+  if not out:  # `--out $OUT` with OUT unset: it was ': not written (No such file ...)'.
+    raise UserError(f'--out is empty: name the {writer.SUFFIX or "folder"} '
+                    f'{"file " if writer.SUFFIX else ""}to write the {fmt} export to')
   checkpoints.refuse_inside_checkpoints(out, 'export elsewhere', 'export')
   if not writer.SUFFIX:  # The name and kind first, before the checkpoint is read.
     article = 'an' if fmt == 'hf' else 'a'  # 'an hf', 'a timm'.
