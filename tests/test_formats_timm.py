@@ -318,3 +318,19 @@ def test_a_config_section_that_is_not_an_object_is_one_line(tmp_path):
       init_spec.load(f'timm:{tmp_path / "t"}')
     assert str(e.value) == (f'timm:{path}: {key}={shown}: must be a JSON object, as '
                             'timm.models.save_for_hf writes it')
+
+
+def test_an_input_size_off_the_patch_grid_is_one_line(tmp_path, capsys):
+  """An input_size that is no multiple of the patch was first warned of as interpolated to
+  (18px), then refused: the warning said what never happened."""
+  _tiny_timm(tmp_path / 't')
+  path = tmp_path / 't' / 'config.json'
+  cfg = json.loads(path.read_text())
+  cfg['pretrained_cfg']['input_size'] = [3, 18, 18]
+  path.write_text(json.dumps(cfg))
+  capsys.readouterr()
+  with pytest.raises(UserError) as e:
+    init_spec.load(f'timm:{tmp_path / "t"}')
+  assert str(e.value) == (f'init timm:{tmp_path / "t"}: its input size 18px is not a multiple '
+                          'of the patch stride 4')
+  assert capsys.readouterr().err == ''

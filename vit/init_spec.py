@@ -109,13 +109,19 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
     params, model, names, size, view = _read_format(fmt, path, spec)
   else:
     (params, model, names, size, *steps), view = _load_workdir(fmt, path, use_ema), None
-  if size is not None and size % patch_stride(model):
-    raise UserError(f'init {spec}: its input size {size}px is not a multiple of the patch '
-                    f'stride {patch_stride(model)}')
+  _check_stride(size, model, spec)
   ckpt = Checkpoint(params, model, names, *architecture.input_geometry(params, model, size, spec),
                     view, *steps)
   check_shapes(ckpt, spec)
   return ckpt
+
+
+def _check_stride(size: Optional[int], model: ModelSpec, spec: str) -> None:
+  """UserError when the input size a checkpoint states (None: none) is no multiple of its
+  patch stride: no grid of patches covers it."""
+  if size is not None and size % patch_stride(model):
+    raise UserError(f'init {spec}: its input size {size}px is not a multiple of the patch '
+                    f'stride {patch_stride(model)}')
 
 
 # The library that runs each published format's checkpoints, as the warnings name it.
@@ -133,6 +139,7 @@ def _read_format(fmt: str, path: str, spec: str):
     raise UserError(f'{spec}: {e}') from None
   # Its own grid must be square, whatever size its processor states.
   own, _ = architecture.input_geometry(read.params, model, None, spec)
+  _check_stride(read.image_size, model, spec)  # Before the warning that it is interpolated to.
   if read.image_size is not None and read.image_size != own:
     logger.warning(f'{spec}: its files state {read.image_size}px inputs and its position '
                    f'embeddings are for {own}px; they are interpolated to {read.image_size}px '
