@@ -273,6 +273,16 @@ def test_a_view_that_cannot_be_applied_is_named(tmp_path, capsys):
       f"warning: timm:{tmp_path / 't'}/config.json: pretrained_cfg crop_mode='border' is not "
       f"applied; this repository resizes straight to 16x16 bilinearly, so its logits differ "
       f"from timm's evaluation"]
+  # A crop_pct that is no number was named as crop_pct=-1.0, a value the file does not hold.
+  path = tmp_path / 't' / 'config.json'
+  cfg = json.loads(path.read_text())
+  cfg['pretrained_cfg'].update(crop_mode='center', crop_pct='x')
+  path.write_text(json.dumps(cfg))
+  assert init_spec.load(f'timm:{tmp_path / "t"}').view is None
+  assert capsys.readouterr().err.strip().splitlines() == [
+      f"warning: timm:{tmp_path / 't'}/config.json: pretrained_cfg crop_pct='x' is not "
+      f"applied; this repository resizes straight to 16x16 bilinearly, so its logits differ "
+      f"from timm's evaluation"]
 
 
 @pytest.mark.parametrize('key, value, message', [

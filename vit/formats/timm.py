@@ -161,11 +161,12 @@ def read_view(directory: str, cfg: dict, size: Optional[int]) -> Optional[dict]:
   if not isinstance(pre, dict) or size is None:
     return None
   view = {k: pre.get(k) or default for k, default in _VIEW_DEFAULTS.items()}
+  stated = dict(view)  # As the file spells them, for the warning ('x', not the -1.0 below).
   try:
     view['crop_pct'] = float(view['crop_pct'])
   except (TypeError, ValueError):
     view['crop_pct'] = -1.0
-  unsupported = [f'{k}={view[k]!r}' for k, ok in (
+  unsupported = [f'{k}={stated[k]!r}' for k, ok in (
       ('crop_pct', 0 < view['crop_pct']), ('interpolation', view['interpolation'] in
                                            transforms.PIL_FILTERS),
       ('crop_mode', view['crop_mode'] in transforms.CROP_MODES)) if not ok]
