@@ -13,7 +13,8 @@ with model.safetensors + config.json (architecture, model_args, pretrained_cfg) 
 VisionTransformer loads with the same logits. The Polyak-averaged parameters are exported when
 the run kept them (--noema for the raw ones). An MPP checkpoint exports its ViT backbone; the
 MPP prediction head is not part of any format.
-`--checkpoint` also takes an init spec (e.g. hf:DIR -> --format vit_jax). A workdir is read at
+`--checkpoint` also takes an init spec (e.g. vit_jax:FILE.npz or timm:DIR -> --format hf; a
+Hugging Face model's exact GELU is refused by --format vit_jax). A workdir is read at
 its newest step that reads, which the summary line names (`at step 1 of 30`), with a warning
 when the run stopped before its config.total_steps. The export is written beside `--out` and
 replaces what is there only once complete (other files in an hf directory stay), so a failed
