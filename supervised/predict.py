@@ -138,6 +138,22 @@ def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequen
   return rows
 
 
+def check_output(output: str, images: str) -> None:
+  """UserError naming --output, before any image or checkpoint is read, when it is no .npy or
+  .json name, an existing directory (it was refused only once the model had run, as 'not
+  written (... is a directory)'), the --images file itself, or inside a run's checkpoints."""
+  if not output.endswith(('.npy', '.json')):
+    raise UserError(f'--output {output}: must end in .npy (logits) or .json (top-5)')
+  if os.path.isdir(output):
+    raise UserError(f'--output {output}: an existing directory; name a file to write (e.g. '
+                    f'{os.path.join(output, "top5" + os.path.splitext(output)[1])})')
+  if os.path.isfile(images) and os.path.isfile(output) and os.path.samefile(images, output):
+    raise UserError(f'--output {output}: the --images file itself; the predictions would '
+                    'replace the images: name another file')
+  checkpoints.refuse_inside_checkpoints(output, 'write it elsewhere', os.path.basename(output),
+                                        flag='--output')
+
+
 def _define_flags():
   flags.DEFINE_string('init', None,
                       'a checkpoint with a classification head: supervised:DIR | '
@@ -160,14 +176,7 @@ def main(argv):
   written) is one line and exit status 2."""
   del argv
   f = flags.FLAGS
-  if not f.output.endswith(('.npy', '.json')):
-    raise UserError(f'--output {f.output}: must end in .npy (logits) or .json (top-5)')
-  if os.path.isfile(f.images) and os.path.isfile(f.output) and os.path.samefile(f.images,
-                                                                                f.output):
-    raise UserError(f'--output {f.output}: the --images file itself; the predictions would '
-                    'replace the images: name another file')
-  checkpoints.refuse_inside_checkpoints(f.output, 'write it elsewhere',
-                                       os.path.basename(f.output), flag='--output')
+  check_output(f.output, f.images)
   if f.resolution is not None and f.resolution <= 0:
     raise UserError(f'--resolution {f.resolution}: must be positive')
   if f.batch_size <= 0:

@@ -194,6 +194,17 @@ def test_cli_npy_and_json_outputs(npz, tmp_path):
   assert init.startswith('a checkpoint with a classification head: supervised:DIR |'), init
 
 
+def test_an_output_that_is_a_directory_is_refused_before_the_model_runs(tmp_path):
+  """A folder named top5.json was refused only after the images were read and the model ran,
+  as 'top5.json: not written (top5.json is a directory); the previous one is unchanged'."""
+  (tmp_path / 'top5.json').mkdir()
+  with pytest.raises(UserError) as e:
+    predict.check_output(str(tmp_path / 'top5.json'), str(tmp_path / 'missing'))
+  assert str(e.value) == (f'--output {tmp_path}/top5.json: an existing directory; name a file '
+                          f'to write (e.g. {tmp_path}/top5.json/top5.json)')
+  predict.check_output(str(tmp_path / 'new.npy'), str(tmp_path / 'missing'))  # A new file: ok.
+
+
 def test_class_names_of_a_hf_checkpoint_reach_the_json(tmp_path):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')
