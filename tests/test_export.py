@@ -127,6 +127,11 @@ def test_cli_and_errors(run, tmp_path):
   with pytest.raises(UserError, match=rf'^--out {tmp_path}/images.npy: a vit_jax export is a '
                                       r'\.npz file$'):
     export.export(workdir, 'vit_jax', str(tmp_path / 'images.npy'))
+  # A folder of that name was refused only once the checkpoint was read, as 'not written'.
+  (tmp_path / 'folder.npz').mkdir()
+  with pytest.raises(UserError, match=rf'^--out {tmp_path}/folder.npz: a vit_jax export is a '
+                                      r'\.npz file, and this is a directory$'):
+    export.export(str(tmp_path / 'nope'), 'vit_jax', str(tmp_path / 'folder.npz'))
   helped = cmd('--help')
   assert '--format' in helped.stdout and '--checkpoint' in helped.stdout
 

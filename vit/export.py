@@ -70,6 +70,9 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   else:  # The name first: an existing images.npy was 'a .npz file that is not an export'.
     if not out.endswith(writer.SUFFIX):
       raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file')
+    if os.path.isdir(out):  # Was 'not written (... is a directory)', the checkpoint read.
+      raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file, and this is a '
+                      'directory')
     _refuse_a_foreign_file(out, fmt, writer.SUFFIX)
   prefix, sep, _ = checkpoint.partition(':')
   if sep and prefix in init_spec.FORMATS:
