@@ -155,6 +155,17 @@ def test_prepare_errors_name_the_problem(tmp_path):
     finetune.prepare(small_config(f'supervised:{tmp_path / "empty"}'))
 
 
+def test_the_first_line_says_a_headless_checkpoint_has_no_head(tmp_path):
+  """An encoder (MPP, MAE, SimMIM, a ViTModel) was described as 'head None' in fine-tuning's
+  and export's first line."""
+  write_tiny_npz(tmp_path / 'enc.npz', num_classes=None, representation_size=None)
+  write_tiny_npz(tmp_path / 'cls.npz')
+  assert init_spec.describe(init_spec.load(f'vit_jax:{tmp_path}/enc.npz')).endswith(
+      'trained at 28px, no head')
+  assert init_spec.describe(init_spec.load(f'vit_jax:{tmp_path}/cls.npz')).endswith(
+      'trained at 28px, head 7')
+
+
 def _files(workdir):
   """Every file under `workdir` but the lock (which names its latest holder), with its mtime."""
   return {os.path.join(d, f): os.stat(os.path.join(d, f)).st_mtime_ns

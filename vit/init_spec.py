@@ -289,6 +289,8 @@ def warn_if_unfinished(spec: str, ckpt: Checkpoint) -> None:
 
 
 def describe(ckpt: Checkpoint) -> str:
-  """One line for the logs: sizes, classifier, resolution and head of a checkpoint."""
+  """One line for the logs: sizes, classifier, resolution and head of a checkpoint ('head 10',
+  or 'no head' for a pretrained encoder: it read 'head None')."""
+  head = 'no head' if ckpt.model.num_classes is None else f'head {ckpt.model.num_classes}'
   return (f'{architecture.summary(ckpt.model)}, classifier {ckpt.model.classifier}, '
-          f'trained at {ckpt.image_size}px, head {ckpt.model.num_classes}')
+          f'trained at {ckpt.image_size}px, {head}')
