@@ -118,6 +118,15 @@ def test_unsupported_processors_and_shards_are_named(checkpoint, tmp_path):
   (bad / shard[-1]).unlink()
   with pytest.raises(UserError, match=f'lists shard {shard[-1]}, which is missing'):
     init_spec.load(f'hf:{bad}')
+  index = bad / 'model.safetensors.index.json'  # A null shard was os.path.join's traceback.
+  listed = json.loads(index.read_text())
+  name = sorted(listed['weight_map'])[0]
+  listed['weight_map'][name] = None
+  index.write_text(json.dumps(listed))
+  with pytest.raises(UserError) as e:
+    init_spec.load(f'hf:{bad}')
+  assert str(e.value) == (f'hf:{index}: weight_map gives {name} the shard null, not a file '
+                          'name')
   with pytest.raises(UserError, match=rf"^timm:{directory}: a Hugging Face transformers folder "
                                       rf"\(config.json has model_type='vit'\); load it with "
                                       rf"hf:{directory}$"):

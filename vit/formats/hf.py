@@ -10,6 +10,7 @@ key, the checkpoint's image size and its evaluation view (`vit.data.transforms.E
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -106,6 +107,10 @@ def read_weights(directory: str) -> dict[str, np.ndarray]:
   weight_map = _json(index).get('weight_map')
   if not isinstance(weight_map, dict) or not weight_map:
     raise UserError(f'hf:{index}: no "weight_map" of tensor names to shard files')
+  odd = next((k for k, v in weight_map.items() if not isinstance(v, str)), None)
+  if odd is not None:  # A null or number was os.path.join's TypeError traceback.
+    raise UserError(f'hf:{index}: weight_map gives {odd} the shard '
+                    f'{json.dumps(weight_map[odd])}, not a file name')
   out = {}
   for shard in sorted(set(weight_map.values())):
     path = os.path.join(directory, shard)
