@@ -165,8 +165,11 @@ def test_a_library_import_keeps_the_programs_own_excepthook(tmp_path):
       'raise KeyboardInterrupt\n')
   env = dict(os.environ, PYTHONPATH=os.pathsep.join([ROOT, str(tmp_path)]))
   for program in (['-c', 'import vit, other.tool'], ['-m', 'other.tool']):
-    proc = subprocess.run([sys.executable, *program], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)  # Bounds a hang only.
+    # Through the exec that restores a terminal's SIGINT: under `make test &` the child starts
+    # with SIGINT ignored, and Python then installs no default_int_handler to compare with.
+    proc = subprocess.run([sys.executable, '-c', _AS_FROM_A_TERMINAL, sys.executable, *program],
+                          cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=900)  # Bounds a hang only.
     assert 'Traceback' in proc.stderr and 'KeyboardInterrupt' in proc.stderr, proc.stderr
     assert 'interrupted while starting' not in proc.stderr
 
