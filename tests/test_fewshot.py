@@ -222,6 +222,26 @@ def test_cli_max_test_0_is_all_of_the_test_split_as_the_config_key():
   assert fewshot._cli_config(flags_, ckpt).fewshot.max_test == 0
 
 
+@pytest.mark.parametrize('dataset', ['fashion_mnist', 'tfds:no_such_dataset'])
+def test_cli_names_the_data_dir_flag_not_its_config_key(tmp_path, dataset):
+  """--data_dir=EMPTY was refused as '... or set config.data.data_dir', a key the CLI's user
+  never typed: the data layer's words are for trainers, the CLI sets that key from --data_dir."""
+  import types
+  flags_ = types.SimpleNamespace(shots=['1'], l2_regs=['1'], l2_reg=1024.0, max_test=0,
+                                 batch_size=256, seed=0, image_size=None, dataset=dataset,
+                                 data_dir=str(tmp_path), train_split='train', test_split='test')
+  config = fewshot._cli_config(flags_, types.SimpleNamespace(image_size=28, channels=1))
+  with pytest.raises(UserError) as e:  # The data layer, before any representation is needed.
+    fewshot.FewShotEvaluator(config, None, None)
+  assert 'config.data.data_dir' in str(e.value)
+  named = str(fewshot._named_by_flags(e.value))
+  assert named == {
+      'fashion_mnist': f'{tmp_path}/train-images-idx3-ubyte.gz: not found; install it with '
+                       '`apt-get install dataset-fashion-mnist` or set --data_dir',
+      'tfds:no_such_dataset': '--dataset=tfds:no_such_dataset: no TFDS dataset of that name, '
+                              f"registered or prepared under --data_dir='{tmp_path}'"}[dataset]
+
+
 def test_cli_on_an_npz(tmp_path):
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(7, 7)), hidden_size=16, num_classes=3)

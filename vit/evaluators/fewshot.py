@@ -404,6 +404,22 @@ _FLAGS_OF_KEYS = {'fewshot.shots': '--shots', 'fewshot.l2_regs': '--l2_regs',
                   'data.source': '--dataset', 'data.data_dir': '--data_dir'}
 
 
+def _named_by_flags(error: UserError) -> UserError:
+  """`error` as a user of the CLI reads it: the flag they typed, not the config key it set
+  (_FLAGS_OF_KEYS). A ConfigError of such a key becomes '--FLAG=VALUE: PROBLEM'; such a key in
+  the prose becomes its flag too (the data layer says '... or set config.data.data_dir', which
+  here is --data_dir). Anything else is `error` as it is."""
+  flag = _FLAGS_OF_KEYS.get(getattr(error, 'key', None))
+  if flag is not None:
+    value = ','.join(map(str, error.value)) if isinstance(error.value, tuple) else error.value
+    text = f'{flag}={value}: {error.problem}'
+  else:
+    text = str(error)
+  for key, named in _FLAGS_OF_KEYS.items():
+    text = text.replace(f'config.{key}', named)
+  return error if text == str(error) else UserError(text)
+
+
 def main(argv) -> None:
   """`python -m vit.evaluators.fewshot --init SPEC`: few-shot linear accuracy of the checkpoint's
   representation (`checkpoint_representation`) on --dataset, printed as JSON and also written
@@ -424,12 +440,8 @@ def main(argv) -> None:
   try:
     evaluator = FewShotEvaluator(
         config, _representation_of_flags(flags_, model), mesh)
-  except ConfigError as e:  # Name the flag the user typed, not the config key it set.
-    flag = _FLAGS_OF_KEYS.get(e.key)
-    if flag is None:
-      raise
-    value = ','.join(map(str, e.value)) if isinstance(e.value, tuple) else e.value
-    raise UserError(f'{flag}={value}: {e.problem}') from None
+  except UserError as e:
+    raise _named_by_flags(e) from None
   try:
     results = evaluator.evaluate(jax.device_put(params))
   except UserError as e:  # Non-finite features (vit.evaluators.embedding): name the weights.
