@@ -129,6 +129,26 @@ def test_undecodable_file_is_named_or_skipped(tmp_path, caplog):
   assert f'skipped 1 undecodable file: {folder}/dog/broken.jpg' in caplog.messages  # 'files'
 
 
+def test_skip_bad_counts_what_was_written_per_class(tmp_path, caplog):
+  """The class table counted a PNG cut short as a 'dog' image, which --skip_bad then left out:
+  3 dogs said, 2 written."""
+  folder = write_folder(str(tmp_path / 'images'), per_class=2)
+  Image.fromarray(np.arange(64 * 64 * 3, dtype=np.uint8).reshape(64, 64, 3)).save(
+      f'{folder}/dog/cut.png')
+  with open(f'{folder}/dog/cut.png', 'r+b') as f:  # A copy stopped halfway.
+    f.truncate(os.path.getsize(f'{folder}/dog/cut.png') // 2)
+  out = str(tmp_path / 'out')
+  with caplog.at_level(logging.INFO):
+    prepare.prepare(f'folder:{folder}', out, skip_bad=True)
+  assert f'skipped 1 undecodable file: {folder}/dog/cut.png' in caplog.messages
+  tables = [m.splitlines() for m in caplog.messages if m.startswith('3 classes:')]
+  assert tables[0][-2:] == ['    1      3  dog', '    2      2  eel']  # Found, before the build.
+  assert tables[-1][1:] == ['label  train  class', '    0      2  cat', '    1      2  dog',
+                            '    2      2  eel']
+  labels = [label for _, label in valid_examples(config_for(out))]
+  assert [labels.count(c) for c in range(3)] == [2, 2, 2]
+
+
 def test_fashion_mnist_subset(tmp_path):
   out = str(tmp_path / 'fm')
   prepare.prepare('fashion_mnist', out, limit=20)

@@ -15,7 +15,8 @@ Scanning: hidden entries (`.ipynb_checkpoints/`, `.DS_Store`, `._x.jpg`, `__MACO
 skipped at every level and listed, as are files without an image extension; links to folders
 and files are followed, and a link back to a folder already scanned (a loop) is listed and not
 followed; a class folder without images is listed (and keeps its label). The class list, with
-each class's label and image count per split, is printed before the conversion starts.
+each class's label and image count per split, is printed before the conversion starts, and again
+after it when `--skip_bad` skipped files, counting what was written.
 
 Every image is decoded once here (`vit.data.decoding`, the rules training and predict use), so
 a damaged file is reported by name now rather than as a record index mid-training. JPEG and PNG
@@ -310,6 +311,15 @@ def _examples(builder, split_name: str) -> Iterator:
     yield i, {'image': data, 'label': split.labels[i]}
 
 
+def _without(splits: dict[str, Split], skipped: Sequence[str]) -> dict[str, Split]:
+  """`splits` less the file paths in `skipped`: what the dataset holds after --skip_bad."""
+  skipped = set(skipped)
+  kept = {name: [(item, label) for item, label in zip(split.items, split.labels)
+                 if item not in skipped] for name, split in splits.items()}
+  return {name: Split([item for item, _ in pairs], [label for _, label in pairs])
+          for name, pairs in kept.items()}
+
+
 def fashion_mnist_splits(limit: int | None) -> dict[str, Split]:
   """Fashion-MNIST's 'train' and 'test' splits, uint8 [28, 28, 1] images and int labels, at most
   `limit` of each (None: all)."""
@@ -375,6 +385,9 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
   if builder.skipped:
     logger.info('skipped %s: %s', counted(len(builder.skipped), 'undecodable file',
                                           'undecodable files'), _some(builder.skipped))
+    # The table printed before the build counted the skipped files too (found only while
+    # encoding); this one counts what the dataset holds.
+    logger.info('\n'.join(class_table(_without(splits, builder.skipped), class_names)))
   counts = ', '.join(f'{k} {v.num_examples}' for k, v in builder.info.splits.items())
   logger.info('wrote %s: %s images, %d classes; train with --config.data.source=array_record:%s',
               version_dir, counts, len(class_names), out)
