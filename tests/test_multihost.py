@@ -234,7 +234,10 @@ def test_launch_settings_errors(monkeypatch):
            (dict(num_processes=2, process_id=0, coordinator_address='127.0.0.1:abc'),
             r"the port 'abc' is not a number in \[1, 65535\]"),
            (dict(num_processes=2, process_id=1, coordinator_address='localhost:99999'),
-            r"the port '99999' is not a number")]
+            r"the port '99999' is not a number"),
+           # The port follows the last ':', an IPv6 host has its own.
+           (dict(num_processes=2, process_id=1, coordinator_address='[::1]:0'),
+            r"--coordinator_address='\[::1\]:0': the port '0' is not a number")]
   for kwargs, message in cases:
     with pytest.raises(UserError, match=message):
       distributed.initialize(**kwargs)

@@ -127,11 +127,17 @@ def _check(address, count, index) -> None:
   if count > 1 and (not address or ':' not in address):
     raise UserError(f'--coordinator_address={address!r}: set HOST:PORT of process 0 for a '
                     f'{count}-process run')
-  port = address.rpartition(':')[2] if address else ''
+  port = _port(address)
   if count > 1 and not (port.isdigit() and 1 <= int(port) <= 65535):
     # jax would raise a traceback ('Failed to start RPC server') or wait without a word.
     raise UserError(f'--coordinator_address={address!r}: the port {port!r} is not a number in '
                     '[1, 65535]')
+
+
+def _port(address: Optional[str]) -> str:
+  """The PORT of a 'HOST:PORT' coordinator address as written, unchecked: what follows its last
+  ':' (an IPv6 '[::1]:1234' has colons in its host); '' for no address."""
+  return address.rpartition(':')[2] if address else ''
 
 
 # How long the processes of a job wait for each other to join. jax's own limit (300 s by
@@ -165,10 +171,11 @@ def _join(address: str, count: int, index: int) -> None:
   `_JOIN_S` (a process not started, or started with another --coordinator_address or
   --num_processes)."""
   if index == 0 and not os.environ.get('JAX_COORDINATOR_BIND_ADDRESS'):
-    taken = _port_taken(int(address.rpartition(':')[2]))
+    port = _port(address)  # A number in [1, 65535]: _check came first.
+    taken = _port_taken(int(port))
     if taken:  # jax's server would fail on it with a traceback, or crash (SIGSEGV) now and then.
       exit_now(f'--coordinator_address={address}: process 0 cannot start the coordinator there '
-               f'(port {address.rpartition(":")[2]}: {taken}); give every process another port')
+               f'(port {port}: {taken}); give every process another port')
   joined = threading.Event()
 
   def give_up():
