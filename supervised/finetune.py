@@ -64,15 +64,20 @@ def _saved_backbone(workdir: Optional[str]) -> Optional[tuple[ModelSpec, int]]:
   if not workdir or not checkpoints.has_steps(workdir):
     return None
   try:
-    for _, saved in checkpoints.saved_configs(workdir):
-      try:
-        saved = ml_collections.ConfigDict(saved)
-        return config_lib.upgrade(config_lib.resolved_model(saved)), saved.data.channels
-      except Exception:  # noqa: BLE001 (a config no model reads: an older step may)
-        continue
+    backbones = (_backbone_of(saved) for _, saved in checkpoints.saved_configs(workdir))
+    return next((backbone for backbone in backbones if backbone), None)
   except Exception:  # noqa: BLE001 (an unreadable checkpoints folder: the loop names it)
     return None
-  return None
+
+
+def _backbone_of(saved: dict) -> Optional[tuple[ModelSpec, int]]:
+  """(model, image channels) of a saved config, or None for one no model reads (an older
+  step's may)."""
+  try:
+    saved = ml_collections.ConfigDict(saved)
+    return config_lib.upgrade(config_lib.resolved_model(saved)), saved.data.channels
+  except Exception:  # noqa: BLE001 (whatever a damaged or foreign config makes them raise)
+    return None
 
 
 def build_task(config, m, ckpt: Optional[init_spec.Checkpoint], **sources) -> loop.Task:

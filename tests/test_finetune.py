@@ -172,6 +172,38 @@ def _files(workdir):
           for d, _, names in os.walk(workdir) for f in names if f != '.lock'}
 
 
+def test_a_resume_adopts_the_newest_saved_config_a_model_reads(tmp_path, monkeypatch):
+  """_saved_backbone: a step whose config no model reads (an unknown preset) is passed over for
+  an older one; a checkpoints folder that cannot be listed is left to the loop to name (None);
+  the steps are read newest first, and no further than the one adopted."""
+  good = small_config('vit_jax:a.npz')
+  good.model.update(tiny_model(hidden_size=16).to_dict())
+  good.data.channels = 1
+  foreign = small_config('vit_jax:a.npz')
+  foreign.model.name = 'ViT-Nope'
+  read = []
+
+  def saved_configs(workdir):
+    assert workdir == str(tmp_path)
+    for step, config in ((6, foreign), (4, good), (2, None)):
+      read.append(step)
+      yield step, config.to_dict()
+
+  def unlistable(workdir):
+    raise OSError(13, 'Permission denied', workdir)
+    yield  # A generator, as checkpoints.saved_configs: it raises when first read.
+
+  monkeypatch.setattr(checkpoints, 'has_steps', lambda workdir: True)
+  monkeypatch.setattr(checkpoints, 'saved_configs', saved_configs)
+  assert finetune._saved_backbone(str(tmp_path)) == (tiny_model(hidden_size=16), 1)
+  assert read == [6, 4]
+  monkeypatch.setattr(checkpoints, 'saved_configs', lambda workdir: iter([(6, foreign.to_dict())]))
+  assert finetune._saved_backbone(str(tmp_path)) is None  # No step's config reads.
+  monkeypatch.setattr(checkpoints, 'saved_configs', unlistable)
+  assert finetune._saved_backbone(str(tmp_path)) is None
+  assert finetune._saved_backbone(None) is None
+
+
 def test_a_resumed_finetune_keeps_its_init_and_says_so(tmp_path, fmnist, caplog):
   """Another config.init is refused before anything is written (the weights would come from
   the old one, the saved config would record the new); the same init, however spelt,
