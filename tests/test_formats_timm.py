@@ -82,6 +82,35 @@ def test_no_embed_class_and_no_config_heads(tmp_path):
   assert np.abs(predict.predict(apply_fn, images, 4) - _timm_logits(model, images)).max() <= TOL
 
 
+def test_an_unstated_mean_and_std_are_timms_default(tmp_path):
+  """A config.json whose pretrained_cfg states no mean or std was read as the official
+  0.5/0.5; timm reads such a folder with ImageNet's (PretrainedCfg's defaults), as its
+  resolve_data_config does without a config.json. Ours follows timm: the same logits."""
+  _tiny_timm(tmp_path / 't', embed_dim=192, num_heads=3)
+  cfg = json.loads((tmp_path / 't' / 'config.json').read_text())
+  del cfg['pretrained_cfg']['mean'], cfg['pretrained_cfg']['std']
+  (tmp_path / 't' / 'config.json').write_text(json.dumps(cfg))
+  model = timm.create_model(f'local-dir:{tmp_path / "t"}', pretrained=True).eval()
+  stated = timm.data.resolve_model_data_config(model)
+  assert (stated['mean'], stated['std']) == (timm.data.IMAGENET_DEFAULT_MEAN,
+                                            timm.data.IMAGENET_DEFAULT_STD)
+  apply_fn, ckpt, _ = predict.load_classifier(f'timm:{tmp_path / "t"}')
+  assert (ckpt.model.pixels.mean, ckpt.model.pixels.std) == (stated['mean'], stated['std'])
+  images = _uint8()
+  assert np.abs(predict.predict(apply_fn, images, 4) - _timm_logits(model, images)).max() <= TOL
+  (tmp_path / 't' / 'config.json').unlink()  # timm cannot make a model; its data config:
+  bare = timm.data.resolve_data_config({'input_size': (3, 16, 16)})
+  pixels = init_spec.load(f'timm:{tmp_path / "t"}').model.pixels
+  assert (pixels.mean, pixels.std) == (bare['mean'], bare['std'])
+  # A greyscale model: timm's default is of 3 channels, which its own transform cannot feed.
+  _tiny_timm(tmp_path / 'grey', embed_dim=192, num_heads=3, in_chans=1)
+  (tmp_path / 'grey' / 'config.json').unlink()
+  with pytest.raises(UserError, match=rf"^timm:{tmp_path / 'grey'}/config.json: pretrained_cfg "
+                                      r"mean/std \(unstated: timm's ImageNet default\): 3 mean "
+                                      r"values for 1-channel images$"):
+    init_spec.load(f'timm:{tmp_path / "grey"}')
+
+
 def test_export_to_timm_loads_in_timm_with_the_same_logits(tmp_path):
   """A timm checkpoint through our writer (and an HF round trip) comes back to timm unchanged."""
   model = _tiny_timm(tmp_path / 't')

@@ -181,14 +181,25 @@ def read_view(directory: str, cfg: dict, size: Optional[int]) -> Optional[dict]:
   return view
 
 
+# timm's IMAGENET_DEFAULT_MEAN and _STD (timm/data/constants.py): what timm normalises with
+# where a pretrained_cfg states no mean or std (resolve_data_config, and PretrainedCfg's defaults
+# for a folder `timm.create_model('local-dir:DIR')` reads), not the official 0.5.
+_TIMM_MEAN, _TIMM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
 def _input(directory: str, cfg: dict, channels: int) -> tuple[Optional[dict], Optional[int]]:
-  """(pixels, image size) of timm's eval transform: ToTensor (x / 255), Normalize(mean, std)."""
+  """(pixels, image size) of timm's eval transform: ToTensor (x / 255), Normalize(mean, std),
+  with timm's defaults where the pretrained_cfg (or config.json) states no mean or std. UserError
+  naming config.json for a mean or std that fits no channel count (timm's default has 3
+  values), a std of 0, or an input_size that is not square."""
   pre = cfg.get('pretrained_cfg', {})
+  mean, std = pre.get('mean') or _TIMM_MEAN, pre.get('std') or _TIMM_STD
   try:
-    stated = pixels(OFFICIAL_PIXELS.rescale, pre.get('mean', 0.5), pre.get('std', 0.5),
-                    channels)
+    stated = pixels(OFFICIAL_PIXELS.rescale, mean, std, channels)
   except (ValueError, TypeError) as e:
-    raise UserError(f'timm:{directory}/config.json: pretrained_cfg mean/std: {e}') from None
+    default = '' if pre.get('mean') and pre.get('std') else " (unstated: timm's ImageNet default)"
+    raise UserError(f'timm:{directory}/config.json: pretrained_cfg mean/std{default}: {e}'
+                    ) from None
   size = pre.get('input_size')
   if size is not None:
     if len(size) != 3 or size[1] != size[2]:
