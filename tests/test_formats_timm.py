@@ -102,13 +102,32 @@ def test_an_unstated_mean_and_std_are_timms_default(tmp_path):
   bare = timm.data.resolve_data_config({'input_size': (3, 16, 16)})
   pixels = init_spec.load(f'timm:{tmp_path / "t"}').model.pixels
   assert (pixels.mean, pixels.std) == (bare['mean'], bare['std'])
-  # A greyscale model: timm's default is of 3 channels, which its own transform cannot feed.
+  # A mean stated wrong beside an unstated std: the label names the std as timm's default.
+  cfg['pretrained_cfg']['mean'] = [0.5, 0.5]
+  (tmp_path / 't' / 'config.json').write_text(json.dumps(cfg))
+  with pytest.raises(UserError, match=rf"^timm:{tmp_path / 't'}/config.json: pretrained_cfg "
+                                      r"mean/std \(std unstated: timm's ImageNet default\): 2 "
+                                      r"mean values for 3-channel images$"):
+    init_spec.load(f'timm:{tmp_path / "t"}')
+
+
+def test_a_greyscale_model_without_mean_and_std_is_read_with_the_official_pixels(tmp_path,
+                                                                                 caplog):
+  """timm's default is of 3 channels, which a greyscale model cannot take: such a folder was
+  refused (naming a config.json it did not have); it reads with the official 0.5/0.5, as it
+  did before timm's default was followed, with one warning naming the folder."""
   _tiny_timm(tmp_path / 'grey', embed_dim=192, num_heads=3, in_chans=1)
-  (tmp_path / 'grey' / 'config.json').unlink()
-  with pytest.raises(UserError, match=rf"^timm:{tmp_path / 'grey'}/config.json: pretrained_cfg "
-                                      r"mean/std \(unstated: timm's ImageNet default\): 3 mean "
-                                      r"values for 1-channel images$"):
-    init_spec.load(f'timm:{tmp_path / "grey"}')
+  cfg = json.loads((tmp_path / 'grey' / 'config.json').read_text())
+  del cfg['pretrained_cfg']['mean'], cfg['pretrained_cfg']['std']
+  (tmp_path / 'grey' / 'config.json').write_text(json.dumps(cfg))
+  for where in (f'{tmp_path / "grey"}/config.json', f'{tmp_path / "grey"} (no config.json)'):
+    caplog.clear()
+    ckpt = init_spec.load(f'timm:{tmp_path / "grey"}')
+    assert ckpt.model.pixels is None  # The official x / 127.5 - 1.
+    assert [r.getMessage() for r in caplog.records if r.levelname == 'WARNING'] == [
+        f'timm:{where}: timm states no default mean/std for 1-channel images, so 0.5/0.5 (the '
+        'official ViT pixels) is used; state mean/std in config.json to choose']
+    (tmp_path / 'grey' / 'config.json').unlink(missing_ok=True)
 
 
 def test_export_to_timm_loads_in_timm_with_the_same_logits(tmp_path):

@@ -189,17 +189,29 @@ _TIMM_MEAN, _TIMM_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 def _input(directory: str, cfg: dict, channels: int) -> tuple[Optional[dict], Optional[int]]:
   """(pixels, image size) of timm's eval transform: ToTensor (x / 255), Normalize(mean, std),
-  with timm's defaults where the pretrained_cfg (or config.json) states no mean or std. UserError
-  naming config.json for a mean or std that fits no channel count (timm's default has 3
-  values), a std of 0, or an input_size that is not square."""
+  with timm's defaults where the pretrained_cfg (or config.json) states no mean or std. Those
+  defaults have 3 values: for another channel count the unstated ones are the official 0.5,
+  with a warning. UserError naming config.json for a mean or std that fits no channel count, a
+  std of 0, or an input_size that is not square."""
   pre = cfg.get('pretrained_cfg', {})
-  mean, std = pre.get('mean') or _TIMM_MEAN, pre.get('std') or _TIMM_STD
+  where = (f'{directory}/config.json' if os.path.isfile(os.path.join(directory, 'config.json'))
+           else f'{directory} (no config.json)')
+  unstated = [k for k in ('mean', 'std') if not pre.get(k)]
+  # timm has no default for a greyscale model (its 3 values cannot feed it): such a folder was
+  # read with the official 0.5/0.5 before timm's default was followed, and still is.
+  fits = channels == len(_TIMM_MEAN)
+  defaults = dict(mean=_TIMM_MEAN, std=_TIMM_STD) if fits else dict(mean=(0.5,), std=(0.5,))
+  if unstated and not fits:
+    logger.warning(f'timm:{where}: timm states no default {"/".join(unstated)} for '
+                   f'{channels}-channel images, so {"/".join(["0.5"] * len(unstated))} (the '
+                   'official ViT pixels) is used; state mean/std in config.json to choose')
+  mean, std = (pre.get(k) or defaults[k] for k in ('mean', 'std'))
   try:
     stated = pixels(OFFICIAL_PIXELS.rescale, mean, std, channels)
   except (ValueError, TypeError) as e:
-    default = '' if pre.get('mean') and pre.get('std') else " (unstated: timm's ImageNet default)"
-    raise UserError(f'timm:{directory}/config.json: pretrained_cfg mean/std{default}: {e}'
-                    ) from None
+    label = "timm's ImageNet default" if fits else 'the official 0.5'
+    default = f' ({"/".join(unstated)} unstated: {label})' if unstated else ''
+    raise UserError(f'timm:{where}: pretrained_cfg mean/std{default}: {e}') from None
   size = pre.get('input_size')
   if size is not None:
     if len(size) != 3 or size[1] != size[2]:
