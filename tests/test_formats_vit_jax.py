@@ -123,7 +123,8 @@ def _copy(path, compression, name='', damage=None):
 
 def test_a_damaged_npz_is_one_line_naming_the_file(tmp_path):
   """A damaged member of an np.savez_compressed file raised zlib's traceback; a damaged array
-  header was called 'holds pickled objects'. Both are 'not a readable .npz file' now."""
+  header was called 'holds pickled objects'; a huge shape in a header and a compression zipfile
+  cannot read (Deflate64) were tracebacks. All are 'not a readable .npz file' now."""
   kernel = 'Transformer/encoderblock_1/MlpBlock_3/Dense_0/kernel.npy'
   compressed = tmp_path / 'compressed.npz'
   _copy(compressed, zipfile.ZIP_DEFLATED)
@@ -135,7 +136,19 @@ def test_a_damaged_npz_is_one_line_naming_the_file(tmp_path):
   compressed.write_bytes(bytes(raw))
   header = tmp_path / 'header.npz'
   _copy(header, zipfile.ZIP_STORED, kernel, lambda b: b.replace(b"'descr'", b"'dexcr'"))
-  for path in (compressed, header):
+  # A shape of 4e14 bytes in a header of the same length: numpy allocated it (MemoryError).
+  huge = tmp_path / 'huge.npz'
+  _copy(huge, zipfile.ZIP_STORED, kernel,
+        lambda b: b.replace(b'(16, 32), }' + b' ' * 12, b'(10000000, 10000000), }'))
+  # Deflate64 (method 9), which zipfile cannot read (NotImplementedError): a stored member
+  # with its method patched in the local header and in the central directory.
+  deflate64 = tmp_path / 'deflate64.npz'
+  np.savez(deflate64, a=np.zeros(3, np.float32))
+  raw = bytearray(deflate64.read_bytes())
+  for offset in (8, raw.index(b'PK\x01\x02') + 10):
+    raw[offset:offset + 2] = (9).to_bytes(2, 'little')
+  deflate64.write_bytes(bytes(raw))
+  for path in (compressed, header, huge, deflate64):
     with pytest.raises(UserError) as e:
       init_spec.load(f'vit_jax:{path}')
     assert str(e.value).startswith(f'vit_jax:{path}: not a readable .npz file (')

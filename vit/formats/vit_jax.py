@@ -54,7 +54,10 @@ def _read_npz(path: str) -> dict[str, np.ndarray]:
     with np.load(path, allow_pickle=False) as data:
       return {k: data[k] for k in data.files}
   # zlib.error: a damaged member of an np.savez_compressed file (stored ones fail their CRC).
-  except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as e:
+  # NotImplementedError: a compression zipfile cannot read (Deflate64); RuntimeError: one whose
+  # module (bz2, lzma) this Python lacks. MemoryError: a damaged header's shape, allocated whole.
+  except (zipfile.BadZipFile, OSError, EOFError, zlib.error, NotImplementedError, RuntimeError,
+          MemoryError) as e:
     raise UserError(f'vit_jax:{path}: not a readable .npz file ({e})') from None
   except ValueError as e:  # Object arrays need pickle: refused; else a damaged .npy header.
     if 'allow_pickle' in str(e):
