@@ -366,16 +366,39 @@ def test_a_timm_folder_given_as_hf_names_timm(tmp_path):
 
 def test_a_config_section_that_is_not_an_object_is_one_line(tmp_path):
   """A model_args or pretrained_cfg that is a list (or null) gave an AttributeError traceback
-  ("'list' object has no attribute 'get'") in predict, fine-tuning and export."""
+  ("'list' object has no attribute 'get'") in predict, fine-tuning and export. A long value is
+  cut with an ellipsis (it was cut without one)."""
   _tiny_timm(tmp_path / 't')
   path = tmp_path / 't' / 'config.json'
   cfg = json.loads(path.read_text())
-  for key, value, shown in (('model_args', [1], '[1]'), ('pretrained_cfg', None, 'null')):
+  for key, value, shown in (('model_args', [1], '[1]'), ('pretrained_cfg', None, 'null'),
+                            ('model_args', [1] * 40, json.dumps([1] * 40)[:60] + '…')):
     path.write_text(json.dumps({**cfg, key: value}))
     with pytest.raises(UserError) as e:
       init_spec.load(f'timm:{tmp_path / "t"}')
     assert str(e.value) == (f'timm:{path}: {key}={shown}: must be a JSON object, as '
                             'timm.models.save_for_hf writes it')
+
+
+@pytest.mark.parametrize('section, key, value, message', [
+    ('pretrained_cfg', 'input_size', 16, 'pretrained_cfg.input_size=16; only square inputs '
+                                         '[C, S, S] are supported'),
+    ('model_args', 'act_layer', ['gelu'], "act_layer=['gelu']; supported: gelu, gelu_tanh"),
+    ('pretrained_cfg', 'interpolation', ['bilinear'], 'pretrained_cfg.interpolation=["bilinear"]: '
+                                                      'must be a string, as '
+                                                      'timm.models.save_for_hf writes it'),
+])
+def test_a_setting_of_the_wrong_type_is_one_line(tmp_path, section, key, value, message):
+  """An int input_size gave "TypeError: object of type 'int' has no len()", a list act_layer or
+  interpolation "TypeError: unhashable type: 'list'"."""
+  _tiny_timm(tmp_path / 't')
+  path = tmp_path / 't' / 'config.json'
+  cfg = json.loads(path.read_text())
+  cfg[section][key] = value
+  path.write_text(json.dumps(cfg))
+  with pytest.raises(UserError) as e:
+    init_spec.load(f'timm:{tmp_path / "t"}')
+  assert str(e.value) == f'timm:{path}: {message}'
 
 
 def test_an_input_size_off_the_patch_grid_is_one_line(tmp_path, capsys):

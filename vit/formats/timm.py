@@ -78,6 +78,12 @@ ROWS = (
 )
 
 
+def _shown(value) -> str:
+  """`value` as JSON, cut to 60 characters (with an ellipsis) for a one-line message."""
+  text = json.dumps(value)
+  return text if len(text) <= 60 else text[:60] + '…'
+
+
 def _config(directory: str) -> dict:
   """timm's config.json in `directory` ({} without one); UserError naming the file and key when
   model_args or pretrained_cfg, which every reader here looks into, is not a JSON object."""
@@ -87,7 +93,7 @@ def _config(directory: str) -> dict:
   cfg = read_json_object(path, 'timm')
   for key in ('model_args', 'pretrained_cfg'):
     if key in cfg and not isinstance(cfg[key], dict):
-      raise UserError(f'timm:{path}: {key}={json.dumps(cfg[key])[:60]}: must be a JSON object, as '
+      raise UserError(f'timm:{path}: {key}={_shown(cfg[key])}: must be a JSON object, as '
                       'timm.models.save_for_hf writes it')
   return cfg
 
@@ -156,11 +162,17 @@ def read_view(directory: str, cfg: dict, size: Optional[int]) -> Optional[dict]:
   pretrained_cfg: crop_pct, interpolation, crop_mode, timm's defaults for those it leaves out),
   as `vit.data.transforms.EvalView` fields; None for a plain resize or without a pretrained_cfg.
   A view that EvalView cannot compute (crop_mode 'border', an unknown filter) is a one-line
-  warning naming it, and a plain resize."""
+  warning naming it, and a plain resize. UserError naming config.json and the key for an
+  interpolation or crop_mode that is not a string."""
   pre = cfg.get('pretrained_cfg')
   if not isinstance(pre, dict) or size is None:
     return None
   view = {k: pre.get(k) or default for k, default in _VIEW_DEFAULTS.items()}
+  for key in ('interpolation', 'crop_mode'):  # A list is no filter name (nor hashable).
+    if not isinstance(view[key], str):
+      raise UserError(f'timm:{directory}/config.json: pretrained_cfg.{key}='
+                      f'{_shown(view[key])}: must be a string, as timm.models.save_for_hf '
+                      'writes it')
   stated = dict(view)  # As the file spells them, for the warning ('x', not the -1.0 below).
   try:
     view['crop_pct'] = float(view['crop_pct'])
@@ -192,7 +204,7 @@ def _input(directory: str, cfg: dict, channels: int) -> tuple[Optional[dict], Op
   with timm's defaults where the pretrained_cfg (or config.json) states no mean or std. Those
   defaults have 3 values: for another channel count the unstated ones are the official 0.5,
   with a warning. UserError naming config.json for a mean or std that fits no channel count, a
-  std of 0, or an input_size that is not square."""
+  std of 0, or an input_size that is not a square [C, S, S] list."""
   pre = cfg.get('pretrained_cfg', {})
   where = (f'{directory}/config.json' if os.path.isfile(os.path.join(directory, 'config.json'))
            else f'{directory} (no config.json)')
@@ -214,7 +226,7 @@ def _input(directory: str, cfg: dict, channels: int) -> tuple[Optional[dict], Op
     raise UserError(f'timm:{where}: pretrained_cfg mean/std{default}: {e}') from None
   size = pre.get('input_size')
   if size is not None:
-    if len(size) != 3 or size[1] != size[2]:
+    if not isinstance(size, (list, tuple)) or len(size) != 3 or size[1] != size[2]:
       raise UserError(f'timm:{directory}/config.json: pretrained_cfg.input_size={size}; only '
                       f'square inputs [C, S, S] are supported')
     size = int(size[1])
@@ -235,7 +247,7 @@ def load(path: str) -> Read:
   w, cfg = _weights(path), _config(path)
   _check_supported(path, w, cfg)
   act = cfg.get('model_args', {}).get('act_layer', 'gelu')
-  if act not in _ACT:
+  if not isinstance(act, str) or act not in _ACT:  # A list is no name (nor hashable).
     raise UserError(f'timm:{path}/config.json: act_layer={act!r}; supported: '
                     f'{", ".join(_ACT)}')
   width = w['cls_token'].shape[-1]
