@@ -144,9 +144,10 @@ def check_output(output: str, images: str) -> None:
   written (... is a directory)'), the --images file itself, or inside a run's checkpoints."""
   if not output.endswith(('.npy', '.json')):
     raise UserError(f'--output {output}: must end in .npy (logits) or .json (top-5)')
+  ext = os.path.splitext(output)[1]
   if os.path.isdir(output):
     raise UserError(f'--output {output}: an existing directory; name a file to write (e.g. '
-                    f'{os.path.join(output, "top5" + os.path.splitext(output)[1])})')
+                    f'{os.path.join(output, {".npy": "logits.npy", ".json": "top5.json"}[ext])})')
   if os.path.isfile(images) and os.path.isfile(output) and os.path.samefile(images, output):
     raise UserError(f'--output {output}: the --images file itself; the predictions would '
                     'replace the images: name another file')

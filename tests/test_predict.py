@@ -196,12 +196,14 @@ def test_cli_npy_and_json_outputs(npz, tmp_path):
 
 def test_an_output_that_is_a_directory_is_refused_before_the_model_runs(tmp_path):
   """A folder named top5.json was refused only after the images were read and the model ran,
-  as 'top5.json: not written (top5.json is a directory); the previous one is unchanged'."""
-  (tmp_path / 'top5.json').mkdir()
-  with pytest.raises(UserError) as e:
-    predict.check_output(str(tmp_path / 'top5.json'), str(tmp_path / 'missing'))
-  assert str(e.value) == (f'--output {tmp_path}/top5.json: an existing directory; name a file '
-                          f'to write (e.g. {tmp_path}/top5.json/top5.json)')
+  as 'top5.json: not written (top5.json is a directory); the previous one is unchanged'. The
+  file it suggests is named for what it holds (a folder logits.npy: logits.npy, not top5.npy)."""
+  for name in ('top5.json', 'logits.npy'):
+    (tmp_path / name).mkdir()
+    with pytest.raises(UserError) as e:
+      predict.check_output(str(tmp_path / name), str(tmp_path / 'missing'))
+    assert str(e.value) == (f'--output {tmp_path}/{name}: an existing directory; name a file '
+                            f'to write (e.g. {tmp_path}/{name}/{name})')
   predict.check_output(str(tmp_path / 'new.npy'), str(tmp_path / 'missing'))  # A new file: ok.
 
 
