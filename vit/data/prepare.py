@@ -386,8 +386,10 @@ def prepare(source: str, out: str, *, overwrite: bool = False, skip_bad: bool = 
     logger.info('skipped %s: %s', counted(len(builder.skipped), 'undecodable file',
                                           'undecodable files'), _some(builder.skipped))
     # The table printed before the build counted the skipped files too (found only while
-    # encoding); this one counts what the dataset holds.
-    logger.info('\n'.join(class_table(_without(splits, builder.skipped), class_names)))
+    # encoding); this one counts what the dataset holds, and says so in its first line (the
+    # 'N classes:' of the first one would make the two look alike).
+    table = class_table(_without(splits, builder.skipped), class_names)[1:]
+    logger.info('\n'.join(['written, after skipping the undecodable files:'] + table))
   counts = ', '.join(f'{k} {v.num_examples}' for k, v in builder.info.splits.items())
   logger.info('wrote %s: %s images, %d classes; train with --config.data.source=array_record:%s',
               version_dir, counts, len(class_names), out)
