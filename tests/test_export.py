@@ -244,8 +244,9 @@ def test_an_out_inside_a_runs_checkpoints_is_refused(tmp_path):
 
 
 def test_an_empty_out_is_refused_naming_the_flag(tmp_path):
-  """`--out $OUT` with OUT unset: an hf or timm export said ': not written (No such file or
-  directory)', naming neither the flag nor what to give; refused before the checkpoint is read."""
+  """`--out "$OUT"` (or `--out=$OUT`) with OUT unset: an hf or timm export said ': not written
+  (No such file or directory)', naming neither the flag nor what to give; refused before the
+  checkpoint is read."""
   for fmt, what in (('hf', 'folder'), ('timm', 'folder'), ('vit_jax', '.npz file')):
     with pytest.raises(UserError) as e:
       export.export(str(tmp_path / 'nope'), fmt, '')

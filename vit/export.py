@@ -13,8 +13,10 @@ with model.safetensors + config.json (architecture, model_args, pretrained_cfg) 
 VisionTransformer loads with the same logits. The Polyak-averaged parameters are exported when
 the run kept them (--noema for the raw ones). An MPP checkpoint exports its ViT backbone; the
 MPP prediction head is not part of any format.
-`--checkpoint` also takes an init spec (e.g. vit_jax:FILE.npz or timm:DIR -> --format hf; a
-Hugging Face model's exact GELU is refused by --format vit_jax). A workdir is read at
+`--checkpoint` also takes an init spec (e.g. a fine-tuned vit_jax:FILE.npz such as
+imagenet21k+imagenet2012_ViT-B_16.npz, or timm:DIR -> --format hf, which refuses an
+ImageNet-21k .npz's pre_logits layer; a Hugging Face model's exact GELU is refused by --format
+vit_jax). A workdir is read at
 its newest step that reads, which the summary line names (`at step 1 of 30`), with a warning
 when the run stopped before its config.total_steps. The export is written beside `--out` and
 replaces what is there only once complete (other files in an hf directory stay), so a failed
@@ -54,7 +56,9 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
-  if not out:  # `--out $OUT` with OUT unset: it was ': not written (No such file ...)'.
+  # `--out "$OUT"` or `--out=$OUT` with OUT unset (a bare `--out $OUT` loses the empty word,
+  # so absl never passes it ''): it was ': not written (No such file ...)'.
+  if not out:
     raise UserError(f'--out is empty: name the {writer.SUFFIX or "folder"} '
                     f'{"file " if writer.SUFFIX else ""}to write the {fmt} export to')
   checkpoints.refuse_inside_checkpoints(out, 'export elsewhere', 'export')
