@@ -237,7 +237,10 @@ def test_launch_settings_errors(monkeypatch):
             r"the port '99999' is not a number"),
            # The port follows the last ':', an IPv6 host has its own.
            (dict(num_processes=2, process_id=1, coordinator_address='[::1]:0'),
-            r"--coordinator_address='\[::1\]:0': the port '0' is not a number")]
+            r"--coordinator_address='\[::1\]:0': the port '0' is not a number"),
+           # No port: it was "the port '1]' is not a number".
+           (dict(num_processes=2, process_id=0, coordinator_address='[::1]'),
+            r"--coordinator_address='\[::1\]': set HOST:PORT of process 0")]
   for kwargs, message in cases:
     with pytest.raises(UserError, match=message):
       distributed.initialize(**kwargs)

@@ -124,20 +124,24 @@ def _check(address, count, index) -> None:
     raise UserError(f'--num_processes={count}: must be at least 1')
   if not 0 <= index < count:
     raise UserError(f'--process_id={index}: must be in [0, {count}) for --num_processes={count}')
-  if count > 1 and (not address or ':' not in address):
+  port = _port(address)
+  if count > 1 and (not address or ':' not in address or port is None):
     raise UserError(f'--coordinator_address={address!r}: set HOST:PORT of process 0 for a '
                     f'{count}-process run')
-  port = _port(address)
   if count > 1 and not (port.isdigit() and 1 <= int(port) <= 65535):
     # jax would raise a traceback ('Failed to start RPC server') or wait without a word.
     raise UserError(f'--coordinator_address={address!r}: the port {port!r} is not a number in '
                     '[1, 65535]')
 
 
-def _port(address: Optional[str]) -> str:
+def _port(address: Optional[str]) -> Optional[str]:
   """The PORT of a 'HOST:PORT' coordinator address as written, unchecked: what follows its last
-  ':' (an IPv6 '[::1]:1234' has colons in its host); '' for no address."""
-  return address.rpartition(':')[2] if address else ''
+  ':' (an IPv6 '[::1]:1234' has colons in its host); '' for no address, None for a bracketed
+  IPv6 host with no port ('[::1]': its last ':' is the host's, '1]' no port)."""
+  if not address:
+    return ''
+  port = address.rpartition(':')[2]
+  return None if ']' in port else port
 
 
 # How long the processes of a job wait for each other to join. jax's own limit (300 s by
