@@ -13,7 +13,7 @@ import tensorflow_datasets as tfds
 
 from vit import config as config_lib
 from vit.data import fashion_mnist, pipeline
-from vit.errors import ConfigError, UserError
+from vit.errors import BadRecordError, ConfigError, UserError
 
 NUM_TRAIN, NUM_TEST = 24, 10
 BAD_IMAGE_ID, BAD_LABEL_ID = 5, 9
@@ -307,6 +307,18 @@ def test_bad_record_error_names_its_index_in_the_split(data_dir):
   config.model.num_classes = None  # MPP-style: labels unchecked, so only the image is bad.
   with pytest.raises(UserError, match=rf"record {order.index(BAD_IMAGE_ID)}: key 'image'"):
     take(iter(pipeline.train_dataset(config)), 3)
+
+
+def test_a_bad_record_of_a_class_subset_is_named_by_its_place_in_the_split(data_dir):
+  """It was named by its place in the data.classes view: 'record 1' of classes (2,) was
+  another record of the split, or none."""
+  order = _record_order(data_dir)
+  in_subset = [i for i in order if i % 3 == 2 and i != BAD_LABEL_ID].index(BAD_IMAGE_ID)
+  assert in_subset != order.index(BAD_IMAGE_ID)  # Else this test tells nothing.
+  config = make_config(data_dir, 'vit_test_bad_images', eval_split='train', classes=(2,))
+  with pytest.raises(BadRecordError, match=rf"split 'train' \(classes \(2,\)\): record "
+                                           rf"{order.index(BAD_IMAGE_ID)}: key 'image'"):
+    list(pipeline.eval_batches(config))
 
 
 def test_skip_bad_records_skips_and_counts(data_dir, caplog):

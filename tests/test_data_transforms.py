@@ -1,12 +1,13 @@
 """Single transforms: decoding, label checks, channels, crops, flips."""
 import io
+import pickle
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from vit.data import transforms
-from vit.errors import UserError
+from vit.errors import BadRecordError
 
 
 def encode(array, fmt='PNG', mode=None):
@@ -70,8 +71,13 @@ def test_preprocess_names_the_record_or_marks_it_skipped():
   good = op.random_map({'image': np.zeros((8, 8, 3), np.uint8), 'label': 1, 'index': 3}, None)
   assert good['image'].shape == (4, 4, 3) and good['label'] == 1 and 'index' not in good
   bad = {'image': b'junk', 'label': 1, 'index': 12}
-  with pytest.raises(UserError, match=r"set X: record 12: key 'image': cannot decode"):
+  with pytest.raises(BadRecordError, match=r"set X: record 12: key 'image': cannot decode") as e:
     op.random_map(bad, None)
+  # A data fault, told from a checkpoint's by its type (the few-shot CLI blamed --init); raised
+  # in a grain worker process it is pickled to the main one, where it was a TypeError.
+  again = pickle.loads(pickle.dumps(e.value))
+  assert type(again) is BadRecordError and str(again) == str(e.value)
+  assert (again.where, again.skippable) == ('set X', True)
   skipping = transforms.Preprocess((), 'set X', num_classes=2, skip_bad=True)
   assert skipping.random_map({**bad, 'label': 5}, None) == {
       'skipped': "set X: record 12: key 'image': cannot decode the image "

@@ -17,6 +17,24 @@ class ConfigError(UserError):
     self.key, self.value, self.problem = key, value, problem  # For CLIs that name their flags.
 
 
+class BadRecordError(UserError):
+  """A fault of the data, not of a checkpoint, flag or config value: a record that cannot be
+  used (an undecodable image, a label out of range) or a process whose records are all bad.
+  The message is '{where}: {problem}', `where` naming the data ("tfds:NAME split 'train'") and
+  `problem` the record, plus how to skip such records when skipping is the way out
+  (`skippable`), in config words, which a CLI that sets the key from a flag names as its flag
+  (vit.evaluators.fewshot)."""
+
+  SKIP = 'set config.data.skip_bad_records=True to skip such records'
+
+  def __init__(self, where: str, problem: str, skippable: bool = True):
+    super().__init__(f'{where}: {problem}' + (f'; {self.SKIP}' if skippable else ''))
+    self.where, self.problem, self.skippable = where, problem, skippable
+
+  def __reduce__(self):  # Raised in a grain worker process, it is pickled to the main one.
+    return type(self), (self.where, self.problem, self.skippable)
+
+
 def counted(n: int, one: str, many: str) -> str:
   """'1 file', '0 files', '3 files': a count in a user's line with its noun agreeing."""
   return f'{n} {one if n == 1 else many}'

@@ -26,7 +26,7 @@ from absl import flags
 
 from vit import user_paths
 from vit.data import fashion_mnist, iterator_state, sources, subsets, transforms
-from vit.errors import ConfigError, UserError
+from vit.errors import BadRecordError, ConfigError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -105,8 +105,8 @@ class SkipBadRecords(grain.transforms.Filter):
     logger.warning('skipped %s (%d bad records skipped so far in %s)', record['skipped'],
                    self.count, self.where)
     if not self.good and self.count >= self.shard_size:
-      raise UserError(f'{self.where}: all {self.shard_size} records of this process are bad, '
-                      f'e.g. {record["skipped"]}')
+      raise BadRecordError(self.where, f'all {self.shard_size} records of this process are '
+                           f'bad, e.g. {record["skipped"]}', skippable=False)
     return False
 
 
@@ -127,6 +127,18 @@ def _check_source(config, source) -> None:
     check_labels(source.labels, num_classes, _describe(source))
 
 
+def split_positions(source) -> Optional[np.ndarray]:
+  """The positions in its split of the records of a view of it (subsets.Subset, few-shot's
+  draw: a `source` with `indices` into its own `.source`), through views of views; None for the
+  split itself. An error names a record by its position in the split, where a user finds it."""
+  positions = None
+  while hasattr(source, 'indices') and hasattr(source, 'source'):
+    inner = np.asarray(source.indices)
+    positions = inner if positions is None else inner[positions]
+    source = source.source
+  return positions
+
+
 def _shard(source, shard: grain.sharding.ShardOptions) -> grain.MapDataset:
   """This process's contiguous slice of the indexed records (grain's even split)."""
   n, count, index = len(source), shard.shard_count, shard.shard_index
@@ -135,7 +147,8 @@ def _shard(source, shard: grain.sharding.ShardOptions) -> grain.MapDataset:
     start, end = per * index, per * (index + 1)
   else:
     start, end = per * index + min(index, extra), per * (index + 1) + min(index + 1, extra)
-  return grain.MapDataset.source(source).map_with_index(transforms.AddIndex())[start:end]
+  index = transforms.AddIndex(split_positions(source))
+  return grain.MapDataset.source(source).map_with_index(index)[start:end]
 
 
 def _preprocess(config, ops, where: str) -> transforms.Preprocess:

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 from vit.data import decoding
-from vit.errors import UserError, counted
+from vit.errors import BadRecordError, counted
 
 
 def _resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -54,19 +54,28 @@ def check_label(label, num_classes: Optional[int]) -> np.int32:
   return np.int32(label)
 
 
+def check_record(record, num_classes: Optional[int]) -> dict:
+  """{'image': uint8 [H, W, C], 'label': int32} of a stored record; raises BadRecord."""
+  return {'image': decode_image(record['image']),
+          'label': check_label(record['label'], num_classes)}
+
+
 @dataclasses.dataclass(frozen=True)
 class AddIndex(grain.transforms.MapWithIndex):
-  """Keeps each record's position in its split, so an error can name the record."""
+  """Keeps each record's position in its split, so an error can name the record. `positions`
+  maps the positions of a view of the split (a class subset, the few-shot draw) to the split's
+  own: 'record 3' of a view was another record of the split."""
+  positions: Optional[np.ndarray] = dataclasses.field(default=None, compare=False)
 
   def map_with_index(self, index, record):
-    return {**record, 'index': index}
+    return {**record, 'index': index if self.positions is None else int(self.positions[index])}
 
 
 @dataclasses.dataclass(frozen=True)
 class Preprocess(grain.transforms.RandomMap):
   """Decode, check and transform one record; the composition of the config's transforms.
 
-  Returns {'image': uint8 [H, W, C], 'label': int32}. A bad record raises a UserError naming
+  Returns {'image': uint8 [H, W, C], 'label': int32}. A bad record raises a BadRecordError naming
   `where` and the record index, or, with `skip_bad`, becomes {'skipped': reason}: the marker
   travels to the main process, which drops and counts it (see pipeline.SkipBadRecords), so one
   input still gives one output in the workers and the batches do not depend on the worker count.
@@ -79,14 +88,11 @@ class Preprocess(grain.transforms.RandomMap):
   def random_map(self, record, rng: np.random.Generator):
     index = record.get('index', '?')
     try:
-      out = {'image': decode_image(record['image']),
-             'label': check_label(record['label'], self.num_classes)}
+      out = check_record(record, self.num_classes)
     except BadRecord as e:
-      reason = f'{self.where}: record {index}: {e}'
       if self.skip_bad:
-        return {'skipped': reason}
-      raise UserError(f'{reason}; set config.data.skip_bad_records=True to skip such '
-                      f'records') from None
+        return {'skipped': f'{self.where}: record {index}: {e}'}
+      raise BadRecordError(self.where, f'record {index}: {e}') from None
     for op in self.ops:
       out = op.random_map(out, rng) if isinstance(op, grain.transforms.RandomMap) else op.map(out)
     return out
