@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import flax.linen as nn
+import tensorflow_datasets as tfds
 
 from configs.supervised import fashion_mnist as sup_config
 from vit import config as config_lib, sharding
@@ -56,6 +57,12 @@ def test_select_shots_is_seeded_class_balanced_and_nested():
   assert sorted(a) == list(range(5))
   for c, idx in a.items():
     assert len(idx) == 10 and len(set(idx)) == 10 and all(labels[i] == c for i in idx)
+  # A record `usable` refuses (a bad one, with data.skip_bad_records) is passed over for the
+  # next of its class in the same draw: the others stay where they were.
+  bad = a[2][4]
+  passed = fewshot.select_shots(source, 10, seed=3, usable=lambda i: i != bad)
+  assert {c: v for c, v in passed.items() if c != 2} == {c: v for c, v in a.items() if c != 2}
+  assert passed[2][:9] == [i for i in a[2] if i != bad] and passed[2][9] not in a[2]
 
 
 def _tiny_config():
@@ -216,7 +223,7 @@ def test_cli_max_test_0_is_all_of_the_test_split_as_the_config_key():
   flags_ = types.SimpleNamespace(shots=['1', '5'], l2_regs=['1', '16'], l2_reg=1024.0,
                                  max_test=0, batch_size=256, seed=0, image_size=None,
                                  dataset='fashion_mnist', data_dir=None, train_split='train',
-                                 test_split='test')
+                                 test_split='test', skip_bad_records=False)
   fewshot._check_flags(flags_)
   ckpt = types.SimpleNamespace(image_size=28, channels=1)
   assert fewshot._cli_config(flags_, ckpt).fewshot.max_test == 0
@@ -229,7 +236,8 @@ def test_cli_names_the_data_dir_flag_not_its_config_key(tmp_path, dataset):
   import types
   flags_ = types.SimpleNamespace(shots=['1'], l2_regs=['1'], l2_reg=1024.0, max_test=0,
                                  batch_size=256, seed=0, image_size=None, dataset=dataset,
-                                 data_dir=str(tmp_path), train_split='train', test_split='test')
+                                 data_dir=str(tmp_path), train_split='train', test_split='test',
+                                 skip_bad_records=False)
   config = fewshot._cli_config(flags_, types.SimpleNamespace(image_size=28, channels=1))
   with pytest.raises(UserError) as e:  # The data layer, before any representation is needed.
     fewshot.FewShotEvaluator(config, None, None)
@@ -242,13 +250,36 @@ def test_cli_names_the_data_dir_flag_not_its_config_key(tmp_path, dataset):
                               f"registered or prepared under --data_dir='{tmp_path}'"}[dataset]
 
 
-def test_cli_on_an_npz(tmp_path):
+def test_cli_names_tfds_default_data_dir_not_none():
+  """Without --data_dir an unknown name read '... registered or prepared under
+  --data_dir=None': no folder, and not where TFDS looked."""
+  import types
+  flags_ = types.SimpleNamespace(shots=['1'], l2_regs=['1'], l2_reg=1024.0, max_test=0,
+                                 batch_size=256, seed=0, image_size=None,
+                                 dataset='tfds:no_such_dataset', data_dir=None,
+                                 train_split='train', test_split='test', skip_bad_records=False)
+  config = fewshot._cli_config(flags_, types.SimpleNamespace(image_size=28, channels=1))
+  with pytest.raises(UserError) as e:
+    fewshot.FewShotEvaluator(config, None, None)
+  assert str(fewshot._named_by_flags(e.value)) == (
+      '--dataset=tfds:no_such_dataset: no TFDS dataset of that name, registered or prepared '
+      f"under TFDS' default data_dir {tfds.core.constants.get_default_data_dir()}; set "
+      '--data_dir to the folder it was prepared in')
+
+
+def _tiny_npz(folder) -> str:
+  """A 1-layer ViT of 7x7 patches at 28 px, 3 channels, saved as a vit_jax .npz."""
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(7, 7)), hidden_size=16, num_classes=3)
   m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
   net = config_lib.build_model(ModelSpec.from_dict(m))
   params = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)['params']
-  vit_jax.save(jax.device_get(nn.unbox(params)), str(tmp_path / 'm.npz'))
+  vit_jax.save(jax.device_get(nn.unbox(params)), str(folder / 'm.npz'))
+  return str(folder / 'm.npz')
+
+
+def test_cli_on_an_npz(tmp_path):
+  _tiny_npz(tmp_path)
   out = tmp_path / 'fewshot.json'
   run = subprocess.run(
       [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
@@ -374,3 +405,70 @@ def test_the_representation_is_named_as_checkpoint_representation_reads_it():
       'representation'] == 'mean of patch tokens'
   assert fewshot.describe_representation('supervised:r', model.replace(
       representation_size=8))['representation'] == 'pre_logits of the class token'
+
+
+BAD_IMAGE_IDS = {'train': 4, 'test': 102}
+
+
+class VitFewshotBadImages(tfds.core.GeneratorBasedBuilder):
+  """12 train and 9 test images of 3 classes, each filled with its id; one of each split does
+  not decode (tests/test_data_pipeline.py's VitTestBadImages also has a label 7 with no class
+  names, which few-shot reads as 8 classes, 5 of them empty)."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Image(shape=(None, None, 3)),
+        'label': tfds.features.ClassLabel(names=['a', 'b', 'c']),
+        'id': tfds.features.Scalar(np.int64)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples('train', 0, 12),
+            'test': self._generate_examples('test', 100, 9)}
+
+  def _generate_examples(self, split, first, n):
+    for i in range(first, first + n):
+      image = np.full((12, 10, 3), i % 100 * 20, np.uint8)
+      if i == BAD_IMAGE_IDS[split]:
+        image = b'\xff\xd8 this is not a jpeg'
+      yield i, {'image': image, 'label': i % 3, 'id': i}
+
+
+def test_cli_a_bad_record_is_named_with_its_data_and_the_flag_that_skips_it(tmp_path):
+  """An image that did not decode read 'error: --init vit_jax:m.npz: tfds:NAME split 'train'
+  (few-shot subset): record 4: ...; set config.data.skip_bad_records=True to skip such records':
+  the checkpoint blamed, a config key this CLI has no flag for, and the record's place in the
+  few-shot draw (4) given as its place in the split (2)."""
+  data_dir = tmp_path / 'tfds'
+  VitFewshotBadImages(data_dir=str(data_dir), file_format='array_record').download_and_prepare()
+  # On-disk order: TFDS shuffles the examples by key when it writes them.
+  where = {split: [int(r['id']) for r in tfds.data_source(
+      'vit_fewshot_bad_images', data_dir=str(data_dir), split=split, download=False,
+      decoders={'image': tfds.decode.SkipDecoding()})].index(BAD_IMAGE_IDS[split])
+      for split in BAD_IMAGE_IDS}
+  command = [sys.executable, '-m', 'vit.evaluators.fewshot',
+             f'--init=vit_jax:{_tiny_npz(tmp_path)}', '--dataset=tfds:vit_fewshot_bad_images',
+             f'--data_dir={data_dir}', '--shots=1,3', '--l2_regs=1']
+  run = lambda *extra: subprocess.run(command + list(extra), cwd=ROOT, capture_output=True,
+                                      text=True, timeout=900,
+                                      env=dict(os.environ, JAX_PLATFORMS='cpu'))
+  refused = run()
+  assert refused.returncode == 2 and 'Traceback' not in refused.stderr
+  assert refused.stderr.strip().splitlines() == [  # The seed-0 draw of 3 shots takes id 4.
+      "error: tfds:vit_fewshot_bad_images split 'train' (few-shot subset): record "
+      f"{where['train']}: key 'image': cannot decode the image (not a recognised image format); "
+      'set --skip_bad_records to skip such records']
+  skipped = run('--skip_bad_records')
+  assert skipped.returncode == 0, skipped.stderr[-2000:]
+  record = json.loads(skipped.stdout)
+  assert record['skipped_bad_records'] == {'train': 1, 'test': 1}
+  # 8 test images left: every accuracy is a whole number of eighths.
+  assert all(v * 8 == round(v * 8) for v in record['results'].values()), record['results']
+  lines = skipped.stderr.strip().splitlines()
+  assert lines[-1] == (
+      'warning: skipped 2 bad records of tfds:vit_fewshot_bad_images: 1 of the training shots '
+      '(replaced by others of the same class), 1 of the test examples (left out of the '
+      'accuracy)')
+  assert any(f"split 'train': record {where['train']}: key 'image'" in line for line in lines)
+  assert any(f"split 'test' (few-shot subset): record {where['test']}: key 'image'" in line
+             for line in lines)

@@ -79,9 +79,13 @@ def open_tfds(name: str, data_dir: Optional[str], split: str, split_key: str) ->
       builder = tfds.builder(name, data_dir=data_dir)
       prepared = builder.is_prepared()
   except tfds.core.registered.DatasetNotFoundError:
+    # Unset, the key is no folder to name ('config.data.data_dir=None'): TFDS' default is.
+    where = (f'config.data.data_dir={data_dir!r}' if data_dir is not None else
+             f"TFDS' default data_dir {tfds.core.constants.get_default_data_dir()}; set "
+             'config.data.data_dir to the folder it was prepared in')
     raise ConfigError('data.source', f'tfds:{name}',
                       f'no TFDS dataset of that name, registered or prepared under '
-                      f'config.data.data_dir={data_dir!r}') from None
+                      f'{where}') from None
   if not prepared:
     raise UserError(f'tfds:{name}: not prepared under {builder.data_dir}; prepare it with '
                     f'`tfds build {name} --data_dir=DIR --file_format=array_record` and set '

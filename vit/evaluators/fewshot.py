@@ -18,6 +18,7 @@ names (`describe_representation`): the same weights score differently on the two
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from typing import Callable, Optional, Sequence
@@ -28,12 +29,14 @@ import numpy as np
 from absl import flags
 
 from vit import atomic_write, checkpoints, config as config_lib, init_spec, sharding
-from vit.data import fashion_mnist, pipeline
+from vit.data import fashion_mnist, pipeline, transforms
 from vit.evaluators import embedding
 from vit.models import factory
 from vit.models.spec import ModelSpec
 from vit.preprocess import input_fn
-from vit.errors import ConfigError, UserError
+from vit.errors import BadRecordError, ConfigError, UserError, counted
+
+logger = logging.getLogger(__name__)
 
 BIAS_CONSTANT = 100.0  # Large, so the bias is barely regularised (big_vision's choice).
 
@@ -75,12 +78,13 @@ def linear_accuracy(train_x, train_y, test_x, test_y, num_classes: int, l2_reg: 
   return LeastSquares(train_x, train_y, num_classes).accuracy(test_x, test_y, l2_reg)
 
 
-def select_shots(source, max_shots: int, seed: int, num_classes: Optional[int] = None
-                 ) -> dict[int, list[int]]:
+def select_shots(source, max_shots: int, seed: int, num_classes: Optional[int] = None,
+                 usable: Optional[Callable[[int], bool]] = None) -> dict[int, list[int]]:
   """Indices of the first `max_shots` examples of each class in a seeded permutation.
 
   Smaller shot counts take a prefix of these lists (as the reference does), so the 1-shot set
-  lies inside the 5-shot set. Only labels are read, and only until every class is full.
+  lies inside the 5-shot set. Only labels are read, and only until every class is full; an
+  index for which `usable` is False (a bad record) is passed over for the next of its class.
   """
   n = len(source)
   labels = getattr(source, 'labels', None)
@@ -93,12 +97,35 @@ def select_shots(source, max_shots: int, seed: int, num_classes: Optional[int] =
   for i in np.random.default_rng(seed).permutation(n):
     label = label_of(int(i))
     picks = chosen.setdefault(label, [])
-    if len(picks) < max_shots:
+    if len(picks) < max_shots and (usable is None or usable(int(i))):
       picks.append(int(i))
       full += len(picks) == max_shots
       if num_classes and full == num_classes:
         break
   return dict(sorted(chosen.items()))
+
+
+def _passing_over_bad_records(config: ml_collections.ConfigDict, source, skipped: list
+                              ) -> Optional[Callable[[int], bool]]:
+  """With config.data.skip_bad_records, `select_shots`' `usable`: whether record i of `source`
+  decodes and has a usable label, a bad one logged and its reason appended to `skipped`. A bad
+  shot the pipeline dropped would shift every later class's rows of features, so the draw
+  passes over it instead. None without skipping: a bad shot stops the evaluation, named."""
+  if not config.data.skip_bad_records:
+    return None
+  where = getattr(source, 'description', type(source).__name__)
+  positions = pipeline.split_positions(source)
+  num_classes = config.model.get('num_classes')
+
+  def usable(i: int) -> bool:
+    try:
+      transforms.check_record(source[i], num_classes)
+      return True
+    except transforms.BadRecord as e:
+      skipped.append(f'{where}: record {i if positions is None else int(positions[i])}: {e}')
+      logger.warning('skipped %s (another of its class is drawn in its place)', skipped[-1])
+      return False
+  return usable
 
 
 class _Subset:
@@ -224,7 +251,9 @@ class FewShotEvaluator:
   """Periodic few-shot evaluation on frozen features; `evaluate(params)` -> metrics.
 
   `representation(params, images)` gives features of uint8 images; `params_fn` picks the
-  ViT tree out of a trainer's params (MPP keeps it under 'backbone').
+  ViT tree out of a trainer's params (MPP keeps it under 'backbone'). With
+  config.data.skip_bad_records, `skipped` counts the bad records left out: 'train' when the
+  shots are drawn, 'test' at each `evaluate`.
   """
 
   def __init__(self, config: ml_collections.ConfigDict, representation: Callable, mesh, *,
@@ -247,7 +276,10 @@ class FewShotEvaluator:
     test_source = test_source or (
         _open_split(config, 'fewshot.test_split', fs.test_split) if fs.test_split
         else pipeline.make_source(config, config.data.eval_split))
-    per_class = select_shots(train_source, max(shots), fs.seed)
+    bad_shots: list[str] = []
+    per_class = select_shots(train_source, max(shots), fs.seed,
+                             usable=_passing_over_bad_records(config, train_source, bad_shots))
+    self.skipped = {'train': len(bad_shots), 'test': 0}
     names = getattr(train_source, 'class_names', None)
     # A class without training images (prepare keeps empty class folders) is short too: left
     # out, it would shift every later class's rows.
@@ -256,7 +288,9 @@ class FewShotEvaluator:
              if len(per_class.get(c, ())) < max(shots)}
     if short:
       listed = ', '.join(f'{names[c] if names else c} ({n})' for c, n in short.items())
-      raise ConfigError('fewshot.shots', shots, f'split {fs.train_split!r} has fewer than '
+      bad = (f' ({counted(len(bad_shots), "bad record", "bad records")} of it skipped)'
+             if bad_shots else '')
+      raise ConfigError('fewshot.shots', shots, f'split {fs.train_split!r}{bad} has fewer than '
                         f'{max(shots)} examples of {len(short)} class{"es" * (len(short) > 1)}: '
                         f'{listed}')
     self.num_classes = len(everyone)
@@ -276,6 +310,7 @@ class FewShotEvaluator:
                                       self.train_source, self.mesh)
     test_x, test_y = embedding.embed(self.config, self._features, params,
                                     self.test_source, self.mesh)
+    self.skipped['test'] = len(self.test_source) - len(test_y)  # Dropped by the pipeline.
     results = {}
     per_class = max(self.shots)
     for k in self.shots:
@@ -319,6 +354,11 @@ def _define_flags():
                        'seeded subset; 0: all of them, as config.fewshot.max_test)')
   flags.DEFINE_integer('image_size', None, 'resolution (default: the checkpoint\'s)')
   flags.DEFINE_integer('batch_size', 256, 'images per forward pass')
+  flags.DEFINE_bool('skip_bad_records', False, 'skip the records of --dataset whose image does '
+                    'not decode (as config.data.skip_bad_records): another shot of its class '
+                    'is drawn for a bad one, a bad test example is left out of the accuracy, '
+                    'and the JSON counts them (skipped_bad_records); off, the first bad record '
+                    'stops the evaluation, named')
   flags.DEFINE_string('output', None, 'also write the JSON printed (the results, the '
                       'checkpoint, the data and the representation read) here')
   flags.DEFINE_enum('representation', 'auto', REPRESENTATIONS,
@@ -380,6 +420,7 @@ def _cli_config(flags_, ckpt) -> ml_collections.ConfigDict:
   config.eval_batch_size = flags_.batch_size
   config.data.source, config.data.data_dir = flags_.dataset, flags_.data_dir
   config.data.channels, config.data.eval_split = ckpt.channels, flags_.test_split
+  config.data.skip_bad_records = flags_.skip_bad_records
   config.fewshot.shots = tuple(int(s) for s in flags_.shots)
   config.fewshot.l2_regs = tuple(float(s) for s in flags_.l2_regs)
   config.fewshot.update(l2_reg=flags_.l2_reg, seed=flags_.seed, max_test=flags_.max_test,
@@ -401,14 +442,16 @@ def _representation_of_flags(flags_, model: ModelSpec) -> Callable:
 _FLAGS_OF_KEYS = {'fewshot.shots': '--shots', 'fewshot.l2_regs': '--l2_regs',
                   'data.eval_split': '--test_split', 'data.train_split': '--train_split',
                   'fewshot.train_split': '--train_split', 'fewshot.test_split': '--test_split',
-                  'data.source': '--dataset', 'data.data_dir': '--data_dir'}
+                  'data.source': '--dataset', 'data.data_dir': '--data_dir',
+                  'data.skip_bad_records': '--skip_bad_records'}
 
 
 def _named_by_flags(error: UserError) -> UserError:
   """`error` as a user of the CLI reads it: the flag they typed, not the config key it set
   (_FLAGS_OF_KEYS). A ConfigError of such a key becomes '--FLAG=VALUE: PROBLEM'; such a key in
   the prose becomes its flag too (the data layer says '... or set config.data.data_dir', which
-  here is --data_dir). Anything else is `error` as it is."""
+  here is --data_dir; 'config.data.skip_bad_records=True' is --skip_bad_records, a boolean
+  flag). Anything else is `error` as it is."""
   flag = _FLAGS_OF_KEYS.get(getattr(error, 'key', None))
   if flag is not None:
     value = ','.join(map(str, error.value)) if isinstance(error.value, tuple) else error.value
@@ -416,7 +459,7 @@ def _named_by_flags(error: UserError) -> UserError:
   else:
     text = str(error)
   for key, named in _FLAGS_OF_KEYS.items():
-    text = text.replace(f'config.{key}', named)
+    text = text.replace(f'config.{key}=True', named).replace(f'config.{key}', named)
   return error if text == str(error) else UserError(text)
 
 
@@ -444,12 +487,22 @@ def main(argv) -> None:
     raise _named_by_flags(e) from None
   try:
     results = evaluator.evaluate(jax.device_put(params))
+  except BadRecordError as e:  # The data's fault, named with it: not the weights'.
+    raise _named_by_flags(e) from None
   except UserError as e:  # Non-finite features (vit.evaluators.embedding): name the weights.
     raise UserError(f'--init {flags_.init}: {e}') from None
   record = dict(init=flags_.init, dataset=flags_.dataset, image_size=config.image_size,
                 **describe_representation(flags_.init, model, flags_.representation),
                 l2_reg=config.fewshot.l2_reg,
                 results=results)
+  if flags_.skip_bad_records:
+    record['skipped_bad_records'] = dict(evaluator.skipped)
+    skipped = sum(evaluator.skipped.values())
+    if skipped:
+      logger.warning('skipped %s of %s: %d of the training shots (replaced by others of the '
+                     'same class), %d of the test examples (left out of the accuracy)',
+                     counted(skipped, 'bad record', 'bad records'), flags_.dataset,
+                     evaluator.skipped['train'], evaluator.skipped['test'])
   report(record, flags_.output)
 
 
