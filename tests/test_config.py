@@ -585,6 +585,10 @@ def test_a_trainer_refuses_another_objectives_config_before_writing(tmp_path):
      'config.optimizer.grad_clip_norm=-1.0: must be >= 0'),
     (lambda c: c.optimizer.update(b2=1.0), 'config.optimizer.b2=1.0: must be in [0, 1)'),
     (lambda c: c.optimizer.update(momentum=-0.9), 'config.optimizer.momentum=-0.9: must be in'),
+    # The default best_mode with MAE's or SimMIM's metric kept the step of the highest loss.
+    (lambda c: c.update(best_metric='eval/loss'),
+     "config.best_mode='max': would keep the step of the highest eval/loss (config.best_metric) "
+     'as the best; a loss is best at its lowest: set best_mode to min'),
 ])
 def test_counts_rates_and_channels_out_of_range_name_the_key(mutate, message):
   config = small()
@@ -596,6 +600,7 @@ def test_counts_rates_and_channels_out_of_range_name_the_key(mutate, message):
 def test_zero_stays_valid_where_it_means_off_or_only_at_the_end():
   config = small()
   config.update(log_every=0, eval_every=0, checkpoint_every=0)
+  config.update(best_metric='eval/loss', best_mode='min')
   config.optimizer.update(warmup_steps=0, weight_decay=0.0, grad_clip_norm=0.0, momentum=0.0)
   config.data.update(channels=1, prefetch_batches=0)
   config_lib.validate(config, num_devices=1)

@@ -475,6 +475,13 @@ def _check_training(config: ml_collections.ConfigDict) -> None:
     raise ConfigError('keep_checkpoints', config.keep_checkpoints, 'must be an integer >= 1')
   if config.best_mode not in ('max', 'min'):
     raise ConfigError('best_mode', config.best_mode, 'must be max or min')
+  best = config.best_metric
+  if best and best.rpartition('/')[2].endswith('loss') and config.best_mode == 'max':
+    # The default mode suits accuracies; MAE's and SimMIM's only evaluation is a loss, and
+    # under 'max' retention would keep their worst step as the best, silently.
+    raise ConfigError('best_mode', config.best_mode,
+                      f'would keep the step of the highest {best} (config.best_metric) as the '
+                      'best; a loss is best at its lowest: set best_mode to min')
   _check_optimizer_numbers(config.optimizer)
   accum = config.optimizer.accumulation_steps
   if accum < 1 or config.batch_size % accum:
