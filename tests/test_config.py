@@ -316,12 +316,18 @@ def test_a_config_file_that_does_not_load_is_named_with_its_line(tmp_path, monke
 def test_a_config_that_is_no_config_dict_is_one_line_with_overrides_and_in_trainers(tmp_path):
   """What get_config() returned is named also when config_flags fails first on an override
   (it indexed None, a dict or a list: "list indices must be integers"); a ConfigDict built by
-  hand without the core keys was a KeyError traceback in the trainer."""
+  hand without the core keys was a KeyError traceback in the trainer, and so was an
+  objective's section without its keys."""
   files = {'none.py': 'def get_config():\n  return None\n',
            'dict.py': 'def get_config():\n  return {"batch_size": 8}\n',
            'list.py': 'def get_config():\n  return [1]\n',
            'empty.py': 'import ml_collections\n\ndef get_config():\n  return '
-                       'ml_collections.ConfigDict()\n'}
+                       'ml_collections.ConfigDict()\n',
+           # An objective's section written by hand was an AttributeError traceback.
+           'mae.py': 'import ml_collections\nfrom configs.mae import fashion_mnist\n\n'
+                     'def get_config():\n  config = fashion_mnist.get_config()\n'
+                     '  config.mae = ml_collections.ConfigDict(dict(mask_ratio=0.5))\n'
+                     '  return config\n'}
   for name, source in files.items():
     (tmp_path / name).write_text(source)
   workdir = ['--workdir', str(tmp_path / 'run')]
@@ -335,6 +341,9 @@ def test_a_config_that_is_no_config_dict_is_one_line_with_overrides_and_in_train
       (['mpp.train', 'empty.py', *workdir],
        "has no config.batch_size nor 78 other key(s) of vit.config.defaults(); a trainer's "
        'config starts from them, as the files under configs/ do'),
+      (['mae.train', 'mae.py', *workdir],
+       'has no config.mae.decoder.hidden_size nor 5 other key(s) of mae.objective.section(); a '
+       'config adds the section whole: config.mae = mae.objective.section()'),
   ]
   env = dict(os.environ, JAX_PLATFORMS='cpu')
   procs = [subprocess.Popen([sys.executable, '-m', module, '--config', str(tmp_path / name),

@@ -237,17 +237,23 @@ def _default_keys() -> tuple[frozenset[str], frozenset[str]]:
 
 
 def check_core_keys(config: ml_collections.ConfigDict, *, source: str) -> None:
-  """Refuses a config that lacks keys of `defaults()` (one built by hand rather than from
-  them), before anything reads it and fails on the first one with a KeyError. Raises
-  UserError, one line naming `source` (the config file) and the first key missing."""
+  """Refuses a config that lacks keys of `defaults()` or of the `section()` of an objective
+  it carries (one built by hand rather than from them: `config.mae = ConfigDict(mask_ratio=..)`),
+  before anything reads it and fails on the first one with a KeyError or AttributeError.
+  Raises UserError, one line naming `source` (the config file) and the first key missing."""
   have = set(_flat_keys(config))
-  missing = sorted(k for k in _default_keys()[1] if k not in have
-                   and not any(h.startswith(k + '.') for h in have))
-  if missing:
-    others = f' nor {len(missing) - 1} other key(s)' if len(missing) > 1 else ''
-    raise UserError(f'--config {source}: has no config.{missing[0]}{others} of '
-                    'vit.config.defaults(); a trainer\'s config starts from them, as the files '
-                    'under configs/ do')
+  wanted = [(_default_keys()[1], 'vit.config.defaults(); a trainer\'s config starts from them, '
+             'as the files under configs/ do')]
+  for name, definition in sections(config).items():
+    made_by = f'{definition.section.__module__}.section()'
+    wanted.append((_flat_keys(definition.section(), f'{name}.'),
+                   f'{made_by}; a config adds the section whole: config.{name} = {made_by}'))
+  for keys, origin in wanted:
+    missing = sorted(k for k in keys if k not in have
+                     and not any(h.startswith(k + '.') for h in have))
+    if missing:
+      others = f' nor {len(missing) - 1} other key(s)' if len(missing) > 1 else ''
+      raise UserError(f'--config {source}: has no config.{missing[0]}{others} of {origin}')
 
 
 def check_known_keys(config: ml_collections.ConfigDict) -> None:
