@@ -199,6 +199,9 @@ def test_objectives_are_listed_by_help_and_by_the_error_for_another():
   (plan_help, report_help) = [p.communicate(timeout=900)[0] for p in procs]
   assert [p.returncode for p in procs] == [0, 0]
   assert 'its package (one of mae, mpp, simmim, supervised)' in ' '.join(plan_help.split())
+  # The docs said --objective overrides the config's; another objective's section is refused.
+  assert ("one that carries another objective's section is refused"
+          in ' '.join(plan_help.split()))
   assert '--config' in plan_help and '--config' in report_help
   assert '--workdir' not in plan_help and '--workdir' not in report_help
   # Both are required; --config's help said "(default: 'None')" and neither said required.

@@ -69,7 +69,10 @@ _OBJECTIVE = flags.DEFINE_string('objective', None,
                                  f'{", ".join(objective_lib.available())}) or module '
                                  '(vit.objective.resolve); default: read from the config, the '
                                  'objective whose section it carries (config.mpp: mpp), '
-                                 'supervised for a config of none (a classifier).')
+                                 'supervised for a config of none (a classifier). A config of '
+                                 'no section is planned as this objective with its default '
+                                 'section; one that carries another objective\'s section is '
+                                 'refused.')
 _JSON = flags.DEFINE_bool('json', False, 'Print the report as one JSON object.')
 _SEARCH = flags.DEFINE_bool('search', False,
                             'Try data parallel, then fsdp=2,4,..., then each with remat, and '
