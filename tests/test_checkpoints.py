@@ -244,9 +244,19 @@ def test_a_best_metric_no_evaluator_makes_is_refused_before_training(tmp_path):
                      match=r"best_metric='holdout/accuracy': names no evaluation of this run: "
                            r'its metrics are eval/\.\.\.$'):
     train(tmp_path / 'a', config, evaluators=[ScriptedEvaluator([0.5])])
-  with pytest.raises(config_lib.ConfigError, match=r'none \(it evaluates nothing'):
+  with pytest.raises(config_lib.ConfigError, match=r'none \(it evaluates nothing\)$'):
     train(tmp_path / 'b', config)
   assert steps_on_disk(tmp_path / 'a') == []  # Refused before the first step.
+  # The key that turned the evaluation off is named (it was 'eval_examples=0?', no section).
+  from configs.mae import fashion_mnist as mae_config
+  config = mae_config.get_config()
+  config.update(best_metric='eval/loss', best_mode='min')
+  config.mae.eval_examples = 0
+  with pytest.raises(config_lib.ConfigError,
+                     match=r'none \(it evaluates nothing: mae.eval_examples=0 and '
+                           r'fewshot.enabled=False\)$'):
+    loop.train(config, str(tmp_path / 'c'), loop.Task(
+        init_params=None, loss_fn=None, train_data=None, evaluators=[]))
 
 
 def test_a_best_metric_its_evaluator_does_not_make_is_refused_before_training(tmp_path):

@@ -293,12 +293,22 @@ def _check_best_metric_source(config, task: Task) -> None:
   if not matches:
     raise ConfigError('best_metric', best, 'names no evaluation of this run: its metrics are '
                       + (', '.join(p + '...' for p, _ in sources) or
-                         'none (it evaluates nothing; eval_examples=0?)'))
+                         f'none (it evaluates nothing{_evaluations_off(config)})'))
   prefix, ev = max(matches, key=lambda m: len(m[0]))
   names = getattr(ev, 'metric_names', None)
   if names is not None and best[len(prefix):] not in names:
     raise ConfigError('best_metric', best, 'not among the metrics of this run\'s evaluation '
                       + ', '.join(prefix + n for n in names))
+
+
+def _evaluations_off(config) -> str:
+  """': mae.eval_examples=0', the objective section's key that turned its evaluation off
+  (and fewshot.enabled, off), for the message of a best_metric no evaluation makes; '' when
+  no section has one."""
+  off = [f'{name}.eval_examples=0' for name, section in config.items()
+         if isinstance(section, ml_collections.ConfigDict)
+         and section.get('eval_examples', None) == 0]
+  return f': {off[0]} and fewshot.enabled=False' if off else ''
 
 
 def _check_best_metric(config, eval_metrics: dict) -> None:
