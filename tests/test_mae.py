@@ -1,6 +1,8 @@
 """MAE: the loss equals transformers' ViTMAEForPreTraining on the same noise and weights; the
 masking is the official shuffle-and-keep; the loss sees masked patches only; a run through the
 entry point checkpoints, resumes, fine-tunes (`mae:DIR`) and exports."""
+import re
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -229,6 +231,13 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
     init_spec.load(f'simmim:{mae_workdir}')
   with pytest.raises(UserError, match=r'an MAE checkpoint.*use mae:'):
     init_spec.load(f'supervised:{mae_workdir}')
+  # The run or the format written without it, or in capitals, is given back spelled right.
+  for spec, fix in [(mae_workdir, f'a run directory: give mae:{mae_workdir}'),
+                    (f'MAE:{mae_workdir}', f'lower case: give mae:{mae_workdir}')]:
+    with pytest.raises(UserError, match=re.escape(f"init spec {spec!r}: expected FORMAT:PATH "
+                                                  'with FORMAT one of mpp, mae, simmim, '
+                                                  f'supervised, vit_jax, hf, timm ({fix})')):
+      init_spec.load(spec)
 
   config = ft_config.get_config()
   config.init = f'mae:{mae_workdir}'

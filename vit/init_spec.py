@@ -101,7 +101,7 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   fmt, sep, path = spec.partition(':')
   if not sep or fmt not in FORMATS or not path:
     raise UserError(f'init spec {spec!r}: expected FORMAT:PATH with FORMAT one of '
-                    f'{", ".join(FORMATS)} (e.g. vit_jax:ViT-B_16.npz, hf:./vit-base)')
+                    f'{", ".join(FORMATS)} ({_spelled(spec, fmt, sep, path)})')
   spec = user_paths.expand_spec(spec)  # `mae:~/runs/mae`: bash leaves that ~ as it is.
   path = spec.partition(':')[2]
   steps = (None, None)
@@ -114,6 +114,25 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
                     view, *steps)
   check_shapes(ckpt, spec)
   return ckpt
+
+
+def _spelled(spec: str, fmt: str, sep: str, path: str) -> str:
+  """How to write the malformed `spec`: 'give mae:PATH' for a FORMAT in capitals, and for a PATH
+  without one that is a trainer's workdir (its objective read from its newest saved config) or
+  an .npz file; examples otherwise."""
+  if sep and path and fmt.lower() in FORMATS:
+    return f'lower case: give {fmt.lower()}:{path}'
+  where = os.path.expanduser(spec)
+  if sep or not os.path.exists(where):
+    return 'e.g. vit_jax:ViT-B_16.npz, hf:./vit-base'
+  if os.path.isfile(where) and where.endswith('.npz'):
+    return f'an .npz file: give vit_jax:{spec}'
+  try:
+    _, saved = next(checkpoints.saved_configs(where))
+  except Exception:  # noqa: BLE001 (no step, or none that reads: the loader will say which)
+    return 'e.g. vit_jax:ViT-B_16.npz, hf:./vit-base'
+  found = [name for name in PRETRAINING if name in saved]
+  return f'a run directory: give {found[0] if found else "supervised"}:{spec}'
 
 
 def _check_stride(size: Optional[int], model: ModelSpec, spec: str) -> None:
