@@ -565,6 +565,31 @@ def test_a_failed_save_advises_freeing_space_only_when_room_would_help(tmp_path,
   assert os.listdir(tmp_path / 'checkpoints') == ['4.orbax-checkpoint-tmp']
 
 
+def test_a_write_that_meets_the_exits_shut_executor_after_a_failed_save_is_not_logged(
+    monkeypatch, caplog):
+  """A save still writing when the process stops on a failed save's one line meets the thread
+  executor that Python's exit has shut down: orbax's thread logs 'cannot schedule new futures
+  after shutdown' with its traceback (after the line, in a two-process run under load). After a
+  SaveFailed it is dropped; before one, it is a bug, and logged. A real orbax thread and a real
+  shut-down executor, as asyncio.to_thread meets it at exit."""
+  import concurrent.futures
+  from orbax.checkpoint._src.futures import future
+  checkpoints._quiet_failed_saves()
+  executor = concurrent.futures.ThreadPoolExecutor(1)
+  executor.shutdown()
+  logged = []
+  for failed in (False, True):
+    monkeypatch.setattr(checkpoints._AbandonedTaskFilter, 'save_failed', failed)  # Restored.
+    caplog.clear()
+    thread = future._SignalingThread(target=lambda: executor.submit(print), send_signals=[],
+                                     receive_signals=[])
+    thread.start()
+    threading.Thread.join(thread)  # orbax's own join re-raises the error, which is not logging.
+    logged.append([r.exc_info[1] for r in caplog.records if r.exc_info])
+  assert [str(e) for e in logged[0]] == ['cannot schedule new futures after shutdown']
+  assert logged[1] == []
+
+
 def test_a_compilation_cache_that_cannot_be_written_is_one_line_once(capsys):
   """jax's warning for a compiled step it cannot keep (two lines at every compile, before a
   full disk's own error line) is one line, once, naming the cache; other warnings are kept."""

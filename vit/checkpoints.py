@@ -543,15 +543,27 @@ def _agree_on_saves(mngr: ocp.CheckpointManager, step: int) -> None:
 class _FailedSaveFilter(logging.Filter):
   """Drops the error records of a failed write (`atomic_write.failure_reason`), logged by
   orbax's and clu's threads, and of orbax's saves that gave up on another process's failed one
-  (save_barrier.SaveAborted): `check_saves` and `stop_on_failed_write` report it in one line."""
+  (save_barrier.SaveAborted): `check_saves` and `stop_on_failed_write` report it in one line.
+  Once a save has failed (SaveFailed), also orbax's threads' 'cannot schedule new futures after
+  shutdown': a write still in flight when the process stops on that line meets the executor
+  that Python's exit has shut down (a traceback after the line, seen under load in a
+  two-process run, tests/test_full_disk.py)."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     if record.levelno < logging.ERROR or not any(
         f'{os.sep}{package}{os.sep}' in record.pathname for package in ('orbax', 'clu')):
       return True
     error = record.exc_info[1] if record.exc_info else None
-    return error is None or (atomic_write.failure_reason(error) is None and
-                             _in_chain(error, save_barrier.SaveAborted) is None)
+    if error is None:
+      return True
+    if _AbandonedTaskFilter.save_failed and _in_chain(error, _exit_shut_the_executor):
+      return False
+    return (atomic_write.failure_reason(error) is None and
+            _in_chain(error, save_barrier.SaveAborted) is None)
+
+
+def _exit_shut_the_executor(e: BaseException) -> bool:
+  return isinstance(e, RuntimeError) and str(e) == 'cannot schedule new futures after shutdown'
 
 
 class _AbandonedTaskFilter(logging.Filter):
