@@ -5,6 +5,7 @@ pytest already did with one. So each check runs this file as a script in a subpr
 `--xla_force_host_platform_device_count=8`, and the script prints its numbers as JSON.
 """
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -228,6 +229,14 @@ def test_batch_contract(tmp_path, caplog):
   assert contract['peak_learning_rate'] == 0.1 and contract['learning_rate_at_step_0'] == 0.0
   assert contract['warmup_steps'] == 2
   assert not [r for r in caplog.records if r.levelname == 'WARNING']
+  config.optimizer.warmup_steps, config.optimizer.learning_rate = 0, 1e-3
+  _, schedule = optimizers.build(config.optimizer, config.total_steps)
+  # The float32 schedule's shortest decimal, in the log line and the JSON alike.
+  with caplog.at_level(logging.INFO, logger='vit.training.loop'):
+    assert loop.write_batch_contract(config, str(tmp_path), mesh, schedule)[
+        'learning_rate_at_step_0'] == 0.001
+  assert 'learning_rate_at_step_0=0.001,' in caplog.text
+  config.optimizer.learning_rate = 0.1
   config.optimizer.warmup_steps = 10 * config.total_steps  # States the warmup the run gets.
   _, schedule = optimizers.build(config.optimizer, config.total_steps)
   contract = loop.write_batch_contract(config, str(tmp_path), mesh, schedule)

@@ -102,8 +102,8 @@ class SkipBadRecords(grain.transforms.Filter):
       self.good += 1
       return True
     self.count += 1
-    logger.warning('skipped %s (%d bad records skipped so far in %s)', record['skipped'],
-                   self.count, self.where)
+    logger.warning('skipped %s (%d bad record%s skipped so far in %s)', record['skipped'],
+                   self.count, '' if self.count == 1 else 's', self.where)
     if not self.good and self.count >= self.shard_size:
       raise BadRecordError(self.where, f'all {self.shard_size} records of this process are '
                            f'bad, e.g. {record["skipped"]}', skippable=False)

@@ -41,7 +41,8 @@ def write_batch_contract(config, workdir: str, mesh, schedule) -> dict:
       micro_batches_per_step=accum,
       per_device_micro_batch=config.batch_size // accum // data_parallel,
       peak_learning_rate=float(config.optimizer.learning_rate),
-      learning_rate_at_step_0=float(schedule(0)),
+      # The schedule is float32: its shortest decimal (0.001, not 0.0010000000474974513).
+      learning_rate_at_step_0=float(str(np.float32(schedule(0)))),
       warmup_steps=optimizers.warmup_steps(config.optimizer, config.total_steps),
       total_steps=int(config.total_steps),
   )
