@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def tiny_config(**mesh):
   config = config_lib.defaults()
   config.image_size = 32
-  config.batch_size = 64
+  config.batch_size = 16
   config.total_steps = 10
   config.model.patches.size = (8, 8)
   # 512 / 4 chips = 128: shards fill TPU tiles (8 x 128), so padding does not blur the ratios.
@@ -41,14 +41,14 @@ def data_parallel():
 def test_report_numbers(data_parallel):
   r = data_parallel
   assert (r['devices'], r['mesh'], r['per_device_micro_batch']) == (
-      4, {'data': 4, 'fsdp': 1, 'tensor': 1}, 16)
+      4, {'data': 4, 'fsdp': 1, 'tensor': 1}, 4)
   assert r['fits'] and r['hbm_per_device_gib'] == 16.0
   # float32 params + Adam's two moments, whole on each device, are most of the arguments.
   state_gib = 3 * 4 * r['params'] / 2**30
   assert state_gib <= r['arguments_gib'] < state_gib * 1.1
   # A transformer step costs about 6 FLOPs per parameter per token (forward 2, backward 4),
   # plus attention; 17 tokens per image here.
-  dense = 6 * r['params'] * 17 * 64
+  dense = 6 * r['params'] * 17 * 16
   assert dense < r['flops_per_step'] < 2 * dense
   assert r['step_seconds'] == pytest.approx(
       max(r['flops_per_step'] / 4 / 197e12, r['hbm_bytes_per_device'] / 819e9))
@@ -58,7 +58,7 @@ def test_fsdp_shrinks_state_and_accumulation_keeps_flops(data_parallel):
   config = tiny_config(data=1, fsdp=4, tensor=1)
   config.optimizer.accumulation_steps = 2
   r = plan.plan(config, 'v5e:2x2', 'supervised')
-  assert r['per_device_micro_batch'] == 8
+  assert r['per_device_micro_batch'] == 2
   assert r['arguments_gib'] == pytest.approx(data_parallel['arguments_gib'] / 4, rel=0.1)
   # XLA counts a scan body once; plan multiplies it back.
   assert r['flops_per_step'] == pytest.approx(data_parallel['flops_per_step'], rel=0.05)
@@ -73,6 +73,10 @@ def test_too_big_does_not_fit():
 
 def test_mpp_objective():
   config = tiny_config()
+  # The objective's step is under test here, not the sizes: a narrower one-layer model
+  # compiles in a fraction of the time.
+  config.model.hidden_size, config.model.transformer.mlp_dim = 128, 256
+  config.model.transformer.num_layers = 1
   r = plan.plan(config, 'v5e:2x2', 'mpp')
   assert r['fits'] and r['flops_per_step'] > 0
 
@@ -128,7 +132,8 @@ def test_a_second_plan_reads_no_unreadable_cache_entry(tmp_path):
   for _ in range(2):
     proc = subprocess.run(
         [sys.executable, '-m', 'vit.plan', '--config', 'configs/supervised/fashion_mnist.py',
-         '--topology', 'v5e:1x1', '--json', '--config.batch_size=8'],
+         '--topology', 'v5e:1x1', '--json', '--config.batch_size=8',
+         '--config.model.transformer.num_layers=1'],  # One block of the 4: a shorter compile.
         cwd=ROOT, capture_output=True, text=True, timeout=900, env=env)
     assert proc.returncode == 0, proc.stderr
     assert 'Warning' not in proc.stderr, proc.stderr
@@ -165,7 +170,7 @@ def test_objective_is_read_from_the_config_not_its_folder(tmp_path):
   shutil.copy(os.path.join(ROOT, 'configs', 'mpp', 'fashion_mnist.py'), copied)
   proc = subprocess.run(
       [sys.executable, '-m', 'vit.plan', '--config', str(copied), '--topology', 'v5e:1x1',
-       '--json', '--config.batch_size=8'],
+       '--json', '--config.batch_size=8', '--config.model.transformer.num_layers=1'],
       cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 0, proc.stderr
@@ -220,7 +225,7 @@ def test_fine_tuning_config_is_planned_with_the_backbone_of_its_init(tmp_path):
   def spec(num_classes):
     m = config_lib.model_defaults().to_dict()
     m.update(patches=dict(size=(4, 4)), hidden_size=32, num_classes=num_classes)
-    m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
+    m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=1)
     return ModelSpec.from_dict(m)
 
   def count(m, size):
@@ -240,6 +245,7 @@ def test_fine_tuning_config_is_planned_with_the_backbone_of_its_init(tmp_path):
                                       r'vit_jax:FILE.npz, hf:DIR or timm:DIR$'):
     plan.plan(config, 'v5e:1x1', 'supervised')
   config.init = f'vit_jax:{tmp_path / "tiny.npz"}'
+  config.batch_size = 8  # Of the config's 128: the checkpoint's sizes are under test.
   r = plan.plan(config, 'v5e:1x1', 'supervised')
   # The checkpoint's backbone at the config's 32 px (8x8 patches) with its 10-class head.
   assert r['fits'] and r['params'] == count(spec(10), 32)
