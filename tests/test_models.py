@@ -120,8 +120,9 @@ def test_dropout_is_deterministic_under_a_fixed_rng():
   model = tiny(dropout_rate=0.3, attention_dropout_rate=0.3, classifier='unpooled',
                num_classes=None)
   params, x = _init(model)
-  run = lambda seed, train: model.apply({'params': params}, x, train=train,
-                                        rngs={'dropout': jax.random.key(seed)})
+  run = jax.jit(lambda seed, train: model.apply({'params': params}, x, train=train,
+                                                rngs={'dropout': jax.random.key(seed)}),
+                static_argnums=1)
   np.testing.assert_array_equal(run(7, True), run(7, True))
   assert not np.allclose(run(7, True), run(8, True))
   np.testing.assert_array_equal(run(7, False), run(8, False))
@@ -151,10 +152,11 @@ def test_attention_kernel_xla_is_the_default_computation():
 def test_padding_an_odd_sequence_for_cudnn_changes_nothing():
   from vit.models.vit import attention_padded_to_even
   q, k, v = jax.random.normal(jax.random.key(0), (3, 2, 17, 4, 8))  # 17 tokens: odd.
-  plain = jax.nn.dot_product_attention(q, k, v)
-  padded = attention_padded_to_even(q, k, v, 'xla')  # The padding logic, on any platform.
+  plain = jax.jit(jax.nn.dot_product_attention)(q, k, v)
+  # The padding logic, on any platform; jitted, as a model runs it.
+  padded = jax.jit(attention_padded_to_even, static_argnums=3)(q, k, v, 'xla')
   np.testing.assert_allclose(padded, plain, atol=1e-6)
-  grad = lambda f: jax.grad(lambda q: jnp.sum(jnp.sin(f(q))))(q)
+  grad = lambda f: jax.jit(jax.grad(lambda q: jnp.sum(jnp.sin(f(q)))))(q)
   np.testing.assert_allclose(grad(lambda q: attention_padded_to_even(q, k, v, 'xla')),
                              grad(lambda q: jax.nn.dot_product_attention(q, k, v)), atol=1e-6)
 
@@ -219,11 +221,14 @@ def test_gelu_tanh_backward_keeps_less_than_nn_gelus():
 def test_hybrid_uses_the_resnet_feature_map():
   from vit.models.resnet import ResNetConfig
   model = tiny(patch_size=(1, 1), resnet=ResNetConfig((1, 1)))
-  params, x = _init(model, size=32)
+  x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  # Jitted: the ResNet's ops, run one by one, would each compile once for this test alone.
+  params = jax.jit(lambda rng: nn.unbox(model.init(rng, x, train=False)['params']))(
+      jax.random.key(0))
   assert {'conv_root', 'gn_root', 'block1', 'block2'} <= set(params)
   # 32 px / stride 8 (root 2, pool 2, one strided stage) = 4x4 tokens + class token.
   assert params['Transformer']['posembed_input']['pos_embedding'].shape == (1, 17, 16)
-  assert model.apply({'params': params}, x, train=False).shape == (2, 5)
+  assert jax.jit(lambda p: model.apply({'params': p}, x, train=False))(params).shape == (2, 5)
 
 
 def test_posemb_resize_is_identity_at_equal_size():
