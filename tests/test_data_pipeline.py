@@ -5,6 +5,7 @@ came from: sharding, padding and skipping are checked by the ids that come out.
 """
 import json
 import logging
+import re
 
 import grain
 import numpy as np
@@ -319,6 +320,25 @@ def test_a_bad_record_of_a_class_subset_is_named_by_its_place_in_the_split(data_
   with pytest.raises(BadRecordError, match=rf"split 'train' \(classes \(2,\)\): record "
                                            rf"{order.index(BAD_IMAGE_ID)}: key 'image'"):
     list(pipeline.eval_batches(config))
+
+
+def test_a_bad_record_is_named_by_its_place_in_the_split_in_every_epoch(data_dir, caplog):
+  """A repeated dataset numbers the records of its later epochs past the split's end (epoch *
+  size + position): a class subset's lookup of its split positions failed there with an
+  IndexError (a traceback in `make demo`'s pretraining), and the whole split's was named
+  'record 17' of a 12-record split. Three epochs of a class subset and of the split, skipping."""
+  order = _record_order(data_dir)
+  for classes, good in (((2,), 3), (None, 10)):
+    config = make_config(data_dir, 'vit_test_bad_images', skip_bad_records=True,
+                         prefetch_batches=0, classes=classes)
+    config.batch_size = 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+      take(iter(pipeline.train_dataset(config)), 3 * good)
+    named = {re.search(r'record (\d+):', r.getMessage()).group(1) for r in caplog.records
+             if 'skipped so far' in r.getMessage() and "key 'image'" in r.getMessage()}
+    assert named == {str(order.index(BAD_IMAGE_ID))}, classes
+    assert sum("key 'image'" in r.getMessage() for r in caplog.records) >= 2  # Epochs 1 and 2.
 
 
 def test_skip_bad_records_skips_and_counts(data_dir, caplog):

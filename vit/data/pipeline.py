@@ -147,7 +147,7 @@ def _shard(source, shard: grain.sharding.ShardOptions) -> grain.MapDataset:
     start, end = per * index, per * (index + 1)
   else:
     start, end = per * index + min(index, extra), per * (index + 1) + min(index + 1, extra)
-  index = transforms.AddIndex(split_positions(source))
+  index = transforms.AddIndex(n, split_positions(source))
   return grain.MapDataset.source(source).map_with_index(index)[start:end]
 
 

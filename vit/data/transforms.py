@@ -62,12 +62,16 @@ def check_record(record, num_classes: Optional[int]) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class AddIndex(grain.transforms.MapWithIndex):
-  """Keeps each record's position in its split, so an error can name the record. `positions`
-  maps the positions of a view of the split (a class subset, the few-shot draw) to the split's
-  own: 'record 3' of a view was another record of the split."""
+  """Keeps each record's position in its split, so an error can name the record. `size`: the
+  number of records it is applied to; a repeated dataset hands it indices past the first epoch
+  (epoch * size + position), which name the same records. `positions` maps the positions of a
+  view of the split (a class subset, the few-shot draw) to the split's own: 'record 3' of a
+  view was another record of the split."""
+  size: int
   positions: Optional[np.ndarray] = dataclasses.field(default=None, compare=False)
 
   def map_with_index(self, index, record):
+    index %= self.size
     return {**record, 'index': index if self.positions is None else int(self.positions[index])}
 
 
