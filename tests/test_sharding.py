@@ -184,26 +184,33 @@ def _one_device_run(**changes):
   return train(config, jax.devices()[:1])
 
 
-def test_accumulation_matches_one_big_batch():
-  losses, params, _ = _one_device_run()
+@pytest.fixture(scope='module')
+def one_device():
+  """(losses, params, state) of the unchanged config: the reference of the three tests below,
+  trained once."""
+  return _one_device_run()
+
+
+def test_accumulation_matches_one_big_batch(one_device):
+  losses, params, _ = one_device
   acc_losses, acc_params, _ = _one_device_run(**{'optimizer.accumulation_steps': 4})
   np.testing.assert_allclose(acc_losses, losses, atol=1e-5)
   for k in params:
     np.testing.assert_allclose(acc_params[k], params[k], atol=1e-5, err_msg=k)
 
 
-def test_remat_changes_nothing_but_memory():
-  losses, params, _ = _one_device_run()
+def test_remat_changes_nothing_but_memory(one_device):
+  losses, params, _ = one_device
   remat_losses, remat_params, _ = _one_device_run(**{'model.remat': True})
   np.testing.assert_allclose(remat_losses, losses, atol=1e-6)
   for k in params:
     np.testing.assert_allclose(remat_params[k], params[k], atol=1e-6, err_msg=k)
 
 
-def test_bfloat16_compute_keeps_float32_state():
+def test_bfloat16_compute_keeps_float32_state(one_device):
   import jax
   import jax.numpy as jnp
-  losses, _, _ = _one_device_run()
+  losses, _, _ = one_device
   bf16_losses, _, state = _one_device_run(**{'model.dtype': 'bfloat16',
                                              'optimizer.name': 'adam'})
   dtypes = {x.dtype for x in jax.tree.leaves((state.params, state.opt_state))
