@@ -88,8 +88,10 @@ def npz(tmp_path_factory):
   m = config_lib.model_defaults().to_dict()
   m.update(patches=dict(size=(4, 4)), hidden_size=16, num_classes=6)
   m['transformer'].update(mlp_dim=32, num_heads=2, num_layers=1)
-  params = nn.unbox(config_lib.build_model(ModelSpec.from_dict(m)).init(
-      jax.random.key(0), jnp.zeros((1, 16, 16, 3)), train=False)['params'])
+  model = config_lib.build_model(ModelSpec.from_dict(m))
+  # Jitted: one compile, not one per op of the initialisers (~10 s on a loaded machine).
+  params = jax.jit(lambda rng: nn.unbox(model.init(rng, jnp.zeros((1, 16, 16, 3)),
+                                                   train=False)['params']))(jax.random.key(0))
   path = str(tmp_path_factory.mktemp('full_disk') / 'm.npz')
   vit_jax.save(jax.device_get(params), path)
   return path
