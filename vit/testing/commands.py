@@ -11,11 +11,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY_BACKBONE = ('--config.model.hidden_size=16', '--config.model.transformer.num_layers=1',
                  '--config.model.transformer.mlp_dim=32', '--config.model.transformer.num_heads=2')
 
+# A learning rate that does not depend on --config.total_steps (one warmup step, then constant):
+# runs of one command that differ only in their length, as a run and its resumption often do,
+# compile the same train step, which the next one then reads from the compilation cache.
+FIXED_RATE = ('--config.optimizer.warmup_steps=1', '--config.optimizer.decay=constant')
+
 # supervised.train on 8 px Fashion-MNIST with the TINY_BACKBONE (a 2x2 grid), batches of 8, no
 # evaluation during training: checkpoints and their faults in seconds. Tests add the cadence.
 TINY_SUPERVISED = ('--config=configs/supervised/fashion_mnist.py', '--config.image_size=8',
                    '--config.batch_size=8', '--config.model.patches.size=(4,4)', *TINY_BACKBONE,
-                   '--config.eval_every=0', '--config.optimizer.warmup_steps=1')
+                   '--config.eval_every=0', *FIXED_RATE)
 
 
 def paused_train(step: int) -> str:
@@ -50,9 +55,9 @@ def run_module(module: str, *args: str, timeout: float = 600) -> subprocess.Comp
 def train_tiny(objective: str, workdir: str, *extra: str) -> subprocess.CompletedProcess:
   """`python -m <objective>.train` on configs/<objective>/fashion_mnist.py into `workdir`: the
   TINY_BACKBONE, batches of 16, the held-out loss on 64 images (config.<objective>.eval_examples),
-  a log line every step; `extra` flags last (e.g. --config.total_steps=2)."""
+  a log line every step, the FIXED_RATE; `extra` flags last (e.g. --config.total_steps=2)."""
   return run_module(
       f'{objective}.train', f'--config=configs/{objective}/fashion_mnist.py',
       f'--workdir={workdir}', *TINY_BACKBONE, '--config.batch_size=16',
       '--config.eval_batch_size=64', f'--config.{objective}.eval_examples=64',
-      '--config.log_every=1', *extra)
+      '--config.log_every=1', *FIXED_RATE, *extra)
