@@ -146,12 +146,15 @@ def loss_on(model: SimMimModel, spec: Spec, params, inputs: jax.Array, mask: jax
   if valid is not None:  # Padding rows of an evaluation batch.
     weights = weights * valid[:, None]
   loss, count = masked_l1(spec, pred, patches.pixels(inputs, spec.patch_size), weights)
-  return loss, {'masked_patches': count}
+  # An int32 count, so that the train step sums it over micro-batches (vit.training.step).
+  return loss, {'masked_patches': jnp.round(count).astype(jnp.int32)}
 
 
 def make_loss_fn(model: SimMimModel, spec: Spec, m: ModelSpec):
   """loss_fn(params, batch, rng, train) for the shared train step: uint8 images in; `rng`
-  feeds the mask and dropout. Metrics: `masked_patches`, the patches averaged over."""
+  feeds the mask and dropout. Metrics: `masked_patches`, int32, the patches averaged
+  over; the train step sums it over a step's micro-batches (optimizer.accumulation_steps),
+  so the step's count is logged (its mean over the steps of a log line)."""
   to_input = input_fn(m)
 
   def loss_fn(params, batch, rng, train):
@@ -186,7 +189,8 @@ class SimMimObjective:
 
   def loss(self, params, batch, rng: jax.Array, train: bool) -> tuple[jax.Array, dict]:
     """SimMIM's loss (`make_loss_fn`): block mask and dropout drawn from `rng`, the L1 distance on
-    the masked patches of the valid rows; metrics {'masked_patches'}."""
+    the masked patches of the valid rows; metrics {'masked_patches'} (int32:
+    the patches averaged over, `make_loss_fn`)."""
     return make_loss_fn(self.model, self.spec, self.m)(params, batch, rng, train)
 
   def predictions(self, params, batch) -> jax.Array:

@@ -53,9 +53,11 @@ class Objective(Protocol):
 
   def loss(self, params: Params, batch: Batch, rng: jax.Array, train: bool
            ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(scalar float32 loss, {name: scalar float32}) of one batch; `rng` feeds dropout and any
-    randomness of the objective (e.g. MPP's corruption). Rows whose batch['mask'] is False (an
-    evaluation batch's padding) count for nothing. This is `vit.training.step.LossFn`."""
+    """(scalar float32 loss, {name: scalar}) of one batch; `rng` feeds dropout and any
+    randomness of the objective (e.g. MPP's corruption). A float32 metric is a mean (averaged
+    over a step's micro-batches), an int32 one a count (summed over them). Rows whose
+    batch['mask'] is False (an evaluation batch's padding) count for nothing. This is
+    `vit.training.step.LossFn`."""
 
   def predictions(self, params: Params, batch: Batch) -> jax.Array:
     """The model's outputs at evaluation (train=False), float32 [B, ...]: the logits [B, C] of

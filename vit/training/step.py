@@ -2,6 +2,9 @@
 
 An objective supplies `loss_fn(params, batch, rng, train) -> (loss, metrics)`; everything else
 (micro-batching, clipping, the update, Polyak averaging, the non-finite guard) lives here once.
+A float metric is a mean, averaged over a step's micro-batches; an integer metric is a count
+(e.g. MAE's and SimMIM's int32 `masked_patches`), summed over them, so that either is the
+whole step's whatever `optimizer.accumulation_steps` is.
 """
 from __future__ import annotations
 
@@ -41,8 +44,13 @@ def _grads(loss_fn: LossFn, params, batch, rng, accumulation_steps: int):
   (loss, metrics, grads), _ = jax.lax.scan(
       accumulate, (loss, metrics, grads), (jnp.arange(accumulation_steps), micro))
   scale = 1.0 / accumulation_steps
-  return loss * scale, jax.tree.map(lambda m: m * scale, metrics), jax.tree.map(
+  return loss * scale, jax.tree.map(lambda m: _step_metric(m, scale), metrics), jax.tree.map(
       lambda g: g * scale, grads)
+
+
+def _step_metric(total: jax.Array, scale: float) -> jax.Array:
+  # A count's sum over the micro-batches is the step's count; a mean's sum is scaled back.
+  return total if jnp.issubdtype(total.dtype, jnp.integer) else total * scale
 
 
 def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
