@@ -512,8 +512,9 @@ def test_cut_short_process_data_is_named_in_plain_words(tmp_path, capsys):
   capsys.readouterr()
   init_spec.load(f'supervised:{tmp_path}')
   err = capsys.readouterr().err
-  assert re.fullmatch(rf'warning: skipped the unreadable checkpoint {ckpt}/4 \({cut}\); '
-                      r'reading step 2\n', err), err
+  assert re.fullmatch(rf'warning: supervised:{tmp_path}: its newest checkpoint step 4 is damaged '
+                      rf'\({cut}\); using step 2, the newest that reads \(rerun its training '
+                      r'command with the same --workdir to save it again\)\n', err), err
   for name in glob.glob(f'{ckpt}/2/state/ocdbt.process_0/d/*'):
     os.truncate(name, 100)
   with pytest.raises(UserError, match=rf'^{ckpt}: no checkpoint step could be read \({ckpt}/4: '
@@ -588,8 +589,8 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
   loaded = init_spec.load(f'supervised:{tmp_path}')
   err = capsys.readouterr().err.strip().splitlines()
   assert len(err) == 1 and err[0].startswith(
-      f'warning: skipped the unreadable checkpoint {ckpt}/9 (') and err[0].endswith(
-          '); reading step 4'), err
+      f'warning: supervised:{tmp_path}: its newest checkpoint step 9 is damaged (') and (
+          '); using step 4, the newest that reads' in err[0]), err
   want = checkpoints.restore_params(str(tmp_path), 4, use_ema=True)
   assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(loaded.params),
                                                    jax.tree.leaves(want)))
@@ -599,7 +600,7 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
   assert export.returncode == 0, export.stderr[-3000:]
   assert 'Traceback' not in export.stderr
   assert export.stderr.strip().splitlines()[-1].startswith(
-      f'warning: skipped the unreadable checkpoint {ckpt}/9 (')
+      f'warning: --checkpoint {tmp_path}: its newest checkpoint step 9 is damaged (')
   truncate_state(tmp_path, 4, 'config')
   truncate_state(tmp_path, 2, 'metadata')
   with pytest.raises(UserError, match=rf'^{ckpt}: no checkpoint step could be read \({ckpt}/9: '
@@ -622,8 +623,9 @@ def test_an_empty_step_folder_is_said_once(tmp_path, caplog, capsys):
   assert init_spec.load(f'supervised:{tmp_path}').step == 2
   assert 'Metadata file does not exist' not in caplog.text
   assert capsys.readouterr().err.strip().splitlines() == [
-      f'warning: skipped the unreadable checkpoint {tmp_path}/checkpoints/99 (the step folder '
-      'is empty); reading step 2']
+      f'warning: supervised:{tmp_path}: its newest checkpoint step 99 is damaged (the step '
+      'folder is empty); using step 2, the newest that reads (rerun its training command with '
+      'the same --workdir to save it again)']
 
 
 def test_an_unreadable_step_is_said_in_plain_words(tmp_path):
@@ -678,9 +680,10 @@ def test_readers_name_other_damage_in_one_line(tmp_path, capsys):
                                f'--out={tmp_path / "m.npz"}', timeout=900)
   assert export.returncode == 0, export.stderr[-3000:]
   assert export.stderr.splitlines() == [
-      f'warning: skipped the unreadable checkpoint {ckpt}/9 (state/array_metadatas/'
-      f'{os.path.basename(metadata)} is not valid JSON (cut short or overwritten)); reading '
-      'step 4'], export.stderr[-3000:]
+      f'warning: --checkpoint {tmp_path}: its newest checkpoint step 9 is damaged (state/'
+      f'array_metadatas/{os.path.basename(metadata)} is not valid JSON (cut short or '
+      'overwritten)); using step 4, the newest that reads (rerun its training command with the '
+      'same --workdir to save it again)'], export.stderr[-3000:]
 
 
 def test_incompatible_config_lists_keys_and_shapes(tmp_path):

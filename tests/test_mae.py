@@ -1,6 +1,7 @@
 """MAE: the loss equals transformers' ViTMAEForPreTraining on the same noise and weights; the
 masking is the official shuffle-and-keep; the loss sees masked patches only; a run through the
 entry point checkpoints, resumes, fine-tunes (`mae:DIR`) and exports."""
+import glob
 import re
 
 import flax.linen as nn
@@ -265,6 +266,35 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
     theirs = hf_model(pixel_values=torch.from_numpy(
         (images / 127.5 - 1).astype(np.float32).transpose(0, 3, 1, 2))).last_hidden_state
   np.testing.assert_allclose(np.asarray(ours), theirs[:, 1:].mean(1).numpy(), atol=1e-4)
+
+
+def test_fine_tuning_from_a_damaged_newest_step_says_so_in_one_line(mae_workdir, tmp_path,
+                                                                   capsys):
+  """A run whose newest step is damaged was read at the previous step with only 'fine-tuning
+  from mae:DIR at step 3 of 3', the run's end by its look; one warning now names the run, the
+  damaged step and the step used, and the origin line says which step was passed over."""
+  import os
+  import shutil
+  from configs.finetune import fashion_mnist as ft_config
+  from supervised import finetune
+  run = tmp_path / 'run'
+  shutil.copytree(mae_workdir, run)
+  steps = run / 'checkpoints'
+  newest = max(int(name) for name in os.listdir(steps) if name.isdigit())
+  shutil.copytree(steps / str(newest), steps / '9')
+  for name in glob.glob(f'{steps}/9/state/ocdbt.process_0/d/*'):
+    os.truncate(name, os.path.getsize(name) // 2)
+  config = ft_config.get_config()
+  config.init = f'mae:{run}'
+  capsys.readouterr()
+  _, ckpt = finetune.prepare(config)
+  assert re.fullmatch(rf'warning: mae:{run}: its newest checkpoint step 9 is damaged \(.+\); '
+                      rf'using step {newest}, the newest that reads \(rerun its training '
+                      r'command with the same --workdir to save it again\)\n',
+                      capsys.readouterr().err)
+  assert ckpt.step == newest and init_spec.unfinished(config.init, ckpt) is None  # Said once.
+  assert init_spec.origin(config.init, ckpt) == (
+      f'mae:{run} at step {newest} of {newest}, not its damaged step 9')
 
 
 def test_fewshot_cli_reads_the_representation_the_trainer_evaluates(mae_workdir):

@@ -41,7 +41,7 @@ import threading
 import time
 import traceback
 import warnings
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, NamedTuple, Optional
 
 import grain
 import jax
@@ -1122,12 +1122,32 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
   never the optimiser's moments. UserError naming every step when none reads, or saying that
   the workdir has no step (yet, when its run is training now on this host).
   """
+  newest = read_newest(workdir, use_ema=use_ema)
+  for bad, reason in newest.skipped:
+    logger.warning('skipped the unreadable checkpoint %s/%d (%s); reading step %d',
+                   newest.directory, bad, reason, newest.step)
+  return newest.config, newest.params, newest.step
+
+
+class Newest(NamedTuple):
+  """What `read_newest` read: the newest step that reads, and the newer ones that did not."""
+  config: dict
+  params: dict
+  step: int
+  skipped: tuple[tuple[int, str], ...]  # (step, why it did not read), newest first.
+  directory: str  # WORKDIR/checkpoints, as orbax names it.
+
+
+def read_newest(workdir: str, *, use_ema: bool = False) -> Newest:
+  """`read_params` without its warnings: the steps it skipped are returned, for a reader that
+  says so in its own words (`vit.init_spec`, naming the init spec). UserError as
+  `read_params`'s."""
   with contextlib.closing(manager(workdir, read_only=True)) as mngr:
     return _newest_readable(mngr, workdir, use_ema)
 
 
-def _newest_readable(mngr: Manager, workdir: str, use_ema: bool) -> tuple[dict, dict, int]:
-  """`read_params` through `mngr` (WORKDIR/checkpoints' read-only manager)."""
+def _newest_readable(mngr: Manager, workdir: str, use_ema: bool) -> Newest:
+  """`read_newest` through `mngr` (WORKDIR/checkpoints' read-only manager)."""
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
     running = training_now(workdir)
@@ -1143,10 +1163,7 @@ def _newest_readable(mngr: Manager, workdir: str, use_ema: bool) -> tuple[dict, 
     except Exception as e:  # Any read failure makes this step unusable; try an older one.
       problems.append((step, unreadable_reason(f'{mngr.directory}/{step}', e)))
       continue
-    for bad, reason in problems:
-      logger.warning('skipped the unreadable checkpoint %s/%d (%s); reading step %d',
-                     mngr.directory, bad, reason, step)
-    return config, params, step
+    return Newest(config, params, step, tuple(problems), str(mngr.directory))
   reasons = '; '.join(f'{mngr.directory}/{s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be read ({reasons})')
 

@@ -81,6 +81,7 @@ class Checkpoint(NamedTuple):
   view: Optional[dict] = None  # Its stated evaluation view (EvalView's fields); None: resize.
   step: Optional[int] = None  # The step read from a workdir; None for a published format.
   total_steps: Optional[int] = None  # That run's config.total_steps.
+  skipped: tuple[int, ...] = ()  # The workdir's newer steps that did not read (damaged).
 
 
 def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
@@ -104,7 +105,7 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
                     f'{", ".join(FORMATS)} ({_spelled(spec, fmt, sep, path)})')
   spec = user_paths.expand_spec(spec)  # `mae:~/runs/mae`: bash leaves that ~ as it is.
   path = spec.partition(':')[2]
-  steps = (None, None)
+  steps = (None, None, ())
   if fmt in registry.FORMATS:
     params, model, names, size, view = _read_format(fmt, path, spec)
   else:
@@ -172,15 +173,16 @@ def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
   as `load` reads `FORMAT:PATH`; a leading `~` is the home directory. UserError as `load`'s,
   naming --checkpoint."""
   path = user_paths.expand(path, '--checkpoint')
-  params, model, names, size, step, total = _load_workdir(None, path, use_ema)
+  params, model, names, size, step, total, skipped = _load_workdir(None, path, use_ema)
   ckpt = Checkpoint(params, model, names, *architecture.input_geometry(params, model, size),
-                    None, step, total)
+                    None, step, total, skipped)
   check_shapes(ckpt, path)
   return ckpt
 
 
 def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
-  """(params, model, class names, image size, step read, the run's total_steps) of a workdir."""
+  """(params, model, class names, image size, step read, the run's total_steps, the newer steps
+  that did not read) of a workdir; one warning line names those steps and the step read."""
   # A run is read from its --workdir; a file given here is most often a published checkpoint.
   hint = f'; for an .npz of parameters, vit_jax:{path}' if path.endswith('.npz') else ''
   label = f'{fmt}:{path}' if fmt else f'--checkpoint {path}'
@@ -192,7 +194,9 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   _refuse_inside_checkpoints(path, label, fmt)
   if fmt:
     _refuse_published_folder(path, label)
-  saved, params, step = checkpoints.read_params(path, use_ema=use_ema)  # The newest readable.
+  saved, params, step, skipped, _ = checkpoints.read_newest(path, use_ema=use_ema)
+  if skipped:
+    logger.warning(_skipped_line(label, skipped, step))
   check_finite(flatten(params), f'{path}/checkpoints/{step}')
   found = _pretraining_kind(params)
   if fmt is None:
@@ -217,7 +221,20 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   if model.classifier == 'unpooled':  # MPP reads every token; the class token is still there.
     model = model.replace(classifier='token' if 'cls' in params else 'gap')
   return (params, model, read_class_names(path, model.num_classes), saved.get('image_size'), step,
-          saved.get('total_steps'))
+          saved.get('total_steps'), tuple(s for s, _ in skipped))
+
+
+def _skipped_line(label: str, skipped: tuple[tuple[int, str], ...], step: int) -> str:
+  """The one warning of a workdir read at `step` because its newer steps did not read
+  (`skipped`: (step, why), newest first): it names the spec or --checkpoint, each damaged step
+  and why, and the step used. The fine-tune's 'at step 3 of 3' alone looked like the run's end."""
+  many = len(skipped) > 1
+  which = (f'steps {", ".join(str(s) for s, _ in skipped)} are' if many
+           else f'step {skipped[0][0]} is')
+  why = '; '.join(f'{s}: {r}' if many else r for s, r in skipped)
+  return (f'{label}: its newest checkpoint {which} damaged ({why}); using step {step}, the '
+          f'newest that reads (rerun its training command with the same --workdir to save '
+          f'{"them" if many else "it"} again)')
 
 
 def _refuse_published_folder(path: str, label: str) -> None:
@@ -269,17 +286,22 @@ def check_shapes(ckpt: Checkpoint, spec: str) -> None:
 
 
 def origin(spec: str, ckpt: Checkpoint) -> str:
-  """`spec` for the logs, with the step read from a workdir: 'mae:runs/mae at step 1 of 30'."""
+  """`spec` for the logs, with the step read from a workdir: 'mae:runs/mae at step 1 of 30',
+  and the newer steps that did not read: '... at step 3 of 3, not its damaged step 4'."""
   if ckpt.step is None:
     return spec
-  return f'{spec} at step {ckpt.step}' + (f' of {ckpt.total_steps}' if ckpt.total_steps else '')
+  told = f'{spec} at step {ckpt.step}' + (f' of {ckpt.total_steps}' if ckpt.total_steps else '')
+  if ckpt.skipped:
+    told += (f', not its damaged step{"s" if len(ckpt.skipped) > 1 else ""} '
+             f'{", ".join(map(str, ckpt.skipped))}')
+  return told
 
 
 def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
   """A warning's line when the step read from a workdir is before its run's config.total_steps
   (the run was stopped, failed or is still going: the line says which where this host can
-  tell, `checkpoints.training_now`; or its later steps did not read, which
-  `checkpoints.read_params` warns of, and this line names); None otherwise."""
+  tell, `checkpoints.training_now`; or its later steps did not read, which this line names);
+  None otherwise, and for later steps the load has already named (`ckpt.skipped`)."""
   if ckpt.step is None or not ckpt.total_steps or ckpt.step >= ckpt.total_steps:
     return None
   fmt, sep, path = spec.partition(':')
@@ -288,8 +310,10 @@ def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
   if running:
     return (f'{spec}: the run is still training ({running}); using its newest saved step, '
             f'{ckpt.step} of its config.total_steps {ckpt.total_steps}')
+  if ckpt.skipped:  # `load` warned, naming them and the step used: one line is enough.
+    return None
   newer = workdir and [s for s in checkpoints.steps_on_disk(workdir) if s > ckpt.step]
-  if newer:  # The run may have finished: those steps did not read (read_params warned).
+  if newer:  # The run may have finished: those steps did not read.
     return (f'{spec}: using step {ckpt.step} of its config.total_steps {ckpt.total_steps}, as '
             f'its newer step{"s" if len(newer) > 1 else ""} '
             f'{", ".join(map(str, newer))} did not read (rerun its training command with the '
