@@ -210,6 +210,20 @@ def test_bad_specs_give_clear_errors(tmp_path):
     init_spec.load(f'timm:{npz}')
   with pytest.raises(UserError, match=rf'^vit_jax:{tmp_path}: a directory, not an .npz file'):
     init_spec.load(f'vit_jax:{tmp_path}')
+  # A run directory holding no step named the folder only ('DIR: no checkpoint found under
+  # DIR/checkpoints'); the spec and what it reads are said now.
+  empty = tmp_path / 'empty'
+  empty.mkdir()
+  with pytest.raises(UserError) as error:
+    init_spec.load(f'simmim:{empty}')
+  assert str(error.value) == (f'simmim:{empty}: no checkpoint found under {empty}/checkpoints; '
+                              'expected a run directory, the --workdir of simmim training, '
+                              'holding its saved steps (checkpoints/STEP/)')
+  (empty / 'batch_contract.json').write_text('{}')  # A run that stopped before its first save.
+  with pytest.raises(UserError, match=rf'^mae:{empty}: no checkpoint found under '
+                                      rf'{empty}/checkpoints \(its run stopped before saving a '
+                                      r'step\); expected a run directory, the --workdir of mae '):
+    init_spec.load(f'mae:{empty}')
   np.savez(tmp_path / 'pickled.npz', embedding=np.array([{'a': 1}], dtype=object))
   with pytest.raises(UserError, match='pickle'):
     vit_jax.load(str(tmp_path / 'pickled.npz'))

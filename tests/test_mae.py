@@ -268,6 +268,25 @@ def test_fine_tunes_and_exports_from_the_encoder(mae_workdir, tmp_path):
   np.testing.assert_allclose(np.asarray(ours), theirs[:, 1:].mean(1).numpy(), atol=1e-4)
 
 
+def test_a_published_format_given_a_run_directory_names_the_spec_that_reads_it(mae_workdir):
+  """vit_jax:RUN or hf:RUN said only what the format missed ('no config.json'); the line now
+  gives the spec that reads the run, also for a path inside its checkpoints folder."""
+  fix = f'a training run directory: give mae:{mae_workdir}'
+  for spec, said in [(f'vit_jax:{mae_workdir}', 'a directory, not an .npz file of named '
+                      'parameters'),
+                     (f'hf:{mae_workdir}', 'no config.json (a Hugging Face model directory holds '
+                      'config.json and model.safetensors)'),
+                     (f'timm:{mae_workdir}', 'no model.safetensors')]:
+    with pytest.raises(UserError) as error:
+      init_spec.load(spec)
+    assert str(error.value) == f'{spec}: {said}; {fix}'
+  inside = f'{mae_workdir}/checkpoints'
+  with pytest.raises(UserError, match=re.escape(
+      f'; inside the checkpoints folder of the training run {mae_workdir}: give '
+      f'mae:{mae_workdir}') + '$'):
+    init_spec.load(f'hf:{inside}')
+
+
 def test_fine_tuning_from_a_damaged_newest_step_says_so_in_one_line(mae_workdir, tmp_path,
                                                                    capsys):
   """A run whose newest step is damaged was read at the previous step with only 'fine-tuning

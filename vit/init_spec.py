@@ -95,9 +95,10 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   workdir's Polyak-averaged parameters when the run kept them.
 
   Raises UserError naming the spec for a malformed spec, a missing path, a file of the wrong
-  format, a `~user` PATH of no user, a saved step or checkpoints folder given for a workdir, or
-  parameters whose shapes disagree with the architecture they imply (each key with both
-  shapes).
+  format, a `~user` PATH of no user, a saved step or checkpoints folder given for a workdir, a
+  workdir that holds no saved step (saying what it should hold), a run directory given to a
+  published format (with the spec that reads it, e.g. 'give mae:PATH'), or parameters whose
+  shapes disagree with the architecture they imply (each key with both shapes).
   """
   fmt, sep, path = spec.partition(':')
   if not sep or fmt not in FORMATS or not path:
@@ -128,12 +129,38 @@ def _spelled(spec: str, fmt: str, sep: str, path: str) -> str:
     return 'e.g. vit_jax:ViT-B_16.npz, hf:./vit-base'
   if os.path.isfile(where) and where.endswith('.npz'):
     return f'an .npz file: give vit_jax:{spec}'
-  try:
-    _, saved = next(checkpoints.saved_configs(where))
-  except Exception:  # noqa: BLE001 (no step, or none that reads: the loader will say which)
+  fmt = _run_format(where)
+  if fmt is None:  # No step, or none that reads: the loader will say which.
     return 'e.g. vit_jax:ViT-B_16.npz, hf:./vit-base'
-  found = [name for name in PRETRAINING if name in saved]
-  return f'a run directory: give {found[0] if found else "supervised"}:{spec}'
+  return f'a run directory: give {fmt}:{spec}'
+
+
+def _run_format(workdir: str) -> Optional[str]:
+  """The FORMAT that reads the run `workdir`: its objective's ('mpp', 'mae', 'simmim'), read
+  from its newest saved config, or 'supervised' for a classifier's; None when no step's config
+  reads (or there is no step)."""
+  try:
+    _, saved = next(checkpoints.saved_configs(workdir))
+  except Exception:  # noqa: BLE001 (no step, or none that reads)
+    return None
+  return next((name for name in PRETRAINING if name in saved), 'supervised')
+
+
+def _run_hint(path: str) -> str:
+  """'; a training run directory: give mae:PATH' (the run's own FORMAT) when `path`, given to a
+  published format, is a run's workdir (it holds saved steps) or lies in a run's checkpoints
+  folder; '' otherwise. The format's reader only said what it missed ('no config.json')."""
+  if checkpoints.has_steps(path):
+    run, where = path, 'a training run directory'
+  else:
+    run = checkpoints.run_holding_checkpoints(path)
+    if run is None:
+      return ''
+    where = f'inside the checkpoints folder of the training run {run}'
+  fmt = _run_format(run)
+  give = (f'{fmt}:{run}' if fmt else
+          f'FORMAT:{run} with the FORMAT of its training (mpp, mae, simmim or supervised)')
+  return f'; {where}: give {give}'
 
 
 def _check_stride(size: Optional[int], model: ModelSpec, spec: str) -> None:
@@ -150,7 +177,10 @@ _PEERS = {'hf': 'transformers', 'timm': 'timm', 'vit_jax': 'the official code'}
 
 def _read_format(fmt: str, path: str, spec: str):
   """(params, model, class names, image size, view) of a published format's checkpoint."""
-  read = registry.FORMATS[fmt].load(path)
+  try:
+    read = registry.FORMATS[fmt].load(path)
+  except UserError as e:
+    raise UserError(f'{e}{_run_hint(path)}') from None
   # Shapes fix the sizes; the files state the rest (an official .npz states nothing, and
   # the official checkpoints all use tanh GELU, LayerNorm eps 1e-6 and x / 127.5 - 1).
   try:
@@ -194,6 +224,7 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   _refuse_inside_checkpoints(path, label, fmt)
   if fmt:
     _refuse_published_folder(path, label)
+  _require_saved_steps(path, label, fmt)
   saved, params, step, skipped, _ = checkpoints.read_newest(path, use_ema=use_ema)
   if skipped:
     logger.warning(_skipped_line(label, skipped, step))
@@ -254,6 +285,20 @@ def _refuse_published_folder(path: str, label: str) -> None:
     library = 'Hugging Face transformers' if kind == 'hf' else 'timm'
     raise UserError(f'{label}: a {library} folder (config.json), not a run directory; load it '
                     f'with {kind}:{path}')
+
+
+def _require_saved_steps(path: str, label: str, fmt: Optional[str]) -> None:
+  """UserError naming `label`, the folder and what it should hold when `path` holds no saved
+  step (an empty or a wrong directory, a run stopped before its first save): the reader's own
+  line named neither the spec nor what it reads. A run training now is left to the reader,
+  which says when it will have a step."""
+  if checkpoints.has_steps(path) or checkpoints.training_now(path):
+    return
+  stopped = ' (its run stopped before saving a step)' if checkpoints.is_run(path) else ''
+  whose = f'{fmt} training' if fmt else 'a trainer'
+  raise UserError(f'{label}: no checkpoint found under {path}/checkpoints{stopped}; expected a '
+                  f'run directory, the --workdir of {whose}, holding its saved steps '
+                  '(checkpoints/STEP/)')
 
 
 def _refuse_inside_checkpoints(path: str, label: str, fmt: Optional[str]) -> None:
