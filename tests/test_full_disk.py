@@ -34,9 +34,14 @@ from vit.testing import commands, ports
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', JAX_COMPILATION_CACHE_DIR='', PYTHONUNBUFFERED='1')
 # A child whose disk is not full shares the tests' compilation cache (tests/conftest.py): the
-# runs before and after a failure compile the same programs. A capped child compiles without
-# one: writing an entry would fail too, and say so, beside the line under test.
+# runs before and after a failure compile the same programs.
 ROOMY_ENV = dict(ENV, JAX_COMPILATION_CACHE_DIR=os.environ.get('JAX_COMPILATION_CACHE_DIR', ''))
+# A capped child reads that cache and writes no entry to it (none takes the 1e9 s that jax's
+# minimum asks): a write would fail too, and say so beside the line under test. What it runs was
+# mostly compiled and kept by an earlier healthy run of the same flags (`step4`, the inspection
+# before the full disk), so it starts in seconds; a program missing there is compiled, as without
+# a cache, and not written.
+READ_ONLY_CACHE_ENV = dict(ROOMY_ENV, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='1e9')
 
 
 def _capped(args, limit_kib):
@@ -63,8 +68,9 @@ def _unprivileged(args):
 
 
 def _run(args, limit_kib):
-  return subprocess.run(_capped(args, limit_kib), cwd=ROOT, env=ENV, capture_output=True,
-                        text=True, timeout=900)  # Bounds a hang only: a loaded machine is slow.
+  # The timeout bounds a hang only: a loaded machine is slow.
+  return subprocess.run(_capped(args, limit_kib), cwd=ROOT, env=READ_ONLY_CACHE_ENV,
+                        capture_output=True, text=True, timeout=900)
 
 
 def _one_error_line(proc):
