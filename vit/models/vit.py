@@ -17,7 +17,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.ndimage
 
 from vit.models import resnet
 from vit.models.gelu import gelu_tanh
@@ -512,6 +511,14 @@ def patch_grid(image_size: Sequence[int], patch_size: Sequence[int],
   return h // patch_size[0], w // patch_size[1]
 
 
+def _linear_zoom(array: np.ndarray, factors: Sequence[float]) -> np.ndarray:
+  """scipy.ndimage.zoom with order=1. scipy is imported here, on the first resize: its import
+  takes about 0.2 s of a core, which every command that imports the model (all of them, a
+  one-line config error included) would otherwise pay."""
+  import scipy.ndimage
+  return scipy.ndimage.zoom(array, factors, order=1)
+
+
 def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_tokens: int = 1
                   ) -> np.ndarray:
   """Resizes learned 1D position embeddings [1, prefix + gh*gw, D] to a new patch grid.
@@ -528,7 +535,7 @@ def resize_posemb(posemb: np.ndarray, new_grid: tuple[int, int], num_prefix_toke
   if (old, old) == (gh, gw):
     return posemb
   grid = grid.reshape(old, old, -1)
-  grid = scipy.ndimage.zoom(grid, (gh / old, gw / old, 1), order=1)
+  grid = _linear_zoom(grid, (gh / old, gw / old, 1))
   grid = grid.reshape(1, gh * gw, -1)
   return np.concatenate([prefix, grid], axis=1).astype(posemb.dtype)
 
@@ -539,7 +546,7 @@ def _zoom(table: np.ndarray, shape: Sequence[int]) -> np.ndarray:
   factors = [n / o for n, o in zip(shape, table.shape)] + [1] * (table.ndim - len(shape))
   if tuple(shape) == table.shape[:len(shape)]:
     return table
-  return scipy.ndimage.zoom(table, factors, order=1).astype(table.dtype)
+  return _linear_zoom(table, factors).astype(table.dtype)
 
 
 def resize_position_params(params: dict, new_grid: Sequence[int]) -> dict:
