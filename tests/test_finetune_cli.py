@@ -24,7 +24,8 @@ def write_tiny_npz(path):
   m.update(patches=dict(size=(7, 7)), hidden_size=32, num_classes=7)
   m['transformer'].update(mlp_dim=64, num_heads=4, num_layers=2)
   net = config_lib.build_model(ModelSpec.from_dict(m))
-  params = net.init(jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)['params']
+  params = jax.jit(lambda rng: net.init(rng, jnp.zeros((1, 28, 28, 3)), train=False)['params'])(
+      jax.random.key(0))  # Jitted: one compile, not one per op of the initialisers.
   vit_jax.save(jax.device_get(nn.unbox(params)), str(path))
 
 
