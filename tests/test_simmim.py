@@ -11,7 +11,7 @@ from configs.simmim import fashion_mnist as simmim_config
 from simmim import objective
 from vit import checkpoints, config as config_lib, init_spec
 from vit.errors import ConfigError, UserError
-from vit.testing import commands
+from vit.testing import commands, steps
 
 
 
@@ -217,21 +217,11 @@ def test_objective_interface_and_plan():
 def test_masked_patches_is_the_whole_steps_under_accumulation():
   """With optimizer.accumulation_steps=2 the step's `masked_patches` counts both micro-batches'
   patches (it was one micro-batch's: the mean of the two)."""
-  import optax
-  from vit.training import step as step_lib
-  from vit.training.state import TrainState
   config = _tiny()
   config.model.transformer.num_layers = 1
   obj = objective.build(config, config_lib.validate(config))
-  params = nn.unbox(jax.jit(obj.init_params)(jax.random.key(0)))
-  tx = optax.sgd(0.0)
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                     ema_params=None, rng=jax.random.key_data(jax.random.key(1)),
-                     skipped_steps=jnp.zeros((), jnp.int32))
-  train_step = jax.jit(step_lib.make_train_step(obj.loss, tx, optax.constant_schedule(0.0),
-                                                accumulation_steps=2))
   batch = {'image': np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), np.uint8)}
-  _, metrics = train_step(state, batch)
+  metrics = steps.one_step_metrics(obj, batch, accumulation_steps=2)
   assert int(metrics['masked_patches']) == 4 * 3 * 4  # 3 of 4 blocks of 2x2 patches, 4 images.
 
 
