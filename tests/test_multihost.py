@@ -52,7 +52,7 @@ def _launch_on(port: int, workdir: str, processes: int, total_steps: int, mesh: 
                **{f'mesh.{k}': v for k, v in mesh.items()}}
   flags = [f'--config.{k}={v}' for k, v in overrides.items()]
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
+             XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=2")
   join = lambda i: [f'--coordinator_address=127.0.0.1:{port}', f'--num_processes={processes}',
                     f'--process_id={i}'] if processes > 1 else []
   procs = [subprocess.Popen(

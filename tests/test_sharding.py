@@ -139,7 +139,7 @@ def _equivalence():
 def results():
   """Both checks from one 8-device subprocess (jax start-up and compiles dominate)."""
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT,
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+             XLA_FLAGS=f"{os.environ['XLA_FLAGS']} --xla_force_host_platform_device_count=8")
   proc = subprocess.run([sys.executable, os.path.abspath(__file__)], cwd=ROOT, env=env,
                         capture_output=True, text=True, timeout=1500)  # The shared CPU may be busy.
   lines = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')]
