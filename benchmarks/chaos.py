@@ -29,16 +29,16 @@ import time
 
 import numpy as np
 
+from vit.testing import commands
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHECKPOINT_EVERY = 5
 # A model small enough that process start-up, not training, dominates a run. The evaluation at
-# the end scores 16 held-out training images, not the 10,000 of the test split: the trials
-# compare the final train state, and scoring those took 1.5 of a finished run's 5 CPU-s.
+# the end is the SMALL_EVAL: the trials compare the final train state, not the accuracy.
 TINY_FLAGS = ('--config.model.hidden_size=16', '--config.model.transformer.mlp_dim=32',
               '--config.model.transformer.num_layers=1', '--config.model.transformer.num_heads=2',
-              '--config.batch_size=16', '--config.data.holdout=16',
-              '--config.data.eval_split=holdout', '--config.eval_batch_size=16',
+              '--config.batch_size=16', *commands.SMALL_EVAL,
               '--config.optimizer.warmup_steps=5', '--config.log_every=1',
               f'--config.checkpoint_every={CHECKPOINT_EVERY}')
 

@@ -244,12 +244,11 @@ def test_what_a_killed_writer_left_is_removed_by_the_next_write(tmp_path, kind):
 
 
 def _train_args(workdir, total_steps, log_every=2, checkpoint_every=4):
-  # The evaluation at the end reads 16 held-out images, not the 10,000 of the test split: the
-  # outputs under test are the checkpoints and the events, not the accuracy.
+  # TINY_SUPERVISED's evaluation is its SMALL_EVAL: the outputs under test are the checkpoints
+  # and the events, not the accuracy.
   return ['-m', 'supervised.train', *commands.TINY_SUPERVISED, f'--workdir={workdir}',
           f'--config.log_every={log_every}', f'--config.checkpoint_every={checkpoint_every}',
-          '--config.data.holdout=16', '--config.data.eval_split=holdout',
-          '--config.eval_batch_size=16', f'--config.total_steps={total_steps}']
+          f'--config.total_steps={total_steps}']
 
 
 def _train(workdir, total_steps, limit_kib=None, log_every=2, checkpoint_every=4,

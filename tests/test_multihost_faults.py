@@ -13,9 +13,7 @@ from vit.testing import commands, ports
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONUNBUFFERED='1')
 # A tiny supervised run on Fashion-MNIST (8 px, one block): checkpoints every 4 steps.
-TINY = [*commands.TINY_SUPERVISED, '--config.log_every=2', '--config.checkpoint_every=4',
-        '--config.data.holdout=16', '--config.data.eval_split=holdout',
-        '--config.eval_batch_size=16']
+TINY = [*commands.TINY_SUPERVISED, '--config.log_every=2', '--config.checkpoint_every=4']
 
 
 # Process 1 stops at step 10 once its checkpoint of step 8 is complete and waits there to be

@@ -16,14 +16,17 @@ TINY_BACKBONE = ('--config.model.hidden_size=16', '--config.model.transformer.nu
 # compile the same train step, which the next one then reads from the compilation cache.
 FIXED_RATE = ('--config.optimizer.warmup_steps=1', '--config.optimizer.decay=constant')
 
+# A supervised run's evaluation at the end scores 16 held-out training images in one batch, not
+# the 10,000 of the test split: about 1.3 of a tiny run's 4.7 CPU-s (warm compilation cache)
+# went to reading them. For runs whose outputs under test are not the accuracy.
+SMALL_EVAL = ('--config.data.holdout=16', '--config.data.eval_split=holdout',
+              '--config.eval_batch_size=16')
+
 # supervised.train on 8 px Fashion-MNIST with the TINY_BACKBONE (a 2x2 grid), batches of 8, no
 # evaluation during training: checkpoints and their faults in seconds. Tests add the cadence.
-# The evaluation at the end scores 16 held-out training images in one batch, not the 10,000 of
-# the test split: about 1.3 of a run's 4.7 CPU-s (warm compilation cache) went to reading them.
 TINY_SUPERVISED = ('--config=configs/supervised/fashion_mnist.py', '--config.image_size=8',
                    '--config.batch_size=8', '--config.model.patches.size=(4,4)', *TINY_BACKBONE,
-                   '--config.eval_every=0', '--config.data.holdout=16',
-                   '--config.data.eval_split=holdout', '--config.eval_batch_size=16', *FIXED_RATE)
+                   '--config.eval_every=0', *SMALL_EVAL, *FIXED_RATE)
 
 
 def paused_train(step: int) -> str:
