@@ -611,6 +611,55 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
     init_spec.load(f'supervised:{tmp_path}')
 
 
+def test_an_interrupted_newest_save_is_one_warning_naming_its_folder(tmp_path, reference,
+                                                                     capsys):
+  """A save cut short (kill -9, a crash) leaves orbax's temporary folder and no step folder:
+  orbax lists finished steps only, so a resume and every reader took the previous step without
+  a word ('at step 4 of 6', the run stopped there by its look). One warning now names the run,
+  the folder and the step used; a reader removes nothing, and the resumed run saves it anew."""
+  from vit import init_spec
+  train(tmp_path, tiny_config(total_steps=6))
+  ckpt = tmp_path / 'checkpoints'
+  partial = ckpt / '6.orbax-checkpoint-tmp'
+  os.rename(ckpt / '6', partial)  # A save whose last act, orbax's rename, did not happen.
+  spec = f'supervised:{tmp_path}'
+  capsys.readouterr()
+  loaded = init_spec.load(spec)
+  assert capsys.readouterr().err.splitlines() == [
+      f'warning: {spec}: its newest checkpoint step 6 was never completed (its save was '
+      f'interrupted, leaving {partial}); using step 4, the newest complete one (rerun its '
+      'training command with the same --workdir to save it again)']
+  assert loaded.step == 4 and init_spec.unfinished(spec, loaded) is None  # Said once.
+  assert init_spec.origin(spec, loaded) == f'{spec} at step 4 of 6, not its unfinished step 6'
+  assert checkpoints.read_params(str(tmp_path))[2] == 4  # vit.inspect's reader.
+  assert capsys.readouterr().err.splitlines() == [
+      f'warning: skipped the unfinished checkpoint {partial} (its save was interrupted); '
+      'reading step 4']
+  assert partial.is_dir() and checkpoints.steps_on_disk(str(tmp_path)) == [4]  # Nothing removed.
+  resumed = train(tmp_path)
+  captured = capsys.readouterr()
+  assert [line for line in captured.err.splitlines() if line.startswith('warning:')] == [
+      f'warning: {tmp_path}: its newest checkpoint step 6 was never completed (its save was '
+      f'interrupted, leaving {partial}, which orbax now removes); resuming from step 4, the '
+      'newest complete one']
+  assert f'resumed from {tmp_path} at step 4' in captured.out
+  assert steps_on_disk(tmp_path) == [6, 8] and not partial.exists()
+  assert_bitwise_equal(resumed, reference)
+
+
+def test_an_interrupted_first_save_is_said_when_the_run_starts_again(tmp_path, capsys):
+  """A run killed during its first save started again from step 0 without a word."""
+  partial = tmp_path / 'checkpoints' / '2.orbax-checkpoint-tmp'
+  (partial / 'state').mkdir(parents=True)
+  train(tmp_path, tiny_config(total_steps=2))
+  assert [line for line in capsys.readouterr().err.splitlines()
+          if line.startswith('warning:')] == [
+      f'warning: {tmp_path}: its newest checkpoint step 2 was never completed (its save was '
+      f'interrupted, leaving {partial}, which orbax now removes); starting from step 0, as no '
+      'step was saved before it']
+  assert steps_on_disk(tmp_path) == [2] and not partial.exists()
+
+
 def test_an_empty_step_folder_is_said_once(tmp_path, caplog, capsys):
   """orbax logged 'Metadata file does not exist: .../99/_CHECKPOINT_METADATA' (absl's raw
   W-line) before the reader's own line, which names the step and why."""

@@ -6,7 +6,8 @@ steps), `data` (the grain iterator's position, so a resumed run sees exactly the
 have seen) and `config` (JSON), and the size and CRC-32 of each of their files (`checksums.json`,
 vit/step_checksums.py), which every read checks after orbax's. Orbax writes a step into a temporary
 directory and renames it when complete, so a partly written checkpoint (a save cut by `kill -9`) is
-never listed; the temporary directories it leaves are removed when the next run opens the manager.
+never listed; the temporary directories it leaves are removed when the next run opens the manager,
+which says so (`tell_interrupted`; a reader names them too, and removes nothing).
 
 Kept: the last `keep` steps (for resuming) plus the best one by `best_metric` (for using).
 
@@ -152,6 +153,9 @@ class Manager(ocp.CheckpointManager):
   methods, overridden.
   """
   pending: Optional[int] = None
+  # The saves that a killed or crashed run left unfinished when this manager opened (`manager`,
+  # before orbax's clean-up removes them): (step, folder), newest first.
+  interrupted: tuple[tuple[int, str], ...] = ()
   # Several processes: this one's failed save (step, reason), set by the finalize thread (or by
   # `_check_writable`) and kept until the loop's next sync step or save.
   failed: Optional[tuple[int, str]] = None
@@ -285,8 +289,10 @@ def manager(workdir: str, *, keep: int = 3, best_metric: Optional[str] = None,
   if not read_only:
     _quiet_failed_saves()
   _quiet_abandoned_reads()
+  # Seen before the manager opens: a writable one removes them at once, in a background thread.
+  interrupted = () if read_only else interrupted_saves(directory)
   mngr = Manager(directory, options=options, item_handlers=handlers)
-  mngr.barriers = barriers
+  mngr.barriers, mngr.interrupted = barriers, interrupted
   if not read_only:  # A reader reads no metrics; a damaged newest step it skips by its CRC-32s.
     for step, reason in sorted(mngr.__dict__.pop('damaged_metrics', {}).items()):
       # Unranked, retention would delete it at the next save: kept aside instead.
@@ -383,6 +389,49 @@ class SaveFailed(UserError):
     # With no checkpoint the rerun starts from step 0: nothing to resume.
     again = 'to resume' if last is not None else 'to start again'
     super().__init__(f'{what} ({reason}); {stopped}{complete}; {cure} the same command {again}')
+
+
+def interrupted_saves(directory: str) -> tuple[tuple[int, str], ...]:
+  """(step, folder) of each save begun in `directory` (WORKDIR/checkpoints) that never finished,
+  newest first. orbax writes a step into `STEP.orbax-checkpoint-tmp` (older versions add
+  `-TIMESTAMP`) and renames it to STEP once complete; a save cut short (kill -9, a crash, the
+  machine lost) leaves that folder, which orbax's listing of steps passes over without a word,
+  so that the previous step is read as if it were the newest."""
+  try:
+    names = os.listdir(directory)
+  except OSError:  # No checkpoints folder (a new workdir), or not a directory.
+    return ()
+  found = []
+  for name in names:
+    step, suffix, _ = name.partition(ocp.path.step.TMP_DIR_SUFFIX)
+    if suffix and step.isdigit():
+      found.append((int(step), os.path.join(directory, name)))
+  return tuple(sorted(found, reverse=True))
+
+
+def interrupted_words(interrupted: tuple[tuple[int, str], ...], aside: str = '') -> str:
+  """'step 6 was never completed (its save was interrupted, leaving FOLDER)', the words of every
+  warning about `interrupted` ((step, folder), newest first: `interrupted_saves`); `aside` ends
+  the parenthesis."""
+  if len(interrupted) == 1:
+    step, folder = interrupted[0]
+    return f'step {step} was never completed (its save was interrupted, leaving {folder}{aside})'
+  return (f'steps {", ".join(str(s) for s, _ in interrupted)} were never completed (their saves '
+          f'were interrupted, leaving {", ".join(f for _, f in interrupted)}{aside})')
+
+
+def tell_interrupted(mngr: Manager, workdir: str, step: int) -> None:
+  """One warning when the run starts at `step` (0: from scratch) below a step whose save was
+  interrupted (`mngr.interrupted`): the run looked like one stopped at `step`. orbax removes
+  the unfinished folder (a writable manager's clean-up): it can never be read, and the run
+  trains and saves that step again."""
+  newer = tuple((s, f) for s, f in mngr.interrupted if s > step)
+  if not newer:
+    return
+  start = (f'resuming from step {step}, the newest complete one' if step else
+           'starting from step 0, as no step was saved before it')
+  logger.warning('%s: its newest checkpoint %s; %s', workdir,
+                 interrupted_words(newer, ', which orbax now removes'), start)
 
 
 def _remove_unfinished(mngr: ocp.CheckpointManager, step: int, settle_s: float = 0.2,
@@ -1123,6 +1172,9 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
   the workdir has no step (yet, when its run is training now on this host).
   """
   newest = read_newest(workdir, use_ema=use_ema)
+  for _, folder in newest.interrupted:
+    logger.warning('skipped the unfinished checkpoint %s (its save was interrupted); reading '
+                   'step %d', folder, newest.step)
   for bad, reason in newest.skipped:
     logger.warning('skipped the unreadable checkpoint %s/%d (%s); reading step %d',
                    newest.directory, bad, reason, newest.step)
@@ -1136,6 +1188,8 @@ class Newest(NamedTuple):
   step: int
   skipped: tuple[tuple[int, str], ...]  # (step, why it did not read), newest first.
   directory: str  # WORKDIR/checkpoints, as orbax names it.
+  # (step, folder) of the newer saves that never finished (`interrupted_saves`), newest first.
+  interrupted: tuple[tuple[int, str], ...] = ()
 
 
 def read_newest(workdir: str, *, use_ema: bool = False) -> Newest:
@@ -1163,7 +1217,8 @@ def _newest_readable(mngr: Manager, workdir: str, use_ema: bool) -> Newest:
     except Exception as e:  # Any read failure makes this step unusable; try an older one.
       problems.append((step, unreadable_reason(f'{mngr.directory}/{step}', e)))
       continue
-    return Newest(config, params, step, tuple(problems), str(mngr.directory))
+    interrupted = tuple((s, f) for s, f in interrupted_saves(str(mngr.directory)) if s > step)
+    return Newest(config, params, step, tuple(problems), str(mngr.directory), interrupted)
   reasons = '; '.join(f'{mngr.directory}/{s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be read ({reasons})')
 

@@ -82,6 +82,7 @@ class Checkpoint(NamedTuple):
   step: Optional[int] = None  # The step read from a workdir; None for a published format.
   total_steps: Optional[int] = None  # That run's config.total_steps.
   skipped: tuple[int, ...] = ()  # The workdir's newer steps that did not read (damaged).
+  interrupted: tuple[int, ...] = ()  # Its newer steps whose save never finished.
 
 
 def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
@@ -106,7 +107,7 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
                     f'{", ".join(FORMATS)} ({_spelled(spec, fmt, sep, path)})')
   spec = user_paths.expand_spec(spec)  # `mae:~/runs/mae`: bash leaves that ~ as it is.
   path = spec.partition(':')[2]
-  steps = (None, None, ())
+  steps = (None, None, (), ())
   if fmt in registry.FORMATS:
     params, model, names, size, view = _read_format(fmt, path, spec)
   else:
@@ -203,16 +204,17 @@ def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
   as `load` reads `FORMAT:PATH`; a leading `~` is the home directory. UserError as `load`'s,
   naming --checkpoint."""
   path = user_paths.expand(path, '--checkpoint')
-  params, model, names, size, step, total, skipped = _load_workdir(None, path, use_ema)
+  params, model, names, size, *steps = _load_workdir(None, path, use_ema)
   ckpt = Checkpoint(params, model, names, *architecture.input_geometry(params, model, size),
-                    None, step, total, skipped)
+                    None, *steps)
   check_shapes(ckpt, path)
   return ckpt
 
 
 def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   """(params, model, class names, image size, step read, the run's total_steps, the newer steps
-  that did not read) of a workdir; one warning line names those steps and the step read."""
+  that did not read, the newer steps whose save never finished) of a workdir; one warning line
+  names those steps and the step read."""
   # A run is read from its --workdir; a file given here is most often a published checkpoint.
   hint = f'; for an .npz of parameters, vit_jax:{path}' if path.endswith('.npz') else ''
   label = f'{fmt}:{path}' if fmt else f'--checkpoint {path}'
@@ -225,9 +227,11 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   if fmt:
     _refuse_published_folder(path, label)
   _require_saved_steps(path, label, fmt)
-  saved, params, step, skipped, _ = checkpoints.read_newest(path, use_ema=use_ema)
-  if skipped:
-    logger.warning(_skipped_line(label, skipped, step))
+  saved, params, step, skipped, _, interrupted = checkpoints.read_newest(path, use_ema=use_ema)
+  if interrupted and checkpoints.training_now(path):
+    interrupted = ()  # The save in progress of a run still training, which `unfinished` says.
+  if skipped or interrupted:
+    logger.warning(_skipped_line(label, skipped, interrupted, step))
   check_finite(flatten(params), f'{path}/checkpoints/{step}')
   found = _pretraining_kind(params)
   if fmt is None:
@@ -252,20 +256,31 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   if model.classifier == 'unpooled':  # MPP reads every token; the class token is still there.
     model = model.replace(classifier='token' if 'cls' in params else 'gap')
   return (params, model, read_class_names(path, model.num_classes), saved.get('image_size'), step,
-          saved.get('total_steps'), tuple(s for s, _ in skipped))
+          saved.get('total_steps'), tuple(s for s, _ in skipped),
+          tuple(s for s, _ in interrupted))
 
 
-def _skipped_line(label: str, skipped: tuple[tuple[int, str], ...], step: int) -> str:
+def _skipped_line(label: str, skipped: tuple[tuple[int, str], ...],
+                  interrupted: tuple[tuple[int, str], ...], step: int) -> str:
   """The one warning of a workdir read at `step` because its newer steps did not read
-  (`skipped`: (step, why), newest first): it names the spec or --checkpoint, each damaged step
-  and why, and the step used. The fine-tune's 'at step 3 of 3' alone looked like the run's end."""
-  many = len(skipped) > 1
-  which = (f'steps {", ".join(str(s) for s, _ in skipped)} are' if many
-           else f'step {skipped[0][0]} is')
-  why = '; '.join(f'{s}: {r}' if many else r for s, r in skipped)
-  return (f'{label}: its newest checkpoint {which} damaged ({why}); using step {step}, the '
-          f'newest that reads (rerun its training command with the same --workdir to save '
-          f'{"them" if many else "it"} again)')
+  (`skipped`: (step, why), newest first) or were never completed (`interrupted`: (step, the
+  folder its save left), newest first): it names the spec or --checkpoint, each such step and
+  why, and the step used. The fine-tune's 'at step 3 of 3' alone looked like the run's end, and
+  an interrupted save was not said at all (orbax lists finished steps only)."""
+  parts = []
+  if skipped:
+    many = len(skipped) > 1
+    which = (f'steps {", ".join(str(s) for s, _ in skipped)} are' if many
+             else f'step {skipped[0][0]} is')
+    why = '; '.join(f'{s}: {r}' if many else r for s, r in skipped)
+    parts.append((skipped[0][0], f'{which} damaged ({why})'))
+  if interrupted:
+    parts.append((interrupted[0][0], checkpoints.interrupted_words(interrupted)))
+  told = ' and '.join(words for _, words in sorted(parts, reverse=True))  # Newest first.
+  used = 'the newest that reads' if skipped else 'the newest complete one'
+  again = 'them' if len(skipped) + len(interrupted) > 1 else 'it'
+  return (f'{label}: its newest checkpoint {told}; using step {step}, {used} (rerun its '
+          f'training command with the same --workdir to save {again} again)')
 
 
 def _refuse_published_folder(path: str, label: str) -> None:
@@ -332,21 +347,23 @@ def check_shapes(ckpt: Checkpoint, spec: str) -> None:
 
 def origin(spec: str, ckpt: Checkpoint) -> str:
   """`spec` for the logs, with the step read from a workdir: 'mae:runs/mae at step 1 of 30',
-  and the newer steps that did not read: '... at step 3 of 3, not its damaged step 4'."""
+  and the newer steps that did not read or were never completed: '... at step 3 of 3, not its
+  damaged step 4', '..., not its unfinished step 4'."""
   if ckpt.step is None:
     return spec
   told = f'{spec} at step {ckpt.step}' + (f' of {ckpt.total_steps}' if ckpt.total_steps else '')
-  if ckpt.skipped:
-    told += (f', not its damaged step{"s" if len(ckpt.skipped) > 1 else ""} '
-             f'{", ".join(map(str, ckpt.skipped))}')
-  return told
+  passed = [f'its {kind} step{"s" if len(steps) > 1 else ""} {", ".join(map(str, steps))}'
+            for kind, steps in (('damaged', ckpt.skipped), ('unfinished', ckpt.interrupted))
+            if steps]
+  return told + (f', not {" nor ".join(passed)}' if passed else '')
 
 
 def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
   """A warning's line when the step read from a workdir is before its run's config.total_steps
   (the run was stopped, failed or is still going: the line says which where this host can
   tell, `checkpoints.training_now`; or its later steps did not read, which this line names);
-  None otherwise, and for later steps the load has already named (`ckpt.skipped`)."""
+  None otherwise, and for later steps the load has already named (`ckpt.skipped`,
+  `ckpt.interrupted`)."""
   if ckpt.step is None or not ckpt.total_steps or ckpt.step >= ckpt.total_steps:
     return None
   fmt, sep, path = spec.partition(':')
@@ -355,7 +372,7 @@ def unfinished(spec: str, ckpt: Checkpoint) -> Optional[str]:
   if running:
     return (f'{spec}: the run is still training ({running}); using its newest saved step, '
             f'{ckpt.step} of its config.total_steps {ckpt.total_steps}')
-  if ckpt.skipped:  # `load` warned, naming them and the step used: one line is enough.
+  if ckpt.skipped or ckpt.interrupted:  # `load` warned, naming them and the step used.
     return None
   newer = workdir and [s for s in checkpoints.steps_on_disk(workdir) if s > ckpt.step]
   if newer:  # The run may have finished: those steps did not read.

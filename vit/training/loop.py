@@ -220,10 +220,12 @@ class _Run:
 def _initial_state(mngr, data_iter, config, workdir: str, build, state_shardings
                    ) -> tuple[TrainState, int]:
   if mngr.latest_step() is None:
+    checkpoints.tell_interrupted(mngr, workdir, 0)
     return build(), 0
   # The abstract state of a fresh init: resuming never needs the fine-tuning source weights.
   abstract = abstract_state(jax.eval_shape(lambda: build(pretrained=False)), state_shardings)
   state, start = checkpoints.resume(mngr, abstract, data_iter, config)
+  checkpoints.tell_interrupted(mngr, workdir, start)
   init = config.get('init')  # A fine-tune's origin, the same as its saved config's.
   logger.info('resumed from %s at step %d%s', workdir, start,
               f' (initialised from {init})' if init else '')
