@@ -16,6 +16,7 @@ from supervised import objective as sup_objective
 from vit import config as config_lib, objective as objective_lib, sharding
 from vit.errors import ConfigError, UserError
 from vit.evaluators import fewshot
+from vit.testing import steps
 
 
 def _tiny(config):
@@ -24,9 +25,9 @@ def _tiny(config):
   return config
 
 
-def _batch(channels=3, n=4):
+def _batch(channels=3, n=4, size=28):
   rng = np.random.default_rng(0)
-  return {'image': rng.integers(0, 256, (n, 28, 28, channels), dtype=np.uint8),
+  return {'image': rng.integers(0, 256, (n, size, size, channels), dtype=np.uint8),
           'label': rng.integers(0, 10, (n,), dtype=np.int32)}
 
 
@@ -149,6 +150,29 @@ def test_every_loss_leaves_out_the_padding_rows_of_an_evaluation_batch(package):
   unmasked, _ = obj.loss(params, {k: v for k, v in padded_otherwise.items() if k != 'mask'},
                          rng, False)
   assert abs(float(unmasked) - float(loss)) > 1e-4  # The padding did change the plain mean.
+
+
+@pytest.mark.parametrize('package', ['mae', 'simmim'])
+def test_masked_patches_is_the_whole_steps_under_accumulation(package):
+  """With optimizer.accumulation_steps=2 the step's `masked_patches` counts both micro-batches'
+  patches (it was one micro-batch's: the mean of the two)."""
+  config = _tiny(importlib.import_module(f'configs.{package}.fashion_mnist').get_config())
+  # At 28 px SimMIM's 8-px mask blocks are cut at the image's edges (blocks of 4, 2 or 1
+  # patches), so its count varies with the blocks drawn. At 16 px they tile the 4x4 patches
+  # whole, and both objectives mask exactly mask_ratio of every image's patches: MAE keeps
+  # int(16 * 0.25) = 4, SimMIM masks ceil(4 * 0.75) = 3 of its 4 blocks (as its own 0.6 does),
+  # so the expected count is the config's arithmetic, not a count of one draw.
+  config.image_size = 16
+  config[package].mask_ratio = 0.75
+  if package == 'mae':  # Its configured decoder (2 blocks, 32 wide) would only add compiling.
+    config.mae.decoder.update(hidden_size=8, num_layers=1, num_heads=2, mlp_dim=16)
+  m = config_lib.validate(config)
+  obj = objective_lib.resolve(package).build(config, m)
+  batch = {'image': _batch(n=4, size=16)['image']}
+  metrics = steps.one_step_metrics(obj, batch, accumulation_steps=2)
+  rows, cols = config_lib.token_grid(config, m)
+  masked_per_image = config[package].mask_ratio * rows * cols  # 12.0 of 16, exactly.
+  assert int(metrics['masked_patches']) == len(batch['image']) * masked_per_image
 
 
 def test_classifier_needs_classes():

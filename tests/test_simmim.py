@@ -11,7 +11,7 @@ from configs.simmim import fashion_mnist as simmim_config
 from simmim import objective
 from vit import checkpoints, config as config_lib, init_spec
 from vit.errors import ConfigError, UserError
-from vit.testing import commands, steps
+from vit.testing import commands
 
 
 
@@ -212,17 +212,6 @@ def test_objective_interface_and_plan():
   config.simmim.mask_patch_size = 6
   with pytest.raises(ConfigError, match='simmim.mask_patch_size'):
     definition.build(config, m)
-
-
-def test_masked_patches_is_the_whole_steps_under_accumulation():
-  """With optimizer.accumulation_steps=2 the step's `masked_patches` counts both micro-batches'
-  patches (it was one micro-batch's: the mean of the two)."""
-  config = _tiny()
-  config.model.transformer.num_layers = 1
-  obj = objective.build(config, config_lib.validate(config))
-  batch = {'image': np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), np.uint8)}
-  metrics = steps.one_step_metrics(obj, batch, accumulation_steps=2)
-  assert int(metrics['masked_patches']) == 4 * 3 * 4  # 3 of 4 blocks of 2x2 patches, 4 images.
 
 
 def test_short_run_learns_beyond_predicting_the_background(tmp_path):
