@@ -70,6 +70,68 @@ def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
   assert again['last_step'] == 20
 
 
+# `python -m supervised.train ARGS` that stops in its data set-up (opening the training split),
+# says so and waits there: a SIGTERM meets the start-up at a known point, whatever the load.
+_PAUSED_IN_SET_UP = """
+import time
+from supervised import objective, train
+from vit import cli
+from vit.data import pipeline
+def paused(*args, **kwargs):
+  print('setting up the data', flush=True)
+  while True:
+    time.sleep(1)
+pipeline.make_source = paused
+cli.define_config_flags('configs/supervised/fashion_mnist.py', objective=objective.DEFINITION)
+cli.run(train.main)
+"""
+
+
+def test_a_sigterm_while_starting_is_one_line(tmp_path):
+  """SIGTERM before the loop takes it over (the data set-up, the evaluators' splits, the
+  restore) ended the process at once, exit status 143 and not a word; it is one line now,
+  naming the run's newest saved step, left as it was, with the same status (a scheduler still
+  sees a run that did not finish)."""
+  from vit.testing import commands
+  step = tmp_path / 'checkpoints' / '4'
+  step.mkdir(parents=True)  # A saved step by its name, all the line reads of it.
+  proc = subprocess.Popen([sys.executable, '-c', _PAUSED_IN_SET_UP, *commands.TINY_SUPERVISED,
+                           f'--workdir={tmp_path}'], cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:
+      if line.strip() == 'setting up the data':
+        break
+    else:
+      pytest.fail('the child never reached its data set-up')
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=900)  # Bounds a hang only.
+  finally:  # A failed case leaves no process behind.
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  assert err.splitlines() == [
+      'stopped while starting (SIGTERM): no step was trained, nothing was saved; its newest '
+      f'step, {step}, is unchanged; rerun the same command to resume'], err[-2000:]
+  assert proc.returncode == 143
+  assert os.listdir(tmp_path / 'checkpoints') == ['4'] and os.listdir(step) == []
+
+
+def test_the_loop_ends_the_start_ups_sigterm_line():
+  """The start-up's handler (vit.cli) is not given the signal back after the loop, nor for a
+  second signal: the default then ends the process at once, as before, even one stuck in
+  native code."""
+  from vit import checkpoints, cli
+  previous = signal.signal(signal.SIGTERM, cli._terminate)
+  try:
+    with checkpoints.StopSignal() as stop:
+      assert signal.getsignal(signal.SIGTERM) == stop._handle
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
 _AS_FROM_A_TERMINAL = """
 import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)  # Kept across exec, unlike a handler.

@@ -1407,7 +1407,12 @@ class StopSignal:
       signals.append(signal.SIGTERM)
     try:
       for sig in signals:
-        self._previous[sig] = signal.signal(sig, self._handle)
+        previous = signal.signal(sig, self._handle)
+        # vit.cli's one line for a SIGTERM of the start-up is for the start-up only: after the
+        # loop, and for a second signal, the default ends the process (at once, even one stuck
+        # in native code).
+        self._previous[sig] = (signal.SIG_DFL if getattr(previous, 'vit_start_up', False)
+                               else previous)
     except ValueError:  # Not the main thread (e.g. a test runner's worker): no handlers.
       pass
     if vit.interrupted:  # A Ctrl-C of the start-up that Python dropped (vit/__init__.py).

@@ -7,6 +7,7 @@ import importlib.util
 import logging as std_logging
 import os
 import reprlib
+import signal
 import sys
 import traceback
 import warnings
@@ -185,6 +186,7 @@ def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
       if not positional:  # Before a multi-host start waits for the other processes.
         refuse_arguments(argv)
       distributed.initialize()  # Before any backend use: multi-host jobs, CPU without libtpu.
+      _stop_on_sigterm_while_starting()
       distributed.watch_processes(_workdir())  # A lost process: one line, not a hang.
       main(argv)
       distributed.finished()
@@ -192,6 +194,9 @@ def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
       print(f'error: {e}', file=sys.stderr)
       _quiet_shutdown()
       sys.exit(2)
+    except Terminated:
+      print(_terminated_line(), file=sys.stderr)
+      sys.exit(143)  # 128 + SIGTERM: what the shell reported when the signal ended it silently.
     except KeyboardInterrupt:
       # Before the loop installs its handler, or a second signal: the user insists on stopping.
       print(_interrupted_line(), file=sys.stderr)
@@ -274,6 +279,54 @@ def tell_cache_write_failures_once(cache: str) -> None:
 def _workdir():
   """--workdir of the entry point that has one (the trainers), else None."""
   return flags.FLAGS['workdir'].value if 'workdir' in flags.FLAGS else None
+
+
+class Terminated(KeyboardInterrupt):
+  """SIGTERM (a scheduler's stop, `kill`) while a trainer starts, before its loop takes the
+  signal over (`vit.checkpoints.StopSignal`): taken as Ctrl-C is, so that `run` says it in one
+  line. Python's default ended the process at once, exit status 143 and not a word."""
+
+
+def _terminate(signum, frame):
+  del signum, frame
+  raise Terminated
+
+
+# For the start-up only: the loop's StopSignal does not give the signal back to this handler
+# after the loop, nor for a second signal (the default then ends the process at once, even one
+# stuck in native code).
+_terminate.vit_start_up = True
+
+
+def _stop_on_sigterm_while_starting() -> None:
+  """A trainer's SIGTERM (its `define_config_flags` names its objective) raises `Terminated`
+  until its loop begins: the data set-up, the evaluators' splits and the restore take seconds
+  to minutes. Not in another command (the study's, which runs trainers in its workers, says
+  nothing of a run's steps), where SIGTERM is ignored (the parent's choice), nor in a job of
+  several processes, where it is left to JAX's preemption service as in the loop (a Python
+  handler would replace its notifier)."""
+  trainer = any(objective is not None for _, _, objective, _ in _CONFIG_HOLDERS)
+  if not trainer or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    return
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
+    return
+  signal.signal(signal.SIGTERM, _terminate)
+
+
+def _terminated_line() -> str:
+  """What a SIGTERM of a trainer's start-up says: no step was trained, so nothing was saved;
+  the run's newest saved step, when it has one, is as it was and the same command resumes."""
+  workdir = _workdir()
+  try:
+    steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints'))
+                   if n.isdigit())
+  except OSError:  # No checkpoints folder: a new run.
+    steps = []
+  said = 'stopped while starting (SIGTERM): no step was trained, nothing was saved'
+  if not steps:
+    return f'{said}; rerun the same command to start the run'
+  newest = os.path.join(workdir, 'checkpoints', str(steps[-1]))
+  return f'{said}; its newest step, {newest}, is unchanged; rerun the same command to resume'
 
 
 def _interrupted_line() -> str:
