@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from vit import config as config_lib
 from vit.data import fashion_mnist, pipeline
 from vit.errors import BadRecordError, ConfigError, UserError
+from vit.testing import tfds_images
 
 NUM_TRAIN, NUM_TEST = 24, 10
 BAD_IMAGE_ID, BAD_LABEL_ID = 5, 9
@@ -35,10 +36,7 @@ class VitTestImages(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'label': tfds.features.ClassLabel(names=['a', 'b', 'c']),
-        'id': tfds.features.Scalar(np.int64)}))
+    return tfds_images.info(self, ['a', 'b', 'c'])
 
   def _split_generators(self, dl_manager):
     return {'train': self._generate_examples(NUM_TRAIN),
@@ -53,9 +51,7 @@ class VitTestBadImages(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'label': tfds.features.Scalar(np.int64), 'id': tfds.features.Scalar(np.int64)}))
+    return tfds_images.info(self)  # No class names: label 7 is written as it is.
 
   def _split_generators(self, dl_manager):
     return {'train': self._generate_examples()}

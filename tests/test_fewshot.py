@@ -18,6 +18,7 @@ from vit.data import fashion_mnist
 from vit.errors import UserError
 from vit.evaluators import fewshot
 from vit.models.spec import ModelSpec
+from vit.testing import tfds_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -420,10 +421,7 @@ class VitFewshotBadImages(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version('1.0.0')
 
   def _info(self):
-    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
-        'image': tfds.features.Image(shape=(None, None, 3)),
-        'label': tfds.features.ClassLabel(names=['a', 'b', 'c']),
-        'id': tfds.features.Scalar(np.int64)}))
+    return tfds_images.info(self, ['a', 'b', 'c'])
 
   def _split_generators(self, dl_manager):
     return {'train': self._generate_examples('train', 0, 12),
