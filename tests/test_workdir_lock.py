@@ -103,7 +103,8 @@ def test_without_flock_a_live_holders_pid_refuses_and_a_dead_ones_does_not(tmp_p
 def test_a_reader_of_a_run_that_has_saved_nothing_yet_is_told_it_is_training(tmp_path):
   """A fine-tune or export aimed at a run that is training but has no step yet said only 'no
   checkpoint found'; it now says that the run is training and when it will have a step. A
-  workdir whose lock names no live process gets the plain line."""
+  workdir whose lock names no live process is a run stopped before its first save, and its line
+  says what a reader expected."""
   other = subprocess.Popen([sys.executable, '-c', 'import sys; sys.stdin.readline()'],
                            stdin=subprocess.PIPE)
   lock = tmp_path / checkpoints.LOCK_FILE
@@ -122,7 +123,9 @@ def test_a_reader_of_a_run_that_has_saved_nothing_yet_is_told_it_is_training(tmp
     other.wait()
   with pytest.raises(UserError) as error:
     checkpoints.read_params(str(tmp_path))
-  assert str(error.value) == plain
+  assert str(error.value) == (
+      f'{plain} (its run stopped before saving a step); expected a run directory, the --workdir '
+      'of a trainer, holding its saved steps (checkpoints/STEP/)')
 
 
 def test_a_reused_pid_is_not_taken_for_the_lock_holder(tmp_path):

@@ -1169,7 +1169,8 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
   a one-line warning naming it, for the previous one; nothing is moved (a reader changes no
   workdir). Only the parameters are read (the EMA ones with `use_ema` when the run kept them),
   never the optimiser's moments. UserError naming every step when none reads, or saying that
-  the workdir has no step (yet, when its run is training now on this host).
+  the workdir has no step (yet, when its run is training now on this host) and what it should
+  hold (`read_newest`).
   """
   newest = read_newest(workdir, use_ema=use_ema)
   for _, folder in newest.interrupted:
@@ -1192,22 +1193,23 @@ class Newest(NamedTuple):
   interrupted: tuple[tuple[int, str], ...] = ()
 
 
-def read_newest(workdir: str, *, use_ema: bool = False) -> Newest:
+def read_newest(workdir: str, *, use_ema: bool = False, label: Optional[str] = None,
+                trainer: str = 'a trainer') -> Newest:
   """`read_params` without its warnings: the steps it skipped are returned, for a reader that
   says so in its own words (`vit.init_spec`, naming the init spec). UserError as
-  `read_params`'s."""
+  `read_params`'s; the line of a workdir without a step starts with `label` (how the user gave
+  it: 'mae:DIR'; `workdir` when None) and says it should be the --workdir of `trainer` ('mae
+  training')."""
   with contextlib.closing(manager(workdir, read_only=True)) as mngr:
-    return _newest_readable(mngr, workdir, use_ema)
+    return _newest_readable(mngr, workdir, use_ema, label or workdir, trainer)
 
 
-def _newest_readable(mngr: Manager, workdir: str, use_ema: bool) -> Newest:
+def _newest_readable(mngr: Manager, workdir: str, use_ema: bool, label: str,
+                     trainer: str) -> Newest:
   """`read_newest` through `mngr` (WORKDIR/checkpoints' read-only manager)."""
   steps = sorted(mngr.all_steps(), reverse=True)
   if not steps:
-    running = training_now(workdir)
-    raise UserError(f'{workdir}: no checkpoint found under {workdir}/checkpoints' + (
-        f' yet; its run is training now ({running}): use it once it has saved its first step '
-        '(config.checkpoint_every)' if running else ''))
+    raise UserError(_no_step_line(workdir, label, trainer))
   problems = []
   for step in steps:
     try:
@@ -1221,6 +1223,20 @@ def _newest_readable(mngr: Manager, workdir: str, use_ema: bool) -> Newest:
     return Newest(config, params, step, tuple(problems), str(mngr.directory), interrupted)
   reasons = '; '.join(f'{mngr.directory}/{s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be read ({reasons})')
+
+
+def _no_step_line(workdir: str, label: str, trainer: str) -> str:
+  """Why `workdir` has no step to read, starting with `label`: its run is training now on this
+  host (it will have one), or else what the folder should hold, since the line that named only
+  the folder left an empty or a wrong directory, or a run stopped before its first save,
+  unexplained."""
+  running = training_now(workdir)
+  if running:
+    return (f'{label}: no checkpoint found under {workdir}/checkpoints yet; its run is training '
+            f'now ({running}): use it once it has saved its first step (config.checkpoint_every)')
+  stopped = ' (its run stopped before saving a step)' if is_run(workdir) else ''
+  return (f'{label}: no checkpoint found under {workdir}/checkpoints{stopped}; expected a run '
+          f'directory, the --workdir of {trainer}, holding its saved steps (checkpoints/STEP/)')
 
 
 def _read_params_at(mngr: ocp.CheckpointManager, step: int, use_ema: bool) -> dict:

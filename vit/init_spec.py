@@ -226,8 +226,8 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   _refuse_inside_checkpoints(path, label, fmt)
   if fmt:
     _refuse_published_folder(path, label)
-  _require_saved_steps(path, label, fmt)
-  saved, params, step, skipped, _, interrupted = checkpoints.read_newest(path, use_ema=use_ema)
+  saved, params, step, skipped, _, interrupted = checkpoints.read_newest(
+      path, use_ema=use_ema, label=label, trainer=f'{fmt} training' if fmt else 'a trainer')
   if interrupted and checkpoints.training_now(path):
     interrupted = ()  # The save in progress of a run still training, which `unfinished` says.
   if skipped or interrupted:
@@ -300,20 +300,6 @@ def _refuse_published_folder(path: str, label: str) -> None:
     library = 'Hugging Face transformers' if kind == 'hf' else 'timm'
     raise UserError(f'{label}: a {library} folder (config.json), not a run directory; load it '
                     f'with {kind}:{path}')
-
-
-def _require_saved_steps(path: str, label: str, fmt: Optional[str]) -> None:
-  """UserError naming `label`, the folder and what it should hold when `path` holds no saved
-  step (an empty or a wrong directory, a run stopped before its first save): the reader's own
-  line named neither the spec nor what it reads. A run training now is left to the reader,
-  which says when it will have a step."""
-  if checkpoints.has_steps(path) or checkpoints.training_now(path):
-    return
-  stopped = ' (its run stopped before saving a step)' if checkpoints.is_run(path) else ''
-  whose = f'{fmt} training' if fmt else 'a trainer'
-  raise UserError(f'{label}: no checkpoint found under {path}/checkpoints{stopped}; expected a '
-                  f'run directory, the --workdir of {whose}, holding its saved steps '
-                  '(checkpoints/STEP/)')
 
 
 def _refuse_inside_checkpoints(path: str, label: str, fmt: Optional[str]) -> None:
