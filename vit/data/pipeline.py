@@ -309,3 +309,13 @@ def eval_batches(config: ml_collections.ConfigDict, source=None, split: str | No
     yield from _padded(records, batch, steps, template)
   finally:
     records.close()  # Stops worker processes now rather than at garbage collection.
+    # With data.worker_count > 0 Python may still say at exit 'resource_tracker: There appear
+    # to be N leaked shared_memory objects to clean up at shutdown', N about workers x passes
+    # since the last garbage collection, after a bad record's one error line too. grain's own,
+    # and harmless: the StopIteration that ends each worker's stream (or the error that stops
+    # it) is re-raised from a local in grain's thread prefetch (`raise err`), a frame-traceback
+    # cycle that keeps its producer thread's frame, and with it that worker's last record in
+    # shared memory, until the cyclic garbage collector runs (it frees them during a run); at
+    # exit that is too late for grain's unlink, and the tracker unlinks them itself (/dev/shm is
+    # left as it was). Nothing here holds them: closing does not reach that frame; only a
+    # gc.collect() per pass would, a full collection for a warning's sake.
