@@ -20,6 +20,28 @@ from vit.testing import ports
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _signal_at_line(command: list, stream: str, is_cue, sig: int, **popen) -> tuple:
+  """Starts `command`, reads its `stream` ('stdout' or 'stderr') up to the first line for which
+  `is_cue(line)` holds, sends `sig`, and returns (returncode, stdout, stderr). The cue is a line
+  the child prints at a known point, so the signal meets it there whatever the load; a child
+  that ends without the cue fails the test, and a failed case leaves no process behind."""
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, **popen)
+  try:
+    for line in getattr(proc, stream):
+      if is_cue(line):
+        break
+    else:
+      pytest.fail(f'the child ended without its cue line on {stream}')
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=900)  # Bounds a hang only.
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  return proc.returncode, out, err
+
+
 # `python -m supervised.train ARGS` that stops at step 7, says so, and goes on only once its
 # stop handler has run: the signal meets the trainer at a known step, whatever the load (a
 # signal sent on a printed line could land after the run's last step).
@@ -95,26 +117,14 @@ def test_a_sigterm_while_starting_is_one_line(tmp_path):
   from vit.testing import commands
   step = tmp_path / 'checkpoints' / '4'
   step.mkdir(parents=True)  # A saved step by its name, all the line reads of it.
-  proc = subprocess.Popen([sys.executable, '-c', _PAUSED_IN_SET_UP, *commands.TINY_SUPERVISED,
-                           f'--workdir={tmp_path}'], cwd=ROOT,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  try:
-    for line in proc.stdout:
-      if line.strip() == 'setting up the data':
-        break
-    else:
-      pytest.fail('the child never reached its data set-up')
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=900)  # Bounds a hang only.
-  finally:  # A failed case leaves no process behind.
-    if proc.poll() is None:
-      proc.kill()
-      proc.communicate()
+  returncode, _, err = _signal_at_line(
+      [sys.executable, '-c', _PAUSED_IN_SET_UP, *commands.TINY_SUPERVISED,
+       f'--workdir={tmp_path}'], 'stdout', lambda line: line.strip() == 'setting up the data',
+      signal.SIGTERM, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert err.splitlines() == [
       'stopped while starting (SIGTERM): no step was trained, nothing was saved; its newest '
       f'step, {step}, is unchanged; rerun the same command to resume'], err[-2000:]
-  assert proc.returncode == 143
+  assert returncode == 143
   assert os.listdir(tmp_path / 'checkpoints') == ['4'] and os.listdir(step) == []
 
 
@@ -150,24 +160,13 @@ def test_ctrl_c_while_an_entry_point_imports_is_one_line(tmp_path):
   # through an exec that restores what a terminal gives.
   command = [sys.executable, '-X', 'importtime', '-m', 'mpp.train',
              '--config', 'configs/mpp/fashion_mnist.py', '--workdir', str(tmp_path / 'run')]
-  proc = subprocess.Popen(
-      [sys.executable, '-c', _AS_FROM_A_TERMINAL, *command],
-      cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    for line in proc.stderr:
-      if re.search(r'\|\s+vit$', line):  # vit/__init__.py has run: the hook is in place.
-        break
-    else:
-      pytest.fail('the child never imported vit')
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=900)  # Bounds a hang only.
-  finally:  # A failed case leaves no process behind.
-    if proc.poll() is None:
-      proc.kill()
-      proc.communicate()
+  # The cue: vit/__init__.py has run, so the hook is in place.
+  returncode, out, err = _signal_at_line(
+      [sys.executable, '-c', _AS_FROM_A_TERMINAL, *command], 'stderr',
+      lambda line: re.search(r'\|\s+vit$', line), signal.SIGINT)
   told = [l for l in err.splitlines() if not l.startswith('import time:')]
   assert told == ['interrupted while starting: nothing was written'], err[-2000:]
-  assert proc.returncode == -signal.SIGINT  # As Python ends on Ctrl-C: 130 in a shell.
+  assert returncode == -signal.SIGINT  # As Python ends on Ctrl-C: 130 in a shell.
   assert out == '' and not (tmp_path / 'run').exists()
 
 
