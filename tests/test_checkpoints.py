@@ -7,6 +7,7 @@ import glob
 import os
 import re
 import signal
+import socket
 
 import flax.linen as nn
 import grain
@@ -658,6 +659,35 @@ def test_an_interrupted_first_save_is_said_when_the_run_starts_again(tmp_path, c
       f'interrupted, leaving {partial}, which orbax now removes); starting from step 0, as no '
       'step was saved before it']
   assert steps_on_disk(tmp_path) == [2] and not partial.exists()
+
+
+def test_a_run_whose_only_save_was_interrupted_is_told_so_by_its_readers(tmp_path):
+  """A run killed during its first save leaves only orbax's temporary folder: its readers
+  said 'no checkpoint found ... (its run stopped before saving a step)', as if it had saved
+  nothing. They now name the unfinished save, and remove nothing; a run still training on this
+  host is told so, its folder being the save in progress."""
+  from vit import init_spec
+  partial = tmp_path / 'checkpoints' / '6.orbax-checkpoint-tmp'
+  (partial / 'state').mkdir(parents=True)
+  (tmp_path / 'batch_contract.json').write_text('{}')  # A run's, as a trainer writes it.
+  told = (f'no finished checkpoint step under {tmp_path}/checkpoints, as its only checkpoint '
+          f'step 6 was never completed (its save was interrupted, leaving {partial}); rerun its '
+          'training command with the same --workdir to train and save it again, from step 0')
+  with pytest.raises(UserError) as error:
+    checkpoints.read_params(str(tmp_path))  # vit.inspect's reader.
+  assert str(error.value) == f'{tmp_path}: {told}'
+  with pytest.raises(UserError) as error:
+    init_spec.load(f'supervised:{tmp_path}')
+  assert str(error.value) == f'supervised:{tmp_path}: {told}'
+  with pytest.raises(UserError) as error:
+    init_spec.load_workdir(str(tmp_path))  # vit.export's --checkpoint.
+  assert str(error.value) == f'--checkpoint {tmp_path}: {told}'
+  assert partial.is_dir()  # Nothing removed.
+  # Our parent stands for the trainer: a live process on this host (no start time to compare).
+  lock = f'pid {os.getppid()}\nhost {socket.gethostname()}\n'
+  (tmp_path / checkpoints.LOCK_FILE).write_text(lock)
+  with pytest.raises(UserError, match=r' yet; its run is training now \(process '):
+    checkpoints.read_params(str(tmp_path))
 
 
 def test_an_empty_step_folder_is_said_once(tmp_path, caplog, capsys):

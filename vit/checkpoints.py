@@ -1169,8 +1169,8 @@ def read_params(workdir: str, *, use_ema: bool = False) -> tuple[dict, dict, int
   a one-line warning naming it, for the previous one; nothing is moved (a reader changes no
   workdir). Only the parameters are read (the EMA ones with `use_ema` when the run kept them),
   never the optimiser's moments. UserError naming every step when none reads, or saying that
-  the workdir has no step (yet, when its run is training now on this host) and what it should
-  hold (`read_newest`).
+  the workdir has no step (yet, when its run is training now on this host; its only saves
+  interrupted, naming them) and what it should hold (`read_newest`).
   """
   newest = read_newest(workdir, use_ema=use_ema)
   for _, folder in newest.interrupted:
@@ -1227,13 +1227,22 @@ def _newest_readable(mngr: Manager, workdir: str, use_ema: bool, label: str,
 
 def _no_step_line(workdir: str, label: str, trainer: str) -> str:
   """Why `workdir` has no step to read, starting with `label`: its run is training now on this
-  host (it will have one), or else what the folder should hold, since the line that named only
-  the folder left an empty or a wrong directory, or a run stopped before its first save,
-  unexplained."""
+  host (it will have one; a save folder there is its first save in progress), its only saves
+  were interrupted (named, as `interrupted_words` names them: the run looked as if it had
+  stopped before saving anything), or else what the folder should hold, since the line that
+  named only the folder left an empty or a wrong directory, or a run stopped before its first
+  save, unexplained."""
   running = training_now(workdir)
   if running:
     return (f'{label}: no checkpoint found under {workdir}/checkpoints yet; its run is training '
             f'now ({running}): use it once it has saved its first step (config.checkpoint_every)')
+  interrupted = interrupted_saves(os.path.join(workdir, 'checkpoints'))
+  if interrupted:
+    many = len(interrupted) > 1
+    return (f'{label}: no finished checkpoint step under {workdir}/checkpoints, as its '
+            f'{"" if many else "only "}checkpoint {interrupted_words(interrupted)}; rerun its '
+            f'training command with the same --workdir to train and save {"them" if many else "it"}'
+            ' again, from step 0')
   stopped = ' (its run stopped before saving a step)' if is_run(workdir) else ''
   return (f'{label}: no checkpoint found under {workdir}/checkpoints{stopped}; expected a run '
           f'directory, the --workdir of {trainer}, holding its saved steps (checkpoints/STEP/)')
