@@ -330,9 +330,12 @@ def _terminated_line() -> str:
 
 
 def _interrupted_line() -> str:
-  """What a Ctrl-C that reached `run` says: a trainer's (it has --workdir) lost its steps since
-  the last checkpoint; any other command (vit.inspect, vit.plan, ...) has no steps nor
-  checkpoints, and its line said it had."""
+  """What a Ctrl-C that reached `run` says: a command with --workdir lost its steps since the
+  last checkpoint. That flag, not the `objective` given to `define_config_flags` (what makes a
+  command a trainer for `_stop_on_sigterm_while_starting`), chooses the line: every trainer has
+  it, and so do study.run, which trains its runs in its own process, and study.snapshot. Any
+  other command (vit.inspect, vit.plan, ...) has no steps nor checkpoints, and its line said it
+  had."""
   if 'workdir' in flags.FLAGS:
     return 'interrupted: steps since the last checkpoint were not saved'
   return 'interrupted'
