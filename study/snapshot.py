@@ -119,4 +119,6 @@ def main(argv):
 
 if __name__ == '__main__':
   cli.define_config_flags('configs/study/converged.py')
-  cli.run(main)
+  # Each tar is written whole or not at all (atomic_write), and nothing is trained here.
+  cli.run(main, interrupted='interrupted: every snapshot written so far is complete, the rest '
+                            'were not written; rerun to write them')

@@ -336,18 +336,20 @@ def test_cli_refuses_a_word_after_the_flags(tmp_path):
   assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('workdir, line', [
-    (False, 'interrupted'),  # vit.inspect, vit.plan, ...: was the trainers' line below.
-    (True, 'interrupted: steps since the last checkpoint were not saved'),
+@pytest.mark.parametrize('workdir, own, line', [
+    (False, None, 'interrupted'),  # vit.inspect, vit.plan, ...: was the trainers' line below.
+    (True, None, 'interrupted: steps since the last checkpoint were not saved'),
+    # study.snapshot has --workdir and trains nothing: its own line, not the trainers'.
+    (True, 'interrupted: snapshots', 'interrupted: snapshots'),
 ])
-def test_interrupt_line_says_what_was_lost_only_for_a_trainer(workdir, line):
+def test_interrupt_line_says_what_was_lost_only_for_a_trainer(workdir, own, line):
   """Ctrl-C in a command without --workdir said its steps since the last checkpoint were
   lost; it has neither."""
   script = ('from absl import flags\n'
             'from vit import cli\n'
             f'if {workdir}: flags.DEFINE_string("workdir", None, "")\n'
             'def main(argv): raise KeyboardInterrupt\n'
-            'cli.run(main)\n')
+            f'cli.run(main, interrupted={own!r})\n')
   proc = subprocess.run([sys.executable, '-c', script], cwd=ROOT, capture_output=True,
                         text=True, timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert proc.returncode == 130 and proc.stderr.strip() == line, proc.stderr[-2000:]

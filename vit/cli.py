@@ -11,7 +11,7 @@ import signal
 import sys
 import traceback
 import warnings
-from typing import Callable
+from typing import Callable, Optional
 
 import jax
 import ml_collections
@@ -159,11 +159,14 @@ def expand_home(flag_values: flags.FlagValues = flags.FLAGS) -> None:
       flag.value = user_paths.expand(flag.value, f'--{flag.name}')
 
 
-def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
+def run(main: Callable[[list[str]], None], positional: bool = False,
+        interrupted: Optional[str] = None) -> None:
   """absl's app.run, with UserError printed as one line (no traceback) and exit status 2.
 
   A command that takes only flags (`positional` False: every command but vit.inspect.runs)
-  refuses a word after them (`refuse_arguments`) before `main` runs."""
+  refuses a word after them (`refuse_arguments`) before `main` runs. `interrupted` is the line
+  a Ctrl-C that reaches here prints, for a command whose loss is neither of
+  `_interrupted_line`'s two (study.snapshot: it has --workdir but trains nothing)."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   xla_flags.apply_defaults()  # Before anything starts a backend: XLA reads them once.
   host_memory.release_after_compiles()
@@ -199,7 +202,7 @@ def run(main: Callable[[list[str]], None], positional: bool = False) -> None:
       sys.exit(143)  # 128 + SIGTERM: what the shell reported when the signal ended it silently.
     except KeyboardInterrupt:
       # Before the loop installs its handler, or a second signal: the user insists on stopping.
-      print(_interrupted_line(), file=sys.stderr)
+      print(interrupted or _interrupted_line(), file=sys.stderr)
       sys.exit(130)
     except FloatingPointError as e:
       print(f'error: {e}; the state of that step was not saved', file=sys.stderr)
@@ -333,9 +336,9 @@ def _interrupted_line() -> str:
   """What a Ctrl-C that reached `run` says: a command with --workdir lost its steps since the
   last checkpoint. That flag, not the `objective` given to `define_config_flags` (what makes a
   command a trainer for `_stop_on_sigterm_while_starting`), chooses the line: every trainer has
-  it, and so do study.run, which trains its runs in its own process, and study.snapshot. Any
-  other command (vit.inspect, vit.plan, ...) has no steps nor checkpoints, and its line said it
-  had."""
+  it, and so does study.run, which trains its runs in its own process (study.snapshot has it
+  too and gives `run` its own line). Any other command (vit.inspect, vit.plan, ...) has no
+  steps nor checkpoints, and its line said it had."""
   if 'workdir' in flags.FLAGS:
     return 'interrupted: steps since the last checkpoint were not saved'
   return 'interrupted'
