@@ -1,5 +1,5 @@
-"""`make demo`: the study's headline cell at 1% of the labels, reduced to about 8 minutes on
-2 CPU cores after set-up (issue 24 asks for 10 or less; the README has the measured times),
+"""`make demo`: the study's headline cell at 1% of the labels, reduced to 8 to 10 minutes on
+2 CPU cores after set-up (issue 24 asks for 10 or less; 9 min 23 s in the README's fresh clone),
 fair in the study's sense (docs/study/protocol.md): the scratch arm and the MPP arm are trained
 with the same recipe family (Adam, weight decay on kernels, warmup + cosine, flip, random 2-px
 translation) for the same fine-tuning budget on the same 600 images; raw-pixel least squares
