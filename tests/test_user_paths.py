@@ -188,6 +188,26 @@ def test_a_saved_step_given_for_a_workdir_points_at_the_workdir(stopped_mae, mon
   assert (ckpt.step, ckpt.total_steps) == (1, 30)
 
 
+def test_a_leading_double_slash_is_the_root(stopped_mae):
+  """`//tmp/x` is /tmp/x to Linux, but tensorstore (orbax's checkpoints) refuses it: a finished
+  run given as `mae://...` read as 'no checkpoint step could be read (... Invalid file path)', and
+  `--workdir=//...` trained to its end, then failed at its save with a traceback. Leading
+  slashes become one where a path enters, as `~` is expanded there."""
+  home, _ = stopped_mae
+  assert user_paths.expanded('//tmp/x') == '/tmp/x'
+  assert user_paths.expanded('///tmp/x') == '/tmp/x'
+  for path in ('/tmp//x', '/', 'runs//x'):
+    assert user_paths.expanded(path) == path
+  assert user_paths.expand_spec('mae://tmp/x') == 'mae:/tmp/x'
+  fv = flags.FlagValues()
+  flags.DEFINE_string('workdir', None, '', flag_values=fv)
+  fv(['prog', '--workdir=//tmp/x'])
+  cli.expand_home(fv)
+  assert fv.workdir == '/tmp/x'
+  assert init_spec.load(f'mae:/{home}/nu_runs/mae').step == 1
+  assert init_spec.load_workdir(f'/{home}/nu_runs/mae').step == 1
+
+
 def test_a_run_still_training_is_told_apart_from_a_stopped_one(tmp_path):
   """An export of a run in progress warned that it 'stopped' and to rerun its command, which
   the lock would refuse. The lock file names its last holder; a live one is still training.

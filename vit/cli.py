@@ -149,13 +149,14 @@ def home_expanded_config(argv: list[str]) -> list[str]:
 def expand_home(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """A leading `~` in the value of every string flag expanded to the home directory
   (vit.user_paths): bash leaves it in `--workdir=~/runs/x`, and a command would create a folder
-  named `~` in the current directory. No flag of these commands takes a value that starts with
-  `~` for another reason. The --config.a.b overrides are left to the readers of their keys
-  (`config.init`: vit.init_spec; `config.data.*`: vit.data.pipeline). UserError naming the
-  flag for a `~user` that names no user."""
+  named `~` in the current directory. Leading slashes become one (`--workdir=//tmp/x`: orbax's
+  tensorstore refuses the path Linux reads as /tmp/x). No flag of these commands takes a value
+  that starts with `~` or `//` for another reason. The --config.a.b overrides are left to the
+  readers of their keys (`config.init`: vit.init_spec; `config.data.*`: vit.data.pipeline).
+  UserError naming the flag for a `~user` that names no user."""
   for name in list(flag_values):
     flag = flag_values[name]
-    if '.' not in name and isinstance(flag.value, str) and flag.value.startswith('~'):
+    if '.' not in name and isinstance(flag.value, str) and flag.value.startswith(('~', '//')):
       flag.value = user_paths.expand(flag.value, f'--{flag.name}')
 
 

@@ -4,9 +4,13 @@ it as it is.
 Bash expands `~` only at the start of a word or after `=` in an assignment, so `--out ~/x` reaches
 a command expanded but `--out=~/x`, `--config.init=mae:~/runs/mae` and `'~/x'` do not; Python
 then reads `~` as an ordinary folder name, and a command writing there creates a folder named
-`~` in the current directory (one that `rm -rf ~` would not remove: it removes the home). Every
-path a user gives goes through here where it enters: plain flags (`vit.cli`), `FORMAT:PATH`
-init specs (`vit.init_spec`), the data paths of the config (`vit.data.pipeline`).
+`~` in the current directory (one that `rm -rf ~` would not remove: it removes the home). A
+leading `//` is the root, as Linux reads it (`//tmp/x` is `/tmp/x`; a script's `"mae:/$DIR"` of an
+absolute DIR writes one): tensorstore, which writes and reads orbax's checkpoints, refuses such a
+path, so a run given `--workdir=//tmp/x` trained to its end and then failed at its save, and a
+finished run given as `mae://tmp/x` read as damaged. Every path a user gives goes through here
+where it enters: plain flags (`vit.cli`), `FORMAT:PATH` init specs (`vit.init_spec`), the data
+paths of the config (`vit.data.pipeline`).
 """
 from __future__ import annotations
 
@@ -22,8 +26,11 @@ def _problem(path: str) -> str:
 
 
 def expanded(path: str) -> str | None:
-  """`path` with a leading `~` or `~user` replaced by that home directory (os.path.expanduser),
-  any other path as it is; None for `~user` when no such user exists."""
+  """`path` with a leading `~` or `~user` replaced by that home directory (os.path.expanduser)
+  and leading slashes made one (`//tmp/x` -> `/tmp/x`), any other path as it is; None for `~user`
+  when no such user exists."""
+  if path.startswith('//'):
+    return '/' + path.lstrip('/')
   if not path.startswith('~'):
     return path
   home = os.path.expanduser(path)
