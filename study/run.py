@@ -142,8 +142,10 @@ def _record(study, name: str, config, result: dict, **extra) -> None:
   record = dict(name=name, config=config.to_dict(), digest=configs.digest(config),
                 result=result, **store.commit_of(CODE_DIR), machine=store.machine(),
                 finished=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()), **extra)
+  # An export is recorded twice: when written, then with its step's held-out MPP accuracy.
+  again = os.path.exists(store.result_path(study.results, name))
   path = store.write(study.results, record)
-  print(f'study: finished {name} -> {path}', flush=True)
+  print(f'study: {"updated" if again else "finished"} {name} -> {path}', flush=True)
 
 
 def _check_all_finished(study, every: list[Run], results: dict) -> None:

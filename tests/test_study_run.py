@@ -1,10 +1,13 @@
 """The study runner end to end at a tiny budget: pixels, one pretraining with its exports, a
 scratch sweep and a fine-tuning from the exported backbone; then a rerun that runs nothing,
 also after the results and backbones moved, and the report made from them."""
+import contextlib
 import errno
+import io
 import json
 import os
 import shutil
+import sys
 
 import ml_collections
 import numpy as np
@@ -59,15 +62,19 @@ def finished(tmp_path_factory):
   c = _tiny(tmp)
   patch = pytest.MonkeyPatch()
   patch.setattr(pipeline, 'make_source', _small_test_split(pipeline.make_source))
+  out = io.StringIO()
   try:
-    done = run_lib.work(c, str(tmp / 'work'))
+    with contextlib.redirect_stdout(out):
+      done = run_lib.work(c, str(tmp / 'work'))
   finally:
     patch.undo()
+    sys.stdout.write(out.getvalue())
+  (tmp / 'stdout.txt').write_text(out.getvalue())
   return tmp, c, done
 
 
 def test_the_first_priorities_run_and_record_what_they_are(finished):
-  _, c, done = finished
+  tmp, c, done = finished
   results = store.load_all(c.results)
   assert done == 5  # 2 pixel fits, the pretraining, the scratch sweep, the MPP sweep.
   assert {'mpp/seed0/e1', 'mpp/seed0/e2', 'mpp_e2/pct1/sweep/lr0.001_pad2',
@@ -89,6 +96,12 @@ def test_the_first_priorities_run_and_record_what_they_are(finished):
   assert [p[0] for p in pre['result']['curve']] == [2, 4]  # MPP accuracy at each export.
   assert results['mpp/seed0/e1']['result']['holdout_mpp_accuracy'] == pre['result']['curve'][0][1]
   assert pre['config']['data']['eval_split'] == 'holdout'
+  # Each export is recorded twice (written, then with its held-out MPP accuracy); the second
+  # said 'finished' again.
+  said = [l.split(' -> ')[0] for l in (tmp / 'stdout.txt').read_text().splitlines()
+          if l.startswith('study: ') and ' -> ' in l]
+  assert said.count('study: finished mpp/seed0/e1') == 1, said
+  assert said.count('study: updated mpp/seed0/e1') == 1, said
 
 
 def test_a_rerun_runs_nothing_even_after_the_results_moved(finished, tmp_path):
