@@ -1220,6 +1220,8 @@ def _newest_readable(mngr: Manager, workdir: str, use_ema: bool, label: str,
       problems.append((step, unreadable_reason(f'{mngr.directory}/{step}', e)))
       continue
     interrupted = tuple((s, f) for s, f in interrupted_saves(str(mngr.directory)) if s > step)
+    if interrupted and training_now(workdir):
+      interrupted = ()  # The save in progress of a run still training, not an interrupted one.
     return Newest(config, params, step, tuple(problems), str(mngr.directory), interrupted)
   reasons = '; '.join(f'{mngr.directory}/{s}: {r}' for s, r in problems)
   raise UserError(f'{mngr.directory}: no checkpoint step could be read ({reasons})')

@@ -228,8 +228,6 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
     _refuse_published_folder(path, label)
   saved, params, step, skipped, _, interrupted = checkpoints.read_newest(
       path, use_ema=use_ema, label=label, trainer=f'{fmt} training' if fmt else 'a trainer')
-  if interrupted and checkpoints.training_now(path):
-    interrupted = ()  # The save in progress of a run still training, which `unfinished` says.
   if skipped or interrupted:
     logger.warning(_skipped_line(label, skipped, interrupted, step))
   check_finite(flatten(params), f'{path}/checkpoints/{step}')
