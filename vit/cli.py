@@ -320,12 +320,9 @@ def _stop_on_sigterm_while_starting() -> None:
 def _terminated_line() -> str:
   """What a SIGTERM of a trainer's start-up says: no step was trained, so nothing was saved;
   the run's newest saved step, when it has one, is as it was and the same command resumes."""
+  from vit import checkpoints  # orbax, imported on this path only
   workdir = _workdir()
-  try:
-    steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints'))
-                   if n.isdigit())
-  except OSError:  # No checkpoints folder: a new run.
-    steps = []
+  steps = checkpoints.steps_on_disk(workdir)
   said = 'stopped while starting (SIGTERM): no step was trained, nothing was saved'
   if not steps:
     return f'{said}; rerun the same command to start the run'
