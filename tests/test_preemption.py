@@ -42,10 +42,11 @@ def _signal_at_line(command: list, stream: str, is_cue, sig: int, **popen) -> tu
   return proc.returncode, out, err
 
 
-# `python -m supervised.train ARGS` that stops at step 7, says so, and goes on only once its
-# stop handler has run: the signal meets the trainer at a known step, whatever the load (a
-# signal sent on a printed line could land after the run's last step).
-_PAUSED_AT_7 = """
+# `python -m supervised.train ARGS` that stops at step STEP (before it asks whether to stop),
+# says so, and goes on only once its stop handler has run: the signal meets the trainer at a
+# known step, whatever the load (a signal sent on a printed line could land after the run's
+# last step).
+_PAUSED_AT = """
 import time
 from supervised import train
 from vit import checkpoints, cli
@@ -58,14 +59,15 @@ checkpoints.StopSignal._handle = counted
 check_saves = checkpoints.check_saves
 def paused(mngr, step, sync):
   check_saves(mngr, step, sync)
-  if step == 7:
-    print('paused at step 7', flush=True)
+  if step == STEP:
+    print('paused at step STEP', flush=True)
     while not handled:  # Until the parent's signal has been handled.
       time.sleep(0.05)
 checkpoints.check_saves = paused
 cli.define_config_flags('configs/supervised/fashion_mnist.py')
 cli.run(train.main)
 """
+_PAUSED_AT_7 = _PAUSED_AT.replace('STEP', '7')
 
 
 def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
@@ -90,6 +92,58 @@ def test_sigterm_saves_exits_zero_and_resumes(tmp_path):
   again = chaos.run(workdir, 20)
   assert again['rc'] == 0 and again['resumed'] == 7, again['output'][-2000:]
   assert again['last_step'] == 20
+
+
+def test_a_sigterm_in_the_last_step_says_the_run_finishes_as_usual(tmp_path):
+  """A signal in the last step said 'finishing the current step, then saving', and the run then
+  evaluated as a finished run does (the loop never stops at its last step: a rerun would find
+  the run complete and never evaluate it), which can take long, unsaid. The line says so now."""
+  from benchmarks import chaos
+  args = chaos.command(str(tmp_path), 3, ['--config.optimizer.warmup_steps=1'])[3:]
+  returncode, out, err = _signal_at_line(
+      [sys.executable, '-c', _PAUSED_AT.replace('STEP', '3'), *args], 'stdout',
+      lambda line: line.strip() == 'paused at step 3', signal.SIGTERM, env=chaos._env())
+  output = out + err
+  assert returncode == 0, output[-2000:]
+  assert ('SIGTERM received: the run is at its last step (3 of 3): it finishes as usual, '
+          'final evaluation and save included') in output, output[-2000:]
+  assert 'eval step 3:' in output and 'stopped after step' not in output
+  assert os.listdir(tmp_path / 'checkpoints') == ['3']
+
+
+def test_the_signal_line_knows_when_no_step_is_left_to_stop_at(caplog, monkeypatch):
+  """The loop stops only before its last step, with several processes only at a sync step: a
+  signal with none left says the run finishes as usual; one with a step left says it stops."""
+  import logging
+  import jax
+  from vit import checkpoints
+  last = ('the run is at its last step (3 of 3): it finishes as usual, final evaluation and '
+          'save included')
+  with caplog.at_level(logging.INFO, logger=checkpoints.logger.name):
+    with checkpoints.StopSignal(3) as stop:
+      assert not stop.should_stop(1, sync=False)
+      signal.raise_signal(signal.SIGINT)  # During step 2: it stops there.
+      assert stop.should_stop(2, sync=False)
+    with checkpoints.StopSignal(3) as stop:
+      assert not stop.should_stop(2, sync=False)
+      signal.raise_signal(signal.SIGINT)  # During step 3, the last.
+    with checkpoints.StopSignal(3) as stop:
+      stop.start = 2  # Resumed at step 2 and compiling step 3, the last.
+      signal.raise_signal(signal.SIGINT)
+    with checkpoints.StopSignal(3) as stop:
+      assert not stop.should_stop(3, sync=False)
+      signal.raise_signal(signal.SIGINT)  # During the final evaluation.
+    monkeypatch.setattr(jax, 'process_count', lambda: 2)
+    for stepped, sync_every in [(4, 4), (8, 4), (1, 0)]:
+      stop = checkpoints.StopSignal(10, sync_every=sync_every)
+      stop._stepped = stepped  # Asked at step 4: the sync step 8 is left; at 8, none is.
+      stop._handle(signal.SIGINT, None)
+  told = [r.getMessage().strip().removeprefix('SIGINT received: ') for r in caplog.records]
+  no_sync = ('no logging step, where every process can agree to stop, is left before the last '
+             '(10): the run finishes as usual, final evaluation and save included')
+  assert told == ['finishing the current step, then saving', last, last, last,
+                  'stopping at the next logging step, on which every process agrees, then saving',
+                  no_sync, no_sync], told
 
 
 # `python -m supervised.train ARGS` that stops in its data set-up (opening the training split),

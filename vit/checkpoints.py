@@ -1421,10 +1421,17 @@ class StopSignal:
   replace), whose sync point is the same step on all hosts; a SIGINT flag is agreed on with an
   all-gather at the steps the loop names as sync steps (its logging steps), so every process
   sees the same answer at the same step. A second signal restores the default behaviour.
+
+  The loop never stops at its last step (`total_steps`): a signal with no step left to stop at
+  before it lets the run finish as usual, final evaluation and save included, and its line says
+  so. `sync_every` is the loop's sync interval (0: none), where a SIGINT of several processes
+  can stop. Either may be None (not known): the line then says nothing of the last step.
   """
 
-  def __init__(self):
+  def __init__(self, total_steps: Optional[int] = None, sync_every: Optional[int] = None):
     self.received: Optional[int] = None
+    self.total_steps, self.sync_every = total_steps, sync_every
+    self.start: Optional[int] = None  # The step restored (0: a new run), once the loop knows.
     self._previous = {}
     self._stepped: Optional[int] = None  # The last step asked about (None: none has run).
 
@@ -1459,7 +1466,13 @@ class StopSignal:
       os.kill(os.getpid(), signum)
       return
     self.received = signum
-    if self._stepped is None:  # Restoring or compiling: the first step still runs, then saves.
+    total = self.total_steps
+    if self._no_stop_left():
+      when = (f'the run is at its last step ({total} of {total}): it finishes as usual, final '
+              'evaluation and save included' if jax.process_count() == 1 else
+              f'no logging step, where every process can agree to stop, is left before the last '
+              f'({total}): the run finishes as usual, final evaluation and save included')
+    elif self._stepped is None:  # Restoring or compiling: the first step still runs, then saves.
       when = 'start-up is not over: the first step runs (once compiled), then the run saves'
     elif jax.process_count() > 1:  # SIGINT is agreed on at the loop's sync (logging) steps.
       when = 'stopping at the next logging step, on which every process agrees, then saving'
@@ -1467,6 +1480,22 @@ class StopSignal:
       when = 'finishing the current step, then saving'
     # The leading newline ends a line the terminal began with '^C'.
     logger.info('\n%s received: %s', signal.Signals(signum).name, when)
+
+  def _no_stop_left(self) -> bool:
+    """Whether no step the loop can stop at is left: those from the next it asks about up to
+    the one before the last, of several processes only the sync steps. False when unknown."""
+    first = self._stepped if self._stepped is not None else self.start
+    if self.total_steps is None or first is None:
+      return False
+    first += 1
+    if jax.process_count() == 1:
+      return first >= self.total_steps
+    if self.sync_every is None:
+      return False
+    if not self.sync_every:
+      return True
+    next_sync = -(-first // self.sync_every) * self.sync_every
+    return next_sync >= self.total_steps
 
   def should_stop(self, step: int, sync: bool) -> bool:
     """Call at every step on every process."""

@@ -149,10 +149,13 @@ def _train(config: ml_collections.ConfigDict, workdir: str, task: Task) -> Train
                              best_mode=config.get('best_mode', 'max'))
   data_iter = iter(task.train_data)
 
-  with jax.set_mesh(mesh), checkpoints.StopSignal() as stop:
+  # Its line for a signal says when no step is left to stop at before the last (`_steps`).
+  stop_signal = checkpoints.StopSignal(config.total_steps, sync_every=config.log_every)
+  with jax.set_mesh(mesh), stop_signal as stop:
     writer = None
     try:
       state, start = _initial_state(mngr, data_iter, config, workdir, build, state_shardings)
+      stop.start = start
       if start >= config.total_steps:
         _nothing_to_train(workdir, start, config.total_steps)
         return Trained(state, {})
@@ -245,7 +248,8 @@ def _steps(run: _Run, train_step, state: TrainState, start: int) -> Trained:
     in_flight.add(metrics)
     window.add(step, metrics)
     # Every process asks at every step (the multi-host agreement needs it); a signal during
-    # the last step changes nothing, that step's save is the final one anyway.
+    # the last step changes nothing, that step's save is the final one anyway (and a stop
+    # there would leave a run that a rerun finds complete, never evaluated at its end).
     sync = bool(config.log_every) and step % config.log_every == 0
     checkpoints.check_saves(run.mngr, step, sync)  # A failed save stops the run here.
     stopping = run.stop.should_stop(step, sync=sync)
