@@ -365,3 +365,53 @@ def test_exported_files_get_the_mode_a_plain_open_gives(run, tmp_path, fmt):
   assert len(paths) > 2 or fmt == 'vit_jax'
   modes = {p.name: oct(p.stat().st_mode & 0o777) for p in paths}
   assert modes == {p.name: oct(0o755 if p.is_dir() else 0o644) for p in paths}
+
+
+# `python -m vit.export ARGS` whose format's writer writes half a file, says so and waits: a
+# SIGTERM meets the export at a known point of its writing, whatever the load.
+_PAUSED_WRITING = """
+import os, runpy, sys, time
+from vit.formats import registry
+def paused(params, target, **stated):
+  with open(os.path.join(target, 'model.safetensors') if os.path.isdir(target) else target,
+            'wb') as f:
+    f.write(b'half')
+  print('writing', flush=True)
+  while True:
+    time.sleep(1)
+registry.FORMATS[sys.argv[-1].split('=')[1]].save = paused
+runpy.run_module('vit.export', run_name='__main__', alter_sys=True)
+"""
+
+
+@pytest.mark.parametrize('fmt', ['vit_jax', 'hf'])
+def test_a_sigterm_while_writing_says_the_earlier_export_is_unchanged(tmp_path, fmt):
+  """SIGTERM ended vit.export at once, exit status 143 and not a word, leaving its partial file
+  beside --out. It is one line now, saying that --out was not written and is unchanged, which
+  it is, byte for byte, with no partial file left; the status is still 143."""
+  import signal
+  spec = f'vit_jax:{ROOT}/tests/testdata/npz_layouts/vit_jax_today.npz'
+  out = tmp_path / ('m.npz' if fmt == 'vit_jax' else 'hf')
+  export.export(spec, fmt, str(out))  # The earlier export.
+  before = {p: p.read_bytes() for p in ([out] if out.is_file() else out.iterdir())}
+  proc = subprocess.Popen([sys.executable, '-c', _PAUSED_WRITING, f'--checkpoint={spec}',
+                           f'--out={out}', f'--format={fmt}'], cwd=ROOT,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:
+      if line.strip() == 'writing':
+        break
+    else:
+      pytest.fail(f'the export never began writing: {proc.stderr.read()[-2000:]}')
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=900)  # Bounds a hang only.
+  finally:  # A failed case leaves no process behind.
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  assert err.splitlines() == [
+      f'stopped (SIGTERM) before the export was written; {out} is unchanged'], err[-2000:]
+  assert proc.returncode == 143
+  assert {p: p.read_bytes() for p in ([out] if out.is_file() else out.iterdir())} == before
+  assert os.listdir(tmp_path) == [out.name]  # No partial file or folder beside it.

@@ -302,19 +302,28 @@ def _terminate(signum, frame):
 _terminate.vit_start_up = True
 
 
+def raise_on_sigterm() -> bool:
+  """SIGTERM raises `Terminated` from here on, for a command that catches it to say in one
+  line what state it leaves its output in (vit.export), as Ctrl-C's KeyboardInterrupt; True
+  when so. Not where SIGTERM is ignored (the parent's choice) nor in a job of several
+  processes (JAX's preemption service has it)."""
+  if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+    return False
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
+    return False
+  signal.signal(signal.SIGTERM, _terminate)
+  return True
+
+
 def _stop_on_sigterm_while_starting() -> None:
   """A trainer's SIGTERM (its `define_config_flags` names its objective) raises `Terminated`
   until its loop begins: the data set-up, the evaluators' splits and the restore take seconds
   to minutes. Not in another command (the study's, which runs trainers in its workers, says
-  nothing of a run's steps), where SIGTERM is ignored (the parent's choice), nor in a job of
-  several processes, where it is left to JAX's preemption service as in the loop (a Python
-  handler would replace its notifier)."""
-  trainer = any(objective is not None for _, _, objective, _ in _CONFIG_HOLDERS)
-  if not trainer or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-    return
-  if jax.distributed.is_initialized() and jax.process_count() > 1:
-    return
-  signal.signal(signal.SIGTERM, _terminate)
+  nothing of a run's steps), nor where `raise_on_sigterm` leaves SIGTERM alone: ignored by the
+  parent, or a job of several processes, where it is left to JAX's preemption service as in
+  the loop."""
+  if any(objective is not None for _, _, objective, _ in _CONFIG_HOLDERS):
+    raise_on_sigterm()
 
 
 def _terminated_line() -> str:

@@ -31,6 +31,9 @@ import json
 import logging
 import os
 import re
+import signal
+import stat
+import sys
 import zipfile
 
 import numpy as np
@@ -187,15 +190,67 @@ def notes(fmt: str, ckpt: init_spec.Checkpoint, out: str) -> list[str]:
 def main(argv):
   """`python -m vit.export`: writes --checkpoint in --format to --out (`export`), then logs what
   was exported, a warning when the run stopped before its total_steps, and the notes on loading
-  the export. A user error is one line and exit status 2."""
+  the export. A user error is one line and exit status 2; SIGTERM (Ctrl-C) says in one line
+  what state --out is in (`_stopped_line`) and exits with status 143 (130). SIGTERM ended it at
+  once without a word, leaving its partial file beside --out."""
   del argv
   f = flags.FLAGS
-  ckpt = export(f.checkpoint, f.format, f.out, use_ema=f.ema)
-  logger.info('exported %s (%s) as %s to %s', init_spec.origin(f.checkpoint, ckpt),
-              init_spec.describe(ckpt), f.format, f.out)
-  init_spec.warn_if_unfinished(f.checkpoint, ckpt)
-  for note in notes(f.format, ckpt, f.out):
-    logger.info('note: %s', note)
+  took_sigterm = cli.raise_on_sigterm()
+  before, written = None, False
+  try:
+    before = _files_at(f.out)
+    ckpt = export(f.checkpoint, f.format, f.out, use_ema=f.ema)
+    written = True
+    logger.info('exported %s (%s) as %s to %s', init_spec.origin(f.checkpoint, ckpt),
+                init_spec.describe(ckpt), f.format, f.out)
+    init_spec.warn_if_unfinished(f.checkpoint, ckpt)
+    for note in notes(f.format, ckpt, f.out):
+      logger.info('note: %s', note)
+  except KeyboardInterrupt as e:
+    if took_sigterm:  # A second SIGTERM ends it at once, as the default does.
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    terminated = isinstance(e, cli.Terminated)
+    print(_stopped_line('stopped (SIGTERM)' if terminated else 'interrupted', f.out, before,
+                        written), file=sys.stderr)
+    sys.exit(143 if terminated else 130)  # As the trainers and vit.data.prepare.
+  finally:
+    if took_sigterm:
+      signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _files_at(out: str) -> dict[str, tuple[int, int, int]]:
+  """The file `out`, or the files in the folder `out`, each as (inode, mtime, size): `export`
+  puts each file in place by renaming a new one over it, so a file it replaced differs."""
+  try:
+    paths = [os.path.join(out, n) for n in os.listdir(out)] if os.path.isdir(out) else [out]
+  except OSError:
+    return {}
+  found = {}
+  for path in paths:
+    try:
+      st = os.stat(path)
+    except OSError:  # Nothing there.
+      continue
+    if stat.S_ISREG(st.st_mode):
+      found[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+  return found
+
+
+def _stopped_line(how: str, out: str, before: dict | None, written: bool) -> str:
+  """What a SIGTERM or Ctrl-C of `main` says of `out` (`before`: `_files_at` it as the export
+  began; None if it had not). `export` writes beside `out` and renames what it wrote into place
+  only once complete (vit.atomic_write); an exception before that deletes what it wrote, so
+  `out` is as it was unless the renames had begun. A file's is one rename: once done, the
+  export is complete; a folder's files are renamed one by one."""
+  now = _files_at(out)
+  before = now if before is None else before  # Stopped before the export began.
+  if written or (now != before and not os.path.isdir(out)):
+    return f'{how} after writing {out}: the export there is complete'
+  if now == before:
+    kept = f'{out} is unchanged' if before else f'nothing was written to {out}'
+    return f'{how} before the export was written; {kept}'
+  return (f'{how} while the export replaced the files in {out}: some may be the previous '
+          "export's; run the same command again")
 
 
 if __name__ == '__main__':
