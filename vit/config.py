@@ -291,6 +291,7 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                    config.model.name,
                    ', '.join(f'{key}={value} (preset: {want})' for key, value, want in overrides))
   subsets.check_config(config.data)
+  _check_fewshot_off(config)
   _check_holdout_splits(config)
   pad = config.data.crop_padding
   if not isinstance(pad, int) or isinstance(pad, bool) or not 0 <= pad < config.image_size:
@@ -317,6 +318,35 @@ def validate(config: ml_collections.ConfigDict, *, num_devices: int | None = Non
                       f'must divide evenly over the {rows} devices of the batch axes '
                       '(mesh data x fsdp)')
   return m
+
+
+@functools.lru_cache(maxsize=1)
+def _fewshot_defaults() -> dict[str, Any]:
+  return _flat_keys(defaults().fewshot)
+
+
+def _same(value, default) -> bool:
+  """A key left at its default: a list equals the tuple it spells ([1, 5] is (1, 5))."""
+  if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple)):
+    return tuple(value) == tuple(default)
+  return value == default
+
+
+def _check_fewshot_off(config: ml_collections.ConfigDict) -> None:
+  """ConfigError naming the fewshot keys changed from their defaults while fewshot.enabled is
+  off: nothing reads them then (`--config.fewshot.shots='(5,)'` alone evaluated nothing,
+  without a word)."""
+  if config.fewshot.enabled:
+    return
+  changed = [(f'fewshot.{key}', value) for key, value in _flat_keys(config.fewshot).items()
+             if key != 'enabled' and not _same(value, _fewshot_defaults().get(key))]
+  if not changed:
+    return
+  (key, value), others = changed[0], [f'{k}={v!r}' for k, v in changed[1:]]
+  raise ConfigError(key, value, 'not used while fewshot.enabled is False'
+                    + (f' (nor {", ".join(others)})' if others else '')
+                    + '; set --config.fewshot.enabled=True to run the few-shot evaluation, '
+                    'or leave the fewshot keys at their defaults')
 
 
 def _check_holdout_splits(config: ml_collections.ConfigDict) -> None:
