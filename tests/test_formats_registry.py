@@ -69,8 +69,11 @@ def test_a_missing_tensor_is_named_and_a_missing_qkv_bias_is_zero():
 @pytest.mark.parametrize('name', sorted(FORMATS))
 def test_a_tree_without_learned_1d_position_embeddings_is_refused_in_one_line(name, tmp_path):
   """Without a model (the official defaults assumed), the tree itself tells that its position
-  embeddings are not the learned 1D table every format writes: a one-line refusal naming the
-  missing table, nothing written, instead of a KeyError from the writer."""
+  embeddings are not the learned 1D table every format writes, and only the model's config says
+  how to write them as one: a one-line refusal naming the missing table, nothing written,
+  instead of a KeyError from the writer. With a model, a tree that does not hold its posemb's
+  parameters, and a sincos_2d model without the image size that gives its grid, are refused
+  too (the writing itself: tests/test_formats_posemb.py)."""
   params = _random_tree(head=True)
   t = params['Transformer']
   del t['posembed_input']  # posemb sincos_2d or none: no position parameters.
@@ -83,7 +86,12 @@ def test_a_tree_without_learned_1d_position_embeddings_is_refused_in_one_line(na
   with pytest.raises(UserError, match=rf'^--format {name}: .*posemb learned_2d {missing}'):
     FORMATS[name].save(params, str(tmp_path / 'out'), None)
   del t['posembed_input']
-  with pytest.raises(UserError, match=rf'^--format {name}: .*posemb sincos_2d {missing}'):
+  with pytest.raises(UserError, match=rf'^--format {name}: .*posemb learned_2d \(but the '
+                                      r'parameters are of sincos_2d or none\)'):
+    FORMATS[name].save(params, str(tmp_path / 'out'), _model(posemb='learned_2d'))
+  with pytest.raises(UserError, match=rf'^--format {name}: posemb sincos_2d has no parameters '
+                                      r'to give the patch grid; the image size the model runs '
+                                      r'at is needed to write its table$'):
     FORMATS[name].save(params, str(tmp_path / 'out'), _model(posemb='sincos_2d'))
   assert os.listdir(tmp_path) == []
 

@@ -10,7 +10,9 @@ Every format module keeps one contract (`vit.formats.registry.Format`; the regis
   `vit.models.ModelSpec`; None: the official defaults) the format cannot express without
   changing the function (`registry.check_expressible` adds which other formats hold it);
 * `save(params, out, model=None, *, class_names=None, image_size=None, view=None)`: writes
-  what `load` reads back bitwise, after `check_expressible`;
+  what `load` reads back bitwise, after `check_expressible` (a learned_2d, sincos_2d or none
+  position embedding as the learned 1D table it adds at the model's grid:
+  `tree.as_learned_1d`);
 * `SUFFIX`: '.npz' for a one-file format, None for a directory.
 
 A format whose names differ from the official ones is one table (`table.Row`: official path,

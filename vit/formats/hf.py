@@ -24,8 +24,8 @@ from vit.data import transforms
 from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, zeros
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_floating, input_pixels,
-                              pixels, posemb, read_json_object)
+from vit.formats.tree import (OFFICIAL_PIXELS, TABLE_POSEMBS, Params, Read, as_learned_1d,
+                              check_floating, input_pixels, pixels, posemb, read_json_object)
 from vit.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -405,10 +405,10 @@ def processor_config(model: Optional[ModelSpec], image_size: int, channels: int,
 
 def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   """UserError naming what transformers' ViT cannot compute the same way: a ResNet stem,
-  global average pooling, a representation layer before the classifier, position embeddings
-  other than learned 1D ones, axial attention. `model`: the resolved model (None: the
-  official defaults). Which other formats hold it is `vit.formats.registry.check_expressible`'s
-  to say."""
+  global average pooling, a representation layer before the classifier, relative position
+  biases (other position embeddings are written as its learned 1D table: `as_learned_1d`),
+  axial attention. `model`: the resolved model (None: the official defaults). Which other
+  formats hold it is `vit.formats.registry.check_expressible`'s to say."""
   if model and model.resnet:
     raise UserError('--format hf: hybrid R+ViT models have no transformers ViT equivalent')
   if 'cls' not in params:
@@ -419,7 +419,7 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
                     '(pre_logits: a model fine-tuned without model.representation_size has '
                     'none)')
   kind, attention = posemb(params, model), model.attention if model else 'global'
-  if kind != 'learned_1d' or attention != 'global':
+  if kind not in TABLE_POSEMBS or attention != 'global':
     raise UserError(f'--format hf: transformers ViT has learned 1D position embeddings and '
                     f'global attention; this model has posemb {kind} and {attention} '
                     f'attention')
@@ -440,9 +440,14 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   DeiTImageProcessor's resize and centre crop. transformers centres a crop with offsets
   rounded down, timm and torchvision to the nearest (`EvalView.crop_offsets`): for a view of
   the latter the input can be one pixel off, which a one-line warning says. Models
-  `check_expressible` refuses are refused.
+  `check_expressible` refuses are refused; learned_2d, sincos_2d and none position embeddings
+  are written as the learned 1D table at the model's grid (`image_size`'s for the last two),
+  with a one-line warning of what a reader then does differently (`as_learned_1d`).
   """
   check_expressible(params, model)
+  params, note = as_learned_1d(params, model, image_size, '--format hf')
+  if note:
+    logger.warning(f'--format hf: {note}')
   p, _, channels, _ = params['embedding']['kernel'].shape
   size = image_size or _grid(params) * p
   if view and view.get('crop_offsets', 'round') != 'floor' and transforms.offsets_differ(view,

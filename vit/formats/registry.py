@@ -34,9 +34,11 @@ class Format(Protocol):
   def save(self, params: Params, out: str, model: Optional[ModelSpec] = None, *,
            class_names: Optional[Sequence[str]] = None, image_size: Optional[int] = None,
            view: Optional[dict] = None) -> None:
-    """Writes `params` (the official tree) at `out` so that `load` reads it back bitwise;
-    `check_expressible` first. What the format cannot state of `class_names`, `image_size`
-    (pixels per side) and `view` (EvalView's fields) is left out."""
+    """Writes `params` (the official tree) at `out` so that `load` reads it back bitwise
+    (a learned_2d, sincos_2d or none position embedding as the learned 1D table it adds at
+    the model's grid, with a one-line warning: `tree.as_learned_1d`); `check_expressible`
+    first. What the format cannot state of `class_names`, `image_size` (pixels per side; the
+    grid of sincos_2d and none) and `view` (EvalView's fields) is left out."""
 
 
 FORMATS: dict[str, Format] = {'vit_jax': vit_jax, 'hf': hf, 'timm': timm}

@@ -27,8 +27,9 @@ from vit.errors import UserError, require_directory
 from vit.formats import safetensors_dir, table
 from vit.formats.table import Dims, Row
 from vit.formats.torch_layout import CONV, HEADS_BIAS, HEADS_IN, HEADS_OUT, LINEAR, fused, zeros
-from vit.formats.tree import (OFFICIAL_PIXELS, Params, Read, check_floating, class_row_posemb,
-                              input_pixels, pixels, posemb, read_json_object, square_grid)
+from vit.formats.tree import (OFFICIAL_PIXELS, TABLE_POSEMBS, Params, Read, as_learned_1d,
+                              check_floating, class_row_posemb, input_pixels, pixels, posemb,
+                              read_json_object, square_grid)
 from vit.models.spec import ModelSpec
 
 logger = logging.getLogger(__name__)
@@ -288,7 +289,7 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   if model and model.layer_norm_epsilon != 1e-6:
     lost.append(f'LayerNorm epsilon {model.layer_norm_epsilon:g} (timm: 1e-6)')
   kind, attention = posemb(params, model), model.attention if model else 'global'
-  if kind != 'learned_1d' or attention != 'global':
+  if kind not in TABLE_POSEMBS or attention != 'global':  # The others: `as_learned_1d`.
     lost.append(f'posemb {kind} / {attention} attention')
   if lost:
     raise UserError('--format timm: timm\'s VisionTransformer has no ' + ', '.join(lost))
@@ -308,8 +309,14 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   feeds the model what ours does. `model`: the resolved model (None: official defaults);
   models `check_expressible` refuses are refused. timm centres a crop at rounded offsets; a
   view read from transformers' processor (`crop_offsets` 'floor') that crops is named in a
-  one-line warning, as its input can then be one pixel off."""
+  one-line warning, as its input can then be one pixel off. learned_2d, sincos_2d and none
+  position embeddings are written as timm's `pos_embed` at the model's grid (`image_size`'s
+  for the last two), with a one-line warning of what a reader then does differently
+  (`as_learned_1d`)."""
   check_expressible(params, model)
+  params, note = as_learned_1d(params, model, image_size, '--format timm')
+  if note:
+    logger.warning(f'--format timm: {note}')
   grid = square_grid(params['Transformer']['posembed_input']['pos_embedding'].shape[1] - 1)
   size = int(image_size or grid * params['embedding']['kernel'].shape[0])
   if view and view.get('crop_offsets') == 'floor' and transforms.offsets_differ(view, size):

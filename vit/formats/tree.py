@@ -10,6 +10,7 @@ import numpy as np
 
 from vit.errors import UserError
 from vit.models.spec import ModelSpec, Pixels
+from vit.models.vit import patch_grid, sincos_2d
 
 Params = dict[str, Any]
 
@@ -92,24 +93,88 @@ def square_grid(tokens: int) -> Optional[int]:
 
 
 POSEMB = 'Transformer/posembed_input/pos_embedding'  # The learned 1D table every format names.
+# The posembs every format holds: the learned 1D table itself, or one `as_learned_1d` writes as
+# that table (exactly, at the model's own grid). Relative biases are no per-token table.
+TABLE_POSEMBS = ('learned_1d', 'learned_2d', 'sincos_2d', 'none')
+# What a tree of each posemb holds under Transformer/ (as `posemb` tells them apart).
+_HELD = {'learned_1d': 'learned_1d', 'learned_2d': 'learned_2d', 'relative': 'relative',
+         'sincos_2d': 'sincos_2d or none', 'none': 'sincos_2d or none'}
 
 
 def posemb(params: Params, model: Optional[ModelSpec]) -> str:
-  """The model's `posemb` as a format's refusal names it: `model.posemb` (None: the official
-  'learned_1d') while the tree holds the learned 1D table (`POSEMB`), else what the tree shows
-  instead, the missing table named: 'learned_2d (...)' (row and column tables), 'relative (...)'
-  (relposemb_*), 'sincos_2d or none (...)' (no position parameters; the model's own posemb
-  where `model` names one other than learned_1d). A tree without the table is never taken for
-  learned_1d, so a writer refuses it in one line instead of failing on the missing tensor."""
+  """The model's `posemb` as a format's check takes it: `model.posemb` (None: the official
+  'learned_1d') while the tree holds that kind's parameters (the learned 1D table `POSEMB`;
+  row and column tables; relposemb_*; none for sincos_2d and none), else a description that
+  is no posemb and names the mismatch, which every format refuses in one line. Without
+  `model`, a tree without the learned 1D table is named by what it shows instead, the table
+  named missing: 'learned_2d (...)', 'relative (...)', 'sincos_2d or none (...)': only the
+  model's config says how to write such a tree as the table (`as_learned_1d`)."""
   t = params.get('Transformer', {})
   pos = t.get('posembed_input', {})
-  if 'pos_embedding' in pos:
-    return model.posemb if model else 'learned_1d'
-  if model is not None and model.posemb not in (None, 'learned_1d'):
-    return f'{model.posemb} (no {POSEMB})'  # A saved run's config says which.
-  shown = ('learned_2d' if 'pos_embedding_row' in pos else
+  shown = ('learned_1d' if 'pos_embedding' in pos else
+           'learned_2d' if 'pos_embedding_row' in pos else
            'relative' if any(k.startswith('relposemb_') for k in t) else 'sincos_2d or none')
-  return f'{shown} (no {POSEMB})'
+  if model is None:
+    return shown if shown == 'learned_1d' else f'{shown} (no {POSEMB})'
+  if _HELD.get(model.posemb) == shown:
+    return model.posemb
+  return f'{model.posemb} (but the parameters are of {shown})'
+
+
+def as_learned_1d(params: Params, model: Optional[ModelSpec], image_size: Optional[int],
+                  fmt: str) -> tuple[Params, Optional[str]]:
+  """`params` with the model's position embedding as the learned 1D table every format writes
+  (`POSEMB`: float32 [1, prefix + gh * gw, D], the prefix the class token), and the one-line
+  note its writer gives (None: a learned_1d tree, returned as it is). The table adds what the
+  model adds at its own grid, so the export computes the same function there: learned_2d's
+  patch (r, c) gets its row's and its column's halves concatenated and the class token its
+  own entry (`AddPositionEmbs2D`); sincos_2d the fixed table, zero for the class token, and
+  none zeros (`Encoder`). The grid is the row and column tables' for learned_2d, else that of
+  `image_size` (pixels per side, the model's). Call it after the format's
+  `check_expressible`. UserError '{fmt}: ...' without `image_size` where it is needed, and
+  for a grid that is not square (every format's reader takes the table's grid for square)."""
+  kind = model.posemb if model else 'learned_1d'
+  if kind == 'learned_1d':
+    return params, None
+  t, width = params['Transformer'], int(params['embedding']['kernel'].shape[-1])
+  prefix = 1 if 'cls' in params else 0
+  if kind == 'learned_2d':
+    pos = t['posembed_input']
+    row, col = (np.asarray(pos[f'pos_embedding_{k}'], np.float32) for k in ('row', 'col'))
+    (gh, half), gw = row.shape, col.shape[0]
+    patches = np.concatenate([np.broadcast_to(row[:, None], (gh, gw, half)),
+                              np.broadcast_to(col[None], (gh, gw, half))], axis=-1)
+    patches = patches.reshape(gh * gw, width)
+    first = np.asarray(pos.get('pos_embedding_prefix', np.zeros((0, width))), np.float32)
+    if first.shape[0] != prefix:
+      raise UserError(f'{fmt}: posemb learned_2d with {first.shape[0]} prefix entries '
+                      f'(pos_embedding_prefix), a model {"with" if prefix else "without"} a '
+                      'class token')
+  elif kind in ('sincos_2d', 'none'):
+    if image_size is None:
+      raise UserError(f'{fmt}: posemb {kind} has no parameters to give the patch grid; the '
+                      f'image size the model runs at is needed to write its table')
+    gh, gw = patch_grid((image_size, image_size), model.patch_size, model.resnet)
+    patches = (sincos_2d((gh, gw), width) if kind == 'sincos_2d' else
+               np.zeros((gh * gw, width), np.float32))
+    first = np.zeros((prefix, width), np.float32)
+  else:  # What `check_expressible` refuses: relative biases are no table of tokens.
+    raise UserError(f'{fmt}: posemb {kind} has no learned 1D table to write')
+  if gh != gw:
+    raise UserError(f'{fmt}: posemb {kind} at a {gh}x{gw} patch grid; the formats\' readers '
+                    f'take the learned 1D table\'s grid for a square one')
+  table = np.concatenate([first, patches])[None].astype(np.float32)
+  out = dict(params, Transformer=dict(t, posembed_input={'pos_embedding': table}))
+  grid = f'{gh}x{gw}'
+  detail = {
+      'learned_2d': f"(row and column halves concatenated; exact at grid {grid}; a reader "
+                    f"fine-tunes each of its {gh * gw} patch entries on its own, not row and "
+                    f"column tables)",
+      'sincos_2d': f'(exact at grid {grid}; a reader fine-tunes it as learned, and resizing '
+                   f'interpolates it rather than recomputing sin-cos)',
+      'none': 'of zeros (exact at any grid; a reader fine-tunes it as learned, so the model '
+              'gains position embeddings it did not have)'}[kind]
+  return out, f"posemb {kind} is written as the format's learned 1D table {detail}"
 
 
 def input_pixels(model: Optional[ModelSpec]) -> Pixels:

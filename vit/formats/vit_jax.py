@@ -23,6 +23,7 @@ state (the official code assumes tanh GELU, LayerNorm eps 1e-6 and inputs x / 12
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import zipfile
@@ -32,9 +33,12 @@ from typing import Optional, Sequence
 import numpy as np
 
 from vit.errors import UserError, require_file
-from vit.formats.tree import (Params, Read, check_finite, check_floating, class_row_posemb,
-                              flatten, floating, posemb, square_grid, unflatten)
+from vit.formats.tree import (TABLE_POSEMBS, Params, Read, as_learned_1d, check_finite,
+                              check_floating, class_row_posemb, flatten, floating, posemb,
+                              square_grid, unflatten)
 from vit.models.spec import ModelSpec
+
+logger = logging.getLogger(__name__)
 
 SUFFIX = '.npz'  # save writes one file (vit.formats.registry.Format).
 _PUBLISHED = ('LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3')
@@ -167,7 +171,9 @@ def check_expressible(params: Params, model: Optional[ModelSpec]) -> None:
   formats hold it is `vit.formats.registry.check_expressible`'s to say."""
   values = {key: getattr(model, key) if model else implied
             for key, (implied, _, _) in _IMPLIED.items()}
-  values['posemb'] = posemb(params, model)  # Readers refuse a tree without the learned table.
+  # Readers refuse a tree without the learned 1D table; `save` writes the other kinds as one.
+  kind = posemb(params, model)
+  values['posemb'] = 'learned_1d' if kind in TABLE_POSEMBS else kind
   lost = [(describe(values[key]), assumed) for key, (implied, describe, assumed)
           in _IMPLIED.items() if values[key] != implied]
   if lost:
@@ -183,11 +189,17 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   layout).
 
   With `model` (the resolved model, a ModelSpec), refuses one the layout cannot express
-  (`check_expressible`). The .npz holds parameters only: `class_names`, `image_size` and
-  `view` have no place in it (readers take the size from the position embeddings).
+  (`check_expressible`), and writes learned_2d, sincos_2d and none position embeddings as the
+  learned 1D table at the model's grid (`image_size`'s for the last two), with a one-line
+  warning of what a reader then does differently (`as_learned_1d`). The .npz holds
+  parameters only: `class_names`, `image_size` and `view` have no place in it (readers take
+  the size from the position embeddings).
   """
-  del class_names, image_size, view
+  del class_names, view
   check_expressible(params, model)
+  params, note = as_learned_1d(params, model, image_size, '--format vit_jax')
+  if note:
+    logger.warning(f'--format vit_jax: {note}')
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, 'wb') as f:  # A file object keeps numpy from appending '.npz' to the name.
     np.savez(f, **{k: np.asarray(v) for k, v in flatten(params).items()})
