@@ -415,3 +415,77 @@ def test_a_sigterm_while_writing_says_the_earlier_export_is_unchanged(tmp_path, 
   assert proc.returncode == 143
   assert {p: p.read_bytes() for p in ([out] if out.is_file() else out.iterdir())} == before
   assert os.listdir(tmp_path) == [out.name]  # No partial file or folder beside it.
+
+
+def test_a_sigterm_while_the_command_imports_is_one_line(tmp_path):
+  """SIGTERM in the seconds an entry point spends importing jax, TF and orbax, before vit.cli.run
+  takes signals over, ended it without a word; it is one line now, and the same end by the
+  signal (143 in a shell). The child's `-X importtime` lines are read up to vit's only: the
+  child then blocks on its full stderr pipe, still importing, and the signal meets it there."""
+  import re
+  import signal
+  out = tmp_path / 'm.npz'
+  proc = subprocess.Popen(
+      [sys.executable, '-X', 'importtime', '-m', 'vit.export', f'--out={out}',
+       f'--checkpoint=vit_jax:{ROOT}/tests/testdata/npz_layouts/vit_jax_today.npz',
+       '--format=vit_jax'], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stderr:
+      if re.search(r'\|\s+vit$', line):  # vit/__init__.py has run.
+        break
+    else:
+      pytest.fail('the child never imported vit')
+    proc.send_signal(signal.SIGTERM)
+    stdout, err = proc.communicate(timeout=900)  # Bounds a hang only.
+  finally:  # A failed case leaves no process behind.
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  told = [line for line in err.splitlines() if not line.startswith('import time:')]
+  assert told == ['stopped while starting (SIGTERM): nothing was written'], err[-2000:]
+  assert proc.returncode == -signal.SIGTERM and stdout == '' and not out.exists()
+
+
+# Pauses `python -m vit.export` as it opens the .npz it exports, once the command runs.
+_PAUSED_READING = """
+import sys, time
+def paused(event, args):
+  if event == 'open' and str(args[0]).endswith('vit_jax_today.npz'):
+    print('reading', flush=True)
+    while True:
+      time.sleep(1)
+sys.addaudithook(paused)
+"""
+
+
+def test_the_commands_own_sigterm_line_takes_over_from_the_imports(tmp_path):
+  """The imports' SIGTERM line (vit/__init__.py) ends where vit.cli.run begins: the command's
+  own handling then has the signal, as it had without that line (and a job of several processes
+  leaves it to jax.distributed's preemption notifier, started after)."""
+  import signal
+  (tmp_path / 'hook').mkdir()
+  (tmp_path / 'hook' / 'sitecustomize.py').write_text(_PAUSED_READING)
+  out = tmp_path / 'm.npz'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'vit.export', f'--out={out}', '--format=vit_jax',
+       f'--checkpoint=vit_jax:{ROOT}/tests/testdata/npz_layouts/vit_jax_today.npz'], cwd=ROOT,
+      env=dict(os.environ, JAX_PLATFORMS='cpu',
+               PYTHONPATH=os.pathsep.join([str(tmp_path / 'hook'), ROOT])),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  try:
+    for line in proc.stdout:
+      if line.strip() == 'reading':
+        break
+    else:
+      pytest.fail(f'the export never read its checkpoint: {proc.stderr.read()[-2000:]}')
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=900)  # Bounds a hang only.
+  finally:  # A failed case leaves no process behind.
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  assert err.splitlines() == [
+      f'stopped (SIGTERM) before the export was written; nothing was written to {out}'], \
+      err[-2000:]
+  assert proc.returncode == 143 and os.listdir(tmp_path) == ['hook']

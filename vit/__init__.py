@@ -50,8 +50,27 @@ def _quiet_dropped_ctrl_c(unraisable, _python_hook=sys.unraisablehook):
     _python_hook(unraisable)
 
 
+def _one_line_for_sigterm(signum, frame):
+  """SIGTERM while an entry point imports: Python's default ended it without a word (exit
+  status 143 in a shell). One line, then the same end by the signal itself: nothing to clean
+  up, and an exception raised here could be dropped as a Ctrl-C is (above)."""
+  del frame
+  sys.stderr.write('stopped while starting (SIGTERM): nothing was written\n')
+  sys.stderr.flush()
+  signal.signal(signum, signal.SIG_DFL)
+  signal.raise_signal(signum)
+
+
+# For the imports only: vit.cli.run gives SIGTERM back to its default before anything is
+# written and before jax.distributed starts (its preemption notifier takes SIGTERM in a job of
+# several processes), then a trainer's start-up takes it over (`vit.cli.Terminated`).
+_one_line_for_sigterm.vit_while_importing = True
+
+
 if _program_is_ours():
   sys.excepthook = _one_line_for_ctrl_c
   if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # Not an ignored SIGINT.
     signal.signal(signal.SIGINT, _record_ctrl_c)
     sys.unraisablehook = _quiet_dropped_ctrl_c
+  if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # Not one its parent ignores.
+    signal.signal(signal.SIGTERM, _one_line_for_sigterm)

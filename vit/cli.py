@@ -189,6 +189,7 @@ def run(main: Callable[[list[str]], None], positional: bool = False,
         sys.exit(130)
       if not positional:  # Before a multi-host start waits for the other processes.
         refuse_arguments(argv)
+      _end_the_imports_sigterm_line()
       distributed.initialize()  # Before any backend use: multi-host jobs, CPU without libtpu.
       _stop_on_sigterm_while_starting()
       distributed.watch_processes(_workdir())  # A lost process: one line, not a hang.
@@ -300,6 +301,15 @@ def _terminate(signum, frame):
 # after the loop, nor for a second signal (the default then ends the process at once, even one
 # stuck in native code).
 _terminate.vit_start_up = True
+
+
+def _end_the_imports_sigterm_line() -> None:
+  """SIGTERM back to its default action where vit/__init__.py took it for the imports ('stopped
+  while starting (SIGTERM): nothing was written'): before the command writes anything, and
+  before jax.distributed starts, whose preemption notifier takes SIGTERM in a job of several
+  processes (a Python handler set after it would replace it; one set before is replaced)."""
+  if getattr(signal.getsignal(signal.SIGTERM), 'vit_while_importing', False):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def raise_on_sigterm() -> bool:
