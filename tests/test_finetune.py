@@ -162,9 +162,12 @@ def test_the_first_line_says_a_headless_checkpoint_has_no_head(tmp_path):
   and export's first line."""
   write_tiny_npz(tmp_path / 'enc.npz', num_classes=None, representation_size=None)
   write_tiny_npz(tmp_path / 'cls.npz')
-  assert init_spec.describe(init_spec.load(f'vit_jax:{tmp_path}/enc.npz')).endswith(
-      'trained at 28px, no head')
-  assert init_spec.describe(init_spec.load(f'vit_jax:{tmp_path}/cls.npz')).endswith(
+  assert init_spec.describe(init_spec.load(f'vit_jax:{tmp_path}/enc.npz')) == (
+      'patches (4, 4), hidden 32, mlp 64, heads 4, layers 2, classifier token, trained at '
+      '28px, no head')
+  # Its representation layer, read from the weights, is named (the line omitted it).
+  assert init_spec.describe(init_spec.load(f'vit_jax:{tmp_path}/cls.npz')) == (
+      'patches (4, 4), hidden 32, mlp 64, heads 4, layers 2, pre-logits 16, classifier token, '
       'trained at 28px, head 7')
 
 

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vit import config as config_lib
+from vit import architecture, config as config_lib
 from vit.models import presets, summary, vit as vit_model
 from vit.models.vit import VisionTransformer, resize_posemb
 
@@ -357,3 +357,19 @@ def test_summary_flags_out_of_range_are_one_line(flag, line):
                        env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert run.returncode != 0 and 'Traceback' not in run.stderr
   assert run.stderr.strip().splitlines()[0] == line
+
+
+def test_summary_names_a_posemb_and_pre_logits_only_when_not_the_default():
+  """The one-line model summary (fine-tuning's, export's and init errors' first line) said
+  nothing of a position embedding other than learned_1d nor of a representation layer."""
+  def line(**kw):
+    config = config_lib.defaults()
+    config.model.update(name='ViT-B/16', **kw)
+    config.image_size = 224
+    return architecture.summary(config_lib.validate(config, num_devices=1))
+
+  usual = 'patches (16, 16), hidden 768, mlp 3072, heads 12, layers 12'
+  assert line() == usual
+  assert line(posemb='sincos_2d') == usual + ', posemb sincos_2d'
+  assert line(posemb='none', representation_size=768) == usual + ', posemb none, pre-logits 768'
+

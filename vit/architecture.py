@@ -20,6 +20,7 @@ from vit.errors import UserError
 from vit.formats.tree import flatten
 from vit.models import resnet
 from vit.models.spec import ModelSpec
+from vit.models.vit import VisionTransformer
 
 _MAX_LISTED = 12
 
@@ -147,6 +148,13 @@ def listing(problems: list[str]) -> str:
 
 
 def summary(model: ModelSpec) -> str:
-  """'patches (16, 16), hidden 768, mlp 3072, heads 12, layers 12'."""
-  return (f'patches {model.patch_size}, hidden {model.hidden_size}, mlp {model.mlp_dim}, '
+  """'patches (16, 16), hidden 768, mlp 3072, heads 12, layers 12', then what is not the
+  default, which changes the parameters a checkpoint holds: ', posemb sincos_2d' (not
+  learned_1d), ', pre-logits 768' (a representation layer before the head)."""
+  line = (f'patches {model.patch_size}, hidden {model.hidden_size}, mlp {model.mlp_dim}, '
           f'heads {model.num_heads}, layers {model.num_layers}')
+  if model.posemb != VisionTransformer.posemb:
+    line += f', posemb {model.posemb}'
+  if model.representation_size is not None:
+    line += f', pre-logits {model.representation_size}'
+  return line
