@@ -333,9 +333,10 @@ def _same(value, default) -> bool:
 
 
 def _check_fewshot_off(config: ml_collections.ConfigDict) -> None:
-  """ConfigError naming the fewshot keys changed from their defaults while fewshot.enabled is
-  off: nothing reads them then (`--config.fewshot.shots='(5,)'` alone evaluated nothing,
-  without a word)."""
+  """One warning line naming the fewshot keys changed from their defaults while
+  fewshot.enabled is off: nothing reads them then (`--config.fewshot.shots='(5,)'` alone
+  evaluated nothing, without a word). A warning, not an error: a config file that sets them can
+  be run with `--config.fewshot.enabled=False` to skip the evaluation on purpose."""
   if config.fewshot.enabled:
     return
   changed = [(f'fewshot.{key}', value) for key, value in _flat_keys(config.fewshot).items()
@@ -343,10 +344,9 @@ def _check_fewshot_off(config: ml_collections.ConfigDict) -> None:
   if not changed:
     return
   (key, value), others = changed[0], [f'{k}={v!r}' for k, v in changed[1:]]
-  raise ConfigError(key, value, 'not used while fewshot.enabled is False'
-                    + (f' (nor {", ".join(others)})' if others else '')
-                    + '; set --config.fewshot.enabled=True to run the few-shot evaluation, '
-                    'or leave the fewshot keys at their defaults')
+  logger.warning('config.%s=%r: not used while fewshot.enabled is False%s; set '
+                 '--config.fewshot.enabled=True to run the few-shot evaluation', key, value,
+                 f' (nor {", ".join(others)})' if others else '')
 
 
 def _check_holdout_splits(config: ml_collections.ConfigDict) -> None:
