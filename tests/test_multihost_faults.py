@@ -203,3 +203,21 @@ def test_the_stop_line_says_resume_only_when_a_checkpoint_is_there(tmp_path):
   line = distributed._stopped('process 1', 'killed', str(tmp_path))
   assert line.endswith(f'the last complete checkpoint is {tmp_path}/checkpoints/4; restart every '
                        'process with the same command to resume'), line
+
+
+def test_an_interrupted_save_is_told_by_process_0_alone(tmp_path):
+  """A run whose newest save was cut short (orbax's temporary folder, no step folder) starts
+  again below it with one warning; every process of a job said it, naming the same folder,
+  which process 0 alone removes (orbax's primary host). Process 0 says it now, once."""
+  workdir = tmp_path / 'run'
+  partial = workdir / 'checkpoints' / '2.orbax-checkpoint-tmp'
+  (partial / 'state').mkdir(parents=True)  # A first save killed half-way.
+  first, second = _train(workdir, 2)
+  warning = (f'warning: {workdir}: its newest checkpoint step 2 was never completed (its save '
+             f'was interrupted, leaving {partial}, which orbax now removes); starting from step '
+             '0, as no step was saved before it')
+  for proc in (first, second):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+  assert first.stderr.splitlines().count(warning) == 1, first.stderr[-3000:]
+  assert 'never completed' not in second.stderr, second.stderr[-3000:]
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2']

@@ -424,9 +424,10 @@ def tell_interrupted(mngr: Manager, workdir: str, step: int) -> None:
   """One warning when the run starts at `step` (0: from scratch) below a step whose save was
   interrupted (`mngr.interrupted`): the run looked like one stopped at `step`. orbax removes
   the unfinished folder (a writable manager's clean-up): it can never be read, and the run
-  trains and saves that step again."""
+  trains and saves that step again. In a job of several processes process 0 alone says it, as
+  it alone removes the folder (orbax's primary host): every process said the same line."""
   newer = tuple((s, f) for s, f in mngr.interrupted if s > step)
-  if not newer:
+  if not newer or jax.process_index() != 0:
     return
   start = (f'resuming from step {step}, the newest complete one' if step else
            'starting from step 0, as no step was saved before it')
