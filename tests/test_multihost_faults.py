@@ -57,11 +57,24 @@ def test_a_step_damaged_for_one_process_only_is_skipped_by_both(tmp_path):
   restore the newest step while process 1 fell back to the previous one, and the two then waited
   for each other at their first collective forever. Both skip the step, and process 0 names
   process 1's reason. (A step with its checksums fails the check on both: the case is a step
-  saved without them.)"""
+  saved without them.)
+
+  Its first run also starts below a save cut short (orbax's temporary folder, no step folder),
+  told in one warning: every process of a job said it, naming the same folder, which process 0
+  alone removes (orbax's primary host). Process 0 says it now, once; process 1 not at all."""
   workdir = tmp_path / 'run'
   checkpoints = workdir / 'checkpoints'
-  for proc in _train(workdir, 4):
+  partial = checkpoints / '2.orbax-checkpoint-tmp'
+  (partial / 'state').mkdir(parents=True)  # A first save killed half-way.
+  first, second = _train(workdir, 4)
+  for proc in (first, second):
     assert proc.returncode == 0, proc.stderr[-3000:]
+  warning = (f'warning: {workdir}: its newest checkpoint step 2 was never completed (its save '
+             f'was interrupted, leaving {partial}, which orbax now removes); starting from step '
+             '0, as no step was saved before it')
+  assert first.stderr.splitlines().count(warning) == 1, first.stderr[-3000:]
+  assert 'never completed' not in second.stderr, second.stderr[-3000:]
+  assert sorted(os.listdir(checkpoints)) == ['4']
   # Process 0 saved the CRC-32s of both processes' files (vit/step_checksums.py), which each
   # process checks whole: a damaged file named there fails both at once.
   listed = json.loads((checkpoints / '4' / 'checksums.json').read_text())['files']
@@ -203,21 +216,3 @@ def test_the_stop_line_says_resume_only_when_a_checkpoint_is_there(tmp_path):
   line = distributed._stopped('process 1', 'killed', str(tmp_path))
   assert line.endswith(f'the last complete checkpoint is {tmp_path}/checkpoints/4; restart every '
                        'process with the same command to resume'), line
-
-
-def test_an_interrupted_save_is_told_by_process_0_alone(tmp_path):
-  """A run whose newest save was cut short (orbax's temporary folder, no step folder) starts
-  again below it with one warning; every process of a job said it, naming the same folder,
-  which process 0 alone removes (orbax's primary host). Process 0 says it now, once."""
-  workdir = tmp_path / 'run'
-  partial = workdir / 'checkpoints' / '2.orbax-checkpoint-tmp'
-  (partial / 'state').mkdir(parents=True)  # A first save killed half-way.
-  first, second = _train(workdir, 2)
-  warning = (f'warning: {workdir}: its newest checkpoint step 2 was never completed (its save '
-             f'was interrupted, leaving {partial}, which orbax now removes); starting from step '
-             '0, as no step was saved before it')
-  for proc in (first, second):
-    assert proc.returncode == 0, proc.stderr[-3000:]
-  assert first.stderr.splitlines().count(warning) == 1, first.stderr[-3000:]
-  assert 'never completed' not in second.stderr, second.stderr[-3000:]
-  assert sorted(os.listdir(workdir / 'checkpoints')) == ['2']
