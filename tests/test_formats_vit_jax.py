@@ -1,5 +1,6 @@
 """vit/formats/vit_jax.py: every .npz layout the official code and big_vision write, read
-without flags, with logits equal to the code that wrote them.
+without flags (a big_vision sincos2d file with its image size, FILE.npz@SIZE), with logits
+equal to the code that wrote them.
 
 The fixtures in testdata/npz_layouts were made by that code (make_fixtures.py there names the
 commits); `expected.npz` holds its inputs and logits.
@@ -20,6 +21,8 @@ DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'npz
 TOL = 1e-5
 LAYOUTS = ('vit_jax_published', 'vit_jax_today', 'big_vision_tok', 'big_vision_gap_scan',
            'big_vision_img')
+# big_vision posemb='sincos2d': no position embedding in the file, so the size follows it.
+SINCOS = ('big_vision_sincos_gap', 'big_vision_sincos_tok_scan')
 
 
 def _expected():
@@ -32,13 +35,64 @@ def _logits(ckpt, images):
   return np.asarray(net.apply({'params': ckpt.params}, jnp.asarray(images), train=False))
 
 
-@pytest.mark.parametrize('name', LAYOUTS)
+@pytest.mark.parametrize('name', LAYOUTS + SINCOS)
 def test_layout_gives_the_logits_of_the_code_that_wrote_it(name):
   images, want = _expected()
-  ckpt = init_spec.load(f'vit_jax:{os.path.join(DATA, name + ".npz")}')
+  size = '@16' if name in SINCOS else ''
+  ckpt = init_spec.load(f'vit_jax:{os.path.join(DATA, name + ".npz")}{size}')
   assert ckpt.image_size == 16 and ckpt.model.num_layers == 2
+  assert ckpt.model.posemb == ('sincos_2d' if name in SINCOS else 'learned_1d')
   assert np.abs(want[name]).max() > 0.5
   assert np.abs(_logits(ckpt, images) - want[name]).max() <= TOL
+
+
+def test_sincos2d_reads_with_its_pooling_and_size(tmp_path):
+  """big_vision's sincos2d files pool as its learned ones do: a class token is token pooling
+  (its position entry none), none GAP, pre_logits the representation layer. The size after
+  '@' is the model's; exported, it is the learned table at that grid, with the same logits."""
+  gap = init_spec.load(f'vit_jax:{os.path.join(DATA, "big_vision_sincos_gap.npz")}@16')
+  assert (gap.model.classifier, gap.model.representation_size) == ('gap', 16)
+  assert 'posembed_input' not in gap.params['Transformer']
+  tok = init_spec.load(f'vit_jax:{os.path.join(DATA, "big_vision_sincos_tok_scan.npz")}@24')
+  assert tok.model.classifier == 'token' and tok.model.posemb == 'sincos_2d'
+  assert tok.image_size == 24 and init_spec.grid_at(tok.model, tok.image_size) == (6, 6)
+  export.export(f'vit_jax:{os.path.join(DATA, "big_vision_sincos_tok_scan.npz")}@16',
+                'vit_jax', str(tmp_path / 'tok.npz'))
+  table = init_spec.load(f'vit_jax:{tmp_path / "tok.npz"}')
+  pe = table.params['Transformer']['posembed_input']['pos_embedding']
+  assert table.model.posemb == 'learned_1d' and pe.shape == (1, 17, 16) and not pe[0, 0].any()
+  images, want = _expected()
+  assert np.abs(_logits(table, images) - want['big_vision_sincos_tok_scan']).max() <= TOL
+
+
+def test_sizes_after_the_file_name_are_checked(tmp_path):
+  """A sincos2d file without '@SIZE' is one line saying how to give it; a size its patches do
+  not divide, and '@SIZE' on a file whose learned table gives its size, are refused; a MAP
+  head is named first."""
+  sincos = os.path.join(DATA, 'big_vision_sincos_gap.npz')
+  learned = os.path.join(DATA, 'big_vision_tok.npz')
+  with np.load(sincos) as f:
+    flat = {k[len('params/'):]: f[k] for k in f.files}
+  np.savez(tmp_path / 'map.npz', **flat, **{'MAPHead_0/probe': np.zeros((1, 1, 16), np.float32)})
+  cases = {
+      f'vit_jax:{sincos}': (
+          f'vit_jax:{sincos}: no pos_embedding: fixed sine-cosine position embeddings (big_vision'
+          f' posemb="sincos2d"), which state no image size; give the size it was trained at '
+          f'after the file name: vit_jax:{sincos}@SIZE (e.g. @224)'),
+      f'vit_jax:{sincos}@18': (f'init vit_jax:{sincos}@18: its input size 18px is not a multiple '
+                               f'of the patch stride 4'),
+      f'vit_jax:{learned}@16': (
+          f'vit_jax:{learned}@16: @16 gives the image size of a file without position '
+          f'embeddings (big_vision posemb="sincos2d"); this file\'s learned ones give its own: '
+          f'drop @16'),
+      f'vit_jax:{tmp_path / "map.npz"}@16': (f'vit_jax:{tmp_path / "map.npz"}: pools with a MAP '
+                                             f'head (MAPHead_0, big_vision pool_type="map"), '
+                                             f'which this ViT does not have'),
+  }
+  for spec, message in cases.items():
+    with pytest.raises(UserError) as e:
+      init_spec.load(spec)
+    assert str(e.value) == message
 
 
 def test_layouts_read_as_the_published_one(tmp_path):
@@ -75,7 +129,7 @@ def test_unsupported_layouts_are_named(tmp_path):
       'grid': ({**flat, 'pos_embedding': np.zeros((1, 12, 16), np.float32)},
                'pos_embedding has 12 entries, not a square grid'),
       'sincos': ({k: v for k, v in flat.items() if k != 'pos_embedding'},
-                 'no learned position embedding'),
+                 'no pos_embedding: fixed sine-cosine position embeddings'),
       'block': ({**flat, 'Transformer/encoderblock_0/Extra_0/w': np.zeros(2, np.float32)},
                 'Transformer/encoderblock_0 holds Extra_0'),
       'blockless': ({k: v for k, v in flat.items() if 'encoderblock' not in k},

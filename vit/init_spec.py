@@ -188,8 +188,11 @@ def _read_format(fmt: str, path: str, spec: str):
     model = infer_model(read.params, read.stated)
   except UserError as e:
     raise UserError(f'{spec}: {e}') from None
-  # Its own grid must be square, whatever size its processor states.
-  own, _ = architecture.input_geometry(read.params, model, None, spec)
+  # Its own grid must be square, whatever size its processor states. Without a table (a
+  # sincos_2d model) the reader's size is the model's own.
+  table = 'pos_embedding' in read.params['Transformer'].get('posembed_input', {})
+  own, _ = architecture.input_geometry(read.params, model, None if table else read.image_size,
+                                       spec)
   _check_stride(read.image_size, model, spec)  # Before the warning that it is interpolated to.
   if read.image_size is not None and read.image_size != own:
     logger.warning(f'{spec}: its files state {read.image_size}px inputs and its position '

@@ -10,7 +10,10 @@ big_vision's `big_vision/models/vit.py`):
   code under current flax, and big_vision);
 * the position embedding in `Transformer/posembed_input` over class token and patches, or at the
   top level (or in `Transformer/`) over the patches only, the class token getting none
-  (big_vision adds it before concatenating the token);
+  (big_vision adds it before concatenating the token), or none at all: big_vision's fixed
+  `posemb="sincos2d"`, read as `model.posemb='sincos_2d'` (the same table, none for the class
+  token). Such a file holds no patch grid, so its image size is given after the file name,
+  `FILE.npz@SIZE` (pixels per side);
 * blocks stacked along a leading depth axis in `Transformer/encoderblock/...` (big_vision's
   `scan=True`);
 * everything nested under `params/` (a big_vision checkpoint with optimiser state),
@@ -18,8 +21,9 @@ big_vision's `big_vision/models/vit.py`):
   `opt/target/` (old flax optimisers);
 * bfloat16 arrays, which numpy stores as 2-byte void (big_vision's `recover_dtype`).
 
-`save` writes the published layout, and refuses a model whose function the layout cannot
-state (the official code assumes tanh GELU, LayerNorm eps 1e-6 and inputs x / 127.5 - 1).
+`save` writes the published layout (a sincos_2d model's as its learned table), and refuses a
+model whose function the layout cannot state (the official code assumes tanh GELU, LayerNorm
+eps 1e-6 and inputs x / 127.5 - 1).
 """
 from __future__ import annotations
 
@@ -105,17 +109,17 @@ def _rename_block(path: str, name: str, block: dict) -> dict:
                   f'holds {", ".join(_PUBLISHED)} (or {", ".join(_TODAY)})')
 
 
-def _position_embedding(path: str, params: dict) -> None:
+def _position_embedding(path: str, params: dict) -> str:
   """Moves the position embedding to `Transformer/posembed_input`, over 1 + N tokens when
-  the model has a class token."""
+  the model has a class token; the model's posemb: 'learned_1d', or 'sincos_2d' for a file
+  without one (big_vision's `posemb="sincos2d"` computes it and saves no parameter)."""
   t = params['Transformer']
   if 'posembed_input' in t:
-    return
+    return 'learned_1d'
   pe = params.pop('pos_embedding', None)
   pe = t.pop('pos_embedding', None) if pe is None else pe
   if pe is None:
-    raise UserError(f'vit_jax:{path}: no learned position embedding (pos_embedding); fixed '
-                    f'sine-cosine ones (big_vision posemb="sincos2d") are not read')
+    return 'sincos_2d'
   has_cls = 'cls' in params
   if has_cls and square_grid(pe.shape[1] - 1) and not square_grid(pe.shape[1]):
     t['posembed_input'] = {'pos_embedding': pe}  # big_vision's older combined cls + patches.
@@ -124,14 +128,28 @@ def _position_embedding(path: str, params: dict) -> None:
   else:
     raise UserError(f'vit_jax:{path}: pos_embedding has {pe.shape[1]} entries, not a square '
                     f'grid of patches (non-square position grids are not supported)')
+  return 'learned_1d'
+
+
+def _sized(path: str) -> tuple[str, Optional[int]]:
+  """`FILE.npz@SIZE` as (FILE.npz, SIZE); (path, None) without the suffix, or for a file
+  whose name itself ends so."""
+  match = re.fullmatch(r'(.+)@(\d+)', path)
+  if match is None or os.path.exists(path):
+    return path, None
+  return match[1], int(match[2])
 
 
 def load(path: str) -> Read:
-  """The official parameter tree of a ViT .npz in any layout above (never unpickles).
+  """The official parameter tree of a ViT .npz in any layout above (never unpickles), and
+  for a file without position embeddings (big_vision's sincos2d) `stated` posemb sincos_2d
+  and the image size `path`'s `@SIZE` gives.
 
-  Raises UserError naming the file and what is unsupported (MAP-head pooling, sine-cosine
-  position embeddings, a non-square grid, unknown block modules).
+  Raises UserError naming the file and what is unsupported (MAP-head pooling, a non-square
+  grid, unknown block modules), for a sincos2d file without `@SIZE`, and for `@SIZE` on a
+  file with a learned table.
   """
+  path, size = _sized(path)
   flat = _read_npz(path)
   check_finite(flat, f'vit_jax:{path}')
   root = _root(path, flat)
@@ -149,8 +167,20 @@ def load(path: str) -> Read:
     _unstack(path, t)
   for name in [k for k in t if re.fullmatch(r'encoderblock_\d+', k)]:
     t[name] = _rename_block(path, name, t[name])
-  _position_embedding(path, params)
-  return Read(params, {})
+  if _position_embedding(path, params) == 'learned_1d':
+    if size is not None:  # Its table's grid is its size; prediction flags pick another.
+      raise UserError(f'vit_jax:{path}@{size}: @{size} gives the image size of a file without '
+                      f'position embeddings (big_vision posemb="sincos2d"); this file\'s '
+                      f'learned ones give its own: drop @{size}')
+    return Read(params, {})
+  # big_vision's posemb_sincos_2d is `vit.models.vit.sincos_2d`, added before the class token
+  # is concatenated (none for it), as model.posemb='sincos_2d' adds it.
+  if size is None:
+    raise UserError(f'vit_jax:{path}: no pos_embedding: fixed sine-cosine position '
+                    f'embeddings (big_vision posemb="sincos2d"), which state no image size; '
+                    f'give the size it was trained at after the file name: '
+                    f'vit_jax:{path}@SIZE (e.g. @224)')
+  return Read(params, {'posemb': 'sincos_2d'}, image_size=size)
 
 
 # What the official code assumes where the .npz states nothing (models_vit.py, input_pipeline).

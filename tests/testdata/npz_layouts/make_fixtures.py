@@ -2,7 +2,9 @@
 
 Each fixture is a tiny ViT (16 px, 4 px patches, width 16, 2 blocks, 2 heads, 5 classes) built,
 initialised, run and saved by the code whose layout it shows; `expected.npz` holds the input
-images ([-1, 1], as both projects feed them) and the logits that code computed. Regenerate with
+images ([-1, 1], as both projects feed them) and the logits that code computed. The
+`big_vision_sincos_*` files (posemb='sincos2d') hold no position embedding, so they read as
+`vit_jax:FILE.npz@16`. Regenerate with
 checkouts of both repositories on PYTHONPATH (their code is not vendored here):
 
   git -C <big_vision mirror> archive 0127fb6b337ee2a27bf4e54dea79cff176527356 big_vision \
@@ -12,7 +14,9 @@ checkouts of both repositories on PYTHONPATH (their code is not vendored here):
   PYTHONPATH=SRC JAX_PLATFORMS=cpu python tests/testdata/npz_layouts/make_fixtures.py
 
 The commits used are the two named above (google-research/big_vision, 2025-05-19;
-google-research/vision_transformer, 2024-05-21), with flax 0.12.8 and jax 0.10.2.
+google-research/vision_transformer, 2024-05-21), with flax 0.12.8 and jax 0.10.2. Rerun to add
+the sincos2d files (2026-12-07, same commits and versions, CPU), it wrote the earlier weight
+files byte for byte and their logits within 7.2e-7 of the earlier run's (another CPU).
 """
 import os
 
@@ -70,7 +74,9 @@ def official(images, seed=0):
 
 
 def big_vision(images):
-  """big_vision's vit.Model: class token ('tok'), scanned GAP with pre_logits, SigLIP's img/."""
+  """big_vision's vit.Model: class token ('tok'), scanned GAP with pre_logits, SigLIP's img/;
+  and with fixed sine-cosine position embeddings (posemb='sincos2d', which saves none): GAP
+  with pre_logits as configs/vit_s16_i1k.py's model section, and a scanned class token."""
   out = {}
   cases = {
       # A training checkpoint: params and optimiser state, nested under params/.
@@ -81,9 +87,14 @@ def big_vision(images):
       'big_vision_img': (dict(pool_type='tok'), lambda p: {'params': {
           'img': p, 'txt': {'Embed_0': {'embedding': np.ones((7, 4), np.float32)}},
           't': np.zeros((1,), np.float32)}}),
+      'big_vision_sincos_gap': (dict(pool_type='gap', rep_size=True, posemb='sincos2d'),
+                                lambda p: {'params': p}),
+      'big_vision_sincos_tok_scan': (dict(pool_type='tok', scan=True, posemb='sincos2d'),
+                                     lambda p: p),
   }
   for seed, (name, (kw, wrap)) in enumerate(cases.items(), start=1):
-    model = bv_vit.Model(num_classes=CLASSES, patch_size=(4, 4), posemb='learn', **SIZES, **kw)
+    kw = {'posemb': 'learn', **kw}
+    model = bv_vit.Model(num_classes=CLASSES, patch_size=(4, 4), **SIZES, **kw)
     params = model.init(jax.random.key(seed), images[:1])['params']
     params = _perturbed(flax.core.unfreeze(params), seed)
     out[name], _ = model.apply({'params': params}, images)
