@@ -613,11 +613,14 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
 
 
 def test_an_interrupted_newest_save_is_one_warning_naming_its_folder(tmp_path, reference,
-                                                                     capsys):
+                                                                     capsys, monkeypatch):
   """A save cut short (kill -9, a crash) leaves orbax's temporary folder and no step folder:
   orbax lists finished steps only, so a resume and every reader took the previous step without
   a word ('at step 4 of 6', the run stopped there by its look). One warning now names the run,
-  the folder and the step used; a reader removes nothing, and the resumed run saves it anew."""
+  the folder and the step used; a reader removes nothing, and the resumed run saves it anew.
+  In a job of several processes (a fine-tune's --config.init) every process said the reader's
+  line, naming the same folder; process 0 alone names it now, and the others still say a
+  damaged step, which is each one's own read."""
   from vit import init_spec
   train(tmp_path, tiny_config(total_steps=6))
   ckpt = tmp_path / 'checkpoints'
@@ -632,6 +635,23 @@ def test_an_interrupted_newest_save_is_one_warning_naming_its_folder(tmp_path, r
       'training command with the same --workdir to save it again)']
   assert loaded.step == 4 and init_spec.unfinished(spec, loaded) is None  # Said once.
   assert init_spec.origin(spec, loaded) == f'{spec} at step 4 of 6, not its unfinished step 6'
+  monkeypatch.setattr(jax, 'process_index', lambda: 1)  # Process 1 of a job.
+  assert init_spec.load(spec).step == 4
+  assert capsys.readouterr().err == ''
+  read_newest = checkpoints.read_newest
+  monkeypatch.setattr(checkpoints, 'read_newest', lambda *a, **k: read_newest(*a, **k)._replace(
+      skipped=((5, 'state/x is cut short'),)))  # As if a step 5 had not read there.
+  damaged = 'step 5 is damaged (state/x is cut short); using step 4, the newest that reads'
+  again = '(rerun its training command with the same --workdir to save {} again)'
+  init_spec.load(spec)
+  assert capsys.readouterr().err.splitlines() == [
+      f'warning: {spec}: its newest checkpoint {damaged} {again.format("it")}']
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  init_spec.load(spec)
+  assert capsys.readouterr().err.splitlines() == [
+      f'warning: {spec}: its newest checkpoint step 6 was never completed (its save was '
+      f'interrupted, leaving {partial}) and {damaged} {again.format("them")}']
+  monkeypatch.undo()
   assert checkpoints.read_params(str(tmp_path))[2] == 4  # vit.inspect's reader.
   assert capsys.readouterr().err.splitlines() == [
       f'warning: skipped the unfinished checkpoint {partial} (its save was interrupted); '

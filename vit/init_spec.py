@@ -85,7 +85,8 @@ class Checkpoint(NamedTuple):
   interrupted: tuple[int, ...] = ()  # Its newer steps whose save never finished.
 
 
-def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
+def load(spec: str, *, use_ema: bool = True, image_size: Optional[int] = None,
+         size_flag: Optional[str] = None) -> Checkpoint:
   """Loads `spec` = `FORMAT:PATH` with FORMAT one of mpp, mae, simmim, supervised, vit_jax, hf,
   timm.
 
@@ -93,13 +94,18 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   run's backbone only; `head`/`pre_logits` when the checkpoint has them); `model`, the
   `ModelSpec` that `vit.config.build_model(model)` turns into the network these params fit;
   `class_names` when known; `image_size` and `channels` it was trained at. `use_ema` picks a
-  workdir's Polyak-averaged parameters when the run kept them.
+  workdir's Polyak-averaged parameters when the run kept them. `image_size` is the size of the
+  command that reads it (set by its `size_flag`: '--resolution'), taken where the checkpoint
+  states none: a big_vision sincos2d `vit_jax:FILE.npz` without `@SIZE`, whose sin-cos model
+  runs at any size; that command checks it against the patch stride itself.
 
   Raises UserError naming the spec for a malformed spec, a missing path, a file of the wrong
   format, a `~user` PATH of no user, a saved step or checkpoints folder given for a workdir, a
   workdir that holds no saved step (saying what it should hold), a run directory given to a
-  published format (with the spec that reads it, e.g. 'give mae:PATH'), or parameters whose
-  shapes disagree with the architecture they imply (each key with both shapes).
+  published format (with the spec that reads it, e.g. 'give mae:PATH'), a checkpoint that
+  states no size where `image_size` is None (saying to give `@SIZE` or `size_flag`), or
+  parameters whose shapes disagree with the architecture they imply (each key with both
+  shapes).
   """
   fmt, sep, path = spec.partition(':')
   if not sep or fmt not in FORMATS or not path:
@@ -113,10 +119,26 @@ def load(spec: str, *, use_ema: bool = True) -> Checkpoint:
   else:
     (params, model, names, size, *steps), view = _load_workdir(fmt, path, use_ema), None
   _check_stride(size, model, spec)
+  if size is None and model.posemb == 'sincos_2d':
+    size = _size_of_command(spec, image_size, size_flag)
   ckpt = Checkpoint(params, model, names, *architecture.input_geometry(params, model, size, spec),
                     view, *steps)
   check_shapes(ckpt, spec)
   return ckpt
+
+
+def _size_of_command(spec: str, image_size: Optional[int], size_flag: Optional[str]) -> int:
+  """`image_size`, the reading command's size, for a checkpoint whose files state none (a
+  big_vision sincos2d .npz without @SIZE); UserError saying how to give one where it is None:
+  after the file name, or with the command's `size_flag` (fine-tuning and prediction, named
+  where a command has none: vit.export and vit.inspect)."""
+  if image_size is not None:
+    return image_size
+  other = (f', or set {size_flag}' if size_flag else
+           ' (fine-tuning takes its config.image_size, supervised.predict its --resolution)')
+  raise UserError(f'{spec}: no pos_embedding: fixed sine-cosine position embeddings (big_vision '
+                  f'posemb="sincos2d"), which state no image size; give the size it was trained '
+                  f'at after the file name, {spec}@SIZE (e.g. @224){other}')
 
 
 def _spelled(spec: str, fmt: str, sep: str, path: str) -> str:
@@ -189,12 +211,11 @@ def _read_format(fmt: str, path: str, spec: str):
   except UserError as e:
     raise UserError(f'{spec}: {e}') from None
   # Its own grid must be square, whatever size its processor states. Without a table (a
-  # sincos_2d model) the reader's size is the model's own.
+  # sincos_2d model) the reader's size, if any, is the model's own.
   table = 'pos_embedding' in read.params['Transformer'].get('posembed_input', {})
-  own, _ = architecture.input_geometry(read.params, model, None if table else read.image_size,
-                                       spec)
+  own = architecture.input_geometry(read.params, model, None, spec)[0] if table else None
   _check_stride(read.image_size, model, spec)  # Before the warning that it is interpolated to.
-  if read.image_size is not None and read.image_size != own:
+  if own is not None and read.image_size is not None and read.image_size != own:
     logger.warning(f'{spec}: its files state {read.image_size}px inputs and its position '
                    f'embeddings are for {own}px; they are interpolated to {read.image_size}px '
                    f'(paper §3.2), where {_PEERS[fmt]} refuses such inputs unless told to '
@@ -217,7 +238,7 @@ def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
 def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
   """(params, model, class names, image size, step read, the run's total_steps, the newer steps
   that did not read, the newer steps whose save never finished) of a workdir; one warning line
-  names those steps and the step read."""
+  names those steps (the unfinished ones on process 0 only) and the step read."""
   # A run is read from its --workdir; a file given here is most often a published checkpoint.
   hint = f'; for an .npz of parameters, vit_jax:{path}' if path.endswith('.npz') else ''
   label = f'{fmt}:{path}' if fmt else f'--checkpoint {path}'
@@ -231,8 +252,12 @@ def _load_workdir(fmt: Optional[str], path: str, use_ema: bool):
     _refuse_published_folder(path, label)
   saved, params, step, skipped, _, interrupted = checkpoints.read_newest(
       path, use_ema=use_ema, label=label, trainer=f'{fmt} training' if fmt else 'a trainer')
-  if skipped or interrupted:
-    logger.warning(_skipped_line(label, skipped, interrupted, step))
+  # An interrupted save is named by process 0 alone, as a resume names it
+  # (checkpoints.tell_interrupted): every process of a job named the same folder. A damaged
+  # step is each process's own read, which each still says.
+  told = interrupted if jax.process_index() == 0 else ()
+  if skipped or told:
+    logger.warning(_skipped_line(label, skipped, told, step))
   check_finite(flatten(params), f'{path}/checkpoints/{step}')
   found = _pretraining_kind(params)
   if fmt is None:
