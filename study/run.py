@@ -10,15 +10,20 @@ runs of priority above K (study/protocol.py) alone; `--config.cells=b,c,d,e` tak
 runs of those cells (the later cells, at a later commit, beside a worker of cell (a) at the
 study's commit, with the same --workdir and results). Before any run or worker starts, the
 study config and every trainer config it would build are validated (study/check.py): a bad
-override is one line on stderr and exit status 2, whatever config.workers says.
+override is one line on stderr and exit status 2, whatever config.workers says. A SIGTERM or
+Ctrl-C to a worker stops it with exit status 0: in a run's training steps the run saves and
+stops ('stopped after step N'); otherwise the run in progress finishes and is recorded, and the
+worker stops before the next ('study: worker stops: ...'). Rerunning continues.
 """
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
 
+import jax
 from absl import flags
 from ml_collections import config_flags
 
@@ -170,10 +175,78 @@ def preflight(study, source: str = '--config') -> int:
   return checked
 
 
+class _StopRequest:
+  """SIGTERM/SIGINT to a worker (a session's end): it finishes and records the run in
+  progress, then stops before it starts another, exit status 0 as the loop's own stop.
+
+  A signal during a run's training steps is the loop's (vit.checkpoints.StopSignal): it saves
+  and stops the worker. One the loop does not stop for, at the run's last step or in its final
+  evaluation, it passes on here; one after the loop, between runs or in a run that trains
+  nothing (pixels, probes) comes here directly. A second signal ends the worker at once, as
+  before. SIGTERM is left to JAX's preemption service in a job of several processes, and a
+  signal the parent ignores stays ignored."""
+
+  def __init__(self):
+    self.received: int | None = None
+    self.during: str | None = None  # The run in progress when it came (None: between runs).
+    self.run: str | None = None  # The run in progress.
+    self._previous = {}
+
+  def __enter__(self) -> '_StopRequest':
+    signals = [signal.SIGINT]
+    if not (jax.distributed.is_initialized() and jax.process_count() > 1):
+      signals.append(signal.SIGTERM)
+    try:
+      for sig in signals:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+          self._previous[sig] = signal.signal(sig, self._handle)
+    except ValueError:  # Not the main thread: no handlers.
+      pass
+    return self
+
+  def __exit__(self, *exc) -> None:
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+    self._previous = {}
+
+  def _handle(self, signum, frame) -> None:
+    del frame
+    name = signal.Signals(signum).name
+    if self.received is not None:  # A second signal: the user insists.
+      signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+      os.kill(os.getpid(), signum)
+      return
+    self.received, self.during = signum, self.run
+    print(f'study: {name} received{f" during {self.run}" if self.run else ""}: this worker '
+          f'starts no other run (a second {name} ends it now)', flush=True)
+
+  def stop_if_asked(self, next_run: str | None = None) -> None:
+    """Ends the worker (SystemExit 0) with one line when a signal came; `next_run` is the run
+    claimed and prepared, not started (released by the caller)."""
+    if self.received is None:
+      return
+    name = signal.Signals(self.received).name
+    if self.during is not None:
+      what = f'{name} received during {self.during}; it finished and is recorded'
+    elif next_run is not None:
+      what = f'{name} received while {next_run} was prepared; it did not run'
+    else:
+      what = f'{name} received between runs'
+    print(f'study: worker stops: {what}; rerun to continue', flush=True)
+    raise SystemExit(0)
+
+
 def work(study, workdir: str) -> int:
   """Runs what it can of the cells `config.cells` names; returns the number of runs finished
   by this worker. Every finished run it reads is checked against the protocol, whatever its
-  cell (a later cell's runs read cell (a)'s)."""
+  cell (a later cell's runs read cell (a)'s). A SIGTERM or SIGINT lets the run in progress
+  finish (or saves it, in its training steps) and ends the worker, exit status 0
+  (`_StopRequest`)."""
+  with _StopRequest() as stop:
+    return _work(study, workdir, stop)
+
+
+def _work(study, workdir: str, stop: _StopRequest) -> int:
   every = protocol.runs(study)
   order = [r.name for r in every]  # The protocol's order decides ties.
   kinds = {r.name: r.kind for r in every}
@@ -181,6 +254,7 @@ def work(study, workdir: str) -> int:
   plan = sorted((r for r in every if r.cell in cells), key=lambda r: (r.priority, r.name))
   done = 0
   while True:
+    stop.stop_if_asked()
     results = store.load_all(study.results)
     _check_all_finished(study, every, results)
     ready = [r for r in plan if r.priority <= study.only_priority
@@ -204,6 +278,8 @@ def work(study, workdir: str) -> int:
     snapshot.write_identity(workdir, run.name, digest)
     rundir = os.path.join(workdir, 'runs', run.name)
     try:
+      stop.stop_if_asked(next_run=run.name)  # Came while it was prepared.
+      stop.run = run.name
       # Every segment of the run (this one and any before a resume, on any machine) is timed.
       with segments.Ledger(rundir, store.commit_of(CODE_DIR)['commit'],
                            store.machine()) as ledger:
@@ -212,6 +288,7 @@ def work(study, workdir: str) -> int:
       _record(study, run.name, config, result, wall_s=wall_s, cpu_s=cpu_s,
               segments=ledger.segments, priority=run.priority)
     finally:
+      stop.run = None
       store.release(workdir, run.name)  # After the record: no one redoes a finished run.
     done += 1
 

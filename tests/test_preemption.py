@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -384,3 +385,60 @@ def test_the_host_dispatches_at_most_two_steps_ahead():
     in_flight.add({'loss': Step(n)})
     assert Step.waited == list(range(1, n - 1)), (n, Step.waited)
   assert loop._STEPS_IN_FLIGHT == 2
+
+
+def test_a_signal_the_loop_does_not_stop_for_goes_to_the_programs_own_handler():
+  """A signal at the last step (no step left to stop at) was forgotten when the loop ended: a
+  program that runs one training after another (the study's worker) started the next. It is
+  passed on, once, to the handler the loop replaced when that is the program's own; not after
+  a stop (the loop acted on it), and a second signal gives that handler the first one too."""
+  from vit import checkpoints
+  got = []
+  previous = signal.signal(signal.SIGTERM, lambda signum, frame: got.append(signum))
+  try:
+    with checkpoints.StopSignal(3) as stop:
+      assert not stop.should_stop(2, sync=False)
+      signal.raise_signal(signal.SIGTERM)  # During step 3, the last.
+      assert not got
+    assert got == [signal.SIGTERM]
+    with pytest.raises(checkpoints.Preempted):
+      with checkpoints.StopSignal(3) as stop:
+        signal.raise_signal(signal.SIGTERM)
+        assert stop.should_stop(1, sync=False)
+        raise checkpoints.Preempted(1)  # As the loop does after its save.
+    assert got == [signal.SIGTERM]
+    with checkpoints.StopSignal(3) as stop:
+      signal.raise_signal(signal.SIGTERM)
+      signal.raise_signal(signal.SIGTERM)  # The first, then this one, reach the program's.
+      for _ in range(100):  # The second is sent with os.kill: delivered at once, or soon.
+        if len(got) == 3:
+          break
+        time.sleep(0.01)
+      assert got == [signal.SIGTERM] * 3
+    assert got == [signal.SIGTERM] * 3  # Passed on once only.
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_plain_trainers_signal_at_the_last_step_is_not_given_again():
+  """A trainer's own previous handlers are the defaults (SIG_DFL for SIGTERM, vit.cli's
+  start-up handler being replaced by it; Ctrl-C's KeyboardInterrupt, Python's or vit's that
+  records it): the run finishes and the program ends as usual, exit status 0, no signal
+  again."""
+  import vit
+  from vit import checkpoints, cli
+  previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+  try:
+    for sig, handler in [(signal.SIGTERM, signal.SIG_DFL), (signal.SIGTERM, cli._terminate),
+                         (signal.SIGINT, signal.default_int_handler),
+                         (signal.SIGINT, vit._record_ctrl_c)]:
+      signal.signal(sig, handler)
+      with checkpoints.StopSignal(3) as stop:
+        assert not stop.should_stop(2, sync=False)
+        signal.raise_signal(sig)  # During step 3, the last.
+      time.sleep(0.05)  # Time for a signal sent again to arrive (it would end this process).
+      assert stop.received == sig and not vit.interrupted
+      assert signal.getsignal(sig) in (handler, signal.SIG_DFL)
+  finally:
+    for sig, handler in previous.items():
+      signal.signal(sig, handler)

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import sys
 
 import ml_collections
@@ -199,3 +200,115 @@ def test_commit_of_counts_local_changes_only_where_asked(tmp_path):
   assert store.commit_of(str(tmp_path))['dirty']
   assert not store.commit_of(str(tmp_path), **code)['dirty']
   assert store.commit_of(str(tmp_path / 'nowhere')) == dict(commit=None, dirty=False)
+
+
+# A worker of the tiny study (priorities up to 2: two pixel fits, the pretraining, then the
+# scratch sweep) that pauses at its first training run's last step, before it asks whether to
+# stop, and goes on once the loop's stop handler has run: the signal meets that step whatever
+# the load. Run under vit.cli.run, as `python -m study.run`'s workers are.
+_WORKER_PAUSED_AT_A_LAST_STEP = """
+import pathlib, sys, time
+from study import run as run_lib
+from tests.test_study_run import _tiny
+from vit import checkpoints, cli
+handled = []
+handle = checkpoints.StopSignal._handle
+def counted(self, signum, frame):
+  handle(self, signum, frame)
+  handled.append(signum)
+checkpoints.StopSignal._handle = counted
+should_stop = checkpoints.StopSignal.should_stop
+def paused(self, step, sync):
+  if step == self.total_steps and not handled:
+    print('paused at the last step', flush=True)
+    while not handled:
+      time.sleep(0.05)
+  return should_stop(self, step, sync)
+checkpoints.StopSignal.should_stop = paused
+tmp = pathlib.Path(sys.argv[1])
+c = _tiny(tmp)
+c.only_priority = 2
+cli.run(lambda argv: run_lib.work(c, str(tmp / 'work')), positional=True)
+"""
+
+
+def test_a_sigterm_in_a_runs_last_step_stops_the_worker_once_it_is_recorded(tmp_path):
+  """The loop does not stop at a run's last step: the run finished, the loop's handler forgot
+  the signal and the worker started the next run, which trained (a session's end SIGTERMs the
+  workers and waits for them). The worker now records that run and stops, one line, exit 0."""
+  from tests.test_preemption import _signal_at_line
+  returncode, out, err = _signal_at_line(
+      [sys.executable, '-c', _WORKER_PAUSED_AT_A_LAST_STEP, str(tmp_path)], 'stdout',
+      lambda line: line.strip() == 'paused at the last step', signal.SIGTERM)
+  output = out + err
+  assert returncode == 0, output[-3000:]
+  assert 'SIGTERM received: the run is at its last step (4 of 4)' in output, output[-3000:]
+  assert os.path.exists(store.result_path(tmp_path / 'a' / 'results', 'mpp/seed0/pretrain'))
+  assert 'study: starting scratch/pct1/sweep/lr0.001_pad2' not in output, output[-3000:]
+  assert out.splitlines()[-1] == ('study: worker stops: SIGTERM received during '
+                                  'mpp/seed0/pretrain; it finished and is recorded; rerun to '
+                                  'continue'), out[-3000:]
+  assert 'stopped after step' not in output
+
+
+def test_a_workers_second_signal_still_ends_it_at_once(capsys):
+  """The worker's own handler lets the run in progress finish; a second signal ends it at once
+  as before, also when the first went to a run's loop (which gives the worker's handler both):
+  with SIGINT here, Python's KeyboardInterrupt, restored by the worker's handler."""
+  import time
+  from vit import checkpoints
+  # Set, not inherited: a test run started in the background of a script has SIGINT ignored,
+  # which the worker leaves alone.
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    for in_a_loop in (False, True):
+      with pytest.raises(KeyboardInterrupt):
+        with run_lib._StopRequest() as stop, contextlib.ExitStack() as loop:
+          if in_a_loop:
+            loop.enter_context(checkpoints.StopSignal(10)).should_stop(1, sync=False)
+          stop.run = 'scratch/pct1/seed0'
+          signal.raise_signal(signal.SIGINT)
+          assert stop.received == (None if in_a_loop else signal.SIGINT)
+          signal.raise_signal(signal.SIGINT)
+          time.sleep(1)  # The second is sent with os.kill: delivered at once, or soon.
+      assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, previous)
+  assert capsys.readouterr().out.count(
+      'study: SIGINT received during scratch/pct1/seed0: this worker starts no other run (a '
+      'second SIGINT ends it now)') == 2
+
+
+def test_a_signal_between_runs_stops_the_worker_before_the_next(tmp_path, capsys, monkeypatch):
+  """Before it claims a run, or once it has prepared one (config, snapshot): no run starts, the
+  claim is released, one line, exit status 0."""
+  from study import snapshot
+  c = _tiny(tmp_path)
+  write_identity = snapshot.write_identity
+
+  def signalled(*args):  # The signal comes while the first run is prepared.
+    write_identity(*args)
+    signal.raise_signal(signal.SIGTERM)
+
+  previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)  # Not one ignored (left alone).
+  try:
+    for between in (True, False):
+      with monkeypatch.context() as patch, run_lib._StopRequest() as stop:
+        if between:
+          signal.raise_signal(signal.SIGTERM)
+        else:
+          patch.setattr(snapshot, 'write_identity', signalled)
+        with pytest.raises(SystemExit) as e:
+          run_lib._work(c, str(tmp_path / 'work'), stop)
+      assert e.value.code == 0 and not os.path.exists(c.results)
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  assert not store._HELD and store.claim(str(tmp_path / 'work'), 'pixels/pct1/seed0')
+  store.release(str(tmp_path / 'work'), 'pixels/pct1/seed0')
+  received = ('study: SIGTERM received: this worker starts no other run (a second SIGTERM ends '
+              'it now)')
+  assert capsys.readouterr().out.splitlines() == [
+      received, 'study: worker stops: SIGTERM received between runs; rerun to continue',
+      'study: starting pixels/pct1/seed0 (priority 0)', received,
+      'study: worker stops: SIGTERM received while pixels/pct1/seed0 was prepared; it did not '
+      'run; rerun to continue']

@@ -1427,6 +1427,12 @@ class StopSignal:
   before it lets the run finish as usual, final evaluation and save included, and its line says
   so. `sync_every` is the loop's sync interval (0: none), where a SIGINT of several processes
   can stop. Either may be None (not known): the line then says nothing of the last step.
+
+  A signal the loop did not stop for (the block ends without an exception: the run finished)
+  is passed on to the handler this one replaced when that is a program's own, such as the
+  study's worker, which runs one training after another and must not start the next one; a
+  second signal passes the first on to it too before it has the second. Python's and vit's
+  defaults (`_passes_on`) are not given it: a plain trainer still finishes and exits 0.
   """
 
   def __init__(self, total_steps: Optional[int] = None, sync_every: Optional[int] = None):
@@ -1435,6 +1441,7 @@ class StopSignal:
     self.start: Optional[int] = None  # The step restored (0: a new run), once the loop knows.
     self._previous = {}
     self._stepped: Optional[int] = None  # The last step asked about (None: none has run).
+    self._passed_on = False  # Whether the first signal went on to the replaced handler.
 
   def __enter__(self) -> 'StopSignal':
     signals = [signal.SIGINT]
@@ -1455,14 +1462,33 @@ class StopSignal:
       self._handle(signal.SIGINT, None)
     return self
 
-  def __exit__(self, *exc) -> None:
-    for sig, handler in self._previous.items():
+  def __exit__(self, exc_type, *exc) -> None:
+    previous, self._previous = self._previous, {}
+    for sig, handler in previous.items():
       signal.signal(sig, handler)
-    self._previous = {}
+    if exc_type is None and self.received is not None:
+      self._pass_on(previous, self.received, None)
+
+  @staticmethod
+  def _passes_on(handler) -> bool:
+    """Whether `handler`, replaced by this one, is given a signal the loop did not stop for:
+    a program's own Python handler, not SIG_DFL or SIG_IGN, nor Ctrl-C's KeyboardInterrupt
+    (Python's, or vit/__init__.py's that also records it), nor vit/__init__.py's line for a
+    SIGTERM of the imports (vit.cli's start-up handler is already SIG_DFL here)."""
+    return (callable(handler) and handler is not signal.default_int_handler
+            and handler is not vit._record_ctrl_c
+            and not getattr(handler, 'vit_while_importing', False))
+
+  def _pass_on(self, previous: dict, signum: int, frame) -> None:
+    """The first signal to the handler it replaced (`_passes_on`), once."""
+    handler = previous.get(signum)
+    if self._passes_on(handler) and not self._passed_on:
+      self._passed_on = True
+      handler(signum, frame)
 
   def _handle(self, signum, frame) -> None:
-    del frame
     if self.received is not None:  # A second signal: the user insists.
+      self._pass_on(self._previous, self.received, frame)  # The first, which it has not seen.
       signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
       os.kill(os.getpid(), signum)
       return
