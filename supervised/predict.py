@@ -10,7 +10,8 @@ embeddings' grid; a timm checkpoint's stated view, crop_pct and interpolation, i
 timm's eval transform applies it) and normalised as the checkpoint states (a Hugging Face
 processor's rescale, mean and std; timm's mean and std; else x / 127.5 - 1, as in training).
 `--resolution` runs the model at another resolution, interpolating the position embeddings
-exactly as fine-tuning does.
+exactly as fine-tuning does; it is also the size of a checkpoint that states none (a big_vision
+sincos2d vit_jax:FILE.npz without @SIZE).
 Output: raw float32 logits [B, classes] (.npy) or the top-5 classes with names and softmax
 probabilities (.json).
 """
@@ -84,7 +85,7 @@ def prepare_images(images: Sequence[np.ndarray], size: int, channels: int,
 
 def load_classifier(spec: str, resolution: Optional[int] = None):
   """(apply_fn(uint8 batch) -> logits, checkpoint, resolution) for a checkpoint with a head."""
-  ckpt = init_spec.load(spec)
+  ckpt = init_spec.load(spec, image_size=resolution, size_flag='--resolution')
   init_spec.warn_if_unfinished(spec, ckpt)
   model = ckpt.model
   if model.num_classes is None:

@@ -100,6 +100,33 @@ def test_finetune_npz_at_higher_resolution(tmp_path, fmnist):
                                 jax.device_get(final.ema_params['head']['kernel']))
 
 
+def test_finetune_sincos2d_npz_at_the_runs_image_size(tmp_path, fmnist):
+  """A big_vision sincos2d .npz states no image size, and a sin-cos model runs at any: the
+  fine-tune takes config.image_size, with or without FILE.npz@SIZE (the run's size wins, as
+  for every init), and trains at it."""
+  path = os.path.join(os.path.dirname(__file__), 'testdata', 'npz_layouts',
+                      'big_vision_sincos_gap.npz')
+  config = small_config(f'vit_jax:{path}@16', image_size=28)
+  m, ckpt = finetune.prepare(config)
+  assert ckpt.image_size == 16 and config_lib.token_grid(config, m) == (7, 7)
+  assert init_spec.describe(ckpt).endswith(', classifier gap, trained at 16px, head 5')
+  config = small_config(f'vit_jax:{path}', image_size=28, total_steps=4)
+  m, ckpt = finetune.prepare(config)
+  assert ckpt.image_size == 28 and m.posemb == 'sincos_2d' and m.classifier == 'gap'
+  # Fine-tuning's first line: the 28px are the run's, not a size the file states.
+  assert init_spec.describe(ckpt).endswith(', no stated image size (read at 28px), head 5')
+  task = finetune.build_task(config, m, ckpt, train_source=fmnist[0], eval_source=fmnist[1])
+  state = initial_state(config, task)
+  np.testing.assert_array_equal(state.params['embedding']['kernel'],
+                                ckpt.params['embedding']['kernel'])
+  assert 'posembed_input' not in state.params['Transformer']
+  workdir = str(tmp_path / 'run')
+  final = loop.train(config, workdir, task).state
+  assert int(final.step) == 4 and np.abs(jax.device_get(final.params['head']['kernel'])).max() > 0
+  again = init_spec.load(f'supervised:{workdir}')
+  assert again.image_size == 28 and again.model.posemb == 'sincos_2d'
+
+
 def test_finetune_from_transformers_checkpoint(tmp_path, fmnist):
   torch = pytest.importorskip('torch')
   transformers = pytest.importorskip('transformers')

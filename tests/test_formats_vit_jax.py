@@ -1,6 +1,6 @@
 """vit/formats/vit_jax.py: every .npz layout the official code and big_vision write, read
-without flags (a big_vision sincos2d file with its image size, FILE.npz@SIZE), with logits
-equal to the code that wrote them.
+without flags (a big_vision sincos2d file at its image size, FILE.npz@SIZE, or the reading
+command's), with logits equal to the code that wrote them.
 
 The fixtures in testdata/npz_layouts were made by that code (make_fixtures.py there names the
 commits); `expected.npz` holds its inputs and logits.
@@ -78,7 +78,8 @@ def test_sizes_after_the_file_name_are_checked(tmp_path):
       f'vit_jax:{sincos}': (
           f'vit_jax:{sincos}: no pos_embedding: fixed sine-cosine position embeddings (big_vision'
           f' posemb="sincos2d"), which state no image size; give the size it was trained at '
-          f'after the file name: vit_jax:{sincos}@SIZE (e.g. @224)'),
+          f'after the file name, vit_jax:{sincos}@SIZE (e.g. @224) (fine-tuning takes its '
+          f'config.image_size, supervised.predict its --resolution)'),
       f'vit_jax:{sincos}@18': (f'init vit_jax:{sincos}@18: its input size 18px is not a multiple '
                                f'of the patch stride 4'),
       f'vit_jax:{learned}@16': (
@@ -93,6 +94,29 @@ def test_sizes_after_the_file_name_are_checked(tmp_path):
     with pytest.raises(UserError) as e:
       init_spec.load(spec)
     assert str(e.value) == message
+
+
+def test_a_sincos2d_file_takes_the_size_of_the_command_that_reads_it(tmp_path):
+  """Without '@SIZE' a sincos2d file runs at the reading command's size (init_spec.load's
+  image_size: fine-tuning's config.image_size, predict's --resolution), with the logits of
+  '@SIZE'; '@SIZE' stays the size it states. Where the command has no size, vit.export and
+  vit.inspect, one line names both ways; a command with a size flag names its flag."""
+  sincos = os.path.join(DATA, 'big_vision_sincos_tok_scan.npz')
+  images, want = _expected()
+  ckpt = init_spec.load(f'vit_jax:{sincos}', image_size=16)
+  assert ckpt.image_size == 16 and ckpt.model.posemb == 'sincos_2d'
+  assert np.abs(_logits(ckpt, images) - want['big_vision_sincos_tok_scan']).max() <= TOL
+  assert init_spec.load(f'vit_jax:{sincos}@24', image_size=16).image_size == 24
+  with pytest.raises(UserError) as e:
+    export.export(f'vit_jax:{sincos}', 'vit_jax', str(tmp_path / 'out.npz'))
+  assert str(e.value) == (
+      f'vit_jax:{sincos}: no pos_embedding: fixed sine-cosine position embeddings (big_vision '
+      f'posemb="sincos2d"), which state no image size; give the size it was trained at after '
+      f'the file name, vit_jax:{sincos}@SIZE (e.g. @224) (fine-tuning takes its '
+      f'config.image_size, supervised.predict its --resolution)')
+  assert not os.path.exists(tmp_path / 'out.npz')
+  with pytest.raises(UserError, match=r'@SIZE \(e\.g\. @224\), or set --image_size$'):
+    init_spec.load(f'vit_jax:{sincos}', size_flag='--image_size')
 
 
 def test_layouts_read_as_the_published_one(tmp_path):

@@ -73,6 +73,25 @@ def test_resolution_resizes_posemb_as_finetuning(npz):
     predict.load_classifier(f'vit_jax:{path}', resolution=30)
 
 
+def test_a_sincos2d_npz_runs_at_resolution_without_a_size_after_its_name():
+  """A big_vision sincos2d .npz states no image size: --resolution gives it (the logits of
+  FILE.npz@SIZE), its own stride check still names --resolution, and without either one
+  line says to give one."""
+  path = os.path.join(ROOT, 'tests', 'testdata', 'npz_layouts', 'big_vision_sincos_gap.npz')
+  images = _images(n=3, size=24)
+  apply_fn, ckpt, size = predict.load_classifier(f'vit_jax:{path}', resolution=24)
+  assert size == ckpt.image_size == 24 and ckpt.model.posemb == 'sincos_2d'
+  logits = predict.predict(apply_fn, images, batch_size=3)
+  sized, _, _ = predict.load_classifier(f'vit_jax:{path}@24')
+  assert logits.shape == (3, 5) and np.abs(logits).max() > 0.1
+  np.testing.assert_allclose(logits, predict.predict(sized, images, batch_size=3), atol=1e-6)
+  with pytest.raises(UserError, match=r'^--resolution 30: not a multiple'):
+    predict.load_classifier(f'vit_jax:{path}', resolution=30)
+  with pytest.raises(UserError, match=r'state no image size; .*@SIZE \(e\.g\. @224\), or set '
+                                      r'--resolution$'):
+    predict.load_classifier(f'vit_jax:{path}')
+
+
 def test_inputs_are_resized_and_channels_matched(tmp_path):
   gray = np.random.default_rng(0).integers(0, 256, (2, 28, 28), dtype=np.uint8)
   np.save(tmp_path / 'gray.npy', gray)

@@ -83,6 +83,7 @@ class Checkpoint(NamedTuple):
   total_steps: Optional[int] = None  # That run's config.total_steps.
   skipped: tuple[int, ...] = ()  # The workdir's newer steps that did not read (damaged).
   interrupted: tuple[int, ...] = ()  # Its newer steps whose save never finished.
+  size_of_command: bool = False  # image_size is the reading command's: the files state none.
 
 
 def load(spec: str, *, use_ema: bool = True, image_size: Optional[int] = None,
@@ -119,10 +120,11 @@ def load(spec: str, *, use_ema: bool = True, image_size: Optional[int] = None,
   else:
     (params, model, names, size, *steps), view = _load_workdir(fmt, path, use_ema), None
   _check_stride(size, model, spec)
-  if size is None and model.posemb == 'sincos_2d':
+  stated = size is not None or model.posemb != 'sincos_2d'
+  if not stated:
     size = _size_of_command(spec, image_size, size_flag)
   ckpt = Checkpoint(params, model, names, *architecture.input_geometry(params, model, size, spec),
-                    view, *steps)
+                    view, *steps, size_of_command=not stated)
   check_shapes(ckpt, spec)
   return ckpt
 
@@ -409,5 +411,6 @@ def describe(ckpt: Checkpoint) -> str:
   """One line for the logs: sizes, classifier, resolution and head of a checkpoint ('head 10',
   or 'no head' for a pretrained encoder: it read 'head None')."""
   head = 'no head' if ckpt.model.num_classes is None else f'head {ckpt.model.num_classes}'
-  return (f'{architecture.summary(ckpt.model)}, classifier {ckpt.model.classifier}, '
-          f'trained at {ckpt.image_size}px, {head}')
+  size = (f'no stated image size (read at {ckpt.image_size}px)' if ckpt.size_of_command else
+          f'trained at {ckpt.image_size}px')
+  return f'{architecture.summary(ckpt.model)}, classifier {ckpt.model.classifier}, {size}, {head}'

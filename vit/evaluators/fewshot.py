@@ -471,7 +471,7 @@ def main(argv) -> None:
   flags_ = flags.FLAGS
   _check_flags(flags_)
   _check_output(flags_)
-  ckpt = init_spec.load(flags_.init)
+  ckpt = init_spec.load(flags_.init, image_size=flags_.image_size, size_flag='--image_size')
   init_spec.warn_if_unfinished(flags_.init, ckpt)
   _check_image_size(flags_, ckpt)
   config = _cli_config(flags_, ckpt)

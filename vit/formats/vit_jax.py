@@ -12,8 +12,9 @@ big_vision's `big_vision/models/vit.py`):
   top level (or in `Transformer/`) over the patches only, the class token getting none
   (big_vision adds it before concatenating the token), or none at all: big_vision's fixed
   `posemb="sincos2d"`, read as `model.posemb='sincos_2d'` (the same table, none for the class
-  token). Such a file holds no patch grid, so its image size is given after the file name,
-  `FILE.npz@SIZE` (pixels per side);
+  token). Such a file holds no patch grid: its image size is given after the file name,
+  `FILE.npz@SIZE` (pixels per side), or, without it, is the size of the command that reads it
+  (`vit.init_spec.load`'s `image_size`: fine-tuning's, prediction's --resolution);
 * blocks stacked along a leading depth axis in `Transformer/encoderblock/...` (big_vision's
   `scan=True`);
 * everything nested under `params/` (a big_vision checkpoint with optimiser state),
@@ -143,11 +144,10 @@ def _sized(path: str) -> tuple[str, Optional[int]]:
 def load(path: str) -> Read:
   """The official parameter tree of a ViT .npz in any layout above (never unpickles), and
   for a file without position embeddings (big_vision's sincos2d) `stated` posemb sincos_2d
-  and the image size `path`'s `@SIZE` gives.
+  and the image size `path`'s `@SIZE` gives (None without one).
 
   Raises UserError naming the file and what is unsupported (MAP-head pooling, a non-square
-  grid, unknown block modules), for a sincos2d file without `@SIZE`, and for `@SIZE` on a
-  file with a learned table.
+  grid, unknown block modules), and for `@SIZE` on a file with a learned table.
   """
   path, size = _sized(path)
   flat = _read_npz(path)
@@ -174,12 +174,8 @@ def load(path: str) -> Read:
                       f'learned ones give its own: drop @{size}')
     return Read(params, {})
   # big_vision's posemb_sincos_2d is `vit.models.vit.sincos_2d`, added before the class token
-  # is concatenated (none for it), as model.posemb='sincos_2d' adds it.
-  if size is None:
-    raise UserError(f'vit_jax:{path}: no pos_embedding: fixed sine-cosine position '
-                    f'embeddings (big_vision posemb="sincos2d"), which state no image size; '
-                    f'give the size it was trained at after the file name: '
-                    f'vit_jax:{path}@SIZE (e.g. @224)')
+  # is concatenated (none for it), as model.posemb='sincos_2d' adds it. Without @SIZE the
+  # size is the reading command's (vit.init_spec.load's image_size), or it is refused there.
   return Read(params, {'posemb': 'sincos_2d'}, image_size=size)
 
 
