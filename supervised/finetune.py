@@ -47,19 +47,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: Optional[str] = None
     ckpt = None  # Read only if the loop finds no step to resume after all (`build_task`).
     init_spec.adopt_backbone(config, *resumed, workdir)
   else:
-    ckpt = load_init(config)
+    ckpt = init_spec.load_init(config)
     init_spec.adopt_backbone(config, ckpt.model, ckpt.channels, config.init)
   m = config_lib.validate(config)
   train.check_classes(config, m)
   return m, ckpt
-
-
-def load_init(config: ml_collections.ConfigDict) -> init_spec.Checkpoint:
-  """config.init, read at config.image_size where its files state no size (a big_vision
-  sincos2d .npz without @SIZE); any other size it states is the pretraining one, and the
-  run's config.image_size is the one fine-tuned at, as for every init."""
-  return init_spec.load(config.init, image_size=config.get('image_size'),
-                        size_flag='config.image_size')
 
 
 def _saved_backbone(workdir: Optional[str]) -> Optional[tuple[ModelSpec, int]]:
@@ -98,7 +90,7 @@ def build_task(config, m, ckpt: Optional[init_spec.Checkpoint], **sources) -> lo
 
   def load_params(target):
     grid = config_lib.token_grid(config, m)
-    weights = (ckpt or load_init(config)).params
+    weights = (ckpt or init_spec.load_init(config)).params
     return init_spec.adapt_params(weights, target, grid, fresh=fresh,
                                   what=f'init {config.init}')
 

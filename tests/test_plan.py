@@ -251,6 +251,15 @@ def test_fine_tuning_config_is_planned_with_the_backbone_of_its_init(tmp_path):
   # The checkpoint's backbone at the config's 32 px (8x8 patches) with its 10-class head.
   assert r['fits'] and r['params'] == count(spec(10), 32)
   assert config.init and config.model.hidden_size is None  # The caller's config is untouched.
+  # A big_vision sincos2d .npz states no image size: planned at the config's 32 px, as
+  # supervised.finetune reads it (it was refused: no size without FILE.npz@SIZE).
+  sincos = os.path.join(os.path.dirname(__file__), 'testdata', 'npz_layouts',
+                        'big_vision_sincos_gap.npz')
+  with config.unlocked():
+    sincos_config = config.copy_and_resolve_references()
+  sincos_config.init = f'vit_jax:{sincos}'
+  r = plan.plan(sincos_config, 'v5e:1x1', 'supervised')
+  assert r['fits'] and r['params'] > 0
   config.model.hidden_size = 64
   with pytest.raises(UserError, match=r'config.model conflicts with vit_jax:.*tiny.npz: '
                                       r'model.hidden_size: config 64 vs checkpoint 32'):

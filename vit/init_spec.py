@@ -225,6 +225,14 @@ def _read_format(fmt: str, path: str, spec: str):
   return read.params, model, read.class_names, read.image_size, read.view
 
 
+def load_init(config) -> Checkpoint:
+  """`load(config.init)` for a run that starts from it (fine-tuning, `vit.plan`): read at
+  config.image_size where its files state no size (a big_vision sincos2d .npz without @SIZE);
+  any other size it states is the pretraining one, and the run's config.image_size is the one
+  fine-tuned at, as for every init."""
+  return load(config.init, image_size=config.get('image_size'), size_flag='config.image_size')
+
+
 def load_workdir(path: str, *, use_ema: bool = True) -> Checkpoint:
   """A workdir of this project's trainers, of any objective (told apart by its params), read
   as `load` reads `FORMAT:PATH`; a leading `~` is the home directory. UserError as `load`'s,

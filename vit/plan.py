@@ -182,7 +182,7 @@ def with_init(config, objective: str):
     return config
   if name != 'supervised':
     config_lib.check_no_init(config, trainer=f'the {name} objective')
-  ckpt = init_spec.load(config.init)
+  ckpt = init_spec.load_init(config)
   config = config.copy_and_resolve_references()
   init_spec.adopt_backbone(config, ckpt.model, ckpt.channels, config.init)
   config.init = None
