@@ -67,8 +67,8 @@ def test_sincos2d_reads_with_its_pooling_and_size(tmp_path):
 
 def test_sizes_after_the_file_name_are_checked(tmp_path):
   """A sincos2d file without '@SIZE' is one line saying how to give it; a size its patches do
-  not divide, and '@SIZE' on a file whose learned table gives its size, are refused; a MAP
-  head is named first."""
+  not divide, a suffix that is no size (@0, @-1, @abc), and '@SIZE' on a file whose learned
+  table gives its size, are refused; a MAP head is named first."""
   sincos = os.path.join(DATA, 'big_vision_sincos_gap.npz')
   learned = os.path.join(DATA, 'big_vision_tok.npz')
   with np.load(sincos) as f:
@@ -90,6 +90,12 @@ def test_sizes_after_the_file_name_are_checked(tmp_path):
                                              f'head (MAPHead_0, big_vision pool_type="map"), '
                                              f'which this ViT does not have'),
   }
+  # @0 read as size 0 (an export wrote a 0x0 table, predict a traceback); @-1 and @abc as a
+  # missing file.
+  for bad in ('0', '-1', 'abc', ''):
+    cases[f'vit_jax:{sincos}@{bad}'] = (
+        f'vit_jax:{sincos}@{bad}: @{bad} is not an image size; give the size in pixels per side '
+        f'after the file name, vit_jax:{sincos}@SIZE (e.g. @224)')
   for spec, message in cases.items():
     with pytest.raises(UserError) as e:
       init_spec.load(spec)

@@ -134,11 +134,18 @@ def _position_embedding(path: str, params: dict) -> str:
 
 def _sized(path: str) -> tuple[str, Optional[int]]:
   """`FILE.npz@SIZE` as (FILE.npz, SIZE); (path, None) without the suffix, or for a file
-  whose name itself ends so."""
-  match = re.fullmatch(r'(.+)@(\d+)', path)
-  if match is None or os.path.exists(path):
+  whose name itself ends so. UserError for a suffix that is no size (`@0`, `@-1`, `@abc`
+  after an existing file), which would otherwise read as size 0 or as a missing file."""
+  if os.path.exists(path):
     return path, None
-  return match[1], int(match[2])
+  match = re.fullmatch(r'(.+)@(\d+)', path)
+  if match is not None and int(match[2]) > 0:
+    return match[1], int(match[2])
+  head, _, tail = path.rpartition('@')
+  if head and '/' not in tail and (match is not None or os.path.isfile(head)):
+    raise UserError(f'vit_jax:{path}: @{tail} is not an image size; give the size in pixels '
+                    f'per side after the file name, vit_jax:{head}@SIZE (e.g. @224)')
+  return path, None
 
 
 def load(path: str) -> Read:
