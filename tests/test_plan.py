@@ -258,8 +258,8 @@ def test_fine_tuning_config_is_planned_with_the_backbone_of_its_init(tmp_path):
   with config.unlocked():
     sincos_config = config.copy_and_resolve_references()
   sincos_config.init = f'vit_jax:{sincos}'
-  r = plan.plan(sincos_config, 'v5e:1x1', 'supervised')
-  assert r['fits'] and r['params'] > 0
+  planned = plan.with_init(sincos_config, 'supervised')  # What plan.plan compiles.
+  assert planned.model.posemb == 'sincos_2d' and planned.image_size == 32
   config.model.hidden_size = 64
   with pytest.raises(UserError, match=r'config.model conflicts with vit_jax:.*tiny.npz: '
                                       r'model.hidden_size: config 64 vs checkpoint 32'):
