@@ -313,7 +313,7 @@ def test_an_out_folder_of_another_format_or_model_is_refused(tmp_path, fmt):
 
 def test_a_vit_jax_out_that_is_not_an_earlier_export_is_refused(run, tmp_path):
   """--format vit_jax replaced any existing .npz (the user's own arrays) without a word; an
-  earlier export is replaced as before."""
+  earlier export is replaced as before, but not by an export of itself."""
   workdir = run[0]
   mine = tmp_path / 'mine.npz'
   np.savez(mine, x=np.arange(10))
@@ -334,6 +334,18 @@ def test_a_vit_jax_out_that_is_not_an_earlier_export_is_refused(run, tmp_path):
   export.export(workdir, 'vit_jax', str(earlier))  # Replaced: now the EMA params.
   with np.load(earlier, allow_pickle=False) as f:
     assert np.array_equal(f['head/kernel'], run[3]['head']['kernel'])
+  # The checkpoint itself as --out (a big_vision sincos2d file became its learned table at
+  # @SIZE, scanned or bfloat16 files float32 and unscanned, an hf folder rewritten): refused.
+  hf_dir = tmp_path / 'hf'
+  export.export(workdir, 'hf', str(hf_dir))
+  for spec, out in ((f'vit_jax:{earlier}', earlier), (f'vit_jax:{earlier}@28', earlier),
+                    (f'hf:{hf_dir}', f'{hf_dir}/')):
+    before = {p: p.read_bytes() for p in (earlier, *hf_dir.iterdir())}
+    with pytest.raises(UserError, match=rf'^--out {out}: the checkpoint being exported '
+                                        rf'\(--checkpoint {spec}\), which the export would '
+                                        r'replace; export to a new name$'):
+      export.export(spec, spec.partition(':')[0], str(out))
+    assert {p: p.read_bytes() for p in (earlier, *hf_dir.iterdir())} == before
 
 
 def test_a_damaged_class_names_file_is_one_line_naming_it(run, tmp_path):
