@@ -440,27 +440,41 @@ def test_a_full_disk_for_an_output_of_a_step_stops_the_run_in_one_line(tmp_path)
 
 
 def _train_two_processes(workdir, total_steps, limit_kib=None, capped=(0, 1), timeout=900,
-                         unprivileged=()):
+                         unprivileged=(), keeps_programs=False):
   """`_train` as two processes (jax.distributed, gloo on 127.0.0.1), those in `capped` capped
   when asked: one volume filling up under both, or one process's own disk; those in
-  `unprivileged` held to file permissions even as root (`_unprivileged`)."""
+  `unprivileged` held to file permissions even as root (`_unprivileged`). `keeps_programs`: the
+  first such run, whose uncapped process 0 alone keeps what it compiles (`_env_of`)."""
   with ports.reserved() as port:  # Held until both have ended: no other process takes it.
-    return _launch_two(workdir, total_steps, port, limit_kib, capped, timeout, unprivileged)
+    return _launch_two(workdir, total_steps, port, limit_kib, capped, timeout, unprivileged,
+                       keeps_programs)
 
 
-def _launch_two(workdir, total_steps, port, limit_kib, capped, timeout, unprivileged):
+def _env_of(process, limit_kib, capped, unprivileged, keeps_programs):
+  """The compilation cache of one process of a two-process run. Two processes that write an
+  entry at once could have one read it half-written, and warn: both share the tests' cache only
+  in a healthy run, where no stderr line is counted. In the first failing run, process 0 (not
+  capped) alone writes its programs there, process 1 has no cache (`keeps_programs`); in the
+  others, both only read it, and start without compiling the step again."""
+  if limit_kib is None and not unprivileged:
+    return ROOMY_ENV
+  if keeps_programs:
+    assert 0 not in capped and 0 not in unprivileged
+    return ENV if process else ROOMY_ENV
+  return READ_ONLY_CACHE_ENV
+
+
+def _launch_two(workdir, total_steps, port, limit_kib, capped, timeout, unprivileged,
+                keeps_programs):
   procs = []
   for i in range(2):
     args = [*_train_args(workdir, total_steps), f'--coordinator_address=127.0.0.1:{port}',
             '--num_processes=2', f'--process_id={i}']
     command = (_capped(args, limit_kib) if limit_kib is not None and i in capped
                else _unprivileged(args) if i in unprivileged else [sys.executable, *args])
-    # Both compile alike, with the cache only where no disk is full and no stderr line is
-    # counted: two processes that write an entry at once could have one read it half-written,
-    # and warn.
-    env = ENV if limit_kib is not None or unprivileged else ROOMY_ENV
-    procs.append(subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True))
+    procs.append(subprocess.Popen(
+        command, cwd=ROOT, env=_env_of(i, limit_kib, capped, unprivileged, keeps_programs),
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
   try:
     outputs = [p.communicate(timeout=timeout) for p in procs]
     return [subprocess.CompletedProcess(p.args, p.returncode, *out)
@@ -497,7 +511,8 @@ def test_a_failed_save_in_a_two_process_run_stops_both_at_the_same_step(step4, t
   checkpoints = workdir / 'checkpoints'
   # A hang would last orbax's 20 minutes: the timeout, 15, only ends a failing test sooner (a
   # loaded machine takes minutes for a healthy run).
-  healthy, full = _train_two_processes(workdir, 16, limit_kib=8, capped=(1,))
+  healthy, full = _train_two_processes(workdir, 16, limit_kib=8, capped=(1,),
+                                       keeps_programs=True)
   stops = [_stopped_at(healthy, checkpoints, 'process 1: File too large'),
            _stopped_at(full, checkpoints, 'File too large')]
   assert stops[0] == stops[1] and 8 < stops[0] <= 12
