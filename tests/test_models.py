@@ -361,10 +361,11 @@ def test_summary_flags_out_of_range_are_one_line(flag, line):
 
 def test_summary_names_a_posemb_and_pre_logits_only_when_not_the_default():
   """The one-line model summary (fine-tuning's, export's and init errors' first line) said
-  nothing of a position embedding other than learned_1d nor of a representation layer."""
+  nothing of a position embedding other than learned_1d, a representation layer, axial
+  attention or a hybrid's ResNet stem."""
   def line(**kw):
     config = config_lib.defaults()
-    config.model.update(name='ViT-B/16', **kw)
+    config.model.update(**{'name': 'ViT-B/16', **kw})
     config.image_size = 224
     return architecture.summary(config_lib.validate(config, num_devices=1))
 
@@ -372,4 +373,10 @@ def test_summary_names_a_posemb_and_pre_logits_only_when_not_the_default():
   assert line() == usual
   assert line(posemb='sincos_2d') == usual + ', posemb sincos_2d'
   assert line(posemb='none', representation_size=768) == usual + ', posemb none, pre-logits 768'
+  # Nor of axial attention or a hybrid's ResNet stem, which change the parameters too.
+  assert line(attention='axial') == usual + ', axial attention'
+  hybrid = line(name='R50+ViT-B/16')
+  assert hybrid.endswith('layers 12, ResNet stem (3, 4, 9)'), hybrid
+  wide = line(name='R50+ViT-B/16', resnet=dict(num_layers=(2, 2), width_factor=0.5))
+  assert wide.endswith('layers 12, ResNet stem (2, 2) width 0.5'), wide
 

@@ -150,9 +150,17 @@ def listing(problems: list[str]) -> str:
 def summary(model: ModelSpec) -> str:
   """'patches (16, 16), hidden 768, mlp 3072, heads 12, layers 12', then what is not the
   default, which changes the parameters a checkpoint holds: ', posemb sincos_2d' (not
-  learned_1d), ', pre-logits 768' (a representation layer before the head)."""
+  learned_1d), ', axial attention' (row and column blocks), ', ResNet stem (3, 4, 9)' (a
+  hybrid's, with ' width 2' where its width factor is not 1), ', pre-logits 768' (a
+  representation layer before the head)."""
   line = (f'patches {model.patch_size}, hidden {model.hidden_size}, mlp {model.mlp_dim}, '
           f'heads {model.num_heads}, layers {model.num_layers}')
+  if model.resnet is not None:
+    line += f', ResNet stem {tuple(model.resnet.num_layers)}'
+    if model.resnet.width_factor != 1:
+      line += f' width {model.resnet.width_factor:g}'
+  if model.attention != 'global':
+    line += f', {model.attention} attention'
   if model.posemb != VisionTransformer.posemb:
     line += f', posemb {model.posemb}'
   if model.representation_size is not None:
