@@ -17,6 +17,7 @@ from vit.formats.tree import flatten
 from vit.data import fashion_mnist
 from vit.errors import UserError
 from vit.models.spec import Pixels
+from vit.testing import commands
 from vit.training import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -406,25 +407,13 @@ def test_a_sigterm_while_writing_says_the_earlier_export_is_unchanged(tmp_path, 
   out = tmp_path / ('m.npz' if fmt == 'vit_jax' else 'hf')
   export.export(spec, fmt, str(out))  # The earlier export.
   before = {p: p.read_bytes() for p in ([out] if out.is_file() else out.iterdir())}
-  proc = subprocess.Popen([sys.executable, '-c', _PAUSED_WRITING, f'--checkpoint={spec}',
-                           f'--out={out}', f'--format={fmt}'], cwd=ROOT,
-                          env=dict(os.environ, JAX_PLATFORMS='cpu'), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  try:
-    for line in proc.stdout:
-      if line.strip() == 'writing':
-        break
-    else:
-      pytest.fail(f'the export never began writing: {proc.stderr.read()[-2000:]}')
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=900)  # Bounds a hang only.
-  finally:  # A failed case leaves no process behind.
-    if proc.poll() is None:
-      proc.kill()
-      proc.communicate()
+  returncode, _, err = commands.signal_at_line(
+      [sys.executable, '-c', _PAUSED_WRITING, f'--checkpoint={spec}', f'--out={out}',
+       f'--format={fmt}'], 'stdout', lambda line: line.strip() == 'writing', signal.SIGTERM,
+      env=dict(os.environ, JAX_PLATFORMS='cpu'))
   assert err.splitlines() == [
       f'stopped (SIGTERM) before the export was written; {out} is unchanged'], err[-2000:]
-  assert proc.returncode == 143
+  assert returncode == 143
   assert {p: p.read_bytes() for p in ([out] if out.is_file() else out.iterdir())} == before
   assert os.listdir(tmp_path) == [out.name]  # No partial file or folder beside it.
 
@@ -437,26 +426,14 @@ def test_a_sigterm_while_the_command_imports_is_one_line(tmp_path):
   import re
   import signal
   out = tmp_path / 'm.npz'
-  proc = subprocess.Popen(
+  returncode, stdout, err = commands.signal_at_line(
       [sys.executable, '-X', 'importtime', '-m', 'vit.export', f'--out={out}',
        f'--checkpoint=vit_jax:{ROOT}/tests/testdata/npz_layouts/vit_jax_today.npz',
-       '--format=vit_jax'], cwd=ROOT, env=dict(os.environ, JAX_PLATFORMS='cpu'),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    for line in proc.stderr:
-      if re.search(r'\|\s+vit$', line):  # vit/__init__.py has run.
-        break
-    else:
-      pytest.fail('the child never imported vit')
-    proc.send_signal(signal.SIGTERM)
-    stdout, err = proc.communicate(timeout=900)  # Bounds a hang only.
-  finally:  # A failed case leaves no process behind.
-    if proc.poll() is None:
-      proc.kill()
-      proc.communicate()
+       '--format=vit_jax'], 'stderr', lambda line: re.search(r'\|\s+vit$', line),  # vit ran.
+      signal.SIGTERM, env=dict(os.environ, JAX_PLATFORMS='cpu'))
   told = [line for line in err.splitlines() if not line.startswith('import time:')]
   assert told == ['stopped while starting (SIGTERM): nothing was written'], err[-2000:]
-  assert proc.returncode == -signal.SIGTERM and stdout == '' and not out.exists()
+  assert returncode == -signal.SIGTERM and stdout == '' and not out.exists()
 
 
 # Pauses `python -m vit.export` as it opens the .npz it exports, once the command runs.
@@ -479,25 +456,13 @@ def test_the_commands_own_sigterm_line_takes_over_from_the_imports(tmp_path):
   (tmp_path / 'hook').mkdir()
   (tmp_path / 'hook' / 'sitecustomize.py').write_text(_PAUSED_READING)
   out = tmp_path / 'm.npz'
-  proc = subprocess.Popen(
+  returncode, _, err = commands.signal_at_line(
       [sys.executable, '-m', 'vit.export', f'--out={out}', '--format=vit_jax',
-       f'--checkpoint=vit_jax:{ROOT}/tests/testdata/npz_layouts/vit_jax_today.npz'], cwd=ROOT,
+       f'--checkpoint=vit_jax:{ROOT}/tests/testdata/npz_layouts/vit_jax_today.npz'], 'stdout',
+      lambda line: line.strip() == 'reading', signal.SIGTERM,
       env=dict(os.environ, JAX_PLATFORMS='cpu',
-               PYTHONPATH=os.pathsep.join([str(tmp_path / 'hook'), ROOT])),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-  try:
-    for line in proc.stdout:
-      if line.strip() == 'reading':
-        break
-    else:
-      pytest.fail(f'the export never read its checkpoint: {proc.stderr.read()[-2000:]}')
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=900)  # Bounds a hang only.
-  finally:  # A failed case leaves no process behind.
-    if proc.poll() is None:
-      proc.kill()
-      proc.communicate()
+               PYTHONPATH=os.pathsep.join([str(tmp_path / 'hook'), ROOT])))
   assert err.splitlines() == [
       f'stopped (SIGTERM) before the export was written; nothing was written to {out}'], \
       err[-2000:]
-  assert proc.returncode == 143 and os.listdir(tmp_path) == ['hook']
+  assert returncode == 143 and os.listdir(tmp_path) == ['hook']

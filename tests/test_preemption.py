@@ -16,31 +16,9 @@ import time
 
 import pytest
 
-from vit.testing import ports
+from vit.testing import commands, ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _signal_at_line(command: list, stream: str, is_cue, sig: int, **popen) -> tuple:
-  """Starts `command`, reads its `stream` ('stdout' or 'stderr') up to the first line for which
-  `is_cue(line)` holds, sends `sig`, and returns (returncode, stdout, stderr). The cue is a line
-  the child prints at a known point, so the signal meets it there whatever the load; a child
-  that ends without the cue fails the test, and a failed case leaves no process behind."""
-  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                          text=True, **popen)
-  try:
-    for line in getattr(proc, stream):
-      if is_cue(line):
-        break
-    else:
-      pytest.fail(f'the child ended without its cue line on {stream}')
-    proc.send_signal(sig)
-    out, err = proc.communicate(timeout=900)  # Bounds a hang only.
-  finally:
-    if proc.poll() is None:
-      proc.kill()
-      proc.communicate()
-  return proc.returncode, out, err
 
 
 # `python -m supervised.train ARGS` that stops at step STEP (before it asks whether to stop),
@@ -101,7 +79,7 @@ def test_a_sigterm_in_the_last_step_says_the_run_finishes_as_usual(tmp_path):
   the run complete and never evaluate it), which can take long, unsaid. The line says so now."""
   from benchmarks import chaos
   args = chaos.command(str(tmp_path), 3, ['--config.optimizer.warmup_steps=1'])[3:]
-  returncode, out, err = _signal_at_line(
+  returncode, out, err = commands.signal_at_line(
       [sys.executable, '-c', _PAUSED_AT.replace('STEP', '3'), *args], 'stdout',
       lambda line: line.strip() == 'paused at step 3', signal.SIGTERM, env=chaos._env())
   output = out + err
@@ -172,7 +150,7 @@ def test_a_sigterm_while_starting_is_one_line(tmp_path):
   from vit.testing import commands
   step = tmp_path / 'checkpoints' / '4'
   step.mkdir(parents=True)  # A saved step by its name, all the line reads of it.
-  returncode, _, err = _signal_at_line(
+  returncode, _, err = commands.signal_at_line(
       [sys.executable, '-c', _PAUSED_IN_SET_UP, *commands.TINY_SUPERVISED,
        f'--workdir={tmp_path}'], 'stdout', lambda line: line.strip() == 'setting up the data',
       signal.SIGTERM, env=dict(os.environ, JAX_PLATFORMS='cpu'))
@@ -216,7 +194,7 @@ def test_ctrl_c_while_an_entry_point_imports_is_one_line(tmp_path):
   command = [sys.executable, '-X', 'importtime', '-m', 'mpp.train',
              '--config', 'configs/mpp/fashion_mnist.py', '--workdir', str(tmp_path / 'run')]
   # The cue: vit/__init__.py has run, so the hook is in place.
-  returncode, out, err = _signal_at_line(
+  returncode, out, err = commands.signal_at_line(
       [sys.executable, '-c', _AS_FROM_A_TERMINAL, *command], 'stderr',
       lambda line: re.search(r'\|\s+vit$', line), signal.SIGINT)
   told = [l for l in err.splitlines() if not l.startswith('import time:')]

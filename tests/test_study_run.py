@@ -236,8 +236,8 @@ def test_a_sigterm_in_a_runs_last_step_stops_the_worker_once_it_is_recorded(tmp_
   """The loop does not stop at a run's last step: the run finished, the loop's handler forgot
   the signal and the worker started the next run, which trained (a session's end SIGTERMs the
   workers and waits for them). The worker now records that run and stops, one line, exit 0."""
-  from tests.test_preemption import _signal_at_line
-  returncode, out, err = _signal_at_line(
+  from vit.testing.commands import signal_at_line
+  returncode, out, err = signal_at_line(
       [sys.executable, '-c', _WORKER_PAUSED_AT_A_LAST_STEP, str(tmp_path)], 'stdout',
       lambda line: line.strip() == 'paused at the last step', signal.SIGTERM)
   output = out + err

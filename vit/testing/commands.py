@@ -67,3 +67,27 @@ def train_tiny(objective: str, workdir: str, *extra: str) -> subprocess.Complete
       f'--workdir={workdir}', *TINY_BACKBONE, '--config.batch_size=16',
       '--config.eval_batch_size=64', f'--config.{objective}.eval_examples=64',
       '--config.log_every=1', *FIXED_RATE, *extra)
+
+
+def signal_at_line(command: list, stream: str, is_cue, sig: int, **popen) -> tuple:
+  """Starts `command` from the repository root, reads its `stream` ('stdout' or 'stderr') up
+  to the first line for which `is_cue(line)` holds, sends `sig`, and returns (returncode,
+  stdout, stderr). The cue is a line the child prints at a known point, so the signal meets it
+  there whatever the load. AssertionError for a child that ends without the cue; a failed case
+  leaves no process behind."""
+  proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          text=True, **popen)
+  try:
+    for line in getattr(proc, stream):
+      if is_cue(line):
+        break
+    else:
+      raise AssertionError(f'the child ended without its cue line on {stream}: '
+                           f'{proc.stderr.read()[-2000:]}')
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=900)  # Bounds a hang only.
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+      proc.communicate()
+  return proc.returncode, out, err
