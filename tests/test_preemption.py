@@ -29,12 +29,7 @@ _PAUSED_AT = """
 import time
 from supervised import train
 from vit import checkpoints, cli
-handled = []
-handle = checkpoints.StopSignal._handle
-def counted(self, signum, frame):
-  handle(self, signum, frame)
-  handled.append(signum)
-checkpoints.StopSignal._handle = counted
+""" + commands.COUNT_HANDLED_SIGNALS + """
 check_saves = checkpoints.check_saves
 def paused(mngr, step, sync):
   check_saves(mngr, step, sync)

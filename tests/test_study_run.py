@@ -18,6 +18,7 @@ from configs.study import converged
 from study import report, run as run_lib, store
 from vit import atomic_write
 from vit.data import pipeline, subsets
+from vit.testing import commands
 
 # The runner's bookkeeping does not depend on the width or the depth: a tiny ViT of one block
 # keeps its compiles short.
@@ -211,12 +212,7 @@ import pathlib, sys, time
 from study import run as run_lib
 from tests.test_study_run import _tiny
 from vit import checkpoints, cli
-handled = []
-handle = checkpoints.StopSignal._handle
-def counted(self, signum, frame):
-  handle(self, signum, frame)
-  handled.append(signum)
-checkpoints.StopSignal._handle = counted
+""" + commands.COUNT_HANDLED_SIGNALS + """
 should_stop = checkpoints.StopSignal.should_stop
 def paused(self, step, sync):
   if step == self.total_steps and not handled:

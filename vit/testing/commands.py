@@ -91,3 +91,16 @@ def signal_at_line(command: list, stream: str, is_cue, sig: int, **popen) -> tup
       proc.kill()
       proc.communicate()
   return proc.returncode, out, err
+
+
+# Child-program lines (after `from vit import checkpoints`) that list in `handled` each signal
+# the training loop's stop handler has taken: a child paused at a known step waits on it, so the
+# parent's signal meets that step whatever the load.
+COUNT_HANDLED_SIGNALS = """
+handled = []
+handle = checkpoints.StopSignal._handle
+def counted(self, signum, frame):
+  handle(self, signum, frame)
+  handled.append(signum)
+checkpoints.StopSignal._handle = counted
+"""
