@@ -10,7 +10,7 @@ import numpy as np
 
 from vit.errors import UserError
 from vit.models.spec import ModelSpec, Pixels
-from vit.models.vit import patch_grid, sincos_2d
+from vit.models.vit import learned_2d_table, patch_grid, sincos_2d
 
 Params = dict[str, Any]
 
@@ -141,10 +141,8 @@ def as_learned_1d(params: Params, model: Optional[ModelSpec], image_size: Option
   if kind == 'learned_2d':
     pos = t['posembed_input']
     row, col = (np.asarray(pos[f'pos_embedding_{k}'], np.float32) for k in ('row', 'col'))
-    (gh, half), gw = row.shape, col.shape[0]
-    patches = np.concatenate([np.broadcast_to(row[:, None], (gh, gw, half)),
-                              np.broadcast_to(col[None], (gh, gw, half))], axis=-1)
-    patches = patches.reshape(gh * gw, width)
+    gh, gw = row.shape[0], col.shape[0]
+    patches = np.asarray(learned_2d_table(row, col), np.float32)
     first = np.asarray(pos.get('pos_embedding_prefix', np.zeros((0, width))), np.float32)
     if first.shape[0] != prefix:
       raise UserError(f'{fmt}: posemb learned_2d with {first.shape[0]} prefix entries '

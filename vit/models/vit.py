@@ -79,14 +79,22 @@ class AddPositionEmbs2D(nn.Module):
                      self.param_dtype)
     col = self.param('pos_embedding_col', _logical(init, (None, None)), (gw, width // 2),
                      self.param_dtype)
-    pe = jnp.concatenate([jnp.broadcast_to(row[:, None], (gh, gw, width // 2)),
-                          jnp.broadcast_to(col[None], (gh, gw, width // 2))], axis=-1)
-    pe = pe.reshape(gh * gw, width)
+    pe = learned_2d_table(row, col)
     prefix = x.shape[1] - gh * gw
     if prefix:
       pe = jnp.concatenate([self.param('pos_embedding_prefix', _logical(init, (None, 'embed')),
                                        (prefix, width), self.param_dtype), pe])
     return x + pe[None].astype(x.dtype)
+
+
+def learned_2d_table(row: Array, col: Array) -> Array:
+  """The patches' position embeddings [gh * gw, 2 * half] of learned_2d's row table [gh, half]
+  and column table [gw, half], row-major: patch (r, c) gets row[r] then col[c] concatenated
+  (`AddPositionEmbs2D`; the formats' writers write it as the learned 1D table)."""
+  (gh, half), gw = row.shape, col.shape[0]
+  return jnp.concatenate([jnp.broadcast_to(row[:, None], (gh, gw, half)),
+                          jnp.broadcast_to(col[None], (gh, gw, half))],
+                         axis=-1).reshape(gh * gw, 2 * half)
 
 
 def sincos_2d(grid: Sequence[int], width: int, temperature: float = 10_000.0) -> np.ndarray:
