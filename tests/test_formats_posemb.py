@@ -16,15 +16,11 @@ from vit.errors import UserError
 from vit.formats import registry
 from vit.formats.registry import FORMATS
 from vit.models.spec import ModelSpec
+from vit.testing.timm_import import import_timm_or_skip
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
-try:
-  from vit.testing.timm_import import import_timm
-  timm = import_timm()
-except ImportError:
-  pytest.skip('timm is not installed (make test installs requirements-bench.txt)',
-              allow_module_level=True)
+timm = import_timm_or_skip()
 
 TOL = 1e-5
 SIZE = 16  # Pixels per side: a 4x4 grid of 4-pixel patches.

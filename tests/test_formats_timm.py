@@ -11,14 +11,10 @@ import pytest
 from supervised import predict
 from vit import export, init_spec
 from vit.errors import UserError
+from vit.testing.timm_import import import_timm, import_timm_or_skip
 
 torch = pytest.importorskip('torch')
-try:
-  from vit.testing.timm_import import import_timm
-  timm = import_timm()
-except ImportError:
-  pytest.skip('timm is not installed (make test installs requirements-bench.txt)',
-              allow_module_level=True)
+timm = import_timm_or_skip()
 transformers = pytest.importorskip('transformers')
 
 TOL = 1e-5

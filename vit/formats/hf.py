@@ -445,9 +445,7 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   with a one-line warning of what a reader then does differently (`as_learned_1d`).
   """
   check_expressible(params, model)
-  params, note = as_learned_1d(params, model, image_size, '--format hf')
-  if note:
-    logger.warning(f'--format hf: {note}')
+  params = as_learned_1d(params, model, image_size, '--format hf')
   p, _, channels, _ = params['embedding']['kernel'].shape
   size = image_size or _grid(params) * p
   if view and view.get('crop_offsets', 'round') != 'floor' and transforms.offsets_differ(view,

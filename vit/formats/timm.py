@@ -314,9 +314,7 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   for the last two), with a one-line warning of what a reader then does differently
   (`as_learned_1d`)."""
   check_expressible(params, model)
-  params, note = as_learned_1d(params, model, image_size, '--format timm')
-  if note:
-    logger.warning(f'--format timm: {note}')
+  params = as_learned_1d(params, model, image_size, '--format timm')
   grid = square_grid(params['Transformer']['posembed_input']['pos_embedding'].shape[1] - 1)
   size = int(image_size or grid * params['embedding']['kernel'].shape[0])
   if view and view.get('crop_offsets') == 'floor' and transforms.offsets_differ(view, size):

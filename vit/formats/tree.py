@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any, NamedTuple, Optional
 
@@ -11,6 +12,8 @@ import numpy as np
 from vit.errors import UserError
 from vit.models.spec import ModelSpec, Pixels
 from vit.models.vit import learned_2d_table, patch_grid, sincos_2d
+
+logger = logging.getLogger(__name__)
 
 Params = dict[str, Any]
 
@@ -122,10 +125,11 @@ def posemb(params: Params, model: Optional[ModelSpec]) -> str:
 
 
 def as_learned_1d(params: Params, model: Optional[ModelSpec], image_size: Optional[int],
-                  fmt: str) -> tuple[Params, Optional[str]]:
+                  fmt: str) -> Params:
   """`params` with the model's position embedding as the learned 1D table every format writes
-  (`POSEMB`: float32 [1, prefix + gh * gw, D], the prefix the class token), and the one-line
-  note its writer gives (None: a learned_1d tree, returned as it is). The table adds what the
+  (`POSEMB`: float32 [1, prefix + gh * gw, D], the prefix the class token; a learned_1d tree
+  is returned as it is). Any other posemb is logged as one warning line, '{fmt}: posemb ...
+  is written as ...', that says what a reader then does differently. The table adds what the
   model adds at its own grid, so the export computes the same function there: learned_2d's
   patch (r, c) gets its row's and its column's halves concatenated and the class token its
   own entry (`AddPositionEmbs2D`); sincos_2d the fixed table, zero for the class token, and
@@ -135,7 +139,7 @@ def as_learned_1d(params: Params, model: Optional[ModelSpec], image_size: Option
   for a grid that is not square (every format's reader takes the table's grid for square)."""
   kind = model.posemb if model else 'learned_1d'
   if kind == 'learned_1d':
-    return params, None
+    return params
   t, width = params['Transformer'], int(params['embedding']['kernel'].shape[-1])
   prefix = 1 if 'cls' in params else 0
   if kind == 'learned_2d':
@@ -172,7 +176,8 @@ def as_learned_1d(params: Params, model: Optional[ModelSpec], image_size: Option
                    f'interpolates it rather than recomputing sin-cos)',
       'none': 'of zeros (exact at any grid; a reader fine-tunes it as learned, so the model '
               'gains position embeddings it did not have)'}[kind]
-  return out, f"posemb {kind} is written as the format's learned 1D table {detail}"
+  logger.warning(f"{fmt}: posemb {kind} is written as the format's learned 1D table {detail}")
+  return out
 
 
 def input_pixels(model: Optional[ModelSpec]) -> Pixels:

@@ -28,7 +28,6 @@ eps 1e-6 and inputs x / 127.5 - 1).
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import zipfile
@@ -43,7 +42,6 @@ from vit.formats.tree import (TABLE_POSEMBS, Params, Read, as_learned_1d, check_
                               square_grid, unflatten)
 from vit.models.spec import ModelSpec
 
-logger = logging.getLogger(__name__)
 
 SUFFIX = '.npz'  # save writes one file (vit.formats.registry.Format).
 _PUBLISHED = ('LayerNorm_0', 'MultiHeadDotProductAttention_1', 'LayerNorm_2', 'MlpBlock_3')
@@ -230,9 +228,7 @@ def save(params: Params, out: str, model: Optional[ModelSpec] = None, *,
   """
   del class_names, view
   check_expressible(params, model)
-  params, note = as_learned_1d(params, model, image_size, '--format vit_jax')
-  if note:
-    logger.warning(f'--format vit_jax: {note}')
+  params = as_learned_1d(params, model, image_size, '--format vit_jax')
   os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
   with open(out, 'wb') as f:  # A file object keeps numpy from appending '.npz' to the name.
     np.savez(f, **{k: np.asarray(v) for k, v in flatten(params).items()})

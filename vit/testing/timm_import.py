@@ -71,3 +71,14 @@ def import_timm():
     for name in [n for n, m in sys.modules.items() if isinstance(m, _MissingModule)]:
       del sys.modules[name]
   return timm
+
+
+def import_timm_or_skip():
+  """`import_timm()` at a test module's top: the module is skipped in one line where timm is not
+  installed (`make test` installs it: requirements-bench.txt)."""
+  import pytest  # Only test modules call this; the benchmarks use `import_timm`.
+  try:
+    return import_timm()
+  except ImportError:
+    pytest.skip('timm is not installed (make test installs requirements-bench.txt)',
+                allow_module_level=True)
