@@ -489,7 +489,9 @@ def _save(fig, path: str) -> None:
     plt.close(fig)
 
 
-def markdown(st: Study, figures: dict[str, str]) -> str:
+def markdown(st: Study, figures: dict[str, str], report_dir: str) -> str:
+  """The report's text; `figures` maps titles to files beside it, and cell (e)'s figure links
+  are made relative to `report_dir`, the folder it is written to."""
   commits = commits_note(st, headline_runs(st))  # The headline's and its differences' runs.
   # The report's own code; the results it writes beside it do not count as changes.
   code = store.commit_of(ROOT, only=('study', 'configs/study'), untracked=True)
@@ -511,7 +513,7 @@ def markdown(st: Study, figures: dict[str, str]) -> str:
   for title, rel in figures.items():
     if rel != figures.get(MIM_PLOT):
       parts += [f'![{title}]({rel})', '']
-  parts += report_later.sections(st, figures.get(MIM_PLOT))
+  parts += report_later.sections(st, figures.get(MIM_PLOT), report_dir)
   parts += ['## Every run', '', *every_run(st), '']
   return '\n'.join(parts)
 
@@ -522,12 +524,12 @@ def write(config, path: str) -> Study:
   disk) is one line naming `path` and leaves the previous set together, unchanged."""
   st = Study(config, store.load_all(config.results))
   with atomic_write.staging_dir(path) as staging:
-    _write_files(st, staging, os.path.basename(path))
+    _write_files(st, staging, os.path.basename(path), os.path.dirname(os.path.abspath(path)))
     atomic_write.move_files(staging, os.path.dirname(os.path.abspath(path)))
   return st
 
 
-def _write_files(st: Study, folder: str, report_name: str) -> None:
+def _write_files(st: Study, folder: str, report_name: str, report_dir: str) -> None:
   figures = {}
   plot_fractions(st, os.path.join(folder, 'label_fractions.png'))
   figures['test accuracy against labels'] = 'label_fractions.png'
@@ -540,7 +542,7 @@ def _write_files(st: Study, folder: str, report_name: str) -> None:
     _save(fig, os.path.join(folder, 'mim_fractions.png'))
     figures[MIM_PLOT] = 'mim_fractions.png'
   with open(os.path.join(folder, report_name), 'w') as f:
-    f.write(markdown(st, figures))
+    f.write(markdown(st, figures, report_dir))
 
 
 def check_report_path(overrides: list[str], config_file: str, report: str) -> None:

@@ -4,7 +4,10 @@ need at the speed the report measured (or the machine's 553 images/s before any 
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
+
+import numpy as np
 
 from study import later_cells, protocol, stats
 from study.later_cells import FIGURES, MAE, PROBE, SIMMIM, TRANSFER
@@ -206,23 +209,36 @@ def mim(st) -> list[str]:
           '', *choice_grid(st)]
 
 
+def uniform_distance(grid, pixels_per_patch) -> float:
+  """The mean attention distance (px) of a head that attends to every patch alike: the mean
+  distance between patch centres of the grid, the level of a head with no locality at all."""
+  rows, cols = (np.arange(g) * p for g, p in zip(grid, pixels_per_patch))
+  centres = np.stack(np.meshgrid(rows, cols, indexing='ij'), -1).reshape(-1, 2)
+  return float(np.linalg.norm(centres[:, None] - centres[None], axis=-1).mean())
+
+
 def pattern(summary: dict) -> str:
   """The pre-registered reading of §4.5's pattern from the mean attention distances (px)
   [blocks][heads]: a head of the lower half of the blocks is local when its distance is below
   half of the last block's mean; the distance grows when each block's mean is above the one
-  before."""
+  before. The uniform level (`uniform_distance`) is given beside it, for scale only."""
   per_head = summary['attention_distance_px_per_head']
   means = [sum(h) / len(h) for h in per_head]
   lower = per_head[:max(1, len(per_head) // 2)]
   local = sum(d < means[-1] / 2 for heads in lower for d in heads)
   grows = all(b > a for a, b in zip(means, means[1:]))
+  uniform = uniform_distance(summary['grid'], summary['pixels_per_patch'])
   return (f'{local} head(s) of the lower {len(lower)} block(s) local; the mean distance '
           f'{"grows" if grows else "does not grow"} with depth '
-          f'({", ".join(f"{m:.1f}" for m in means)} px): the paper\'s pattern '
+          f'({", ".join(f"{m:.1f}" for m in means)} px; {uniform:.1f} px for attention spread '
+          f'evenly over the patches): the paper\'s pattern '
           f'{"appears" if local and grows else "does not appear"}.')
 
 
-def figures(st) -> list[str]:
+def figures(st, report_dir: str) -> list[str]:
+  """Cell (e)'s lines: each model's reading of the pattern, its attention-distance plot and
+  links to its other figures, as paths relative to `report_dir` (the report's folder) under
+  `config.figures.out` (a record's own `out` is the path its run was given, maybe absolute)."""
   lines = [_left(st, 'e'), '']
   for r in st.runs:
     if r.kind != FIGURES:
@@ -234,12 +250,18 @@ def figures(st) -> list[str]:
       lines.append(f'- {r.source}: pending (reads {what}).')
       continue
     out = rec['result']
-    lines.append(f'- {r.source} ({out["out"]}): {pattern(out)}')
+    rel = os.path.relpath(os.path.join(st.config.figures.out, r.name.split('/', 1)[1]),
+                          report_dir).replace(os.sep, '/')
+    links = ', '.join(f'[{f[:-4].replace("_", " ")}]({rel}/{f})' for f in out['figures'])
+    lines += [f'- {r.source}: {pattern(out)} Figures: {links}.', '',
+              f'  ![mean attention distance by depth, {r.source}]({rel}/attention_distance.png)',
+              '']
   return lines
 
 
-def sections(st, plot: Optional[str]) -> list[str]:
-  """The markdown of cells (b)-(e), with the (d) plot's file name when one was drawn."""
+def sections(st, plot: Optional[str], report_dir: str) -> list[str]:
+  """The markdown of cells (b)-(e), with the (d) plot's file name when one was drawn; links
+  are relative to `report_dir`, the report's folder."""
   if not any(r.cell != 'a' for r in st.runs):
     return []
   spe = protocol.mpp_lengths(st.config)
@@ -249,7 +271,7 @@ def sections(st, plot: Optional[str]) -> list[str]:
   parts = ['## Cell (b): transfer inside Fashion-MNIST', '', *transfer(st), '',
            '## Cell (b): frozen-feature probes (all ten classes)', '',
            *probes(st, sources), '', '## Cell (c): other MPP targets', '', *targets(st), '',
-           '## Cell (e): the §4.5 figures', '', *figures(st), '',
+           '## Cell (e): the §4.5 figures', '', *figures(st, report_dir), '',
            '## Cell (d): MAE and SimMIM beside MPP (issue 27)', '', *mim(st), '',
            *probes(st, mim_sources), '']
   if plot:

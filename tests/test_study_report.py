@@ -1,8 +1,10 @@
 """study.report's statistics and notes on made-up result records (no training)."""
+import os
+
 import pytest
 
 from configs.study import converged
-from study import report, stats
+from study import report, report_later, stats
 
 
 def _interval(mean):
@@ -131,3 +133,25 @@ def test_overrides_that_change_the_report_need_a_report_path_of_their_own():
   for overrides in ([], ['workers', 'inflight', 'backbones', 'only_priority'],
                     ['report', 'results', 'seeds']):
     report.check_report_path(overrides, 'c.py', committed)
+
+
+def test_the_figures_section_links_beside_the_report_and_gives_the_uniform_level():
+  assert report_later.uniform_distance((2, 2), (1, 1)) == pytest.approx((2 + 2 ** 0.5) / 4)
+  assert report_later.uniform_distance((7, 7), (4, 4)) == pytest.approx(14.44, abs=0.01)
+  per_head = [[2.0, 3.0], [9.0, 10.0], [12.0, 12.0], [14.0, 14.0]]  # A local head below.
+  result = dict(attention_distance_px_per_head=per_head, grid=[7, 7], pixels_per_patch=[4, 4],
+                figures=['attention_distance.png', 'posemb_similarity.png'],
+                out='/somewhere/else/figures/scratch_all_seed0')  # As its run was told.
+  config = converged.get_config()
+  st = report.Study(config, {'figures/scratch_all_seed0': {'result': result, 'commit': 'a' * 40}})
+  lines = report_later.figures(st, os.path.abspath('docs/study'))
+  line = next(x for x in lines if x.startswith('- scratch/all/seed0'))
+  assert line == (
+      '- scratch/all/seed0: 2 head(s) of the lower 2 block(s) local; the mean distance grows '
+      'with depth (2.5, 9.5, 12.0, 14.0 px; 14.4 px for attention spread evenly over the '
+      "patches): the paper's pattern appears. Figures: [attention distance]"
+      '(figures/scratch_all_seed0/attention_distance.png), [posemb similarity]'
+      '(figures/scratch_all_seed0/posemb_similarity.png).')
+  assert ('  ![mean attention distance by depth, scratch/all/seed0]'
+          '(figures/scratch_all_seed0/attention_distance.png)') in lines
+  assert any(x.startswith('- mpp/seed0/e30: pending') for x in lines)
