@@ -86,13 +86,21 @@ def test_targets_come_from_unit_pixels_and_vary_across_a_real_batch():
   # Mid grey uint8 128 is 0.502 in [0, 1] (bin 4) but 0.004 in the model's [-1, 1] (bin 0).
   grey = jnp.full((1, 8, 8, 1), 128, jnp.uint8)
   model = objective.MppModel(config_lib.build_model(_tiny_model(), classifier='unpooled'), (8,))
-  params = model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), None, train=False)['params']
-  _, t, _ = objective.forward(model, _spec(), params, grey, jax.random.key(1), False)
+  params = _init(model, (1, 8, 8, 1))
+  _, t, _ = jax.jit(lambda *a: objective.forward(model, _spec(), *a, False))(
+      params, grey, jax.random.key(1))
   np.testing.assert_array_equal(t, 4)
   images, _ = fmnist.load('test')
   labels = targets.mean_color(images[:32].astype(np.float32) / 255.0, 4)
   assert len(np.unique(np.asarray(labels))) >= 6
   assert len({tuple(row) for row in np.asarray(labels).tolist()}) == 32
+
+
+def _init(model, shape):
+  """`model`'s params, traced on zero images of `shape` without corruption; jitted: one
+  compile, not one per op of the initialisers."""
+  return jax.jit(lambda rng: model.init(rng, jnp.zeros(shape), None, train=False))(
+      jax.random.key(0))['params']
 
 
 def _tiny_model():
@@ -104,7 +112,8 @@ def _tiny_model():
 
 def test_corruption_statistics():
   batch, n, samples = 64, 49, 40
-  draw = jax.vmap(lambda r: corruption_lib.sample(r, batch, n, rate=0.5))
+  # Jitted, as the trainers draw it: one compile, not one per op.
+  draw = jax.jit(jax.vmap(lambda r: corruption_lib.sample(r, batch, n, rate=0.5)))
   c = draw(jax.random.split(jax.random.key(0), samples))
   counts = np.asarray(c.corrupted.sum(-1))
   np.testing.assert_array_equal(counts, round(0.5 * n))  # Exactly k distinct patches each.
@@ -118,28 +127,30 @@ def test_corruption_statistics():
   own = np.arange(batch * n).reshape(batch, n)
   assert not np.any(np.asarray(c.source) == own)
   assert np.asarray(c.source).min() >= 0 and np.asarray(c.source).max() < batch * n
-  low = corruption_lib.sample(jax.random.key(3), batch, n, rate=0.15)
+  low = jax.jit(lambda r: corruption_lib.sample(r, batch, n, rate=0.15))(jax.random.key(3))
   np.testing.assert_array_equal(low.corrupted.sum(-1), round(0.15 * n))
 
 
 def test_sources_within_the_image_stay_there_and_apply_like_flat_indices():
   batch, n = 16, 9
-  c = corruption_lib.sample(jax.random.key(2), batch, n, rate=0.9, mask_fraction=0.0,
-                            random_fraction=1.0, within_image=True)
+  c = jax.jit(lambda r: corruption_lib.sample(r, batch, n, rate=0.9, mask_fraction=0.0,
+                                              random_fraction=1.0, within_image=True))(
+      jax.random.key(2))  # Jitted, as the trainers draw it: one compile, not one per op.
   source, own = np.asarray(c.source), np.arange(batch * n).reshape(batch, n)
   assert np.all(source // n == own // n) and not np.any(source == own)
   assert len(np.unique(source % n)) == n  # Every position of the image can be drawn.
   emb = jax.random.normal(jax.random.key(0), (batch, n, 5))
   flat = np.asarray(emb).reshape(batch * n, 5)
-  out = np.asarray(corruption_lib.apply(emb, c, jnp.zeros(5)))
+  out = np.asarray(jax.jit(corruption_lib.apply)(emb, c, jnp.zeros(5)))
   replaced = np.asarray(c.replaced)
   np.testing.assert_array_equal(out[replaced], flat[source[replaced]])
 
 
 def test_corruption_is_deterministic_in_the_rng():
-  a = corruption_lib.sample(jax.random.key(7), 8, 16)
-  b = corruption_lib.sample(jax.random.key(7), 8, 16)
-  c = corruption_lib.sample(jax.random.key(8), 8, 16)
+  # Each call traced anew (jitted: one compile each, not one per op): randomness drawn while
+  # tracing would show.
+  sample = lambda key: jax.jit(lambda r: corruption_lib.sample(r, 8, 16))(jax.random.key(key))
+  a, b, c = sample(7), sample(7), sample(8)
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(x, y)
   assert not np.array_equal(a.corrupted, c.corrupted)
@@ -148,9 +159,9 @@ def test_corruption_is_deterministic_in_the_rng():
 def test_apply_replaces_embeddings():
   emb = jax.random.normal(jax.random.key(0), (4, 9, 5))
   mask = jnp.arange(5.0) + 100.0
-  c = corruption_lib.sample(jax.random.key(1), 4, 9, rate=0.9, mask_fraction=0.5,
-                            random_fraction=0.4)
-  out = np.asarray(corruption_lib.apply(emb, c, mask))
+  c = jax.jit(lambda r: corruption_lib.sample(r, 4, 9, rate=0.9, mask_fraction=0.5,
+                                              random_fraction=0.4))(jax.random.key(1))
+  out = np.asarray(jax.jit(corruption_lib.apply)(emb, c, mask))  # One compile, not one per op.
   emb, c = np.asarray(emb), jax.tree.map(np.asarray, c)
   flat = emb.reshape(36, 5)
   for b in range(4):
@@ -174,13 +185,12 @@ def test_loss_ignores_uncorrupted_positions(target, shape, targets_of):
   outputs = jax.random.normal(jax.random.key(0), (3, 10, *shape))
   t = targets_of(jax.random.key(1))
   corrupted = jax.random.uniform(jax.random.key(2), (3, 10)) < 0.4
-  loss, metrics = objective.masked_loss(spec, outputs, t, corrupted)
+  masked_loss = jax.jit(lambda *a: objective.masked_loss(spec, *a))  # One compile, not per op.
+  loss, metrics = masked_loss(outputs, t, corrupted)
   noise = 5.0 * jax.random.normal(jax.random.key(3), outputs.shape)
   where = corrupted.reshape(3, 10, *([1] * len(shape)))
-  loss_u, metrics_u = objective.masked_loss(spec, jnp.where(where, outputs, outputs + noise),
-                                            t, corrupted)
-  loss_c, _ = objective.masked_loss(spec, jnp.where(where, outputs + noise, outputs), t,
-                                    corrupted)
+  loss_u, metrics_u = masked_loss(jnp.where(where, outputs, outputs + noise), t, corrupted)
+  loss_c, _ = masked_loss(jnp.where(where, outputs + noise, outputs), t, corrupted)
   np.testing.assert_allclose(loss_u, loss, rtol=1e-6)
   for k in metrics:
     np.testing.assert_allclose(metrics_u[k], metrics[k], rtol=1e-6)
@@ -201,16 +211,19 @@ def test_panels_show_mask_and_keep_uncorrupted_patches():
   m = _tiny_model()
   spec = _spec()
   model = objective.MppModel(config_lib.build_model(m, classifier='unpooled'), (8,))
-  params = model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), None, train=False)['params']
+  params = _init(model, (1, 28, 28, 1))
   images, _ = fmnist.load('test')
   x = jnp.asarray(images[:3])
-  original, shown, predicted = images_lib.patch_panels(model, spec, params, x,
-                                                       jax.random.key(5))
-  _, _, c = objective.forward(model, spec, params, x, jax.random.key(5), False)
+  # Jitted, as the trainer's image writer runs them: one compile each, not one per op.
+  panels = jax.jit(lambda *a: images_lib.patch_panels(model, spec, *a))
+  original, shown, predicted = panels(params, x, jax.random.key(5))
+  _, _, c = jax.jit(lambda *a: objective.forward(model, spec, *a, False))(
+      params, x, jax.random.key(5))
   keep = ~np.asarray(c.corrupted)
   np.testing.assert_array_equal(np.asarray(predicted)[keep], np.asarray(original)[keep])
   np.testing.assert_allclose(np.asarray(shown)[np.asarray(c.masked)][..., 0], 1.0)
-  picture = images_lib.compose(images_lib.make_panels(model, spec, params, x, jax.random.key(5)))
+  picture = images_lib.compose(images_lib.make_panels(model, spec, params, x, jax.random.key(5),
+                                                      panels))
   assert picture.shape == (3 * (28 * 4 + 2) + 2, 3 * (28 * 4 + 2) + 2, 3)
   assert picture.dtype == np.uint8
 
@@ -280,6 +293,8 @@ def test_mpp_feeds_the_model_its_own_pixel_normalisation():
   in the representation; the targets stay on [0, 1] pixels whatever the normalisation."""
   config = fashion_mnist.get_config()
   config.model.pixels.update(rescale=1 / 255, mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3))
+  config.model.hidden_size = 16  # The input is what is checked: one small block will do.
+  config.model.transformer.update(mlp_dim=32, num_heads=2, num_layers=1)
   m = config_lib.validate(config)
   spec = objective.Spec.from_config(config, m)
   model = objective.build_model(config, m)
@@ -288,18 +303,23 @@ def test_mpp_feeds_the_model_its_own_pixel_normalisation():
   manual = (images.astype(jnp.float32) / 255 - jnp.array([0.5, 0.4, 0.3])) / jnp.array(
       [0.2, 0.25, 0.3])
   np.testing.assert_allclose(spec.to_input(images), manual, rtol=1e-6, atol=1e-6)
-  params = model.init(jax.random.key(0), manual, None, train=False)['params']
+  # Jitted: one compile each, not one per op.
+  params = jax.jit(lambda rng: model.init(rng, manual, None, train=False))(
+      jax.random.key(0))['params']
   rng = jax.random.key(3)
-  outputs, t, corruption = objective.forward(model, spec, params, images, rng, False)
-  expected = model.apply({'params': params}, manual,
-                         objective.sample_corruption(spec, jax.random.split(rng)[0], images),
-                         train=False)
+  outputs, t, corruption = jax.jit(lambda *a: objective.forward(model, spec, *a, False))(
+      params, images, rng)
+  expected = jax.jit(lambda params, rng: model.apply(
+      {'params': params}, manual,
+      objective.sample_corruption(spec, jax.random.split(rng)[0], images), train=False))(
+          params, rng)
   np.testing.assert_allclose(outputs, expected, rtol=1e-5, atol=1e-5)
   default = objective.Spec.from_config(fashion_mnist.get_config(), m)
   np.testing.assert_array_equal(t, objective.compute_targets(default, images / 255.0))
-  features = fewshot.make_patch_mean_fn(m)(params['backbone'], images)
-  encoded = config_lib.build_model(m, num_classes=None, classifier='unpooled').apply(
-      {'params': params['backbone']}, manual, train=False)
+  features = jax.jit(fewshot.make_patch_mean_fn(m))(params['backbone'], images)
+  encoded = jax.jit(lambda p: config_lib.build_model(
+      m, num_classes=None, classifier='unpooled').apply({'params': p}, manual, train=False))(
+          params['backbone'])
   np.testing.assert_allclose(features, encoded[:, 1:].mean(1), rtol=1e-5, atol=1e-5)
 
 
