@@ -40,15 +40,21 @@ def test_loss_equals_transformers_vit_mae(norm_pix_loss):
   m = config_lib.validate(config)
   objective.check_config(config, m)
   model, spec = objective.build_model(config, m), objective.Spec.from_config(config, m)
-  params = hf_masked_image.perturbed(nn.unbox(objective.init_fn(model, spec, (1, 16, 16, 3))(
-      jax.random.key(0))))
+  init = objective.init_fn(model, spec, (1, 16, 16, 3))
+  # Jitted, the initialisers and the perturbation, then the loss and the model: two compiles,
+  # not one per op (eager, they took about 30 s on a loaded machine).
+  params = jax.jit(lambda rng: hf_masked_image.perturbed(nn.unbox(init(rng))))(jax.random.key(0))
   rng = np.random.default_rng(0)
   inputs = rng.uniform(-1, 1, (3, 16, 16, 3)).astype(np.float32)
   inputs[0, :4, :4] = 0.5  # A flat patch: norm_pix_loss's eps decides its target.
   noise = rng.uniform(size=(3, 16)).astype(np.float32)
-  loss, _ = objective.loss_on(model, spec, params, jnp.asarray(inputs), jnp.asarray(noise),
-                              train=False)
-  pred, mask = model.apply({'params': params}, inputs, noise, train=False)
+
+  @jax.jit
+  def ours(params, inputs, noise):
+    loss, _ = objective.loss_on(model, spec, params, inputs, noise, train=False)
+    return loss, model.apply({'params': params}, inputs, noise, train=False)
+
+  loss, (pred, mask) = ours(params, jnp.asarray(inputs), jnp.asarray(noise))
 
   hf_config = transformers.ViTMAEConfig(
       image_size=16, patch_size=4, num_channels=3, hidden_size=16, num_hidden_layers=2,
@@ -116,13 +122,15 @@ def test_encoder_sees_only_the_kept_patches():
   m = config_lib.validate(config)
   backbone = config_lib.build_model(m, num_classes=None, classifier='unpooled')
   x = jax.random.normal(jax.random.key(0), (2, 16, 16, 3))
-  params = backbone.init(jax.random.key(1), x, train=False)
+  # Jitted, as the trainer runs them: one compile each, not one per op.
+  params = jax.jit(backbone.init, static_argnames='train')(jax.random.key(1), x, train=False)
+  apply = jax.jit(backbone.apply, static_argnames='train')
   keep = jnp.array([[3, 0, 9], [15, 4, 5]])
-  out = backbone.apply(params, x, train=False, keep=keep)
+  out = apply(params, x, train=False, keep=keep)
   assert out.shape == (2, 4, 16)
   # Visible tokens do not depend on the dropped patches' pixels.
   y = x.at[:, 4:8, 4:8].add(5.0)  # Patch 5 of image 0 (dropped), kept in image 1.
-  moved = backbone.apply(params, y, train=False, keep=keep)
+  moved = apply(params, y, train=False, keep=keep)
   np.testing.assert_allclose(moved[0], out[0], atol=1e-6)
   assert np.abs(np.asarray(moved[1] - out[1])).max() > 1e-3
 
