@@ -139,10 +139,12 @@ def top_k(logits: np.ndarray, names: Sequence[str], class_names: Optional[Sequen
   return rows
 
 
-def check_output(output: str, images: str) -> None:
+def check_output(output: str, images: str, init: str) -> None:
   """UserError naming --output, before any image or checkpoint is read, when it is no .npy or
   .json name, an existing directory (it was refused only once the model had run, as 'not
-  written (... is a directory)'), the --images file itself, or inside a run's checkpoints."""
+  written (... is a directory)'), the --images file itself, inside a run's checkpoints, or a
+  file of the --init checkpoint (init_spec.refuse_writing_over: `--output RUN/class_names.json`
+  of `--init supervised:RUN` replaced the run's label names)."""
   if not output.endswith(('.npy', '.json')):
     raise UserError(f'--output {output}: must end in .npy (logits) or .json (top-5)')
   ext = os.path.splitext(output)[1]
@@ -154,6 +156,7 @@ def check_output(output: str, images: str) -> None:
                     'replace the images: name another file')
   checkpoints.refuse_inside_checkpoints(output, 'write it elsewhere', os.path.basename(output),
                                         flag='--output')
+  init_spec.refuse_writing_over(init, output, flag='--output')
 
 
 def _define_flags():
@@ -178,7 +181,7 @@ def main(argv):
   written) is one line and exit status 2."""
   del argv
   f = flags.FLAGS
-  check_output(f.output, f.images)
+  check_output(f.output, f.images, f.init)
   if f.resolution is not None and f.resolution <= 0:
     raise UserError(f'--resolution {f.resolution}: must be positive')
   if f.batch_size <= 0:

@@ -254,6 +254,24 @@ def test_an_empty_out_is_refused_naming_the_flag(tmp_path):
     assert str(e.value) == f'--out is empty: name the {what} to write the {fmt} export to'
 
 
+def test_an_out_inside_the_checkpoints_own_folder_is_refused(tmp_path):
+  """--checkpoint hf:DIR --format vit_jax --out DIR/x.npz wrote into the folder being read
+  (init_spec.refuse_writing_over, shared with predict's and few-shot's --output); refused
+  before the checkpoint is read, and a name outside the folder is not."""
+  folder = tmp_path / 'vit'
+  folder.mkdir()
+  (folder / 'config.json').write_text('{"model_type": "vit"}')
+  for fmt, out in (('vit_jax', f'{folder}/x.npz'), ('timm', f'{tmp_path}/./vit/timm')):
+    with pytest.raises(UserError) as e:
+      export.export(f'hf:{folder}', fmt, out)
+    assert str(e.value) == (f'--out {out}: inside the folder of the checkpoint being exported '
+                            f'(--checkpoint hf:{folder}), which the export would change; '
+                            'export elsewhere')
+  assert os.listdir(folder) == ['config.json']
+  with pytest.raises(UserError, match=r'^hf:.*/vit: '):  # Read: the folder has no weights.
+    export.export(f'hf:{folder}', 'vit_jax', f'{tmp_path}/x.npz')
+
+
 @pytest.mark.parametrize('fmt', ['hf', 'timm'])
 def test_an_out_folder_of_other_files_or_a_runs_workdir_is_refused(tmp_path, fmt):
   """An hf or timm export adds its files to --out: `--out /` wrote config.json,

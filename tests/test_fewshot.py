@@ -216,8 +216,43 @@ def test_an_output_in_a_runs_checkpoints_folder_is_refused(tmp_path):
                                       rf'run {tmp_path}/run, which holds only its saved steps '
                                       r'\(the run deletes old steps with what they hold\); '
                                       rf'write it elsewhere \(e.g. {tmp_path}/run/fs.json\)$'):
-    fewshot._check_output(types.SimpleNamespace(output=out))
-  fewshot._check_output(types.SimpleNamespace(output=str(tmp_path / 'run' / 'fs.json')))
+    fewshot._check_output(types.SimpleNamespace(output=out, init=f'vit_jax:{tmp_path}/x.npz'))
+  # Beside the run's own files, as the line advises, even of the run read.
+  fewshot._check_output(types.SimpleNamespace(output=str(tmp_path / 'run' / 'fs.json'),
+                                              init=f'supervised:{tmp_path}/run'))
+
+
+def test_an_output_that_is_a_file_of_the_init_checkpoint_is_refused(tmp_path, monkeypatch):
+  """`--init vit_jax:X.npz --output X.npz` replaced the checkpoint by the JSON, exit status 0;
+  `--output DIR/config.json` of hf:DIR or timm:DIR broke that folder the same way. Refused
+  before anything is read, any spelling of the file (relative, ./, a link, @SIZE)."""
+  import types
+  monkeypatch.chdir(tmp_path)
+  (tmp_path / 'X.npz').write_bytes(b'weights')
+  (tmp_path / 'link.npz').symlink_to(tmp_path / 'X.npz')
+  (tmp_path / 'hf').mkdir()
+  (tmp_path / 'hf' / 'config.json').write_text('{}')
+  (tmp_path / 'run').mkdir()
+  (tmp_path / 'run' / '.lock').write_text('pid 1')
+  replace = 'which the output would replace; name another file'
+  change = 'which the output would change; write it elsewhere'
+  for init, out, told in (
+      ('vit_jax:X.npz', 'X.npz', f'the checkpoint being read (--init vit_jax:X.npz), {replace}'),
+      (f'vit_jax:{tmp_path}/X.npz@224', './link.npz',
+       f'the checkpoint being read (--init vit_jax:{tmp_path}/X.npz@224), {replace}'),
+      ('hf:hf', f'{tmp_path}/hf/config.json',
+       f'inside the folder of the checkpoint being read (--init hf:hf), {change}'),
+      (f'timm:{tmp_path}/hf/', 'hf/fs.json',
+       f'inside the folder of the checkpoint being read (--init timm:{tmp_path}/hf/), {change}'),
+      ('mpp:run', 'run/.lock', f'a file of the run being read (--init mpp:run), {replace}'),
+      ('mae:run', 'run/events.out.tfevents.1.host',
+       f'a file of the run being read (--init mae:run), {replace}')):
+    with pytest.raises(UserError) as e:
+      fewshot._check_output(types.SimpleNamespace(init=init, output=out))
+    assert str(e.value) == f'--output {out}: {told}'
+  assert (tmp_path / 'X.npz').read_bytes() == b'weights'
+  assert os.listdir(tmp_path / 'hf') == ['config.json']
+  fewshot._check_output(types.SimpleNamespace(init='vit_jax:X.npz', output='X.json'))
 
 
 def test_cli_max_test_0_is_all_of_the_test_split_as_the_config_key():

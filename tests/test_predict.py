@@ -220,10 +220,37 @@ def test_an_output_that_is_a_directory_is_refused_before_the_model_runs(tmp_path
   for name in ('top5.json', 'logits.npy'):
     (tmp_path / name).mkdir()
     with pytest.raises(UserError) as e:
-      predict.check_output(str(tmp_path / name), str(tmp_path / 'missing'))
+      predict.check_output(str(tmp_path / name), str(tmp_path / 'missing'), 'vit_jax:x.npz')
     assert str(e.value) == (f'--output {tmp_path}/{name}: an existing directory; name a file '
                             f'to write (e.g. {tmp_path}/{name}/{name})')
-  predict.check_output(str(tmp_path / 'new.npy'), str(tmp_path / 'missing'))  # A new file: ok.
+  predict.check_output(str(tmp_path / 'new.npy'), str(tmp_path / 'missing'),
+                       'vit_jax:x.npz')  # A new file: ok.
+
+
+def test_an_output_that_is_a_file_of_the_init_run_is_refused(tmp_path):
+  """`--init supervised:RUN --output RUN/class_names.json` replaced the run's label names by the
+  predictions, exit status 0 (and the next read of the run failed on them). Refused in one line
+  before anything is read, as is every file the run keeps beside its checkpoints; a new file
+  there is where outputs go."""
+  run = tmp_path / 'run'
+  (run / 'checkpoints').mkdir(parents=True)
+  kept = {'class_names.json': '["cat", "dog"]', 'batch_contract.json': '{}'}
+  for name, text in kept.items():
+    (run / name).write_text(text)
+  np.save(tmp_path / 'imgs.npy', _images(n=1))
+  out = subprocess.run(
+      [sys.executable, '-m', 'supervised.predict', f'--init=supervised:{run}',
+       f'--images={tmp_path}/imgs.npy', f'--output={run}/class_names.json'],
+      cwd=ROOT, capture_output=True, text=True, timeout=300, env=dict(os.environ,
+                                                                      JAX_PLATFORMS='cpu'))
+  assert out.returncode == 2 and out.stderr.strip().splitlines() == [
+      f'error: --output {run}/class_names.json: a file of the run being read (--init '
+      f'supervised:{run}), which the output would replace; name another file'], out.stderr
+  with pytest.raises(UserError, match=rf'^--output {run}/batch_contract.json: a file of the '
+                                      rf'run being read \(--init supervised:{run}/\)'):
+    predict.check_output(f'{run}/batch_contract.json', f'{tmp_path}/imgs.npy', f'supervised:{run}/')
+  assert {n: (run / n).read_text() for n in kept} == kept
+  predict.check_output(str(run / 'top5.json'), str(tmp_path / 'imgs.npy'), f'supervised:{run}')
 
 
 def test_class_names_of_a_hf_checkpoint_reach_the_json(tmp_path):

@@ -24,7 +24,7 @@ export never leaves a broken file where a good one stood. An `--out` inside a ru
 folder is refused: that folder holds only the run's saved steps; so is a run's workdir and,
 for hf and timm, a folder that holds files but no earlier export (`/`, a home folder) or
 another format's export or model; for vit_jax, an existing file that is not an earlier export;
-and the --checkpoint's own file or folder.
+and the --checkpoint's own file or folder, or a path inside its hf or timm folder.
 """
 from __future__ import annotations
 
@@ -55,8 +55,9 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   Raises UserError for an unknown format, an empty `out`, an `out` of the wrong kind (a file
   where a directory is written, or the other way round), inside a run's checkpoints folder or its
   workdir, a folder of other files than an earlier export's or holding another format's export
-  or another model, an existing file that is not an earlier export, and a model the format
-  cannot hold."""
+  or another model, an existing file that is not an earlier export, the checkpoint's own file
+  or folder or a path in its hf or timm folder (init_spec.refuse_writing_over), and a model the
+  format cannot hold."""
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
@@ -82,7 +83,12 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
       raise UserError(f'--out {out}: a {fmt} export is a {writer.SUFFIX} file, and this is a '
                       'directory')
     _refuse_a_foreign_file(out, fmt, writer.SUFFIX)
-  _refuse_the_checkpoint_itself(checkpoint, out)
+  # --out the checkpoint itself: the export replaced it by its own rewriting (a big_vision
+  # sincos2d .npz by a learned table at @SIZE, a scanned or bfloat16 one unscanned in float32,
+  # an hf folder's processor and shards), and the original was gone.
+  init_spec.refuse_writing_over(checkpoint, out, flag='--out', source_flag='--checkpoint',
+                                being='exported', by='the export',
+                                rename='export to a new name', elsewhere='export elsewhere')
   prefix, sep, _ = checkpoint.partition(':')
   if sep and prefix in init_spec.FORMATS:
     ckpt = init_spec.load(checkpoint, use_ema=use_ema)
@@ -148,20 +154,6 @@ def _refuse_another_models_folder(out: str, fmt: str) -> None:
         f'another model (config.json: {kind})')
     raise UserError(f'--out {out}: holds {held}; --format {fmt} would replace only some of its '
                     'files: export to a new or empty folder')
-
-
-def _refuse_the_checkpoint_itself(checkpoint: str, out: str) -> None:
-  """UserError when `out` is the file or folder `checkpoint` (an init spec) reads: the export
-  replaced it by its own rewriting (a big_vision sincos2d .npz by a learned table at @SIZE, a
-  scanned or bfloat16 one unscanned in float32, an hf folder's processor and shards), and the
-  original was gone."""
-  prefix, sep, path = checkpoint.partition(':')
-  if not sep or prefix not in init_spec.FORMATS or not os.path.exists(out):
-    return
-  sources = [path, path.rpartition('@')[0]] if prefix == 'vit_jax' else [path]
-  if any(s and os.path.exists(s) and os.path.samefile(s, out) for s in sources):
-    raise UserError(f'--out {out}: the checkpoint being exported (--checkpoint {checkpoint}), '
-                    'which the export would replace; export to a new name')
 
 
 def _refuse_a_foreign_file(out: str, fmt: str, suffix: str) -> None:

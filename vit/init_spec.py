@@ -367,6 +367,67 @@ def check_shapes(ckpt: Checkpoint, spec: str) -> None:
   architecture.check_shapes(ckpt.params, ckpt.model, ckpt.image_size, ckpt.channels, spec)
 
 
+# What a training run keeps at the top of its workdir beside checkpoints/ (vit.training.loop,
+# the lock of vit.checkpoints): readers take its class names from there, a resumed run the rest.
+_RUN_FILES = (checkpoints.LOCK_FILE, 'batch_contract.json', CLASS_NAMES_FILE)
+
+
+def refuse_writing_over(spec: Optional[str], out: Optional[str], *, flag: str,
+                        source_flag: str = '--init', being: str = 'read',
+                        by: str = 'the output', rename: str = 'name another file',
+                        elsewhere: str = 'write it elsewhere') -> None:
+  """UserError when the output `out` (of the command-line `flag`) would replace or change the
+  checkpoint `spec` (of `source_flag`) that the command reads: the output was written over it
+  without a word, and the checkpoint was gone (`--init vit_jax:X.npz --output X.npz`; `--output
+  RUN/class_names.json` of `--init supervised:RUN` lost the run's label names). Raised before
+  anything is read or written: '{flag} {out}: the checkpoint being {being} ({source_flag}
+  {spec}), which {by} would replace; {rename}' (`_written_over` says which parts count).
+  Nothing for an empty `spec` or `out`."""
+  part = _written_over(spec, out) if spec and out else None
+  if part is not None:
+    what, verb = part
+    advice = elsewhere if verb == 'change' else rename
+    raise UserError(f'{flag} {out}: {what} being {being} ({source_flag} {spec}), which {by} '
+                    f'would {verb}; {advice}')
+
+
+def _written_over(spec: str, out: str) -> Optional[tuple[str, str]]:
+  """(what of the checkpoint `spec` the path `out` is, 'replace' or 'change'), or None: a
+  vit_jax file (with or without @SIZE) itself; an hf or timm folder, or anything in it (its
+  readers take its every file: a new preprocessor_config.json changes the model's input);
+  a run's workdir, anything in its checkpoints/, and its own files (`_RUN_FILES`, TensorBoard
+  events; other new files in a workdir are where its outputs go, as
+  `checkpoints.refuse_inside_checkpoints` advises). Real paths are compared, so `./X.npz` and a
+  link to it count. A `spec` without a FORMAT is a workdir (vit.export's --checkpoint); a path
+  that does not exist holds no checkpoint to lose (its loader says so)."""
+  fmt, sep, source = spec.partition(':')
+  if not sep or fmt not in FORMATS:
+    fmt, source = None, spec
+  source = user_paths.expanded(source)
+  if not source:  # `~user` of no user.
+    return None
+  if fmt == 'vit_jax':
+    files = (source, source.rpartition('@')[0])
+    same = os.path.exists(out) and any(
+        f and os.path.isfile(f) and os.path.samefile(f, out) for f in files)
+    return ('the checkpoint', 'replace') if same else None
+  if not os.path.isdir(source):
+    return None
+  root, target = os.path.realpath(source), os.path.realpath(out)
+  if target == root:
+    return ('the checkpoint' if fmt in registry.FORMATS else 'the run', 'replace')
+  if os.path.commonpath([root, target]) != root:
+    return None
+  if fmt in registry.FORMATS:
+    return 'inside the folder of the checkpoint', 'change'
+  inner = os.path.relpath(target, root)
+  if inner.split(os.sep)[0] == 'checkpoints':
+    return 'inside the checkpoints folder of the run', 'change'
+  if inner in _RUN_FILES or inner.startswith('events.out.tfevents.'):
+    return 'a file of the run', 'replace'
+  return None
+
+
 def origin(spec: str, ckpt: Checkpoint) -> str:
   """`spec` for the logs, with the step read from a workdir: 'mae:runs/mae at step 1 of 30',
   and the newer steps that did not read or were never completed: '... at step 3 of 3, not its

@@ -397,12 +397,16 @@ def _check_flags(flags_) -> None:
 
 
 def _check_output(flags_) -> None:
-  """--output that cannot be written: one line before the evaluation (it was found after)."""
+  """--output that cannot be written, inside a run's checkpoints folder, or a file of the --init
+  checkpoint (init_spec.refuse_writing_over: `--init vit_jax:X.npz --output X.npz` replaced the
+  checkpoint by the JSON): one line before anything is read or evaluated (it was found after,
+  or not at all)."""
   reason = flags_.output and atomic_write.unwritable(flags_.output)
   if reason:
     raise UserError(f'--output {flags_.output}: not writable ({reason}); nothing was evaluated')
   checkpoints.refuse_inside_checkpoints(flags_.output, 'write it elsewhere',
                                        os.path.basename(flags_.output or ''), flag='--output')
+  init_spec.refuse_writing_over(flags_.init, flags_.output, flag='--output')
 
 
 def _check_image_size(flags_, ckpt) -> None:
