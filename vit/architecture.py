@@ -71,8 +71,19 @@ def _sizes(params: dict) -> dict:
 
 
 def out_dim(params: dict, name: str) -> Optional[int]:
-  """The output width of the top-level dense layer `name` ('head', 'pre_logits'), or None."""
-  return int(params[name]['kernel'].shape[-1]) if name in params else None
+  """The output width of the top-level dense layer `name` ('head', 'pre_logits'), or None.
+
+  Read from its kernel, or from its bias where the kernel is missing: the model then has the
+  layer, and `check_shapes` names the missing kernel with the shape it wants, one line as for
+  any other missing array (a KeyError traceback before)."""
+  layer = params.get(name)
+  if not isinstance(layer, Mapping):
+    return None
+  for key in ('kernel', 'bias'):
+    shape = getattr(layer.get(key), 'shape', ())
+    if shape:
+      return int(shape[-1])
+  return None
 
 
 def patch_stride(model: ModelSpec) -> int:
