@@ -336,6 +336,39 @@ def test_cli_refuses_a_word_after_the_flags(tmp_path):
   assert not (tmp_path / 'out').exists()
 
 
+def test_cli_refuses_the_images_folder_or_a_runs_workdir_as_out(tmp_path):
+  """`--out DIR --images DIR` wrote the figures among the images, and the next run read them
+  back as images (8, then 12; the distances moved); `--out WORKDIR` wrote them into the root
+  of a training run's workdir, which vit.export refuses. Both are one line now, before the
+  model or an image is read, and nothing is written."""
+  pictures = tmp_path / 'pictures'
+  pictures.mkdir()
+  for i in range(2):
+    Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(pictures / f'{i}.png')
+  workdir = tmp_path / 'run'
+  (workdir / 'checkpoints' / '4').mkdir(parents=True)
+  (workdir / 'batch_contract.json').write_text('{}')
+  cases = [
+      (f'{pictures}/', pictures, f'--out {pictures}/: the --images folder itself; the next run '
+                                 'would read the figures as images: write the figures '
+                                 'elsewhere'),
+      (str(workdir), tmp_path / 'nope.npy',
+       f'--out {workdir}: the workdir of a training run; write the figures elsewhere (e.g. '
+       f'{workdir}/inspect)')]
+  for out, images, line in cases:
+    proc = subprocess.run([sys.executable, '-m', 'vit.inspect', '--init', 'supervised:nowhere',
+                           '--out', out, '--images', str(images)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900,
+                          env=dict(os.environ, JAX_PLATFORMS='cpu'))
+    assert proc.returncode == 2 and proc.stderr.strip() == f'error: {line}', proc.stderr[-2000:]
+  assert sorted(os.listdir(pictures)) == ['0.png', '1.png']
+  assert sorted(os.listdir(workdir)) == ['batch_contract.json', 'checkpoints']
+  # A new folder, one inside the images folder (its files alone are read) or in the workdir
+  # (the example the line gives) are written to as before.
+  for out in (tmp_path / 'figures', pictures / 'figures', workdir / 'inspect'):
+    report.check_out(str(out), str(pictures))
+
+
 @pytest.mark.parametrize('workdir, own, line', [
     (False, None, 'interrupted'),  # vit.inspect, vit.plan, ...: was the trainers' line below.
     (True, None, 'interrupted: steps since the last checkpoint were not saved'),

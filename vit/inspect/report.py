@@ -9,7 +9,7 @@ from typing import Optional
 import jax
 import numpy as np
 
-from vit import atomic_write, init_spec, preprocess
+from vit import atomic_write, checkpoints, init_spec, preprocess
 from vit.evaluators import fewshot
 from vit.errors import UserError, write_reason
 from vit.inspect import attention, embeddings, figures, images as images_lib
@@ -68,6 +68,22 @@ def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8
     if len(components):  # None when all filters are equal: no variance to draw.
       result['filter_components'], result['filter_explained_variance'] = components, explained
   return result
+
+
+def check_out(out: str, images: Optional[str]) -> None:
+  """UserError naming --out, before the model or any image is read, when it is inside a run's
+  checkpoints folder (`checkpoints.refuse_inside_checkpoints`), a run's workdir (its root is the
+  run's; vit.export refuses it as well, `checkpoints.is_run`), or the --images folder: the
+  figures written there were read back as images by the next run on it (8 images, then 12,
+  the distances moved), and a figure would replace an image of its name."""
+  advice = 'write the figures elsewhere'
+  checkpoints.refuse_inside_checkpoints(out, advice, 'inspect')
+  if out and checkpoints.is_run(out):
+    raise UserError(f'--out {out}: the workdir of a training run; {advice} (e.g. '
+                    f'{os.path.join(out, "inspect")})')
+  if images and os.path.isdir(images) and os.path.isdir(out) and os.path.samefile(images, out):
+    raise UserError(f'--out {out}: the --images folder itself; the next run would read the '
+                    f'figures as images: {advice}')
 
 
 def write(result: dict, out: str, summary: dict) -> dict:
