@@ -41,13 +41,13 @@ def main(argv):
   """`python -m vit.inspect`: writes the figures and numbers of `report.inspect` into --out, then
   prints the figures' paths and a JSON summary (model, images, mean attention distance in
   pixels). A count flag below 1, a word after the flags, or an --out that is the --images
-  folder, a run's workdir or inside its checkpoints (`report.check_out`) is one line and exit
-  status 2, before the model loads."""
+  folder, a run's workdir, inside its checkpoints or the --init checkpoint's own file or folder
+  (`report.check_out`) is one line and exit status 2, before the model loads."""
   del argv  # A word after the flags: refused by vit.cli.run.
   for flag in (_MAX_IMAGES, _SHOW, _BATCH):
     if flag.value < 1:
       raise UserError(f'--{flag.name}={flag.value}: must be a positive integer')
-  report.check_out(_OUT.value, _IMAGES.value)
+  report.check_out(_OUT.value, _IMAGES.value, _INIT.value)
   summary = report.inspect(_INIT.value, _OUT.value, images=_IMAGES.value,
                            max_images=_MAX_IMAGES.value, show=_SHOW.value,
                            batch_size=_BATCH.value, representation=_REPRESENTATION.value)
