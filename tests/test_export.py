@@ -255,19 +255,22 @@ def test_an_empty_out_is_refused_naming_the_flag(tmp_path):
 
 
 def test_an_out_inside_the_checkpoints_own_folder_is_refused(tmp_path):
-  """--checkpoint hf:DIR --format vit_jax --out DIR/x.npz wrote into the folder being read
+  """--checkpoint hf:DIR --out DIR/preprocessor_config.json wrote into the folder being read
   (init_spec.refuse_writing_over, shared with predict's and few-shot's --output); refused
   before the checkpoint is read, and a name outside the folder is not."""
   folder = tmp_path / 'vit'
   folder.mkdir()
   (folder / 'config.json').write_text('{"model_type": "vit"}')
-  for fmt, out in (('vit_jax', f'{folder}/x.npz'), ('timm', f'{tmp_path}/./vit/timm')):
+  for out in (f'{folder}/preprocessor_config.json', f'{tmp_path}/./vit/config.json'):
     with pytest.raises(UserError) as e:
-      export.export(f'hf:{folder}', fmt, out)
+      init_spec.refuse_writing_over(f'hf:{folder}', out, flag='--out', being='exported',
+                                    source_flag='--checkpoint', by='the export')
     assert str(e.value) == (f'--out {out}: inside the folder of the checkpoint being exported '
                             f'(--checkpoint hf:{folder}), which the export would change; '
-                            'export elsewhere')
+                            'write it elsewhere')
   assert os.listdir(folder) == ['config.json']
+  # A new folder inside it is no file its reader takes (test_formats_hf exports to DIR/again).
+  init_spec.refuse_writing_over(f'hf:{folder}', f'{folder}/again', flag='--out')
   with pytest.raises(UserError, match=r'^hf:.*/vit: '):  # Read: the folder has no weights.
     export.export(f'hf:{folder}', 'vit_jax', f'{tmp_path}/x.npz')
 

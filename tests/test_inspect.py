@@ -420,7 +420,7 @@ def test_cli_on_a_saved_checkpoint(tmp_path):
 
 def test_out_naming_the_init_checkpoints_own_file_or_folder_is_refused(tmp_path):
   """As fewshot's and predict's --output (`init_spec.refuse_writing_over`): --out X.npz of
-  --init vit_jax:X.npz, or a folder inside an hf export, would replace or change the model."""
+  --init vit_jax:X.npz, or a file of an hf export's folder, would replace or change the model."""
   from vit.errors import UserError
   npz = tmp_path / 'm.npz'
   npz.write_bytes(b'')
@@ -430,12 +430,13 @@ def test_out_naming_the_init_checkpoints_own_file_or_folder_is_refused(tmp_path)
   cases = [(f'vit_jax:{npz}', str(npz), f'--out {npz}: the checkpoint being read (--init '
                                         f'vit_jax:{npz}), which the figures would replace; '
                                         'write the figures elsewhere'),
-           (f'hf:{hf}', str(hf / 'figures'), f'--out {hf}/figures: inside the folder of the '
-                                             f'checkpoint being read (--init hf:{hf}), which the '
-                                             'figures would change; write the figures elsewhere')]
+           (f'hf:{hf}', str(hf / 'config.json'),
+            f'--out {hf}/config.json: inside the folder of the checkpoint being read (--init '
+            f'hf:{hf}), which the figures would change; write the figures elsewhere')]
   for init, out, line in cases:
     with pytest.raises(UserError) as e:
       report.check_out(out, None, init)
     assert str(e.value) == line
-  report.check_out(str(tmp_path / 'figures'), None, f'hf:{hf}')  # Beside it: as before.
+  for out in (tmp_path / 'figures', hf / 'figures'):  # Beside it or a new folder in it.
+    report.check_out(str(out), None, f'hf:{hf}')
   assert sorted(os.listdir(hf)) == ['config.json']

@@ -393,8 +393,9 @@ def refuse_writing_over(spec: Optional[str], out: Optional[str], *, flag: str,
 
 def _written_over(spec: str, out: str) -> Optional[tuple[str, str]]:
   """(what of the checkpoint `spec` the path `out` is, 'replace' or 'change'), or None: a
-  vit_jax file (with or without @SIZE) itself; an hf or timm folder, or anything in it (its
-  readers take its every file: a new preprocessor_config.json changes the model's input);
+  vit_jax file (with or without @SIZE) itself; an hf or timm folder, or a file directly in it
+  that exists or that its reader would take (.json, .safetensors, .bin: a new
+  preprocessor_config.json changes the model's input; a new folder inside it does not);
   a run's workdir, anything in its checkpoints/, and its own files (`_RUN_FILES`, TensorBoard
   events; other new files in a workdir are where its outputs go, as
   `checkpoints.refuse_inside_checkpoints` advises). Real paths are compared, so `./X.npz` and a
@@ -418,8 +419,10 @@ def _written_over(spec: str, out: str) -> Optional[tuple[str, str]]:
     return ('the checkpoint' if fmt in registry.FORMATS else 'the run', 'replace')
   if os.path.commonpath([root, target]) != root:
     return None
-  if fmt in registry.FORMATS:
-    return 'inside the folder of the checkpoint', 'change'
+  if fmt in registry.FORMATS:  # Its reader takes the folder's own .json/.safetensors/.bin files.
+    taken = os.path.dirname(target) == root and (
+        os.path.isfile(target) or target.endswith(('.json', '.safetensors', '.bin')))
+    return ('inside the folder of the checkpoint', 'change') if taken else None
   inner = os.path.relpath(target, root)
   if inner.split(os.sep)[0] == 'checkpoints':
     return 'inside the checkpoints folder of the run', 'change'
