@@ -24,7 +24,7 @@ export never leaves a broken file where a good one stood. An `--out` inside a ru
 folder is refused: that folder holds only the run's saved steps; so is a run's workdir and,
 for hf and timm, a folder that holds files but no earlier export (`/`, a home folder) or
 another format's export or model; for vit_jax, an existing file that is not an earlier export;
-and the --checkpoint's own file or folder, or a path inside its hf or timm folder.
+and the --checkpoint's own file or folder, or a file its hf or timm folder's reader takes.
 """
 from __future__ import annotations
 
@@ -56,8 +56,8 @@ def export(checkpoint: str, fmt: str, out: str, *, use_ema: bool = True) -> init
   where a directory is written, or the other way round), inside a run's checkpoints folder or its
   workdir, a folder of other files than an earlier export's or holding another format's export
   or another model, an existing file that is not an earlier export, the checkpoint's own file
-  or folder or a path in its hf or timm folder (init_spec.refuse_writing_over), and a model the
-  format cannot hold."""
+  or folder or a file its hf or timm folder's reader takes (init_spec.refuse_writing_over), and
+  a model the format cannot hold."""
   if fmt not in FORMATS:
     raise UserError(f'--format {fmt}: must be one of {", ".join(FORMATS)}')
   writer = FORMATS[fmt]
