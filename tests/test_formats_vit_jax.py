@@ -18,9 +18,6 @@ from vit.formats import vit_jax
 from vit.formats.tree import flatten
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'testdata', 'npz_layouts')
-# A committed classifier of the study: 10 classes, 28 px, 4-px patches.
-STUDY_NPZ = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs',
-                         'study', 'backbones', 'scratch_all_seed0_final.npz')
 TOL = 1e-5
 LAYOUTS = ('vit_jax_published', 'vit_jax_today', 'big_vision_tok', 'big_vision_gap_scan',
            'big_vision_img')
@@ -247,15 +244,16 @@ def test_a_dense_layer_without_its_kernel_is_one_line_naming_it(tmp_path):
   traceback from the architecture's inference, in every reader of the file (vit.export,
   vit.inspect, fine-tuning); its width is the bias's now, and the missing kernel is named as
   any other missing array is."""
-  with np.load(STUDY_NPZ) as f:
+  # vit_jax's own file (testdata, make_fixtures.py): a 5-class head on width 16.
+  with np.load(os.path.join(DATA, 'vit_jax_today.npz')) as f:
     flat = {k: f[k] for k in f.files}
-  sizes = 'patches (4, 4), hidden 64, mlp 256, heads 4, layers 4'
+  sizes = 'patches (4, 4), hidden 16, mlp 32, heads 2, layers 2'
   cases = {
       'nohead': ({k: v for k, v in flat.items() if k != 'head/kernel'}, sizes,
-                 'head/kernel: missing (model wants (64, 10))'),
+                 'head/kernel: missing (model wants (16, 5))'),
       'nopre': ({**flat, 'pre_logits/bias': np.zeros(32, np.float32)}, f'{sizes}, pre-logits 32',
-                'head/kernel: checkpoint (64, 10) vs model (32, 10); '
-                'pre_logits/kernel: missing (model wants (64, 32))'),
+                'head/kernel: checkpoint (16, 5) vs model (32, 5); '
+                'pre_logits/kernel: missing (model wants (16, 32))'),
   }
   for name, (arrays, summary, problems) in cases.items():
     path = tmp_path / f'{name}.npz'
