@@ -1321,6 +1321,16 @@ def refuse_inside_checkpoints(out: Optional[str], advice: str, folder: str,
                     f'they hold); {advice} (e.g. {workdir}/{folder})')
 
 
+def refuse_a_run(out: Optional[str], advice: str, folder: str, flag: str = '--out') -> None:
+  """UserError when the output folder `out` (of the command-line `flag`) is a training run's
+  workdir (`is_run`): files written there would sit beside its checkpoints and logs, and the
+  next reader of the run would take them for its own. The line ends with `advice` ('export
+  elsewhere') and WORKDIR/`folder` as an example. None or '': nothing."""
+  if out and is_run(out):
+    raise UserError(f'{flag} {out}: the workdir of a training run; {advice} (e.g. '
+                    f'{os.path.join(out, folder)})')
+
+
 def run_holding_checkpoints(path: str) -> Optional[str]:
   """The workdir of the run whose WORKDIR/checkpoints folder `path` is or lies under, spelt as
   `path` spells it where that shows the folder, else as its real path (`path` reaching the

@@ -124,9 +124,7 @@ def _refuse_a_foreign_folder(out: str) -> None:
   if not os.path.isdir(out):
     return
   names = os.listdir(out)
-  if checkpoints.is_run(out):
-    raise UserError(f'--out {out}: the workdir of a training run; export elsewhere (e.g. '
-                    f'{os.path.join(out, "export")})')
+  checkpoints.refuse_a_run(out, 'export elsewhere', 'export')
   # What a model repository holds besides a model (a clone of a Hub repository to fill: .git,
   # .gitattributes, README.md) and what file browsers leave (.DS_Store) do not count.
   others = [n for n in names if not n.startswith('.') and not _REPOSITORY_FILES.match(n)]

@@ -73,7 +73,7 @@ def analyse(model: ModelSpec, params: dict, images: np.ndarray, *, show: int = 8
 def check_out(out: str, images: Optional[str], init: Optional[str] = None) -> None:
   """UserError naming --out, before the model or any image is read, when it is inside a run's
   checkpoints folder (`checkpoints.refuse_inside_checkpoints`), a run's workdir (its root is the
-  run's; vit.export refuses it as well, `checkpoints.is_run`), the --images folder (the
+  run's; vit.export refuses it as well, `checkpoints.refuse_a_run`), the --images folder (the
   figures written there were read back as images by the next run on it: 8 images, then 12,
   the distances moved; a figure would replace an image of its name), or the --init
   checkpoint's own file or folder (`init_spec.refuse_writing_over`, as fewshot and predict)."""
@@ -81,9 +81,7 @@ def check_out(out: str, images: Optional[str], init: Optional[str] = None) -> No
   checkpoints.refuse_inside_checkpoints(out, advice, 'inspect')
   init_spec.refuse_writing_over(init, out, flag='--out', by='the figures', rename=advice,
                                 elsewhere=advice)
-  if out and checkpoints.is_run(out):
-    raise UserError(f'--out {out}: the workdir of a training run; {advice} (e.g. '
-                    f'{os.path.join(out, "inspect")})')
+  checkpoints.refuse_a_run(out, advice, 'inspect')
   if images and os.path.isdir(images) and os.path.isdir(out) and os.path.samefile(images, out):
     raise UserError(f'--out {out}: the --images folder itself; the next run would read the '
                     f'figures as images: {advice}')
