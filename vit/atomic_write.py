@@ -7,7 +7,8 @@ returned. A writer that raises, or a process that is interrupted, leaves the old
 was; the temporary is deleted. A write that fails (a full disk, a quota, a file size limit, no
 permission, a read-only volume, a file where a folder should be: any OSError about the output,
 its folder or its temporary) is a `NotWritten` (a `UserError`) naming the output and the reason,
-saying that the previous output is unchanged. The temporary's name holds the host and process
+saying that the previous output is unchanged; several files moved into a folder (`move_files`)
+go in all or none, so that this stays true. The temporary's name holds the host and process
 id of its writer (`.NAME-partial-HOST-PID-*`), so that what a killed process (SIGKILL) left is
 removed by the next write beside it on that host, while a live writer's temporary is never
 touched.
@@ -21,7 +22,7 @@ import re
 import shutil
 import socket
 import tempfile
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 from vit.errors import UserError, write_reason
 
@@ -161,16 +162,35 @@ def _about(e: OSError, path: str) -> bool:
   if e.errno in _NO_ROOM:
     return True
   target = os.path.abspath(path)
-  folder, hidden = os.path.dirname(target), f'.{os.path.basename(target)}-'
   for name in (e.filename, e.filename2):
     if name is None or not isinstance(name, (str, bytes, os.PathLike)):
       continue
     name = os.path.abspath(os.fsdecode(name))
     if (name == target or target.startswith(name + os.sep) or name.startswith(target + os.sep)
-        or (name.startswith(folder + os.sep)
-            and os.path.relpath(name, folder).split(os.sep)[0].startswith(hidden))):
+        or _temporary(name, path)):
       return True
   return False
+
+
+def _temporary(name: str, path: str) -> bool:
+  """Whether the absolute `name` is one of `path`'s temporaries (`.NAME-...` beside it) or lies
+  in one (a staging folder's file)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  hidden = f'.{os.path.basename(os.path.abspath(path))}-'
+  return (name.startswith(folder + os.sep)
+          and os.path.relpath(name, folder).split(os.sep)[0].startswith(hidden))
+
+
+def _to_destination(e: OSError, staged: Callable[[str], bool]) -> OSError:
+  """`e` naming the destination of its rename where its source is a staged file (`staged` of
+  the source's absolute name is True), so that `write_reason` names what the user gave: a
+  failed os.replace of a staged file into --out names the staged file first, and 'no
+  permission to write in DIR' named the hidden staging folder, deleted by then, not --out."""
+  if e.filename2 is None or not isinstance(e.filename, (str, bytes, os.PathLike)):
+    return e
+  if not staged(os.path.abspath(os.fsdecode(e.filename))):
+    return e
+  return OSError(e.errno, e.strerror, e.filename2)
 
 
 def _failure(e: BaseException, path: str) -> Optional[tuple[str, str]]:
@@ -179,7 +199,7 @@ def _failure(e: BaseException, path: str) -> Optional[tuple[str, str]]:
   for error in _chain(e):
     if isinstance(error, OSError) and _about(error, path):
       advice = _ADVICE if error.errno in _FREE_SPACE else ''
-      return write_reason(error), advice
+      return write_reason(_to_destination(error, lambda name: _temporary(name, path))), advice
   # A foreign writer's error that quotes the system's text.
   reason = next((r for r in map(_room_reason, _chain(e)) if r is not None), None)
   if reason is None:
@@ -199,13 +219,21 @@ class NotWritten(UserError):
     self.path, self.reason, self.advice = path, reason, advice
 
 
+class NotRestored(UserError):
+  """A `move_files` that failed half way and could not be undone (a volume that failed or
+  became read-only meanwhile): '{folder}: not written ({reason}); undoing it failed ({why}):
+  {names} not put back, the previous ones are in {kept}' and/or '{names} left from the new
+  output'. The folder is mixed, so it is not a NotWritten ('the previous one is unchanged'
+  would be false): `_reported` passes it on as it is."""
+
+
 @contextlib.contextmanager
 def _reported(path: str, existed: bool) -> Iterator[None]:
   """Turns a failed write of `path` (`_about`) into one line naming it and the reason."""
   try:
     yield
   except Exception as e:
-    failure = _failure(e, path)
+    failure = None if isinstance(e, NotRestored) else _failure(e, path)
     if failure is None:
       raise
     raise NotWritten(path, failure[0], existed, failure[1]) from None
@@ -295,11 +323,120 @@ def replace_dir(new: str, path: str) -> None:
 
 def move_files(source: str, folder: str) -> list[str]:
   """Renames every file in `source` (files only, no sub-folders) into `folder` (created if
-  missing), each replacing its namesake atomically, with the mode a plain open() would give
-  (`plain_mode`); other files in `folder` stay. Returns the names moved."""
+  missing), each replacing its namesake, with the mode a plain open() would give (`plain_mode`);
+  other files in `folder` stay. Returns the names moved, sorted.
+
+  All or none: an export's or an inspection's files are one output, and a folder left with some
+  new files beside some old ones passed for either. Each namesake is first kept in a hidden
+  folder inside `source` (a hard link, or where the file system has none the file itself,
+  renamed there), so when a rename fails half way (EXDEV, EACCES, ENOSPC) or the process is
+  interrupted (KeyboardInterrupt, vit.cli's Terminated), every replaced file is put back and
+  every new one removed before the error is raised again as it was: `staging_dir` then says,
+  truly, that the previous output is unchanged. Once all are in, the kept ones are deleted.
+
+  Raises IsADirectoryError before anything moves when a namesake is a directory (renamed aside,
+  it would have been replaced by a file); NotRestored, one line naming `folder`, when undoing
+  fails too (the volume failed meanwhile): the previous files not put back are left in a
+  '.FOLDER-previous-*' folder beside `source`, named in the line. A process killed (SIGKILL)
+  half way leaves `folder` mixed, as any move of several files would; on a file system without
+  hard links, the one file being replaced at that instant lies in `source`, which the next
+  write deletes (`remove_abandoned`)."""
   os.makedirs(folder, exist_ok=True)
   names = sorted(os.listdir(source))
   for name in names:
-    plain_mode(os.path.join(source, name))
-    os.replace(os.path.join(source, name), os.path.join(folder, name))
+    target = os.path.join(folder, name)
+    if os.path.isdir(target) and not os.path.islink(target):
+      raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR),  # As os.replace says it.
+                              os.path.join(source, name), None, target)
+  kept = tempfile.mkdtemp(prefix='.previous-', dir=source)
+  try:
+    for name in names:
+      _keep(os.path.join(folder, name), os.path.join(kept, name))
+      plain_mode(os.path.join(source, name))
+      os.replace(os.path.join(source, name), os.path.join(folder, name))
+  except BaseException as e:
+    _undo(source, folder, names, kept, e)
+    raise
+  shutil.rmtree(kept, ignore_errors=True)
   return names
+
+
+# link(2)'s errors for "no hard link here": the file system has none (EPERM, EOPNOTSUPP), the
+# file has too many (EMLINK), or fs.protected_hardlinks refuses another user's file (EPERM).
+_NO_LINK = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK)
+
+
+def _keep(path: str, copy: str) -> None:
+  """Keeps the file (or symbolic link) at `path`, if any, as `copy`: a hard link, which leaves
+  `path` in place and costs no room; where none can be made, `path` renamed to `copy`."""
+  if not os.path.lexists(path):
+    return
+  try:
+    os.link(path, copy, follow_symlinks=False)
+  except OSError as e:
+    if e.errno not in _NO_LINK:
+      raise
+    os.replace(path, copy)
+
+
+def _undo(source: str, folder: str, names: list[str], kept: str, error: BaseException) -> None:
+  """Puts back in `folder` every file kept in `kept` and removes every one of `names` that was
+  moved in without a namesake (gone from `source`, none kept), whatever step `error` stopped:
+  read from the files, not from a count, as an interrupt may fall between two renames.
+  Deletes `kept` when all is undone; raises NotRestored (from `error`) when not."""
+  lost, left, why = [], [], None
+  for name in reversed(names):
+    target, copy = os.path.join(folder, name), os.path.join(kept, name)
+    try:
+      if os.path.lexists(copy) and _same_file(copy, target):
+        with contextlib.suppress(OSError):  # Not moved in yet: `target` is still the previous.
+          os.remove(copy)  # (A rename between two links of one file would do nothing.)
+      elif os.path.lexists(copy):
+        os.replace(copy, target)
+      elif not os.path.lexists(os.path.join(source, name)) and os.path.lexists(target):
+        if os.path.isdir(target) and not os.path.islink(target):
+          shutil.rmtree(target)
+        else:
+          os.remove(target)
+    except OSError as e:
+      (lost if os.path.lexists(copy) else left).append(name)
+      why = why or e
+  if why is None:
+    shutil.rmtree(kept, ignore_errors=True)
+    return
+  parts = []
+  if lost:
+    kept = _out_of_source(kept, source, folder)
+    parts.append(f'{", ".join(sorted(lost))} not put back, the previous ones are in {kept}')
+  if left:
+    parts.append(f'{", ".join(sorted(left))} left from the new output')
+    if not lost:
+      shutil.rmtree(kept, ignore_errors=True)
+  staged = lambda name: name.startswith(os.path.abspath(source) + os.sep)
+  reason = (write_reason(_to_destination(error, staged)) if isinstance(error, OSError)
+            else str(error) or type(error).__name__)
+  raise NotRestored(f'{folder}: not written ({reason}); undoing it failed '
+                    f'({write_reason(_to_destination(why, staged))}): {"; ".join(parts)}'
+                    ) from error
+
+
+def _same_file(a: str, b: str) -> bool:
+  """Whether `a` and `b` are links of one file (not following symbolic links)."""
+  return os.path.lexists(b) and os.path.samestat(os.lstat(a), os.lstat(b))
+
+
+def _out_of_source(kept: str, source: str, folder: str) -> str:
+  """`kept` renamed beside `source`, where `staging_dir`'s clean-up (and `remove_abandoned`'s)
+  does not reach, as '.FOLDER-previous-*'; where that fails too, `kept` as it is."""
+  try:
+    safe = tempfile.mkdtemp(prefix=f'.{os.path.basename(os.path.normpath(folder))}-previous-',
+                            dir=os.path.dirname(os.path.abspath(source)))
+  except OSError:
+    return kept
+  try:
+    os.rename(kept, safe)  # Over the empty folder mkdtemp made: atomic, same file system.
+  except OSError:
+    with contextlib.suppress(OSError):
+      os.rmdir(safe)
+    return kept
+  return safe
