@@ -22,6 +22,15 @@ xla_flags.apply_defaults()
 # programs of the same setting. Speeds are measured in benchmarks/, which never set this.
 if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
   os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
+# A second: XLA:CPU's older elemental emitters write the fusions' code, not its MLIR fusion
+# emitters (users' default), whose lowering pipeline costs more than the tiny programs' run:
+# test_objective and test_sharding took 60 instead of 108 CPU-s, one MPP short run's compiles
+# 8.2 instead of 14.9 s (4977507, measured one after the other). The same HLO, fusions and
+# library calls; as above, only how an element-wise fusion is written into code differs (the
+# last bit of a transcendental may), which no assertion depends on. `make demo`, the study and
+# the Bazel MPP run (`make bazel-test`) compile with the users' emitters.
+if '--xla_cpu_use_fusion_emitters' not in os.environ['XLA_FLAGS']:
+  os.environ['XLA_FLAGS'] += ' --xla_cpu_use_fusion_emitters=false'
 
 # The console the entry points show the library's messages on (vit.cli.run installs it): tests
 # that call the library in-process read those lines from capsys as a user reads them.
