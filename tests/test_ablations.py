@@ -229,7 +229,7 @@ _VARIANTS = [
 @pytest.fixture(scope='module')
 def fashion_batches():
   images, labels = fashion_mnist.load('train')
-  return images[:2048].reshape(16, 128, 28, 28, 1), labels[:2048].reshape(16, 128)
+  return images[:2048].reshape(32, 64, 28, 28, 1), labels[:2048].reshape(32, 64)
 
 
 @pytest.mark.parametrize('switch', _VARIANTS, ids=lambda s: ','.join(
@@ -237,8 +237,12 @@ def fashion_batches():
 def test_training_loss_falls(switch, fashion_batches):
   config = _tiny(**switch)
   config.model.transformer.num_layers = 1  # One layer (two blocks if axial) keeps compiles short.
-  config.optimizer.learning_rate, config.optimizer.warmup_steps = 3e-3, 5
-  config.total_steps = 50
+  # 7x7 patches (a 4x4 grid, 17 tokens, not 50) and batches of 64: a step costs a sixth of what
+  # 4x4 patches and 128 did, and the higher rate makes the fall clearer in fewer steps (every
+  # variant measured fell 0.74 to 1.02 over three seeds; at 4x4, 128, 3e-3, 50 steps: 0.43 to 0.77).
+  config.model.patches.size = (7, 7)
+  config.optimizer.learning_rate, config.optimizer.warmup_steps = 1e-2, 5
+  config.total_steps = 40
   model = config_lib.build_model(config_lib.validate(config))
   tx, schedule = optimizers.build(config.optimizer, config.total_steps)
   params = nn.unbox(model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)),
@@ -250,11 +254,11 @@ def test_training_loss_falls(switch, fashion_batches):
   images, labels = fashion_batches
   losses = []
   for i in range(config.total_steps):
-    state, metrics = train_step(state, {'image': images[i % 16], 'label': labels[i % 16]})
+    state, metrics = train_step(state, {'image': images[i % 32], 'label': labels[i % 32]})
     losses.append(metrics['loss'])
   losses = np.asarray(jax.device_get(losses))
   assert np.isfinite(losses).all()
-  # ln(10) = 2.30 at the start (zero head); 50 steps bring every variant to about 1.7 or below.
+  # ln(10) = 2.30 at the start (zero head); 40 steps bring every variant to about 1.6 or below.
   assert losses[:3].mean() > 2.2
   assert losses[-5:].mean() < losses[:3].mean() - 0.4, losses
 
@@ -273,4 +277,11 @@ def test_remat_gives_the_same_logits_and_gradients_for_the_switches():
   (a, ga), (b, gb) = (jax.jit(jax.value_and_grad(loss(model)))(params)
                       for model in (plain, remat))
   np.testing.assert_allclose(a, b, rtol=1e-5)
-  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-6), ga, gb)
+  # Gradients reach 3e5 here, and the keys' bias gets exactly zero in exact arithmetic: what the
+  # two programs' rounding leaves is relative to the largest gradient (5e-6 on the keys' bias,
+  # 5e-4 on an embedding bias of 1.9e3, with the tests' elemental emitters, tests/conftest.py),
+  # so the absolute tolerance is 1e-7 of it. A recomputation that differed (another mask, rng or
+  # block) moves gradients by their own size.
+  scale = max(float(np.abs(g).max()) for g in jax.tree.leaves(gb))
+  jax.tree.map(lambda u, v: np.testing.assert_allclose(u, v, rtol=1e-4, atol=1e-7 * scale),
+               ga, gb)
