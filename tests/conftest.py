@@ -20,8 +20,6 @@ xla_flags.apply_defaults()
 # the last bit, e.g. a multiply-add not contracted), which no assertion depends on: comparisons
 # with other code (transformers, timm, vit_jax) have tolerances, and bitwise ones compare two
 # programs of the same setting. Speeds are measured in benchmarks/, which never set this.
-if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
-  os.environ['XLA_FLAGS'] += ' --xla_backend_optimization_level=0'
 # A second: XLA:CPU's older elemental emitters write the fusions' code, not its MLIR fusion
 # emitters (users' default), whose lowering pipeline costs more than the tiny programs' run:
 # test_objective and test_sharding took 60 instead of 108 CPU-s, one MPP short run's compiles
@@ -29,8 +27,8 @@ if '--xla_backend_optimization_level' not in os.environ['XLA_FLAGS']:
 # library calls; as above, only how an element-wise fusion is written into code differs (the
 # last bit of a transcendental may), which no assertion depends on. `make demo`, the study and
 # the Bazel MPP run (`make bazel-test`) compile with the users' emitters.
-if '--xla_cpu_use_fusion_emitters' not in os.environ['XLA_FLAGS']:
-  os.environ['XLA_FLAGS'] += ' --xla_cpu_use_fusion_emitters=false'
+xla_flags.apply_defaults(defaults={'xla_backend_optimization_level': '0',
+                                   'xla_cpu_use_fusion_emitters': 'false'})
 
 # The console the entry points show the library's messages on (vit.cli.run installs it): tests
 # that call the library in-process read those lines from capsys as a user reads them.

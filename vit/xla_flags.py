@@ -7,7 +7,7 @@ Only CPU flags so far: GPUs and TPUs ignore them.
 from __future__ import annotations
 
 import os
-from typing import MutableMapping
+from typing import Mapping, MutableMapping, Optional
 
 # Measured in docs/performance.md (run J): ViT-Ti/16 and tiny-28 train steps on the 2-core
 # AVX-512 CI machine, jax 0.10.2.
@@ -30,13 +30,17 @@ def _names(xla_flags: str) -> set[str]:
   return {part.lstrip('-').split('=', 1)[0] for part in xla_flags.split()}
 
 
-def with_defaults(xla_flags: str) -> str:
-  """`xla_flags` plus each default it does not set already (the user's value wins)."""
+def with_defaults(xla_flags: str, defaults: Optional[Mapping[str, str]] = None) -> str:
+  """`xla_flags` plus each of `defaults` (name -> value; DEFAULTS when None) it does not set
+  already (the user's value wins)."""
   given = _names(xla_flags)
-  extra = [f'--{name}={value}' for name, value in DEFAULTS.items() if name not in given]
+  defaults = DEFAULTS if defaults is None else defaults
+  extra = [f'--{name}={value}' for name, value in defaults.items() if name not in given]
   return ' '.join([xla_flags.strip()] + extra).strip()
 
 
-def apply_defaults(environ: MutableMapping[str, str] = os.environ) -> None:
-  """Adds the defaults to environ['XLA_FLAGS']; call before JAX starts a backend."""
-  environ['XLA_FLAGS'] = with_defaults(environ.get('XLA_FLAGS', ''))
+def apply_defaults(environ: MutableMapping[str, str] = os.environ,
+                   defaults: Optional[Mapping[str, str]] = None) -> None:
+  """Adds `defaults` (DEFAULTS when None) to environ['XLA_FLAGS'] (`with_defaults`); call
+  before JAX starts a backend."""
+  environ['XLA_FLAGS'] = with_defaults(environ.get('XLA_FLAGS', ''), defaults)
