@@ -16,10 +16,14 @@ setup: $(FMNIST) $(STAMP)
 $(FMNIST):
 	$(APT_TURN) 'apt-get $(APT) update && apt-get $(APT) install -y dataset-fashion-mnist'
 
+# --no-compile: pip would byte-compile every module of every package (tensorflow, torch and jaxlib
+# hold tens of thousands): a fresh clone's `make setup` took 127 s with it, 60 s without (here, one
+# after the other). Python compiles only the modules a program imports, on first import, and keeps
+# them in __pycache__: the first import of the whole stack took 20-26 s either way.
 $(STAMP): requirements.lock
 	test -x $(PY) || python3 -m venv .venv
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-compile -r requirements.lock
 	touch $@
 
 demo: setup
