@@ -21,3 +21,11 @@ def test_a_damaged_file_is_named(tmp_path, text, problem):
   with pytest.raises(UserError, match=f'^{path}: {problem}') as e:
     read_class_names(str(tmp_path), 2)
   assert '\n' not in str(e.value)
+
+
+def test_more_names_than_outputs_is_named(tmp_path):
+  write_class_names(str(tmp_path), ['a', 'b', 'c'])
+  with pytest.raises(UserError, match=f'^{tmp_path}/class_names.json: names 3 classes but the '
+                     'head has 2 outputs; delete it') as e:
+    read_class_names(str(tmp_path), 2)
+  assert '\n' not in str(e.value)

@@ -26,11 +26,13 @@ def write_class_names(workdir: str, names: Optional[Sequence[str]]) -> None:
 
 
 def read_class_names(workdir: str, num_classes: Optional[int]) -> Optional[list[str]]:
-  """The names `write_class_names` stored, or None without them or when their count is not
+  """The names `write_class_names` stored, or None without them or when there are fewer than
   `num_classes` (a head wider than the data's named classes, whose outputs stay numbered).
 
   Raises UserError '{workdir}/class_names.json: ...' (one line) when the file is unreadable,
-  not valid JSON, or not a list of strings: a damaged file is named, not silently dropped."""
+  not valid JSON, not a list of strings, or names more classes than the head has outputs (a
+  file from another run: its names cannot say which output is which): a damaged file is named,
+  not silently dropped."""
   path = os.path.join(workdir, CLASS_NAMES_FILE)
   if not num_classes or not os.path.isfile(path):
     return None
@@ -45,4 +47,7 @@ def read_class_names(workdir: str, num_classes: Optional[int]) -> Optional[list[
   if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
     raise UserError(f'{path}: not a JSON list of strings (label names); delete it to number '
                     'the classes') from None
+  if len(names) > num_classes:
+    raise UserError(f'{path}: names {len(names)} classes but the head has {num_classes} '
+                    'outputs; delete it to number the classes, or write one name per output')
   return names if len(names) == num_classes else None
