@@ -6,8 +6,10 @@ import dataclasses
 import glob
 import os
 import re
+import shutil
 import signal
 import socket
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import grain
@@ -25,6 +27,7 @@ from vit.testing import commands
 from vit.training import loop
 
 NUM_CLASSES = 4
+CLASS_NAMES = [f'class {i}' for i in range(NUM_CLASSES)]
 
 
 def tiny_config(**overrides):
@@ -128,12 +131,66 @@ def reference(tmp_path_factory):
   return train(tmp_path_factory.mktemp('reference'))
 
 
+# The finished runs below are trained once for the module; a test takes its own copy of one's
+# workdir (`copy_of`) and damages or resumes that, as it did with a run of its own: a run is
+# deterministic (the same config gives the same bits), and each costs a train() call (tracing
+# the init and the step again, its saves), the bulk of this file's time.
+
+
+class Finished(NamedTuple):
+  workdir: str
+  state: Any  # What its train() returned.
+
+
+def scored_config(total_steps):
+  # No EMA: its evaluation would take a scripted score too.
+  return tiny_config(total_steps=total_steps, eval_every=2, best_metric='eval/score',
+                     ema_decay=0.0)
+
+
+@pytest.fixture(scope='module')
+def finished2(tmp_path_factory):
+  """A finished run of 2 steps (checkpoint 2) whose task names its classes."""
+  workdir, config = tmp_path_factory.mktemp('finished2'), tiny_config(total_steps=2)
+  task = dataclasses.replace(tiny_task(config), class_names=CLASS_NAMES)
+  return Finished(str(workdir), loop.train(config, str(workdir), task).state)
+
+
+@pytest.fixture(scope='module')
+def finished4(tmp_path_factory):
+  """A finished run of 4 steps (checkpoints 2 and 4)."""
+  workdir = tmp_path_factory.mktemp('finished4')
+  return Finished(str(workdir), train(workdir, tiny_config(total_steps=4)))
+
+
+@pytest.fixture(scope='module')
+def finished6(tmp_path_factory):
+  """A finished run of 6 steps (checkpoints 4 and 6)."""
+  workdir = tmp_path_factory.mktemp('finished6')
+  return Finished(str(workdir), train(workdir, tiny_config(total_steps=6)))
+
+
+@pytest.fixture(scope='module')
+def scored8(tmp_path_factory):
+  """A finished run of 8 steps evaluated at steps 2, 4, 6, 8 (scores 0.5, 0.9, 0.3, 0.4) with
+  best_metric eval/score: step 4 scores best, kept beside the last 2 (checkpoints 4, 6, 8)."""
+  workdir = tmp_path_factory.mktemp('scored8')
+  return Finished(str(workdir), train(workdir, scored_config(8),
+                                      evaluators=[ScriptedEvaluator([0.5, 0.9, 0.3, 0.4])]))
+
+
+def copy_of(run: Finished, tmp_path):
+  """`tmp_path` (empty), now holding every file `run` wrote: the test's own run to damage."""
+  shutil.copytree(run.workdir, tmp_path, dirs_exist_ok=True)
+  return tmp_path
+
+
 def steps_on_disk(workdir) -> list[int]:
   return sorted(int(os.path.basename(p)) for p in glob.glob(f'{workdir}/checkpoints/[0-9]*'))
 
 
-def test_resumed_run_equals_uninterrupted(tmp_path, reference, capsys):
-  train(tmp_path, tiny_config(total_steps=4))
+def test_resumed_run_equals_uninterrupted(tmp_path, reference, finished4, capsys):
+  copy_of(finished4, tmp_path)  # A run of 4 steps, extended to 8.
   resumed = train(tmp_path)
   out = capsys.readouterr().out
   assert f'resumed from {tmp_path} at step 4' in out
@@ -169,27 +226,25 @@ def test_resume_with_another_worker_count_is_bitwise_exact(tmp_path, capsys):
         train_data=pipeline.train_dataset(config, source=source))
     return loop.train(config, str(workdir), task).state
 
-  reference = run(tmp_path / 'reference', 0, 6)
-  run(tmp_path / 'run', 0, 4)
+  reference = run(tmp_path / 'reference', 0, 4)
+  # The run saved with no workers is the reference's own first steps (its checkpoints 2, 4).
+  shutil.copytree(tmp_path / 'reference', tmp_path / 'run')
   truncate_state(tmp_path / 'run', 4)
   capsys.readouterr()
-  resumed = run(tmp_path / 'run', 1, 6)
+  resumed = run(tmp_path / 'run', 1, 4)
   out = capsys.readouterr().out
   assert ('note: the data iterator was saved by 1 process x 0 data workers, this run has 1 '
           'process x 1 data worker: input position re-derived for it: epoch 0, record 8 of the '
           "64 in this process's shard; the sample order is unchanged") in out
-  assert out.index('note: the data iterator') < out.index('step 6/6')  # Before the first step.
+  assert out.index('note: the data iterator') < out.index('step 4/4')  # Before the first step.
   assert_bitwise_equal(resumed, reference)
 
 
-def test_keeps_last_k_and_the_best(tmp_path):
-  # No EMA: its evaluation would take a scripted score too.
-  config = tiny_config(total_steps=6, eval_every=2, best_metric='eval/score', ema_decay=0.0)
-  # Evaluations at steps 2, 4, 6, then (resumed) 8, 10: step 4 scores best.
-  train(tmp_path, config, evaluators=[ScriptedEvaluator([0.5, 0.9, 0.3])])
-  assert steps_on_disk(tmp_path) == [4, 6]
-  config = tiny_config(total_steps=10, eval_every=2, best_metric='eval/score', ema_decay=0.0)
-  train(tmp_path, config, evaluators=[ScriptedEvaluator([0.2, 0.1])])
+def test_keeps_last_k_and_the_best(tmp_path, scored8):
+  # Evaluations at steps 2, 4, 6, 8 (`scored8`), then (resumed) 10: step 4 scores best.
+  copy_of(scored8, tmp_path)
+  assert steps_on_disk(tmp_path) == [4, 6, 8]  # The last 2 and the best.
+  train(tmp_path, scored_config(10), evaluators=[ScriptedEvaluator([0.2])])
   assert steps_on_disk(tmp_path) == [4, 8, 10]  # The last 2 and the best, read back from disk.
   mngr = checkpoints.manager(str(tmp_path), read_only=True)
   assert checkpoints.best_step(mngr, 'eval/score') == 4
@@ -197,14 +252,14 @@ def test_keeps_last_k_and_the_best(tmp_path):
 
 
 @pytest.mark.parametrize('damage', ['cut short', 'changed in place'])
-def test_a_damaged_metrics_file_is_moved_aside_not_a_traceback(tmp_path, damage, capsys):
+def test_a_damaged_metrics_file_is_moved_aside_not_a_traceback(tmp_path, scored8, damage,
+                                                                capsys):
   """orbax reads the metrics of every step when a manager opens: a best step's
   `metrics/metrics` cut short raised the JSON parser's traceback from the trainer and every
   reader of the run; one changed in place (valid JSON, another score) ranked the step on a
   score it never had. Readers read on; the run moves the step aside (unranked, retention
   would delete it) naming the file, and goes on."""
-  config = tiny_config(total_steps=8, eval_every=2, best_metric='eval/score', ema_decay=0.0)
-  train(tmp_path, config, evaluators=[ScriptedEvaluator([0.5, 0.9, 0.3, 0.4])])
+  copy_of(scored8, tmp_path)
   assert steps_on_disk(tmp_path) == [4, 6, 8]
   metrics = tmp_path / 'checkpoints' / '4' / 'metrics' / 'metrics'
   text = metrics.read_text()
@@ -214,8 +269,7 @@ def test_a_damaged_metrics_file_is_moved_aside_not_a_traceback(tmp_path, damage,
   capsys.readouterr()
   assert checkpoints.read_params(str(tmp_path))[2] == 8
   assert capsys.readouterr().err == ''
-  config = tiny_config(total_steps=10, eval_every=2, best_metric='eval/score', ema_decay=0.0)
-  train(tmp_path, config, evaluators=[ScriptedEvaluator([0.2])])
+  train(tmp_path, scored_config(10), evaluators=[ScriptedEvaluator([0.2])])
   said = ('is not valid JSON (cut short or overwritten)' if damage == 'cut short' else
           'is damaged: its CRC-32 differs from the one saved with it in checksums.json')
   (moved,) = glob.glob(f'{tmp_path}/checkpoints.damaged/4.*')
@@ -288,10 +342,11 @@ def truncate_state(workdir, step, what='array data'):
       f.truncate(os.path.getsize(name) // 2)
 
 
-def test_a_finished_run_says_there_is_nothing_to_train(tmp_path, capsys):
+def test_a_finished_run_says_there_is_nothing_to_train(tmp_path, finished4, capsys):
   """Rerun as it was, or with total_steps lowered: no step is trained, no checkpoint written,
   and one line says why (before, the run resumed and ended silently)."""
-  finished = train(tmp_path, tiny_config(total_steps=4))
+  copy_of(finished4, tmp_path)
+  finished = finished4.state
   capsys.readouterr()
   for total in (4, 2):
     again = train(tmp_path, tiny_config(total_steps=total))
@@ -322,14 +377,15 @@ def workdir_files(workdir) -> dict:
   return files
 
 
-def test_a_refused_or_finished_rerun_writes_nothing_in_the_workdir(tmp_path, capsys):
+def test_a_refused_or_finished_rerun_writes_nothing_in_the_workdir(tmp_path, finished2,
+                                                                    capsys):
   """A rerun with a config whose state does not fit, and one with nothing left to train, leave
   every file as it was (before, each wrote batch_contract.json, class_names.json and a new
   TensorBoard events file before the resume was refused)."""
-  names = [f'class {i}' for i in range(NUM_CLASSES)]
+  names = CLASS_NAMES
   config = tiny_config(total_steps=2)
   task = dataclasses.replace(tiny_task(config), class_names=names)
-  loop.train(config, str(tmp_path), task)
+  copy_of(finished2, tmp_path)  # loop.train(config, str(tmp_path), task), as `again` below.
   before = workdir_files(tmp_path)
   assert {'batch_contract.json', 'class_names.json', 'checkpoints/2'} <= set(before)
   assert len([f for f in before if f.startswith('events.out.tfevents')]) == 1
@@ -352,8 +408,8 @@ def test_a_refused_or_finished_rerun_writes_nothing_in_the_workdir(tmp_path, cap
   assert workdir_files(tmp_path) == before
 
 
-def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
-  train(tmp_path, tiny_config(total_steps=6))
+def test_damaged_latest_falls_back_to_previous(tmp_path, reference, finished6, capsys):
+  copy_of(finished6, tmp_path)
   assert steps_on_disk(tmp_path) == [4, 6]
   truncate_state(tmp_path, 6)
   resumed = train(tmp_path)
@@ -369,7 +425,8 @@ def test_damaged_latest_falls_back_to_previous(tmp_path, reference, capsys):
   assert_bitwise_equal(resumed, reference)
 
 
-def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, reference, capsys):
+def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, reference, finished6,
+                                                               capsys):
   """What orbax reads without a word: 8 bytes inverted inside an array data file (zarr chunks
   carry no checksum), and the data iterator's position rewritten at the same length (a resume
   would have trained on other batches). Every step saves its files' CRC-32s
@@ -378,7 +435,7 @@ def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, referen
   told (its arrays' step counter is the old one's). A step saved without checksums (before
   them) reads as before."""
   from vit import step_checksums
-  train(tmp_path, tiny_config(total_steps=6))
+  copy_of(finished6, tmp_path)
   ckpt = tmp_path / 'checkpoints'
   for step in (4, 6):
     assert step_checksums.saved(str(ckpt / str(step)))
@@ -413,7 +470,6 @@ def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, referen
   assert_bitwise_equal(resumed, reference)
   for step in (6, 8):
     step_checksums.check(str(ckpt / str(step)))
-  import shutil
   shutil.copytree(ckpt / '8', ckpt / '12')  # Its state's own step counter says 8.
   capsys.readouterr()
   assert checkpoints.read_params(str(tmp_path))[2] == 8
@@ -427,12 +483,12 @@ def test_bytes_changed_in_place_are_caught_by_the_saved_crc32s(tmp_path, referen
   assert capsys.readouterr().err == ''
 
 
-def test_the_readers_close_every_manager_they_open(tmp_path, monkeypatch):
+def test_the_readers_close_every_manager_they_open(tmp_path, finished4, monkeypatch):
   """read_params, restore_params and the fine-tuner's look at a workdir's saved configs left
   their read-only managers open (the fine-tuner opened one per step); each closes what it
   opens, also when the caller stops early."""
   from supervised import finetune
-  train(tmp_path, tiny_config(total_steps=4))
+  copy_of(finished4, tmp_path)
   opened, closed = [], []
   make, close = checkpoints.manager, checkpoints.Manager.close
   monkeypatch.setattr(checkpoints, 'manager', lambda *a, **k: opened.append(1) or make(*a, **k))
@@ -532,8 +588,8 @@ def test_cut_short_process_data_is_named_in_plain_words(tmp_path, capsys):
   assert steps_on_disk(tmp_path) == [2, 4]
 
 
-def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
-  train(tmp_path, tiny_config(total_steps=4))
+def test_no_usable_checkpoint_is_a_clear_error(tmp_path, finished4):
+  copy_of(finished4, tmp_path)
   truncate_state(tmp_path, 2, 'iterator')
   truncate_state(tmp_path, 4, 'array data')
   ckpt = tmp_path / 'checkpoints'
@@ -546,8 +602,8 @@ def test_no_usable_checkpoint_is_a_clear_error(tmp_path):
   assert steps_on_disk(tmp_path) == [2, 4]  # Nothing is moved when nothing could be restored.
 
 
-def test_partly_written_checkpoint_is_never_read(tmp_path, reference, capsys):
-  train(tmp_path, tiny_config(total_steps=4))
+def test_partly_written_checkpoint_is_never_read(tmp_path, reference, finished4, capsys):
+  copy_of(finished4, tmp_path)
   # What `kill -9` during an asynchronous save leaves: orbax's temporary directory, never
   # renamed to its step.
   partial = tmp_path / 'checkpoints' / '6.orbax-checkpoint-tmp-1234567'
@@ -573,13 +629,12 @@ def test_a_closed_manager_has_removed_the_unfinished_steps(tmp_path):
     assert os.listdir(folder) == [], step
 
 
-def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
+def test_readers_skip_a_half_written_newest_step(tmp_path, finished4, capsys):
   """The issue's recipe: a finished run's newest step copied to a higher number, its state
   files cut in half. Every reader (export, the supervised:/mpp: init specs) reads the newest
   step that reads, saying which it skipped; when none reads, one line names them all."""
-  import shutil
   from vit import init_spec
-  train(tmp_path, tiny_config(total_steps=4))
+  copy_of(finished4, tmp_path)
   ckpt = tmp_path / 'checkpoints'
   shutil.copytree(ckpt / '4', ckpt / '9')
   for name in glob.glob(f'{ckpt}/9/state/**/*', recursive=True):
@@ -613,7 +668,8 @@ def test_readers_skip_a_half_written_newest_step(tmp_path, capsys):
 
 
 def test_an_interrupted_newest_save_is_one_warning_naming_its_folder(tmp_path, reference,
-                                                                     capsys, monkeypatch):
+                                                                     finished6, capsys,
+                                                                     monkeypatch):
   """A save cut short (kill -9, a crash) leaves orbax's temporary folder and no step folder:
   orbax lists finished steps only, so a resume and every reader took the previous step without
   a word ('at step 4 of 6', the run stopped there by its look). One warning now names the run,
@@ -622,7 +678,7 @@ def test_an_interrupted_newest_save_is_one_warning_naming_its_folder(tmp_path, r
   line, naming the same folder; process 0 alone names it now, and the others still say a
   damaged step, which is each one's own read."""
   from vit import init_spec
-  train(tmp_path, tiny_config(total_steps=6))
+  copy_of(finished6, tmp_path)
   ckpt = tmp_path / 'checkpoints'
   partial = ckpt / '6.orbax-checkpoint-tmp'
   os.rename(ckpt / '6', partial)  # A save whose last act, orbax's rename, did not happen.
@@ -710,12 +766,12 @@ def test_a_run_whose_only_save_was_interrupted_is_told_so_by_its_readers(tmp_pat
     checkpoints.read_params(str(tmp_path))
 
 
-def test_an_empty_step_folder_is_said_once(tmp_path, caplog, capsys):
+def test_an_empty_step_folder_is_said_once(tmp_path, finished2, caplog, capsys):
   """orbax logged 'Metadata file does not exist: .../99/_CHECKPOINT_METADATA' (absl's raw
   W-line) before the reader's own line, which names the step and why."""
   import logging
   from vit import init_spec
-  train(tmp_path, tiny_config(total_steps=2))
+  copy_of(finished2, tmp_path)
   (tmp_path / 'checkpoints' / '99').mkdir()
   caplog.set_level(logging.INFO)
   capsys.readouterr()
@@ -749,14 +805,13 @@ def test_an_unreadable_step_is_said_in_plain_words(tmp_path):
       'RuntimeError: odd: state/x')
 
 
-def test_readers_name_other_damage_in_one_line(tmp_path, capsys):
+def test_readers_name_other_damage_in_one_line(tmp_path, finished4, capsys):
   """Damage beside the issue's cut state files, in a copy of the newest step: a file deleted
   (orbax names some only in its text), the OCDBT manifest deleted, the folder emptied; each
   skipped in one line naming the file. A cut `state/array_metadatas/` file fails the read of
   every array at once, and TensorStore's abandoned reads printed two dozen 'Event loop is
   closed' tracebacks on vit.export's stderr beside that line."""
-  import shutil
-  train(tmp_path, tiny_config(total_steps=4))
+  copy_of(finished4, tmp_path)
   ckpt = tmp_path / 'checkpoints'
   cases = {'config/metadata': 'config/metadata is missing',
            'state/_METADATA': 'state/_METADATA is missing',
@@ -785,8 +840,8 @@ def test_readers_name_other_damage_in_one_line(tmp_path, capsys):
       'same --workdir to save it again)'], export.stderr[-3000:]
 
 
-def test_incompatible_config_lists_keys_and_shapes(tmp_path):
-  train(tmp_path, tiny_config(total_steps=2))
+def test_incompatible_config_lists_keys_and_shapes(tmp_path, finished2):
+  copy_of(finished2, tmp_path)
   wider = tiny_config(total_steps=4)
   wider.model.hidden_size = 16
   wider.model.transformer.mlp_dim = 32
