@@ -7,6 +7,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import PIL.Image
 import pytest
 import flax.linen as nn
 import tensorflow_datasets as tfds
@@ -76,13 +77,19 @@ def _tiny_config():
   return config
 
 
-def test_evaluator_equals_linear_accuracy_on_its_features():
+@pytest.fixture(scope='module')
+def tiny_params():
+  """The params of _tiny_config's model, made once for the module: each test reads them, none
+  changes them. Jitted: one compile, not one per op of the initialisers (~3 CPU-s eagerly)."""
+  net = config_lib.build_model(config_lib.validate(_tiny_config()))
+  return jax.jit(lambda rng: nn.unbox(net.init(rng, jnp.zeros((1, 28, 28, 3)), train=False)[
+      'params']))(jax.random.key(0))
+
+
+def test_evaluator_equals_linear_accuracy_on_its_features(tiny_params):
   config = _tiny_config()
   m = config_lib.validate(config)
-  net = config_lib.build_model(m)
-  # Jitted: one compile, not one per op of the initialisers (~4 s on a loaded machine).
-  params = jax.jit(lambda rng: nn.unbox(net.init(rng, jnp.zeros((1, 28, 28, 3)), train=False)[
-      'params']))(jax.random.key(0))
+  params = tiny_params
   images, labels = fashion_mnist.load('train')
   train = fashion_mnist.ArraySource(images[:300], labels[:300])
   test_images, test_labels = fashion_mnist.load('test')
@@ -108,14 +115,14 @@ def test_evaluator_equals_linear_accuracy_on_its_features():
   assert results['5shot'] > 0.2  # Random features still beat chance (0.1) with 5 shots.
 
 
-def test_features_that_overflow_are_one_line_not_a_linalg_traceback():
+def test_features_that_overflow_are_one_line_not_a_linalg_traceback(tiny_params):
   """Finite weights whose attention logits overflow float32 (a query kernel of 1e38) give NaN
   features; few-shot's eigendecomposition then raised numpy's LinAlgError ('Eigenvalues did
   not converge') with a traceback. The linear probes read features through the same embed."""
   config = _tiny_config()
   m = config_lib.validate(config)
-  params = jax.device_get(nn.unbox(config_lib.build_model(m).init(
-      jax.random.key(0), jnp.zeros((1, 28, 28, 3)), train=False)['params']))
+  # A copy, dicts and arrays, changed below: the module's params stay as the other tests read them.
+  params = jax.tree.map(np.array, tiny_params)
   attention = params['Transformer']['encoderblock_0']['MultiHeadDotProductAttention_1']
   attention['query']['kernel'] = attention['query']['kernel'] * 1e38
   source = fashion_mnist.ArraySource(*(a[:100] for a in fashion_mnist.load('test')))
@@ -316,11 +323,16 @@ def _tiny_npz(folder) -> str:
   return str(folder / 'm.npz')
 
 
-def test_cli_on_an_npz(tmp_path):
-  _tiny_npz(tmp_path)
+@pytest.fixture(scope='module')
+def tiny_npz(tmp_path_factory) -> str:
+  """_tiny_npz made once for the module: the CLI tests read it, none changes it."""
+  return _tiny_npz(tmp_path_factory.mktemp('npz'))
+
+
+def test_cli_on_an_npz(tmp_path, tiny_npz):
   out = tmp_path / 'fewshot.json'
   run = subprocess.run(
-      [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+      [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tiny_npz}',
        '--shots=1,2', '--l2_regs=1,16', '--max_test=100', f'--output={out}'],
       cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
@@ -336,7 +348,7 @@ def test_cli_on_an_npz(tmp_path):
   assert record['representation_from'].startswith("vit_jax: spec, a classifier's pooled")
   # The patch mean of the same weights, as an mae: workdir of them would be read.
   mean = subprocess.run(
-      [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+      [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tiny_npz}',
        '--shots=1,2', '--l2_regs=1,16', '--max_test=100', '--representation=patch_mean'],
       cwd=ROOT, capture_output=True, text=True, timeout=900,
       env=dict(os.environ, JAX_PLATFORMS='cpu'))
@@ -355,14 +367,14 @@ def test_cli_on_an_npz(tmp_path):
        f'error: --output {tmp_path / "file" / "x.json"}: not writable ({tmp_path / "file"} is '
        'a file, not a directory); nothing was evaluated')):
     refused = subprocess.run(
-        [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+        [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tiny_npz}',
          '--shots=1', *flags_], cwd=ROOT, capture_output=True, text=True, timeout=900,
         env=dict(os.environ, JAX_PLATFORMS='cpu'))
     assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1] == line
   # --train_split=valid was named '--test_split=valid' (make_source took it for data.eval_split).
   for flag in ('--test_split', '--train_split'):
     split = subprocess.run(
-        [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tmp_path / "m.npz"}',
+        [sys.executable, '-m', 'vit.evaluators.fewshot', f'--init=vit_jax:{tiny_npz}',
          '--shots=1', f'{flag}=valid'], cwd=ROOT, capture_output=True, text=True,
         timeout=900, env=dict(os.environ, JAX_PLATFORMS='cpu'))
     assert split.returncode == 2 and split.stderr.strip().splitlines()[-1] == (
@@ -464,13 +476,16 @@ class VitFewshotBadImages(tfds.core.GeneratorBasedBuilder):
 
   def _generate_examples(self, split, first, n):
     for i in range(first, first + n):
-      image = np.full((12, 10, 3), i % 100 * 20, np.uint8)
+      # A PIL image, which tfds encodes as PNG with PIL: from an array it encodes with
+      # TensorFlow, whose import alone cost this test ~10 CPU-s. Lossless either way, the
+      # same pixels come back.
+      image = PIL.Image.fromarray(np.full((12, 10, 3), i % 100 * 20, np.uint8))
       if i == BAD_IMAGE_IDS[split]:
         image = b'\xff\xd8 this is not a jpeg'
       yield i, {'image': image, 'label': i % 3, 'id': i}
 
 
-def test_cli_a_bad_record_is_named_with_its_data_and_the_flag_that_skips_it(tmp_path):
+def test_cli_a_bad_record_is_named_with_its_data_and_the_flag_that_skips_it(tmp_path, tiny_npz):
   """An image that did not decode read 'error: --init vit_jax:m.npz: tfds:NAME split 'train'
   (few-shot subset): record 4: ...; set config.data.skip_bad_records=True to skip such records':
   the checkpoint blamed, a config key this CLI has no flag for, and the record's place in the
@@ -483,7 +498,7 @@ def test_cli_a_bad_record_is_named_with_its_data_and_the_flag_that_skips_it(tmp_
       decoders={'image': tfds.decode.SkipDecoding()})].index(BAD_IMAGE_IDS[split])
       for split in BAD_IMAGE_IDS}
   command = [sys.executable, '-m', 'vit.evaluators.fewshot',
-             f'--init=vit_jax:{_tiny_npz(tmp_path)}', '--dataset=tfds:vit_fewshot_bad_images',
+             f'--init=vit_jax:{tiny_npz}', '--dataset=tfds:vit_fewshot_bad_images',
              f'--data_dir={data_dir}', '--shots=1,3', '--l2_regs=1']
   run = lambda *extra: subprocess.run(command + list(extra), cwd=ROOT, capture_output=True,
                                       text=True, timeout=900,
