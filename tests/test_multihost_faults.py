@@ -8,6 +8,8 @@ import socket
 import subprocess
 import sys
 
+import pytest
+
 from vit.testing import commands, ports
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -52,7 +54,19 @@ def _train(workdir, total_steps):
     return _finish(_start(workdir, total_steps, port))
 
 
-def test_a_step_damaged_for_one_process_only_is_skipped_by_both(tmp_path):
+@pytest.fixture(scope='module')
+def straight(tmp_path_factory):
+  """(workdir, both processes' CompletedProcess) of an uninterrupted run of 16 steps that
+  started below a save cut short (orbax's temporary folder of step 2, no step folder): the
+  reference the killed run's resumption must end at, and the run whose warning and checksums
+  the damaged step's test reads, then copies. One run for both: each is ~10 CPU-s of imports and
+  tracing, where the steps themselves cost little."""
+  workdir = tmp_path_factory.mktemp('straight') / 'run'
+  (workdir / 'checkpoints' / '2.orbax-checkpoint-tmp' / 'state').mkdir(parents=True)
+  return workdir, _train(workdir, 16)
+
+
+def test_a_step_damaged_for_one_process_only_is_skipped_by_both(straight, tmp_path):
   """Each process reads its own data iterator file: with process 1's cut short, process 0 could
   restore the newest step while process 1 fell back to the previous one, and the two then waited
   for each other at their first collective forever. Both skip the step, and process 0 names
@@ -62,41 +76,42 @@ def test_a_step_damaged_for_one_process_only_is_skipped_by_both(tmp_path):
   Its first run also starts below a save cut short (orbax's temporary folder, no step folder),
   told in one warning: every process of a job said it, naming the same folder, which process 0
   alone removes (orbax's primary host). Process 0 says it now, once; process 1 not at all."""
-  workdir = tmp_path / 'run'
-  checkpoints = workdir / 'checkpoints'
-  partial = checkpoints / '2.orbax-checkpoint-tmp'
-  (partial / 'state').mkdir(parents=True)  # A first save killed half-way.
-  first, second = _train(workdir, 4)
+  original, (first, second) = straight
+  partial = original / 'checkpoints' / '2.orbax-checkpoint-tmp'  # A first save killed half-way.
   for proc in (first, second):
     assert proc.returncode == 0, proc.stderr[-3000:]
-  warning = (f'warning: {workdir}: its newest checkpoint step 2 was never completed (its save '
+  warning = (f'warning: {original}: its newest checkpoint step 2 was never completed (its save '
              f'was interrupted, leaving {partial}, which orbax now removes); starting from step '
              '0, as no step was saved before it')
   assert first.stderr.splitlines().count(warning) == 1, first.stderr[-3000:]
   assert 'never completed' not in second.stderr, second.stderr[-3000:]
-  assert sorted(os.listdir(checkpoints)) == ['4']
+  assert sorted(os.listdir(original / 'checkpoints')) == ['12', '16', '8']  # The 3 kept.
   # Process 0 saved the CRC-32s of both processes' files (vit/step_checksums.py), which each
   # process checks whole: a damaged file named there fails both at once.
-  listed = json.loads((checkpoints / '4' / 'checksums.json').read_text())['files']
+  listed = json.loads((original / 'checkpoints' / '16' / 'checksums.json').read_text())['files']
   assert {'data/process_0-of-2.json', 'data/process_1-of-2.json'} <= set(listed)
   assert {name.split('/')[1] for name in listed if name.startswith('state/ocdbt.')} == {
       'ocdbt.process_0', 'ocdbt.process_1'}
-  shutil.copytree(checkpoints / '4', checkpoints / '6')  # A newer step, damaged for process 1,
-  os.remove(checkpoints / '6' / 'checksums.json')  # saved without checksums, as before them:
-  own = checkpoints / '6' / 'data' / 'process_1-of-2.json'
+  # A copy to damage: the killed run's test compares with the original's parameters.
+  workdir = tmp_path / 'run'
+  shutil.copytree(original, workdir)
+  checkpoints = workdir / 'checkpoints'
+  shutil.copytree(checkpoints / '16', checkpoints / '18')  # A newer step, damaged for process 1,
+  os.remove(checkpoints / '18' / 'checksums.json')  # saved without checksums, as before them:
+  own = checkpoints / '18' / 'data' / 'process_1-of-2.json'
   own.write_bytes(own.read_bytes()[:own.stat().st_size // 2])
-  first, second = _train(workdir, 8)
+  first, second = _train(workdir, 20)
   reason = 'data/process_1-of-2.json is not valid JSON (cut short or overwritten)'
   for proc, told in ((first, f'process 1: {reason}'), (second, reason)):
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert (f'warning: checkpoint {checkpoints}/6 is unreadable ({told}); trying the previous '
+    assert (f'warning: checkpoint {checkpoints}/18 is unreadable ({told}); trying the previous '
             f'one') in proc.stderr
-    assert f'resumed from {workdir} at step 4' in proc.stdout and 'step 8/8' in proc.stdout
-  assert sorted(os.listdir(checkpoints)) == ['4', '8']
-  assert [n.split('.')[0] for n in os.listdir(f'{checkpoints}.damaged')] == ['6']
+    assert f'resumed from {workdir} at step 16' in proc.stdout and 'step 20/20' in proc.stdout
+  assert sorted(os.listdir(checkpoints)) == ['12', '16', '20']
+  assert [n.split('.')[0] for n in os.listdir(f'{checkpoints}.damaged')] == ['18']
 
 
-def test_a_killed_process_stops_the_other_in_one_line_and_the_rerun_resumes(tmp_path):
+def test_a_killed_process_stops_the_other_in_one_line_and_the_rerun_resumes(straight, tmp_path):
   """SIGKILL of process 1 mid-run: process 0 learns of it at its next collective (gloo's
   connection closes) or, waiting at a save's barrier, when process 1 has shown no sign of life
   for 60 s (vit/distributed.py `watch_processes`). It said so in a traceback and then hung in
@@ -106,8 +121,9 @@ def test_a_killed_process_stops_the_other_in_one_line_and_the_rerun_resumes(tmp_
   import jax
   import numpy as np
   from vit import checkpoints
-  straight, workdir = tmp_path / 'straight', tmp_path / 'run'
-  for proc in _train(straight, 16):
+  straight, procs = straight
+  workdir = tmp_path / 'run'
+  for proc in procs:
     assert proc.returncode == 0, proc.stderr[-3000:]
   with ports.reserved() as port:
     survivor, victim = _start(workdir, 16, port, paused=1)
@@ -193,8 +209,6 @@ def test_the_watch_of_lost_processes_is_set_by_its_flag():
   # Library use (no flags parsed): the default; a negative time is one line naming the flag; 0
   # (and a single-process job, as here) starts no thread.
   import threading
-
-  import pytest
 
   from vit import distributed
   from vit.errors import UserError
