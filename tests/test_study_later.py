@@ -29,14 +29,16 @@ def _tiny(tmp):
   c.steps_per_epoch, c.pretrain_epochs, c.headline_epochs, c.later_epochs = 2, (2,), 2, 2
   c.extension = None  # No rerun to a longer length (the real study's deviation 9).
   c.sweep.update(learning_rates=(1e-3,), crop_padding=(2,), extensions=())  # No 10% sweep.
+  # Batches of 16 and evaluations of 100 images: a test of the runner, not of the training.
+  # (Evaluations round up to whole batches; the wall-time measurement times these batches.)
   for part in (c.classifier, c.pretrainer):
-    part.update(eval_batch_size=1000, log_every=2)
+    part.update(batch_size=16, eval_batch_size=100, log_every=2)
     part.model.update(TINY_MODEL)
-  c.pretrainer.mpp.eval_examples = 500
+  c.pretrainer.mpp.eval_examples = 100
   c.transfer.update(epochs=2, steps_per_epoch=2, eval_every_epochs=2)
   c.probes.update(shots=(1, 2), draws=1)
   c.mim.update(choice_epochs=1, learning_rates=(1e-3,), mae_decoders=((16, 1),),
-               simmim_mask_patch_sizes=(8,), eval_examples=500, walltime_rounds=1,
+               simmim_mask_patch_sizes=(8,), eval_examples=100, walltime_rounds=1,
                walltime_steps=2)
   c.figures.update(runs=('transfer/supervised/seed0/pretrain', 'mpp/seed0/e2'),
                    out=str(tmp / 'figures'))
