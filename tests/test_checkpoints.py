@@ -382,9 +382,8 @@ def test_a_refused_or_finished_rerun_writes_nothing_in_the_workdir(tmp_path, fin
   """A rerun with a config whose state does not fit, and one with nothing left to train, leave
   every file as it was (before, each wrote batch_contract.json, class_names.json and a new
   TensorBoard events file before the resume was refused)."""
-  names = CLASS_NAMES
   config = tiny_config(total_steps=2)
-  task = dataclasses.replace(tiny_task(config), class_names=names)
+  task = dataclasses.replace(tiny_task(config), class_names=CLASS_NAMES)
   copy_of(finished2, tmp_path)  # loop.train(config, str(tmp_path), task), as `again` below.
   before = workdir_files(tmp_path)
   assert {'batch_contract.json', 'class_names.json', 'checkpoints/2'} <= set(before)
@@ -394,7 +393,8 @@ def test_a_refused_or_finished_rerun_writes_nothing_in_the_workdir(tmp_path, fin
   wider = tiny_config(total_steps=4)
   wider.model.hidden_size = 16
   with pytest.raises(UserError, match='cannot be resumed') as error:
-    loop.train(wider, str(tmp_path), dataclasses.replace(tiny_task(wider), class_names=names))
+    loop.train(wider, str(tmp_path),
+               dataclasses.replace(tiny_task(wider), class_names=CLASS_NAMES))
   assert '\n' not in str(error.value)
   assert workdir_files(tmp_path) == before
 
